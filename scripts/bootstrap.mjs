@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+// Dependency-free first step of `npm test`, `npm run demo` and `npm run build`: it installs what is
+// missing (Debian packages, then npm dependencies) so a fresh clone needs no manual step. It runs
+// before node_modules exists, so it may use only Node's standard library.
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+// Debian packages the demo and the tests start for real. Keep in step with the README.
+const APT_PACKAGES = ['swtpm', 'swtpm-tools', 'softhsm2', 'tpm2-tools', 'libtss2-dev', 'opensc', 'openssl'];
+
+const MIN_NODE = [20, 19];
+
+function fail(message) {
+  process.stderr.write(`bootstrap: ${message}\n`);
+  process.exit(1);
+}
+
+function run(cmd, args, options = {}) {
+  const result = spawnSync(cmd, args, { stdio: 'inherit', cwd: root, ...options });
+  if (result.error) fail(`could not run ${cmd}: ${result.error.message}`);
+  if (result.status !== 0) fail(`${cmd} ${args.join(' ')} exited with status ${result.status}`);
+}
+
+function checkNode() {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (major < MIN_NODE[0] || (major === MIN_NODE[0] && minor < MIN_NODE[1])) {
+    fail(`Node ${MIN_NODE.join('.')} or newer is required, this is ${process.versions.node}`);
+  }
+}
+
+function missingAptPackages() {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
+  const result = spawnSync('dpkg-query', ['-W', '-f', '${Package} ${db:Status-Status}\\n', ...APT_PACKAGES], {
+    encoding: 'utf8',
+  });
+  if (result.error) fail('dpkg-query not found: ironroot is set up on Debian or a derivative');
+  const installed = new Set(
+    result.stdout
+      .split('\n')
+      .filter((line) => line.endsWith(' installed'))
+      .map((line) => line.split(' ')[0]),
+  );
+  return APT_PACKAGES.filter((name) => !installed.has(name));
+}
+
+function installAptPackages() {
+  const missing = missingAptPackages();
+  if (missing.length === 0) return;
+  if (process.getuid?.() !== 0) {
+    fail(
+      `missing Debian packages: ${missing.join(' ')}. Run as root, or: sudo apt-get install -y ${missing.join(' ')}`,
+    );
+  }
+  process.stderr.write(`bootstrap: installing Debian packages: ${missing.join(' ')}\n`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  run('apt-get', ['update', '-qq'], { env });
+  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env });
+}
+
+// npm ci only when the lock file changed since the last successful install, so a warm run is fast.
+function installNpmDependencies() {
+  const lock = readFileSync(join(root, 'package-lock.json'));
+  const digest = createHash('sha256').update(lock).digest('hex');
+  const stamp = join(root, 'node_modules', '.ironroot-lock-sha256');
+  if (existsSync(stamp) && readFileSync(stamp, 'utf8') === digest) return;
+  process.stderr.write('bootstrap: installing npm dependencies (npm ci)\n');
+  run('npm', ['ci', '--no-audit', '--no-fund']);
+  writeFileSync(stamp, digest);
+}
+
+checkNode();
+if (!process.argv.includes('--npm-only')) installAptPackages();
+installNpmDependencies();

@@ -1,0 +1,15 @@
+import { Command } from 'commander';
+import { VERSION } from '../../version.js';
+
+export function buildAgentProgram(): Command {
+  const program = new Command('ironroot-agent')
+    .description('ironroot agent: proves its node with the TPM and serves the SPIFFE Workload API')
+    .version(VERSION, '-v, --version')
+    .helpCommand(true)
+    .showHelpAfterError();
+  return program;
+}
+
+export async function main(argv: readonly string[]): Promise<void> {
+  await buildAgentProgram().parseAsync([...argv]);
+}

@@ -1,0 +1,1 @@
+export type { Signer, SigningAlgorithm } from './signer.js';

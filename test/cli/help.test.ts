@@ -1,0 +1,30 @@
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+  version: string;
+};
+
+describe.each(['ironroot-server', 'ironroot-agent'])('%s executable', (name) => {
+  const bin = new URL(`../../bin/${name}.js`, import.meta.url).pathname;
+
+  it('prints usage naming itself for --help', async () => {
+    const { stdout } = await run(process.execPath, [bin, '--help']);
+    expect(stdout).toContain(`Usage: ${name}`);
+  });
+
+  it('prints the package version for --version', async () => {
+    const { stdout } = await run(process.execPath, [bin, '--version']);
+    expect(stdout.trim()).toBe(version);
+  });
+
+  it('exits non-zero with usage on stderr for an unknown command', async () => {
+    await expect(run(process.execPath, [bin, 'no-such-command'])).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining(`Usage: ${name}`),
+    });
+  });
+});

@@ -1,0 +1,13 @@
+import { defineConfig } from 'vitest/config';
+
+// Tests start real swtpm, SoftHSM2 and openssl processes, so they get generous timeouts and run in
+// separate processes; each test file owns its own ports, sockets and directories.
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    pool: 'forks',
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    reporters: ['default'],
+  },
+});
