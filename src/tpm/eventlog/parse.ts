@@ -40,6 +40,8 @@ export interface LogEvent {
   digests: EventDigest[];
   /** The event data, a view into the log buffer. */
   data: Buffer;
+  /** Byte offset of the data in the log, so errors found while decoding it can point into the log. */
+  dataOffset: number;
 }
 
 export type EventLogFormat = 'crypto-agile' | 'sha1';
@@ -98,7 +100,7 @@ function checkPcr(pcr: number, type: number, offset: number, index: number): voi
   );
 }
 
-function readEventData(reader: Reader, offset: number, index: number): Buffer {
+function readEventData(reader: Reader, offset: number, index: number): { data: Buffer; dataOffset: number } {
   const sizeOffset = reader.absolute;
   const size = reader.u32(`event ${index}'s size`);
   if (size > MAX_EVENT_DATA) {
@@ -108,7 +110,8 @@ function readEventData(reader: Reader, offset: number, index: number): Buffer {
       { offset: sizeOffset, eventIndex: index },
     );
   }
-  return reader.bytes(size, `event ${index}'s data (${size} bytes)`);
+  const dataOffset = reader.absolute;
+  return { data: reader.bytes(size, `event ${index}'s data (${size} bytes)`), dataOffset };
 }
 
 function readSha1Event(reader: Reader, index: number): LogEvent {
@@ -124,7 +127,7 @@ function readSha1Event(reader: Reader, index: number): LogEvent {
   const type = reader.u32('event type');
   checkPcr(pcr, type, offset, index);
   const digest = reader.bytes(SHA1.size, 'SHA-1 digest');
-  const data = readEventData(reader, offset, index);
+  const { data, dataOffset } = readEventData(reader, offset, index);
   return {
     index,
     offset,
@@ -133,6 +136,7 @@ function readSha1Event(reader: Reader, index: number): LogEvent {
     typeName: eventTypeName(type),
     digests: [{ algorithmId: SHA1.id, bank: SHA1.name, digest }],
     data,
+    dataOffset,
   };
 }
 
@@ -145,8 +149,7 @@ function isSpecId03(event: LogEvent): boolean {
 }
 
 function parseSpecId(event: LogEvent): SpecIdEvent {
-  const base = event.offset + SHA1_EVENT_HEADER;
-  const r = new Reader(event.data, base, 0, event.data.length, 'the Spec ID event');
+  const r = new Reader(event.data, event.dataOffset, 0, event.data.length, 'the Spec ID event');
   const malformed = (message: string, at: number): EventLogError =>
     new EventLogError('ERR_EVENTLOG_MALFORMED', `Spec ID event: ${message}`, { offset: at, eventIndex: 0 });
   if (event.pcr !== 0) throw malformed(`it must be logged for PCR 0, not PCR ${event.pcr}`, event.offset);
@@ -239,6 +242,6 @@ function readAgileEvent(reader: Reader, index: number, specId: SpecIdEvent): Log
       digest: reader.bytes(alg.digestSize, `${alg.name} digest`),
     });
   }
-  const data = readEventData(reader, offset, index);
-  return { index, offset, pcr, type, typeName: eventTypeName(type), digests, data };
+  const { data, dataOffset } = readEventData(reader, offset, index);
+  return { index, offset, pcr, type, typeName: eventTypeName(type), digests, data, dataOffset };
 }
