@@ -11,6 +11,12 @@ export interface UefiVariable {
   data: Buffer;
   /** For the SecureBoot variable with its one data byte: true when Secure Boot is on. */
   secureBoot?: boolean;
+  /**
+   * Bytes after the declared variable data. Only EV_EFI_VARIABLE_AUTHORITY may have them: shim
+   * (go-attestation #157) logs its built-in certificate with lengths that do not cover the whole
+   * event, as go-attestation's `sb_cert_eventlog` shows. The summary reports it as a workaround.
+   */
+  trailing?: Buffer;
 }
 
 export interface Separator {
@@ -197,9 +203,8 @@ function decodeVariable(event: LogEvent, r: Reader): UefiVariable {
   if (r.remaining !== 0 && event.type !== EV.EFI_VARIABLE_AUTHORITY) {
     throw bad(event, r, `${r.remaining} bytes follow the variable data`);
   }
-  // Trailing bytes are tolerated only in authority events: shim (go-attestation #157) logs its
-  // vendor certificate with one extra byte, and the digest covers what shim wrote, not our parse.
   const variable: UefiVariable = { kind: 'uefi-variable', guid, name, data };
+  if (r.remaining !== 0) variable.trailing = r.rest();
   if (event.type === EV.EFI_VARIABLE_DRIVER_CONFIG && name === 'SecureBoot' && data.length === 1) {
     variable.secureBoot = data.readUInt8(0) === 1;
   }

@@ -45,6 +45,8 @@ export interface EventLogSummary {
   digestMismatches: DigestMismatch[];
   /** Events whose data does not decode as their type says. */
   undecodable: DecodeFailure[];
+  /** Firmware quirks the decoder had to tolerate for this log, by name. Empty if none. */
+  workarounds: string[];
 }
 
 export interface DecodedLogEvent {
@@ -78,6 +80,9 @@ const DATA_HASHED = new Set<number>([
   EV.S_CRTM_VERSION,
 ]);
 
+/** Shim's authority event whose UEFI_VARIABLE_DATA lengths do not cover the event (go-attestation #157). */
+export const WORKAROUND_SHIM_AUTHORITY_TRAILING_DATA = 'shim-authority-trailing-data';
+
 export function checkDataDigests(log: EventLog): DigestMismatch[] {
   const out: DigestMismatch[] = [];
   for (const event of log.events) {
@@ -103,8 +108,11 @@ export function summarize(log: EventLog, decoded: DecodedLogEvent[] = decodeAll(
   let bootApplications = 0;
   let crtmVersion: string | undefined;
   let startupLocality: number | undefined;
+  const workarounds = new Set<string>();
   for (const { event, decoded: d } of decoded) {
     if (d === undefined) continue;
+    if (d.kind === 'uefi-variable' && d.trailing !== undefined)
+      workarounds.add(WORKAROUND_SHIM_AUTHORITY_TRAILING_DATA);
     if (d.kind === 'uefi-variable' && event.type === EV.EFI_VARIABLE_DRIVER_CONFIG && event.pcr === 7) {
       secureBootVariables.push(d.name);
       if (d.name === 'SecureBoot')
@@ -139,5 +147,6 @@ export function summarize(log: EventLog, decoded: DecodedLogEvent[] = decodeAll(
     startupLocality,
     digestMismatches: checkDataDigests(log),
     undecodable: decoded.flatMap((d) => (d.error === undefined ? [] : [d.error])),
+    workarounds: [...workarounds],
   };
 }

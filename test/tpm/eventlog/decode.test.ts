@@ -281,7 +281,21 @@ describe('summary of real logs', () => {
       crtmVersion: 'edk2-20240524-7.el9',
       digestMismatches: [],
       undecodable: [],
+      workarounds: [],
     });
+  });
+
+  it('sb_cert_eventlog: shim authority events with data past their declared lengths are decoded and reported', () => {
+    const log = parseEventLog(readFileSync(sharedPath('eventlogs', 'go-attestation', 'sb_cert_eventlog')));
+    const shim = decodeAll(log).filter(
+      (d) => d.decoded?.kind === 'uefi-variable' && d.decoded.trailing !== undefined,
+    );
+    expect(shim.map((d) => [d.event.index, d.event.typeName])).toEqual([
+      [12, 'EV_EFI_VARIABLE_AUTHORITY'],
+      [14, 'EV_EFI_VARIABLE_AUTHORITY'],
+    ]);
+    expect(shim[0]?.decoded).toMatchObject({ name: 'Shim', guid: '605dab50-e046-4300-abb6-3dd810dd8b23' });
+    expect(summarize(log)).toMatchObject({ undecodable: [], workarounds: ['shim-authority-trailing-data'] });
   });
 
   it('keylime laptop log: Secure Boot off, StartupLocality 3, Lenovo CRTM version', () => {
