@@ -1,3 +1,5 @@
+import { getHashes } from 'node:crypto';
+
 /**
  * Numbers from the TCG PC Client Platform Firmware Profile (event types, §10.4.1) and the TCG
  * Algorithm Registry (hash algorithm ids and digest sizes).
@@ -79,9 +81,16 @@ export function hashAlgorithmById(id: number): HashAlgorithm | undefined {
   return HASH_ALGORITHMS.find((alg) => alg.id === id);
 }
 
+/**
+ * The algorithm of a bank, if this Node build can compute it (SM3 depends on how OpenSSL was
+ * built): a bank ironroot cannot hash is a bank it cannot replay.
+ */
 export function hashAlgorithmByName(name: string): HashAlgorithm | undefined {
-  return HASH_ALGORITHMS.find((alg) => alg.name === name);
+  const alg = HASH_ALGORITHMS.find((a) => a.name === name);
+  return alg !== undefined && NODE_HASHES.has(alg.nodeName) ? alg : undefined;
 }
+
+const NODE_HASHES: ReadonlySet<string> = new Set(getHashes());
 
 /** PCRs a PC Client TPM has; DRTM PCRs 17–22 start at all-ones, the rest at zero. */
 export const PCR_COUNT = 24;

@@ -14,14 +14,14 @@ export interface BankReplay {
    */
   pcrs: Map<number, Buffer>;
   /**
-   * PCRs this bank cannot replay, each with the first event that has no digest for the bank. Real
-   * logs do this: tpm2-tools' small fixtures declare four banks and log two.
+   * PCRs this bank cannot replay, each with the first event that has no digest for the bank. Logs
+   * do this: tpm2-tools' small fixtures declare four banks and log two.
    */
   missingDigest: Map<number, number>;
 }
 
 export interface ReplayResult {
-  /** Per bank (only banks the log declares), the replayed PCR values. */
+  /** Per bank (only banks the log declares and this host can hash), the replayed PCR values. */
   banks: Map<string, BankReplay>;
   /** PCRs the log extends at least once (EV_NO_ACTION does not count). */
   extended: Set<number>;
