@@ -199,7 +199,14 @@ export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResul
         },
       ),
     );
-    await waitForFile(ctrl, 10_000, swtpm);
+    // Drained so a chatty swtpm can never block on a full pipe; kept for error messages.
+    let swtpmStderr = '';
+    swtpm.stderr?.on('data', (d: Buffer) => {
+      swtpmStderr += d.toString();
+    });
+    await waitForFile(ctrl, 10_000, swtpm).catch((e: unknown) => {
+      throw new Error(`${e instanceof Error ? e.message : String(e)}; swtpm said: ${swtpmStderr}`);
+    });
 
     const args = [
       ...[
