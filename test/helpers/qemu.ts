@@ -58,16 +58,28 @@ export interface BootResult {
 const MARK = 'IRONROOT';
 const live = new Set<ChildProcess>();
 
-/** Kill every swtpm and qemu this module started that is still running. Call it in afterAll. */
-export function stopAllVms(): void {
-  for (const child of live) child.kill('SIGKILL');
-  live.clear();
+/** Kill every swtpm and qemu this module started that is still running, and wait until they are gone. */
+export async function stopAllVms(): Promise<void> {
+  await Promise.all([...live].map(killAndWait));
+}
+
+/** How many swtpm and qemu processes this module started are still running. */
+export function runningVmProcesses(): number {
+  return live.size;
 }
 
 function track(child: ChildProcess): ChildProcess {
   live.add(child);
   child.on('exit', () => live.delete(child));
   return child;
+}
+
+function killAndWait(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
 }
 
 function firstExisting(candidates: readonly string[], what: string): string {
@@ -276,8 +288,8 @@ export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResul
       durationMs: Date.now() - started,
     };
   } finally {
-    qemu?.kill('SIGKILL');
-    swtpm?.kill('SIGKILL');
+    // Waits for both to be gone, so a failed boot leaves no process behind for the next test.
+    await Promise.all([qemu, swtpm].flatMap((c) => (c === undefined ? [] : [killAndWait(c)])));
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compareWithPcrs, decodeAll, EV, parseEventLog, summarize } from '../../../src/tpm/eventlog/index.js';
-import { type BootResult, bootWithVtpm, stopAllVms } from '../../helpers/qemu.js';
+import { type BootResult, bootWithVtpm, runningVmProcesses, stopAllVms } from '../../helpers/qemu.js';
 
 // One real boot for the whole file: OVMF measures into a swtpm vTPM, the guest kernel exports the
 // log and reads the PCRs. Under TCG this takes roughly 10-30 s.
@@ -17,8 +17,8 @@ beforeAll(async () => {
   });
 }, 300_000);
 
-afterAll(() => {
-  stopAllVms();
+afterAll(async () => {
+  await stopAllVms();
 });
 
 describe('a real OVMF event log from qemu with a swtpm vTPM', () => {
@@ -90,5 +90,13 @@ describe('a real OVMF event log from qemu with a swtpm vTPM', () => {
   it('runs the extra commands with the extra files in the guest', () => {
     expect(boot.commandOutput).toContain('probe-file-content');
     expect(boot.commandOutput).toMatch(/guest-kernel=\d+\.\d+/);
+  });
+});
+
+describe('bootWithVtpm failure handling', () => {
+  it('gives up after timeoutMs with the serial tail, and leaves no swtpm or qemu running', async () => {
+    // 1 s is far too short for OVMF to reach the kernel, so this always hits the timeout path.
+    await expect(bootWithVtpm({ timeoutMs: 1000 })).rejects.toThrow(/did not power off within 1000 ms/);
+    expect(runningVmProcesses()).toBe(0);
   });
 });
