@@ -78,6 +78,17 @@ export function parseEndpointAddress(text: string): EndpointAddress {
   return scheme === 'unix' ? parseUnix(text, authority, path) : parseTcp(text, hasAuthority, authority, path);
 }
 
+/**
+ * The Workload API address from the environment (Workload Endpoint §4, E-10): `SPIFFE_ENDPOINT_SOCKET`
+ * parsed by {@link parseEndpointAddress}. The caller passes the environment (usually `process.env`),
+ * which keeps this library free of I/O and makes it testable.
+ *
+ * @throws SpiffeError `ERR_ENDPOINT_EMPTY` when the variable is unset or empty, or the parse error.
+ */
+export function endpointAddressFromEnv(env: Readonly<Record<string, string | undefined>>): EndpointAddress {
+  return parseEndpointAddress(env[ENDPOINT_SOCKET_ENV] ?? '');
+}
+
 function parseUnix(text: string, authority: string, path: string): EndpointAddress {
   if (authority !== '') {
     throw new SpiffeError(
@@ -91,7 +102,17 @@ function parseUnix(text: string, authority: string, path: string): EndpointAddre
       `workload endpoint address "${text}" does not hold an absolute socket path; Workload Endpoint §4 requires "unix:///absolute/path"`,
     );
   }
-  return { scheme: 'unix', path };
+  let decoded: string;
+  try {
+    // The URI path is percent-encoded (RFC 3986); the socket path is the decoded form.
+    decoded = decodeURIComponent(path);
+  } catch {
+    throw new SpiffeError(
+      'ERR_ENDPOINT_NOT_URI',
+      `workload endpoint address "${text}" has a malformed percent-encoding in its path (RFC 3986 §2.1)`,
+    );
+  }
+  return { scheme: 'unix', path: decoded };
 }
 
 function parseTcp(text: string, hasAuthority: boolean, authority: string, path: string): EndpointAddress {

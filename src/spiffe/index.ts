@@ -18,7 +18,12 @@ export { JwtBundle } from './bundle/jwt-bundle.js';
 export { SpiffeBundle, type SpiffeBundleOptions } from './bundle/spiffe-bundle.js';
 export { X509Bundle } from './bundle/x509-bundle.js';
 export { type CsrTemplate, createCsr, type ParsedCsr, parseCsr } from './csr.js';
-export { ENDPOINT_SOCKET_ENV, type EndpointAddress, parseEndpointAddress } from './endpoint-address.js';
+export {
+  ENDPOINT_SOCKET_ENV,
+  type EndpointAddress,
+  endpointAddressFromEnv,
+  parseEndpointAddress,
+} from './endpoint-address.js';
 export { isSpiffeError, SpiffeError, type SpiffeErrorCode } from './errors.js';
 export { MAX_SPIFFE_ID_BYTES, MAX_TRUST_DOMAIN_BYTES } from './id-syntax.js';
 export {

@@ -96,6 +96,7 @@ export class SpiffeId {
     return SCHEME_PREFIX + this.trustDomain.name + this.path;
   }
 
+  /** The ID text, so JSON output holds the ID. */
   toJSON(): string {
     return this.toString();
   }

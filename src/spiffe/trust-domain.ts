@@ -46,6 +46,7 @@ export class TrustDomain {
     return this.name;
   }
 
+  /** The bare name, so JSON output holds the name. */
   toJSON(): string {
     return this.name;
   }

@@ -78,7 +78,9 @@ export async function mintX509Ca(
     new px.KeyUsagesExtension(px.KeyUsageFlags.keyCertSign | px.KeyUsageFlags.cRLSign, true),
     new px.SubjectAlternativeNameExtension([{ type: 'url', value: template.trustDomain.idString() }], false),
     new px.SubjectKeyIdentifierExtension(keyIdentifier(template.publicKey)),
-    new px.AuthorityKeyIdentifierExtension(keyIdentifier(signer.publicKey)),
+    new px.AuthorityKeyIdentifierExtension(
+      selfSigned ? keyIdentifier(signer.publicKey) : authorityKeyId(issuer),
+    ),
   ];
   if (template.permittedTrustDomains !== undefined) {
     const hosts = template.permittedTrustDomains.map((td) => td.name);
@@ -122,7 +124,7 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
     new px.ExtendedKeyUsageExtension([px.ExtendedKeyUsage.serverAuth, px.ExtendedKeyUsage.clientAuth], false),
     new px.SubjectAlternativeNameExtension(names, subject === ''),
     new px.SubjectKeyIdentifierExtension(keyIdentifier(template.publicKey)),
-    new px.AuthorityKeyIdentifierExtension(keyIdentifier(issuer.signer.publicKey)),
+    new px.AuthorityKeyIdentifierExtension(authorityKeyId(issuer)),
   ];
   return issue(template, subject, subjectNameOf(issuer.certificate), extensions, issuer.signer);
 }
@@ -165,4 +167,13 @@ async function issue(
 /** The issuer's subject as encoded in its certificate, so the new issuer field matches byte for byte. */
 function subjectNameOf(cert: X509Certificate): px.Name {
   return new px.X509Certificate(cert.raw).subjectName;
+}
+
+/**
+ * The issuer's own subject key identifier when its certificate has one (it may have been made
+ * elsewhere, with another method than ours), so AKI and SKI always match; otherwise computed.
+ */
+function authorityKeyId(issuer: X509Issuer): string {
+  const ski = new px.X509Certificate(issuer.certificate.raw).getExtension(px.SubjectKeyIdentifierExtension);
+  return ski?.keyId ?? keyIdentifier(issuer.signer.publicKey);
 }

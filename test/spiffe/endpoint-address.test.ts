@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseEndpointAddress } from '../../src/spiffe/endpoint-address.js';
+import { endpointAddressFromEnv, parseEndpointAddress } from '../../src/spiffe/endpoint-address.js';
 import type { SpiffeErrorCode } from '../../src/spiffe/errors.js';
 import { expectSpiffeError } from '../helpers/spiffe-errors.js';
 
@@ -7,6 +7,7 @@ describe('parseEndpointAddress accepts (E-11..E-13)', () => {
   it.each([
     ['unix:///run/ironroot/agent.sock', { scheme: 'unix', path: '/run/ironroot/agent.sock' }],
     ['unix:/tmp/agent.sock', { scheme: 'unix', path: '/tmp/agent.sock' }],
+    ['unix:///tmp/my%20agent.sock', { scheme: 'unix', path: '/tmp/my agent.sock' }],
     ['tcp://127.0.0.1:8000', { scheme: 'tcp', host: '127.0.0.1', port: 8000 }],
     ['tcp://[::1]:8000', { scheme: 'tcp', host: '::1', port: 8000 }],
   ])('%s', (text, expected) => {
@@ -44,9 +45,23 @@ describe('parseEndpointAddress rejects', () => {
     ['tcp opaque', 'tcp:127.0.0.1:8000', 'ERR_ENDPOINT_TCP_NO_HOST', /no host/],
     ['tcp without host', 'tcp://:8000', 'ERR_ENDPOINT_TCP_NO_HOST', /no host/],
     ['tcp with userinfo (E-13)', 'tcp://u@127.0.0.1:8000', 'ERR_ENDPOINT_USERINFO', /userinfo/],
+    ['unix with bad percent-encoding', 'unix:///a%zz.sock', 'ERR_ENDPOINT_NOT_URI', /percent-encoding/],
     ['tcp with query (E-13)', 'tcp://127.0.0.1:8000?x', 'ERR_ENDPOINT_QUERY', /query/],
   ];
   it.each(cases)('%s: %s', (_name, text, code, rule) => {
     expectSpiffeError(() => parseEndpointAddress(text), code, rule);
+  });
+});
+
+describe('endpointAddressFromEnv (E-10)', () => {
+  it('reads SPIFFE_ENDPOINT_SOCKET from the given environment', () => {
+    expect(endpointAddressFromEnv({ SPIFFE_ENDPOINT_SOCKET: 'unix:///run/a.sock' })).toEqual({
+      scheme: 'unix',
+      path: '/run/a.sock',
+    });
+  });
+
+  it('reports an unset variable by name', () => {
+    expectSpiffeError(() => endpointAddressFromEnv({}), 'ERR_ENDPOINT_EMPTY', /SPIFFE_ENDPOINT_SOCKET/);
   });
 });

@@ -102,6 +102,24 @@ describe('mintX509Svid', () => {
     expect(result).toMatchObject({ ok: true });
   });
 
+  it('copies the issuer’s own SKI into the AKI, even when the issuer was made elsewhere', async () => {
+    const k = p256();
+    const foreignSki = 'c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00';
+    const external = await craft({
+      subject: 'CN=external',
+      publicKey: k.publicKey,
+      selfKey: k.privateKey,
+      extensions: [...caExtensions('spiffe://example.org'), new px.SubjectKeyIdentifierExtension(foreignSki)],
+    });
+    const svid = await mintX509Svid(
+      { spiffeId: workload, publicKey: leafKey.publicKey, notBefore: hourAgo, notAfter: inADay },
+      { certificate: external, signer: k.signer },
+    );
+    const text = await opensslText(pem('aki.pem', [svid]));
+    expect(text).toMatch(/Authority Key Identifier: *\n\s+(keyid:)?C0:FF:EE:00:C0:FF/);
+    expect((await opensslVerify(pem('ext.pem', [external]), pem('aki.pem', [svid]))).ok).toBe(true);
+  });
+
   it('refuses a trust-domain ID without path (X-3)', async () => {
     const err = await mintX509Svid(
       {

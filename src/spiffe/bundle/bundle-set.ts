@@ -20,6 +20,7 @@ export interface JwtBundleSource {
 export class BundleSet implements X509BundleSource, JwtBundleSource {
   readonly #bundles = new Map<string, SpiffeBundle>();
 
+  /** A set holding `bundles`; a later bundle of the same trust domain replaces an earlier one. */
   constructor(bundles: Iterable<SpiffeBundle | X509Bundle | JwtBundle> = []) {
     for (const b of bundles) this.set(b);
   }
@@ -53,10 +54,12 @@ export class BundleSet implements X509BundleSource, JwtBundleSource {
     return [...this.#bundles.values()];
   }
 
+  /** The X.509 part of `trustDomain`'s bundle, if any. */
   getX509BundleForTrustDomain(trustDomain: TrustDomain): X509Bundle | undefined {
     return this.get(trustDomain)?.toX509Bundle();
   }
 
+  /** The JWT part of `trustDomain`'s bundle, if any. */
   getJwtBundleForTrustDomain(trustDomain: TrustDomain): JwtBundle | undefined {
     return this.get(trustDomain)?.toJwtBundle();
   }

@@ -28,10 +28,15 @@ export interface SpiffeBundleOptions {
  * ```
  */
 export class SpiffeBundle {
+  /** The trust domain the bundle belongs to; a bundle is never used for another (X-25, F-8). */
   readonly trustDomain: TrustDomain;
+  /** Root CA certificates (`use: x509-svid`). */
   readonly x509Authorities: readonly X509Certificate[];
+  /** JWT signing keys by kid (`use: jwt-svid`). */
   readonly jwtAuthorities: ReadonlyMap<string, KeyObject>;
+  /** `spiffe_sequence`, when the producer set it; compares the freshness of two bundles (F-7). */
   readonly sequenceNumber: bigint | undefined;
+  /** `spiffe_refresh_hint` in seconds, when set; a polling hint only (B-7, F-5). */
   readonly refreshHintSeconds: number | undefined;
 
   /**

@@ -15,6 +15,7 @@ export class X509Bundle {
   /** The authorities, in the order given. */
   readonly authorities: readonly X509Certificate[];
 
+  /** A bundle of `authorities` for `trustDomain` (copied; later changes to the array do not leak in). */
   constructor(trustDomain: TrustDomain, authorities: readonly X509Certificate[]) {
     this.trustDomain = trustDomain;
     this.authorities = [...authorities];
