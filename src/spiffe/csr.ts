@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
 import { pemBlocks } from './der.js';
 import { SpiffeError } from './errors.js';
+import { checkProducible } from './id-syntax.js';
 import * as px from './peculiar.js';
 import type { Signer } from './signer.js';
 import { signerWebCrypto, signingParams } from './signer-crypto.js';
@@ -33,6 +34,7 @@ export interface ParsedCsr {
  * @throws SpiffeError `ERR_SPIFFEID_TOO_LONG` past 2048 bytes.
  */
 export async function createCsr(template: CsrTemplate, signer: Signer): Promise<Uint8Array> {
+  checkProducible(template.spiffeId.toString(), 'cannot request a certificate');
   const names: px.JsonGeneralName[] = [
     { type: 'url', value: template.spiffeId.toString() },
     ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),

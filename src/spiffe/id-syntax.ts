@@ -98,6 +98,19 @@ export function checkPath(path: string, context: string): void {
   });
 }
 
+/**
+ * Refuses to produce (issue, sign, request) an ID over 2048 bytes: SPIFFE-ID §2.3 says not to,
+ * although parsers must accept them.
+ */
+export function checkProducible(idText: string, what: string): void {
+  if (idText.length > MAX_SPIFFE_ID_BYTES) {
+    throw new SpiffeError(
+      'ERR_SPIFFEID_TOO_LONG',
+      `${what}: the SPIFFE ID is ${idText.length} bytes; SPIFFE-ID §2.3 says not to produce IDs over ${MAX_SPIFFE_ID_BYTES} bytes: shorten the path`,
+    );
+  }
+}
+
 /** Splits and checks the text of a SPIFFE ID; returns its trust domain name and path. */
 export function parseIdText(text: string): { trustDomain: string; path: string } {
   if (text === '') {

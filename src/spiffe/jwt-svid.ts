@@ -2,6 +2,7 @@ import type { KeyObject } from 'node:crypto';
 import { compactVerify } from 'jose';
 import type { JwtBundleSource } from './bundle/bundle-set.js';
 import { SpiffeError } from './errors.js';
+import { checkProducible } from './id-syntax.js';
 import type { Signer } from './signer.js';
 import { SpiffeId } from './spiffe-id.js';
 
@@ -81,6 +82,7 @@ const b64url = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('
  * and claims `sub`, `aud`, `exp` (J-8, J-9, J-12), plus `iat` and extra claims when given. The Signer
  * returns r‖s for ECDSA, which is exactly the JWS signature form.
  *
+ * @throws SpiffeError `ERR_SPIFFEID_TOO_LONG` for an ID over 2048 bytes (ID-18).
  * @throws TypeError for an empty audience, empty key ID, reserved extra claim or an algorithm JWT-SVID
  *   does not allow.
  * @example
@@ -93,6 +95,7 @@ export async function mintJwtSvid(template: JwtSvidTemplate, signer: Signer): Pr
   if (audience.length === 0 || audience.some((a) => a === '')) {
     throw new TypeError('a JWT-SVID needs one or more non-empty audiences (JWT-SVID §3.2)');
   }
+  checkProducible(template.spiffeId.toString(), 'cannot sign a JWT-SVID');
   if (template.keyId === '') throw new TypeError('a JWT-SVID needs the kid of its signing key');
   if (!(JWT_SVID_ALGORITHMS as readonly string[]).includes(signer.algorithm)) {
     throw new TypeError(`JWT-SVID §2.1 does not allow alg ${signer.algorithm}`);

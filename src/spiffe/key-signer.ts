@@ -25,6 +25,9 @@ export function createKeySigner(privateKey: KeyObject, algorithm?: SigningAlgori
     algorithm ?? (keyType === 'ec' ? DEFAULT_ALGORITHM[curve] : keyType === 'rsa' ? 'RS256' : undefined);
   if (alg === undefined)
     throw new TypeError(`no SPIFFE signing algorithm for a ${keyType} key on "${curve}"`);
+  if (alg.startsWith('ES') !== (keyType === 'ec') || (!alg.startsWith('ES') && keyType !== 'rsa')) {
+    throw new TypeError(`algorithm ${alg} does not fit a ${keyType} key`);
+  }
   const hash = `sha${alg.slice(2)}`;
   const publicKey = createPublicKey(privateKey);
   return {

@@ -1,5 +1,4 @@
-import { SpiffeError } from './errors.js';
-import { checkPath, checkSegment, MAX_SPIFFE_ID_BYTES, parseIdText, SCHEME_PREFIX } from './id-syntax.js';
+import { checkPath, checkProducible, checkSegment, parseIdText, SCHEME_PREFIX } from './id-syntax.js';
 import { TrustDomain } from './trust-domain.js';
 
 /**
@@ -61,13 +60,10 @@ export class SpiffeId {
   }
 
   private static produced(trustDomain: TrustDomain, path: string): SpiffeId {
-    const length = SCHEME_PREFIX.length + trustDomain.name.length + path.length;
-    if (length > MAX_SPIFFE_ID_BYTES) {
-      throw new SpiffeError(
-        'ERR_SPIFFEID_TOO_LONG',
-        `SPIFFE ID would be ${length} bytes; SPIFFE-ID §2.3 says not to produce IDs over ${MAX_SPIFFE_ID_BYTES} bytes: shorten the path`,
-      );
-    }
+    checkProducible(
+      SCHEME_PREFIX + trustDomain.name + path,
+      `cannot build a SPIFFE ID in "${trustDomain.name}"`,
+    );
     return new SpiffeId(trustDomain, path);
   }
 

@@ -1,5 +1,5 @@
 import type { X509Certificate } from 'node:crypto';
-import { SpiffeError } from './errors.js';
+import { SpiffeError, type SpiffeErrorCode } from './errors.js';
 import * as px from './peculiar.js';
 import { SpiffeId } from './spiffe-id.js';
 import { decodeNameConstraints, type NameConstraints, OID } from './x509-extensions.js';
@@ -71,15 +71,15 @@ export function inspect(cert: X509Certificate, label: string): CertFacts {
   }
 }
 
-function fail(code: ConstructorParameters<typeof SpiffeError>[0], message: string): never {
+function fail(code: SpiffeErrorCode, message: string): never {
   throw new SpiffeError(code, message);
 }
 
 /**
- * The SPIFFE ID of a certificate: its single URI SAN (X-1, X-2, X-24), parsed as a SPIFFE ID (X-22).
- * Returns undefined for a CA without a URI SAN (X-5 is only a SHOULD).
+ * The SPIFFE ID in a certificate's URI SAN, parsed (X-22); undefined when it has no URI SAN. More than
+ * one URI SAN is rejected (X-2, X-24).
  */
-export function spiffeIdOf(f: CertFacts, required: boolean): SpiffeId | undefined {
+export function spiffeIdOf(f: CertFacts): SpiffeId | undefined {
   if (f.uris.length > 1) {
     fail(
       'ERR_X509SVID_MULTIPLE_URI_SANS',
@@ -87,20 +87,18 @@ export function spiffeIdOf(f: CertFacts, required: boolean): SpiffeId | undefine
     );
   }
   const uri = f.uris[0];
-  if (uri === undefined) {
-    if (!required) return undefined;
+  return uri === undefined ? undefined : SpiffeId.parse(uri);
+}
+
+/** Checks the leaf rules of X509-SVID §3.1, §4 and §5.2; returns the leaf's SPIFFE ID. */
+export function checkLeaf(f: CertFacts): SpiffeId {
+  const id = spiffeIdOf(f);
+  if (id === undefined) {
     fail(
       'ERR_X509SVID_NO_URI_SAN',
       `${f.label} certificate has no URI SAN; X509-SVID §2 requires exactly one URI SAN holding the SPIFFE ID`,
     );
   }
-  return SpiffeId.parse(uri);
-}
-
-/** Checks the leaf rules of X509-SVID §3.1, §4 and §5.2; returns the leaf's SPIFFE ID. */
-export function checkLeaf(f: CertFacts): SpiffeId {
-  const id = spiffeIdOf(f, true);
-  if (id === undefined) throw new TypeError('unreachable: a required ID is present');
   if (id.isTrustDomainId) {
     fail(
       'ERR_X509SVID_ROOT_PATH',
@@ -166,7 +164,8 @@ export function checkSigning(f: CertFacts): void {
       `${f.label} certificate signs others but lacks keyCertSign; X509-SVID §4.3 requires it`,
     );
   }
-  const id = spiffeIdOf(f, false);
+  // X-5 makes a signing certificate's SPIFFE ID a SHOULD, so its absence is accepted.
+  const id = spiffeIdOf(f);
   if (id !== undefined && !id.isTrustDomainId) {
     fail(
       'ERR_X509SVID_CA_ID_HAS_PATH',

@@ -1,6 +1,6 @@
 import { type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
 import { SpiffeError } from './errors.js';
-import { MAX_SPIFFE_ID_BYTES } from './id-syntax.js';
+import { checkProducible } from './id-syntax.js';
 import * as px from './peculiar.js';
 import type { Signer } from './signer.js';
 import { signerWebCrypto, signingParams } from './signer-crypto.js';
@@ -107,12 +107,7 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
     );
   }
   const idText = id.toString();
-  if (idText.length > MAX_SPIFFE_ID_BYTES) {
-    throw new SpiffeError(
-      'ERR_SPIFFEID_TOO_LONG',
-      `cannot issue an X.509-SVID for a ${idText.length}-byte SPIFFE ID; SPIFFE-ID §2.3 says not to produce IDs over ${MAX_SPIFFE_ID_BYTES} bytes`,
-    );
-  }
+  checkProducible(idText, 'cannot issue an X.509-SVID');
   const subject = template.subject ?? '';
   const names: px.JsonGeneralName[] = [
     { type: 'url', value: idText },

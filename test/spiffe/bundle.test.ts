@@ -53,6 +53,16 @@ describe('X509Bundle', () => {
     const broken = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n';
     expectSpiffeError(() => X509Bundle.parsePem(td, broken), 'ERR_BUNDLE_BAD_CERTIFICATE', /block 0/);
   });
+
+  it('reads empty text as an empty bundle but rejects text without a complete certificate block', () => {
+    expect(X509Bundle.parsePem(td, '\n').authorities).toEqual([]);
+    const truncated = ca1.toString().split('-----END')[0] ?? '';
+    expectSpiffeError(
+      () => X509Bundle.parsePem(td, truncated),
+      'ERR_BUNDLE_PARSE',
+      /no complete CERTIFICATE/,
+    );
+  });
 });
 
 describe('JwtBundle', () => {

@@ -51,6 +51,15 @@ describe('createCsr / parseCsr', () => {
     expect((await parseCsr(toPem('CERTIFICATE REQUEST', der))).publicKey.equals(rsa.publicKey)).toBe(true);
   });
 
+  it('refuses to request an ID over 2048 bytes (ID-18)', async () => {
+    const long = SpiffeId.parse(`spiffe://example.org/${'a'.repeat(2100)}`);
+    await expectSpiffeRejection(
+      createCsr({ spiffeId: long }, p256().signer),
+      'ERR_SPIFFEID_TOO_LONG',
+      /§2\.3/,
+    );
+  });
+
   it('rejects garbage', async () => {
     await expectSpiffeRejection(parseCsr(new Uint8Array([1, 2, 3])), 'ERR_CSR_PARSE', /PKCS#10/);
   });

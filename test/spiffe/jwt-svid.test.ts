@@ -78,6 +78,15 @@ describe('mintJwtSvid', () => {
     expect((await validateJwtSvid(token, set, 'reports', { time: now })).header.alg).toBe('PS256');
   });
 
+  it('refuses to sign for an ID over 2048 bytes (ID-18)', async () => {
+    const long = SpiffeId.parse(`spiffe://example.org/${'a'.repeat(2100)}`);
+    await expectSpiffeRejection(
+      mintJwtSvid({ spiffeId: long, audience: 'a', expiresAt: inAnHour, keyId: 'k1' }, signer),
+      'ERR_SPIFFEID_TOO_LONG',
+      /§2\.3/,
+    );
+  });
+
   it('refuses an empty audience, an empty kid and reserved extra claims', async () => {
     const base = { spiffeId: subject, expiresAt: inAnHour, keyId: 'k1' };
     await expect(mintJwtSvid({ ...base, audience: [] }, signer)).rejects.toThrow(/one or more/);

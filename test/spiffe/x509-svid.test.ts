@@ -120,6 +120,15 @@ describe('mintX509Svid', () => {
     expect((await opensslVerify(pem('ext.pem', [external]), pem('aki.pem', [svid]))).ok).toBe(true);
   });
 
+  it('refuses to issue for an ID over 2048 bytes (ID-18)', async () => {
+    const long = SpiffeId.parse(`spiffe://example.org/${'a'.repeat(2100)}`);
+    const err = await mintX509Svid(
+      { spiffeId: long, publicKey: leafKey.publicKey, notBefore: now, notAfter: inADay },
+      interIssuer,
+    ).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'ERR_SPIFFEID_TOO_LONG', message: expect.stringMatching(/§2\.3/) });
+  });
+
   it('refuses a trust-domain ID without path (X-3)', async () => {
     const err = await mintX509Svid(
       {

@@ -22,9 +22,11 @@ export class X509Bundle {
   }
 
   /**
-   * Parses PEM text holding `CERTIFICATE` blocks (other block types are skipped).
+   * Parses PEM text holding `CERTIFICATE` blocks (other block types are skipped). Empty text is an
+   * empty bundle.
    *
-   * @throws SpiffeError `ERR_BUNDLE_BAD_CERTIFICATE` when a block is not a certificate.
+   * @throws SpiffeError `ERR_BUNDLE_BAD_CERTIFICATE` when a block is not a certificate, and
+   *   `ERR_BUNDLE_PARSE` for text with no complete certificate block.
    */
   static parsePem(trustDomain: TrustDomain, pem: string): X509Bundle {
     const certs = pemBlocks(pem)
@@ -40,6 +42,12 @@ export class X509Bundle {
           );
         }
       });
+    if (certs.length === 0 && pem.trim() !== '') {
+      throw new SpiffeError(
+        'ERR_BUNDLE_PARSE',
+        `X.509 bundle for "${trustDomain}" has text but no complete CERTIFICATE PEM block; check the file`,
+      );
+    }
     return new X509Bundle(trustDomain, certs);
   }
 
