@@ -24,8 +24,11 @@ export type JwtSvidAlgorithm = (typeof JWT_SVID_ALGORITHMS)[number];
 
 /** The JOSE header of a JWT-SVID: nothing but `alg`, `kid` and `typ` (J-2). */
 export interface JwtSvidHeader {
+  /** Signature algorithm, one of {@link JWT_SVID_ALGORITHMS}. */
   readonly alg: JwtSvidAlgorithm;
+  /** Key ID in the subject's trust-domain bundle; optional in the spec (J-6), always written by us. */
   readonly kid?: string;
+  /** `JWT` or `JOSE` when present (J-7). */
   readonly typ?: 'JWT' | 'JOSE';
 }
 

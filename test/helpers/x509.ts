@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import 'reflect-metadata';
-import * as px from '@peculiar/x509';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+// Through the library's re-export, which loads the Reflect polyfill @peculiar/x509 needs first.
+import * as px from '../../src/spiffe/peculiar.js';
 import type { Signer } from '../../src/spiffe/signer.js';
 
 const run = promisify(execFile);
