@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { verify, X509Certificate } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,11 +7,14 @@ import {
   createAk,
   type Ek,
   type EkKind,
+  ecdsaP1363,
+  highRangeBranches,
   loadEk,
   objectName,
   parseTpm2ToolsCredential,
   passwordSession,
   pcrSelection,
+  policyA,
   policyB,
   policySession,
   publicKeyFromArea,
@@ -289,6 +292,59 @@ describe('PCRs and quotes', () => {
       expect(quote.pcrs[0]?.values.size).toBe(24);
       expect(quote.attest.attested.kind === 'quote' && quote.attest.attested.pcrSelect[0]?.pcrs).toEqual(all);
     });
+  });
+});
+
+describe('other commands', () => {
+  it('leaves the session digest at PolicyB after PolicySecret and PolicyOR for the P-384 EK', async () => {
+    await withEk(tpm, 'ecc-p384-high', async (ek) => {
+      const session = await tpm.startAuthSession(TPM_SE.POLICY, TPM_ALG.SHA384);
+      try {
+        await tpm.policySecret(TPM_RH.ENDORSEMENT, passwordSession(), session);
+        expect(hex(await tpm.policyGetDigest(session))).toBe(hex(policyA(TPM_ALG.SHA384)));
+        await tpm.policyOr(session, highRangeBranches(TPM_ALG.SHA384));
+        const digest = await tpm.policyGetDigest(session);
+        expect(hex(digest)).toBe(hex(policyB(TPM_ALG.SHA384)));
+        expect(hex(digest)).toBe(hex(ek.public.area.authPolicy));
+      } finally {
+        await tpm.flushContext(session);
+      }
+    });
+  });
+
+  it('certifies one AK with another; the attestation names it and verifies with the signer', async () => {
+    await withEk(tpm, 'rsa2048', async (ek) => {
+      const subject = await createAk(tpm, ek, 'ecc-p256');
+      const signer = await createAk(tpm, ek, 'ecc-p256');
+      const result = await withAk(tpm, ek, subject, (s) =>
+        withAk(tpm, ek, signer, (k) =>
+          tpm.certify(s.handle, passwordSession(), k.handle, passwordSession(), Uint8Array.of(1, 2, 3)),
+        ),
+      );
+      expect(result.attest.attested.kind).toBe('certify');
+      if (result.attest.attested.kind !== 'certify') return;
+      expect(hex(result.attest.attested.name)).toBe(hex(subject.name));
+      expect(hex(result.attest.extraData)).toBe('010203');
+      expect(result.signature.sigAlg).toBe(TPM_ALG.ECDSA);
+      if (result.signature.sigAlg !== TPM_ALG.ECDSA) return;
+      const key = publicKeyFromArea(signer.public.area);
+      const sig = ecdsaP1363(result.signature, 32);
+      expect(verify('sha256', result.attestBytes, { key, dsaEncoding: 'ieee-p1363' }, sig)).toBe(true);
+    });
+  });
+
+  it('persists a key with EvictControl and removes it again', async () => {
+    const handle = 0x81000100;
+    const ek = await loadEk(tpm, 'ecc-p256');
+    try {
+      await tpm.evictControl(TPM_RH.OWNER, passwordSession(), ek.handle, handle);
+    } finally {
+      await releaseEk(tpm, ek);
+    }
+    expect(await tpm.getHandles(TPM_HT.PERSISTENT)).toContain(handle);
+    expect(hex((await tpm.readPublic(handle)).name)).toBe(hex(ek.name));
+    await tpm.evictControl(TPM_RH.OWNER, passwordSession(), handle, handle);
+    expect(await tpm.getHandles(TPM_HT.PERSISTENT)).not.toContain(handle);
   });
 });
 

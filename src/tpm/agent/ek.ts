@@ -14,8 +14,11 @@ import { EK_PROFILES, type EkKind, type EkProfile, ekProfile, highRangeBranches 
 /** An EK certificate (or chain certificate) read from NV. */
 export interface EkCertificate {
   readonly index: number;
-  /** The EK this certificate is for, or `intermediate` for indices 0x01c00100–0x01c001ff. */
-  readonly kind: EkKind | 'intermediate';
+  /**
+   * The EK template this certificate is for; `other` for a standard EK index ironroot has no
+   * template for (P-521, SM2, RSA-3072/4096); `intermediate` for chain indices 0x01c00100–0x01c001ff.
+   */
+  readonly kind: EkKind | 'other' | 'intermediate';
   /** The NV contents exactly as stored (what `tpm2_nvread` prints). */
   readonly raw: Uint8Array;
   /** The DER certificate: the PC Client `10 01 00 len` header and trailing padding removed. */
@@ -39,9 +42,9 @@ export async function readEkCertificates(tpm: Tpm): Promise<EkCertificate[]> {
   const present = await tpm.getHandles(TPM_HT.NV_INDEX);
   const out: EkCertificate[] = [];
   for (const index of present) {
-    const kind = CERT_INDICES.get(index);
     const isChain = index >= CHAIN_FIRST && index <= CHAIN_LAST;
-    if ((kind === undefined || kind === 'other') && !isChain) continue;
+    const kind = isChain ? 'intermediate' : CERT_INDICES.get(index);
+    if (kind === undefined) continue;
     const { nvPublic } = await tpm.nvReadPublic(index);
     const raw = await tpm.nvRead(index, nvPublic.dataSize);
     out.push({
