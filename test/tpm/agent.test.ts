@@ -98,6 +98,29 @@ describe('EK certificates', () => {
     }
   });
 
+  it('reads an owner-read-only certificate larger than TPM_PT_NV_BUFFER_MAX and strips its padding', async () => {
+    // 1500 bytes: two NV_Read chunks on swtpm (NV_BUFFER_MAX 1024); readable by the owner only.
+    const [rsa] = await readEkCertificates(tpm);
+    expect(rsa).toBeDefined();
+    if (!rsa) return;
+    const padded = Buffer.concat([rsa.der, Buffer.alloc(1500 - rsa.der.byteLength, 0xff)]);
+    await writeFile(file('owner-cert'), padded);
+    await tpm2(
+      'tpm2_nvdefine',
+      ['0x01c00014', '-C', 'o', '-s', '1500', '-a', 'ownerread|ownerwrite'],
+      swtpm.tcti,
+    );
+    try {
+      await tpm2('tpm2_nvwrite', ['0x01c00014', '-C', 'o', '-i', file('owner-cert')], swtpm.tcti);
+      const cert = (await readEkCertificates(tpm)).find((c) => c.index === 0x01c00014);
+      expect(cert?.kind).toBe('ecc-p256-high');
+      expect(hex(cert?.raw ?? new Uint8Array())).toBe(padded.toString('hex'));
+      expect(hex(cert?.der ?? new Uint8Array())).toBe(hex(rsa.der));
+    } finally {
+      await tpm2('tpm2_nvundefine', ['0x01c00014', '-C', 'o'], swtpm.tcti);
+    }
+  });
+
   it.each<[EkKind, number]>([
     ['rsa2048', 0x01c00002],
     ['ecc-p384-high', 0x01c00016],

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { TPM_HT, TPM_RH, TPM_SE } from '../codec/constants.js';
+import { TPM_HT, TPM_RH, TPM_SE, TPMA_NV } from '../codec/constants.js';
 import { marshalPublic, type ParsedPublic, type TpmtPublic } from '../codec/public.js';
 import { TpmError, TpmResponseError } from '../errors.js';
 import { type AuthSession, passwordSession, policySession } from '../session.js';
@@ -46,7 +46,13 @@ export async function readEkCertificates(tpm: Tpm): Promise<EkCertificate[]> {
     const kind = isChain ? 'intermediate' : CERT_INDICES.get(index);
     if (kind === undefined) continue;
     const { nvPublic } = await tpm.nvReadPublic(index);
-    const raw = await tpm.nvRead(index, nvPublic.dataSize);
+    // Certificates are normally readable with the index's own (empty) auth, as tpm2-tools reads
+    // them; some TPMs only allow owner reads (go-attestation #300), so use the owner then.
+    const authHandle =
+      nvPublic.attributes & TPMA_NV.AUTHREAD || !(nvPublic.attributes & TPMA_NV.OWNERREAD)
+        ? index
+        : TPM_RH.OWNER;
+    const raw = await tpm.nvRead(index, nvPublic.dataSize, { authHandle });
     out.push({
       index,
       kind: kind === undefined || kind === 'other' ? 'intermediate' : kind,
