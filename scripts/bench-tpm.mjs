@@ -82,7 +82,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const p95 = (xs) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.95))];
 const ms = (x) => x.toFixed(2).padStart(8);
 
-const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-'));
+const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-tpm-'));
 const sim = process.env.BENCH_TCTI ? { tcti: process.env.BENCH_TCTI, stop() {} } : await startSwtpm(dir);
 const perCommand = new Map();
 const inner = await openTransport(sim.tcti);
