@@ -35,6 +35,11 @@ async function assertPrivateDirectory(dir: string): Promise<void> {
 
 class DiskStore implements SoftwareKeyStore {
   readonly #dir: string;
+  /**
+   * Parsed keys by id with the file identity they came from. Parsing PEM costs far more than signing
+   * (hsm-notes C.3), so a key is parsed again only when its file changed; its mode is checked every time.
+   */
+  readonly #parsed = new Map<string, { readonly ino: number; readonly mtimeMs: number; readonly key: KeyObject }>();
 
   constructor(dir: string) {
     this.#dir = dir;
@@ -65,7 +70,11 @@ class DiskStore implements SoftwareKeyStore {
         `key file ${path} has mode ${octal(stat.mode)}; it must be 0600 (chmod 600 ${path}), and the key should be treated as exposed`,
       );
     }
-    return createPrivateKey(await readFile(path));
+    const cached = this.#parsed.get(id);
+    if (cached !== undefined && cached.ino === stat.ino && cached.mtimeMs === stat.mtimeMs) return cached.key;
+    const key = createPrivateKey(await readFile(path));
+    this.#parsed.set(id, { ino: stat.ino, mtimeMs: stat.mtimeMs, key });
+    return key;
   }
 
   async ids(): Promise<string[]> {
@@ -92,6 +101,7 @@ class DiskStore implements SoftwareKeyStore {
   }
 
   async remove(id: string): Promise<void> {
+    this.#parsed.delete(id);
     try {
       await rm(this.#path(id));
     } catch (error) {
