@@ -39,7 +39,10 @@ class DiskStore implements SoftwareKeyStore {
    * Parsed keys by id with the file identity they came from. Parsing PEM costs far more than signing
    * (hsm-notes C.3), so a key is parsed again only when its file changed; its mode is checked every time.
    */
-  readonly #parsed = new Map<string, { readonly ino: number; readonly mtimeMs: number; readonly key: KeyObject }>();
+  readonly #parsed = new Map<
+    string,
+    { readonly ino: number; readonly mtimeMs: number; readonly key: KeyObject }
+  >();
 
   constructor(dir: string) {
     this.#dir = dir;

@@ -274,7 +274,15 @@ export class Pkcs11KeyManager implements KeyManager {
   private constructor(uri: Pkcs11Uri, module: PKCS11, options: Pkcs11Options) {
     this.uri = uri;
     this.#module = module;
-    this.#onEvent = options.onEvent ?? (() => {});
+    const hook = options.onEvent;
+    // A logging hook that throws must not break signing or leave a recovery half done.
+    this.#onEvent = (event) => {
+      try {
+        hook?.(event);
+      } catch {
+        // The event is lost; the operation it describes carries on.
+      }
+    };
     this.#retryIntervalMs = options.retryIntervalMs ?? 1000;
   }
 
