@@ -9,7 +9,6 @@ import {
   assertAlgorithmFits,
   assertKeyId,
   assertSchemeFits,
-  familyOf,
   HASH_LENGTH,
   keyTypeOf,
   namedCurveOf,
@@ -29,11 +28,9 @@ import type {
 const generateKeyPairAsync = promisify(generateKeyPair);
 const signAsync = promisify(sign);
 
-export async function generateSoftwareKey(type: KeyType): Promise<KeyObject> {
-  if (familyOf(type) === 'ec') {
-    const { privateKey } = await generateKeyPairAsync('ec', {
-      namedCurve: namedCurveOf(type as 'ec-p256' | 'ec-p384'),
-    });
+async function generateSoftwareKey(type: KeyType): Promise<KeyObject> {
+  if (type === 'ec-p256' || type === 'ec-p384') {
+    const { privateKey } = await generateKeyPairAsync('ec', { namedCurve: namedCurveOf(type) });
     return privateKey;
   }
   const { privateKey } = await generateKeyPairAsync('rsa', {
@@ -44,11 +41,7 @@ export async function generateSoftwareKey(type: KeyType): Promise<KeyObject> {
 }
 
 /** Signs on libuv's pool (the callback form of crypto.sign), so large RSA keys do not stall the loop. */
-export async function signSoftware(
-  key: KeyObject,
-  scheme: SignatureScheme,
-  data: Uint8Array,
-): Promise<Uint8Array> {
+async function signSoftware(key: KeyObject, scheme: SignatureScheme, data: Uint8Array): Promise<Uint8Array> {
   switch (scheme.kind) {
     case 'ecdsa':
       return signAsync(scheme.hash, data, { key, dsaEncoding: 'ieee-p1363' });
