@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { hsmCommand } from './hsm.js';
 
 export function buildServerProgram(): Command {
   const program = new Command('ironroot-server')
@@ -7,6 +8,7 @@ export function buildServerProgram(): Command {
     .version(VERSION, '-v, --version')
     .helpCommand(true)
     .showHelpAfterError();
+  program.addCommand(hsmCommand());
   return program;
 }
 
