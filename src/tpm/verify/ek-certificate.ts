@@ -12,6 +12,8 @@
 import 'reflect-metadata';
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
+import type { TpmtPublic } from '../codec/public.js';
+import { publicKeyFromArea } from '../codec/public-key.js';
 import { TpmVerifyError } from './errors.js';
 
 const OID = {
@@ -173,9 +175,9 @@ function publicJwk(key: KeyObject): Record<string, unknown> {
  *
  * @throws TpmVerifyError ERR_TPM_EK_MISMATCH when the keys differ.
  */
-export function checkEkCertificateKey(cert: X509Certificate, ekPublicKey: KeyObject): void {
+export function checkEkCertificateKey(cert: X509Certificate, ek: TpmtPublic): void {
   const certKey = publicJwk(cert.publicKey);
-  const ekKey = publicJwk(ekPublicKey);
+  const ekKey = publicJwk(publicKeyFromArea(ek));
   const same = Object.keys({ ...certKey, ...ekKey }).every((k) => certKey[k] === ekKey[k]);
   if (!same)
     throw new TpmVerifyError(
@@ -187,13 +189,14 @@ export function checkEkCertificateKey(cert: X509Certificate, ekPublicKey: KeyObj
 
 /**
  * The EK's stable identifier: lowercase hex SHA-256 of the EK public key's PKIX SubjectPublicKeyInfo
- * DER. This is what SPIRE's TPM node attestor hashes (Go's MarshalPKIXPublicKey), so IDs and
- * allow-lists carry over; it also does not change if the EK is re-created with another template that
- * yields the same key, unlike a hash of TPMT_PUBLIC.
+ * DER. This is what SPIRE's TPM node attestor hashes (Go's MarshalPKIXPublicKey), so agent IDs and
+ * `hash_path` allow-lists carry over; and an operator can compute it from the EK certificate alone
+ * (`openssl x509 -pubkey | openssl pkey -pubin -outform DER | sha256sum`), which a hash of
+ * TPMT_PUBLIC would not allow.
  */
-export function ekPublicKeyHash(ekPublicKey: KeyObject): string {
+export function ekPublicKeyHash(ek: TpmtPublic): string {
   return createHash('sha256')
-    .update(ekPublicKey.export({ type: 'spki', format: 'der' }))
+    .update(publicKeyFromArea(ek).export({ type: 'spki', format: 'der' }))
     .digest('hex');
 }
 

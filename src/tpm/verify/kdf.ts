@@ -10,7 +10,7 @@
  * @module
  */
 import { createHash, createHmac } from 'node:crypto';
-import { digestSize, type HashName } from './hash.js';
+import { digestSize, hashName } from '../codec/hash.js';
 
 function u32(value: number): Buffer {
   const out = Buffer.alloc(4);
@@ -29,12 +29,12 @@ function checkBits(bits: number): void {
 }
 
 /**
- * KDFa(hash, key, label, contextU, contextV, bits):
+ * KDFa(hashAlg, key, label, contextU, contextV, bits):
  * K(i) = HMAC_hash(key, [i]₃₂ ‖ label ‖ 0x00 ‖ contextU ‖ contextV ‖ [bits]₃₂), i = 1, 2, …,
  * concatenated and cut to `bits`.
  */
 export function kdfa(
-  hash: HashName,
+  hashAlg: number,
   key: Uint8Array,
   label: string,
   contextU: Uint8Array,
@@ -43,18 +43,19 @@ export function kdfa(
 ): Buffer {
   checkBits(bits);
   const fixed = Buffer.concat([labelBytes(label), contextU, contextV, u32(bits)]);
-  return counterMode(bits / 8, digestSize(hash), (i) =>
+  const hash = hashName(hashAlg);
+  return counterMode(bits / 8, digestSize(hashAlg), (i) =>
     createHmac(hash, key).update(u32(i)).update(fixed).digest(),
   );
 }
 
 /**
- * KDFe(hash, Z, label, partyUInfo, partyVInfo, bits):
+ * KDFe(hashAlg, Z, label, partyUInfo, partyVInfo, bits):
  * K(i) = hash([i]₃₂ ‖ Z ‖ label ‖ 0x00 ‖ partyUInfo ‖ partyVInfo), i = 1, 2, …, cut to `bits`.
  * For credential protection, partyUInfo is the ephemeral point's x and partyVInfo the EK's x.
  */
 export function kdfe(
-  hash: HashName,
+  hashAlg: number,
   z: Uint8Array,
   label: string,
   partyUInfo: Uint8Array,
@@ -63,7 +64,8 @@ export function kdfe(
 ): Buffer {
   checkBits(bits);
   const otherInfo = Buffer.concat([labelBytes(label), partyUInfo, partyVInfo]);
-  return counterMode(bits / 8, digestSize(hash), (i) =>
+  const hash = hashName(hashAlg);
+  return counterMode(bits / 8, digestSize(hashAlg), (i) =>
     createHash(hash).update(u32(i)).update(z).update(otherInfo).digest(),
   );
 }

@@ -1,104 +1,33 @@
-import { createPublicKey } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CredentialEk, makeCredentialFromParts } from '../../../src/tpm/verify/credential.js';
+import { TPM_ALG } from '../../../src/tpm/codec/constants.js';
 import {
-  ECC_EK_HANDLE,
+  type CredentialChallenge,
+  marshalTpm2ToolsCredential,
+  parseIdObject,
+  parseTpm2ToolsCredential,
+} from '../../../src/tpm/codec/credential.js';
+import type { ParsedPublic, TpmtPublic } from '../../../src/tpm/codec/public.js';
+import { TpmError } from '../../../src/tpm/errors.js';
+import { makeCredential } from '../../../src/tpm/verify/credential.js';
+import {
+  createAk,
+  EK_HANDLE,
+  type EkKind,
   ekPolicySession,
-  RSA_EK_HANDLE,
+  loadAk,
+  readEkPublic,
   readOut,
   startTestTpm,
   type TestTpm,
-  toolsCredentialFile,
   writeIn,
 } from './harness.js';
 
 let tpm: TestTpm;
 
-const EK_HANDLE = { rsa: RSA_EK_HANDLE, ecc: ECC_EK_HANDLE } as const;
-
-/**
- * The EK's credential parameters taken from tpm2_readpublic (PEM for the key, the YAML for nameAlg
- * and the symmetric key size), so this test does not depend on our own TPMT_PUBLIC decoding.
- */
-async function ekParts(kind: 'rsa' | 'ecc'): Promise<CredentialEk> {
-  const yaml = await tpm.tool('tpm2_readpublic', [
-    '-c',
-    EK_HANDLE[kind],
-    '-f',
-    'pem',
-    '-o',
-    `ek-${kind}.pem`,
-  ]);
-  const nameAlg = /name-alg:\s*\n\s*value: (\w+)/.exec(yaml)?.[1];
-  const symBits = Number(/sym-keybits: (\d+)/.exec(yaml)?.[1]);
-  if (nameAlg !== 'sha256' && nameAlg !== 'sha384') throw new Error(`unexpected EK nameAlg ${nameAlg}`);
-  const jwk = createPublicKey(await readOut(tpm, `ek-${kind}.pem`)).export({ format: 'jwk' });
-  if (kind === 'rsa') {
-    if (jwk.n === undefined || jwk.e === undefined) throw new Error('EK PEM is not an RSA key');
-    return {
-      type: 'rsa',
-      nameAlg,
-      symmetricKeyBits: symBits,
-      modulus: Buffer.from(jwk.n, 'base64url'),
-      exponent: Buffer.from(jwk.e, 'base64url').readUIntBE(0, Buffer.from(jwk.e, 'base64url').length),
-    };
-  }
-  if (jwk.x === undefined || jwk.y === undefined || jwk.crv !== 'P-384') throw new Error('EK is not P-384');
-  return {
-    type: 'ecc',
-    nameAlg,
-    symmetricKeyBits: symBits,
-    curve: 'secp384r1',
-    x: Buffer.from(jwk.x, 'base64url'),
-    y: Buffer.from(jwk.y, 'base64url'),
-  };
-}
-
-/** Creates an AK under the EK with tpm2_createak; returns the AK's Name as the TPM computed it. */
-async function createAk(kind: 'rsa' | 'ecc'): Promise<Buffer> {
-  await tpm.tool('tpm2_createak', [
-    '-C',
-    EK_HANDLE[kind],
-    '-c',
-    `ak-${kind}.ctx`,
-    '-G',
-    kind,
-    '-g',
-    'sha256',
-    '-s',
-    kind === 'rsa' ? 'rsassa' : 'ecdsa',
-    '-u',
-    `ak-${kind}.pub`,
-    '-r',
-    `ak-${kind}.priv`,
-    '-n',
-    `ak-${kind}.name`,
-  ]);
-  await tpm.tool('tpm2_flushcontext', ['-t']);
-  return readOut(tpm, `ak-${kind}.name`);
-}
-
-/** Loads the AK and runs TPM2_ActivateCredential on a tpm2-tools credential file; returns the secret. */
-async function activate(kind: 'rsa' | 'ecc', credentialFile: Buffer): Promise<Buffer> {
-  await writeIn(tpm, `cred-${kind}.bin`, credentialFile);
-  const load = [
-    '-C',
-    EK_HANDLE[kind],
-    '-u',
-    `ak-${kind}.pub`,
-    '-r',
-    `ak-${kind}.priv`,
-    '-c',
-    `ak-${kind}.ctx`,
-  ];
-  if (kind === 'rsa') {
-    // The low-range EK has no userWithAuth, so even loading a child needs its policy.
-    const session = await ekPolicySession(tpm, kind);
-    await tpm.tool('tpm2_load', [...load, '-P', `session:${session}`]);
-    await tpm.tool('tpm2_flushcontext', [session]);
-  } else {
-    await tpm.tool('tpm2_load', load);
-  }
+/** Runs TPM2_ActivateCredential on swtpm with the AK `ak-<kind>` and the EK's policy; returns the secret. */
+async function activate(kind: EkKind, challenge: CredentialChallenge): Promise<Buffer> {
+  await writeIn(tpm, `cred-${kind}.bin`, marshalTpm2ToolsCredential(challenge));
+  await loadAk(tpm, kind, `ak-${kind}`);
   const session = await ekPolicySession(tpm, kind);
   try {
     await tpm.tool('tpm2_activatecredential', [
@@ -128,36 +57,41 @@ afterAll(async () => {
   await tpm?.stop();
 });
 
-describe.each(['rsa', 'ecc'] as const)('MakeCredential from parts, %s EK', (kind) => {
-  let ek: CredentialEk;
+describe.each([
+  ['rsa', 'RSA-2048 low-range', 'rsa', 'rsassa'],
+  ['ecc', 'ECC P-384 high-range', 'ecc', 'ecdsa'],
+] as const)('MakeCredential to the %s EK (%s)', (kind, _label, akKey, akScheme) => {
+  let ek: ParsedPublic;
   let akName: Buffer;
 
   beforeAll(async () => {
-    ek = await ekParts(kind);
-    akName = await createAk(kind);
+    ek = await readEkPublic(tpm, kind);
+    akName = await createAk(tpm, kind, `ak-${kind}`, akKey, akScheme);
   });
 
   it('is recovered by TPM2_ActivateCredential on swtpm', async () => {
-    const secret = Buffer.from(`ironroot ${kind} challenge 0123456789`.slice(0, 32));
-    const made = makeCredentialFromParts(ek, akName, secret);
-    const recovered = await activate(kind, toolsCredentialFile(made.idObject, made.encryptedSecret));
-    expect(recovered.equals(secret)).toBe(true);
+    const secret = Buffer.from(`ironroot ${kind} challenge, 32 B`);
+    const recovered = await activate(kind, makeCredential(ek.area, akName, secret));
+    expect(recovered.toString('hex')).toBe(secret.toString('hex'));
+  });
+
+  it('recovers a credential as long as the EK nameAlg digest', async () => {
+    const secret = Buffer.alloc(kind === 'rsa' ? 32 : 48, 0xa5);
+    const recovered = await activate(kind, makeCredential(ek.area, akName, secret));
+    expect(recovered.toString('hex')).toBe(secret.toString('hex'));
   });
 
   it('is refused by the TPM when bound to another object name', async () => {
     const otherName = Buffer.from(akName);
     const last = otherName.length - 1;
     otherName.writeUInt8(otherName.readUInt8(last) ^ 0x01, last);
-    const made = makeCredentialFromParts(ek, otherName, Buffer.from('bound to a different name'));
-    await expect(activate(kind, toolsCredentialFile(made.idObject, made.encryptedSecret))).rejects.toThrow(
-      /0x1DF.*integrity check failed/,
-    );
+    const challenge = makeCredential(ek.area, otherName, Buffer.from('bound to a different name'));
+    await expect(activate(kind, challenge)).rejects.toThrow(/0x1DF.*integrity check failed/);
   });
 
-  it('has the same structure as tpm2_makecredential --tcti none', async () => {
+  it('has the structure tpm2_makecredential --tcti none produces', async () => {
     const secret = Buffer.from('structure check');
     await writeIn(tpm, 'secret.bin', secret);
-    await tpm.tool('tpm2_readpublic', ['-c', EK_HANDLE[kind], '-f', 'tss', '-o', `ek-${kind}.tss`]);
     await tpm.tool('tpm2_makecredential', [
       '--tcti',
       'none',
@@ -170,11 +104,34 @@ describe.each(['rsa', 'ecc'] as const)('MakeCredential from parts, %s EK', (kind
       '-o',
       `tools-cred-${kind}.bin`,
     ]);
-    const theirs = await readOut(tpm, `tools-cred-${kind}.bin`);
-    const made = makeCredentialFromParts(ek, akName, secret);
-    const ours = toolsCredentialFile(made.idObject, made.encryptedSecret);
-    // Randomised (seed or ephemeral key), so only sizes and the fixed-size fields can be compared.
-    expect(ours.length).toBe(theirs.length);
-    expect(ours.subarray(0, 12)).toEqual(theirs.subarray(0, 12));
+    const theirs = parseTpm2ToolsCredential(await readOut(tpm, `tools-cred-${kind}.bin`));
+    const ours = makeCredential(ek.area, akName, secret);
+    // Randomised (seed or ephemeral key), so sizes are compared, not bytes.
+    expect(ours.secret.length).toBe(theirs.secret.length);
+    const [ourId, theirId] = [parseIdObject(ours.credentialBlob), parseIdObject(theirs.credentialBlob)];
+    expect(ourId.integrityHmac.length).toBe(theirId.integrityHmac.length);
+    expect(ourId.encIdentity.length).toBe(theirId.encIdentity.length);
+  });
+
+  it('refuses an empty credential and one longer than the nameAlg digest', () => {
+    const digest = kind === 'rsa' ? 32 : 48;
+    expect(() => makeCredential(ek.area, akName, Buffer.alloc(0))).toThrow(RangeError);
+    expect(() => makeCredential(ek.area, akName, Buffer.alloc(digest + 1))).toThrow(RangeError);
+  });
+
+  it('refuses an EK whose symmetric definition is not AES-CFB', () => {
+    const symmetric = { algorithm: TPM_ALG.AES, keyBits: 128, mode: TPM_ALG.CBC };
+    const area: TpmtPublic =
+      ek.area.type === TPM_ALG.RSA
+        ? { ...ek.area, parameters: { ...ek.area.parameters, symmetric } }
+        : { ...ek.area, parameters: { ...ek.area.parameters, symmetric } };
+    let thrown: unknown;
+    try {
+      makeCredential(area, akName, Buffer.from('x'));
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toBeInstanceOf(TpmError);
+    expect(thrown).toMatchObject({ code: 'ERR_TPM_UNSUPPORTED' });
   });
 });

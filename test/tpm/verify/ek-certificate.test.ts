@@ -1,9 +1,11 @@
 import { execFile } from 'node:child_process';
-import { createHash, createPublicKey, type KeyObject, type X509Certificate } from 'node:crypto';
+import { createHash, type X509Certificate } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TpmtPublic } from '../../../src/tpm/codec/public.js';
+import { TpmError, type TpmErrorCode } from '../../../src/tpm/errors.js';
 import {
   checkEkCertificateKey,
   ekCertificateTpmInfo,
@@ -12,13 +14,23 @@ import {
   parseEkCertificate,
   verifyEkCertificateChain,
 } from '../../../src/tpm/verify/ek-certificate.js';
-import { isTpmVerifyError, type TpmVerifyErrorCode } from '../../../src/tpm/verify/errors.js';
-import { ECC_EK_HANDLE, RSA_EK_HANDLE, readOut, startTestTpm, type TestTpm } from './harness.js';
+import { EK_HANDLE, type EkKind, readEkPublic, readOut, startTestTpm, type TestTpm } from './harness.js';
 
 const exec = promisify(execFile);
 
 let tpm: TestTpm;
-const ek = {} as Record<'rsa' | 'ecc', { nv: Buffer; cert: X509Certificate; key: KeyObject }>;
+interface EkFixture {
+  readonly nv: Buffer;
+  readonly cert: X509Certificate;
+  readonly area: TpmtPublic;
+}
+const fixtures = new Map<EkKind, EkFixture>();
+
+function ek(kind: EkKind): EkFixture {
+  const fixture = fixtures.get(kind);
+  if (fixture === undefined) throw new Error(`no ${kind} EK fixture (beforeAll failed?)`);
+  return fixture;
+}
 let root: X509Certificate;
 let issuer: X509Certificate;
 let foreignRoot: X509Certificate;
@@ -29,14 +41,16 @@ async function openssl(args: string[]): Promise<string> {
 }
 
 /** Expects `fn` to throw a verifier error with `code` and a message matching `message`. */
-function expectCode(fn: () => unknown, code: TpmVerifyErrorCode, message: RegExp): void {
+function expectCode(fn: () => unknown, code: TpmErrorCode, message: RegExp): void {
   let thrown: unknown;
   try {
     fn();
   } catch (err) {
     thrown = err;
   }
-  expect(isTpmVerifyError(thrown, code), `expected ${code}, got ${String(thrown)}`).toBe(true);
+  expect(thrown instanceof TpmError && thrown.code === code, `expected ${code}, got ${String(thrown)}`).toBe(
+    true,
+  );
   expect(String(thrown)).toMatch(message);
 }
 
@@ -73,21 +87,18 @@ async function loadOne(path: string): Promise<X509Certificate> {
 
 beforeAll(async () => {
   tpm = await startTestTpm();
-  for (const [kind, handle, index] of [
-    ['rsa', RSA_EK_HANDLE, '0x1c00002'],
-    ['ecc', ECC_EK_HANDLE, '0x1c00016'],
+  for (const [kind, index] of [
+    ['rsa', '0x1c00002'],
+    ['ecc', '0x1c00016'],
   ] as const) {
     await tpm.tool('tpm2_nvread', [index, '-C', 'o', '-o', `ek-${kind}.nv`]);
-    await tpm.tool('tpm2_readpublic', ['-c', handle, '-f', 'pem', '-o', `ek-${kind}.pem`]);
+    // PEM for openssl (the SPKI hash check and certificates made for this key).
+    await tpm.tool('tpm2_readpublic', ['-c', EK_HANDLE[kind], '-f', 'pem', '-o', `ek-${kind}.pem`]);
     const nv = await readOut(tpm, `ek-${kind}.nv`);
-    ek[kind] = {
-      nv,
-      cert: parseEkCertificate(nv),
-      key: createPublicKey(await readOut(tpm, `ek-${kind}.pem`)),
-    };
+    fixtures.set(kind, { nv, cert: parseEkCertificate(nv), area: (await readEkPublic(tpm, kind)).area });
   }
-  root = await loadOne(tpm.rootCaPem);
-  issuer = await loadOne(tpm.issuerCaPem);
+  root = await loadOne(tpm.swtpm.ekRootCertPath);
+  issuer = await loadOne(tpm.swtpm.ekIssuerCertPath);
   await openssl([
     'req',
     '-x509',
@@ -118,7 +129,7 @@ afterAll(async () => {
 
 describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK', (kind) => {
   it('decodes from the NV index content, DER and PEM alike', () => {
-    const { cert, nv } = ek[kind];
+    const { cert, nv } = ek(kind);
     expect(parseEkCertificate(cert.raw).fingerprint256).toBe(cert.fingerprint256);
     expect(parseEkCertificate(cert.toString()).fingerprint256).toBe(cert.fingerprint256);
     expect(parseEkCertificate(Buffer.concat([nv, Buffer.alloc(32, 0xff)])).fingerprint256).toBe(
@@ -127,7 +138,7 @@ describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK',
   });
 
   it('chains to the local CA root through its intermediate', () => {
-    const chain = verifyEkCertificateChain(ek[kind].cert, { roots: [root], intermediates: [issuer] });
+    const chain = verifyEkCertificateChain(ek(kind).cert, { roots: [root], intermediates: [issuer] });
     expect(chain.map((c) => c.subject)).toEqual([
       'CN=unknown',
       'CN=swtpm-localca',
@@ -136,12 +147,12 @@ describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK',
   });
 
   it('chains when the intermediate itself is the configured anchor', () => {
-    expect(verifyEkCertificateChain(ek[kind].cert, { roots: [issuer] })).toHaveLength(2);
+    expect(verifyEkCertificateChain(ek(kind).cert, { roots: [issuer] })).toHaveLength(2);
   });
 
   it('is untrusted with an unrelated root of the same name, naming the issuer', () => {
     expectCode(
-      () => verifyEkCertificateChain(ek[kind].cert, { roots: [foreignRoot], intermediates: [issuer] }),
+      () => verifyEkCertificateChain(ek(kind).cert, { roots: [foreignRoot], intermediates: [issuer] }),
       'ERR_TPM_EK_UNTRUSTED',
       /issued by "CN=swtpm-localca".*nothing in the trust store issued CN=swtpm-localca \(its issuer is CN=swtpm-localca-rootca\)/,
     );
@@ -149,29 +160,29 @@ describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK',
 
   it('is untrusted without the intermediate', () => {
     expectCode(
-      () => verifyEkCertificateChain(ek[kind].cert, { roots: [root] }),
+      () => verifyEkCertificateChain(ek(kind).cert, { roots: [root] }),
       'ERR_TPM_EK_UNTRUSTED',
       /issued by "CN=swtpm-localca"/,
     );
   });
 
   it('is untrusted before its validity period', () => {
-    const before = new Date(new Date(ek[kind].cert.validFrom).getTime() - 86_400_000);
+    const before = new Date(new Date(ek(kind).cert.validFrom).getTime() - 86_400_000);
     expectCode(
-      () => verifyEkCertificateChain(ek[kind].cert, { roots: [root], intermediates: [issuer] }, before),
+      () => verifyEkCertificateChain(ek(kind).cert, { roots: [root], intermediates: [issuer] }, before),
       'ERR_TPM_EK_UNTRUSTED',
       /not valid before/,
     );
   });
 
   it('certifies the EK public key the TPM reports', () => {
-    expect(() => checkEkCertificateKey(ek[kind].cert, ek[kind].key)).not.toThrow();
+    expect(() => checkEkCertificateKey(ek(kind).cert, ek(kind).area)).not.toThrow();
   });
 
   it('does not certify the other EK', () => {
-    const other = kind === 'rsa' ? ek.ecc.key : ek.rsa.key;
+    const other = ek(kind === 'rsa' ? 'ecc' : 'rsa').area;
     expectCode(
-      () => checkEkCertificateKey(ek[kind].cert, other),
+      () => checkEkCertificateKey(ek(kind).cert, other),
       'ERR_TPM_EK_MISMATCH',
       /not the EK public area/,
     );
@@ -181,7 +192,7 @@ describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK',
     const text = await openssl(['x509', '-in', `ek-${kind}.nv`, '-inform', 'DER', '-noout', '-text']);
     const dirName = /DirName:(\S+)/.exec(text)?.[1] ?? '';
     const attrs = Object.fromEntries(dirName.split('/').flatMap((part) => (part ? [part.split('=')] : [])));
-    const info = ekCertificateTpmInfo(ek[kind].cert);
+    const info = ekCertificateTpmInfo(ek(kind).cert);
     expect(info.manufacturer).toBe(attrs['2.23.133.2.1']);
     expect(info.model).toBe(attrs['2.23.133.2.2']);
     expect(info.version).toBe(attrs['2.23.133.2.3']);
@@ -202,7 +213,7 @@ describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK',
     ]);
     expect(der).toBe('');
     const spki = await readOut(tpm, `ek-${kind}.spki`);
-    expect(ekPublicKeyHash(ek[kind].key)).toBe(createHash('sha256').update(spki).digest('hex'));
+    expect(ekPublicKeyHash(ek(kind).area)).toBe(createHash('sha256').update(spki).digest('hex'));
   });
 });
 

@@ -1,141 +1,41 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { type ParsedPublic, parseTpm2bPublic } from '../../../src/tpm/codec/public.js';
+import { type Swtpm, startSwtpm } from '../../helpers/swtpm.js';
 
 const exec = promisify(execFile);
 
-/** A running swtpm with EKs and EK certificates from its own local CA, in its own directory. */
+/** A swtpm from the shared helper, with a tpm2-tools runner that works in its directory. */
 export interface TestTpm {
+  readonly swtpm: Swtpm;
   readonly dir: string;
-  readonly tcti: string;
-  /** The local CA's root and intermediate (the EK certificates' issuer), PEM files. */
-  readonly rootCaPem: string;
-  readonly issuerCaPem: string;
-  /** Runs a tpm2-tools command against this TPM, in `dir`; resolves to stdout. */
+  /** Runs a tpm2-tools command against this TPM, with `dir` as working directory; resolves to stdout. */
   tool(name: string, args: readonly string[]): Promise<string>;
   stop(): Promise<void>;
 }
 
-function tryListen(port: number): Promise<number | undefined> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(undefined));
-    server.listen(port, '127.0.0.1', () => {
-      const address = server.address();
-      const bound = typeof address === 'object' && address !== null ? address.port : undefined;
-      server.close(() => resolve(bound));
-    });
-  });
-}
-
-/** A port P such that P and P + 1 are free: the swtpm TCTI always uses P + 1 as the control port. */
-async function freePortPair(): Promise<number> {
-  for (let i = 0; i < 20; i++) {
-    const port = await tryListen(0);
-    if (port !== undefined && port < 65535 && (await tryListen(port + 1)) !== undefined) return port;
-  }
-  throw new Error('no two consecutive free loopback ports found');
-}
-
-async function waitForExit(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  await new Promise<void>((resolve) => child.once('exit', () => resolve()));
-}
-
 /**
- * Manufactures a TPM with `swtpm_setup --create-ek-cert` (RSA-2048 EK at 0x81010001, ECC P-384 EK
- * at 0x81010016, certificates from a local CA made in the same directory) and starts swtpm on two
- * free loopback ports.
+ * Starts a swtpm manufactured with EKs and EK certificates (RSA-2048 at 0x81010001, ECC P-384 at
+ * 0x81010016). Tools run with `cwd = dir`, so tests name their files relative to it.
  */
 export async function startTestTpm(): Promise<TestTpm> {
-  const dir = await mkdtemp(join(tmpdir(), 'ironroot-tpmverify-'));
-  const ca = join(dir, 'ca');
-  const state = join(dir, 'state');
-  await exec('mkdir', ['-p', ca, state]);
-  await writeFile(
-    join(dir, 'localca.conf'),
-    `statedir = ${ca}\nsigningkey = ${ca}/signkey.pem\nissuercert = ${ca}/issuercert.pem\ncertserial = ${ca}/certserial\n`,
-  );
-  await writeFile(join(dir, 'localca.options'), '--platform-manufacturer Test\n--platform-model Test\n');
-  await writeFile(
-    join(dir, 'setup.conf'),
-    `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${dir}/localca.conf\n` +
-      `create_certs_tool_options = ${dir}/localca.options\nactive_pcr_banks = sha256\n`,
-  );
-  await exec('swtpm_setup', [
-    '--tpm2',
-    '--tpmstate',
-    state,
-    '--create-ek-cert',
-    '--lock-nvram',
-    '--config',
-    join(dir, 'setup.conf'),
-  ]);
-
-  // A port taken between freePort() and swtpm's bind makes swtpm exit; try again with new ports.
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePortPair();
-    const ctrl = port + 1;
-    const child = spawn(
-      'swtpm',
-      [
-        'socket',
-        '--tpm2',
-        '--tpmstate',
-        `dir=${state}`,
-        '--server',
-        `type=tcp,port=${port},bindaddr=127.0.0.1`,
-        '--ctrl',
-        `type=tcp,port=${ctrl},bindaddr=127.0.0.1`,
-        '--flags',
-        'not-need-init,startup-clear',
-      ],
-      { stdio: 'ignore' },
-    );
-    const tcti = `swtpm:host=127.0.0.1,port=${port}`;
-    const tool = async (name: string, args: readonly string[]): Promise<string> => {
+  const swtpm = await startSwtpm();
+  const tool = async (name: string, args: readonly string[]): Promise<string> => {
+    try {
       const { stdout } = await exec(name, [...args], {
-        cwd: dir,
-        env: { ...process.env, TPM2TOOLS_TCTI: tcti },
+        cwd: swtpm.dir,
+        env: { ...process.env, TPM2TOOLS_TCTI: swtpm.tcti },
         maxBuffer: 16 * 1024 * 1024,
       });
       return stdout;
-    };
-    let ready = false;
-    for (let i = 0; i < 50 && child.exitCode === null; i++) {
-      try {
-        await tool('tpm2_getrandom', ['--hex', '4']);
-        ready = true;
-        break;
-      } catch {
-        await new Promise((r) => setTimeout(r, 100));
-      }
+    } catch (error) {
+      const stderr = (error as { stderr?: string }).stderr ?? '';
+      throw new Error(`${name} ${args.join(' ')} failed: ${stderr.trim() || String(error)}`);
     }
-    if (!ready) {
-      child.kill('SIGKILL');
-      await waitForExit(child);
-      continue;
-    }
-    return {
-      dir,
-      tcti,
-      rootCaPem: join(ca, 'swtpm-localca-rootca-cert.pem'),
-      issuerCaPem: join(ca, 'issuercert.pem'),
-      tool,
-      async stop() {
-        // TPM2_Shutdown first, so the state stays clean; then end the process we started.
-        await tool('tpm2_shutdown', []).catch(() => undefined);
-        child.kill('SIGTERM');
-        await waitForExit(child);
-        await rm(dir, { recursive: true, force: true });
-      },
-    };
-  }
-  await rm(dir, { recursive: true, force: true });
-  throw new Error('swtpm did not start on a free port after 5 attempts');
+  };
+  return { swtpm, dir: swtpm.dir, tool, stop: () => swtpm.stop() };
 }
 
 /** Reads a file written by a tool in the TPM's directory. */
@@ -154,15 +54,14 @@ export const POLICY_A_SHA384 =
 export const POLICY_C_SHA384 =
   'd6032ce61f2fb3c240eb3cf6a33237ef2b6a16f4293c22b455e261cffd217ad5b4947c2d73e63005eed2dc2b3593d165';
 
-export const RSA_EK_HANDLE = '0x81010001';
-export const ECC_EK_HANDLE = '0x81010016';
+export const EK_HANDLE = { rsa: '0x81010001', ecc: '0x81010016' } as const;
 
 /**
  * Starts a policy session that satisfies the EK's policy: PolicySecret(endorsement) for the
  * low-range RSA EK, plus PolicyOR(A, C) in SHA-384 for the high-range P-384 EK. Returns the session
  * file name, for `-P session:<file>`; flush it with `tpm2_flushcontext <file>`.
  */
-export async function ekPolicySession(tpm: TestTpm, ek: 'rsa' | 'ecc'): Promise<string> {
+export async function ekPolicySession(tpm: TestTpm, ek: EkKind): Promise<string> {
   const session = `session-${ek}.ctx`;
   await tpm.tool('tpm2_startauthsession', [
     '--policy-session',
@@ -180,7 +79,59 @@ export async function ekPolicySession(tpm: TestTpm, ek: 'rsa' | 'ecc'): Promise<
   return session;
 }
 
-/** The tpm2-tools credential file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET. */
-export function toolsCredentialFile(idObject: Uint8Array, encryptedSecret: Uint8Array): Buffer {
-  return Buffer.concat([Buffer.from('badcc0de00000001', 'hex'), idObject, encryptedSecret]);
+export type EkKind = 'rsa' | 'ecc';
+
+/** The EK's TPM2B_PUBLIC as the TPM reports it (tpm2_readpublic -f tss), decoded by the codec. */
+export async function readEkPublic(tpm: TestTpm, kind: EkKind): Promise<ParsedPublic> {
+  await tpm.tool('tpm2_readpublic', ['-c', EK_HANDLE[kind], '-f', 'tss', '-o', `ek-${kind}.tss`]);
+  return parseTpm2bPublic(await readOut(tpm, `ek-${kind}.tss`));
+}
+
+/**
+ * Creates an AK under the EK with tpm2_createak (files `<name>.pub` as TPM2B_PUBLIC, `.priv`,
+ * `.name`) and flushes it; returns the AK's Name as the TPM computed it.
+ */
+export async function createAk(
+  tpm: TestTpm,
+  ek: EkKind,
+  name: string,
+  key: 'rsa' | 'ecc',
+  scheme: 'rsassa' | 'rsapss' | 'ecdsa',
+): Promise<Buffer> {
+  await tpm.tool('tpm2_createak', [
+    '-C',
+    EK_HANDLE[ek],
+    '-c',
+    `${name}.ctx`,
+    '-G',
+    key,
+    '-g',
+    'sha256',
+    '-s',
+    scheme,
+    '-u',
+    `${name}.pub`,
+    '-r',
+    `${name}.priv`,
+    '-n',
+    `${name}.name`,
+  ]);
+  await tpm.tool('tpm2_flushcontext', ['-t']);
+  return readOut(tpm, `${name}.name`);
+}
+
+/** Loads an AK made by `createAk` into `<name>.ctx` (the low-range EK's policy is needed for it). */
+export async function loadAk(tpm: TestTpm, ek: EkKind, name: string): Promise<void> {
+  const args = ['-C', EK_HANDLE[ek], '-u', `${name}.pub`, '-r', `${name}.priv`, '-c', `${name}.ctx`];
+  if (ek === 'ecc') {
+    // The high-range EK has userWithAuth, so its (empty) password authorises loading a child.
+    await tpm.tool('tpm2_load', args);
+    return;
+  }
+  const session = await ekPolicySession(tpm, ek);
+  try {
+    await tpm.tool('tpm2_load', [...args, '-P', `session:${session}`]);
+  } finally {
+    await tpm.tool('tpm2_flushcontext', [session]);
+  }
 }

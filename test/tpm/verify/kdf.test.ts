@@ -2,7 +2,10 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { TPM_ALG } from '../../../src/tpm/codec/constants.js';
 import { kdfa, kdfe } from '../../../src/tpm/verify/kdf.js';
+
+const ALG = { sha256: TPM_ALG.SHA256, sha384: TPM_ALG.SHA384 } as const;
 
 const exec = promisify(execFile);
 
@@ -33,18 +36,22 @@ describe('KDFa', () => {
       `salt:${label}`,
       `hexinfo:${Buffer.concat([contextU, contextV]).toString('hex')}`,
     ]);
-    expect(kdfa(hash, key, label, contextU, contextV, bits).toString('hex')).toBe(expected.toString('hex'));
+    expect(kdfa(ALG[hash], key, label, contextU, contextV, bits).toString('hex')).toBe(
+      expected.toString('hex'),
+    );
   });
 
   it('treats a label with and without its terminating zero alike', () => {
     const key = randomBytes(32);
-    expect(kdfa('sha256', key, 'STORAGE', Buffer.of(1), Buffer.alloc(0), 128)).toEqual(
-      kdfa('sha256', key, 'STORAGE\0', Buffer.of(1), Buffer.alloc(0), 128),
+    expect(kdfa(TPM_ALG.SHA256, key, 'STORAGE', Buffer.of(1), Buffer.alloc(0), 128)).toEqual(
+      kdfa(TPM_ALG.SHA256, key, 'STORAGE\0', Buffer.of(1), Buffer.alloc(0), 128),
     );
   });
 
   it('rejects lengths that are not whole octets', () => {
-    expect(() => kdfa('sha256', Buffer.of(1), 'X', Buffer.alloc(0), Buffer.alloc(0), 12)).toThrow(RangeError);
+    expect(() => kdfa(TPM_ALG.SHA256, Buffer.of(1), 'X', Buffer.alloc(0), Buffer.alloc(0), 12)).toThrow(
+      RangeError,
+    );
   });
 });
 
@@ -65,6 +72,8 @@ describe('KDFe', () => {
       `hexkey:${z.toString('hex')}`,
       `hexinfo:${fixedInfo.toString('hex')}`,
     ]);
-    expect(kdfe(hash, z, 'IDENTITY', partyU, partyV, bits).toString('hex')).toBe(expected.toString('hex'));
+    expect(kdfe(ALG[hash], z, 'IDENTITY', partyU, partyV, bits).toString('hex')).toBe(
+      expected.toString('hex'),
+    );
   });
 });
