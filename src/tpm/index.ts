@@ -5,3 +5,4 @@
  */
 export * from './codec/index.js';
 export * from './errors.js';
+export * from './verify/index.js';
