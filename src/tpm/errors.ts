@@ -20,12 +20,9 @@ export type TpmErrorCode =
   | 'ERR_TPM_TIMEOUT'
   /** The transport was used after `close()`. */
   | 'ERR_TPM_CLOSED'
-  /** No endorsement key could be found or created for the requested template. */
+  /** No endorsement key (or certificate) of the requested kind is present on the TPM. */
   | 'ERR_TPM_EK_NOT_FOUND'
-  /**
-   * Agent side: a persistent key exists at the EK handle but its public area differs from the
-   * template. Verifier side: the EK certificate's public key is not the EK public area sent.
-   */
+  /** An EK public area differs from what it must equal (its template, or its certificate's key). */
   | 'ERR_TPM_EK_MISMATCH'
   /** PCR values kept changing between reads, so no set matching the quote could be captured. */
   | 'ERR_TPM_PCR_UNSTABLE'

@@ -7,15 +7,16 @@ import { promisify } from 'node:util';
 const run = promisify(execFile);
 
 /**
- * Runs `tool args…` against `tcti` (`none` for tools that need no TPM) and returns stdout. On
- * failure the error message carries the tool's stderr.
+ * Runs `tool args…` against `tcti` and returns stdout: `none` for tools that can run without a TPM
+ * (`-T none`), `null` for tools that take no TCTI at all (tpm2_checkquote). On failure the error
+ * message carries the tool's stderr.
  */
-export async function tpm2(tool: string, args: readonly string[], tcti: string): Promise<string> {
+export async function tpm2(tool: string, args: readonly string[], tcti: string | null): Promise<string> {
   try {
     // tpm2-tools take "none" only as an option, not through TPM2TOOLS_TCTI.
     const argv = tcti === 'none' ? ['-T', 'none', ...args] : [...args];
     const { stdout } = await run(tool, argv, {
-      env: { ...process.env, TPM2TOOLS_TCTI: tcti },
+      env: tcti === null ? process.env : { ...process.env, TPM2TOOLS_TCTI: tcti },
       encoding: 'utf8',
       maxBuffer: 16 * 1024 * 1024,
     });

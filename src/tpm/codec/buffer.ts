@@ -141,6 +141,14 @@ export class TpmWriter {
     return this.tpm2b(inner.finish());
   }
 
+  /** Writes `build`'s output preceded by its u32 length (the command authorization area). */
+  sized32(build: (inner: TpmWriter) => void): this {
+    const inner = new TpmWriter();
+    build(inner);
+    this.u32(inner.length);
+    return this.bytes(inner.finish());
+  }
+
   finish(): Uint8Array {
     const out = new Uint8Array(this.#length);
     let at = 0;
