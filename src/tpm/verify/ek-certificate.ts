@@ -12,6 +12,7 @@
 import 'reflect-metadata';
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
+import { unwrapCertificate } from '../agent/ek.js';
 import type { TpmtPublic } from '../codec/public.js';
 import { publicKeyFromArea } from '../codec/public-key.js';
 import { TpmVerifyError } from './errors.js';
@@ -57,21 +58,6 @@ function malformed(what: string, cause?: unknown): TpmVerifyError {
 }
 
 /**
- * Cuts a DER certificate out of what an NV index holds: some TPMs prefix it with a 0x10 0x01 header
- * and a 16-bit length, many pad the index after the certificate.
- */
-function derFromNv(data: Buffer): Buffer {
-  let body = data;
-  if (body.length >= 4 && body[0] === 0x10 && body[1] === 0x01)
-    body = body.subarray(4, 4 + body.readUInt16BE(2));
-  // A DER SEQUENCE with a long-form length of 1 or 2 octets; certificates are 128 bytes to 64 KiB.
-  if (body.length >= 4 && body[0] === 0x30 && body[1] === 0x82)
-    return body.subarray(0, 4 + body.readUInt16BE(2));
-  if (body.length >= 3 && body[0] === 0x30 && body[1] === 0x81) return body.subarray(0, 3 + (body[2] ?? 0));
-  return body;
-}
-
-/**
  * Decodes an EK certificate given as PEM text, DER, or the raw content of its NV index.
  *
  * @throws TpmVerifyError ERR_TPM_MALFORMED when it is none of these.
@@ -80,7 +66,9 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
   const bytes = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data);
   const isPem = bytes.subarray(0, 64).toString('latin1').includes('-----BEGIN');
   try {
-    return new X509Certificate(isPem ? bytes : derFromNv(bytes));
+    // The NV content may carry the PC Client `10 01 00 len` header and padding; the agent side's
+    // unwrapCertificate removes both.
+    return new X509Certificate(isPem ? bytes : unwrapCertificate(bytes));
   } catch (err) {
     throw malformed('the EK certificate', err);
   }

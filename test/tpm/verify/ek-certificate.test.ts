@@ -128,11 +128,15 @@ afterAll(async () => {
 });
 
 describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK', (kind) => {
-  it('decodes from the NV index content, DER and PEM alike', () => {
+  it('decodes from the NV index content (also with the PC Client header), DER and PEM alike', () => {
     const { cert, nv } = ek(kind);
     expect(parseEkCertificate(cert.raw).fingerprint256).toBe(cert.fingerprint256);
     expect(parseEkCertificate(cert.toString()).fingerprint256).toBe(cert.fingerprint256);
     expect(parseEkCertificate(Buffer.concat([nv, Buffer.alloc(32, 0xff)])).fingerprint256).toBe(
+      cert.fingerprint256,
+    );
+    const header = Buffer.from([0x10, 0x01, 0x00, cert.raw.length >> 8, cert.raw.length & 0xff]);
+    expect(parseEkCertificate(Buffer.concat([header, cert.raw, Buffer.alloc(7)])).fingerprint256).toBe(
       cert.fingerprint256,
     );
   });
