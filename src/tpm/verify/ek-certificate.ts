@@ -5,7 +5,7 @@
  *
  * Two parsers on purpose: node:crypto's X509Certificate (OpenSSL) does signatures, validity and the
  * issuer-name match; @peculiar/x509 decodes the extensions node:crypto does not expose (critical
- * flags, basicConstraints path length, keyUsage bits, the SAN's directoryName attributes).
+ * flags, basicConstraints path length, the SAN's directoryName attributes).
  *
  * @module
  */
@@ -203,8 +203,9 @@ function unhandledCritical(cert: X509Certificate): string[] {
 }
 
 /**
- * Why `issuer` cannot have issued the last certificate of a chain of `below` certificates beneath it,
- * or undefined when it can.
+ * Why `issuer` cannot have issued `child`, the last of `below` certificates in the chain so far, or
+ * undefined when it can. node's checkIssued has already matched the names, key identifiers and
+ * keyUsage keyCertSign (when present).
  */
 function issuerProblem(
   issuer: X509Certificate,
@@ -220,9 +221,6 @@ function issuerProblem(
   // pathLenConstraint counts the intermediates that may follow this CA; `below` includes the leaf.
   if (constraints.pathLength !== undefined && below - 1 > constraints.pathLength)
     return `${oneLine(issuer.subject)} allows ${constraints.pathLength} intermediate CA(s) below it, the chain has ${below - 1}`;
-  const usage = parsed.getExtension(x509.KeyUsagesExtension);
-  if (usage && (usage.usages & x509.KeyUsageFlags.keyCertSign) === 0)
-    return `${oneLine(issuer.subject)} has a keyUsage without keyCertSign`;
   return validityProblem(issuer, at);
 }
 
@@ -242,8 +240,8 @@ function validityProblem(cert: X509Certificate, at: Date): string | undefined {
 
 /**
  * Builds a path from the EK certificate to one of `trust.roots`, through `trust.intermediates`.
- * Every link is checked: the issuer's name and key identifier match (OpenSSL's check_issued), the
- * signature verifies, the issuer is a CA whose path length and key usage allow it, and every
+ * Every link is checked: the issuer's name, key identifier and key usage fit (OpenSSL's
+ * check_issued), the signature verifies, the issuer is a CA whose path length allows it, and every
  * certificate (anchor included) is within its validity period at `at` and carries no critical
  * extension that is not understood. The TCG SAN and subjectDirectoryAttributes are understood.
  *
@@ -275,7 +273,8 @@ export function verifyEkCertificateChain(
     const issuers = pool.filter((candidate) => !chain.includes(candidate) && child.checkIssued(candidate));
     if (issuers.length === 0)
       problems.push(
-        `nothing in the trust store issued ${oneLine(child.subject)} (its issuer is ${oneLine(child.issuer)})`,
+        `nothing in the trust store issued ${oneLine(child.subject)} (its issuer is ${oneLine(child.issuer)}): ` +
+          'no certificate has that subject, a matching key identifier and, if it has a keyUsage, keyCertSign',
       );
     for (const candidate of issuers) {
       const problem = issuerProblem(candidate, child, chain.length, at);

@@ -160,14 +160,19 @@ export function verifyQuote(input: QuoteInput): VerifiedQuote {
       `the quote covers ${describeSelection(quote.pcrSelect)}, but ${describeSelection(input.pcrSelection)} was asked for`,
     );
 
-  const pcrs: QuotedPcr[] = quote.pcrSelect
-    .flatMap((bank) => [...bank.pcrs].sort((a, b) => a - b).map((pcr) => ({ hash: bank.hash, pcr })))
-    .map((slot, i) => ({ ...slot, value: input.pcrValues[i] ?? new Uint8Array(0) }));
-  if (input.pcrValues.length !== pcrs.length)
+  // The order the TPM hashes in: banks as selected, PCRs ascending within each bank.
+  const slots = quote.pcrSelect.flatMap((bank) =>
+    [...bank.pcrs].sort((a, b) => a - b).map((pcr) => ({ hash: bank.hash, pcr })),
+  );
+  if (input.pcrValues.length !== slots.length)
     fail(
       'ERR_TPM_QUOTE_PCR_DIGEST',
-      `${input.pcrValues.length} PCR values were reported for a selection of ${pcrs.length} PCRs`,
+      `${input.pcrValues.length} PCR values were reported for a selection of ${slots.length} PCRs`,
     );
+  const pcrs: QuotedPcr[] = slots.map((slot, i) => ({
+    ...slot,
+    value: input.pcrValues[i] ?? new Uint8Array(0),
+  }));
   const wrongSize = pcrs.find((p) => p.value.length !== digestSize(p.hash));
   if (wrongSize)
     fail(

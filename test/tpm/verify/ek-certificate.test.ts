@@ -250,31 +250,82 @@ describe('EK certificates from another CA', () => {
     );
   });
 
-  it('refuses a chain whose issuer is not a CA', async () => {
+  /** A P-256 CA `name` (key and cert files), self-signed or issued by CA `issuer`, with `extensions`. */
+  async function makeCa(name: string, extensions: string, issuer?: string): Promise<X509Certificate> {
+    await writeFile(join(tpm.dir, `${name}.ext`), extensions);
+    await openssl([
+      'genpkey',
+      '-algorithm',
+      'EC',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-out',
+      `${name}.key`,
+    ]);
+    await openssl(['pkey', '-in', `${name}.key`, '-pubout', '-out', `${name}.pub.pem`]);
+    const signer =
+      issuer === undefined
+        ? ['-key', `${name}.key`]
+        : ['-CA', `${issuer}.pem`, '-CAkey', `${issuer}.key`, '-force_pubkey', `${name}.pub.pem`];
+    const subject = ['-subj', `/CN=${name}`, '-days', '30', '-extfile', `${name}.ext`, '-out', `${name}.pem`];
+    await openssl(['x509', '-new', ...signer, ...subject]);
+    return loadOne(join(tpm.dir, `${name}.pem`));
+  }
+
+  /** An EK-like certificate for the RSA EK's key, issued by CA `issuer`. */
+  async function issueLeaf(name: string, issuer: string): Promise<X509Certificate> {
     await writeFile(join(tpm.dir, 'leaf.ext'), 'basicConstraints=critical,CA:FALSE\n');
     await openssl(
-      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes']
-        .concat(['-keyout', 'notca.key', '-subj', '/CN=not-a-ca', '-days', '30', '-out', 'notca.pem'])
-        .concat(['-addext', 'basicConstraints=critical,CA:FALSE']),
+      [
+        'x509',
+        '-new',
+        '-CA',
+        `${issuer}.pem`,
+        '-CAkey',
+        `${issuer}.key`,
+        '-force_pubkey',
+        'ek-rsa.pem',
+      ].concat(['-subj', '/CN=unknown', '-days', '30', '-extfile', 'leaf.ext', '-out', `${name}.pem`]),
     );
-    await openssl(
-      ['x509', '-new', '-CA', 'notca.pem', '-CAkey', 'notca.key', '-force_pubkey', 'ek-rsa.pem'].concat([
-        '-subj',
-        '/CN=unknown',
-        '-days',
-        '30',
-        '-out',
-        'under-notca.pem',
-        '-extfile',
-        'leaf.ext',
-      ]),
-    );
-    const notCa = await loadOne(join(tpm.dir, 'notca.pem'));
-    const cert = parseEkCertificate(await readFile(join(tpm.dir, 'under-notca.pem'), 'utf8'));
+    return parseEkCertificate(await readFile(join(tpm.dir, `${name}.pem`), 'utf8'));
+  }
+
+  it('refuses a chain whose issuer is not a CA', async () => {
+    const notCa = await makeCa('not-a-ca', 'basicConstraints=critical,CA:FALSE\n');
+    const cert = await issueLeaf('under-not-a-ca', 'not-a-ca');
     expectCode(
       () => verifyEkCertificateChain(cert, { roots: [notCa] }),
       'ERR_TPM_EK_UNTRUSTED',
       /CN=not-a-ca is not a CA/,
+    );
+  });
+
+  it("refuses a chain longer than a CA's path length constraint allows", async () => {
+    const ca = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n';
+    const pathRoot = await makeCa(
+      'pathlen-root',
+      'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=keyCertSign\n',
+    );
+    const middle = await makeCa('pathlen-middle', ca, 'pathlen-root');
+    const cert = await issueLeaf('under-pathlen', 'pathlen-middle');
+    expect(verifyEkCertificateChain(cert, { roots: [middle] })).toHaveLength(2);
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [pathRoot], intermediates: [middle] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /CN=pathlen-root allows 0 intermediate CA\(s\) below it, the chain has 1/,
+    );
+  });
+
+  it('refuses an issuer whose key usage does not include keyCertSign', async () => {
+    const noSign = await makeCa(
+      'no-certsign',
+      'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature\n',
+    );
+    const cert = await issueLeaf('under-no-certsign', 'no-certsign');
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [noSign] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /nothing in the trust store issued CN=unknown \(its issuer is CN=no-certsign\).*keyCertSign/,
     );
   });
 
