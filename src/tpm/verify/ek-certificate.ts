@@ -26,18 +26,21 @@ const OID = {
   authorityKeyIdentifier: '2.5.29.35',
   extKeyUsage: '2.5.29.37',
   subjectKeyIdentifier: '2.5.29.14',
+  anyExtendedKeyUsage: '2.5.29.37.0',
+  tcgKpEkCertificate: '2.23.133.8.1',
   tpmManufacturer: '2.23.133.2.1',
   tpmModel: '2.23.133.2.2',
   tpmVersion: '2.23.133.2.3',
 } as const;
 
 /**
- * Critical extensions this module understands. Generic path validation refuses EK certificates
- * because the TCG profile makes the SAN (a directoryName with TPM attributes) critical, and some
- * manufacturers also mark subjectDirectoryAttributes (TPM spec and security assertions) critical.
- * Both are read here, so accepting them as critical is correct. Any other critical extension
- * (name constraints, policy constraints, …) would need processing this module does not do, so a
- * certificate carrying one is refused.
+ * Critical extensions accepted. Generic path validation refuses EK certificates because the TCG EK
+ * profile makes the SAN (a directoryName with TPM manufacturer, model and version) critical; this
+ * module reads it. subjectDirectoryAttributes (the TPM specification and security assertions) and
+ * certificatePolicies only inform: no decision here depends on them and no policy is required, so
+ * they are accepted should a manufacturer mark them critical. The key identifiers are matched by
+ * check_issued. Any other critical extension (name constraints, policy constraints, …) would need
+ * processing this module does not do, so a certificate carrying one is refused.
  */
 const HANDLED_CRITICAL: ReadonlySet<string> = new Set([
   OID.basicConstraints,
@@ -262,6 +265,13 @@ export function verifyEkCertificateChain(
     );
   const leafProblem = validityProblem(ekCert, at);
   if (leafProblem !== undefined) throw untrusted(leafProblem);
+  // An extendedKeyUsage limits what the certificate vouches for; an EK certificate's must allow
+  // tcg-kp-EKCertificate. Without one, the certificate is not limited (RFC 5280 §4.2.1.12).
+  const eku = new x509.X509Certificate(ekCert.raw).getExtension(x509.ExtendedKeyUsageExtension);
+  if (eku && !eku.usages.some((u) => u === OID.tcgKpEkCertificate || u === OID.anyExtendedKeyUsage))
+    throw untrusted(
+      `its extendedKeyUsage (${eku.usages.join(', ')}) does not include tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`,
+    );
 
   const roots = new Set(trust.roots);
   const pool = [...trust.roots, ...(trust.intermediates ?? [])];

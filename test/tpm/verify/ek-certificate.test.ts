@@ -329,6 +329,16 @@ describe('EK certificates from another CA', () => {
     );
   });
 
+  it('refuses a certificate whose extended key usage is not for EKs', async () => {
+    await writeFile(join(tpm.dir, 'tls-eku.ext'), 'extendedKeyUsage=serverAuth\n');
+    const cert = await foreignCert('tls-eku', 'ek-rsa.pem', ['tls-eku.ext']);
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [foreignRoot] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /extendedKeyUsage \(1\.3\.6\.1\.5\.5\.7\.3\.1\) does not include tcg-kp-EKCertificate/,
+    );
+  });
+
   it('rejects bytes that are not a certificate', () => {
     expectCode(
       () => parseEkCertificate(Buffer.from('not a certificate')),
