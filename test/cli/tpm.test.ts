@@ -101,6 +101,13 @@ describe('ironroot-agent tpm', () => {
     });
   });
 
+  it('leaves no transient objects or sessions on the TPM after the commands above', async () => {
+    const transient = await tpm2('tpm2_getcap', ['handles-transient'], swtpm.tcti);
+    const sessions = await tpm2('tpm2_getcap', ['handles-loaded-session'], swtpm.tcti);
+    expect(transient.trim()).toBe('');
+    expect(sessions.trim()).toBe('');
+  });
+
   it('rejects a malformed PCR selection before touching the TPM', async () => {
     await expect(
       agent(['tpm', 'quote', '--tcti', 'swtpm:host=127.0.0.1,port=1', '--pcrs', 'sha256']),

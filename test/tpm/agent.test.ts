@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { verify, X509Certificate } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,11 +7,14 @@ import {
   createAk,
   type Ek,
   type EkKind,
+  ecdsaP1363,
+  highRangeBranches,
   loadEk,
   objectName,
   parseTpm2ToolsCredential,
   passwordSession,
   pcrSelection,
+  policyA,
   policyB,
   policySession,
   publicKeyFromArea,
@@ -92,6 +95,29 @@ describe('EK certificates', () => {
       const x509 = new X509Certificate(cert.der);
       expect(x509.issuer).toContain('CN=swtpm-localca');
       expect(x509.checkIssued(new X509Certificate(await readFile(swtpm.ekIssuerCertPath)))).toBe(true);
+    }
+  });
+
+  it('reads an owner-read-only certificate larger than TPM_PT_NV_BUFFER_MAX and strips its padding', async () => {
+    // 1500 bytes: two NV_Read chunks on swtpm (NV_BUFFER_MAX 1024); readable by the owner only.
+    const [rsa] = await readEkCertificates(tpm);
+    expect(rsa).toBeDefined();
+    if (!rsa) return;
+    const padded = Buffer.concat([rsa.der, Buffer.alloc(1500 - rsa.der.byteLength, 0xff)]);
+    await writeFile(file('owner-cert'), padded);
+    await tpm2(
+      'tpm2_nvdefine',
+      ['0x01c00014', '-C', 'o', '-s', '1500', '-a', 'ownerread|ownerwrite'],
+      swtpm.tcti,
+    );
+    try {
+      await tpm2('tpm2_nvwrite', ['0x01c00014', '-C', 'o', '-i', file('owner-cert')], swtpm.tcti);
+      const cert = (await readEkCertificates(tpm)).find((c) => c.index === 0x01c00014);
+      expect(cert?.kind).toBe('ecc-p256-high');
+      expect(hex(cert?.raw ?? new Uint8Array())).toBe(padded.toString('hex'));
+      expect(hex(cert?.der ?? new Uint8Array())).toBe(hex(rsa.der));
+    } finally {
+      await tpm2('tpm2_nvundefine', ['0x01c00014', '-C', 'o'], swtpm.tcti);
     }
   });
 
@@ -289,6 +315,59 @@ describe('PCRs and quotes', () => {
       expect(quote.pcrs[0]?.values.size).toBe(24);
       expect(quote.attest.attested.kind === 'quote' && quote.attest.attested.pcrSelect[0]?.pcrs).toEqual(all);
     });
+  });
+});
+
+describe('other commands', () => {
+  it('leaves the session digest at PolicyB after PolicySecret and PolicyOR for the P-384 EK', async () => {
+    await withEk(tpm, 'ecc-p384-high', async (ek) => {
+      const session = await tpm.startAuthSession(TPM_SE.POLICY, TPM_ALG.SHA384);
+      try {
+        await tpm.policySecret(TPM_RH.ENDORSEMENT, passwordSession(), session);
+        expect(hex(await tpm.policyGetDigest(session))).toBe(hex(policyA(TPM_ALG.SHA384)));
+        await tpm.policyOr(session, highRangeBranches(TPM_ALG.SHA384));
+        const digest = await tpm.policyGetDigest(session);
+        expect(hex(digest)).toBe(hex(policyB(TPM_ALG.SHA384)));
+        expect(hex(digest)).toBe(hex(ek.public.area.authPolicy));
+      } finally {
+        await tpm.flushContext(session);
+      }
+    });
+  });
+
+  it('certifies one AK with another; the attestation names it and verifies with the signer', async () => {
+    await withEk(tpm, 'rsa2048', async (ek) => {
+      const subject = await createAk(tpm, ek, 'ecc-p256');
+      const signer = await createAk(tpm, ek, 'ecc-p256');
+      const result = await withAk(tpm, ek, subject, (s) =>
+        withAk(tpm, ek, signer, (k) =>
+          tpm.certify(s.handle, passwordSession(), k.handle, passwordSession(), Uint8Array.of(1, 2, 3)),
+        ),
+      );
+      expect(result.attest.attested.kind).toBe('certify');
+      if (result.attest.attested.kind !== 'certify') return;
+      expect(hex(result.attest.attested.name)).toBe(hex(subject.name));
+      expect(hex(result.attest.extraData)).toBe('010203');
+      expect(result.signature.sigAlg).toBe(TPM_ALG.ECDSA);
+      if (result.signature.sigAlg !== TPM_ALG.ECDSA) return;
+      const key = publicKeyFromArea(signer.public.area);
+      const sig = ecdsaP1363(result.signature, 32);
+      expect(verify('sha256', result.attestBytes, { key, dsaEncoding: 'ieee-p1363' }, sig)).toBe(true);
+    });
+  });
+
+  it('persists a key with EvictControl and removes it again', async () => {
+    const handle = 0x81000100;
+    const ek = await loadEk(tpm, 'ecc-p256');
+    try {
+      await tpm.evictControl(TPM_RH.OWNER, passwordSession(), ek.handle, handle);
+    } finally {
+      await releaseEk(tpm, ek);
+    }
+    expect(await tpm.getHandles(TPM_HT.PERSISTENT)).toContain(handle);
+    expect(hex((await tpm.readPublic(handle)).name)).toBe(hex(ek.name));
+    await tpm.evictControl(TPM_RH.OWNER, passwordSession(), handle, handle);
+    expect(await tpm.getHandles(TPM_HT.PERSISTENT)).not.toContain(handle);
   });
 });
 

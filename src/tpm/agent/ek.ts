@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { TPM_HT, TPM_RH, TPM_SE } from '../codec/constants.js';
+import { TPM_HT, TPM_RH, TPM_SE, TPMA_NV } from '../codec/constants.js';
 import { marshalPublic, type ParsedPublic, type TpmtPublic } from '../codec/public.js';
 import { TpmError, TpmResponseError } from '../errors.js';
 import { type AuthSession, passwordSession, policySession } from '../session.js';
@@ -14,8 +14,11 @@ import { EK_PROFILES, type EkKind, type EkProfile, ekProfile, highRangeBranches 
 /** An EK certificate (or chain certificate) read from NV. */
 export interface EkCertificate {
   readonly index: number;
-  /** The EK this certificate is for, or `intermediate` for indices 0x01c00100–0x01c001ff. */
-  readonly kind: EkKind | 'intermediate';
+  /**
+   * The EK template this certificate is for; `other` for a standard EK index ironroot has no
+   * template for (P-521, SM2, RSA-3072/4096); `intermediate` for chain indices 0x01c00100–0x01c001ff.
+   */
+  readonly kind: EkKind | 'other' | 'intermediate';
   /** The NV contents exactly as stored (what `tpm2_nvread` prints). */
   readonly raw: Uint8Array;
   /** The DER certificate: the PC Client `10 01 00 len` header and trailing padding removed. */
@@ -39,11 +42,17 @@ export async function readEkCertificates(tpm: Tpm): Promise<EkCertificate[]> {
   const present = await tpm.getHandles(TPM_HT.NV_INDEX);
   const out: EkCertificate[] = [];
   for (const index of present) {
-    const kind = CERT_INDICES.get(index);
     const isChain = index >= CHAIN_FIRST && index <= CHAIN_LAST;
-    if ((kind === undefined || kind === 'other') && !isChain) continue;
+    const kind = isChain ? 'intermediate' : CERT_INDICES.get(index);
+    if (kind === undefined) continue;
     const { nvPublic } = await tpm.nvReadPublic(index);
-    const raw = await tpm.nvRead(index, nvPublic.dataSize);
+    // Certificates are normally readable with the index's own (empty) auth, as tpm2-tools reads
+    // them; some TPMs only allow owner reads (go-attestation #300), so use the owner then.
+    const authHandle =
+      nvPublic.attributes & TPMA_NV.AUTHREAD || !(nvPublic.attributes & TPMA_NV.OWNERREAD)
+        ? index
+        : TPM_RH.OWNER;
+    const raw = await tpm.nvRead(index, nvPublic.dataSize, { authHandle });
     out.push({
       index,
       kind: kind === undefined || kind === 'other' ? 'intermediate' : kind,

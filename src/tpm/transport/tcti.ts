@@ -126,6 +126,13 @@ export async function openTcti(conf: string, timeoutMs: number): Promise<TpmTran
     );
   }
   const header = koffi.decode(ctx, b.common) as CommonHeader;
+  if (!header.transmit || !header.receive) {
+    b.finalize(out);
+    throw new TpmError(
+      'ERR_TPM_TRANSPORT',
+      `TCTI "${conf}" has no transmit/receive functions (incompatible tpm2-tss?)`,
+    );
+  }
   const transmit = koffi.decode(header.transmit, b.transmit) as TransmitFn;
   const receive = koffi.decode(header.receive, b.receive) as ReceiveFn;
   let closed = false;
@@ -179,7 +186,9 @@ export async function openTcti(conf: string, timeoutMs: number): Promise<TpmTran
     async close() {
       if (closed) return;
       closed = true;
-      b.finalize(out);
+      // After a timeout a worker thread may still be inside receive(); finalizing would free the
+      // context under it, so the context is deliberately left to the process's exit instead.
+      if (!broken) b.finalize(out);
     },
   };
 }
