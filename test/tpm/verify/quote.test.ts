@@ -9,6 +9,7 @@ import {
   parseTpm2bPublic,
   type TpmtPublic,
 } from '../../../src/tpm/codec/public.js';
+import { parseSignature } from '../../../src/tpm/codec/signature.js';
 import { TpmError, type TpmErrorCode } from '../../../src/tpm/errors.js';
 import { checkAkPublic } from '../../../src/tpm/verify/ak.js';
 import { type QuoteInput, verifyQuote } from '../../../src/tpm/verify/quote.js';
@@ -227,6 +228,27 @@ describe('quote details', () => {
     expect(recorded.ak.area.nameAlg).toBe(TPM_ALG.SHA384);
     const verified = verifyQuote(recorded.input);
     expect(verified.attest.attested.kind === 'quote' && verified.attest.attested.pcrDigest.length).toBe(32);
+  });
+
+  it('rejects a signature whose scheme is not the AK scheme, and any SHA-1 signature', async () => {
+    const { input, signature } = await quote('rsa', 'ak-rsa', randomBytes(16));
+    const sig = parseSignature(signature);
+    if (sig.sigAlg !== TPM_ALG.RSASSA || input.akPublic.type !== TPM_ALG.RSA)
+      throw new Error('expected RSASSA');
+    expectCode(
+      () => verifyQuote({ ...input, signature: { ...sig, sigAlg: TPM_ALG.RSAPSS } }),
+      'ERR_TPM_QUOTE_SIGNATURE',
+      /signed with rsapss-sha256, but the AK's scheme is rsassa-sha256/,
+    );
+    const schemeless: TpmtPublic = {
+      ...input.akPublic,
+      parameters: { ...input.akPublic.parameters, scheme: { scheme: TPM_ALG.NULL, hashAlg: TPM_ALG.NULL } },
+    };
+    expectCode(
+      () => verifyQuote({ ...input, akPublic: schemeless, signature: { ...sig, hash: TPM_ALG.SHA1 } }),
+      'ERR_TPM_QUOTE_SIGNATURE',
+      /SHA-1, which is not accepted/,
+    );
   });
 
   it('rejects a TPM2_Certify attestation signed by the AK as not a quote', async () => {
