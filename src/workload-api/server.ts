@@ -58,6 +58,7 @@ export const MAX_HINT_BYTES = 1024;
 
 /** The structured logger the server writes to; pino's `Logger` fits. */
 export interface WorkloadApiLogger {
+  debug(fields: Record<string, unknown>, message: string): void;
   info(fields: Record<string, unknown>, message: string): void;
   warn(fields: Record<string, unknown>, message: string): void;
 }
@@ -97,7 +98,7 @@ interface Authorized {
 }
 
 const CONNECTION_TAG = 'ironroot-workload-api-connection:';
-const silent: WorkloadApiLogger = { info: () => {}, warn: () => {} };
+const silent: WorkloadApiLogger = { debug: () => {}, info: () => {}, warn: () => {} };
 
 /**
  * A running Workload API server.
@@ -184,6 +185,7 @@ export class WorkloadApiServer {
       this.#sockets.delete(socket);
     });
     Object.defineProperty(socket, 'remoteAddress', { value: tag, enumerable: true });
+    this.#logger.debug({ ...credentials, connection: tag, start_time: startTime }, 'workload connected');
     this.#injector.injectConnection(socket);
   }
 
