@@ -1,8 +1,9 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
-import { chmodSync, mkdtempSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { UnixAttestor } from '../../src/agent/workloadattestor/unix.js';
 import {
@@ -210,3 +211,61 @@ export async function systemUser(name: string): Promise<{ uid: number; gid: numb
     return lookup();
   }
 }
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Newest modification time of any file under `dir`. */
+function newest(dir: string): number {
+  return Math.max(
+    ...readdirSync(dir, { withFileTypes: true }).map((e) =>
+      e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs,
+    ),
+  );
+}
+
+/**
+ * Fails unless `dist/` is built from the current sources: tests that run the CLI or the package in
+ * child processes (as other users) need JavaScript. `npm test` builds first.
+ */
+export function requireFreshDist(): void {
+  const built = join(root, 'dist/agent/cli/main.js');
+  if (!existsSync(built)) {
+    throw new Error(
+      `${built} is missing: run "npx tsc -p tsconfig.build.json" (or "npm test", which builds first)`,
+    );
+  }
+  if (newest(join(root, 'src')) > statSync(built).mtimeMs) {
+    throw new Error('dist/ is older than src/: rebuild with "npx tsc -p tsconfig.build.json"');
+  }
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `node <args>` from the repository root as `user`, with `input` on stdin. */
+export function runNodeAs(
+  user: { uid: number; gid: number },
+  args: string[],
+  input = '',
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { uid: user.uid, gid: user.gid, cwd: root });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+/** The agent executable. */
+export const AGENT_BIN = join(root, 'bin/ironroot-agent.js');
