@@ -176,14 +176,16 @@ export class WorkloadApiServer {
     }
     // Read as early as possible: the smaller the window between connect(2) and this read, the less
     // room for the connecting process to exit and its pid to be reused before we pin it.
-    const startTime = await processStartTime(this.#procRoot, credentials.pid);
     const tag = `${CONNECTION_TAG}${++this.#nextConnection}`;
-    this.#connections.set(tag, { credentials, startTime });
     this.#sockets.add(socket);
     socket.once('close', () => {
       this.#connections.delete(tag);
       this.#sockets.delete(socket);
     });
+    const startTime = await processStartTime(this.#procRoot, credentials.pid);
+    // The peer may have hung up while we read; its 'close' has then already run.
+    if (socket.destroyed) return;
+    this.#connections.set(tag, { credentials, startTime });
     Object.defineProperty(socket, 'remoteAddress', { value: tag, enumerable: true });
     this.#logger.debug({ ...credentials, connection: tag, start_time: startTime }, 'workload connected');
     this.#injector.injectConnection(socket);
@@ -306,7 +308,7 @@ export class WorkloadApiServer {
           last = fingerprint;
           call.write(message);
         };
-        unsubscribe = this.#provider.subscribe(() => {
+        const update = () => {
           if (ended) return;
           const identities = this.#provider.identities(authorized.selectors);
           if (identities.svids.length === 0) {
@@ -314,8 +316,11 @@ export class WorkloadApiServer {
             return;
           }
           send(identities);
-        });
-        send(authorized.identities);
+        };
+        unsubscribe = this.#provider.subscribe(update);
+        // Read again now that we are subscribed: a change between attestation and subscription
+        // would otherwise never reach this stream.
+        update();
       },
       (e: unknown) => end(e),
     );
