@@ -17,18 +17,23 @@ const SO_PEERCRED = 17;
 
 interface Libc {
   getsockopt: (fd: number, level: number, name: number, out: Record<string, number>, len: number[]) => number;
-  errno: () => number;
 }
 let libc: Libc | undefined;
 
 function loadLibc(): Libc {
   if (libc === undefined) {
     const lib = koffi.load('libc.so.6');
-    // struct ucred from <sys/socket.h>: pid_t, uid_t, gid_t.
-    koffi.struct('ironroot_ucred', { pid: 'int32', uid: 'uint32', gid: 'uint32' });
+    // struct ucred from <sys/socket.h>: pid_t, uid_t, gid_t. Anonymous, so that loading this module
+    // twice in one process (src and dist) does not register a type name twice.
+    const ucred = koffi.struct({ pid: 'int32', uid: 'uint32', gid: 'uint32' });
     libc = {
-      getsockopt: lib.func('int getsockopt(int, int, int, _Out_ ironroot_ucred *, _Inout_ uint32 *)'),
-      errno: () => koffi.errno(),
+      getsockopt: lib.func('getsockopt', 'int', [
+        'int',
+        'int',
+        'int',
+        koffi.out(koffi.pointer(ucred)),
+        koffi.inout(koffi.pointer('uint32')),
+      ]),
     };
   }
   return libc;
@@ -54,13 +59,13 @@ function socketFd(socket: Socket): number {
  * @throws WorkloadApiError `ERR_WORKLOADAPI_PEERCRED` when the kernel does not answer.
  */
 export function peerCredentials(socket: Socket): CallerCredentials {
-  const { getsockopt, errno } = loadLibc();
+  const { getsockopt } = loadLibc();
   const out: Record<string, number> = {};
   const len = [12];
   if (getsockopt(socketFd(socket), SOL_SOCKET, SO_PEERCRED, out, len) !== 0) {
     throw new WorkloadApiError(
       'ERR_WORKLOADAPI_PEERCRED',
-      `getsockopt(SO_PEERCRED) failed with errno ${errno()}`,
+      `getsockopt(SO_PEERCRED) failed with errno ${koffi.errno()}`,
     );
   }
   const { pid, uid, gid } = out;

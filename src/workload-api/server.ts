@@ -310,7 +310,14 @@ export class WorkloadApiServer {
         };
         const update = () => {
           if (ended) return;
-          const identities = this.#provider.identities(authorized.selectors);
+          let identities: WorkloadIdentities;
+          try {
+            identities = this.#provider.identities(authorized.selectors);
+          } catch (e) {
+            // Runs inside the provider's notification: a failure ends this stream, not the provider.
+            end(e);
+            return;
+          }
           if (identities.svids.length === 0) {
             end(new Refusal(Status.PERMISSION_DENIED, 'no identity issued'));
             return;

@@ -150,9 +150,13 @@ export function createMtlsServer(
     minVersion: 'TLSv1.2',
   };
   const server = createServer(options);
-  const unsubscribe = source.onUpdate(() =>
-    server.setSecureContext({ ...options, ...ownCredentials(source) }),
-  );
+  const unsubscribe = source.onUpdate(() => {
+    try {
+      server.setSecureContext({ ...options, ...ownCredentials(source) });
+    } catch {
+      // The update carried no usable SVID; keep presenting the previous one until the next update.
+    }
+  });
   server.once('close', unsubscribe);
   server.on('secureConnection', (socket: TLSSocket) => {
     let peerId: SpiffeId;
