@@ -264,6 +264,18 @@ export class WorkloadApiClient {
     return out;
   }
 
+  /**
+   * One JWT-SVID for `audience`: the default identity's (the first), or `spiffeId`'s when given.
+   */
+  async fetchJwtSvid(request: {
+    audience: readonly string[];
+    spiffeId?: SpiffeId | string;
+  }): Promise<JwtSvid> {
+    const [first] = await this.fetchJwtSvids(request);
+    if (first === undefined) throw badResponse('FetchJWTSVID response has no SVIDs');
+    return first.svid;
+  }
+
   /** Asks the agent to validate `token` for `audience` (the way the standard prefers, W-48). */
   async validateJwtSvid(token: string, audience: string): Promise<ValidatedJwtSvid> {
     const response = await this.#unary<ValidateJWTSVIDResponseMessage>('ValidateJWTSVID', {
@@ -317,6 +329,69 @@ export class WorkloadApiClient {
       if (error !== undefined) watcher.onError?.(error);
       await sleep(delay, signal);
       delay = Math.min(delay * 2, this.#backoff.maxMs);
+    }
+  }
+
+  /**
+   * {@link watchX509Context} as an async iterator: yields every new state until `signal` aborts or
+   * the loop breaks. Recoverable errors are retried silently (use the callback form to see them);
+   * InvalidArgument is thrown from the iterator.
+   *
+   * @example
+   * ```ts
+   * for await (const context of client.x509Contexts(signal)) reload(context.svids[0]?.svid);
+   * ```
+   */
+  async *x509Contexts(signal: AbortSignal): AsyncGenerator<X509Context, void, undefined> {
+    const stop = new AbortController();
+    const stopAll = () => stop.abort();
+    signal.addEventListener('abort', stopAll, { once: true });
+    // Only the newest state matters to a consumer that fell behind: keep one, not a backlog.
+    let latest: X509Context | undefined;
+    let failure: unknown;
+    let finished = false;
+    let wake: (() => void) | undefined;
+    const notify = () => {
+      wake?.();
+      wake = undefined;
+    };
+    const watching = this.watchX509Context(
+      {
+        onUpdate: (context) => {
+          latest = context;
+          notify();
+        },
+      },
+      stop.signal,
+    ).then(
+      () => {
+        finished = true;
+        notify();
+      },
+      (e: unknown) => {
+        failure = e;
+        finished = true;
+        notify();
+      },
+    );
+    try {
+      for (;;) {
+        if (latest !== undefined) {
+          const context = latest;
+          latest = undefined;
+          yield context;
+          continue;
+        }
+        if (failure !== undefined) throw failure;
+        if (finished) return;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      }
+    } finally {
+      signal.removeEventListener('abort', stopAll);
+      stop.abort();
+      await watching;
     }
   }
 

@@ -112,6 +112,23 @@ describe('WorkloadApiClient against the ironroot server', () => {
     );
   });
 
+  it("fetchJwtSvid returns the default identity's token, or the one asked for", async () => {
+    expect((await client.fetchJwtSvid({ audience: ['a'] })).id.toString()).toBe(web.toString());
+    expect((await client.fetchJwtSvid({ audience: ['a'], spiffeId: db })).id.toString()).toBe(db.toString());
+  });
+
+  it('x509Contexts yields the state and each change until the loop ends', async () => {
+    const seen: string[] = [];
+    for await (const context of client.x509Contexts(new AbortController().signal)) {
+      seen.push(context.svids.map((s) => s.svid.id.path).join(','));
+      if (seen.length === 1) await provider.setEntries([{ spiffeId: db, selectors: [me] }]);
+      else break;
+    }
+    expect(seen).toEqual(['/web,/db', '/db']);
+    // Leaving the loop ended the stream.
+    await expect.poll(() => provider.subscribers).toBe(0);
+  });
+
   it('reports PermissionDenied with a stable code and advice', async () => {
     await provider.setEntries([]);
     const error = await client.fetchX509Context().catch((e: unknown) => e);
