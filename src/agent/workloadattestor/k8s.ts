@@ -40,15 +40,31 @@ const CONTAINER = /^(?:docker-|cri-containerd-|crio-)?([0-9a-f]{64})(?:\.scope)?
 /** `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid with _>.slice` (systemd). */
 const POD = /pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?$/;
 
+/** A node running inside a container (kind): its pods sit below `/docker/<id>/`. */
+const NODE_CONTAINER = /^[0-9a-f]{64}$/;
+
+/**
+ * The path components below the kubelet's pod hierarchy, or undefined when the path is not in it.
+ * The hierarchy must start at the top of the path (after the `..` components a cgroup namespace
+ * shows for cgroups outside it, or below a containerised node's `/docker/<id>`): anywhere deeper is
+ * a sub-cgroup someone created, and a user with a delegated subtree could name one `kubepods/…`.
+ */
+function podHierarchy(path: string): string[] | undefined {
+  const parts = path.split('/').filter((p) => p !== '');
+  while (parts[0] === '..') parts.shift();
+  if (parts[0] === 'docker' && NODE_CONTAINER.test(parts[1] ?? '')) parts.splice(0, 2);
+  return parts[0]?.startsWith('kubepods') === true ? parts : undefined;
+}
+
 /** Container ID and pod UID of a process in a Kubernetes pod, from its cgroups; undefined when in none. */
 export function podContainerOfCgroups(
   entries: readonly CgroupEntry[],
 ): { containerId: string; podUid?: string } | undefined {
   // Nested runtimes (kind) put the host's own cgroup on the v2 line and the pod's on v1 lines, so
-  // every line is examined; only paths under a kubepods hierarchy count.
+  // every line is examined.
   for (const { path } of entries) {
-    if (!path.includes('kubepods')) continue;
-    const parts = path.split('/');
+    const parts = podHierarchy(path);
+    if (parts === undefined) continue;
     const containerId = CONTAINER.exec(parts.at(-1) ?? '')?.[1];
     if (containerId === undefined) continue;
     const podUid = parts

@@ -48,18 +48,19 @@ export interface SystemdAttestorOptions {
 const UNIT = /^[A-Za-z0-9:_.\\@-]+\.(service|scope|socket|mount|swap|target|timer|path|device|automount)$/;
 
 /**
- * The unit of the deepest cgroup path component that names a unit (slices only group units). The
- * cgroup v2 line wins; under v1, systemd's named hierarchy.
+ * The unit a cgroup path belongs to, as systemd decides it: the first path component that is not a
+ * slice. Only that one counts: below a unit's cgroup, the unit (or a user with a delegated subtree)
+ * may create sub-cgroups of any name, including one called `sshd.service`. A process of a user
+ * session belongs to `user@<uid>.service`; a delegated sub-cgroup to the service that made it. The
+ * cgroup v2 line is used, or on v1 systemd's named hierarchy.
  */
 export function unitOfCgroups(entries: readonly CgroupEntry[]): string | undefined {
   const entry =
     entries.find((e) => e.hierarchy === '0' && e.controllers.length === 0) ??
     entries.find((e) => e.controllers.includes('name=systemd') || e.controllers.includes('systemd'));
   if (entry === undefined) return undefined;
-  return entry.path
-    .split('/')
-    .filter((part) => UNIT.test(part))
-    .at(-1);
+  const first = entry.path.split('/').find((part) => part !== '' && !part.endsWith('.slice'));
+  return first !== undefined && UNIT.test(first) ? first : undefined;
 }
 
 /** Selectors `systemd:id:<unit>` and `systemd:fragment_path:<file>`. */

@@ -209,4 +209,14 @@ describe('podContainerOfCgroups', () => {
     });
     expect(podContainerOfCgroups(parseCgroups(`0::/docker/${id('y')}\n`))).toBeUndefined();
   });
+
+  it('reads paths relative to a cgroup namespace', () => {
+    const line = `0::/../../kubepods-besteffort.slice/kubepods-besteffort-pod${PAY_POD.replaceAll('-', '_')}.slice/cri-containerd-${id('z')}.scope\n`;
+    expect(podContainerOfCgroups(parseCgroups(line))).toEqual({ containerId: id('z'), podUid: PAY_POD });
+  });
+
+  it('ignores a kubepods-looking sub-cgroup below another cgroup (a delegated subtree)', () => {
+    const spoof = `0::/user.slice/user-1000.slice/user@1000.service/kubepods/pod${WEB_POD}/${id('web')}\n`;
+    expect(podContainerOfCgroups(parseCgroups(spoof))).toBeUndefined();
+  });
 });

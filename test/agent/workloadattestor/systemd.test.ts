@@ -23,6 +23,10 @@ const CGROUPS: Record<number, string> = {
   205: '0::/system.slice/containerd.service/workers\n',
   // The root cgroup: no unit.
   206: '0::/\n',
+  // A user moved into a sub-cgroup of their delegated subtree named like a system service.
+  207: '0::/user.slice/user-1000.slice/user@1000.service/app.slice/sshd.service\n',
+  // A cgroupfs path that is no systemd unit (a container runtime's own hierarchy).
+  208: '1:name=systemd:/docker/93d1c2b4a5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f80\n',
 };
 
 describe('systemd workload attestor on a fake /proc and unit tree', () => {
@@ -42,6 +46,7 @@ describe('systemd workload attestor on a fake /proc and unit tree', () => {
       '/etc/systemd/system/sshd.service',
       '/usr/lib/systemd/system/getty@.service',
       '/lib/systemd/system/containerd.service',
+      '/usr/lib/systemd/system/user@.service',
     ]) {
       mkdirSync(join(dir, 'root', dirname(unit)), { recursive: true });
       writeFileSync(join(dir, 'root', unit), '[Service]\nExecStart=/bin/true\n');
@@ -71,8 +76,19 @@ describe('systemd workload attestor on a fake /proc and unit tree', () => {
     ]);
   });
 
+  it('attributes a user session process to the user manager, whatever its sub-cgroup is called', async () => {
+    const userManager = [
+      'systemd:id:user@1000.service',
+      'systemd:fragment_path:/usr/lib/systemd/system/user@.service',
+    ];
+    expect(await attestor.attest(204)).toEqual(userManager);
+    expect(await attestor.attest(207)).toEqual(userManager);
+  });
+
   it('gives a transient scope its id but no fragment path', async () => {
-    expect(await attestor.attest(204)).toEqual(['systemd:id:app-org.example.editor-4242.scope']);
+    mkdirSync(join(dir, 'proc', '209'), { recursive: true });
+    writeFileSync(join(dir, 'proc', '209', 'cgroup'), '0::/system.slice/run-u42.scope\n');
+    expect(await attestor.attest(209)).toEqual(['systemd:id:run-u42.scope']);
   });
 
   it('attributes a delegated sub-cgroup to its service', async () => {
@@ -84,6 +100,7 @@ describe('systemd workload attestor on a fake /proc and unit tree', () => {
 
   it('gives no selectors to a process in no unit', async () => {
     expect(await attestor.attest(206)).toEqual([]);
+    expect(await attestor.attest(208)).toEqual([]);
   });
 
   it('rejects when the process is gone', async () => {
