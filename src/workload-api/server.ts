@@ -193,10 +193,7 @@ export class WorkloadApiServer {
 
   /** Checks the header, attests the caller, re-checks its pid, and finds its identities. */
   async #authorize(call: { readonly metadata: Metadata; getPeer(): string }): Promise<Authorized> {
-    const header = call.metadata.get(SECURITY_HEADER);
-    if (header.length !== 1 || header[0] !== SECURITY_HEADER_VALUE) {
-      throw new Refusal(Status.INVALID_ARGUMENT, 'security header missing from request');
-    }
+    checkSecurityHeader(call.metadata);
     const connection = this.#connections.get(call.getPeer());
     if (connection === undefined) {
       throw new Refusal(Status.UNAVAILABLE, 'connection is closing; reconnect');
@@ -259,10 +256,16 @@ export class WorkloadApiServer {
       );
     };
     const unimplemented: handleServerStreamingCall<unknown, unknown> = (call) => {
-      call.emit('error', {
-        code: Status.UNIMPLEMENTED,
-        details: 'the WIT-SVID profile is not implemented by this server',
-      });
+      try {
+        // Every request needs the header (Workload Endpoint §3), even one about to be refused.
+        checkSecurityHeader(call.metadata);
+        call.emit('error', {
+          code: Status.UNIMPLEMENTED,
+          details: 'the WIT-SVID profile is not implemented by this server',
+        });
+      } catch (e) {
+        call.emit('error', this.#toStatus(e));
+      }
     };
     return {
       FetchX509SVID,
@@ -393,6 +396,14 @@ export class WorkloadApiServer {
       code: Status.UNAVAILABLE,
       details: 'the agent could not serve this request; retry with backoff',
     };
+  }
+}
+
+/** @throws Refusal InvalidArgument unless the metadata holds `workload.spiffe.io: true` exactly once. */
+function checkSecurityHeader(metadata: Metadata): void {
+  const header = metadata.get(SECURITY_HEADER);
+  if (header.length !== 1 || header[0] !== SECURITY_HEADER_VALUE) {
+    throw new Refusal(Status.INVALID_ARGUMENT, 'security header missing from request');
   }
 }
 

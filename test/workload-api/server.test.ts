@@ -232,9 +232,12 @@ describe('Workload API server driven by a standard grpc-js client', () => {
     }
   });
 
-  it('answers Unimplemented for the WIT-SVID RPCs', async () => {
+  it('answers Unimplemented for the WIT-SVID RPCs, InvalidArgument without the header', async () => {
     expect((await client.stream('FetchWITSVID').ended).code).toBe(status.UNIMPLEMENTED);
     expect((await client.stream('FetchWITBundles').ended).code).toBe(status.UNIMPLEMENTED);
+    expect((await client.stream('FetchWITSVID', RawClient.header(false)).ended).code).toBe(
+      status.INVALID_ARGUMENT,
+    );
   });
 
   it('keeps hints unique and at most 1024 bytes', async () => {
