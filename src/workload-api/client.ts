@@ -1,6 +1,6 @@
 /**
  * A SPIFFE Workload API client for Node: fetch and watch X.509-SVIDs and bundles, fetch and
- * validate JWT-SVIDs. Works with any conforming server (ironroot's, SPIRE's).
+ * validate JWT-SVIDs. It speaks only the standard protocol, so it is not tied to ironroot's server.
  *
  * @module
  */

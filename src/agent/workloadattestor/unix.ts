@@ -98,10 +98,18 @@ export class UnixAttestor implements WorkloadAttestor {
 
   async attest(pid: number): Promise<Selector[]> {
     const dir = join(this.#procRoot, String(pid));
-    const ids = parseStatus(await readFile(join(dir, 'status'), 'utf8'));
-    // Read on every call: accounts come and go, and the files are small.
-    const users = parseNameFile(await readFile(this.#passwdPath, 'utf8').catch(() => ''));
-    const groups = parseNameFile(await readFile(this.#groupPath, 'utf8').catch(() => ''));
+    const exe = join(dir, 'exe');
+    // Independent reads, issued together: each is a round trip through libuv's thread pool. The
+    // passwd and group files are read on every call: accounts come and go, and the files are small.
+    const [status, passwdText, groupText, path] = await Promise.all([
+      readFile(join(dir, 'status'), 'utf8'),
+      readFile(this.#passwdPath, 'utf8').catch(() => ''),
+      readFile(this.#groupPath, 'utf8').catch(() => ''),
+      readlink(exe),
+    ]);
+    const ids = parseStatus(status);
+    const users = parseNameFile(passwdText);
+    const groups = parseNameFile(groupText);
     const selectors: Selector[] = [`unix:uid:${ids.uid}`];
     const user = users.get(ids.uid);
     if (user !== undefined) selectors.push(`unix:user:${user}`);
@@ -113,8 +121,6 @@ export class UnixAttestor implements WorkloadAttestor {
       const name = groups.get(gid);
       if (name !== undefined) selectors.push(`unix:supplementary_group:${name}`);
     }
-    const exe = join(dir, 'exe');
-    const path = await readlink(exe);
     selectors.push(`unix:path:${path}`);
     const sha256 = await this.#hash(exe, path);
     if (sha256 !== undefined) selectors.push(`unix:sha256:${sha256}`);
