@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { apiCommand } from './api.js';
 import { tpmCommand } from './tpm.js';
 
 export function buildAgentProgram(): Command {
@@ -9,6 +10,7 @@ export function buildAgentProgram(): Command {
     .helpCommand(true)
     .showHelpAfterError();
   program.addCommand(tpmCommand());
+  program.addCommand(apiCommand());
   return program;
 }
 
