@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
+import { chmodSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +23,7 @@ import type {
   WorkloadIdentityProvider,
   X509SvidMaterial,
 } from '../../src/workload-api/provider.js';
+import { assertBuilt } from './dist.js';
 
 const run = promisify(execFile);
 
@@ -214,30 +215,11 @@ export async function systemUser(name: string): Promise<{ uid: number; gid: numb
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
-/** Newest modification time of any file under `dir`. */
-function newest(dir: string): number {
-  return Math.max(
-    ...readdirSync(dir, { withFileTypes: true }).map((e) =>
-      e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs,
-    ),
-  );
-}
-
 /**
  * Fails unless `dist/` is built from the current sources: tests that run the CLI or the package in
  * child processes (as other users) need JavaScript. `npm test` builds first.
  */
-export function requireFreshDist(): void {
-  const built = join(root, 'dist/agent/cli/main.js');
-  if (!existsSync(built)) {
-    throw new Error(
-      `${built} is missing: run "npx tsc -p tsconfig.build.json" (or "npm test", which builds first)`,
-    );
-  }
-  if (newest(join(root, 'src')) > statSync(built).mtimeMs) {
-    throw new Error('dist/ is older than src/: rebuild with "npx tsc -p tsconfig.build.json"');
-  }
-}
+export const requireFreshDist: () => void = assertBuilt;
 
 export interface RunResult {
   code: number | null;
