@@ -1,0 +1,109 @@
+/**
+ * Reads the YAML file, lays flags over it, validates the result once, and turns every schema
+ * complaint into a line naming the key path, the bad value and what is allowed.
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { ConfigFileError, ConfigInvalidError } from '../errors.js';
+import { configSchema, type ServerConfig } from './schema.js';
+
+/** Values given on the command line; each replaces the file's key of the same name. */
+export interface ConfigOverrides {
+  trust_domain?: string;
+  data_dir?: string;
+  bind_address?: string;
+  admin_socket?: string;
+  key_manager?: string;
+  development?: boolean;
+  log_level?: string;
+}
+
+export interface LoadConfigOptions {
+  file?: string;
+  overrides?: ConfigOverrides;
+}
+
+export function loadConfig(options: LoadConfigOptions): ServerConfig {
+  const raw = options.file === undefined ? {} : readConfigFile(options.file);
+  const merged: Record<string, unknown> = { ...raw };
+  for (const [key, value] of Object.entries(options.overrides ?? {})) {
+    if (value !== undefined) merged[key] = value;
+  }
+  return validateConfig(merged, options.file ?? 'command-line flags');
+}
+
+export function validateConfig(raw: unknown, source: string): ServerConfig {
+  const result = configSchema.safeParse(raw, { reportInput: true });
+  if (result.success) return result.data;
+  throw new ConfigInvalidError(source, result.error.issues.map(describeIssue));
+}
+
+function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigFileError(`cannot read config file ${file}: ${(error as Error).message}`, error);
+  }
+  const document = parseDocument(text, { uniqueKeys: true });
+  if (document.errors.length > 0) {
+    const lines = document.errors.map((e) => e.message.split('\n')[0]);
+    throw new ConfigFileError(`config file ${file} is not valid YAML: ${lines.join('; ')}`);
+  }
+  const value: unknown = document.toJS();
+  if (value === null || value === undefined) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw new ConfigFileError(
+      `config file ${file} must hold a mapping of keys (trust_domain: …), not a list or scalar`,
+    );
+  }
+  return value as Record<string, unknown>;
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const path = formatPath(issue.path);
+  if (issue.code === 'unrecognized_keys') {
+    const allowed = allowedKeys(issue.path);
+    return issue.keys
+      .map((key) => `${path ? `${path}.` : ''}${key}: unknown key; allowed keys: ${allowed.join(', ')}`)
+      .join('\n  ');
+  }
+  const value = issue.input === undefined ? 'missing' : `got ${formatValue(issue.input)}`;
+  return `${path || '(top level)'}: ${value}; ${allowedText(issue)}`;
+}
+
+function allowedText(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'invalid_value')
+    return `allowed: one of ${issue.values.map((v) => formatValue(v)).join(', ')}`;
+  if (issue.message.startsWith('allowed:')) return issue.message;
+  if (issue.code === 'too_small') return `allowed: at least ${String(issue.minimum)}`;
+  if (issue.code === 'too_big') return `allowed: at most ${String(issue.maximum)}`;
+  if (issue.code === 'invalid_type') return `allowed: a ${issue.expected}`;
+  return `allowed: ${issue.message}`;
+}
+
+function allowedKeys(path: readonly PropertyKey[]): string[] {
+  // Only the top level is an object today; deeper objects would walk configSchema.shape here.
+  return path.length === 0 ? Object.keys(configSchema.shape) : [];
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  return path
+    .map((part, index) =>
+      typeof part === 'number' ? `[${part}]` : `${index === 0 ? '' : '.'}${String(part)}`,
+    )
+    .join('');
+}
+
+/** A value as it appears in messages, with any PKCS#11 PIN hidden: config values end up in logs. */
+export function formatValue(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return redactSecrets(text);
+}
+
+export function redactSecrets(text: string): string {
+  return text.replace(/(pin-value=)[^;?&"]*/gi, '$1REDACTED');
+}
