@@ -1,5 +1,11 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { agentCommand } from './agent.js';
+import { entryCommand } from './entry.js';
+import { healthcheckCommand } from './healthcheck.js';
+import { runCommand } from './run.js';
+import { tokenCommand } from './token.js';
+import { validateCommand } from './validate.js';
 
 export function buildServerProgram(): Command {
   const program = new Command('ironroot-server')
@@ -7,6 +13,12 @@ export function buildServerProgram(): Command {
     .version(VERSION, '-v, --version')
     .helpCommand(true)
     .showHelpAfterError();
+  program.addCommand(runCommand());
+  program.addCommand(validateCommand());
+  program.addCommand(healthcheckCommand());
+  program.addCommand(entryCommand());
+  program.addCommand(agentCommand());
+  program.addCommand(tokenCommand());
   return program;
 }
 

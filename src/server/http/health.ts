@@ -1,0 +1,37 @@
+/**
+ * Liveness, readiness and Prometheus metrics over plain HTTP on `health_address` (keep it on
+ * loopback or a management network: it needs no authentication and reveals only health).
+ *
+ * @module
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+
+export interface HealthOptions {
+  address: string;
+  registry: Registry;
+  /** Resolves when the server can do its job; rejects with the reason otherwise. */
+  ready: () => Promise<void>;
+}
+
+export async function startHealthServer(options: HealthOptions): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false });
+  app.get('/live', async () => ({ live: true }));
+  app.get('/ready', async (_request, reply) => {
+    try {
+      await options.ready();
+      return { ready: true };
+    } catch (error) {
+      return reply.code(503).send({ ready: false, reason: (error as Error).message });
+    }
+  });
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', options.registry.contentType);
+    return options.registry.metrics();
+  });
+  const separator = options.address.lastIndexOf(':');
+  const host = options.address.slice(0, separator).replace(/^\[(.*)\]$/, '$1');
+  const port = Number(options.address.slice(separator + 1));
+  await app.listen({ host, port });
+  return app;
+}
