@@ -1,29 +1,13 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 
-const execFileAsync = promisify(execFile);
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const SERVER_BIN = join(ROOT, 'bin', 'ironroot-server.js');
-
-let built: Promise<void> | undefined;
-
-/** Compiles src/ to dist/ once per test file, so tests drive the real executable. */
-export function buildOnce(): Promise<void> {
-  built ??= execFileAsync(
-    process.execPath,
-    [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'],
-    {
-      cwd: ROOT,
-    },
-  ).then(() => undefined);
-  return built;
-}
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -51,7 +35,6 @@ export interface TestServer {
 
 /** A server on its own directory, socket and port, run from the built CLI with a config file. */
 export async function startTestServer(extra: Record<string, unknown> = {}): Promise<TestServer> {
-  await buildOnce();
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-server-'));
   const healthPort = await freePort();
   const config = {

@@ -4,7 +4,7 @@
  * @module
  */
 import { type Client, credentials, type ServiceError, status } from '@grpc/grpc-js';
-import type { AdminApi, ServiceName } from './messages.js';
+import type { AdminApi, DeepPartial, ServiceName } from './messages.js';
 import { adminServices } from './proto.js';
 
 /** What went wrong on a call: the server's stable code when it sent one, and its message. */
@@ -33,7 +33,7 @@ export class AdminClient {
   call<S extends ServiceName, M extends keyof AdminApi[S] & string>(
     service: S,
     method: M,
-    request: AdminApi[S][M] extends [infer Q, unknown] ? Partial<Q> : never,
+    request: AdminApi[S][M] extends [infer Q, unknown] ? DeepPartial<Q> : never,
   ): Promise<AdminApi[S][M] extends [unknown, infer R] ? R : never> {
     const client = this.#client(service);
     return new Promise((resolve, reject) => {

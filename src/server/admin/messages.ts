@@ -136,3 +136,10 @@ export interface AdminApi {
 }
 
 export type ServiceName = keyof AdminApi;
+
+/** What a client may send: protobuf fills every field left out with its default. */
+export type DeepPartial<T> = T extends (infer U)[]
+  ? DeepPartial<U>[]
+  : T extends object
+    ? { [K in keyof T]?: DeepPartial<T[K]> }
+    : T;

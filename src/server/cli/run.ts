@@ -2,8 +2,6 @@ import { Command } from 'commander';
 import { systemClock } from '../clock.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { type ConfigOverrides, loadConfig } from '../config/load.js';
-import { createLogger } from '../log.js';
-import { startServer } from '../server.js';
 
 interface RunFlags {
   config?: string;
@@ -11,6 +9,7 @@ interface RunFlags {
   dataDir?: string;
   bindAddress?: string;
   adminSocket?: string;
+  healthAddress?: string;
   keyManager?: string;
   development?: boolean;
   logLevel?: string;
@@ -25,6 +24,10 @@ export function runCommand(): Command {
     .option('--data-dir <dir>', `data directory (default ${DEFAULTS.data_dir})`)
     .option('--bind-address <host:port>', `agent API address (default ${DEFAULTS.bind_address})`)
     .option('--admin-socket <path>', `admin API socket (default ${DEFAULTS.admin_socket})`)
+    .option(
+      '--health-address <host:port>',
+      `/live, /ready, /metrics address (default ${DEFAULTS.health_address})`,
+    )
     .option('--key-manager <uri>', 'PKCS#11 URI, or disk:DIR / memory: (development only)')
     .option('--development', 'allow development-only settings, with loud warnings')
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${DEFAULTS.log_level})`)
@@ -34,11 +37,16 @@ export function runCommand(): Command {
         data_dir: flags.dataDir,
         bind_address: flags.bindAddress,
         admin_socket: flags.adminSocket,
+        health_address: flags.healthAddress,
         key_manager: flags.keyManager,
         development: flags.development,
         log_level: flags.logLevel,
       };
       const config = loadConfig({ ...(flags.config !== undefined ? { file: flags.config } : {}), overrides });
+      // Loaded here, not at the top: admin commands share this executable and should not pay for
+      // fastify, Kysely and SQLite at every start.
+      const { createLogger } = await import('../log.js');
+      const { startServer } = await import('../server.js');
       const logger = createLogger(config.log_level);
       const server = await startServer(config, logger, systemClock);
       await new Promise<void>((resolve) => {

@@ -16,6 +16,7 @@ export interface ConfigOverrides {
   data_dir?: string;
   bind_address?: string;
   admin_socket?: string;
+  health_address?: string;
   key_manager?: string;
   development?: boolean;
   log_level?: string;
