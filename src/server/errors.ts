@@ -20,6 +20,7 @@ export type ServerErrorCode =
   | 'ERR_ENTRY_NOT_FOUND'
   | 'ERR_ENTRY_REVISION_MISMATCH'
   | 'ERR_AGENT_NOT_FOUND'
+  | 'ERR_BUNDLE_NOT_FOUND'
   | 'ERR_JOIN_TOKEN_INVALID'
   | 'ERR_PERMISSION_DENIED'
   | 'ERR_DATASTORE';
@@ -37,6 +38,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_ENTRY_NOT_FOUND: status.NOT_FOUND,
   ERR_ENTRY_REVISION_MISMATCH: status.ABORTED,
   ERR_AGENT_NOT_FOUND: status.NOT_FOUND,
+  ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
   ERR_JOIN_TOKEN_INVALID: status.PERMISSION_DENIED,
   ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
   ERR_DATASTORE: status.INTERNAL,
@@ -152,6 +154,15 @@ export class AgentNotFoundError extends ServerError {
     super(
       'ERR_AGENT_NOT_FOUND',
       `no attested agent with SPIFFE ID ${JSON.stringify(spiffeId)}; see "agent list"`,
+    );
+  }
+}
+
+export class BundleNotFoundError extends ServerError {
+  constructor(trustDomain: string) {
+    super(
+      'ERR_BUNDLE_NOT_FOUND',
+      `no federated bundle for trust domain ${JSON.stringify(trustDomain)}; see "bundle list"`,
     );
   }
 }

@@ -177,3 +177,92 @@ describe('server config', () => {
     expect(statSync(join(base, 'r')).mode & 0o777).toBe(0o750);
   });
 });
+
+describe('server config: CA, bundle endpoint and OIDC keys', () => {
+  it('reads nested sections with their defaults', () => {
+    const config = loadConfig({
+      file: writeConfig(
+        [
+          'trust_domain: a.test',
+          'jwt_issuer: https://oidc.a.test',
+          'upstream_authority: { cert_file: /etc/ir/up.crt, key_file: /etc/ir/up.key }',
+          'bundle_endpoint: { profile: https_spiffe }',
+          'oidc_discovery: { address: "127.0.0.1:9000" }',
+        ].join('\n'),
+      ),
+    });
+    expect(config.bundle_endpoint).toEqual({
+      address: '0.0.0.0:8443',
+      profile: 'https_spiffe',
+      refresh_hint: 300,
+    });
+    expect(config.oidc_discovery).toEqual({ address: '127.0.0.1:9000' });
+    expect(config.upstream_authority).toEqual({ cert_file: '/etc/ir/up.crt', key_file: '/etc/ir/up.key' });
+  });
+
+  it('names an unknown nested key with the keys allowed there', () => {
+    const error = invalid(() =>
+      loadConfig({
+        file: writeConfig('trust_domain: a.test\nbundle_endpoint: { profile: https_spiffe, port: 1 }\n'),
+      }),
+    );
+    expect(error.issues).toEqual([
+      'bundle_endpoint.port: unknown key; allowed keys: address, profile, cert_file, key_file, refresh_hint',
+    ]);
+  });
+
+  it('requires a serving certificate for the https_web profile', () => {
+    const error = invalid(() =>
+      loadConfig({ file: writeConfig('trust_domain: a.test\nbundle_endpoint: {}\n') }),
+    );
+    expect(error.issues).toEqual([
+      'bundle_endpoint.cert_file: missing; allowed: profile https_web needs cert_file and key_file (the serving certificate)',
+    ]);
+  });
+
+  it('requires jwt_issuer for OIDC discovery, and an https issuer', () => {
+    const missing = invalid(() =>
+      loadConfig({ file: writeConfig('trust_domain: a.test\noidc_discovery: {}\n') }),
+    );
+    expect(missing.issues).toEqual([
+      'jwt_issuer: missing; allowed: oidc_discovery needs jwt_issuer (the https:// issuer URL the discovery document names)',
+    ]);
+    const http = invalid(() =>
+      loadConfig({ file: writeConfig('trust_domain: a.test\njwt_issuer: http://x.test\n') }),
+    );
+    expect(http.issues).toEqual(['jwt_issuer: got "http://x.test"; allowed: an https:// URL']);
+  });
+});
+
+describe('server config: start-up warnings and key files', () => {
+  it('warns when the default X.509-SVID TTL outlasts what the CA lifetime allows', () => {
+    const config = loadConfig({
+      overrides: { trust_domain: 'a.test', key_manager: 'pkcs11:token=t' },
+      file: writeConfig('trust_domain: a.test\nca_ttl: 6h\ndefault_x509_svid_ttl: 2h\n'),
+    });
+    expect(checkConfigSafety(config).warnings).toEqual([
+      "default_x509_svid_ttl (7200s) is longer than the 3600s a CA of ca_ttl 21600s has left when its successor takes over; SVIDs will be cut to the CA's expiry. Raise ca_ttl to at least 43200s or lower default_x509_svid_ttl",
+    ]);
+  });
+
+  it('gives no TTL warning for the defaults', () => {
+    const config = loadConfig({ overrides: { trust_domain: 'a.test' } });
+    expect(checkConfigSafety(config).warnings).toEqual([]);
+  });
+
+  it('refuses an upstream key file that others can read', () => {
+    const dir = tempDir();
+    const key = join(dir, 'up.key');
+    writeFileSync(key, 'k', { mode: 0o644 });
+    chmodSync(key, 0o644);
+    const file = writeConfig(
+      `trust_domain: a.test\nupstream_authority: { cert_file: ${dir}/up.crt, key_file: ${key} }\n`,
+    );
+    const config = loadConfig({ file });
+    expect(() => checkConfigSafety(config)).toThrow(
+      `upstream_authority.key_file ${key} is readable by others (mode 644); run chmod 600 ${key}`,
+    );
+    chmodSync(key, 0o600);
+    expect(() => checkConfigSafety(config)).not.toThrow();
+  });
+});

@@ -181,3 +181,71 @@ describe('SQLite datastore', () => {
     expect(await store.consumeJoinToken('h2', 1_700_000_600, 'server')).toBeUndefined();
   });
 });
+
+describe('SQLite datastore: CA journal and bundles', () => {
+  let store: Datastore;
+  const clock: Clock = { now: () => 1_700_000_000_000 };
+
+  beforeEach(async () => {
+    store = (await openSqliteDatastore(join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data'), clock))
+      .datastore;
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  const slot = (s: 'A' | 'B', state: 'prepared' | 'active' | 'old') => ({
+    authority: 'x509' as const,
+    slot: s,
+    keyId: `x509-${s}`,
+    state,
+    publicKeyDer: new Uint8Array([s === 'A' ? 1 : 2]),
+    certificateDer: new Uint8Array([9]),
+    notBefore: 1,
+    notAfter: 2,
+    tainted: false,
+  });
+
+  it('journals slots and the own bundle together, replacing a slot in place', async () => {
+    await store.recordCaChange(
+      {
+        slots: [slot('A', 'active')],
+        bundle: { trustDomain: 'example.org', document: '{"keys":[]}', sequence: 1 },
+      },
+      'ca.init',
+      'server',
+    );
+    await store.recordCaChange(
+      {
+        slots: [slot('A', 'old'), slot('B', 'active')],
+        bundle: { trustDomain: 'example.org', document: '{"keys":[1]}', sequence: 2 },
+      },
+      'ca.activate',
+      'server',
+    );
+    const slots = await store.listCaSlots();
+    expect(slots.map((s) => [s.slot, s.state])).toEqual([
+      ['A', 'old'],
+      ['B', 'active'],
+    ]);
+    expect(Buffer.from(slots[1]?.publicKeyDer ?? [])).toEqual(Buffer.from([2]));
+    expect(await store.getBundle('example.org')).toMatchObject({
+      document: '{"keys":[1]}',
+      sequence: 2,
+      federated: false,
+    });
+    expect((await store.listAudit(1))[0]).toMatchObject({ action: 'ca.activate', objectId: 'x509/A,x509/B' });
+  });
+
+  it('keeps federated bundles with a growing sequence, and deletes them', async () => {
+    expect((await store.setFederatedBundle('partner.org', '{"keys":[]}', 'uid:0')).sequence).toBe(1);
+    expect((await store.setFederatedBundle('partner.org', '{"keys":[2]}', 'uid:0')).sequence).toBe(2);
+    expect((await store.listBundles()).map((b) => [b.trustDomain, b.federated])).toEqual([
+      ['partner.org', true],
+    ]);
+    await store.deleteFederatedBundle('partner.org', 'uid:0');
+    await expect(store.deleteFederatedBundle('partner.org', 'uid:0')).rejects.toMatchObject({
+      code: 'ERR_BUNDLE_NOT_FOUND',
+    });
+  });
+});

@@ -18,6 +18,8 @@ export const DEFAULTS = {
   ca_key_type: 'ec-p256',
   default_x509_svid_ttl: '1h',
   default_jwt_svid_ttl: '5m',
+  bundle_endpoint_profile: 'https_web',
+  bundle_refresh_hint: '5m',
 } as const;
 
 /** Bounds for entry TTLs (seconds); 0 in an entry means "use the server default". */

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { ConfigFileError, ConfigInvalidError } from '../errors.js';
 import { configSchema, type ServerConfig } from './schema.js';
 
@@ -39,7 +39,10 @@ export function loadConfig(options: LoadConfigOptions): ServerConfig {
 export function validateConfig(raw: unknown, source: string): ServerConfig {
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (result.success) return result.data;
-  throw new ConfigInvalidError(source, result.error.issues.map(describeIssue));
+  throw new ConfigInvalidError(
+    source,
+    result.error.issues.map((issue) => describeIssue(issue, raw)),
+  );
 }
 
 function readConfigFile(file: string): Record<string, unknown> {
@@ -64,7 +67,7 @@ function readConfigFile(file: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function describeIssue(issue: z.core.$ZodIssue): string {
+function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
   const path = formatPath(issue.path);
   if (issue.code === 'unrecognized_keys') {
     const allowed = allowedKeys(issue.path);
@@ -72,7 +75,9 @@ function describeIssue(issue: z.core.$ZodIssue): string {
       .map((key) => `${path ? `${path}.` : ''}${key}: unknown key; allowed keys: ${allowed.join(', ')}`)
       .join('\n  ');
   }
-  const value = issue.input === undefined ? 'missing' : `got ${formatValue(issue.input)}`;
+  // The value as the operator wrote it (issue.input is the parent object for cross-field checks).
+  const written = valueAt(raw, issue.path);
+  const value = written === undefined ? 'missing' : `got ${formatValue(written)}`;
   return `${path || '(top level)'}: ${value}; ${allowedText(issue)}`;
 }
 
@@ -86,9 +91,38 @@ function allowedText(issue: z.core.$ZodIssue): string {
   return `allowed: ${issue.message}`;
 }
 
+/** Keys the schema allows at `path`, found by walking object shapes through optional/default wrappers. */
 function allowedKeys(path: readonly PropertyKey[]): string[] {
-  // Only the top level is an object today; deeper objects would walk configSchema.shape here.
-  return path.length === 0 ? Object.keys(configSchema.shape) : [];
+  let node: unknown = configSchema;
+  for (const part of [undefined, ...path]) {
+    node = unwrap(node);
+    if (part === undefined) continue;
+    const shape = shapeOf(node);
+    node = shape?.[String(part)];
+  }
+  return Object.keys(shapeOf(unwrap(node)) ?? {});
+}
+
+function unwrap(node: unknown): unknown {
+  let current = node;
+  for (;;) {
+    if (current instanceof z.ZodOptional || current instanceof z.ZodDefault) current = current.unwrap();
+    else if (current instanceof z.ZodPipe) current = current.in;
+    else return current;
+  }
+}
+
+function shapeOf(node: unknown): Record<string, unknown> | undefined {
+  return node instanceof z.ZodObject ? (node.shape as Record<string, unknown>) : undefined;
+}
+
+function valueAt(raw: unknown, path: readonly PropertyKey[]): unknown {
+  let current = raw;
+  for (const part of path) {
+    if (current === null || typeof current !== 'object') return undefined;
+    current = Reflect.get(current, part);
+  }
+  return current;
 }
 
 function formatPath(path: readonly PropertyKey[]): string {

@@ -35,7 +35,48 @@ export function checkConfigSafety(config: ServerConfig): SafetyReport {
   }
   refuseWorldWritable('data_dir', config.data_dir);
   refuseWorldWritable('admin_socket directory', dirname(config.admin_socket));
+  if (config.upstream_authority)
+    refuseReadableKey('upstream_authority.key_file', config.upstream_authority.key_file);
+  if (config.bundle_endpoint?.key_file)
+    refuseReadableKey('bundle_endpoint.key_file', config.bundle_endpoint.key_file);
+  if (config.oidc_discovery?.key_file)
+    refuseReadableKey('oidc_discovery.key_file', config.oidc_discovery.key_file);
+  warnings.push(...svidTtlWarnings(config));
   return { warnings };
+}
+
+/**
+ * A new CA is activated when a sixth of the old one's lifetime (at most 7 days) is left; an SVID
+ * signed just before that cannot outlive its CA, so a longer TTL is silently cut short.
+ */
+export function svidTtlWarnings(config: ServerConfig): string[] {
+  const window = Math.min(Math.floor(config.ca_ttl / 6), 7 * 86400);
+  const warnings: string[] = [];
+  for (const [key, ttl] of [
+    ['default_x509_svid_ttl', config.default_x509_svid_ttl],
+    ['default_jwt_svid_ttl', config.default_jwt_svid_ttl],
+  ] as const) {
+    if (ttl > window) {
+      warnings.push(
+        `${key} (${ttl}s) is longer than the ${window}s a CA of ca_ttl ${config.ca_ttl}s has left when its successor takes over; SVIDs will be cut to the CA's expiry. Raise ca_ttl to at least ${ttl * 6}s or lower ${key}`,
+      );
+    }
+  }
+  return warnings;
+}
+
+function refuseReadableKey(what: string, path: string): void {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (error) {
+    throw new ConfigUnsafeError(`${what} ${path} cannot be read: ${(error as Error).message}`);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new ConfigUnsafeError(
+      `${what} ${path} is readable by others (mode ${(mode & 0o777).toString(8)}); run chmod 600 ${path}`,
+    );
+  }
 }
 
 /**

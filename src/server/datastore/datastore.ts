@@ -85,6 +85,33 @@ export interface AuditRecord {
   detail: Record<string, unknown>;
 }
 
+/** One of the two key slots of a CA authority, as journaled so a restart resumes rotation. */
+export interface CaSlot {
+  authority: 'x509' | 'jwt';
+  slot: 'A' | 'B';
+  /** Id of the key in the KeyManager. */
+  keyId: string;
+  /** prepared: in the bundle, not signing yet; active: signing; old: retired, still in the bundle. */
+  state: 'prepared' | 'active' | 'old';
+  /** SubjectPublicKeyInfo, DER. */
+  publicKeyDer: Uint8Array;
+  /** The CA certificate (X.509 authority only). */
+  certificateDer?: Uint8Array;
+  notBefore: number;
+  notAfter: number;
+  tainted: boolean;
+}
+
+export interface StoredBundle {
+  trustDomain: string;
+  /** The SPIFFE bundle document (JWKS), as served. */
+  document: string;
+  /** Equals the document's spiffe_sequence for the own bundle; grows with every change. */
+  sequence: number;
+  federated: boolean;
+  updatedAt: number;
+}
+
 /** Who asks for a change, as recorded in the audit log (e.g. `uid:0`, `server`). */
 export type Actor = string;
 
@@ -113,6 +140,23 @@ export interface Datastore {
   createJoinToken(token: JoinToken, actor: Actor): Promise<void>;
   /** Removes and returns the token if it exists and has not expired at `now`; single use. */
   consumeJoinToken(tokenHash: string, now: number, actor: Actor): Promise<JoinToken | undefined>;
+
+  listCaSlots(): Promise<CaSlot[]>;
+  /**
+   * Writes CA slots, and optionally the bundle that goes with them, in one transaction: a crash
+   * leaves either the old state or the new one. `action` names the step in the audit log.
+   */
+  recordCaChange(
+    change: { slots: CaSlot[]; bundle?: { trustDomain: string; document: string; sequence: number } },
+    action: string,
+    actor: Actor,
+  ): Promise<void>;
+
+  getBundle(trustDomain: string): Promise<StoredBundle | undefined>;
+  listBundles(): Promise<StoredBundle[]>;
+  /** Stores a federated trust domain's bundle (set by an operator or fetched); sequence grows by one. */
+  setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle>;
+  deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
 
   listAudit(limit: number): Promise<AuditRecord[]>;
   /** Proves the store answers (readiness). */

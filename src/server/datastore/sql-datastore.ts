@@ -9,6 +9,7 @@ import type { ExpressionBuilder, Kysely, Transaction } from 'kysely';
 import { type Clock, nowSeconds } from '../clock.js';
 import {
   AgentNotFoundError,
+  BundleNotFoundError,
   EntryDuplicateError,
   EntryNotFoundError,
   EntryRevisionMismatchError,
@@ -17,6 +18,7 @@ import type {
   Actor,
   AttestedNode,
   AuditRecord,
+  CaSlot,
   Datastore,
   EntryFilter,
   EntryPage,
@@ -25,8 +27,9 @@ import type {
   Page,
   RegistrationEntry,
   Selector,
+  StoredBundle,
 } from './datastore.js';
-import type { AttestedNodeRow, Database, RegistrationEntryRow } from './tables.js';
+import type { AttestedNodeRow, BundleRow, Database, RegistrationEntryRow } from './tables.js';
 
 const DEFAULT_PAGE_SIZE = 500;
 const MAX_PAGE_SIZE = 1000;
@@ -250,6 +253,119 @@ export class SqlDatastore implements Datastore {
     });
   }
 
+  async listCaSlots(): Promise<CaSlot[]> {
+    const rows = await this.#db
+      .selectFrom('ca_journal')
+      .selectAll()
+      .orderBy('authority')
+      .orderBy('slot')
+      .execute();
+    return rows.map((r) => ({
+      authority: r.authority,
+      slot: r.slot,
+      keyId: r.key_id,
+      state: r.state,
+      publicKeyDer: r.public_key_der,
+      ...(r.certificate_der !== null ? { certificateDer: r.certificate_der } : {}),
+      notBefore: Number(r.not_before),
+      notAfter: Number(r.not_after),
+      tainted: Number(r.tainted) === 1,
+    }));
+  }
+
+  async recordCaChange(
+    change: { slots: CaSlot[]; bundle?: { trustDomain: string; document: string; sequence: number } },
+    action: string,
+    actor: Actor,
+  ): Promise<void> {
+    const now = nowSeconds(this.#clock);
+    await this.#db.transaction().execute(async (trx) => {
+      for (const slot of change.slots) {
+        await trx
+          .deleteFrom('ca_journal')
+          .where('authority', '=', slot.authority)
+          .where('slot', '=', slot.slot)
+          .execute();
+        await trx
+          .insertInto('ca_journal')
+          .values({
+            authority: slot.authority,
+            slot: slot.slot,
+            key_id: slot.keyId,
+            state: slot.state,
+            public_key_der: slot.publicKeyDer,
+            certificate_der: slot.certificateDer ?? null,
+            not_before: slot.notBefore,
+            not_after: slot.notAfter,
+            tainted: slot.tainted ? 1 : 0,
+            updated_at: now,
+          })
+          .execute();
+      }
+      if (change.bundle) await writeBundle(trx, change.bundle, false, now);
+      await audit(
+        trx,
+        now,
+        actor,
+        action,
+        'ca',
+        change.slots.map((s) => `${s.authority}/${s.slot}`).join(','),
+        {
+          slots: change.slots.map((s) => ({
+            authority: s.authority,
+            slot: s.slot,
+            key_id: s.keyId,
+            state: s.state,
+          })),
+          ...(change.bundle ? { bundle_sequence: change.bundle.sequence } : {}),
+        },
+      );
+    });
+  }
+
+  async getBundle(trustDomain: string): Promise<StoredBundle | undefined> {
+    const row = await this.#db
+      .selectFrom('bundles')
+      .selectAll()
+      .where('trust_domain', '=', trustDomain)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toStoredBundle(row);
+  }
+
+  async listBundles(): Promise<StoredBundle[]> {
+    return (await this.#db.selectFrom('bundles').selectAll().orderBy('trust_domain').execute()).map(
+      toStoredBundle,
+    );
+  }
+
+  async setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const previous = await trx
+        .selectFrom('bundles')
+        .select('sequence')
+        .where('trust_domain', '=', trustDomain)
+        .executeTakeFirst();
+      const sequence = previous === undefined ? 1 : Number(previous.sequence) + 1;
+      await writeBundle(trx, { trustDomain, document, sequence }, true, now);
+      await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, { sequence });
+      return { trustDomain, document, sequence, federated: true, updatedAt: now };
+    });
+  }
+
+  async deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void> {
+    const now = nowSeconds(this.#clock);
+    await this.#db.transaction().execute(async (trx) => {
+      const result = await trx
+        .deleteFrom('bundles')
+        .where('trust_domain', '=', trustDomain)
+        .where('federated', '=', 1)
+        .executeTakeFirst();
+      if (Number(result.numDeletedRows) === 0) throw new BundleNotFoundError(trustDomain);
+      await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, {});
+    });
+  }
+
   async listAudit(limit: number): Promise<AuditRecord[]> {
     const rows = await this.#db
       .selectFrom('audit_log')
@@ -435,6 +551,35 @@ function anyOf(
 ) {
   if (selectors.length === 0) return eb.lit(false);
   return eb.or(selectors.map((sel) => eb.and([eb('s.type', '=', sel.type), eb('s.value', '=', sel.value)])));
+}
+
+async function writeBundle(
+  trx: Db,
+  bundle: { trustDomain: string; document: string; sequence: number },
+  federated: boolean,
+  now: number,
+): Promise<void> {
+  await trx.deleteFrom('bundles').where('trust_domain', '=', bundle.trustDomain).execute();
+  await trx
+    .insertInto('bundles')
+    .values({
+      trust_domain: bundle.trustDomain,
+      document: bundle.document,
+      sequence: bundle.sequence,
+      federated: federated ? 1 : 0,
+      updated_at: now,
+    })
+    .execute();
+}
+
+function toStoredBundle(row: BundleRow): StoredBundle {
+  return {
+    trustDomain: row.trust_domain,
+    document: row.document,
+    sequence: Number(row.sequence),
+    federated: Number(row.federated) === 1,
+    updatedAt: Number(row.updated_at),
+  };
 }
 
 function toEntryRow(entry: RegistrationEntry, now: number): RegistrationEntryRow {
