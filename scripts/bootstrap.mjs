@@ -11,7 +11,22 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 // Debian packages the demo and the tests start for real. Keep in step with the README.
-const APT_PACKAGES = ['swtpm', 'swtpm-tools', 'softhsm2', 'tpm2-tools', 'libtss2-dev', 'opensc', 'openssl'];
+// ovmf, qemu-system-x86, linux-image-amd64, busybox-static and cpio boot real UEFI firmware with a
+// swtpm vTPM for the measured-boot tests (test/helpers/qemu.ts).
+const APT_PACKAGES = [
+  'swtpm',
+  'swtpm-tools',
+  'softhsm2',
+  'tpm2-tools',
+  'libtss2-dev',
+  'opensc',
+  'openssl',
+  'ovmf',
+  'qemu-system-x86',
+  'linux-image-amd64',
+  'busybox-static',
+  'cpio',
+];
 
 const MIN_NODE = [20, 19];
 

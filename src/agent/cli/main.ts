@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { tpmCommand } from './tpm.js';
 
 export function buildAgentProgram(): Command {
   const program = new Command('ironroot-agent')
@@ -7,6 +8,7 @@ export function buildAgentProgram(): Command {
     .version(VERSION, '-v, --version')
     .helpCommand(true)
     .showHelpAfterError();
+  program.addCommand(tpmCommand());
   return program;
 }
 

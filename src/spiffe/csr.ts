@@ -1,0 +1,117 @@
+import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
+import { pemBlocks } from './der.js';
+import { SpiffeError } from './errors.js';
+import { checkProducible } from './id-syntax.js';
+import * as px from './peculiar.js';
+import type { Signer } from './signer.js';
+import { signerWebCrypto, signingParams } from './signer-crypto.js';
+import { SpiffeId } from './spiffe-id.js';
+
+/** What goes into a CSR. */
+export interface CsrTemplate {
+  /** The SPIFFE ID requested, carried as the one URI SAN. */
+  spiffeId: SpiffeId;
+  /** Extra DNS SANs requested. */
+  dnsNames?: readonly string[];
+  /** Subject DN (RFC 4514 text); default empty. */
+  subject?: string;
+}
+
+/** A CSR whose self-signature verified. */
+export interface ParsedCsr {
+  /** The requested SPIFFE ID (the one URI SAN). */
+  readonly spiffeId: SpiffeId;
+  /** The requested DNS SANs. */
+  readonly dnsNames: readonly string[];
+  /** The key the requester proved it holds; the issued certificate certifies it. */
+  readonly publicKey: KeyObject;
+}
+
+/**
+ * Builds a PKCS#10 CSR (DER) for `signer`'s key, requesting `spiffeId` as its one URI SAN (in an
+ * extensionRequest attribute). The signer signs it, which proves possession of the key.
+ *
+ * @throws SpiffeError `ERR_SPIFFEID_TOO_LONG` past 2048 bytes.
+ */
+export async function createCsr(template: CsrTemplate, signer: Signer): Promise<Uint8Array> {
+  checkProducible(template.spiffeId.toString(), 'cannot request a certificate');
+  const names: px.JsonGeneralName[] = [
+    { type: 'url', value: template.spiffeId.toString() },
+    ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
+  ];
+  const subject = template.subject ?? '';
+  const { crypto, key } = signerWebCrypto(signer);
+  const csr = await px.Pkcs10CertificateRequestGenerator.create(
+    {
+      name: new px.Name(subject),
+      keys: { publicKey: key, privateKey: key },
+      signingAlgorithm: signingParams(signer),
+      extensions: [new px.SubjectAlternativeNameExtension(names, subject === '')],
+    },
+    crypto,
+  );
+  return new Uint8Array(csr.rawData);
+}
+
+/**
+ * Parses a CSR (DER bytes or PEM text), checks its self-signature and returns the requested SPIFFE ID,
+ * DNS names and public key. Whether the requester may have that ID is the issuer's decision.
+ *
+ * @throws SpiffeError `ERR_CSR_PARSE`, `ERR_CSR_BAD_SIGNATURE`, `ERR_CSR_NO_URI_SAN`,
+ *   `ERR_CSR_MULTIPLE_URI_SANS`, or an `ERR_SPIFFEID_*` code for an invalid ID.
+ */
+export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
+  let csr: px.Pkcs10CertificateRequest;
+  let publicKey: KeyObject;
+  try {
+    const der =
+      typeof input === 'string'
+        ? pemBlocks(input).find((b) => b.label === 'CERTIFICATE REQUEST')?.der
+        : input;
+    if (der === undefined) throw new Error('no CERTIFICATE REQUEST PEM block');
+    csr = new px.Pkcs10CertificateRequest(der);
+    publicKey = createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' });
+  } catch (err) {
+    throw new SpiffeError(
+      'ERR_CSR_PARSE',
+      'input is not a PKCS#10 certificate signing request (DER or PEM)',
+      {
+        cause: err,
+      },
+    );
+  }
+  let valid: boolean;
+  try {
+    valid = await csr.verify(webcrypto);
+  } catch {
+    valid = false;
+  }
+  if (!valid) {
+    throw new SpiffeError(
+      'ERR_CSR_BAD_SIGNATURE',
+      "CSR signature does not verify with the CSR's own public key; the requester must sign it with the key it asks to certify",
+    );
+  }
+  const names = csr.extensions
+    .filter((e) => e instanceof px.SubjectAlternativeNameExtension)
+    .flatMap((e) => e.names.items);
+  const uris = names.filter((n) => n.type === 'url');
+  if (uris.length > 1) {
+    throw new SpiffeError(
+      'ERR_CSR_MULTIPLE_URI_SANS',
+      `CSR requests ${uris.length} URI SANs; an X.509-SVID has exactly one`,
+    );
+  }
+  const uri = uris[0];
+  if (uri === undefined) {
+    throw new SpiffeError(
+      'ERR_CSR_NO_URI_SAN',
+      'CSR requests no URI SAN; it must carry the SPIFFE ID as its one URI SAN',
+    );
+  }
+  return {
+    spiffeId: SpiffeId.parse(uri.value),
+    dnsNames: names.filter((n) => n.type === 'dns').map((n) => n.value),
+    publicKey,
+  };
+}

@@ -1,0 +1,295 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+
+/**
+ * Boots real UEFI firmware (OVMF) under qemu (TCG, no KVM needed) with a swtpm vTPM, a Debian kernel
+ * and a tiny busybox initramfs built on the fly. OVMF measures the boot into the vTPM and hands the
+ * kernel a real TCG event log; the guest prints that log and the PCRs on the serial console and
+ * powers off. Later tests add their own files and commands (an agent, say) to the initramfs.
+ *
+ * Debian's kernel has the TPM TIS driver built in (CONFIG_TCG_TIS=y), so no modules are loaded.
+ */
+
+export interface GuestFile {
+  /** Absolute path inside the guest. */
+  path: string;
+  /** Content, or a host file to copy. */
+  content?: Buffer | string;
+  source?: string;
+  mode?: number;
+}
+
+export interface BootOptions {
+  /** Extra files for the initramfs. */
+  files?: GuestFile[];
+  /** Shell commands run in the guest after the log and PCRs are printed; their output is returned. */
+  commands?: string[];
+  /** Give up (and kill everything) after this long. TCG boots take 10–30 s; the default is generous. */
+  timeoutMs?: number;
+  memoryMb?: number;
+  kernel?: string;
+  ovmfCode?: string;
+  ovmfVars?: string;
+}
+
+export interface BootResult {
+  /** The guest's /sys/kernel/security/tpm0/binary_bios_measurements. */
+  eventLog: Buffer;
+  /** PCR values the guest kernel read from the vTPM: bank → PCR index → value. */
+  pcrs: Map<string, Map<number, Buffer>>;
+  /** Output of `commands`, between markers. */
+  commandOutput: string;
+  /** Everything the guest wrote on the serial console (firmware, kernel, init). */
+  serial: string;
+  durationMs: number;
+}
+
+const MARK = 'IRONROOT';
+const live = new Set<ChildProcess>();
+
+/** Kill every swtpm and qemu this module started that is still running, and wait until they are gone. */
+export async function stopAllVms(): Promise<void> {
+  await Promise.all([...live].map(killAndWait));
+}
+
+/** How many swtpm and qemu processes this module started are still running. */
+export function runningVmProcesses(): number {
+  return live.size;
+}
+
+function track(child: ChildProcess): ChildProcess {
+  live.add(child);
+  child.on('exit', () => live.delete(child));
+  return child;
+}
+
+function killAndWait(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
+}
+
+function firstExisting(candidates: readonly string[], what: string): string {
+  const found = candidates.find((p) => existsSync(p));
+  if (found === undefined) throw new Error(`${what} not found; tried ${candidates.join(', ')}`);
+  return found;
+}
+
+/** The newest Debian kernel in /boot. */
+export function defaultKernel(): string {
+  const kernels = readdirSync('/boot')
+    .filter((f) => f.startsWith('vmlinuz-'))
+    .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  const newest = kernels.at(-1);
+  if (newest === undefined) throw new Error('no /boot/vmlinuz-* (install linux-image-amd64)');
+  return join('/boot', newest);
+}
+
+const INIT = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t securityfs securityfs /sys/kernel/security
+mount -t devtmpfs devtmpfs /dev
+echo ${MARK}-EVENTLOG-BEGIN
+base64 /sys/kernel/security/tpm0/binary_bios_measurements
+echo ${MARK}-EVENTLOG-END
+echo ${MARK}-PCRS-BEGIN
+for bank in /sys/class/tpm/tpm0/pcr-*; do
+  for pcr in $(seq 0 23); do echo "\${bank##*/pcr-} $pcr $(cat $bank/$pcr)"; done
+done
+echo ${MARK}-PCRS-END
+echo ${MARK}-CMD-BEGIN
+/bin/sh /commands.sh 2>&1
+echo ${MARK}-CMD-END
+poweroff -f
+`;
+
+function buildInitramfs(
+  dir: string,
+  files: readonly GuestFile[],
+  commands: readonly string[],
+): Promise<string> {
+  const root = join(dir, 'initramfs');
+  for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp']) mkdirSync(join(root, d), { recursive: true });
+  copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
+  writeFileSync(join(root, 'init'), INIT, { mode: 0o755 });
+  writeFileSync(join(root, 'commands.sh'), `${commands.join('\n')}\n`, { mode: 0o755 });
+  for (const file of files) {
+    const target = join(root, file.path);
+    mkdirSync(dirname(target), { recursive: true });
+    if (file.source !== undefined) copyFileSync(file.source, target);
+    else writeFileSync(target, file.content ?? '');
+    if (file.mode !== undefined) chmodSync(target, file.mode);
+  }
+  const out = join(dir, 'initramfs.cpio');
+  return new Promise((resolve, reject) => {
+    // `find` lists paths relative to the root; cpio's newc format is what the kernel unpacks.
+    const child = spawn('sh', ['-c', `cd "${root}" && find . | cpio -o -H newc --quiet > "${out}"`], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    child.on('error', reject);
+    child.on('exit', (code) =>
+      code === 0
+        ? resolve(out)
+        : reject(new Error(`building the initramfs failed (cpio ${code}): ${stderr}`)),
+    );
+  });
+}
+
+async function waitForFile(path: string, ms: number, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!existsSync(path)) {
+    if (child.exitCode !== null)
+      throw new Error(`swtpm exited with ${child.exitCode} before creating ${path}`);
+    if (Date.now() > deadline) throw new Error(`swtpm did not create ${path} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function between(serial: string, name: string): string {
+  const begin = `${MARK}-${name}-BEGIN\n`;
+  const start = serial.indexOf(begin);
+  const end = serial.indexOf(`${MARK}-${name}-END`, start);
+  if (start < 0 || end < 0) {
+    throw new Error(`the guest printed no ${name} section; serial console tail:\n${serial.slice(-3000)}`);
+  }
+  return serial.slice(start + begin.length, end);
+}
+
+export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResult> {
+  const dir = mkdtempSync(join(tmpdir(), 'ironroot-qemu-'));
+  const started = Date.now();
+  let swtpm: ChildProcess | undefined;
+  let qemu: ChildProcess | undefined;
+  try {
+    const ovmfCode =
+      options.ovmfCode ??
+      firstExisting(['/usr/share/OVMF/OVMF_CODE_4M.fd', '/usr/share/OVMF/OVMF_CODE.fd'], 'OVMF');
+    const varsTemplate =
+      options.ovmfVars ??
+      firstExisting(['/usr/share/OVMF/OVMF_VARS_4M.fd', '/usr/share/OVMF/OVMF_VARS.fd'], 'OVMF vars');
+    // The firmware writes its variable store, so each boot gets its own copy.
+    const vars = join(dir, 'OVMF_VARS.fd');
+    copyFileSync(varsTemplate, vars);
+    const initramfs = await buildInitramfs(dir, options.files ?? [], options.commands ?? []);
+
+    const tpmDir = join(dir, 'tpm');
+    mkdirSync(tpmDir);
+    const ctrl = join(tpmDir, 'swtpm.sock');
+    swtpm = track(
+      spawn(
+        'swtpm',
+        [
+          'socket',
+          '--tpm2',
+          '--tpmstate',
+          `dir=${tpmDir}`,
+          '--ctrl',
+          `type=unixio,path=${ctrl}`,
+          '--terminate',
+        ],
+        {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        },
+      ),
+    );
+    // Drained so a chatty swtpm can never block on a full pipe; kept for error messages.
+    let swtpmStderr = '';
+    swtpm.stderr?.on('data', (d: Buffer) => {
+      swtpmStderr += d.toString();
+    });
+    await waitForFile(ctrl, 10_000, swtpm).catch((e: unknown) => {
+      throw new Error(`${e instanceof Error ? e.message : String(e)}; swtpm said: ${swtpmStderr}`);
+    });
+
+    const args = [
+      ...[
+        '-machine',
+        'q35',
+        '-accel',
+        'tcg',
+        '-m',
+        String(options.memoryMb ?? 512),
+        '-nographic',
+        '-no-reboot',
+      ],
+      ...['-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${ovmfCode}`],
+      ...['-drive', `if=pflash,format=raw,unit=1,file=${vars}`],
+      ...['-chardev', `socket,id=chrtpm,path=${ctrl}`, '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm'],
+      ...['-device', 'tpm-tis,tpmdev=tpm0', '-net', 'none'],
+      ...['-kernel', options.kernel ?? defaultKernel(), '-initrd', initramfs],
+      // panic=-1 with -no-reboot turns a guest panic into a qemu exit instead of a hang.
+      ...['-append', 'console=ttyS0 panic=-1 quiet'],
+    ];
+    const vm = track(spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    qemu = vm;
+    let serial = '';
+    vm.stdout?.on('data', (d: Buffer) => {
+      serial += d.toString('latin1');
+    });
+    let stderr = '';
+    vm.stderr?.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const timeoutMs = options.timeoutMs ?? 180_000;
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        vm.kill('SIGKILL');
+        reject(
+          new Error(`qemu did not power off within ${timeoutMs} ms; serial tail:\n${serial.slice(-3000)}`),
+        );
+      }, timeoutMs);
+      vm.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      vm.on('exit', (c) => {
+        clearTimeout(timer);
+        resolve(c);
+      });
+    });
+    if (code !== 0)
+      throw new Error(`qemu exited with ${code}: ${stderr}\nserial tail:\n${serial.slice(-3000)}`);
+    serial = serial.replace(/\r/g, '');
+
+    const eventLog = Buffer.from(between(serial, 'EVENTLOG').replace(/\s+/g, ''), 'base64');
+    const pcrs = new Map<string, Map<number, Buffer>>();
+    for (const line of between(serial, 'PCRS').split('\n')) {
+      const m = /^(\w+) (\d+) ([0-9A-Fa-f]+)$/.exec(line.trim());
+      if (m === null) continue;
+      const [, bank = '', pcr = '', hex = ''] = m;
+      const values = pcrs.get(bank) ?? new Map<number, Buffer>();
+      values.set(Number(pcr), Buffer.from(hex, 'hex'));
+      pcrs.set(bank, values);
+    }
+    return {
+      eventLog,
+      pcrs,
+      commandOutput: between(serial, 'CMD'),
+      serial,
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    // Waits for both to be gone, so a failed boot leaves no process behind for the next test.
+    await Promise.all([qemu, swtpm].flatMap((c) => (c === undefined ? [] : [killAndWait(c)])));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

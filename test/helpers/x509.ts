@@ -1,0 +1,136 @@
+import { execFile } from 'node:child_process';
+import { generateKeyPairSync, type KeyObject, webcrypto, X509Certificate } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { createKeySigner } from '../../src/spiffe/key-signer.js';
+// Through the library's re-export, which loads the Reflect polyfill @peculiar/x509 needs first.
+import * as px from '../../src/spiffe/peculiar.js';
+import type { Signer } from '../../src/spiffe/signer.js';
+
+const run = promisify(execFile);
+
+/** A fresh P-256 key pair with a Signer over it. */
+export function p256(): { privateKey: KeyObject; publicKey: KeyObject; signer: Signer } {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  return { privateKey, publicKey, signer: createKeySigner(privateKey) };
+}
+
+export interface CraftOptions {
+  subject: string;
+  publicKey: KeyObject;
+  /** Issuer certificate and key; absent: self-signed with `selfKey`. */
+  issuer?: { cert: X509Certificate; key: KeyObject };
+  selfKey?: KeyObject;
+  extensions: px.Extension[];
+  notBefore?: Date;
+  notAfter?: Date;
+}
+
+/**
+ * Builds a certificate with exactly the given extensions, signed through Node's own WebCrypto (not the
+ * library's Signer adapter), so tests can make the malformed SVIDs the library must reject.
+ */
+export async function craft(o: CraftOptions): Promise<X509Certificate> {
+  const signingKeyObject = o.issuer?.key ?? o.selfKey;
+  if (signingKeyObject === undefined) throw new TypeError('craft needs an issuer or selfKey');
+  const signingKey = await webcrypto.subtle.importKey(
+    'pkcs8',
+    signingKeyObject.export({ type: 'pkcs8', format: 'der' }),
+    { name: 'ECDSA', namedCurve: 'P-256' },
+    false,
+    ['sign'],
+  );
+  const cert = await px.X509CertificateGenerator.create(
+    {
+      subject: o.subject,
+      issuer: o.issuer ? new px.X509Certificate(o.issuer.cert.raw).subjectName : o.subject,
+      publicKey: new Uint8Array(o.publicKey.export({ type: 'spki', format: 'der' })),
+      signingKey,
+      signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+      notBefore: o.notBefore ?? new Date(Date.now() - 60_000),
+      notAfter: o.notAfter ?? new Date(Date.now() + 3_600_000),
+      extensions: o.extensions,
+    },
+    webcrypto,
+  );
+  return new X509Certificate(Buffer.from(cert.rawData));
+}
+
+/** Extensions of a well-formed leaf for `uri`, with overrides by name. */
+export function leafExtensions(
+  uri: string,
+  override: Partial<Record<'bc' | 'ku' | 'eku' | 'san', px.Extension | null>> = {},
+): px.Extension[] {
+  const base = {
+    bc: new px.BasicConstraintsExtension(false, undefined, true),
+    ku: new px.KeyUsagesExtension(px.KeyUsageFlags.digitalSignature, true),
+    eku: new px.ExtendedKeyUsageExtension([px.ExtendedKeyUsage.serverAuth, px.ExtendedKeyUsage.clientAuth]),
+    san: new px.SubjectAlternativeNameExtension([{ type: 'url', value: uri }], true),
+    ...override,
+  };
+  return Object.values(base).filter((e): e is px.Extension => e !== null);
+}
+
+/** Extensions of a well-formed signing certificate for trust domain ID `uri`, with overrides. */
+export function caExtensions(
+  uri: string,
+  override: Partial<Record<'bc' | 'ku' | 'san', px.Extension | null>> = {},
+): px.Extension[] {
+  const base = {
+    bc: new px.BasicConstraintsExtension(true, undefined, true),
+    ku: new px.KeyUsagesExtension(px.KeyUsageFlags.keyCertSign | px.KeyUsageFlags.cRLSign, true),
+    san: new px.SubjectAlternativeNameExtension([{ type: 'url', value: uri }]),
+    ...override,
+  };
+  return Object.values(base).filter((e): e is px.Extension => e !== null);
+}
+
+export { px };
+
+/** A temporary directory for openssl's input files, removed by `cleanup`. */
+export function tempDir(): {
+  dir: string;
+  write: (name: string, text: string) => string;
+  cleanup: () => void;
+} {
+  const dir = mkdtempSync(join(tmpdir(), 'ironroot-x509-'));
+  return {
+    dir,
+    write: (name, text) => {
+      const path = join(dir, name);
+      writeFileSync(path, text);
+      return path;
+    },
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/** `openssl x509 -text` of a certificate. */
+export async function opensslText(certPath: string): Promise<string> {
+  const { stdout } = await run('openssl', ['x509', '-in', certPath, '-noout', '-text']);
+  return stdout;
+}
+
+/**
+ * `openssl verify` of `leaf` against `root` with optional `untrusted` intermediates and `-attime`.
+ * Resolves to openssl's verdict and output instead of throwing, so tests can assert either way.
+ */
+export async function opensslVerify(
+  root: string,
+  leaf: string,
+  options: { untrusted?: string; at?: Date } = {},
+): Promise<{ ok: boolean; output: string }> {
+  const args = ['verify', '-CAfile', root, '-x509_strict'];
+  if (options.untrusted) args.push('-untrusted', options.untrusted);
+  if (options.at) args.push('-attime', String(Math.floor(options.at.getTime() / 1000)));
+  args.push(leaf);
+  try {
+    const { stdout, stderr } = await run('openssl', args);
+    return { ok: true, output: stdout + stderr };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string };
+    return { ok: false, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+  }
+}
