@@ -201,15 +201,16 @@ describe('SQLite datastore: CA journal and bundles', () => {
     state,
     publicKeyDer: new Uint8Array([s === 'A' ? 1 : 2]),
     certificateDer: new Uint8Array([9]),
-    notBefore: 1,
-    notAfter: 2,
+    notBefore: s === 'A' ? 1 : 2,
+    notAfter: 3,
     tainted: false,
   });
 
   it('journals slots and the own bundle together, replacing a slot in place', async () => {
     await store.recordCaChange(
       {
-        slots: [slot('A', 'active')],
+        upsert: [slot('A', 'active')],
+        remove: [],
         bundle: { trustDomain: 'example.org', document: '{"keys":[]}', sequence: 1 },
       },
       'ca.init',
@@ -217,7 +218,8 @@ describe('SQLite datastore: CA journal and bundles', () => {
     );
     await store.recordCaChange(
       {
-        slots: [slot('A', 'old'), slot('B', 'active')],
+        upsert: [slot('A', 'old'), slot('B', 'active')],
+        remove: [],
         bundle: { trustDomain: 'example.org', document: '{"keys":[1]}', sequence: 2 },
       },
       'ca.activate',
@@ -234,7 +236,13 @@ describe('SQLite datastore: CA journal and bundles', () => {
       sequence: 2,
       federated: false,
     });
-    expect((await store.listAudit(1))[0]).toMatchObject({ action: 'ca.activate', objectId: 'x509/A,x509/B' });
+    expect((await store.listAudit(1))[0]).toMatchObject({ action: 'ca.activate', objectId: 'x509-A,x509-B' });
+    await store.recordCaChange(
+      { upsert: [], remove: [{ authority: 'x509', keyId: 'x509-A' }] },
+      'ca.prune',
+      'server',
+    );
+    expect((await store.listCaSlots()).map((s) => s.keyId)).toEqual(['x509-B']);
   });
 
   it('keeps federated bundles with a growing sequence, and deletes them', async () => {

@@ -85,7 +85,11 @@ export interface AuditRecord {
   detail: Record<string, unknown>;
 }
 
-/** One of the two key slots of a CA authority, as journaled so a restart resumes rotation. */
+/**
+ * One CA key (X.509 CA or JWT signing key) in the journal, so a restart resumes rotation. At most one
+ * key per authority is active and one prepared, in slots A and B; old keys stay, still published in
+ * the bundle, until they have been expired for a day.
+ */
 export interface CaSlot {
   authority: 'x509' | 'jwt';
   slot: 'A' | 'B';
@@ -100,6 +104,13 @@ export interface CaSlot {
   notBefore: number;
   notAfter: number;
   tainted: boolean;
+}
+
+/** A change to the CA journal and the own bundle, committed together. */
+export interface CaChange {
+  upsert: CaSlot[];
+  remove: { authority: 'x509' | 'jwt'; keyId: string }[];
+  bundle?: { trustDomain: string; document: string; sequence: number };
 }
 
 export interface StoredBundle {
@@ -143,14 +154,10 @@ export interface Datastore {
 
   listCaSlots(): Promise<CaSlot[]>;
   /**
-   * Writes CA slots, and optionally the bundle that goes with them, in one transaction: a crash
+   * Writes CA journal rows, and optionally the bundle that goes with them, in one transaction: a crash
    * leaves either the old state or the new one. `action` names the step in the audit log.
    */
-  recordCaChange(
-    change: { slots: CaSlot[]; bundle?: { trustDomain: string; document: string; sequence: number } },
-    action: string,
-    actor: Actor,
-  ): Promise<void>;
+  recordCaChange(change: CaChange, action: string, actor: Actor): Promise<void>;
 
   getBundle(trustDomain: string): Promise<StoredBundle | undefined>;
   listBundles(): Promise<StoredBundle[]>;

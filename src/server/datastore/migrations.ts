@@ -114,7 +114,7 @@ function initial(dialect: Dialect): Migration {
         .addColumn('not_after', 'bigint', (c) => c.notNull())
         .addColumn('tainted', 'integer', (c) => c.notNull())
         .addColumn('updated_at', 'bigint', (c) => c.notNull())
-        .addPrimaryKeyConstraint('ca_journal_pk', ['authority', 'slot'])
+        .addPrimaryKeyConstraint('ca_journal_pk', ['authority', 'key_id'])
         .execute();
       await db.schema
         .createTable('audit_log')

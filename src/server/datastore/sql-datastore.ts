@@ -18,6 +18,7 @@ import type {
   Actor,
   AttestedNode,
   AuditRecord,
+  CaChange,
   CaSlot,
   Datastore,
   EntryFilter,
@@ -273,18 +274,21 @@ export class SqlDatastore implements Datastore {
     }));
   }
 
-  async recordCaChange(
-    change: { slots: CaSlot[]; bundle?: { trustDomain: string; document: string; sequence: number } },
-    action: string,
-    actor: Actor,
-  ): Promise<void> {
+  async recordCaChange(change: CaChange, action: string, actor: Actor): Promise<void> {
     const now = nowSeconds(this.#clock);
     await this.#db.transaction().execute(async (trx) => {
-      for (const slot of change.slots) {
+      for (const gone of change.remove) {
+        await trx
+          .deleteFrom('ca_journal')
+          .where('authority', '=', gone.authority)
+          .where('key_id', '=', gone.keyId)
+          .execute();
+      }
+      for (const slot of change.upsert) {
         await trx
           .deleteFrom('ca_journal')
           .where('authority', '=', slot.authority)
-          .where('slot', '=', slot.slot)
+          .where('key_id', '=', slot.keyId)
           .execute();
         await trx
           .insertInto('ca_journal')
@@ -303,23 +307,17 @@ export class SqlDatastore implements Datastore {
           .execute();
       }
       if (change.bundle) await writeBundle(trx, change.bundle, false, now);
-      await audit(
-        trx,
-        now,
-        actor,
-        action,
-        'ca',
-        change.slots.map((s) => `${s.authority}/${s.slot}`).join(','),
-        {
-          slots: change.slots.map((s) => ({
-            authority: s.authority,
-            slot: s.slot,
-            key_id: s.keyId,
-            state: s.state,
-          })),
-          ...(change.bundle ? { bundle_sequence: change.bundle.sequence } : {}),
-        },
-      );
+      const keys = [...change.upsert.map((k) => k.keyId), ...change.remove.map((k) => k.keyId)];
+      await audit(trx, now, actor, action, 'ca', keys.join(','), {
+        keys: change.upsert.map((k) => ({
+          authority: k.authority,
+          slot: k.slot,
+          key_id: k.keyId,
+          state: k.state,
+        })),
+        removed: change.remove.map((k) => k.keyId),
+        ...(change.bundle ? { bundle_sequence: change.bundle.sequence } : {}),
+      });
     });
   }
 

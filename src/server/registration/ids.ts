@@ -1,49 +1,35 @@
 /**
- * The checks the registration API needs on SPIFFE IDs and trust-domain names, with errors that
- * name the field. Syntax follows SPIFFE-ID.md §2: lowercase trust domain, path segments of
- * [A-Za-z0-9._-] that are neither empty, "." nor "..".
+ * The registration API's checks on SPIFFE IDs and trust-domain names, on top of the spiffe
+ * library's parser: errors name the field, and IDs must have a path and belong to this server.
  *
  * @module
  */
+import { isSpiffeError, SpiffeId, TrustDomain } from '../../spiffe/index.js';
 import { SpiffeIdInvalidError, SpiffeIdOutsideTrustDomainError } from '../errors.js';
 
-const TRUST_DOMAIN = /^[a-z0-9._-]+$/;
-const SEGMENT = /^[A-Za-z0-9._-]+$/;
-const MAX_ID_BYTES = 2048;
-
 export function isTrustDomainName(text: string): boolean {
-  return text.length > 0 && text.length <= 255 && TRUST_DOMAIN.test(text);
+  try {
+    // TrustDomain.parse also accepts a whole SPIFFE ID; a bare name must come back unchanged.
+    return TrustDomain.parse(text).name === text;
+  } catch (error) {
+    if (isSpiffeError(error)) return false;
+    throw error;
+  }
 }
 
 /** Checks `value` is a SPIFFE ID with a path, in `trustDomain`; returns it unchanged. */
 export function checkIdInTrustDomain(field: string, value: string, trustDomain: string): string {
-  if (!value.startsWith('spiffe://'))
-    throw new SpiffeIdInvalidError(field, value, 'it must start with spiffe://');
-  if (Buffer.byteLength(value) > MAX_ID_BYTES) {
-    throw new SpiffeIdInvalidError(field, value, `it is longer than ${MAX_ID_BYTES} bytes`);
+  let id: SpiffeId;
+  try {
+    id = SpiffeId.parse(value);
+  } catch (error) {
+    if (isSpiffeError(error)) throw new SpiffeIdInvalidError(field, value, error.message);
+    throw error;
   }
-  const rest = value.slice('spiffe://'.length);
-  const slash = rest.indexOf('/');
-  const domain = slash === -1 ? rest : rest.slice(0, slash);
-  if (!isTrustDomainName(domain)) {
-    throw new SpiffeIdInvalidError(
-      field,
-      value,
-      'the trust domain may hold only lowercase letters, digits, ".", "-", "_"',
-    );
-  }
-  if (slash === -1 || slash === rest.length - 1) {
+  if (id.isTrustDomainId) {
     throw new SpiffeIdInvalidError(field, value, 'it needs a path, e.g. spiffe://example.org/workload');
   }
-  for (const segment of rest.slice(slash + 1).split('/')) {
-    if (segment === '' || segment === '.' || segment === '..' || !SEGMENT.test(segment)) {
-      throw new SpiffeIdInvalidError(
-        field,
-        value,
-        `path segment ${JSON.stringify(segment)} is not allowed (letters, digits, ".", "-", "_"; not empty, "." or "..")`,
-      );
-    }
-  }
-  if (domain !== trustDomain) throw new SpiffeIdOutsideTrustDomainError(field, value, trustDomain);
-  return value;
+  if (id.trustDomain.name !== trustDomain)
+    throw new SpiffeIdOutsideTrustDomainError(field, value, trustDomain);
+  return id.toString();
 }
