@@ -23,6 +23,13 @@ export type ServerErrorCode =
   | 'ERR_BUNDLE_NOT_FOUND'
   | 'ERR_JOIN_TOKEN_INVALID'
   | 'ERR_PERMISSION_DENIED'
+  | 'ERR_CA_ALREADY_PREPARED'
+  | 'ERR_CA_NOTHING_PREPARED'
+  | 'ERR_CA_AUTHORITY_NOT_FOUND'
+  | 'ERR_CA_AUTHORITY_IN_USE'
+  | 'ERR_CA_AUTHORITY_NOT_TAINTED'
+  | 'ERR_CA_KEY_MISSING'
+  | 'ERR_CSR_INVALID'
   | 'ERR_DATASTORE';
 
 const GRPC_STATUS: Record<ServerErrorCode, status> = {
@@ -41,6 +48,13 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
   ERR_JOIN_TOKEN_INVALID: status.PERMISSION_DENIED,
   ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
+  ERR_CA_ALREADY_PREPARED: status.FAILED_PRECONDITION,
+  ERR_CA_NOTHING_PREPARED: status.FAILED_PRECONDITION,
+  ERR_CA_AUTHORITY_NOT_FOUND: status.NOT_FOUND,
+  ERR_CA_AUTHORITY_IN_USE: status.FAILED_PRECONDITION,
+  ERR_CA_AUTHORITY_NOT_TAINTED: status.FAILED_PRECONDITION,
+  ERR_CA_KEY_MISSING: status.FAILED_PRECONDITION,
+  ERR_CSR_INVALID: status.INVALID_ARGUMENT,
   ERR_DATASTORE: status.INTERNAL,
 };
 
@@ -185,3 +199,6 @@ export class DatastoreError extends ServerError {
     super('ERR_DATASTORE', message, { cause });
   }
 }
+
+/** Misuse of the local authority commands, or a CA key the journal names but the KeyManager lacks. */
+export class CaError extends ServerError {}
