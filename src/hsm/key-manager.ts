@@ -34,14 +34,21 @@ export interface KeySigner {
   sign(data: Uint8Array): Promise<Uint8Array>;
 }
 
-/** Where CA and JWT signing keys live: PKCS#11 in production, disk or memory in development. */
+/**
+ * Where CA and JWT signing keys live: PKCS#11 in production, disk or memory in development. Failures
+ * are HsmErrors with a stable code (see errors.ts); a malformed key id is a TypeError.
+ */
 export interface KeyManager {
   readonly kind: 'pkcs11' | 'disk' | 'memory';
-  /** Creates a new key; fails if `id` is taken. */
+  /** Creates a new key; fails with ERR_HSM_KEY_EXISTS if `id` is taken. */
   generateKey(id: string, type: KeyType): Promise<ManagedKey>;
   /** The key with this id, or undefined when there is none. */
   getKey(id: string): Promise<ManagedKey | undefined>;
   listKeys(): Promise<ManagedKey[]>;
+  /**
+   * Hashes `data` with the scheme's hash and signs it. ERR_HSM_KEY_NOT_FOUND, ERR_HSM_KEY_TYPE when the
+   * scheme does not fit the key, ERR_HSM_UNAVAILABLE while a token cannot be reached.
+   */
   sign(id: string, scheme: SignatureScheme, data: Uint8Array): Promise<Uint8Array>;
   /** A signer for `id` with the given JOSE algorithm, which must fit the key's type. */
   signer(id: string, algorithm: JoseAlgorithm): Promise<KeySigner>;

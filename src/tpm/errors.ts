@@ -29,7 +29,24 @@ export type TpmErrorCode =
   /** The TPM returned data that contradicts what was asked (e.g. a PCR bank that is not active). */
   | 'ERR_TPM_UNEXPECTED'
   /** The firmware event log could not be read from the given path. */
-  | 'ERR_TPM_EVENTLOG_UNREADABLE';
+  | 'ERR_TPM_EVENTLOG_UNREADABLE'
+  // Verifier side (src/tpm/verify): each way that an agent's evidence can be wrong.
+  /** The quote's signature does not verify with the AK, or its scheme does not fit the AK. */
+  | 'ERR_TPM_QUOTE_SIGNATURE'
+  /** The attested data does not start with TPM_GENERATED_VALUE. */
+  | 'ERR_TPM_QUOTE_MAGIC'
+  /** The attested data is not a quote (TPM_ST_ATTEST_QUOTE). */
+  | 'ERR_TPM_QUOTE_TYPE'
+  /** extraData differs from the nonce the verifier issued. */
+  | 'ERR_TPM_QUOTE_NONCE'
+  /** The quote covers other PCRs than the verifier asked for. */
+  | 'ERR_TPM_QUOTE_PCR_SELECTION'
+  /** The reported PCR values do not hash to the quoted pcrDigest. */
+  | 'ERR_TPM_QUOTE_PCR_DIGEST'
+  /** The AK is not a restricted signing key that cannot leave the TPM. */
+  | 'ERR_TPM_AK_ATTRIBUTES'
+  /** The EK certificate does not chain to a trusted manufacturer root. */
+  | 'ERR_TPM_EK_UNTRUSTED';
 
 export class TpmError extends Error {
   readonly code: TpmErrorCode;

@@ -11,3 +11,4 @@ export * from './rc.js';
 export * from './session.js';
 export * from './tpm.js';
 export * from './transport/index.js';
+export * from './verify/index.js';

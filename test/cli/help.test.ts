@@ -2,14 +2,15 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { builtBin } from '../helpers/dist.js';
 
 const run = promisify(execFile);
 const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
   version: string;
 };
 
-describe.each(['ironroot-server', 'ironroot-agent'])('%s executable', (name) => {
-  const bin = new URL(`../../bin/${name}.js`, import.meta.url).pathname;
+describe.each(['ironroot-server', 'ironroot-agent'] as const)('%s executable', (name) => {
+  const bin = builtBin(name);
 
   it('prints usage naming itself for --help', async () => {
     const { stdout } = await run(process.execPath, [bin, '--help']);

@@ -1,14 +1,15 @@
 import { execFile } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { builtBin } from '../helpers/dist.js';
+import { sharedPath } from '../helpers/shared.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
 import { tpm2 } from '../helpers/tpm2-tools.js';
 
 const run = promisify(execFile);
-const root = new URL('../../', import.meta.url).pathname;
-const bin = join(root, 'bin/ironroot-agent.js');
+const bin = builtBin('ironroot-agent');
 
 let swtpm: Swtpm;
 
@@ -18,21 +19,16 @@ async function agent(args: string[], env: NodeJS.ProcessEnv = process.env): Prom
 }
 
 beforeAll(async () => {
-  // The executable runs the compiled dist/; build it so the test exercises this checkout's code.
-  await run(process.execPath, [
-    join(root, 'node_modules/typescript/bin/tsc'),
-    '-p',
-    join(root, 'tsconfig.build.json'),
-  ]);
   swtpm = await startSwtpm();
 });
 
 afterAll(() => swtpm?.stop());
 
 describe('ironroot-agent tpm', () => {
-  it('lists info, pcrs and quote in its help', async () => {
+  it('lists info, pcrs, quote and eventlog in its help', async () => {
     const out = await agent(['tpm', '--help']);
-    for (const sub of ['info', 'pcrs', 'quote']) expect(out).toMatch(new RegExp(`^\\s+${sub}\\b`, 'm'));
+    for (const sub of ['info', 'pcrs', 'quote', 'eventlog'])
+      expect(out).toMatch(new RegExp(`^\\s+${sub}\\b`, 'm'));
   });
 
   it('shows vendor, banks, EKs and certificates with info', async () => {
@@ -115,5 +111,21 @@ describe('ironroot-agent tpm', () => {
       code: 1,
       stderr: expect.stringContaining('is not a PCR selection like sha256:0,1,7'),
     });
+  });
+});
+
+describe('ironroot-agent tpm eventlog', () => {
+  it('replays a real firmware log through the executable to the PCRs its source asserts', async () => {
+    const name = 'go-attestation/sb_cert_eventlog';
+    const expected = JSON.parse(await readFile(sharedPath('eventlogs/expected_pcrs.json'), 'utf8')) as Record<
+      string,
+      { pcrs: Record<string, Record<string, string>> }
+    >;
+    const out = JSON.parse(await agent(['tpm', 'eventlog', sharedPath(`eventlogs/${name}`), '--json'])) as {
+      pcrs: Record<string, Record<string, string>>;
+    };
+    const sha256 = out.pcrs.sha256 ?? {};
+    expect(Object.keys(sha256).length).toBeGreaterThan(0);
+    for (const [pcr, value] of Object.entries(sha256)) expect(value).toBe(expected[name]?.pcrs.sha256?.[pcr]);
   });
 });

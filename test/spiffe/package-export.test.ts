@@ -1,35 +1,17 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { assertBuilt } from '../helpers/dist.js';
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const built = join(root, 'dist/spiffe/index.js');
-
-/** Newest modification time under `dir`. */
-function newest(dir: string): number {
-  return Math.max(
-    ...readdirSync(dir, { withFileTypes: true }).map((e) =>
-      e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs,
-    ),
-  );
-}
 
 // This test checks the built package, as a consumer sees it; `npm test` builds dist/ before vitest.
 describe('ironroot/spiffe as a package export', () => {
-  beforeAll(() => {
-    if (!existsSync(built)) {
-      throw new Error(
-        `${built} is missing: run "npx tsc -p tsconfig.build.json" (or "npm test", which builds first)`,
-      );
-    }
-    if (newest(join(root, 'src/spiffe')) > statSync(built).mtimeMs) {
-      throw new Error('dist/spiffe is older than src/spiffe: rebuild with "npx tsc -p tsconfig.build.json"');
-    }
-  });
+  beforeAll(() => assertBuilt());
 
   it('resolves by self-reference from the repository root and works', async () => {
     const script = [

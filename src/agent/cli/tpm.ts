@@ -28,6 +28,7 @@ import {
   withAk,
   withEk,
 } from '../../tpm/index.js';
+import { eventlogCommand } from './tpm-eventlog.js';
 
 type Output = 'text' | 'json';
 
@@ -271,5 +272,6 @@ export function tpmCommand(): Command {
         },
       ) => quote(options),
     );
+  tpm.addCommand(eventlogCommand());
   return tpm;
 }

@@ -3,6 +3,7 @@ import { VERSION } from '../../version.js';
 import { agentCommand } from './agent.js';
 import { entryCommand } from './entry.js';
 import { healthcheckCommand } from './healthcheck.js';
+import { hsmCommand } from './hsm.js';
 import { runCommand } from './run.js';
 import { tokenCommand } from './token.js';
 import { validateCommand } from './validate.js';
@@ -19,6 +20,7 @@ export function buildServerProgram(): Command {
   program.addCommand(entryCommand());
   program.addCommand(agentCommand());
   program.addCommand(tokenCommand());
+  program.addCommand(hsmCommand());
   return program;
 }
 

@@ -1,0 +1,212 @@
+#!/usr/bin/env node
+// Verifier CPU cost per TPM attestation: MakeCredential to the EK (RSA-2048 and ECC P-384) and
+// quote verification (RSA and ECC AK). The evidence is recorded once at start from a real swtpm
+// with tpm2-tools, in a temporary directory; the timed loops only run the dist/ verifier code.
+//
+//   npx tsc -p tsconfig.build.json && node scripts/bench-tpm-verify.mjs
+//
+// Event-log replay, the third verifier step of an attestation, is measured by the event-log bench;
+// its cost adds to the "attestation" rows here.
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const tpm = await import('../dist/tpm/index.js').catch(() => {
+  console.error('dist/ is missing: run `npx tsc -p tsconfig.build.json` first');
+  process.exit(1);
+});
+const exec = promisify(execFile);
+
+function listen(port) {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(undefined));
+    server.listen(port, '127.0.0.1', () => {
+      const { port: bound } = server.address();
+      server.close(() => resolve(bound));
+    });
+  });
+}
+
+async function portPair() {
+  for (let i = 0; i < 20; i++) {
+    const port = await listen(0);
+    if (port !== undefined && port < 65535 && (await listen(port + 1)) !== undefined) return port;
+  }
+  throw new Error('no two consecutive free ports');
+}
+
+/** Manufactures a swtpm with EKs, starts it, records EK publics and one quote per AK type. */
+async function recordEvidence(dir) {
+  const ca = join(dir, 'ca');
+  const state = join(dir, 'state');
+  await exec('mkdir', ['-p', ca, state]);
+  await writeFile(
+    join(dir, 'localca.conf'),
+    `statedir = ${ca}\nsigningkey = ${ca}/signkey.pem\nissuercert = ${ca}/issuercert.pem\ncertserial = ${ca}/certserial\n`,
+  );
+  await writeFile(
+    join(dir, 'setup.conf'),
+    `create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = ${dir}/localca.conf\n` +
+      'create_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n',
+  );
+  await exec('swtpm_setup', [
+    '--tpm2',
+    '--tpmstate',
+    state,
+    '--create-ek-cert',
+    '--config',
+    join(dir, 'setup.conf'),
+  ]);
+  const port = await portPair();
+  const child = spawn(
+    'swtpm',
+    [
+      'socket',
+      '--tpm2',
+      '--tpmstate',
+      `dir=${state}`,
+      '--server',
+      `type=tcp,port=${port},bindaddr=127.0.0.1`,
+    ].concat([
+      '--ctrl',
+      `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
+      '--flags',
+      'not-need-init,startup-clear',
+    ]),
+    { stdio: 'ignore' },
+  );
+  const env = { ...process.env, TPM2TOOLS_TCTI: `swtpm:host=127.0.0.1,port=${port}` };
+  const tool = (name, args) => exec(name, args, { cwd: dir, env });
+  try {
+    for (let i = 0; ; i++) {
+      try {
+        await tool('tpm2_getrandom', ['4']);
+        break;
+      } catch (err) {
+        if (i > 50) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    const evidence = {};
+    for (const [kind, handle, scheme] of [
+      ['rsa', '0x81010001', 'rsassa'],
+      ['ecc', '0x81010016', 'ecdsa'],
+    ]) {
+      await tool('tpm2_readpublic', ['-c', handle, '-f', 'tss', '-o', `ek-${kind}.pub`]);
+      await tool(
+        'tpm2_createak',
+        ['-C', handle, '-c', `ak-${kind}.ctx`, '-G', kind, '-g', 'sha256', '-s', scheme].concat([
+          '-u',
+          `ak-${kind}.pub`,
+          '-r',
+          `ak-${kind}.priv`,
+          '-n',
+          `ak-${kind}.name`,
+        ]),
+      );
+      const nonce = randomBytes(32);
+      await tool(
+        'tpm2_quote',
+        ['-c', `ak-${kind}.ctx`, '-l', 'sha256:0,1,2,3,4,5,6,7', '-q', nonce.toString('hex')].concat([
+          '-m',
+          `q-${kind}.msg`,
+          '-s',
+          `q-${kind}.sig`,
+          '-o',
+          `q-${kind}.pcrs`,
+          '-F',
+          'values',
+          '-g',
+          'sha256',
+        ]),
+      );
+      await tool('tpm2_flushcontext', ['-t']);
+      const values = await readFile(join(dir, `q-${kind}.pcrs`));
+      const pcrValues = [];
+      for (let at = 0; at < values.length; at += 32) pcrValues.push(values.subarray(at, at + 32));
+      const ak = tpm.parseTpm2bPublic(await readFile(join(dir, `ak-${kind}.pub`)));
+      evidence[kind] = {
+        ek: tpm.parseTpm2bPublic(await readFile(join(dir, `ek-${kind}.pub`))).area,
+        akName: tpm.objectName(ak),
+        quote: {
+          akPublic: ak.area,
+          attest: await readFile(join(dir, `q-${kind}.msg`)),
+          signature: await readFile(join(dir, `q-${kind}.sig`)),
+          nonce,
+          pcrSelection: [tpm.pcrSelection(tpm.TPM_ALG.SHA256, [0, 1, 2, 3, 4, 5, 6, 7])],
+          pcrValues,
+        },
+      };
+    }
+    await tool('tpm2_shutdown', []);
+    return evidence;
+  } finally {
+    child.kill('SIGTERM');
+  }
+}
+
+/** Runs `fn` in batches until it has used at least `budgetMs` of CPU; returns per-op figures. */
+function measure(fn, budgetMs = 1500) {
+  for (let i = 0; i < 50; i++) fn(); // warm-up: JIT, OpenSSL key caches
+  let ops = 0;
+  const cpu0 = process.cpuUsage();
+  const wall0 = process.hrtime.bigint();
+  let cpuMs = 0;
+  while (cpuMs < budgetMs) {
+    for (let i = 0; i < 50; i++) fn();
+    ops += 50;
+    const used = process.cpuUsage(cpu0);
+    cpuMs = (used.user + used.system) / 1000;
+  }
+  const wallMs = Number(process.hrtime.bigint() - wall0) / 1e6;
+  return { ops, cpuMsPerOp: cpuMs / ops, opsPerCpuSecond: (ops * 1000) / cpuMs, wallMsPerOp: wallMs / ops };
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'ironroot-bench-tpmverify-'));
+try {
+  const evidence = await recordEvidence(dir);
+  const credential = randomBytes(32);
+  const rows = [];
+  for (const kind of ['rsa', 'ecc']) {
+    const e = evidence[kind];
+    const label = kind === 'rsa' ? 'RSA-2048 EK' : 'ECC P-384 EK';
+    const akLabel = kind === 'rsa' ? 'RSA-2048 AK (RSASSA-SHA256)' : 'ECC P-256 AK (ECDSA-SHA256)';
+    tpm.verifyQuote(e.quote); // fails loudly if the recorded evidence does not verify
+    rows.push([`MakeCredential, ${label}`, measure(() => tpm.makeCredential(e.ek, e.akName, credential))]);
+    rows.push([`verifyQuote, ${akLabel}, 8 PCRs`, measure(() => tpm.verifyQuote(e.quote))]);
+    rows.push([
+      `attestation (AK check + MakeCredential + verifyQuote), ${label}`,
+      measure(() => {
+        tpm.checkAkPublic(e.quote.akPublic);
+        tpm.makeCredential(e.ek, e.akName, credential);
+        tpm.verifyQuote(e.quote);
+      }),
+    ]);
+  }
+  console.log(`node ${process.version}, ${process.arch}, one thread; CPU time = user + system`);
+  console.log(
+    [
+      'step'.padEnd(68),
+      'ops/s (CPU)'.padStart(12),
+      'ms/op (CPU)'.padStart(12),
+      'ms/op (wall)'.padStart(13),
+    ].join(''),
+  );
+  for (const [name, r] of rows)
+    console.log(
+      name.padEnd(68) +
+        r.opsPerCpuSecond.toFixed(0).padStart(12) +
+        r.cpuMsPerOp.toFixed(3).padStart(12) +
+        r.wallMsPerOp.toFixed(3).padStart(13),
+    );
+  console.log(
+    'event-log replay: not included (measured by the event-log bench; add its ms/op to the attestation rows)',
+  );
+} finally {
+  await rm(dir, { recursive: true, force: true });
+}

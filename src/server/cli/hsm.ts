@@ -1,0 +1,254 @@
+/**
+ * @module
+ * `ironroot-server hsm …`: operator commands for the PKCS#11 token that holds the CA keys.
+ *
+ * Every command resolves its key store through `keyStoreUri`, which today reads `--uri`; when the
+ * server config file arrives, `--config FILE` only has to produce a Pkcs11Uri there. The PIN is never
+ * accepted on the command line: the URI names a pin-source instead.
+ */
+import { Command, Option } from 'commander';
+import {
+  formatPkcs11Uri,
+  HsmError,
+  type InspectedKey,
+  isKeyType,
+  KEY_TYPES,
+  type KeyType,
+  Pkcs11KeyManager,
+  type Pkcs11Step,
+  type Pkcs11Uri,
+  parsePkcs11Uri,
+} from '../../hsm/index.js';
+
+type Output = 'text' | 'json';
+
+interface KeyStoreOptions {
+  readonly uri?: string;
+}
+
+interface OutputOptions {
+  readonly output: Output;
+}
+
+const URI_HELP =
+  "the token, as an RFC 7512 URI: 'pkcs11:token=LABEL;module-path=/path/module.so;pin-source=file:/path/pin' (pin-source may also be env:NAME)";
+
+/** The key store a command works on. The one place a future `--config FILE` plugs in. */
+export function keyStoreUri(options: KeyStoreOptions): Pkcs11Uri {
+  if (options.uri === undefined) {
+    throw new HsmError(
+      'ERR_HSM_URI',
+      "no key store given; pass --uri 'pkcs11:token=…;module-path=…;pin-source=…'",
+    );
+  }
+  return parsePkcs11Uri(options.uri);
+}
+
+function print(text: string): void {
+  process.stdout.write(`${text}\n`);
+}
+
+function printJson(value: unknown): void {
+  print(JSON.stringify(value, null, 2));
+}
+
+/** Adds the options every hsm command shares. */
+function withKeyStore(command: Command, output: boolean): Command {
+  command.option('--uri <pkcs11-uri>', URI_HELP);
+  if (output) {
+    command.addOption(
+      new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'),
+    );
+  }
+  return command;
+}
+
+async function withManager<T>(uri: Pkcs11Uri, action: (keys: Pkcs11KeyManager) => Promise<T>): Promise<T> {
+  const keys = await Pkcs11KeyManager.open(uri);
+  try {
+    return await action(keys);
+  } finally {
+    await keys.close();
+  }
+}
+
+/** Turns an HsmError into a one-line message that starts with its stable code. */
+async function reportingErrors(action: () => Promise<void>): Promise<void> {
+  try {
+    await action();
+  } catch (error) {
+    if (error instanceof HsmError) throw new Error(`${error.code}: ${error.message}`, { cause: error });
+    throw error;
+  }
+}
+
+interface CheckResult {
+  readonly check: string;
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+/** Which start-up step an error belongs to, so `hsm check` can say where it stopped. */
+function failedStep(error: HsmError): string {
+  switch (error.code) {
+    case 'ERR_HSM_MODULE_NOT_FOUND':
+      return 'module';
+    case 'ERR_HSM_TOKEN_NOT_FOUND':
+      return 'token';
+    case 'ERR_HSM_PIN_SOURCE':
+    case 'ERR_HSM_PIN_INCORRECT':
+      return 'login';
+    default:
+      return 'open';
+  }
+}
+
+function keyCheck(key: InspectedKey): CheckResult {
+  return {
+    check: 'key',
+    ok: key.problems.length === 0,
+    detail:
+      key.problems.length === 0
+        ? `${key.id} (${key.type ?? 'unknown type'})`
+        : `${key.id}: ${key.problems.join('; ')}`,
+  };
+}
+
+/** `hsm check`: module loads, token found, login works, keys present and protected. */
+export async function runCheck(
+  uri: Pkcs11Uri,
+  required: readonly string[],
+  output: Output,
+): Promise<boolean> {
+  const results: CheckResult[] = [];
+  const wanted = [...required, ...(uri.object === undefined ? [] : [uri.object])];
+  try {
+    const keys = await Pkcs11KeyManager.open(uri, {
+      onStep: (step: Pkcs11Step) => results.push({ check: step.step, ok: true, detail: step.detail }),
+    });
+    try {
+      const inspected = await keys.inspectKeys();
+      results.push(...inspected.map(keyCheck));
+      for (const id of wanted) {
+        if (!inspected.some((key) => key.id === id)) {
+          results.push({
+            check: 'key',
+            ok: false,
+            detail: `${id}: not on the token (ironroot-server hsm keys generate ${id})`,
+          });
+        }
+      }
+      if (inspected.length === 0 && wanted.length === 0)
+        results.push({ check: 'key', ok: true, detail: 'no keys yet' });
+    } finally {
+      await keys.close();
+    }
+  } catch (error) {
+    if (!(error instanceof HsmError)) throw error;
+    results.push({ check: failedStep(error), ok: false, detail: `${error.code}: ${error.message}` });
+  }
+  const ok = results.every((result) => result.ok);
+  if (output === 'json') {
+    printJson({ uri: formatPkcs11Uri(uri), ok, checks: results });
+  } else {
+    for (const result of results)
+      print(`${result.ok ? 'ok  ' : 'FAIL'}  ${result.check.padEnd(6)}  ${result.detail}`);
+    print(ok ? 'hsm check passed' : 'hsm check FAILED');
+  }
+  return ok;
+}
+
+export async function runList(uri: Pkcs11Uri, output: Output): Promise<void> {
+  const keys = await withManager(uri, (manager) => manager.inspectKeys());
+  if (output === 'json') {
+    printJson(
+      keys.map((key) => ({
+        id: key.id,
+        type: key.type ?? null,
+        ok: key.problems.length === 0,
+        problems: key.problems,
+      })),
+    );
+    return;
+  }
+  if (keys.length === 0) {
+    print('no keys on the token');
+    return;
+  }
+  for (const key of keys) {
+    print(
+      `${key.id.padEnd(24)}  ${(key.type ?? '?').padEnd(8)}  ${key.problems.length === 0 ? 'ok' : `REFUSED: ${key.problems.join('; ')}`}`,
+    );
+  }
+}
+
+export async function runGenerate(uri: Pkcs11Uri, id: string, type: KeyType, output: Output): Promise<void> {
+  const key = await withManager(uri, (manager) => manager.generateKey(id, type));
+  const publicKeyPem = key.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  if (output === 'json') {
+    printJson({ id: key.id, type: key.type, publicKeyPem });
+    return;
+  }
+  print(`generated ${key.type} key "${key.id}" on the token (sensitive, never extractable, sign only)`);
+  process.stdout.write(publicKeyPem);
+}
+
+export async function runDestroy(uri: Pkcs11Uri, id: string): Promise<void> {
+  await withManager(uri, (manager) => manager.destroyKey(id));
+  print(`destroyed key "${id}" (private and public objects)`);
+}
+
+export function hsmCommand(): Command {
+  const hsm = new Command('hsm').description('check and manage the CA keys held in a PKCS#11 token');
+
+  withKeyStore(
+    hsm
+      .command('check')
+      .description('check that the module loads, the token is there, the PIN works and keys are protected')
+      .option('--key <id...>', 'key ids that must be present (the URI object= is required too)', []),
+    true,
+  ).action(async (options: KeyStoreOptions & OutputOptions & { key: string[] }) => {
+    await reportingErrors(async () => {
+      if (!(await runCheck(keyStoreUri(options), options.key, options.output))) process.exitCode = 1;
+    });
+  });
+
+  const keys = hsm.command('keys').description('list, generate and destroy keys on the token');
+
+  withKeyStore(
+    keys.command('list').description('list the private keys on the token and whether ironroot accepts them'),
+    true,
+  ).action(async (options: KeyStoreOptions & OutputOptions) => {
+    await reportingErrors(() => runList(keyStoreUri(options), options.output));
+  });
+
+  withKeyStore(
+    keys
+      .command('generate')
+      .description('generate a key pair on the token: sensitive, not extractable, sign only')
+      .argument('<id>', 'key id, stored as CKA_LABEL and CKA_ID')
+      .addOption(new Option('--type <type>', 'key type').choices([...KEY_TYPES]).default('ec-p256')),
+    true,
+  ).action(async (id: string, options: KeyStoreOptions & OutputOptions & { type: string }) => {
+    await reportingErrors(async () => {
+      if (!isKeyType(options.type)) throw new TypeError(`unknown key type ${options.type}`);
+      await runGenerate(keyStoreUri(options), id, options.type, options.output);
+    });
+  });
+
+  withKeyStore(
+    keys
+      .command('destroy')
+      .description('destroy a key pair on the token, for good')
+      .argument('<id>', 'key id')
+      .option('--yes', 'confirm: the key cannot be recovered afterwards', false),
+    false,
+  ).action(async (id: string, options: KeyStoreOptions & { yes: boolean }) => {
+    await reportingErrors(async () => {
+      if (!options.yes) throw new Error(`destroying key "${id}" cannot be undone; repeat with --yes`);
+      await runDestroy(keyStoreUri(options), id);
+    });
+  });
+
+  return hsm;
+}

@@ -1,0 +1,349 @@
+import { execFile } from 'node:child_process';
+import { createHash, type X509Certificate } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TpmtPublic } from '../../../src/tpm/codec/public.js';
+import { TpmError, type TpmErrorCode } from '../../../src/tpm/errors.js';
+import {
+  checkEkCertificateKey,
+  ekCertificateTpmInfo,
+  ekPublicKeyHash,
+  parseCertificateBundle,
+  parseEkCertificate,
+  verifyEkCertificateChain,
+} from '../../../src/tpm/verify/ek-certificate.js';
+import { EK_HANDLE, type EkKind, readEkPublic, readOut, startTestTpm, type TestTpm } from './harness.js';
+
+const exec = promisify(execFile);
+
+let tpm: TestTpm;
+interface EkFixture {
+  readonly nv: Buffer;
+  readonly cert: X509Certificate;
+  readonly area: TpmtPublic;
+}
+const fixtures = new Map<EkKind, EkFixture>();
+
+function ek(kind: EkKind): EkFixture {
+  const fixture = fixtures.get(kind);
+  if (fixture === undefined) throw new Error(`no ${kind} EK fixture (beforeAll failed?)`);
+  return fixture;
+}
+let root: X509Certificate;
+let issuer: X509Certificate;
+let foreignRoot: X509Certificate;
+
+/** Runs openssl in the TPM's directory. */
+async function openssl(args: string[]): Promise<string> {
+  return (await exec('openssl', args, { cwd: tpm.dir })).stdout;
+}
+
+/** Expects `fn` to throw a verifier error with `code` and a message matching `message`. */
+function expectCode(fn: () => unknown, code: TpmErrorCode, message: RegExp): void {
+  let thrown: unknown;
+  try {
+    fn();
+  } catch (err) {
+    thrown = err;
+  }
+  expect(thrown instanceof TpmError && thrown.code === code, `expected ${code}, got ${String(thrown)}`).toBe(
+    true,
+  );
+  expect(String(thrown)).toMatch(message);
+}
+
+/**
+ * A CA made by openssl, unrelated to the TPM, and a certificate it signs for `keyFile` with the
+ * given extensions (openssl -addext syntax).
+ */
+async function foreignCert(name: string, keyFile: string, extensions: string[]): Promise<X509Certificate> {
+  await openssl([
+    'x509',
+    '-new',
+    '-CA',
+    'foreign-root.pem',
+    '-CAkey',
+    'foreign-root.key',
+    '-force_pubkey',
+    keyFile,
+    '-subj',
+    '/CN=unknown',
+    '-days',
+    '30',
+    '-out',
+    `${name}.pem`,
+    ...extensions.flatMap((e) => ['-extfile', e]),
+  ]);
+  return parseEkCertificate(await readFile(join(tpm.dir, `${name}.pem`), 'utf8'));
+}
+
+async function loadOne(path: string): Promise<X509Certificate> {
+  const [cert, ...rest] = parseCertificateBundle(await readFile(path, 'utf8'), path);
+  if (cert === undefined || rest.length > 0) throw new Error(`${path} must hold exactly one certificate`);
+  return cert;
+}
+
+beforeAll(async () => {
+  tpm = await startTestTpm();
+  for (const [kind, index] of [
+    ['rsa', '0x1c00002'],
+    ['ecc', '0x1c00016'],
+  ] as const) {
+    await tpm.tool('tpm2_nvread', [index, '-C', 'o', '-o', `ek-${kind}.nv`]);
+    // PEM for openssl (the SPKI hash check and certificates made for this key).
+    await tpm.tool('tpm2_readpublic', ['-c', EK_HANDLE[kind], '-f', 'pem', '-o', `ek-${kind}.pem`]);
+    const nv = await readOut(tpm, `ek-${kind}.nv`);
+    fixtures.set(kind, { nv, cert: parseEkCertificate(nv), area: (await readEkPublic(tpm, kind)).area });
+  }
+  root = await loadOne(tpm.swtpm.ekRootCertPath);
+  issuer = await loadOne(tpm.swtpm.ekIssuerCertPath);
+  await openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'foreign-root.key',
+    '-subj',
+    '/CN=swtpm-localca-rootca',
+    '-days',
+    '30',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign',
+    '-out',
+    'foreign-root.pem',
+  ]);
+  foreignRoot = await loadOne(join(tpm.dir, 'foreign-root.pem'));
+});
+
+afterAll(async () => {
+  await tpm?.stop();
+});
+
+describe.each(['rsa', 'ecc'] as const)('EK certificate from swtpm_setup, %s EK', (kind) => {
+  it('decodes from the NV index content (also with the PC Client header), DER and PEM alike', () => {
+    const { cert, nv } = ek(kind);
+    expect(parseEkCertificate(cert.raw).fingerprint256).toBe(cert.fingerprint256);
+    expect(parseEkCertificate(cert.toString()).fingerprint256).toBe(cert.fingerprint256);
+    expect(parseEkCertificate(Buffer.concat([nv, Buffer.alloc(32, 0xff)])).fingerprint256).toBe(
+      cert.fingerprint256,
+    );
+    const header = Buffer.from([0x10, 0x01, 0x00, cert.raw.length >> 8, cert.raw.length & 0xff]);
+    expect(parseEkCertificate(Buffer.concat([header, cert.raw, Buffer.alloc(7)])).fingerprint256).toBe(
+      cert.fingerprint256,
+    );
+  });
+
+  it('chains to the local CA root through its intermediate', () => {
+    const chain = verifyEkCertificateChain(ek(kind).cert, { roots: [root], intermediates: [issuer] });
+    expect(chain.map((c) => c.subject)).toEqual([
+      'CN=unknown',
+      'CN=swtpm-localca',
+      'CN=swtpm-localca-rootca',
+    ]);
+  });
+
+  it('chains when the intermediate itself is the configured anchor', () => {
+    expect(verifyEkCertificateChain(ek(kind).cert, { roots: [issuer] })).toHaveLength(2);
+  });
+
+  it('is untrusted with an unrelated root of the same name, naming the issuer', () => {
+    expectCode(
+      () => verifyEkCertificateChain(ek(kind).cert, { roots: [foreignRoot], intermediates: [issuer] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /issued by "CN=swtpm-localca".*nothing in the trust store issued CN=swtpm-localca \(its issuer is CN=swtpm-localca-rootca\)/,
+    );
+  });
+
+  it('is untrusted without the intermediate', () => {
+    expectCode(
+      () => verifyEkCertificateChain(ek(kind).cert, { roots: [root] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /issued by "CN=swtpm-localca"/,
+    );
+  });
+
+  it('is untrusted before its validity period', () => {
+    const before = new Date(new Date(ek(kind).cert.validFrom).getTime() - 86_400_000);
+    expectCode(
+      () => verifyEkCertificateChain(ek(kind).cert, { roots: [root], intermediates: [issuer] }, before),
+      'ERR_TPM_EK_UNTRUSTED',
+      /not valid before/,
+    );
+  });
+
+  it('certifies the EK public key the TPM reports', () => {
+    expect(() => checkEkCertificateKey(ek(kind).cert, ek(kind).area)).not.toThrow();
+  });
+
+  it('does not certify the other EK', () => {
+    const other = ek(kind === 'rsa' ? 'ecc' : 'rsa').area;
+    expectCode(
+      () => checkEkCertificateKey(ek(kind).cert, other),
+      'ERR_TPM_EK_MISMATCH',
+      /not the EK public area/,
+    );
+  });
+
+  it('gives manufacturer, model and version as openssl x509 -text shows them', async () => {
+    const text = await openssl(['x509', '-in', `ek-${kind}.nv`, '-inform', 'DER', '-noout', '-text']);
+    const dirName = /DirName:(\S+)/.exec(text)?.[1] ?? '';
+    const attrs = Object.fromEntries(dirName.split('/').flatMap((part) => (part ? [part.split('=')] : [])));
+    const info = ekCertificateTpmInfo(ek(kind).cert);
+    expect(info.manufacturer).toBe(attrs['2.23.133.2.1']);
+    expect(info.model).toBe(attrs['2.23.133.2.2']);
+    expect(info.version).toBe(attrs['2.23.133.2.3']);
+    expect(info.manufacturerId).toBe(0x00001014);
+    expect(info.vendor).toBeUndefined();
+  });
+
+  it('hashes the EK as SHA-256 of its SubjectPublicKeyInfo, as openssl encodes it', async () => {
+    const der = await openssl([
+      'pkey',
+      '-pubin',
+      '-in',
+      `ek-${kind}.pem`,
+      '-outform',
+      'DER',
+      '-out',
+      `ek-${kind}.spki`,
+    ]);
+    expect(der).toBe('');
+    const spki = await readOut(tpm, `ek-${kind}.spki`);
+    expect(ekPublicKeyHash(ek(kind).area)).toBe(createHash('sha256').update(spki).digest('hex'));
+  });
+});
+
+describe('EK certificates from another CA', () => {
+  it('decodes a printable TCG vendor ID and keeps the attributes as written', async () => {
+    await writeFile(
+      join(tpm.dir, 'tcg-san.ext'),
+      'subjectAltName=critical,dirName:tpm\nbasicConstraints=critical,CA:FALSE\n[tpm]\n' +
+        // OpenSSL drops a field name's text up to the first dot (its "1.CN" syntax), hence the prefixes.
+        '1.2.23.133.2.1=id:4D534654\n2.2.23.133.2.2=NPCT75x\n3.2.23.133.2.3=id:00070002\n',
+    );
+    const cert = await foreignCert('msft', 'ek-rsa.pem', ['tcg-san.ext']);
+    expect(ekCertificateTpmInfo(cert)).toEqual({
+      manufacturer: 'id:4D534654',
+      manufacturerId: 0x4d534654,
+      vendor: 'MSFT',
+      model: 'NPCT75x',
+      version: 'id:00070002',
+    });
+    expect(verifyEkCertificateChain(cert, { roots: [foreignRoot] })).toHaveLength(2);
+  });
+
+  it('refuses a critical extension it does not process', async () => {
+    await writeFile(join(tpm.dir, 'nc.ext'), 'nameConstraints=critical,permitted;DNS:example.com\n');
+    const cert = await foreignCert('nc', 'ek-ecc.pem', ['nc.ext']);
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [foreignRoot] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /critical extension\(s\) 2\.5\.29\.30 that are not processed/,
+    );
+  });
+
+  /** A P-256 CA `name` (key and cert files), self-signed or issued by CA `issuer`, with `extensions`. */
+  async function makeCa(name: string, extensions: string, issuer?: string): Promise<X509Certificate> {
+    await writeFile(join(tpm.dir, `${name}.ext`), extensions);
+    await openssl([
+      'genpkey',
+      '-algorithm',
+      'EC',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-out',
+      `${name}.key`,
+    ]);
+    await openssl(['pkey', '-in', `${name}.key`, '-pubout', '-out', `${name}.pub.pem`]);
+    const signer =
+      issuer === undefined
+        ? ['-key', `${name}.key`]
+        : ['-CA', `${issuer}.pem`, '-CAkey', `${issuer}.key`, '-force_pubkey', `${name}.pub.pem`];
+    const subject = ['-subj', `/CN=${name}`, '-days', '30', '-extfile', `${name}.ext`, '-out', `${name}.pem`];
+    await openssl(['x509', '-new', ...signer, ...subject]);
+    return loadOne(join(tpm.dir, `${name}.pem`));
+  }
+
+  /** An EK-like certificate for the RSA EK's key, issued by CA `issuer`. */
+  async function issueLeaf(name: string, issuer: string): Promise<X509Certificate> {
+    await writeFile(join(tpm.dir, 'leaf.ext'), 'basicConstraints=critical,CA:FALSE\n');
+    await openssl(
+      [
+        'x509',
+        '-new',
+        '-CA',
+        `${issuer}.pem`,
+        '-CAkey',
+        `${issuer}.key`,
+        '-force_pubkey',
+        'ek-rsa.pem',
+      ].concat(['-subj', '/CN=unknown', '-days', '30', '-extfile', 'leaf.ext', '-out', `${name}.pem`]),
+    );
+    return parseEkCertificate(await readFile(join(tpm.dir, `${name}.pem`), 'utf8'));
+  }
+
+  it('refuses a chain whose issuer is not a CA', async () => {
+    const notCa = await makeCa('not-a-ca', 'basicConstraints=critical,CA:FALSE\n');
+    const cert = await issueLeaf('under-not-a-ca', 'not-a-ca');
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [notCa] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /CN=not-a-ca is not a CA/,
+    );
+  });
+
+  it("refuses a chain longer than a CA's path length constraint allows", async () => {
+    const ca = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n';
+    const pathRoot = await makeCa(
+      'pathlen-root',
+      'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=keyCertSign\n',
+    );
+    const middle = await makeCa('pathlen-middle', ca, 'pathlen-root');
+    const cert = await issueLeaf('under-pathlen', 'pathlen-middle');
+    expect(verifyEkCertificateChain(cert, { roots: [middle] })).toHaveLength(2);
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [pathRoot], intermediates: [middle] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /CN=pathlen-root allows 0 intermediate CA\(s\) below it, the chain has 1/,
+    );
+  });
+
+  it('refuses an issuer whose key usage does not include keyCertSign', async () => {
+    const noSign = await makeCa(
+      'no-certsign',
+      'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature\n',
+    );
+    const cert = await issueLeaf('under-no-certsign', 'no-certsign');
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [noSign] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /nothing in the trust store issued CN=unknown \(its issuer is CN=no-certsign\).*keyCertSign/,
+    );
+  });
+
+  it('refuses a certificate whose extended key usage is not for EKs', async () => {
+    await writeFile(join(tpm.dir, 'tls-eku.ext'), 'extendedKeyUsage=serverAuth\n');
+    const cert = await foreignCert('tls-eku', 'ek-rsa.pem', ['tls-eku.ext']);
+    expectCode(
+      () => verifyEkCertificateChain(cert, { roots: [foreignRoot] }),
+      'ERR_TPM_EK_UNTRUSTED',
+      /extendedKeyUsage \(1\.3\.6\.1\.5\.5\.7\.3\.1\) does not include tcg-kp-EKCertificate/,
+    );
+  });
+
+  it('rejects bytes that are not a certificate', () => {
+    expectCode(
+      () => parseEkCertificate(Buffer.from('not a certificate')),
+      'ERR_TPM_MALFORMED',
+      /not a valid X\.509/,
+    );
+  });
+});
