@@ -116,6 +116,62 @@ export interface JoinTokenMessage {
   expires_at: number;
 }
 
+export interface AuthorityKindRequest {
+  kind: string;
+}
+export interface AuthorityKeyRequest {
+  kind: string;
+  authority_id: string;
+}
+export interface AuthorityMessage {
+  kind: string;
+  authority_id: string;
+  slot: string;
+  state: string;
+  not_before: number;
+  not_after: number;
+  tainted: boolean;
+  certificate_pem: string;
+}
+export interface ListAuthoritiesResponse {
+  authorities: AuthorityMessage[];
+}
+export type Empty = Record<string, never>;
+export interface BundleMessage {
+  trust_domain: string;
+  document: string;
+  x509_pem: string;
+  sequence: number;
+}
+export interface ListFederatedBundlesResponse {
+  bundles: BundleMessage[];
+}
+export interface SetFederatedBundleRequest {
+  trust_domain: string;
+  document: string;
+  format: string;
+}
+export interface DeleteFederatedBundleRequest {
+  trust_domain: string;
+}
+export interface MintX509SvidRequest {
+  csr: Uint8Array;
+  ttl: number;
+}
+export interface MintX509SvidResponse {
+  chain: Uint8Array[];
+  expires_at: number;
+}
+export interface MintJwtSvidRequest {
+  spiffe_id: string;
+  audience: string[];
+  ttl: number;
+}
+export interface MintJwtSvidResponse {
+  token: string;
+  expires_at: number;
+}
+
 /** Every RPC of the admin API: request and response types by service and method. */
 export interface AdminApi {
   EntryService: {
@@ -132,6 +188,23 @@ export interface AdminApi {
     EvictAgent: [AgentIdRequest, AgentMessage];
     BanAgent: [AgentIdRequest, AgentMessage];
     CreateJoinToken: [CreateJoinTokenRequest, JoinTokenMessage];
+  };
+  LocalAuthorityService: {
+    ListAuthorities: [AuthorityKindRequest, ListAuthoritiesResponse];
+    Prepare: [AuthorityKindRequest, AuthorityMessage];
+    Activate: [AuthorityKindRequest, AuthorityMessage];
+    Taint: [AuthorityKeyRequest, AuthorityMessage];
+    Revoke: [AuthorityKeyRequest, AuthorityMessage];
+  };
+  BundleService: {
+    GetBundle: [Empty, BundleMessage];
+    ListFederatedBundles: [Empty, ListFederatedBundlesResponse];
+    SetFederatedBundle: [SetFederatedBundleRequest, BundleMessage];
+    DeleteFederatedBundle: [DeleteFederatedBundleRequest, BundleMessage];
+  };
+  SvidService: {
+    MintX509Svid: [MintX509SvidRequest, MintX509SvidResponse];
+    MintJwtSvid: [MintJwtSvidRequest, MintJwtSvidResponse];
   };
 }
 

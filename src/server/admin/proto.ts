@@ -10,7 +10,11 @@ import { loadSync } from '@grpc/proto-loader';
 import type { ServiceName } from './messages.js';
 
 const PROTO_ROOT = fileURLToPath(new URL('../../../proto', import.meta.url));
-const FILES = ['ironroot/admin/v1/entry.proto', 'ironroot/admin/v1/agent.proto'];
+const FILES = [
+  'ironroot/admin/v1/entry.proto',
+  'ironroot/admin/v1/agent.proto',
+  'ironroot/admin/v1/authority.proto',
+];
 
 let cached: Record<ServiceName, ServiceClientConstructor> | undefined;
 
@@ -28,7 +32,13 @@ export function adminServices(): Record<ServiceName, ServiceClientConstructor> {
   });
   const root = loadPackageDefinition(definition);
   const v1 = descend(root, ['ironroot', 'admin', 'v1']);
-  cached = { EntryService: service(v1, 'EntryService'), AgentService: service(v1, 'AgentService') };
+  cached = {
+    EntryService: service(v1, 'EntryService'),
+    AgentService: service(v1, 'AgentService'),
+    LocalAuthorityService: service(v1, 'LocalAuthorityService'),
+    BundleService: service(v1, 'BundleService'),
+    SvidService: service(v1, 'SvidService'),
+  };
   return cached;
 }
 

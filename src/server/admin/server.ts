@@ -19,6 +19,7 @@ import {
   status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import type { CaService } from '../ca/service.js';
 import type { Actor } from '../datastore/datastore.js';
 import { ServerError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -35,7 +36,7 @@ type Handlers = {
   };
 };
 
-function handlersFor(service: RegistrationService, actor: Actor): Handlers {
+function handlersFor(service: RegistrationService, ca: CaService, actor: Actor): Handlers {
   return {
     EntryService: {
       BatchCreateEntry: (r) => service.batchCreateEntry(r, actor),
@@ -52,6 +53,23 @@ function handlersFor(service: RegistrationService, actor: Actor): Handlers {
       BanAgent: (r) => service.banAgent(r, actor),
       CreateJoinToken: (r) => service.createJoinToken(r, actor),
     },
+    LocalAuthorityService: {
+      ListAuthorities: (r) => ca.listAuthorities(r),
+      Prepare: (r) => ca.prepare(r, actor),
+      Activate: (r) => ca.activate(r, actor),
+      Taint: (r) => ca.taint(r, actor),
+      Revoke: (r) => ca.revoke(r, actor),
+    },
+    BundleService: {
+      GetBundle: () => ca.getBundle(),
+      ListFederatedBundles: () => ca.listFederatedBundles(),
+      SetFederatedBundle: (r) => ca.setFederatedBundle(r, actor),
+      DeleteFederatedBundle: (r) => ca.deleteFederatedBundle(r, actor),
+    },
+    SvidService: {
+      MintX509Svid: (r) => ca.mintX509Svid(r),
+      MintJwtSvid: (r) => ca.mintJwtSvid(r),
+    },
   };
 }
 
@@ -59,6 +77,7 @@ export interface AdminServerOptions {
   socketPath: string;
   allowedUids: readonly number[];
   service: RegistrationService;
+  ca: CaService;
   logger: Logger;
   /** Told of every call's outcome, for metrics. */
   onCall?: (method: string, result: 'ok' | 'error' | 'denied') => void;
@@ -134,7 +153,7 @@ export class AdminServer {
   #serverFor(uid: number): { server: GrpcServer; injector: ConnectionInjector } {
     const existing = this.#byUid.get(uid);
     if (existing) return existing;
-    const handlers = handlersFor(this.#options.service, `uid:${uid}`);
+    const handlers = handlersFor(this.#options.service, this.#options.ca, `uid:${uid}`);
     const server = new GrpcServer();
     const services = adminServices();
     for (const name of Object.keys(handlers) as ServiceName[]) {

@@ -10,7 +10,13 @@
  *
  * @module
  */
-import { createPublicKey, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
+import {
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+  X509Certificate,
+} from 'node:crypto';
 import type { JoseAlgorithm, KeyManager, KeyType } from '../../hsm/key-manager.js';
 import {
   mintJwtSvid,
@@ -18,7 +24,7 @@ import {
   mintX509Svid,
   type Signer,
   SpiffeBundle,
-  type SpiffeId,
+  SpiffeId,
   TrustDomain,
 } from '../../spiffe/index.js';
 import { type Clock, nowSeconds } from '../clock.js';
@@ -209,6 +215,19 @@ export class CertificateAuthority {
       await this.#signer(active.keyId),
     );
     return { token, expiresAt };
+  }
+
+  /**
+   * Signs a short X.509-SVID for the server's own ID with a throw-away key: readiness means the CA
+   * key answers (on a token, the HSM signs), not merely that it was there at start-up.
+   */
+  async selfTest(): Promise<void> {
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    await this.mintX509Svid({
+      spiffeId: SpiffeId.fromPath(this.#trustDomain, '/ironroot/server'),
+      publicKey,
+      ttl: 60,
+    });
   }
 
   // --- internals ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ export function runCommand(): Command {
       const { createLogger } = await import('../log.js');
       const { startServer } = await import('../server.js');
       const logger = createLogger(config.log_level);
-      const server = await startServer(config, logger, systemClock);
+      const server = await startServer(config, logger, { clock: systemClock });
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           logger.info({ signal }, 'stopping');

@@ -6,6 +6,7 @@
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
+import { splitHostPort } from './address.js';
 
 export interface HealthOptions {
   address: string;
@@ -29,9 +30,6 @@ export async function startHealthServer(options: HealthOptions): Promise<Fastify
     reply.header('content-type', options.registry.contentType);
     return options.registry.metrics();
   });
-  const separator = options.address.lastIndexOf(':');
-  const host = options.address.slice(0, separator).replace(/^\[(.*)\]$/, '$1');
-  const port = Number(options.address.slice(separator + 1));
-  await app.listen({ host, port });
+  await app.listen(splitHostPort(options.address));
   return app;
 }
