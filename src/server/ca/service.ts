@@ -4,6 +4,8 @@
  *
  * @module
  */
+
+import { toPem } from '../../spiffe/der.js';
 import {
   isSpiffeError,
   parseCsr,
@@ -182,15 +184,8 @@ function toAuthority(slot: CaSlot): AuthorityMessage {
     not_before: slot.notBefore,
     not_after: slot.notAfter,
     tainted: slot.tainted,
-    certificate_pem: der ? pem(der) : '',
+    certificate_pem: der ? toPem('CERTIFICATE', der) : '',
   };
-}
-
-function pem(der: Uint8Array): string {
-  const body = Buffer.from(der)
-    .toString('base64')
-    .replace(/(.{64})/g, '$1\n');
-  return `-----BEGIN CERTIFICATE-----\n${body}${body.endsWith('\n') ? '' : '\n'}-----END CERTIFICATE-----\n`;
 }
 
 function toBundleMessage(stored: StoredBundle): BundleMessage {

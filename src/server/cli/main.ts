@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
 import { agentCommand } from './agent.js';
+import { bundleCommand, jwtCommand, localAuthorityCommand, x509Command } from './authority.js';
 import { entryCommand } from './entry.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { hsmCommand } from './hsm.js';
@@ -20,6 +21,10 @@ export function buildServerProgram(): Command {
   program.addCommand(entryCommand());
   program.addCommand(agentCommand());
   program.addCommand(tokenCommand());
+  program.addCommand(localAuthorityCommand());
+  program.addCommand(bundleCommand());
+  program.addCommand(x509Command());
+  program.addCommand(jwtCommand());
   program.addCommand(hsmCommand());
   return program;
 }
