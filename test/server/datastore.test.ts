@@ -1,11 +1,14 @@
 import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/server/clock.js';
 import type { Datastore, NewEntry } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
+import { openPostgresDatastore } from '../../src/server/datastore/postgres.js';
 import { AgentNotFoundError, EntryDuplicateError, EntryNotFoundError } from '../../src/server/errors.js';
+import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
 const TD = 'spiffe://example.org';
 
@@ -26,10 +29,39 @@ function entry(overrides: Partial<NewEntry> = {}): NewEntry {
   };
 }
 
-describe('SQLite datastore', () => {
+let postgres: TestPostgres | undefined;
+let databases = 0;
+afterAll(async () => {
+  await postgres?.stop();
+});
+
+/** A fresh, empty datastore of each dialect: SQLite in a new directory, PostgreSQL in a new database. */
+const DIALECTS: [string, (clock: Clock) => Promise<Datastore>][] = [
+  [
+    'SQLite',
+    async (clock) =>
+      (await openSqliteDatastore(join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data'), clock)).datastore,
+  ],
+  [
+    'PostgreSQL',
+    async (clock) => {
+      postgres ??= await startPostgres();
+      const name = `ironroot_${++databases}`;
+      const admin = new pg.Client({ connectionString: postgres.connectionString });
+      await admin.connect();
+      await admin.query(`CREATE DATABASE ${name}`);
+      await admin.end();
+      return (
+        await openPostgresDatastore(postgres.connectionString.replace('/postgres?', `/${name}?`), clock)
+      ).datastore;
+    },
+  ],
+];
+
+describe('SQLite datastore files', () => {
   let dir: string;
   let store: Datastore;
-  const clock: Clock & { t: number } = { t: 1_700_000_000_000, now: () => clock.t };
+  const clock: Clock = { now: () => 1_700_000_000_000 };
 
   beforeEach(async () => {
     dir = join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data');
@@ -51,6 +83,19 @@ describe('SQLite datastore', () => {
     const again = await openSqliteDatastore(dir, clock);
     store = again.datastore;
     expect(again.migrated).toEqual([]);
+  });
+});
+
+describe.each(DIALECTS)('%s datastore', (_name, open) => {
+  let store: Datastore;
+  const clock: Clock & { t: number } = { t: 1_700_000_000_000, now: () => clock.t };
+
+  beforeEach(async () => {
+    clock.t = 1_700_000_000_000;
+    store = await open(clock);
+  });
+  afterEach(async () => {
+    await store.close();
   });
 
   it('creates, reads, updates and deletes an entry, bumping the revision', async () => {
@@ -84,6 +129,17 @@ describe('SQLite datastore', () => {
     expect(error).toBeInstanceOf(EntryDuplicateError);
     expect((error as EntryDuplicateError).existingId).toBe(first.id);
     await store.createEntry(entry({ selectors: sel.slice(0, 1) }), 't');
+  });
+
+  it('lets exactly one of many concurrent identical creates through', async () => {
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, () => store.createEntry(entry(), 't')),
+    );
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    for (const r of results.filter((x) => x.status === 'rejected')) {
+      expect(r.reason).toBeInstanceOf(EntryDuplicateError);
+    }
+    expect(await store.countEntries({})).toBe(1);
   });
 
   it('filters by selector match exact, subset, superset and any', async () => {
@@ -182,13 +238,12 @@ describe('SQLite datastore', () => {
   });
 });
 
-describe('SQLite datastore: CA journal and bundles', () => {
+describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) => {
   let store: Datastore;
   const clock: Clock = { now: () => 1_700_000_000_000 };
 
   beforeEach(async () => {
-    store = (await openSqliteDatastore(join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data'), clock))
-      .datastore;
+    store = await open(clock);
   });
   afterEach(async () => {
     await store.close();

@@ -179,7 +179,8 @@ export class AdminServer {
     const server = new GrpcServer();
     const services = adminServices();
     const deny: handleUnaryCall<unknown, unknown> = (call, callback) => {
-      this.#options.onCall?.(call.getPath(), 'denied');
+      // getPath() is /ironroot.admin.v1.Service/Method; metrics label calls as Service/Method.
+      this.#options.onCall?.(call.getPath().replace(/^\/ironroot\.admin\.v1\./, ''), 'denied');
       callback({
         code: status.PERMISSION_DENIED,
         details: `ERR_PERMISSION_DENIED: uid ${uid} may not use the admin API; ask an operator to add it to admin_allowed_uids in the server config`,

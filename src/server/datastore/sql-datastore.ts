@@ -58,12 +58,14 @@ export class SqlDatastore implements Datastore {
   async createEntry(entry: NewEntry, actor: Actor): Promise<RegistrationEntry> {
     const now = nowSeconds(this.#clock);
     const created: RegistrationEntry = { ...entry, id: randomUUID(), revisionNumber: 0, createdAt: now };
-    await this.#db.transaction().execute(async (trx) => {
-      await this.#refuseDuplicate(trx, created);
-      await trx.insertInto('registration_entries').values(toEntryRow(created, now)).execute();
-      await insertEntryChildren(trx, created);
-      await audit(trx, now, actor, 'entry.create', 'entry', created.id, entryDetail(created));
-    });
+    await this.#duplicateSafe(created, () =>
+      this.#db.transaction().execute(async (trx) => {
+        await this.#refuseDuplicate(trx, created);
+        await trx.insertInto('registration_entries').values(toEntryRow(created, now)).execute();
+        await insertEntryChildren(trx, created);
+        await audit(trx, now, actor, 'entry.create', 'entry', created.id, entryDetail(created));
+      }),
+    );
     return created;
   }
 
@@ -99,30 +101,32 @@ export class SqlDatastore implements Datastore {
     expectedRevision?: number,
   ): Promise<RegistrationEntry> {
     const now = nowSeconds(this.#clock);
-    return this.#db.transaction().execute(async (trx) => {
-      const [current] = await this.#loadEntries(trx, [id]);
-      if (current === undefined) throw new EntryNotFoundError(id);
-      if (expectedRevision !== undefined && expectedRevision !== current.revisionNumber) {
-        throw new EntryRevisionMismatchError(id, expectedRevision, current.revisionNumber);
-      }
-      const updated: RegistrationEntry = {
-        ...entry,
-        id,
-        createdAt: current.createdAt,
-        revisionNumber: current.revisionNumber + 1,
-      };
-      await this.#refuseDuplicate(trx, updated);
-      const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
-      await trx.updateTable('registration_entries').set(row).where('id', '=', id).execute();
-      await trx.deleteFrom('entry_selectors').where('entry_id', '=', id).execute();
-      await trx.deleteFrom('entry_federates_with').where('entry_id', '=', id).execute();
-      await insertEntryChildren(trx, updated);
-      await audit(trx, now, actor, 'entry.update', 'entry', id, {
-        before: entryDetail(current),
-        after: entryDetail(updated),
+    const write = () =>
+      this.#db.transaction().execute(async (trx) => {
+        const [current] = await this.#loadEntries(trx, [id]);
+        if (current === undefined) throw new EntryNotFoundError(id);
+        if (expectedRevision !== undefined && expectedRevision !== current.revisionNumber) {
+          throw new EntryRevisionMismatchError(id, expectedRevision, current.revisionNumber);
+        }
+        const updated: RegistrationEntry = {
+          ...entry,
+          id,
+          createdAt: current.createdAt,
+          revisionNumber: current.revisionNumber + 1,
+        };
+        await this.#refuseDuplicate(trx, updated);
+        const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
+        await trx.updateTable('registration_entries').set(row).where('id', '=', id).execute();
+        await trx.deleteFrom('entry_selectors').where('entry_id', '=', id).execute();
+        await trx.deleteFrom('entry_federates_with').where('entry_id', '=', id).execute();
+        await insertEntryChildren(trx, updated);
+        await audit(trx, now, actor, 'entry.update', 'entry', id, {
+          before: entryDetail(current),
+          after: entryDetail(updated),
+        });
+        return updated;
       });
-      return updated;
-    });
+    return this.#duplicateSafe({ ...entry, id, revisionNumber: 0, createdAt: 0 }, write);
   }
 
   async deleteEntry(id: string, actor: Actor): Promise<RegistrationEntry> {
@@ -226,6 +230,10 @@ export class SqlDatastore implements Datastore {
     });
   }
 
+  /**
+   * Tokens are found by their SHA-256, never compared as text: an index lookup on a hash of the
+   * presented token leaks nothing usable about stored tokens through timing.
+   */
   async consumeJoinToken(tokenHash: string, now: number, actor: Actor): Promise<JoinToken | undefined> {
     return this.#db.transaction().execute(async (trx) => {
       const row = await trx
@@ -390,6 +398,21 @@ export class SqlDatastore implements Datastore {
     await this.#db.destroy();
   }
 
+  /**
+   * The check in #refuseDuplicate cannot see a concurrent transaction's uncommitted insert
+   * (PostgreSQL, READ COMMITTED); the unique constraint then refuses the second one, and this turns
+   * that refusal into the same named error.
+   */
+  async #duplicateSafe<T>(entry: RegistrationEntry, write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (error) {
+      if (!isUniqueViolation(error)) throw error;
+      await this.#refuseDuplicate(this.#db, entry);
+      throw error;
+    }
+  }
+
   async #refuseDuplicate(trx: Db, entry: RegistrationEntry): Promise<void> {
     const existing = await trx
       .selectFrom('registration_entries')
@@ -549,6 +572,11 @@ function anyOf(
 ) {
   if (selectors.length === 0) return eb.lit(false);
   return eb.or(selectors.map((sel) => eb.and([eb('s.type', '=', sel.type), eb('s.value', '=', sel.value)])));
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  const code: unknown = error !== null && typeof error === 'object' ? Reflect.get(error, 'code') : undefined;
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE';
 }
 
 async function writeBundle(
