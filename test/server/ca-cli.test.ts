@@ -221,6 +221,19 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
     );
   });
 
+  it('taints and revokes the replaced CA: it leaves the bundle and the token', async () => {
+    const old = (await authorities('x509')).find((a) => a.state === 'old')?.authority_id ?? '';
+    expect(old).not.toBe('');
+    ok(await cli(['localauthority', 'x509', 'taint', ...admin(), '--authority-id', old]));
+    ok(await cli(['localauthority', 'x509', 'revoke', ...admin(), '--authority-id', old]));
+    expect((await authorities('x509')).map((a) => a.authority_id)).not.toContain(old);
+    const pem = ok(await cli(['bundle', 'show', ...admin(), '--format', 'pem']));
+    expect(pem.match(/BEGIN CERTIFICATE/g)).toHaveLength(1);
+    const { stdout } = await hsm.tool('--list-objects', '--type', 'privkey');
+    expect(stdout).not.toContain(old);
+    await mintAndVerify('after-revoke');
+  });
+
   it('refuses to mint for an ID outside the trust domain', async () => {
     const result = await cli([
       'jwt',
