@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { AdminClient } from '../../src/server/admin/client.js';
 import { cli, freePort, SERVER_BIN } from '../helpers/server.js';
 
 function configFile(text: string): string {
@@ -97,9 +98,13 @@ describe('validate and run refuse bad configuration', () => {
     expect(log).toContain('"trust_domain":"flags.example"');
     expect(log).toContain('DEVELOPMENT MODE');
     expect((await cli(['healthcheck', '--admin-socket', socket])).code).toBe(0);
+    // A client that stays connected must not hold the server up on SIGTERM.
+    const client = new AdminClient(socket);
+    await client.call('EntryService', 'CountEntries', {});
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
+    client.close();
     expect(log).toContain('ironroot-server stopped');
   });
 });

@@ -118,8 +118,12 @@ export class AdminServer {
 
   async stop(): Promise<void> {
     const listener = this.#listener;
-    if (listener) await new Promise<void>((resolve) => listener.close(() => resolve()));
+    // close() stops accepting but waits for open connections, so those are destroyed first.
+    const closed = listener
+      ? new Promise<void>((resolve) => listener.close(() => resolve()))
+      : Promise.resolve();
     for (const socket of this.#sockets) socket.destroy();
+    await closed;
     for (const { server } of this.#byUid.values()) server.forceShutdown();
     for (const { server } of this.#deniedByUid.values()) server.forceShutdown();
     if (existsSync(this.#options.socketPath)) unlinkSync(this.#options.socketPath);
