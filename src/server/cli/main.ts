@@ -1,6 +1,13 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { agentCommand } from './agent.js';
+import { bundleCommand, jwtCommand, localAuthorityCommand, x509Command } from './authority.js';
+import { entryCommand } from './entry.js';
+import { healthcheckCommand } from './healthcheck.js';
 import { hsmCommand } from './hsm.js';
+import { runCommand } from './run.js';
+import { tokenCommand } from './token.js';
+import { validateCommand } from './validate.js';
 
 export function buildServerProgram(): Command {
   const program = new Command('ironroot-server')
@@ -8,6 +15,16 @@ export function buildServerProgram(): Command {
     .version(VERSION, '-v, --version')
     .helpCommand(true)
     .showHelpAfterError();
+  program.addCommand(runCommand());
+  program.addCommand(validateCommand());
+  program.addCommand(healthcheckCommand());
+  program.addCommand(entryCommand());
+  program.addCommand(agentCommand());
+  program.addCommand(tokenCommand());
+  program.addCommand(localAuthorityCommand());
+  program.addCommand(bundleCommand());
+  program.addCommand(x509Command());
+  program.addCommand(jwtCommand());
   program.addCommand(hsmCommand());
   return program;
 }

@@ -1,0 +1,218 @@
+/**
+ * TypeScript shapes of the admin API messages, as proto-loader decodes them with the options in
+ * proto.ts (snake_case field names, int64 as number, defaults and empty arrays filled in).
+ *
+ * @module
+ */
+
+export interface SelectorMessage {
+  type: string;
+  value: string;
+}
+
+export interface EntryMessage {
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  selectors: SelectorMessage[];
+  x509_svid_ttl: number;
+  jwt_svid_ttl: number;
+  dns_names: string[];
+  admin: boolean;
+  downstream: boolean;
+  federates_with: string[];
+  hint: string;
+  expires_at: number;
+  revision_number: number;
+  created_at: number;
+}
+
+export interface StatusMessage {
+  code: number;
+  error_code: string;
+  message: string;
+}
+
+export interface EntryResult {
+  status: StatusMessage;
+  entry: EntryMessage | null;
+}
+
+export interface EntryFilterMessage {
+  by_spiffe_id: string;
+  by_parent_id: string;
+  by_selectors: SelectorMessage[];
+  selector_match: string;
+  by_federates_with: string[];
+}
+
+export interface BatchCreateEntryRequest {
+  entries: EntryMessage[];
+}
+export interface BatchCreateEntryResponse {
+  results: EntryResult[];
+}
+export interface GetEntryRequest {
+  id: string;
+}
+export interface ListEntriesRequest {
+  filter: EntryFilterMessage | null;
+  page_size: number;
+  page_token: string;
+}
+export interface ListEntriesResponse {
+  entries: EntryMessage[];
+  next_page_token: string;
+}
+export interface CountEntriesRequest {
+  filter: EntryFilterMessage | null;
+}
+export interface CountEntriesResponse {
+  count: number;
+}
+export interface BatchUpdateEntryRequest {
+  entries: EntryMessage[];
+}
+export interface BatchUpdateEntryResponse {
+  results: EntryResult[];
+}
+export interface BatchDeleteEntryRequest {
+  ids: string[];
+}
+export interface DeleteResult {
+  status: StatusMessage;
+  id: string;
+}
+export interface BatchDeleteEntryResponse {
+  results: DeleteResult[];
+}
+
+export interface AgentMessage {
+  spiffe_id: string;
+  attestation_type: string;
+  x509_svid_serial_number: string;
+  x509_svid_expires_at: number;
+  banned: boolean;
+  selectors: SelectorMessage[];
+  ek_hash: string;
+  created_at: number;
+  alias_spiffe_ids: string[];
+}
+export interface ListAgentsRequest {
+  by_banned: string;
+}
+export interface ListAgentsResponse {
+  agents: AgentMessage[];
+}
+export interface AgentIdRequest {
+  spiffe_id: string;
+}
+export interface CreateJoinTokenRequest {
+  ttl: number;
+  spiffe_id: string;
+}
+export interface JoinTokenMessage {
+  value: string;
+  expires_at: number;
+}
+
+export interface AuthorityKindRequest {
+  kind: string;
+}
+export interface AuthorityKeyRequest {
+  kind: string;
+  authority_id: string;
+}
+export interface AuthorityMessage {
+  kind: string;
+  authority_id: string;
+  slot: string;
+  state: string;
+  not_before: number;
+  not_after: number;
+  tainted: boolean;
+  certificate_pem: string;
+}
+export interface ListAuthoritiesResponse {
+  authorities: AuthorityMessage[];
+}
+export type Empty = Record<string, never>;
+export interface BundleMessage {
+  trust_domain: string;
+  document: string;
+  x509_pem: string;
+  sequence: number;
+}
+export interface ListFederatedBundlesResponse {
+  bundles: BundleMessage[];
+}
+export interface SetFederatedBundleRequest {
+  trust_domain: string;
+  document: string;
+  format: string;
+}
+export interface DeleteFederatedBundleRequest {
+  trust_domain: string;
+}
+export interface MintX509SvidRequest {
+  csr: Uint8Array;
+  ttl: number;
+}
+export interface MintX509SvidResponse {
+  chain: Uint8Array[];
+  expires_at: number;
+}
+export interface MintJwtSvidRequest {
+  spiffe_id: string;
+  audience: string[];
+  ttl: number;
+}
+export interface MintJwtSvidResponse {
+  token: string;
+  expires_at: number;
+}
+
+/** Every RPC of the admin API: request and response types by service and method. */
+export interface AdminApi {
+  EntryService: {
+    BatchCreateEntry: [BatchCreateEntryRequest, BatchCreateEntryResponse];
+    GetEntry: [GetEntryRequest, EntryMessage];
+    ListEntries: [ListEntriesRequest, ListEntriesResponse];
+    CountEntries: [CountEntriesRequest, CountEntriesResponse];
+    BatchUpdateEntry: [BatchUpdateEntryRequest, BatchUpdateEntryResponse];
+    BatchDeleteEntry: [BatchDeleteEntryRequest, BatchDeleteEntryResponse];
+  };
+  AgentService: {
+    ListAgents: [ListAgentsRequest, ListAgentsResponse];
+    GetAgent: [AgentIdRequest, AgentMessage];
+    EvictAgent: [AgentIdRequest, AgentMessage];
+    BanAgent: [AgentIdRequest, AgentMessage];
+    CreateJoinToken: [CreateJoinTokenRequest, JoinTokenMessage];
+  };
+  LocalAuthorityService: {
+    ListAuthorities: [AuthorityKindRequest, ListAuthoritiesResponse];
+    Prepare: [AuthorityKindRequest, AuthorityMessage];
+    Activate: [AuthorityKindRequest, AuthorityMessage];
+    Taint: [AuthorityKeyRequest, AuthorityMessage];
+    Revoke: [AuthorityKeyRequest, AuthorityMessage];
+  };
+  BundleService: {
+    GetBundle: [Empty, BundleMessage];
+    ListFederatedBundles: [Empty, ListFederatedBundlesResponse];
+    SetFederatedBundle: [SetFederatedBundleRequest, BundleMessage];
+    DeleteFederatedBundle: [DeleteFederatedBundleRequest, BundleMessage];
+  };
+  SvidService: {
+    MintX509Svid: [MintX509SvidRequest, MintX509SvidResponse];
+    MintJwtSvid: [MintJwtSvidRequest, MintJwtSvidResponse];
+  };
+}
+
+export type ServiceName = keyof AdminApi;
+
+/** What a client may send: protobuf fills every field left out with its default. */
+export type DeepPartial<T> = T extends (infer U)[]
+  ? DeepPartial<U>[]
+  : T extends object
+    ? { [K in keyof T]?: DeepPartial<T[K]> }
+    : T;

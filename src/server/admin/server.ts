@@ -1,0 +1,266 @@
+/**
+ * The admin API endpoint: gRPC on a Unix socket (0770), where the kernel tells us each caller's
+ * uid (SO_PEERCRED) before any byte of gRPC is read.
+ *
+ * grpc-js cannot tell a handler which connection a call came on, so connections are sorted at
+ * accept time instead: each allowed uid gets its own grpc Server (its handlers know the uid for
+ * the audit log), and every other uid's connection goes to a Server whose every method answers
+ * PERMISSION_DENIED. A refused caller thus reaches no handler at all, and still gets a clear error.
+ *
+ * @module
+ */
+import { chmodSync, existsSync, unlinkSync } from 'node:fs';
+import { connect, createServer, type Server as NetServer, type Socket } from 'node:net';
+import {
+  type ConnectionInjector,
+  Server as GrpcServer,
+  type handleUnaryCall,
+  ServerCredentials,
+  status,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import type { CaService } from '../ca/service.js';
+import type { Actor } from '../datastore/datastore.js';
+import { ServerError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { RegistrationService } from '../registration/service.js';
+import type { AdminApi, ServiceName } from './messages.js';
+import { peerCredentials } from './peercred.js';
+import { adminServices } from './proto.js';
+
+type Handlers = {
+  [S in ServiceName]: {
+    [M in keyof AdminApi[S]]: (
+      request: AdminApi[S][M] extends [infer Q, unknown] ? Q : never,
+    ) => Promise<AdminApi[S][M] extends [unknown, infer R] ? R : never>;
+  };
+};
+
+function handlersFor(service: RegistrationService, ca: CaService, actor: Actor): Handlers {
+  return {
+    EntryService: {
+      BatchCreateEntry: (r) => service.batchCreateEntry(r, actor),
+      GetEntry: (r) => service.getEntry(r),
+      ListEntries: (r) => service.listEntries(r),
+      CountEntries: (r) => service.countEntries(r),
+      BatchUpdateEntry: (r) => service.batchUpdateEntry(r, actor),
+      BatchDeleteEntry: (r) => service.batchDeleteEntry(r, actor),
+    },
+    AgentService: {
+      ListAgents: (r) => service.listAgents(r),
+      GetAgent: (r) => service.getAgent(r),
+      EvictAgent: (r) => service.evictAgent(r, actor),
+      BanAgent: (r) => service.banAgent(r, actor),
+      CreateJoinToken: (r) => service.createJoinToken(r, actor),
+    },
+    LocalAuthorityService: {
+      ListAuthorities: (r) => ca.listAuthorities(r),
+      Prepare: (r) => ca.prepare(r, actor),
+      Activate: (r) => ca.activate(r, actor),
+      Taint: (r) => ca.taint(r, actor),
+      Revoke: (r) => ca.revoke(r, actor),
+    },
+    BundleService: {
+      GetBundle: () => ca.getBundle(),
+      ListFederatedBundles: () => ca.listFederatedBundles(),
+      SetFederatedBundle: (r) => ca.setFederatedBundle(r, actor),
+      DeleteFederatedBundle: (r) => ca.deleteFederatedBundle(r, actor),
+    },
+    SvidService: {
+      MintX509Svid: (r) => ca.mintX509Svid(r),
+      MintJwtSvid: (r) => ca.mintJwtSvid(r),
+    },
+  };
+}
+
+export interface AdminServerOptions {
+  socketPath: string;
+  allowedUids: readonly number[];
+  service: RegistrationService;
+  ca: CaService;
+  logger: Logger;
+  /** Told of every call's outcome, for metrics. */
+  onCall?: (method: string, result: 'ok' | 'error' | 'denied') => void;
+}
+
+export class AdminServer {
+  readonly #options: AdminServerOptions;
+  readonly #byUid = new Map<number, { server: GrpcServer; injector: ConnectionInjector }>();
+  readonly #sockets = new Set<Socket>();
+  readonly #deniedByUid = new Map<number, { server: GrpcServer; injector: ConnectionInjector }>();
+  #listener: NetServer | undefined;
+
+  constructor(options: AdminServerOptions) {
+    this.#options = options;
+  }
+
+  async start(): Promise<void> {
+    const { socketPath, logger } = this.#options;
+    await removeStaleSocket(socketPath);
+    const listener = createServer((socket) => this.#accept(socket));
+    this.#listener = listener;
+    // The umask closes the window between bind() and chmod() in which the socket would be open to all.
+    const previous = process.umask(0o007);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        listener.once('error', reject);
+        listener.listen(socketPath, () => {
+          listener.off('error', reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(previous);
+    }
+    chmodSync(socketPath, 0o770);
+    logger.info({ socket: socketPath, allowed_uids: this.#options.allowedUids }, 'admin API listening');
+  }
+
+  async stop(): Promise<void> {
+    const listener = this.#listener;
+    // close() stops accepting but waits for open connections, so those are destroyed first.
+    const closed = listener
+      ? new Promise<void>((resolve) => listener.close(() => resolve()))
+      : Promise.resolve();
+    for (const socket of this.#sockets) socket.destroy();
+    await closed;
+    for (const { server } of this.#byUid.values()) server.forceShutdown();
+    for (const { server } of this.#deniedByUid.values()) server.forceShutdown();
+    if (existsSync(this.#options.socketPath)) unlinkSync(this.#options.socketPath);
+  }
+
+  #accept(socket: Socket): void {
+    const { logger, allowedUids } = this.#options;
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    let uid: number;
+    let pid: number;
+    try {
+      ({ uid, pid } = peerCredentials(socket));
+    } catch (error) {
+      logger.error({ err: error }, 'admin API: cannot read caller credentials; connection closed');
+      socket.destroy();
+      return;
+    }
+    if (!allowedUids.includes(uid)) {
+      logger.warn(
+        { uid, pid, result: 'denied', reason: 'uid not in admin_allowed_uids' },
+        'admin API caller refused',
+      );
+      this.#deniedServer(uid).injector.injectConnection(socket);
+      return;
+    }
+    logger.debug({ uid, pid }, 'admin API connection');
+    this.#serverFor(uid).injector.injectConnection(socket);
+  }
+
+  #serverFor(uid: number): { server: GrpcServer; injector: ConnectionInjector } {
+    const existing = this.#byUid.get(uid);
+    if (existing) return existing;
+    const handlers = handlersFor(this.#options.service, this.#options.ca, `uid:${uid}`);
+    const server = new GrpcServer();
+    const services = adminServices();
+    for (const name of Object.keys(handlers) as ServiceName[]) {
+      const implementation: UntypedServiceImplementation = {};
+      for (const [method, handler] of Object.entries(handlers[name])) {
+        implementation[method] = this.#unary(
+          name,
+          method,
+          uid,
+          handler as (request: unknown) => Promise<unknown>,
+        );
+      }
+      server.addService(services[name].service, implementation);
+    }
+    const created = { server, injector: server.createConnectionInjector(ServerCredentials.createInsecure()) };
+    this.#byUid.set(uid, created);
+    return created;
+  }
+
+  #deniedServer(uid: number): { server: GrpcServer; injector: ConnectionInjector } {
+    const existing = this.#deniedByUid.get(uid);
+    if (existing) return existing;
+    const server = new GrpcServer();
+    const services = adminServices();
+    const deny: handleUnaryCall<unknown, unknown> = (call, callback) => {
+      // getPath() is /ironroot.admin.v1.Service/Method; metrics label calls as Service/Method.
+      this.#options.onCall?.(call.getPath().replace(/^\/ironroot\.admin\.v1\./, ''), 'denied');
+      callback({
+        code: status.PERMISSION_DENIED,
+        details: `ERR_PERMISSION_DENIED: uid ${uid} may not use the admin API; ask an operator to add it to admin_allowed_uids in the server config`,
+      });
+    };
+    for (const name of Object.keys(services) as ServiceName[]) {
+      const implementation: UntypedServiceImplementation = {};
+      for (const method of Object.keys(services[name].service)) implementation[method] = deny;
+      server.addService(services[name].service, implementation);
+    }
+    const created = { server, injector: server.createConnectionInjector(ServerCredentials.createInsecure()) };
+    this.#deniedByUid.set(uid, created);
+    return created;
+  }
+
+  #unary(
+    serviceName: ServiceName,
+    method: string,
+    uid: number,
+    handler: (request: unknown) => Promise<unknown>,
+  ): handleUnaryCall<unknown, unknown> {
+    const { logger } = this.#options;
+    return (call, callback) => {
+      const started = performance.now();
+      handler(call.request).then(
+        (response) => {
+          logger.info(
+            {
+              method: `${serviceName}/${method}`,
+              uid,
+              result: 'ok',
+              duration_ms: Math.round(performance.now() - started),
+            },
+            'admin API call',
+          );
+          this.#options.onCall?.(`${serviceName}/${method}`, 'ok');
+          callback(null, response);
+        },
+        (error: unknown) => {
+          const known = error instanceof ServerError;
+          const fields = {
+            method: `${serviceName}/${method}`,
+            uid,
+            result: 'error',
+            duration_ms: Math.round(performance.now() - started),
+            ...(known ? { error_code: error.code, reason: error.message } : { err: error }),
+          };
+          if (known) logger.info(fields, 'admin API call');
+          else logger.error(fields, 'admin API call failed unexpectedly');
+          this.#options.onCall?.(`${serviceName}/${method}`, 'error');
+          callback({
+            code: known ? error.grpcStatus : status.INTERNAL,
+            details: known ? `${error.code}: ${error.message}` : 'internal error; see the server log',
+          });
+        },
+      );
+    };
+  }
+}
+
+/** Removes a socket file left by a server that died, but never one a live server answers on. */
+async function removeStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) {
+    throw new ServerError(
+      'ERR_CONFIG_UNSAFE',
+      `another process is serving the admin socket ${path}; stop it or choose another admin_socket`,
+    );
+  }
+  unlinkSync(path);
+}

@@ -1,0 +1,480 @@
+/**
+ * The server's certificate authority: an X.509 CA and a JWT signing key, each with keys in the
+ * KeyManager (an HSM in production), rotated in two slots after SPIRE's model (see rotation.ts)
+ * and journaled in the datastore together with the bundle they publish, so a restart resumes the
+ * same keys at the same step.
+ *
+ * Every change (initialise, prepare, activate, prune, taint, revoke) runs one at a time, commits the
+ * journal and the own bundle in one transaction, and only then updates memory; keys leave the
+ * token only after the bundle that named them has been committed without them.
+ *
+ * @module
+ */
+import {
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+  X509Certificate,
+} from 'node:crypto';
+import type { JoseAlgorithm, KeyManager, KeyType } from '../../hsm/key-manager.js';
+import {
+  mintJwtSvid,
+  mintX509Ca,
+  mintX509Svid,
+  type Signer,
+  SpiffeBundle,
+  SpiffeId,
+  TrustDomain,
+} from '../../spiffe/index.js';
+import { type Clock, nowSeconds } from '../clock.js';
+import type { CaChange, CaSlot, Datastore } from '../datastore/datastore.js';
+import { CaError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { rotationStep, shouldPrune } from './rotation.js';
+
+export type AuthorityKind = 'x509' | 'jwt';
+const KINDS: readonly AuthorityKind[] = ['x509', 'jwt'];
+
+/** The JOSE algorithm each key type signs with (RSA keys sign RS256, as SPIRE's do). */
+const ALGORITHM: Record<KeyType, JoseAlgorithm> = {
+  'ec-p256': 'ES256',
+  'ec-p384': 'ES384',
+  'rsa-2048': 'RS256',
+  'rsa-3072': 'RS256',
+  'rsa-4096': 'RS256',
+};
+
+/** An upstream CA that signs this server's CA certificates instead of them being self-signed. */
+export interface UpstreamAuthority {
+  /** The upstream CA certificate, then any certificates above it, up to and including the root. */
+  chain: X509Certificate[];
+  signer: Signer;
+}
+
+export interface CaOptions {
+  trustDomain: string;
+  keyManager: KeyManager;
+  datastore: Datastore;
+  clock: Clock;
+  logger: Logger;
+  /** Lifetime of each CA certificate and JWT key, seconds. */
+  caTtl: number;
+  keyType: KeyType;
+  subject?: string;
+  upstream?: UpstreamAuthority;
+  /** `spiffe_refresh_hint` of the published bundle, seconds. */
+  refreshHint: number;
+  /** `iss` of JWT-SVIDs, when configured. */
+  jwtIssuer?: string;
+}
+
+export interface MintedX509Svid {
+  /** Leaf first, then any intermediates up to (not including) the bundle's root. */
+  chain: X509Certificate[];
+  expiresAt: number;
+}
+
+export class CertificateAuthority {
+  readonly #o: CaOptions;
+  readonly #trustDomain: TrustDomain;
+  #slots: CaSlot[] = [];
+  #sequence = 0;
+  #document = '';
+  readonly #signers = new Map<string, Signer>();
+  #queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(options: CaOptions) {
+    this.#o = options;
+    this.#trustDomain = TrustDomain.parse(options.trustDomain);
+  }
+
+  /** Loads the journal, checks its keys are still there, and brings both authorities up to date. */
+  static async open(options: CaOptions): Promise<CertificateAuthority> {
+    const ca = new CertificateAuthority(options);
+    await ca.#load();
+    await ca.rotate();
+    return ca;
+  }
+
+  /** Every journaled key, oldest first. */
+  get slots(): readonly CaSlot[] {
+    return this.#slots;
+  }
+
+  /** The own bundle as served: every published authority, with sequence and refresh hint. */
+  bundle(): SpiffeBundle {
+    return this.#buildBundle(this.#slots, BigInt(this.#sequence));
+  }
+
+  /** Prepares, activates and prunes as the clock says; call it periodically. */
+  rotate(): Promise<void> {
+    return this.#serial(async () => {
+      for (const kind of KINDS) await this.#rotateKind(kind);
+      await this.#prune();
+    });
+  }
+
+  prepare(kind: AuthorityKind, actor: string): Promise<CaSlot> {
+    return this.#serial(async () => {
+      const prepared = this.#find(kind, 'prepared');
+      if (prepared) {
+        throw new CaError(
+          'ERR_CA_ALREADY_PREPARED',
+          `the ${kind} authority already has a prepared key (${prepared.keyId}); activate it first`,
+        );
+      }
+      return this.#prepare(kind, actor);
+    });
+  }
+
+  activate(kind: AuthorityKind, actor: string): Promise<CaSlot> {
+    return this.#serial(async () => {
+      if (!this.#find(kind, 'prepared')) {
+        throw new CaError(
+          'ERR_CA_NOTHING_PREPARED',
+          `the ${kind} authority has no prepared key; run prepare first`,
+        );
+      }
+      return this.#activate(kind, actor);
+    });
+  }
+
+  /** Marks a retired key as compromised, so holders of SVIDs it signed know to rotate. */
+  taint(kind: AuthorityKind, keyId: string, actor: string): Promise<CaSlot> {
+    return this.#serial(async () => {
+      const slot = this.#retired(kind, keyId);
+      const tainted = { ...slot, tainted: true };
+      await this.#commit({ upsert: [tainted], remove: [] }, `ca.${kind}.taint`, actor);
+      this.#o.logger.warn({ authority: kind, key_id: keyId }, 'CA key tainted');
+      return tainted;
+    });
+  }
+
+  /** Removes a tainted key from the bundle at once and destroys it. */
+  revoke(kind: AuthorityKind, keyId: string, actor: string): Promise<CaSlot> {
+    return this.#serial(async () => {
+      const slot = this.#retired(kind, keyId);
+      if (!slot.tainted) {
+        throw new CaError(
+          'ERR_CA_AUTHORITY_NOT_TAINTED',
+          `key ${keyId} is not tainted; taint it before revoking it`,
+        );
+      }
+      await this.#commit({ upsert: [], remove: [{ authority: kind, keyId }] }, `ca.${kind}.revoke`, actor);
+      await this.#destroy(keyId);
+      this.#o.logger.warn({ authority: kind, key_id: keyId }, 'CA key revoked and removed from the bundle');
+      return slot;
+    });
+  }
+
+  /** Signs an X.509-SVID with the active CA; it never outlives the CA certificate. */
+  async mintX509Svid(template: {
+    spiffeId: SpiffeId;
+    publicKey: KeyObject;
+    ttl: number;
+    dnsNames?: readonly string[];
+  }): Promise<MintedX509Svid> {
+    const active = this.#active('x509');
+    const now = nowSeconds(this.#o.clock);
+    const expiresAt = Math.min(now + template.ttl, active.notAfter);
+    const caCertificate = new X509Certificate(active.certificateDer ?? new Uint8Array());
+    const leaf = await mintX509Svid(
+      {
+        spiffeId: template.spiffeId,
+        publicKey: template.publicKey,
+        notBefore: new Date(now * 1000),
+        notAfter: new Date(expiresAt * 1000),
+        ...(template.dnsNames ? { dnsNames: template.dnsNames } : {}),
+      },
+      { certificate: caCertificate, signer: await this.#signer(active.keyId) },
+    );
+    // With an upstream authority the bundle holds its root; the chain carries everything below it.
+    const upstream = this.#o.upstream ? [caCertificate, ...this.#o.upstream.chain.slice(0, -1)] : [];
+    return { chain: [leaf, ...upstream], expiresAt };
+  }
+
+  /** Signs a JWT-SVID with the active JWT key; it never outlives the key's publication. */
+  async mintJwtSvid(template: {
+    spiffeId: SpiffeId;
+    audience: readonly string[];
+    ttl: number;
+  }): Promise<{ token: string; expiresAt: number }> {
+    const active = this.#active('jwt');
+    const now = nowSeconds(this.#o.clock);
+    const expiresAt = Math.min(now + template.ttl, active.notAfter);
+    const token = await mintJwtSvid(
+      {
+        spiffeId: template.spiffeId,
+        audience: template.audience,
+        expiresAt: new Date(expiresAt * 1000),
+        issuedAt: new Date(now * 1000),
+        keyId: active.keyId,
+        ...(this.#o.jwtIssuer ? { claims: { iss: this.#o.jwtIssuer } } : {}),
+      },
+      await this.#signer(active.keyId),
+    );
+    return { token, expiresAt };
+  }
+
+  /**
+   * Signs a short X.509-SVID for the server's own ID with a throw-away key: readiness means the CA
+   * key answers (on a token, the HSM signs), not merely that it was there at start-up.
+   */
+  async selfTest(): Promise<void> {
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    await this.mintX509Svid({
+      spiffeId: SpiffeId.fromPath(this.#trustDomain, '/ironroot/server'),
+      publicKey,
+      ttl: 60,
+    });
+  }
+
+  // --- internals ---------------------------------------------------------------------------
+
+  async #load(): Promise<void> {
+    const { datastore, keyManager, logger } = this.#o;
+    this.#slots = (await datastore.listCaSlots()).sort(byAge);
+    const stored = await datastore.getBundle(this.#o.trustDomain);
+    this.#sequence = stored?.sequence ?? 0;
+    this.#document = stored ? this.#contentOf(stored.document) : '';
+    const missing: CaSlot[] = [];
+    for (const slot of this.#slots) {
+      if ((await keyManager.getKey(slot.keyId)) === undefined) missing.push(slot);
+    }
+    if (missing.length === 0) {
+      if (this.#slots.length > 0)
+        logger.info({ keys: this.#slots.map(describe) }, 'CA resumed from its journal');
+      // The published keys can change with no journal change (another upstream root): republish.
+      if (stored) await this.#commit({ upsert: [], remove: [] }, 'ca.republish', 'server');
+      return;
+    }
+    const ids = missing.map((s) => s.keyId).join(', ');
+    if (keyManager.kind !== 'memory') {
+      // On a token or disk, a missing key means the wrong key store, not a fresh start.
+      throw new CaError(
+        'ERR_CA_KEY_MISSING',
+        `CA key(s) ${ids} named by the CA journal are not in the ${keyManager.kind} key manager; check that key_manager points at the token (or directory) this server used before`,
+      );
+    }
+    logger.warn(
+      { key_ids: missing.map((s) => s.keyId) },
+      'memory key manager lost the CA keys at restart; dropping them from the journal and the bundle',
+    );
+    await this.#commit(
+      { upsert: [], remove: missing.map((s) => ({ authority: s.authority, keyId: s.keyId })) },
+      'ca.forget_lost_keys',
+      'server',
+    );
+  }
+
+  async #rotateKind(kind: AuthorityKind): Promise<void> {
+    // Bounded: a server down for longer than a whole CA lifetime needs prepare and activate at once.
+    for (let step = 0; step < 3; step++) {
+      const active = this.#find(kind, 'active');
+      const prepared = this.#find(kind, 'prepared');
+      if (!active) {
+        if (prepared) await this.#activate(kind, 'server');
+        else await this.#initialise(kind);
+        continue;
+      }
+      const next = rotationStep(active, prepared !== undefined, nowSeconds(this.#o.clock));
+      if (next === 'none') return;
+      if (next === 'prepare') await this.#prepare(kind, 'server');
+      else await this.#activate(kind, 'server');
+    }
+  }
+
+  async #initialise(kind: AuthorityKind): Promise<void> {
+    const slot = { ...(await this.#newKey(kind, 'A')), state: 'active' as const };
+    await this.#commit({ upsert: [slot], remove: [] }, `ca.${kind}.init`, 'server');
+    this.#o.logger.info(describe(slot), 'CA key created and active');
+  }
+
+  async #prepare(kind: AuthorityKind, actor: string): Promise<CaSlot> {
+    const active = this.#find(kind, 'active');
+    const slot = await this.#newKey(kind, active?.slot === 'A' ? 'B' : 'A');
+    await this.#commit({ upsert: [slot], remove: [] }, `ca.${kind}.prepare`, actor);
+    this.#o.logger.info(describe(slot), 'CA key prepared and published in the bundle');
+    return slot;
+  }
+
+  async #activate(kind: AuthorityKind, actor: string): Promise<CaSlot> {
+    const prepared = this.#find(kind, 'prepared');
+    if (!prepared) throw new CaError('ERR_CA_NOTHING_PREPARED', `the ${kind} authority has no prepared key`);
+    const active = this.#find(kind, 'active');
+    const upsert: CaSlot[] = [{ ...prepared, state: 'active' }];
+    if (active) upsert.push({ ...active, state: 'old' });
+    await this.#commit({ upsert, remove: [] }, `ca.${kind}.activate`, actor);
+    this.#o.logger.info({ ...describe(prepared), replaced: active?.keyId ?? null }, 'CA key activated');
+    return { ...prepared, state: 'active' };
+  }
+
+  async #prune(): Promise<void> {
+    const now = nowSeconds(this.#o.clock);
+    const expired = this.#slots.filter((s) => s.state === 'old' && shouldPrune(s.notAfter, now));
+    if (expired.length === 0) return;
+    await this.#commit(
+      { upsert: [], remove: expired.map((s) => ({ authority: s.authority, keyId: s.keyId })) },
+      'ca.prune',
+      'server',
+    );
+    for (const slot of expired) {
+      await this.#destroy(slot.keyId);
+      this.#o.logger.info(describe(slot), 'expired CA key pruned from the bundle and destroyed');
+    }
+  }
+
+  async #newKey(kind: AuthorityKind, slot: 'A' | 'B'): Promise<CaSlot> {
+    const { keyManager, keyType, caTtl, upstream } = this.#o;
+    const now = nowSeconds(this.#o.clock);
+    const keyId = `ironroot-${kind}-${now}-${randomBytes(4).toString('hex')}`;
+    const key = await keyManager.generateKey(keyId, keyType);
+    const upstreamEnd = upstream?.chain[0]
+      ? Math.floor(Date.parse(upstream.chain[0].validTo) / 1000)
+      : Infinity;
+    const notAfter = Math.min(now + caTtl, upstreamEnd);
+    const base = {
+      authority: kind,
+      slot,
+      keyId,
+      state: 'prepared' as const,
+      publicKeyDer: new Uint8Array(key.publicKey.export({ type: 'spki', format: 'der' })),
+      notBefore: now,
+      notAfter,
+      tainted: false,
+    };
+    if (kind === 'jwt') return base;
+    const template = {
+      trustDomain: this.#trustDomain,
+      publicKey: key.publicKey,
+      notBefore: new Date(now * 1000),
+      notAfter: new Date(notAfter * 1000),
+      ...(this.#o.subject ? { subject: this.#o.subject } : {}),
+    };
+    const issuerCert = upstream?.chain[0];
+    const certificate =
+      upstream && issuerCert
+        ? await mintX509Ca(template, { certificate: issuerCert, signer: upstream.signer })
+        : await mintX509Ca(template, await this.#signer(keyId));
+    return { ...base, certificateDer: new Uint8Array(certificate.raw) };
+  }
+
+  /** Commits the journal change and the bundle it implies together, then adopts them. */
+  async #commit(change: Omit<CaChange, 'bundle'>, action: string, actor: string): Promise<void> {
+    const removed = new Set(change.remove.map((r) => `${r.authority}/${r.keyId}`));
+    const replaced = new Set(change.upsert.map((u) => `${u.authority}/${u.keyId}`));
+    const slots = [
+      ...this.#slots.filter(
+        (s) => !removed.has(`${s.authority}/${s.keyId}`) && !replaced.has(`${s.authority}/${s.keyId}`),
+      ),
+      ...change.upsert,
+    ].sort(byAge);
+    const content = this.#contentOf(this.#buildBundle(slots, undefined).marshal());
+    // spiffe_sequence changes exactly when the published keys do (SPIFFE bundle §4.1.1).
+    const sequence = content === this.#document ? this.#sequence : this.#sequence + 1;
+    const bundle =
+      sequence === this.#sequence
+        ? undefined
+        : {
+            trustDomain: this.#o.trustDomain,
+            document: this.#buildBundle(slots, BigInt(sequence)).marshal(),
+            sequence,
+          };
+    if (change.upsert.length === 0 && change.remove.length === 0 && bundle === undefined) return;
+    await this.#o.datastore.recordCaChange({ ...change, ...(bundle ? { bundle } : {}) }, action, actor);
+    this.#slots = slots;
+    this.#sequence = sequence;
+    this.#document = content;
+  }
+
+  #buildBundle(slots: readonly CaSlot[], sequence: bigint | undefined): SpiffeBundle {
+    const upstreamRoot = this.#o.upstream?.chain.at(-1);
+    const x509Authorities = upstreamRoot
+      ? [upstreamRoot]
+      : slots
+          .filter((s) => s.authority === 'x509' && s.certificateDer)
+          .map((s) => new X509Certificate(s.certificateDer ?? new Uint8Array()));
+    const jwtAuthorities = new Map(
+      slots
+        .filter((s) => s.authority === 'jwt')
+        .map((s) => [
+          s.keyId,
+          createPublicKey({ key: Buffer.from(s.publicKeyDer), format: 'der', type: 'spki' }),
+        ]),
+    );
+    return new SpiffeBundle(this.#trustDomain, {
+      x509Authorities,
+      jwtAuthorities,
+      refreshHintSeconds: this.#o.refreshHint,
+      ...(sequence !== undefined ? { sequenceNumber: sequence } : {}),
+    });
+  }
+
+  /** The bundle's keys alone, to tell whether a change alters what is published. */
+  #contentOf(document: string): string {
+    const parsed: unknown = JSON.parse(document);
+    return JSON.stringify(parsed !== null && typeof parsed === 'object' ? Reflect.get(parsed, 'keys') : null);
+  }
+
+  async #signer(keyId: string): Promise<Signer> {
+    const cached = this.#signers.get(keyId);
+    if (cached) return cached;
+    const signer = await this.#o.keyManager.signer(keyId, ALGORITHM[this.#o.keyType]);
+    this.#signers.set(keyId, signer);
+    return signer;
+  }
+
+  async #destroy(keyId: string): Promise<void> {
+    this.#signers.delete(keyId);
+    await this.#o.keyManager.destroyKey(keyId);
+  }
+
+  #find(kind: AuthorityKind, state: CaSlot['state']): CaSlot | undefined {
+    return this.#slots.find((s) => s.authority === kind && s.state === state);
+  }
+
+  #active(kind: AuthorityKind): CaSlot {
+    const active = this.#find(kind, 'active');
+    if (!active) throw new CaError('ERR_CA_NOTHING_PREPARED', `the ${kind} authority has no active key yet`);
+    return active;
+  }
+
+  #retired(kind: AuthorityKind, keyId: string): CaSlot {
+    const slot = this.#slots.find((s) => s.authority === kind && s.keyId === keyId);
+    if (!slot) {
+      throw new CaError(
+        'ERR_CA_AUTHORITY_NOT_FOUND',
+        `no ${kind} authority with key id ${JSON.stringify(keyId)}; see "localauthority ${kind} show"`,
+      );
+    }
+    if (slot.state !== 'old') {
+      throw new CaError(
+        'ERR_CA_AUTHORITY_IN_USE',
+        `key ${keyId} is ${slot.state}; only a key that was replaced (old) can be tainted or revoked: prepare and activate a new one first`,
+      );
+    }
+    return slot;
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+}
+
+/** Oldest first, so listings read as a timeline. */
+function byAge(a: CaSlot, b: CaSlot): number {
+  return a.notBefore - b.notBefore || a.keyId.localeCompare(b.keyId);
+}
+
+function describe(slot: CaSlot): Record<string, unknown> {
+  return {
+    authority: slot.authority,
+    slot: slot.slot,
+    key_id: slot.keyId,
+    state: slot.state,
+    not_after: new Date(slot.notAfter * 1000).toISOString(),
+  };
+}

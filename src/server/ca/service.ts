@@ -1,0 +1,199 @@
+/**
+ * The admin API's CA operations: local authorities, bundles (own and federated) and SVIDs minted
+ * for operators (`x509 mint`, `jwt mint`).
+ *
+ * @module
+ */
+
+import { toPem } from '../../spiffe/der.js';
+import {
+  isSpiffeError,
+  parseCsr,
+  SpiffeBundle,
+  SpiffeId,
+  TrustDomain,
+  X509Bundle,
+} from '../../spiffe/index.js';
+import type {
+  AuthorityKeyRequest,
+  AuthorityKindRequest,
+  AuthorityMessage,
+  BundleMessage,
+  DeleteFederatedBundleRequest,
+  ListAuthoritiesResponse,
+  ListFederatedBundlesResponse,
+  MintJwtSvidRequest,
+  MintJwtSvidResponse,
+  MintX509SvidRequest,
+  MintX509SvidResponse,
+  SetFederatedBundleRequest,
+} from '../admin/messages.js';
+import { SVID_TTL_MAX_SECONDS } from '../config/defaults.js';
+import type { Actor, CaSlot, Datastore, StoredBundle } from '../datastore/datastore.js';
+import { BundleNotFoundError, InvalidArgumentError, ServerError, TtlOutOfRangeError } from '../errors.js';
+import { checkIdInTrustDomain, isTrustDomainName } from '../registration/ids.js';
+import type { AuthorityKind, CertificateAuthority } from './authority.js';
+
+export interface CaServiceOptions {
+  ca: CertificateAuthority;
+  datastore: Datastore;
+  trustDomain: string;
+  defaultX509SvidTtl: number;
+  defaultJwtSvidTtl: number;
+}
+
+export class CaService {
+  readonly #o: CaServiceOptions;
+
+  constructor(options: CaServiceOptions) {
+    this.#o = options;
+  }
+
+  async listAuthorities(request: AuthorityKindRequest): Promise<ListAuthoritiesResponse> {
+    const kind = checkKind(request.kind);
+    return { authorities: this.#o.ca.slots.filter((s) => s.authority === kind).map(toAuthority) };
+  }
+
+  async prepare(request: AuthorityKindRequest, actor: Actor): Promise<AuthorityMessage> {
+    return toAuthority(await this.#o.ca.prepare(checkKind(request.kind), actor));
+  }
+
+  async activate(request: AuthorityKindRequest, actor: Actor): Promise<AuthorityMessage> {
+    return toAuthority(await this.#o.ca.activate(checkKind(request.kind), actor));
+  }
+
+  async taint(request: AuthorityKeyRequest, actor: Actor): Promise<AuthorityMessage> {
+    return toAuthority(await this.#o.ca.taint(checkKind(request.kind), request.authority_id, actor));
+  }
+
+  async revoke(request: AuthorityKeyRequest, actor: Actor): Promise<AuthorityMessage> {
+    return toAuthority(await this.#o.ca.revoke(checkKind(request.kind), request.authority_id, actor));
+  }
+
+  async getBundle(): Promise<BundleMessage> {
+    const bundle = this.#o.ca.bundle();
+    return {
+      trust_domain: this.#o.trustDomain,
+      document: bundle.marshal(),
+      x509_pem: bundle.x509Authorities.map((c) => c.toString()).join(''),
+      sequence: Number(bundle.sequenceNumber ?? 0n),
+    };
+  }
+
+  async listFederatedBundles(): Promise<ListFederatedBundlesResponse> {
+    const stored = (await this.#o.datastore.listBundles()).filter((b) => b.federated);
+    return { bundles: stored.map(toBundleMessage) };
+  }
+
+  async setFederatedBundle(request: SetFederatedBundleRequest, actor: Actor): Promise<BundleMessage> {
+    const td = this.#foreignTrustDomain(request.trust_domain);
+    let bundle: SpiffeBundle;
+    try {
+      if (request.format === 'pem') {
+        bundle = new SpiffeBundle(td, {
+          x509Authorities: X509Bundle.parsePem(td, request.document).authorities,
+        });
+      } else if (request.format === 'spiffe' || request.format === '') {
+        bundle = SpiffeBundle.parse(td, request.document);
+      } else {
+        throw new InvalidArgumentError(`format ${JSON.stringify(request.format)}: allowed "spiffe" or "pem"`);
+      }
+    } catch (error) {
+      if (isSpiffeError(error))
+        throw new InvalidArgumentError(`bundle for ${td.name} is not valid: ${error.message}`);
+      throw error;
+    }
+    return toBundleMessage(await this.#o.datastore.setFederatedBundle(td.name, bundle.marshal(), actor));
+  }
+
+  async deleteFederatedBundle(request: DeleteFederatedBundleRequest, actor: Actor): Promise<BundleMessage> {
+    const td = this.#foreignTrustDomain(request.trust_domain);
+    const stored = await this.#o.datastore.getBundle(td.name);
+    if (stored === undefined || !stored.federated) throw new BundleNotFoundError(td.name);
+    await this.#o.datastore.deleteFederatedBundle(td.name, actor);
+    return toBundleMessage(stored);
+  }
+
+  async mintX509Svid(request: MintX509SvidRequest): Promise<MintX509SvidResponse> {
+    let csr: Awaited<ReturnType<typeof parseCsr>>;
+    try {
+      csr = await parseCsr(request.csr);
+    } catch (error) {
+      if (isSpiffeError(error))
+        throw new ServerError('ERR_CSR_INVALID', `the CSR was refused: ${error.message}`);
+      throw error;
+    }
+    checkIdInTrustDomain('spiffe_id', csr.spiffeId.toString(), this.#o.trustDomain);
+    const minted = await this.#o.ca.mintX509Svid({
+      spiffeId: csr.spiffeId,
+      publicKey: csr.publicKey,
+      ttl: checkTtl(request.ttl, this.#o.defaultX509SvidTtl),
+      dnsNames: csr.dnsNames,
+    });
+    return { chain: minted.chain.map((c) => new Uint8Array(c.raw)), expires_at: minted.expiresAt };
+  }
+
+  async mintJwtSvid(request: MintJwtSvidRequest): Promise<MintJwtSvidResponse> {
+    const id = SpiffeId.parse(checkIdInTrustDomain('spiffe_id', request.spiffe_id, this.#o.trustDomain));
+    if (request.audience.length === 0 || request.audience.some((a) => a === '')) {
+      throw new InvalidArgumentError('a JWT-SVID needs at least one non-empty audience (--audience)');
+    }
+    const minted = await this.#o.ca.mintJwtSvid({
+      spiffeId: id,
+      audience: request.audience,
+      ttl: checkTtl(request.ttl, this.#o.defaultJwtSvidTtl),
+    });
+    return { token: minted.token, expires_at: minted.expiresAt };
+  }
+
+  #foreignTrustDomain(name: string): TrustDomain {
+    if (!isTrustDomainName(name)) {
+      throw new InvalidArgumentError(
+        `trust domain ${JSON.stringify(name)} is not a trust domain name (lowercase letters, digits, ".", "-", "_")`,
+      );
+    }
+    if (name === this.#o.trustDomain) {
+      throw new InvalidArgumentError(
+        `${name} is this server's own trust domain; its bundle is managed by the CA`,
+      );
+    }
+    return TrustDomain.parse(name);
+  }
+}
+
+function checkKind(kind: string): AuthorityKind {
+  if (kind === 'x509' || kind === 'jwt') return kind;
+  throw new InvalidArgumentError(`authority kind ${JSON.stringify(kind)}: allowed "x509" or "jwt"`);
+}
+
+function checkTtl(ttl: number, fallback: number): number {
+  if (ttl === 0) return fallback;
+  if (!Number.isInteger(ttl) || ttl < 1 || ttl > SVID_TTL_MAX_SECONDS) {
+    throw new TtlOutOfRangeError('ttl', ttl, 0, SVID_TTL_MAX_SECONDS);
+  }
+  return ttl;
+}
+
+function toAuthority(slot: CaSlot): AuthorityMessage {
+  const der = slot.certificateDer;
+  return {
+    kind: slot.authority,
+    authority_id: slot.keyId,
+    slot: slot.slot,
+    state: slot.state,
+    not_before: slot.notBefore,
+    not_after: slot.notAfter,
+    tainted: slot.tainted,
+    certificate_pem: der ? toPem('CERTIFICATE', der) : '',
+  };
+}
+
+function toBundleMessage(stored: StoredBundle): BundleMessage {
+  const bundle = SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document);
+  return {
+    trust_domain: stored.trustDomain,
+    document: stored.document,
+    x509_pem: bundle.x509Authorities.map((c) => c.toString()).join(''),
+    sequence: stored.sequence,
+  };
+}

@@ -1,0 +1,63 @@
+import { Command } from 'commander';
+import type { AgentMessage } from '../admin/messages.js';
+import { type AdminOptions, adminCommand, print, printJson, withClient } from './common.js';
+
+interface AgentFlags extends AdminOptions {
+  spiffeId?: string;
+  banned?: boolean;
+}
+
+function formatAgent(agent: AgentMessage): string {
+  return [
+    `SPIFFE ID         : ${agent.spiffe_id}`,
+    `Attestation type  : ${agent.attestation_type}`,
+    `Expiration time   : ${new Date(agent.x509_svid_expires_at * 1000).toISOString()}`,
+    `Serial number     : ${agent.x509_svid_serial_number}`,
+    `Banned            : ${agent.banned}`,
+    ...(agent.ek_hash !== '' ? [`EK hash           : ${agent.ek_hash}`] : []),
+    ...agent.selectors.map((s) => `Selector          : ${s.type}:${s.value}`),
+    ...agent.alias_spiffe_ids.map((id) => `Alias             : ${id}`),
+  ].join('\n');
+}
+
+function single(
+  name: string,
+  description: string,
+  method: 'GetAgent' | 'EvictAgent' | 'BanAgent',
+  done: string,
+) {
+  return adminCommand(
+    new Command(name).description(description).requiredOption('--spiffe-id <id>', "the agent's SPIFFE ID"),
+  ).action(async (flags: AgentFlags) => {
+    const agent = await withClient(flags, (c) =>
+      c.call('AgentService', method, { spiffe_id: flags.spiffeId ?? '' }),
+    );
+    if (flags.output === 'json') printJson(agent);
+    else print(done === '' ? formatAgent(agent) : `${done} ${agent.spiffe_id}`);
+  });
+}
+
+/** `agent list|show|evict|ban`: attested agents. */
+export function agentCommand(): Command {
+  const agent = new Command('agent').description('manage attested agents');
+  agent.addCommand(
+    adminCommand(
+      new Command('list').description('list attested agents').option('--banned', 'only banned agents'),
+    ).action(async (flags: AgentFlags) => {
+      const { agents } = await withClient(flags, (c) =>
+        c.call('AgentService', 'ListAgents', { by_banned: flags.banned ? 'true' : '' }),
+      );
+      if (flags.output === 'json') printJson({ agents });
+      else {
+        print(`Found ${agents.length} attested ${agents.length === 1 ? 'agent' : 'agents'}`);
+        for (const a of agents) print(`${formatAgent(a)}\n`);
+      }
+    }),
+  );
+  agent.addCommand(single('show', 'show one agent, with its selectors and node aliases', 'GetAgent', ''));
+  agent.addCommand(single('evict', 'forget an agent; it must attest again', 'EvictAgent', 'Evicted agent'));
+  agent.addCommand(
+    single('ban', 'ban an agent; its re-attestation is refused until evicted', 'BanAgent', 'Banned agent'),
+  );
+  return agent;
+}

@@ -1,0 +1,242 @@
+/**
+ * `localauthority x509|jwt show|prepare|activate|taint|revoke`, `bundle show|list|set|delete`,
+ * `x509 mint`, `jwt mint`: the CA, as SPIRE's CLI names these jobs.
+ *
+ * @module
+ */
+import { generateKeyPairSync } from 'node:crypto';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command, Option } from 'commander';
+import { toPem } from '../../spiffe/der.js';
+import { createCsr, createKeySigner, SpiffeId } from '../../spiffe/index.js';
+import type { AuthorityMessage } from '../admin/messages.js';
+import {
+  type AdminOptions,
+  adminCommand,
+  CliError,
+  collect,
+  integerFlag,
+  print,
+  printJson,
+  withClient,
+} from './common.js';
+
+function formatAuthority(a: AuthorityMessage): string {
+  return [
+    `Authority ID : ${a.authority_id}`,
+    `Slot         : ${a.slot}`,
+    `State        : ${a.state}`,
+    `Not before   : ${new Date(a.not_before * 1000).toISOString()}`,
+    `Not after    : ${new Date(a.not_after * 1000).toISOString()}`,
+    `Tainted      : ${a.tainted}`,
+  ].join('\n');
+}
+
+function authorityKind(kind: 'x509' | 'jwt'): Command {
+  const command = new Command(kind).description(
+    `manage the ${kind === 'x509' ? 'X.509 CA' : 'JWT signing'} keys`,
+  );
+  const report = (flags: AdminOptions, authority: AuthorityMessage, done: string) => {
+    if (flags.output === 'json') printJson(authority);
+    else print(`${done}\n${formatAuthority(authority)}`);
+  };
+  command.addCommand(
+    adminCommand(new Command('show').description('show the active, prepared and old keys')).action(
+      async (flags: AdminOptions) => {
+        const { authorities } = await withClient(flags, (c) =>
+          c.call('LocalAuthorityService', 'ListAuthorities', { kind }),
+        );
+        if (flags.output === 'json') printJson({ authorities });
+        else print(authorities.map(formatAuthority).join('\n\n'));
+      },
+    ),
+  );
+  command.addCommand(
+    adminCommand(
+      new Command('prepare').description('generate the next key now and publish it in the bundle'),
+    ).action(async (flags: AdminOptions) => {
+      report(
+        flags,
+        await withClient(flags, (c) => c.call('LocalAuthorityService', 'Prepare', { kind })),
+        'Prepared:',
+      );
+    }),
+  );
+  command.addCommand(
+    adminCommand(new Command('activate').description('make the prepared key the signing key now')).action(
+      async (flags: AdminOptions) => {
+        report(
+          flags,
+          await withClient(flags, (c) => c.call('LocalAuthorityService', 'Activate', { kind })),
+          'Activated:',
+        );
+      },
+    ),
+  );
+  for (const [name, method, description] of [
+    ['taint', 'Taint', 'mark a replaced (old) key as compromised'],
+    ['revoke', 'Revoke', 'remove a tainted key from the bundle and destroy it'],
+  ] as const) {
+    command.addCommand(
+      adminCommand(
+        new Command(name)
+          .description(description)
+          .requiredOption('--authority-id <id>', 'key id, as "show" prints it'),
+      ).action(async (flags: AdminOptions & { authorityId: string }) => {
+        const authority = await withClient(flags, (c) =>
+          c.call('LocalAuthorityService', method, { kind, authority_id: flags.authorityId }),
+        );
+        report(flags, authority, name === 'taint' ? 'Tainted:' : 'Revoked:');
+      }),
+    );
+  }
+  return command;
+}
+
+export function localAuthorityCommand(): Command {
+  return new Command('localauthority')
+    .description("manage the server's own CA keys (rotation by hand)")
+    .addCommand(authorityKind('x509'))
+    .addCommand(authorityKind('jwt'));
+}
+
+type BundleFormat = 'pem' | 'spiffe';
+const formatOption = () =>
+  new Option('--format <format>', 'bundle format')
+    .choices(['pem', 'spiffe'])
+    .default('pem' satisfies BundleFormat);
+
+export function bundleCommand(): Command {
+  const bundle = new Command('bundle').description('show the own bundle; manage federated bundles');
+  bundle.addCommand(
+    adminCommand(
+      new Command('show').description("print this server's trust bundle").addOption(formatOption()),
+    ).action(async (flags: AdminOptions & { format: BundleFormat }) => {
+      const own = await withClient(flags, (c) => c.call('BundleService', 'GetBundle', {}));
+      if (flags.output === 'json') printJson(own);
+      else print(flags.format === 'pem' ? own.x509_pem : own.document);
+    }),
+  );
+  bundle.addCommand(
+    adminCommand(
+      new Command('list').description('print the federated bundles').addOption(formatOption()),
+    ).action(async (flags: AdminOptions & { format: BundleFormat }) => {
+      const { bundles } = await withClient(flags, (c) => c.call('BundleService', 'ListFederatedBundles', {}));
+      if (flags.output === 'json') printJson({ bundles });
+      else {
+        for (const b of bundles)
+          print(
+            `****************************************\n* ${b.trust_domain}\n****************************************\n${flags.format === 'pem' ? b.x509_pem : b.document}`,
+          );
+      }
+    }),
+  );
+  bundle.addCommand(
+    adminCommand(
+      new Command('set')
+        .description("store a federated trust domain's bundle (replacing any)")
+        .requiredOption('--id <trust-domain>', 'the foreign trust domain')
+        .option('--path <file>', 'bundle file; - or omitted reads standard input')
+        .addOption(formatOption()),
+    ).action(async (flags: AdminOptions & { id: string; path?: string; format: BundleFormat }) => {
+      const document = readFileSync(flags.path === undefined || flags.path === '-' ? 0 : flags.path, 'utf8');
+      const stored = await withClient(flags, (c) =>
+        c.call('BundleService', 'SetFederatedBundle', {
+          trust_domain: flags.id,
+          document,
+          format: flags.format,
+        }),
+      );
+      if (flags.output === 'json') printJson(stored);
+      else print(`Bundle for ${stored.trust_domain} set (sequence ${stored.sequence}).`);
+    }),
+  );
+  bundle.addCommand(
+    adminCommand(
+      new Command('delete')
+        .description('forget a federated bundle')
+        .requiredOption('--id <trust-domain>', 'the foreign trust domain'),
+    ).action(async (flags: AdminOptions & { id: string }) => {
+      const deleted = await withClient(flags, (c) =>
+        c.call('BundleService', 'DeleteFederatedBundle', { trust_domain: flags.id }),
+      );
+      if (flags.output === 'json') printJson(deleted);
+      else print(`Bundle for ${deleted.trust_domain} deleted.`);
+    }),
+  );
+  return bundle;
+}
+
+interface X509MintFlags extends AdminOptions {
+  spiffeId: string;
+  ttl?: number;
+  dns?: string[];
+  write?: string;
+}
+
+export function x509Command(): Command {
+  return new Command('x509').description('X.509-SVIDs').addCommand(
+    adminCommand(
+      new Command('mint')
+        .description('mint an X.509-SVID; the private key is made here and never sent')
+        .requiredOption('--spiffe-id <id>', 'SPIFFE ID of the SVID')
+        .option('--ttl <seconds>', 'lifetime (default: default_x509_svid_ttl)', integerFlag('--ttl'))
+        .option('--dns <name>', 'DNS SAN, repeatable', collect)
+        .option('--write <dir>', 'write svid.pem, key.pem (0600) and bundle.pem there instead of printing'),
+    ).action(async (flags: X509MintFlags) => {
+      let spiffeId: SpiffeId;
+      try {
+        spiffeId = SpiffeId.parse(flags.spiffeId);
+      } catch (error) {
+        throw new CliError(`--spiffe-id: ${(error as Error).message}`);
+      }
+      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const csr = await createCsr(
+        { spiffeId, ...(flags.dns ? { dnsNames: flags.dns } : {}) },
+        createKeySigner(privateKey),
+      );
+      const { minted, bundle } = await withClient(flags, async (c) => ({
+        minted: await c.call('SvidService', 'MintX509Svid', { csr, ttl: flags.ttl ?? 0 }),
+        bundle: await c.call('BundleService', 'GetBundle', {}),
+      }));
+      const svidPem = minted.chain.map((der) => toPem('CERTIFICATE', der)).join('');
+      const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+      if (flags.write !== undefined) {
+        mkdirSync(flags.write, { recursive: true, mode: 0o700 });
+        writeFileSync(join(flags.write, 'svid.pem'), svidPem, { mode: 0o644 });
+        writeFileSync(join(flags.write, 'key.pem'), keyPem, { mode: 0o600 });
+        chmodSync(join(flags.write, 'key.pem'), 0o600);
+        writeFileSync(join(flags.write, 'bundle.pem'), bundle.x509_pem, { mode: 0o644 });
+        if (flags.output === 'json') printJson({ expires_at: minted.expires_at, dir: flags.write });
+        else print(`X.509-SVID written to ${join(flags.write, 'svid.pem')} (key.pem, bundle.pem beside it)`);
+        return;
+      }
+      if (flags.output === 'json') {
+        printJson({ svid: svidPem, key: keyPem, bundle: bundle.x509_pem, expires_at: minted.expires_at });
+      } else print(`X509-SVID:\n${svidPem}\nPrivate key:\n${keyPem}\nRoot CAs:\n${bundle.x509_pem}`);
+    }),
+  );
+}
+
+export function jwtCommand(): Command {
+  return new Command('jwt').description('JWT-SVIDs').addCommand(
+    adminCommand(
+      new Command('mint')
+        .description('mint a JWT-SVID')
+        .requiredOption('--spiffe-id <id>', 'SPIFFE ID (sub)')
+        .requiredOption('--audience <aud>', 'audience, repeatable', collect)
+        .option('--ttl <seconds>', 'lifetime (default: default_jwt_svid_ttl)', integerFlag('--ttl')),
+    ).action(async (flags: AdminOptions & { spiffeId: string; audience: string[]; ttl?: number }) => {
+      const minted = await withClient(flags, (c) =>
+        c.call('SvidService', 'MintJwtSvid', {
+          spiffe_id: flags.spiffeId,
+          audience: flags.audience,
+          ttl: flags.ttl ?? 0,
+        }),
+      );
+      if (flags.output === 'json') printJson(minted);
+      else print(minted.token);
+    }),
+  );
+}

@@ -1,0 +1,21 @@
+import { Command, Option } from 'commander';
+import { loadConfig } from '../config/load.js';
+import { checkConfigSafety } from '../config/safety.js';
+import { print, printJson } from './common.js';
+
+/** `validate --config FILE`: the start-up checks of `run`, without starting anything. */
+export function validateCommand(): Command {
+  return new Command('validate')
+    .description('check a config file (schema and safety) without starting the server')
+    .requiredOption('-c, --config <file>', 'server config file (YAML)')
+    .addOption(new Option('--output <format>', 'output format').choices(['pretty', 'json']).default('pretty'))
+    .action((flags: { config: string; output: 'pretty' | 'json' }) => {
+      const config = loadConfig({ file: flags.config });
+      const { warnings } = checkConfigSafety(config);
+      if (flags.output === 'json') printJson({ valid: true, warnings });
+      else {
+        for (const warning of warnings) print(`warning: ${warning}`);
+        print(`${flags.config}: configuration is valid`);
+      }
+    });
+}

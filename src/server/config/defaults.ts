@@ -1,0 +1,26 @@
+/**
+ * Every default of the server configuration, in one place. The schema, the docs and `run`'s
+ * flag help all read from here.
+ *
+ * @module
+ */
+export const DEFAULTS = {
+  data_dir: '/var/lib/ironroot',
+  bind_address: '0.0.0.0:8081',
+  admin_socket: '/run/ironroot/admin.sock',
+  admin_allowed_uids: [0],
+  key_manager: 'pkcs11:token=ironroot',
+  development: false,
+  log_level: 'info',
+  health_address: '127.0.0.1:8080',
+  datastore: 'sqlite',
+  ca_ttl: '24h',
+  ca_key_type: 'ec-p256',
+  default_x509_svid_ttl: '1h',
+  default_jwt_svid_ttl: '5m',
+  bundle_endpoint_profile: 'https_web',
+  bundle_refresh_hint: '5m',
+} as const;
+
+/** Bounds for entry TTLs (seconds); 0 in an entry means "use the server default". */
+export const SVID_TTL_MAX_SECONDS = 30 * 24 * 3600;

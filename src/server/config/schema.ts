@@ -1,0 +1,115 @@
+/**
+ * The server configuration schema. Keys are snake_case, like SPIRE's; durations are strings such as
+ * `24h`, converted to seconds here so nothing downstream parses them again.
+ *
+ * @module
+ */
+import { z } from 'zod';
+import { DEFAULTS } from './defaults.js';
+import { DURATION_HINT, parseDuration } from './duration.js';
+
+const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
+const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
+
+const duration = (defaultValue: string) =>
+  z
+    .string(`allowed: ${DURATION_HINT}`)
+    .default(defaultValue)
+    .transform((text, ctx) => {
+      const seconds = parseDuration(text);
+      if (seconds === undefined) {
+        ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
+        return z.NEVER;
+      }
+      return seconds;
+    });
+
+const hostPort = (defaultValue: string) =>
+  z
+    .string()
+    .default(defaultValue)
+    .refine((text) => {
+      const port = HOST_PORT.exec(text)?.[2];
+      return port !== undefined && Number(port) <= 65535;
+    }, 'allowed: host:port, e.g. 127.0.0.1:8080 or [::1]:8080, port 0..65535');
+
+const absolutePath = (defaultValue: string) =>
+  z
+    .string()
+    .default(defaultValue)
+    .refine((text) => text.startsWith('/'), 'allowed: an absolute path');
+
+const filePath = z.string().refine((text) => text.startsWith('/'), 'allowed: an absolute path');
+
+const httpsUrl = z
+  .string()
+  .refine((text) => URL.canParse(text) && new URL(text).protocol === 'https:', 'allowed: an https:// URL');
+
+const upstreamAuthority = z.strictObject({
+  cert_file: filePath,
+  key_file: filePath,
+});
+
+const bundleEndpoint = z
+  .strictObject({
+    address: hostPort('0.0.0.0:8443'),
+    profile: z.enum(['https_web', 'https_spiffe']).default(DEFAULTS.bundle_endpoint_profile),
+    cert_file: filePath.optional(),
+    key_file: filePath.optional(),
+    refresh_hint: duration(DEFAULTS.bundle_refresh_hint),
+  })
+  .refine((b) => b.profile === 'https_spiffe' || (b.cert_file !== undefined && b.key_file !== undefined), {
+    message: 'allowed: profile https_web needs cert_file and key_file (the serving certificate)',
+    path: ['cert_file'],
+  });
+
+const oidcDiscovery = z.strictObject({
+  address: hostPort('127.0.0.1:8444'),
+  cert_file: filePath.optional(),
+  key_file: filePath.optional(),
+});
+
+export const configSchema = z
+  .strictObject({
+    trust_domain: z
+      .string('allowed: a trust domain name such as example.org')
+      .regex(TRUST_DOMAIN, 'allowed: lowercase letters, digits, ".", "-" and "_" (e.g. example.org)'),
+    data_dir: absolutePath(DEFAULTS.data_dir),
+    bind_address: hostPort(DEFAULTS.bind_address),
+    admin_socket: absolutePath(DEFAULTS.admin_socket),
+    admin_allowed_uids: z
+      .array(z.number().int().min(0).max(4294967294), 'allowed: a list of numeric uids, e.g. [0, 1000]')
+      .default([...DEFAULTS.admin_allowed_uids]),
+    key_manager: z
+      .string()
+      .default(DEFAULTS.key_manager)
+      .refine(
+        (text) => text.startsWith('pkcs11:') || text === 'memory:' || /^disk:\/.+/.test(text),
+        'allowed: a PKCS#11 URI (pkcs11:token=…), disk:/absolute/dir or memory:',
+      ),
+    development: z.boolean().default(DEFAULTS.development),
+    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(DEFAULTS.log_level),
+    health_address: hostPort(DEFAULTS.health_address),
+    datastore: z.enum(['sqlite']).default(DEFAULTS.datastore),
+    ca_ttl: duration(DEFAULTS.ca_ttl),
+    ca_key_type: z
+      .enum(['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096'])
+      .default(DEFAULTS.ca_key_type),
+    default_x509_svid_ttl: duration(DEFAULTS.default_x509_svid_ttl),
+    default_jwt_svid_ttl: duration(DEFAULTS.default_jwt_svid_ttl),
+    ca_subject: z.string().min(1).optional(),
+    upstream_authority: upstreamAuthority.optional(),
+    jwt_issuer: httpsUrl.optional(),
+    bundle_endpoint: bundleEndpoint.optional(),
+    oidc_discovery: oidcDiscovery.optional(),
+  })
+  .refine((c) => c.oidc_discovery === undefined || c.jwt_issuer !== undefined, {
+    message:
+      'allowed: oidc_discovery needs jwt_issuer (the https:// issuer URL the discovery document names)',
+    path: ['jwt_issuer'],
+  });
+
+/** The configuration after validation and defaults: durations are seconds. */
+export type ServerConfig = z.output<typeof configSchema>;
+/** What a YAML file (or flags) may say. */
+export type ServerConfigInput = z.input<typeof configSchema>;

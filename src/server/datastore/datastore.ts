@@ -1,0 +1,172 @@
+/**
+ * What the server keeps, independent of where: SQLite by default, PostgreSQL for HA. Every write
+ * commits (durably) before it resolves, and records who did what in the audit log in the same
+ * transaction.
+ *
+ * @module
+ */
+
+export interface Selector {
+  type: string;
+  value: string;
+}
+
+export interface RegistrationEntry {
+  id: string;
+  spiffeId: string;
+  parentId: string;
+  selectors: Selector[];
+  x509SvidTtl: number;
+  jwtSvidTtl: number;
+  dnsNames: string[];
+  admin: boolean;
+  downstream: boolean;
+  federatesWith: string[];
+  hint: string;
+  /** Unix seconds; 0 = never. */
+  expiresAt: number;
+  revisionNumber: number;
+  createdAt: number;
+}
+
+export type NewEntry = Omit<RegistrationEntry, 'id' | 'revisionNumber' | 'createdAt'>;
+
+export type SelectorMatch = 'exact' | 'subset' | 'superset' | 'any';
+
+export interface EntryFilter {
+  spiffeId?: string;
+  parentId?: string;
+  selectors?: { selectors: Selector[]; match: SelectorMatch };
+  /** Entries that federate with all of these trust domains. */
+  federatesWith?: string[];
+}
+
+export interface Page {
+  /** Opaque token from the previous page; empty for the first. */
+  token?: string;
+  size?: number;
+}
+
+export interface EntryPage {
+  entries: RegistrationEntry[];
+  /** Empty when there are no more entries. */
+  nextToken: string;
+}
+
+export interface AttestedNode {
+  spiffeId: string;
+  attestationType: string;
+  serialNumber: string;
+  expiresAt: number;
+  banned: boolean;
+  selectors: Selector[];
+  tpm?: {
+    ekHash: string;
+    akPublic: Uint8Array;
+    lastQuote?: Uint8Array;
+    resetCount?: number;
+  };
+  createdAt: number;
+}
+
+export interface JoinToken {
+  tokenHash: string;
+  spiffeId?: string;
+  expiresAt: number;
+}
+
+export interface AuditRecord {
+  id: number;
+  at: number;
+  actor: string;
+  action: string;
+  objectType: string;
+  objectId: string;
+  detail: Record<string, unknown>;
+}
+
+/**
+ * One CA key (X.509 CA or JWT signing key) in the journal, so a restart resumes rotation. At most one
+ * key per authority is active and one prepared, in slots A and B; old keys stay, still published in
+ * the bundle, until they have been expired for a day.
+ */
+export interface CaSlot {
+  authority: 'x509' | 'jwt';
+  slot: 'A' | 'B';
+  /** Id of the key in the KeyManager. */
+  keyId: string;
+  /** prepared: in the bundle, not signing yet; active: signing; old: retired, still in the bundle. */
+  state: 'prepared' | 'active' | 'old';
+  /** SubjectPublicKeyInfo, DER. */
+  publicKeyDer: Uint8Array;
+  /** The CA certificate (X.509 authority only). */
+  certificateDer?: Uint8Array;
+  notBefore: number;
+  notAfter: number;
+  tainted: boolean;
+}
+
+/** A change to the CA journal and the own bundle, committed together. */
+export interface CaChange {
+  upsert: CaSlot[];
+  remove: { authority: 'x509' | 'jwt'; keyId: string }[];
+  bundle?: { trustDomain: string; document: string; sequence: number };
+}
+
+export interface StoredBundle {
+  trustDomain: string;
+  /** The SPIFFE bundle document (JWKS), as served. */
+  document: string;
+  /** Equals the document's spiffe_sequence for the own bundle; grows with every change. */
+  sequence: number;
+  federated: boolean;
+  updatedAt: number;
+}
+
+/** Who asks for a change, as recorded in the audit log (e.g. `uid:0`, `server`). */
+export type Actor = string;
+
+export interface Datastore {
+  createEntry(entry: NewEntry, actor: Actor): Promise<RegistrationEntry>;
+  getEntry(id: string): Promise<RegistrationEntry | undefined>;
+  listEntries(filter: EntryFilter, page?: Page): Promise<EntryPage>;
+  countEntries(filter: EntryFilter): Promise<number>;
+  /** Replaces the entry's fields; with `expectedRevision`, only if nobody changed it meanwhile. */
+  updateEntry(
+    id: string,
+    entry: NewEntry,
+    actor: Actor,
+    expectedRevision?: number,
+  ): Promise<RegistrationEntry>;
+  deleteEntry(id: string, actor: Actor): Promise<RegistrationEntry>;
+
+  /** Inserts or replaces the node's record (attestation and re-attestation). */
+  upsertNode(node: AttestedNode, actor: Actor): Promise<void>;
+  getNode(spiffeId: string): Promise<AttestedNode | undefined>;
+  listNodes(): Promise<AttestedNode[]>;
+  /** Forgets the node: it must attest again. */
+  deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode>;
+  setNodeBanned(spiffeId: string, banned: boolean, actor: Actor): Promise<AttestedNode>;
+
+  createJoinToken(token: JoinToken, actor: Actor): Promise<void>;
+  /** Removes and returns the token if it exists and has not expired at `now`; single use. */
+  consumeJoinToken(tokenHash: string, now: number, actor: Actor): Promise<JoinToken | undefined>;
+
+  listCaSlots(): Promise<CaSlot[]>;
+  /**
+   * Writes CA journal rows, and optionally the bundle that goes with them, in one transaction: a crash
+   * leaves either the old state or the new one. `action` names the step in the audit log.
+   */
+  recordCaChange(change: CaChange, action: string, actor: Actor): Promise<void>;
+
+  getBundle(trustDomain: string): Promise<StoredBundle | undefined>;
+  listBundles(): Promise<StoredBundle[]>;
+  /** Stores a federated trust domain's bundle (set by an operator or fetched); sequence grows by one. */
+  setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle>;
+  deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
+
+  listAudit(limit: number): Promise<AuditRecord[]>;
+  /** Proves the store answers (readiness). */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,149 @@
+/**
+ * Versioned schema migrations for both dialects. Names sort in the order they run; a released
+ * migration is never edited, only followed by a new one.
+ *
+ * @module
+ */
+import { type Kysely, type Migration, type MigrationProvider, Migrator } from 'kysely';
+import { DatastoreError } from '../errors.js';
+
+export type Dialect = 'sqlite' | 'postgres';
+
+function columnTypes(dialect: Dialect): { blob: 'blob' | 'bytea'; serialKey: 'integer' | 'bigserial' } {
+  return dialect === 'sqlite'
+    ? { blob: 'blob', serialKey: 'integer' }
+    : { blob: 'bytea', serialKey: 'bigserial' };
+}
+
+function initial(dialect: Dialect): Migration {
+  const t = columnTypes(dialect);
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('registration_entries')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('spiffe_id', 'text', (c) => c.notNull())
+        .addColumn('parent_id', 'text', (c) => c.notNull())
+        .addColumn('selectors_key', 'text', (c) => c.notNull())
+        .addColumn('x509_svid_ttl', 'integer', (c) => c.notNull())
+        .addColumn('jwt_svid_ttl', 'integer', (c) => c.notNull())
+        .addColumn('dns_names', 'text', (c) => c.notNull())
+        .addColumn('admin', 'integer', (c) => c.notNull())
+        .addColumn('downstream', 'integer', (c) => c.notNull())
+        .addColumn('hint', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('revision_number', 'bigint', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addUniqueConstraint('registration_entries_identity', ['spiffe_id', 'parent_id', 'selectors_key'])
+        .execute();
+      await db.schema
+        .createIndex('registration_entries_parent')
+        .on('registration_entries')
+        .column('parent_id')
+        .execute();
+      await db.schema
+        .createTable('entry_selectors')
+        .addColumn('entry_id', 'text', (c) =>
+          c.notNull().references('registration_entries.id').onDelete('cascade'),
+        )
+        .addColumn('type', 'text', (c) => c.notNull())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('entry_selectors_pk', ['entry_id', 'type', 'value'])
+        .execute();
+      await db.schema
+        .createIndex('entry_selectors_match')
+        .on('entry_selectors')
+        .columns(['type', 'value'])
+        .execute();
+      await db.schema
+        .createTable('entry_federates_with')
+        .addColumn('entry_id', 'text', (c) =>
+          c.notNull().references('registration_entries.id').onDelete('cascade'),
+        )
+        .addColumn('trust_domain', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('entry_federates_with_pk', ['entry_id', 'trust_domain'])
+        .execute();
+      await db.schema
+        .createTable('attested_nodes')
+        .addColumn('spiffe_id', 'text', (c) => c.primaryKey())
+        .addColumn('attestation_type', 'text', (c) => c.notNull())
+        .addColumn('serial_number', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('banned', 'integer', (c) => c.notNull())
+        .addColumn('ek_hash', 'text')
+        .addColumn('ak_public', t.blob)
+        .addColumn('last_quote', t.blob)
+        .addColumn('reset_count', 'bigint')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('node_selectors')
+        .addColumn('spiffe_id', 'text', (c) =>
+          c.notNull().references('attested_nodes.spiffe_id').onDelete('cascade'),
+        )
+        .addColumn('type', 'text', (c) => c.notNull())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('node_selectors_pk', ['spiffe_id', 'type', 'value'])
+        .execute();
+      await db.schema
+        .createTable('join_tokens')
+        .addColumn('token_hash', 'text', (c) => c.primaryKey())
+        .addColumn('spiffe_id', 'text')
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('bundles')
+        .addColumn('trust_domain', 'text', (c) => c.primaryKey())
+        .addColumn('document', 'text', (c) => c.notNull())
+        .addColumn('sequence', 'bigint', (c) => c.notNull())
+        .addColumn('federated', 'integer', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('ca_journal')
+        .addColumn('authority', 'text', (c) => c.notNull())
+        .addColumn('slot', 'text', (c) => c.notNull())
+        .addColumn('key_id', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('public_key_der', t.blob, (c) => c.notNull())
+        .addColumn('certificate_der', t.blob)
+        .addColumn('not_before', 'bigint', (c) => c.notNull())
+        .addColumn('not_after', 'bigint', (c) => c.notNull())
+        .addColumn('tainted', 'integer', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('ca_journal_pk', ['authority', 'key_id'])
+        .execute();
+      await db.schema
+        .createTable('audit_log')
+        .addColumn('id', t.serialKey, (c) =>
+          dialect === 'sqlite' ? c.primaryKey().autoIncrement() : c.primaryKey(),
+        )
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('actor', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('object_type', 'text', (c) => c.notNull())
+        .addColumn('object_id', 'text', (c) => c.notNull())
+        .addColumn('detail', 'text', (c) => c.notNull())
+        .execute();
+    },
+  };
+}
+
+export function migrationsFor(dialect: Dialect): Record<string, Migration> {
+  return { '0001_initial': initial(dialect) };
+}
+
+/** Brings the schema to the newest version; fails with the migration's name and cause. */
+export async function migrateToLatest(db: Kysely<unknown>, dialect: Dialect): Promise<string[]> {
+  const provider: MigrationProvider = { getMigrations: async () => migrationsFor(dialect) };
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error !== undefined) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';
+    throw new DatastoreError(`datastore migration ${failed} failed: ${String(error)}`, error);
+  }
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}

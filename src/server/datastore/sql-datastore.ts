@@ -1,0 +1,674 @@
+/**
+ * The Datastore over Kysely. The same code serves SQLite and PostgreSQL: queries stay within what
+ * both dialects share, and numbers read back go through Number() because pg returns bigint as text.
+ *
+ * @module
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { ExpressionBuilder, Kysely, Transaction } from 'kysely';
+import { type Clock, nowSeconds } from '../clock.js';
+import {
+  AgentNotFoundError,
+  BundleNotFoundError,
+  EntryDuplicateError,
+  EntryNotFoundError,
+  EntryRevisionMismatchError,
+} from '../errors.js';
+import type {
+  Actor,
+  AttestedNode,
+  AuditRecord,
+  CaChange,
+  CaSlot,
+  Datastore,
+  EntryFilter,
+  EntryPage,
+  JoinToken,
+  NewEntry,
+  Page,
+  RegistrationEntry,
+  Selector,
+  StoredBundle,
+} from './datastore.js';
+import type { AttestedNodeRow, BundleRow, Database, RegistrationEntryRow } from './tables.js';
+
+const DEFAULT_PAGE_SIZE = 500;
+const MAX_PAGE_SIZE = 1000;
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+/** Key that makes (spiffe_id, parent_id, selector set) unique whatever order selectors came in. */
+export function selectorsKey(selectors: readonly Selector[]): string {
+  const canonical = selectors
+    .map((s) => `${s.type}:${s.value}`)
+    .sort()
+    .join('\n');
+  return createHash('sha256').update(canonical).digest('hex');
+}
+
+export class SqlDatastore implements Datastore {
+  readonly #db: Kysely<Database>;
+  readonly #clock: Clock;
+
+  constructor(db: Kysely<Database>, clock: Clock) {
+    this.#db = db;
+    this.#clock = clock;
+  }
+
+  async createEntry(entry: NewEntry, actor: Actor): Promise<RegistrationEntry> {
+    const now = nowSeconds(this.#clock);
+    const created: RegistrationEntry = { ...entry, id: randomUUID(), revisionNumber: 0, createdAt: now };
+    await this.#duplicateSafe(created, () =>
+      this.#db.transaction().execute(async (trx) => {
+        await this.#refuseDuplicate(trx, created);
+        await trx.insertInto('registration_entries').values(toEntryRow(created, now)).execute();
+        await insertEntryChildren(trx, created);
+        await audit(trx, now, actor, 'entry.create', 'entry', created.id, entryDetail(created));
+      }),
+    );
+    return created;
+  }
+
+  async getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    return (await this.#loadEntries(this.#db, [id]))[0];
+  }
+
+  async listEntries(filter: EntryFilter, page: Page = {}): Promise<EntryPage> {
+    const size = Math.min(Math.max(page.size ?? DEFAULT_PAGE_SIZE, 1), MAX_PAGE_SIZE);
+    let query = this.#filtered(filter)
+      .select('e.id')
+      .orderBy('e.id')
+      .limit(size + 1);
+    if (page.token) query = query.where('e.id', '>', page.token);
+    const ids = (await query.execute()).map((r) => r.id);
+    const more = ids.length > size;
+    const pageIds = more ? ids.slice(0, size) : ids;
+    const entries = await this.#loadEntries(this.#db, pageIds);
+    return { entries, nextToken: more ? (pageIds[pageIds.length - 1] ?? '') : '' };
+  }
+
+  async countEntries(filter: EntryFilter): Promise<number> {
+    const row = await this.#filtered(filter)
+      .select((eb) => eb.fn.countAll().as('n'))
+      .executeTakeFirstOrThrow();
+    return Number(row.n);
+  }
+
+  async updateEntry(
+    id: string,
+    entry: NewEntry,
+    actor: Actor,
+    expectedRevision?: number,
+  ): Promise<RegistrationEntry> {
+    const now = nowSeconds(this.#clock);
+    const write = () =>
+      this.#db.transaction().execute(async (trx) => {
+        const [current] = await this.#loadEntries(trx, [id]);
+        if (current === undefined) throw new EntryNotFoundError(id);
+        if (expectedRevision !== undefined && expectedRevision !== current.revisionNumber) {
+          throw new EntryRevisionMismatchError(id, expectedRevision, current.revisionNumber);
+        }
+        const updated: RegistrationEntry = {
+          ...entry,
+          id,
+          createdAt: current.createdAt,
+          revisionNumber: current.revisionNumber + 1,
+        };
+        await this.#refuseDuplicate(trx, updated);
+        const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
+        await trx.updateTable('registration_entries').set(row).where('id', '=', id).execute();
+        await trx.deleteFrom('entry_selectors').where('entry_id', '=', id).execute();
+        await trx.deleteFrom('entry_federates_with').where('entry_id', '=', id).execute();
+        await insertEntryChildren(trx, updated);
+        await audit(trx, now, actor, 'entry.update', 'entry', id, {
+          before: entryDetail(current),
+          after: entryDetail(updated),
+        });
+        return updated;
+      });
+    return this.#duplicateSafe({ ...entry, id, revisionNumber: 0, createdAt: 0 }, write);
+  }
+
+  async deleteEntry(id: string, actor: Actor): Promise<RegistrationEntry> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const [current] = await this.#loadEntries(trx, [id]);
+      if (current === undefined) throw new EntryNotFoundError(id);
+      await trx.deleteFrom('entry_selectors').where('entry_id', '=', id).execute();
+      await trx.deleteFrom('entry_federates_with').where('entry_id', '=', id).execute();
+      await trx.deleteFrom('registration_entries').where('id', '=', id).execute();
+      await audit(trx, now, actor, 'entry.delete', 'entry', id, entryDetail(current));
+      return current;
+    });
+  }
+
+  async upsertNode(node: AttestedNode, actor: Actor): Promise<void> {
+    const now = nowSeconds(this.#clock);
+    const row: AttestedNodeRow = {
+      spiffe_id: node.spiffeId,
+      attestation_type: node.attestationType,
+      serial_number: node.serialNumber,
+      expires_at: node.expiresAt,
+      banned: node.banned ? 1 : 0,
+      ek_hash: node.tpm?.ekHash ?? null,
+      ak_public: node.tpm?.akPublic ?? null,
+      last_quote: node.tpm?.lastQuote ?? null,
+      reset_count: node.tpm?.resetCount ?? null,
+      created_at: node.createdAt,
+      updated_at: now,
+    };
+    await this.#db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('node_selectors').where('spiffe_id', '=', node.spiffeId).execute();
+      await trx.deleteFrom('attested_nodes').where('spiffe_id', '=', node.spiffeId).execute();
+      await trx.insertInto('attested_nodes').values(row).execute();
+      if (node.selectors.length > 0) {
+        await trx
+          .insertInto('node_selectors')
+          .values(node.selectors.map((s) => ({ spiffe_id: node.spiffeId, type: s.type, value: s.value })))
+          .execute();
+      }
+      await audit(trx, now, actor, 'node.attest', 'node', node.spiffeId, {
+        attestation_type: node.attestationType,
+        serial_number: node.serialNumber,
+        expires_at: node.expiresAt,
+      });
+    });
+  }
+
+  async getNode(spiffeId: string): Promise<AttestedNode | undefined> {
+    return (await this.#loadNodes(this.#db, spiffeId))[0];
+  }
+
+  async listNodes(): Promise<AttestedNode[]> {
+    return this.#loadNodes(this.#db);
+  }
+
+  async deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const [node] = await this.#loadNodes(trx, spiffeId);
+      if (node === undefined) throw new AgentNotFoundError(spiffeId);
+      await trx.deleteFrom('node_selectors').where('spiffe_id', '=', spiffeId).execute();
+      await trx.deleteFrom('attested_nodes').where('spiffe_id', '=', spiffeId).execute();
+      await audit(trx, now, actor, 'node.evict', 'node', spiffeId, {});
+      return node;
+    });
+  }
+
+  async setNodeBanned(spiffeId: string, banned: boolean, actor: Actor): Promise<AttestedNode> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const [node] = await this.#loadNodes(trx, spiffeId);
+      if (node === undefined) throw new AgentNotFoundError(spiffeId);
+      await trx
+        .updateTable('attested_nodes')
+        .set({ banned: banned ? 1 : 0, updated_at: now })
+        .where('spiffe_id', '=', spiffeId)
+        .execute();
+      await audit(trx, now, actor, banned ? 'node.ban' : 'node.unban', 'node', spiffeId, {});
+      return { ...node, banned };
+    });
+  }
+
+  async createJoinToken(token: JoinToken, actor: Actor): Promise<void> {
+    const now = nowSeconds(this.#clock);
+    await this.#db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto('join_tokens')
+        .values({
+          token_hash: token.tokenHash,
+          spiffe_id: token.spiffeId ?? null,
+          expires_at: token.expiresAt,
+          created_at: now,
+        })
+        .execute();
+      // The audit log names the token by a prefix of its hash only: enough to correlate, useless to an attacker.
+      await audit(trx, now, actor, 'join_token.create', 'join_token', token.tokenHash.slice(0, 12), {
+        spiffe_id: token.spiffeId ?? null,
+        expires_at: token.expiresAt,
+      });
+    });
+  }
+
+  /**
+   * Tokens are found by their SHA-256, never compared as text: an index lookup on a hash of the
+   * presented token leaks nothing usable about stored tokens through timing.
+   */
+  async consumeJoinToken(tokenHash: string, now: number, actor: Actor): Promise<JoinToken | undefined> {
+    return this.#db.transaction().execute(async (trx) => {
+      const row = await trx
+        .selectFrom('join_tokens')
+        .selectAll()
+        .where('token_hash', '=', tokenHash)
+        .executeTakeFirst();
+      if (row === undefined) return undefined;
+      await trx.deleteFrom('join_tokens').where('token_hash', '=', tokenHash).execute();
+      const expired = Number(row.expires_at) <= now;
+      await audit(
+        trx,
+        now,
+        actor,
+        expired ? 'join_token.expired' : 'join_token.use',
+        'join_token',
+        tokenHash.slice(0, 12),
+        {},
+      );
+      if (expired) return undefined;
+      return {
+        tokenHash,
+        expiresAt: Number(row.expires_at),
+        ...(row.spiffe_id ? { spiffeId: row.spiffe_id } : {}),
+      };
+    });
+  }
+
+  async listCaSlots(): Promise<CaSlot[]> {
+    const rows = await this.#db
+      .selectFrom('ca_journal')
+      .selectAll()
+      .orderBy('authority')
+      .orderBy('slot')
+      .execute();
+    return rows.map((r) => ({
+      authority: r.authority,
+      slot: r.slot,
+      keyId: r.key_id,
+      state: r.state,
+      publicKeyDer: r.public_key_der,
+      ...(r.certificate_der !== null ? { certificateDer: r.certificate_der } : {}),
+      notBefore: Number(r.not_before),
+      notAfter: Number(r.not_after),
+      tainted: Number(r.tainted) === 1,
+    }));
+  }
+
+  async recordCaChange(change: CaChange, action: string, actor: Actor): Promise<void> {
+    const now = nowSeconds(this.#clock);
+    await this.#db.transaction().execute(async (trx) => {
+      for (const gone of change.remove) {
+        await trx
+          .deleteFrom('ca_journal')
+          .where('authority', '=', gone.authority)
+          .where('key_id', '=', gone.keyId)
+          .execute();
+      }
+      for (const slot of change.upsert) {
+        await trx
+          .deleteFrom('ca_journal')
+          .where('authority', '=', slot.authority)
+          .where('key_id', '=', slot.keyId)
+          .execute();
+        await trx
+          .insertInto('ca_journal')
+          .values({
+            authority: slot.authority,
+            slot: slot.slot,
+            key_id: slot.keyId,
+            state: slot.state,
+            public_key_der: slot.publicKeyDer,
+            certificate_der: slot.certificateDer ?? null,
+            not_before: slot.notBefore,
+            not_after: slot.notAfter,
+            tainted: slot.tainted ? 1 : 0,
+            updated_at: now,
+          })
+          .execute();
+      }
+      if (change.bundle) await writeBundle(trx, change.bundle, false, now);
+      const keys = [...change.upsert.map((k) => k.keyId), ...change.remove.map((k) => k.keyId)];
+      await audit(trx, now, actor, action, 'ca', keys.join(','), {
+        keys: change.upsert.map((k) => ({
+          authority: k.authority,
+          slot: k.slot,
+          key_id: k.keyId,
+          state: k.state,
+        })),
+        removed: change.remove.map((k) => k.keyId),
+        ...(change.bundle ? { bundle_sequence: change.bundle.sequence } : {}),
+      });
+    });
+  }
+
+  async getBundle(trustDomain: string): Promise<StoredBundle | undefined> {
+    const row = await this.#db
+      .selectFrom('bundles')
+      .selectAll()
+      .where('trust_domain', '=', trustDomain)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toStoredBundle(row);
+  }
+
+  async listBundles(): Promise<StoredBundle[]> {
+    return (await this.#db.selectFrom('bundles').selectAll().orderBy('trust_domain').execute()).map(
+      toStoredBundle,
+    );
+  }
+
+  async setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const previous = await trx
+        .selectFrom('bundles')
+        .select('sequence')
+        .where('trust_domain', '=', trustDomain)
+        .executeTakeFirst();
+      const sequence = previous === undefined ? 1 : Number(previous.sequence) + 1;
+      await writeBundle(trx, { trustDomain, document, sequence }, true, now);
+      await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, { sequence });
+      return { trustDomain, document, sequence, federated: true, updatedAt: now };
+    });
+  }
+
+  async deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void> {
+    const now = nowSeconds(this.#clock);
+    await this.#db.transaction().execute(async (trx) => {
+      const result = await trx
+        .deleteFrom('bundles')
+        .where('trust_domain', '=', trustDomain)
+        .where('federated', '=', 1)
+        .executeTakeFirst();
+      if (Number(result.numDeletedRows) === 0) throw new BundleNotFoundError(trustDomain);
+      await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, {});
+    });
+  }
+
+  async listAudit(limit: number): Promise<AuditRecord[]> {
+    const rows = await this.#db
+      .selectFrom('audit_log')
+      .selectAll()
+      .orderBy('id', 'desc')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({
+      id: Number(r.id),
+      at: Number(r.at),
+      actor: r.actor,
+      action: r.action,
+      objectType: r.object_type,
+      objectId: r.object_id,
+      detail: JSON.parse(r.detail) as Record<string, unknown>,
+    }));
+  }
+
+  async ping(): Promise<void> {
+    await this.#db.selectFrom('audit_log').select('id').limit(1).execute();
+  }
+
+  async close(): Promise<void> {
+    await this.#db.destroy();
+  }
+
+  /**
+   * The check in #refuseDuplicate cannot see a concurrent transaction's uncommitted insert
+   * (PostgreSQL, READ COMMITTED); the unique constraint then refuses the second one, and this turns
+   * that refusal into the same named error.
+   */
+  async #duplicateSafe<T>(entry: RegistrationEntry, write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (error) {
+      if (!isUniqueViolation(error)) throw error;
+      await this.#refuseDuplicate(this.#db, entry);
+      throw error;
+    }
+  }
+
+  async #refuseDuplicate(trx: Db, entry: RegistrationEntry): Promise<void> {
+    const existing = await trx
+      .selectFrom('registration_entries')
+      .select('id')
+      .where('spiffe_id', '=', entry.spiffeId)
+      .where('parent_id', '=', entry.parentId)
+      .where('selectors_key', '=', selectorsKey(entry.selectors))
+      .where('id', '!=', entry.id)
+      .executeTakeFirst();
+    if (existing !== undefined) throw new EntryDuplicateError(existing.id);
+  }
+
+  #filtered(filter: EntryFilter) {
+    let query = this.#db.selectFrom('registration_entries as e');
+    if (filter.spiffeId !== undefined) query = query.where('e.spiffe_id', '=', filter.spiffeId);
+    if (filter.parentId !== undefined) query = query.where('e.parent_id', '=', filter.parentId);
+    for (const td of filter.federatesWith ?? []) {
+      query = query.where((eb) =>
+        eb.exists(
+          eb
+            .selectFrom('entry_federates_with as f')
+            .select('f.entry_id')
+            .whereRef('f.entry_id', '=', 'e.id')
+            .where('f.trust_domain', '=', td),
+        ),
+      );
+    }
+    const bySelectors = filter.selectors;
+    if (bySelectors !== undefined) {
+      const { selectors, match } = bySelectors;
+      // superset/exact: every given selector is on the entry.
+      if (match === 'superset' || match === 'exact') {
+        for (const s of selectors) query = query.where((eb) => eb.exists(selectorOfEntry(eb, s)));
+      }
+      // subset/exact: the entry has no selector outside the given set.
+      if (match === 'subset' || match === 'exact') {
+        query = query.where((eb) =>
+          eb.not(
+            eb.exists(
+              eb
+                .selectFrom('entry_selectors as s')
+                .select('s.entry_id')
+                .whereRef('s.entry_id', '=', 'e.id')
+                .where((inner) => inner.not(anyOf(inner, selectors))),
+            ),
+          ),
+        );
+      }
+      if (match === 'any') {
+        query = query.where((eb) =>
+          eb.exists(
+            eb
+              .selectFrom('entry_selectors as s')
+              .select('s.entry_id')
+              .whereRef('s.entry_id', '=', 'e.id')
+              .where((inner) => anyOf(inner, selectors)),
+          ),
+        );
+      }
+    }
+    return query;
+  }
+
+  async #loadEntries(db: Db, ids: readonly string[]): Promise<RegistrationEntry[]> {
+    if (ids.length === 0) return [];
+    const rows = await db
+      .selectFrom('registration_entries')
+      .selectAll()
+      .where('id', 'in', [...ids])
+      .orderBy('id')
+      .execute();
+    const selectors = await db
+      .selectFrom('entry_selectors')
+      .selectAll()
+      .where('entry_id', 'in', [...ids])
+      .orderBy('type')
+      .orderBy('value')
+      .execute();
+    const federates = await db
+      .selectFrom('entry_federates_with')
+      .selectAll()
+      .where('entry_id', 'in', [...ids])
+      .orderBy('trust_domain')
+      .execute();
+    return rows.map((r) => ({
+      id: r.id,
+      spiffeId: r.spiffe_id,
+      parentId: r.parent_id,
+      selectors: selectors.filter((s) => s.entry_id === r.id).map((s) => ({ type: s.type, value: s.value })),
+      x509SvidTtl: Number(r.x509_svid_ttl),
+      jwtSvidTtl: Number(r.jwt_svid_ttl),
+      dnsNames: JSON.parse(r.dns_names) as string[],
+      admin: Number(r.admin) === 1,
+      downstream: Number(r.downstream) === 1,
+      federatesWith: federates.filter((f) => f.entry_id === r.id).map((f) => f.trust_domain),
+      hint: r.hint,
+      expiresAt: Number(r.expires_at),
+      revisionNumber: Number(r.revision_number),
+      createdAt: Number(r.created_at),
+    }));
+  }
+
+  async #loadNodes(db: Db, spiffeId?: string): Promise<AttestedNode[]> {
+    let query = db.selectFrom('attested_nodes').selectAll().orderBy('spiffe_id');
+    if (spiffeId !== undefined) query = query.where('spiffe_id', '=', spiffeId);
+    const rows = await query.execute();
+    if (rows.length === 0) return [];
+    const selectors = await db
+      .selectFrom('node_selectors')
+      .selectAll()
+      .where(
+        'spiffe_id',
+        'in',
+        rows.map((r) => r.spiffe_id),
+      )
+      .orderBy('type')
+      .orderBy('value')
+      .execute();
+    return rows.map((r) => ({
+      spiffeId: r.spiffe_id,
+      attestationType: r.attestation_type,
+      serialNumber: r.serial_number,
+      expiresAt: Number(r.expires_at),
+      banned: Number(r.banned) === 1,
+      selectors: selectors
+        .filter((s) => s.spiffe_id === r.spiffe_id)
+        .map((s) => ({ type: s.type, value: s.value })),
+      ...(r.ek_hash !== null && r.ak_public !== null
+        ? {
+            tpm: {
+              ekHash: r.ek_hash,
+              akPublic: r.ak_public,
+              ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
+              ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
+            },
+          }
+        : {}),
+      createdAt: Number(r.created_at),
+    }));
+  }
+}
+
+type EntryScope = ExpressionBuilder<Database & { e: RegistrationEntryRow }, 'e'>;
+
+function selectorOfEntry(eb: EntryScope, s: Selector) {
+  return eb
+    .selectFrom('entry_selectors as s')
+    .select('s.entry_id')
+    .whereRef('s.entry_id', '=', 'e.id')
+    .where('s.type', '=', s.type)
+    .where('s.value', '=', s.value);
+}
+
+function anyOf(
+  eb: ExpressionBuilder<Database & { e: RegistrationEntryRow; s: Database['entry_selectors'] }, 'e' | 's'>,
+  selectors: readonly Selector[],
+) {
+  if (selectors.length === 0) return eb.lit(false);
+  return eb.or(selectors.map((sel) => eb.and([eb('s.type', '=', sel.type), eb('s.value', '=', sel.value)])));
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  const code: unknown = error !== null && typeof error === 'object' ? Reflect.get(error, 'code') : undefined;
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE';
+}
+
+async function writeBundle(
+  trx: Db,
+  bundle: { trustDomain: string; document: string; sequence: number },
+  federated: boolean,
+  now: number,
+): Promise<void> {
+  await trx.deleteFrom('bundles').where('trust_domain', '=', bundle.trustDomain).execute();
+  await trx
+    .insertInto('bundles')
+    .values({
+      trust_domain: bundle.trustDomain,
+      document: bundle.document,
+      sequence: bundle.sequence,
+      federated: federated ? 1 : 0,
+      updated_at: now,
+    })
+    .execute();
+}
+
+function toStoredBundle(row: BundleRow): StoredBundle {
+  return {
+    trustDomain: row.trust_domain,
+    document: row.document,
+    sequence: Number(row.sequence),
+    federated: Number(row.federated) === 1,
+    updatedAt: Number(row.updated_at),
+  };
+}
+
+function toEntryRow(entry: RegistrationEntry, now: number): RegistrationEntryRow {
+  return {
+    id: entry.id,
+    spiffe_id: entry.spiffeId,
+    parent_id: entry.parentId,
+    selectors_key: selectorsKey(entry.selectors),
+    x509_svid_ttl: entry.x509SvidTtl,
+    jwt_svid_ttl: entry.jwtSvidTtl,
+    dns_names: JSON.stringify(entry.dnsNames),
+    admin: entry.admin ? 1 : 0,
+    downstream: entry.downstream ? 1 : 0,
+    hint: entry.hint,
+    expires_at: entry.expiresAt,
+    revision_number: entry.revisionNumber,
+    created_at: entry.createdAt,
+    updated_at: now,
+  };
+}
+
+async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<void> {
+  if (entry.selectors.length > 0) {
+    await trx
+      .insertInto('entry_selectors')
+      .values(entry.selectors.map((s) => ({ entry_id: entry.id, type: s.type, value: s.value })))
+      .execute();
+  }
+  if (entry.federatesWith.length > 0) {
+    await trx
+      .insertInto('entry_federates_with')
+      .values(entry.federatesWith.map((td) => ({ entry_id: entry.id, trust_domain: td })))
+      .execute();
+  }
+}
+
+function entryDetail(entry: RegistrationEntry): Record<string, unknown> {
+  return {
+    spiffe_id: entry.spiffeId,
+    parent_id: entry.parentId,
+    selectors: entry.selectors.map((s) => `${s.type}:${s.value}`),
+    revision_number: entry.revisionNumber,
+  };
+}
+
+async function audit(
+  trx: Db,
+  at: number,
+  actor: Actor,
+  action: string,
+  objectType: string,
+  objectId: string,
+  detail: Record<string, unknown>,
+): Promise<void> {
+  await trx
+    .insertInto('audit_log')
+    .values({
+      at,
+      actor,
+      action,
+      object_type: objectType,
+      object_id: objectId,
+      detail: JSON.stringify(detail),
+    })
+    .execute();
+}

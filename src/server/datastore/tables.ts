@@ -1,0 +1,111 @@
+/**
+ * Row shapes as Kysely sees them. Booleans are 0/1 integers and times are Unix seconds, so the same
+ * schema means the same thing on SQLite and PostgreSQL.
+ *
+ * @module
+ */
+import type { Generated } from 'kysely';
+
+export interface RegistrationEntryRow {
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  /** Canonical text of the sorted selectors; with spiffe_id and parent_id it is unique. */
+  selectors_key: string;
+  x509_svid_ttl: number;
+  jwt_svid_ttl: number;
+  /** JSON array of strings. */
+  dns_names: string;
+  admin: number;
+  downstream: number;
+  hint: string;
+  /** 0 when the entry never expires. */
+  expires_at: number;
+  revision_number: number;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface SelectorRow {
+  entry_id: string;
+  type: string;
+  value: string;
+}
+
+export interface FederatesWithRow {
+  entry_id: string;
+  trust_domain: string;
+}
+
+export interface AttestedNodeRow {
+  spiffe_id: string;
+  attestation_type: string;
+  serial_number: string;
+  expires_at: number;
+  banned: number;
+  ek_hash: string | null;
+  ak_public: Uint8Array | null;
+  last_quote: Uint8Array | null;
+  reset_count: number | null;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface NodeSelectorRow {
+  spiffe_id: string;
+  type: string;
+  value: string;
+}
+
+export interface JoinTokenRow {
+  /** SHA-256 of the token, hex: the token itself is never stored. */
+  token_hash: string;
+  spiffe_id: string | null;
+  expires_at: number;
+  created_at: number;
+}
+
+export interface BundleRow {
+  trust_domain: string;
+  /** The SPIFFE bundle (JWKS) document. */
+  document: string;
+  sequence: number;
+  federated: number;
+  updated_at: number;
+}
+
+export interface CaJournalRow {
+  authority: 'x509' | 'jwt';
+  slot: 'A' | 'B';
+  key_id: string;
+  state: 'prepared' | 'active' | 'old';
+  public_key_der: Uint8Array;
+  certificate_der: Uint8Array | null;
+  not_before: number;
+  not_after: number;
+  tainted: number;
+  updated_at: number;
+}
+
+export interface AuditLogRow {
+  id: Generated<number>;
+  at: number;
+  actor: string;
+  action: string;
+  object_type: string;
+  object_id: string;
+  /** JSON of what changed; never holds secrets. */
+  detail: string;
+}
+
+export interface Database {
+  registration_entries: RegistrationEntryRow;
+  entry_selectors: SelectorRow;
+  entry_federates_with: FederatesWithRow;
+  attested_nodes: AttestedNodeRow;
+  node_selectors: NodeSelectorRow;
+  join_tokens: JoinTokenRow;
+  bundles: BundleRow;
+  ca_journal: CaJournalRow;
+  audit_log: AuditLogRow;
+}

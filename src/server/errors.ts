@@ -1,0 +1,204 @@
+/**
+ * Domain errors of ironroot-server. Each carries a stable `code` that callers (CLI, tests, clients
+ * over gRPC) can switch on, and maps to one gRPC status so the registration API reports it
+ * faithfully. Messages say what was wrong and what to do about it.
+ *
+ * @module
+ */
+import { status } from '@grpc/grpc-js';
+
+export type ServerErrorCode =
+  | 'ERR_CONFIG_INVALID'
+  | 'ERR_CONFIG_UNSAFE'
+  | 'ERR_CONFIG_FILE'
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_SPIFFE_ID_INVALID'
+  | 'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN'
+  | 'ERR_SELECTOR_MALFORMED'
+  | 'ERR_TTL_OUT_OF_RANGE'
+  | 'ERR_ENTRY_DUPLICATE'
+  | 'ERR_ENTRY_NOT_FOUND'
+  | 'ERR_ENTRY_REVISION_MISMATCH'
+  | 'ERR_AGENT_NOT_FOUND'
+  | 'ERR_BUNDLE_NOT_FOUND'
+  | 'ERR_JOIN_TOKEN_INVALID'
+  | 'ERR_PERMISSION_DENIED'
+  | 'ERR_CA_ALREADY_PREPARED'
+  | 'ERR_CA_NOTHING_PREPARED'
+  | 'ERR_CA_AUTHORITY_NOT_FOUND'
+  | 'ERR_CA_AUTHORITY_IN_USE'
+  | 'ERR_CA_AUTHORITY_NOT_TAINTED'
+  | 'ERR_CA_KEY_MISSING'
+  | 'ERR_CSR_INVALID'
+  | 'ERR_DATASTORE';
+
+const GRPC_STATUS: Record<ServerErrorCode, status> = {
+  ERR_CONFIG_INVALID: status.INVALID_ARGUMENT,
+  ERR_CONFIG_UNSAFE: status.FAILED_PRECONDITION,
+  ERR_CONFIG_FILE: status.INVALID_ARGUMENT,
+  ERR_INVALID_ARGUMENT: status.INVALID_ARGUMENT,
+  ERR_SPIFFE_ID_INVALID: status.INVALID_ARGUMENT,
+  ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN: status.INVALID_ARGUMENT,
+  ERR_SELECTOR_MALFORMED: status.INVALID_ARGUMENT,
+  ERR_TTL_OUT_OF_RANGE: status.INVALID_ARGUMENT,
+  ERR_ENTRY_DUPLICATE: status.ALREADY_EXISTS,
+  ERR_ENTRY_NOT_FOUND: status.NOT_FOUND,
+  ERR_ENTRY_REVISION_MISMATCH: status.ABORTED,
+  ERR_AGENT_NOT_FOUND: status.NOT_FOUND,
+  ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
+  ERR_JOIN_TOKEN_INVALID: status.PERMISSION_DENIED,
+  ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
+  ERR_CA_ALREADY_PREPARED: status.FAILED_PRECONDITION,
+  ERR_CA_NOTHING_PREPARED: status.FAILED_PRECONDITION,
+  ERR_CA_AUTHORITY_NOT_FOUND: status.NOT_FOUND,
+  ERR_CA_AUTHORITY_IN_USE: status.FAILED_PRECONDITION,
+  ERR_CA_AUTHORITY_NOT_TAINTED: status.FAILED_PRECONDITION,
+  ERR_CA_KEY_MISSING: status.FAILED_PRECONDITION,
+  ERR_CSR_INVALID: status.INVALID_ARGUMENT,
+  ERR_DATASTORE: status.INTERNAL,
+};
+
+export class ServerError extends Error {
+  readonly code: ServerErrorCode;
+
+  constructor(code: ServerErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = this.constructor.name;
+  }
+
+  get grpcStatus(): status {
+    return GRPC_STATUS[this.code];
+  }
+}
+
+export class ConfigInvalidError extends ServerError {
+  /** One line per problem: `key.path: value … is not allowed; allowed: …`. */
+  readonly issues: readonly string[];
+
+  constructor(source: string, issues: readonly string[]) {
+    super('ERR_CONFIG_INVALID', `invalid configuration in ${source}:\n  ${issues.join('\n  ')}`);
+    this.issues = issues;
+  }
+}
+
+export class ConfigUnsafeError extends ServerError {
+  constructor(message: string) {
+    super('ERR_CONFIG_UNSAFE', message);
+  }
+}
+
+export class ConfigFileError extends ServerError {
+  constructor(message: string, cause?: unknown) {
+    super('ERR_CONFIG_FILE', message, { cause });
+  }
+}
+
+export class InvalidArgumentError extends ServerError {
+  constructor(message: string) {
+    super('ERR_INVALID_ARGUMENT', message);
+  }
+}
+
+export class SpiffeIdInvalidError extends ServerError {
+  constructor(field: string, value: string, reason: string) {
+    super('ERR_SPIFFE_ID_INVALID', `${field} ${JSON.stringify(value)} is not a valid SPIFFE ID: ${reason}`);
+  }
+}
+
+export class SpiffeIdOutsideTrustDomainError extends ServerError {
+  constructor(field: string, value: string, trustDomain: string) {
+    super(
+      'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',
+      `${field} ${JSON.stringify(value)} is outside this server's trust domain; use an ID of the form spiffe://${trustDomain}/…`,
+    );
+  }
+}
+
+export class SelectorMalformedError extends ServerError {
+  constructor(value: string) {
+    super(
+      'ERR_SELECTOR_MALFORMED',
+      `selector ${JSON.stringify(value)} is malformed; write it as type:value (e.g. unix:uid:1000), with a non-empty type and value`,
+    );
+  }
+}
+
+export class TtlOutOfRangeError extends ServerError {
+  constructor(field: string, value: number, min: number, max: number) {
+    super(
+      'ERR_TTL_OUT_OF_RANGE',
+      `${field} ${value} is out of range; allowed: ${min}..${max} seconds (0 = server default)`,
+    );
+  }
+}
+
+export class EntryDuplicateError extends ServerError {
+  readonly existingId: string;
+
+  constructor(existingId: string) {
+    super(
+      'ERR_ENTRY_DUPLICATE',
+      `an entry with the same spiffe_id, parent_id and selectors already exists (id ${existingId}); update that entry instead`,
+    );
+    this.existingId = existingId;
+  }
+}
+
+export class EntryNotFoundError extends ServerError {
+  constructor(id: string) {
+    super(
+      'ERR_ENTRY_NOT_FOUND',
+      `no registration entry with id ${JSON.stringify(id)}; list entries with "entry show"`,
+    );
+  }
+}
+
+export class EntryRevisionMismatchError extends ServerError {
+  constructor(id: string, expected: number, actual: number) {
+    super(
+      'ERR_ENTRY_REVISION_MISMATCH',
+      `entry ${id} is at revision ${actual}, not ${expected}: it changed since you read it; read it again and retry`,
+    );
+  }
+}
+
+export class AgentNotFoundError extends ServerError {
+  constructor(spiffeId: string) {
+    super(
+      'ERR_AGENT_NOT_FOUND',
+      `no attested agent with SPIFFE ID ${JSON.stringify(spiffeId)}; see "agent list"`,
+    );
+  }
+}
+
+export class BundleNotFoundError extends ServerError {
+  constructor(trustDomain: string) {
+    super(
+      'ERR_BUNDLE_NOT_FOUND',
+      `no federated bundle for trust domain ${JSON.stringify(trustDomain)}; see "bundle list"`,
+    );
+  }
+}
+
+export class JoinTokenInvalidError extends ServerError {
+  constructor() {
+    // Deliberately the same message for unknown, used and expired tokens: the caller learns nothing.
+    super('ERR_JOIN_TOKEN_INVALID', 'join token is unknown, already used or expired; generate a new one');
+  }
+}
+
+export class PermissionDeniedError extends ServerError {
+  constructor(message: string) {
+    super('ERR_PERMISSION_DENIED', message);
+  }
+}
+
+export class DatastoreError extends ServerError {
+  constructor(message: string, cause?: unknown) {
+    super('ERR_DATASTORE', message, { cause });
+  }
+}
+
+/** Misuse of the local authority commands, or a CA key the journal names but the KeyManager lacks. */
+export class CaError extends ServerError {}

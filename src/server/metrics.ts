@@ -1,0 +1,16 @@
+import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
+
+/** The server's metrics, on a registry of its own so tests and embedders never share state. */
+export class ServerMetrics {
+  readonly registry = new Registry();
+  readonly adminCalls = new Counter({
+    name: 'ironroot_admin_api_calls_total',
+    help: 'Admin API calls by method and result (ok, error, denied)',
+    labelNames: ['method', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'ironroot_' });
+  }
+}

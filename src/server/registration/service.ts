@@ -1,0 +1,260 @@
+/**
+ * The registration API's behaviour, independent of gRPC: each method takes the decoded request and
+ * the caller (for the audit log) and returns the response message or throws a ServerError.
+ *
+ * @module
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type {
+  AgentIdRequest,
+  AgentMessage,
+  BatchCreateEntryRequest,
+  BatchCreateEntryResponse,
+  BatchDeleteEntryRequest,
+  BatchDeleteEntryResponse,
+  BatchUpdateEntryRequest,
+  BatchUpdateEntryResponse,
+  CountEntriesRequest,
+  CountEntriesResponse,
+  CreateJoinTokenRequest,
+  EntryFilterMessage,
+  EntryMessage,
+  GetEntryRequest,
+  JoinTokenMessage,
+  ListAgentsRequest,
+  ListAgentsResponse,
+  ListEntriesRequest,
+  ListEntriesResponse,
+  StatusMessage,
+} from '../admin/messages.js';
+import { type Clock, nowSeconds } from '../clock.js';
+import type {
+  Actor,
+  AttestedNode,
+  Datastore,
+  EntryFilter,
+  RegistrationEntry,
+  Selector,
+  SelectorMatch,
+} from '../datastore/datastore.js';
+import {
+  AgentNotFoundError,
+  EntryNotFoundError,
+  InvalidArgumentError,
+  ServerError,
+  TtlOutOfRangeError,
+} from '../errors.js';
+import { serverSpiffeId } from '../identity.js';
+import { checkIdInTrustDomain } from './ids.js';
+import { checkEntry, checkSelector } from './validate.js';
+
+export const JOIN_TOKEN_DEFAULT_TTL = 600;
+export const JOIN_TOKEN_MAX_TTL = 7 * 86400;
+const MATCHES: readonly SelectorMatch[] = ['exact', 'subset', 'superset', 'any'];
+
+/** SHA-256 of a join token, hex: the only form in which the server keeps it. */
+export function hashJoinToken(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+export class RegistrationService {
+  readonly #store: Datastore;
+  readonly #trustDomain: string;
+  readonly #clock: Clock;
+
+  constructor(store: Datastore, trustDomain: string, clock: Clock) {
+    this.#store = store;
+    this.#trustDomain = trustDomain;
+    this.#clock = clock;
+  }
+
+  async batchCreateEntry(request: BatchCreateEntryRequest, actor: Actor): Promise<BatchCreateEntryResponse> {
+    const results = [];
+    for (const message of request.entries) {
+      try {
+        const created = await this.#store.createEntry(checkEntry(message, this.#trustDomain), actor);
+        results.push({ status: OK, entry: toEntryMessage(created) });
+      } catch (error) {
+        results.push({ status: statusOf(error), entry: null });
+      }
+    }
+    return { results };
+  }
+
+  async getEntry(request: GetEntryRequest): Promise<EntryMessage> {
+    const entry = await this.#store.getEntry(request.id);
+    if (entry === undefined) throw new EntryNotFoundError(request.id);
+    return toEntryMessage(entry);
+  }
+
+  async listEntries(request: ListEntriesRequest): Promise<ListEntriesResponse> {
+    if (request.page_size < 0)
+      throw new InvalidArgumentError(`page_size ${request.page_size} must not be negative`);
+    const page = await this.#store.listEntries(this.#filter(request.filter), {
+      token: request.page_token,
+      ...(request.page_size > 0 ? { size: request.page_size } : {}),
+    });
+    return { entries: page.entries.map(toEntryMessage), next_page_token: page.nextToken };
+  }
+
+  async countEntries(request: CountEntriesRequest): Promise<CountEntriesResponse> {
+    return { count: await this.#store.countEntries(this.#filter(request.filter)) };
+  }
+
+  async batchUpdateEntry(request: BatchUpdateEntryRequest, actor: Actor): Promise<BatchUpdateEntryResponse> {
+    const results = [];
+    for (const message of request.entries) {
+      try {
+        const entry = checkEntry(message, this.#trustDomain);
+        const expected = message.revision_number > 0 ? message.revision_number : undefined;
+        const updated = await this.#store.updateEntry(message.id, entry, actor, expected);
+        results.push({ status: OK, entry: toEntryMessage(updated) });
+      } catch (error) {
+        results.push({ status: statusOf(error), entry: null });
+      }
+    }
+    return { results };
+  }
+
+  async batchDeleteEntry(request: BatchDeleteEntryRequest, actor: Actor): Promise<BatchDeleteEntryResponse> {
+    const results = [];
+    for (const id of request.ids) {
+      try {
+        await this.#store.deleteEntry(id, actor);
+        results.push({ status: OK, id });
+      } catch (error) {
+        results.push({ status: statusOf(error), id });
+      }
+    }
+    return { results };
+  }
+
+  async listAgents(request: ListAgentsRequest): Promise<ListAgentsResponse> {
+    if (!['', 'true', 'false'].includes(request.by_banned)) {
+      throw new InvalidArgumentError(
+        `by_banned ${JSON.stringify(request.by_banned)}: allowed "true", "false" or empty`,
+      );
+    }
+    const nodes = (await this.#store.listNodes()).filter(
+      (n) => request.by_banned === '' || String(n.banned) === request.by_banned,
+    );
+    return { agents: await Promise.all(nodes.map((n) => this.#toAgentMessage(n))) };
+  }
+
+  async getAgent(request: AgentIdRequest): Promise<AgentMessage> {
+    const node = await this.#store.getNode(request.spiffe_id);
+    if (node === undefined) throw new AgentNotFoundError(request.spiffe_id);
+    return this.#toAgentMessage(node);
+  }
+
+  async evictAgent(request: AgentIdRequest, actor: Actor): Promise<AgentMessage> {
+    return this.#toAgentMessage(await this.#store.deleteNode(request.spiffe_id, actor));
+  }
+
+  async banAgent(request: AgentIdRequest, actor: Actor): Promise<AgentMessage> {
+    return this.#toAgentMessage(await this.#store.setNodeBanned(request.spiffe_id, true, actor));
+  }
+
+  async createJoinToken(request: CreateJoinTokenRequest, actor: Actor): Promise<JoinTokenMessage> {
+    const ttl = request.ttl === 0 ? JOIN_TOKEN_DEFAULT_TTL : request.ttl;
+    if (ttl < 1 || ttl > JOIN_TOKEN_MAX_TTL)
+      throw new TtlOutOfRangeError('ttl', request.ttl, 1, JOIN_TOKEN_MAX_TTL);
+    const spiffeId =
+      request.spiffe_id === ''
+        ? undefined
+        : checkIdInTrustDomain('spiffe_id', request.spiffe_id, this.#trustDomain);
+    const value = randomBytes(32).toString('base64url');
+    const expiresAt = nowSeconds(this.#clock) + ttl;
+    await this.#store.createJoinToken(
+      { tokenHash: hashJoinToken(value), expiresAt, ...(spiffeId ? { spiffeId } : {}) },
+      actor,
+    );
+    return { value, expires_at: expiresAt };
+  }
+
+  /**
+   * Node aliases: entries whose parent is the server's own ID and whose selectors the node has
+   * (all of them), so one entry can name a whole class of agents.
+   */
+  async nodeAliases(nodeSelectors: readonly Selector[]): Promise<RegistrationEntry[]> {
+    if (nodeSelectors.length === 0) return [];
+    const filter: EntryFilter = {
+      parentId: serverSpiffeId(this.#trustDomain),
+      selectors: { selectors: [...nodeSelectors], match: 'subset' },
+    };
+    const aliases: RegistrationEntry[] = [];
+    let token = '';
+    do {
+      const page = await this.#store.listEntries(filter, { token });
+      aliases.push(...page.entries);
+      token = page.nextToken;
+    } while (token !== '');
+    return aliases;
+  }
+
+  #filter(message: EntryFilterMessage | null): EntryFilter {
+    if (message === null) return {};
+    const filter: EntryFilter = {};
+    if (message.by_spiffe_id !== '') filter.spiffeId = message.by_spiffe_id;
+    if (message.by_parent_id !== '') filter.parentId = message.by_parent_id;
+    if (message.by_federates_with.length > 0) filter.federatesWith = [...message.by_federates_with];
+    if (message.by_selectors.length > 0) {
+      const match = message.selector_match === '' ? 'exact' : message.selector_match;
+      if (!isMatch(match)) {
+        throw new InvalidArgumentError(
+          `selector_match ${JSON.stringify(match)}: allowed ${MATCHES.join(', ')}`,
+        );
+      }
+      filter.selectors = { selectors: message.by_selectors.map(checkSelector), match };
+    } else if (message.selector_match !== '') {
+      throw new InvalidArgumentError('selector_match needs at least one selector to match against');
+    }
+    return filter;
+  }
+
+  async #toAgentMessage(node: AttestedNode): Promise<AgentMessage> {
+    const aliases = await this.nodeAliases(node.selectors);
+    return {
+      spiffe_id: node.spiffeId,
+      attestation_type: node.attestationType,
+      x509_svid_serial_number: node.serialNumber,
+      x509_svid_expires_at: node.expiresAt,
+      banned: node.banned,
+      selectors: node.selectors,
+      ek_hash: node.tpm?.ekHash ?? '',
+      created_at: node.createdAt,
+      alias_spiffe_ids: aliases.map((a) => a.spiffeId),
+    };
+  }
+}
+
+function isMatch(value: string): value is SelectorMatch {
+  return (MATCHES as readonly string[]).includes(value);
+}
+
+const OK: StatusMessage = { code: 0, error_code: '', message: 'OK' };
+
+function statusOf(error: unknown): StatusMessage {
+  if (error instanceof ServerError)
+    return { code: error.grpcStatus, error_code: error.code, message: error.message };
+  throw error;
+}
+
+export function toEntryMessage(entry: RegistrationEntry): EntryMessage {
+  return {
+    id: entry.id,
+    spiffe_id: entry.spiffeId,
+    parent_id: entry.parentId,
+    selectors: entry.selectors,
+    x509_svid_ttl: entry.x509SvidTtl,
+    jwt_svid_ttl: entry.jwtSvidTtl,
+    dns_names: entry.dnsNames,
+    admin: entry.admin,
+    downstream: entry.downstream,
+    federates_with: entry.federatesWith,
+    hint: entry.hint,
+    expires_at: entry.expiresAt,
+    revision_number: entry.revisionNumber,
+    created_at: entry.createdAt,
+  };
+}

@@ -1,0 +1,186 @@
+/**
+ * Starts and stops a whole server from a validated configuration: safety checks, datastore and
+ * migrations, the key manager and CA, the admin API, and the HTTP endpoints (health, bundle
+ * endpoint, OIDC discovery).
+ *
+ * @module
+ */
+import type { FastifyInstance } from 'fastify';
+import type { KeyManager } from '../hsm/key-manager.js';
+import { openKeyManager } from '../hsm/open.js';
+import { AdminServer } from './admin/server.js';
+import { CertificateAuthority } from './ca/authority.js';
+import { CaService } from './ca/service.js';
+import { loadUpstreamAuthority } from './ca/upstream.js';
+import type { Clock } from './clock.js';
+import { redactSecrets } from './config/load.js';
+import { checkConfigSafety, prepareDirectories } from './config/safety.js';
+import type { ServerConfig } from './config/schema.js';
+import type { Datastore } from './datastore/datastore.js';
+import { openSqliteDatastore } from './datastore/sqlite.js';
+import { startBundleEndpoint } from './http/bundle-endpoint.js';
+import { startHealthServer } from './http/health.js';
+import { startOidcDiscovery } from './http/oidc.js';
+import type { Logger } from './log.js';
+import { ServerMetrics } from './metrics.js';
+import { RegistrationService } from './registration/service.js';
+
+/** How often the CA checks whether to prepare, activate or prune. */
+const ROTATION_CHECK_MS = 10_000;
+
+export interface RunningServer {
+  datastore: Datastore;
+  ca: CertificateAuthority;
+  health: FastifyInstance;
+  /** Bound ports of the optional endpoints (useful when configured with port 0). */
+  ports: { bundleEndpoint?: number; oidc?: number };
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  clock: Clock;
+  /** Opens the configured key manager; tests may hand in another. */
+  openKeys?: (spec: string) => Promise<KeyManager>;
+}
+
+export async function startServer(
+  config: ServerConfig,
+  logger: Logger,
+  options: StartOptions,
+): Promise<RunningServer> {
+  const { clock } = options;
+  const { warnings } = checkConfigSafety(config);
+  for (const warning of warnings) logger.warn({ development: config.development }, warning);
+  prepareDirectories(config);
+
+  const closers: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const close of closers.reverse()) await close();
+  };
+  try {
+    const opened = await openSqliteDatastore(config.data_dir, clock);
+    const { datastore } = opened;
+    closers.push(() => datastore.close());
+    if (opened.migrated.length > 0) {
+      logger.info({ migrations: opened.migrated, path: opened.path }, 'datastore migrated');
+    }
+
+    const keyManager = await (
+      options.openKeys ??
+      ((spec) =>
+        openKeyManager(spec, {
+          onEvent: (event) => logger.warn({ hsm_event: event.type }, 'key manager event'),
+        }))
+    )(config.key_manager);
+    closers.push(() => keyManager.close());
+    logger.info(
+      { key_manager: redactSecrets(config.key_manager), kind: keyManager.kind },
+      'key manager open',
+    );
+
+    const ca = await CertificateAuthority.open({
+      trustDomain: config.trust_domain,
+      keyManager,
+      datastore,
+      clock,
+      logger,
+      caTtl: config.ca_ttl,
+      keyType: config.ca_key_type,
+      refreshHint: config.bundle_endpoint?.refresh_hint ?? 300,
+      ...(config.ca_subject ? { subject: config.ca_subject } : {}),
+      ...(config.jwt_issuer ? { jwtIssuer: config.jwt_issuer } : {}),
+      ...(config.upstream_authority
+        ? {
+            upstream: loadUpstreamAuthority(
+              config.upstream_authority.cert_file,
+              config.upstream_authority.key_file,
+            ),
+          }
+        : {}),
+    });
+    const rotation = setInterval(() => {
+      ca.rotate().catch((error: unknown) => logger.error({ err: error }, 'CA rotation failed; will retry'));
+    }, ROTATION_CHECK_MS);
+    closers.push(async () => clearInterval(rotation));
+
+    const metrics = new ServerMetrics();
+    const admin = new AdminServer({
+      socketPath: config.admin_socket,
+      allowedUids: config.admin_allowed_uids,
+      service: new RegistrationService(datastore, config.trust_domain, clock),
+      ca: new CaService({
+        ca,
+        datastore,
+        trustDomain: config.trust_domain,
+        defaultX509SvidTtl: config.default_x509_svid_ttl,
+        defaultJwtSvidTtl: config.default_jwt_svid_ttl,
+      }),
+      logger,
+      onCall: (method, result) => metrics.adminCalls.inc({ method, result }),
+    });
+    closers.push(() => admin.stop());
+    await admin.start();
+
+    const health = await startHealthServer({
+      address: config.health_address,
+      registry: metrics.registry,
+      ready: async () => {
+        await datastore.ping();
+        await ca.selfTest();
+      },
+    });
+    closers.push(() => health.close());
+
+    const ports: RunningServer['ports'] = {};
+    if (config.bundle_endpoint) {
+      const endpoint = await startBundleEndpoint({
+        address: config.bundle_endpoint.address,
+        profile: config.bundle_endpoint.profile,
+        ...(config.bundle_endpoint.cert_file ? { certFile: config.bundle_endpoint.cert_file } : {}),
+        ...(config.bundle_endpoint.key_file ? { keyFile: config.bundle_endpoint.key_file } : {}),
+        ca,
+        trustDomain: config.trust_domain,
+        svidTtl: config.default_x509_svid_ttl,
+        clock,
+        logger,
+      });
+      closers.push(() => endpoint.close());
+      ports.bundleEndpoint = endpoint.port;
+      logger.info(
+        { port: endpoint.port, profile: config.bundle_endpoint.profile },
+        'bundle endpoint listening',
+      );
+    }
+    if (config.oidc_discovery && config.jwt_issuer) {
+      const oidc = await startOidcDiscovery({
+        address: config.oidc_discovery.address,
+        issuer: config.jwt_issuer,
+        ...(config.oidc_discovery.cert_file ? { certFile: config.oidc_discovery.cert_file } : {}),
+        ...(config.oidc_discovery.key_file ? { keyFile: config.oidc_discovery.key_file } : {}),
+        ca,
+        logger,
+      });
+      closers.push(() => oidc.close());
+      ports.oidc = oidc.port;
+      logger.info({ port: oidc.port, issuer: config.jwt_issuer }, 'OIDC discovery listening');
+    }
+
+    logger.info(
+      { trust_domain: config.trust_domain, data_dir: config.data_dir, health_address: config.health_address },
+      'ironroot-server started',
+    );
+    return {
+      datastore,
+      ca,
+      health,
+      ports,
+      async stop() {
+        await stopAll();
+        logger.info('ironroot-server stopped');
+      },
+    };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}

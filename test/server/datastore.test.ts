@@ -1,0 +1,314 @@
+import { mkdtempSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Clock } from '../../src/server/clock.js';
+import type { Datastore, NewEntry } from '../../src/server/datastore/index.js';
+import { openSqliteDatastore } from '../../src/server/datastore/index.js';
+import { openPostgresDatastore } from '../../src/server/datastore/postgres.js';
+import { AgentNotFoundError, EntryDuplicateError, EntryNotFoundError } from '../../src/server/errors.js';
+import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+
+const TD = 'spiffe://example.org';
+
+function entry(overrides: Partial<NewEntry> = {}): NewEntry {
+  return {
+    spiffeId: `${TD}/workload`,
+    parentId: `${TD}/agent/a`,
+    selectors: [{ type: 'unix', value: 'uid:1000' }],
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    admin: false,
+    downstream: false,
+    federatesWith: [],
+    hint: '',
+    expiresAt: 0,
+    ...overrides,
+  };
+}
+
+let postgres: TestPostgres | undefined;
+let databases = 0;
+afterAll(async () => {
+  await postgres?.stop();
+});
+
+/** A fresh, empty datastore of each dialect: SQLite in a new directory, PostgreSQL in a new database. */
+const DIALECTS: [string, (clock: Clock) => Promise<Datastore>][] = [
+  [
+    'SQLite',
+    async (clock) =>
+      (await openSqliteDatastore(join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data'), clock)).datastore,
+  ],
+  [
+    'PostgreSQL',
+    async (clock) => {
+      postgres ??= await startPostgres();
+      const name = `ironroot_${++databases}`;
+      const admin = new pg.Client({ connectionString: postgres.connectionString });
+      await admin.connect();
+      await admin.query(`CREATE DATABASE ${name}`);
+      await admin.end();
+      return (
+        await openPostgresDatastore(postgres.connectionString.replace('/postgres?', `/${name}?`), clock)
+      ).datastore;
+    },
+  ],
+];
+
+describe('SQLite datastore files', () => {
+  let dir: string;
+  let store: Datastore;
+  const clock: Clock = { now: () => 1_700_000_000_000 };
+
+  beforeEach(async () => {
+    dir = join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data');
+    store = (await openSqliteDatastore(dir, clock)).datastore;
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  it('keeps its file 0600 in a 0700 directory, in WAL mode', async () => {
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, 'datastore.sqlite3')).mode & 0o777).toBe(0o600);
+    await store.createEntry(entry(), 'test');
+    expect(statSync(join(dir, 'datastore.sqlite3-wal')).mode & 0o777).toBe(0o600);
+  });
+
+  it('migrates once and then finds the schema current', async () => {
+    await store.close();
+    const again = await openSqliteDatastore(dir, clock);
+    store = again.datastore;
+    expect(again.migrated).toEqual([]);
+  });
+});
+
+describe.each(DIALECTS)('%s datastore', (_name, open) => {
+  let store: Datastore;
+  const clock: Clock & { t: number } = { t: 1_700_000_000_000, now: () => clock.t };
+
+  beforeEach(async () => {
+    clock.t = 1_700_000_000_000;
+    store = await open(clock);
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  it('creates, reads, updates and deletes an entry, bumping the revision', async () => {
+    const created = await store.createEntry(
+      entry({ dnsNames: ['a.example.org'], federatesWith: ['other.org'], admin: true, hint: 'h' }),
+      'uid:0',
+    );
+    expect(created.revisionNumber).toBe(0);
+    expect(created.createdAt).toBe(1_700_000_000);
+    expect(await store.getEntry(created.id)).toEqual(created);
+    const updated = await store.updateEntry(created.id, entry({ x509SvidTtl: 600 }), 'uid:0', 0);
+    expect(updated.revisionNumber).toBe(1);
+    expect((await store.getEntry(created.id))?.x509SvidTtl).toBe(600);
+    await expect(store.updateEntry(created.id, entry(), 'uid:0', 0)).rejects.toMatchObject({
+      code: 'ERR_ENTRY_REVISION_MISMATCH',
+    });
+    await store.deleteEntry(created.id, 'uid:0');
+    expect(await store.getEntry(created.id)).toBeUndefined();
+    await expect(store.deleteEntry(created.id, 'uid:0')).rejects.toBeInstanceOf(EntryNotFoundError);
+  });
+
+  it('refuses a duplicate whatever the selector order', async () => {
+    const sel = [
+      { type: 'unix', value: 'uid:1' },
+      { type: 'unix', value: 'gid:2' },
+    ];
+    const first = await store.createEntry(entry({ selectors: sel }), 't');
+    const error = await store
+      .createEntry(entry({ selectors: [...sel].reverse() }), 't')
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(EntryDuplicateError);
+    expect((error as EntryDuplicateError).existingId).toBe(first.id);
+    await store.createEntry(entry({ selectors: sel.slice(0, 1) }), 't');
+  });
+
+  it('lets exactly one of many concurrent identical creates through', async () => {
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, () => store.createEntry(entry(), 't')),
+    );
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    for (const r of results.filter((x) => x.status === 'rejected')) {
+      expect(r.reason).toBeInstanceOf(EntryDuplicateError);
+    }
+    expect(await store.countEntries({})).toBe(1);
+  });
+
+  it('filters by selector match exact, subset, superset and any', async () => {
+    const a = { type: 'k8s', value: 'ns:a' };
+    const b = { type: 'k8s', value: 'sa:b' };
+    const c = { type: 'k8s', value: 'pod:c' };
+    const onlyA = await store.createEntry(entry({ spiffeId: `${TD}/1`, selectors: [a] }), 't');
+    const ab = await store.createEntry(entry({ spiffeId: `${TD}/2`, selectors: [a, b] }), 't');
+    const abc = await store.createEntry(entry({ spiffeId: `${TD}/3`, selectors: [a, b, c] }), 't');
+    await store.createEntry(entry({ spiffeId: `${TD}/4`, selectors: [c] }), 't');
+    const ids = async (match: 'exact' | 'subset' | 'superset' | 'any') =>
+      (await store.listEntries({ selectors: { selectors: [a, b], match } })).entries.map((e) => e.id).sort();
+    expect(await ids('exact')).toEqual([ab.id]);
+    expect(await ids('subset')).toEqual([onlyA.id, ab.id].sort());
+    expect(await ids('superset')).toEqual([ab.id, abc.id].sort());
+    expect(await ids('any')).toEqual([onlyA.id, ab.id, abc.id].sort());
+    expect(await store.countEntries({ selectors: { selectors: [c], match: 'exact' } })).toBe(1);
+  });
+
+  it('filters by spiffe id, parent id and federated trust domains', async () => {
+    await store.createEntry(entry({ spiffeId: `${TD}/x`, federatesWith: ['a.org', 'b.org'] }), 't');
+    await store.createEntry(
+      entry({ spiffeId: `${TD}/y`, parentId: `${TD}/agent/b`, federatesWith: ['a.org'] }),
+      't',
+    );
+    expect(await store.countEntries({ spiffeId: `${TD}/x` })).toBe(1);
+    expect(await store.countEntries({ parentId: `${TD}/agent/b` })).toBe(1);
+    expect(await store.countEntries({ federatesWith: ['a.org'] })).toBe(2);
+    expect(await store.countEntries({ federatesWith: ['a.org', 'b.org'] })).toBe(1);
+  });
+
+  it('pages through entries without losing or repeating any', async () => {
+    for (let i = 0; i < 25; i++) await store.createEntry(entry({ spiffeId: `${TD}/w${i}` }), 't');
+    const seen: string[] = [];
+    let token = '';
+    let pages = 0;
+    do {
+      const page = await store.listEntries({}, { token, size: 10 });
+      seen.push(...page.entries.map((e) => e.id));
+      token = page.nextToken;
+      pages++;
+    } while (token !== '');
+    expect(pages).toBe(3);
+    expect(new Set(seen).size).toBe(25);
+  });
+
+  it('records every change in the audit log with actor and time', async () => {
+    const created = await store.createEntry(entry(), 'uid:1000');
+    clock.t += 5000;
+    await store.deleteEntry(created.id, 'uid:0');
+    const log = await store.listAudit(10);
+    expect(log.map((r) => [r.action, r.actor, r.objectId, r.at])).toEqual([
+      ['entry.delete', 'uid:0', created.id, 1_700_000_005],
+      ['entry.create', 'uid:1000', created.id, 1_700_000_000],
+    ]);
+  });
+
+  it('stores nodes with TPM data, bans and evicts them', async () => {
+    await store.upsertNode(
+      {
+        spiffeId: `${TD}/agent/tpm/abc`,
+        attestationType: 'tpm',
+        serialNumber: '01',
+        expiresAt: 1_700_003_600,
+        banned: false,
+        selectors: [{ type: 'tpm', value: 'ek-hash:abc' }],
+        tpm: { ekHash: 'abc', akPublic: new Uint8Array([1, 2, 3]), resetCount: 4 },
+        createdAt: 1_700_000_000,
+      },
+      'server',
+    );
+    const node = await store.getNode(`${TD}/agent/tpm/abc`);
+    expect(node?.tpm?.ekHash).toBe('abc');
+    expect(Buffer.from(node?.tpm?.akPublic ?? [])).toEqual(Buffer.from([1, 2, 3]));
+    expect(node?.tpm?.resetCount).toBe(4);
+    expect((await store.setNodeBanned(`${TD}/agent/tpm/abc`, true, 'uid:0')).banned).toBe(true);
+    expect((await store.listNodes())[0]?.banned).toBe(true);
+    await store.deleteNode(`${TD}/agent/tpm/abc`, 'uid:0');
+    expect(await store.listNodes()).toEqual([]);
+    await expect(store.deleteNode(`${TD}/agent/tpm/abc`, 'uid:0')).rejects.toBeInstanceOf(AgentNotFoundError);
+  });
+
+  it('consumes a join token once, and not after it expired', async () => {
+    await store.createJoinToken(
+      { tokenHash: 'h1', spiffeId: `${TD}/node`, expiresAt: 1_700_000_600 },
+      'uid:0',
+    );
+    await store.createJoinToken({ tokenHash: 'h2', expiresAt: 1_700_000_600 }, 'uid:0');
+    expect(await store.consumeJoinToken('h1', 1_700_000_100, 'server')).toEqual({
+      tokenHash: 'h1',
+      spiffeId: `${TD}/node`,
+      expiresAt: 1_700_000_600,
+    });
+    expect(await store.consumeJoinToken('h1', 1_700_000_100, 'server')).toBeUndefined();
+    expect(await store.consumeJoinToken('h2', 1_700_000_600, 'server')).toBeUndefined();
+  });
+});
+
+describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) => {
+  let store: Datastore;
+  const clock: Clock = { now: () => 1_700_000_000_000 };
+
+  beforeEach(async () => {
+    store = await open(clock);
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  const slot = (s: 'A' | 'B', state: 'prepared' | 'active' | 'old') => ({
+    authority: 'x509' as const,
+    slot: s,
+    keyId: `x509-${s}`,
+    state,
+    publicKeyDer: new Uint8Array([s === 'A' ? 1 : 2]),
+    certificateDer: new Uint8Array([9]),
+    notBefore: s === 'A' ? 1 : 2,
+    notAfter: 3,
+    tainted: false,
+  });
+
+  it('journals slots and the own bundle together, replacing a slot in place', async () => {
+    await store.recordCaChange(
+      {
+        upsert: [slot('A', 'active')],
+        remove: [],
+        bundle: { trustDomain: 'example.org', document: '{"keys":[]}', sequence: 1 },
+      },
+      'ca.init',
+      'server',
+    );
+    await store.recordCaChange(
+      {
+        upsert: [slot('A', 'old'), slot('B', 'active')],
+        remove: [],
+        bundle: { trustDomain: 'example.org', document: '{"keys":[1]}', sequence: 2 },
+      },
+      'ca.activate',
+      'server',
+    );
+    const slots = await store.listCaSlots();
+    expect(slots.map((s) => [s.slot, s.state])).toEqual([
+      ['A', 'old'],
+      ['B', 'active'],
+    ]);
+    expect(Buffer.from(slots[1]?.publicKeyDer ?? [])).toEqual(Buffer.from([2]));
+    expect(await store.getBundle('example.org')).toMatchObject({
+      document: '{"keys":[1]}',
+      sequence: 2,
+      federated: false,
+    });
+    expect((await store.listAudit(1))[0]).toMatchObject({ action: 'ca.activate', objectId: 'x509-A,x509-B' });
+    await store.recordCaChange(
+      { upsert: [], remove: [{ authority: 'x509', keyId: 'x509-A' }] },
+      'ca.prune',
+      'server',
+    );
+    expect((await store.listCaSlots()).map((s) => s.keyId)).toEqual(['x509-B']);
+  });
+
+  it('keeps federated bundles with a growing sequence, and deletes them', async () => {
+    expect((await store.setFederatedBundle('partner.org', '{"keys":[]}', 'uid:0')).sequence).toBe(1);
+    expect((await store.setFederatedBundle('partner.org', '{"keys":[2]}', 'uid:0')).sequence).toBe(2);
+    expect((await store.listBundles()).map((b) => [b.trustDomain, b.federated])).toEqual([
+      ['partner.org', true],
+    ]);
+    await store.deleteFederatedBundle('partner.org', 'uid:0');
+    await expect(store.deleteFederatedBundle('partner.org', 'uid:0')).rejects.toMatchObject({
+      code: 'ERR_BUNDLE_NOT_FOUND',
+    });
+  });
+});
