@@ -12,3 +12,4 @@ export * from './session.js';
 export * from './tpm.js';
 export * from './transport/index.js';
 export * from './verify/index.js';
+export * from './eventlog/index.js';
