@@ -1,5 +1,7 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { healthcheckCommand } from './healthcheck.js';
+import { runCommand } from './run.js';
 import { tpmCommand } from './tpm.js';
 
 export function buildAgentProgram(): Command {
@@ -8,6 +10,8 @@ export function buildAgentProgram(): Command {
     .version(VERSION, '-v, --version')
     .helpCommand(true)
     .showHelpAfterError();
+  program.addCommand(runCommand());
+  program.addCommand(healthcheckCommand());
   program.addCommand(tpmCommand());
   return program;
 }

@@ -1,0 +1,177 @@
+import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { Agent } from '../../src/agent/agent.js';
+import { loadAgentConfig } from '../../src/agent/config/load.js';
+import type { AgentConfigInput } from '../../src/agent/config/schema.js';
+import type { HealthStatus } from '../../src/agent/health.js';
+import { validateConfig } from '../../src/server/config/load.js';
+import type { ServerConfigInput } from '../../src/server/config/schema.js';
+import { RegistrationService } from '../../src/server/registration/service.js';
+import { type RunningServer, startServer } from '../../src/server/server.js';
+import type { Swtpm } from '../helpers/swtpm.js';
+
+export const TD = 'example.org';
+
+/** A clock the test moves; starts at the real time so certificates are valid for openssl too. */
+export class FakeClock {
+  #offsetMs = 0;
+  now(): number {
+    return Date.now() + this.#offsetMs;
+  }
+  advance(seconds: number): void {
+    this.#offsetMs += seconds * 1000;
+  }
+}
+
+/** Collects pino's JSON lines, so tests can assert on logged decisions. */
+export class LogSink {
+  readonly lines: Record<string, unknown>[] = [];
+  readonly stream = new Writable({
+    write: (chunk: Buffer, _encoding, done) => {
+      for (const line of chunk.toString().split('\n'))
+        if (line.trim() !== '') this.lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  text(): string {
+    return this.lines.map((l) => JSON.stringify(l)).join('\n');
+  }
+  decisions(): Record<string, unknown>[] {
+    return this.lines.filter((l) => typeof l.result === 'string' && 'attestation_method' in l);
+  }
+}
+
+/** A directory with the swtpm local CA's root and intermediate, as an operator would lay it out. */
+export function ekCaDir(swtpm: Swtpm): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ironroot-ekca-'));
+  copyFileSync(swtpm.ekRootCertPath, join(dir, 'root.pem'));
+  copyFileSync(swtpm.ekIssuerCertPath, join(dir, 'issuer.pem'));
+  return dir;
+}
+
+export interface TestServer {
+  server: RunningServer;
+  logs: LogSink;
+  clock: FakeClock;
+  address: string;
+  bundleFile: string;
+  registration: RegistrationService;
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** A real server in this process: SQLite in a temporary directory, the CA, the agent API on TLS. */
+export async function startAttestServer(extra: Partial<ServerConfigInput> = {}): Promise<TestServer> {
+  const dir = mkdtempSync(join(tmpdir(), 'ironroot-attest-'));
+  const keysDir = join(dir, 'keys');
+  mkdirSync(keysDir, { mode: 0o700 });
+  const config = validateConfig(
+    {
+      trust_domain: TD,
+      data_dir: join(dir, 'data'),
+      admin_socket: join(dir, 'run', 'admin.sock'),
+      // On disk so that a restarted server keeps its CA, as it would with the HSM.
+      key_manager: `disk:${keysDir}`,
+      development: true,
+      health_address: '127.0.0.1:0',
+      bind_address: '127.0.0.1:0',
+      ...extra,
+    },
+    'test',
+  );
+  const logs = new LogSink();
+  const logger = pino({ level: 'debug' }, logs.stream);
+  const clock = new FakeClock();
+  const handle: TestServer = {
+    server: await startServer(config, logger, { clock }),
+    logs,
+    clock,
+    address: '',
+    bundleFile: join(dir, 'bundle.pem'),
+    registration: undefined as unknown as RegistrationService,
+    async restart() {
+      const port = handle.server.ports.agentApi;
+      await handle.server.stop();
+      handle.server = await startServer({ ...config, bind_address: `127.0.0.1:${port}` }, logger, { clock });
+      handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
+    },
+    stop: () => handle.server.stop(),
+  };
+  handle.address = `127.0.0.1:${handle.server.ports.agentApi}`;
+  handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
+  writeFileSync(
+    handle.bundleFile,
+    handle.server.ca
+      .bundle()
+      .toX509Bundle()
+      .authorities.map((c) => c.toString())
+      .join(''),
+  );
+  return handle;
+}
+
+export interface TestAgent {
+  agent: Agent;
+  logs: LogSink;
+  dataDir: string;
+  config: AgentConfigInput;
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startTestAgent(
+  server: TestServer,
+  overrides: Partial<AgentConfigInput>,
+): Promise<TestAgent> {
+  const dataDir = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-')), 'data');
+  const input: AgentConfigInput = {
+    server_address: server.address,
+    trust_domain: TD,
+    trust_bundle: server.bundleFile,
+    data_dir: dataDir,
+    socket_path: join(dataDir, '..', 'agent.sock'),
+    event_log_path: 'none',
+    retry_initial: '50ms',
+    retry_max: '200ms',
+    ...overrides,
+  };
+  const logs = new LogSink();
+  const make = () => new Agent(loadAgentConfig({ overrides: input }), pino({ level: 'debug' }, logs.stream));
+  const handle: TestAgent = {
+    agent: make(),
+    logs,
+    dataDir,
+    config: input,
+    async restart() {
+      await handle.agent.stop();
+      handle.agent = make();
+      await handle.agent.start();
+    },
+    stop: () => handle.agent.stop(),
+  };
+  await handle.agent.start();
+  return handle;
+}
+
+/** Polls until `check` passes; fails with the last status after `timeoutMs`. */
+export async function until<T>(
+  what: string,
+  check: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+export function healthy(agent: TestAgent): HealthStatus | undefined {
+  const status = agent.agent.status();
+  return status.state === 'healthy' && status.spiffe_id !== '' ? status : undefined;
+}
