@@ -59,6 +59,8 @@ export interface TestServer {
   address: string;
   bundleFile: string;
   registration: RegistrationService;
+  down(): Promise<void>;
+  up(): Promise<void>;
   restart(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -92,11 +94,18 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
     address: '',
     bundleFile: join(dir, 'bundle.pem'),
     registration: undefined as unknown as RegistrationService,
-    async restart() {
-      const port = handle.server.ports.agentApi;
+    async down() {
       await handle.server.stop();
+    },
+    async up() {
+      // The same port, so agents find it again.
+      const port = Number(handle.address.split(':')[1]);
       handle.server = await startServer({ ...config, bind_address: `127.0.0.1:${port}` }, logger, { clock });
       handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
+    },
+    async restart() {
+      await handle.down();
+      await handle.up();
     },
     stop: () => handle.server.stop(),
   };
