@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -11,9 +11,13 @@ import { validateConfig } from '../../src/server/config/load.js';
 import type { ServerConfigInput } from '../../src/server/config/schema.js';
 import { RegistrationService } from '../../src/server/registration/service.js';
 import { type RunningServer, startServer } from '../../src/server/server.js';
+import { createSoftHsm, type SoftHsm } from '../helpers/softhsm.js';
 import type { Swtpm } from '../helpers/swtpm.js';
 
 export const TD = 'example.org';
+
+/** One SoftHSM token per test file (process): servers in a file run one after another and share it. */
+let hsm: SoftHsm | undefined;
 
 /** A clock the test moves; starts at the real time so certificates are valid for openssl too. */
 export class FakeClock {
@@ -68,16 +72,14 @@ export interface TestServer {
 /** A real server in this process: SQLite in a temporary directory, the CA, the agent API on TLS. */
 export async function startAttestServer(extra: Partial<ServerConfigInput> = {}): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-attest-'));
-  const keysDir = join(dir, 'keys');
-  mkdirSync(keysDir, { mode: 0o700 });
+  hsm ??= await createSoftHsm('ironroot-attest');
   const config = validateConfig(
     {
       trust_domain: TD,
       data_dir: join(dir, 'data'),
       admin_socket: join(dir, 'run', 'admin.sock'),
-      // On disk so that a restarted server keeps its CA, as it would with the HSM.
-      key_manager: `disk:${keysDir}`,
-      development: true,
+      // CA keys in SoftHSM, so a restarted server finds them again, as in production.
+      key_manager: hsm.uri(),
       health_address: '127.0.0.1:0',
       bind_address: '127.0.0.1:0',
       ...extra,
