@@ -89,13 +89,14 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
   const logs = new LogSink();
   const logger = pino({ level: 'debug' }, logs.stream);
   const clock = new FakeClock();
+  const first = await startServer(config, logger, { clock });
   const handle: TestServer = {
-    server: await startServer(config, logger, { clock }),
+    server: first,
     logs,
     clock,
-    address: '',
+    address: `127.0.0.1:${first.ports.agentApi}`,
     bundleFile: join(dir, 'bundle.pem'),
-    registration: undefined as unknown as RegistrationService,
+    registration: new RegistrationService(first.datastore, TD, clock),
     async down() {
       await handle.server.stop();
     },
@@ -111,8 +112,6 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
     },
     stop: () => handle.server.stop(),
   };
-  handle.address = `127.0.0.1:${handle.server.ports.agentApi}`;
-  handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
   writeFileSync(
     handle.bundleFile,
     handle.server.ca
