@@ -10,6 +10,13 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly attestations = new Counter({
+    name: 'ironroot_node_attestations_total',
+    help: 'Agent attestations and renewals by method and result (ok, or the refusal code)',
+    labelNames: ['method', 'result'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ironroot_' });
   }

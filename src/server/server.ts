@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify';
 import type { KeyManager } from '../hsm/key-manager.js';
 import { openKeyManager } from '../hsm/open.js';
 import { AdminServer } from './admin/server.js';
+import { AgentApiServer } from './agentapi/server.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaService } from './ca/service.js';
 import { loadUpstreamAuthority } from './ca/upstream.js';
@@ -23,6 +24,7 @@ import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
 import type { Logger } from './log.js';
 import { ServerMetrics } from './metrics.js';
+import { loadTpmPolicy } from './nodeattestor/policy.js';
 import { RegistrationService } from './registration/service.js';
 
 /** How often the CA checks whether to prepare, activate or prune. */
@@ -33,7 +35,7 @@ export interface RunningServer {
   ca: CertificateAuthority;
   health: FastifyInstance;
   /** Bound ports of the optional endpoints (useful when configured with port 0). */
-  ports: { bundleEndpoint?: number; oidc?: number };
+  ports: { agentApi: number; bundleEndpoint?: number; oidc?: number };
   stop(): Promise<void>;
 }
 
@@ -121,6 +123,35 @@ export async function startServer(
     closers.push(() => admin.stop());
     await admin.start();
 
+    const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
+    if (tpmPolicy?.anyEk)
+      logger.warn(
+        { ek_trust: 'any' },
+        'tpm_attestation.ek_trust is "any": EKs not allow-listed or chaining to a configured EK CA are ACCEPTED; any TPM (or TPM simulator) can join this trust domain',
+      );
+    const agentApi = new AgentApiServer({
+      address: config.bind_address,
+      trustDomain: config.trust_domain,
+      ca,
+      datastore,
+      clock,
+      logger,
+      tpmPolicy,
+      agentSvidTtl: config.agent_svid_ttl,
+      serverSvidTtl: config.default_x509_svid_ttl,
+      rateLimit: {
+        perSecond: config.attestation_rate_limit.per_second,
+        burst: config.attestation_rate_limit.burst,
+      },
+      attestations: metrics.attestations,
+    });
+    const agentApiPort = await agentApi.start();
+    closers.push(() => agentApi.stop());
+    logger.info(
+      { address: config.bind_address, port: agentApiPort, tpm_attestation: tpmPolicy !== undefined },
+      'agent API listening',
+    );
+
     const health = await startHealthServer({
       address: config.health_address,
       registry: metrics.registry,
@@ -131,7 +162,7 @@ export async function startServer(
     });
     closers.push(() => health.close());
 
-    const ports: RunningServer['ports'] = {};
+    const ports: RunningServer['ports'] = { agentApi: agentApiPort };
     if (config.bundle_endpoint) {
       const endpoint = await startBundleEndpoint({
         address: config.bundle_endpoint.address,

@@ -44,6 +44,7 @@ export async function startTestServer(extra: Record<string, unknown> = {}): Prom
     key_manager: 'memory:',
     development: true,
     health_address: `127.0.0.1:${healthPort}`,
+    bind_address: '127.0.0.1:0',
     ...extra,
   };
   const configFile = join(dir, 'server.yaml');

@@ -75,6 +75,8 @@ describe('validate and run refuse bad configuration', () => {
       'flags.example',
       '--health-address',
       `127.0.0.1:${port}`,
+      '--bind-address',
+      '127.0.0.1:0',
       '--data-dir',
       join(dir, 'data'),
       '--admin-socket',

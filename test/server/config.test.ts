@@ -43,6 +43,8 @@ describe('server config', () => {
       ca_key_type: 'ec-p256',
       default_x509_svid_ttl: 3600,
       default_jwt_svid_ttl: 300,
+      agent_svid_ttl: 3600,
+      attestation_rate_limit: { per_second: 5, burst: 10 },
     });
   });
 

@@ -203,6 +203,7 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
         spiffeId: `${TD}/agent/tpm/abc`,
         attestationType: 'tpm',
         serialNumber: '01',
+        attestationCount: 1,
         expiresAt: 1_700_003_600,
         banned: false,
         selectors: [{ type: 'tpm', value: 'ek-hash:abc' }],

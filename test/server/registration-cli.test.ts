@@ -294,6 +294,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
           spiffeId: nodeId,
           attestationType: 'tpm',
           serialNumber: '0a',
+          attestationCount: 1,
           expiresAt: 1_900_000_000,
           banned: false,
           selectors: [

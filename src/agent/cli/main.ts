@@ -1,6 +1,8 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
 import { apiCommand } from './api.js';
+import { healthcheckCommand } from './healthcheck.js';
+import { runCommand } from './run.js';
 import { tpmCommand } from './tpm.js';
 
 export function buildAgentProgram(): Command {
@@ -9,6 +11,8 @@ export function buildAgentProgram(): Command {
     .version(VERSION, '-v, --version')
     .helpCommand(true)
     .showHelpAfterError();
+  program.addCommand(runCommand());
+  program.addCommand(healthcheckCommand());
   program.addCommand(tpmCommand());
   program.addCommand(apiCommand());
   return program;

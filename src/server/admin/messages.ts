@@ -187,6 +187,7 @@ export interface AdminApi {
     GetAgent: [AgentIdRequest, AgentMessage];
     EvictAgent: [AgentIdRequest, AgentMessage];
     BanAgent: [AgentIdRequest, AgentMessage];
+    UnbanAgent: [AgentIdRequest, AgentMessage];
     CreateJoinToken: [CreateJoinTokenRequest, JoinTokenMessage];
   };
   LocalAuthorityService: {

@@ -51,6 +51,7 @@ function handlersFor(service: RegistrationService, ca: CaService, actor: Actor):
       GetAgent: (r) => service.getAgent(r),
       EvictAgent: (r) => service.evictAgent(r, actor),
       BanAgent: (r) => service.banAgent(r, actor),
+      UnbanAgent: (r) => service.unbanAgent(r, actor),
       CreateJoinToken: (r) => service.createJoinToken(r, actor),
     },
     LocalAuthorityService: {

@@ -23,7 +23,7 @@ function formatAgent(agent: AgentMessage): string {
 function single(
   name: string,
   description: string,
-  method: 'GetAgent' | 'EvictAgent' | 'BanAgent',
+  method: 'GetAgent' | 'EvictAgent' | 'BanAgent' | 'UnbanAgent',
   done: string,
 ) {
   return adminCommand(
@@ -37,7 +37,7 @@ function single(
   });
 }
 
-/** `agent list|show|evict|ban`: attested agents. */
+/** `agent list|show|evict|ban|unban`: attested agents. */
 export function agentCommand(): Command {
   const agent = new Command('agent').description('manage attested agents');
   agent.addCommand(
@@ -57,7 +57,13 @@ export function agentCommand(): Command {
   agent.addCommand(single('show', 'show one agent, with its selectors and node aliases', 'GetAgent', ''));
   agent.addCommand(single('evict', 'forget an agent; it must attest again', 'EvictAgent', 'Evicted agent'));
   agent.addCommand(
-    single('ban', 'ban an agent; its re-attestation is refused until evicted', 'BanAgent', 'Banned agent'),
+    single(
+      'ban',
+      'ban an agent; its attestation and renewal are refused until unbanned',
+      'BanAgent',
+      'Banned agent',
+    ),
   );
+  agent.addCommand(single('unban', 'lift a ban: the agent may attest again', 'UnbanAgent', 'Unbanned agent'));
   return agent;
 }

@@ -13,6 +13,9 @@ interface RunFlags {
   keyManager?: string;
   development?: boolean;
   logLevel?: string;
+  tpmEkCa?: string;
+  tpmEkHashAllow?: string;
+  tpmPcrs?: string;
 }
 
 /** `run`: start the server from a config file, flags, or both (flags win). Stops on SIGINT/SIGTERM. */
@@ -31,6 +34,15 @@ export function runCommand(): Command {
     .option('--key-manager <uri>', 'PKCS#11 URI, or disk:DIR / memory: (development only)')
     .option('--development', 'allow development-only settings, with loud warnings')
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${DEFAULTS.log_level})`)
+    .option(
+      '--tpm-ek-ca <dir>',
+      'directory of trusted EK issuer CA certificates (PEM/DER); enables TPM attestation',
+    )
+    .option(
+      '--tpm-ek-hash-allow <file>',
+      'file of allowed EK public key hashes, one per line; enables TPM attestation',
+    )
+    .option('--tpm-pcrs <selection>', `PCRs to quote (default ${DEFAULTS.tpm_pcrs})`)
     .action(async (flags: RunFlags) => {
       const overrides: ConfigOverrides = {
         trust_domain: flags.trustDomain,
@@ -41,6 +53,11 @@ export function runCommand(): Command {
         key_manager: flags.keyManager,
         development: flags.development,
         log_level: flags.logLevel,
+        tpm_attestation: {
+          ek_ca_dir: flags.tpmEkCa,
+          ek_hash_allow_file: flags.tpmEkHashAllow,
+          pcrs: flags.tpmPcrs,
+        },
       };
       const config = loadConfig({ ...(flags.config !== undefined ? { file: flags.config } : {}), overrides });
       // Loaded here, not at the top: admin commands share this executable and should not pay for

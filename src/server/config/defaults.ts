@@ -20,6 +20,11 @@ export const DEFAULTS = {
   default_jwt_svid_ttl: '5m',
   bundle_endpoint_profile: 'https_web',
   bundle_refresh_hint: '5m',
+  agent_svid_ttl: '1h',
+  tpm_pcrs: 'sha256:0-7',
+  tpm_nonce_ttl: '60s',
+  attestation_rate_per_second: 5,
+  attestation_rate_burst: 10,
 } as const;
 
 /** Bounds for entry TTLs (seconds); 0 in an entry means "use the server default". */

@@ -20,6 +20,8 @@ export interface ConfigOverrides {
   key_manager?: string;
   development?: boolean;
   log_level?: string;
+  /** `--tpm-ek-ca`, `--tpm-ek-hash-allow`, `--tpm-pcrs`: laid over the file's tpm_attestation. */
+  tpm_attestation?: { ek_ca_dir?: string; ek_hash_allow_file?: string; pcrs?: string };
 }
 
 export interface LoadConfigOptions {
@@ -30,8 +32,17 @@ export interface LoadConfigOptions {
 export function loadConfig(options: LoadConfigOptions): ServerConfig {
   const raw = options.file === undefined ? {} : readConfigFile(options.file);
   const merged: Record<string, unknown> = { ...raw };
-  for (const [key, value] of Object.entries(options.overrides ?? {})) {
+  const { tpm_attestation: tpmFlags, ...flat } = options.overrides ?? {};
+  for (const [key, value] of Object.entries(flat)) {
     if (value !== undefined) merged[key] = value;
+  }
+  const tpmSet = Object.fromEntries(Object.entries(tpmFlags ?? {}).filter(([, v]) => v !== undefined));
+  if (Object.keys(tpmSet).length > 0) {
+    const fromFile = merged.tpm_attestation;
+    merged.tpm_attestation = {
+      ...(fromFile !== null && typeof fromFile === 'object' ? fromFile : {}),
+      ...tpmSet,
+    };
   }
   return validateConfig(merged, options.file ?? 'command-line flags');
 }

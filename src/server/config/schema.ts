@@ -69,6 +69,50 @@ const oidcDiscovery = z.strictObject({
   key_file: filePath.optional(),
 });
 
+/** `sha256:0-7`, `sha256:0,2,4-7`, several banks joined by `+`. */
+const PCR_SELECTION =
+  /^(sha1|sha256|sha384|sha512):(\d{1,2}(-\d{1,2})?)(,\d{1,2}(-\d{1,2})?)*(\+(sha1|sha256|sha384|sha512):(\d{1,2}(-\d{1,2})?)(,\d{1,2}(-\d{1,2})?)*)*$/;
+const HEX_DIGEST = /^[0-9a-f]{40,128}$/;
+
+const tpmAttestation = z
+  .strictObject({
+    ek_ca_dir: filePath.optional(),
+    ek_hash_allow_file: filePath.optional(),
+    ek_hashes: z
+      .array(z.string().regex(/^[0-9a-f]{64}$/, 'allowed: lowercase hex SHA-256 of the EK public key'))
+      .default([]),
+    ek_trust: z.enum(['any']).optional(),
+    pcrs: z
+      .string()
+      .default(DEFAULTS.tpm_pcrs)
+      .refine((text) => PCR_SELECTION.test(text), 'allowed: bank:pcrs, e.g. sha256:0-7 or sha256:0,2,4-7'),
+    pcr_values: z
+      .record(
+        z.string().regex(/^\d{1,2}$/, 'allowed: a PCR number 0..23'),
+        z.array(z.string().regex(HEX_DIGEST, 'allowed: lowercase hex digests')).min(1),
+      )
+      .default({}),
+    require_event_log: z.boolean().default(false),
+    nonce_ttl: duration(DEFAULTS.tpm_nonce_ttl),
+  })
+  .refine(
+    (t) =>
+      t.ek_trust === 'any' ||
+      t.ek_ca_dir !== undefined ||
+      t.ek_hash_allow_file !== undefined ||
+      t.ek_hashes.length > 0,
+    {
+      message:
+        'allowed: at least one of ek_ca_dir, ek_hash_allow_file, ek_hashes; or ek_trust: any to accept every EK (labs only)',
+      path: ['ek_trust'],
+    },
+  );
+
+const rateLimit = z.strictObject({
+  per_second: z.number().positive().max(10_000).default(DEFAULTS.attestation_rate_per_second),
+  burst: z.number().int().min(1).max(10_000).default(DEFAULTS.attestation_rate_burst),
+});
+
 export const configSchema = z
   .strictObject({
     trust_domain: z
@@ -102,6 +146,12 @@ export const configSchema = z
     jwt_issuer: httpsUrl.optional(),
     bundle_endpoint: bundleEndpoint.optional(),
     oidc_discovery: oidcDiscovery.optional(),
+    agent_svid_ttl: duration(DEFAULTS.agent_svid_ttl),
+    tpm_attestation: tpmAttestation.optional(),
+    attestation_rate_limit: rateLimit.default({
+      per_second: DEFAULTS.attestation_rate_per_second,
+      burst: DEFAULTS.attestation_rate_burst,
+    }),
   })
   .refine((c) => c.oidc_discovery === undefined || c.jwt_issuer !== undefined, {
     message:

@@ -62,10 +62,16 @@ export interface AttestedNode {
   selectors: Selector[];
   tpm?: {
     ekHash: string;
+    /** Subject of the EK certificate's issuer; empty when the EK was admitted by its hash alone. */
+    ekIssuer?: string;
+    /** TPM2B_PUBLIC of the AK bound at attestation; renewals are quoted with it. */
     akPublic: Uint8Array;
+    /** JSON of the last verified quote (see LastQuote in nodeattestor). */
     lastQuote?: Uint8Array;
     resetCount?: number;
   };
+  /** Full attestations of this node (renewals do not count). */
+  attestationCount: number;
   createdAt: number;
 }
 

@@ -132,8 +132,21 @@ function initial(dialect: Dialect): Migration {
   };
 }
 
+/** Node attestation: the EK certificate's issuer and how often the node attested (full, not renewals). */
+function nodeAttestation(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('attested_nodes').addColumn('ek_issuer', 'text').execute();
+      await db.schema
+        .alterTable('attested_nodes')
+        .addColumn('attestation_count', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
-  return { '0001_initial': initial(dialect) };
+  return { '0001_initial': initial(dialect), '0002_node_attestation': nodeAttestation() };
 }
 
 /** Brings the schema to the newest version; fails with the migration's name and cause. */

@@ -154,6 +154,8 @@ export class SqlDatastore implements Datastore {
       ak_public: node.tpm?.akPublic ?? null,
       last_quote: node.tpm?.lastQuote ?? null,
       reset_count: node.tpm?.resetCount ?? null,
+      ek_issuer: node.tpm?.ekIssuer ?? null,
+      attestation_count: node.attestationCount,
       created_at: node.createdAt,
       updated_at: now,
     };
@@ -544,12 +546,14 @@ export class SqlDatastore implements Datastore {
         ? {
             tpm: {
               ekHash: r.ek_hash,
+              ...(r.ek_issuer !== null ? { ekIssuer: r.ek_issuer } : {}),
               akPublic: r.ak_public,
               ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
               ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
             },
           }
         : {}),
+      attestationCount: Number(r.attestation_count),
       createdAt: Number(r.created_at),
     }));
   }

@@ -47,6 +47,8 @@ export interface AttestedNodeRow {
   ak_public: Uint8Array | null;
   last_quote: Uint8Array | null;
   reset_count: number | null;
+  ek_issuer: string | null;
+  attestation_count: number;
   created_at: number;
   updated_at: number;
 }

@@ -155,6 +155,10 @@ export class RegistrationService {
     return this.#toAgentMessage(await this.#store.setNodeBanned(request.spiffe_id, true, actor));
   }
 
+  async unbanAgent(request: AgentIdRequest, actor: Actor): Promise<AgentMessage> {
+    return this.#toAgentMessage(await this.#store.setNodeBanned(request.spiffe_id, false, actor));
+  }
+
   async createJoinToken(request: CreateJoinTokenRequest, actor: Actor): Promise<JoinTokenMessage> {
     const ttl = request.ttl === 0 ? JOIN_TOKEN_DEFAULT_TTL : request.ttl;
     if (ttl < 1 || ttl > JOIN_TOKEN_MAX_TTL)

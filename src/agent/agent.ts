@@ -1,0 +1,278 @@
+/**
+ * ironroot-agent's main loop: attest (or resume with the persisted SVID), renew at half-life with
+ * jitter, attest again when the server says the attestation is gone, and back off exponentially
+ * (with a cap and jitter) while the server is away, without ever exiting for it.
+ *
+ * @module
+ */
+import { generateKeyPairSync, type KeyObject, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { Logger } from 'pino';
+import { createCsr, createKeySigner, SpiffeId } from '../spiffe/index.js';
+import { TpmAttestor } from './attestor/tpm.js';
+import { AgentApiClient, type Challenge, type Result } from './client.js';
+import type { AgentConfig } from './config/schema.js';
+import { AgentError, REATTEST_CODES } from './errors.js';
+import { type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
+import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
+
+/** Renewal happens at half the SVID's life, moved by up to this fraction of it either way. */
+const RENEW_JITTER = 0.1;
+
+export class Agent {
+  readonly #config: AgentConfig;
+  readonly #logger: Logger;
+  readonly #store: AgentStore;
+  readonly #tpm: TpmAttestor;
+  #svid: StoredSvid | undefined;
+  #renewAt = 0;
+  #failures = 0;
+  #stopped = false;
+  #wake: (() => void) | undefined;
+  #loop: Promise<void> | undefined;
+  #health: Server | undefined;
+  readonly #status: HealthStatus = {
+    state: 'starting',
+    spiffe_id: '',
+    expires_at: 0,
+    last_error: null,
+    attestations: 0,
+    renewals: 0,
+  };
+
+  constructor(config: AgentConfig, logger: Logger) {
+    this.#config = config;
+    this.#logger = logger;
+    this.#store = new AgentStore(config.data_dir);
+    this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });
+  }
+
+  status(): HealthStatus {
+    return { ...this.#status };
+  }
+
+  async start(): Promise<void> {
+    this.#store.prepare();
+    if (this.#config.insecure_bootstrap && this.#store.loadBundle() === undefined)
+      this.#logger.warn(
+        'INSECURE BOOTSTRAP: the server is not authenticated for the first attestation; give trust_bundle in production',
+      );
+    this.#health = await startHealthServer(healthSocketPath(this.#config.data_dir), () => this.status());
+    const stored = this.#store.loadSvid();
+    if (stored && stored.expiresAt > nowSeconds()) {
+      this.#adopt(stored, false);
+      this.#status.state = 'healthy';
+      this.#logger.info(
+        { agent_id: stored.spiffeId, expires_at: stored.expiresAt },
+        'resuming with the stored agent SVID',
+      );
+    }
+    this.#loop = this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#wake?.();
+    await this.#loop;
+    await new Promise<void>((resolve) => (this.#health ? this.#health.close(() => resolve()) : resolve()));
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stopped) {
+      let delayMs: number;
+      try {
+        await this.#step();
+        this.#failures = 0;
+        this.#status.state = 'healthy';
+        this.#status.last_error = null;
+        delayMs = Math.max(0, this.#renewAt * 1000 - Date.now());
+      } catch (error) {
+        const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
+        this.#failures++;
+        const valid = this.#svid !== undefined && this.#svid.expiresAt > nowSeconds();
+        this.#status.state = valid ? 'degraded' : 'unavailable';
+        this.#status.last_error = { code: e.code, message: e.message };
+        delayMs = this.#backoffMs();
+        this.#logger.warn(
+          {
+            reason: e.code,
+            err_message: e.message,
+            retry_in_ms: Math.round(delayMs),
+            state: this.#status.state,
+          },
+          'talking to the server failed; will retry',
+        );
+      }
+      await this.#sleep(delayMs);
+    }
+  }
+
+  async #step(): Promise<void> {
+    const svid = this.#svid;
+    if (svid === undefined || svid.expiresAt <= nowSeconds()) {
+      await this.#attest();
+      return;
+    }
+    if (nowSeconds() < this.#renewAt) return;
+    try {
+      await this.#renew(svid);
+    } catch (error) {
+      if (error instanceof AgentError && REATTEST_CODES.has(error.code)) {
+        this.#logger.warn(
+          { reason: error.code },
+          'the server no longer knows this attestation; attesting again',
+        );
+        this.#svid = undefined;
+        this.#store.dropSvid();
+        await this.#attest();
+        return;
+      }
+      throw error;
+    }
+  }
+
+  async #attest(): Promise<void> {
+    const started = performance.now();
+    const { key, csr } = await newCsr(this.#config.trust_domain);
+    const client = this.#client(undefined);
+    try {
+      let result: Result;
+      if (this.#config.attestation === 'join_token') {
+        result = await client.attest(
+          { method: 'join_token', csr, tpm: null, join_token: this.#config.join_token ?? '' },
+          async () => {
+            throw new AgentError(
+              'ERR_AGENT_PROTOCOL',
+              'the server sent a TPM challenge for join_token attestation',
+            );
+          },
+        );
+      } else {
+        const { evidence, ak } = await this.#tpm.evidence();
+        result = await client.attest({ method: 'tpm', csr, tpm: evidence, join_token: '' }, (challenge) =>
+          this.#tpm.answer(ak, challengeIn(challenge)),
+        );
+        this.#store.saveAk(ak);
+      }
+      this.#save(result, key);
+      this.#status.attestations++;
+      this.#logger.info(
+        {
+          agent_id: result.spiffe_id,
+          attestation_method: this.#config.attestation,
+          expires_at: result.expires_at,
+          duration_ms: Math.round(performance.now() - started),
+        },
+        'node attested',
+      );
+    } finally {
+      client.close();
+    }
+  }
+
+  async #renew(svid: StoredSvid): Promise<void> {
+    const { key, csr } = await newCsr(this.#config.trust_domain);
+    const client = this.#client(svid);
+    try {
+      let result: Result;
+      if (this.#config.attestation === 'join_token') {
+        result = await client.renew({ csr, tpm: null }, async () => {
+          throw new AgentError('ERR_AGENT_PROTOCOL', 'the server sent a TPM challenge to a join_token agent');
+        });
+      } else {
+        const ak: StoredAk | undefined = this.#store.loadAk();
+        if (ak === undefined)
+          throw new AgentError('ERR_AGENT_AK_UNKNOWN', 'no AK blobs in the data directory');
+        const evidence = await this.#tpm.ekEvidence(ak);
+        result = await client.renew({ csr, tpm: evidence }, (challenge) =>
+          this.#tpm.answer(ak, challengeIn(challenge)),
+        );
+      }
+      this.#save(result, key);
+      this.#status.renewals++;
+      this.#logger.info({ agent_id: result.spiffe_id, expires_at: result.expires_at }, 'agent SVID renewed');
+    } finally {
+      client.close();
+    }
+  }
+
+  #client(identity: StoredSvid | undefined): AgentApiClient {
+    const bundlePem =
+      this.#store.loadBundle() ??
+      (this.#config.trust_bundle !== undefined ? readFileSync(this.#config.trust_bundle, 'utf8') : undefined);
+    return new AgentApiClient({
+      address: this.#config.server_address,
+      trustDomain: this.#config.trust_domain,
+      bundlePem,
+      ...(identity
+        ? {
+            identity: {
+              keyPem: identity.key.export({ format: 'pem', type: 'pkcs8' }).toString(),
+              chainPem: identity.chain.map((c) => c.toString()).join(''),
+            },
+          }
+        : {}),
+    });
+  }
+
+  #save(result: Result, key: KeyObject): void {
+    const chain = result.svid_chain.map((der) => new X509Certificate(der));
+    this.#store.saveBundle(result.bundle.map((der) => new X509Certificate(der)));
+    this.#store.saveSvid(chain, key);
+    this.#adopt({ spiffeId: result.spiffe_id, chain, key, expiresAt: result.expires_at }, true);
+  }
+
+  #adopt(svid: StoredSvid, fresh: boolean): void {
+    this.#svid = svid;
+    const leaf = svid.chain[0];
+    const issuedAt = leaf ? Math.floor(new Date(leaf.validFrom).getTime() / 1000) : nowSeconds();
+    const half = (svid.expiresAt - issuedAt) / 2;
+    const jitter = (Math.random() * 2 - 1) * RENEW_JITTER * half;
+    this.#renewAt = Math.floor(issuedAt + half + jitter);
+    this.#status.spiffe_id = svid.spiffeId;
+    this.#status.expires_at = svid.expiresAt;
+    if (fresh) this.#logger.debug({ renew_at: this.#renewAt }, 'renewal scheduled');
+  }
+
+  /** Exponential from retry_initial, capped at retry_max, with full jitter in its upper half. */
+  #backoffMs(): number {
+    const base = this.#config.retry_initial * 1000 * 2 ** Math.min(this.#failures - 1, 30);
+    const capped = Math.min(base, this.#config.retry_max * 1000);
+    return capped / 2 + (Math.random() * capped) / 2;
+  }
+
+  #sleep(ms: number): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+}
+
+function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}
+
+/** A fresh P-256 key and a CSR for it. The server names the agent; the CSR's ID is a placeholder. */
+async function newCsr(trustDomain: string): Promise<{ key: KeyObject; csr: Buffer }> {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const csr = await createCsr(
+    { spiffeId: SpiffeId.parse(`spiffe://${trustDomain}/agent/csr`) },
+    createKeySigner(privateKey),
+  );
+  return { key: privateKey, csr: Buffer.from(csr) };
+}
+
+function challengeIn(challenge: Challenge) {
+  return {
+    credentialBlob: new Uint8Array(challenge.credential_blob),
+    encryptedSecret: new Uint8Array(challenge.encrypted_secret),
+    nonce: new Uint8Array(challenge.nonce),
+    selection: challenge.pcr_selection.map((s) => ({ hash: s.hash_alg, pcrs: s.pcrs })),
+  };
+}

@@ -1,0 +1,83 @@
+import { Command } from 'commander';
+import { pino } from 'pino';
+import { AGENT_DEFAULTS } from '../config/schema.js';
+
+interface RunFlags {
+  config?: string;
+  serverAddress?: string;
+  trustDomain?: string;
+  trustBundle?: string;
+  tcti?: string;
+  dataDir?: string;
+  socketPath?: string;
+  joinToken?: string;
+  insecureBootstrap?: boolean;
+  ek?: string;
+  logLevel?: string;
+}
+
+/** `run`: attest, keep the agent SVID renewed, serve health; stops on SIGINT/SIGTERM. */
+export function runCommand(): Command {
+  return new Command('run')
+    .description('run the agent: attest the node, keep its SVID renewed')
+    .option('-c, --config <file>', 'agent config file (YAML); optional when flags say enough')
+    .option('--server-address <host:port>', 'ironroot-server agent API address')
+    .option('--trust-domain <name>', 'trust domain, e.g. example.org')
+    .option(
+      '--trust-bundle <file>',
+      "PEM bootstrap bundle: the server's CA roots (ironroot-server bundle show)",
+    )
+    .option('--insecure-bootstrap', 'do not authenticate the server at first attestation (labs only)')
+    .option('--tcti <string>', `TPM TCTI (default ${AGENT_DEFAULTS.tcti})`)
+    .option('--ek <kind>', `EK to attest with: auto|rsa2048|ecc-p384-high|… (default ${AGENT_DEFAULTS.ek})`)
+    .option('--data-dir <dir>', `data directory (default ${AGENT_DEFAULTS.data_dir})`)
+    .option('--socket-path <path>', `Workload API socket, reserved (default ${AGENT_DEFAULTS.socket_path})`)
+    .option('--join-token <token>', 'attest with this single-use join token instead of the TPM')
+    .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${AGENT_DEFAULTS.log_level})`)
+    .action(async (flags: RunFlags) => {
+      const { loadAgentConfig } = await import('../config/load.js');
+      const config = loadAgentConfig({
+        ...(flags.config !== undefined ? { file: flags.config } : {}),
+        overrides: {
+          server_address: flags.serverAddress,
+          trust_domain: flags.trustDomain,
+          trust_bundle: flags.trustBundle,
+          insecure_bootstrap: flags.insecureBootstrap,
+          tcti: flags.tcti,
+          ek: flags.ek,
+          data_dir: flags.dataDir,
+          socket_path: flags.socketPath,
+          join_token: flags.joinToken,
+          // A join token on the command line means join-token attestation.
+          attestation: flags.joinToken !== undefined ? 'join_token' : undefined,
+          log_level: flags.logLevel,
+        },
+      });
+      const logger = pino({
+        name: 'ironroot-agent',
+        level: config.log_level,
+        redact: { paths: ['join_token', '*.join_token', 'token'], censor: 'REDACTED' },
+      });
+      const { Agent } = await import('../agent.js');
+      const agent = new Agent(config, logger);
+      await agent.start();
+      logger.info(
+        {
+          server_address: config.server_address,
+          trust_domain: config.trust_domain,
+          data_dir: config.data_dir,
+        },
+        'ironroot-agent started',
+      );
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string) => {
+          logger.info({ signal }, 'stopping');
+          resolve();
+        };
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.once('SIGTERM', () => stop('SIGTERM'));
+      });
+      await agent.stop();
+      logger.info('ironroot-agent stopped');
+    });
+}

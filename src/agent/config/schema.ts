@@ -1,0 +1,86 @@
+/**
+ * The agent configuration schema (YAML keys in snake_case, like the server's). Durations are
+ * strings such as `30s`, turned into seconds here.
+ *
+ * @module
+ */
+import { z } from 'zod';
+
+const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
+const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
+const DURATION = /^([0-9]+)(ms|s|m|h)$/;
+const UNIT: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
+
+export const AGENT_DEFAULTS = {
+  data_dir: '/var/lib/ironroot-agent',
+  socket_path: '/run/ironroot/agent.sock',
+  attestation: 'tpm',
+  tcti: 'device:/dev/tpmrm0',
+  ek: 'auto',
+  event_log_path: '/sys/kernel/security/tpm0/binary_bios_measurements',
+  log_level: 'info',
+  retry_initial: '1s',
+  retry_max: '5m',
+} as const;
+
+const duration = (defaultValue: string) =>
+  z
+    .string()
+    .default(defaultValue)
+    .transform((text, ctx) => {
+      const match = DURATION.exec(text);
+      const unit = match?.[2];
+      if (match === null || unit === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          message: 'allowed: a duration such as 500ms, 30s, 5m, 1h',
+          input: text,
+        });
+        return z.NEVER;
+      }
+      return Number(match[1]) * (UNIT[unit] ?? 1);
+    });
+
+const absolutePath = z.string().refine((text) => text.startsWith('/'), 'allowed: an absolute path');
+
+export const agentConfigSchema = z
+  .strictObject({
+    server_address: z
+      .string('allowed: host:port of ironroot-server, e.g. server.example.org:8081')
+      .refine((text) => {
+        const port = HOST_PORT.exec(text)?.[2];
+        return port !== undefined && Number(port) > 0 && Number(port) <= 65535;
+      }, 'allowed: host:port, e.g. server.example.org:8081 or [::1]:8081'),
+    trust_domain: z
+      .string('allowed: a trust domain name such as example.org')
+      .regex(TRUST_DOMAIN, 'allowed: lowercase letters, digits, ".", "-" and "_" (e.g. example.org)'),
+    trust_bundle: absolutePath.optional(),
+    insecure_bootstrap: z.boolean().default(false),
+    data_dir: absolutePath.default(AGENT_DEFAULTS.data_dir),
+    socket_path: absolutePath.default(AGENT_DEFAULTS.socket_path),
+    attestation: z.enum(['tpm', 'join_token']).default(AGENT_DEFAULTS.attestation),
+    join_token: z.string().min(1).optional(),
+    tcti: z.string().min(1).default(AGENT_DEFAULTS.tcti),
+    ek: z
+      .enum(['auto', 'rsa2048', 'ecc-p256', 'rsa2048-high', 'ecc-p256-high', 'ecc-p384-high'])
+      .default(AGENT_DEFAULTS.ek),
+    event_log_path: z
+      .string()
+      .default(AGENT_DEFAULTS.event_log_path)
+      .refine((text) => text === 'none' || text.startsWith('/'), 'allowed: an absolute path, or none'),
+    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(AGENT_DEFAULTS.log_level),
+    retry_initial: duration(AGENT_DEFAULTS.retry_initial),
+    retry_max: duration(AGENT_DEFAULTS.retry_max),
+  })
+  .refine((c) => c.attestation !== 'join_token' || c.join_token !== undefined, {
+    message: 'allowed: attestation join_token needs join_token (or --join-token)',
+    path: ['join_token'],
+  })
+  .refine((c) => c.trust_bundle !== undefined || c.insecure_bootstrap, {
+    message:
+      "allowed: a trust_bundle file with the server's trust bundle (ironroot-server bundle show), or insecure_bootstrap: true for labs",
+    path: ['trust_bundle'],
+  });
+
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+export type AgentConfigInput = z.input<typeof agentConfigSchema>;

@@ -1,0 +1,31 @@
+/**
+ * Errors of ironroot-agent, each with a stable code. Refusals from the server keep the server's
+ * code (e.g. ERR_ATTEST_EK_UNTRUSTED) so the agent's log names exactly what the server objected to.
+ *
+ * @module
+ */
+export type AgentErrorCode =
+  | 'ERR_AGENT_CONFIG_INVALID'
+  | 'ERR_AGENT_CONFIG_FILE'
+  | 'ERR_AGENT_CONFIG_UNSAFE'
+  | 'ERR_AGENT_STATE'
+  | 'ERR_AGENT_SERVER_UNAVAILABLE'
+  | 'ERR_AGENT_PROTOCOL'
+  | 'ERR_AGENT_TPM';
+
+export class AgentError extends Error {
+  readonly code: string;
+
+  constructor(code: AgentErrorCode | string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'AgentError';
+  }
+}
+
+/** Server answers that mean "your attestation is gone, attest from the start". */
+export const REATTEST_CODES: ReadonlySet<string> = new Set([
+  'ERR_AGENT_NOT_ATTESTED',
+  'ERR_AGENT_AK_UNKNOWN',
+  'ERR_AGENT_UNAUTHENTICATED',
+]);

@@ -1,0 +1,475 @@
+/**
+ * The agent API (proto/ironroot/agent/v1/agent.proto) over TLS with the server's SVID: node
+ * attestation (TPM or join token) and renewal. Every decision is logged as one structured event
+ * (agent_id, attestation_method, result, reason, duration_ms) and counted by result.
+ *
+ * @module
+ */
+import { X509Certificate } from 'node:crypto';
+import {
+  Server as GrpcServer,
+  Metadata,
+  type ServerDuplexStream,
+  type ServerErrorResponse,
+} from '@grpc/grpc-js';
+import type { Counter } from 'prom-client';
+import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
+import { parseTpm2bPublic } from '../../tpm/index.js';
+import type { CertificateAuthority } from '../ca/authority.js';
+import { type Clock, nowSeconds } from '../clock.js';
+import type { AttestedNode, Datastore } from '../datastore/datastore.js';
+import { serverSpiffeId } from '../identity.js';
+import type { Logger } from '../log.js';
+import { AttestationError } from '../nodeattestor/errors.js';
+import { NonceStore } from '../nodeattestor/nonces.js';
+import type { TpmPolicy } from '../nodeattestor/policy.js';
+import {
+  admitAk,
+  admitEk,
+  issueChallenge,
+  lastQuote,
+  type TpmAnswer,
+  type TpmEvidence,
+  tpmSelectors,
+  verifyAnswer,
+} from '../nodeattestor/tpm.js';
+import { hashJoinToken } from '../registration/service.js';
+import {
+  type AttestAgentRequest,
+  type AttestAgentResponse,
+  agentService,
+  type ChallengeResponseMessage,
+  type RenewAgentRequest,
+  type TpmEvidenceMessage,
+} from './proto.js';
+import { peerAddress, RateLimiter } from './ratelimit.js';
+import { ServerTls } from './tls.js';
+
+/** Join-token agents are named by this many hex digits of the token's SHA-256, as the audit log does. */
+const TOKEN_ID_LENGTH = 12;
+const ACTOR = 'agent-api';
+/** How long to wait for each stream message when no TPM policy sets a nonce lifetime. */
+const DEFAULT_WAIT_SECONDS = 60;
+
+export interface AgentApiOptions {
+  address: string;
+  trustDomain: string;
+  ca: CertificateAuthority;
+  datastore: Datastore;
+  clock: Clock;
+  logger: Logger;
+  /** Undefined: TPM attestation is not configured, and refused. */
+  tpmPolicy: TpmPolicy | undefined;
+  agentSvidTtl: number;
+  /** TTL of the server's own SVID on this listener. */
+  serverSvidTtl: number;
+  rateLimit: { perSecond: number; burst: number };
+  attestations: Counter<'method' | 'result'>;
+}
+
+type Duplex<Req> = ServerDuplexStream<Req, AttestAgentResponse>;
+
+interface Decision {
+  agentId: string;
+  method: string;
+}
+
+export class AgentApiServer {
+  readonly #o: AgentApiOptions;
+  readonly #grpc = new GrpcServer();
+  readonly #tls: ServerTls;
+  readonly #nonces: NonceStore;
+  readonly #limiter: RateLimiter;
+  readonly #waitSeconds: number;
+
+  constructor(options: AgentApiOptions) {
+    this.#o = options;
+    this.#tls = new ServerTls({
+      ca: options.ca,
+      serverId: serverSpiffeId(options.trustDomain),
+      ttl: options.serverSvidTtl,
+      clock: options.clock,
+      logger: options.logger,
+    });
+    this.#waitSeconds = options.tpmPolicy?.nonceTtl ?? DEFAULT_WAIT_SECONDS;
+    this.#nonces = new NonceStore(this.#waitSeconds, options.clock);
+    this.#limiter = new RateLimiter(options.rateLimit.perSecond, options.rateLimit.burst, options.clock);
+  }
+
+  /** Starts listening; resolves to the bound port. */
+  async start(): Promise<number> {
+    const credentials = await this.#tls.start();
+    this.#grpc.addService(agentService().service, {
+      AttestAgent: (call: Duplex<AttestAgentRequest>) => {
+        void this.#run(call, 'attest', (d) => this.#attest(call, d));
+      },
+      RenewAgent: (call: Duplex<RenewAgentRequest>) => {
+        void this.#run(call, 'renew', (d) => this.#renew(call, d));
+      },
+    });
+    return new Promise((resolve, reject) => {
+      this.#grpc.bindAsync(this.#o.address, credentials, (error, port) =>
+        error ? reject(error) : resolve(port),
+      );
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.#tls.stop();
+    await new Promise<void>((resolve) => this.#grpc.tryShutdown(() => resolve()));
+    this.#grpc.forceShutdown();
+  }
+
+  async #run<Req>(
+    call: Duplex<Req>,
+    kind: 'attest' | 'renew',
+    handle: (decision: Decision) => Promise<AttestAgentResponse>,
+  ): Promise<void> {
+    const started = performance.now();
+    const decision: Decision = { agentId: '', method: '' };
+    const address = peerAddress(call.getPeer());
+    const log = (result: string, reason: string) => {
+      const fields = {
+        agent_id: decision.agentId,
+        attestation_method: decision.method,
+        operation: kind,
+        peer: address,
+        result,
+        reason,
+        duration_ms: Math.round(performance.now() - started),
+      };
+      this.#o.attestations.inc({
+        method: decision.method || 'unknown',
+        result: result === 'ok' ? 'ok' : reason,
+      });
+      if (result === 'ok') this.#o.logger.info(fields, `agent ${kind} accepted`);
+      else this.#o.logger.warn(fields, `agent ${kind} refused: ${reason}`);
+    };
+    try {
+      if (!this.#limiter.take(address))
+        throw new AttestationError(
+          'ERR_ATTEST_RATE_LIMITED',
+          `too many attestations from ${address}; retry after a moment (attestation_rate_limit)`,
+        );
+      const response = await handle(decision);
+      call.write(response);
+      call.end();
+      log('ok', '');
+    } catch (error) {
+      const refusal =
+        error instanceof AttestationError
+          ? error
+          : new AttestationError('ERR_ATTEST_INTERNAL', 'the server failed while attesting; see its log', {
+              cause: error,
+            });
+      if (refusal.code === 'ERR_ATTEST_INTERNAL') this.#o.logger.error({ err: error }, 'agent API failure');
+      log('refused', refusal.code);
+      const metadata = new Metadata();
+      metadata.set('ironroot-error-code', refusal.code);
+      const status: Partial<ServerErrorResponse> = {
+        code: refusal.grpcStatus,
+        details: `${refusal.code}: ${refusal.message}`,
+        metadata,
+      };
+      call.emit('error', status);
+    }
+  }
+
+  async #attest(call: Duplex<AttestAgentRequest>, decision: Decision): Promise<AttestAgentResponse> {
+    const messages = reader(call, this.#waitSeconds);
+    const first = await messages.next();
+    const params = first.params;
+    if (first.step !== 'params' || !params)
+      throw badRequest('the first AttestAgent message must carry params');
+    decision.method = params.method;
+    const csr = await readCsr(params.csr);
+    if (params.method === 'join_token') return this.#attestJoinToken(params.join_token, csr, decision);
+    if (params.method !== 'tpm')
+      throw badRequest(
+        `attestation method ${JSON.stringify(params.method)} is unknown; use tpm or join_token`,
+      );
+    const policy = this.#policy();
+    const evidence = tpmEvidence(params.tpm);
+    const ek = admitEk(evidence, policy, new Date(this.#o.clock.now()));
+    decision.agentId = `spiffe://${this.#o.trustDomain}/agent/tpm/${ek.ekHash}`;
+    const existing = await this.#o.datastore.getNode(decision.agentId);
+    refuseBanned(existing);
+    const ak = admitAk(evidence.akPublic);
+    const challenge = issueChallenge(this.#nonces, ek.ekPublic, ak);
+    call.write(challengeMessage(challenge, policy));
+    const answer = await messages.next();
+    const verified = verifyAnswer({
+      answer: tpmAnswer(answer.challenge_response),
+      challenge,
+      ak,
+      policy,
+      nonces: this.#nonces,
+    });
+    const now = nowSeconds(this.#o.clock);
+    const result = await this.#sign(decision.agentId, csr);
+    await this.#o.datastore.upsertNode(
+      {
+        spiffeId: decision.agentId,
+        attestationType: 'tpm',
+        serialNumber: result.serial,
+        expiresAt: result.response.result?.expires_at ?? 0,
+        banned: false,
+        selectors: tpmSelectors(ek, verified),
+        tpm: {
+          ekHash: ek.ekHash,
+          ...(ek.issuer !== undefined ? { ekIssuer: ek.issuer } : {}),
+          akPublic: evidence.akPublic,
+          lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, now))),
+          resetCount: verified.quote.clockInfo.resetCount,
+        },
+        attestationCount: (existing?.attestationCount ?? 0) + 1,
+        createdAt: existing?.createdAt ?? now,
+      },
+      ACTOR,
+    );
+    return result.response;
+  }
+
+  async #attestJoinToken(token: string, csr: ParsedCsr, decision: Decision): Promise<AttestAgentResponse> {
+    if (token === '')
+      throw new AttestationError('ERR_ATTEST_BAD_REQUEST', 'join_token attestation needs a token');
+    const now = nowSeconds(this.#o.clock);
+    // Tokens are looked up by their SHA-256 (an index lookup, never a text comparison); the token
+    // itself is not logged.
+    const tokenHash = hashJoinToken(token);
+    const consumed = await this.#o.datastore.consumeJoinToken(tokenHash, now, ACTOR);
+    if (consumed === undefined)
+      throw new AttestationError(
+        'ERR_ATTEST_JOIN_TOKEN_INVALID',
+        'join token is unknown, already used or expired; generate a new one with "ironroot-server token generate"',
+      );
+    decision.agentId = `spiffe://${this.#o.trustDomain}/agent/join_token/${tokenHash.slice(0, TOKEN_ID_LENGTH)}`;
+    const result = await this.#sign(decision.agentId, csr);
+    await this.#o.datastore.upsertNode(
+      {
+        spiffeId: decision.agentId,
+        attestationType: 'join_token',
+        serialNumber: result.serial,
+        expiresAt: result.response.result?.expires_at ?? 0,
+        banned: false,
+        selectors: [{ type: 'join_token', value: tokenHash.slice(0, TOKEN_ID_LENGTH) }],
+        attestationCount: 1,
+        createdAt: now,
+      },
+      ACTOR,
+    );
+    return result.response;
+  }
+
+  async #renew(call: Duplex<RenewAgentRequest>, decision: Decision): Promise<AttestAgentResponse> {
+    decision.agentId = this.#authenticate(call);
+    const node = await this.#o.datastore.getNode(decision.agentId);
+    if (node === undefined)
+      throw new AttestationError(
+        'ERR_AGENT_NOT_ATTESTED',
+        'this agent is not attested (evicted, or never was); attest again',
+      );
+    decision.method = node.attestationType;
+    refuseBanned(node);
+    const messages = reader(call, this.#waitSeconds);
+    const first = await messages.next();
+    if (first.step !== 'params' || !first.params)
+      throw badRequest('the first RenewAgent message must carry params');
+    const csr = await readCsr(first.params.csr);
+    if (node.attestationType !== 'tpm') {
+      const result = await this.#sign(decision.agentId, csr);
+      await this.#o.datastore.upsertNode(
+        { ...node, serialNumber: result.serial, expiresAt: result.response.result?.expires_at ?? 0 },
+        ACTOR,
+      );
+      return result.response;
+    }
+    const policy = this.#policy();
+    if (node.tpm === undefined)
+      throw new AttestationError('ERR_AGENT_AK_UNKNOWN', 'no AK is recorded for this node; attest again');
+    const evidence = tpmEvidence(first.params.tpm);
+    const ek = admitEk(evidence, policy, new Date(this.#o.clock.now()));
+    if (ek.ekHash !== node.tpm.ekHash)
+      throw new AttestationError(
+        'ERR_ATTEST_EK_MISMATCH',
+        'the EK sent for renewal is not the EK this agent attested with; attest again',
+      );
+    const ak = parseTpm2bPublic(node.tpm.akPublic);
+    const challenge = issueChallenge(this.#nonces, undefined, ak);
+    call.write(challengeMessage(challenge, policy));
+    const answer = await messages.next();
+    const verified = verifyAnswer({
+      answer: tpmAnswer(answer.challenge_response),
+      challenge,
+      ak,
+      policy,
+      nonces: this.#nonces,
+    });
+    const result = await this.#sign(decision.agentId, csr);
+    await this.#o.datastore.upsertNode(
+      {
+        ...node,
+        serialNumber: result.serial,
+        expiresAt: result.response.result?.expires_at ?? 0,
+        selectors: tpmSelectors(ek, verified),
+        tpm: {
+          ...node.tpm,
+          lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, nowSeconds(this.#o.clock)))),
+          resetCount: verified.quote.clockInfo.resetCount,
+        },
+      },
+      ACTOR,
+    );
+    return result.response;
+  }
+
+  /** The caller's agent SVID, verified against today's bundle; TLS only asked for it. */
+  #authenticate(call: Duplex<RenewAgentRequest>): string {
+    const peer = call.getAuthContext().sslPeerCertificate;
+    if (peer?.raw === undefined)
+      throw new AttestationError(
+        'ERR_AGENT_UNAUTHENTICATED',
+        'renewal needs the agent SVID as TLS client certificate; attest first',
+      );
+    try {
+      const bundles = new BundleSet([this.#o.ca.bundle()]);
+      const { id } = verifyX509Svid([new X509Certificate(peer.raw)], bundles, {
+        time: new Date(this.#o.clock.now()),
+      });
+      if (id.trustDomain.name !== this.#o.trustDomain || !id.path.startsWith('/agent/'))
+        throw new Error(`${id.toString()} is not an agent of ${this.#o.trustDomain}`);
+      return id.toString();
+    } catch (cause) {
+      throw new AttestationError(
+        'ERR_AGENT_UNAUTHENTICATED',
+        `the client certificate is not a valid agent SVID (${(cause as Error).message}); attest again`,
+        { cause },
+      );
+    }
+  }
+
+  #policy(): TpmPolicy {
+    if (this.#o.tpmPolicy === undefined)
+      throw new AttestationError(
+        'ERR_ATTEST_METHOD_DISABLED',
+        'TPM attestation is not configured on this server; set tpm_attestation in its config (or use join_token)',
+      );
+    return this.#o.tpmPolicy;
+  }
+
+  async #sign(agentId: string, csr: ParsedCsr): Promise<{ response: AttestAgentResponse; serial: string }> {
+    const minted = await this.#o.ca.mintX509Svid({
+      spiffeId: SpiffeId.parse(agentId),
+      publicKey: csr.publicKey,
+      ttl: this.#o.agentSvidTtl,
+    });
+    const leaf = minted.chain[0];
+    return {
+      serial: leaf?.serialNumber ?? '',
+      response: {
+        result: {
+          spiffe_id: agentId,
+          svid_chain: minted.chain.map((c) => c.raw),
+          expires_at: minted.expiresAt,
+          bundle: this.#o.ca
+            .bundle()
+            .toX509Bundle()
+            .authorities.map((c) => c.raw),
+        },
+      },
+    };
+  }
+}
+
+function badRequest(message: string): AttestationError {
+  return new AttestationError('ERR_ATTEST_BAD_REQUEST', message);
+}
+
+function refuseBanned(node: AttestedNode | undefined): void {
+  if (node?.banned)
+    throw new AttestationError(
+      'ERR_ATTEST_BANNED',
+      `agent ${node.spiffeId} is banned; an operator must run "ironroot-server agent unban" first`,
+    );
+}
+
+async function readCsr(bytes: Buffer): Promise<ParsedCsr> {
+  try {
+    return await parseCsr(new Uint8Array(bytes));
+  } catch (cause) {
+    throw new AttestationError(
+      'ERR_ATTEST_CSR_INVALID',
+      `the CSR is not valid: ${(cause as Error).message}`,
+      {
+        cause,
+      },
+    );
+  }
+}
+
+function tpmEvidence(message: TpmEvidenceMessage | null | undefined): TpmEvidence {
+  if (!message || message.ek_public.length === 0)
+    throw badRequest('tpm attestation needs the EK public area');
+  return {
+    ekCertificates: message.ek_certificates.map((c) => new Uint8Array(c)),
+    ekPublic: new Uint8Array(message.ek_public),
+    akPublic: new Uint8Array(message.ak_public),
+  };
+}
+
+function tpmAnswer(message: ChallengeResponseMessage | null | undefined): TpmAnswer {
+  if (!message) throw badRequest('the second message must carry the challenge response');
+  return {
+    activatedSecret: new Uint8Array(message.activated_secret),
+    quote: new Uint8Array(message.quote),
+    signature: new Uint8Array(message.signature),
+    pcrValues: message.pcr_values.map((v) => new Uint8Array(v)),
+    eventLog: new Uint8Array(message.event_log),
+  };
+}
+
+function challengeMessage(
+  challenge: ReturnType<typeof issueChallenge>,
+  policy: TpmPolicy,
+): AttestAgentResponse {
+  return {
+    challenge: {
+      credential_blob: challenge.credential?.credentialBlob ?? new Uint8Array(),
+      encrypted_secret: challenge.credential?.secret ?? new Uint8Array(),
+      nonce: challenge.nonce,
+      pcr_selection: policy.selection.map((s) => ({ hash_alg: s.hash, pcrs: [...s.pcrs] })),
+    },
+  };
+}
+
+/**
+ * Reads a stream message by message; a stream that ends early is a bad request. Each message must
+ * come within `waitSeconds` (the nonce lifetime): a peer that opens a stream and stays silent must
+ * not hold server resources.
+ */
+function reader<Req>(call: Duplex<Req>, waitSeconds: number): { next(): Promise<Req> } {
+  const iterator = (call as AsyncIterable<Req>)[Symbol.asyncIterator]();
+  return {
+    async next() {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              badRequest(
+                `the agent sent nothing for ${waitSeconds}s; the handshake was abandoned, start a new one`,
+              ),
+            ),
+          waitSeconds * 1000,
+        );
+      });
+      try {
+        const item = await Promise.race([iterator.next(), timeout]);
+        if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
+        return item.value;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}

@@ -1,0 +1,73 @@
+/**
+ * Why an attestation or renewal was refused. Each refusal has its own stable code, logged as
+ * `reason` and sent to the agent as the gRPC status message's prefix (and trailer
+ * `ironroot-error-code`), so operators and agents can act on it without parsing prose.
+ *
+ * @module
+ */
+import { status } from '@grpc/grpc-js';
+
+export type AttestationErrorCode =
+  | 'ERR_ATTEST_BAD_REQUEST'
+  | 'ERR_ATTEST_METHOD_DISABLED'
+  | 'ERR_ATTEST_RATE_LIMITED'
+  | 'ERR_ATTEST_CSR_INVALID'
+  | 'ERR_ATTEST_EK_UNTRUSTED'
+  | 'ERR_ATTEST_EK_MISMATCH'
+  | 'ERR_ATTEST_EK_NOT_ALLOWED'
+  | 'ERR_ATTEST_AK_ATTRIBUTES'
+  | 'ERR_ATTEST_SECRET_MISMATCH'
+  | 'ERR_ATTEST_NONCE_EXPIRED'
+  | 'ERR_ATTEST_NONCE_REPLAYED'
+  | 'ERR_ATTEST_QUOTE_INVALID'
+  | 'ERR_ATTEST_QUOTE_SIGNATURE'
+  | 'ERR_ATTEST_PCR_DIGEST'
+  | 'ERR_ATTEST_PCR_POLICY'
+  | 'ERR_ATTEST_EVENTLOG_REQUIRED'
+  | 'ERR_ATTEST_EVENTLOG_REPLAY'
+  | 'ERR_ATTEST_BANNED'
+  | 'ERR_ATTEST_JOIN_TOKEN_INVALID'
+  | 'ERR_AGENT_UNAUTHENTICATED'
+  | 'ERR_AGENT_NOT_ATTESTED'
+  | 'ERR_AGENT_AK_UNKNOWN'
+  | 'ERR_ATTEST_INTERNAL';
+
+const GRPC_STATUS: Record<AttestationErrorCode, status> = {
+  ERR_ATTEST_BAD_REQUEST: status.INVALID_ARGUMENT,
+  ERR_ATTEST_METHOD_DISABLED: status.FAILED_PRECONDITION,
+  ERR_ATTEST_RATE_LIMITED: status.RESOURCE_EXHAUSTED,
+  ERR_ATTEST_CSR_INVALID: status.INVALID_ARGUMENT,
+  ERR_ATTEST_EK_UNTRUSTED: status.PERMISSION_DENIED,
+  ERR_ATTEST_EK_MISMATCH: status.PERMISSION_DENIED,
+  ERR_ATTEST_EK_NOT_ALLOWED: status.PERMISSION_DENIED,
+  ERR_ATTEST_AK_ATTRIBUTES: status.PERMISSION_DENIED,
+  ERR_ATTEST_SECRET_MISMATCH: status.PERMISSION_DENIED,
+  ERR_ATTEST_NONCE_EXPIRED: status.DEADLINE_EXCEEDED,
+  ERR_ATTEST_NONCE_REPLAYED: status.PERMISSION_DENIED,
+  ERR_ATTEST_QUOTE_INVALID: status.PERMISSION_DENIED,
+  ERR_ATTEST_QUOTE_SIGNATURE: status.PERMISSION_DENIED,
+  ERR_ATTEST_PCR_DIGEST: status.PERMISSION_DENIED,
+  ERR_ATTEST_PCR_POLICY: status.PERMISSION_DENIED,
+  ERR_ATTEST_EVENTLOG_REQUIRED: status.PERMISSION_DENIED,
+  ERR_ATTEST_EVENTLOG_REPLAY: status.PERMISSION_DENIED,
+  ERR_ATTEST_BANNED: status.PERMISSION_DENIED,
+  ERR_ATTEST_JOIN_TOKEN_INVALID: status.PERMISSION_DENIED,
+  ERR_AGENT_UNAUTHENTICATED: status.UNAUTHENTICATED,
+  ERR_AGENT_NOT_ATTESTED: status.FAILED_PRECONDITION,
+  ERR_AGENT_AK_UNKNOWN: status.FAILED_PRECONDITION,
+  ERR_ATTEST_INTERNAL: status.INTERNAL,
+};
+
+export class AttestationError extends Error {
+  readonly code: AttestationErrorCode;
+
+  constructor(code: AttestationErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'AttestationError';
+  }
+
+  get grpcStatus(): status {
+    return GRPC_STATUS[this.code];
+  }
+}

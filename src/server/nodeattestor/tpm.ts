@@ -1,0 +1,312 @@
+/**
+ * The server's half of the TPM handshake (ARCHITECTURE.md, steps 3 and 5), built from the verifier
+ * library in src/tpm: admit the EK, admit the AK, issue the challenge, judge the answer. Every
+ * refusal is an AttestationError with its own code; library errors are mapped to those codes here.
+ *
+ * @module
+ */
+import { randomBytes, timingSafeEqual, type X509Certificate } from 'node:crypto';
+import {
+  type CredentialChallenge,
+  checkAkPublic,
+  checkEkCertificateKey,
+  compareWithPcrs,
+  EventLogError,
+  ekCertificateTpmInfo,
+  ekPublicKeyHash,
+  hashName,
+  makeCredential,
+  objectName,
+  type ParsedPublic,
+  parseAttest,
+  parseEkCertificate,
+  parseEventLog,
+  parseTpm2bPublic,
+  summarize,
+  type TpmDeviceInfo,
+  TpmError,
+  type VerifiedQuote,
+  verifyEkCertificateChain,
+  verifyQuote,
+} from '../../tpm/index.js';
+import type { Selector } from '../datastore/datastore.js';
+import { AttestationError, type AttestationErrorCode } from './errors.js';
+import type { NonceStore } from './nonces.js';
+import type { TpmPolicy } from './policy.js';
+
+export interface TpmEvidence {
+  readonly ekCertificates: readonly Uint8Array[];
+  readonly ekPublic: Uint8Array;
+  readonly akPublic: Uint8Array;
+}
+
+export interface AdmittedEk {
+  readonly ekPublic: ParsedPublic;
+  readonly ekHash: string;
+  /** Issuer of the EK certificate, when one was sent. */
+  readonly issuer: string | undefined;
+  readonly device: TpmDeviceInfo | undefined;
+}
+
+function decodePublic(bytes: Uint8Array, what: string): ParsedPublic {
+  try {
+    return parseTpm2bPublic(bytes);
+  } catch (cause) {
+    throw new AttestationError(
+      'ERR_ATTEST_BAD_REQUEST',
+      `the ${what} is not a TPM2B_PUBLIC (${(cause as Error).message}); send it as the TPM returned it`,
+      { cause },
+    );
+  }
+}
+
+function wrapTpm(error: unknown, map: Partial<Record<string, AttestationErrorCode>>): never {
+  if (error instanceof TpmError) {
+    const code =
+      map[error.code] ?? (error.code === 'ERR_TPM_MALFORMED' ? 'ERR_ATTEST_BAD_REQUEST' : undefined);
+    if (code !== undefined) throw new AttestationError(code, error.message, { cause: error });
+  }
+  throw error;
+}
+
+/**
+ * Admits the EK: its certificate (when sent) must certify this EK public area, and then either its
+ * hash is allow-listed, or its certificate chains to a configured EK CA, or the policy says any EK.
+ */
+export function admitEk(evidence: TpmEvidence, policy: TpmPolicy, at: Date): AdmittedEk {
+  const ekPublic = decodePublic(evidence.ekPublic, 'EK public area');
+  const ekHash = ekPublicKeyHash(ekPublic.area);
+  const [leafBytes, ...chainBytes] = evidence.ekCertificates;
+  let cert: X509Certificate | undefined;
+  let device: TpmDeviceInfo | undefined;
+  if (leafBytes !== undefined) {
+    try {
+      cert = parseEkCertificate(leafBytes);
+      checkEkCertificateKey(cert, ekPublic.area);
+    } catch (error) {
+      wrapTpm(error, { ERR_TPM_EK_MISMATCH: 'ERR_ATTEST_EK_MISMATCH' });
+    }
+    try {
+      device = ekCertificateTpmInfo(cert);
+    } catch {
+      // A certificate without the TCG SAN still identifies the EK; the node just gets no
+      // manufacturer/model selectors.
+      device = undefined;
+    }
+  }
+  const admitted = { ekPublic, ekHash, issuer: cert?.issuer.replaceAll('\n', ', '), device };
+  if (policy.allowedEkHashes.has(ekHash)) return admitted;
+  if (policy.roots.length > 0) {
+    if (cert === undefined)
+      throw new AttestationError(
+        'ERR_ATTEST_EK_UNTRUSTED',
+        `the agent sent no EK certificate and EK ${ekHash} is not allow-listed; the server trusts EKs by certificate: check the TPM has one in NV`,
+      );
+    try {
+      verifyEkCertificateChain(
+        cert,
+        {
+          roots: policy.roots,
+          intermediates: [...policy.intermediates, ...chainBytes.map((b) => parseEkCertificate(b))],
+        },
+        at,
+      );
+      return admitted;
+    } catch (error) {
+      wrapTpm(error, { ERR_TPM_EK_UNTRUSTED: 'ERR_ATTEST_EK_UNTRUSTED' });
+    }
+  }
+  if (policy.anyEk) return admitted;
+  throw new AttestationError(
+    'ERR_ATTEST_EK_NOT_ALLOWED',
+    `EK ${ekHash} is not on the EK hash allow-list; if this node is yours, add the hash to tpm_attestation.ek_hashes or ek_hash_allow_file`,
+  );
+}
+
+/** Admits the AK: a restricted signing key fixed to its TPM. */
+export function admitAk(akPublicBytes: Uint8Array): ParsedPublic {
+  const ak = decodePublic(akPublicBytes, 'AK public area');
+  try {
+    checkAkPublic(ak.area);
+  } catch (error) {
+    wrapTpm(error, { ERR_TPM_AK_ATTRIBUTES: 'ERR_ATTEST_AK_ATTRIBUTES' });
+  }
+  return ak;
+}
+
+export interface IssuedChallenge {
+  readonly credential: CredentialChallenge | undefined;
+  readonly secret: Uint8Array | undefined;
+  readonly nonce: Uint8Array;
+}
+
+/** MakeCredential(EK, AK name, fresh secret) for attestation; renewal passes no EK and gets only a nonce. */
+export function issueChallenge(
+  nonces: NonceStore,
+  ek: ParsedPublic | undefined,
+  ak: ParsedPublic,
+): IssuedChallenge {
+  const nonce = nonces.issue();
+  if (ek === undefined) return { credential: undefined, secret: undefined, nonce };
+  const secret = randomBytes(32);
+  try {
+    return { credential: makeCredential(ek.area, objectName(ak), secret), secret, nonce };
+  } catch (error) {
+    wrapTpm(error, { ERR_TPM_UNSUPPORTED: 'ERR_ATTEST_BAD_REQUEST' });
+  }
+}
+
+export interface TpmAnswer {
+  readonly activatedSecret: Uint8Array;
+  readonly quote: Uint8Array;
+  readonly signature: Uint8Array;
+  readonly pcrValues: readonly Uint8Array[];
+  readonly eventLog: Uint8Array;
+}
+
+export interface VerifiedAnswer {
+  readonly quote: VerifiedQuote;
+  readonly secureBoot: 'enabled' | 'disabled' | 'unknown';
+}
+
+const QUOTE_CODES: Partial<Record<string, AttestationErrorCode>> = {
+  ERR_TPM_QUOTE_SIGNATURE: 'ERR_ATTEST_QUOTE_SIGNATURE',
+  ERR_TPM_QUOTE_MAGIC: 'ERR_ATTEST_QUOTE_INVALID',
+  ERR_TPM_QUOTE_TYPE: 'ERR_ATTEST_QUOTE_INVALID',
+  ERR_TPM_QUOTE_NONCE: 'ERR_ATTEST_QUOTE_INVALID',
+  ERR_TPM_QUOTE_PCR_SELECTION: 'ERR_ATTEST_QUOTE_INVALID',
+  ERR_TPM_QUOTE_PCR_DIGEST: 'ERR_ATTEST_PCR_DIGEST',
+  ERR_TPM_UNSUPPORTED: 'ERR_ATTEST_QUOTE_INVALID',
+};
+
+/**
+ * Judges the agent's answer in the architecture's order: nonce fresh and unused, secret recovered
+ * (so the AK lives in the EK's TPM), quote signed by the AK over our nonce and selection, PCR digest
+ * equal to the reported values, event log replaying to them, and the PCR policy.
+ */
+export function verifyAnswer(input: {
+  readonly answer: TpmAnswer;
+  readonly challenge: IssuedChallenge;
+  readonly ak: ParsedPublic;
+  readonly policy: TpmPolicy;
+  readonly nonces: NonceStore;
+}): VerifiedAnswer {
+  const { answer, challenge, policy } = input;
+  input.nonces.consume(challenge.nonce);
+  if (challenge.secret !== undefined) {
+    const got = answer.activatedSecret;
+    if (got.length !== challenge.secret.length || !timingSafeEqual(got, challenge.secret))
+      throw new AttestationError(
+        'ERR_ATTEST_SECRET_MISMATCH',
+        'the activated secret is wrong: the AK does not live in the TPM that holds this EK',
+      );
+  }
+  let quote: VerifiedQuote;
+  try {
+    quote = verifyQuote({
+      akPublic: input.ak.area,
+      attest: answer.quote,
+      signature: answer.signature,
+      nonce: challenge.nonce,
+      pcrSelection: policy.selection,
+      pcrValues: answer.pcrValues,
+    });
+  } catch (error) {
+    if (
+      error instanceof TpmError &&
+      error.code === 'ERR_TPM_QUOTE_NONCE' &&
+      quotedNonceWasUsed(answer, input.nonces)
+    )
+      throw new AttestationError(
+        'ERR_ATTEST_NONCE_REPLAYED',
+        'the quote is qualified by a nonce from an earlier handshake: a replayed quote; quote with the nonce of this challenge',
+        { cause: error },
+      );
+    wrapTpm(error, QUOTE_CODES);
+  }
+
+  let secureBoot: VerifiedAnswer['secureBoot'] = 'unknown';
+  if (answer.eventLog.length === 0) {
+    if (policy.requireEventLog)
+      throw new AttestationError(
+        'ERR_ATTEST_EVENTLOG_REQUIRED',
+        'policy requires the measured-boot event log and the agent sent none; check securityfs is mounted on the node',
+      );
+  } else {
+    try {
+      const log = parseEventLog(Buffer.from(answer.eventLog));
+      const banks = new Map<string, Map<number, Buffer>>();
+      for (const pcr of quote.pcrs) {
+        const bank = banks.get(hashName(pcr.hash)) ?? new Map<number, Buffer>();
+        bank.set(pcr.pcr, Buffer.from(pcr.value));
+        banks.set(hashName(pcr.hash), bank);
+      }
+      compareWithPcrs(log, banks, { required: [...policy.pcrValues.keys()] });
+      secureBoot = summarize(log).secureBoot;
+    } catch (error) {
+      if (error instanceof EventLogError)
+        throw new AttestationError('ERR_ATTEST_EVENTLOG_REPLAY', `event log refused: ${error.message}`, {
+          cause: error,
+        });
+      throw error;
+    }
+  }
+
+  const firstBank = policy.selection[0]?.hash;
+  for (const [pcr, allowed] of policy.pcrValues) {
+    const quoted = quote.pcrs.find((p) => p.hash === firstBank && p.pcr === pcr);
+    const hex = quoted === undefined ? 'missing' : Buffer.from(quoted.value).toString('hex');
+    if (!allowed.includes(hex))
+      throw new AttestationError(
+        'ERR_ATTEST_PCR_POLICY',
+        `PCR ${pcr} is ${hex}, which tpm_attestation.pcr_values does not accept; if this boot is legitimate, add the value`,
+      );
+  }
+  return { quote, secureBoot };
+}
+
+function quotedNonceWasUsed(answer: TpmAnswer, nonces: NonceStore): boolean {
+  try {
+    return nonces.wasConsumed(parseAttest(answer.quote).extraData);
+  } catch {
+    return false;
+  }
+}
+
+/** What the node record keeps of the last verified quote. */
+export interface LastQuote {
+  quoted_at: number;
+  reset_count: number;
+  restart_count: number;
+  firmware_version: string;
+  pcrs: Record<string, Record<string, string>>;
+}
+
+export function lastQuote(quote: VerifiedQuote, at: number): LastQuote {
+  const pcrs: Record<string, Record<string, string>> = {};
+  for (const p of quote.pcrs) {
+    const bank = hashName(p.hash);
+    pcrs[bank] = { ...pcrs[bank], [String(p.pcr)]: Buffer.from(p.value).toString('hex') };
+  }
+  return {
+    quoted_at: at,
+    reset_count: quote.clockInfo.resetCount,
+    restart_count: quote.clockInfo.restartCount,
+    firmware_version: quote.firmwareVersion.toString(16).padStart(16, '0'),
+    pcrs,
+  };
+}
+
+/** The node's selectors: what node-alias entries match on. */
+export function tpmSelectors(ek: AdmittedEk, verified: VerifiedAnswer): Selector[] {
+  const s = (value: string): Selector => ({ type: 'tpm', value });
+  return [
+    s(`ek-hash:${ek.ekHash}`),
+    ...(ek.device ? [s(`manufacturer:${ek.device.manufacturer}`), s(`model:${ek.device.model}`)] : []),
+    s(`firmware-version:${verified.quote.firmwareVersion.toString(16).padStart(16, '0')}`),
+    ...verified.quote.pcrs.map((p) =>
+      s(`pcr:${hashName(p.hash)}:${p.pcr}:${Buffer.from(p.value).toString('hex')}`),
+    ),
+    ...(verified.secureBoot === 'unknown' ? [] : [s(`secureboot:${verified.secureBoot}`)]),
+  ];
+}
