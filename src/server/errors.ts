@@ -14,6 +14,7 @@ export type ServerErrorCode =
   | 'ERR_INVALID_ARGUMENT'
   | 'ERR_SPIFFE_ID_INVALID'
   | 'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN'
+  | 'ERR_SPIFFE_ID_RESERVED'
   | 'ERR_SELECTOR_MALFORMED'
   | 'ERR_TTL_OUT_OF_RANGE'
   | 'ERR_ENTRY_DUPLICATE'
@@ -39,6 +40,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_INVALID_ARGUMENT: status.INVALID_ARGUMENT,
   ERR_SPIFFE_ID_INVALID: status.INVALID_ARGUMENT,
   ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN: status.INVALID_ARGUMENT,
+  ERR_SPIFFE_ID_RESERVED: status.INVALID_ARGUMENT,
   ERR_SELECTOR_MALFORMED: status.INVALID_ARGUMENT,
   ERR_TTL_OUT_OF_RANGE: status.INVALID_ARGUMENT,
   ERR_ENTRY_DUPLICATE: status.ALREADY_EXISTS,
@@ -111,6 +113,15 @@ export class SpiffeIdOutsideTrustDomainError extends ServerError {
     super(
       'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',
       `${field} ${JSON.stringify(value)} is outside this server's trust domain; use an ID of the form spiffe://${trustDomain}/…`,
+    );
+  }
+}
+
+export class SpiffeIdReservedError extends ServerError {
+  constructor(field: string, value: string, owner: string) {
+    super(
+      'ERR_SPIFFE_ID_RESERVED',
+      `${field} ${JSON.stringify(value)} is reserved for ${owner}; choose a path outside /agent and /ironroot, e.g. spiffe://<trust domain>/node/web-1`,
     );
   }
 }

@@ -139,7 +139,7 @@ describe('node aliases', () => {
         `pcr:sha256:0:${'ab'.repeat(32)}`,
       ]);
 
-      const aliases = await server.registration.nodeAliases(selectors);
+      const aliases = await server.registration.nodeAliases({ spiffeId: status.spiffe_id, selectors });
       expect(aliases.map((a) => a.spiffeId).sort()).toEqual([
         `spiffe://${TD}/nodes/swtpm`,
         `spiffe://${TD}/nodes/swtpm-pcr0`,

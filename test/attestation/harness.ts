@@ -61,6 +61,8 @@ export interface TestServer {
   logs: LogSink;
   clock: FakeClock;
   address: string;
+  /** For the built CLI's --admin-socket. */
+  adminSocket: string;
   bundleFile: string;
   registration: RegistrationService;
   down(): Promise<void>;
@@ -73,10 +75,11 @@ export interface TestServer {
 export async function startAttestServer(extra: Partial<ServerConfigInput> = {}): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-attest-'));
   hsm ??= await createSoftHsm('ironroot-attest');
+  const adminSocket = join(dir, 'run', 'admin.sock');
   const input: ServerConfigInput = {
     trust_domain: TD,
     data_dir: join(dir, 'data'),
-    admin_socket: join(dir, 'run', 'admin.sock'),
+    admin_socket: adminSocket,
     // CA keys in SoftHSM, so a restarted server finds them again, as in production.
     key_manager: hsm.uri(),
     health_address: '127.0.0.1:0',
@@ -93,6 +96,7 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
     logs,
     clock,
     address: `127.0.0.1:${first.ports.agentApi}`,
+    adminSocket,
     bundleFile: join(dir, 'bundle.pem'),
     registration: new RegistrationService(first.datastore, TD, clock),
     async down() {

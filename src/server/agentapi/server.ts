@@ -33,7 +33,7 @@ import {
   tpmSelectors,
   verifyAnswer,
 } from '../nodeattestor/tpm.js';
-import { hashJoinToken } from '../registration/service.js';
+import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
 import {
   type AttestAgentRequest,
   type AttestAgentResponse,
@@ -257,6 +257,9 @@ export class AgentApiServer {
         createdAt: now,
       },
       ACTOR,
+      consumed.spiffeId === undefined
+        ? undefined
+        : joinTokenAlias(this.#o.trustDomain, decision.agentId, consumed.spiffeId),
     );
     return result.response;
   }

@@ -146,8 +146,12 @@ export interface Datastore {
   ): Promise<RegistrationEntry>;
   deleteEntry(id: string, actor: Actor): Promise<RegistrationEntry>;
 
-  /** Inserts or replaces the node's record (attestation and re-attestation). */
-  upsertNode(node: AttestedNode, actor: Actor): Promise<void>;
+  /**
+   * Inserts or replaces the node's record (attestation and re-attestation). `alias`, if given, is a
+   * node-alias entry created in the same transaction (a join token's SPIFFE ID), so the node never
+   * exists without the identity its token promised; an identical entry already there is kept.
+   */
+  upsertNode(node: AttestedNode, actor: Actor, alias?: NewEntry): Promise<void>;
   getNode(spiffeId: string): Promise<AttestedNode | undefined>;
   listNodes(): Promise<AttestedNode[]>;
   /** Forgets the node: it must attest again. */

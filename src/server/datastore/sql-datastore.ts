@@ -142,7 +142,7 @@ export class SqlDatastore implements Datastore {
     });
   }
 
-  async upsertNode(node: AttestedNode, actor: Actor): Promise<void> {
+  async upsertNode(node: AttestedNode, actor: Actor, alias?: NewEntry): Promise<void> {
     const now = nowSeconds(this.#clock);
     const row: AttestedNodeRow = {
       spiffe_id: node.spiffeId,
@@ -174,7 +174,24 @@ export class SqlDatastore implements Datastore {
         serial_number: node.serialNumber,
         expires_at: node.expiresAt,
       });
+      if (alias !== undefined) await this.#ensureEntry(trx, alias, now, actor);
     });
+  }
+
+  /** Creates the entry unless an identical one (same ID, parent and selectors) exists. */
+  async #ensureEntry(trx: Transaction<Database>, entry: NewEntry, now: number, actor: Actor): Promise<void> {
+    const existing = await trx
+      .selectFrom('registration_entries')
+      .select('id')
+      .where('spiffe_id', '=', entry.spiffeId)
+      .where('parent_id', '=', entry.parentId)
+      .where('selectors_key', '=', selectorsKey(entry.selectors))
+      .executeTakeFirst();
+    if (existing !== undefined) return;
+    const created: RegistrationEntry = { ...entry, id: randomUUID(), revisionNumber: 0, createdAt: now };
+    await trx.insertInto('registration_entries').values(toEntryRow(created, now)).execute();
+    await insertEntryChildren(trx, created);
+    await audit(trx, now, actor, 'entry.create', 'entry', created.id, entryDetail(created));
   }
 
   async getNode(spiffeId: string): Promise<AttestedNode | undefined> {

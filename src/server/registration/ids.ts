@@ -5,7 +5,7 @@
  * @module
  */
 import { isSpiffeError, SpiffeId, TrustDomain } from '../../spiffe/index.js';
-import { SpiffeIdInvalidError, SpiffeIdOutsideTrustDomainError } from '../errors.js';
+import { SpiffeIdInvalidError, SpiffeIdOutsideTrustDomainError, SpiffeIdReservedError } from '../errors.js';
 
 export function isTrustDomainName(text: string): boolean {
   try {
@@ -32,4 +32,25 @@ export function checkIdInTrustDomain(field: string, value: string, trustDomain: 
   if (id.trustDomain.name !== trustDomain)
     throw new SpiffeIdOutsideTrustDomainError(field, value, trustDomain);
   return id.toString();
+}
+
+/**
+ * Path prefixes the server hands out itself: agents are named under /agent by attestation, the
+ * server under /ironroot. An ID given to a node by an operator must not collide with either, or a
+ * join token could make its agent impersonate another agent or the server.
+ */
+const RESERVED_PATHS: readonly { prefix: string; owner: string }[] = [
+  { prefix: '/agent', owner: 'agents named by attestation' },
+  { prefix: '/ironroot', owner: 'the server itself' },
+];
+
+/** Like checkIdInTrustDomain, and refuses IDs under the reserved /agent and /ironroot paths. */
+export function checkNodeAliasId(field: string, value: string, trustDomain: string): string {
+  const checked = checkIdInTrustDomain(field, value, trustDomain);
+  const path = SpiffeId.parse(checked).path;
+  for (const { prefix, owner } of RESERVED_PATHS) {
+    if (path === prefix || path.startsWith(`${prefix}/`))
+      throw new SpiffeIdReservedError(field, value, owner);
+  }
+  return checked;
 }

@@ -33,6 +33,7 @@ import type {
   AttestedNode,
   Datastore,
   EntryFilter,
+  NewEntry,
   RegistrationEntry,
   Selector,
   SelectorMatch,
@@ -45,7 +46,7 @@ import {
   TtlOutOfRangeError,
 } from '../errors.js';
 import { serverSpiffeId } from '../identity.js';
-import { checkIdInTrustDomain } from './ids.js';
+import { checkNodeAliasId } from './ids.js';
 import { checkEntry, checkSelector } from './validate.js';
 
 export const JOIN_TOKEN_DEFAULT_TTL = 600;
@@ -166,7 +167,7 @@ export class RegistrationService {
     const spiffeId =
       request.spiffe_id === ''
         ? undefined
-        : checkIdInTrustDomain('spiffe_id', request.spiffe_id, this.#trustDomain);
+        : checkNodeAliasId('spiffe_id', request.spiffe_id, this.#trustDomain);
     const value = randomBytes(32).toString('base64url');
     const expiresAt = nowSeconds(this.#clock) + ttl;
     await this.#store.createJoinToken(
@@ -178,13 +179,14 @@ export class RegistrationService {
 
   /**
    * Node aliases: entries whose parent is the server's own ID and whose selectors the node has
-   * (all of them), so one entry can name a whole class of agents.
+   * (all of them), so one entry can name a whole class of agents. Besides its attested selectors,
+   * every node has `spiffe_id:<its agent ID>`, as in SPIRE, so an entry can also name one agent
+   * (that is how a join token's SPIFFE ID is given, see joinTokenAlias).
    */
-  async nodeAliases(nodeSelectors: readonly Selector[]): Promise<RegistrationEntry[]> {
-    if (nodeSelectors.length === 0) return [];
+  async nodeAliases(node: Pick<AttestedNode, 'spiffeId' | 'selectors'>): Promise<RegistrationEntry[]> {
     const filter: EntryFilter = {
       parentId: serverSpiffeId(this.#trustDomain),
-      selectors: { selectors: [...nodeSelectors], match: 'subset' },
+      selectors: { selectors: [...node.selectors, agentIdSelector(node.spiffeId)], match: 'subset' },
     };
     const aliases: RegistrationEntry[] = [];
     let token = '';
@@ -217,7 +219,7 @@ export class RegistrationService {
   }
 
   async #toAgentMessage(node: AttestedNode): Promise<AgentMessage> {
-    const aliases = await this.nodeAliases(node.selectors);
+    const aliases = await this.nodeAliases(node);
     return {
       spiffe_id: node.spiffeId,
       attestation_type: node.attestationType,
@@ -230,6 +232,32 @@ export class RegistrationService {
       alias_spiffe_ids: aliases.map((a) => a.spiffeId),
     };
   }
+}
+
+/** The node selector every agent has: its own SPIFFE ID. */
+function agentIdSelector(agentId: string): Selector {
+  return { type: 'spiffe_id', value: agentId };
+}
+
+/**
+ * The node-alias entry a join token with a SPIFFE ID creates when its agent attests (SPIRE's
+ * `token generate -spiffeID`): parent the server, selector the agent's own ID, so nodeAliases gives
+ * that agent, and only it, the token's ID.
+ */
+export function joinTokenAlias(trustDomain: string, agentId: string, spiffeId: string): NewEntry {
+  return {
+    spiffeId,
+    parentId: serverSpiffeId(trustDomain),
+    selectors: [agentIdSelector(agentId)],
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    admin: false,
+    downstream: false,
+    federatesWith: [],
+    hint: '',
+    expiresAt: 0,
+  };
 }
 
 function isMatch(value: string): value is SelectorMatch {
