@@ -97,6 +97,23 @@ export interface AgentMessage {
   ek_hash: string;
   created_at: number;
   alias_spiffe_ids: string[];
+  ek_issuer: string;
+  ak_public_sha256: string;
+  ak_algorithm: string;
+  last_quote: LastQuoteMessage | null;
+  attestation_count: number;
+}
+export interface LastQuoteMessage {
+  quoted_at: number;
+  reset_count: number;
+  restart_count: number;
+  firmware_version: string;
+  pcrs: PcrValueMessage[];
+}
+export interface PcrValueMessage {
+  bank: string;
+  index: number;
+  value: string;
 }
 export interface ListAgentsRequest {
   by_banned: string;

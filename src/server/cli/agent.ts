@@ -7,14 +7,29 @@ interface AgentFlags extends AdminOptions {
   banned?: boolean;
 }
 
+const iso = (unixSeconds: number) => new Date(unixSeconds * 1000).toISOString();
+
+/** TPM lines appear only when the server recorded them: join-token agents have none. */
 function formatAgent(agent: AgentMessage): string {
+  const quote = agent.last_quote;
   return [
     `SPIFFE ID         : ${agent.spiffe_id}`,
     `Attestation type  : ${agent.attestation_type}`,
-    `Expiration time   : ${new Date(agent.x509_svid_expires_at * 1000).toISOString()}`,
+    `Expiration time   : ${iso(agent.x509_svid_expires_at)}`,
     `Serial number     : ${agent.x509_svid_serial_number}`,
     `Banned            : ${agent.banned}`,
+    `Attestations      : ${agent.attestation_count}`,
     ...(agent.ek_hash !== '' ? [`EK hash           : ${agent.ek_hash}`] : []),
+    ...(agent.ek_issuer !== '' ? [`EK issuer         : ${agent.ek_issuer}`] : []),
+    ...(agent.ak_public_sha256 !== ''
+      ? [`AK                : ${agent.ak_algorithm}, public area SHA-256 ${agent.ak_public_sha256}`]
+      : []),
+    ...(quote !== null
+      ? [
+          `Last quote        : ${iso(quote.quoted_at)}, reset count ${quote.reset_count}, restart count ${quote.restart_count}, firmware ${quote.firmware_version}`,
+          ...quote.pcrs.map((p) => `PCR ${`${p.bank}:${p.index}`.padEnd(14)}: ${p.value}`),
+        ]
+      : []),
     ...agent.selectors.map((s) => `Selector          : ${s.type}:${s.value}`),
     ...agent.alias_spiffe_ids.map((id) => `Alias             : ${id}`),
   ].join('\n');
@@ -54,7 +69,9 @@ export function agentCommand(): Command {
       }
     }),
   );
-  agent.addCommand(single('show', 'show one agent, with its selectors and node aliases', 'GetAgent', ''));
+  agent.addCommand(
+    single('show', 'show everything stored for one agent, with its node aliases', 'GetAgent', ''),
+  );
   agent.addCommand(single('evict', 'forget an agent; it must attest again', 'EvictAgent', 'Evicted agent'));
   agent.addCommand(
     single(

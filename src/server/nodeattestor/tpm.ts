@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { randomBytes, timingSafeEqual, type X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual, type X509Certificate } from 'node:crypto';
 import {
   type CredentialChallenge,
   checkAkPublic,
@@ -23,6 +23,8 @@ import {
   parseEventLog,
   parseTpm2bPublic,
   summarize,
+  TPM_ALG,
+  TPM_ECC,
   type TpmDeviceInfo,
   TpmError,
   type VerifiedQuote,
@@ -294,6 +296,21 @@ export function lastQuote(quote: VerifiedQuote, at: number): LastQuote {
     restart_count: quote.clockInfo.restartCount,
     firmware_version: quote.firmwareVersion.toString(16).padStart(16, '0'),
     pcrs,
+  };
+}
+
+/** What `agent show` tells of a recorded AK: SHA-256 of its TPM2B_PUBLIC, and its key type. */
+export function akSummary(akPublic: Uint8Array): { sha256: string; algorithm: string } {
+  const { area } = parseTpm2bPublic(akPublic);
+  const curve = (id: number) =>
+    Object.entries(TPM_ECC)
+      .find(([, value]) => value === id)?.[0]
+      .toLowerCase()
+      .replace('_', '-') ?? `0x${id.toString(16).padStart(4, '0')}`;
+  return {
+    sha256: createHash('sha256').update(akPublic).digest('hex'),
+    algorithm:
+      area.type === TPM_ALG.RSA ? `rsa${area.parameters.keyBits}` : `ecc-${curve(area.parameters.curveId)}`,
   };
 }
 

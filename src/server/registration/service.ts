@@ -21,6 +21,7 @@ import type {
   EntryMessage,
   GetEntryRequest,
   JoinTokenMessage,
+  LastQuoteMessage,
   ListAgentsRequest,
   ListAgentsResponse,
   ListEntriesRequest,
@@ -46,6 +47,7 @@ import {
   TtlOutOfRangeError,
 } from '../errors.js';
 import { serverSpiffeId } from '../identity.js';
+import { akSummary, type LastQuote } from '../nodeattestor/tpm.js';
 import { checkNodeAliasId } from './ids.js';
 import { checkEntry, checkSelector } from './validate.js';
 
@@ -220,6 +222,7 @@ export class RegistrationService {
 
   async #toAgentMessage(node: AttestedNode): Promise<AgentMessage> {
     const aliases = await this.nodeAliases(node);
+    const ak = node.tpm === undefined ? undefined : akSummary(node.tpm.akPublic);
     return {
       spiffe_id: node.spiffeId,
       attestation_type: node.attestationType,
@@ -230,6 +233,11 @@ export class RegistrationService {
       ek_hash: node.tpm?.ekHash ?? '',
       created_at: node.createdAt,
       alias_spiffe_ids: aliases.map((a) => a.spiffeId),
+      ek_issuer: node.tpm?.ekIssuer ?? '',
+      ak_public_sha256: ak?.sha256 ?? '',
+      ak_algorithm: ak?.algorithm ?? '',
+      last_quote: node.tpm?.lastQuote === undefined ? null : toLastQuoteMessage(node.tpm.lastQuote),
+      attestation_count: node.attestationCount,
     };
   }
 }
@@ -257,6 +265,22 @@ export function joinTokenAlias(trustDomain: string, agentId: string, spiffeId: s
     federatesWith: [],
     hint: '',
     expiresAt: 0,
+  };
+}
+
+/** The stored last quote (JSON written by the agent API, see LastQuote) as the admin API sends it. */
+function toLastQuoteMessage(stored: Uint8Array): LastQuoteMessage {
+  const quote = JSON.parse(Buffer.from(stored).toString('utf8')) as LastQuote;
+  return {
+    quoted_at: quote.quoted_at,
+    reset_count: quote.reset_count,
+    restart_count: quote.restart_count,
+    firmware_version: quote.firmware_version,
+    pcrs: Object.entries(quote.pcrs).flatMap(([bank, values]) =>
+      Object.entries(values)
+        .map(([index, value]) => ({ bank, index: Number(index), value }))
+        .sort((a, b) => a.index - b.index),
+    ),
   };
 }
 
