@@ -322,29 +322,56 @@ export class Pkcs11KeyManager implements KeyManager {
       const session = await this.#acquire();
       const pinned: PinnedCall = { buffers: [mechanism, publicTemplate, privateTemplate] };
       this.#pinned.add(pinned);
+      let generated: Buffer[];
       try {
-        await new Promise<void>((resolve, reject) => {
+        generated = await new Promise<Buffer[]>((resolve, reject) => {
           this.#module.C_GenerateKeyPair(
             session.handle,
             mechanism,
             publicTemplate,
             privateTemplate,
-            (error) => (error ? reject(error) : resolve()),
+            (error, keys) => (error ? reject(error) : resolve([keys.privateKey, keys.publicKey])),
           );
         });
       } finally {
         this.#pinned.delete(pinned);
         this.#put(session);
       }
-      const record = this.#lookUp(id);
-      if (record === undefined) {
-        throw new HsmError(
-          'ERR_HSM_KEY_ATTRIBUTES',
-          `key "${id}" was generated but cannot be found again by id and label`,
-        );
+      try {
+        const record = this.#lookUp(id);
+        if (record === undefined) {
+          throw new HsmError(
+            'ERR_HSM_KEY_ATTRIBUTES',
+            `key "${id}" was generated but cannot be found again by id and label`,
+          );
+        }
+        return record.key;
+      } catch (error) {
+        // A key refused on read-back must not stay on the token: a later lookup could take it, or an
+        // operator would have to find and remove it by hand. Only the two objects made here go.
+        this.#destroyGenerated(id, generated, error);
+        throw error;
       }
-      return record.key;
     });
+  }
+
+  /** Destroys the objects of a refused generation; if the token will not, says what is left to do. */
+  #destroyGenerated(id: string, handles: readonly Buffer[], refusal: unknown): void {
+    const failures: string[] = [];
+    for (const handle of handles) {
+      try {
+        this.#module.C_DestroyObject(this.#admin, handle);
+      } catch (error) {
+        failures.push(ckrOf(error) ?? String(error));
+      }
+    }
+    if (failures.length === 0) return;
+    const reason = refusal instanceof Error ? refusal.message : String(refusal);
+    throw new HsmError(
+      'ERR_HSM_KEY_ATTRIBUTES',
+      `${reason}; destroying the objects just generated failed too (${failures.join(', ')}): remove them with "ironroot-server hsm keys destroy ${id} --yes" once the token answers`,
+      { cause: refusal },
+    );
   }
 
   async getKey(id: string): Promise<ManagedKey | undefined> {
