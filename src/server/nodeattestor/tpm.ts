@@ -299,14 +299,17 @@ export function lastQuote(quote: VerifiedQuote, at: number): LastQuote {
   };
 }
 
-/** What `agent show` tells of a recorded AK: SHA-256 of its TPM2B_PUBLIC, and its key type. */
+/**
+ * What `agent show` tells of a recorded AK: SHA-256 of its TPM2B_PUBLIC, and its key type named as
+ * the agent's `--ak` option names it (rsa2048, ecc-p256; other curves by their TPM_ECC name).
+ */
 export function akSummary(akPublic: Uint8Array): { sha256: string; algorithm: string } {
   const { area } = parseTpm2bPublic(akPublic);
   const curve = (id: number) =>
     Object.entries(TPM_ECC)
       .find(([, value]) => value === id)?.[0]
       .toLowerCase()
-      .replace('_', '-') ?? `0x${id.toString(16).padStart(4, '0')}`;
+      .replace('nist_', '') ?? `0x${id.toString(16).padStart(4, '0')}`;
   return {
     sha256: createHash('sha256').update(akPublic).digest('hex'),
     algorithm:
