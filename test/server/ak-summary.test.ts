@@ -21,4 +21,12 @@ describe('akSummary (agent show)', () => {
     });
     expect(akSummary(bytes).algorithm).toBe('ecc-bn_p256');
   });
+
+  it('says "unreadable" for bytes that are no TPM2B_PUBLIC, and still hashes them', () => {
+    const bytes = new Uint8Array([1]);
+    expect(akSummary(bytes)).toEqual({
+      sha256: createHash('sha256').update(bytes).digest('hex'),
+      algorithm: 'unreadable',
+    });
+  });
 });

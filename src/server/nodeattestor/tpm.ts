@@ -27,6 +27,7 @@ import {
   TPM_ECC,
   type TpmDeviceInfo,
   TpmError,
+  type TpmtPublic,
   type VerifiedQuote,
   verifyEkCertificateChain,
   verifyQuote,
@@ -304,14 +305,22 @@ export function lastQuote(quote: VerifiedQuote, at: number): LastQuote {
  * the agent's `--ak` option names it (rsa2048, ecc-p256; other curves by their TPM_ECC name).
  */
 export function akSummary(akPublic: Uint8Array): { sha256: string; algorithm: string } {
-  const { area } = parseTpm2bPublic(akPublic);
+  const sha256 = createHash('sha256').update(akPublic).digest('hex');
+  let area: TpmtPublic;
+  try {
+    ({ area } = parseTpm2bPublic(akPublic));
+  } catch (error) {
+    // A damaged record must not make `agent show` and `agent list` fail for every node.
+    if (error instanceof TpmError) return { sha256, algorithm: 'unreadable' };
+    throw error;
+  }
   const curve = (id: number) =>
     Object.entries(TPM_ECC)
       .find(([, value]) => value === id)?.[0]
       .toLowerCase()
       .replace('nist_', '') ?? `0x${id.toString(16).padStart(4, '0')}`;
   return {
-    sha256: createHash('sha256').update(akPublic).digest('hex'),
+    sha256,
     algorithm:
       area.type === TPM_ALG.RSA ? `rsa${area.parameters.keyBits}` : `ecc-${curve(area.parameters.curveId)}`,
   };
