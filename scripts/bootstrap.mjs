@@ -12,7 +12,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 // Debian packages the demo and the tests start for real. Keep in step with the README.
 // ovmf, qemu-system-x86, linux-image-amd64, busybox-static and cpio boot real UEFI firmware with a
-// swtpm vTPM for the measured-boot tests (test/helpers/qemu.ts).
+// swtpm vTPM for the measured-boot tests (test/helpers/qemu.ts). postgresql runs the HA datastore's
+// tests against a throw-away cluster (test/helpers/postgres.ts).
 const APT_PACKAGES = [
   'swtpm',
   'swtpm-tools',
@@ -26,6 +27,7 @@ const APT_PACKAGES = [
   'linux-image-amd64',
   'busybox-static',
   'cpio',
+  'postgresql',
 ];
 
 const MIN_NODE = [20, 19];

@@ -15,9 +15,9 @@ function newest(dir: string): number {
 }
 
 /**
- * Fails clearly unless dist/ holds a build of the current src/. Tests never build dist/ themselves:
- * test files run in parallel and a rebuild would race with the ones already loading it; `npm test`
- * builds once before vitest starts.
+ * Fails clearly unless dist/ holds a build of the current src/. Test files never build dist/
+ * themselves (they run in parallel and a rebuild would race with the ones already loading it);
+ * vitest's global setup (build-dist.ts) builds once before any of them starts.
  */
 export function assertBuilt(): void {
   const marker = join(repoRoot, 'dist/version.js');

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -9,6 +9,20 @@ export interface TestPostgres {
   /** A connection string for the superuser `ironroot`, over the server's Unix socket. */
   connectionString: string;
   stop(): Promise<void>;
+}
+
+/**
+ * Path of a PostgreSQL server program. Debian keeps them in /usr/lib/postgresql/<major>/bin, off the
+ * PATH; take the newest major installed, else whatever the PATH has.
+ */
+function postgresProgram(name: 'initdb' | 'postgres'): string {
+  const base = '/usr/lib/postgresql';
+  const majors = existsSync(base)
+    ? readdirSync(base)
+        .filter((entry) => /^\d+$/.test(entry) && existsSync(join(base, entry, 'bin', name)))
+        .sort((a, b) => Number(b) - Number(a))
+    : [];
+  return majors[0] === undefined ? name : join(base, majors[0], 'bin', name);
 }
 
 /**
@@ -25,14 +39,14 @@ export async function startPostgres(): Promise<TestPostgres> {
   chownSync(dir, uid, gid);
   chownSync(socketDir, uid, gid);
   chmodSync(dir, 0o755);
-  execFileSync('initdb', ['-D', data, '-A', 'trust', '-U', 'ironroot', '--no-sync'], {
+  execFileSync(postgresProgram('initdb'), ['-D', data, '-A', 'trust', '-U', 'ironroot', '--no-sync'], {
     uid,
     gid,
     stdio: 'ignore',
   });
   const port = await freePort();
   const server: ChildProcess = spawn(
-    'postgres',
+    postgresProgram('postgres'),
     ['-D', data, '-k', socketDir, '-p', String(port), '-c', 'listen_addresses=', '-c', 'fsync=on'],
     { uid, gid, stdio: 'ignore' },
   );

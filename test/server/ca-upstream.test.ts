@@ -90,6 +90,32 @@ describe('CA under an upstream authority from disk', () => {
     ).rejects.toThrow();
   });
 
+  it('republishes with a new spiffe_sequence when the upstream root changed across a restart', async () => {
+    const keys = openMemoryKeyManager();
+    const open = async () => {
+      const { certFile, keyFile, rootPem } = await writeUpstream();
+      const ca = await CertificateAuthority.open({
+        trustDomain: 'example.org',
+        keyManager: keys,
+        datastore,
+        clock,
+        logger: pino({ level: 'silent' }),
+        caTtl: 24 * H,
+        keyType: 'ec-p256',
+        refreshHint: 300,
+        upstream: loadUpstreamAuthority(certFile, keyFile),
+      });
+      return { ca, rootPem };
+    };
+    const first = await open();
+    const firstSequence = first.ca.bundle().sequenceNumber ?? 0n;
+    const second = await open();
+    expect(second.rootPem).not.toBe(first.rootPem);
+    expect(second.ca.bundle().x509Authorities.map((c) => c.toString())).toEqual([second.rootPem]);
+    expect(second.ca.bundle().sequenceNumber).toBe(firstSequence + 1n);
+    expect((await datastore.getBundle('example.org'))?.sequence).toBe(Number(firstSequence + 1n));
+  });
+
   it('refuses a key that does not belong to the upstream certificate', async () => {
     const { certFile } = await writeUpstream();
     const other = join(dir, 'other.key');

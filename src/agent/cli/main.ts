@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { VERSION } from '../../version.js';
+import { apiCommand } from './api.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { runCommand } from './run.js';
 import { tpmCommand } from './tpm.js';
@@ -13,6 +14,7 @@ export function buildAgentProgram(): Command {
   program.addCommand(runCommand());
   program.addCommand(healthcheckCommand());
   program.addCommand(tpmCommand());
+  program.addCommand(apiCommand());
   return program;
 }
 

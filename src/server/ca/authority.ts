@@ -245,6 +245,8 @@ export class CertificateAuthority {
     if (missing.length === 0) {
       if (this.#slots.length > 0)
         logger.info({ keys: this.#slots.map(describe) }, 'CA resumed from its journal');
+      // The published keys can change with no journal change (another upstream root): republish.
+      if (stored) await this.#commit({ upsert: [], remove: [] }, 'ca.republish', 'server');
       return;
     }
     const ids = missing.map((s) => s.keyId).join(', ');
@@ -379,6 +381,7 @@ export class CertificateAuthority {
             document: this.#buildBundle(slots, BigInt(sequence)).marshal(),
             sequence,
           };
+    if (change.upsert.length === 0 && change.remove.length === 0 && bundle === undefined) return;
     await this.#o.datastore.recordCaChange({ ...change, ...(bundle ? { bundle } : {}) }, action, actor);
     this.#slots = slots;
     this.#sequence = sequence;

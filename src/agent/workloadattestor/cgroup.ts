@@ -1,0 +1,40 @@
+/**
+ * `/proc/<pid>/cgroup`: one line per hierarchy, `hierarchy-ID:controllers:path`. Under cgroup v2
+ * there is one line, `0::<path>`; under v1 one line per controller, with systemd's own
+ * hierarchy as `N:name=systemd:<path>` (or `N:systemd:<path>` on some kernels); hybrid hosts have
+ * both.
+ *
+ * @module
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export interface CgroupEntry {
+  readonly hierarchy: string;
+  readonly controllers: readonly string[];
+  readonly path: string;
+}
+
+/** Parses the content of `/proc/<pid>/cgroup`. */
+export function parseCgroups(text: string): CgroupEntry[] {
+  const entries: CgroupEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    const first = line.indexOf(':');
+    const second = line.indexOf(':', first + 1);
+    if (first === -1 || second === -1) continue;
+    const controllers = line.slice(first + 1, second);
+    entries.push({
+      hierarchy: line.slice(0, first),
+      controllers: controllers === '' ? [] : controllers.split(','),
+      // The path itself may contain ':'; everything after the second colon is the path.
+      path: line.slice(second + 1),
+    });
+  }
+  return entries;
+}
+
+/** Reads and parses `/proc/<pid>/cgroup` under `procRoot`. */
+export async function readCgroups(procRoot: string, pid: number): Promise<CgroupEntry[]> {
+  return parseCgroups(await readFile(join(procRoot, String(pid), 'cgroup'), 'utf8'));
+}

@@ -1,0 +1,158 @@
+/**
+ * The `unix` workload attestor: who runs the process (uid, gid, supplementary groups, with names
+ * from the passwd and group files) and what it runs (path and SHA-256 of its executable).
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { type FileHandle, open, readFile, readlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Selector } from '../../workload-api/provider.js';
+import type { WorkloadAttestor } from './attestor.js';
+
+/** Options of {@link UnixAttestor}. */
+export interface UnixAttestorOptions {
+  /** Where /proc is; default `/proc`. */
+  procRoot?: string;
+  /** User names come from here; default `/etc/passwd`. */
+  passwdPath?: string;
+  /** Group names come from here; default `/etc/group`. */
+  groupPath?: string;
+  /** Hash executables up to this size; larger ones get no `sha256` selector. Default 256 MiB. */
+  maxHashBytes?: number;
+}
+
+/** Uid, gid and supplementary gids of a process from `/proc/<pid>/status`. */
+export interface ProcessIds {
+  /** Effective uid: the one the kernel checks permissions (and SO_PEERCRED) with. */
+  uid: number;
+  /** Effective gid. */
+  gid: number;
+  supplementaryGids: number[];
+}
+
+const DEFAULT_MAX_HASH_BYTES = 256 * 1024 * 1024;
+
+/** Parses the `Uid:`, `Gid:` and `Groups:` lines of `/proc/<pid>/status`. */
+export function parseStatus(status: string): ProcessIds {
+  const field = (name: string): string[] => {
+    const line = status.split('\n').find((l) => l.startsWith(`${name}:`));
+    if (line === undefined) throw new Error(`/proc status has no ${name} line`);
+    return line
+      .slice(name.length + 1)
+      .trim()
+      .split(/\s+/)
+      .filter((v) => v !== '');
+  };
+  const number = (text: string | undefined, name: string): number => {
+    const n = Number(text);
+    if (text === undefined || !Number.isSafeInteger(n) || n < 0) throw new Error(`/proc status: bad ${name}`);
+    return n;
+  };
+  // Uid:/Gid: list real, effective, saved set and filesystem ids; index 1 is effective.
+  return {
+    uid: number(field('Uid')[1], 'Uid'),
+    gid: number(field('Gid')[1], 'Gid'),
+    supplementaryGids: field('Groups').map((g) => number(g, 'Groups')),
+  };
+}
+
+/** id → name from a passwd(5) or group(5) file (name in field 1, id in field 3). */
+function parseNameFile(text: string): Map<number, string> {
+  const names = new Map<number, string>();
+  for (const line of text.split('\n')) {
+    const [name, , id] = line.split(':');
+    if (name === undefined || name === '' || id === undefined || !/^[0-9]+$/.test(id)) continue;
+    const n = Number(id);
+    // The first entry wins, as getpwuid(3) returns it.
+    if (!names.has(n)) names.set(n, name);
+  }
+  return names;
+}
+
+interface CachedHash {
+  readonly key: string;
+  readonly sha256: string;
+}
+
+/**
+ * Selectors: `unix:uid:<n>`, `unix:user:<name>`, `unix:gid:<n>`, `unix:group:<name>`,
+ * `unix:supplementary_gid:<n>`, `unix:supplementary_group:<name>`, `unix:path:<exe>`,
+ * `unix:sha256:<hex>`.
+ */
+export class UnixAttestor implements WorkloadAttestor {
+  readonly type = 'unix';
+  readonly #procRoot: string;
+  readonly #passwdPath: string;
+  readonly #groupPath: string;
+  readonly #maxHashBytes: number;
+  /** By executable path; an entry is valid while dev, inode, mtime and size are unchanged. */
+  readonly #hashes = new Map<string, CachedHash>();
+
+  constructor(options: UnixAttestorOptions = {}) {
+    this.#procRoot = options.procRoot ?? '/proc';
+    this.#passwdPath = options.passwdPath ?? '/etc/passwd';
+    this.#groupPath = options.groupPath ?? '/etc/group';
+    this.#maxHashBytes = options.maxHashBytes ?? DEFAULT_MAX_HASH_BYTES;
+  }
+
+  async attest(pid: number): Promise<Selector[]> {
+    const dir = join(this.#procRoot, String(pid));
+    const exe = join(dir, 'exe');
+    // Independent reads, issued together: each is a round trip through libuv's thread pool. The
+    // passwd and group files are read on every call: accounts come and go, and the files are small.
+    const [status, passwdText, groupText, path] = await Promise.all([
+      readFile(join(dir, 'status'), 'utf8'),
+      readFile(this.#passwdPath, 'utf8').catch(() => ''),
+      readFile(this.#groupPath, 'utf8').catch(() => ''),
+      readlink(exe),
+    ]);
+    const ids = parseStatus(status);
+    const users = parseNameFile(passwdText);
+    const groups = parseNameFile(groupText);
+    const selectors: Selector[] = [`unix:uid:${ids.uid}`];
+    const user = users.get(ids.uid);
+    if (user !== undefined) selectors.push(`unix:user:${user}`);
+    selectors.push(`unix:gid:${ids.gid}`);
+    const group = groups.get(ids.gid);
+    if (group !== undefined) selectors.push(`unix:group:${group}`);
+    for (const gid of ids.supplementaryGids) {
+      selectors.push(`unix:supplementary_gid:${gid}`);
+      const name = groups.get(gid);
+      if (name !== undefined) selectors.push(`unix:supplementary_group:${name}`);
+    }
+    selectors.push(`unix:path:${path}`);
+    const sha256 = await this.#hash(exe, path);
+    if (sha256 !== undefined) selectors.push(`unix:sha256:${sha256}`);
+    return selectors;
+  }
+
+  /**
+   * SHA-256 of the executable, read through the `/proc/<pid>/exe` link: that is the file the
+   * process runs even if the path was since replaced or deleted, and it can be opened across mount
+   * namespaces.
+   */
+  async #hash(exe: string, path: string): Promise<string | undefined> {
+    let file: FileHandle;
+    try {
+      file = await open(exe, 'r');
+    } catch {
+      // Another user's process with a restrictive ptrace policy: no hash rather than no identity.
+      return undefined;
+    }
+    try {
+      const st = await file.stat({ bigint: true });
+      if (st.size > BigInt(this.#maxHashBytes)) return undefined;
+      const key = `${st.dev}:${st.ino}:${st.mtimeNs}:${st.size}`;
+      const cached = this.#hashes.get(path);
+      if (cached?.key === key) return cached.sha256;
+      const hash = createHash('sha256');
+      for await (const chunk of file.createReadStream({ autoClose: false })) hash.update(chunk as Buffer);
+      const sha256 = hash.digest('hex');
+      this.#hashes.set(path, { key, sha256 });
+      return sha256;
+    } finally {
+      await file.close();
+    }
+  }
+}

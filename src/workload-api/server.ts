@@ -1,0 +1,500 @@
+/**
+ * The SPIFFE Workload API server: gRPC on a Unix socket. Callers are identified by the kernel
+ * (SO_PEERCRED on the accepted socket), attested on every call and every stream through a
+ * {@link WorkloadIdentityProvider}, and served only what their selectors entitle them to.
+ *
+ * How a call finds its connection's credentials: we accept connections on our own `net.Server`,
+ * read SO_PEERCRED there, give the socket a connection tag as its `remoteAddress` (a Unix socket has
+ * none of its own), and inject it into grpc-js. grpc-js reports `remoteAddress` through the public
+ * `call.getPeer()`, so each call maps back to the credentials of the very socket it arrived on. The
+ * tag is set by us on our own socket object; nothing the client sends can change it.
+ *
+ * @module
+ */
+
+import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { connect, createServer, type Server as NetServer, type Socket } from 'node:net';
+import { dirname } from 'node:path';
+import {
+  type ConnectionInjector,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  type Metadata,
+  Server,
+  ServerCredentials,
+  type ServerWritableStream,
+  status as Status,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { BundleSet, isSpiffeError, type SpiffeBundle, SpiffeId, validateJwtSvid } from '../spiffe/index.js';
+import { WorkloadApiError } from './errors.js';
+import { peerCredentials, processStartTime } from './peercred.js';
+import {
+  type EmptyMessage,
+  type JWTBundlesResponseMessage,
+  type JWTSVIDRequestMessage,
+  type JWTSVIDResponseMessage,
+  SECURITY_HEADER,
+  SECURITY_HEADER_VALUE,
+  toStruct,
+  type ValidateJWTSVIDRequestMessage,
+  type ValidateJWTSVIDResponseMessage,
+  workloadServiceDefinition,
+  type X509BundlesResponseMessage,
+  type X509SVIDResponseMessage,
+} from './proto.js';
+import type {
+  CallerCredentials,
+  Selector,
+  WorkloadIdentities,
+  WorkloadIdentityProvider,
+} from './provider.js';
+
+/** Where the agent serves the Workload API unless configured otherwise. */
+export const DEFAULT_SOCKET_PATH = '/run/ironroot/agent.sock';
+
+/** Hints longer than this are not supported (Workload API §8). */
+export const MAX_HINT_BYTES = 1024;
+
+/** The structured logger the server writes to; pino's `Logger` fits. */
+export interface WorkloadApiLogger {
+  debug(fields: Record<string, unknown>, message: string): void;
+  info(fields: Record<string, unknown>, message: string): void;
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
+/** Options of {@link WorkloadApiServer.listen}. */
+export interface WorkloadApiServerOptions {
+  /** Where identities come from. */
+  provider: WorkloadIdentityProvider;
+  /** Unix socket path; default {@link DEFAULT_SOCKET_PATH}. */
+  socketPath?: string;
+  /** Where /proc is, for process start times; default `/proc`. */
+  procRoot?: string;
+  /** Default: discard. */
+  logger?: WorkloadApiLogger;
+}
+
+interface Connection {
+  readonly credentials: CallerCredentials;
+  /** `/proc/<pid>/stat` start time when the connection was accepted; undefined if the process had gone. */
+  readonly startTime: string | undefined;
+}
+
+/** A refusal with the gRPC status to answer. */
+class Refusal extends Error {
+  constructor(
+    readonly status: Status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Authorized {
+  readonly credentials: CallerCredentials;
+  readonly selectors: readonly Selector[];
+  readonly identities: WorkloadIdentities;
+}
+
+const CONNECTION_TAG = 'ironroot-workload-api-connection:';
+const silent: WorkloadApiLogger = { debug: () => {}, info: () => {}, warn: () => {} };
+
+/**
+ * A running Workload API server.
+ *
+ * @example
+ * ```ts
+ * const server = await WorkloadApiServer.listen({ provider, socketPath: '/run/ironroot/agent.sock' });
+ * await server.close();
+ * ```
+ */
+export class WorkloadApiServer {
+  readonly socketPath: string;
+  readonly #provider: WorkloadIdentityProvider;
+  readonly #procRoot: string;
+  readonly #logger: WorkloadApiLogger;
+  readonly #connections = new Map<string, Connection>();
+  readonly #sockets = new Set<Socket>();
+  readonly #grpc = new Server();
+  readonly #injector: ConnectionInjector;
+  readonly #net: NetServer;
+  #nextConnection = 0;
+
+  private constructor(options: WorkloadApiServerOptions) {
+    this.socketPath = options.socketPath ?? DEFAULT_SOCKET_PATH;
+    this.#provider = options.provider;
+    this.#procRoot = options.procRoot ?? '/proc';
+    this.#logger = options.logger ?? silent;
+    this.#grpc.addService(workloadServiceDefinition(), this.#implementation());
+    this.#injector = this.#grpc.createConnectionInjector(ServerCredentials.createInsecure());
+    this.#net = createServer((socket) => {
+      void this.#accept(socket);
+    });
+  }
+
+  /**
+   * Starts serving on `options.socketPath`: creates the parent directory (0755) if missing, removes
+   * a stale socket left by a previous run, and makes the socket 0777 (every workload may ask; what
+   * it gets depends on who it is).
+   *
+   * @throws WorkloadApiError `ERR_WORKLOADAPI_SOCKET_NOT_SOCKET` when the path holds something else,
+   *   `ERR_WORKLOADAPI_SOCKET_IN_USE` when another server answers on it.
+   */
+  static async listen(options: WorkloadApiServerOptions): Promise<WorkloadApiServer> {
+    const server = new WorkloadApiServer(options);
+    await prepareSocketPath(server.socketPath);
+    await new Promise<void>((resolve, reject) => {
+      server.#net.once('error', reject);
+      server.#net.listen(server.socketPath, () => {
+        server.#net.off('error', reject);
+        resolve();
+      });
+    });
+    await chmod(server.socketPath, 0o777);
+    return server;
+  }
+
+  /** Stops accepting, ends every call and connection, and removes the socket. */
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#net.close(() => resolve()));
+    this.#injector.destroy();
+    this.#grpc.forceShutdown();
+    for (const socket of this.#sockets) socket.destroy();
+    await closed;
+    await unlink(this.socketPath).catch(() => {});
+  }
+
+  async #accept(socket: Socket): Promise<void> {
+    let credentials: CallerCredentials;
+    try {
+      credentials = peerCredentials(socket);
+    } catch (e) {
+      this.#logger.warn({ reason: (e as Error).message }, 'dropping Workload API connection');
+      socket.destroy();
+      return;
+    }
+    // Read as early as possible: the smaller the window between connect(2) and this read, the less
+    // room for the connecting process to exit and its pid to be reused before we pin it.
+    const tag = `${CONNECTION_TAG}${++this.#nextConnection}`;
+    this.#sockets.add(socket);
+    socket.once('close', () => {
+      this.#connections.delete(tag);
+      this.#sockets.delete(socket);
+    });
+    const startTime = await processStartTime(this.#procRoot, credentials.pid);
+    // The peer may have hung up while we read; its 'close' has then already run.
+    if (socket.destroyed) return;
+    this.#connections.set(tag, { credentials, startTime });
+    Object.defineProperty(socket, 'remoteAddress', { value: tag, enumerable: true });
+    this.#logger.debug({ ...credentials, connection: tag, start_time: startTime }, 'workload connected');
+    this.#injector.injectConnection(socket);
+  }
+
+  /** Checks the header, attests the caller, re-checks its pid, and finds its identities. */
+  async #authorize(call: { readonly metadata: Metadata; getPeer(): string }): Promise<Authorized> {
+    checkSecurityHeader(call.metadata);
+    const connection = this.#connections.get(call.getPeer());
+    if (connection === undefined) {
+      throw new Refusal(Status.UNAVAILABLE, 'connection is closing; reconnect');
+    }
+    const { credentials } = connection;
+    if (credentials.pid <= 0) {
+      throw new Refusal(
+        Status.PERMISSION_DENIED,
+        "the caller's process is not visible in the agent's PID namespace; run the agent in the host PID namespace",
+      );
+    }
+    let selectors: readonly Selector[];
+    try {
+      selectors = await this.#provider.attest(credentials);
+    } catch (e) {
+      this.#logger.warn(
+        { pid: credentials.pid, uid: credentials.uid, reason: (e as Error).message },
+        'workload attestation failed',
+      );
+      throw new Refusal(Status.PERMISSION_DENIED, 'could not attest the calling process');
+    }
+    // The attestors read /proc/<pid>; if the process that connected has exited and its pid now
+    // names another process, they described the wrong process. The start time tells them apart.
+    const startTimeNow = await processStartTime(this.#procRoot, credentials.pid);
+    if (connection.startTime === undefined || startTimeNow !== connection.startTime) {
+      this.#logger.warn({ pid: credentials.pid, uid: credentials.uid }, 'caller pid was reused');
+      throw new Refusal(
+        Status.PERMISSION_DENIED,
+        'the process that opened this connection has exited (its pid may now name another process); reconnect from the live process',
+      );
+    }
+    const identities = this.#provider.identities(selectors);
+    if (identities.svids.length === 0) {
+      this.#logger.info({ pid: credentials.pid, uid: credentials.uid, selectors }, 'no identity for caller');
+      throw new Refusal(Status.PERMISSION_DENIED, 'no identity issued');
+    }
+    return { credentials, selectors, identities };
+  }
+
+  #implementation(): UntypedServiceImplementation {
+    const FetchX509SVID: handleServerStreamingCall<EmptyMessage, X509SVIDResponseMessage> = (call) =>
+      this.#stream(call, 'FetchX509SVID', x509SvidResponse);
+    const FetchX509Bundles: handleServerStreamingCall<EmptyMessage, X509BundlesResponseMessage> = (call) =>
+      this.#stream(call, 'FetchX509Bundles', x509BundlesResponse);
+    const FetchJWTBundles: handleServerStreamingCall<EmptyMessage, JWTBundlesResponseMessage> = (call) =>
+      this.#stream(call, 'FetchJWTBundles', jwtBundlesResponse);
+    const FetchJWTSVID: handleUnaryCall<JWTSVIDRequestMessage, JWTSVIDResponseMessage> = (call, callback) => {
+      this.#fetchJwtSvid(call.request, () => this.#authorize(call)).then(
+        (response) => callback(null, response),
+        (e: unknown) => callback(this.#toStatus(e)),
+      );
+    };
+    const ValidateJWTSVID: handleUnaryCall<ValidateJWTSVIDRequestMessage, ValidateJWTSVIDResponseMessage> = (
+      call,
+      callback,
+    ) => {
+      this.#validateJwtSvid(call.request, () => this.#authorize(call)).then(
+        (response) => callback(null, response),
+        (e: unknown) => callback(this.#toStatus(e)),
+      );
+    };
+    const unimplemented: handleServerStreamingCall<unknown, unknown> = (call) => {
+      try {
+        // Every request needs the header (Workload Endpoint §3), even one about to be refused.
+        checkSecurityHeader(call.metadata);
+        call.emit('error', {
+          code: Status.UNIMPLEMENTED,
+          details: 'the WIT-SVID profile is not implemented by this server',
+        });
+      } catch (e) {
+        call.emit('error', this.#toStatus(e));
+      }
+    };
+    return {
+      FetchX509SVID,
+      FetchX509Bundles,
+      FetchJWTSVID,
+      FetchJWTBundles,
+      ValidateJWTSVID,
+      FetchWITSVID: unimplemented,
+      FetchWITBundles: unimplemented,
+    };
+  }
+
+  /**
+   * Serves a stream: the full state at once, then again after every provider change that alters
+   * it; ends with PermissionDenied when the caller's identities drop to none.
+   */
+  #stream<T>(
+    call: ServerWritableStream<EmptyMessage, T>,
+    method: string,
+    render: (identities: WorkloadIdentities) => T,
+  ): void {
+    const definition = workloadServiceDefinition()[method];
+    if (definition === undefined) throw new TypeError(`no method ${method} in the Workload API proto`);
+    let unsubscribe: (() => void) | undefined;
+    let ended = false;
+    const end = (e?: unknown) => {
+      if (ended) return;
+      ended = true;
+      unsubscribe?.();
+      if (e === undefined) call.end();
+      else call.emit('error', this.#toStatus(e));
+    };
+    call.on('cancelled', () => end());
+    this.#authorize(call).then(
+      (authorized) => {
+        if (ended) return;
+        let last: string | undefined;
+        const send = (identities: WorkloadIdentities) => {
+          const message = render(identities);
+          // Equal content is not a change; the stream stays quiet (W-7).
+          const fingerprint = definition.responseSerialize(message).toString('base64');
+          if (fingerprint === last) return;
+          last = fingerprint;
+          call.write(message);
+        };
+        const update = () => {
+          if (ended) return;
+          let identities: WorkloadIdentities;
+          try {
+            identities = this.#provider.identities(authorized.selectors);
+          } catch (e) {
+            // Runs inside the provider's notification: a failure ends this stream, not the provider.
+            end(e);
+            return;
+          }
+          if (identities.svids.length === 0) {
+            end(new Refusal(Status.PERMISSION_DENIED, 'no identity issued'));
+            return;
+          }
+          send(identities);
+        };
+        unsubscribe = this.#provider.subscribe(update);
+        // Read again now that we are subscribed: a change between attestation and subscription
+        // would otherwise never reach this stream.
+        update();
+      },
+      (e: unknown) => end(e),
+    );
+  }
+
+  async #fetchJwtSvid(
+    request: JWTSVIDRequestMessage,
+    authorize: () => Promise<Authorized>,
+  ): Promise<JWTSVIDResponseMessage> {
+    const { identities } = await authorize();
+    if (request.audience.length === 0 || request.audience.some((a) => a === '')) {
+      throw new Refusal(Status.INVALID_ARGUMENT, 'audience must be specified');
+    }
+    let wanted: SpiffeId | undefined;
+    if (request.spiffe_id !== '') {
+      try {
+        wanted = SpiffeId.parse(request.spiffe_id);
+      } catch (e) {
+        throw new Refusal(Status.INVALID_ARGUMENT, `spiffe_id: ${(e as Error).message}`);
+      }
+    }
+    const svids = withUniqueHints(identities.svids).filter(
+      (s) => wanted === undefined || s.spiffeId.equals(wanted),
+    );
+    if (svids.length === 0) {
+      throw new Refusal(Status.PERMISSION_DENIED, `no identity issued for ${request.spiffe_id}`);
+    }
+    const tokens = await Promise.all(
+      svids.map((s) => this.#provider.mintJwtSvid(s.spiffeId, request.audience)),
+    );
+    return {
+      svids: svids.map((s, i) => ({
+        spiffe_id: s.spiffeId.toString(),
+        svid: tokens[i] ?? '',
+        hint: s.hint ?? '',
+      })),
+    };
+  }
+
+  async #validateJwtSvid(
+    request: ValidateJWTSVIDRequestMessage,
+    authorize: () => Promise<Authorized>,
+  ): Promise<ValidateJWTSVIDResponseMessage> {
+    const { identities } = await authorize();
+    if (request.audience === '') throw new Refusal(Status.INVALID_ARGUMENT, 'audience must be specified');
+    if (request.svid === '') throw new Refusal(Status.INVALID_ARGUMENT, 'svid must be specified');
+    const bundles = new BundleSet(
+      [identities.bundle, ...identities.federatedBundles].map((b) => b.toJwtBundle()),
+    );
+    try {
+      const svid = await validateJwtSvid(request.svid, bundles, request.audience);
+      return { spiffe_id: svid.id.toString(), claims: toStruct(svid.claims) };
+    } catch (e) {
+      if (!isSpiffeError(e)) throw e;
+      throw new Refusal(Status.INVALID_ARGUMENT, `${e.code}: ${e.message}`);
+    }
+  }
+
+  #toStatus(e: unknown): { code: Status; details: string } {
+    if (e instanceof Refusal) return { code: e.status, details: e.message };
+    this.#logger.warn({ reason: e instanceof Error ? e.message : String(e) }, 'Workload API call failed');
+    return {
+      code: Status.UNAVAILABLE,
+      details: 'the agent could not serve this request; retry with backoff',
+    };
+  }
+}
+
+/** @throws Refusal InvalidArgument unless the metadata holds `workload.spiffe.io: true` exactly once. */
+function checkSecurityHeader(metadata: Metadata): void {
+  const header = metadata.get(SECURITY_HEADER);
+  if (header.length !== 1 || header[0] !== SECURITY_HEADER_VALUE) {
+    throw new Refusal(Status.INVALID_ARGUMENT, 'security header missing from request');
+  }
+}
+
+async function prepareSocketPath(path: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+  let isSocket: boolean;
+  try {
+    isSocket = (await lstat(path)).isSocket();
+  } catch {
+    return;
+  }
+  if (!isSocket) {
+    throw new WorkloadApiError(
+      'ERR_WORKLOADAPI_SOCKET_NOT_SOCKET',
+      `${path} exists and is not a socket; remove it or choose another socket path`,
+    );
+  }
+  if (await answers(path)) {
+    throw new WorkloadApiError(
+      'ERR_WORKLOADAPI_SOCKET_IN_USE',
+      `another process is serving on ${path}; stop it or choose another socket path`,
+    );
+  }
+  await unlink(path);
+}
+
+/** True when something accepts connections on the socket at `path` (so it is not stale). */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+/** SVIDs in order, with a hint cleared when it repeats an earlier one or is too long (W-22, W-55). */
+function withUniqueHints(svids: WorkloadIdentities['svids']): WorkloadIdentities['svids'] {
+  const seen = new Set<string>();
+  return svids.map((s) => {
+    const hint = s.hint ?? '';
+    if (hint === '') return s;
+    if (seen.has(hint) || Buffer.byteLength(hint) > MAX_HINT_BYTES) return { ...s, hint: '' };
+    seen.add(hint);
+    return s;
+  });
+}
+
+function concat(parts: readonly Uint8Array[]): Buffer {
+  return Buffer.concat(parts.map((p) => Buffer.from(p.buffer, p.byteOffset, p.byteLength)));
+}
+
+function x509BundleDer(bundle: SpiffeBundle): Buffer {
+  return concat(bundle.x509Authorities.map((c) => c.raw));
+}
+
+function x509SvidResponse(identities: WorkloadIdentities): X509SVIDResponseMessage {
+  const bundles = new Map(
+    [identities.bundle, ...identities.federatedBundles].map((b) => [b.trustDomain.name, b] as const),
+  );
+  const federated: Record<string, Buffer> = {};
+  for (const b of identities.federatedBundles) federated[b.trustDomain.idString()] = x509BundleDer(b);
+  return {
+    svids: withUniqueHints(identities.svids).map((s) => ({
+      spiffe_id: s.spiffeId.toString(),
+      x509_svid: concat(s.chainDer),
+      x509_svid_key: Buffer.from(s.keyPkcs8Der),
+      // The bundle of the SVID's own trust domain (W-21).
+      bundle: x509BundleDer(bundles.get(s.spiffeId.trustDomain.name) ?? identities.bundle),
+      hint: s.hint ?? '',
+    })),
+    crl: [],
+    federated_bundles: federated,
+  };
+}
+
+function x509BundlesResponse(identities: WorkloadIdentities): X509BundlesResponseMessage {
+  const bundles: Record<string, Buffer> = {};
+  for (const b of [identities.bundle, ...identities.federatedBundles]) {
+    bundles[b.trustDomain.idString()] = x509BundleDer(b);
+  }
+  return { crl: [], bundles };
+}
+
+function jwtBundlesResponse(identities: WorkloadIdentities): JWTBundlesResponseMessage {
+  const bundles: Record<string, Buffer> = {};
+  for (const b of [identities.bundle, ...identities.federatedBundles]) {
+    // toJwtBundle keeps only the jwt-svid keys: no X.509 authorities in this response (W-41).
+    bundles[b.trustDomain.idString()] = Buffer.from(b.toJwtBundle().marshal());
+  }
+  return { bundles };
+}

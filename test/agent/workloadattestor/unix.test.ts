@@ -1,0 +1,151 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseStatus, UnixAttestor } from '../../../src/agent/workloadattestor/unix.js';
+import { systemUser } from '../../helpers/workload-api.js';
+
+const sha256sum = (path: string) => execFileSync('sha256sum', [path]).toString().split(' ')[0];
+
+describe('unix workload attestor on real processes', () => {
+  let alice: { uid: number; gid: number };
+  let dir: string;
+  const children: ChildProcess[] = [];
+
+  /** Starts `command` and waits until the kernel shows it running `expectExe` (after exec). */
+  const start = async (
+    command: string,
+    args: string[],
+    expectExe: string,
+    options: { uid?: number; gid?: number } = {},
+  ) => {
+    const child = spawn(command, args, { stdio: 'ignore', ...options });
+    children.push(child);
+    const pid = child.pid;
+    if (pid === undefined) throw new Error(`${command} did not start`);
+    await expect
+      .poll(() => {
+        try {
+          return readlinkSync(`/proc/${pid}/exe`);
+        } catch {
+          return '';
+        }
+      })
+      .toBe(expectExe);
+    return pid;
+  };
+
+  beforeAll(async () => {
+    alice = await systemUser('ironroot-wapi-a');
+    dir = mkdtempSync(join(tmpdir(), 'unix-attestor-'));
+  });
+  afterEach(() => {
+    for (const c of children.splice(0)) c.kill('SIGKILL');
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('reports uid, user, gid, group, path and the sha256 sha256sum computes', async () => {
+    const sleep = realpathSync('/usr/bin/sleep');
+    const pid = await start('sleep', ['30'], sleep, { uid: alice.uid, gid: alice.gid });
+    const selectors = await new UnixAttestor().attest(pid);
+    expect(selectors).toContain(`unix:uid:${alice.uid}`);
+    expect(selectors).toContain('unix:user:ironroot-wapi-a');
+    expect(selectors).toContain(`unix:gid:${alice.gid}`);
+    expect(selectors).toContain('unix:group:ironroot-wapi-a');
+    expect(selectors).toContain(`unix:path:${sleep}`);
+    expect(selectors).toContain(`unix:sha256:${sha256sum(sleep)}`);
+  });
+
+  it('reports supplementary groups by id and name', async () => {
+    const bob = await systemUser('ironroot-wapi-b');
+    const sleep = realpathSync('/usr/bin/sleep');
+    const pid = await start(
+      'setpriv',
+      [`--reuid=${alice.uid}`, `--regid=${alice.gid}`, `--groups=${bob.gid}`, 'sleep', '30'],
+      sleep,
+    );
+    const selectors = await new UnixAttestor().attest(pid);
+    expect(selectors).toContain(`unix:supplementary_gid:${bob.gid}`);
+    expect(selectors).toContain('unix:supplementary_group:ironroot-wapi-b');
+  });
+
+  it('hashes the new binary when the file at a path is replaced (cache keyed by inode and mtime)', async () => {
+    const path = join(dir, 'workload');
+    copyFileSync('/usr/bin/sleep', path);
+    execFileSync('chmod', ['755', path]);
+    const attestor = new UnixAttestor();
+    const first = await start(path, ['30'], path);
+    expect(await attestor.attest(first)).toContain(`unix:sha256:${sha256sum('/usr/bin/sleep')}`);
+    for (const c of children.splice(0)) c.kill('SIGKILL');
+    rmSync(path);
+    copyFileSync(realpathSync('/usr/bin/tail'), path);
+    execFileSync('chmod', ['755', path]);
+    const second = await start(path, ['-f', '/dev/null'], path);
+    const selectors = await attestor.attest(second);
+    expect(selectors).toContain(`unix:sha256:${sha256sum(realpathSync('/usr/bin/tail'))}`);
+    expect(selectors).not.toContain(`unix:sha256:${sha256sum('/usr/bin/sleep')}`);
+  });
+
+  it('omits the hash of a binary over the size limit, keeping the other selectors', async () => {
+    const sleep = realpathSync('/usr/bin/sleep');
+    const pid = await start('sleep', ['30'], sleep);
+    const selectors = await new UnixAttestor({ maxHashBytes: 1024 }).attest(pid);
+    expect(selectors.some((s) => s.startsWith('unix:sha256:'))).toBe(false);
+    expect(selectors).toContain(`unix:path:${sleep}`);
+  });
+
+  it('rejects for a process that does not exist', async () => {
+    await expect(new UnixAttestor({ procRoot: dir }).attest(12345)).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('unix attestor name lookup and /proc status parsing', () => {
+  it('uses the effective ids and the passwd/group files it is given', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'unix-fake-'));
+    try {
+      mkdirSync(join(dir, 'proc', '7'), { recursive: true });
+      writeFileSync(
+        join(dir, 'proc', '7', 'status'),
+        'Name:\tapp\nUid:\t1000\t2001\t2001\t2001\nGid:\t1000\t3001\t3001\t3001\nGroups:\t27 3001 4002 \n',
+      );
+      // /proc/<pid>/exe of the fake process: a link to a real file.
+      execFileSync('ln', ['-s', '/usr/bin/sleep', join(dir, 'proc', '7', 'exe')]);
+      writeFileSync(join(dir, 'passwd'), 'root:x:0:0::/root:/bin/sh\napp:x:2001:3001::/srv/app:/bin/sh\n');
+      writeFileSync(join(dir, 'group'), 'sudo:x:27:\napp:x:3001:\nlogs:x:4002:app\n');
+      const selectors = await new UnixAttestor({
+        procRoot: join(dir, 'proc'),
+        passwdPath: join(dir, 'passwd'),
+        groupPath: join(dir, 'group'),
+      }).attest(7);
+      expect(selectors).toEqual([
+        'unix:uid:2001',
+        'unix:user:app',
+        'unix:gid:3001',
+        'unix:group:app',
+        'unix:supplementary_gid:27',
+        'unix:supplementary_group:sudo',
+        'unix:supplementary_gid:3001',
+        'unix:supplementary_group:app',
+        'unix:supplementary_gid:4002',
+        'unix:supplementary_group:logs',
+        'unix:path:/usr/bin/sleep',
+        `unix:sha256:${sha256sum('/usr/bin/sleep')}`,
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a status without Uid', () => {
+    expect(() => parseStatus('Name:\tx\nGid:\t1\t1\t1\t1\nGroups:\t\n')).toThrow(/no Uid line/);
+  });
+});
