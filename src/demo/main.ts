@@ -130,6 +130,7 @@ class Demo {
   workloadSocket = '';
   agentDataDir = '';
   #step = 0;
+  #signal: NodeJS.Signals | undefined;
   #interrupt: ((error: Error) => void) | undefined;
   readonly #interrupted: Promise<never>;
 
@@ -143,6 +144,7 @@ class Demo {
   }
 
   interrupt(signal: NodeJS.Signals): void {
+    this.#signal ??= signal;
     this.#interrupt?.(new InterruptError(signal));
   }
 
@@ -156,6 +158,9 @@ class Demo {
       return await Promise.race([running, this.#interrupted]);
     } catch (error) {
       if (error instanceof InterruptError) throw error;
+      // Ctrl-C in a terminal signals the children too; their exit may be seen before our own signal.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      if (this.#signal !== undefined) throw new InterruptError(this.#signal);
       throw new StepError(this.#step, title, error);
     }
   }
@@ -342,7 +347,7 @@ async function run(demo: Demo): Promise<void> {
   const tpm = await demo.step('manufacture a swtpm with EK certificates (swtpm-localca) and start it', () =>
     startTpm(join(demo.dir, 'swtpm'), demo.children as Children),
   );
-  out(`    ${tpm.tcti}`);
+  out(`    ${tpm.tcti} (pid ${tpm.child.process.pid})`);
   const tpmInfo = await demo.step('read the TPM as the agent sees it (ironroot-agent tpm info)', async () => {
     const { stdout } = await runCommand('ironroot-agent tpm info', process.execPath, [
       AGENT_BIN,
@@ -360,11 +365,13 @@ async function run(demo: Demo): Promise<void> {
     'start ironroot-server (SQLite, CA keys on the token, swtpm-localca trusted)',
     () => startServer(demo, token.uri, tpm.ekCaDir),
   );
-  out(`    agent API on 127.0.0.1:${port}, admin socket ${demo.adminSocket}`);
+  out(
+    `    pid ${demo.server?.process.pid}, agent API on 127.0.0.1:${port}, admin socket ${demo.adminSocket}`,
+  );
   const agentId = await demo.step('start ironroot-agent and attest the node with the TPM', () =>
     startAgent(demo, port, tpm.tcti),
   );
-  out(`    ${agentId}`);
+  out(`    pid ${demo.agent?.process.pid}, ${agentId}`);
   const record = await demo.step('read the attested node from the server', async () => {
     const stdout = await demo.admin('ironroot-server agent show', [
       'agent',
@@ -508,6 +515,7 @@ async function runWorkloads(
     [WORKLOAD_JS, '--role', 'server', '--id', ids.server.id.toString(), '--peer', ids.client.id.toString()],
     { env, ...ids.server.credentials },
   );
+  out(`    ${server.name} pid ${server.process.pid}: ${ids.server.id} (${ids.server.selectors.join(' ')})`);
   const serverDone = server.waitFor('mTLS exchange', exchanged, { timeoutMs: 2 * START_TIMEOUT_MS, fail });
   serverDone.catch(() => undefined);
   const port = await server.waitFor(
@@ -531,6 +539,7 @@ async function runWorkloads(
     ],
     { env, ...ids.client.credentials },
   );
+  out(`    ${client.name} pid ${client.process.pid}: ${ids.client.id} (${ids.client.selectors.join(' ')})`);
   const clientResult = await client.waitFor('mTLS exchange', exchanged, {
     timeoutMs: START_TIMEOUT_MS,
     fail,

@@ -202,7 +202,10 @@ export function runCommand(
       },
       (error, stdout, stderr) => {
         if (error) {
-          const detail = stderr.trim() || stdout.trim() || error.message;
+          const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
+          const detail = missing
+            ? `${command} not found on PATH (npm run bootstrap installs it)`
+            : stderr.trim() || stdout.trim() || error.message;
           reject(new DemoError(`${what} failed: ${detail}`));
         } else resolve({ stdout, stderr });
       },
