@@ -105,3 +105,47 @@ describe('join token attestation', () => {
     }
   });
 });
+
+describe('node aliases', () => {
+  it('match an attested node by the selectors its attestation produced, all of them', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      const status = await until('the agent to attest', () => healthy(agent));
+      const node = await server.server.datastore.getNode(status.spiffe_id);
+      const selectors = node?.selectors ?? [];
+      const entry = (spiffeId: string, values: string[]) =>
+        server.server.datastore.createEntry(
+          {
+            spiffeId,
+            parentId: `spiffe://${TD}/ironroot/server`,
+            selectors: values.map((value) => ({ type: 'tpm', value })),
+            x509SvidTtl: 0,
+            jwtSvidTtl: 0,
+            dnsNames: [],
+            admin: false,
+            downstream: false,
+            federatesWith: [],
+            hint: '',
+            expiresAt: 0,
+          },
+          'test',
+        );
+      const pcr0 = selectors.find((s) => s.value.startsWith('pcr:sha256:0:'))?.value ?? '';
+      await entry(`spiffe://${TD}/nodes/swtpm`, ['model:swtpm']);
+      await entry(`spiffe://${TD}/nodes/swtpm-pcr0`, ['model:swtpm', pcr0]);
+      await entry(`spiffe://${TD}/nodes/other-model`, ['model:NPCT75x']);
+      await entry(`spiffe://${TD}/nodes/swtpm-other-pcr0`, [
+        'model:swtpm',
+        `pcr:sha256:0:${'ab'.repeat(32)}`,
+      ]);
+
+      const aliases = await server.registration.nodeAliases(selectors);
+      expect(aliases.map((a) => a.spiffeId).sort()).toEqual([
+        `spiffe://${TD}/nodes/swtpm`,
+        `spiffe://${TD}/nodes/swtpm-pcr0`,
+      ]);
+    } finally {
+      await agent.stop();
+    }
+  });
+});

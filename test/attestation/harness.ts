@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -11,9 +11,13 @@ import { validateConfig } from '../../src/server/config/load.js';
 import type { ServerConfigInput } from '../../src/server/config/schema.js';
 import { RegistrationService } from '../../src/server/registration/service.js';
 import { type RunningServer, startServer } from '../../src/server/server.js';
+import { createSoftHsm, type SoftHsm } from '../helpers/softhsm.js';
 import type { Swtpm } from '../helpers/swtpm.js';
 
 export const TD = 'example.org';
+
+/** One SoftHSM token per test file (process): servers in a file run one after another and share it. */
+let hsm: SoftHsm | undefined;
 
 /** A clock the test moves; starts at the real time so certificates are valid for openssl too. */
 export class FakeClock {
@@ -59,6 +63,8 @@ export interface TestServer {
   address: string;
   bundleFile: string;
   registration: RegistrationService;
+  down(): Promise<void>;
+  up(): Promise<void>;
   restart(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -66,16 +72,14 @@ export interface TestServer {
 /** A real server in this process: SQLite in a temporary directory, the CA, the agent API on TLS. */
 export async function startAttestServer(extra: Partial<ServerConfigInput> = {}): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-attest-'));
-  const keysDir = join(dir, 'keys');
-  mkdirSync(keysDir, { mode: 0o700 });
+  hsm ??= await createSoftHsm('ironroot-attest');
   const config = validateConfig(
     {
       trust_domain: TD,
       data_dir: join(dir, 'data'),
       admin_socket: join(dir, 'run', 'admin.sock'),
-      // On disk so that a restarted server keeps its CA, as it would with the HSM.
-      key_manager: `disk:${keysDir}`,
-      development: true,
+      // CA keys in SoftHSM, so a restarted server finds them again, as in production.
+      key_manager: hsm.uri(),
       health_address: '127.0.0.1:0',
       bind_address: '127.0.0.1:0',
       ...extra,
@@ -85,23 +89,29 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
   const logs = new LogSink();
   const logger = pino({ level: 'debug' }, logs.stream);
   const clock = new FakeClock();
+  const first = await startServer(config, logger, { clock });
   const handle: TestServer = {
-    server: await startServer(config, logger, { clock }),
+    server: first,
     logs,
     clock,
-    address: '',
+    address: `127.0.0.1:${first.ports.agentApi}`,
     bundleFile: join(dir, 'bundle.pem'),
-    registration: undefined as unknown as RegistrationService,
-    async restart() {
-      const port = handle.server.ports.agentApi;
+    registration: new RegistrationService(first.datastore, TD, clock),
+    async down() {
       await handle.server.stop();
+    },
+    async up() {
+      // The same port, so agents find it again.
+      const port = Number(handle.address.split(':')[1]);
       handle.server = await startServer({ ...config, bind_address: `127.0.0.1:${port}` }, logger, { clock });
       handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
     },
+    async restart() {
+      await handle.down();
+      await handle.up();
+    },
     stop: () => handle.server.stop(),
   };
-  handle.address = `127.0.0.1:${handle.server.ports.agentApi}`;
-  handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
   writeFileSync(
     handle.bundleFile,
     handle.server.ca

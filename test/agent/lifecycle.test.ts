@@ -1,0 +1,121 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { healthSocketPath, queryHealth } from '../../src/agent/health.js';
+import {
+  healthy,
+  startAttestServer,
+  startTestAgent,
+  type TestServer,
+  until,
+} from '../attestation/harness.js';
+import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
+
+let swtpm: Swtpm;
+let server: TestServer;
+
+beforeAll(async () => {
+  swtpm = await startSwtpm();
+  // Short agent SVIDs, so renewal (at half-life) happens within the test.
+  server = await startAttestServer({ tpm_attestation: { ek_trust: 'any' }, agent_svid_ttl: '6s' });
+});
+
+afterAll(async () => {
+  await server?.stop();
+  await swtpm?.stop();
+});
+
+function attestDecisions(id: string): number {
+  return server.logs
+    .decisions()
+    .filter((d) => d.agent_id === id && d.operation === 'attest' && d.result === 'ok').length;
+}
+
+describe('agent lifecycle', () => {
+  it('logs that any EK is accepted, at start', () => {
+    expect(server.logs.text()).toContain('tpm_attestation.ek_trust is \\"any\\"');
+  });
+
+  it('renews with a fresh quote after the server restarted, without attesting again', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      const first = await until('the agent to attest', () => healthy(agent));
+      const before = await server.server.datastore.getNode(first.spiffe_id);
+      await server.restart();
+      const renewed = await until('a renewal', () => {
+        const s = agent.agent.status();
+        return s.renewals >= 1 && s.state === 'healthy' ? s : undefined;
+      });
+      expect(renewed.spiffe_id).toBe(first.spiffe_id);
+      const after = await server.server.datastore.getNode(first.spiffe_id);
+      expect(after?.attestationCount).toBe(1);
+      expect(after?.serialNumber).not.toBe(before?.serialNumber);
+      expect(server.logs.decisions().some((d) => d.operation === 'renew' && d.result === 'ok')).toBe(true);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('resumes with its persisted SVID after a restart, without attesting', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      const first = await until('the agent to attest', () => healthy(agent));
+      const attested = attestDecisions(first.spiffe_id);
+      const count = (await server.server.datastore.getNode(first.spiffe_id))?.attestationCount;
+      await agent.restart();
+      const resumed = agent.agent.status();
+      expect(resumed.state).toBe('healthy');
+      expect(resumed.spiffe_id).toBe(first.spiffe_id);
+      expect(resumed.attestations).toBe(0);
+      expect(attestDecisions(first.spiffe_id)).toBe(attested);
+      expect((await server.server.datastore.getNode(first.spiffe_id))?.attestationCount).toBe(count);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('reports degraded health while the server is down, and recovers when it returns', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      await until('the agent to attest', () => healthy(agent));
+      await server.down();
+      const degraded = await until('degraded health', () => {
+        const s = agent.agent.status();
+        return s.state === 'degraded' ? s : undefined;
+      });
+      expect(degraded.last_error?.code).toBe('ERR_AGENT_SERVER_UNAVAILABLE');
+      const ready = await queryHealth(healthSocketPath(agent.dataDir), 'ready');
+      expect(ready.status).toBe(200);
+      expect(JSON.parse(ready.body)).toMatchObject({ state: 'degraded' });
+      await server.up();
+      await until('recovery', () => (agent.agent.status().state === 'healthy' ? true : undefined));
+      expect(agent.agent.status().last_error).toBeNull();
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('attests again after eviction, and is refused renewal while banned', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      const first = await until('the agent to attest', () => healthy(agent));
+      await server.registration.evictAgent({ spiffe_id: first.spiffe_id }, 'test');
+      await until('re-attestation after eviction', () =>
+        agent.agent.status().attestations >= 2 ? true : undefined,
+      );
+      expect(agent.agent.status().attestations).toBeGreaterThanOrEqual(2);
+      const node = await until('the new node record', () => server.server.datastore.getNode(first.spiffe_id));
+      expect(node.attestationCount).toBe(1);
+
+      await server.registration.banAgent({ spiffe_id: first.spiffe_id }, 'test');
+      const refused = await until('the banned renewal', () => {
+        const s = agent.agent.status();
+        return s.last_error?.code === 'ERR_ATTEST_BANNED' ? s : undefined;
+      });
+      expect(refused.state).toBe('degraded');
+      expect(
+        server.logs.decisions().some((d) => d.operation === 'renew' && d.reason === 'ERR_ATTEST_BANNED'),
+      ).toBe(true);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
