@@ -258,6 +258,8 @@ async function startAgent(demo: Demo, port: number, tcti: string): Promise<strin
     event_log_path: 'none',
     retry_initial: '200ms',
     retry_max: '2s',
+    // Entries registered a moment ago reach the agent within a second.
+    sync_interval: '1s',
   };
   const configFile = join(dir, 'agent.yaml');
   await writeFile(configFile, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
@@ -372,17 +374,42 @@ async function run(demo: Demo): Promise<void> {
     startAgent(demo, port, tpm.tcti),
   );
   out(`    pid ${demo.agent?.process.pid}, ${agentId}`);
-  const record = await demo.step('read the attested node from the server', async () => {
-    const stdout = await demo.admin('ironroot-server agent show', [
-      'agent',
-      'show',
-      '--spiffe-id',
-      agentId,
-      '--output',
-      'json',
-    ]);
-    return parseJson<AgentRecord>('ironroot-server agent show', stdout);
-  });
+  const authorities = await demo.step(
+    'read the CA keys from the server (ironroot-server localauthority)',
+    async () => {
+      const active = async (kind: 'x509' | 'jwt') => {
+        const stdout = await demo.admin(`ironroot-server localauthority ${kind} show`, [
+          'localauthority',
+          kind,
+          'show',
+          '--output',
+          'json',
+        ]);
+        const { authorities } = parseJson<{ authorities: { authority_id: string; state: string }[] }>(
+          `ironroot-server localauthority ${kind} show`,
+          stdout,
+        );
+        const key = authorities.find((a) => a.state === 'active');
+        if (key === undefined) throw new DemoError(`the server has no active ${kind} authority`);
+        return key.authority_id;
+      };
+      return { x509: await active('x509'), jwt: await active('jwt') };
+    },
+  );
+  const record = await demo.step(
+    'read the attested node from the server (ironroot-server agent show)',
+    async () => {
+      const stdout = await demo.admin('ironroot-server agent show', [
+        'agent',
+        'show',
+        '--spiffe-id',
+        agentId,
+        '--output',
+        'json',
+      ]);
+      return parseJson<AgentRecord>('ironroot-server agent show', stdout);
+    },
+  );
 
   const ids = workloadIdentities(
     td,
@@ -452,18 +479,26 @@ async function run(demo: Demo): Promise<void> {
   out();
   out('ironroot demo: summary');
   out(`  trust domain   ${td.name}`);
-  out(`  server         CA keys on SoftHSM token "${token.label}", SQLite datastore`);
+  out(`  server         SQLite datastore; CA keys on SoftHSM token "${token.label}"`);
+  out(`    X.509 CA key ${authorities.x509}`);
+  out(`    JWT key      ${authorities.jwt}`);
   for (const line of describeAgent(agentId, record, tpmInfo)) out(line);
   out(`  workload       ${fetched.svid.id}  (${ids.user.selectors.join(' ')})`);
   if (leaf !== undefined) {
     out(`    X.509-SVID   serial ${leaf.serialNumber}, expires ${new Date(leaf.validTo).toISOString()}`);
     out(
-      `    chain        leaf ${leaf.subjectAltName ?? ''} ← ${[...intermediates, ...roots.filter((r) => leaf.checkIssued(r) || intermediates.some((i) => i.checkIssued(r)))].map(certName).join(' ← ') || 'no issuer in the bundle'}`,
+      `    chain        ${[
+        `leaf ${leaf.subjectAltName ?? ''}`,
+        ...intermediates.map((c) => `intermediate ${certName(c)}`),
+        ...roots
+          .filter((r) => [leaf, ...intermediates].some((c) => c.checkIssued(r)))
+          .map((r) => `root ${certName(r)} (in the bundle; key on the token)`),
+      ].join(' ← ')}`,
     );
   }
   out(`    bundle       ${roots.length} X.509 root(s) for ${td.name}`);
   out(
-    `    JWT-SVID     sub=${fetched.jwt.id} aud=${fetched.jwt.audience.join(',')} exp=${fetched.jwt.expiresAt.toISOString()} alg=${fetched.jwt.header.alg}`,
+    `    JWT-SVID     sub=${fetched.jwt.id} aud=${fetched.jwt.audience.join(',')} exp=${fetched.jwt.expiresAt.toISOString()} alg=${fetched.jwt.header.alg} kid=${fetched.jwt.header.kid ?? 'none'}`,
   );
   out(`                 validated by the agent: ${fetched.validated.spiffeId}`);
   out(`  mTLS           ${exchange.client.self} → ${exchange.server.self}`);

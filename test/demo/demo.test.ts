@@ -141,7 +141,9 @@ describe('npm run demo', () => {
   }, 240_000);
 
   it('with --keep, keeps everything running until Ctrl-C, then stops it all and removes its directory', async () => {
-    let seen: { dir: string; pids: number[]; running: number[]; pin: string; pinMode: number } | undefined;
+    let seen:
+      | { dir: string; pids: number[]; running: number[]; using: string[]; pin: string; pinMode: number }
+      | undefined;
     const run = await runDemo(['--keep'], {
       onOutput: (stdout, pid) => {
         if (seen !== undefined || !stdout.includes('Press Ctrl-C')) return;
@@ -152,6 +154,7 @@ describe('npm run demo', () => {
           dir,
           pids,
           running: pids.filter(alive),
+          using: processesUsing(dir),
           pin: readFileSync(pinFile, 'utf8').trim(),
           pinMode: statSync(pinFile).mode & 0o777,
         };
@@ -164,6 +167,8 @@ describe('npm run demo', () => {
     expect(run.stdout).toMatch(/^ {2}export SPIFFE_ENDPOINT_SOCKET=unix:\/\/\/\S+\/workload\.sock$/m);
     // swtpm, server and agent were alive while the demo waited (the workloads had finished).
     expect(seen?.running.length).toBeGreaterThanOrEqual(3);
+    // …and the /proc scan used below finds them, so its empty answer after exit means something.
+    expect(seen?.using.length).toBeGreaterThanOrEqual(3);
     // The SoftHSM PIN lives in a 0600 file and never in the output.
     expect(seen?.pinMode).toBe(0o600);
     expect(seen?.pin).toMatch(/^[0-9a-f]{24}$/);
