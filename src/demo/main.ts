@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { TrustDomain } from '../spiffe/index.js';
 import { WorkloadApiClient } from '../workload-api/client.js';
 import { DemoError, StepError } from './errors.js';
-import { type Child, Children, type LogLine, runCommand } from './processes.js';
+import { type Child, Children, type LogLine } from './processes.js';
 import { createToken } from './softhsm.js';
 import { startTpm } from './swtpm.js';
 import { type DemoWorkloads, workloadIdentities } from './workloads.js';
@@ -80,7 +80,7 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   return { keep: values.keep === true, trustDomain };
 }
 
-/** Writes progress and the summary; kept apart so the tests read one stream. */
+/** Progress, the summary and the --keep hints go to standard output; failures to standard error. */
 function out(text = ''): void {
   process.stdout.write(`${text}\n`);
 }
@@ -165,10 +165,17 @@ class Demo {
     }
   }
 
+  /** Every process of the demo; there from step 1 on. */
+  get processes(): Children {
+    if (this.children === undefined)
+      throw new DemoError('no process registry before the demo directory exists');
+    return this.children;
+  }
+
   admin(what: string, args: readonly string[]): Promise<string> {
-    return runCommand(what, process.execPath, [SERVER_BIN, ...args, '--admin-socket', this.adminSocket]).then(
-      (r) => r.stdout,
-    );
+    return this.processes
+      .run(what, process.execPath, [SERVER_BIN, ...args, '--admin-socket', this.adminSocket])
+      .then((r) => r.stdout);
   }
 
   async cleanup(): Promise<void> {
@@ -190,7 +197,7 @@ class InterruptError extends Error {
 }
 
 async function startServer(demo: Demo, tokenUri: string, ekCaDir: string): Promise<number> {
-  const children = demo.children as Children;
+  const children = demo.processes;
   const dir = join(demo.dir, 'server');
   await mkdir(dir, { mode: 0o700 });
   demo.adminSocket = join(dir, 'admin.sock');
@@ -234,7 +241,7 @@ async function startServer(demo: Demo, tokenUri: string, ekCaDir: string): Promi
 }
 
 async function startAgent(demo: Demo, port: number, tcti: string): Promise<string> {
-  const children = demo.children as Children;
+  const children = demo.processes;
   const dir = join(demo.dir, 'agent');
   await mkdir(dir, { mode: 0o700 });
   const bundleFile = join(dir, 'bootstrap-bundle.pem');
@@ -347,11 +354,11 @@ async function run(demo: Demo): Promise<void> {
   });
   out(`    token "${token.label}", user PIN in a 0600 file (never printed)`);
   const tpm = await demo.step('manufacture a swtpm with EK certificates (swtpm-localca) and start it', () =>
-    startTpm(join(demo.dir, 'swtpm'), demo.children as Children),
+    startTpm(join(demo.dir, 'swtpm'), demo.processes),
   );
   out(`    ${tpm.tcti} (pid ${tpm.child.process.pid})`);
   const tpmInfo = await demo.step('read the TPM as the agent sees it (ironroot-agent tpm info)', async () => {
-    const { stdout } = await runCommand('ironroot-agent tpm info', process.execPath, [
+    const { stdout } = await demo.processes.run('ironroot-agent tpm info', process.execPath, [
       AGENT_BIN,
       'tpm',
       'info',
@@ -534,7 +541,7 @@ async function runWorkloads(
   address: string,
   ids: DemoWorkloads,
 ): Promise<{ server: Exchanged; client: Exchanged }> {
-  const children = demo.children as Children;
+  const children = demo.processes;
   const env = { ...process.env, SPIFFE_ENDPOINT_SOCKET: address };
   const exchanged = (line: LogLine): Exchanged | undefined =>
     line.event === 'exchanged' &&

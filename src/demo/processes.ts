@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type ChildProcess, execFile, type SpawnOptions, spawn } from 'node:child_process';
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { DemoError } from './errors.js';
@@ -150,65 +150,116 @@ export class Child {
   }
 }
 
-/** Every child the demo started, stopped in reverse order of start. */
-export class Children {
-  readonly #children: Child[] = [];
-  readonly #logDir: string;
-
-  constructor(logDir: string) {
-    this.#logDir = logDir;
-  }
-
-  start(name: string, command: string, args: readonly string[], options: SpawnOptions = {}): Child {
-    const child = new Child(name, this.#logDir, command, args, options);
-    this.#children.push(child);
-    return child;
-  }
-
-  /** PIDs of the children still running. */
-  pids(): number[] {
-    return this.#children.filter((c) => c.running).flatMap((c) => (c.process.pid ? [c.process.pid] : []));
-  }
-
-  async stopAll(): Promise<void> {
-    for (const child of [...this.#children].reverse()) await child.stop();
-  }
-}
-
 export interface RunResult {
   readonly stdout: string;
   readonly stderr: string;
 }
 
-/**
- * Runs a command to completion. On a non-zero exit the error names the command (not its
- * arguments, which may be long) and carries its standard error.
- */
-export function runCommand(
-  what: string,
-  command: string,
-  args: readonly string[],
-  options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      command,
-      args,
-      {
-        env: options.env ?? process.env,
-        cwd: options.cwd,
-        timeout: options.timeoutMs ?? 60_000,
-        maxBuffer: 16 << 20,
-      },
-      (error, stdout, stderr) => {
-        if (error) {
-          const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
-          const detail = missing
-            ? `${command} not found on PATH (npm run bootstrap installs it)`
-            : stderr.trim() || stdout.trim() || error.message;
-          reject(new DemoError(`${what} failed: ${detail}`));
-        } else resolve({ stdout, stderr });
-      },
-    );
+/** Signals a command's whole process group (it was started detached, as the group's leader). */
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
   });
+}
+
+/**
+ * Every process the demo started: the long-running children and the short commands alike, so
+ * that {@link Children.stopAll} leaves none behind, even when a step was cut short. Once stopping,
+ * it starts nothing more: a step still running in the background after an interruption cannot
+ * spawn a process that would outlive the demo.
+ */
+export class Children {
+  readonly #children: Child[] = [];
+  readonly #commands = new Set<ChildProcess>();
+  readonly #logDir: string;
+  #stopping = false;
+
+  constructor(logDir: string) {
+    this.#logDir = logDir;
+  }
+
+  #refuseWhenStopping(name: string): void {
+    if (this.#stopping) throw new DemoError(`not starting ${name}: the demo is stopping`);
+  }
+
+  start(name: string, command: string, args: readonly string[], options: SpawnOptions = {}): Child {
+    this.#refuseWhenStopping(name);
+    const child = new Child(name, this.#logDir, command, args, options);
+    this.#children.push(child);
+    return child;
+  }
+
+  /**
+   * Runs a command to completion, in a process group of its own so that stopping it also stops
+   * what it started (swtpm_setup runs swtpm). On failure the error names the command (not its
+   * arguments, which may be long) and carries its standard error.
+   */
+  run(
+    what: string,
+    command: string,
+    args: readonly string[],
+    options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+  ): Promise<RunResult> {
+    this.#refuseWhenStopping(what);
+    return new Promise((resolve, reject) => {
+      const child = spawn(command, args, {
+        env: options.env ?? process.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
+      this.#commands.add(child);
+      let stdout = '';
+      let stderr = '';
+      child.stdout?.on('data', (chunk: Buffer) => {
+        stdout += chunk.toString();
+      });
+      child.stderr?.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      const timeoutMs = options.timeoutMs ?? 60_000;
+      const timer = setTimeout(() => killGroup(child, 'SIGKILL'), timeoutMs);
+      const fail = (detail: string) => reject(new DemoError(`${what} failed: ${detail}`));
+      child.once('error', (error: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        this.#commands.delete(child);
+        fail(
+          error.code === 'ENOENT'
+            ? `${command} not found on PATH (npm run bootstrap installs it)`
+            : error.message,
+        );
+      });
+      child.once('close', (code, signal) => {
+        clearTimeout(timer);
+        this.#commands.delete(child);
+        if (code === 0) resolve({ stdout, stderr });
+        else {
+          const how = signal !== null ? `killed by ${signal}` : `exit status ${code}`;
+          fail(`${how}${stderr.trim() || stdout.trim() ? `: ${stderr.trim() || stdout.trim()}` : ''}`);
+        }
+      });
+    });
+  }
+
+  /** Stops every command and child (children in reverse order of start) and starts nothing more. */
+  async stopAll(): Promise<void> {
+    this.#stopping = true;
+    await Promise.all(
+      [...this.#commands].map((command) => {
+        killGroup(command, 'SIGTERM');
+        return exited(command);
+      }),
+    );
+    for (const child of [...this.#children].reverse()) await child.stop();
+  }
 }

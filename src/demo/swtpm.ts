@@ -9,7 +9,7 @@ import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { DemoError } from './errors.js';
-import { type Child, type Children, runCommand } from './processes.js';
+import type { Child, Children } from './processes.js';
 
 export interface DemoTpm {
   /** tpm2-tss TCTI string: `swtpm:host=127.0.0.1,port=N`. */
@@ -78,7 +78,7 @@ export async function startTpm(dir: string, children: Children): Promise<DemoTpm
       '',
     ].join('\n'),
   );
-  await runCommand('swtpm_setup (manufacturing the TPM with EK certificates)', 'swtpm_setup', [
+  await children.run('swtpm_setup (manufacturing the TPM with EK certificates)', 'swtpm_setup', [
     '--tpm2',
     '--tpmstate',
     stateDir,

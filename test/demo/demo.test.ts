@@ -178,6 +178,27 @@ describe('npm run demo', () => {
     expect(processesUsing(seen?.dir ?? '/nonexistent')).toEqual([]);
   }, 240_000);
 
+  it('stops what it started and removes its directory when terminated in the middle of a step', async () => {
+    let seen: { dir: string; pids: number[] } | undefined;
+    const run = await runDemo([], {
+      onOutput: (stdout, pid) => {
+        // Step 6 has started the agent, with swtpm and the server already running.
+        if (seen !== undefined || !/^\[6\] /m.test(stdout)) return;
+        seen = { dir: demoDir(stdout), pids: reportedPids(stdout) };
+        process.kill(pid, 'SIGTERM');
+      },
+    });
+    const explain = `stdout:\n${run.stdout}\nstderr:\n${run.stderr}`;
+    expect(seen, explain).toBeDefined();
+    expect(run.code, explain).toBe(143);
+    expect(run.stdout).toContain('interrupted by SIGTERM: stopping');
+    expect(run.stdout).not.toContain('ironroot demo: summary');
+    expect(seen?.pids.length).toBeGreaterThanOrEqual(2); // swtpm and the server
+    expect((seen?.pids ?? []).filter(alive)).toEqual([]);
+    expect(existsSync(seen?.dir ?? '/')).toBe(false);
+    expect(processesUsing(seen?.dir ?? '/nonexistent')).toEqual([]);
+  }, 120_000);
+
   it('refuses an unknown flag with the usage and exit status 2, creating nothing', async () => {
     const before = demoDirsNow();
     const run = await runDemo(['--no-such-flag']);
