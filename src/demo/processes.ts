@@ -46,13 +46,17 @@ export class Child {
     this.process.stdout?.on('data', onData);
     this.process.stderr?.on('data', onData);
     this.#exited = new Promise((resolve) => {
+      let finished = false;
       const done = () => {
+        if (finished) return;
+        finished = true;
         if (partial !== '') this.#line(partial);
         partial = '';
         this.#log.end();
         resolve();
       };
-      this.process.once('exit', done);
+      // 'close': the process has exited and its output is fully read.
+      this.process.once('close', done);
       this.process.once('error', (error) => {
         this.#line(`could not start ${command}: ${error.message}`);
         done();
@@ -96,10 +100,12 @@ export class Child {
     options: { timeoutMs: number; fail?: (line: LogLine) => string | undefined },
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      let settled = false;
       const finish = (error: Error | undefined, value?: T) => {
+        if (settled) return;
+        settled = true;
         clearTimeout(timer);
         this.#waiters.delete(waiter);
-        this.process.off('exit', onExit);
         if (error !== undefined) reject(error);
         else resolve(value as T);
       };
@@ -112,19 +118,20 @@ export class Child {
         const reason = options.fail?.(line);
         if (reason !== undefined) finish(new DemoError(`${this.name}: ${reason}`, this));
       };
-      const onExit = () =>
-        finish(new DemoError(`${this.name} exited (${this.#exitText()}) while waiting for ${what}`, this));
       const timer = setTimeout(
         () => finish(new DemoError(`${this.name}: no ${what} within ${options.timeoutMs / 1000} s`, this)),
         options.timeoutMs,
       );
       this.#waiters.add(waiter);
-      this.process.once('exit', onExit);
       for (const line of this.#history) {
-        if (!this.#waiters.has(waiter)) return;
+        if (settled) return;
         waiter(line);
       }
-      if (this.#waiters.has(waiter) && !this.running) onExit();
+      // After the last line of output was read: a child that said what we wait for and then
+      // exited has answered.
+      void this.#exited.then(() =>
+        finish(new DemoError(`${this.name} exited (${this.#exitText()}) while waiting for ${what}`, this)),
+      );
     });
   }
 
