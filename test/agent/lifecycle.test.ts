@@ -114,8 +114,27 @@ describe('agent lifecycle', () => {
       expect(
         server.logs.decisions().some((d) => d.operation === 'renew' && d.reason === 'ERR_ATTEST_BANNED'),
       ).toBe(true);
+      await server.registration.unbanAgent({ spiffe_id: first.spiffe_id }, 'test');
     } finally {
       await agent.stop();
+    }
+  });
+
+  it('is refused renewal once its EK no longer passes the policy', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      const first = await until('the agent to attest', () => healthy(agent));
+      const attested = (await server.server.datastore.getNode(first.spiffe_id))?.attestationCount;
+      await server.restart({ tpm_attestation: { ek_hashes: ['0'.repeat(64)] } });
+      const refused = await until('the refused renewal', () => {
+        const s = agent.agent.status();
+        return s.last_error?.code === 'ERR_ATTEST_EK_NOT_ALLOWED' ? s : undefined;
+      });
+      expect(refused.state).toBe('degraded');
+      expect((await server.server.datastore.getNode(first.spiffe_id))?.attestationCount).toBe(attested);
+    } finally {
+      await agent.stop();
+      await server.restart();
     }
   });
 });

@@ -64,8 +64,8 @@ export interface TestServer {
   bundleFile: string;
   registration: RegistrationService;
   down(): Promise<void>;
-  up(): Promise<void>;
-  restart(): Promise<void>;
+  up(changes?: Partial<ServerConfigInput>): Promise<void>;
+  restart(changes?: Partial<ServerConfigInput>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -73,19 +73,17 @@ export interface TestServer {
 export async function startAttestServer(extra: Partial<ServerConfigInput> = {}): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-attest-'));
   hsm ??= await createSoftHsm('ironroot-attest');
-  const config = validateConfig(
-    {
-      trust_domain: TD,
-      data_dir: join(dir, 'data'),
-      admin_socket: join(dir, 'run', 'admin.sock'),
-      // CA keys in SoftHSM, so a restarted server finds them again, as in production.
-      key_manager: hsm.uri(),
-      health_address: '127.0.0.1:0',
-      bind_address: '127.0.0.1:0',
-      ...extra,
-    },
-    'test',
-  );
+  const input: ServerConfigInput = {
+    trust_domain: TD,
+    data_dir: join(dir, 'data'),
+    admin_socket: join(dir, 'run', 'admin.sock'),
+    // CA keys in SoftHSM, so a restarted server finds them again, as in production.
+    key_manager: hsm.uri(),
+    health_address: '127.0.0.1:0',
+    bind_address: '127.0.0.1:0',
+    ...extra,
+  };
+  const config = validateConfig(input, 'test');
   const logs = new LogSink();
   const logger = pino({ level: 'debug' }, logs.stream);
   const clock = new FakeClock();
@@ -100,15 +98,16 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
     async down() {
       await handle.server.stop();
     },
-    async up() {
-      // The same port, so agents find it again.
+    async up(changes: Partial<ServerConfigInput> = {}) {
+      // The same port, so agents find it again; `changes` model an operator editing the config.
       const port = Number(handle.address.split(':')[1]);
-      handle.server = await startServer({ ...config, bind_address: `127.0.0.1:${port}` }, logger, { clock });
+      const next = validateConfig({ ...input, ...changes, bind_address: `127.0.0.1:${port}` }, 'test');
+      handle.server = await startServer(next, logger, { clock });
       handle.registration = new RegistrationService(handle.server.datastore, TD, clock);
     },
-    async restart() {
+    async restart(changes: Partial<ServerConfigInput> = {}) {
       await handle.down();
-      await handle.up();
+      await handle.up(changes);
     },
     stop: () => handle.server.stop(),
   };

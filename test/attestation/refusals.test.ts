@@ -143,6 +143,15 @@ describe('the server refuses, by name, and records nothing', () => {
     await expectRefused(s, await evilAttest(s, swtpm.tcti, tamper), 'ERR_ATTEST_NONCE_EXPIRED');
   });
 
+  it('an agent that goes silent after the challenge', async () => {
+    const s = await server({ nonce_ttl: '1s' });
+    // Real time, not the fake clock: the server abandons a stream nobody answers on.
+    const tamper: Tamper = { beforeAnswer: () => new Promise((resolve) => setTimeout(resolve, 1500)) };
+    const outcome = await evilAttest(s, swtpm.tcti, tamper);
+    await expectRefused(s, outcome, 'ERR_ATTEST_BAD_REQUEST');
+    expect(outcome.error?.message).toContain('sent nothing for 1s');
+  });
+
   it('a quote signed by another key', async () => {
     const s = await server();
     const attestor = new TpmAttestor({ tcti: swtpm.tcti, ek: 'rsa2048', eventLogPath: 'none' });

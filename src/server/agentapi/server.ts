@@ -50,6 +50,8 @@ const TOKEN_ID_LENGTH = 12;
 const ACTOR = 'agent-api';
 /** How long stop() lets calls in flight finish before closing every connection. */
 const SHUTDOWN_GRACE_MS = 2000;
+/** How long to wait for each stream message when no TPM policy sets a nonce lifetime. */
+const DEFAULT_WAIT_SECONDS = 60;
 
 export interface AgentApiOptions {
   address: string;
@@ -82,6 +84,7 @@ export class AgentApiServer {
   readonly #tls: ServerTls;
   readonly #nonces: NonceStore;
   readonly #limiter: RateLimiter;
+  readonly #waitSeconds: number;
 
   constructor(options: AgentApiOptions) {
     this.#o = options;
@@ -92,7 +95,8 @@ export class AgentApiServer {
       clock: options.clock,
       logger: options.logger,
     });
-    this.#nonces = new NonceStore(options.tpmPolicy?.nonceTtl ?? 60, options.clock);
+    this.#waitSeconds = options.tpmPolicy?.nonceTtl ?? DEFAULT_WAIT_SECONDS;
+    this.#nonces = new NonceStore(this.#waitSeconds, options.clock);
     this.#limiter = new RateLimiter(options.rateLimit.perSecond, options.rateLimit.burst, options.clock);
   }
 
@@ -186,7 +190,7 @@ export class AgentApiServer {
   }
 
   async #attest(call: Duplex<AttestAgentRequest>, decision: Decision): Promise<AttestAgentResponse> {
-    const messages = reader(call);
+    const messages = reader(call, this.#waitSeconds);
     const first = await messages.next();
     const params = first.params;
     if (first.step !== 'params' || !params)
@@ -281,7 +285,7 @@ export class AgentApiServer {
       );
     decision.method = node.attestationType;
     refuseBanned(node);
-    const messages = reader(call);
+    const messages = reader(call, this.#waitSeconds);
     const first = await messages.next();
     if (first.step !== 'params' || !first.params)
       throw badRequest('the first RenewAgent message must carry params');
@@ -432,14 +436,34 @@ function challengeMessage(
   };
 }
 
-/** Reads a stream message by message; a stream that ends early is a bad request. */
-function reader<Req>(call: Duplex<Req>): { next(): Promise<Req> } {
+/**
+ * Reads a stream message by message; a stream that ends early is a bad request. Each message must
+ * come within `waitSeconds` (the nonce lifetime): a peer that opens a stream and stays silent must
+ * not hold server resources.
+ */
+function reader<Req>(call: Duplex<Req>, waitSeconds: number): { next(): Promise<Req> } {
   const iterator = (call as AsyncIterable<Req>)[Symbol.asyncIterator]();
   return {
     async next() {
-      const item = await iterator.next();
-      if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
-      return item.value;
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              badRequest(
+                `the agent sent nothing for ${waitSeconds}s; the handshake was abandoned, start a new one`,
+              ),
+            ),
+          waitSeconds * 1000,
+        );
+      });
+      try {
+        const item = await Promise.race([iterator.next(), timeout]);
+        if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
+        return item.value;
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
 }

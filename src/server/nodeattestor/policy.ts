@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { X509Certificate as NodeX509, type X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashAlgByName, type PcrSelection, parseCertificateBundle, pcrSelection } from '../../tpm/index.js';
@@ -53,7 +53,7 @@ function readCertificates(file: string): X509Certificate[] {
   const text = bytes.toString('latin1');
   return text.includes('-----BEGIN CERTIFICATE-----')
     ? parseCertificateBundle(text, file)
-    : [new NodeX509(bytes)];
+    : [new X509Certificate(bytes)];
 }
 
 function loadCaDir(dir: string): { roots: X509Certificate[]; intermediates: X509Certificate[] } {
