@@ -48,6 +48,8 @@ import { ServerTls } from './tls.js';
 /** Join-token agents are named by this many hex digits of the token's SHA-256, as the audit log does. */
 const TOKEN_ID_LENGTH = 12;
 const ACTOR = 'agent-api';
+/** How long stop() lets calls in flight finish before closing every connection. */
+const SHUTDOWN_GRACE_MS = 2000;
 /** How long to wait for each stream message when no TPM policy sets a nonce lifetime. */
 const DEFAULT_WAIT_SECONDS = 60;
 
@@ -119,7 +121,16 @@ export class AgentApiServer {
 
   async stop(): Promise<void> {
     this.#tls.stop();
-    await new Promise<void>((resolve) => this.#grpc.tryShutdown(() => resolve()));
+    // Calls in flight get a moment to finish; agents' idle connections (their sync loops keep
+    // channels alive) must not hold the shutdown up, so after that everything is cut.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((resolve) => this.#grpc.tryShutdown(() => resolve())),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, SHUTDOWN_GRACE_MS);
+      }),
+    ]);
+    clearTimeout(timer);
     this.#grpc.forceShutdown();
   }
 

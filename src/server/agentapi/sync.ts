@@ -176,7 +176,8 @@ export class SyncHandlers {
         cursor: last ? changes.cursor : null,
       };
       // Respect the transport's backpressure: tens of thousands of entries must not pile up in memory.
-      if (!call.write(message)) await new Promise((resolve) => call.once('drain', resolve));
+      if (!call.write(message)) await drained(call);
+      if (call.cancelled) return;
     }
     call.end();
     const kind = changes.full ? 'full' : 'incremental';
@@ -292,6 +293,21 @@ export class SyncHandlers {
     metadata.set('ironroot-error-code', refusal.code);
     return { code: refusal.grpcStatus, details: `${refusal.code}: ${refusal.message}`, metadata };
   }
+}
+
+/** Resolves when the stream can take more, or the agent went away. */
+function drained(call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off('drain', done);
+      call.off('cancelled', done);
+      call.off('close', done);
+      resolve();
+    };
+    call.once('drain', done);
+    call.once('cancelled', done);
+    call.once('close', done);
+  });
 }
 
 function cursorIn(message: FetchEntriesRequest['cursor']): SyncCursor | undefined {
