@@ -44,7 +44,8 @@ Options:
   -h, --help             print this help
 
 Exit status: 0 when every step passed; 1 when a step failed (the message names the step);
-2 for a bad command line; 130 or 143 when interrupted (SIGINT, SIGTERM).
+2 for a bad command line; 130 or 143 when interrupted (SIGINT, SIGTERM), but 0 when Ctrl-C
+ends --keep.
 `;
 
 interface Options {
