@@ -246,7 +246,7 @@ export class Agent {
       }
       const client = this.#client(svid);
       try {
-        await this.#sync.run(client);
+        await this.#sync.run(client, () => this.#stopped);
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
         this.#logger.warn(

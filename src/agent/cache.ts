@@ -37,6 +37,8 @@ export interface CachedEntry {
 }
 
 interface CachedSvid {
+  /** The CA state (see #caState) this SVID was last found signed under; checked again when it changes. */
+  caCheckedFor: string;
   readonly entryRevision: number;
   readonly material: X509SvidMaterial;
   readonly leaf: X509Certificate;
@@ -218,6 +220,7 @@ export class SvidCache implements WorkloadIdentityProvider {
       const half = (item.expiresAt - issuedAt) / 2;
       const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
       this.#svids.set(item.entryId, {
+        caCheckedFor: '',
         entryRevision: item.entryRevision,
         leaf,
         expiresAt: item.expiresAt,
