@@ -3,19 +3,31 @@
  * jitter, attest again when the server says the attestation is gone, and back off exponentially
  * (with a cap and jitter) while the server is away, without ever exiting for it.
  *
+ * Beside it, once the node has an SVID, the sync loop keeps the workloads' SVID cache current
+ * (entries, bundles, SVID rotation) every `sync_interval` or sooner when an SVID is due, and the
+ * Workload API serves that cache on `socket_path`. While the server is away the cache keeps
+ * serving what it holds until it expires.
+ *
  * @module
  */
 import { generateKeyPairSync, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { createCsr, createKeySigner, SpiffeId } from '../spiffe/index.js';
+import { createCsr, createKeySigner, SpiffeId, TrustDomain, X509Bundle } from '../spiffe/index.js';
+import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
+import { SvidCache } from './cache.js';
 import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
+import { WorkloadSync } from './sync.js';
+import type { WorkloadAttestor } from './workloadattestor/attestor.js';
+import { K8sAttestor } from './workloadattestor/k8s.js';
+import { SystemdAttestor } from './workloadattestor/systemd.js';
+import { UnixAttestor } from './workloadattestor/unix.js';
 
 /** Renewal happens at half the SVID's life, moved by up to this fraction of it either way. */
 const RENEW_JITTER = 0.1;
@@ -32,6 +44,11 @@ export class Agent {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #health: Server | undefined;
+  readonly #cache: SvidCache;
+  readonly #sync: WorkloadSync;
+  #syncLoop: Promise<void> | undefined;
+  #syncWake: (() => void) | undefined;
+  #workloadApi: WorkloadApiServer | undefined;
   readonly #status: HealthStatus = {
     state: 'starting',
     spiffe_id: '',
@@ -46,10 +63,25 @@ export class Agent {
     this.#logger = logger;
     this.#store = new AgentStore(config.data_dir);
     this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });
+    this.#cache = new SvidCache({
+      trustDomain: config.trust_domain,
+      attestors: workloadAttestors(config),
+      bootstrapRoots: this.#bootstrapRoots(),
+      mintJwt: (entryId, audience) => this.#mintJwt(entryId, audience),
+    });
+    this.#sync = new WorkloadSync(this.#cache, logger);
   }
 
   status(): HealthStatus {
-    return { ...this.#status };
+    return {
+      ...this.#status,
+      workload: {
+        entries: this.#cache.entryCount,
+        svids: this.#cache.svidCount,
+        socket_path: this.#workloadApi?.socketPath ?? '',
+        ...this.#sync.stats,
+      },
+    };
   }
 
   async start(): Promise<void> {
@@ -69,12 +101,16 @@ export class Agent {
       );
     }
     this.#loop = this.#run();
+    this.#syncLoop = this.#runSync();
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#wake?.();
+    this.#syncWake?.();
     await this.#loop;
+    await this.#syncLoop;
+    await this.#workloadApi?.close();
     await new Promise<void>((resolve) => (this.#health ? this.#health.close(() => resolve()) : resolve()));
   }
 
@@ -197,6 +233,93 @@ export class Agent {
     }
   }
 
+  /**
+   * Syncs while the node holds a valid SVID; waits for one otherwise (attestation wakes it). The
+   * Workload API starts after the first round, so workloads that connect early find identities.
+   */
+  async #runSync(): Promise<void> {
+    while (!this.#stopped) {
+      const svid = this.#svid;
+      if (svid === undefined || svid.expiresAt <= nowSeconds()) {
+        await this.#sleepSync(this.#config.sync_interval * 1000);
+        continue;
+      }
+      const client = this.#client(svid);
+      try {
+        await this.#sync.run(client, () => this.#stopped);
+      } catch (error) {
+        const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
+        this.#logger.warn(
+          { reason: e.code, err_message: e.message, svids: this.#cache.svidCount },
+          'syncing workload entries and SVIDs failed; serving the cached SVIDs, will retry',
+        );
+        // The attestation is gone: the main loop finds out at its next renewal and attests again.
+        if (REATTEST_CODES.has(e.code)) {
+          this.#renewAt = 0;
+          this.#wake?.();
+        }
+      } finally {
+        client.close();
+      }
+      if (this.#workloadApi === undefined && !this.#stopped) await this.#startWorkloadApi();
+      const next = this.#cache.nextEvent();
+      const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 - Date.now();
+      await this.#sleepSync(Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
+    }
+  }
+
+  async #startWorkloadApi(): Promise<void> {
+    try {
+      this.#workloadApi = await WorkloadApiServer.listen({
+        provider: this.#cache,
+        socketPath: this.#config.socket_path,
+        logger: this.#logger,
+      });
+      this.#logger.info({ socket_path: this.#config.socket_path }, 'Workload API listening');
+    } catch (error) {
+      this.#logger.error(
+        { err_message: (error as Error).message, socket_path: this.#config.socket_path },
+        'cannot serve the Workload API; fix socket_path (or stop what holds it), will retry',
+      );
+    }
+  }
+
+  async #mintJwt(
+    entryId: string,
+    audience: readonly string[],
+  ): Promise<{ token: string; expiresAt: number }> {
+    const svid = this.#svid;
+    if (svid === undefined)
+      throw new AgentError('ERR_AGENT_STATE', 'the node is not attested yet; JWT-SVIDs need the server');
+    const client = this.#client(svid);
+    try {
+      const minted = await client.newJwtSvid(entryId, audience);
+      return { token: minted.token, expiresAt: minted.expires_at };
+    } finally {
+      client.close();
+    }
+  }
+
+  #sleepSync(ms: number): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#syncWake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  #bootstrapRoots() {
+    const pem =
+      this.#store.loadBundle() ??
+      (this.#config.trust_bundle !== undefined ? readFileSync(this.#config.trust_bundle, 'utf8') : undefined);
+    return pem === undefined
+      ? []
+      : X509Bundle.parsePem(TrustDomain.parse(this.#config.trust_domain), pem).authorities;
+  }
+
   #client(identity: StoredSvid | undefined): AgentApiClient {
     const bundlePem =
       this.#store.loadBundle() ??
@@ -221,6 +344,7 @@ export class Agent {
     this.#store.saveBundle(result.bundle.map((der) => new X509Certificate(der)));
     this.#store.saveSvid(chain, key);
     this.#adopt({ spiffeId: result.spiffe_id, chain, key, expiresAt: result.expires_at }, true);
+    this.#syncWake?.();
   }
 
   #adopt(svid: StoredSvid, fresh: boolean): void {
@@ -252,6 +376,23 @@ export class Agent {
       };
     });
   }
+}
+
+function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
+  const { unix, systemd, k8s } = config.workload_attestors;
+  const attestors: WorkloadAttestor[] = [];
+  if (unix !== undefined) attestors.push(new UnixAttestor());
+  if (systemd !== undefined) attestors.push(new SystemdAttestor());
+  if (k8s !== undefined)
+    attestors.push(
+      new K8sAttestor({
+        ...(k8s?.kubelet_url !== undefined ? { kubeletUrl: k8s.kubelet_url } : {}),
+        ...(k8s?.ca_file !== undefined ? { kubeletCaPath: k8s.ca_file } : {}),
+        ...(k8s?.skip_verify !== undefined ? { skipKubeletVerification: k8s.skip_verify } : {}),
+        ...(k8s?.token_file !== undefined ? { tokenPath: k8s.token_file } : {}),
+      }),
+    );
+  return attestors;
 }
 
 function nowSeconds(): number {

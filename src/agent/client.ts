@@ -8,15 +8,36 @@
  */
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
-import { type ClientDuplexStream, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import {
+  type ClientDuplexStream,
+  type ClientReadableStream,
+  credentials,
+  Metadata,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import { AgentError } from './errors.js';
 import {
   type AttestAgentRequest,
   type AttestAgentResponse,
   agentService,
+  type BatchNewX509SvidResponse,
   type ChallengeResponseMessage,
+  type EntryMessage,
+  type FetchBundlesResponse,
+  type FetchEntriesResponse,
+  type NewJwtSvidResponse,
   type RenewAgentRequest,
+  type SyncCursorMessage,
 } from './proto.js';
+
+/** One FetchEntries answer, its pages put together. */
+export interface EntrySync {
+  full: boolean;
+  entries: EntryMessage[];
+  deletedIds: string[];
+  cursor: SyncCursorMessage;
+  pages: number;
+}
 
 export interface Identity {
   readonly keyPem: string;
@@ -86,6 +107,67 @@ export class AgentApiClient {
     return handshake(call, { params }, async (challenge) => ({
       challenge_response: await answer(challenge),
     }));
+  }
+
+  /** Entries changed since `cursor` (all of them without one), every page read before returning. */
+  async fetchEntries(cursor: SyncCursorMessage | undefined): Promise<EntrySync> {
+    const call = this.#method('FetchEntries')(
+      { cursor: cursor ?? null },
+      this.#options(),
+    ) as ClientReadableStream<FetchEntriesResponse>;
+    const sync: EntrySync = {
+      full: false,
+      entries: [],
+      deletedIds: [],
+      cursor: { epoch: '', revision: 0, scope: '' },
+      pages: 0,
+    };
+    try {
+      for await (const page of call as AsyncIterable<FetchEntriesResponse>) {
+        sync.pages++;
+        sync.full = page.full;
+        for (const entry of page.entries) sync.entries.push(entry);
+        for (const id of page.deleted_ids) sync.deletedIds.push(id);
+        if (page.cursor) sync.cursor = page.cursor;
+      }
+    } catch (error) {
+      throw toAgentError(error);
+    }
+    if (sync.cursor.epoch === '')
+      throw new AgentError('ERR_AGENT_PROTOCOL', 'the server ended FetchEntries without a cursor');
+    return sync;
+  }
+
+  batchNewX509Svid(requests: { entry_id: string; csr: Buffer }[]): Promise<BatchNewX509SvidResponse> {
+    return this.#unary('BatchNewX509SVID', { requests });
+  }
+
+  newJwtSvid(entryId: string, audience: readonly string[]): Promise<NewJwtSvidResponse> {
+    return this.#unary('NewJWTSVID', { entry_id: entryId, audience: [...audience] });
+  }
+
+  fetchBundles(): Promise<FetchBundlesResponse> {
+    return this.#unary('FetchBundles', {});
+  }
+
+  #options() {
+    return { deadline: Date.now() + this.#deadlineMs };
+  }
+
+  #method(name: string): (...args: unknown[]) => unknown {
+    const method: unknown = this.#client[name];
+    if (typeof method !== 'function')
+      throw new AgentError('ERR_AGENT_PROTOCOL', `agent proto has no ${name}`);
+    return (...args: unknown[]) => method.apply(this.#client, args);
+  }
+
+  #unary<Res>(name: string, request: object): Promise<Res> {
+    const method = this.#method(name);
+    return new Promise((resolve, reject) => {
+      method(request, this.#options(), (error: ServiceError | null, response: Res) =>
+        error ? reject(toAgentError(error)) : resolve(response),
+      );
+    });
   }
 
   renew(params: NonNullable<RenewAgentRequest['params']>, answer: Answerer): Promise<Result> {

@@ -23,6 +23,17 @@ export interface HealthStatus {
   last_error: { code: string; message: string } | null;
   attestations: number;
   renewals: number;
+  /** The workloads' side: cached entries and SVIDs, and entry sync counters. */
+  workload?: {
+    entries: number;
+    svids: number;
+    socket_path: string;
+    syncs: number;
+    full_syncs: number;
+    entries_received: number;
+    svids_issued: number;
+    last_sync: { full: boolean; entries: number; deleted: number; pages: number; revision: number } | null;
+  };
 }
 
 export async function startHealthServer(path: string, status: () => HealthStatus): Promise<Server> {

@@ -17,6 +17,20 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly entriesSent = new Counter({
+    name: 'ironroot_agent_entries_sent_total',
+    help: 'Registration entries (and deletions) sent to agents by FetchEntries, by sync kind (full, incremental)',
+    labelNames: ['sync'] as const,
+    registers: [this.registry],
+  });
+
+  readonly svidsIssued = new Counter({
+    name: 'ironroot_workload_svids_issued_total',
+    help: 'Workload SVIDs signed for agents, by kind (x509, jwt)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ironroot_' });
   }

@@ -9,7 +9,9 @@ import type { FastifyInstance } from 'fastify';
 import type { KeyManager } from '../hsm/key-manager.js';
 import { openKeyManager } from '../hsm/open.js';
 import { AdminServer } from './admin/server.js';
+import { EntryJournal } from './agentapi/entries.js';
 import { AgentApiServer } from './agentapi/server.js';
+import { SyncHandlers } from './agentapi/sync.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaService } from './ca/service.js';
 import { loadUpstreamAuthority } from './ca/upstream.js';
@@ -22,6 +24,7 @@ import { openSqliteDatastore } from './datastore/sqlite.js';
 import { startBundleEndpoint } from './http/bundle-endpoint.js';
 import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
+import { serverSpiffeId } from './identity.js';
 import type { Logger } from './log.js';
 import { ServerMetrics } from './metrics.js';
 import { loadTpmPolicy } from './nodeattestor/policy.js';
@@ -144,6 +147,18 @@ export async function startServer(
         burst: config.attestation_rate_limit.burst,
       },
       attestations: metrics.attestations,
+      sync: new SyncHandlers({
+        trustDomain: config.trust_domain,
+        ca,
+        datastore,
+        journal: new EntryJournal(datastore, serverSpiffeId(config.trust_domain)),
+        clock,
+        logger,
+        defaultX509SvidTtl: config.default_x509_svid_ttl,
+        defaultJwtSvidTtl: config.default_jwt_svid_ttl,
+        entriesSent: metrics.entriesSent,
+        svidsIssued: metrics.svidsIssued,
+      }),
     });
     const agentApiPort = await agentApi.start();
     closers.push(() => agentApi.stop());

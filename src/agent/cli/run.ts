@@ -10,16 +10,22 @@ interface RunFlags {
   tcti?: string;
   dataDir?: string;
   socketPath?: string;
+  syncInterval?: string;
   joinToken?: string;
   insecureBootstrap?: boolean;
   ek?: string;
   logLevel?: string;
 }
 
-/** `run`: attest, keep the agent SVID renewed, serve health; stops on SIGINT/SIGTERM. */
+/**
+ * `run`: attest, keep the agent SVID renewed, sync entries and workload SVIDs, serve the Workload
+ * API and health; stops on SIGINT/SIGTERM.
+ */
 export function runCommand(): Command {
   return new Command('run')
-    .description('run the agent: attest the node, keep its SVID renewed')
+    .description(
+      'run the agent: attest the node, keep its SVID renewed, serve workload SVIDs on the Workload API',
+    )
     .option('-c, --config <file>', 'agent config file (YAML); optional when flags say enough')
     .option('--server-address <host:port>', 'ironroot-server agent API address')
     .option('--trust-domain <name>', 'trust domain, e.g. example.org')
@@ -31,7 +37,14 @@ export function runCommand(): Command {
     .option('--tcti <string>', `TPM TCTI (default ${AGENT_DEFAULTS.tcti})`)
     .option('--ek <kind>', `EK to attest with: auto|rsa2048|ecc-p384-high|… (default ${AGENT_DEFAULTS.ek})`)
     .option('--data-dir <dir>', `data directory (default ${AGENT_DEFAULTS.data_dir})`)
-    .option('--socket-path <path>', `Workload API socket, reserved (default ${AGENT_DEFAULTS.socket_path})`)
+    .option(
+      '--socket-path <path>',
+      `Workload API socket, created 0777 in a 0755 directory (default ${AGENT_DEFAULTS.socket_path})`,
+    )
+    .option(
+      '--sync-interval <duration>',
+      `how often entries and SVIDs are synced with the server (default ${AGENT_DEFAULTS.sync_interval})`,
+    )
     .option('--join-token <token>', 'attest with this single-use join token instead of the TPM')
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${AGENT_DEFAULTS.log_level})`)
     .action(async (flags: RunFlags) => {
@@ -47,6 +60,7 @@ export function runCommand(): Command {
           ek: flags.ek,
           data_dir: flags.dataDir,
           socket_path: flags.socketPath,
+          sync_interval: flags.syncInterval,
           join_token: flags.joinToken,
           // A join token on the command line means join-token attestation.
           attestation: flags.joinToken !== undefined ? 'join_token' : undefined,

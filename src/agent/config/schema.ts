@@ -21,6 +21,7 @@ export const AGENT_DEFAULTS = {
   log_level: 'info',
   retry_initial: '1s',
   retry_max: '5m',
+  sync_interval: '5s',
 } as const;
 
 const duration = (defaultValue: string) =>
@@ -42,6 +43,31 @@ const duration = (defaultValue: string) =>
     });
 
 const absolutePath = z.string().refine((text) => text.startsWith('/'), 'allowed: an absolute path');
+
+/** `unix:` with nothing after it (YAML null) turns an attestor on just as `unix: {}` does. */
+const noOptions = z.strictObject({}).nullable().optional();
+
+const workloadAttestors = z
+  .strictObject({
+    unix: noOptions,
+    systemd: noOptions,
+    k8s: z
+      .strictObject({
+        kubelet_url: z
+          .string()
+          .regex(/^https:\/\/[^/\s]+(\/.*)?$/, 'allowed: the kubelet URL, e.g. https://127.0.0.1:10250')
+          .optional(),
+        ca_file: absolutePath.optional(),
+        skip_verify: z.boolean().optional(),
+        token_file: absolutePath.optional(),
+      })
+      .refine((k) => !(k.ca_file !== undefined && k.skip_verify === true), {
+        message: 'allowed: ca_file or skip_verify: true, not both',
+      })
+      .nullable()
+      .optional(),
+  })
+  .default({ unix: {} });
 
 export const agentConfigSchema = z
   .strictObject({
@@ -71,6 +97,13 @@ export const agentConfigSchema = z
     log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(AGENT_DEFAULTS.log_level),
     retry_initial: duration(AGENT_DEFAULTS.retry_initial),
     retry_max: duration(AGENT_DEFAULTS.retry_max),
+    /** How often entries, bundles and due SVIDs are fetched from the server. */
+    sync_interval: duration(AGENT_DEFAULTS.sync_interval).refine(
+      (seconds) => seconds >= 0.1,
+      'allowed: a duration of at least 100ms, e.g. 5s',
+    ),
+    /** Which workload attestors produce selectors; default the unix one alone. */
+    workload_attestors: workloadAttestors,
   })
   .refine((c) => c.attestation !== 'join_token' || c.join_token !== undefined, {
     message: 'allowed: attestation join_token needs join_token (or --join-token)',

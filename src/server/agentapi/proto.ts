@@ -46,6 +46,54 @@ export interface AttestAgentResponse {
   result?: { spiffe_id: string; svid_chain: Uint8Array[]; expires_at: number; bundle: Uint8Array[] };
 }
 
+export interface SyncCursorMessage {
+  epoch: string;
+  revision: number;
+  scope: string;
+}
+export interface FetchEntriesRequest {
+  cursor: SyncCursorMessage | null;
+}
+export interface EntryMessage {
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  selectors: string[];
+  x509_svid_ttl: number;
+  jwt_svid_ttl: number;
+  dns_names: string[];
+  federates_with: string[];
+  hint: string;
+  revision_number: number;
+  created_at: number;
+  expires_at: number;
+}
+export interface FetchEntriesResponse {
+  full: boolean;
+  entries: EntryMessage[];
+  deleted_ids: string[];
+  cursor: SyncCursorMessage | null;
+}
+export interface BatchNewX509SvidRequest {
+  requests: { entry_id: string; csr: Buffer }[];
+}
+export interface BatchNewX509SvidResponse {
+  svids: { entry_id: string; chain: Uint8Array[]; expires_at: number }[];
+}
+export interface NewJwtSvidRequest {
+  entry_id: string;
+  audience: string[];
+}
+export interface NewJwtSvidResponse {
+  token: string;
+  expires_at: number;
+}
+export interface FetchBundlesResponse {
+  bundle: string;
+  active_x509_authority: Uint8Array;
+  federated: { trust_domain: string; document: string }[];
+}
+
 let cached: ServiceClientConstructor | undefined;
 
 export function agentService(): ServiceClientConstructor {

@@ -5,7 +5,6 @@
  *
  * @module
  */
-import { X509Certificate } from 'node:crypto';
 import {
   Server as GrpcServer,
   Metadata,
@@ -13,7 +12,7 @@ import {
   type ServerErrorResponse,
 } from '@grpc/grpc-js';
 import type { Counter } from 'prom-client';
-import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
+import { type ParsedCsr, parseCsr, SpiffeId } from '../../spiffe/index.js';
 import { parseTpm2bPublic } from '../../tpm/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { type Clock, nowSeconds } from '../clock.js';
@@ -43,11 +42,14 @@ import {
   type TpmEvidenceMessage,
 } from './proto.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
+import { authenticateAgent, type SyncHandlers } from './sync.js';
 import { ServerTls } from './tls.js';
 
 /** Join-token agents are named by this many hex digits of the token's SHA-256, as the audit log does. */
 const TOKEN_ID_LENGTH = 12;
 const ACTOR = 'agent-api';
+/** How long stop() lets calls in flight finish before closing every connection. */
+const SHUTDOWN_GRACE_MS = 2000;
 /** How long to wait for each stream message when no TPM policy sets a nonce lifetime. */
 const DEFAULT_WAIT_SECONDS = 60;
 
@@ -65,6 +67,8 @@ export interface AgentApiOptions {
   serverSvidTtl: number;
   rateLimit: { perSecond: number; burst: number };
   attestations: Counter<'method' | 'result'>;
+  /** Entry sync, workload SVIDs and bundles; undefined serves attestation and renewal only. */
+  sync?: SyncHandlers;
 }
 
 type Duplex<Req> = ServerDuplexStream<Req, AttestAgentResponse>;
@@ -106,6 +110,7 @@ export class AgentApiServer {
       RenewAgent: (call: Duplex<RenewAgentRequest>) => {
         void this.#run(call, 'renew', (d) => this.#renew(call, d));
       },
+      ...this.#o.sync?.implementation(),
     });
     return new Promise((resolve, reject) => {
       this.#grpc.bindAsync(this.#o.address, credentials, (error, port) =>
@@ -116,7 +121,16 @@ export class AgentApiServer {
 
   async stop(): Promise<void> {
     this.#tls.stop();
-    await new Promise<void>((resolve) => this.#grpc.tryShutdown(() => resolve()));
+    // Calls in flight get a moment to finish; agents' idle connections (their sync loops keep
+    // channels alive) must not hold the shutdown up, so after that everything is cut.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((resolve) => this.#grpc.tryShutdown(() => resolve())),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, SHUTDOWN_GRACE_MS);
+      }),
+    ]);
+    clearTimeout(timer);
     this.#grpc.forceShutdown();
   }
 
@@ -328,27 +342,7 @@ export class AgentApiServer {
 
   /** The caller's agent SVID, verified against today's bundle; TLS only asked for it. */
   #authenticate(call: Duplex<RenewAgentRequest>): string {
-    const peer = call.getAuthContext().sslPeerCertificate;
-    if (peer?.raw === undefined)
-      throw new AttestationError(
-        'ERR_AGENT_UNAUTHENTICATED',
-        'renewal needs the agent SVID as TLS client certificate; attest first',
-      );
-    try {
-      const bundles = new BundleSet([this.#o.ca.bundle()]);
-      const { id } = verifyX509Svid([new X509Certificate(peer.raw)], bundles, {
-        time: new Date(this.#o.clock.now()),
-      });
-      if (id.trustDomain.name !== this.#o.trustDomain || !id.path.startsWith('/agent/'))
-        throw new Error(`${id.toString()} is not an agent of ${this.#o.trustDomain}`);
-      return id.toString();
-    } catch (cause) {
-      throw new AttestationError(
-        'ERR_AGENT_UNAUTHENTICATED',
-        `the client certificate is not a valid agent SVID (${(cause as Error).message}); attest again`,
-        { cause },
-      );
-    }
+    return authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
   }
 
   #policy(): TpmPolicy {

@@ -1,0 +1,280 @@
+/**
+ * The agent's SVID cache: the entries the server authorized this agent for, an X.509-SVID (with a
+ * key generated here, never sent anywhere) for each, the bundles, and JWT-SVIDs minted on demand.
+ * It is what the Workload API serves from (`WorkloadIdentityProvider`), so it answers without the
+ * network: while the server is away, workloads keep their SVIDs until they expire.
+ *
+ * @module
+ */
+import { type KeyObject, X509Certificate } from 'node:crypto';
+import { SpiffeBundle, SpiffeId, TrustDomain } from '../spiffe/index.js';
+import type {
+  CallerCredentials,
+  Selector,
+  WorkloadIdentities,
+  WorkloadIdentityProvider,
+  X509SvidMaterial,
+} from '../workload-api/provider.js';
+import type { EntrySync } from './client.js';
+import type { EntryMessage, FetchBundlesResponse } from './proto.js';
+import { attestWorkload, type WorkloadAttestor } from './workloadattestor/attestor.js';
+
+/** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */
+const ROTATE_JITTER = 0.1;
+/** JWT-SVIDs kept at most; the least recently minted go first (audiences are caller-chosen). */
+const MAX_CACHED_JWTS = 10_000;
+
+export interface CachedEntry {
+  readonly id: string;
+  readonly spiffeId: SpiffeId;
+  readonly selectors: readonly Selector[];
+  readonly federatesWith: readonly string[];
+  readonly hint: string;
+  readonly revisionNumber: number;
+  readonly createdAt: number;
+  /** Unix seconds; 0 = never. */
+  readonly expiresAt: number;
+}
+
+interface CachedSvid {
+  /** The CA state (see #caState) this SVID was last found signed under; checked again when it changes. */
+  caCheckedFor: string;
+  readonly entryRevision: number;
+  readonly material: X509SvidMaterial;
+  readonly leaf: X509Certificate;
+  readonly expiresAt: number;
+  readonly rotateAt: number;
+}
+
+/** What the server answered for one entry's CSR, with the key the CSR was made for. */
+export interface IssuedSvid {
+  entryId: string;
+  entryRevision: number;
+  chain: readonly Uint8Array[];
+  expiresAt: number;
+  key: KeyObject;
+}
+
+export type JwtMinter = (
+  entryId: string,
+  audience: readonly string[],
+) => Promise<{ token: string; expiresAt: number }>;
+
+export class SvidCache implements WorkloadIdentityProvider {
+  readonly #trustDomain: TrustDomain;
+  readonly #attestors: readonly WorkloadAttestor[];
+  readonly #mintJwt: JwtMinter;
+  readonly #listeners = new Set<() => void>();
+  #entries = new Map<string, CachedEntry>();
+  readonly #svids = new Map<string, CachedSvid>();
+  readonly #jwts = new Map<string, { token: string; rotateAt: number }>();
+  #bundle: SpiffeBundle;
+  #bundleDocument = '';
+  #activeAuthority: X509Certificate | undefined;
+  #federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
+
+  constructor(options: {
+    trustDomain: string;
+    attestors: readonly WorkloadAttestor[];
+    /** The bundle's X.509 roots until the first sync brings the full bundle. */
+    bootstrapRoots: readonly X509Certificate[];
+    mintJwt: JwtMinter;
+  }) {
+    this.#trustDomain = TrustDomain.parse(options.trustDomain);
+    this.#attestors = options.attestors;
+    this.#mintJwt = options.mintJwt;
+    this.#bundle = new SpiffeBundle(this.#trustDomain, { x509Authorities: options.bootstrapRoots });
+  }
+
+  get entryCount(): number {
+    return this.#entries.size;
+  }
+
+  get svidCount(): number {
+    return this.#svids.size;
+  }
+
+  attest(caller: CallerCredentials): Promise<readonly Selector[]> {
+    return attestWorkload(this.#attestors, caller.pid);
+  }
+
+  identities(selectors: readonly Selector[]): WorkloadIdentities {
+    const have = new Set(selectors);
+    const now = nowSeconds();
+    const matched = [...this.#entries.values()]
+      .filter((e) => e.selectors.every((s) => have.has(s)) && (e.expiresAt === 0 || e.expiresAt > now))
+      // The oldest entry is the default identity: adding an entry never changes a workload's default.
+      .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
+    const svids: X509SvidMaterial[] = [];
+    const federates = new Set<string>();
+    for (const entry of matched) {
+      const svid = this.#svids.get(entry.id);
+      if (svid === undefined || svid.expiresAt <= now) continue;
+      svids.push(svid.material);
+      for (const td of entry.federatesWith) federates.add(td);
+    }
+    const federatedBundles = [...federates]
+      .map((td) => this.#federated.get(td)?.bundle)
+      .filter((b): b is SpiffeBundle => b !== undefined);
+    return { svids, bundle: this.#bundle, federatedBundles };
+  }
+
+  async mintJwtSvid(spiffeId: SpiffeId, audience: readonly string[]): Promise<string> {
+    const key = `${spiffeId.toString()}\n${[...new Set(audience)].sort().join('\n')}`;
+    const cached = this.#jwts.get(key);
+    const now = Date.now();
+    if (cached !== undefined && cached.rotateAt > now) return cached.token;
+    const entry = [...this.#entries.values()]
+      .filter((e) => e.spiffeId.equals(spiffeId))
+      .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))[0];
+    if (entry === undefined) throw new Error(`no entry for ${spiffeId.toString()} in the cache`);
+    const minted = await this.#mintJwt(entry.id, audience);
+    this.#jwts.delete(key);
+    if (this.#jwts.size >= MAX_CACHED_JWTS) {
+      const oldest = this.#jwts.keys().next().value;
+      if (oldest !== undefined) this.#jwts.delete(oldest);
+    }
+    this.#jwts.set(key, { token: minted.token, rotateAt: now + (minted.expiresAt * 1000 - now) / 2 });
+    return minted.token;
+  }
+
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Applies one entry sync; true when the entries changed. */
+  applyEntries(sync: EntrySync): boolean {
+    const next = sync.full ? new Map<string, CachedEntry>() : new Map(this.#entries);
+    for (const id of sync.deletedIds) next.delete(id);
+    for (const message of sync.entries) next.set(message.id, entryIn(message));
+    const changed =
+      next.size !== this.#entries.size ||
+      [...next].some(([id, e]) => this.#entries.get(id)?.revisionNumber !== e.revisionNumber);
+    this.#entries = next;
+    for (const id of this.#svids.keys()) if (!next.has(id)) this.#svids.delete(id);
+    if (changed) {
+      const ids = new Set([...next.values()].map((e) => e.spiffeId.toString()));
+      for (const key of this.#jwts.keys()) if (!ids.has(key.split('\n')[0] ?? '')) this.#jwts.delete(key);
+    }
+    return changed;
+  }
+
+  /** Applies the bundles; true when they changed. */
+  applyBundles(response: FetchBundlesResponse): boolean {
+    this.#activeAuthority =
+      response.active_x509_authority.length > 0
+        ? new X509Certificate(response.active_x509_authority)
+        : undefined;
+    let changed = false;
+    if (response.bundle !== this.#bundleDocument) {
+      this.#bundle = SpiffeBundle.parse(this.#trustDomain, response.bundle);
+      this.#bundleDocument = response.bundle;
+      changed = true;
+    }
+    const federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
+    for (const { trust_domain, document } of response.federated) {
+      const known = this.#federated.get(trust_domain);
+      if (known?.document === document) federated.set(trust_domain, known);
+      else {
+        federated.set(trust_domain, {
+          document,
+          bundle: SpiffeBundle.parse(TrustDomain.parse(trust_domain), document),
+        });
+        changed = true;
+      }
+    }
+    if (federated.size !== this.#federated.size) changed = true;
+    this.#federated = federated;
+    return changed;
+  }
+
+  /**
+   * Entries whose SVID must be (re)issued at `now` (unix seconds): none yet, past its rotation time,
+   * its entry changed, or signed by a CA that no longer signs (CA rotation) or left the bundle.
+   */
+  due(now: number): CachedEntry[] {
+    const roots = this.#bundle.x509Authorities;
+    return [...this.#entries.values()].filter((entry) => {
+      if (entry.expiresAt > 0 && entry.expiresAt <= now) return false;
+      const svid = this.#svids.get(entry.id);
+      if (svid === undefined || svid.entryRevision !== entry.revisionNumber || now >= svid.rotateAt)
+        return true;
+      const signer = this.#activeAuthority;
+      if (signer !== undefined && !svid.leaf.verify(signer.publicKey)) return true;
+      const top = svid.material.chainDer.at(-1);
+      const topCert = top === undefined ? svid.leaf : new X509Certificate(top);
+      return !roots.some((root) => topCert.verify(root.publicKey));
+    });
+  }
+
+  /** Stores freshly issued SVIDs (for entries still cached). */
+  storeSvids(issued: readonly IssuedSvid[]): void {
+    for (const item of issued) {
+      const entry = this.#entries.get(item.entryId);
+      const leafDer = item.chain[0];
+      if (entry === undefined || entry.revisionNumber !== item.entryRevision || leafDer === undefined)
+        continue;
+      const leaf = new X509Certificate(leafDer);
+      const issuedAt = Math.floor(new Date(leaf.validFrom).getTime() / 1000);
+      const half = (item.expiresAt - issuedAt) / 2;
+      const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
+      this.#svids.set(item.entryId, {
+        caCheckedFor: '',
+        entryRevision: item.entryRevision,
+        leaf,
+        expiresAt: item.expiresAt,
+        rotateAt: issuedAt + half + jitter,
+        material: {
+          spiffeId: entry.spiffeId,
+          chainDer: item.chain.map((c) => new Uint8Array(c)),
+          keyPkcs8Der: new Uint8Array(item.key.export({ format: 'der', type: 'pkcs8' })),
+          ...(entry.hint !== '' ? { hint: entry.hint } : {}),
+        },
+      });
+    }
+  }
+
+  /** Drops SVIDs that expired by `now`; true when any did. */
+  expire(now: number): boolean {
+    let dropped = false;
+    for (const [id, svid] of this.#svids)
+      if (svid.expiresAt <= now) {
+        this.#svids.delete(id);
+        dropped = true;
+      }
+    return dropped;
+  }
+
+  /** The next moment (unix seconds) something is due: a rotation or an expiry; undefined if none. */
+  nextEvent(): number | undefined {
+    let next: number | undefined;
+    for (const svid of this.#svids.values()) {
+      const at = Math.min(svid.rotateAt, svid.expiresAt);
+      if (next === undefined || at < next) next = at;
+    }
+    return next;
+  }
+
+  /** Tells every subscriber (the Workload API's streams) to send the state again. */
+  notify(): void {
+    for (const listener of this.#listeners) listener();
+  }
+}
+
+function entryIn(message: EntryMessage): CachedEntry {
+  return {
+    id: message.id,
+    spiffeId: SpiffeId.parse(message.spiffe_id),
+    selectors: message.selectors,
+    federatesWith: message.federates_with,
+    hint: message.hint,
+    revisionNumber: message.revision_number,
+    createdAt: message.created_at,
+    expiresAt: message.expires_at,
+  };
+}
+
+function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}

@@ -1,0 +1,121 @@
+/**
+ * One round of talking to the server for the workloads: entries changed since the last round
+ * (incremental by cursor), the bundles, then new X.509-SVIDs for what is due, in batches of CSRs
+ * for keys generated here. Subscribers hear once per round, after everything is in the cache.
+ *
+ * @module
+ */
+import { generateKeyPairSync } from 'node:crypto';
+import type { Logger } from 'pino';
+import { createCsr, createKeySigner } from '../spiffe/index.js';
+import type { IssuedSvid, SvidCache } from './cache.js';
+import type { AgentApiClient } from './client.js';
+import { AgentError } from './errors.js';
+import type { SyncCursorMessage } from './proto.js';
+
+/** CSRs per BatchNewX509SVID call: a round trip per hundred keeps each call short. */
+const CSR_BATCH = 100;
+
+export interface SyncStats {
+  syncs: number;
+  full_syncs: number;
+  /** Entries and deletions received over all syncs. */
+  entries_received: number;
+  svids_issued: number;
+  last_sync: { full: boolean; entries: number; deleted: number; pages: number; revision: number } | null;
+}
+
+export class WorkloadSync {
+  readonly #cache: SvidCache;
+  readonly #logger: Logger;
+  #cursor: SyncCursorMessage | undefined;
+  readonly stats: SyncStats = {
+    syncs: 0,
+    full_syncs: 0,
+    entries_received: 0,
+    svids_issued: 0,
+    last_sync: null,
+  };
+
+  constructor(cache: SvidCache, logger: Logger) {
+    this.#cache = cache;
+    this.#logger = logger;
+  }
+
+  /** One round; `stopping` is asked between batches, so an agent shutting down does not wait for thousands. */
+  async run(client: AgentApiClient, stopping: () => boolean = () => false): Promise<void> {
+    let changed = false;
+    try {
+      const sync = await client.fetchEntries(this.#cursor);
+      changed = this.#cache.applyEntries(sync);
+      this.#cursor = sync.cursor;
+      this.stats.syncs++;
+      if (sync.full) this.stats.full_syncs++;
+      this.stats.entries_received += sync.entries.length + sync.deletedIds.length;
+      this.stats.last_sync = {
+        full: sync.full,
+        entries: sync.entries.length,
+        deleted: sync.deletedIds.length,
+        pages: sync.pages,
+        revision: sync.cursor.revision,
+      };
+      if (changed || sync.full)
+        this.#logger.info(
+          { sync: sync.full ? 'full' : 'incremental', entries: this.#cache.entryCount, pages: sync.pages },
+          'entries synced',
+        );
+      if (this.#cache.applyBundles(await client.fetchBundles())) {
+        changed = true;
+        this.#logger.info('bundle updated');
+      }
+      const due = this.#cache.due(nowSeconds());
+      const issuing = performance.now();
+      for (let i = 0; i < due.length && !stopping(); i += CSR_BATCH) {
+        const batch = due.slice(i, i + CSR_BATCH).map((entry) => ({
+          entry,
+          key: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+        }));
+        const requests = await Promise.all(
+          batch.map(async ({ entry, key }) => ({
+            entry_id: entry.id,
+            csr: Buffer.from(await createCsr({ spiffeId: entry.spiffeId }, createKeySigner(key))),
+          })),
+        );
+        const byId = new Map(batch.map((item) => [item.entry.id, item]));
+        const response = await client.batchNewX509Svid(requests);
+        const issued: IssuedSvid[] = [];
+        for (const svid of response.svids) {
+          const item = byId.get(svid.entry_id);
+          if (item === undefined) continue;
+          issued.push({
+            entryId: item.entry.id,
+            entryRevision: item.entry.revisionNumber,
+            chain: svid.chain,
+            expiresAt: svid.expires_at,
+            key: item.key,
+          });
+        }
+        this.#cache.storeSvids(issued);
+        this.stats.svids_issued += issued.length;
+        changed = true;
+      }
+      if (due.length > 0)
+        this.#logger.info(
+          { svids: due.length, duration_ms: Math.round(performance.now() - issuing) },
+          'workload X.509-SVIDs issued',
+        );
+    } catch (error) {
+      // The entries the server knows differ from ours: start over with a full sync.
+      if (error instanceof AgentError && error.code === 'ERR_AGENT_ENTRY_NOT_AUTHORIZED')
+        this.#cursor = undefined;
+      throw error;
+    } finally {
+      if (this.#cache.expire(nowSeconds())) changed = true;
+      if (changed) this.#cache.notify();
+    }
+  }
+}
+
+function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}

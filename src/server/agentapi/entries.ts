@@ -1,0 +1,236 @@
+/**
+ * The server's view of registration entries for entry sync: an in-memory copy of every entry, a
+ * change journal (which entry changed or went away at which journal revision) and the
+ * authorization walk (which entries an agent may issue SVIDs for).
+ *
+ * The datastore has per-entry revision numbers but no record of deletions and no global change
+ * counter, so the journal is kept here: each refresh compares the store with the copy and stamps
+ * what differs with a new journal revision. Every write to the store appends to the audit log in
+ * the same transaction, so an unchanged audit head means nothing to compare, and a refresh costs
+ * one indexed query. The journal lives in this process only: its `epoch` tells an agent's cursor
+ * from another server's (or from before a restart), and such a cursor gets a full sync.
+ *
+ * @module
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type { Datastore, RegistrationEntry, Selector } from '../datastore/datastore.js';
+
+/** The store is read this many entries at a time. */
+const LOAD_PAGE_SIZE = 1000;
+/** Tombstones kept for incremental syncs; a cursor older than the oldest one dropped syncs in full. */
+const MAX_TOMBSTONES = 50_000;
+
+export interface SyncCursor {
+  epoch: string;
+  revision: number;
+  scope: string;
+}
+
+interface Journaled {
+  entry: RegistrationEntry;
+  /** Journal revision of the last change. */
+  changed: number;
+  /** Former SPIFFE IDs: entries parented to them lost their parent. */
+  formerSpiffeIds: readonly string[];
+  /** Former parents: agents under them must drop the entry. */
+  formerParentIds: readonly string[];
+}
+
+interface Tombstone {
+  changed: number;
+  /** The entry's SPIFFE IDs and parents, last and former. */
+  spiffeIds: readonly string[];
+  parentIds: readonly string[];
+}
+
+/** What an agent is authorized for, at one journal revision. */
+export interface Authorization {
+  /** The authorized entries (node aliases themselves are not: they name nodes, not workloads). */
+  entries: Map<string, RegistrationEntry>;
+  /** Digest of the IDs the entries hang from: the agent's own ID and its matching node aliases. */
+  scope: string;
+  /** Every ID that authorized entries are parented to. */
+  parents: Set<string>;
+  revision: number;
+}
+
+export type EntryChanges =
+  | { full: true; entries: RegistrationEntry[]; cursor: SyncCursor }
+  | { full: false; entries: RegistrationEntry[]; deletedIds: string[]; cursor: SyncCursor };
+
+export class EntryJournal {
+  readonly epoch = randomBytes(8).toString('hex');
+  readonly #store: Datastore;
+  readonly #serverId: string;
+  #revision = 0;
+  /** Revisions at or below this can no longer be answered incrementally (tombstones pruned). */
+  #horizon = 0;
+  #auditHead = -1;
+  #entries = new Map<string, Journaled>();
+  #tombstones = new Map<string, Tombstone>();
+  /** SPIFFE IDs that are some entry's parent. */
+  #parents = new Set<string>();
+  #byParent = new Map<string, RegistrationEntry[]>();
+  #refreshing: Promise<void> | undefined;
+
+  constructor(store: Datastore, serverId: string) {
+    this.#store = store;
+    this.#serverId = serverId;
+  }
+
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** Brings the copy up to date with the store; concurrent callers share one read. */
+  refresh(): Promise<void> {
+    this.#refreshing ??= this.#refresh().finally(() => {
+      this.#refreshing = undefined;
+    });
+    return this.#refreshing;
+  }
+
+  async #refresh(): Promise<void> {
+    const head = (await this.#store.listAudit(1))[0]?.id ?? 0;
+    if (head === this.#auditHead) return;
+    const loaded = new Map<string, RegistrationEntry>();
+    let token = '';
+    do {
+      const page = await this.#store.listEntries({}, { token, size: LOAD_PAGE_SIZE });
+      for (const entry of page.entries) loaded.set(entry.id, entry);
+      token = page.nextToken;
+    } while (token !== '');
+    const next = this.#revision + 1;
+    let changed = false;
+    const entries = new Map<string, Journaled>();
+    for (const [id, entry] of loaded) {
+      const known = this.#entries.get(id);
+      if (known !== undefined && known.entry.revisionNumber === entry.revisionNumber) {
+        entries.set(id, known);
+        continue;
+      }
+      changed = true;
+      this.#tombstones.delete(id);
+      entries.set(id, {
+        entry,
+        changed: next,
+        // Kept across changes: an agent may have missed several of them.
+        formerSpiffeIds: former(known?.formerSpiffeIds, known?.entry.spiffeId, entry.spiffeId),
+        formerParentIds: former(known?.formerParentIds, known?.entry.parentId, entry.parentId),
+      });
+    }
+    for (const [id, known] of this.#entries) {
+      if (loaded.has(id)) continue;
+      changed = true;
+      this.#tombstones.set(id, {
+        changed: next,
+        spiffeIds: [known.entry.spiffeId, ...known.formerSpiffeIds],
+        parentIds: [known.entry.parentId, ...known.formerParentIds],
+      });
+    }
+    this.#pruneTombstones();
+    this.#auditHead = head;
+    if (!changed && this.#revision > 0) return;
+    this.#revision = next;
+    this.#entries = entries;
+    this.#byParent = new Map();
+    for (const { entry } of entries.values()) {
+      const siblings = this.#byParent.get(entry.parentId);
+      if (siblings === undefined) this.#byParent.set(entry.parentId, [entry]);
+      else siblings.push(entry);
+    }
+    this.#parents = new Set(this.#byParent.keys());
+  }
+
+  #pruneTombstones(): void {
+    if (this.#tombstones.size <= MAX_TOMBSTONES) return;
+    // Map iteration is insertion order: the oldest tombstones go first.
+    for (const [id, tombstone] of this.#tombstones) {
+      if (this.#tombstones.size <= MAX_TOMBSTONES) break;
+      this.#horizon = Math.max(this.#horizon, tombstone.changed);
+      this.#tombstones.delete(id);
+    }
+  }
+
+  /**
+   * The entries parented to `agentId`, to the node aliases (entries parented to the server) whose
+   * selectors are all among `nodeSelectors`, and their descendants, recursively. Entries past their
+   * `expiresAt` (unix seconds `now`) are left out, and so is what hangs from them.
+   */
+  authorize(agentId: string, nodeSelectors: readonly Selector[], now: number): Authorization {
+    const have = new Set(nodeSelectors.map((s) => `${s.type}:${s.value}`));
+    const roots = [agentId];
+    for (const alias of this.#byParent.get(this.#serverId) ?? [])
+      if (
+        (alias.expiresAt === 0 || alias.expiresAt > now) &&
+        alias.selectors.every((s) => have.has(`${s.type}:${s.value}`))
+      )
+        roots.push(alias.spiffeId);
+    const scope = createHash('sha256')
+      .update([...new Set(roots)].sort().join('\n'))
+      .digest('hex');
+    const entries = new Map<string, RegistrationEntry>();
+    const visited = new Set<string>();
+    const queue = [...roots];
+    for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+      if (visited.has(id)) continue;
+      visited.add(id);
+      for (const child of this.#byParent.get(id) ?? []) {
+        if (child.expiresAt > 0 && child.expiresAt <= now) continue;
+        entries.set(child.id, child);
+        queue.push(child.spiffeId);
+      }
+    }
+    return { entries, scope, parents: visited, revision: this.#revision };
+  }
+
+  /** What an agent holding `cursor` must apply to match `authorization`. */
+  changes(cursor: SyncCursor | undefined, authorization: Authorization): EntryChanges {
+    const now: SyncCursor = { epoch: this.epoch, revision: this.#revision, scope: authorization.scope };
+    const full = (): EntryChanges => ({
+      full: true,
+      entries: [...authorization.entries.values()],
+      cursor: now,
+    });
+    if (
+      cursor === undefined ||
+      cursor.epoch !== this.epoch ||
+      cursor.scope !== authorization.scope ||
+      cursor.revision > this.#revision ||
+      cursor.revision < this.#horizon
+    )
+      return full();
+    const upserts: RegistrationEntry[] = [];
+    const deletedIds: string[] = [];
+    for (const [id, journaled] of this.#entries) {
+      if (journaled.changed <= cursor.revision) continue;
+      // A changed parent moves its whole subtree in or out; only a full sync says which.
+      if (
+        this.#parents.has(journaled.entry.spiffeId) ||
+        journaled.formerSpiffeIds.some((former) => this.#parents.has(former))
+      )
+        return full();
+      if (authorization.entries.has(id)) upserts.push(journaled.entry);
+      // Entries that never were this agent's are none of its business.
+      else if (journaled.formerParentIds.some((former) => authorization.parents.has(former)))
+        deletedIds.push(id);
+    }
+    for (const [id, tombstone] of this.#tombstones) {
+      if (tombstone.changed <= cursor.revision) continue;
+      if (tombstone.spiffeIds.some((former) => this.#parents.has(former))) return full();
+      if (tombstone.parentIds.some((former) => authorization.parents.has(former))) deletedIds.push(id);
+    }
+    return { full: false, entries: upserts, deletedIds, cursor: now };
+  }
+}
+
+function former(
+  known: readonly string[] | undefined,
+  previous: string | undefined,
+  current: string,
+): readonly string[] {
+  const all = new Set(known ?? []);
+  if (previous !== undefined && previous !== current) all.add(previous);
+  all.delete(current);
+  return [...all];
+}

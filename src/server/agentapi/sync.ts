@@ -1,0 +1,333 @@
+/**
+ * The agent API's entry sync, workload SVID and bundle calls (FetchEntries, BatchNewX509SVID,
+ * NewJWTSVID, FetchBundles). Each is mTLS with the agent SVID: the caller is the agent named by its
+ * verified client certificate, and may only have what the entries parented to it (directly, through
+ * its node aliases, or further down) grant.
+ *
+ * @module
+ */
+import { X509Certificate } from 'node:crypto';
+import {
+  Metadata,
+  type ServerErrorResponse,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type sendUnaryData,
+} from '@grpc/grpc-js';
+import type { Counter } from 'prom-client';
+import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
+import type { CertificateAuthority } from '../ca/authority.js';
+import { type Clock, nowSeconds } from '../clock.js';
+import type { Datastore, RegistrationEntry } from '../datastore/datastore.js';
+import type { Logger } from '../log.js';
+import { AttestationError } from '../nodeattestor/errors.js';
+import type { Authorization, EntryJournal, SyncCursor } from './entries.js';
+import type {
+  BatchNewX509SvidRequest,
+  BatchNewX509SvidResponse,
+  EntryMessage,
+  FetchBundlesResponse,
+  FetchEntriesRequest,
+  FetchEntriesResponse,
+  NewJwtSvidRequest,
+  NewJwtSvidResponse,
+} from './proto.js';
+
+/** Entries per FetchEntries message: ~300 bytes each keeps a page far below gRPC's 4 MiB limit. */
+export const ENTRY_PAGE_SIZE = 1000;
+/** CSRs per BatchNewX509SVID call the server accepts. */
+export const MAX_CSRS_PER_BATCH = 500;
+
+export interface SyncOptions {
+  trustDomain: string;
+  ca: CertificateAuthority;
+  datastore: Datastore;
+  journal: EntryJournal;
+  clock: Clock;
+  logger: Logger;
+  /** TTLs for entries that set none (0). */
+  defaultX509SvidTtl: number;
+  defaultJwtSvidTtl: number;
+  /** Entries sent to agents, by kind of sync. */
+  entriesSent: Counter<'sync'>;
+  svidsIssued: Counter<'kind'>;
+}
+
+interface Caller {
+  getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } };
+}
+
+/**
+ * The agent named by the caller's client certificate, verified against today's bundle. TLS only
+ * asked for the certificate; anything chaining to the bundle would pass it, so the ID must be an
+ * agent's (not a workload's or the server's).
+ */
+export function authenticateAgent(
+  call: Caller,
+  ca: CertificateAuthority,
+  trustDomain: string,
+  clock: Clock,
+): string {
+  const peer = call.getAuthContext().sslPeerCertificate;
+  if (peer?.raw === undefined)
+    throw new AttestationError(
+      'ERR_AGENT_UNAUTHENTICATED',
+      'this call needs the agent SVID as TLS client certificate; attest first',
+    );
+  try {
+    const { id } = verifyX509Svid([new X509Certificate(peer.raw)], new BundleSet([ca.bundle()]), {
+      time: new Date(clock.now()),
+    });
+    if (id.trustDomain.name !== trustDomain || !id.path.startsWith('/agent/'))
+      throw new Error(`${id.toString()} is not an agent of ${trustDomain}`);
+    return id.toString();
+  } catch (cause) {
+    throw new AttestationError(
+      'ERR_AGENT_UNAUTHENTICATED',
+      `the client certificate is not a valid agent SVID (${(cause as Error).message}); attest again`,
+      { cause },
+    );
+  }
+}
+
+export class SyncHandlers {
+  readonly #o: SyncOptions;
+
+  constructor(options: SyncOptions) {
+    this.#o = options;
+  }
+
+  /** The handlers to add to the Agent service. */
+  implementation() {
+    return {
+      FetchEntries: (call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>) => {
+        void this.#fetchEntries(call).catch((error: unknown) => {
+          call.emit('error', this.#refusal('FetchEntries', error));
+        });
+      },
+      BatchNewX509SVID: (
+        call: ServerUnaryCall<BatchNewX509SvidRequest, BatchNewX509SvidResponse>,
+        callback: sendUnaryData<BatchNewX509SvidResponse>,
+      ) =>
+        this.#unary('BatchNewX509SVID', call, callback, (agent) =>
+          this.#batchNewX509Svid(agent, call.request),
+        ),
+      NewJWTSVID: (
+        call: ServerUnaryCall<NewJwtSvidRequest, NewJwtSvidResponse>,
+        callback: sendUnaryData<NewJwtSvidResponse>,
+      ) => this.#unary('NewJWTSVID', call, callback, (agent) => this.#newJwtSvid(agent, call.request)),
+      FetchBundles: (
+        call: ServerUnaryCall<Record<string, never>, FetchBundlesResponse>,
+        callback: sendUnaryData<FetchBundlesResponse>,
+      ) => this.#unary('FetchBundles', call, callback, (agent) => this.#fetchBundles(agent)),
+    };
+  }
+
+  #unary<Req, Res>(
+    method: string,
+    call: ServerUnaryCall<Req, Res>,
+    callback: sendUnaryData<Res>,
+    handle: (agent: Authorization & { agentId: string }) => Promise<Res>,
+  ): void {
+    this.#authorize(call)
+      .then(handle)
+      .then(
+        (response) => callback(null, response),
+        (error: unknown) => callback(this.#refusal(method, error)),
+      );
+  }
+
+  /** The caller's agent ID and what it is authorized for now. */
+  async #authorize(call: Caller): Promise<Authorization & { agentId: string }> {
+    const agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
+    const node = await this.#o.datastore.getNode(agentId);
+    if (node === undefined)
+      throw new AttestationError(
+        'ERR_AGENT_NOT_ATTESTED',
+        'this agent is not attested (evicted, or never was); attest again',
+      );
+    if (node.banned)
+      throw new AttestationError(
+        'ERR_ATTEST_BANNED',
+        `agent ${agentId} is banned; an operator must run "ironroot-server agent unban" first`,
+      );
+    await this.#o.journal.refresh();
+    return { agentId, ...this.#o.journal.authorize(agentId, node.selectors, nowSeconds(this.#o.clock)) };
+  }
+
+  async #fetchEntries(call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>): Promise<void> {
+    const authorization = await this.#authorize(call);
+    const cursor = cursorIn(call.request.cursor);
+    const changes = this.#o.journal.changes(cursor, authorization);
+    const entries = changes.entries.map(entryMessage);
+    const deletedIds = changes.full ? [] : changes.deletedIds;
+    const pages = Math.max(1, Math.ceil((entries.length + deletedIds.length) / ENTRY_PAGE_SIZE));
+    let deletedFrom = 0;
+    for (let page = 0; page < pages; page++) {
+      const batch = entries.slice(page * ENTRY_PAGE_SIZE, (page + 1) * ENTRY_PAGE_SIZE);
+      const room = ENTRY_PAGE_SIZE - batch.length;
+      const deleted = deletedIds.slice(deletedFrom, deletedFrom + room);
+      deletedFrom += deleted.length;
+      const last = page === pages - 1;
+      const message: FetchEntriesResponse = {
+        full: changes.full,
+        entries: batch,
+        deleted_ids: deleted,
+        cursor: last ? changes.cursor : null,
+      };
+      // Respect the transport's backpressure: tens of thousands of entries must not pile up in memory.
+      if (!call.write(message)) await drained(call);
+      if (call.cancelled) return;
+    }
+    call.end();
+    const kind = changes.full ? 'full' : 'incremental';
+    this.#o.entriesSent.inc({ sync: kind }, entries.length + deletedIds.length);
+    this.#o.logger.debug(
+      {
+        agent_id: authorization.agentId,
+        sync: kind,
+        entries: entries.length,
+        deleted: deletedIds.length,
+        revision: changes.cursor.revision,
+      },
+      'entries sent',
+    );
+  }
+
+  async #batchNewX509Svid(
+    agent: Authorization & { agentId: string },
+    request: BatchNewX509SvidRequest,
+  ): Promise<BatchNewX509SvidResponse> {
+    if (request.requests.length > MAX_CSRS_PER_BATCH)
+      throw new AttestationError(
+        'ERR_AGENT_BAD_REQUEST',
+        `${request.requests.length} CSRs in one call; send at most ${MAX_CSRS_PER_BATCH} per call`,
+      );
+    const work: { entry: RegistrationEntry; csr: ParsedCsr }[] = [];
+    for (const item of request.requests) {
+      const entry = this.#entry(agent, item.entry_id);
+      let csr: ParsedCsr;
+      try {
+        csr = await parseCsr(new Uint8Array(item.csr));
+      } catch (cause) {
+        throw new AttestationError(
+          'ERR_ATTEST_CSR_INVALID',
+          `the CSR for entry ${item.entry_id} is not valid: ${(cause as Error).message}`,
+          { cause },
+        );
+      }
+      work.push({ entry, csr });
+    }
+    // Signed one after another through the key manager, which serialises HSM sessions itself.
+    const svids = [];
+    for (const { entry, csr } of work) {
+      const minted = await this.#o.ca.mintX509Svid({
+        spiffeId: SpiffeId.parse(entry.spiffeId),
+        publicKey: csr.publicKey,
+        ttl: entry.x509SvidTtl > 0 ? entry.x509SvidTtl : this.#o.defaultX509SvidTtl,
+        ...(entry.dnsNames.length > 0 ? { dnsNames: entry.dnsNames } : {}),
+      });
+      svids.push({ entry_id: entry.id, chain: minted.chain.map((c) => c.raw), expires_at: minted.expiresAt });
+    }
+    this.#o.svidsIssued.inc({ kind: 'x509' }, svids.length);
+    this.#o.logger.debug({ agent_id: agent.agentId, svids: svids.length }, 'workload X.509-SVIDs issued');
+    return { svids };
+  }
+
+  async #newJwtSvid(
+    agent: Authorization & { agentId: string },
+    request: NewJwtSvidRequest,
+  ): Promise<NewJwtSvidResponse> {
+    const entry = this.#entry(agent, request.entry_id);
+    if (request.audience.length === 0 || request.audience.some((a) => a === ''))
+      throw new AttestationError('ERR_AGENT_BAD_REQUEST', 'a JWT-SVID needs at least one non-empty audience');
+    const minted = await this.#o.ca.mintJwtSvid({
+      spiffeId: SpiffeId.parse(entry.spiffeId),
+      audience: request.audience,
+      ttl: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl : this.#o.defaultJwtSvidTtl,
+    });
+    this.#o.svidsIssued.inc({ kind: 'jwt' });
+    this.#o.logger.debug(
+      { agent_id: agent.agentId, entry_id: entry.id, spiffe_id: entry.spiffeId },
+      'workload JWT-SVID issued',
+    );
+    return { token: minted.token, expires_at: minted.expiresAt };
+  }
+
+  async #fetchBundles(agent: Authorization & { agentId: string }): Promise<FetchBundlesResponse> {
+    const domains = new Set<string>();
+    for (const entry of agent.entries.values()) for (const td of entry.federatesWith) domains.add(td);
+    const federated = [];
+    for (const td of [...domains].sort()) {
+      const stored = await this.#o.datastore.getBundle(td);
+      // A trust domain nobody has a bundle for yet is skipped; it appears once an operator sets it.
+      if (stored?.federated) federated.push({ trust_domain: td, document: stored.document });
+    }
+    const active = this.#o.ca.slots.find((s) => s.authority === 'x509' && s.state === 'active');
+    return {
+      bundle: this.#o.ca.bundle().marshal(),
+      active_x509_authority: Buffer.from(active?.certificateDer ?? new Uint8Array()),
+      federated,
+    };
+  }
+
+  #entry(agent: Authorization & { agentId: string }, entryId: string): RegistrationEntry {
+    const entry = agent.entries.get(entryId);
+    if (entry === undefined)
+      throw new AttestationError(
+        'ERR_AGENT_ENTRY_NOT_AUTHORIZED',
+        `entry ${JSON.stringify(entryId)} does not exist or is not parented to agent ${agent.agentId} (directly, through a node alias, or below); sync entries again`,
+      );
+    return entry;
+  }
+
+  #refusal(method: string, error: unknown): Partial<ServerErrorResponse> {
+    const refusal =
+      error instanceof AttestationError
+        ? error
+        : new AttestationError('ERR_AGENT_INTERNAL', 'the server failed; see its log', { cause: error });
+    if (refusal.code === 'ERR_AGENT_INTERNAL')
+      this.#o.logger.error({ err: error, method }, 'agent API failure');
+    else this.#o.logger.warn({ method, result: 'refused', reason: refusal.code }, refusal.message);
+    const metadata = new Metadata();
+    metadata.set('ironroot-error-code', refusal.code);
+    return { code: refusal.grpcStatus, details: `${refusal.code}: ${refusal.message}`, metadata };
+  }
+}
+
+/** Resolves when the stream can take more, or the agent went away. */
+function drained(call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off('drain', done);
+      call.off('cancelled', done);
+      call.off('close', done);
+      resolve();
+    };
+    call.once('drain', done);
+    call.once('cancelled', done);
+    call.once('close', done);
+  });
+}
+
+function cursorIn(message: FetchEntriesRequest['cursor']): SyncCursor | undefined {
+  if (!message || message.epoch === '') return undefined;
+  return { epoch: message.epoch, revision: message.revision, scope: message.scope };
+}
+
+function entryMessage(entry: RegistrationEntry): EntryMessage {
+  return {
+    id: entry.id,
+    spiffe_id: entry.spiffeId,
+    parent_id: entry.parentId,
+    selectors: entry.selectors.map((s) => `${s.type}:${s.value}`),
+    x509_svid_ttl: entry.x509SvidTtl,
+    jwt_svid_ttl: entry.jwtSvidTtl,
+    dns_names: entry.dnsNames,
+    federates_with: entry.federatesWith,
+    hint: entry.hint,
+    revision_number: entry.revisionNumber,
+    created_at: entry.createdAt,
+    expires_at: entry.expiresAt,
+  };
+}

@@ -1,0 +1,116 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SvidCache } from '../../src/agent/cache.js';
+import { AgentApiClient } from '../../src/agent/client.js';
+import { ENTRY_PAGE_SIZE } from '../../src/server/agentapi/sync.js';
+import { SpiffeId } from '../../src/spiffe/index.js';
+import { startAttestServer, TD, type TestServer } from '../attestation/harness.js';
+import { entry, SERVER_ID } from './harness.js';
+
+const ENTRIES = 20_000;
+const AGENT_ID = `spiffe://${TD}/agent/join_token/5ca1e0000000`;
+
+/** Entries sent by the server's FetchEntries, by sync kind, from its Prometheus counter. */
+async function entriesSent(server: TestServer, sync: 'full' | 'incremental'): Promise<number> {
+  const metric = await server.server.health.inject({ method: 'GET', url: '/metrics' });
+  const line = metric.body
+    .split('\n')
+    .find((l) => l.startsWith(`ironroot_agent_entries_sent_total{sync="${sync}"}`));
+  return Number(line?.split(' ')[1] ?? 0);
+}
+
+/**
+ * The server's side of entry sync at scale, through the agent's own client and cache. The caller is
+ * an agent the server knows (a node record and an agent SVID from its CA), but no agent process:
+ * a running agent would also issue 20 000 SVIDs, which is SVID issuance, not what this measures.
+ */
+describe(`entry sync at ${ENTRIES} entries`, () => {
+  let server: TestServer;
+  let client: AgentApiClient;
+
+  beforeAll(async () => {
+    server = await startAttestServer();
+    const ds = server.server.datastore;
+    await ds.upsertNode(
+      {
+        spiffeId: AGENT_ID,
+        attestationType: 'join_token',
+        serialNumber: '1',
+        expiresAt: Math.floor(Date.now() / 1000) + 3600,
+        banned: false,
+        selectors: [{ type: 'join_token', value: '5ca1e0000000' }],
+        attestationCount: 1,
+        createdAt: Math.floor(Date.now() / 1000),
+      },
+      'test',
+    );
+    const alias = await ds.createEntry(entry('/node/scale', SERVER_ID, ['join_token:5ca1e0000000']), 'test');
+    for (let i = 0; i < ENTRIES; i++)
+      await ds.createEntry(entry(`/scale/${i}`, alias.spiffeId, [`unix:uid:${100_000 + i}`]), 'test');
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const svid = await server.server.ca.mintX509Svid({
+      spiffeId: SpiffeId.parse(AGENT_ID),
+      publicKey,
+      ttl: 3600,
+    });
+    client = new AgentApiClient({
+      address: server.address,
+      trustDomain: TD,
+      bundlePem: readFileSync(server.bundleFile, 'utf8'),
+      identity: {
+        keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+        chainPem: svid.chain.map((c) => c.toString()).join(''),
+      },
+    });
+  }, 300_000);
+
+  afterAll(async () => {
+    client?.close();
+    await server?.stop();
+  });
+
+  it('delivers every entry in pages, then only the one changed entry on the next sync', async () => {
+    const cache = new SvidCache({
+      trustDomain: TD,
+      attestors: [],
+      bootstrapRoots: [],
+      mintJwt: () => Promise.reject(new Error('not used')),
+    });
+    const full = await client.fetchEntries(undefined);
+    expect(full.full).toBe(true);
+    expect(full.entries).toHaveLength(ENTRIES);
+    expect(full.pages).toBe(Math.ceil(ENTRIES / ENTRY_PAGE_SIZE));
+    expect(new Set(full.entries.map((e) => e.spiffe_id)).size).toBe(ENTRIES);
+    cache.applyEntries(full);
+    expect(cache.entryCount).toBe(ENTRIES);
+
+    // Nothing changed: nothing is sent.
+    const quiet = await client.fetchEntries(full.cursor);
+    expect(quiet).toMatchObject({ full: false, entries: [], deletedIds: [] });
+
+    const incrementalBefore = await entriesSent(server, 'incremental');
+    const fullBefore = await entriesSent(server, 'full');
+    const ds = server.server.datastore;
+    const target = (await ds.listEntries({ spiffeId: `spiffe://${TD}/scale/7` })).entries[0];
+    if (target === undefined) throw new Error('entry /scale/7 not found');
+    await ds.updateEntry(target.id, { ...target, selectors: [{ type: 'unix', value: 'uid:99' }] }, 'test');
+
+    const one = await client.fetchEntries(quiet.cursor);
+    expect(one.full).toBe(false);
+    expect(one.pages).toBe(1);
+    expect(one.deletedIds).toEqual([]);
+    expect(one.entries.map((e) => [e.id, e.selectors])).toEqual([[target.id, ['unix:uid:99']]]);
+    expect((await entriesSent(server, 'incremental')) - incrementalBefore).toBe(1);
+    expect(await entriesSent(server, 'full')).toBe(fullBefore);
+    expect(cache.applyEntries(one)).toBe(true);
+    expect(cache.entryCount).toBe(ENTRIES);
+
+    // A deletion travels as its ID alone.
+    await ds.deleteEntry(target.id, 'test');
+    const gone = await client.fetchEntries(one.cursor);
+    expect(gone).toMatchObject({ full: false, entries: [], deletedIds: [target.id] });
+    cache.applyEntries(gone);
+    expect(cache.entryCount).toBe(ENTRIES - 1);
+  }, 120_000);
+});
