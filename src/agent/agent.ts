@@ -247,6 +247,7 @@ export class Agent {
       const client = this.#client(svid);
       try {
         await this.#sync.run(client, () => this.#stopped);
+        this.#keepBundle();
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
         this.#logger.warn(
@@ -265,6 +266,20 @@ export class Agent {
       const next = this.#cache.nextEvent();
       const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 - Date.now();
       await this.#sleepSync(Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
+    }
+  }
+
+  /**
+   * The server's SVID is signed by whichever CA is active; after a CA rotation only the synced
+   * bundle knows the new one. Persisting it keeps the agent able to authenticate the server (and
+   * to start after a restart) once the old CA is gone.
+   */
+  #keepBundle(): void {
+    const roots = this.#cache.bundle.x509Authorities;
+    const pem = roots.map((c) => c.toString()).join('');
+    if (roots.length > 0 && pem !== this.#store.loadBundle()) {
+      this.#store.saveBundle(roots);
+      this.#logger.info({ authorities: roots.length }, 'trust bundle updated from the server');
     }
   }
 

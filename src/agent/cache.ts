@@ -16,6 +16,7 @@ import type {
   X509SvidMaterial,
 } from '../workload-api/provider.js';
 import type { EntrySync } from './client.js';
+import { AgentError } from './errors.js';
 import type { EntryMessage, FetchBundlesResponse } from './proto.js';
 import { attestWorkload, type WorkloadAttestor } from './workloadattestor/attestor.js';
 
@@ -86,6 +87,11 @@ export class SvidCache implements WorkloadIdentityProvider {
     this.#bundle = new SpiffeBundle(this.#trustDomain, { x509Authorities: options.bootstrapRoots });
   }
 
+  /** The own trust domain's bundle as last synced. */
+  get bundle(): SpiffeBundle {
+    return this.#bundle;
+  }
+
   get entryCount(): number {
     return this.#entries.size;
   }
@@ -127,7 +133,11 @@ export class SvidCache implements WorkloadIdentityProvider {
     const entry = [...this.#entries.values()]
       .filter((e) => e.spiffeId.equals(spiffeId))
       .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))[0];
-    if (entry === undefined) throw new Error(`no entry for ${spiffeId.toString()} in the cache`);
+    if (entry === undefined)
+      throw new AgentError(
+        'ERR_AGENT_STATE',
+        `no entry for ${spiffeId.toString()} in the cache (removed since the caller was attested); ask again`,
+      );
     const minted = await this.#mintJwt(entry.id, audience);
     this.#jwts.delete(key);
     if (this.#jwts.size >= MAX_CACHED_JWTS) {

@@ -14,7 +14,7 @@ import {
 } from '../attestation/harness.js';
 import { RawClient } from '../helpers/raw-client.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
-import { requireFreshDist, runNodeAs, systemUser } from '../helpers/workload-api.js';
+import { requireFreshDist, runNodeAs, systemUser, TestCa } from '../helpers/workload-api.js';
 import { api, entry, SERVER_ID, workloadSocketPath, workloadWhere, type X509Json } from './harness.js';
 
 /**
@@ -47,12 +47,14 @@ describe('workload identity end to end (TPM-attested agent, two uids)', () => {
     });
     oidcPort = server.server.ports.oidc ?? 0;
     const ds = server.server.datastore;
+    await ds.setFederatedBundle('other.org', (await TestCa.create('other.org')).bundle().marshal(), 'test');
     // Every swtpm node: a node alias by TPM model, and alice's identity below it.
     const alias = await ds.createEntry(entry('/node/swtpm', SERVER_ID, ['tpm:model:swtpm']), 'test');
     await ds.createEntry(
       entry('/workload/alice', alias.spiffeId, [`unix:uid:${alice.uid}`], {
         hint: 'alice',
         dnsNames: ['alice.test'],
+        federatesWith: ['other.org'],
       }),
       'test',
     );
@@ -83,6 +85,12 @@ describe('workload identity end to end (TPM-attested agent, two uids)', () => {
     const bobSvids = (JSON.parse(b.stdout) as X509Json).svids;
     expect(aliceSvids.map((s) => [s.spiffe_id, s.hint])).toEqual([[aliceId, 'alice']]);
     expect(bobSvids.map((s) => s.spiffe_id)).toEqual([bobId]);
+    // alice's entry federates with other.org, bob's with nobody.
+    expect(Object.keys((JSON.parse(a.stdout) as X509Json).bundles).sort()).toEqual([
+      `spiffe://${TD}`,
+      'spiffe://other.org',
+    ]);
+    expect(Object.keys((JSON.parse(b.stdout) as X509Json).bundles)).toEqual([`spiffe://${TD}`]);
     const leaf = new X509Certificate(aliceSvids[0]?.certificates ?? '');
     expect(leaf.subjectAltName).toContain(`URI:${aliceId}`);
     expect(leaf.subjectAltName).toContain('DNS:alice.test');

@@ -95,8 +95,35 @@ describe('SVID rotation and entry changes on an open FetchX509SVID stream', () =
       expect(ids(added).sort()).toEqual([api.spiffeId, db.spiffeId].sort());
       await ds.deleteEntry(api.id, 'test');
       await ds.deleteEntry(db.id, 'test');
+      await workloadWhere(agent, 'the cache to empty', (w) => w.entries === 0 && w.svids === 0);
     } finally {
       stream.cancel();
+    }
+  });
+
+  it('re-issues SVIDs signed by the new CA when the server’s X.509 CA rotates', async () => {
+    const ds = server.server.datastore;
+    const svc = await ds.createEntry(entry('/svc', agentId, [me], { x509SvidTtl: 3600 }), 'test');
+    await workloadWhere(agent, 'the /svc SVID', (w) => w.svids === 1);
+    const stream = client.stream<X509SVIDResponseMessage>('FetchX509SVID');
+    try {
+      const [first] = await stream.waitFor(1);
+      const oldLeaf = new X509Certificate(first?.svids[0]?.x509_svid ?? Buffer.alloc(0));
+      const seen = stream.messages.length;
+      await server.server.ca.prepare('x509', 'test');
+      const activated = await server.server.ca.activate('x509', 'test');
+      const newCa = new X509Certificate(activated.certificateDer ?? new Uint8Array());
+      expect(oldLeaf.verify(newCa.publicKey)).toBe(false);
+      const reissued = await messageWhere(stream, 'an SVID signed by the new CA', seen, (m) =>
+        new X509Certificate(m.svids[0]?.x509_svid ?? Buffer.alloc(0)).verify(newCa.publicKey),
+      );
+      expect(ids(reissued)).toEqual([svc.spiffeId]);
+      // The bundle sent with it holds the new CA (and still the old one, for SVIDs not yet renewed).
+      expect(reissued.svids[0]?.bundle.includes(newCa.raw)).toBe(true);
+    } finally {
+      stream.cancel();
+      await ds.deleteEntry(svc.id, 'test');
+      await workloadWhere(agent, 'the cache to empty', (w) => w.entries === 0 && w.svids === 0);
     }
   });
 
