@@ -84,7 +84,9 @@ export class AgentApiClient {
       options.bundlePem === undefined ? { rejectUnauthorized: false } : { checkServerIdentity },
     );
     const Ctor = agentService();
-    this.#client = new Ctor(options.address, creds);
+    // The server is authenticated by its SPIFFE ID, not by host name; naming the trust domain for
+    // TLS keeps Node from sending an IP address as SNI when the server address is one (DEP0123).
+    this.#client = new Ctor(options.address, creds, { 'grpc.ssl_target_name_override': options.trustDomain });
     this.#deadlineMs = options.deadlineMs ?? 60_000;
   }
 
