@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { AgentError } from '../errors.js';
 import { type AgentConfig, agentConfigSchema } from './schema.js';
 
@@ -53,12 +53,16 @@ function readConfigFile(file: string): Record<string, unknown> {
 }
 
 function describe(issue: z.core.$ZodIssue, raw: Record<string, unknown>): string {
-  const path = issue.path.map(String).join('.') || '(top level)';
-  if (issue.code === 'unrecognized_keys')
+  const path = issue.path.map(String).join('.');
+  if (issue.code === 'unrecognized_keys') {
+    const keys = allowedKeys(issue.path);
+    const allowed = keys.length > 0 ? keys.join(', ') : '(none)';
     return issue.keys
-      .map((key) => `${key}: unknown key; allowed keys: ${Object.keys(agentConfigSchema.shape).join(', ')}`)
+      .map((key) => `${path ? `${path}.` : ''}${key}: unknown key; allowed keys: ${allowed}`)
       .join('\n  ');
-  const written = issue.path.length === 1 ? raw[String(issue.path[0])] : undefined;
+  }
+  // The value as written, at the issue's full path (nested keys such as workload_attestors.k8s too).
+  const written = valueAt(raw, issue.path);
   const got = written === undefined ? 'missing' : `got ${JSON.stringify(written)}`;
   let allowed: string;
   if (issue.code === 'invalid_value')
@@ -67,5 +71,39 @@ function describe(issue: z.core.$ZodIssue, raw: Record<string, unknown>): string
   else if (issue.code === 'invalid_type') allowed = `allowed: a ${issue.expected}`;
   else allowed = `allowed: ${issue.message}`;
   // The join token is a secret: its value never appears in messages.
-  return `${path}: ${path === 'join_token' && written !== undefined ? 'got a token' : got}; ${allowed}`;
+  return `${path || '(top level)'}: ${path === 'join_token' && written !== undefined ? 'got a token' : got}; ${allowed}`;
+}
+
+function valueAt(raw: unknown, path: readonly PropertyKey[]): unknown {
+  let current = raw;
+  for (const part of path) {
+    if (current === null || typeof current !== 'object') return undefined;
+    current = Reflect.get(current, part);
+  }
+  return current;
+}
+
+/** Keys the schema allows at `path`, found by walking object shapes through their wrappers. */
+function allowedKeys(path: readonly PropertyKey[]): string[] {
+  let node: unknown = agentConfigSchema;
+  for (const part of path) node = shapeOf(unwrap(node))?.[String(part)];
+  return Object.keys(shapeOf(unwrap(node)) ?? {});
+}
+
+function unwrap(node: unknown): unknown {
+  let current = node;
+  for (;;) {
+    if (
+      current instanceof z.ZodOptional ||
+      current instanceof z.ZodDefault ||
+      current instanceof z.ZodNullable
+    )
+      current = current.unwrap();
+    else if (current instanceof z.ZodPipe) current = current.in;
+    else return current;
+  }
+}
+
+function shapeOf(node: unknown): Record<string, unknown> | undefined {
+  return node instanceof z.ZodObject ? (node.shape as Record<string, unknown>) : undefined;
 }

@@ -65,6 +65,10 @@ const workloadAttestors = z
         message: 'allowed: ca_file or skip_verify: true, not both',
       })
       .nullable()
+      // K8sAttestor cannot talk to the kubelet without one of them; say so here, by key.
+      .refine((k) => k !== null && (k.ca_file !== undefined || k.skip_verify === true), {
+        message: 'allowed: ca_file (the kubelet’s CA) or skip_verify: true',
+      })
       .optional(),
   })
   .default({ unix: {} });
