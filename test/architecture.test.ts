@@ -10,8 +10,9 @@ const ALLOWED: Record<string, readonly string[]> = {
   tpm: [],
   hsm: [],
   'workload-api': ['spiffe'],
-  agent: ['spiffe', 'tpm', 'workload-api', 'version.js'],
-  server: ['spiffe', 'tpm', 'hsm', 'version.js'],
+  'agent-api': [],
+  agent: ['spiffe', 'tpm', 'workload-api', 'agent-api', 'version.js'],
+  server: ['spiffe', 'tpm', 'hsm', 'agent-api', 'version.js'],
   // The end-to-end demo (npm run demo) drives the executables as child processes and uses the Workload API
   // client as a workload would; it needs no server or agent internals.
   demo: ['spiffe', 'workload-api'],

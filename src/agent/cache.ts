@@ -7,6 +7,7 @@
  * @module
  */
 import { type KeyObject, X509Certificate } from 'node:crypto';
+import type { EntryMessage, FetchBundlesResponse } from '../agent-api/proto.js';
 import { SpiffeBundle, SpiffeId, TrustDomain } from '../spiffe/index.js';
 import type {
   CallerCredentials,
@@ -17,7 +18,6 @@ import type {
 } from '../workload-api/provider.js';
 import type { EntrySync } from './client.js';
 import { AgentError } from './errors.js';
-import type { EntryMessage, FetchBundlesResponse } from './proto.js';
 import { attestWorkload, type WorkloadAttestor } from './workloadattestor/attestor.js';
 
 /** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */

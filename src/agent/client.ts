@@ -15,7 +15,6 @@ import {
   Metadata,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { AgentError } from './errors.js';
 import {
   type AttestAgentRequest,
   type AttestAgentResponse,
@@ -28,7 +27,8 @@ import {
   type NewJwtSvidResponse,
   type RenewAgentRequest,
   type SyncCursorMessage,
-} from './proto.js';
+} from '../agent-api/proto.js';
+import { AgentError } from './errors.js';
 
 /** One FetchEntries answer, its pages put together. */
 export interface EntrySync {

@@ -7,11 +7,11 @@
  */
 import { generateKeyPairSync } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { SyncCursorMessage } from '../agent-api/proto.js';
 import { createCsr, createKeySigner } from '../spiffe/index.js';
 import type { IssuedSvid, SvidCache } from './cache.js';
 import type { AgentApiClient } from './client.js';
 import { AgentError } from './errors.js';
-import type { SyncCursorMessage } from './proto.js';
 
 /** CSRs per BatchNewX509SVID call: a round trip per hundred keeps each call short. */
 const CSR_BATCH = 100;

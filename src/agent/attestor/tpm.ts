@@ -7,6 +7,8 @@
  *
  * @module
  */
+
+import type { ChallengeResponseMessage, TpmEvidenceMessage } from '../../agent-api/proto.js';
 import {
   activateCredential,
   createAk,
@@ -21,7 +23,6 @@ import {
   withEk,
 } from '../../tpm/index.js';
 import { AgentError } from '../errors.js';
-import type { ChallengeResponseMessage, TpmEvidenceMessage } from '../proto.js';
 import type { StoredAk } from '../store.js';
 
 export interface TpmAttestorOptions {

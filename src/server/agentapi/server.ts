@@ -12,6 +12,14 @@ import {
   type ServerErrorResponse,
 } from '@grpc/grpc-js';
 import type { Counter } from 'prom-client';
+import {
+  type AttestAgentRequest,
+  type AttestAgentResponse,
+  agentService,
+  type ChallengeResponseMessage,
+  type RenewAgentRequest,
+  type TpmEvidenceMessage,
+} from '../../agent-api/proto.js';
 import { type ParsedCsr, parseCsr, SpiffeId } from '../../spiffe/index.js';
 import { parseTpm2bPublic } from '../../tpm/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
@@ -33,14 +41,6 @@ import {
   verifyAnswer,
 } from '../nodeattestor/tpm.js';
 import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
-import {
-  type AttestAgentRequest,
-  type AttestAgentResponse,
-  agentService,
-  type ChallengeResponseMessage,
-  type RenewAgentRequest,
-  type TpmEvidenceMessage,
-} from './proto.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
 import { authenticateAgent, type SyncHandlers } from './sync.js';
 import { ServerTls } from './tls.js';

@@ -15,13 +15,6 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import type { Counter } from 'prom-client';
-import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
-import type { CertificateAuthority } from '../ca/authority.js';
-import { type Clock, nowSeconds } from '../clock.js';
-import type { Datastore, RegistrationEntry } from '../datastore/datastore.js';
-import type { Logger } from '../log.js';
-import { AttestationError } from '../nodeattestor/errors.js';
-import type { Authorization, EntryJournal, SyncCursor } from './entries.js';
 import type {
   BatchNewX509SvidRequest,
   BatchNewX509SvidResponse,
@@ -31,7 +24,14 @@ import type {
   FetchEntriesResponse,
   NewJwtSvidRequest,
   NewJwtSvidResponse,
-} from './proto.js';
+} from '../../agent-api/proto.js';
+import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
+import type { CertificateAuthority } from '../ca/authority.js';
+import { type Clock, nowSeconds } from '../clock.js';
+import type { Datastore, RegistrationEntry } from '../datastore/datastore.js';
+import type { Logger } from '../log.js';
+import { AttestationError } from '../nodeattestor/errors.js';
+import type { Authorization, EntryJournal, SyncCursor } from './entries.js';
 
 /** Entries per FetchEntries message: ~300 bytes each keeps a page far below gRPC's 4 MiB limit. */
 export const ENTRY_PAGE_SIZE = 1000;

@@ -1,5 +1,5 @@
 /**
- * The agent API's .proto, loaded at run time like the admin API's, and the message shapes as
+ * The agent API's .proto, loaded at run time, and the message shapes as
  * proto-loader hands them over (keepCase, bytes as Buffer, int64 as number, oneof name in `step`).
  *
  * @module
@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { type GrpcObject, loadPackageDefinition, type ServiceClientConstructor } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 
-const PROTO_ROOT = fileURLToPath(new URL('../../../proto', import.meta.url));
+const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
 
 export interface PcrSelectionMessage {
   hash_alg: number;
