@@ -9,11 +9,11 @@
  *   // tpm.tcti === 'swtpm:host=127.0.0.1,port=…'
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { accepts, freePortPair, manufactureConfig, swtpmSocketArgs } from '../../src/demo/swtpm.js';
 
 const run = promisify(execFile);
 
@@ -37,49 +37,10 @@ export interface SwtpmOptions {
   readonly pcrBanks?: string;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address === 'object') resolve(address.port);
-        else reject(new Error('no port assigned'));
-      });
-    });
-  });
-}
-
-async function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-/** Two consecutive free ports (swtpm's server port and its control port). */
-async function freePortPair(): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freePort();
-    if (port < 65535 && (await portIsFree(port + 1))) return port;
-  }
-  throw new Error('could not find two consecutive free TCP ports');
-}
-
 async function waitForPort(port: number, child: ChildProcess, log: () => string): Promise<void> {
   for (let attempt = 0; attempt < 100; attempt++) {
     if (child.exitCode !== null) throw new Error(`swtpm exited with ${child.exitCode}: ${log()}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (ok) return;
+    if (await accepts(port)) return;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   throw new Error(`swtpm did not listen on port ${port}: ${log()}`);
@@ -88,43 +49,10 @@ async function waitForPort(port: number, child: ChildProcess, log: () => string)
 export async function startSwtpm(options: SwtpmOptions = {}): Promise<Swtpm> {
   const dir = await mkdtemp(join(tmpdir(), 'ironroot-swtpm-'));
   const stateDir = join(dir, 'state');
-  const caDir = join(dir, 'localca');
-  await run('mkdir', ['-p', stateDir, caDir]);
-  const caConf = join(caDir, 'swtpm-localca.conf');
-  await writeFile(
-    caConf,
-    [
-      `statedir = ${caDir}`,
-      `signingkey = ${join(caDir, 'signkey.pem')}`,
-      `issuercert = ${join(caDir, 'issuercert.pem')}`,
-      `certserial = ${join(caDir, 'certserial')}`,
-      '',
-    ].join('\n'),
-  );
-  const setupConf = join(dir, 'swtpm_setup.conf');
-  await writeFile(
-    setupConf,
-    [
-      'create_certs_tool = /usr/bin/swtpm_localca',
-      `create_certs_tool_config = ${caConf}`,
-      'create_certs_tool_options = /etc/swtpm-localca.options',
-      `active_pcr_banks = ${options.pcrBanks ?? 'sha256'}`,
-      '',
-    ].join('\n'),
-  );
+  await run('mkdir', ['-p', stateDir]);
+  const { caDir, setupArgs } = await manufactureConfig(dir, stateDir, options.pcrBanks);
   try {
-    await run('swtpm_setup', [
-      '--tpm2',
-      '--tpmstate',
-      stateDir,
-      '--config',
-      setupConf,
-      '--create-ek-cert',
-      '--create-platform-cert',
-      '--lock-nvram',
-      '--pcr-banks',
-      options.pcrBanks ?? 'sha256',
-    ]);
+    await run('swtpm_setup', setupArgs);
   } catch (error) {
     await rm(dir, { recursive: true, force: true });
     throw error;
@@ -133,22 +61,7 @@ export async function startSwtpm(options: SwtpmOptions = {}): Promise<Swtpm> {
   const port = await freePortPair();
   const ctrlPort = port + 1;
   let output = '';
-  const child = spawn(
-    'swtpm',
-    [
-      'socket',
-      '--tpm2',
-      '--server',
-      `type=tcp,port=${port},bindaddr=127.0.0.1`,
-      '--ctrl',
-      `type=tcp,port=${ctrlPort},bindaddr=127.0.0.1`,
-      '--tpmstate',
-      `dir=${stateDir}`,
-      '--flags',
-      'not-need-init,startup-clear',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawn('swtpm', swtpmSocketArgs(port, stateDir), { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout?.on('data', (d: Buffer) => {
     output += d.toString();
   });
