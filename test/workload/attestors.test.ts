@@ -1,10 +1,7 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   healthy,
@@ -15,6 +12,7 @@ import {
   type TestServer,
   until,
 } from '../attestation/harness.js';
+import { type ReplayKubelet, startReplayKubelet } from '../helpers/kubelet.js';
 import { AGENT_BIN, openTempDir, type RunResult } from '../helpers/workload-api.js';
 import { entry, workloadSocketPath, workloadWhere, type X509Json } from './harness.js';
 
@@ -26,11 +24,9 @@ import { entry, workloadSocketPath, workloadWhere, type X509Json } from './harne
  * the real `/proc`.
  */
 const CGROUP_ROOTS = ['/sys/fs/cgroup/systemd', '/sys/fs/cgroup/unified'];
-const podList = readFileSync(fileURLToPath(new URL('../fixtures/kubelet/pods.json', import.meta.url)));
 /** The fixture's container IDs are SHA-256 of the container name; `web` is in pod WEB_POD, ns shop. */
 const WEB_CONTAINER = createHash('sha256').update('web').digest('hex');
 const WEB_POD = '5f0b3c2e-8d1a-4e6b-9c7f-2a4d6e8f0b1c';
-const TOKEN = 'kubelet-reader-token';
 
 /**
  * `ironroot-agent api fetch x509` in a process that waits on stdin until it has been moved into
@@ -85,7 +81,7 @@ function ids(result: RunResult): string[] {
 describe('systemd and k8s workload attestors configured on a running agent', () => {
   let server: TestServer;
   let agent: TestAgent;
-  let kubelet: Server;
+  let kubelet: ReplayKubelet | undefined;
   let socketPath: string;
   const unit = `ironroot-wl-${randomBytes(4).toString('hex')}.service`;
   const unitCgroup = `system.slice/${unit}`;
@@ -103,41 +99,7 @@ describe('systemd and k8s workload attestors configured on a running agent', () 
           if (mkdirSync(dir, { recursive: true }) !== undefined) created.push(dir);
         }
       }
-    const dir = openTempDir('ironroot-kubelet-');
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        join(dir, 'kubelet.key'),
-        '-out',
-        join(dir, 'kubelet.crt'),
-        '-subj',
-        '/CN=node-a.dc1.example.org',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1',
-        '-days',
-        '1',
-      ],
-      { stdio: 'ignore' },
-    );
-    writeFileSync(join(dir, 'token'), `${TOKEN}\n`);
-    kubelet = createServer(
-      { key: readFileSync(join(dir, 'kubelet.key')), cert: readFileSync(join(dir, 'kubelet.crt')) },
-      (req, res) => {
-        if (req.headers.authorization !== `Bearer ${TOKEN}`) res.writeHead(401).end('Unauthorized');
-        else if (req.url === '/pods') res.writeHead(200, { 'content-type': 'application/json' }).end(podList);
-        else res.writeHead(404).end();
-      },
-    );
-    await new Promise<void>((resolve) => kubelet.listen(0, '127.0.0.1', resolve));
-    const port = (kubelet.address() as AddressInfo).port;
+    kubelet = await startReplayKubelet(openTempDir('ironroot-kubelet-'));
 
     server = await startAttestServer();
     const token = await server.registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'test');
@@ -151,9 +113,9 @@ describe('systemd and k8s workload attestors configured on a running agent', () 
       workload_attestors: {
         systemd: {},
         k8s: {
-          kubelet_url: `https://127.0.0.1:${port}`,
-          ca_file: join(dir, 'kubelet.crt'),
-          token_file: join(dir, 'token'),
+          kubelet_url: kubelet.url,
+          ca_file: kubelet.caFile,
+          token_file: kubelet.tokenFile,
         },
       },
     });
@@ -172,7 +134,7 @@ describe('systemd and k8s workload attestors configured on a running agent', () 
   afterAll(async () => {
     await agent?.stop();
     await server?.stop();
-    await new Promise((resolve) => (kubelet ? kubelet.close(resolve) : resolve(undefined)));
+    await kubelet?.close();
     // Deepest first; each is empty once its processes have exited.
     for (const dir of [...created].sort((a, b) => b.length - a.length)) rmdirSync(dir);
   });

@@ -1,21 +1,17 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCgroups } from '../../../src/agent/workloadattestor/cgroup.js';
 import { K8sAttestor, podContainerOfCgroups } from '../../../src/agent/workloadattestor/k8s.js';
+import { KUBELET_TOKEN, type ReplayKubelet, startReplayKubelet } from '../../helpers/kubelet.js';
 
-const podList = readFileSync(fileURLToPath(new URL('../../fixtures/kubelet/pods.json', import.meta.url)));
 /** The fixture's container IDs are SHA-256 of the container name. */
 const id = (name: string) => createHash('sha256').update(name).digest('hex');
 const WEB_POD = '5f0b3c2e-8d1a-4e6b-9c7f-2a4d6e8f0b1c';
 const PAY_POD = 'c3a1e9d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e';
-const TOKEN = 'kubelet-reader-token';
 
 /** cgroup files in the formats real nodes produce, by fake pid. */
 const CGROUPS: Record<number, string> = {
@@ -47,14 +43,12 @@ const CGROUPS: Record<number, string> = {
 
 describe('k8s workload attestor against a replayed kubelet /pods', () => {
   let dir: string;
-  let kubelet: Server;
-  let url: string;
-  const seenAuth: Array<string | undefined> = [];
+  let kubelet: ReplayKubelet;
 
   const attestor = (overrides: Partial<ConstructorParameters<typeof K8sAttestor>[0]> = {}) =>
     new K8sAttestor({
       procRoot: join(dir, 'proc'),
-      kubeletUrl: url,
+      kubeletUrl: kubelet.url,
       kubeletCaPath: join(dir, 'kubelet.crt'),
       tokenPath: join(dir, 'token'),
       ...overrides,
@@ -62,29 +56,7 @@ describe('k8s workload attestor against a replayed kubelet /pods', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'k8s-attestor-'));
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        join(dir, 'kubelet.key'),
-        '-out',
-        join(dir, 'kubelet.crt'),
-        '-subj',
-        '/CN=node-a.dc1.example.org',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1',
-        '-days',
-        '1',
-      ],
-      { stdio: 'ignore' },
-    );
+    kubelet = await startReplayKubelet(dir);
     execFileSync(
       'openssl',
       [
@@ -106,30 +78,14 @@ describe('k8s workload attestor against a replayed kubelet /pods', () => {
       ],
       { stdio: 'ignore' },
     );
-    writeFileSync(join(dir, 'token'), `${TOKEN}\n`);
     for (const [pid, text] of Object.entries(CGROUPS)) {
       mkdirSync(join(dir, 'proc', pid), { recursive: true });
       writeFileSync(join(dir, 'proc', pid, 'cgroup'), text);
     }
-    kubelet = createServer(
-      { key: readFileSync(join(dir, 'kubelet.key')), cert: readFileSync(join(dir, 'kubelet.crt')) },
-      (req, res) => {
-        seenAuth.push(req.headers.authorization);
-        if (req.headers.authorization !== `Bearer ${TOKEN}`) {
-          res.writeHead(401).end('Unauthorized');
-        } else if (req.url === '/pods') {
-          res.writeHead(200, { 'content-type': 'application/json' }).end(podList);
-        } else {
-          res.writeHead(404).end();
-        }
-      },
-    );
-    await new Promise<void>((resolve) => kubelet.listen(0, '127.0.0.1', resolve));
-    url = `https://127.0.0.1:${(kubelet.address() as AddressInfo).port}`;
   });
 
   afterAll(async () => {
-    await new Promise((resolve) => kubelet.close(resolve));
+    await kubelet.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -147,7 +103,7 @@ describe('k8s workload attestor against a replayed kubelet /pods', () => {
       'k8s:pod-label:tier:frontend',
       'k8s:pod-label:pod-template-hash:7d9c6b5f4d',
     ]);
-    expect(seenAuth.at(-1)).toBe(`Bearer ${TOKEN}`);
+    expect(kubelet.seenAuth.at(-1)).toBe(`Bearer ${KUBELET_TOKEN}`);
   });
 
   it('describes a CRI-O container under cgroup v1 with the systemd driver', async () => {
