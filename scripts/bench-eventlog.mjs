@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Event log parse + replay throughput, on a real ~100-event log from ../shared. Run after a build
+// Event log parse + replay throughput, on a real ~100-event log from test/fixtures/eventlogs. Run after a build
 // (`npm run bench:eventlog` does both): it imports the compiled library from dist/, as the server will.
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -14,7 +14,7 @@ if (!existsSync(dist)) {
 const { parseEventLog, replay, decodeAll, summarize } = await import(dist);
 
 // mb_log.bin: a CentOS machine's log, crypto-agile, SHA-256 only, 102 events (keylime test data).
-const logPath = join(root, '..', 'shared', 'eventlogs', 'keylime', 'mb_log.bin');
+const logPath = join(root, 'test', 'fixtures', 'eventlogs', 'keylime', 'mb_log.bin');
 const log = readFileSync(logPath);
 
 function bench(name, fn) {

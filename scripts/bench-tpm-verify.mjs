@@ -6,7 +6,7 @@
 //   npx tsc -p tsconfig.build.json && node scripts/bench-tpm-verify.mjs
 //
 // The full rows add the third verifier step: parsing and replaying a real 102-event firmware log
-// (keylime's mb_log.bin from ../shared) and comparing it with the quoted PCRs.
+// (keylime's mb_log.bin from test/fixtures/eventlogs) and comparing it with the quoted PCRs.
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -171,7 +171,7 @@ const dir = await mkdtemp(join(tmpdir(), 'ironroot-bench-tpmverify-'));
 try {
   const evidence = await recordEvidence(dir);
   const credential = randomBytes(32);
-  const eventLog = await readFile(new URL('../../shared/eventlogs/keylime/mb_log.bin', import.meta.url));
+  const eventLog = await readFile(new URL('../test/fixtures/eventlogs/keylime/mb_log.bin', import.meta.url));
   const replayLog = () => tpm.replay(tpm.parseEventLog(eventLog));
   const rows = [];
   for (const kind of ['rsa', 'ecc']) {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { builtBin } from '../helpers/dist.js';
-import { sharedPath } from '../helpers/shared.js';
+import { fixturePath } from '../helpers/fixtures.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
 import { tpm2 } from '../helpers/tpm2-tools.js';
 
@@ -117,11 +117,10 @@ describe('ironroot-agent tpm', () => {
 describe('ironroot-agent tpm eventlog', () => {
   it('replays a real firmware log through the executable to the PCRs its source asserts', async () => {
     const name = 'go-attestation/sb_cert_eventlog';
-    const expected = JSON.parse(await readFile(sharedPath('eventlogs/expected_pcrs.json'), 'utf8')) as Record<
-      string,
-      { pcrs: Record<string, Record<string, string>> }
-    >;
-    const out = JSON.parse(await agent(['tpm', 'eventlog', sharedPath(`eventlogs/${name}`), '--json'])) as {
+    const expected = JSON.parse(
+      await readFile(fixturePath('eventlogs/expected_pcrs.json'), 'utf8'),
+    ) as Record<string, { pcrs: Record<string, Record<string, string>> }>;
+    const out = JSON.parse(await agent(['tpm', 'eventlog', fixturePath(`eventlogs/${name}`), '--json'])) as {
       pcrs: Record<string, Record<string, string>>;
     };
     const sha256 = out.pcrs.sha256 ?? {};

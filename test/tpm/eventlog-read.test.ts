@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { readEventLog, TpmError, unwrapCertificate } from '../../src/tpm/index.js';
-import { sharedPath } from '../helpers/shared.js';
+import { fixturePath } from '../helpers/fixtures.js';
 
 describe('readEventLog', () => {
   it('returns the bytes of the log at a given path', async () => {
-    const path = sharedPath('eventlogs', 'keylime', 'binary_bios_measurements');
+    const path = fixturePath('eventlogs', 'keylime', 'binary_bios_measurements');
     const bytes = await readEventLog(path);
     expect(Buffer.from(bytes).equals(await readFile(path))).toBe(true);
     expect(bytes.byteLength).toBeGreaterThan(0);

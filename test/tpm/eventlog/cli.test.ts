@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { CommanderError } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_EVENTLOG_PATH, eventlogCommand } from '../../../src/agent/cli/tpm-eventlog.js';
-import { sharedPath } from '../../helpers/shared.js';
+import { fixturePath } from '../../helpers/fixtures.js';
 
 interface Run {
   stdout: string;
@@ -33,12 +33,12 @@ async function run(...args: string[]): Promise<Run> {
   }
 }
 
-const expected = JSON.parse(readFileSync(sharedPath('eventlogs', 'expected_pcrs.json'), 'utf8')) as Record<
+const expected = JSON.parse(readFileSync(fixturePath('eventlogs', 'expected_pcrs.json'), 'utf8')) as Record<
   string,
   { pcrs: Record<string, Record<string, string>> }
 >;
 const mokPcrs = expected['tpm2-tools/event-moklisttrusted.bin']?.pcrs.sha256 ?? {};
-const mokLog = sharedPath('eventlogs', 'tpm2-tools', 'event-moklisttrusted.bin');
+const mokLog = fixturePath('eventlogs', 'tpm2-tools', 'event-moklisttrusted.bin');
 
 describe('ironroot-agent tpm eventlog', () => {
   it('prints events with PCR, type, digests and decoded data, then the replayed PCRs', async () => {
@@ -70,7 +70,9 @@ describe('ironroot-agent tpm eventlog', () => {
   });
 
   it('fails with the error code and byte offset for a bogus log', async () => {
-    const { stderr, error } = await run(sharedPath('eventlogs', 'keylime', 'binary_bios_measurements-bogus'));
+    const { stderr, error } = await run(
+      fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-bogus'),
+    );
     expect(error).toMatchObject({ exitCode: 1, code: 'ERR_EVENTLOG_MALFORMED' });
     expect(stderr).toContain('ERR_EVENTLOG_MALFORMED at byte offset 0');
   });

@@ -11,7 +11,7 @@ import {
   replay,
   summarize,
 } from '../../../src/tpm/eventlog/index.js';
-import { sharedPath } from '../../helpers/shared.js';
+import { fixturePath } from '../../helpers/fixtures.js';
 import { agileLog, sha1Record } from './build-log.js';
 
 function u64(n: bigint): Buffer {
@@ -266,7 +266,7 @@ describe('replay rules', () => {
 describe('summary of real logs', () => {
   it('keylime secure-boot log: Secure Boot on, ExitBootServices seen, separators in PCR 0-7', () => {
     const log = parseEventLog(
-      readFileSync(sharedPath('eventlogs', 'keylime', 'binary_bios_measurements-secureboot')),
+      readFileSync(fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-secureboot')),
     );
     expect(summarize(log)).toMatchObject({
       format: 'crypto-agile',
@@ -286,7 +286,7 @@ describe('summary of real logs', () => {
   });
 
   it('sb_cert_eventlog: shim authority events with data past their declared lengths are decoded and reported', () => {
-    const log = parseEventLog(readFileSync(sharedPath('eventlogs', 'go-attestation', 'sb_cert_eventlog')));
+    const log = parseEventLog(readFileSync(fixturePath('eventlogs', 'go-attestation', 'sb_cert_eventlog')));
     const shim = decodeAll(log).filter(
       (d) => d.decoded?.kind === 'uefi-variable' && d.decoded.trailing !== undefined,
     );
@@ -299,7 +299,7 @@ describe('summary of real logs', () => {
   });
 
   it('keylime laptop log: Secure Boot off, StartupLocality 3, Lenovo CRTM version', () => {
-    const log = parseEventLog(readFileSync(sharedPath('eventlogs', 'keylime', 'binary_bios_measurements')));
+    const log = parseEventLog(readFileSync(fixturePath('eventlogs', 'keylime', 'binary_bios_measurements')));
     expect(summarize(log)).toMatchObject({
       secureBoot: 'disabled',
       startupLocality: 3,
@@ -309,7 +309,7 @@ describe('summary of real logs', () => {
 
   it('crypto_agile_eventlog: an empty SecureBoot variable gives unknown, not disabled', () => {
     const log = parseEventLog(
-      readFileSync(sharedPath('eventlogs', 'go-attestation', 'crypto_agile_eventlog')),
+      readFileSync(fixturePath('eventlogs', 'go-attestation', 'crypto_agile_eventlog')),
     );
     const secureBoot = decodeAll(log).find(
       (d) => d.decoded?.kind === 'uefi-variable' && d.decoded.name === 'SecureBoot',
@@ -320,14 +320,14 @@ describe('summary of real logs', () => {
 
   it('Windows log: WBCL separators in PCRs 12-14 are not errors', () => {
     const log = parseEventLog(
-      readFileSync(sharedPath('eventlogs', 'go-attestation', 'windows_gcp_shielded_vm.eventlog.bin')),
+      readFileSync(fixturePath('eventlogs', 'go-attestation', 'windows_gcp_shielded_vm.eventlog.bin')),
     );
     expect(summarize(log)).toMatchObject({ format: 'sha1', secureBoot: 'enabled', separatorErrors: [] });
   });
 
   it('short_no_action_eventlog: a lone StartupLocality record is a SHA-1-format log', () => {
     const log = parseEventLog(
-      readFileSync(sharedPath('eventlogs', 'go-attestation', 'short_no_action_eventlog')),
+      readFileSync(fixturePath('eventlogs', 'go-attestation', 'short_no_action_eventlog')),
     );
     expect(summarize(log)).toMatchObject({ format: 'sha1', eventCount: 1, startupLocality: 3 });
   });

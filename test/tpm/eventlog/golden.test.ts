@@ -9,14 +9,14 @@ import {
   replay,
   WORKAROUND_MISSING_EXIT_BOOT_SERVICES,
 } from '../../../src/tpm/eventlog/replay.js';
-import { sharedPath } from '../../helpers/shared.js';
+import { fixturePath } from '../../helpers/fixtures.js';
 
 interface ExpectedEntry {
   source: string;
   pcrs: Record<string, Record<string, string>>;
 }
 
-const expected = JSON.parse(readFileSync(sharedPath('eventlogs', 'expected_pcrs.json'), 'utf8')) as Record<
+const expected = JSON.parse(readFileSync(fixturePath('eventlogs', 'expected_pcrs.json'), 'utf8')) as Record<
   string,
   ExpectedEntry
 >;
@@ -45,13 +45,13 @@ function without(pcrs: PcrValues, drop: { bank?: string; pcr?: number }): Map<st
 }
 
 function loadLog(name: string): Buffer {
-  return readFileSync(sharedPath('eventlogs', ...name.split('/')));
+  return readFileSync(fixturePath('eventlogs', ...name.split('/')));
 }
 
 /** The two entries expected_pcrs.json documents as not replaying as given; asserted separately below. */
 const EXCEPTIONS = new Set(['go-attestation/sb_cert_eventlog', 'go-attestation/ebs_event_missing_eventlog']);
 
-describe('replay of the shared real logs equals the PCRs their sources assert', () => {
+describe('replay of the real logs in test/fixtures equals the PCRs their sources assert', () => {
   const plain = Object.entries(expected).filter(([name]) => !EXCEPTIONS.has(name));
   it('covers the 13 plain entries of expected_pcrs.json', () => {
     expect(plain).toHaveLength(13);
@@ -135,7 +135,7 @@ describe("tpm2-tools' expected YAML pcrs: sections", () => {
   ];
   it.each(names)('%s', (name) => {
     const doc = parseYaml(
-      readFileSync(sharedPath('eventlogs', 'tpm2-tools', 'expected-yaml', `${name}.yaml`), 'utf8'),
+      readFileSync(fixturePath('eventlogs', 'tpm2-tools', 'expected-yaml', `${name}.yaml`), 'utf8'),
       {
         intAsBigInt: true,
         // tpm2-tools prints some events with a repeated key (event-uefi-sha1-log.bin.yaml).

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { EV, EventLogError, MAX_EVENT_DATA, parseEventLog, replay } from '../../../src/tpm/eventlog/index.js';
-import { sharedPath } from '../../helpers/shared.js';
+import { fixturePath } from '../../helpers/fixtures.js';
 import { agileLog, sha1Record, specIdData } from './build-log.js';
 
 function parseError(log: Buffer): EventLogError {
@@ -18,12 +18,12 @@ const separator = { pcr: 0, type: EV.SEPARATOR, data: Buffer.alloc(4) };
 
 describe('logs from keylime that must be refused', () => {
   it('refuses the empty log with ERR_EVENTLOG_EMPTY', () => {
-    const log = readFileSync(sharedPath('eventlogs', 'keylime', 'binary_bios_measurements-empty'));
+    const log = readFileSync(fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-empty'));
     expect(parseError(log)).toMatchObject({ code: 'ERR_EVENTLOG_EMPTY', offset: 0 });
   });
 
   it('refuses the bogus text log: its first word read as a PCR index is out of range', () => {
-    const log = readFileSync(sharedPath('eventlogs', 'keylime', 'binary_bios_measurements-bogus'));
+    const log = readFileSync(fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-bogus'));
     expect(log.toString('latin1')).toMatch(/^bogus/);
     const error = parseError(log);
     expect(error).toMatchObject({ code: 'ERR_EVENTLOG_MALFORMED', offset: 0, eventIndex: 0 });
@@ -33,7 +33,7 @@ describe('logs from keylime that must be refused', () => {
 
 describe("tpm2-tools' specid-vendordata.bin", () => {
   it('is refused: its vendor info runs 4 bytes past the Spec ID event size (tpm2_eventlog reads past it)', () => {
-    const log = readFileSync(sharedPath('eventlogs', 'tpm2-tools', 'specid-vendordata.bin'));
+    const log = readFileSync(fixturePath('eventlogs', 'tpm2-tools', 'specid-vendordata.bin'));
     // Event size field says 37, but the Spec ID layout with vendorInfoSize = 4 needs 41 bytes.
     expect(log.readUInt32LE(28)).toBe(37);
     expect(parseError(log)).toMatchObject({ code: 'ERR_EVENTLOG_TRUNCATED', offset: 69 });

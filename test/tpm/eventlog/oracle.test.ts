@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { decodeEvent, type EventLog, parseEventLog, replay } from '../../../src/tpm/eventlog/index.js';
-import { sharedPath } from '../../helpers/shared.js';
+import { fixturePath } from '../../helpers/fixtures.js';
 
 const run = promisify(execFile);
 
@@ -45,7 +45,7 @@ const LOGS = [
 /**
  * PCR0 as tpm2-tools 5.4 computes it: from zero, and extending the (all-zero) digest of every
  * EV_NO_ACTION event after the first. Later releases skip EV_NO_ACTION and honour StartupLocality
- * (tpm2-tools PR #3242); the expected YAML in ../shared comes from those.
+ * (tpm2-tools PR #3242); the expected YAML in test/fixtures/eventlogs comes from those.
  */
 function tpm2tools54Pcr0(log: EventLog, bank: string): string {
   const pcr = 0;
@@ -62,7 +62,7 @@ function tpm2tools54Pcr0(log: EventLog, bank: string): string {
 
 describe('decoded events agree with tpm2_eventlog', () => {
   it.each(LOGS)('%s', async (name) => {
-    const path = sharedPath('eventlogs', ...name.split('/'));
+    const path = fixturePath('eventlogs', ...name.split('/'));
     const log = parseEventLog(readFileSync(path));
     const expected = await oracle(path);
     expect(log.events).toHaveLength(expected.events.length);
