@@ -212,7 +212,7 @@ async function startServer(demo: Demo, tokenUri: string, ekCaDir: string): Promi
     key_manager: tokenUri,
     health_address: '127.0.0.1:0',
     bind_address: '127.0.0.1:0',
-    tpm_attestation: { ek_ca_dir: ekCaDir, pcrs: 'sha256:0-7' },
+    tpm_attestation: { measured_boot: 'none', ek_ca_dir: ekCaDir, pcrs: 'sha256:0-7' },
   };
   const configFile = join(dir, 'server.yaml');
   await writeFile(configFile, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });

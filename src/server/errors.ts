@@ -31,7 +31,9 @@ export type ServerErrorCode =
   | 'ERR_CA_AUTHORITY_NOT_TAINTED'
   | 'ERR_CA_KEY_MISSING'
   | 'ERR_CSR_INVALID'
-  | 'ERR_DATASTORE';
+  | 'ERR_DATASTORE'
+  | 'ERR_PROFILE_INVALID'
+  | 'ERR_PROFILE_NOT_FOUND';
 
 const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_CONFIG_INVALID: status.INVALID_ARGUMENT,
@@ -58,6 +60,8 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_CA_KEY_MISSING: status.FAILED_PRECONDITION,
   ERR_CSR_INVALID: status.INVALID_ARGUMENT,
   ERR_DATASTORE: status.INTERNAL,
+  ERR_PROFILE_INVALID: status.INVALID_ARGUMENT,
+  ERR_PROFILE_NOT_FOUND: status.NOT_FOUND,
 };
 
 export class ServerError extends Error {

@@ -8,6 +8,7 @@ export * from './agent/index.js';
 export * from './codec/index.js';
 export * from './errors.js';
 export * from './eventlog/index.js';
+export * from './profile/index.js';
 export * from './rc.js';
 export * from './session.js';
 export * from './tpm.js';

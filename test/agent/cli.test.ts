@@ -79,18 +79,18 @@ describe('server TPM policy from configuration', () => {
   it('refuses a tpm_attestation section that admits no EK, unless ek_trust is any', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ironroot-srv-cfg-'));
     const file = join(dir, 'server.yaml');
-    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  pcrs: sha256:0-7\n`);
+    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  measured_boot: none\n  pcrs: sha256:0-7\n`);
     expect(() => loadConfig({ file })).toThrow(
       /tpm_attestation\.ek_trust: missing; allowed: at least one of ek_ca_dir/,
     );
-    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  ek_trust: any\n`);
+    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n`);
     expect(loadConfig({ file }).tpm_attestation?.ek_trust).toBe('any');
   });
 
   it('lays --tpm-* flags over the file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ironroot-srv-cfg-'));
     const file = join(dir, 'server.yaml');
-    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  ek_trust: any\n  pcrs: sha256:0\n`);
+    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n  pcrs: sha256:0\n`);
     const config = loadConfig({
       file,
       overrides: { tpm_attestation: { pcrs: 'sha256:0-3,7', ek_ca_dir: '/etc/ek' } },
@@ -110,7 +110,7 @@ describe('ironroot-agent run from flags alone', () => {
 
   beforeAll(async () => {
     swtpm = await startSwtpm();
-    server = await startAttestServer({ tpm_attestation: { ek_trust: 'any' } });
+    server = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_trust: 'any' } });
   });
 
   afterAll(async () => {

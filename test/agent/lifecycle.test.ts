@@ -15,7 +15,7 @@ let server: TestServer;
 beforeAll(async () => {
   swtpm = await startSwtpm();
   // Short agent SVIDs, so renewal (at half-life) happens within the test.
-  server = await startAttestServer({ tpm_attestation: { ek_trust: 'any' }, agent_svid_ttl: '6s' });
+  server = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_trust: 'any' }, agent_svid_ttl: '6s' });
 });
 
 afterAll(async () => {
@@ -125,7 +125,7 @@ describe('agent lifecycle', () => {
     try {
       const first = await until('the agent to attest', () => healthy(agent));
       const attested = (await server.server.datastore.getNode(first.spiffe_id))?.attestationCount;
-      await server.restart({ tpm_attestation: { ek_hashes: ['0'.repeat(64)] } });
+      await server.restart({ tpm_attestation: { measured_boot: 'none', ek_hashes: ['0'.repeat(64)] } });
       const refused = await until('the refused renewal', () => {
         const s = agent.agent.status();
         return s.last_error?.code === 'ERR_ATTEST_EK_NOT_ALLOWED' ? s : undefined;

@@ -45,7 +45,7 @@ afterAll(async () => {
 async function server(
   tpm: Partial<NonNullable<ServerConfigInput['tpm_attestation']>> = {},
 ): Promise<TestServer> {
-  const started = await startAttestServer({ tpm_attestation: { ek_ca_dir: caDir, ...tpm } });
+  const started = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_ca_dir: caDir, ...tpm } });
   servers.push(started);
   return started;
 }
@@ -88,7 +88,7 @@ describe('the server refuses, by name, and records nothing', () => {
   });
 
   it('an EK hash that is not on the allow-list', async () => {
-    const s = await startAttestServer({ tpm_attestation: { ek_hashes: ['0'.repeat(64)] } });
+    const s = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_hashes: ['0'.repeat(64)] } });
     servers.push(s);
     await expectRefused(s, await evilAttest(s, swtpm.tcti), 'ERR_ATTEST_EK_NOT_ALLOWED');
   });
@@ -209,7 +209,7 @@ describe('the server refuses, by name, and records nothing', () => {
 
   it('attestation beyond the per-address rate limit', async () => {
     const s = await startAttestServer({
-      tpm_attestation: { ek_ca_dir: caDir },
+      tpm_attestation: { measured_boot: 'none', ek_ca_dir: caDir },
       attestation_rate_limit: { per_second: 0.001, burst: 1 },
     });
     servers.push(s);

@@ -41,7 +41,7 @@ describe('workload identity end to end (TPM-attested agent, two uids)', () => {
     carol = await systemUser('ironroot-wl-c');
     swtpm = await startSwtpm();
     server = await startAttestServer({
-      tpm_attestation: { ek_ca_dir: ekCaDir(swtpm) },
+      tpm_attestation: { measured_boot: 'none', ek_ca_dir: ekCaDir(swtpm) },
       jwt_issuer: 'https://oidc.example.org',
       oidc_discovery: { address: '127.0.0.1:0' },
     });

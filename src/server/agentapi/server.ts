@@ -33,6 +33,7 @@ import type { TpmPolicy } from '../nodeattestor/policy.js';
 import {
   admitAk,
   admitEk,
+  bootSubject,
   issueChallenge,
   lastQuote,
   type TpmAnswer,
@@ -218,6 +219,7 @@ export class AgentApiServer {
       ak,
       policy,
       nonces: this.#nonces,
+      subject: bootSubject(ek),
     });
     const now = nowSeconds(this.#o.clock);
     const result = await this.#sign(decision.agentId, csr);
@@ -321,6 +323,7 @@ export class AgentApiServer {
       ak,
       policy,
       nonces: this.#nonces,
+      subject: bootSubject(ek),
     });
     const result = await this.#sign(decision.agentId, csr);
     await this.#o.datastore.upsertNode(

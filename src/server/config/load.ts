@@ -52,7 +52,7 @@ export function validateConfig(raw: unknown, source: string): ServerConfig {
   if (result.success) return result.data;
   throw new ConfigInvalidError(
     source,
-    result.error.issues.map((issue) => describeIssue(issue, raw)),
+    result.error.issues.map((issue) => describeIssue(issue, raw, configSchema)),
   );
 }
 
@@ -78,10 +78,11 @@ function readConfigFile(file: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
+/** One line for a schema complaint: the key path, the value as written, and what `schema` allows there. */
+export function describeIssue(issue: z.core.$ZodIssue, raw: unknown, schema: z.ZodType): string {
   const path = formatPath(issue.path);
   if (issue.code === 'unrecognized_keys') {
-    const allowed = allowedKeys(issue.path);
+    const allowed = allowedKeys(issue.path, schema);
     return issue.keys
       .map((key) => `${path ? `${path}.` : ''}${key}: unknown key; allowed keys: ${allowed.join(', ')}`)
       .join('\n  ');
@@ -103,8 +104,8 @@ function allowedText(issue: z.core.$ZodIssue): string {
 }
 
 /** Keys the schema allows at `path`, found by walking object shapes through optional/default wrappers. */
-function allowedKeys(path: readonly PropertyKey[]): string[] {
-  let node: unknown = configSchema;
+function allowedKeys(path: readonly PropertyKey[], schema: z.ZodType): string[] {
+  let node: unknown = schema;
   for (const part of [undefined, ...path]) {
     node = unwrap(node);
     if (part === undefined) continue;
@@ -119,6 +120,9 @@ function unwrap(node: unknown): unknown {
   for (;;) {
     if (current instanceof z.ZodOptional || current instanceof z.ZodDefault) current = current.unwrap();
     else if (current instanceof z.ZodPipe) current = current.in;
+    else if (current instanceof z.ZodUnion && current.options.some((o) => o instanceof z.ZodObject))
+      // `none` or a mapping: the keys are the mapping's.
+      current = current.options.find((o) => o instanceof z.ZodObject);
     else return current;
   }
 }

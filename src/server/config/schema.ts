@@ -74,6 +74,46 @@ const PCR_SELECTION =
   /^(sha1|sha256|sha384|sha512):(\d{1,2}(-\d{1,2})?)(,\d{1,2}(-\d{1,2})?)*(\+(sha1|sha256|sha384|sha512):(\d{1,2}(-\d{1,2})?)(,\d{1,2}(-\d{1,2})?)*)*$/;
 const HEX_DIGEST = /^[0-9a-f]{40,128}$/;
 
+const profileName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'allowed: a firmware profile name (its file name without .yaml)');
+
+/** Which profiles a node must fit; the first rule whose match holds decides, else `profiles`. */
+const measuredBoot = z.union(
+  [
+    z.literal('none'),
+    z.strictObject({
+      profiles_dir: filePath,
+      profiles: z.array(profileName).min(1),
+      rules: z
+        .array(
+          z
+            .strictObject({
+              ek_ca: z.string().min(1).optional(),
+              ek_hash: z
+                .string()
+                .regex(/^[0-9a-f]{64}$/, 'allowed: lowercase hex SHA-256 of the EK public key')
+                .optional(),
+              selector: z
+                .string()
+                .regex(/^tpm:[a-z-]+:.+$/, 'allowed: a node selector such as tpm:manufacturer:id:00001014')
+                .optional(),
+              profiles: z.array(profileName).min(1),
+            })
+            .refine(
+              (r) => [r.ek_ca, r.ek_hash, r.selector].filter((v) => v !== undefined).length === 1,
+              'allowed: exactly one of ek_ca (EK certificate issuer), ek_hash, selector',
+            ),
+        )
+        .default([]),
+    }),
+  ],
+  {
+    error:
+      'allowed: none (no measured-boot policy: say so explicitly), or a mapping with profiles_dir, profiles and optional rules',
+  },
+);
+
 const tpmAttestation = z
   .strictObject({
     ek_ca_dir: filePath.optional(),
@@ -94,6 +134,7 @@ const tpmAttestation = z
       .default({}),
     require_event_log: z.boolean().default(false),
     nonce_ttl: duration(DEFAULTS.tpm_nonce_ttl),
+    measured_boot: measuredBoot,
   })
   .refine(
     (t) =>

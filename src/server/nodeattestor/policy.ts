@@ -8,9 +8,34 @@
 import { X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { hashAlgByName, type PcrSelection, parseCertificateBundle, pcrSelection } from '../../tpm/index.js';
+import {
+  type FirmwareProfile,
+  hashAlgByName,
+  hashName,
+  type PcrSelection,
+  parseCertificateBundle,
+  pcrSelection,
+} from '../../tpm/index.js';
 import type { ServerConfig } from '../config/schema.js';
 import { ConfigUnsafeError } from '../errors.js';
+import { type LoadedProfile, loadProfileDir } from '../profiles/load.js';
+
+/** Which profiles a node must fit, decided by the first assignment whose match holds. */
+export interface ProfileAssignment {
+  readonly match: { readonly ekCa: string } | { readonly ekHash: string } | { readonly selector: string };
+  readonly profiles: readonly string[];
+}
+
+export type MeasuredBootPolicy =
+  /** Said explicitly in the config: the boot is not judged beyond replay and pcr_values. */
+  | { readonly mode: 'none' }
+  | {
+      readonly mode: 'profiles';
+      readonly dir: string;
+      readonly profiles: ReadonlyMap<string, LoadedProfile>;
+      readonly defaults: readonly string[];
+      readonly rules: readonly ProfileAssignment[];
+    };
 
 export interface TpmPolicy {
   /** Roots and intermediates from `ek_ca_dir`; the self-signed ones are the anchors. */
@@ -24,6 +49,7 @@ export interface TpmPolicy {
   readonly pcrValues: ReadonlyMap<number, readonly string[]>;
   readonly requireEventLog: boolean;
   readonly nonceTtl: number;
+  readonly measuredBoot: MeasuredBootPolicy;
 }
 
 type TpmConfig = NonNullable<ServerConfig['tpm_attestation']>;
@@ -114,7 +140,8 @@ export function loadTpmPolicy(config: TpmConfig): TpmPolicy {
     ...config.ek_hashes,
     ...(config.ek_hash_allow_file === undefined ? [] : readHashFile(config.ek_hash_allow_file)),
   ]);
-  const selection = parsePcrSelection(config.pcrs);
+  const measuredBoot = loadMeasuredBoot(config.measured_boot);
+  const selection = withProfilePcrs(parsePcrSelection(config.pcrs), measuredBoot);
   const firstBank = selection[0]?.pcrs ?? [];
   const pcrValues = new Map<number, string[]>();
   for (const [pcr, values] of Object.entries(config.pcr_values)) {
@@ -132,7 +159,81 @@ export function loadTpmPolicy(config: TpmConfig): TpmPolicy {
     anyEk: config.ek_trust === 'any',
     selection,
     pcrValues,
-    requireEventLog: config.require_event_log,
+    requireEventLog: config.require_event_log || measuredBoot.mode === 'profiles',
     nonceTtl: config.nonce_ttl,
+    measuredBoot,
   };
+}
+
+function loadMeasuredBoot(config: TpmConfig['measured_boot']): MeasuredBootPolicy {
+  if (config === 'none') return { mode: 'none' };
+  let profiles: Map<string, LoadedProfile>;
+  try {
+    profiles = loadProfileDir(config.profiles_dir);
+  } catch (cause) {
+    throw new ConfigUnsafeError(`tpm_attestation.measured_boot.profiles_dir: ${(cause as Error).message}`);
+  }
+  const known = (names: readonly string[], key: string): readonly string[] => {
+    for (const name of names)
+      if (!profiles.has(name))
+        throw new ConfigUnsafeError(
+          `${key}: unknown firmware profile ${JSON.stringify(name)}; ${config.profiles_dir} holds ${
+            profiles.size === 0 ? 'no profiles' : [...profiles.keys()].join(', ')
+          }`,
+        );
+    return names;
+  };
+  return {
+    mode: 'profiles',
+    dir: config.profiles_dir,
+    profiles,
+    defaults: known(config.profiles, 'tpm_attestation.measured_boot.profiles'),
+    rules: config.rules.map((rule, i) => ({
+      match:
+        rule.ek_ca !== undefined
+          ? { ekCa: rule.ek_ca }
+          : rule.ek_hash !== undefined
+            ? { ekHash: rule.ek_hash }
+            : { selector: rule.selector ?? '' },
+      profiles: known(rule.profiles, `tpm_attestation.measured_boot.rules[${i}].profiles`),
+    })),
+  };
+}
+
+/** The verifier quotes at least every PCR a profile in use needs, in that profile's bank. */
+function withProfilePcrs(selection: PcrSelection[], policy: MeasuredBootPolicy): PcrSelection[] {
+  if (policy.mode === 'none') return selection;
+  const banks = new Map(selection.map((s) => [hashName(s.hash) as string, new Set(s.pcrs)]));
+  for (const { profile } of policy.profiles.values()) {
+    const pcrs = banks.get(profile.bank) ?? new Set<number>();
+    for (const pcr of profile.pcrs) pcrs.add(pcr);
+    banks.set(profile.bank, pcrs);
+  }
+  return [...banks].map(([bank, pcrs]) => pcrSelection(hashAlgByName(bank), [...pcrs]));
+}
+
+/** What a profile assignment may match on: the EK's identity, never anything the agent says of itself. */
+export interface BootSubject {
+  readonly ekHash: string;
+  readonly ekIssuer: string | undefined;
+  /** `tpm:…` selectors derived from the EK certificate (manufacturer, model). */
+  readonly selectors: readonly string[];
+}
+
+/** The profiles `subject` must fit (any one of them). */
+export function profilesFor(
+  policy: Extract<MeasuredBootPolicy, { mode: 'profiles' }>,
+  subject: BootSubject,
+): FirmwareProfile[] {
+  const rule = policy.rules.find(({ match }) =>
+    'ekCa' in match
+      ? match.ekCa === subject.ekIssuer
+      : 'ekHash' in match
+        ? match.ekHash === subject.ekHash
+        : subject.selectors.includes(match.selector),
+  );
+  return (rule?.profiles ?? policy.defaults).flatMap((name) => {
+    const loaded = policy.profiles.get(name);
+    return loaded === undefined ? [] : [loaded.profile];
+  });
 }

@@ -7,13 +7,18 @@
  */
 import { createHash, randomBytes, timingSafeEqual, type X509Certificate } from 'node:crypto';
 import {
+  type BootFacts,
+  bootFacts,
   type CredentialChallenge,
   checkAkPublic,
   checkEkCertificateKey,
   compareWithPcrs,
+  type EventLog,
   EventLogError,
   ekCertificateTpmInfo,
   ekPublicKeyHash,
+  evaluateProfile,
+  type FirmwareProfile,
   hashName,
   makeCredential,
   objectName,
@@ -22,20 +27,20 @@ import {
   parseEkCertificate,
   parseEventLog,
   parseTpm2bPublic,
-  summarize,
   TPM_ALG,
   TPM_ECC,
   type TpmDeviceInfo,
   TpmError,
   type TpmtPublic,
   type VerifiedQuote,
+  type Violation,
   verifyEkCertificateChain,
   verifyQuote,
 } from '../../tpm/index.js';
 import type { Selector } from '../datastore/datastore.js';
 import { AttestationError, type AttestationErrorCode } from './errors.js';
 import type { NonceStore } from './nonces.js';
-import type { TpmPolicy } from './policy.js';
+import { type BootSubject, profilesFor, type TpmPolicy } from './policy.js';
 
 export interface TpmEvidence {
   readonly ekCertificates: readonly Uint8Array[];
@@ -169,7 +174,37 @@ export interface TpmAnswer {
 
 export interface VerifiedAnswer {
   readonly quote: VerifiedQuote;
+  /** From bound PCR 7 data only; `unknown` without a log, without PCR 7 quoted, or when nothing binds. */
   readonly secureBoot: 'enabled' | 'disabled' | 'unknown';
+  /** Names of the firmware profiles the boot fits (empty under `measured_boot: none`). */
+  readonly profiles: readonly string[];
+  /** Events in quoted PCRs whose data does not bind to their digest: reported, never believed. */
+  readonly unbound: BootFacts['unbound'];
+}
+
+/** A boot that fits none of the profiles assigned to it: every violated rule, per profile. */
+export class ProfileViolationError extends AttestationError {
+  constructor(readonly violations: ReadonlyMap<string, readonly Violation[]>) {
+    super('ERR_ATTEST_PROFILE_VIOLATION', profileViolationMessage(violations));
+  }
+}
+
+function profileViolationMessage(violations: ReadonlyMap<string, readonly Violation[]>): string {
+  const parts = [...violations].map(
+    ([name, list]) => `profile ${name}: ${list.map((v) => formatViolation(v)).join('; ')}`,
+  );
+  return `the boot fits none of its firmware profiles (${parts.join(' | ')}); if this boot is legitimate, learn a profile from it (ironroot-server profile learn) and assign it`;
+}
+
+/** One violation as a line: rule, PCR, event, expected, got. */
+export function formatViolation(v: Violation): string {
+  const where = [
+    v.pcr === undefined ? '' : `PCR ${v.pcr}`,
+    v.eventIndex === undefined ? '' : `event ${v.eventIndex}`,
+  ]
+    .filter((x) => x !== '')
+    .join(' ');
+  return `${v.rule}${where === '' ? '' : ` (${where})`}: expected ${v.expected}, got ${v.got}`;
 }
 
 const QUOTE_CODES: Partial<Record<string, AttestationErrorCode>> = {
@@ -193,6 +228,8 @@ export function verifyAnswer(input: {
   readonly ak: ParsedPublic;
   readonly policy: TpmPolicy;
   readonly nonces: NonceStore;
+  /** Whose boot this is, for choosing its firmware profiles. */
+  readonly subject: BootSubject;
 }): VerifiedAnswer {
   const { answer, challenge, policy } = input;
   input.nonces.consume(challenge.nonce);
@@ -228,7 +265,8 @@ export function verifyAnswer(input: {
     wrapTpm(error, QUOTE_CODES);
   }
 
-  let secureBoot: VerifiedAnswer['secureBoot'] = 'unknown';
+  const quoted = quotedBanks(quote);
+  let log: EventLog | undefined;
   if (answer.eventLog.length === 0) {
     if (policy.requireEventLog)
       throw new AttestationError(
@@ -236,24 +274,9 @@ export function verifyAnswer(input: {
         'policy requires the measured-boot event log and the agent sent none; check securityfs is mounted on the node',
       );
   } else {
-    try {
-      const log = parseEventLog(Buffer.from(answer.eventLog));
-      const banks = new Map<string, Map<number, Buffer>>();
-      for (const pcr of quote.pcrs) {
-        const bank = banks.get(hashName(pcr.hash)) ?? new Map<number, Buffer>();
-        bank.set(pcr.pcr, Buffer.from(pcr.value));
-        banks.set(hashName(pcr.hash), bank);
-      }
-      compareWithPcrs(log, banks, { required: [...policy.pcrValues.keys()] });
-      secureBoot = summarize(log).secureBoot;
-    } catch (error) {
-      if (error instanceof EventLogError)
-        throw new AttestationError('ERR_ATTEST_EVENTLOG_REPLAY', `event log refused: ${error.message}`, {
-          cause: error,
-        });
-      throw error;
-    }
+    log = replayedLog(answer.eventLog, quoted, policy);
   }
+  const judged = judgeBoot(log, quoted, policy, input.subject);
 
   const firstBank = policy.selection[0]?.hash;
   for (const [pcr, allowed] of policy.pcrValues) {
@@ -265,7 +288,82 @@ export function verifyAnswer(input: {
         `PCR ${pcr} is ${hex}, which tpm_attestation.pcr_values does not accept; if this boot is legitimate, add the value`,
       );
   }
-  return { quote, secureBoot };
+  return { quote, ...judged };
+}
+
+/** The quoted PCR values: bank name → PCR → value. */
+function quotedBanks(quote: VerifiedQuote): Map<string, Map<number, Buffer>> {
+  const banks = new Map<string, Map<number, Buffer>>();
+  for (const pcr of quote.pcrs) {
+    const bank = banks.get(hashName(pcr.hash)) ?? new Map<number, Buffer>();
+    bank.set(pcr.pcr, Buffer.from(pcr.value));
+    banks.set(hashName(pcr.hash), bank);
+  }
+  return banks;
+}
+
+/** The log, once it replays to every quoted PCR (and extends those pcr_values relies on). */
+function replayedLog(
+  bytes: Uint8Array,
+  quoted: Map<string, Map<number, Buffer>>,
+  policy: TpmPolicy,
+): EventLog {
+  try {
+    const log = parseEventLog(Buffer.from(bytes));
+    compareWithPcrs(log, quoted, { required: [...policy.pcrValues.keys()] });
+    return log;
+  } catch (error) {
+    if (error instanceof EventLogError)
+      throw new AttestationError('ERR_ATTEST_EVENTLOG_REPLAY', `event log refused: ${error.message}`, {
+        cause: error,
+      });
+    throw error;
+  }
+}
+
+function factsFor(log: EventLog, bank: string, quoted: Map<string, Map<number, Buffer>>): BootFacts {
+  return bootFacts(log, { bank, pcrs: [...(quoted.get(bank)?.keys() ?? [])] });
+}
+
+/**
+ * Secure Boot from bound data in the first quoted bank, and the firmware profiles the boot fits.
+ * Refuses with every violated rule when the boot fits none of the profiles assigned to it.
+ */
+function judgeBoot(
+  log: EventLog | undefined,
+  quoted: Map<string, Map<number, Buffer>>,
+  policy: TpmPolicy,
+  subject: BootSubject,
+): Omit<VerifiedAnswer, 'quote'> {
+  const firstBank = policy.selection[0] === undefined ? undefined : hashName(policy.selection[0].hash);
+  if (log === undefined || firstBank === undefined || !log.banks.includes(firstBank))
+    return { secureBoot: 'unknown', profiles: [], unbound: [] };
+  const facts = factsFor(log, firstBank, quoted);
+  if (policy.measuredBoot.mode === 'none')
+    return { secureBoot: facts.secureBoot, profiles: [], unbound: facts.unbound };
+  const assigned = profilesFor(policy.measuredBoot, subject);
+  const violations = new Map<string, Violation[]>();
+  const fits: string[] = [];
+  for (const profile of assigned) {
+    const found = checkProfile(profile, log, quoted);
+    if (found.length === 0) fits.push(profile.name);
+    else violations.set(profile.name, found);
+  }
+  if (fits.length === 0) throw new ProfileViolationError(violations);
+  return { secureBoot: facts.secureBoot, profiles: fits, unbound: facts.unbound };
+}
+
+function checkProfile(
+  profile: FirmwareProfile,
+  log: EventLog,
+  quoted: Map<string, Map<number, Buffer>>,
+): Violation[] {
+  if (!log.banks.includes(profile.bank))
+    return [
+      { rule: 'pcrs', expected: `an event log with the ${profile.bank} bank`, got: log.banks.join(', ') },
+    ];
+  const values = new Map([...(quoted.get(profile.bank) ?? [])].map(([pcr, v]) => [pcr, v.toString('hex')]));
+  return evaluateProfile(profile, { facts: factsFor(log, profile.bank, quoted), pcrValues: values });
 }
 
 function quotedNonceWasUsed(answer: TpmAnswer, nonces: NonceStore): boolean {
@@ -326,6 +424,17 @@ export function akSummary(akPublic: Uint8Array): { sha256: string; algorithm: st
   };
 }
 
+/** What profile assignments may match on, from the admitted EK alone. */
+export function bootSubject(ek: AdmittedEk): BootSubject {
+  return {
+    ekHash: ek.ekHash,
+    ekIssuer: ek.issuer,
+    selectors: ek.device
+      ? [`tpm:manufacturer:${ek.device.manufacturer}`, `tpm:model:${ek.device.model}`]
+      : [],
+  };
+}
+
 /** The node's selectors: what node-alias entries match on. */
 export function tpmSelectors(ek: AdmittedEk, verified: VerifiedAnswer): Selector[] {
   const s = (value: string): Selector => ({ type: 'tpm', value });
@@ -337,5 +446,6 @@ export function tpmSelectors(ek: AdmittedEk, verified: VerifiedAnswer): Selector
       s(`pcr:${hashName(p.hash)}:${p.pcr}:${Buffer.from(p.value).toString('hex')}`),
     ),
     ...(verified.secureBoot === 'unknown' ? [] : [s(`secureboot:${verified.secureBoot}`)]),
+    ...verified.profiles.map((name) => s(`profile:${name}`)),
   ];
 }

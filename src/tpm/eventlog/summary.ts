@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { EV, hashAlgorithmByName } from './constants.js';
 import { type DecodedEvent, decodeEvent } from './decode.js';
 import { EventLogError, type EventLogErrorCode } from './errors.js';
+import { type BootFacts, selfBootFacts } from './facts.js';
 import type { EventLog, EventLogFormat, LogEvent } from './parse.js';
 
 export interface DecodeFailure {
@@ -16,16 +17,26 @@ export interface DigestMismatch {
   bank: string;
 }
 
+export interface UnboundEvent {
+  eventIndex: number;
+  pcr: number;
+  typeName: string;
+  offset: number;
+  reason: string;
+}
+
 export interface EventLogSummary {
   format: EventLogFormat;
   banks: string[];
   eventCount: number;
   /**
-   * From the SecureBoot EV_EFI_VARIABLE_DRIVER_CONFIG event in PCR7: `unknown` when the log has
-   * none, or its data is not the single byte the UEFI spec defines (an empty variable is seen in the
-   * wild, go-tpm-tools' AllowEmptySBVar).
+   * From the SecureBoot EV_EFI_VARIABLE_DRIVER_CONFIG event in PCR7, only when its data hashes to its
+   * digest: `unknown` when the log has none, when it does not bind, or when its data is not the single
+   * byte the UEFI spec defines (an empty variable is seen in the wild, go-tpm-tools' AllowEmptySBVar).
    */
   secureBoot: 'enabled' | 'disabled' | 'unknown';
+  /** Events whose data does not bind to their digest (see facts.ts), in the log's preferred bank. */
+  unbound: UnboundEvent[];
   /** Names of the UEFI variables measured into PCR7 as driver config (SecureBoot, PK, KEK, db, dbx). */
   secureBootVariables: string[];
   /** An "Exit Boot Services Invocation" EV_EFI_ACTION is in the log. */
@@ -98,8 +109,16 @@ export function checkDataDigests(log: EventLog): DigestMismatch[] {
   return out;
 }
 
+function selfFactsIfHashable(log: EventLog): BootFacts | undefined {
+  try {
+    return selfBootFacts(log);
+  } catch (e) {
+    if (e instanceof EventLogError) return undefined;
+    throw e;
+  }
+}
+
 export function summarize(log: EventLog, decoded: DecodedLogEvent[] = decodeAll(log)): EventLogSummary {
-  let secureBoot: EventLogSummary['secureBoot'] = 'unknown';
   const secureBootVariables: string[] = [];
   let exitBootServicesInvoked = false;
   let exitBootServicesResult: EventLogSummary['exitBootServicesResult'];
@@ -115,8 +134,6 @@ export function summarize(log: EventLog, decoded: DecodedLogEvent[] = decodeAll(
       workarounds.add(WORKAROUND_SHIM_AUTHORITY_TRAILING_DATA);
     if (d.kind === 'uefi-variable' && event.type === EV.EFI_VARIABLE_DRIVER_CONFIG && event.pcr === 7) {
       secureBootVariables.push(d.name);
-      if (d.name === 'SecureBoot')
-        secureBoot = d.secureBoot === undefined ? 'unknown' : d.secureBoot ? 'enabled' : 'disabled';
     } else if (d.kind === 'separator') {
       separators.add(event.pcr);
       if (d.error) separatorErrors.add(event.pcr);
@@ -132,11 +149,19 @@ export function summarize(log: EventLog, decoded: DecodedLogEvent[] = decodeAll(
       bootApplications++;
     }
   }
+  const facts = selfFactsIfHashable(log);
   return {
     format: log.format,
     banks: log.banks,
     eventCount: log.events.length,
-    secureBoot,
+    secureBoot: facts?.secureBoot ?? 'unknown',
+    unbound: (facts?.unbound ?? []).map((e) => ({
+      eventIndex: e.index,
+      pcr: e.pcr,
+      typeName: e.typeName,
+      offset: e.offset,
+      reason: e.meaning.kind === 'unbound' ? e.meaning.reason : '',
+    })),
     secureBootVariables,
     exitBootServicesInvoked,
     exitBootServicesResult,

@@ -1,0 +1,3 @@
+export * from './evaluate.js';
+export * from './learn.js';
+export * from './profile.js';
