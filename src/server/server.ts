@@ -28,6 +28,7 @@ import { serverSpiffeId } from './identity.js';
 import type { Logger } from './log.js';
 import { ServerMetrics } from './metrics.js';
 import { loadTpmPolicy } from './nodeattestor/policy.js';
+import { ProfileCatalog } from './profiles/catalog.js';
 import { RegistrationService } from './registration/service.js';
 
 /** How often the CA checks whether to prepare, activate or prune. */
@@ -56,6 +57,8 @@ export async function startServer(
   const { clock } = options;
   const { warnings } = checkConfigSafety(config);
   for (const warning of warnings) logger.warn({ development: config.development }, warning);
+  // Firmware profiles and EK CAs are read before anything is created, so a bad policy costs nothing.
+  const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
   prepareDirectories(config);
 
   const closers: (() => Promise<void>)[] = [];
@@ -120,13 +123,13 @@ export async function startServer(
         defaultX509SvidTtl: config.default_x509_svid_ttl,
         defaultJwtSvidTtl: config.default_jwt_svid_ttl,
       }),
+      profiles: new ProfileCatalog(tpmPolicy?.measuredBoot),
       logger,
       onCall: (method, result) => metrics.adminCalls.inc({ method, result }),
     });
     closers.push(() => admin.stop());
     await admin.start();
 
-    const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
     if (tpmPolicy?.anyEk)
       logger.warn(
         { ek_trust: 'any' },

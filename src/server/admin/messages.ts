@@ -224,6 +224,28 @@ export interface AdminApi {
     MintX509Svid: [MintX509SvidRequest, MintX509SvidResponse];
     MintJwtSvid: [MintJwtSvidRequest, MintJwtSvidResponse];
   };
+  ProfileService: {
+    ListProfiles: [Empty, ListProfilesResponse];
+    GetProfile: [GetProfileRequest, ProfileMessage];
+  };
+}
+
+export interface ProfileMessage {
+  name: string;
+  file: string;
+  pcrs: number[];
+  default: boolean;
+  description: string;
+  yaml: string;
+}
+
+export interface ListProfilesResponse {
+  mode: 'none' | 'profiles';
+  profiles: ProfileMessage[];
+}
+
+export interface GetProfileRequest {
+  name: string;
 }
 
 export type ServiceName = keyof AdminApi;

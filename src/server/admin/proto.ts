@@ -14,6 +14,7 @@ const FILES = [
   'ironroot/admin/v1/entry.proto',
   'ironroot/admin/v1/agent.proto',
   'ironroot/admin/v1/authority.proto',
+  'ironroot/admin/v1/profile.proto',
 ];
 
 let cached: Record<ServiceName, ServiceClientConstructor> | undefined;
@@ -38,6 +39,7 @@ export function adminServices(): Record<ServiceName, ServiceClientConstructor> {
     LocalAuthorityService: service(v1, 'LocalAuthorityService'),
     BundleService: service(v1, 'BundleService'),
     SvidService: service(v1, 'SvidService'),
+    ProfileService: service(v1, 'ProfileService'),
   };
   return cached;
 }

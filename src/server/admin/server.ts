@@ -23,6 +23,7 @@ import type { CaService } from '../ca/service.js';
 import type { Actor } from '../datastore/datastore.js';
 import { ServerError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ProfileCatalog } from '../profiles/catalog.js';
 import type { RegistrationService } from '../registration/service.js';
 import type { AdminApi, ServiceName } from './messages.js';
 import { peerCredentials } from './peercred.js';
@@ -36,7 +37,12 @@ type Handlers = {
   };
 };
 
-function handlersFor(service: RegistrationService, ca: CaService, actor: Actor): Handlers {
+function handlersFor(
+  service: RegistrationService,
+  ca: CaService,
+  profiles: ProfileCatalog,
+  actor: Actor,
+): Handlers {
   return {
     EntryService: {
       BatchCreateEntry: (r) => service.batchCreateEntry(r, actor),
@@ -71,6 +77,10 @@ function handlersFor(service: RegistrationService, ca: CaService, actor: Actor):
       MintX509Svid: (r) => ca.mintX509Svid(r),
       MintJwtSvid: (r) => ca.mintJwtSvid(r),
     },
+    ProfileService: {
+      ListProfiles: () => profiles.list(),
+      GetProfile: (r) => profiles.get(r.name),
+    },
   };
 }
 
@@ -79,6 +89,7 @@ export interface AdminServerOptions {
   allowedUids: readonly number[];
   service: RegistrationService;
   ca: CaService;
+  profiles: ProfileCatalog;
   logger: Logger;
   /** Told of every call's outcome, for metrics. */
   onCall?: (method: string, result: 'ok' | 'error' | 'denied') => void;
@@ -158,7 +169,12 @@ export class AdminServer {
   #serverFor(uid: number): { server: GrpcServer; injector: ConnectionInjector } {
     const existing = this.#byUid.get(uid);
     if (existing) return existing;
-    const handlers = handlersFor(this.#options.service, this.#options.ca, `uid:${uid}`);
+    const handlers = handlersFor(
+      this.#options.service,
+      this.#options.ca,
+      this.#options.profiles,
+      `uid:${uid}`,
+    );
     const server = new GrpcServer();
     const services = adminServices();
     for (const name of Object.keys(handlers) as ServiceName[]) {

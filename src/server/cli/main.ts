@@ -5,6 +5,7 @@ import { bundleCommand, jwtCommand, localAuthorityCommand, x509Command } from '.
 import { entryCommand } from './entry.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { hsmCommand } from './hsm.js';
+import { profileCommand } from './profile.js';
 import { runCommand } from './run.js';
 import { tokenCommand } from './token.js';
 import { validateCommand } from './validate.js';
@@ -26,6 +27,7 @@ export function buildServerProgram(): Command {
   program.addCommand(x509Command());
   program.addCommand(jwtCommand());
   program.addCommand(hsmCommand());
+  program.addCommand(profileCommand());
   return program;
 }
 

@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { checkConfigSafety } from '../config/safety.js';
+import { loadTpmPolicy } from '../nodeattestor/policy.js';
 import { print, printJson } from './common.js';
 
 /** `validate --config FILE`: the start-up checks of `run`, without starting anything. */
@@ -12,6 +13,8 @@ export function validateCommand(): Command {
     .action((flags: { config: string; output: 'pretty' | 'json' }) => {
       const config = loadConfig({ file: flags.config });
       const { warnings } = checkConfigSafety(config);
+      // The EK CAs and firmware profiles `run` would load, with the same errors.
+      if (config.tpm_attestation) loadTpmPolicy(config.tpm_attestation);
       if (flags.output === 'json') printJson({ valid: true, warnings });
       else {
         for (const warning of warnings) print(`warning: ${warning}`);
