@@ -90,7 +90,10 @@ describe('server TPM policy from configuration', () => {
   it('lays --tpm-* flags over the file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ironroot-srv-cfg-'));
     const file = join(dir, 'server.yaml');
-    writeFileSync(file, `trust_domain: ${TD}\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n  pcrs: sha256:0\n`);
+    writeFileSync(
+      file,
+      `trust_domain: ${TD}\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n  pcrs: sha256:0\n`,
+    );
     const config = loadConfig({
       file,
       overrides: { tpm_attestation: { pcrs: 'sha256:0-3,7', ek_ca_dir: '/etc/ek' } },

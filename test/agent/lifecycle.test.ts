@@ -15,7 +15,10 @@ let server: TestServer;
 beforeAll(async () => {
   swtpm = await startSwtpm();
   // Short agent SVIDs, so renewal (at half-life) happens within the test.
-  server = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_trust: 'any' }, agent_svid_ttl: '6s' });
+  server = await startAttestServer({
+    tpm_attestation: { measured_boot: 'none', ek_trust: 'any' },
+    agent_svid_ttl: '6s',
+  });
 });
 
 afterAll(async () => {

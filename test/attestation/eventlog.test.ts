@@ -42,7 +42,12 @@ beforeAll(async () => {
   logFile = join(mkdtempSync(join(tmpdir(), 'ironroot-log-')), 'binary_bios_measurements');
   writeFileSync(logFile, agileLog(['sha256'], [{ pcr: 7, type: EV.EFI_VARIABLE_DRIVER_CONFIG, data }]));
   server = await startAttestServer({
-    tpm_attestation: { measured_boot: 'none', ek_trust: 'any', require_event_log: true, pcr_values: { '7': [pcr7] } },
+    tpm_attestation: {
+      measured_boot: 'none',
+      ek_trust: 'any',
+      require_event_log: true,
+      pcr_values: { '7': [pcr7] },
+    },
   });
 });
 

@@ -45,7 +45,9 @@ afterAll(async () => {
 async function server(
   tpm: Partial<NonNullable<ServerConfigInput['tpm_attestation']>> = {},
 ): Promise<TestServer> {
-  const started = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_ca_dir: caDir, ...tpm } });
+  const started = await startAttestServer({
+    tpm_attestation: { measured_boot: 'none', ek_ca_dir: caDir, ...tpm },
+  });
   servers.push(started);
   return started;
 }
@@ -88,7 +90,9 @@ describe('the server refuses, by name, and records nothing', () => {
   });
 
   it('an EK hash that is not on the allow-list', async () => {
-    const s = await startAttestServer({ tpm_attestation: { measured_boot: 'none', ek_hashes: ['0'.repeat(64)] } });
+    const s = await startAttestServer({
+      tpm_attestation: { measured_boot: 'none', ek_hashes: ['0'.repeat(64)] },
+    });
     servers.push(s);
     await expectRefused(s, await evilAttest(s, swtpm.tcti), 'ERR_ATTEST_EK_NOT_ALLOWED');
   });

@@ -36,6 +36,7 @@ import {
   bootSubject,
   issueChallenge,
   lastQuote,
+  ProfileViolationError,
   type TpmAnswer,
   type TpmEvidence,
   tpmSelectors,
@@ -143,7 +144,7 @@ export class AgentApiServer {
     const started = performance.now();
     const decision: Decision = { agentId: '', method: '' };
     const address = peerAddress(call.getPeer());
-    const log = (result: string, reason: string) => {
+    const log = (result: string, reason: string, refusal?: AttestationError) => {
       const fields = {
         agent_id: decision.agentId,
         attestation_method: decision.method,
@@ -152,6 +153,11 @@ export class AgentApiServer {
         result,
         reason,
         duration_ms: Math.round(performance.now() - started),
+        // What the agent was told, and for a profile refusal every violated rule, so the log alone explains it.
+        ...(refusal === undefined ? {} : { detail: refusal.message }),
+        ...(refusal instanceof ProfileViolationError
+          ? { violations: Object.fromEntries(refusal.violations) }
+          : {}),
       };
       this.#o.attestations.inc({
         method: decision.method || 'unknown',
@@ -178,7 +184,7 @@ export class AgentApiServer {
               cause: error,
             });
       if (refusal.code === 'ERR_ATTEST_INTERNAL') this.#o.logger.error({ err: error }, 'agent API failure');
-      log('refused', refusal.code);
+      log('refused', refusal.code, refusal);
       const metadata = new Metadata();
       metadata.set('ironroot-error-code', refusal.code);
       const status: Partial<ServerErrorResponse> = {

@@ -118,7 +118,7 @@ describe('UEFI boot variables', () => {
     expect(facts(sbOn)?.meaning.kind).toBe('variable');
     expect(facts(editEvent(sbOn, boot.index, { remeasure: true }))?.meaning.kind).toBe('variable');
     const tampered = Buffer.from(boot.data);
-    tampered[tampered.length - 1] ^= 0xff;
+    tampered.writeUInt8((tampered.at(-1) ?? 0) ^ 0xff, tampered.length - 1);
     expect(facts(editEvent(sbOn, boot.index, { data: tampered }))?.meaning).toMatchObject({
       kind: 'unbound',
     });
