@@ -1,0 +1,166 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startAttestServer, type TestServer } from '../attestation/harness.js';
+import { runServerCli } from '../helpers/cli.js';
+import { editEvent, replaceInData } from '../helpers/eventlog-edit.js';
+import { fixturePath } from '../helpers/fixtures.js';
+
+const goldenLog = fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-secureboot');
+const dir = mkdtempSync(join(tmpdir(), 'ironroot-profile-cli-'));
+const profileFile = join(dir, 'golden.yaml');
+const changedLog = join(dir, 'changed.bin');
+const cli = (args: string[]) => runServerCli(args, process.env);
+
+beforeAll(() => {
+  const golden = readFileSync(goldenLog);
+  const changed = editEvent(golden, 94, {
+    data: replaceInData(golden, 94, 'rhgb quiet', 'init=/evil'),
+    remeasure: true,
+    measured: (d) => d.subarray(d.indexOf(': ') + 2, d.length - 1),
+  });
+  writeFileSync(changedLog, changed);
+});
+
+describe('ironroot-server profile learn and check (offline)', () => {
+  it('learns a profile from a golden log that the same log then fits (exit 0)', async () => {
+    const learnt = await cli([
+      'profile',
+      'learn',
+      '--eventlog',
+      goldenLog,
+      '--name',
+      'golden',
+      '--out',
+      profileFile,
+    ]);
+    expect(learnt.code).toBe(0);
+    expect(learnt.stderr).toContain(`wrote profile golden to ${profileFile}`);
+    expect(readFileSync(profileFile, 'utf8')).toMatch(
+      /^# Firmware profile learnt by "ironroot-server profile learn"/,
+    );
+    const checked = await cli(['profile', 'check', '--profile', profileFile, '--eventlog', goldenLog]);
+    expect(checked).toMatchObject({ code: 0, stdout: `${goldenLog} fits profile golden\n` });
+  });
+
+  it('prints the profile on standard output without --out, with only the PCRs asked for', async () => {
+    const { code, stdout } = await cli([
+      'profile',
+      'learn',
+      '--eventlog',
+      goldenLog,
+      '--name',
+      'p',
+      '--pcrs',
+      '7,8',
+    ]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/\npcrs:\n {2}- 7\n {2}- 8\n/);
+    expect(stdout).not.toContain('firmware:');
+  });
+
+  it('exits 1 for a log that does not fit, listing every violated rule with PCR, event, expected and got', async () => {
+    const { code, stdout } = await cli([
+      'profile',
+      'check',
+      '--profile',
+      profileFile,
+      '--eventlog',
+      changedLog,
+    ]);
+    expect(code).toBe(1);
+    expect(stdout).toContain(`${changedLog} does not fit profile golden: 1 violation(s)`);
+    expect(stdout).toMatch(
+      /boot\.kernel_cmdline \(PCR 8 event 94\): expected ".*rhgb quiet.*", got ".*init=\/evil.*"/,
+    );
+  });
+
+  it('--json gives the same result as a document', async () => {
+    const { code, stdout } = await cli([
+      'profile',
+      'check',
+      '--profile',
+      profileFile,
+      '--eventlog',
+      changedLog,
+      '--json',
+    ]);
+    expect(code).toBe(1);
+    const result = JSON.parse(stdout) as {
+      profile: string;
+      fits: boolean;
+      violations: { rule: string; pcr: number; eventIndex: number }[];
+    };
+    expect(result).toMatchObject({ profile: 'golden', fits: false });
+    expect(result.violations).toEqual([
+      expect.objectContaining({ rule: 'boot.kernel_cmdline', pcr: 8, eventIndex: 94 }),
+    ]);
+  });
+
+  it('exits 2 on bad input, naming what was wrong', async () => {
+    const bad = join(mkdtempSync(join(tmpdir(), 'ironroot-bad-profile-')), 'bad.yaml');
+    writeFileSync(bad, 'name: bad\npcrs: [4]\nboot:\n  applications: [nothex]\n');
+    const invalid = await cli(['profile', 'check', '--profile', bad, '--eventlog', goldenLog]);
+    expect(invalid.code).toBe(2);
+    expect(invalid.stderr).toMatch(
+      /invalid firmware profile .*bad\.yaml:\n {2}boot\.applications\[0\]: got "nothex"/,
+    );
+    const missing = await cli([
+      'profile',
+      'check',
+      '--profile',
+      profileFile,
+      '--eventlog',
+      join(dir, 'none.bin'),
+    ]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('cannot read event log');
+    const garbage = await cli([
+      'profile',
+      'check',
+      '--profile',
+      profileFile,
+      '--eventlog',
+      fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-bogus'),
+    ]);
+    expect(garbage.code).toBe(2);
+    expect(garbage.stderr).toContain('ERR_EVENTLOG_');
+    const pcrs = await cli(['profile', 'learn', '--eventlog', goldenLog, '--name', 'x', '--pcrs', '7,24']);
+    expect(pcrs.code).toBe(1);
+    expect(pcrs.stderr).toContain('--pcrs "7,24": allowed: PCR numbers 0..23');
+  });
+});
+
+describe('ironroot-server profile list and show (admin socket)', () => {
+  let server: TestServer;
+
+  beforeAll(async () => {
+    server = await startAttestServer({
+      tpm_attestation: { ek_trust: 'any', measured_boot: { profiles_dir: dir, profiles: ['golden'] } },
+    });
+  });
+
+  afterAll(() => server?.stop());
+
+  it('lists the profiles the server loaded, marking the default', async () => {
+    const { code, stdout } = await cli(['profile', 'list', '--admin-socket', server.adminSocket]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^golden\s+default\s+PCRs 0,2,4,7,8,9,14\s+.*golden\.yaml$/m);
+    const json = JSON.parse(
+      (await cli(['profile', 'list', '--admin-socket', server.adminSocket, '--output', 'json'])).stdout,
+    );
+    expect(json.measured_boot).toBe('profiles');
+    expect(json.profiles.map((p: { name: string }) => p.name)).toEqual(['golden']);
+  });
+
+  it('shows one profile as YAML, and names an unknown one', async () => {
+    const shown = await cli(['profile', 'show', '--name', 'golden', '--admin-socket', server.adminSocket]);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toContain('name: golden');
+    expect(shown.stdout).toContain('kernel_cmdline:');
+    const unknown = await cli(['profile', 'show', '--name', 'nope', '--admin-socket', server.adminSocket]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no firmware profile named "nope"; loaded: golden');
+  });
+});
