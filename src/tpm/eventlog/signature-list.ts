@@ -12,14 +12,12 @@ const OWNER_SIZE = 16;
 /** No real db or dbx holds more; a larger count is a malformed list, refused before looping. */
 const MAX_ENTRIES = 100_000;
 
-export interface SignatureEntry {
-  /**
-   * How profiles name the entry: `x509:<sha256 of the DER certificate>`, `sha256:<the hash itself>`
-   * (dbx revocations), or `<signature type GUID>:<sha256 of the signature data>`.
-   */
-  id: string;
-  owner: string;
-}
+/**
+ * How profiles name a signature database entry: `x509:<sha256 of the DER certificate>`,
+ * `sha256:<the hash itself>` (dbx revocations), or `<signature type GUID>:<sha256 of the data>`.
+ * The SignatureOwner GUID is not part of it: it says who enrolled the entry, not what it trusts.
+ */
+export type SignatureEntryId = string;
 
 /**
  * Parse a PK/KEK/db/dbx value: a sequence of EFI_SIGNATURE_LIST. Throws `ERR_EVENTLOG_EVENT_DATA`
@@ -28,8 +26,8 @@ export interface SignatureEntry {
 export function parseSignatureLists(
   data: Buffer,
   where: { eventIndex: number; offset: number },
-): SignatureEntry[] {
-  const entries: SignatureEntry[] = [];
+): SignatureEntryId[] {
+  const entries: SignatureEntryId[] = [];
   const r = new Reader(data, where.offset, 0, data.length, `event ${where.eventIndex}'s signature lists`);
   const bad = (message: string): EventLogError =>
     new EventLogError('ERR_EVENTLOG_EVENT_DATA', `Event ${where.eventIndex}: ${message}`, {
@@ -50,9 +48,8 @@ export function parseSignatureLists(
         throw bad(`${body / size} signatures in one list is over ${MAX_ENTRIES}`);
       r.bytes(headerSize, 'SignatureHeader');
       for (let i = 0; i < body / size; i++) {
-        const owner = formatGuid(r.bytes(OWNER_SIZE, 'SignatureOwner'));
-        const sig = r.bytes(size - OWNER_SIZE, 'SignatureData');
-        entries.push({ id: entryId(type, sig), owner });
+        r.bytes(OWNER_SIZE, 'SignatureOwner');
+        entries.push(entryId(type, r.bytes(size - OWNER_SIZE, 'SignatureData')));
       }
     }
   } catch (e) {

@@ -1,7 +1,7 @@
 import { EV } from '../eventlog/constants.js';
 import { EventLogError } from '../eventlog/errors.js';
 import type { BootEvent, BootFacts } from '../eventlog/facts.js';
-import { parseSignatureLists, type SignatureEntry } from '../eventlog/signature-list.js';
+import { parseSignatureLists, type SignatureEntryId } from '../eventlog/signature-list.js';
 import {
   type FirmwareProfile,
   type ProfileRule,
@@ -214,15 +214,15 @@ function checkSecureBoot(profile: FirmwareProfile, facts: BootFacts): Violation[
       out.push(read.violation);
       continue;
     }
-    for (const entry of read.entries)
-      if (!allowed.includes(entry.id))
-        out.push({ rule, pcr, eventIndex: read.eventIndex, expected: listed(allowed, rule), got: entry.id });
+    for (const id of read.entries)
+      if (!allowed.includes(id))
+        out.push({ rule, pcr, eventIndex: read.eventIndex, expected: listed(allowed, rule), got: id });
   }
   if (sb.dbxRequired !== undefined) {
     const read = readVariable(facts, 'dbx', 'secure_boot.dbx_required');
     if ('violation' in read) out.push(read.violation);
     else {
-      const present = new Set(read.entries.map((e) => e.id));
+      const present = new Set(read.entries);
       for (const id of sb.dbxRequired)
         if (!present.has(id))
           out.push({
@@ -237,7 +237,14 @@ function checkSecureBoot(profile: FirmwareProfile, facts: BootFacts): Violation[
   return out;
 }
 
-type VariableRead = { entries: SignatureEntry[]; eventIndex: number } | { violation: Violation };
+type VariableRead = { entries: readonly SignatureEntryId[]; eventIndex: number } | { violation: Violation };
+
+/**
+ * Parsed PK/KEK/db/dbx values by bank and digest. A bound event's data hashes to its digest, so the
+ * digest names the data exactly; re-quotes of the same boot skip re-parsing hundreds of dbx entries.
+ */
+const parsedLists = new Map<string, readonly SignatureEntryId[]>();
+const PARSED_LISTS_CAP = 256;
 
 function readVariable(facts: BootFacts, name: string, rule: ProfileRule): VariableRead {
   const pcr = RULE_PCRS.secureBoot;
@@ -260,14 +267,17 @@ function readVariable(facts: BootFacts, name: string, rule: ProfileRule): Variab
         got: `${events.length} (events ${events.map((e) => e.index).join(', ')})`,
       },
     };
+  const key = `${facts.bank}:${event.digest}`;
+  const cached = parsedLists.get(key);
+  if (cached !== undefined) return { entries: cached, eventIndex: event.index };
   try {
-    return {
-      entries: parseSignatureLists(event.meaning.variable.data, {
-        eventIndex: event.index,
-        offset: event.dataOffset,
-      }),
+    const entries = parseSignatureLists(event.meaning.variable.data, {
       eventIndex: event.index,
-    };
+      offset: event.dataOffset,
+    });
+    if (parsedLists.size >= PARSED_LISTS_CAP) parsedLists.clear();
+    parsedLists.set(key, entries);
+    return { entries, eventIndex: event.index };
   } catch (e) {
     if (!(e instanceof EventLogError)) throw e;
     return {
@@ -285,5 +295,5 @@ function readVariable(facts: BootFacts, name: string, rule: ProfileRule): Variab
 /** The entries of a bound PK/KEK/db/dbx measurement, or undefined when there is none to read. */
 export function secureBootEntries(facts: BootFacts, name: 'PK' | 'KEK' | 'db' | 'dbx'): string[] | undefined {
   const read = readVariable(facts, name, 'secure_boot.db');
-  return 'entries' in read ? read.entries.map((e) => e.id) : undefined;
+  return 'entries' in read ? [...read.entries] : undefined;
 }
