@@ -12,8 +12,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 // Debian packages the demo and the tests start for real. Keep in step with the README.
 // ovmf, qemu-system-x86, linux-image-amd64, busybox-static and cpio boot real UEFI firmware with a
-// swtpm vTPM for the measured-boot tests (test/helpers/qemu.ts). postgresql runs the HA datastore's
-// tests against a throw-away cluster (test/helpers/postgres.ts).
+// swtpm vTPM for the measured-boot tests (test/helpers/qemu.ts); shim-signed, grub-efi-amd64-signed,
+// dosfstools, mtools and gdisk put Debian's signed boot chain on a GPT disk for its Secure Boot mode.
+// postgresql runs the HA datastore's tests against a throw-away cluster (test/helpers/postgres.ts).
 const APT_PACKAGES = [
   'swtpm',
   'swtpm-tools',
@@ -27,6 +28,11 @@ const APT_PACKAGES = [
   'linux-image-amd64',
   'busybox-static',
   'cpio',
+  'shim-signed',
+  'grub-efi-amd64-signed',
+  'dosfstools',
+  'mtools',
+  'gdisk',
   'postgresql',
 ];
 

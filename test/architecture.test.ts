@@ -10,7 +10,8 @@ import { repoRoot } from './helpers/dist.js';
  */
 function layoutTable(): Record<string, readonly string[]> {
   const doc = readFileSync(join(repoRoot, 'docs', 'architecture.md'), 'utf8');
-  const rows = [...doc.matchAll(/^\| `src\/([a-z-]+)\/` \|[^|]*\| ([^|]*) \|$/gm)];
+  // Cells may be padded to align the columns.
+  const rows = [...doc.matchAll(/^\| `src\/([a-z-]+)\/`\s*\|[^|]*\|\s*([^|]*?)\s*\|$/gm)];
   return Object.fromEntries(
     rows.map(([, area = '', imports = '']) => [
       area,

@@ -7,7 +7,7 @@ import { profileYaml } from '../../src/server/profiles/load.js';
 import { learnProfile, parseEventLog, selfBootFacts } from '../../src/tpm/index.js';
 import { editEvent, replaceInData } from '../helpers/eventlog-edit.js';
 import { fixturePath } from '../helpers/fixtures.js';
-import { replayLogIntoTpm } from '../helpers/replay-into-tpm.js';
+import { replayIntoTpm } from '../helpers/replay-into-tpm.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
 import { healthy, startAttestServer, startTestAgent, type TestServer, until } from './harness.js';
 
@@ -69,7 +69,7 @@ const nodes: Node[] = [];
 
 async function node(log: Buffer): Promise<Node> {
   const swtpm = await startSwtpm();
-  await replayLogIntoTpm(swtpm.tcti, log);
+  await replayIntoTpm(swtpm, log);
   const logFile = join(mkdtempSync(join(tmpdir(), 'ironroot-log-')), 'binary_bios_measurements');
   writeFileSync(logFile, log);
   const made = { swtpm, logFile };

@@ -1,13 +1,19 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import {
   chmodSync,
+  closeSync,
   copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
+  readFileSync,
   rmSync,
+  statSync,
+  truncateSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -174,22 +180,181 @@ function between(serial: string, name: string): string {
   return serial.slice(start + begin.length, end);
 }
 
+// panic=-1 with -no-reboot turns a guest panic into a qemu exit instead of a hang.
+const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 quiet';
+
+/** Direct kernel boot: OVMF starts the kernel given with -kernel; no shim, no grub, no Secure Boot. */
 export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResult> {
+  const ovmfCode =
+    options.ovmfCode ??
+    firstExisting(['/usr/share/OVMF/OVMF_CODE_4M.fd', '/usr/share/OVMF/OVMF_CODE.fd'], 'OVMF');
+  const ovmfVars =
+    options.ovmfVars ??
+    firstExisting(['/usr/share/OVMF/OVMF_VARS_4M.fd', '/usr/share/OVMF/OVMF_VARS.fd'], 'OVMF vars');
+  return runVm(options, async (dir, initramfs) => [
+    ...firmwareArgs(dir, ovmfCode, ovmfVars, false),
+    ...['-kernel', options.kernel ?? defaultKernel(), '-initrd', initramfs],
+    ...['-append', DEFAULT_CMDLINE],
+  ]);
+}
+
+export interface DiskBootOptions extends BootOptions {
+  /**
+   * On: OVMF's Secure Boot build with Microsoft's keys enrolled (`OVMF_VARS_4M.ms.fd`), SMM and a
+   * secure flash. Off: the plain build and empty variables. `ovmfCode`/`ovmfVars` override either.
+   */
+  secureBoot: boolean;
+  /**
+   * What grub.cfg passes to the kernel (`linux`, or `linuxefi` with Secure Boot off: see buildEspDisk).
+   * Output reaches the host only with `console=ttyS0` in it.
+   */
+  kernelCmdline?: string;
+}
+
+/** Debian's signed boot chain, as the shim-signed and grub-efi-amd64-signed packages install it. */
+export const SIGNED_SHIM = '/usr/lib/shim/shimx64.efi.signed';
+export const SIGNED_GRUB = '/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed';
+
+/**
+ * Boots like a Debian install does: OVMF starts the removable-media loader \EFI\BOOT\BOOTX64.EFI
+ * (Debian's Microsoft-signed shim) from a GPT disk's EFI System Partition; shim verifies and starts
+ * grubx64.efi beside it (Debian-signed grub), which reads /EFI/debian/grub.cfg (its built-in prefix)
+ * and boots the Debian-signed kernel with the initramfs. Every stage measures into the vTPM.
+ */
+export async function bootFromDisk(options: DiskBootOptions): Promise<BootResult> {
+  const secure = options.secureBoot;
+  const ovmfCode =
+    options.ovmfCode ??
+    firstExisting(
+      [secure ? '/usr/share/OVMF/OVMF_CODE_4M.secboot.fd' : '/usr/share/OVMF/OVMF_CODE_4M.fd'],
+      'OVMF',
+    );
+  const ovmfVars =
+    options.ovmfVars ??
+    firstExisting(
+      [secure ? '/usr/share/OVMF/OVMF_VARS_4M.ms.fd' : '/usr/share/OVMF/OVMF_VARS_4M.fd'],
+      'OVMF vars',
+    );
+  return runVm(options, async (dir, initramfs) => {
+    const disk = await buildEspDisk(dir, {
+      kernel: options.kernel ?? defaultKernel(),
+      initramfs,
+      kernelCmdline: options.kernelCmdline ?? DEFAULT_CMDLINE,
+      secureBoot: secure,
+    });
+    return [
+      ...firmwareArgs(dir, ovmfCode, ovmfVars, secure),
+      ...['-drive', `if=none,id=esp,format=raw,readonly=on,file=${disk}`],
+      ...['-device', 'virtio-blk-pci,drive=esp'],
+    ];
+  });
+}
+
+function firmwareArgs(dir: string, code: string, varsTemplate: string, secure: boolean): string[] {
+  // The firmware writes its variable store, so each boot gets its own copy.
+  const vars = join(dir, 'OVMF_VARS.fd');
+  copyFileSync(varsTemplate, vars);
+  return [
+    // The Secure Boot build keeps its variables in SMM-protected flash, so it needs SMM and a secure
+    // pflash; without them it stops before the boot manager.
+    ...['-machine', secure ? 'q35,smm=on' : 'q35'],
+    ...(secure ? ['-global', 'driver=cfi.pflash01,property=secure,value=on'] : []),
+    ...['-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${code}`],
+    ...['-drive', `if=pflash,format=raw,unit=1,file=${vars}`],
+  ];
+}
+
+function run(cmd: string, args: readonly string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    child.on('error', (e) => reject(new Error(`could not run ${cmd}: ${e.message}`)));
+    child.on('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}: ${stderr}`)),
+    );
+  });
+}
+
+const MIB = 1024 * 1024;
+// Fixed GUIDs and volume id: OVMF measures the GPT into PCR5, so the same inputs give the same log.
+const DISK_GUID = '1e0b0071-0000-4000-8000-000000000001';
+const ESP_GUID = '1e0b0071-0000-4000-8000-000000000002';
+const ESP_VOLUME_ID = '1e0b0071';
+
+/**
+ * A GPT disk with one EFI System Partition, made without mounting anything: mkfs.vfat makes the FAT
+ * image, mtools fill it, sgdisk writes the partition table around it.
+ */
+async function buildEspDisk(
+  dir: string,
+  chain: { kernel: string; initramfs: string; kernelCmdline: string; secureBoot: boolean },
+): Promise<string> {
+  if (/[\n"$`\\]/.test(chain.kernelCmdline)) {
+    throw new Error(
+      `kernelCmdline must be one line without quotes, $ or backslashes: ${chain.kernelCmdline}`,
+    );
+  }
+  // Debian's `linux` command goes through the kernel's EFI stub (linuxefi) only under Secure Boot;
+  // with it off, it jumps past the stub, which is what hands the kernel the firmware's event log,
+  // and the guest sees no log. `linuxefi` takes the stub path either way.
+  const [linux, initrd] = chain.secureBoot ? ['linux', 'initrd'] : ['linuxefi', 'initrdefi'];
+  const grubCfg = join(dir, 'grub.cfg');
+  const lines = [
+    'set timeout=0',
+    `${linux} /vmlinuz ${chain.kernelCmdline}`,
+    `${initrd} /initramfs.cpio`,
+    'boot',
+  ];
+  writeFileSync(grubCfg, `${lines.join('\n')}\n`);
+  const content = [
+    [firstExisting([SIGNED_SHIM], 'signed shim (install shim-signed)'), '::/EFI/BOOT/BOOTX64.EFI'],
+    // shim starts grubx64.efi from its own directory.
+    [firstExisting([SIGNED_GRUB], 'signed grub (install grub-efi-amd64-signed)'), '::/EFI/BOOT/grubx64.efi'],
+    [grubCfg, '::/EFI/debian/grub.cfg'],
+    [chain.kernel, '::/vmlinuz'],
+    [chain.initramfs, '::/initramfs.cpio'],
+  ] as const;
+  const bytes = content.reduce((sum, [file]) => sum + statSync(file).size, 0);
+  const espMib = Math.max(64, Math.ceil(bytes / MIB) + 16);
+  const esp = join(dir, 'esp.img');
+  await run('mkfs.vfat', ['-C', '-i', ESP_VOLUME_ID, '-n', 'ESP', esp, String(espMib * 1024)]);
+  await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT', '::/EFI/debian']);
+  for (const [file, target] of content) await run('mcopy', ['-i', esp, file, target]);
+
+  // 1 MiB before the partition for the protective MBR and primary GPT, 1 MiB after for the backup.
+  const disk = join(dir, 'disk.img');
+  writeFileSync(disk, Buffer.alloc(0));
+  truncateSync(disk, (espMib + 2) * MIB);
+  await run('sgdisk', [
+    ...['-U', DISK_GUID],
+    ...['-n', `1:2048:+${espMib}M`, '-t', '1:ef00', '-u', `1:${ESP_GUID}`, '-c', '1:EFI System Partition'],
+    disk,
+  ]);
+  const fd = openSync(disk, 'r+');
+  try {
+    const fat = readFileSync(esp);
+    writeSync(fd, fat, 0, fat.length, MIB);
+  } finally {
+    closeSync(fd);
+  }
+  return disk;
+}
+
+/** Starts swtpm and qemu (with the arguments `bootArgs` gives), and reads the guest's report. */
+async function runVm(
+  options: BootOptions,
+  bootArgs: (dir: string, initramfs: string) => Promise<string[]>,
+): Promise<BootResult> {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-qemu-'));
   const started = Date.now();
   let swtpm: ChildProcess | undefined;
   let qemu: ChildProcess | undefined;
   try {
-    const ovmfCode =
-      options.ovmfCode ??
-      firstExisting(['/usr/share/OVMF/OVMF_CODE_4M.fd', '/usr/share/OVMF/OVMF_CODE.fd'], 'OVMF');
-    const varsTemplate =
-      options.ovmfVars ??
-      firstExisting(['/usr/share/OVMF/OVMF_VARS_4M.fd', '/usr/share/OVMF/OVMF_VARS.fd'], 'OVMF vars');
-    // The firmware writes its variable store, so each boot gets its own copy.
-    const vars = join(dir, 'OVMF_VARS.fd');
-    copyFileSync(varsTemplate, vars);
     const initramfs = await buildInitramfs(dir, options.files ?? [], options.commands ?? []);
+    const boot = await bootArgs(dir, initramfs);
 
     const tpmDir = join(dir, 'tpm');
     mkdirSync(tpmDir);
@@ -221,23 +386,10 @@ export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResul
     });
 
     const args = [
-      ...[
-        '-machine',
-        'q35',
-        '-accel',
-        'tcg',
-        '-m',
-        String(options.memoryMb ?? 512),
-        '-nographic',
-        '-no-reboot',
-      ],
-      ...['-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${ovmfCode}`],
-      ...['-drive', `if=pflash,format=raw,unit=1,file=${vars}`],
+      ...['-accel', 'tcg', '-m', String(options.memoryMb ?? 512), '-nographic', '-no-reboot'],
       ...['-chardev', `socket,id=chrtpm,path=${ctrl}`, '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm'],
       ...['-device', 'tpm-tis,tpmdev=tpm0', '-net', 'none'],
-      ...['-kernel', options.kernel ?? defaultKernel(), '-initrd', initramfs],
-      // panic=-1 with -no-reboot turns a guest panic into a qemu exit instead of a hang.
-      ...['-append', 'console=ttyS0 panic=-1 quiet'],
+      ...boot,
     ];
     const vm = track(spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     qemu = vm;
@@ -270,7 +422,15 @@ export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResul
       throw new Error(`qemu exited with ${code}: ${stderr}\nserial tail:\n${serial.slice(-3000)}`);
     serial = serial.replace(/\r/g, '');
 
-    const eventLog = Buffer.from(between(serial, 'EVENTLOG').replace(/\s+/g, ''), 'base64');
+    const printed = between(serial, 'EVENTLOG');
+    const base64 = printed.replace(/\s+/g, '');
+    // Without a log, base64's own error lands in this section instead.
+    if (!/^[A-Za-z0-9+/]+=*$/.test(base64)) {
+      throw new Error(
+        `the guest kernel exposes no firmware event log (binary_bios_measurements): ${printed.trim()}`,
+      );
+    }
+    const eventLog = Buffer.from(base64, 'base64');
     const pcrs = new Map<string, Map<number, Buffer>>();
     for (const line of between(serial, 'PCRS').split('\n')) {
       const m = /^(\w+) (\d+) ([0-9A-Fa-f]+)$/.exec(line.trim());
