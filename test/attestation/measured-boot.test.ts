@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServerConfigInput } from '../../src/server/config/schema.js';
 import { profileYaml } from '../../src/server/profiles/load.js';
 import { learnProfile, parseEventLog, selfBootFacts } from '../../src/tpm/index.js';
+import { repoRoot } from '../helpers/dist.js';
 import { editEvent, replaceInData } from '../helpers/eventlog-edit.js';
 import { fixturePath } from '../helpers/fixtures.js';
 import { replayIntoTpm } from '../helpers/replay-into-tpm.js';
@@ -203,5 +204,38 @@ describe('measured boot in the trust decision (real OVMF boot replayed into swtp
     } finally {
       await s.stop();
     }
+  });
+});
+
+describe('the shipped ovmf-debian-secureboot profile against real Debian boots under OVMF', () => {
+  const ovmf = (name: string) => readFileSync(fixturePath('eventlogs', 'ovmf', `${name}.bin`));
+  const shipped = join(repoRoot, 'firmware-profiles');
+  let s: TestServer;
+
+  beforeAll(async () => {
+    s = await server({ profiles_dir: shipped, profiles: ['ovmf-debian-secureboot'] });
+  });
+
+  afterAll(() => s?.stop());
+
+  it('the Secure Boot boot attests with tpm:profile:ovmf-debian-secureboot and tpm:secureboot:enabled', async () => {
+    const selectors = await selectorsAfterAttesting(s, await node(ovmf('debian-secureboot')));
+    expect(selectors).toContain('tpm:profile:ovmf-debian-secureboot');
+    expect(selectors).toContain('tpm:secureboot:enabled');
+  });
+
+  it('the boot with another kernel command line is refused, naming boot.kernel_cmdline', async () => {
+    const decision = await refusal(s, await node(ovmf('debian-secureboot-cmdline')));
+    expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
+    expect(String(decision.detail)).toMatch(
+      /boot\.kernel_cmdline \(PCR 8 event \d+\): expected "\/vmlinuz console=ttyS0 quiet ironroot=golden", got "\/vmlinuz console=ttyS0 quiet ironroot=other"/,
+    );
+  });
+
+  it('the boot with Secure Boot off is refused, naming secure_boot.enabled', async () => {
+    s.logs.lines.length = 0;
+    const decision = await refusal(s, await node(ovmf('debian-secureboot-off')));
+    expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
+    expect(String(decision.detail)).toContain('secure_boot.enabled (PCR 7): expected enabled, got disabled');
   });
 });
