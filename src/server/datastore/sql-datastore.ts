@@ -25,6 +25,8 @@ import type {
   EntryPage,
   JoinToken,
   NewEntry,
+  NodeRecord,
+  NodeTrust,
   Page,
   RegistrationEntry,
   Selector,
@@ -142,8 +144,9 @@ export class SqlDatastore implements Datastore {
     });
   }
 
-  async upsertNode(node: AttestedNode, actor: Actor, alias?: NewEntry): Promise<void> {
+  async upsertNode(node: NodeRecord, actor: Actor, alias?: NewEntry): Promise<void> {
     const now = nowSeconds(this.#clock);
+    const trust = node.trust ?? { state: 'trusted', changedAt: now };
     const row: AttestedNodeRow = {
       spiffe_id: node.spiffeId,
       attestation_type: node.attestationType,
@@ -156,6 +159,8 @@ export class SqlDatastore implements Datastore {
       reset_count: node.tpm?.resetCount ?? null,
       ek_issuer: node.tpm?.ekIssuer ?? null,
       attestation_count: node.attestationCount,
+      event_log: node.tpm?.eventLog ?? null,
+      ...trustColumns(trust),
       created_at: node.createdAt,
       updated_at: now,
     };
@@ -173,6 +178,7 @@ export class SqlDatastore implements Datastore {
         attestation_type: node.attestationType,
         serial_number: node.serialNumber,
         expires_at: node.expiresAt,
+        trust: trust.state,
       });
       if (alias !== undefined) await this.#ensureEntry(trx, alias, now, actor);
     });
@@ -226,6 +232,55 @@ export class SqlDatastore implements Datastore {
         .execute();
       await audit(trx, now, actor, banned ? 'node.ban' : 'node.unban', 'node', spiffeId, {});
       return { ...node, banned };
+    });
+  }
+
+  async recordNodeTrust(
+    spiffeId: string,
+    update: {
+      trust: NodeTrust;
+      tpm?: { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+    },
+    actor: Actor,
+  ): Promise<{ node: AttestedNode; changed: boolean }> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const [node] = await this.#loadNodes(trx, spiffeId);
+      if (node === undefined) throw new AgentNotFoundError(spiffeId);
+      const changed = node.trust.state !== update.trust.state || node.trust.code !== update.trust.code;
+      const trust = changed ? update.trust : node.trust;
+      await trx
+        .updateTable('attested_nodes')
+        .set({
+          ...trustColumns(trust),
+          ...(update.tpm
+            ? {
+                last_quote: update.tpm.lastQuote,
+                reset_count: update.tpm.resetCount,
+                event_log: update.tpm.eventLog,
+              }
+            : {}),
+          updated_at: now,
+        })
+        .where('spiffe_id', '=', spiffeId)
+        .execute();
+      // Passing re-quotes of a trusted node are not news; only changes of trust are audited.
+      if (changed)
+        await audit(trx, now, actor, `node.${trust.state}`, 'node', spiffeId, {
+          previous: node.trust.state,
+          ...(trust.code !== undefined ? { code: trust.code } : {}),
+          ...(trust.reason !== undefined ? { reason: trust.reason } : {}),
+        });
+      const tpm =
+        node.tpm && update.tpm
+          ? {
+              ...node.tpm,
+              lastQuote: update.tpm.lastQuote,
+              resetCount: update.tpm.resetCount,
+              eventLog: update.tpm.eventLog,
+            }
+          : node.tpm;
+      return { node: { ...node, trust, ...(tpm ? { tpm } : {}) }, changed };
     });
   }
 
@@ -567,13 +622,31 @@ export class SqlDatastore implements Datastore {
               akPublic: r.ak_public,
               ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
               ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
+              ...(r.event_log !== null ? { eventLog: r.event_log } : {}),
             },
           }
         : {}),
+      trust: {
+        state: r.trust_state === 'untrusted' ? 'untrusted' : 'trusted',
+        ...(r.trust_code !== null ? { code: r.trust_code } : {}),
+        ...(r.trust_reason !== null ? { reason: r.trust_reason } : {}),
+        ...(r.trust_details !== null ? { details: r.trust_details } : {}),
+        changedAt: Number(r.trust_changed_at) || Number(r.created_at),
+      },
       attestationCount: Number(r.attestation_count),
       createdAt: Number(r.created_at),
     }));
   }
+}
+
+function trustColumns(trust: NodeTrust) {
+  return {
+    trust_state: trust.state,
+    trust_code: trust.code ?? null,
+    trust_reason: trust.reason ?? null,
+    trust_details: trust.details ?? null,
+    trust_changed_at: trust.changedAt,
+  };
 }
 
 type EntryScope = ExpressionBuilder<Database & { e: RegistrationEntryRow }, 'e'>;
