@@ -36,7 +36,20 @@ type Handlers = {
   };
 };
 
-function handlersFor(service: RegistrationService, ca: CaService, actor: Actor): Handlers {
+/** Runs one re-quote of a node now (continuous attestation); absent without TPM attestation. */
+export type Reattest = (agentId: string) => Promise<{
+  trusted: boolean;
+  code: string;
+  reason: string;
+  durationMs: number;
+}>;
+
+function handlersFor(
+  service: RegistrationService,
+  ca: CaService,
+  actor: Actor,
+  reattest: Reattest | undefined,
+): Handlers {
   return {
     EntryService: {
       BatchCreateEntry: (r) => service.batchCreateEntry(r, actor),
@@ -52,6 +65,23 @@ function handlersFor(service: RegistrationService, ca: CaService, actor: Actor):
       EvictAgent: (r) => service.evictAgent(r, actor),
       BanAgent: (r) => service.banAgent(r, actor),
       UnbanAgent: (r) => service.unbanAgent(r, actor),
+      ReattestAgent: async (r) => {
+        if (reattest === undefined)
+          throw new ServerError(
+            'ERR_INVALID_ARGUMENT',
+            'this server has no tpm_attestation: no node is re-quoted; configure tpm_attestation first',
+          );
+        // Unknown IDs fail here, before anything waits.
+        await service.getAgent(r);
+        const result = await reattest(r.spiffe_id);
+        return {
+          trusted: result.trusted,
+          code: result.code,
+          reason: result.reason,
+          duration_ms: result.durationMs,
+          agent: await service.getAgent(r),
+        };
+      },
       CreateJoinToken: (r) => service.createJoinToken(r, actor),
     },
     LocalAuthorityService: {
@@ -80,6 +110,7 @@ export interface AdminServerOptions {
   service: RegistrationService;
   ca: CaService;
   logger: Logger;
+  reattest?: Reattest;
   /** Told of every call's outcome, for metrics. */
   onCall?: (method: string, result: 'ok' | 'error' | 'denied') => void;
 }
@@ -158,7 +189,12 @@ export class AdminServer {
   #serverFor(uid: number): { server: GrpcServer; injector: ConnectionInjector } {
     const existing = this.#byUid.get(uid);
     if (existing) return existing;
-    const handlers = handlersFor(this.#options.service, this.#options.ca, `uid:${uid}`);
+    const handlers = handlersFor(
+      this.#options.service,
+      this.#options.ca,
+      `uid:${uid}`,
+      this.#options.reattest,
+    );
     const server = new GrpcServer();
     const services = adminServices();
     for (const name of Object.keys(handlers) as ServiceName[]) {
