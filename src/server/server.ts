@@ -10,6 +10,7 @@ import type { KeyManager } from '../hsm/key-manager.js';
 import { openKeyManager } from '../hsm/open.js';
 import { AdminServer } from './admin/server.js';
 import { EntryJournal } from './agentapi/entries.js';
+import { ContinuousAttestation } from './agentapi/reattest.js';
 import { AgentApiServer } from './agentapi/server.js';
 import { SyncHandlers } from './agentapi/sync.js';
 import { CertificateAuthority } from './ca/authority.js';
@@ -109,6 +110,25 @@ export async function startServer(
     closers.push(async () => clearInterval(rotation));
 
     const metrics = new ServerMetrics();
+    const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
+    const reattest =
+      tpmPolicy && config.tpm_attestation
+        ? new ContinuousAttestation({
+            datastore,
+            clock,
+            logger,
+            policy: tpmPolicy,
+            intervalSeconds: config.tpm_attestation.reattest_interval,
+            deadlineSeconds:
+              config.tpm_attestation.reattest_deadline ?? config.tpm_attestation.reattest_interval,
+            reattestations: metrics.reattestations,
+          })
+        : undefined;
+    if (reattest) {
+      await reattest.start();
+      closers.push(async () => reattest.stop());
+      metrics.countUntrusted(() => reattest.untrusted);
+    }
     const admin = new AdminServer({
       socketPath: config.admin_socket,
       allowedUids: config.admin_allowed_uids,
@@ -121,12 +141,12 @@ export async function startServer(
         defaultJwtSvidTtl: config.default_jwt_svid_ttl,
       }),
       logger,
+      ...(reattest ? { reattest: (agentId: string) => reattest.reattestNow(agentId) } : {}),
       onCall: (method, result) => metrics.adminCalls.inc({ method, result }),
     });
     closers.push(() => admin.stop());
     await admin.start();
 
-    const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
     if (tpmPolicy?.anyEk)
       logger.warn(
         { ek_trust: 'any' },
@@ -147,6 +167,7 @@ export async function startServer(
         burst: config.attestation_rate_limit.burst,
       },
       attestations: metrics.attestations,
+      ...(reattest ? { reattest } : {}),
       sync: new SyncHandlers({
         trustDomain: config.trust_domain,
         ca,
