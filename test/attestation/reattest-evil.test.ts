@@ -140,9 +140,9 @@ describe('re-quote answers a forging agent sends', () => {
     const sha256Only = agileLog(['sha256'], []);
     const stored = await answer({ ...(await honest(await next('challenge'))), event_log_tail: sha256Only });
     expect(stored).toMatchObject({ trusted: true });
-    expect(Buffer.from((await server.server.datastore.getNode(agentId))?.tpm?.eventLog ?? [])).toEqual(
-      sha256Only,
-    );
+    expect(
+      Buffer.from((await server.server.datastore.getNode(agentId, { eventLog: true }))?.tpm?.eventLog ?? []),
+    ).toEqual(sha256Only);
     const outcome = await answer({
       ...(await honest(await next('challenge'))),
       event_log_tail: agileLog(['sha1', 'sha256'], []),

@@ -133,7 +133,7 @@ describe('continuous attestation of a TPM node with a measured-boot log', () => 
     );
     expect(agent.agent.status().reattest).toMatchObject({ trusted: true, code: '' });
     expect(agent.agent.status().reattest?.passed).toBeGreaterThanOrEqual(2);
-    const now = await server.server.datastore.getNode(agentId);
+    const now = await server.server.datastore.getNode(agentId, { eventLog: true });
     expect(now?.trust.state).toBe('trusted');
     const quotedAt = (n: typeof now) => JSON.parse(Buffer.from(n?.tpm?.lastQuote ?? []).toString()).quoted_at;
     expect(quotedAt(now)).toBeGreaterThan(quotedAt(first));
@@ -265,9 +265,9 @@ describe('continuous attestation of a TPM node with a measured-boot log', () => 
       return result;
     });
     expect(recovered?.svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/drift`]);
-    expect(Buffer.from((await server.server.datastore.getNode(agentId))?.tpm?.eventLog ?? [])).toEqual(
-      readFileSync(logFile),
-    );
+    expect(
+      Buffer.from((await server.server.datastore.getNode(agentId, { eventLog: true }))?.tpm?.eventLog ?? []),
+    ).toEqual(readFileSync(logFile));
 
     // Both changes are audited, with the reason.
     const audit = await trustAudit(agentId);

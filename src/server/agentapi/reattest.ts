@@ -69,7 +69,8 @@ interface Pending {
   readonly deadlineAt: number;
   /** Set once an answer is being judged: later answers and the deadline leave it alone. */
   answered: boolean;
-  readonly waiters: ((result: ReattestResult) => void)[];
+  /** Operators waiting for this verdict (`agent reattest`). */
+  readonly waiters: { resolve: (result: ReattestResult) => void; reject: (error: Error) => void }[];
 }
 
 interface Session {
@@ -214,9 +215,9 @@ export class ContinuousAttestation {
     const session =
       this.#sessions.get(agentId) ??
       this.#session(agentId, node.trust.state, monotonic.now() + this.#nextInterval());
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       const pending = session.pending ?? this.#issue(session, monotonic.now());
-      pending.waiters.push(resolve);
+      pending.waiters.push({ resolve, reject });
     });
   }
 
@@ -308,9 +309,9 @@ export class ContinuousAttestation {
   /** Judges (or times out) one challenge, records the outcome and tells the agent and any waiters. */
   async #settle(session: Session, pending: Pending, judge: (node: AttestedNode) => TpmUpdate): Promise<void> {
     const agentId = session.agentId;
-    let result: ReattestResult | undefined;
+    let result: ReattestResult | Error;
     try {
-      const node = await this.#o.datastore.getNode(agentId);
+      const node = await this.#o.datastore.getNode(agentId, { eventLog: true });
       if (node === undefined) throw new AgentNotFoundError(agentId);
       let trust: NodeTrust;
       let tpm: TpmUpdate | undefined;
@@ -363,16 +364,14 @@ export class ContinuousAttestation {
         );
       } else
         this.#o.logger.error({ err: error, agent_id: agentId }, 're-quote could not be judged; will retry');
-      result = {
-        trusted: false,
-        code: error instanceof ServerError ? error.code : 'ERR_ATTEST_INTERNAL',
-        reason: (error as Error).message,
-        durationMs: Math.round(monotonic.now() - pending.sentAt),
-      };
+      // No verdict: the node's trust stays as it was, and an operator waiting is told why.
+      result = error instanceof Error ? error : new Error(String(error));
     } finally {
       if (session.pending === pending) session.pending = undefined;
     }
-    for (const waiter of pending.waiters) waiter(result);
+    for (const waiter of pending.waiters)
+      if (result instanceof Error) waiter.reject(result);
+      else waiter.resolve(result);
   }
 
   /**

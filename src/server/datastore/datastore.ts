@@ -84,7 +84,10 @@ export interface AttestedNode {
     /** JSON of the last verified quote (see LastQuote in nodeattestor). */
     lastQuote?: Uint8Array;
     resetCount?: number;
-    /** The last verified measured-boot event log; re-quotes send only what was appended since. */
+    /**
+     * The last verified measured-boot event log; re-quotes send only what was appended since. Read
+     * only by `getNode(id, { eventLog: true })`: it is large, and nothing else needs it.
+     */
     eventLog?: Uint8Array;
   };
   trust: NodeTrust;
@@ -173,7 +176,8 @@ export interface Datastore {
    * exists without the identity its token promised; an identical entry already there is kept.
    */
   upsertNode(node: NodeRecord, actor: Actor, alias?: NewEntry): Promise<void>;
-  getNode(spiffeId: string): Promise<AttestedNode | undefined>;
+  getNode(spiffeId: string, options?: { eventLog?: boolean }): Promise<AttestedNode | undefined>;
+  /** Every node, without event logs. */
   listNodes(): Promise<AttestedNode[]>;
   /** Forgets the node: it must attest again. */
   deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode>;

@@ -200,8 +200,8 @@ export class SqlDatastore implements Datastore {
     await audit(trx, now, actor, 'entry.create', 'entry', created.id, entryDetail(created));
   }
 
-  async getNode(spiffeId: string): Promise<AttestedNode | undefined> {
-    return (await this.#loadNodes(this.#db, spiffeId))[0];
+  async getNode(spiffeId: string, options: { eventLog?: boolean } = {}): Promise<AttestedNode | undefined> {
+    return (await this.#loadNodes(this.#db, spiffeId, options.eventLog))[0];
   }
 
   async listNodes(): Promise<AttestedNode[]> {
@@ -589,11 +589,21 @@ export class SqlDatastore implements Datastore {
     }));
   }
 
-  async #loadNodes(db: Db, spiffeId?: string): Promise<AttestedNode[]> {
-    let query = db.selectFrom('attested_nodes').selectAll().orderBy('spiffe_id');
+  /** Nodes without their event logs (tens of kilobytes each), unless `eventLog` asks for the one node's. */
+  async #loadNodes(db: Db, spiffeId?: string, eventLog = false): Promise<AttestedNode[]> {
+    let query = db.selectFrom('attested_nodes').select(NODE_COLUMNS).orderBy('spiffe_id');
     if (spiffeId !== undefined) query = query.where('spiffe_id', '=', spiffeId);
     const rows = await query.execute();
     if (rows.length === 0) return [];
+    const logs =
+      eventLog && spiffeId !== undefined
+        ? await db
+            .selectFrom('attested_nodes')
+            .select('event_log')
+            .where('spiffe_id', '=', spiffeId)
+            .execute()
+        : [];
+    const log = logs[0]?.event_log ?? null;
     const selectors = await db
       .selectFrom('node_selectors')
       .selectAll()
@@ -622,7 +632,7 @@ export class SqlDatastore implements Datastore {
               akPublic: r.ak_public,
               ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
               ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
-              ...(r.event_log !== null ? { eventLog: r.event_log } : {}),
+              ...(log !== null ? { eventLog: log } : {}),
             },
           }
         : {}),
@@ -638,6 +648,28 @@ export class SqlDatastore implements Datastore {
     }));
   }
 }
+
+/** Every node column but the event log, which only re-quotes need. */
+const NODE_COLUMNS = [
+  'spiffe_id',
+  'attestation_type',
+  'serial_number',
+  'expires_at',
+  'banned',
+  'ek_hash',
+  'ak_public',
+  'last_quote',
+  'reset_count',
+  'ek_issuer',
+  'attestation_count',
+  'trust_state',
+  'trust_code',
+  'trust_reason',
+  'trust_details',
+  'trust_changed_at',
+  'created_at',
+  'updated_at',
+] as const;
 
 function trustColumns(trust: NodeTrust) {
   return {
