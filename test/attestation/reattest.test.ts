@@ -176,6 +176,9 @@ describe('continuous attestation of a TPM node with a measured-boot log', () => 
     const stream = workloads.stream<X509SVIDResponseMessage>('FetchX509SVID');
     const [served] = await stream.waitFor(1);
     expect(served?.svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/drift`]);
+    const jwt = () =>
+      workloads.unary<{ svids: { spiffe_id: string }[] }>('FetchJWTSVID', { audience: ['reports'] });
+    expect((await jwt()).svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/drift`]);
 
     const digest = createHash('sha256').update(driftEvent).digest('hex');
     await exec('tpm2_pcrextend', [`7:sha256=${digest}`], {
@@ -191,6 +194,7 @@ describe('continuous attestation of a TPM node with a measured-boot log', () => 
     const again = workloads.stream<X509SVIDResponseMessage>('FetchX509SVID');
     expect((await again.ended).code).toBe(status.PERMISSION_DENIED);
     expect(again.messages).toEqual([]);
+    await expect(jwt()).rejects.toMatchObject({ code: status.PERMISSION_DENIED });
     expect(agent.agent.status().reattest).toMatchObject({
       trusted: false,
       code: 'ERR_ATTEST_EVENTLOG_REPLAY',
@@ -265,6 +269,7 @@ describe('continuous attestation of a TPM node with a measured-boot log', () => 
       return result;
     });
     expect(recovered?.svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/drift`]);
+    expect((await jwt()).svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/drift`]);
     expect(
       Buffer.from((await server.server.datastore.getNode(agentId, { eventLog: true }))?.tpm?.eventLog ?? []),
     ).toEqual(readFileSync(logFile));
