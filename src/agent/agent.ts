@@ -49,6 +49,9 @@ const RESEND_LOG_CODES: ReadonlySet<string> = new Set([
   'ERR_REATTEST_EVENTLOG_NOT_EXTENSION',
 ]);
 
+/** How long an answered re-quote may hold the TPM lock waiting for the server's verdict. */
+const MAX_VERDICT_WAIT_MS = 5 * 60_000;
+
 /** A re-quote answered and not yet judged: the log length it covered, and the TPM lock it holds. */
 interface InFlight {
   readonly logLength: number;
@@ -540,7 +543,16 @@ export class Agent {
         event_log_prior_length: prior,
         event_log_tail: log.subarray(prior),
       });
-      inFlight.set(challenge.challenge_id, { logLength: log.length, release });
+      // A server that vanished without closing the stream must not hold renewal up for good.
+      const timer = setTimeout(release, MAX_VERDICT_WAIT_MS);
+      timer.unref();
+      inFlight.set(challenge.challenge_id, {
+        logLength: log.length,
+        release: () => {
+          clearTimeout(timer);
+          release();
+        },
+      });
     } catch (error) {
       release();
       throw error;
