@@ -94,6 +94,31 @@ export interface FetchBundlesResponse {
   federated: { trust_domain: string; document: string }[];
 }
 
+export interface ReattestRequest {
+  challenge_id: number;
+  quote: Buffer;
+  signature: Buffer;
+  pcr_values: Buffer[];
+  event_log_prior_length: number;
+  event_log_tail: Buffer;
+}
+export interface QuoteChallengeMessage {
+  challenge_id: number;
+  nonce: Uint8Array;
+  pcr_selection: PcrSelectionMessage[];
+}
+export interface ReattestOutcomeMessage {
+  challenge_id: number;
+  trusted: boolean;
+  code: string;
+  reason: string;
+}
+export interface ReattestChallenge {
+  step?: 'challenge' | 'outcome';
+  challenge?: QuoteChallengeMessage | null;
+  outcome?: ReattestOutcomeMessage | null;
+}
+
 let cached: ServiceClientConstructor | undefined;
 
 export function agentService(): ServiceClientConstructor {

@@ -8,17 +8,29 @@
  * Workload API serves that cache on `socket_path`. While the server is away the cache keeps
  * serving what it holds until it expires.
  *
+ * TPM nodes also keep the Reattest stream open (continuous attestation): the server asks for a
+ * quote whenever it wants one, and says whether the node is still trusted. While it is not, the
+ * cache serves no identity; when a re-quote passes again, it serves again. A reboot (new TPM reset
+ * count) takes a full attestation, which the agent starts itself.
+ *
  * @module
  */
 import { generateKeyPairSync, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
+import type { ClientDuplexStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import type {
+  QuoteChallengeMessage,
+  ReattestChallenge,
+  ReattestOutcomeMessage,
+  ReattestRequest,
+} from '../agent-api/proto.js';
 import { createCsr, createKeySigner, SpiffeId, TrustDomain, X509Bundle } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
-import { AgentApiClient, type Challenge, type Result } from './client.js';
+import { AgentApiClient, type Challenge, type Result, toAgentError } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
@@ -31,6 +43,20 @@ import { UnixAttestor } from './workloadattestor/unix.js';
 
 /** Renewal happens at half the SVID's life, moved by up to this fraction of it either way. */
 const RENEW_JITTER = 0.1;
+/** Re-quote refusals after which the server's copy of the event log is not ours: send it whole. */
+const RESEND_LOG_CODES: ReadonlySet<string> = new Set([
+  'ERR_REATTEST_EVENTLOG_OFFSET',
+  'ERR_REATTEST_EVENTLOG_NOT_EXTENSION',
+]);
+
+/** How long an answered re-quote may hold the TPM lock waiting for the server's verdict. */
+const MAX_VERDICT_WAIT_MS = 5 * 60_000;
+
+/** A re-quote answered and not yet judged: the log length it covered, and the TPM lock it holds. */
+interface InFlight {
+  readonly logLength: number;
+  readonly release: () => void;
+}
 
 export class Agent {
   readonly #config: AgentConfig;
@@ -49,6 +75,19 @@ export class Agent {
   #syncLoop: Promise<void> | undefined;
   #syncWake: (() => void) | undefined;
   #workloadApi: WorkloadApiServer | undefined;
+  #reattestLoop: Promise<void> | undefined;
+  #reattestWake: (() => void) | undefined;
+  #reattestCall: ClientDuplexStream<ReattestRequest, ReattestChallenge> | undefined;
+  /** Set by a re-quote that found the node rebooted: the next step is a full attestation. */
+  #mustAttest = false;
+  /** Length of the event log the server last verified from us; undefined: unknown, send it whole. */
+  #eventLogSent: number | undefined;
+  /**
+   * Serialises what changes the server's copy of our event log (attestation, renewal, a re-quote
+   * from answer to verdict), so a re-quote's tail always follows what the server holds.
+   */
+  #tpmLock: Promise<void> = Promise.resolve();
+  readonly #reattest = { trusted: true, code: '', reason: '', passed: 0, failed: 0 };
   readonly #status: HealthStatus = {
     state: 'starting',
     spiffe_id: '',
@@ -75,6 +114,7 @@ export class Agent {
   status(): HealthStatus {
     return {
       ...this.#status,
+      ...(this.#config.attestation === 'tpm' ? { reattest: { ...this.#reattest } } : {}),
       workload: {
         entries: this.#cache.entryCount,
         svids: this.#cache.svidCount,
@@ -102,14 +142,18 @@ export class Agent {
     }
     this.#loop = this.#run();
     this.#syncLoop = this.#runSync();
+    if (this.#config.attestation === 'tpm') this.#reattestLoop = this.#runReattest();
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#wake?.();
     this.#syncWake?.();
+    this.#reattestWake?.();
+    this.#reattestCall?.cancel();
     await this.#loop;
     await this.#syncLoop;
+    await this.#reattestLoop;
     await this.#workloadApi?.close();
     await new Promise<void>((resolve) => (this.#health ? this.#health.close(() => resolve()) : resolve()));
   }
@@ -145,6 +189,13 @@ export class Agent {
   }
 
   async #step(): Promise<void> {
+    if (this.#mustAttest) {
+      this.#mustAttest = false;
+      this.#svid = undefined;
+      this.#store.dropSvid();
+      await this.#attest();
+      return;
+    }
     const svid = this.#svid;
     if (svid === undefined || svid.expiresAt <= nowSeconds()) {
       await this.#attest();
@@ -169,6 +220,10 @@ export class Agent {
   }
 
   async #attest(): Promise<void> {
+    await this.#exclusive(() => this.#attestLocked());
+  }
+
+  async #attestLocked(): Promise<void> {
     const started = performance.now();
     const { key, csr } = await newCsr(this.#config.trust_domain);
     const client = this.#client(undefined);
@@ -186,12 +241,22 @@ export class Agent {
         );
       } else {
         const { evidence, ak } = await this.#tpm.evidence();
-        result = await client.attest({ method: 'tpm', csr, tpm: evidence, join_token: '' }, (challenge) =>
-          this.#tpm.answer(ak, challengeIn(challenge)),
+        let logLength = 0;
+        result = await client.attest(
+          { method: 'tpm', csr, tpm: evidence, join_token: '' },
+          async (challenge) => {
+            const answer = await this.#tpm.answer(ak, challengeIn(challenge));
+            logLength = answer.event_log.length;
+            return answer;
+          },
         );
         this.#store.saveAk(ak);
+        this.#eventLogSent = logLength;
+        // A full attestation makes the node trusted again.
+        this.#trusted();
       }
       this.#save(result, key);
+      this.#reattestWake?.();
       this.#status.attestations++;
       this.#logger.info(
         {
@@ -208,6 +273,10 @@ export class Agent {
   }
 
   async #renew(svid: StoredSvid): Promise<void> {
+    await this.#exclusive(() => this.#renewLocked(svid));
+  }
+
+  async #renewLocked(svid: StoredSvid): Promise<void> {
     const { key, csr } = await newCsr(this.#config.trust_domain);
     const client = this.#client(svid);
     try {
@@ -221,9 +290,13 @@ export class Agent {
         if (ak === undefined)
           throw new AgentError('ERR_AGENT_AK_UNKNOWN', 'no AK blobs in the data directory');
         const evidence = await this.#tpm.ekEvidence(ak);
-        result = await client.renew({ csr, tpm: evidence }, (challenge) =>
-          this.#tpm.answer(ak, challengeIn(challenge)),
-        );
+        let logLength = 0;
+        result = await client.renew({ csr, tpm: evidence }, async (challenge) => {
+          const answer = await this.#tpm.answer(ak, challengeIn(challenge));
+          logLength = answer.event_log.length;
+          return answer;
+        });
+        this.#eventLogSent = logLength;
       }
       this.#save(result, key);
       this.#status.renewals++;
@@ -375,10 +448,183 @@ export class Agent {
   }
 
   /** Exponential from retry_initial, capped at retry_max, with full jitter in its upper half. */
-  #backoffMs(): number {
-    const base = this.#config.retry_initial * 1000 * 2 ** Math.min(this.#failures - 1, 30);
+  #backoffMs(failures = this.#failures): number {
+    const base = this.#config.retry_initial * 1000 * 2 ** Math.min(failures - 1, 30);
     const capped = Math.min(base, this.#config.retry_max * 1000);
     return capped / 2 + (Math.random() * capped) / 2;
+  }
+
+  /**
+   * Keeps the Reattest stream open while the node holds a valid SVID, reconnecting with backoff
+   * when it drops (the server restarted, the network failed).
+   */
+  async #runReattest(): Promise<void> {
+    let failures = 0;
+    while (!this.#stopped) {
+      const svid = this.#svid;
+      if (svid === undefined || svid.expiresAt <= nowSeconds()) {
+        await this.#sleepReattest(this.#config.sync_interval * 1000);
+        continue;
+      }
+      const client = this.#client(svid);
+      let challenged = false;
+      try {
+        challenged = await this.#reattestStream(client);
+        if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
+      } catch (error) {
+        const e = toAgentError(error);
+        if (REATTEST_CODES.has(e.code)) {
+          this.#renewAt = 0;
+          this.#wake?.();
+        }
+        if (!this.#stopped)
+          this.#logger.warn(
+            { reason: e.code, err_message: e.message },
+            'the re-quote stream failed; reconnecting',
+          );
+      } finally {
+        client.close();
+      }
+      // A stream that carried a challenge was healthy: start the backoff over.
+      failures = challenged ? 1 : failures + 1;
+      await this.#sleepReattest(this.#backoffMs(failures));
+    }
+  }
+
+  /** One Reattest stream until it ends; true when the server sent at least one challenge on it. */
+  async #reattestStream(client: AgentApiClient): Promise<boolean> {
+    const call = client.reattest();
+    this.#reattestCall = call;
+    const inFlight = new Map<number, InFlight>();
+    let challenged = false;
+    try {
+      for await (const message of call as AsyncIterable<ReattestChallenge>) {
+        if (message.challenge) {
+          challenged = true;
+          await this.#answerReattest(call, message.challenge, inFlight);
+        } else if (message.outcome) this.#reattestOutcome(message.outcome, inFlight);
+      }
+      return challenged;
+    } finally {
+      for (const pending of inFlight.values()) pending.release();
+      if (this.#reattestCall === call) this.#reattestCall = undefined;
+      call.cancel();
+    }
+  }
+
+  /** A quote by the AK over the selection, and the event log appended since the server last verified it. */
+  async #answerReattest(
+    call: ClientDuplexStream<ReattestRequest, ReattestChallenge>,
+    challenge: QuoteChallengeMessage,
+    inFlight: Map<number, InFlight>,
+  ): Promise<void> {
+    // The server challenges again only once it is done with the last challenge, verdict sent or not.
+    for (const pending of inFlight.values()) pending.release();
+    inFlight.clear();
+    const release = await this.#acquire();
+    try {
+      const ak = this.#store.loadAk();
+      if (ak === undefined) throw new AgentError('ERR_AGENT_AK_UNKNOWN', 'no AK blobs in the data directory');
+      const answer = await this.#tpm.answer(ak, {
+        credentialBlob: new Uint8Array(),
+        encryptedSecret: new Uint8Array(),
+        nonce: new Uint8Array(challenge.nonce),
+        selection: challenge.pcr_selection.map((s) => ({ hash: s.hash_alg, pcrs: s.pcrs })),
+      });
+      const log = answer.event_log;
+      const known = this.#eventLogSent;
+      // A log shorter than what the server holds is not a continuation: send it whole, and let the server judge.
+      const prior = known !== undefined && known <= log.length ? known : 0;
+      call.write({
+        challenge_id: challenge.challenge_id,
+        quote: answer.quote,
+        signature: answer.signature,
+        pcr_values: answer.pcr_values,
+        event_log_prior_length: prior,
+        event_log_tail: log.subarray(prior),
+      });
+      // A server that vanished without closing the stream must not hold renewal up for good.
+      const timer = setTimeout(release, MAX_VERDICT_WAIT_MS);
+      timer.unref();
+      inFlight.set(challenge.challenge_id, {
+        logLength: log.length,
+        release: () => {
+          clearTimeout(timer);
+          release();
+        },
+      });
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  #reattestOutcome(outcome: ReattestOutcomeMessage, inFlight: Map<number, InFlight>): void {
+    const answered = inFlight.get(outcome.challenge_id);
+    inFlight.delete(outcome.challenge_id);
+    if (outcome.trusted) {
+      if (answered !== undefined) this.#eventLogSent = answered.logLength;
+      this.#reattest.passed++;
+      this.#trusted();
+    } else {
+      if (RESEND_LOG_CODES.has(outcome.code)) this.#eventLogSent = undefined;
+      this.#reattest.failed++;
+      this.#untrusted(outcome.code, outcome.reason);
+      if (outcome.code === 'ERR_REATTEST_REBOOTED') {
+        this.#mustAttest = true;
+        this.#renewAt = 0;
+        this.#wake?.();
+      }
+    }
+    answered?.release();
+  }
+
+  #trusted(): void {
+    Object.assign(this.#reattest, { trusted: true, code: '', reason: '' });
+    if (this.#cache.resume()) {
+      this.#logger.info('the server trusts this node again: serving identities');
+      this.#syncWake?.();
+    }
+  }
+
+  #untrusted(code: string, reason: string): void {
+    Object.assign(this.#reattest, { trusted: false, code, reason });
+    if (this.#cache.suspend())
+      this.#logger.warn(
+        { reason: code, err_message: reason },
+        'the server holds this node untrusted: serving no identity until a re-quote passes',
+      );
+  }
+
+  /** Waits for the TPM lock; resolves to its release. */
+  #acquire(): Promise<() => void> {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const previous = this.#tpmLock;
+    this.#tpmLock = previous.then(() => held);
+    return previous.then(() => release);
+  }
+
+  async #exclusive<T>(use: () => Promise<T>): Promise<T> {
+    const release = await this.#acquire();
+    try {
+      return await use();
+    } finally {
+      release();
+    }
+  }
+
+  #sleepReattest(ms: number): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#reattestWake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
   }
 
   #sleep(ms: number): Promise<void> {

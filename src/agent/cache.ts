@@ -73,6 +73,7 @@ export class SvidCache implements WorkloadIdentityProvider {
   #bundleDocument = '';
   #activeAuthority: X509Certificate | undefined;
   #federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
+  #suspended = false;
 
   constructor(options: {
     trustDomain: string;
@@ -100,11 +101,38 @@ export class SvidCache implements WorkloadIdentityProvider {
     return this.#svids.size;
   }
 
+  /** True while the server holds the node untrusted: no identity is served or minted. */
+  get suspended(): boolean {
+    return this.#suspended;
+  }
+
+  /**
+   * Stops serving: every SVID and JWT-SVID is dropped (they were obtained through a node the server
+   * no longer trusts) and subscribers are told, so open streams end with PermissionDenied.
+   * Entries stay, so identities come back as soon as the node is trusted again. True when it was serving.
+   */
+  suspend(): boolean {
+    if (this.#suspended) return false;
+    this.#suspended = true;
+    this.#svids.clear();
+    this.#jwts.clear();
+    this.notify();
+    return true;
+  }
+
+  /** Serves again; SVIDs are issued anew by the next sync round. True when it was suspended. */
+  resume(): boolean {
+    if (!this.#suspended) return false;
+    this.#suspended = false;
+    return true;
+  }
+
   attest(caller: CallerCredentials): Promise<readonly Selector[]> {
     return attestWorkload(this.#attestors, caller.pid);
   }
 
   identities(selectors: readonly Selector[]): WorkloadIdentities {
+    if (this.#suspended) return { svids: [], bundle: this.#bundle, federatedBundles: [] };
     const have = new Set(selectors);
     const now = nowSeconds();
     const matched = [...this.#entries.values()]
@@ -126,6 +154,11 @@ export class SvidCache implements WorkloadIdentityProvider {
   }
 
   async mintJwtSvid(spiffeId: SpiffeId, audience: readonly string[]): Promise<string> {
+    if (this.#suspended)
+      throw new AgentError(
+        'ERR_AGENT_UNTRUSTED',
+        'the server holds this node untrusted; no identity is served',
+      );
     const key = `${spiffeId.toString()}\n${[...new Set(audience)].sort().join('\n')}`;
     const cached = this.#jwts.get(key);
     const now = Date.now();
@@ -204,6 +237,7 @@ export class SvidCache implements WorkloadIdentityProvider {
    * its entry changed, or signed by a CA that no longer signs (CA rotation) or left the bundle.
    */
   due(now: number): CachedEntry[] {
+    if (this.#suspended) return [];
     const roots = this.#bundle.x509Authorities;
     return [...this.#entries.values()].filter((entry) => {
       if (entry.expiresAt > 0 && entry.expiresAt <= now) return false;
@@ -220,6 +254,8 @@ export class SvidCache implements WorkloadIdentityProvider {
 
   /** Stores freshly issued SVIDs (for entries still cached). */
   storeSvids(issued: readonly IssuedSvid[]): void {
+    // Issued before the node became untrusted: not to be served.
+    if (this.#suspended) return;
     for (const item of issued) {
       const entry = this.#entries.get(item.entryId);
       const leafDer = item.chain[0];

@@ -25,6 +25,8 @@ import {
   type FetchBundlesResponse,
   type FetchEntriesResponse,
   type NewJwtSvidResponse,
+  type ReattestChallenge,
+  type ReattestRequest,
   type RenewAgentRequest,
   type SyncCursorMessage,
 } from '../agent-api/proto.js';
@@ -170,6 +172,11 @@ export class AgentApiClient {
         error ? reject(toAgentError(error)) : resolve(response),
       );
     });
+  }
+
+  /** The continuous-attestation stream: open as long as the agent runs, so without a deadline. */
+  reattest(): ClientDuplexStream<ReattestRequest, ReattestChallenge> {
+    return this.#method('Reattest')() as ClientDuplexStream<ReattestRequest, ReattestChallenge>;
   }
 
   renew(params: NonNullable<RenewAgentRequest['params']>, answer: Answerer): Promise<Result> {

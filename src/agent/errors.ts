@@ -11,7 +11,8 @@ export type AgentErrorCode =
   | 'ERR_AGENT_STATE'
   | 'ERR_AGENT_SERVER_UNAVAILABLE'
   | 'ERR_AGENT_PROTOCOL'
-  | 'ERR_AGENT_TPM';
+  | 'ERR_AGENT_TPM'
+  | 'ERR_AGENT_UNTRUSTED';
 
 export class AgentError extends Error {
   readonly code: string;

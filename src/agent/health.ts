@@ -23,6 +23,11 @@ export interface HealthStatus {
   last_error: { code: string; message: string } | null;
   attestations: number;
   renewals: number;
+  /**
+   * Continuous attestation (TPM nodes): the server's last verdict on this node. While untrusted
+   * the agent serves no identity.
+   */
+  reattest?: { trusted: boolean; code: string; reason: string; passed: number; failed: number };
   /** The workloads' side: cached entries and SVIDs, and entry sync counters. */
   workload?: {
     entries: number;

@@ -1,4 +1,4 @@
-import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 
 /** The server's metrics, on a registry of its own so tests and embedders never share state. */
 export class ServerMetrics {
@@ -17,6 +17,22 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly reattestations = new Counter({
+    name: 'ironroot_node_reattestations_total',
+    help: 'Re-quotes of attested TPM nodes (continuous attestation) by result (trusted, or the refusal code)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  #untrusted: () => number = () => 0;
+
+  readonly untrustedNodes: Gauge = new Gauge({
+    name: 'ironroot_untrusted_nodes',
+    help: 'Attested TPM nodes whose last re-quote failed or went unanswered',
+    registers: [this.registry],
+    collect: (): void => this.untrustedNodes.set(this.#untrusted()),
+  });
+
   readonly entriesSent = new Counter({
     name: 'ironroot_agent_entries_sent_total',
     help: 'Registration entries (and deletions) sent to agents by FetchEntries, by sync kind (full, incremental)',
@@ -30,6 +46,11 @@ export class ServerMetrics {
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
+
+  /** Where the untrusted-node gauge reads its value when scraped. */
+  countUntrusted(count: () => number): void {
+    this.#untrusted = count;
+  }
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ironroot_' });

@@ -10,6 +10,7 @@ import type { KeyManager } from '../hsm/key-manager.js';
 import { openKeyManager } from '../hsm/open.js';
 import { AdminServer } from './admin/server.js';
 import { EntryJournal } from './agentapi/entries.js';
+import { ContinuousAttestation } from './agentapi/reattest.js';
 import { AgentApiServer } from './agentapi/server.js';
 import { SyncHandlers } from './agentapi/sync.js';
 import { CertificateAuthority } from './ca/authority.js';
@@ -112,6 +113,24 @@ export async function startServer(
     closers.push(async () => clearInterval(rotation));
 
     const metrics = new ServerMetrics();
+    const reattest =
+      tpmPolicy && config.tpm_attestation
+        ? new ContinuousAttestation({
+            datastore,
+            clock,
+            logger,
+            policy: tpmPolicy,
+            intervalSeconds: config.tpm_attestation.reattest_interval,
+            deadlineSeconds:
+              config.tpm_attestation.reattest_deadline ?? config.tpm_attestation.reattest_interval,
+            reattestations: metrics.reattestations,
+          })
+        : undefined;
+    if (reattest) {
+      await reattest.start();
+      closers.push(async () => reattest.stop());
+      metrics.countUntrusted(() => reattest.untrusted);
+    }
     const admin = new AdminServer({
       socketPath: config.admin_socket,
       allowedUids: config.admin_allowed_uids,
@@ -125,6 +144,7 @@ export async function startServer(
       }),
       profiles: new ProfileCatalog(tpmPolicy?.measuredBoot),
       logger,
+      ...(reattest ? { reattest: (agentId: string) => reattest.reattestNow(agentId) } : {}),
       onCall: (method, result) => metrics.adminCalls.inc({ method, result }),
     });
     closers.push(() => admin.stop());
@@ -150,6 +170,7 @@ export async function startServer(
         burst: config.attestation_rate_limit.burst,
       },
       attestations: metrics.attestations,
+      ...(reattest ? { reattest } : {}),
       sync: new SyncHandlers({
         trustDomain: config.trust_domain,
         ca,

@@ -1,4 +1,4 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { type ChallengeIn, TpmAttestor } from '../../src/agent/attestor/tpm.js';
 import { AgentApiClient, type Challenge, type Result } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
@@ -32,6 +32,8 @@ export interface EvilOutcome {
   answer?: ChallengeResponseMessage;
   evidence?: TpmEvidenceMessage;
   ak?: StoredAk;
+  /** The agent key the CSR was made for: with `result`'s chain, the agent SVID for mTLS. */
+  key?: KeyObject;
 }
 
 export function challengeIn(challenge: Challenge): ChallengeIn {
@@ -44,10 +46,16 @@ export function challengeIn(challenge: Challenge): ChallengeIn {
 }
 
 export async function csr(): Promise<Buffer> {
+  return (await keyAndCsr()).csr;
+}
+
+export async function keyAndCsr(): Promise<{ key: KeyObject; csr: Buffer }> {
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  return Buffer.from(
-    await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),
+  const der = await createCsr(
+    { spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) },
+    createKeySigner(privateKey),
   );
+  return { key: privateKey, csr: Buffer.from(der) };
 }
 
 export async function evilAttest(
@@ -68,10 +76,11 @@ export async function evilAttest(
       .authorities.map((c) => c.toString())
       .join(''),
   });
-  const outcome: EvilOutcome = { evidence, ak: fresh.ak };
+  const request = await keyAndCsr();
+  const outcome: EvilOutcome = { evidence, ak: fresh.ak, key: request.key };
   try {
     outcome.result = await client.attest(
-      { method: 'tpm', csr: await csr(), tpm: evidence, join_token: '' },
+      { method: 'tpm', csr: request.csr, tpm: evidence, join_token: '' },
       async (message) => {
         const challenge = challengeIn(message);
         await tamper.beforeAnswer?.(challenge);

@@ -85,6 +85,34 @@ describe('server config', () => {
     expect(error.issues).toEqual(['ca_ttl: got "1 day"; allowed: a duration such as 90s, 30m, 24h or 7d']);
   });
 
+  it('defaults the re-quote interval to 60s and leaves the deadline to follow it', () => {
+    const tpm = (yaml: string) =>
+      loadConfig({ file: writeConfig(`trust_domain: a.test\ntpm_attestation:\n  ek_trust: any\n${yaml}`) })
+        .tpm_attestation;
+    expect(tpm('')?.reattest_interval).toBe(60);
+    expect(tpm('')?.reattest_deadline).toBeUndefined();
+    expect(tpm('  reattest_interval: 2s\n  reattest_deadline: 5s\n')).toMatchObject({
+      reattest_interval: 2,
+      reattest_deadline: 5,
+    });
+  });
+
+  it('names tpm_attestation.reattest_interval when it is below 2s or not a duration', () => {
+    const issues = (yaml: string) =>
+      invalid(() =>
+        loadConfig({ file: writeConfig(`trust_domain: a.test\ntpm_attestation:\n  ek_trust: any\n${yaml}`) }),
+      ).issues;
+    expect(issues('  reattest_interval: 1s\n')).toEqual([
+      'tpm_attestation.reattest_interval: got "1s"; allowed: a duration such as 90s, 30m, 24h or 7d, at least 2s',
+    ]);
+    expect(issues('  reattest_interval: often\n')).toEqual([
+      'tpm_attestation.reattest_interval: got "often"; allowed: a duration such as 90s, 30m, 24h or 7d',
+    ]);
+    expect(issues('  reattest_deadline: soon\n')).toEqual([
+      'tpm_attestation.reattest_deadline: got "soon"; allowed: a duration such as 90s, 30m, 24h or 7d',
+    ]);
+  });
+
   it('rejects an upper-case trust domain', () => {
     const error = invalid(() => loadConfig({ overrides: { trust_domain: 'Example.org' } }));
     expect(error.issues).toEqual([

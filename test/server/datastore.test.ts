@@ -223,6 +223,105 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     await expect(store.deleteNode(`${TD}/agent/tpm/abc`, 'uid:0')).rejects.toBeInstanceOf(AgentNotFoundError);
   });
 
+  it('records a node’s trust and last verified event log, auditing only changes of trust', async () => {
+    const id = `${TD}/agent/tpm/def`;
+    await store.upsertNode(
+      {
+        spiffeId: id,
+        attestationType: 'tpm',
+        serialNumber: '01',
+        attestationCount: 1,
+        expiresAt: 1_700_003_600,
+        banned: false,
+        selectors: [],
+        tpm: {
+          ekHash: 'def',
+          akPublic: new Uint8Array([1]),
+          resetCount: 4,
+          eventLog: new Uint8Array([9, 9]),
+        },
+        createdAt: 1_700_000_000,
+      },
+      'server',
+    );
+    // Attestation makes a node trusted.
+    expect((await store.getNode(id))?.trust).toEqual({ state: 'trusted', changedAt: 1_700_000_000 });
+    expect(Buffer.from((await store.getNode(id, { eventLog: true }))?.tpm?.eventLog ?? [])).toEqual(
+      Buffer.from([9, 9]),
+    );
+    // Only asked for: the hot paths (every agent API call) need no log.
+    expect((await store.getNode(id))?.tpm?.eventLog).toBeUndefined();
+    expect((await store.listNodes()).find((n) => n.spiffeId === id)?.tpm?.eventLog).toBeUndefined();
+    const audited = async () =>
+      (await store.listAudit(100)).filter(
+        (r) => r.objectId === id && ['node.trusted', 'node.untrusted'].includes(r.action),
+      );
+
+    clock.t += 5000;
+    const passed = await store.recordNodeTrust(
+      id,
+      {
+        trust: { state: 'trusted', changedAt: 1_700_000_005 },
+        tpm: { lastQuote: Buffer.from('{}'), resetCount: 4, eventLog: new Uint8Array([9, 9, 7]) },
+      },
+      'reattest',
+    );
+    expect(passed.changed).toBe(false);
+    // An unchanged state keeps the time it changed.
+    expect(passed.node.trust.changedAt).toBe(1_700_000_000);
+    expect(Buffer.from((await store.getNode(id, { eventLog: true }))?.tpm?.eventLog ?? [])).toEqual(
+      Buffer.from([9, 9, 7]),
+    );
+    expect(await audited()).toEqual([]);
+
+    const failed = await store.recordNodeTrust(
+      id,
+      {
+        trust: {
+          state: 'untrusted',
+          code: 'ERR_X',
+          reason: 'why',
+          details: '{"rules":[]}',
+          changedAt: 1_700_000_010,
+        },
+      },
+      'reattest',
+    );
+    expect(failed.changed).toBe(true);
+    expect((await store.getNode(id))?.trust).toEqual({
+      state: 'untrusted',
+      code: 'ERR_X',
+      reason: 'why',
+      details: '{"rules":[]}',
+      changedAt: 1_700_000_010,
+    });
+    // A failed re-quote leaves the last verified log alone.
+    expect(Buffer.from((await store.getNode(id, { eventLog: true }))?.tpm?.eventLog ?? [])).toEqual(
+      Buffer.from([9, 9, 7]),
+    );
+    expect(
+      (
+        await store.recordNodeTrust(
+          id,
+          { trust: { state: 'untrusted', code: 'ERR_X', reason: 'again', changedAt: 1 } },
+          'reattest',
+        )
+      ).changed,
+    ).toBe(false);
+    await store.recordNodeTrust(id, { trust: { state: 'trusted', changedAt: 1_700_000_020 } }, 'reattest');
+    expect((await audited()).map((r) => [r.action, r.actor, r.detail])).toEqual([
+      ['node.trusted', 'reattest', { previous: 'untrusted' }],
+      ['node.untrusted', 'reattest', { previous: 'trusted', code: 'ERR_X', reason: 'why' }],
+    ]);
+    await expect(
+      store.recordNodeTrust(
+        `${TD}/agent/tpm/none`,
+        { trust: { state: 'trusted', changedAt: 1 } },
+        'reattest',
+      ),
+    ).rejects.toBeInstanceOf(AgentNotFoundError);
+  });
+
   it('consumes a join token once, and not after it expired', async () => {
     await store.createJoinToken(
       { tokenHash: 'h1', spiffeId: `${TD}/node`, expiresAt: 1_700_000_600 },

@@ -34,6 +34,7 @@ export class AdminClient {
     service: S,
     method: M,
     request: AdminApi[S][M] extends [infer Q, unknown] ? DeepPartial<Q> : never,
+    options: { deadlineMs?: number } = {},
   ): Promise<AdminApi[S][M] extends [unknown, infer R] ? R : never> {
     const client = this.#client(service);
     return new Promise((resolve, reject) => {
@@ -45,7 +46,7 @@ export class AdminClient {
       fn.call(
         client,
         request,
-        { deadline: Date.now() + DEADLINE_MS },
+        { deadline: Date.now() + (options.deadlineMs ?? DEADLINE_MS) },
         (error: ServiceError | null, response: AdminApi[S][M] extends [unknown, infer R] ? R : never) => {
           if (error) reject(this.#describe(error));
           else resolve(response);

@@ -102,6 +102,21 @@ export interface AgentMessage {
   ak_algorithm: string;
   last_quote: LastQuoteMessage | null;
   attestation_count: number;
+  trust: NodeTrustMessage | null;
+}
+export interface NodeTrustMessage {
+  state: string;
+  code: string;
+  reason: string;
+  details: string;
+  changed_at: number;
+}
+export interface ReattestAgentResponse {
+  trusted: boolean;
+  code: string;
+  reason: string;
+  duration_ms: number;
+  agent: AgentMessage | null;
 }
 export interface LastQuoteMessage {
   quoted_at: number;
@@ -205,6 +220,7 @@ export interface AdminApi {
     EvictAgent: [AgentIdRequest, AgentMessage];
     BanAgent: [AgentIdRequest, AgentMessage];
     UnbanAgent: [AgentIdRequest, AgentMessage];
+    ReattestAgent: [AgentIdRequest, ReattestAgentResponse];
     CreateJoinToken: [CreateJoinTokenRequest, JoinTokenMessage];
   };
   LocalAuthorityService: {

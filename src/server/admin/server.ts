@@ -37,11 +37,20 @@ type Handlers = {
   };
 };
 
+/** Runs one re-quote of a node now (continuous attestation); absent without TPM attestation. */
+export type Reattest = (agentId: string) => Promise<{
+  trusted: boolean;
+  code: string;
+  reason: string;
+  durationMs: number;
+}>;
+
 function handlersFor(
   service: RegistrationService,
   ca: CaService,
   profiles: ProfileCatalog,
   actor: Actor,
+  reattest: Reattest | undefined,
 ): Handlers {
   return {
     EntryService: {
@@ -58,6 +67,23 @@ function handlersFor(
       EvictAgent: (r) => service.evictAgent(r, actor),
       BanAgent: (r) => service.banAgent(r, actor),
       UnbanAgent: (r) => service.unbanAgent(r, actor),
+      ReattestAgent: async (r) => {
+        if (reattest === undefined)
+          throw new ServerError(
+            'ERR_INVALID_ARGUMENT',
+            'this server has no tpm_attestation: no node is re-quoted; configure tpm_attestation first',
+          );
+        // Unknown IDs fail here, before anything waits.
+        await service.getAgent(r);
+        const result = await reattest(r.spiffe_id);
+        return {
+          trusted: result.trusted,
+          code: result.code,
+          reason: result.reason,
+          duration_ms: result.durationMs,
+          agent: await service.getAgent(r),
+        };
+      },
       CreateJoinToken: (r) => service.createJoinToken(r, actor),
     },
     LocalAuthorityService: {
@@ -91,6 +117,7 @@ export interface AdminServerOptions {
   ca: CaService;
   profiles: ProfileCatalog;
   logger: Logger;
+  reattest?: Reattest;
   /** Told of every call's outcome, for metrics. */
   onCall?: (method: string, result: 'ok' | 'error' | 'denied') => void;
 }
@@ -174,6 +201,7 @@ export class AdminServer {
       this.#options.ca,
       this.#options.profiles,
       `uid:${uid}`,
+      this.#options.reattest,
     );
     const server = new GrpcServer();
     const services = adminServices();

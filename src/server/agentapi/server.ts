@@ -17,6 +17,8 @@ import {
   type AttestAgentResponse,
   agentService,
   type ChallengeResponseMessage,
+  type ReattestChallenge,
+  type ReattestRequest,
   type RenewAgentRequest,
   type TpmEvidenceMessage,
 } from '../../agent-api/proto.js';
@@ -44,7 +46,8 @@ import {
 } from '../nodeattestor/tpm.js';
 import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
-import { authenticateAgent, type SyncHandlers } from './sync.js';
+import type { ContinuousAttestation } from './reattest.js';
+import { authenticateAgent, refuseUntrusted, type SyncHandlers } from './sync.js';
 import { ServerTls } from './tls.js';
 
 /** Join-token agents are named by this many hex digits of the token's SHA-256, as the audit log does. */
@@ -71,6 +74,8 @@ export interface AgentApiOptions {
   attestations: Counter<'method' | 'result'>;
   /** Entry sync, workload SVIDs and bundles; undefined serves attestation and renewal only. */
   sync?: SyncHandlers;
+  /** Continuous attestation of TPM nodes; undefined when TPM attestation is not configured. */
+  reattest?: ContinuousAttestation;
 }
 
 type Duplex<Req> = ServerDuplexStream<Req, AttestAgentResponse>;
@@ -112,6 +117,9 @@ export class AgentApiServer {
       RenewAgent: (call: Duplex<RenewAgentRequest>) => {
         void this.#run(call, 'renew', (d) => this.#renew(call, d));
       },
+      Reattest: (call: ServerDuplexStream<ReattestRequest, ReattestChallenge>) => {
+        void this.#reattest(call);
+      },
       ...this.#o.sync?.implementation(),
     });
     return new Promise((resolve, reject) => {
@@ -123,6 +131,8 @@ export class AgentApiServer {
 
   async stop(): Promise<void> {
     this.#tls.stop();
+    // Re-quote streams stay open for good; ending them lets the calls below finish at once.
+    this.#o.reattest?.stop();
     // Calls in flight get a moment to finish; agents' idle connections (their sync loops keep
     // channels alive) must not hold the shutdown up, so after that everything is cut.
     let timer: NodeJS.Timeout | undefined;
@@ -185,14 +195,37 @@ export class AgentApiServer {
             });
       if (refusal.code === 'ERR_ATTEST_INTERNAL') this.#o.logger.error({ err: error }, 'agent API failure');
       log('refused', refusal.code, refusal);
-      const metadata = new Metadata();
-      metadata.set('ironroot-error-code', refusal.code);
-      const status: Partial<ServerErrorResponse> = {
-        code: refusal.grpcStatus,
-        details: `${refusal.code}: ${refusal.message}`,
-        metadata,
-      };
-      call.emit('error', status);
+      call.emit('error', statusOf(refusal));
+    }
+  }
+
+  /** Opens a node's re-quote stream: the agent SVID names the node, which must be an attested TPM node. */
+  async #reattest(call: ServerDuplexStream<ReattestRequest, ReattestChallenge>): Promise<void> {
+    try {
+      const agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
+      this.#policy();
+      const node = await this.#o.datastore.getNode(agentId);
+      if (node === undefined)
+        throw new AttestationError(
+          'ERR_AGENT_NOT_ATTESTED',
+          'this agent is not attested (evicted, or never was); attest again',
+        );
+      refuseBanned(node);
+      if (node.attestationType !== 'tpm' || this.#o.reattest === undefined)
+        throw new AttestationError(
+          'ERR_REATTEST_NOT_TPM',
+          `agent ${agentId} attested by ${node.attestationType}: only TPM nodes are re-quoted`,
+        );
+      this.#o.reattest.attach(agentId, call);
+    } catch (error) {
+      const refusal =
+        error instanceof AttestationError
+          ? error
+          : new AttestationError('ERR_ATTEST_INTERNAL', 'the server failed; see its log', { cause: error });
+      if (refusal.code === 'ERR_ATTEST_INTERNAL') this.#o.logger.error({ err: error }, 'agent API failure');
+      else
+        this.#o.logger.warn({ method: 'Reattest', result: 'refused', reason: refusal.code }, refusal.message);
+      call.emit('error', statusOf(refusal));
     }
   }
 
@@ -243,12 +276,14 @@ export class AgentApiServer {
           akPublic: evidence.akPublic,
           lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, now))),
           resetCount: verified.quote.clockInfo.resetCount,
+          eventLog: eventLogOf(answer.challenge_response),
         },
         attestationCount: (existing?.attestationCount ?? 0) + 1,
         createdAt: existing?.createdAt ?? now,
       },
       ACTOR,
     );
+    this.#o.reattest?.attested(decision.agentId);
     return result.response;
   }
 
@@ -296,6 +331,7 @@ export class AgentApiServer {
       );
     decision.method = node.attestationType;
     refuseBanned(node);
+    refuseUntrusted(node);
     const messages = reader(call, this.#waitSeconds);
     const first = await messages.next();
     if (first.step !== 'params' || !first.params)
@@ -342,6 +378,7 @@ export class AgentApiServer {
           ...node.tpm,
           lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, nowSeconds(this.#o.clock)))),
           resetCount: verified.quote.clockInfo.resetCount,
+          eventLog: eventLogOf(answer.challenge_response),
         },
       },
       ACTOR,
@@ -385,6 +422,17 @@ export class AgentApiServer {
       },
     };
   }
+}
+
+function statusOf(refusal: AttestationError): Partial<ServerErrorResponse> {
+  const metadata = new Metadata();
+  metadata.set('ironroot-error-code', refusal.code);
+  return { code: refusal.grpcStatus, details: `${refusal.code}: ${refusal.message}`, metadata };
+}
+
+/** The event log just verified, kept so that re-quotes need send only what was appended. */
+function eventLogOf(message: ChallengeResponseMessage | null | undefined): Uint8Array {
+  return new Uint8Array(message?.event_log ?? []);
 }
 
 function badRequest(message: string): AttestationError {

@@ -28,7 +28,7 @@ import type {
 import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { type Clock, nowSeconds } from '../clock.js';
-import type { Datastore, RegistrationEntry } from '../datastore/datastore.js';
+import type { AttestedNode, Datastore, RegistrationEntry } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
 import { AttestationError } from '../nodeattestor/errors.js';
 import type { Authorization, EntryJournal, SyncCursor } from './entries.js';
@@ -90,6 +90,18 @@ export function authenticateAgent(
   }
 }
 
+/**
+ * An untrusted node (its last re-quote failed or went unanswered) gets nothing that identities are
+ * made of until a re-quote passes.
+ */
+export function refuseUntrusted(node: AttestedNode): void {
+  if (node.trust.state === 'untrusted')
+    throw new AttestationError(
+      'ERR_AGENT_UNTRUSTED',
+      `agent ${node.spiffeId} is untrusted since ${new Date(node.trust.changedAt * 1000).toISOString()} (${node.trust.code ?? 'unknown'}: ${node.trust.reason ?? ''}); nothing is issued to it until a re-quote passes`,
+    );
+}
+
 export class SyncHandlers {
   readonly #o: SyncOptions;
 
@@ -119,7 +131,10 @@ export class SyncHandlers {
       FetchBundles: (
         call: ServerUnaryCall<Record<string, never>, FetchBundlesResponse>,
         callback: sendUnaryData<FetchBundlesResponse>,
-      ) => this.#unary('FetchBundles', call, callback, (agent) => this.#fetchBundles(agent)),
+      ) =>
+        this.#unary('FetchBundles', call, callback, (agent) => this.#fetchBundles(agent), {
+          untrusted: true,
+        }),
     };
   }
 
@@ -128,8 +143,9 @@ export class SyncHandlers {
     call: ServerUnaryCall<Req, Res>,
     callback: sendUnaryData<Res>,
     handle: (agent: Authorization & { agentId: string }) => Promise<Res>,
+    options: { untrusted?: boolean } = {},
   ): void {
-    this.#authorize(call)
+    this.#authorize(call, options.untrusted)
       .then(handle)
       .then(
         (response) => callback(null, response),
@@ -137,8 +153,11 @@ export class SyncHandlers {
       );
   }
 
-  /** The caller's agent ID and what it is authorized for now. */
-  async #authorize(call: Caller): Promise<Authorization & { agentId: string }> {
+  /**
+   * The caller's agent ID and what it is authorized for now. Bundles are public: an untrusted node
+   * may still fetch them (`untrusted`), so it can authenticate the server when trusted again.
+   */
+  async #authorize(call: Caller, untrusted = false): Promise<Authorization & { agentId: string }> {
     const agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
     const node = await this.#o.datastore.getNode(agentId);
     if (node === undefined)
@@ -151,6 +170,7 @@ export class SyncHandlers {
         'ERR_ATTEST_BANNED',
         `agent ${agentId} is banned; an operator must run "ironroot-server agent unban" first`,
       );
+    if (!untrusted) refuseUntrusted(node);
     await this.#o.journal.refresh();
     return { agentId, ...this.#o.journal.authorize(agentId, node.selectors, nowSeconds(this.#o.clock)) };
   }

@@ -9,6 +9,9 @@ interface AgentFlags extends AdminOptions {
 
 const iso = (unixSeconds: number) => new Date(unixSeconds * 1000).toISOString();
 
+/** The server answers a re-quote within its reattest_deadline; this only bounds a server that hangs. */
+const REATTEST_CALL_DEADLINE_MS = 15 * 60_000;
+
 /** TPM lines appear only when the server recorded them: join-token agents have none. */
 function formatAgent(agent: AgentMessage): string {
   const quote = agent.last_quote;
@@ -19,6 +22,11 @@ function formatAgent(agent: AgentMessage): string {
     `Serial number     : ${agent.x509_svid_serial_number}`,
     `Banned            : ${agent.banned}`,
     `Attestations      : ${agent.attestation_count}`,
+    ...(agent.trust !== null
+      ? [
+          `Trust             : ${agent.trust.state} since ${iso(agent.trust.changed_at)}${agent.trust.state === 'untrusted' ? ` (${agent.trust.code}: ${agent.trust.reason})` : ''}`,
+        ]
+      : []),
     ...(agent.ek_hash !== '' ? [`EK hash           : ${agent.ek_hash}`] : []),
     ...(agent.ek_issuer !== '' ? [`EK issuer         : ${agent.ek_issuer}`] : []),
     ...(agent.ak_public_sha256 !== ''
@@ -52,7 +60,7 @@ function single(
   });
 }
 
-/** `agent list|show|evict|ban|unban`: attested agents. */
+/** `agent list|show|evict|ban|unban|reattest`: attested agents. */
 export function agentCommand(): Command {
   const agent = new Command('agent').description('manage attested agents');
   agent.addCommand(
@@ -82,5 +90,24 @@ export function agentCommand(): Command {
     ),
   );
   agent.addCommand(single('unban', 'lift a ban: the agent may attest again', 'UnbanAgent', 'Unbanned agent'));
+  agent.addCommand(
+    adminCommand(
+      new Command('reattest')
+        .description(
+          'ask a TPM node for a fresh quote now and print the outcome; exits 1 when the node is untrusted',
+        )
+        .requiredOption('--spiffe-id <id>', "the agent's SPIFFE ID"),
+    ).action(async (flags: AgentFlags) => {
+      const id = flags.spiffeId ?? '';
+      const result = await withClient(flags, (c) =>
+        c.call('AgentService', 'ReattestAgent', { spiffe_id: id }, { deadlineMs: REATTEST_CALL_DEADLINE_MS }),
+      );
+      if (flags.output === 'json') printJson(result);
+      else if (result.trusted)
+        print(`Agent ${id} is trusted: the re-quote passed in ${result.duration_ms} ms`);
+      else print(`Agent ${id} is untrusted: ${result.code}: ${result.reason}`);
+      if (!result.trusted) process.exitCode = 1;
+    }),
+  );
   return agent;
 }

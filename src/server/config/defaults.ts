@@ -23,9 +23,13 @@ export const DEFAULTS = {
   agent_svid_ttl: '1h',
   tpm_pcrs: 'sha256:0-7',
   tpm_nonce_ttl: '60s',
+  tpm_reattest_interval: '60s',
   attestation_rate_per_second: 5,
   attestation_rate_burst: 10,
 } as const;
+
+/** Re-quotes (continuous attestation) cannot be asked for more often than this, in seconds. */
+export const REATTEST_INTERVAL_MIN_SECONDS = 2;
 
 /** Bounds for entry TTLs (seconds); 0 in an entry means "use the server default". */
 export const SVID_TTL_MAX_SECONDS = 30 * 24 * 3600;

@@ -5,7 +5,7 @@
  * @module
  */
 import { z } from 'zod';
-import { DEFAULTS } from './defaults.js';
+import { DEFAULTS, REATTEST_INTERVAL_MIN_SECONDS } from './defaults.js';
 import { DURATION_HINT, parseDuration } from './duration.js';
 
 const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
@@ -135,6 +135,23 @@ const tpmAttestation = z
     require_event_log: z.boolean().default(false),
     nonce_ttl: duration(DEFAULTS.tpm_nonce_ttl),
     measured_boot: measuredBoot,
+    reattest_interval: duration(DEFAULTS.tpm_reattest_interval).refine(
+      (seconds) => seconds >= REATTEST_INTERVAL_MIN_SECONDS,
+      `allowed: ${DURATION_HINT}, at least ${REATTEST_INTERVAL_MIN_SECONDS}s`,
+    ),
+    /** Defaults to reattest_interval. */
+    reattest_deadline: z
+      .string(`allowed: ${DURATION_HINT}`)
+      .optional()
+      .transform((text, ctx) => {
+        if (text === undefined) return undefined;
+        const seconds = parseDuration(text);
+        if (seconds === undefined) {
+          ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
+          return z.NEVER;
+        }
+        return seconds;
+      }),
   })
   .refine(
     (t) =>

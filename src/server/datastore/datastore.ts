@@ -53,6 +53,21 @@ export interface EntryPage {
   nextToken: string;
 }
 
+/**
+ * Whether the node's last re-quote (continuous attestation) passed. A full attestation makes a node
+ * trusted; a failed or missing re-quote makes it untrusted until one passes.
+ */
+export interface NodeTrust {
+  state: 'trusted' | 'untrusted';
+  /** The refusal code (e.g. ERR_ATTEST_EVENTLOG_REPLAY) while untrusted. */
+  code?: string;
+  reason?: string;
+  /** JSON with more about the decision (e.g. the rules a profile evaluation applied). */
+  details?: string;
+  /** Unix seconds of the last change of state (or of reason while untrusted). */
+  changedAt: number;
+}
+
 export interface AttestedNode {
   spiffeId: string;
   attestationType: string;
@@ -69,11 +84,20 @@ export interface AttestedNode {
     /** JSON of the last verified quote (see LastQuote in nodeattestor). */
     lastQuote?: Uint8Array;
     resetCount?: number;
+    /**
+     * The last verified measured-boot event log; re-quotes send only what was appended since. Read
+     * only by `getNode(id, { eventLog: true })`: it is large, and nothing else needs it.
+     */
+    eventLog?: Uint8Array;
   };
+  trust: NodeTrust;
   /** Full attestations of this node (renewals do not count). */
   attestationCount: number;
   createdAt: number;
 }
+
+/** A node record to write: without `trust`, the node is trusted from now (a full attestation). */
+export type NodeRecord = Omit<AttestedNode, 'trust'> & { trust?: NodeTrust };
 
 export interface JoinToken {
   tokenHash: string;
@@ -151,12 +175,26 @@ export interface Datastore {
    * node-alias entry created in the same transaction (a join token's SPIFFE ID), so the node never
    * exists without the identity its token promised; an identical entry already there is kept.
    */
-  upsertNode(node: AttestedNode, actor: Actor, alias?: NewEntry): Promise<void>;
-  getNode(spiffeId: string): Promise<AttestedNode | undefined>;
+  upsertNode(node: NodeRecord, actor: Actor, alias?: NewEntry): Promise<void>;
+  getNode(spiffeId: string, options?: { eventLog?: boolean }): Promise<AttestedNode | undefined>;
+  /** Every node, without event logs. */
   listNodes(): Promise<AttestedNode[]>;
   /** Forgets the node: it must attest again. */
   deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode>;
   setNodeBanned(spiffeId: string, banned: boolean, actor: Actor): Promise<AttestedNode>;
+  /**
+   * Records a re-quote's outcome: the trust (audited only when the state or the code changes) and,
+   * after a passing re-quote, the quote and event log it verified. Resolves to the node as stored
+   * and whether its trust changed.
+   */
+  recordNodeTrust(
+    spiffeId: string,
+    update: {
+      trust: NodeTrust;
+      tpm?: { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+    },
+    actor: Actor,
+  ): Promise<{ node: AttestedNode; changed: boolean }>;
 
   createJoinToken(token: JoinToken, actor: Actor): Promise<void>;
   /** Removes and returns the token if it exists and has not expired at `now`; single use. */

@@ -145,8 +145,33 @@ function nodeAttestation(): Migration {
   };
 }
 
+/** Continuous attestation: the node's trust and the last verified event log, which re-quotes extend. */
+function continuousAttestation(dialect: Dialect): Migration {
+  const t = columnTypes(dialect);
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('attested_nodes').addColumn('event_log', t.blob).execute();
+      await db.schema
+        .alterTable('attested_nodes')
+        .addColumn('trust_state', 'text', (c) => c.notNull().defaultTo('trusted'))
+        .execute();
+      await db.schema.alterTable('attested_nodes').addColumn('trust_code', 'text').execute();
+      await db.schema.alterTable('attested_nodes').addColumn('trust_reason', 'text').execute();
+      await db.schema.alterTable('attested_nodes').addColumn('trust_details', 'text').execute();
+      await db.schema
+        .alterTable('attested_nodes')
+        .addColumn('trust_changed_at', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
-  return { '0001_initial': initial(dialect), '0002_node_attestation': nodeAttestation() };
+  return {
+    '0001_initial': initial(dialect),
+    '0002_node_attestation': nodeAttestation(),
+    '0003_continuous_attestation': continuousAttestation(dialect),
+  };
 }
 
 /** Brings the schema to the newest version; fails with the migration's name and cause. */

@@ -25,6 +25,8 @@ import type {
   EntryPage,
   JoinToken,
   NewEntry,
+  NodeRecord,
+  NodeTrust,
   Page,
   RegistrationEntry,
   Selector,
@@ -142,8 +144,9 @@ export class SqlDatastore implements Datastore {
     });
   }
 
-  async upsertNode(node: AttestedNode, actor: Actor, alias?: NewEntry): Promise<void> {
+  async upsertNode(node: NodeRecord, actor: Actor, alias?: NewEntry): Promise<void> {
     const now = nowSeconds(this.#clock);
+    const trust = node.trust ?? { state: 'trusted', changedAt: now };
     const row: AttestedNodeRow = {
       spiffe_id: node.spiffeId,
       attestation_type: node.attestationType,
@@ -156,6 +159,8 @@ export class SqlDatastore implements Datastore {
       reset_count: node.tpm?.resetCount ?? null,
       ek_issuer: node.tpm?.ekIssuer ?? null,
       attestation_count: node.attestationCount,
+      event_log: node.tpm?.eventLog ?? null,
+      ...trustColumns(trust),
       created_at: node.createdAt,
       updated_at: now,
     };
@@ -173,6 +178,7 @@ export class SqlDatastore implements Datastore {
         attestation_type: node.attestationType,
         serial_number: node.serialNumber,
         expires_at: node.expiresAt,
+        trust: trust.state,
       });
       if (alias !== undefined) await this.#ensureEntry(trx, alias, now, actor);
     });
@@ -194,8 +200,8 @@ export class SqlDatastore implements Datastore {
     await audit(trx, now, actor, 'entry.create', 'entry', created.id, entryDetail(created));
   }
 
-  async getNode(spiffeId: string): Promise<AttestedNode | undefined> {
-    return (await this.#loadNodes(this.#db, spiffeId))[0];
+  async getNode(spiffeId: string, options: { eventLog?: boolean } = {}): Promise<AttestedNode | undefined> {
+    return (await this.#loadNodes(this.#db, spiffeId, options.eventLog))[0];
   }
 
   async listNodes(): Promise<AttestedNode[]> {
@@ -226,6 +232,55 @@ export class SqlDatastore implements Datastore {
         .execute();
       await audit(trx, now, actor, banned ? 'node.ban' : 'node.unban', 'node', spiffeId, {});
       return { ...node, banned };
+    });
+  }
+
+  async recordNodeTrust(
+    spiffeId: string,
+    update: {
+      trust: NodeTrust;
+      tpm?: { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+    },
+    actor: Actor,
+  ): Promise<{ node: AttestedNode; changed: boolean }> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const [node] = await this.#loadNodes(trx, spiffeId);
+      if (node === undefined) throw new AgentNotFoundError(spiffeId);
+      const changed = node.trust.state !== update.trust.state || node.trust.code !== update.trust.code;
+      const trust = changed ? update.trust : node.trust;
+      await trx
+        .updateTable('attested_nodes')
+        .set({
+          ...trustColumns(trust),
+          ...(update.tpm
+            ? {
+                last_quote: update.tpm.lastQuote,
+                reset_count: update.tpm.resetCount,
+                event_log: update.tpm.eventLog,
+              }
+            : {}),
+          updated_at: now,
+        })
+        .where('spiffe_id', '=', spiffeId)
+        .execute();
+      // Passing re-quotes of a trusted node are not news; only changes of trust are audited.
+      if (changed)
+        await audit(trx, now, actor, `node.${trust.state}`, 'node', spiffeId, {
+          previous: node.trust.state,
+          ...(trust.code !== undefined ? { code: trust.code } : {}),
+          ...(trust.reason !== undefined ? { reason: trust.reason } : {}),
+        });
+      const tpm =
+        node.tpm && update.tpm
+          ? {
+              ...node.tpm,
+              lastQuote: update.tpm.lastQuote,
+              resetCount: update.tpm.resetCount,
+              eventLog: update.tpm.eventLog,
+            }
+          : node.tpm;
+      return { node: { ...node, trust, ...(tpm ? { tpm } : {}) }, changed };
     });
   }
 
@@ -534,11 +589,21 @@ export class SqlDatastore implements Datastore {
     }));
   }
 
-  async #loadNodes(db: Db, spiffeId?: string): Promise<AttestedNode[]> {
-    let query = db.selectFrom('attested_nodes').selectAll().orderBy('spiffe_id');
+  /** Nodes without their event logs (tens of kilobytes each), unless `eventLog` asks for the one node's. */
+  async #loadNodes(db: Db, spiffeId?: string, eventLog = false): Promise<AttestedNode[]> {
+    let query = db.selectFrom('attested_nodes').select(NODE_COLUMNS).orderBy('spiffe_id');
     if (spiffeId !== undefined) query = query.where('spiffe_id', '=', spiffeId);
     const rows = await query.execute();
     if (rows.length === 0) return [];
+    const logs =
+      eventLog && spiffeId !== undefined
+        ? await db
+            .selectFrom('attested_nodes')
+            .select('event_log')
+            .where('spiffe_id', '=', spiffeId)
+            .execute()
+        : [];
+    const log = logs[0]?.event_log ?? null;
     const selectors = await db
       .selectFrom('node_selectors')
       .selectAll()
@@ -567,13 +632,53 @@ export class SqlDatastore implements Datastore {
               akPublic: r.ak_public,
               ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
               ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
+              ...(log !== null ? { eventLog: log } : {}),
             },
           }
         : {}),
+      trust: {
+        state: r.trust_state === 'untrusted' ? 'untrusted' : 'trusted',
+        ...(r.trust_code !== null ? { code: r.trust_code } : {}),
+        ...(r.trust_reason !== null ? { reason: r.trust_reason } : {}),
+        ...(r.trust_details !== null ? { details: r.trust_details } : {}),
+        changedAt: Number(r.trust_changed_at) || Number(r.created_at),
+      },
       attestationCount: Number(r.attestation_count),
       createdAt: Number(r.created_at),
     }));
   }
+}
+
+/** Every node column but the event log, which only re-quotes need. */
+const NODE_COLUMNS = [
+  'spiffe_id',
+  'attestation_type',
+  'serial_number',
+  'expires_at',
+  'banned',
+  'ek_hash',
+  'ak_public',
+  'last_quote',
+  'reset_count',
+  'ek_issuer',
+  'attestation_count',
+  'trust_state',
+  'trust_code',
+  'trust_reason',
+  'trust_details',
+  'trust_changed_at',
+  'created_at',
+  'updated_at',
+] as const;
+
+function trustColumns(trust: NodeTrust) {
+  return {
+    trust_state: trust.state,
+    trust_code: trust.code ?? null,
+    trust_reason: trust.reason ?? null,
+    trust_details: trust.details ?? null,
+    trust_changed_at: trust.changedAt,
+  };
 }
 
 type EntryScope = ExpressionBuilder<Database & { e: RegistrationEntryRow }, 'e'>;

@@ -49,6 +49,15 @@ export interface AttestedNodeRow {
   reset_count: number | null;
   ek_issuer: string | null;
   attestation_count: number;
+  /** The last verified event log (TPM nodes). */
+  event_log: Uint8Array | null;
+  /** 'trusted' or 'untrusted'. */
+  trust_state: string;
+  trust_code: string | null;
+  trust_reason: string | null;
+  trust_details: string | null;
+  /** 0 for rows from before continuous attestation: read as created_at. */
+  trust_changed_at: number;
   created_at: number;
   updated_at: number;
 }

@@ -1,5 +1,5 @@
 /**
- * Why an attestation or renewal was refused. Each refusal has its own stable code, logged as
+ * Why an attestation, renewal or re-quote (continuous attestation) was refused. Each refusal has its own stable code, logged as
  * `reason` and sent to the agent as the gRPC status message's prefix (and trailer
  * `ironroot-error-code`), so operators and agents can act on it without parsing prose.
  *
@@ -31,6 +31,13 @@ export type AttestationErrorCode =
   | 'ERR_AGENT_UNAUTHENTICATED'
   | 'ERR_AGENT_NOT_ATTESTED'
   | 'ERR_AGENT_AK_UNKNOWN'
+  | 'ERR_AGENT_UNTRUSTED'
+  | 'ERR_REATTEST_NO_ANSWER'
+  | 'ERR_REATTEST_REBOOTED'
+  | 'ERR_REATTEST_COUNTER_ROLLBACK'
+  | 'ERR_REATTEST_EVENTLOG_OFFSET'
+  | 'ERR_REATTEST_EVENTLOG_NOT_EXTENSION'
+  | 'ERR_REATTEST_NOT_TPM'
   | 'ERR_AGENT_ENTRY_NOT_AUTHORIZED'
   | 'ERR_AGENT_BAD_REQUEST'
   | 'ERR_AGENT_INTERNAL'
@@ -60,6 +67,13 @@ const GRPC_STATUS: Record<AttestationErrorCode, status> = {
   ERR_AGENT_UNAUTHENTICATED: status.UNAUTHENTICATED,
   ERR_AGENT_NOT_ATTESTED: status.FAILED_PRECONDITION,
   ERR_AGENT_AK_UNKNOWN: status.FAILED_PRECONDITION,
+  ERR_AGENT_UNTRUSTED: status.PERMISSION_DENIED,
+  ERR_REATTEST_NO_ANSWER: status.DEADLINE_EXCEEDED,
+  ERR_REATTEST_REBOOTED: status.FAILED_PRECONDITION,
+  ERR_REATTEST_COUNTER_ROLLBACK: status.PERMISSION_DENIED,
+  ERR_REATTEST_EVENTLOG_OFFSET: status.PERMISSION_DENIED,
+  ERR_REATTEST_EVENTLOG_NOT_EXTENSION: status.PERMISSION_DENIED,
+  ERR_REATTEST_NOT_TPM: status.FAILED_PRECONDITION,
   ERR_AGENT_ENTRY_NOT_AUTHORIZED: status.PERMISSION_DENIED,
   ERR_AGENT_BAD_REQUEST: status.INVALID_ARGUMENT,
   ERR_AGENT_INTERNAL: status.INTERNAL,

@@ -238,6 +238,13 @@ export class RegistrationService {
       ak_algorithm: ak?.algorithm ?? '',
       last_quote: node.tpm?.lastQuote === undefined ? null : toLastQuoteMessage(node.tpm.lastQuote),
       attestation_count: node.attestationCount,
+      trust: {
+        state: node.trust.state,
+        code: node.trust.code ?? '',
+        reason: node.trust.reason ?? '',
+        details: node.trust.details ?? '',
+        changed_at: node.trust.changedAt,
+      },
     };
   }
 }

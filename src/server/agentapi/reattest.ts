@@ -1,0 +1,505 @@
+/**
+ * Continuous attestation: the server asks every attested TPM node for a fresh quote every
+ * `reattest_interval` (and when an operator asks), over the Reattest stream the agent keeps open,
+ * and judges the answer as renewal does (verifyAnswer with the recorded AK), plus what only a
+ * series of quotes can show: the TPM's reset and restart counters never go back, a changed reset
+ * count is a reboot, and the event log only grows. A failed or missing answer makes the node
+ * untrusted, which the agent API then enforces (no renewal, no entries, no workload SVIDs).
+ *
+ * One timer drives everything: a wheel of buckets `TICK_MS` wide holding the nodes due in them. Due
+ * times are spread with jitter, so thousands of nodes never quote (nor write to the datastore) at
+ * the same instant. Scheduling runs on the monotonic clock: a wall-clock jump must not make every
+ * node miss its deadline at once.
+ *
+ * @module
+ */
+import { Metadata, type ServerDuplexStream, type ServerErrorResponse } from '@grpc/grpc-js';
+import type { Counter } from 'prom-client';
+import type { ReattestChallenge, ReattestRequest } from '../../agent-api/proto.js';
+import { parseAttest, parseTpm2bPublic } from '../../tpm/index.js';
+import { type Clock, nowSeconds } from '../clock.js';
+import type { AttestedNode, Datastore, NodeTrust } from '../datastore/datastore.js';
+import { AgentNotFoundError, ServerError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { AttestationError, type AttestationErrorCode } from '../nodeattestor/errors.js';
+import { NonceStore } from '../nodeattestor/nonces.js';
+import type { BootSubject, TpmPolicy } from '../nodeattestor/policy.js';
+import {
+  type IssuedChallenge,
+  type LastQuote,
+  lastQuote,
+  ProfileViolationError,
+  verifyAnswer,
+} from '../nodeattestor/tpm.js';
+
+const ACTOR = 'reattest';
+/** Width of one wheel bucket: due times are honoured to within this. */
+const TICK_MS = 250;
+/** Each next due time moves by up to this fraction of the interval either way. */
+const JITTER = 0.1;
+/** verifyAnswer raises these before (or while) it verifies the quote; any other refusal comes after. */
+const BEFORE_QUOTE_VERIFIED: ReadonlySet<AttestationErrorCode> = new Set([
+  'ERR_ATTEST_BAD_REQUEST',
+  'ERR_ATTEST_NONCE_EXPIRED',
+  'ERR_ATTEST_NONCE_REPLAYED',
+  'ERR_ATTEST_SECRET_MISMATCH',
+  'ERR_ATTEST_QUOTE_SIGNATURE',
+  'ERR_ATTEST_QUOTE_INVALID',
+  'ERR_ATTEST_PCR_DIGEST',
+]);
+
+export type ReattestStream = ServerDuplexStream<ReattestRequest, ReattestChallenge>;
+
+export interface ReattestResult {
+  trusted: boolean;
+  code: string;
+  reason: string;
+  durationMs: number;
+}
+
+export interface ReattestOptions {
+  datastore: Datastore;
+  /** Wall clock, for what is stored (when trust changed, when a quote was verified). */
+  clock: Clock;
+  logger: Logger;
+  policy: TpmPolicy;
+  intervalSeconds: number;
+  deadlineSeconds: number;
+  reattestations: Counter<'result'>;
+}
+
+interface Pending {
+  readonly id: number;
+  readonly challenge: IssuedChallenge;
+  readonly sentAt: number;
+  readonly deadlineAt: number;
+  /** Set once an answer is being judged: later answers and the deadline leave it alone. */
+  answered: boolean;
+  /** Operators waiting for this verdict (`agent reattest`). */
+  readonly waiters: { resolve: (result: ReattestResult) => void; reject: (error: Error) => void }[];
+}
+
+interface Session {
+  readonly agentId: string;
+  stream: ReattestStream | undefined;
+  dueAt: number;
+  pending: Pending | undefined;
+  trust: NodeTrust['state'];
+}
+
+/** Buckets of agent IDs by due time; one timer walks them. Stale entries are ignored by the caller. */
+class TimerWheel {
+  readonly #buckets = new Map<number, Set<string>>();
+  #cursor: number;
+
+  constructor(now: number) {
+    this.#cursor = Math.floor(now / TICK_MS);
+  }
+
+  schedule(agentId: string, at: number): void {
+    const bucket = Math.max(Math.ceil(at / TICK_MS), this.#cursor + 1);
+    const ids = this.#buckets.get(bucket) ?? new Set<string>();
+    ids.add(agentId);
+    this.#buckets.set(bucket, ids);
+  }
+
+  /** Removes and returns every ID in buckets up to `now`. */
+  take(now: number): string[] {
+    const upto = Math.floor(now / TICK_MS);
+    const due: string[] = [];
+    const buckets =
+      upto - this.#cursor <= this.#buckets.size
+        ? Array.from({ length: upto - this.#cursor }, (_, i) => this.#cursor + 1 + i)
+        : [...this.#buckets.keys()].filter((b) => b <= upto);
+    for (const bucket of buckets) {
+      const ids = this.#buckets.get(bucket);
+      if (ids === undefined) continue;
+      this.#buckets.delete(bucket);
+      due.push(...ids);
+    }
+    this.#cursor = Math.max(this.#cursor, upto);
+    return due;
+  }
+
+  clear(): void {
+    this.#buckets.clear();
+  }
+}
+
+const monotonic: Clock = { now: () => performance.now() };
+
+export class ContinuousAttestation {
+  readonly #o: ReattestOptions;
+  readonly #sessions = new Map<string, Session>();
+  readonly #wheel = new TimerWheel(monotonic.now());
+  readonly #nonces: NonceStore;
+  readonly #intervalMs: number;
+  readonly #deadlineMs: number;
+  #nextId = 0;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: ReattestOptions) {
+    this.#o = options;
+    this.#intervalMs = options.intervalSeconds * 1000;
+    this.#deadlineMs = options.deadlineSeconds * 1000;
+    // Nonces live until the deadline, on the monotonic clock like the schedule.
+    this.#nonces = new NonceStore(options.deadlineSeconds, monotonic);
+  }
+
+  /**
+   * Schedules every attested TPM node, connected or not: a node whose agent never comes back must
+   * still become untrusted. After a server start agents need a moment to reconnect, so the first
+   * re-quotes come one to two intervals later.
+   */
+  async start(): Promise<void> {
+    const now = monotonic.now();
+    for (const node of await this.#o.datastore.listNodes()) {
+      if (node.attestationType !== 'tpm' || node.banned) continue;
+      this.#session(node.spiffeId, node.trust.state, now + this.#intervalMs * (1 + Math.random()));
+    }
+    this.#timer = setInterval(() => this.#tick(), TICK_MS);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#wheel.clear();
+    for (const session of this.#sessions.values()) session.stream?.end();
+    this.#sessions.clear();
+  }
+
+  /** The number of nodes whose last re-quote failed (a gauge). */
+  get untrusted(): number {
+    let count = 0;
+    for (const session of this.#sessions.values()) if (session.trust === 'untrusted') count++;
+    return count;
+  }
+
+  /** A node attested (again): it is trusted, and its first re-quote is one interval away. */
+  attested(agentId: string): void {
+    const session = this.#sessions.get(agentId);
+    if (session === undefined) this.#session(agentId, 'trusted', monotonic.now() + this.#nextInterval());
+    else session.trust = 'trusted';
+  }
+
+  /** The agent's stream (authenticated by the caller): challenges go out on it, answers come in. */
+  attach(agentId: string, stream: ReattestStream): void {
+    const now = monotonic.now();
+    const session =
+      this.#sessions.get(agentId) ?? this.#session(agentId, 'trusted', now + this.#nextInterval());
+    // One stream per node: a reconnecting agent replaces the stream it left behind.
+    if (session.stream !== undefined && session.stream !== stream) session.stream.end();
+    session.stream = stream;
+    const detach = () => {
+      if (session.stream === stream) session.stream = undefined;
+    };
+    stream.on('data', (message: ReattestRequest) => this.#answer(session, stream, message));
+    stream.on('end', () => {
+      detach();
+      stream.end();
+    });
+    stream.on('error', detach);
+    stream.on('cancelled', detach);
+    stream.on('close', detach);
+    if (session.pending !== undefined && !session.pending.answered) this.#send(session);
+    else if (session.trust === 'untrusted' && session.pending === undefined) {
+      // An agent back after an outage need not wait an interval to be trusted again.
+      session.dueAt = now;
+      this.#wheel.schedule(agentId, now);
+    }
+  }
+
+  /** One re-quote now (or joins the one in flight), resolved with its outcome. */
+  async reattestNow(agentId: string): Promise<ReattestResult> {
+    const node = await this.#o.datastore.getNode(agentId);
+    if (node === undefined) throw new AgentNotFoundError(agentId);
+    if (node.attestationType !== 'tpm')
+      throw new ServerError(
+        'ERR_INVALID_ARGUMENT',
+        `agent ${agentId} attested by ${node.attestationType}: only TPM nodes can be re-quoted`,
+      );
+    const session =
+      this.#sessions.get(agentId) ??
+      this.#session(agentId, node.trust.state, monotonic.now() + this.#nextInterval());
+    return new Promise((resolve, reject) => {
+      const pending = session.pending ?? this.#issue(session, monotonic.now());
+      pending.waiters.push({ resolve, reject });
+    });
+  }
+
+  #session(agentId: string, trust: NodeTrust['state'], dueAt: number): Session {
+    const session: Session = { agentId, stream: undefined, dueAt, pending: undefined, trust };
+    this.#sessions.set(agentId, session);
+    this.#wheel.schedule(agentId, dueAt);
+    return session;
+  }
+
+  #nextInterval(): number {
+    return this.#intervalMs * (1 + (Math.random() * 2 - 1) * JITTER);
+  }
+
+  #tick(): void {
+    const now = monotonic.now();
+    for (const agentId of this.#wheel.take(now)) {
+      const session = this.#sessions.get(agentId);
+      if (session === undefined) continue;
+      const pending = session.pending;
+      if (pending !== undefined) {
+        if (!pending.answered && now >= pending.deadlineAt) this.#expire(session, pending);
+        // Due while a challenge is out: the next one follows once it is settled.
+        else if (now >= session.dueAt) {
+          session.dueAt = now + this.#nextInterval();
+          this.#wheel.schedule(agentId, session.dueAt);
+        }
+      } else if (now >= session.dueAt) this.#issue(session, now);
+    }
+  }
+
+  #issue(session: Session, now: number): Pending {
+    const pending: Pending = {
+      id: ++this.#nextId,
+      challenge: { credential: undefined, secret: undefined, nonce: this.#nonces.issue() },
+      sentAt: now,
+      deadlineAt: now + this.#deadlineMs,
+      answered: false,
+      waiters: [],
+    };
+    session.pending = pending;
+    session.dueAt = now + this.#nextInterval();
+    this.#wheel.schedule(session.agentId, pending.deadlineAt);
+    this.#wheel.schedule(session.agentId, session.dueAt);
+    this.#send(session);
+    return pending;
+  }
+
+  #send(session: Session): void {
+    const pending = session.pending;
+    if (session.stream === undefined || pending === undefined) return;
+    session.stream.write({
+      challenge: {
+        challenge_id: pending.id,
+        nonce: pending.challenge.nonce,
+        pcr_selection: this.#o.policy.selection.map((s) => ({ hash_alg: s.hash, pcrs: [...s.pcrs] })),
+      },
+    });
+  }
+
+  #expire(session: Session, pending: Pending): void {
+    pending.answered = true;
+    void this.#settle(session, pending, () => {
+      throw new AttestationError(
+        'ERR_REATTEST_NO_ANSWER',
+        `the agent did not answer the re-quote within ${this.#deadlineMs / 1000}s (reattest_deadline): it is stopped, cannot reach the server, or its TPM hangs; check ironroot-agent on that node`,
+      );
+    });
+  }
+
+  #answer(session: Session, stream: ReattestStream, message: ReattestRequest): void {
+    const pending = session.pending;
+    if (
+      session.stream !== stream ||
+      pending === undefined ||
+      pending.answered ||
+      message.challenge_id !== pending.id
+    ) {
+      this.#o.logger.warn(
+        { agent_id: session.agentId, challenge_id: message.challenge_id },
+        're-quote answer to no open challenge (late, or for another one); ignored',
+      );
+      return;
+    }
+    pending.answered = true;
+    void this.#settle(session, pending, (node) => this.#judge(node, pending, message));
+  }
+
+  /** Judges (or times out) one challenge, records the outcome and tells the agent and any waiters. */
+  async #settle(session: Session, pending: Pending, judge: (node: AttestedNode) => TpmUpdate): Promise<void> {
+    const agentId = session.agentId;
+    let result: ReattestResult | Error;
+    try {
+      const node = await this.#o.datastore.getNode(agentId, { eventLog: true });
+      if (node === undefined) throw new AgentNotFoundError(agentId);
+      let trust: NodeTrust;
+      let tpm: TpmUpdate | undefined;
+      const now = nowSeconds(this.#o.clock);
+      try {
+        tpm = judge(node);
+        trust = { state: 'trusted', changedAt: now };
+      } catch (error) {
+        if (!(error instanceof AttestationError)) throw error;
+        trust = {
+          state: 'untrusted',
+          code: error.code,
+          reason: error.message,
+          changedAt: now,
+          // Every violated rule, per profile, for agent show.
+          ...(error instanceof ProfileViolationError
+            ? { details: JSON.stringify(Object.fromEntries(error.violations)) }
+            : {}),
+        };
+      }
+      const { changed } = await this.#o.datastore.recordNodeTrust(
+        agentId,
+        { trust, ...(tpm ? { tpm } : {}) },
+        ACTOR,
+      );
+      session.trust = trust.state;
+      result = {
+        trusted: trust.state === 'trusted',
+        code: trust.code ?? '',
+        reason: trust.reason ?? '',
+        durationMs: Math.round(monotonic.now() - pending.sentAt),
+      };
+      this.#o.reattestations.inc({ result: result.trusted ? 'trusted' : result.code });
+      const fields = {
+        agent_id: agentId,
+        result: trust.state,
+        reason: result.code,
+        duration_ms: result.durationMs,
+        changed,
+      };
+      if (!result.trusted) this.#o.logger.warn(fields, `node re-quote failed: ${result.reason}`);
+      else if (changed) this.#o.logger.info(fields, 'node re-quote passed: trusted again');
+      else this.#o.logger.debug(fields, 'node re-quote passed');
+      session.stream?.write({
+        outcome: {
+          challenge_id: pending.id,
+          trusted: result.trusted,
+          code: result.code,
+          reason: result.reason,
+        },
+      });
+    } catch (error) {
+      if (error instanceof AgentNotFoundError) {
+        // Evicted meanwhile: nothing left to re-quote; the agent learns it at its next call.
+        this.#sessions.delete(agentId);
+        session.stream?.emit(
+          'error',
+          refusal('ERR_AGENT_NOT_ATTESTED', 'this agent was evicted; attest again'),
+        );
+      } else
+        this.#o.logger.error({ err: error, agent_id: agentId }, 're-quote could not be judged; will retry');
+      // No verdict: the node's trust stays as it was, and an operator waiting is told why.
+      result = error instanceof Error ? error : new Error(String(error));
+    } finally {
+      if (session.pending === pending) session.pending = undefined;
+    }
+    for (const waiter of pending.waiters)
+      if (result instanceof Error) waiter.reject(result);
+      else waiter.resolve(result);
+  }
+
+  /**
+   * Every check of one answer; throws the AttestationError that makes the node untrusted. The
+   * counters are checked even when the event log fails, so that a reboot (whose log starts over)
+   * is reported as the reboot it is.
+   */
+  #judge(node: AttestedNode, pending: Pending, message: ReattestRequest): TpmUpdate {
+    if (node.attestationType !== 'tpm' || node.tpm === undefined)
+      throw new AttestationError('ERR_REATTEST_NOT_TPM', 'no AK is recorded for this node; attest again');
+    const stored = node.tpm.eventLog ?? new Uint8Array();
+    const log = extendLog(stored, message.event_log_prior_length, message.event_log_tail);
+    const quote = new Uint8Array(message.quote);
+    let verified: ReturnType<typeof verifyAnswer>;
+    try {
+      verified = verifyAnswer({
+        answer: {
+          activatedSecret: new Uint8Array(),
+          quote,
+          signature: new Uint8Array(message.signature),
+          pcrValues: message.pcr_values.map((v) => new Uint8Array(v)),
+          eventLog: log instanceof AttestationError ? new Uint8Array() : log,
+        },
+        challenge: pending.challenge,
+        ak: parseTpm2bPublic(node.tpm.akPublic),
+        policy:
+          log instanceof AttestationError ? { ...this.#o.policy, requireEventLog: false } : this.#o.policy,
+        nonces: this.#nonces,
+        subject: recordedSubject(node),
+      });
+    } catch (error) {
+      // Past the signature check the quote's counters are the TPM's word: a reboot outranks the rest.
+      if (error instanceof AttestationError && !BEFORE_QUOTE_VERIFIED.has(error.code))
+        checkCounters(node, parseAttest(quote).clockInfo);
+      throw error;
+    }
+    checkCounters(node, verified.quote.clockInfo);
+    if (log instanceof AttestationError) throw log;
+    return {
+      lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, nowSeconds(this.#o.clock)))),
+      resetCount: verified.quote.clockInfo.resetCount,
+      eventLog: log,
+    };
+  }
+}
+
+/** Whose boot this is, from what attestation verified and recorded (EK hash, issuer, EK selectors). */
+function recordedSubject(node: AttestedNode): BootSubject {
+  return {
+    ekHash: node.tpm?.ekHash ?? '',
+    ekIssuer: node.tpm?.ekIssuer,
+    selectors: node.selectors
+      .filter(
+        (s) => s.type === 'tpm' && (s.value.startsWith('manufacturer:') || s.value.startsWith('model:')),
+      )
+      .map((s) => `${s.type}:${s.value}`),
+  };
+}
+
+type TpmUpdate = { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+
+/**
+ * The log the node has now: the stored one with the tail appended, or (prior length 0) the whole
+ * log sent again, which must begin with the stored one. Returned, not thrown, so the quote's
+ * counters can still be judged.
+ */
+function extendLog(stored: Uint8Array, priorLength: number, tail: Uint8Array): Uint8Array | AttestationError {
+  if (priorLength === stored.length) return Buffer.concat([stored, tail]);
+  if (priorLength !== 0)
+    return new AttestationError(
+      'ERR_REATTEST_EVENTLOG_OFFSET',
+      `the event log tail follows ${priorLength} bytes, but the server holds ${stored.length}; the agent resends the whole log next time — if this repeats, the log on the node was replaced`,
+    );
+  if (
+    tail.length < stored.length ||
+    !Buffer.from(tail.subarray(0, stored.length)).equals(Buffer.from(stored))
+  )
+    return new AttestationError(
+      'ERR_REATTEST_EVENTLOG_NOT_EXTENSION',
+      'the event log is not an extension of the last verified one: events were changed or removed since; the node must attest again (evict it, or restart its agent after a reboot)',
+    );
+  return tail;
+}
+
+/** The TPM's reset and restart counts never go back; a new reset count is a reboot. */
+function checkCounters(node: AttestedNode, clock: { resetCount: number; restartCount: number }): void {
+  const reset = node.tpm?.resetCount;
+  if (reset === undefined) return;
+  const restart = storedRestartCount(node);
+  if (clock.resetCount > reset)
+    throw new AttestationError(
+      'ERR_REATTEST_REBOOTED',
+      `the TPM was reset (reset count ${reset} → ${clock.resetCount}): the node rebooted, and a reboot needs a full attestation; the agent attests again by itself — if it does not, restart ironroot-agent on the node`,
+    );
+  if (clock.resetCount < reset || (restart !== undefined && clock.restartCount < restart))
+    throw new AttestationError(
+      'ERR_REATTEST_COUNTER_ROLLBACK',
+      `the TPM's counters went back (reset ${reset} → ${clock.resetCount}, restart ${restart ?? '?'} → ${clock.restartCount}): the quote is not from this TPM's present state; investigate the node before evicting it to let it attest again`,
+    );
+}
+
+function storedRestartCount(node: AttestedNode): number | undefined {
+  if (node.tpm?.lastQuote === undefined) return undefined;
+  try {
+    return (JSON.parse(Buffer.from(node.tpm.lastQuote).toString('utf8')) as LastQuote).restart_count;
+  } catch {
+    return undefined;
+  }
+}
+
+function refusal(code: AttestationErrorCode, message: string): Partial<ServerErrorResponse> {
+  const error = new AttestationError(code, message);
+  const metadata = new Metadata();
+  metadata.set('ironroot-error-code', code);
+  return { code: error.grpcStatus, details: `${code}: ${message}`, metadata };
+}
