@@ -15,7 +15,9 @@ const tpm = await import('../dist/tpm/index.js').catch(() => {
   process.exit(1);
 });
 
-const bytes = await readFile(new URL('../test/fixtures/eventlogs/keylime/binary_bios_measurements-secureboot', import.meta.url));
+const bytes = await readFile(
+  new URL('../test/fixtures/eventlogs/keylime/binary_bios_measurements-secureboot', import.meta.url),
+);
 const QUOTED = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14];
 const replayed = tpm.replay(tpm.parseEventLog(bytes)).banks.get('sha256').pcrs;
 const quoted = new Map([['sha256', new Map(QUOTED.map((p) => [p, replayed.get(p)]))]]);
@@ -56,9 +58,16 @@ const stats = (xs) => {
   const s = [...xs].sort((x, y) => x - y);
   return { min: s[0], median: s[Math.floor(s.length / 2)], max: s.at(-1) };
 };
-const fmt = ({ min, median, max }) => `${median.toFixed(3)} ms (min ${min.toFixed(3)}, max ${max.toFixed(3)})`;
+const fmt = ({ min, median, max }) =>
+  `${median.toFixed(3)} ms (min ${min.toFixed(3)}, max ${max.toFixed(3)})`;
 const ratios = stats(b.map((x, i) => x / a[i]));
-console.log(`event log: ${tpm.parseEventLog(bytes).events.length} events, PCRs ${QUOTED.join(',')} quoted, ${ROUNDS} rounds of ${BATCH}, A/B alternating`);
+console.log(
+  `event log: ${tpm.parseEventLog(bytes).events.length} events, PCRs ${QUOTED.join(',')} quoted, ${ROUNDS} rounds of ${BATCH}, A/B alternating`,
+);
 console.log(`A  parse + replay + compare              : ${fmt(stats(a))} CPU per re-quote`);
-console.log(`B  A + bind event data + evaluate profile : ${fmt(stats(b))} CPU per re-quote   (goal: <= 1 ms)`);
-console.log(`ratio B / A per round: median ${ratios.median.toFixed(2)}x (min ${ratios.min.toFixed(2)}, max ${ratios.max.toFixed(2)})`);
+console.log(
+  `B  A + bind event data + evaluate profile : ${fmt(stats(b))} CPU per re-quote   (goal: <= 1 ms)`,
+);
+console.log(
+  `ratio B / A per round: median ${ratios.median.toFixed(2)}x (min ${ratios.min.toFixed(2)}, max ${ratios.max.toFixed(2)})`,
+);
