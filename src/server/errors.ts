@@ -33,7 +33,8 @@ export type ServerErrorCode =
   | 'ERR_CSR_INVALID'
   | 'ERR_DATASTORE'
   | 'ERR_PROFILE_INVALID'
-  | 'ERR_PROFILE_NOT_FOUND';
+  | 'ERR_PROFILE_NOT_FOUND'
+  | 'ERR_PROFILE_NO_EVENT_LOG';
 
 const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_CONFIG_INVALID: status.INVALID_ARGUMENT,
@@ -62,6 +63,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_DATASTORE: status.INTERNAL,
   ERR_PROFILE_INVALID: status.INVALID_ARGUMENT,
   ERR_PROFILE_NOT_FOUND: status.NOT_FOUND,
+  ERR_PROFILE_NO_EVENT_LOG: status.FAILED_PRECONDITION,
 };
 
 export class ServerError extends Error {

@@ -142,7 +142,7 @@ export async function startServer(
         defaultX509SvidTtl: config.default_x509_svid_ttl,
         defaultJwtSvidTtl: config.default_jwt_svid_ttl,
       }),
-      profiles: new ProfileCatalog(tpmPolicy?.measuredBoot),
+      profiles: new ProfileCatalog(tpmPolicy?.measuredBoot, datastore),
       logger,
       ...(reattest ? { reattest: (agentId: string) => reattest.reattestNow(agentId) } : {}),
       onCall: (method, result) => metrics.adminCalls.inc({ method, result }),

@@ -2,10 +2,18 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAttestServer, type TestServer } from '../attestation/harness.js';
+import {
+  healthy,
+  startAttestServer,
+  startTestAgent,
+  type TestServer,
+  until,
+} from '../attestation/harness.js';
 import { runServerCli } from '../helpers/cli.js';
 import { editEvent, replaceInData } from '../helpers/eventlog-edit.js';
 import { fixturePath } from '../helpers/fixtures.js';
+import { replayIntoTpm } from '../helpers/replay-into-tpm.js';
+import { startSwtpm } from '../helpers/swtpm.js';
 
 const goldenLog = fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-secureboot');
 const dir = mkdtempSync(join(tmpdir(), 'ironroot-profile-cli-'));
@@ -152,6 +160,66 @@ describe('ironroot-server profile list and show (admin socket)', () => {
     );
     expect(json.measured_boot).toBe('profiles');
     expect(json.profiles.map((p: { name: string }) => p.name)).toEqual(['golden']);
+  });
+
+  it('learns from the last event log the server verified for a node (--from-node)', async () => {
+    const swtpm = await startSwtpm();
+    const agent = await (async () => {
+      await replayIntoTpm(swtpm, readFileSync(goldenLog));
+      return startTestAgent(server, { tcti: swtpm.tcti, event_log_path: goldenLog });
+    })();
+    try {
+      const { spiffe_id } = await until('the agent to attest', () => healthy(agent));
+      const out = join(dir, 'from-node.yaml');
+      const learnt = await cli([
+        'profile',
+        'learn',
+        '--from-node',
+        spiffe_id,
+        '--name',
+        'from-node',
+        '--out',
+        out,
+        '--admin-socket',
+        server.adminSocket,
+      ]);
+      expect(learnt.code).toBe(0);
+      expect(readFileSync(out, 'utf8')).toContain(
+        `from the event log the server last verified for ${spiffe_id}`,
+      );
+      expect(await cli(['profile', 'check', '--profile', out, '--eventlog', goldenLog])).toMatchObject({
+        code: 0,
+      });
+    } finally {
+      await agent.stop();
+      await swtpm.stop();
+    }
+    const unknown = await cli([
+      'profile',
+      'learn',
+      '--from-node',
+      'spiffe://example.org/agent/tpm/00',
+      '--name',
+      'x',
+      '--admin-socket',
+      server.adminSocket,
+    ]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no attested agent with SPIFFE ID "spiffe://example.org/agent/tpm/00"');
+    const both = await cli([
+      'profile',
+      'learn',
+      '--from-node',
+      'spiffe://example.org/x',
+      '--eventlog',
+      goldenLog,
+      '--name',
+      'x',
+    ]);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toContain(
+      'profile learn needs exactly one of --eventlog FILE and --from-node SPIFFE_ID',
+    );
   });
 
   it('shows one profile as YAML, and names an unknown one', async () => {

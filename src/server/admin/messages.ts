@@ -243,6 +243,7 @@ export interface AdminApi {
   ProfileService: {
     ListProfiles: [Empty, ListProfilesResponse];
     GetProfile: [GetProfileRequest, ProfileMessage];
+    GetNodeEventLog: [AgentIdRequest, NodeEventLogMessage];
   };
 }
 
@@ -258,6 +259,11 @@ export interface ProfileMessage {
 export interface ListProfilesResponse {
   mode: 'none' | 'profiles';
   profiles: ProfileMessage[];
+}
+
+export interface NodeEventLogMessage {
+  spiffe_id: string;
+  event_log: Buffer;
 }
 
 export interface GetProfileRequest {

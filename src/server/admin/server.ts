@@ -106,6 +106,7 @@ function handlersFor(
     ProfileService: {
       ListProfiles: () => profiles.list(),
       GetProfile: (r) => profiles.get(r.name),
+      GetNodeEventLog: (r) => profiles.nodeEventLog(r.spiffe_id),
     },
   };
 }

@@ -32,11 +32,15 @@ function readLog(file: string): EventLog {
   } catch (cause) {
     throw new CliError(`cannot read event log ${file}: ${(cause as Error).message}`, { cause });
   }
+  return parseLog(bytes, file);
+}
+
+function parseLog(bytes: Buffer, source: string): EventLog {
   try {
     return parseEventLog(bytes);
   } catch (cause) {
     if (cause instanceof EventLogError)
-      throw new CliError(`event log ${file}: ${cause.code}: ${cause.message}`);
+      throw new CliError(`event log ${source}: ${cause.code}: ${cause.message}`);
     throw cause;
   }
 }
@@ -68,8 +72,9 @@ function unboundWarnings(facts: BootFacts, pcrs: readonly number[]): string[] {
     );
 }
 
-interface LearnFlags {
-  eventlog: string;
+interface LearnFlags extends AdminOptions {
+  eventlog?: string;
+  fromNode?: string;
   name: string;
   out?: string;
   pcrs?: string;
@@ -77,36 +82,55 @@ interface LearnFlags {
 }
 
 function learnCommand(): Command {
-  return new Command('learn')
-    .description("write a firmware profile that allows exactly a golden host's boot, from its event log")
-    .requiredOption('--eventlog <file>', "the golden host's binary_bios_measurements")
-    .requiredOption('--name <name>', 'profile name (also its file name: <name>.yaml)')
-    .option('--out <file>', 'write the profile here (default: standard output)')
-    .option(
-      '--pcrs <list>',
-      `PCRs the profile covers (default: ${DEFAULT_LEARN_PCRS.join(',')}, those the log extends)`,
-    )
-    .option('--description <text>', 'description kept in the profile')
-    .action((flags: LearnFlags) => {
-      const log = readLog(flags.eventlog);
-      const facts = factsOf(log, flags.eventlog);
-      const profile = learnProfile(facts, {
-        name: flags.name,
-        ...(flags.description !== undefined ? { description: flags.description } : {}),
-        ...(flags.pcrs !== undefined ? { pcrs: pcrList(flags.pcrs) } : {}),
-      });
-      for (const w of unboundWarnings(facts, profile.pcrs)) process.stderr.write(`${w}\n`);
-      const yaml = profileYaml(
-        profile,
-        `Firmware profile learnt by "ironroot-server profile learn" from ${flags.eventlog}.\nEvery digest and text below is allowed; review it before assigning the profile to nodes.`,
+  return adminCommand(
+    new Command('learn')
+      .description("write a firmware profile that allows exactly a golden host's boot, from its event log")
+      .option('--eventlog <file>', "the golden host's binary_bios_measurements")
+      .option(
+        '--from-node <spiffe-id>',
+        'learn from the last event log the running server verified for this node',
+      )
+      .requiredOption('--name <name>', 'profile name (also its file name: <name>.yaml)')
+      .option('--out <file>', 'write the profile here (default: standard output)')
+      .option(
+        '--pcrs <list>',
+        `PCRs the profile covers (default: ${DEFAULT_LEARN_PCRS.join(',')}, those the log extends)`,
+      )
+      .option('--description <text>', 'description kept in the profile'),
+  ).action(async (flags: LearnFlags) => {
+    if ((flags.eventlog === undefined) === (flags.fromNode === undefined))
+      throw new CliError('profile learn needs exactly one of --eventlog FILE and --from-node SPIFFE_ID');
+    let log: EventLog;
+    let source: string;
+    if (flags.fromNode !== undefined) {
+      const id = flags.fromNode;
+      const { event_log } = await withClient(flags, (c) =>
+        c.call('ProfileService', 'GetNodeEventLog', { spiffe_id: id }),
       );
-      if (flags.out === undefined) {
-        print(yaml);
-        return;
-      }
-      writeFileSync(flags.out, yaml, { mode: 0o644 });
-      process.stderr.write(`wrote profile ${profile.name} to ${flags.out}\n`);
+      source = `the event log the server last verified for ${id}`;
+      log = parseLog(Buffer.from(event_log), source);
+    } else {
+      source = flags.eventlog ?? '';
+      log = readLog(source);
+    }
+    const facts = factsOf(log, source);
+    const profile = learnProfile(facts, {
+      name: flags.name,
+      ...(flags.description !== undefined ? { description: flags.description } : {}),
+      ...(flags.pcrs !== undefined ? { pcrs: pcrList(flags.pcrs) } : {}),
     });
+    for (const w of unboundWarnings(facts, profile.pcrs)) process.stderr.write(`${w}\n`);
+    const yaml = profileYaml(
+      profile,
+      `Firmware profile learnt by "ironroot-server profile learn" from ${source}.\nEvery digest and text below is allowed; review it before assigning the profile to nodes.`,
+    );
+    if (flags.out === undefined) {
+      print(yaml);
+      return;
+    }
+    writeFileSync(flags.out, yaml, { mode: 0o644 });
+    process.stderr.write(`wrote profile ${profile.name} to ${flags.out}\n`);
+  });
 }
 
 interface CheckFlags {

@@ -1,15 +1,31 @@
-import type { ListProfilesResponse, ProfileMessage } from '../admin/messages.js';
-import { ServerError } from '../errors.js';
+import type { ListProfilesResponse, NodeEventLogMessage, ProfileMessage } from '../admin/messages.js';
+import type { Datastore } from '../datastore/datastore.js';
+import { AgentNotFoundError, ServerError } from '../errors.js';
 import type { MeasuredBootPolicy } from '../nodeattestor/policy.js';
 import { profileYaml } from './load.js';
 
 /** What `profile list|show` answer: the profiles the running server judges boots with. */
 export class ProfileCatalog {
   readonly #policy: MeasuredBootPolicy | undefined;
+  readonly #datastore: Datastore;
 
   /** `policy` is undefined when TPM attestation is off. */
-  constructor(policy: MeasuredBootPolicy | undefined) {
+  constructor(policy: MeasuredBootPolicy | undefined, datastore: Datastore) {
     this.#policy = policy;
+    this.#datastore = datastore;
+  }
+
+  /** The last event log verified for a node: what `profile learn --from-node` learns from. */
+  async nodeEventLog(spiffeId: string): Promise<NodeEventLogMessage> {
+    const node = await this.#datastore.getNode(spiffeId, { eventLog: true });
+    if (node === undefined) throw new AgentNotFoundError(spiffeId);
+    const log = node.tpm?.eventLog;
+    if (log === undefined || log.length === 0)
+      throw new ServerError(
+        'ERR_PROFILE_NO_EVENT_LOG',
+        `the server keeps no event log for ${spiffeId} (${node.attestationType === 'tpm' ? 'its agent sent none' : `attested by ${node.attestationType}`}); learn from a log file with --eventlog`,
+      );
+    return { spiffe_id: spiffeId, event_log: Buffer.from(log) };
   }
 
   async list(): Promise<ListProfilesResponse> {
