@@ -6,7 +6,7 @@ import type { ServerConfigInput } from '../../src/server/config/schema.js';
 import { profileYaml } from '../../src/server/profiles/load.js';
 import { learnProfile, parseEventLog, selfBootFacts } from '../../src/tpm/index.js';
 import { repoRoot } from '../helpers/dist.js';
-import { editEvent, replaceInData } from '../helpers/eventlog-edit.js';
+import { editEvent, grubMeasured, replaceInData } from '../helpers/eventlog-edit.js';
 import { fixturePath } from '../helpers/fixtures.js';
 import { replayIntoTpm } from '../helpers/replay-into-tpm.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
@@ -37,8 +37,7 @@ function cmdlineChanged(log: Buffer): Buffer {
     out = editEvent(out, index, {
       data: replaceInData(out, index, 'rhgb quiet', 'init=/evil'),
       remeasure: true,
-      // grub measures the text after "kernel_cmdline: " / "grub_cmd: ", without the NUL.
-      measured: (d) => d.subarray(d.indexOf(': ') + 2, d.length - 1),
+      measured: grubMeasured,
     });
   return out;
 }
@@ -172,6 +171,31 @@ describe('measured boot in the trust decision (real OVMF boot replayed into swtp
       const decision = await refusal(s, n);
       expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
       expect(String(decision.detail)).toContain('profile other-platform:');
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('a known node whose boot no longer fits is untrusted, with every violated rule on its record', async () => {
+    const n = await node(golden);
+    const s = await server({ profiles_dir: profilesDir, profiles: ['ovmf-rhel9'] });
+    try {
+      const id = (await selectorsAfterAttesting(s, n)).find((x) => x.startsWith('tpm:ek-hash:'))?.slice(12);
+      const agentId = `spiffe://example.org/agent/tpm/${id}`;
+      expect((await s.server.datastore.getNode(agentId))?.trust.state).toBe('trusted');
+      await s.restart({
+        tpm_attestation: {
+          ek_trust: 'any',
+          measured_boot: { profiles_dir: profilesDir, profiles: ['other-platform'] },
+        },
+      });
+      s.logs.lines.length = 0;
+      expect((await refusal(s, n)).reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
+      const trust = (await s.server.datastore.getNode(agentId))?.trust;
+      expect(trust).toMatchObject({ state: 'untrusted', code: 'ERR_ATTEST_PROFILE_VIOLATION' });
+      const details = JSON.parse(trust?.details ?? '{}') as Record<string, { rule: string }[]>;
+      expect(Object.keys(details)).toEqual(['other-platform']);
+      expect(details['other-platform']?.map((v) => v.rule)).toContain('firmware.blobs');
     } finally {
       await s.stop();
     }

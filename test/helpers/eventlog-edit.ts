@@ -45,3 +45,8 @@ export function replaceInData(log: Buffer, index: number, from: string, to: stri
   if (!text.includes(from)) throw new Error(`event ${index}'s data does not contain ${JSON.stringify(from)}`);
   return Buffer.from(text.replace(from, to), 'latin1');
 }
+
+/** What grub measures of a `grub_cmd: …` or `kernel_cmdline: …` event: the text after the prefix, without the NUL. */
+export function grubMeasured(data: Buffer): Buffer {
+  return data.subarray(data.indexOf(': ') + 2, data.length - 1);
+}

@@ -87,8 +87,11 @@ describe('server config', () => {
 
   it('defaults the re-quote interval to 60s and leaves the deadline to follow it', () => {
     const tpm = (yaml: string) =>
-      loadConfig({ file: writeConfig(`trust_domain: a.test\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n${yaml}`) })
-        .tpm_attestation;
+      loadConfig({
+        file: writeConfig(
+          `trust_domain: a.test\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n${yaml}`,
+        ),
+      }).tpm_attestation;
     expect(tpm('')?.reattest_interval).toBe(60);
     expect(tpm('')?.reattest_deadline).toBeUndefined();
     expect(tpm('  reattest_interval: 2s\n  reattest_deadline: 5s\n')).toMatchObject({
@@ -100,7 +103,11 @@ describe('server config', () => {
   it('names tpm_attestation.reattest_interval when it is below 2s or not a duration', () => {
     const issues = (yaml: string) =>
       invalid(() =>
-        loadConfig({ file: writeConfig(`trust_domain: a.test\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n${yaml}`) }),
+        loadConfig({
+          file: writeConfig(
+            `trust_domain: a.test\ntpm_attestation:\n  ek_trust: any\n  measured_boot: none\n${yaml}`,
+          ),
+        }),
       ).issues;
     expect(issues('  reattest_interval: 1s\n')).toEqual([
       'tpm_attestation.reattest_interval: got "1s"; allowed: a duration such as 90s, 30m, 24h or 7d, at least 2s',

@@ -195,7 +195,37 @@ export class AgentApiServer {
             });
       if (refusal.code === 'ERR_ATTEST_INTERNAL') this.#o.logger.error({ err: error }, 'agent API failure');
       log('refused', refusal.code, refusal);
+      if (refusal instanceof ProfileViolationError && decision.agentId !== '')
+        await this.#recordProfileRefusal(decision.agentId, refusal);
       call.emit('error', statusOf(refusal));
+    }
+  }
+
+  /**
+   * A known node whose boot no longer fits its profiles is untrusted from now on, with every violated
+   * rule on its record for `agent show`; a node never attested has no record to keep them on.
+   */
+  async #recordProfileRefusal(agentId: string, refusal: ProfileViolationError): Promise<void> {
+    try {
+      if ((await this.#o.datastore.getNode(agentId)) === undefined) return;
+      await this.#o.datastore.recordNodeTrust(
+        agentId,
+        {
+          trust: {
+            state: 'untrusted',
+            code: refusal.code,
+            reason: refusal.message,
+            details: JSON.stringify(Object.fromEntries(refusal.violations)),
+            changedAt: nowSeconds(this.#o.clock),
+          },
+        },
+        ACTOR,
+      );
+    } catch (error) {
+      this.#o.logger.error(
+        { err: error, agent_id: agentId },
+        'could not record the profile refusal on the node',
+      );
     }
   }
 
