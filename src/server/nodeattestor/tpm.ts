@@ -18,7 +18,6 @@ import {
   ekCertificateTpmInfo,
   ekPublicKeyHash,
   evaluateProfile,
-  type FirmwareProfile,
   hashName,
   makeCredential,
   objectName,
@@ -178,8 +177,6 @@ export interface VerifiedAnswer {
   readonly secureBoot: 'enabled' | 'disabled' | 'unknown';
   /** Names of the firmware profiles the boot fits (empty under `measured_boot: none`). */
   readonly profiles: readonly string[];
-  /** Events in quoted PCRs whose data does not bind to their digest: reported, never believed. */
-  readonly unbound: BootFacts['unbound'];
 }
 
 /** A boot that fits none of the profiles assigned to it: every violated rule, per profile. */
@@ -321,10 +318,6 @@ function replayedLog(
   }
 }
 
-function factsFor(log: EventLog, bank: string, quoted: Map<string, Map<number, Buffer>>): BootFacts {
-  return bootFacts(log, { bank, pcrs: [...(quoted.get(bank)?.keys() ?? [])] });
-}
-
 /**
  * Secure Boot from bound data in the first quoted bank, and the firmware profiles the boot fits.
  * Refuses with every violated rule when the boot fits none of the profiles assigned to it.
@@ -337,33 +330,43 @@ function judgeBoot(
 ): Omit<VerifiedAnswer, 'quote'> {
   const firstBank = policy.selection[0] === undefined ? undefined : hashName(policy.selection[0].hash);
   if (log === undefined || firstBank === undefined || !log.banks.includes(firstBank))
-    return { secureBoot: 'unknown', profiles: [], unbound: [] };
-  const facts = factsFor(log, firstBank, quoted);
-  if (policy.measuredBoot.mode === 'none')
-    return { secureBoot: facts.secureBoot, profiles: [], unbound: facts.unbound };
-  const assigned = profilesFor(policy.measuredBoot, subject);
+    return { secureBoot: 'unknown', profiles: [] };
+  // Binding hashes every event's data: once per bank, whatever the number of profiles.
+  const byBank = new Map<string, BootFacts>();
+  const factsIn = (bank: string): BootFacts => {
+    let facts = byBank.get(bank);
+    if (facts === undefined) {
+      facts = bootFacts(log, { bank, pcrs: [...(quoted.get(bank)?.keys() ?? [])] });
+      byBank.set(bank, facts);
+    }
+    return facts;
+  };
+  const { secureBoot } = factsIn(firstBank);
+  if (policy.measuredBoot.mode === 'none') return { secureBoot, profiles: [] };
   const violations = new Map<string, Violation[]>();
   const fits: string[] = [];
-  for (const profile of assigned) {
-    const found = checkProfile(profile, log, quoted);
+  for (const profile of profilesFor(policy.measuredBoot, subject)) {
+    const found = log.banks.includes(profile.bank)
+      ? evaluateProfile(profile, {
+          facts: factsIn(profile.bank),
+          pcrValues: hexValues(quoted.get(profile.bank)),
+        })
+      : [
+          {
+            rule: 'pcrs' as const,
+            expected: `an event log with the ${profile.bank} bank`,
+            got: log.banks.join(', '),
+          },
+        ];
     if (found.length === 0) fits.push(profile.name);
     else violations.set(profile.name, found);
   }
   if (fits.length === 0) throw new ProfileViolationError(violations);
-  return { secureBoot: facts.secureBoot, profiles: fits, unbound: facts.unbound };
+  return { secureBoot, profiles: fits };
 }
 
-function checkProfile(
-  profile: FirmwareProfile,
-  log: EventLog,
-  quoted: Map<string, Map<number, Buffer>>,
-): Violation[] {
-  if (!log.banks.includes(profile.bank))
-    return [
-      { rule: 'pcrs', expected: `an event log with the ${profile.bank} bank`, got: log.banks.join(', ') },
-    ];
-  const values = new Map([...(quoted.get(profile.bank) ?? [])].map(([pcr, v]) => [pcr, v.toString('hex')]));
-  return evaluateProfile(profile, { facts: factsFor(log, profile.bank, quoted), pcrValues: values });
+function hexValues(values: ReadonlyMap<number, Buffer> | undefined): Map<number, string> {
+  return new Map([...(values ?? [])].map(([pcr, v]) => [pcr, v.toString('hex')]));
 }
 
 function quotedNonceWasUsed(answer: TpmAnswer, nonces: NonceStore): boolean {
