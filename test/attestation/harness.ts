@@ -44,7 +44,7 @@ export class LogSink {
     return this.lines.map((l) => JSON.stringify(l)).join('\n');
   }
   decisions(): Record<string, unknown>[] {
-    return this.lines.filter((l) => typeof l.result === 'string' && 'attestation_method' in l);
+    return this.lines.filter((l) => typeof l.result === 'string' && typeof l.operation === 'string');
   }
 }
 
@@ -61,6 +61,7 @@ export interface TestServer {
   logs: LogSink;
   clock: FakeClock;
   address: string;
+  dataDir: string;
   /** For the built CLI's --admin-socket. */
   adminSocket: string;
   bundleFile: string;
@@ -96,6 +97,7 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
     logs,
     clock,
     address: `127.0.0.1:${first.ports.agentApi}`,
+    dataDir: config.data_dir,
     adminSocket,
     bundleFile: join(dir, 'bundle.pem'),
     registration: new RegistrationService(first.datastore, TD, clock),

@@ -147,13 +147,21 @@ describe('the server refuses, by name, and records nothing', () => {
     await expectRefused(s, await evilAttest(s, swtpm.tcti, tamper), 'ERR_ATTEST_NONCE_EXPIRED');
   });
 
-  it('an agent that goes silent after the challenge', async () => {
+  it('an agent that answers only after nonce_ttl, in real time, with ERR_ATTEST_NONCE_EXPIRED', async () => {
     const s = await server({ nonce_ttl: '1s' });
-    // Real time, not the fake clock: the server abandons a stream nobody answers on.
+    // Real time, not the fake clock: the server stops waiting for the answer when the nonce expires.
     const tamper: Tamper = { beforeAnswer: () => new Promise((resolve) => setTimeout(resolve, 1500)) };
     const outcome = await evilAttest(s, swtpm.tcti, tamper);
-    await expectRefused(s, outcome, 'ERR_ATTEST_BAD_REQUEST');
-    expect(outcome.error?.message).toContain('sent nothing for 1s');
+    await expectRefused(s, outcome, 'ERR_ATTEST_NONCE_EXPIRED');
+    expect(outcome.error?.message).toContain('nonce lifetime 1s');
+  });
+
+  it('before the EK is known, logging the peer address and no empty agent_id', async () => {
+    const s = await server({ ek_ca_dir: ekCaDir(other) });
+    await expectRefused(s, await evilAttest(s, swtpm.tcti), 'ERR_ATTEST_EK_UNTRUSTED');
+    const decision = s.logs.decisions().find((d) => d.reason === 'ERR_ATTEST_EK_UNTRUSTED');
+    expect(decision).toMatchObject({ peer: '127.0.0.1', attestation_method: 'tpm' });
+    expect(decision).not.toHaveProperty('agent_id');
   });
 
   it('a quote signed by another key', async () => {

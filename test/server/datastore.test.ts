@@ -336,6 +336,47 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     expect(await store.consumeJoinToken('h1', 1_700_000_100, 'server')).toBeUndefined();
     expect(await store.consumeJoinToken('h2', 1_700_000_600, 'server')).toBeUndefined();
   });
+
+  it('consumes an attestation nonce once: then a replay, late ones expired, strangers unknown', async () => {
+    const T = 1_700_000_000_000;
+    await store.issueNonce({ nonceHash: 'n1', secretHash: 's1', expiresAt: T + 60_000 });
+    await store.issueNonce({ nonceHash: 'n2', expiresAt: T + 60_000 });
+    await store.issueNonce({ nonceHash: 'n3', expiresAt: T + 60_000 });
+    expect(await store.nonceConsumed('n1')).toBe(false);
+    expect(await store.consumeNonce('n1', T + 1_000)).toEqual({ outcome: 'fresh', secretHash: 's1' });
+    expect(await store.nonceConsumed('n1')).toBe(true);
+    expect(await store.consumeNonce('n1', T + 2_000)).toEqual({ outcome: 'replayed' });
+    expect(await store.consumeNonce('n2', T + 60_000)).toEqual({ outcome: 'fresh' });
+    expect(await store.consumeNonce('n3', T + 60_001)).toEqual({ outcome: 'expired' });
+    // An expired nonce is consumed all the same: answering it again is a replay.
+    expect(await store.consumeNonce('n3', T + 60_002)).toEqual({ outcome: 'replayed' });
+    expect(await store.consumeNonce('never-issued', T)).toEqual({ outcome: 'unknown' });
+    expect(await store.nonceConsumed('never-issued')).toBe(false);
+  });
+
+  it('lets exactly one of many concurrent consumes of a nonce through', async () => {
+    const T = 1_700_000_000_000;
+    await store.issueNonce({ nonceHash: 'race', expiresAt: T + 60_000 });
+    const outcomes = await Promise.all(
+      Array.from({ length: 20 }, () => store.consumeNonce('race', T + 1_000)),
+    );
+    expect(outcomes.filter((o) => o.outcome === 'fresh')).toHaveLength(1);
+    expect(outcomes.filter((o) => o.outcome === 'replayed')).toHaveLength(19);
+  });
+
+  it('prunes nonces expired before a time, in batches of at most the limit, oldest first', async () => {
+    const T = 1_700_000_000_000;
+    for (let i = 0; i < 5; i++) await store.issueNonce({ nonceHash: `old${i}`, expiresAt: T + i });
+    await store.issueNonce({ nonceHash: 'young', expiresAt: T + 100 });
+    await store.consumeNonce('old0', T);
+    expect(await store.pruneNonces(T + 100, 3)).toBe(3);
+    expect(await store.consumeNonce('old3', T + 200)).toEqual({ outcome: 'expired' });
+    expect(await store.pruneNonces(T + 100, 3)).toBe(2);
+    expect(await store.pruneNonces(T + 100, 3)).toBe(0);
+    for (const gone of ['old0', 'old1', 'old2', 'old3', 'old4'])
+      expect(await store.consumeNonce(gone, T)).toEqual({ outcome: 'unknown' });
+    expect(await store.consumeNonce('young', T + 50)).toEqual({ outcome: 'fresh' });
+  });
 });
 
 describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) => {

@@ -9,9 +9,14 @@ import { until } from '../attestation/harness.js';
 
 const NODES = 3000;
 
-/** The few datastore calls the scheduler makes, over a map: thousands of nodes without thousands of fsyncs. */
+/**
+ * The few datastore calls the scheduler makes, over a map: thousands of nodes without thousands of
+ * fsyncs. Nonces are issued and never answered here, so storing them is a no-op.
+ */
 function memoryStore(nodes: Map<string, AttestedNode>, verdicts: { id: string; trust: NodeTrust }[]) {
-  const store: Pick<Datastore, 'listNodes' | 'getNode' | 'recordNodeTrust'> = {
+  const store: Pick<Datastore, 'listNodes' | 'getNode' | 'recordNodeTrust' | 'issueNonce' | 'pruneNonces'> = {
+    issueNonce: async () => undefined,
+    pruneNonces: async () => 0,
     listNodes: async () => [...nodes.values()],
     getNode: async (id) => nodes.get(id),
     recordNodeTrust: async (id, update) => {

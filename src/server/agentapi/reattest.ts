@@ -25,10 +25,10 @@ import { AttestationError, type AttestationErrorCode } from '../nodeattestor/err
 import { NonceStore } from '../nodeattestor/nonces.js';
 import type { BootSubject, TpmPolicy } from '../nodeattestor/policy.js';
 import {
-  type IssuedChallenge,
   type LastQuote,
   lastQuote,
   ProfileViolationError,
+  type VerifiedAnswer,
   verifyAnswer,
 } from '../nodeattestor/tpm.js';
 
@@ -70,7 +70,8 @@ export interface ReattestOptions {
 
 interface Pending {
   readonly id: number;
-  readonly challenge: IssuedChallenge;
+  /** Undefined until the datastore has it: only then does the challenge go out. */
+  nonce: Uint8Array | undefined;
   readonly sentAt: number;
   readonly deadlineAt: number;
   /** Set once an answer is being judged: later answers and the deadline leave it alone. */
@@ -142,8 +143,13 @@ export class ContinuousAttestation {
     this.#o = options;
     this.#intervalMs = options.intervalSeconds * 1000;
     this.#deadlineMs = options.deadlineSeconds * 1000;
-    // Nonces live until the deadline, on the monotonic clock like the schedule.
-    this.#nonces = new NonceStore(options.deadlineSeconds, monotonic);
+    // The deadline is kept on the monotonic clock by the wheel; the stored nonce expiry is wall
+    // clock, so it gets a margin that a clock step during a re-quote does not exhaust.
+    this.#nonces = new NonceStore({
+      datastore: options.datastore,
+      clock: options.clock,
+      ttlSeconds: options.deadlineSeconds * 2,
+    });
   }
 
   /**
@@ -258,7 +264,7 @@ export class ContinuousAttestation {
   #issue(session: Session, now: number): Pending {
     const pending: Pending = {
       id: ++this.#nextId,
-      challenge: { credential: undefined, secret: undefined, nonce: this.#nonces.issue() },
+      nonce: undefined,
       sentAt: now,
       deadlineAt: now + this.#deadlineMs,
       answered: false,
@@ -268,17 +274,35 @@ export class ContinuousAttestation {
     session.dueAt = now + this.#nextInterval();
     this.#wheel.schedule(session.agentId, pending.deadlineAt);
     this.#wheel.schedule(session.agentId, session.dueAt);
-    this.#send(session);
+    this.#nonces.issue().then(
+      (nonce) => {
+        pending.nonce = nonce;
+        if (session.pending === pending) this.#send(session);
+      },
+      (error: unknown) => this.#unissued(session, pending, error),
+    );
     return pending;
+  }
+
+  /** The nonce could not be stored: no challenge, no verdict; the next interval tries again. */
+  #unissued(session: Session, pending: Pending, error: unknown): void {
+    pending.answered = true;
+    if (session.pending === pending) session.pending = undefined;
+    this.#o.logger.error(
+      { err: error, agent_id: session.agentId },
+      're-quote challenge could not be issued; will retry',
+    );
+    const failure = error instanceof Error ? error : new Error(String(error));
+    for (const waiter of pending.waiters) waiter.reject(failure);
   }
 
   #send(session: Session): void {
     const pending = session.pending;
-    if (session.stream === undefined || pending === undefined) return;
+    if (session.stream === undefined || pending?.nonce === undefined) return;
     session.stream.write({
       challenge: {
         challenge_id: pending.id,
-        nonce: pending.challenge.nonce,
+        nonce: pending.nonce,
         pcr_selection: this.#o.policy.selection.map((s) => ({ hash_alg: s.hash, pcrs: [...s.pcrs] })),
       },
     });
@@ -286,7 +310,7 @@ export class ContinuousAttestation {
 
   #expire(session: Session, pending: Pending): void {
     pending.answered = true;
-    void this.#settle(session, pending, () => {
+    void this.#settle(session, pending, async () => {
       throw new AttestationError(
         'ERR_REATTEST_NO_ANSWER',
         `the agent did not answer the re-quote within ${this.#deadlineMs / 1000}s (reattest_deadline): it is stopped, cannot reach the server, or its TPM hangs; check ironroot-agent on that node`,
@@ -298,7 +322,7 @@ export class ContinuousAttestation {
     const pending = session.pending;
     if (
       session.stream !== stream ||
-      pending === undefined ||
+      pending?.nonce === undefined ||
       pending.answered ||
       message.challenge_id !== pending.id
     ) {
@@ -309,11 +333,16 @@ export class ContinuousAttestation {
       return;
     }
     pending.answered = true;
-    void this.#settle(session, pending, (node) => this.#judge(node, pending, message));
+    const nonce = pending.nonce;
+    void this.#settle(session, pending, (node) => this.#judge(node, nonce, message));
   }
 
   /** Judges (or times out) one challenge, records the outcome and tells the agent and any waiters. */
-  async #settle(session: Session, pending: Pending, judge: (node: AttestedNode) => TpmUpdate): Promise<void> {
+  async #settle(
+    session: Session,
+    pending: Pending,
+    judge: (node: AttestedNode) => Promise<TpmUpdate>,
+  ): Promise<void> {
     const agentId = session.agentId;
     let result: ReattestResult | Error;
     try {
@@ -323,7 +352,7 @@ export class ContinuousAttestation {
       let tpm: TpmUpdate | undefined;
       const now = nowSeconds(this.#o.clock);
       try {
-        tpm = judge(node);
+        tpm = await judge(node);
         trust = { state: 'trusted', changedAt: now };
       } catch (error) {
         if (!(error instanceof AttestationError)) throw error;
@@ -394,15 +423,15 @@ export class ContinuousAttestation {
    * counters are checked even when the event log fails, so that a reboot (whose log starts over)
    * is reported as the reboot it is.
    */
-  #judge(node: AttestedNode, pending: Pending, message: ReattestRequest): TpmUpdate {
+  async #judge(node: AttestedNode, nonce: Uint8Array, message: ReattestRequest): Promise<TpmUpdate> {
     if (node.attestationType !== 'tpm' || node.tpm === undefined)
       throw new AttestationError('ERR_REATTEST_NOT_TPM', 'no AK is recorded for this node; attest again');
     const stored = node.tpm.eventLog ?? new Uint8Array();
     const log = extendLog(stored, message.event_log_prior_length, message.event_log_tail);
     const quote = new Uint8Array(message.quote);
-    let verified: ReturnType<typeof verifyAnswer>;
+    let verified: VerifiedAnswer;
     try {
-      verified = verifyAnswer({
+      verified = await verifyAnswer({
         answer: {
           activatedSecret: new Uint8Array(),
           quote,
@@ -410,7 +439,7 @@ export class ContinuousAttestation {
           pcrValues: message.pcr_values.map((v) => new Uint8Array(v)),
           eventLog: log instanceof AttestationError ? new Uint8Array() : log,
         },
-        challenge: pending.challenge,
+        challenge: { credential: undefined, nonce },
         ak: parseTpm2bPublic(node.tpm.akPublic),
         policy:
           log instanceof AttestationError ? { ...this.#o.policy, requireEventLog: false } : this.#o.policy,

@@ -30,12 +30,13 @@ import type { AttestedNode, Datastore } from '../datastore/datastore.js';
 import { serverSpiffeId } from '../identity.js';
 import type { Logger } from '../log.js';
 import { AttestationError } from '../nodeattestor/errors.js';
-import { NonceStore } from '../nodeattestor/nonces.js';
+import { NonceStore, nonceExpired } from '../nodeattestor/nonces.js';
 import type { TpmPolicy } from '../nodeattestor/policy.js';
 import {
   admitAk,
   admitEk,
   bootSubject,
+  type IssuedChallenge,
   issueChallenge,
   lastQuote,
   ProfileViolationError,
@@ -91,6 +92,7 @@ export class AgentApiServer {
   readonly #tls: ServerTls;
   readonly #nonces: NonceStore;
   readonly #limiter: RateLimiter;
+  /** How long each stream message may take: the nonce lifetime. */
   readonly #waitSeconds: number;
 
   constructor(options: AgentApiOptions) {
@@ -103,7 +105,11 @@ export class AgentApiServer {
       logger: options.logger,
     });
     this.#waitSeconds = options.tpmPolicy?.nonceTtl ?? DEFAULT_WAIT_SECONDS;
-    this.#nonces = new NonceStore(this.#waitSeconds, options.clock);
+    this.#nonces = new NonceStore({
+      datastore: options.datastore,
+      clock: options.clock,
+      ttlSeconds: this.#waitSeconds,
+    });
     this.#limiter = new RateLimiter(options.rateLimit.perSecond, options.rateLimit.burst, options.clock);
   }
 
@@ -156,8 +162,10 @@ export class AgentApiServer {
     const address = peerAddress(call.getPeer());
     const log = (result: string, reason: string, refusal?: AttestationError) => {
       const fields = {
-        agent_id: decision.agentId,
-        attestation_method: decision.method,
+        // Before the EK (or token) is known there is no agent ID, and before params no method: those
+        // fields are left out rather than logged empty; `peer` says who it was.
+        ...(decision.agentId !== '' ? { agent_id: decision.agentId } : {}),
+        ...(decision.method !== '' ? { attestation_method: decision.method } : {}),
         operation: kind,
         peer: address,
         result,
@@ -279,10 +287,10 @@ export class AgentApiServer {
     const existing = await this.#o.datastore.getNode(decision.agentId);
     refuseBanned(existing);
     const ak = admitAk(evidence.akPublic);
-    const challenge = issueChallenge(this.#nonces, ek.ekPublic, ak);
+    const challenge = await issueChallenge(this.#nonces, ek.ekPublic, ak);
     call.write(challengeMessage(challenge, policy));
-    const answer = await messages.next();
-    const verified = verifyAnswer({
+    const answer = await messages.answer();
+    const verified = await verifyAnswer({
       answer: tpmAnswer(answer.challenge_response),
       challenge,
       ak,
@@ -386,10 +394,10 @@ export class AgentApiServer {
         'the EK sent for renewal is not the EK this agent attested with; attest again',
       );
     const ak = parseTpm2bPublic(node.tpm.akPublic);
-    const challenge = issueChallenge(this.#nonces, undefined, ak);
+    const challenge = await issueChallenge(this.#nonces, undefined, ak);
     call.write(challengeMessage(challenge, policy));
-    const answer = await messages.next();
-    const verified = verifyAnswer({
+    const answer = await messages.answer();
+    const verified = await verifyAnswer({
       answer: tpmAnswer(answer.challenge_response),
       challenge,
       ak,
@@ -512,10 +520,7 @@ function tpmAnswer(message: ChallengeResponseMessage | null | undefined): TpmAns
   };
 }
 
-function challengeMessage(
-  challenge: ReturnType<typeof issueChallenge>,
-  policy: TpmPolicy,
-): AttestAgentResponse {
+function challengeMessage(challenge: IssuedChallenge, policy: TpmPolicy): AttestAgentResponse {
   return {
     challenge: {
       credential_blob: challenge.credential?.credentialBlob ?? new Uint8Array(),
@@ -529,31 +534,34 @@ function challengeMessage(
 /**
  * Reads a stream message by message; a stream that ends early is a bad request. Each message must
  * come within `waitSeconds` (the nonce lifetime): a peer that opens a stream and stays silent must
- * not hold server resources.
+ * not hold server resources. An answer to a challenge that does not come in time is late: its nonce
+ * has expired.
  */
-function reader<Req>(call: Duplex<Req>, waitSeconds: number): { next(): Promise<Req> } {
+function reader<Req>(
+  call: Duplex<Req>,
+  waitSeconds: number,
+): { next(): Promise<Req>; answer(): Promise<Req> } {
   const iterator = (call as AsyncIterable<Req>)[Symbol.asyncIterator]();
+  const read = async (late: () => AttestationError): Promise<Req> => {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(late()), waitSeconds * 1000);
+    });
+    try {
+      const item = await Promise.race([iterator.next(), timeout]);
+      if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
+      return item.value;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
   return {
-    async next() {
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(
-              badRequest(
-                `the agent sent nothing for ${waitSeconds}s; the handshake was abandoned, start a new one`,
-              ),
-            ),
-          waitSeconds * 1000,
-        );
-      });
-      try {
-        const item = await Promise.race([iterator.next(), timeout]);
-        if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
-        return item.value;
-      } finally {
-        clearTimeout(timer);
-      }
-    },
+    next: () =>
+      read(() =>
+        badRequest(
+          `the agent sent nothing for ${waitSeconds}s; the handshake was abandoned, start a new one`,
+        ),
+      ),
+    answer: () => read(() => nonceExpired(waitSeconds)),
   };
 }

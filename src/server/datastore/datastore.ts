@@ -105,6 +105,24 @@ export interface JoinToken {
   expiresAt: number;
 }
 
+/** A challenge's nonce as the datastore keeps it: by hashes only, never the values themselves. */
+export interface IssuedNonce {
+  /** SHA-256 of the nonce, hex. */
+  nonceHash: string;
+  /** SHA-256 of the credential-activation secret, hex; absent when the challenge is a quote only. */
+  secretHash?: string;
+  /** Unix milliseconds after which an answer is too late. */
+  expiresAt: number;
+}
+
+/**
+ * What consuming a nonce found: `fresh` (consumed now, in time), `expired` (consumed now, too late),
+ * `replayed` (consumed before) or `unknown` (never issued, or pruned since).
+ */
+export type NonceConsumption =
+  | { outcome: 'fresh'; secretHash?: string }
+  | { outcome: 'expired' | 'replayed' | 'unknown' };
+
 export interface AuditRecord {
   id: number;
   at: number;
@@ -199,6 +217,17 @@ export interface Datastore {
   createJoinToken(token: JoinToken, actor: Actor): Promise<void>;
   /** Removes and returns the token if it exists and has not expired at `now`; single use. */
   consumeJoinToken(tokenHash: string, now: number, actor: Actor): Promise<JoinToken | undefined>;
+
+  issueNonce(nonce: IssuedNonce): Promise<void>;
+  /**
+   * Marks the nonce consumed at `now` (Unix ms) in one conditional write, so of two servers sharing
+   * the store exactly one can consume it; a consumed nonce stays, to be recognised as a replay.
+   */
+  consumeNonce(nonceHash: string, now: number): Promise<NonceConsumption>;
+  /** True when the nonce was issued and has been consumed. */
+  nonceConsumed(nonceHash: string): Promise<boolean>;
+  /** Deletes at most `limit` nonces that expired before `before` (Unix ms); resolves to how many. */
+  pruneNonces(before: number, limit: number): Promise<number>;
 
   listCaSlots(): Promise<CaSlot[]>;
   /**

@@ -166,11 +166,35 @@ function continuousAttestation(dialect: Dialect): Migration {
   };
 }
 
+/**
+ * Attestation nonces in the datastore, so a replay is recognised after a restart and by every
+ * server sharing the store. Rows are found by the nonce's SHA-256 and pruned by expiry.
+ */
+function attestationNonces(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('attestation_nonces')
+        .addColumn('nonce_hash', 'text', (c) => c.primaryKey())
+        .addColumn('secret_hash', 'text')
+        .addColumn('expires_at_ms', 'bigint', (c) => c.notNull())
+        .addColumn('consumed_at_ms', 'bigint')
+        .execute();
+      await db.schema
+        .createIndex('attestation_nonces_expiry')
+        .on('attestation_nonces')
+        .column('expires_at_ms')
+        .execute();
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
     '0002_node_attestation': nodeAttestation(),
     '0003_continuous_attestation': continuousAttestation(dialect),
+    '0006_attestation_nonces': attestationNonces(),
   };
 }
 

@@ -23,10 +23,12 @@ import type {
   Datastore,
   EntryFilter,
   EntryPage,
+  IssuedNonce,
   JoinToken,
   NewEntry,
   NodeRecord,
   NodeTrust,
+  NonceConsumption,
   Page,
   RegistrationEntry,
   Selector,
@@ -334,6 +336,57 @@ export class SqlDatastore implements Datastore {
         ...(row.spiffe_id ? { spiffeId: row.spiffe_id } : {}),
       };
     });
+  }
+
+  async issueNonce(nonce: IssuedNonce): Promise<void> {
+    await this.#db
+      .insertInto('attestation_nonces')
+      .values({
+        nonce_hash: nonce.nonceHash,
+        secret_hash: nonce.secretHash ?? null,
+        expires_at_ms: nonce.expiresAt,
+        consumed_at_ms: null,
+      })
+      .execute();
+  }
+
+  async consumeNonce(nonceHash: string, now: number): Promise<NonceConsumption> {
+    // One conditional UPDATE: whichever server's write lands first consumes it, the other finds none.
+    const row = await this.#db
+      .updateTable('attestation_nonces')
+      .set({ consumed_at_ms: now })
+      .where('nonce_hash', '=', nonceHash)
+      .where('consumed_at_ms', 'is', null)
+      .returning(['secret_hash', 'expires_at_ms'])
+      .executeTakeFirst();
+    if (row === undefined) return { outcome: (await this.nonceConsumed(nonceHash)) ? 'replayed' : 'unknown' };
+    if (now > Number(row.expires_at_ms)) return { outcome: 'expired' };
+    return { outcome: 'fresh', ...(row.secret_hash !== null ? { secretHash: row.secret_hash } : {}) };
+  }
+
+  async nonceConsumed(nonceHash: string): Promise<boolean> {
+    const row = await this.#db
+      .selectFrom('attestation_nonces')
+      .select('consumed_at_ms')
+      .where('nonce_hash', '=', nonceHash)
+      .executeTakeFirst();
+    return row !== undefined && row.consumed_at_ms !== null;
+  }
+
+  async pruneNonces(before: number, limit: number): Promise<number> {
+    // A bounded batch found through the expiry index, so a prune never holds the table for long.
+    const result = await this.#db
+      .deleteFrom('attestation_nonces')
+      .where('nonce_hash', 'in', (eb) =>
+        eb
+          .selectFrom('attestation_nonces')
+          .select('nonce_hash')
+          .where('expires_at_ms', '<', before)
+          .orderBy('expires_at_ms')
+          .limit(limit),
+      )
+      .executeTakeFirst();
+    return Number(result.numDeletedRows);
   }
 
   async listCaSlots(): Promise<CaSlot[]> {

@@ -76,6 +76,16 @@ export interface JoinTokenRow {
   created_at: number;
 }
 
+export interface AttestationNonceRow {
+  /** SHA-256 of the nonce, hex. */
+  nonce_hash: string;
+  /** SHA-256 of the credential-activation secret, hex: the secret itself is never stored. */
+  secret_hash: string | null;
+  /** Milliseconds: a nonce lives seconds, so whole seconds would be too coarse. */
+  expires_at_ms: number;
+  consumed_at_ms: number | null;
+}
+
 export interface BundleRow {
   trust_domain: string;
   /** The SPIFFE bundle (JWKS) document. */
@@ -116,6 +126,7 @@ export interface Database {
   attested_nodes: AttestedNodeRow;
   node_selectors: NodeSelectorRow;
   join_tokens: JoinTokenRow;
+  attestation_nonces: AttestationNonceRow;
   bundles: BundleRow;
   ca_journal: CaJournalRow;
   audit_log: AuditLogRow;

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { createHash, randomBytes, timingSafeEqual, type X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, type X509Certificate } from 'node:crypto';
 import {
   type BootFacts,
   bootFacts,
@@ -143,24 +143,27 @@ export function admitAk(akPublicBytes: Uint8Array): ParsedPublic {
 
 export interface IssuedChallenge {
   readonly credential: CredentialChallenge | undefined;
-  readonly secret: Uint8Array | undefined;
   readonly nonce: Uint8Array;
 }
 
-/** MakeCredential(EK, AK name, fresh secret) for attestation; renewal passes no EK and gets only a nonce. */
-export function issueChallenge(
+/**
+ * MakeCredential(EK, AK name, fresh secret) for attestation; renewal passes no EK and gets only a
+ * nonce. The secret leaves here only inside the credential blob: the store keeps its hash.
+ */
+export async function issueChallenge(
   nonces: NonceStore,
   ek: ParsedPublic | undefined,
   ak: ParsedPublic,
-): IssuedChallenge {
-  const nonce = nonces.issue();
-  if (ek === undefined) return { credential: undefined, secret: undefined, nonce };
+): Promise<IssuedChallenge> {
+  if (ek === undefined) return { credential: undefined, nonce: await nonces.issue() };
   const secret = randomBytes(32);
+  let credential: CredentialChallenge;
   try {
-    return { credential: makeCredential(ek.area, objectName(ak), secret), secret, nonce };
+    credential = makeCredential(ek.area, objectName(ak), secret);
   } catch (error) {
     wrapTpm(error, { ERR_TPM_UNSUPPORTED: 'ERR_ATTEST_BAD_REQUEST' });
   }
+  return { credential, nonce: await nonces.issue(secret) };
 }
 
 export interface TpmAnswer {
@@ -219,7 +222,7 @@ const QUOTE_CODES: Partial<Record<string, AttestationErrorCode>> = {
  * (so the AK lives in the EK's TPM), quote signed by the AK over our nonce and selection, PCR digest
  * equal to the reported values, event log replaying to them, and the PCR policy.
  */
-export function verifyAnswer(input: {
+export async function verifyAnswer(input: {
   readonly answer: TpmAnswer;
   readonly challenge: IssuedChallenge;
   readonly ak: ParsedPublic;
@@ -227,17 +230,9 @@ export function verifyAnswer(input: {
   readonly nonces: NonceStore;
   /** Whose boot this is, for choosing its firmware profiles. */
   readonly subject: BootSubject;
-}): VerifiedAnswer {
+}): Promise<VerifiedAnswer> {
   const { answer, challenge, policy } = input;
-  input.nonces.consume(challenge.nonce);
-  if (challenge.secret !== undefined) {
-    const got = answer.activatedSecret;
-    if (got.length !== challenge.secret.length || !timingSafeEqual(got, challenge.secret))
-      throw new AttestationError(
-        'ERR_ATTEST_SECRET_MISMATCH',
-        'the activated secret is wrong: the AK does not live in the TPM that holds this EK',
-      );
-  }
+  await input.nonces.consume(challenge.nonce, answer.activatedSecret);
   let quote: VerifiedQuote;
   try {
     quote = verifyQuote({
@@ -252,7 +247,7 @@ export function verifyAnswer(input: {
     if (
       error instanceof TpmError &&
       error.code === 'ERR_TPM_QUOTE_NONCE' &&
-      quotedNonceWasUsed(answer, input.nonces)
+      (await quotedNonceWasUsed(answer, input.nonces))
     )
       throw new AttestationError(
         'ERR_ATTEST_NONCE_REPLAYED',
@@ -369,12 +364,14 @@ function hexValues(values: ReadonlyMap<number, Buffer> | undefined): Map<number,
   return new Map([...(values ?? [])].map(([pcr, v]) => [pcr, v.toString('hex')]));
 }
 
-function quotedNonceWasUsed(answer: TpmAnswer, nonces: NonceStore): boolean {
+async function quotedNonceWasUsed(answer: TpmAnswer, nonces: NonceStore): Promise<boolean> {
+  let extraData: Uint8Array;
   try {
-    return nonces.wasConsumed(parseAttest(answer.quote).extraData);
+    extraData = parseAttest(answer.quote).extraData;
   } catch {
     return false;
   }
+  return nonces.wasConsumed(extraData);
 }
 
 /** What the node record keeps of the last verified quote. */
