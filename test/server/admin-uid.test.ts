@@ -44,7 +44,7 @@ describe.each([
   const asTestUser = (args: string[]) => cli(args, { uid, gid: 0 });
 
   if (!allowed) {
-    it('is refused with PERMISSION_DENIED before any handler runs, and logged', async () => {
+    it('is refused with PERMISSION_DENIED before any handler runs, and logged with one pid and the caller as peer_uid, peer_pid', async () => {
       const result = await asTestUser([
         'entry',
         'create',
@@ -63,8 +63,19 @@ describe.each([
       );
       const count = await cli(['entry', 'count', '--admin-socket', server.socket, '--output', 'json']);
       expect(JSON.parse(count.stdout)).toEqual({ count: 0 });
-      expect(server.log()).toContain(`"uid":${uid}`);
-      expect(server.log()).toContain('"result":"denied"');
+      const denial = server
+        .log()
+        .split('\n')
+        .find((line) => line.includes('admin API caller refused'));
+      if (denial === undefined) throw new Error('no denial logged');
+      // One pid (the server's, from the logger), the caller's as peer_pid: JSON.parse would keep only
+      // the last of two `pid` keys, so count them in the raw line.
+      expect(denial.match(/"pid":/g)).toHaveLength(1);
+      const fields = JSON.parse(denial) as Record<string, unknown>;
+      expect(fields).toMatchObject({ peer_uid: uid, result: 'denied' });
+      expect(typeof fields.peer_pid).toBe('number');
+      expect(fields.peer_pid).not.toBe(fields.pid);
+      expect(fields).not.toHaveProperty('uid');
     });
   } else {
     it('may create an entry, and the audit log names its uid', async () => {

@@ -183,14 +183,15 @@ export class AdminServer {
       return;
     }
     if (!allowedUids.includes(uid)) {
+      // peer_*: the caller's credentials; pino's own `pid` is this server's.
       logger.warn(
-        { uid, pid, result: 'denied', reason: 'uid not in admin_allowed_uids' },
+        { peer_uid: uid, peer_pid: pid, result: 'denied', reason: 'uid not in admin_allowed_uids' },
         'admin API caller refused',
       );
       this.#deniedServer(uid).injector.injectConnection(socket);
       return;
     }
-    logger.debug({ uid, pid }, 'admin API connection');
+    logger.debug({ peer_uid: uid, peer_pid: pid }, 'admin API connection');
     this.#serverFor(uid).injector.injectConnection(socket);
   }
 
@@ -260,7 +261,7 @@ export class AdminServer {
           logger.info(
             {
               method: `${serviceName}/${method}`,
-              uid,
+              peer_uid: uid,
               result: 'ok',
               duration_ms: Math.round(performance.now() - started),
             },
@@ -273,7 +274,7 @@ export class AdminServer {
           const known = error instanceof ServerError;
           const fields = {
             method: `${serviceName}/${method}`,
-            uid,
+            peer_uid: uid,
             result: 'error',
             duration_ms: Math.round(performance.now() - started),
             ...(known ? { error_code: error.code, reason: error.message } : { err: error }),
