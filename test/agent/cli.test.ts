@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -62,6 +62,97 @@ describe('ironroot-agent command line', () => {
     const result = await agentCli(['run', '--server-address', 'bad', '--join-token', 'secret-token-value']);
     expect(result.code).toBe(1);
     expect(result.stderr).not.toContain('secret-token-value');
+  });
+
+  /** Flags enough to get past validation to the join token; the server is never reached. */
+  const joinFlags = ['run', '--server-address', '127.0.0.1:1', '--trust-domain', TD, '--insecure-bootstrap'];
+
+  function tokenFile(mode: number, uid?: number): string {
+    const file = join(mkdtempSync(join(tmpdir(), 'ironroot-token-')), 'join-token');
+    writeFileSync(file, 'secret-token-value\n');
+    chmodSync(file, mode);
+    if (uid !== undefined) chownSync(file, uid, uid);
+    return file;
+  }
+
+  it('refuses a join_token_file that group or others can read, naming the file and its mode', async () => {
+    const file = tokenFile(0o640);
+    const result = await agentCli([...joinFlags, '--join-token-file', file]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(
+      `ironroot-agent: join_token_file ${file} has mode 0640; it must be 0600 or 0400 (chmod 600 ${file})\n`,
+    );
+  });
+
+  it('refuses a join_token_file owned by another user, naming the file and its owner', async () => {
+    const file = tokenFile(0o600, 65534);
+    const result = await agentCli([...joinFlags, '--join-token-file', file]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`join_token_file ${file} is owned by uid 65534, not by uid 0`);
+    expect(result.stderr).not.toContain('secret-token-value');
+  });
+
+  it('refuses a config file holding join_token inline when group or others can read it', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-cfg-')), 'agent.yaml');
+    writeFileSync(
+      file,
+      `server_address: 127.0.0.1:1\ntrust_domain: ${TD}\ninsecure_bootstrap: true\nattestation: join_token\njoin_token: secret-token-value\n`,
+    );
+    chmodSync(file, 0o644);
+    const result = await agentCli(['run', '--config', file]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(
+      `config file ${file} holds join_token but is readable by group or others (mode 0644)`,
+    );
+    expect(result.stderr).not.toContain('secret-token-value');
+  });
+
+  it('refuses join_token together with join_token_file', async () => {
+    const result = await agentCli([
+      ...joinFlags,
+      '--join-token',
+      'secret-token-value',
+      '--join-token-file',
+      tokenFile(0o600),
+    ]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('join_token_file: ');
+    expect(result.stderr).toContain('allowed: join_token or join_token_file, not both');
+  });
+
+  it('warns in one log line that --join-token on the command line is readable by every user', async () => {
+    const dataDir = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-warn-')), 'data');
+    const agent = spawn(process.execPath, [
+      AGENT,
+      ...joinFlags,
+      '--data-dir',
+      dataDir,
+      '--socket-path',
+      join(dataDir, '..', 'agent.sock'),
+      '--join-token',
+      'secret-token-value',
+    ]);
+    let stdout = '';
+    agent.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    try {
+      // The server is unreachable, so the agent keeps retrying: what it logged first is all there is to see.
+      await until('the agent to log its first attempt', () =>
+        stdout.includes('will retry') ? true : undefined,
+      );
+    } finally {
+      const exited = new Promise((resolve) => agent.once('exit', resolve));
+      agent.kill('SIGTERM');
+      await exited;
+    }
+    const warnings = stdout
+      .split('\n')
+      .filter((line) => line.includes('/proc/<pid>/cmdline'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ level: 40, flag: '--join-token' });
+    expect(stdout).not.toContain('secret-token-value');
   });
 
   it('healthcheck fails with a clear message when no agent runs', async () => {
@@ -156,5 +247,46 @@ describe('ironroot-agent run from flags alone', () => {
     expect(JSON.parse(health.stdout).spiffe_id).toMatch(
       new RegExp(`^spiffe://${TD}/agent/tpm/[0-9a-f]{64}$`),
     );
+  });
+
+  it('attests with the join token read from --join-token-file (0600)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ironroot-agent-tokenfile-'));
+    const dataDir = join(dir, 'data');
+    const file = join(dir, 'join-token');
+    const token = await server.registration.createJoinToken({ ttl: 0, spiffe_id: '' }, 'test');
+    writeFileSync(file, `${token.value}\n`, { mode: 0o600 });
+    const agent = spawn(process.execPath, [
+      AGENT,
+      'run',
+      '--server-address',
+      server.address,
+      '--trust-domain',
+      TD,
+      '--trust-bundle',
+      server.bundleFile,
+      '--data-dir',
+      dataDir,
+      '--socket-path',
+      join(dir, 'agent.sock'),
+      '--join-token-file',
+      file,
+    ]);
+    try {
+      const health = await until(
+        'healthcheck to pass',
+        async () => {
+          const result = await agentCli(['healthcheck', '--data-dir', dataDir]);
+          return result.code === 0 ? result : undefined;
+        },
+        60_000,
+      );
+      expect(JSON.parse(health.stdout).spiffe_id).toMatch(
+        new RegExp(`^spiffe://${TD}/agent/join_token/[0-9a-f]{12}$`),
+      );
+    } finally {
+      const exited = new Promise((resolve) => agent.once('exit', resolve));
+      agent.kill('SIGTERM');
+      await exited;
+    }
   });
 });

@@ -12,6 +12,7 @@ interface RunFlags {
   socketPath?: string;
   syncInterval?: string;
   joinToken?: string;
+  joinTokenFile?: string;
   insecureBootstrap?: boolean;
   ek?: string;
   logLevel?: string;
@@ -45,7 +46,14 @@ export function runCommand(): Command {
       '--sync-interval <duration>',
       `how often entries and SVIDs are synced with the server (default ${AGENT_DEFAULTS.sync_interval})`,
     )
-    .option('--join-token <token>', 'attest with this single-use join token instead of the TPM')
+    .option(
+      '--join-token-file <file>',
+      'attest with the single-use join token in this file (0600, owned by the agent user) instead of the TPM',
+    )
+    .option(
+      '--join-token <token>',
+      'attest with this join token instead of the TPM; every user can read it in the process list: prefer --join-token-file',
+    )
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${AGENT_DEFAULTS.log_level})`)
     .action(async (flags: RunFlags) => {
       const { loadAgentConfig } = await import('../config/load.js');
@@ -62,8 +70,10 @@ export function runCommand(): Command {
           socket_path: flags.socketPath,
           sync_interval: flags.syncInterval,
           join_token: flags.joinToken,
-          // A join token on the command line means join-token attestation.
-          attestation: flags.joinToken !== undefined ? 'join_token' : undefined,
+          join_token_file: flags.joinTokenFile,
+          // A join token (or its file) on the command line means join-token attestation.
+          attestation:
+            flags.joinToken !== undefined || flags.joinTokenFile !== undefined ? 'join_token' : undefined,
           log_level: flags.logLevel,
         },
       });
@@ -72,6 +82,11 @@ export function runCommand(): Command {
         level: config.log_level,
         redact: { paths: ['join_token', '*.join_token', 'token'], censor: 'REDACTED' },
       });
+      if (flags.joinToken !== undefined)
+        logger.warn(
+          { flag: '--join-token' },
+          'the join token on the command line is readable by every user of this host (/proc/<pid>/cmdline); use --join-token-file (mode 0600) instead',
+        );
       const { Agent } = await import('../agent.js');
       const agent = new Agent(config, logger);
       await agent.start();

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { AgentError } from '../errors.js';
@@ -14,11 +14,15 @@ export type AgentConfigOverrides = { [K in keyof z.input<typeof agentConfigSchem
 
 export function loadAgentConfig(options: { file?: string; overrides?: AgentConfigOverrides }): AgentConfig {
   const raw = options.file === undefined ? {} : readConfigFile(options.file);
+  if (options.file !== undefined && raw.join_token !== undefined) refuseReadableToken(options.file);
   for (const [key, value] of Object.entries(options.overrides ?? {})) {
     if (value !== undefined) raw[key] = value;
   }
   const result = agentConfigSchema.safeParse(raw);
-  if (result.success) return result.data;
+  if (result.success)
+    return result.data.join_token_file === undefined
+      ? result.data
+      : { ...result.data, join_token: readJoinTokenFile(result.data.join_token_file) };
   const lines = result.error.issues.map((issue) => describe(issue, raw));
   throw new AgentError(
     'ERR_AGENT_CONFIG_INVALID',
@@ -50,6 +54,58 @@ function readConfigFile(file: string): Record<string, unknown> {
       `config file ${file} must hold a mapping of keys, not a list or scalar`,
     );
   return { ...(value as Record<string, unknown>) };
+}
+
+const mode = (bits: number) => `0${(bits & 0o777).toString(8).padStart(3, '0')}`;
+
+/** A config file holding the join token inline must be private to its owner, as a token file must. */
+function refuseReadableToken(file: string): void {
+  const bits = statSync(file).mode;
+  if ((bits & 0o044) !== 0)
+    throw new AgentError(
+      'ERR_AGENT_CONFIG_UNSAFE',
+      `config file ${file} holds join_token but is readable by group or others (mode ${mode(bits)}); chmod 600 ${file}, or move the token to a join_token_file (mode 0600)`,
+    );
+}
+
+/**
+ * The join token from `join_token_file`: a regular file, 0600 or 0400, owned by the user the agent
+ * runs as, so no other user of the host can read the token (as anyone can read a command line).
+ */
+function readJoinTokenFile(file: string): string {
+  let stats: ReturnType<typeof statSync>;
+  let text: string;
+  try {
+    stats = statSync(file);
+    text = stats.isFile() ? readFileSync(file, 'utf8') : '';
+  } catch (cause) {
+    throw new AgentError(
+      'ERR_AGENT_CONFIG_FILE',
+      `cannot read join_token_file ${file}: ${(cause as Error).message}`,
+      { cause },
+    );
+  }
+  if (!stats.isFile())
+    throw new AgentError('ERR_AGENT_CONFIG_FILE', `join_token_file ${file} is not a regular file`);
+  const uid = process.geteuid?.();
+  if (uid !== undefined && stats.uid !== uid)
+    throw new AgentError(
+      'ERR_AGENT_CONFIG_UNSAFE',
+      `join_token_file ${file} is owned by uid ${stats.uid}, not by uid ${uid} that the agent runs as; chown it to the agent's user`,
+    );
+  const bits = stats.mode & 0o777;
+  if (bits !== 0o600 && bits !== 0o400)
+    throw new AgentError(
+      'ERR_AGENT_CONFIG_UNSAFE',
+      `join_token_file ${file} has mode ${mode(bits)}; it must be 0600 or 0400 (chmod 600 ${file})`,
+    );
+  const token = text.trim();
+  if (token === '')
+    throw new AgentError(
+      'ERR_AGENT_CONFIG_FILE',
+      `join_token_file ${file} is empty; write the token from "ironroot-server token generate" into it`,
+    );
+  return token;
 }
 
 function describe(issue: z.core.$ZodIssue, raw: Record<string, unknown>): string {

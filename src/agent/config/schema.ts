@@ -90,6 +90,8 @@ export const agentConfigSchema = z
     socket_path: absolutePath.default(AGENT_DEFAULTS.socket_path),
     attestation: z.enum(['tpm', 'join_token']).default(AGENT_DEFAULTS.attestation),
     join_token: z.string().min(1).optional(),
+    /** A file holding the join token, 0600 or 0400 and owned by the agent's user (checked at load). */
+    join_token_file: absolutePath.optional(),
     tcti: z.string().min(1).default(AGENT_DEFAULTS.tcti),
     ek: z
       .enum(['auto', 'rsa2048', 'ecc-p256', 'rsa2048-high', 'ecc-p256-high', 'ecc-p384-high'])
@@ -109,9 +111,16 @@ export const agentConfigSchema = z
     /** Which workload attestors produce selectors; default the unix one alone. */
     workload_attestors: workloadAttestors,
   })
-  .refine((c) => c.attestation !== 'join_token' || c.join_token !== undefined, {
-    message: 'allowed: attestation join_token needs join_token (or --join-token)',
-    path: ['join_token'],
+  .refine(
+    (c) => c.attestation !== 'join_token' || c.join_token !== undefined || c.join_token_file !== undefined,
+    {
+      message: 'allowed: attestation join_token needs join_token_file (or --join-token-file) or join_token',
+      path: ['join_token'],
+    },
+  )
+  .refine((c) => c.join_token === undefined || c.join_token_file === undefined, {
+    message: 'allowed: join_token or join_token_file, not both',
+    path: ['join_token_file'],
   })
   .refine((c) => c.trust_bundle !== undefined || c.insecure_bootstrap, {
     message:
