@@ -379,6 +379,32 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
   });
 });
 
+describe('PostgreSQL shared by two servers', () => {
+  it('lets one of two servers consume a nonce the other issued; the loser, and any later answer, is a replay', async () => {
+    postgres ??= await startPostgres();
+    const name = `ironroot_${++databases}`;
+    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const T = 1_700_000_000_000;
+    const clock: Clock = { now: () => T };
+    const one = (await openPostgresDatastore(url, clock)).datastore;
+    const two = (await openPostgresDatastore(url, clock)).datastore;
+    try {
+      await one.issueNonce({ nonceHash: 'shared', secretHash: 's', expiresAt: T + 60_000 });
+      const outcomes = await Promise.all([one.consumeNonce('shared', T), two.consumeNonce('shared', T)]);
+      expect(outcomes.map((o) => o.outcome).sort()).toEqual(['fresh', 'replayed']);
+      expect(await two.consumeNonce('shared', T + 1)).toEqual({ outcome: 'replayed' });
+      expect(await one.nonceConsumed('shared')).toBe(true);
+    } finally {
+      await one.close();
+      await two.close();
+    }
+  });
+});
+
 describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) => {
   let store: Datastore;
   const clock: Clock = { now: () => 1_700_000_000_000 };
