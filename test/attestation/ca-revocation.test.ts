@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import { connect, type PeerCertificate } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AdminClient } from '../../src/server/admin/client.js';
 import type { X509SVIDResponseMessage } from '../../src/workload-api/proto.js';
+import { runServerCli } from '../helpers/cli.js';
 import { RawClient } from '../helpers/raw-client.js';
 import { entry, workloadSocketPath, workloadWhere } from '../workload/harness.js';
 import {
@@ -227,5 +229,122 @@ describe('an agent stopped before a CA was prepared', () => {
       readFileSync(join(agent.dataDir, 'bundle.pem'), 'utf8').includes(next.toString()),
     );
     await until('the agent SVID to be signed by the new CA', () => agentSvid(agent).verify(next.publicKey));
+  });
+});
+
+describe('localauthority x509 activate, show, taint and revoke say when revoking is safe', () => {
+  let server: TestServer;
+  let running: TestAgent;
+  let stopped: TestAgent;
+  let stoppedRuns = false;
+  let admin: AdminClient;
+  const cli = async (...args: string[]) =>
+    runServerCli(['localauthority', 'x509', ...args, '--admin-socket', server.adminSocket], process.env);
+  const ok = async (...args: string[]) => {
+    const result = await cli(...args);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    return result.stdout;
+  };
+  const readiness = async () =>
+    (await admin.call('LocalAuthorityService', 'ListAuthorities', { kind: 'x509' })).readiness;
+  const joinTokenAgent = async () => {
+    const token = await server.registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'test');
+    const agent = await startTestAgent(server, {
+      attestation: 'join_token',
+      join_token: token.value,
+      socket_path: workloadSocketPath(),
+      sync_interval: '200ms',
+    });
+    await until('the agent to attest', () => healthy(agent));
+    return agent;
+  };
+  /** Prepares and activates a new CA; resolves to its key id and what activate printed. */
+  const rotate = async () => {
+    await ok('prepare');
+    const printed = await ok('activate');
+    const id = /Authority ID : (\S+)/.exec(printed)?.[1] ?? '';
+    return { id, printed };
+  };
+
+  beforeAll(async () => {
+    server = await startAttestServer();
+    admin = new AdminClient(server.adminSocket);
+    running = await joinTokenAgent();
+    stopped = await joinTokenAgent();
+    stoppedRuns = true;
+  });
+
+  afterAll(async () => {
+    admin?.close();
+    await running?.stop();
+    if (stoppedRuns) await stopped.stop();
+    await server?.stop();
+  });
+
+  it('counts the agents under the active CA, refuses a revocation that cuts one off, and allows it once all renewed', async () => {
+    const previous = server.server.ca.slots.find(
+      (s) => s.authority === 'x509' && s.state === 'active',
+    )?.keyId;
+    const stoppedId = stopped.agent.status().spiffe_id;
+    const runningId = running.agent.status().spiffe_id;
+    await stopped.stop();
+    stoppedRuns = false;
+
+    const { id: active, printed } = await rotate();
+    expect(printed).toContain(`renewed under the active CA ${active}\n`);
+    expect(printed).toContain(`Not yet      : ${stoppedId}`);
+    expect(printed).toContain('Revocation   : not yet safe;');
+
+    await until('the running agent to renew under the new CA', async () =>
+      (await readiness())?.current === 1 ? true : undefined,
+    );
+    const shown = await ok('show');
+    expect(shown).toContain(`Agents       : 1 of 2 renewed under the active CA ${active}\n`);
+    expect(shown).toContain(`Not yet      : ${stoppedId}\n`);
+    expect(shown).not.toContain(runningId);
+
+    const tainted = await ok('taint', '--authority-id', previous ?? '');
+    expect(tainted).toContain(`Not yet      : ${stoppedId}\n`);
+
+    const refused = await cli('revoke', '--authority-id', previous ?? '');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(
+      `revoking ${previous} would cut off 1 of 2 agent(s) that have not renewed under the active CA ${active}: ${stoppedId}.`,
+    );
+    await expect(
+      admin.call('LocalAuthorityService', 'Revoke', { kind: 'x509', authority_id: previous ?? '' }),
+    ).rejects.toMatchObject({ errorCode: 'ERR_CA_REVOKE_STRANDS_AGENTS' });
+    expect(server.server.ca.slots.some((s) => s.keyId === previous)).toBe(true);
+
+    // The stopped agent comes back, reaches the server through the cross-signed CA and renews.
+    await stopped.start();
+    stoppedRuns = true;
+    await until('every agent to renew under the new CA', async () =>
+      (await readiness())?.current === 2 ? true : undefined,
+    );
+    const revoked = await ok('revoke', '--authority-id', previous ?? '');
+    expect(revoked).toContain(`Agents       : 2 of 2 renewed under the active CA ${active}\n`);
+    expect(revoked).toContain('Revocation   : no agent was cut off');
+    expect(server.server.ca.slots.some((s) => s.keyId === previous)).toBe(false);
+  });
+
+  it('revokes with --force and names the agents it cut off', async () => {
+    const previous = server.server.ca.slots.find(
+      (s) => s.authority === 'x509' && s.state === 'active',
+    )?.keyId;
+    const stoppedId = stopped.agent.status().spiffe_id;
+    await stopped.stop();
+    stoppedRuns = false;
+    const { id: active } = await rotate();
+    await until('the running agent to renew under the new CA', async () =>
+      (await readiness())?.current === 1 ? true : undefined,
+    );
+    await ok('taint', '--authority-id', previous ?? '');
+    const forced = await ok('revoke', '--authority-id', previous ?? '', '--force');
+    expect(forced).toContain(`Agents       : 1 of 2 renewed under the active CA ${active}\n`);
+    expect(forced).toContain(`Cut off      : ${stoppedId}\n`);
+    expect(forced).toContain('Revocation   : the agents above cannot verify the server any more;');
+    expect(server.server.ca.slots.some((s) => s.keyId === previous)).toBe(false);
   });
 });
