@@ -3,8 +3,8 @@
  * own SVID and the trust bundle can change (CA rotation, SVID renewal) without restarting the
  * listener. The SVID is re-issued at half-life and at once whenever the CA journal changes
  * (activate, taint, revoke, prune): the server never presents a certificate from a CA that stopped
- * signing or left the bundle. Client certificates are requested but not required: attestation happens before the
- * agent has one; renewal checks the presented agent SVID itself (see server.ts).
+ * signing or left the bundle. Client certificates are requested but not required: attestation
+ * happens before the agent has one; renewal checks the presented agent SVID itself (see server.ts).
  *
  * @module
  */

@@ -68,7 +68,7 @@ export class CaService {
   }
 
   async prepare(request: AuthorityKindRequest, actor: Actor): Promise<AuthorityMessage> {
-    return this.#answer(await this.#o.ca.prepare(checkKind(request.kind), actor));
+    return toAuthority(await this.#o.ca.prepare(checkKind(request.kind), actor));
   }
 
   async activate(request: AuthorityKindRequest, actor: Actor): Promise<AuthorityMessage> {
