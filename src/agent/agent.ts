@@ -321,6 +321,7 @@ export class Agent {
       try {
         await this.#sync.run(client, () => this.#stopped);
         this.#keepBundle();
+        this.#renewIfCaRotated();
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
         this.#logger.warn(
@@ -354,6 +355,24 @@ export class Agent {
       this.#store.saveBundle(roots);
       this.#logger.info({ authorities: roots.length }, 'trust bundle updated from the server');
     }
+  }
+
+  /**
+   * An agent SVID not signed by the CA that signs now is renewed at once, not at half-life: the
+   * renewal brings the bundle with the new CA, and the previous CA can then be revoked without
+   * cutting this agent off (the server's `revoke` counts agents that have not renewed yet).
+   */
+  #renewIfCaRotated(): void {
+    const active = this.#cache.activeAuthority;
+    const leaf = this.#svid?.chain[0];
+    if (active === undefined || leaf === undefined || this.#renewAt <= nowSeconds()) return;
+    if (leaf.verify(active.publicKey)) return;
+    this.#logger.info(
+      { agent_id: this.#svid?.spiffeId, authority: active.serialNumber },
+      'the server signs with a new CA: renewing the agent SVID now',
+    );
+    this.#renewAt = 0;
+    this.#wake?.();
   }
 
   async #startWorkloadApi(): Promise<void> {

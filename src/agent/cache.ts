@@ -93,6 +93,11 @@ export class SvidCache implements WorkloadIdentityProvider {
     return this.#bundle;
   }
 
+  /** The CA certificate the server signs X.509-SVIDs with now, as last synced. */
+  get activeAuthority(): X509Certificate | undefined {
+    return this.#activeAuthority;
+  }
+
   get entryCount(): number {
     return this.#entries.size;
   }

@@ -134,6 +134,8 @@ export interface TestAgent {
   dataDir: string;
   config: AgentConfigInput;
   restart(): Promise<void>;
+  /** Starts a fresh agent process on the same config and data directory, after stop(). */
+  start(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -162,6 +164,10 @@ export async function startTestAgent(
     config: input,
     async restart() {
       await handle.agent.stop();
+      handle.agent = make();
+      await handle.agent.start();
+    },
+    async start() {
       handle.agent = make();
       await handle.agent.start();
     },

@@ -223,6 +223,29 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     await expect(store.deleteNode(`${TD}/agent/tpm/abc`, 'uid:0')).rejects.toBeInstanceOf(AgentNotFoundError);
   });
 
+  it('keeps which CA key signed a node’s SVID, and nothing for a node recorded without one', async () => {
+    const node = {
+      attestationType: 'join_token',
+      serialNumber: '02',
+      attestationCount: 1,
+      expiresAt: 1_700_003_600,
+      banned: false,
+      selectors: [],
+      createdAt: 1_700_000_000,
+    };
+    await store.upsertNode(
+      { ...node, spiffeId: `${TD}/agent/join_token/a`, svidAuthority: 'ironroot-x509-1' },
+      'server',
+    );
+    await store.upsertNode({ ...node, spiffeId: `${TD}/agent/join_token/b` }, 'server');
+    expect((await store.getNode(`${TD}/agent/join_token/a`))?.svidAuthority).toBe('ironroot-x509-1');
+    expect((await store.getNode(`${TD}/agent/join_token/b`))?.svidAuthority).toBeUndefined();
+    expect((await store.listNodes()).map((n) => [n.spiffeId, n.svidAuthority])).toEqual([
+      [`${TD}/agent/join_token/a`, 'ironroot-x509-1'],
+      [`${TD}/agent/join_token/b`, undefined],
+    ]);
+  });
+
   it('records a node’s trust and last verified event log, auditing only changes of trust', async () => {
     const id = `${TD}/agent/tpm/def`;
     await store.upsertNode(

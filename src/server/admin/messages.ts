@@ -154,6 +154,13 @@ export interface AuthorityKindRequest {
 export interface AuthorityKeyRequest {
   kind: string;
   authority_id: string;
+  force?: boolean;
+}
+export interface AgentReadinessMessage {
+  active_authority_id: string;
+  agents: number;
+  current: number;
+  behind: string[];
 }
 export interface AuthorityMessage {
   kind: string;
@@ -164,9 +171,11 @@ export interface AuthorityMessage {
   not_after: number;
   tainted: boolean;
   certificate_pem: string;
+  readiness?: AgentReadinessMessage | null;
 }
 export interface ListAuthoritiesResponse {
   authorities: AuthorityMessage[];
+  readiness?: AgentReadinessMessage | null;
 }
 export type Empty = Record<string, never>;
 export interface BundleMessage {

@@ -305,6 +305,7 @@ export class AgentApiServer {
         spiffeId: decision.agentId,
         attestationType: 'tpm',
         serialNumber: result.serial,
+        svidAuthority: result.svidAuthority,
         expiresAt: result.response.result?.expires_at ?? 0,
         banned: false,
         selectors: tpmSelectors(ek, verified),
@@ -345,6 +346,7 @@ export class AgentApiServer {
         spiffeId: decision.agentId,
         attestationType: 'join_token',
         serialNumber: result.serial,
+        svidAuthority: result.svidAuthority,
         expiresAt: result.response.result?.expires_at ?? 0,
         banned: false,
         selectors: [{ type: 'join_token', value: tokenHash.slice(0, TOKEN_ID_LENGTH) }],
@@ -378,7 +380,12 @@ export class AgentApiServer {
     if (node.attestationType !== 'tpm') {
       const result = await this.#sign(decision.agentId, csr);
       await this.#o.datastore.upsertNode(
-        { ...node, serialNumber: result.serial, expiresAt: result.response.result?.expires_at ?? 0 },
+        {
+          ...node,
+          serialNumber: result.serial,
+          svidAuthority: result.svidAuthority,
+          expiresAt: result.response.result?.expires_at ?? 0,
+        },
         ACTOR,
       );
       return result.response;
@@ -410,6 +417,7 @@ export class AgentApiServer {
       {
         ...node,
         serialNumber: result.serial,
+        svidAuthority: result.svidAuthority,
         expiresAt: result.response.result?.expires_at ?? 0,
         selectors: tpmSelectors(ek, verified),
         tpm: {
@@ -438,7 +446,10 @@ export class AgentApiServer {
     return this.#o.tpmPolicy;
   }
 
-  async #sign(agentId: string, csr: ParsedCsr): Promise<{ response: AttestAgentResponse; serial: string }> {
+  async #sign(
+    agentId: string,
+    csr: ParsedCsr,
+  ): Promise<{ response: AttestAgentResponse; serial: string; svidAuthority: string }> {
     const minted = await this.#o.ca.mintX509Svid({
       spiffeId: SpiffeId.parse(agentId),
       publicKey: csr.publicKey,
@@ -447,6 +458,7 @@ export class AgentApiServer {
     const leaf = minted.chain[0];
     return {
       serial: leaf?.serialNumber ?? '',
+      svidAuthority: minted.authority,
       response: {
         result: {
           spiffe_id: agentId,

@@ -1,8 +1,10 @@
 /**
  * The agent API's TLS material, served through grpc-js certificate providers so that the server's
  * own SVID and the trust bundle can change (CA rotation, SVID renewal) without restarting the
- * listener. Client certificates are requested but not required: attestation happens before the
- * agent has one; renewal checks the presented agent SVID itself (see server.ts).
+ * listener. The SVID is re-issued at half-life and at once whenever the CA journal changes
+ * (activate, taint, revoke, prune): the server never presents a certificate from a CA that stopped
+ * signing or left the bundle. Client certificates are requested but not required: attestation
+ * happens before the agent has one; renewal checks the presented agent SVID itself (see server.ts).
  *
  * @module
  */
@@ -32,6 +34,8 @@ export class ServerTls implements experimental.CertificateProvider {
   #identity: { certificate: Buffer; privateKey: Buffer } | undefined;
   #renewAt = 0;
   #timer: NodeJS.Timeout | undefined;
+  #unsubscribe: (() => void) | undefined;
+  #refreshing: Promise<void> = Promise.resolve();
 
   constructor(options: {
     ca: CertificateAuthority;
@@ -49,6 +53,13 @@ export class ServerTls implements experimental.CertificateProvider {
 
   async start(): Promise<ServerCredentials> {
     await this.refresh();
+    this.#unsubscribe = this.#ca.onChange(async () => {
+      await this.refresh(true);
+      this.#logger.info(
+        { spiffe_id: this.#serverId.toString() },
+        'agent API: server SVID re-issued after a CA change',
+      );
+    });
     this.#timer = setInterval(() => {
       this.refresh().catch((error: unknown) =>
         this.#logger.error({ err: error }, 'agent API: renewing the server SVID failed; will retry'),
@@ -60,6 +71,7 @@ export class ServerTls implements experimental.CertificateProvider {
 
   stop(): void {
     clearInterval(this.#timer);
+    this.#unsubscribe?.();
   }
 
   /** The bundle's roots, PEM; what agents must trust. */
@@ -67,7 +79,14 @@ export class ServerTls implements experimental.CertificateProvider {
     return this.#caPem;
   }
 
-  async refresh(): Promise<void> {
+  /** Publishes the bundle's roots, and re-issues the SVID when past half-life or `force`d. */
+  refresh(force = false): Promise<void> {
+    const run = this.#refreshing.then(() => this.#refresh(force));
+    this.#refreshing = run.catch(() => undefined);
+    return run;
+  }
+
+  async #refresh(force: boolean): Promise<void> {
     const pem = Buffer.from(
       this.#ca
         .bundle()
@@ -80,9 +99,9 @@ export class ServerTls implements experimental.CertificateProvider {
       for (const listener of this.#caListeners) listener({ caCertificate: pem });
     }
     const now = nowSeconds(this.#clock);
-    if (this.#identity !== undefined && now < this.#renewAt) return;
+    if (!force && this.#identity !== undefined && now < this.#renewAt) return;
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const minted = await this.#ca.mintX509Svid({ spiffeId: this.#serverId, publicKey, ttl: this.#ttl });
+    const minted = await this.#ca.mintServerSvid({ spiffeId: this.#serverId, publicKey, ttl: this.#ttl });
     this.#identity = {
       certificate: Buffer.from(minted.chain.map((c) => c.toString()).join('')),
       privateKey: Buffer.from(privateKey.export({ format: 'pem', type: 'pkcs8' })),

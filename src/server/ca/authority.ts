@@ -73,7 +73,12 @@ export interface MintedX509Svid {
   /** Leaf first, then any intermediates up to (not including) the bundle's root. */
   chain: X509Certificate[];
   expiresAt: number;
+  /** Key id of the CA key that signed the leaf. */
+  authority: string;
 }
+
+/** Called after every committed change of the CA journal, before the change's call resolves. */
+export type CaChangeListener = () => Promise<void>;
 
 export class CertificateAuthority {
   readonly #o: CaOptions;
@@ -83,6 +88,8 @@ export class CertificateAuthority {
   #document = '';
   readonly #signers = new Map<string, Signer>();
   #queue: Promise<unknown> = Promise.resolve();
+  readonly #listeners = new Set<CaChangeListener>();
+  #crossSigned: { pair: string; certificate: X509Certificate } | undefined;
 
   private constructor(options: CaOptions) {
     this.#o = options;
@@ -105,6 +112,15 @@ export class CertificateAuthority {
   /** The own bundle as served: every published authority, with sequence and refresh hint. */
   bundle(): SpiffeBundle {
     return this.#buildBundle(this.#slots, BigInt(this.#sequence));
+  }
+
+  /**
+   * Subscribes to journal changes (prepare, activate, taint, revoke, prune): whatever presents a
+   * certificate from this CA re-issues it before the change's call resolves. Returns the unsubscriber.
+   */
+  onChange(listener: CaChangeListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /** Prepares, activates and prunes as the clock says; call it periodically. */
@@ -191,7 +207,24 @@ export class CertificateAuthority {
     );
     // With an upstream authority the bundle holds its root; the chain carries everything below it.
     const upstream = this.#o.upstream ? [caCertificate, ...this.#o.upstream.chain.slice(0, -1)] : [];
-    return { chain: [leaf, ...upstream], expiresAt };
+    return { chain: [leaf, ...upstream], expiresAt, authority: active.keyId };
+  }
+
+  /**
+   * Signs the server's own TLS SVID. While the key the active CA replaced is still on the token, the
+   * chain also carries the active CA certificate cross-signed by that key: a peer that only trusts
+   * the previous CA (an agent stopped before the new one was prepared) can still verify the server,
+   * and learns the new CA from the bundle it then fetches. A peer that trusts the active CA ignores
+   * the cross-certificate. With an upstream authority the root never changes, so none is needed.
+   */
+  async mintServerSvid(template: {
+    spiffeId: SpiffeId;
+    publicKey: KeyObject;
+    ttl: number;
+  }): Promise<MintedX509Svid> {
+    const minted = await this.mintX509Svid(template);
+    const cross = await this.#crossSignedActive();
+    return cross ? { ...minted, chain: [...minted.chain, cross] } : minted;
   }
 
   /** Signs a JWT-SVID with the active JWT key; it never outlives the key's publication. */
@@ -231,6 +264,36 @@ export class CertificateAuthority {
   }
 
   // --- internals ---------------------------------------------------------------------------
+
+  /** The active CA certificate signed by the newest replaced key still unexpired on the token. */
+  async #crossSignedActive(): Promise<X509Certificate | undefined> {
+    if (this.#o.upstream) return undefined;
+    const now = nowSeconds(this.#o.clock);
+    const active = this.#active('x509');
+    const previous = this.#slots
+      .filter((s) => s.authority === 'x509' && s.state === 'old' && s.certificateDer && s.notAfter > now)
+      .at(-1);
+    if (previous === undefined) return undefined;
+    const pair = `${active.keyId}/${previous.keyId}`;
+    if (this.#crossSigned?.pair === pair) return this.#crossSigned.certificate;
+    // A tainted previous key still signs this: whoever holds that key can impersonate the server to
+    // peers that trust only it anyway, and the certificate is useless to a peer that dropped it.
+    const certificate = await mintX509Ca(
+      {
+        trustDomain: this.#trustDomain,
+        publicKey: createPublicKey({ key: Buffer.from(active.publicKeyDer), format: 'der', type: 'spki' }),
+        notBefore: new Date(Math.max(active.notBefore, previous.notBefore) * 1000),
+        notAfter: new Date(Math.min(active.notAfter, previous.notAfter) * 1000),
+        ...(this.#o.subject ? { subject: this.#o.subject } : {}),
+      },
+      {
+        certificate: new X509Certificate(previous.certificateDer ?? new Uint8Array()),
+        signer: await this.#signer(previous.keyId),
+      },
+    );
+    this.#crossSigned = { pair, certificate };
+    return certificate;
+  }
 
   async #load(): Promise<void> {
     const { datastore, keyManager, logger } = this.#o;
@@ -386,6 +449,13 @@ export class CertificateAuthority {
     this.#slots = slots;
     this.#sequence = sequence;
     this.#document = content;
+    for (const listener of this.#listeners) {
+      try {
+        await listener();
+      } catch (error) {
+        this.#o.logger.error({ err: error, action }, 'reacting to a CA change failed');
+      }
+    }
   }
 
   #buildBundle(slots: readonly CaSlot[], sequence: bigint | undefined): SpiffeBundle {

@@ -15,6 +15,7 @@ import {
   X509Bundle,
 } from '../../spiffe/index.js';
 import type {
+  AgentReadinessMessage,
   AuthorityKeyRequest,
   AuthorityKindRequest,
   AuthorityMessage,
@@ -30,9 +31,18 @@ import type {
 } from '../admin/messages.js';
 import { SVID_TTL_MAX_SECONDS } from '../config/defaults.js';
 import type { Actor, CaSlot, Datastore, StoredBundle } from '../datastore/datastore.js';
-import { BundleNotFoundError, InvalidArgumentError, ServerError, TtlOutOfRangeError } from '../errors.js';
+import {
+  BundleNotFoundError,
+  CaError,
+  InvalidArgumentError,
+  ServerError,
+  TtlOutOfRangeError,
+} from '../errors.js';
 import { checkIdInTrustDomain, isTrustDomainName } from '../registration/ids.js';
 import type { AuthorityKind, CertificateAuthority } from './authority.js';
+
+/** Agents named in a readiness answer at most; the count covers the rest. */
+const MAX_BEHIND_LISTED = 100;
 
 export interface CaServiceOptions {
   ca: CertificateAuthority;
@@ -51,7 +61,10 @@ export class CaService {
 
   async listAuthorities(request: AuthorityKindRequest): Promise<ListAuthoritiesResponse> {
     const kind = checkKind(request.kind);
-    return { authorities: this.#o.ca.slots.filter((s) => s.authority === kind).map(toAuthority) };
+    return {
+      authorities: this.#o.ca.slots.filter((s) => s.authority === kind).map(toAuthority),
+      readiness: kind === 'x509' ? await this.#readiness() : null,
+    };
   }
 
   async prepare(request: AuthorityKindRequest, actor: Actor): Promise<AuthorityMessage> {
@@ -59,15 +72,54 @@ export class CaService {
   }
 
   async activate(request: AuthorityKindRequest, actor: Actor): Promise<AuthorityMessage> {
-    return toAuthority(await this.#o.ca.activate(checkKind(request.kind), actor));
+    return this.#answer(await this.#o.ca.activate(checkKind(request.kind), actor));
   }
 
   async taint(request: AuthorityKeyRequest, actor: Actor): Promise<AuthorityMessage> {
-    return toAuthority(await this.#o.ca.taint(checkKind(request.kind), request.authority_id, actor));
+    return this.#answer(await this.#o.ca.taint(checkKind(request.kind), request.authority_id, actor));
   }
 
+  /**
+   * Revoking an X.509 CA is refused while some agent does not hold an SVID from the active CA: that
+   * agent may not have the active CA in its bundle, and once the revoked key is gone the server
+   * presents nothing it can verify. `force` revokes anyway.
+   */
   async revoke(request: AuthorityKeyRequest, actor: Actor): Promise<AuthorityMessage> {
-    return toAuthority(await this.#o.ca.revoke(checkKind(request.kind), request.authority_id, actor));
+    const kind = checkKind(request.kind);
+    const slot = this.#o.ca.slots.find((s) => s.authority === kind && s.keyId === request.authority_id);
+    // Unknown, in-use and untainted keys are refused by the CA itself, with their own codes.
+    if (kind === 'x509' && slot?.state === 'old' && slot.tainted && request.force !== true) {
+      const readiness = await this.#readiness();
+      const behind = readiness.agents - readiness.current;
+      if (behind > 0) {
+        const more = behind > readiness.behind.length ? ` and ${behind - readiness.behind.length} more` : '';
+        throw new CaError(
+          'ERR_CA_REVOKE_STRANDS_AGENTS',
+          `revoking ${request.authority_id} would cut off ${behind} of ${readiness.agents} agent(s) that have not renewed under the active CA ${readiness.active_authority_id}: ${readiness.behind.join(', ')}${more}. Running agents renew at their next sync; start the stopped ones, evict those that are gone ("agent evict"), or pass --force (each agent cut off then needs the current bundle in its data_dir, and a join-token agent a new token)`,
+        );
+      }
+    }
+    return this.#answer(await this.#o.ca.revoke(kind, request.authority_id, actor));
+  }
+
+  async #answer(slot: CaSlot): Promise<AuthorityMessage> {
+    return { ...toAuthority(slot), readiness: slot.authority === 'x509' ? await this.#readiness() : null };
+  }
+
+  /** Which agents hold an SVID from the active X.509 CA, and which do not (banned ones left out). */
+  async #readiness(): Promise<AgentReadinessMessage> {
+    const active = this.#o.ca.slots.find((s) => s.authority === 'x509' && s.state === 'active');
+    const nodes = (await this.#o.datastore.listNodes()).filter((n) => !n.banned);
+    const behind = nodes
+      .filter((n) => active === undefined || n.svidAuthority !== active.keyId)
+      .map((n) => n.spiffeId)
+      .sort();
+    return {
+      active_authority_id: active?.keyId ?? '',
+      agents: nodes.length,
+      current: nodes.length - behind.length,
+      behind: behind.slice(0, MAX_BEHIND_LISTED),
+    };
   }
 
   async getBundle(): Promise<BundleMessage> {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { toPem } from '../../spiffe/der.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../spiffe/index.js';
-import type { AuthorityMessage } from '../admin/messages.js';
+import type { AgentReadinessMessage, AuthorityMessage } from '../admin/messages.js';
 import {
   type AdminOptions,
   adminCommand,
@@ -33,22 +33,61 @@ function formatAuthority(a: AuthorityMessage): string {
   ].join('\n');
 }
 
+/**
+ * Where the agents stand with the active X.509 CA, and what that makes safe: agents that have not
+ * renewed under it may not trust it yet, and only reach the server through the CA it replaced.
+ */
+function formatReadiness(r: AgentReadinessMessage, revoked: boolean): string {
+  const behind = r.agents - r.current;
+  const lines = [
+    `Agents       : ${r.current} of ${r.agents} renewed under the active CA ${r.active_authority_id}`,
+  ];
+  if (behind > 0) {
+    const more = behind > r.behind.length ? ` (and ${behind - r.behind.length} more)` : '';
+    lines.push(`${revoked ? 'Cut off' : 'Not yet'}      : ${r.behind.join(', ')}${more}`);
+  }
+  if (revoked)
+    lines.push(
+      behind === 0
+        ? 'Revocation   : no agent was cut off'
+        : 'Revocation   : the agents above cannot verify the server any more; copy "bundle show" into their data_dir/bundle.pem (join-token agents also need a new token)',
+    );
+  else
+    lines.push(
+      behind === 0
+        ? 'Revocation   : safe; every agent trusts the active CA, the replaced one can be tainted and revoked'
+        : 'Revocation   : not yet safe; running agents renew at their next sync, the replaced CA cross-signs the active one until then (watch with "localauthority x509 show")',
+    );
+  return lines.join('\n');
+}
+
 function authorityKind(kind: 'x509' | 'jwt'): Command {
   const command = new Command(kind).description(
     `manage the ${kind === 'x509' ? 'X.509 CA' : 'JWT signing'} keys`,
   );
   const report = (flags: AdminOptions, authority: AuthorityMessage, done: string) => {
     if (flags.output === 'json') printJson(authority);
-    else print(`${done}\n${formatAuthority(authority)}`);
+    else {
+      const readiness = authority.readiness
+        ? `\n${formatReadiness(authority.readiness, done === 'Revoked:')}`
+        : '';
+      print(`${done}\n${formatAuthority(authority)}${readiness}`);
+    }
   };
   command.addCommand(
     adminCommand(new Command('show').description('show the active, prepared and old keys')).action(
       async (flags: AdminOptions) => {
-        const { authorities } = await withClient(flags, (c) =>
+        const { authorities, readiness } = await withClient(flags, (c) =>
           c.call('LocalAuthorityService', 'ListAuthorities', { kind }),
         );
-        if (flags.output === 'json') printJson({ authorities });
-        else print(authorities.map(formatAuthority).join('\n\n'));
+        if (flags.output === 'json') printJson({ authorities, ...(readiness ? { readiness } : {}) });
+        else
+          print(
+            [
+              ...authorities.map(formatAuthority),
+              ...(readiness ? [formatReadiness(readiness, false)] : []),
+            ].join('\n\n'),
+          );
       },
     ),
   );
@@ -78,14 +117,19 @@ function authorityKind(kind: 'x509' | 'jwt'): Command {
     ['taint', 'Taint', 'mark a replaced (old) key as compromised'],
     ['revoke', 'Revoke', 'remove a tainted key from the bundle and destroy it'],
   ] as const) {
+    const sub = new Command(name)
+      .description(description)
+      .requiredOption('--authority-id <id>', 'key id, as "show" prints it');
+    if (name === 'revoke' && kind === 'x509')
+      sub.option('--force', 'revoke even if agents that have not renewed under the active CA are cut off');
     command.addCommand(
-      adminCommand(
-        new Command(name)
-          .description(description)
-          .requiredOption('--authority-id <id>', 'key id, as "show" prints it'),
-      ).action(async (flags: AdminOptions & { authorityId: string }) => {
+      adminCommand(sub).action(async (flags: AdminOptions & { authorityId: string; force?: boolean }) => {
         const authority = await withClient(flags, (c) =>
-          c.call('LocalAuthorityService', method, { kind, authority_id: flags.authorityId }),
+          c.call('LocalAuthorityService', method, {
+            kind,
+            authority_id: flags.authorityId,
+            force: flags.force === true,
+          }),
         );
         report(flags, authority, name === 'taint' ? 'Tainted:' : 'Revoked:');
       }),

@@ -73,6 +73,11 @@ export interface AttestedNode {
   attestationType: string;
   serialNumber: string;
   expiresAt: number;
+  /**
+   * Key id of the CA key that signed the current agent SVID; absent for nodes last issued one before
+   * the server recorded it. An agent whose SVID the active CA signed holds the bundle with that CA.
+   */
+  svidAuthority?: string;
   banned: boolean;
   selectors: Selector[];
   tpm?: {

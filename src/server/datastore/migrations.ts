@@ -189,12 +189,22 @@ function attestationNonces(): Migration {
   };
 }
 
+/** Which CA key signed each agent's SVID, so revoking a CA can tell which agents it would cut off. */
+function caRevocation(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('attested_nodes').addColumn('svid_authority', 'text').execute();
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
     '0002_node_attestation': nodeAttestation(),
     '0003_continuous_attestation': continuousAttestation(dialect),
     '0006_attestation_nonces': attestationNonces(),
+    '0007_ca_revocation': caRevocation(),
   };
 }
 

@@ -161,6 +161,7 @@ export class SqlDatastore implements Datastore {
       reset_count: node.tpm?.resetCount ?? null,
       ek_issuer: node.tpm?.ekIssuer ?? null,
       attestation_count: node.attestationCount,
+      svid_authority: node.svidAuthority ?? null,
       event_log: node.tpm?.eventLog ?? null,
       ...trustColumns(trust),
       created_at: node.createdAt,
@@ -673,6 +674,7 @@ export class SqlDatastore implements Datastore {
       attestationType: r.attestation_type,
       serialNumber: r.serial_number,
       expiresAt: Number(r.expires_at),
+      ...(r.svid_authority !== null ? { svidAuthority: r.svid_authority } : {}),
       banned: Number(r.banned) === 1,
       selectors: selectors
         .filter((s) => s.spiffe_id === r.spiffe_id)
@@ -715,6 +717,7 @@ const NODE_COLUMNS = [
   'reset_count',
   'ek_issuer',
   'attestation_count',
+  'svid_authority',
   'trust_state',
   'trust_code',
   'trust_reason',

@@ -49,6 +49,8 @@ export interface AttestedNodeRow {
   reset_count: number | null;
   ek_issuer: string | null;
   attestation_count: number;
+  /** Key id of the CA key that signed the current agent SVID; null when unknown (before 0007). */
+  svid_authority: string | null;
   /** The last verified event log (TPM nodes). */
   event_log: Uint8Array | null;
   /** 'trusted' or 'untrusted'. */

@@ -1,7 +1,8 @@
 /**
  * The SPIFFE bundle endpoint (SPIFFE Federation §5): GET returns the newest own bundle as a
  * SPIFFE bundle document, over HTTPS with no client authentication. Profile `https_web` serves a
- * certificate from files; `https_spiffe` serves the server's own X.509-SVID, renewed at half life.
+ * certificate from files; `https_spiffe` serves the server's own X.509-SVID, renewed at half life
+ * and at once when the CA journal changes (see CertificateAuthority.onChange).
  *
  * @module
  */
@@ -43,7 +44,7 @@ interface TlsMaterial {
 async function serverSvid(options: BundleEndpointOptions): Promise<TlsMaterial> {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const now = Math.floor(options.clock.now() / 1000);
-  const { chain, expiresAt } = await options.ca.mintX509Svid({
+  const { chain, expiresAt } = await options.ca.mintServerSvid({
     spiffeId: SpiffeId.parse(serverSpiffeId(options.trustDomain)),
     publicKey,
     ttl: options.svidTtl,
@@ -73,20 +74,22 @@ export async function startBundleEndpoint(options: BundleEndpointOptions): Promi
   const { host, port } = splitHostPort(options.address);
   await app.listen({ host, port });
   let timer: NodeJS.Timeout | undefined;
+  let unsubscribe: (() => void) | undefined;
   if (options.profile === 'https_spiffe') {
     let current = material;
+    const renew = async () => {
+      const next = await serverSvid(options);
+      current = next;
+      app.server.setSecureContext({ cert: next.cert, key: next.key });
+      options.logger.info('bundle endpoint: server SVID renewed');
+    };
     timer = setInterval(() => {
       if (Math.floor(options.clock.now() / 1000) < current.renewAt) return;
-      serverSvid(options).then(
-        (next) => {
-          current = next;
-          app.server.setSecureContext({ cert: next.cert, key: next.key });
-          options.logger.info('bundle endpoint: server SVID renewed');
-        },
-        (error: unknown) =>
-          options.logger.error({ err: error }, 'bundle endpoint: cannot renew the server SVID'),
+      renew().catch((error: unknown) =>
+        options.logger.error({ err: error }, 'bundle endpoint: cannot renew the server SVID'),
       );
     }, 5_000);
+    unsubscribe = options.ca.onChange(renew);
   }
   const address = app.server.address();
   return {
@@ -94,6 +97,7 @@ export async function startBundleEndpoint(options: BundleEndpointOptions): Promi
     port: typeof address === 'object' && address ? address.port : port,
     async close() {
       if (timer) clearInterval(timer);
+      unsubscribe?.();
       await app.close();
     },
   };
