@@ -108,7 +108,7 @@ describe('agent lifecycle', () => {
       const node = await until('the new node record', () => server.server.datastore.getNode(first.spiffe_id));
       expect(node.attestationCount).toBe(1);
 
-      await server.registration.banAgent({ spiffe_id: first.spiffe_id }, 'test');
+      await server.registration.banAgent({ spiffe_id: first.spiffe_id, ek_hash: '' }, 'test');
       const refused = await until('the banned renewal', () => {
         const s = agent.agent.status();
         return s.last_error?.code === 'ERR_ATTEST_BANNED' ? s : undefined;
