@@ -329,7 +329,8 @@ export class Agent {
           'syncing workload entries and SVIDs failed; serving the cached SVIDs, will retry',
         );
         // The attestation is gone: the main loop finds out at its next renewal and attests again.
-        if (REATTEST_CODES.has(e.code)) {
+        // Not when the SVID changed meanwhile: a call with the one just replaced may be refused.
+        if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
           this.#renewAt = 0;
           this.#wake?.();
         }
@@ -492,7 +493,7 @@ export class Agent {
         if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
         const e = toAgentError(error);
-        if (REATTEST_CODES.has(e.code)) {
+        if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
           this.#renewAt = 0;
           this.#wake?.();
         }

@@ -24,9 +24,15 @@ export class AgentError extends Error {
   }
 }
 
-/** Server answers that mean "your attestation is gone, attest from the start". */
+/**
+ * Server answers that mean "your attestation is gone, attest from the start". A superseded SVID is
+ * one of them: this node's agent SVID was replaced by an attestation or renewal this agent did not
+ * see (its certificate was copied, or it lost the renewal's answer), and only attesting again makes
+ * the node's SVID this agent's own.
+ */
 export const REATTEST_CODES: ReadonlySet<string> = new Set([
   'ERR_AGENT_NOT_ATTESTED',
   'ERR_AGENT_AK_UNKNOWN',
   'ERR_AGENT_UNAUTHENTICATED',
+  'ERR_AGENT_CERT_SUPERSEDED',
 ]);

@@ -21,6 +21,8 @@ export type ServerErrorCode =
   | 'ERR_ENTRY_NOT_FOUND'
   | 'ERR_ENTRY_REVISION_MISMATCH'
   | 'ERR_AGENT_NOT_FOUND'
+  | 'ERR_AGENT_ID_INVALID'
+  | 'ERR_EK_HASH_INVALID'
   | 'ERR_BUNDLE_NOT_FOUND'
   | 'ERR_JOIN_TOKEN_INVALID'
   | 'ERR_PERMISSION_DENIED'
@@ -51,6 +53,8 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_ENTRY_NOT_FOUND: status.NOT_FOUND,
   ERR_ENTRY_REVISION_MISMATCH: status.ABORTED,
   ERR_AGENT_NOT_FOUND: status.NOT_FOUND,
+  ERR_AGENT_ID_INVALID: status.INVALID_ARGUMENT,
+  ERR_EK_HASH_INVALID: status.INVALID_ARGUMENT,
   ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
   ERR_JOIN_TOKEN_INVALID: status.PERMISSION_DENIED,
   ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
@@ -187,6 +191,24 @@ export class AgentNotFoundError extends ServerError {
     super(
       'ERR_AGENT_NOT_FOUND',
       `no attested agent with SPIFFE ID ${JSON.stringify(spiffeId)}; see "agent list"`,
+    );
+  }
+}
+
+export class AgentIdInvalidError extends ServerError {
+  constructor(field: string, value: string, trustDomain: string) {
+    super(
+      'ERR_AGENT_ID_INVALID',
+      `${field} ${JSON.stringify(value)} names no agent: agents are spiffe://${trustDomain}/agent/tpm/<EK hash> or spiffe://${trustDomain}/agent/join_token/<token hash>; see "agent list", or ban a TPM by --ek-hash`,
+    );
+  }
+}
+
+export class EkHashInvalidError extends ServerError {
+  constructor(value: string) {
+    super(
+      'ERR_EK_HASH_INVALID',
+      `ek_hash ${JSON.stringify(value)} is not an EK hash: give the SHA-256 of the EK's SubjectPublicKeyInfo as 64 hex digits (the node's tpm:ek-hash selector, or the EK's public key SHA-256 in "ironroot-agent tpm info" on the node)`,
     );
   }
 }

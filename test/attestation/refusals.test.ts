@@ -208,7 +208,7 @@ describe('the server refuses, by name, and records nothing', () => {
   it('a banned node, until it is unbanned', async () => {
     const s = await server();
     expect((await evilAttest(s, swtpm.tcti)).result?.spiffe_id).toBe(agentId);
-    await s.registration.banAgent({ spiffe_id: agentId }, 'test');
+    await s.registration.banAgent({ spiffe_id: agentId, ek_hash: '' }, 'test');
     const banned = await evilAttest(s, swtpm.tcti);
     expect(banned.error?.code).toBe('ERR_ATTEST_BANNED');
     expect(s.logs.decisions().some((d) => d.reason === 'ERR_ATTEST_BANNED' && d.agent_id === agentId)).toBe(

@@ -1,11 +1,14 @@
-import { mkdtempSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/server/clock.js';
 import type { Datastore, NewEntry } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
+import { migrationsFor } from '../../src/server/datastore/migrations.js';
 import { openPostgresDatastore } from '../../src/server/datastore/postgres.js';
 import { AgentNotFoundError, EntryDuplicateError, EntryNotFoundError } from '../../src/server/errors.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
@@ -76,6 +79,38 @@ describe('SQLite datastore files', () => {
     expect(statSync(join(dir, 'datastore.sqlite3')).mode & 0o777).toBe(0o600);
     await store.createEntry(entry(), 'test');
     expect(statSync(join(dir, 'datastore.sqlite3-wal')).mode & 0o777).toBe(0o600);
+  });
+
+  it('moves bans out of node records when migrating to 0004, keeping every ban', async () => {
+    const legacyDir = join(mkdtempSync(join(tmpdir(), 'ironroot-ds-')), 'data');
+    mkdirSync(legacyDir, { recursive: true });
+    const sqlite = new BetterSqlite3(join(legacyDir, 'datastore.sqlite3'));
+    const db = new Kysely<unknown>({ dialect: new SqliteDialect({ database: sqlite }) });
+    const migrator = new Migrator({ db, provider: { getMigrations: async () => migrationsFor('sqlite') } });
+    expect((await migrator.migrateTo('0003_continuous_attestation')).error).toBeUndefined();
+    for (const [id, banned] of [
+      [`${TD}/agent/tpm/banned`, 1],
+      [`${TD}/agent/tpm/free`, 0],
+    ] as const)
+      sqlite
+        .prepare(
+          'INSERT INTO attested_nodes (spiffe_id, attestation_type, serial_number, expires_at, banned, ek_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        )
+        .run(id, 'tpm', '01', 1, banned, 'e1', 1_600_000_000, 1_600_000_100);
+    await db.destroy();
+    const opened = await openSqliteDatastore(legacyDir, clock);
+    try {
+      expect(opened.migrated).toEqual(['0004_agent_serials_and_bans']);
+      expect(await opened.datastore.listNodeBans()).toEqual([
+        { spiffeId: `${TD}/agent/tpm/banned`, ekHash: 'e1', bannedAt: 1_600_000_100 },
+      ]);
+      expect((await opened.datastore.listNodes()).map((n) => [n.spiffeId, n.banned])).toEqual([
+        [`${TD}/agent/tpm/banned`, true],
+        [`${TD}/agent/tpm/free`, false],
+      ]);
+    } finally {
+      await opened.datastore.close();
+    }
   });
 
   it('migrates once and then finds the schema current', async () => {
@@ -205,7 +240,6 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
         serialNumber: '01',
         attestationCount: 1,
         expiresAt: 1_700_003_600,
-        banned: false,
         selectors: [{ type: 'tpm', value: 'ek-hash:abc' }],
         tpm: { ekHash: 'abc', akPublic: new Uint8Array([1, 2, 3]), resetCount: 4 },
         createdAt: 1_700_000_000,
@@ -216,7 +250,7 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     expect(node?.tpm?.ekHash).toBe('abc');
     expect(Buffer.from(node?.tpm?.akPublic ?? [])).toEqual(Buffer.from([1, 2, 3]));
     expect(node?.tpm?.resetCount).toBe(4);
-    expect((await store.setNodeBanned(`${TD}/agent/tpm/abc`, true, 'uid:0')).banned).toBe(true);
+    await store.banNode({ spiffeId: `${TD}/agent/tpm/abc` }, 'uid:0');
     expect((await store.listNodes())[0]?.banned).toBe(true);
     await store.deleteNode(`${TD}/agent/tpm/abc`, 'uid:0');
     expect(await store.listNodes()).toEqual([]);
@@ -229,7 +263,6 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
       serialNumber: '02',
       attestationCount: 1,
       expiresAt: 1_700_003_600,
-      banned: false,
       selectors: [],
       createdAt: 1_700_000_000,
     };
@@ -246,6 +279,73 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     ]);
   });
 
+  it('keeps bans apart from nodes: set before attestation, kept by eviction, lifted by unban, audited', async () => {
+    const id = `${TD}/agent/tpm/${'ab'.repeat(32)}`;
+    const banned = await store.banNode({ spiffeId: id, ekHash: 'ab'.repeat(32) }, 'uid:0');
+    expect(banned).toEqual({ spiffeId: id, ekHash: 'ab'.repeat(32), bannedAt: 1_700_000_000 });
+    clock.t += 5000;
+    // Banning again keeps the first ban.
+    expect(await store.banNode({ spiffeId: id }, 'uid:0')).toEqual(banned);
+    await store.upsertNode(
+      {
+        spiffeId: id,
+        attestationType: 'tpm',
+        serialNumber: '01',
+        attestationCount: 1,
+        expiresAt: 1_700_003_600,
+        selectors: [],
+        createdAt: 1_700_000_000,
+      },
+      'agent-api',
+    );
+    expect((await store.getNode(id))?.banned).toBe(true);
+    await store.deleteNode(id, 'uid:0');
+    expect(await store.getNodeBan(id)).toEqual(banned);
+    expect(await store.listNodeBans()).toEqual([banned]);
+    expect(await store.unbanNode(id, 'uid:0')).toEqual(banned);
+    expect(await store.getNodeBan(id)).toBeUndefined();
+    expect(await store.unbanNode(id, 'uid:0')).toBeUndefined();
+    const audit = (await store.listAudit(10)).filter(
+      (r) => r.action === 'node.ban' || r.action === 'node.unban',
+    );
+    expect(audit.map((r) => [r.action, r.actor, r.objectId, r.detail])).toEqual([
+      ['node.unban', 'uid:0', id, { banned_at: 1_700_000_000 }],
+      ['node.ban', 'uid:0', id, { already_banned: true }],
+      ['node.ban', 'uid:0', id, { ek_hash: 'ab'.repeat(32), already_banned: false }],
+    ]);
+  });
+
+  it("promotes a renewal's new serial to current once, and only while it is the node's new one", async () => {
+    const id = `${TD}/agent/join_token/0123456789ab`;
+    const node = {
+      spiffeId: id,
+      attestationType: 'join_token',
+      serialNumber: 'a1',
+      attestationCount: 1,
+      expiresAt: 1_700_003_600,
+      selectors: [],
+      createdAt: 1_700_000_000,
+    };
+    await store.upsertNode({ ...node, newSerialNumber: 'b2' }, 'agent-api');
+    expect(await store.getNode(id)).toMatchObject({ serialNumber: 'a1', newSerialNumber: 'b2' });
+    expect(await store.promoteNodeSerial(id, 'a1', 'agent-api')).toBe(false);
+    expect(await store.promoteNodeSerial(id, 'b2', 'agent-api')).toBe(true);
+    const promoted = await store.getNode(id);
+    expect(promoted?.serialNumber).toBe('b2');
+    expect(promoted?.newSerialNumber).toBeUndefined();
+    expect(await store.promoteNodeSerial(id, 'b2', 'agent-api')).toBe(false);
+    expect((await store.listAudit(1))[0]).toMatchObject({
+      action: 'node.serial_promote',
+      objectId: id,
+      detail: { serial_number: 'b2', superseded_serial_number: 'a1' },
+    });
+    // A full attestation records only its own certificate: a pending new serial is gone with it.
+    await store.upsertNode({ ...node, serialNumber: 'c3', newSerialNumber: 'd4' }, 'agent-api');
+    await store.upsertNode({ ...node, serialNumber: 'e5' }, 'agent-api');
+    expect(await store.promoteNodeSerial(id, 'd4', 'agent-api')).toBe(false);
+    expect((await store.getNode(id))?.serialNumber).toBe('e5');
+  });
+
   it('records a node’s trust and last verified event log, auditing only changes of trust', async () => {
     const id = `${TD}/agent/tpm/def`;
     await store.upsertNode(
@@ -255,7 +355,6 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
         serialNumber: '01',
         attestationCount: 1,
         expiresAt: 1_700_003_600,
-        banned: false,
         selectors: [],
         tpm: {
           ekHash: 'def',

@@ -296,7 +296,6 @@ describe('registration API over the admin socket, through the built CLI', () => 
           serialNumber: '0a',
           attestationCount: 1,
           expiresAt: 1_900_000_000,
-          banned: false,
           selectors: [
             { type: 'tpm', value: 'ek-hash:ek1' },
             { type: 'tpm', value: 'profile:dell' },
@@ -325,10 +324,8 @@ describe('registration API over the admin socket, through the built CLI', () => 
     );
     expect(shown).toMatchObject({ alias_spiffe_ids: [`${TD}/cluster/dell`], ek_hash: 'ek1' });
 
-    expect((await cli(['agent', 'list', ...admin()])).stdout).toContain('Found 1 attested agent');
-    expect((await cli(['agent', 'list', ...admin(), '--banned'])).stdout).toContain(
-      'Found 0 attested agents',
-    );
+    expect((await cli(['agent', 'list', ...admin()])).stdout).toContain('Found 1 agent');
+    expect((await cli(['agent', 'list', ...admin(), '--banned'])).stdout).toContain('Found 0 agents');
     expect((await cli(['agent', 'ban', ...admin(), '--spiffe-id', nodeId])).stdout.trim()).toBe(
       `Banned agent ${nodeId}`,
     );
@@ -337,6 +334,13 @@ describe('registration API over the admin socket, through the built CLI', () => 
     );
     expect((await cli(['agent', 'evict', ...admin(), '--spiffe-id', nodeId])).stdout.trim()).toBe(
       `Evicted agent ${nodeId}`,
+    );
+    // Eviction forgets the node but not its ban.
+    expect((await cli(['agent', 'show', ...admin(), '--spiffe-id', nodeId])).stdout).toContain(
+      'Attestation type  : none (not attested)\nBanned            : true\n',
+    );
+    expect((await cli(['agent', 'unban', ...admin(), '--spiffe-id', nodeId])).stdout.trim()).toBe(
+      `Unbanned agent ${nodeId}`,
     );
     const gone = await cli(['agent', 'show', ...admin(), '--spiffe-id', nodeId]);
     expect(gone.code).toBe(1);

@@ -32,13 +32,19 @@ describe(`entry sync at ${ENTRIES} entries`, () => {
   beforeAll(async () => {
     server = await startAttestServer();
     const ds = server.server.datastore;
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const svid = await server.server.ca.mintX509Svid({
+      spiffeId: SpiffeId.parse(AGENT_ID),
+      publicKey,
+      ttl: 3600,
+    });
     await ds.upsertNode(
       {
         spiffeId: AGENT_ID,
         attestationType: 'join_token',
-        serialNumber: '1',
+        // The agent API accepts only the node's current certificate.
+        serialNumber: svid.chain[0]?.serialNumber ?? '',
         expiresAt: Math.floor(Date.now() / 1000) + 3600,
-        banned: false,
         selectors: [{ type: 'join_token', value: '5ca1e0000000' }],
         attestationCount: 1,
         createdAt: Math.floor(Date.now() / 1000),
@@ -48,12 +54,6 @@ describe(`entry sync at ${ENTRIES} entries`, () => {
     const alias = await ds.createEntry(entry('/node/scale', SERVER_ID, ['join_token:5ca1e0000000']), 'test');
     for (let i = 0; i < ENTRIES; i++)
       await ds.createEntry(entry(`/scale/${i}`, alias.spiffeId, [`unix:uid:${100_000 + i}`]), 'test');
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const svid = await server.server.ca.mintX509Svid({
-      spiffeId: SpiffeId.parse(AGENT_ID),
-      publicKey,
-      ttl: 3600,
-    });
     client = new AgentApiClient({
       address: server.address,
       trustDomain: TD,

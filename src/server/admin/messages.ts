@@ -103,6 +103,7 @@ export interface AgentMessage {
   last_quote: LastQuoteMessage | null;
   attestation_count: number;
   trust: NodeTrustMessage | null;
+  banned_at: number;
 }
 export interface NodeTrustMessage {
   state: string;
@@ -138,6 +139,10 @@ export interface ListAgentsResponse {
 }
 export interface AgentIdRequest {
   spiffe_id: string;
+}
+export interface BanAgentRequest {
+  spiffe_id: string;
+  ek_hash: string;
 }
 export interface CreateJoinTokenRequest {
   ttl: number;
@@ -227,7 +232,7 @@ export interface AdminApi {
     ListAgents: [ListAgentsRequest, ListAgentsResponse];
     GetAgent: [AgentIdRequest, AgentMessage];
     EvictAgent: [AgentIdRequest, AgentMessage];
-    BanAgent: [AgentIdRequest, AgentMessage];
+    BanAgent: [BanAgentRequest, AgentMessage];
     UnbanAgent: [AgentIdRequest, AgentMessage];
     ReattestAgent: [AgentIdRequest, ReattestAgentResponse];
     CreateJoinToken: [CreateJoinTokenRequest, JoinTokenMessage];

@@ -26,7 +26,7 @@ import { type ParsedCsr, parseCsr, SpiffeId } from '../../spiffe/index.js';
 import { parseTpm2bPublic } from '../../tpm/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { type Clock, nowSeconds } from '../clock.js';
-import type { AttestedNode, Datastore } from '../datastore/datastore.js';
+import type { Datastore } from '../datastore/datastore.js';
 import { serverSpiffeId } from '../identity.js';
 import type { Logger } from '../log.js';
 import { AttestationError } from '../nodeattestor/errors.js';
@@ -46,9 +46,10 @@ import {
   verifyAnswer,
 } from '../nodeattestor/tpm.js';
 import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
+import { admitAgent, admitNode, authenticateAgent, presentedSerial, refuseBanned } from './admission.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
 import type { ContinuousAttestation } from './reattest.js';
-import { authenticateAgent, refuseUntrusted, type SyncHandlers } from './sync.js';
+import { refuseUntrusted, type SyncHandlers } from './sync.js';
 import { ServerTls } from './tls.js';
 
 /** Join-token agents are named by this many hex digits of the token's SHA-256, as the audit log does. */
@@ -240,15 +241,9 @@ export class AgentApiServer {
   /** Opens a node's re-quote stream: the agent SVID names the node, which must be an attested TPM node. */
   async #reattest(call: ServerDuplexStream<ReattestRequest, ReattestChallenge>): Promise<void> {
     try {
-      const agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
       this.#policy();
-      const node = await this.#o.datastore.getNode(agentId);
-      if (node === undefined)
-        throw new AttestationError(
-          'ERR_AGENT_NOT_ATTESTED',
-          'this agent is not attested (evicted, or never was); attest again',
-        );
-      refuseBanned(node);
+      const node = await admitAgent(call, this.#o, 'Reattest');
+      const agentId = node.spiffeId;
       if (node.attestationType !== 'tpm' || this.#o.reattest === undefined)
         throw new AttestationError(
           'ERR_REATTEST_NOT_TPM',
@@ -284,8 +279,8 @@ export class AgentApiServer {
     const evidence = tpmEvidence(params.tpm);
     const ek = admitEk(evidence, policy, new Date(this.#o.clock.now()));
     decision.agentId = `spiffe://${this.#o.trustDomain}/agent/tpm/${ek.ekHash}`;
+    refuseBanned(decision.agentId, (await this.#o.datastore.getNodeBan(decision.agentId)) !== undefined);
     const existing = await this.#o.datastore.getNode(decision.agentId);
-    refuseBanned(existing);
     const ak = admitAk(evidence.akPublic);
     const challenge = await issueChallenge(this.#nonces, ek.ekPublic, ak);
     call.write(challengeMessage(challenge, policy));
@@ -304,10 +299,10 @@ export class AgentApiServer {
       {
         spiffeId: decision.agentId,
         attestationType: 'tpm',
+        // Only the certificate just issued: every earlier one of this node is refused from now on.
         serialNumber: result.serial,
         svidAuthority: result.svidAuthority,
         expiresAt: result.response.result?.expires_at ?? 0,
-        banned: false,
         selectors: tpmSelectors(ek, verified),
         tpm: {
           ekHash: ek.ekHash,
@@ -333,13 +328,15 @@ export class AgentApiServer {
     // Tokens are looked up by their SHA-256 (an index lookup, never a text comparison); the token
     // itself is not logged.
     const tokenHash = hashJoinToken(token);
+    const agentId = `spiffe://${this.#o.trustDomain}/agent/join_token/${tokenHash.slice(0, TOKEN_ID_LENGTH)}`;
+    refuseBanned(agentId, (await this.#o.datastore.getNodeBan(agentId)) !== undefined);
     const consumed = await this.#o.datastore.consumeJoinToken(tokenHash, now, ACTOR);
     if (consumed === undefined)
       throw new AttestationError(
         'ERR_ATTEST_JOIN_TOKEN_INVALID',
         'join token is unknown, already used or expired; generate a new one with "ironroot-server token generate"',
       );
-    decision.agentId = `spiffe://${this.#o.trustDomain}/agent/join_token/${tokenHash.slice(0, TOKEN_ID_LENGTH)}`;
+    decision.agentId = agentId;
     const result = await this.#sign(decision.agentId, csr);
     await this.#o.datastore.upsertNode(
       {
@@ -348,7 +345,6 @@ export class AgentApiServer {
         serialNumber: result.serial,
         svidAuthority: result.svidAuthority,
         expiresAt: result.response.result?.expires_at ?? 0,
-        banned: false,
         selectors: [{ type: 'join_token', value: tokenHash.slice(0, TOKEN_ID_LENGTH) }],
         attestationCount: 1,
         createdAt: now,
@@ -362,15 +358,9 @@ export class AgentApiServer {
   }
 
   async #renew(call: Duplex<RenewAgentRequest>, decision: Decision): Promise<AttestAgentResponse> {
-    decision.agentId = this.#authenticate(call);
-    const node = await this.#o.datastore.getNode(decision.agentId);
-    if (node === undefined)
-      throw new AttestationError(
-        'ERR_AGENT_NOT_ATTESTED',
-        'this agent is not attested (evicted, or never was); attest again',
-      );
+    decision.agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
+    const node = await admitNode(decision.agentId, presentedSerial(call), this.#o, 'RenewAgent');
     decision.method = node.attestationType;
-    refuseBanned(node);
     refuseUntrusted(node);
     const messages = reader(call, this.#waitSeconds);
     const first = await messages.next();
@@ -382,7 +372,7 @@ export class AgentApiServer {
       await this.#o.datastore.upsertNode(
         {
           ...node,
-          serialNumber: result.serial,
+          newSerialNumber: result.serial,
           svidAuthority: result.svidAuthority,
           expiresAt: result.response.result?.expires_at ?? 0,
         },
@@ -416,7 +406,7 @@ export class AgentApiServer {
     await this.#o.datastore.upsertNode(
       {
         ...node,
-        serialNumber: result.serial,
+        newSerialNumber: result.serial,
         svidAuthority: result.svidAuthority,
         expiresAt: result.response.result?.expires_at ?? 0,
         selectors: tpmSelectors(ek, verified),
@@ -430,11 +420,6 @@ export class AgentApiServer {
       ACTOR,
     );
     return result.response;
-  }
-
-  /** The caller's agent SVID, verified against today's bundle; TLS only asked for it. */
-  #authenticate(call: Duplex<RenewAgentRequest>): string {
-    return authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
   }
 
   #policy(): TpmPolicy {
@@ -487,14 +472,6 @@ function eventLogOf(message: ChallengeResponseMessage | null | undefined): Uint8
 
 function badRequest(message: string): AttestationError {
   return new AttestationError('ERR_ATTEST_BAD_REQUEST', message);
-}
-
-function refuseBanned(node: AttestedNode | undefined): void {
-  if (node?.banned)
-    throw new AttestationError(
-      'ERR_ATTEST_BANNED',
-      `agent ${node.spiffeId} is banned; an operator must run "ironroot-server agent unban" first`,
-    );
 }
 
 async function readCsr(bytes: Buffer): Promise<ParsedCsr> {

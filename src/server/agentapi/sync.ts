@@ -6,7 +6,6 @@
  *
  * @module
  */
-import { X509Certificate } from 'node:crypto';
 import {
   Metadata,
   type ServerErrorResponse,
@@ -25,12 +24,13 @@ import type {
   NewJwtSvidRequest,
   NewJwtSvidResponse,
 } from '../../agent-api/proto.js';
-import { BundleSet, type ParsedCsr, parseCsr, SpiffeId, verifyX509Svid } from '../../spiffe/index.js';
+import { type ParsedCsr, parseCsr, SpiffeId } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { type Clock, nowSeconds } from '../clock.js';
 import type { AttestedNode, Datastore, RegistrationEntry } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
 import { AttestationError } from '../nodeattestor/errors.js';
+import { admitAgent, type Caller } from './admission.js';
 import type { Authorization, EntryJournal, SyncCursor } from './entries.js';
 
 /** Entries per FetchEntries message: ~300 bytes each keeps a page far below gRPC's 4 MiB limit. */
@@ -51,43 +51,6 @@ export interface SyncOptions {
   /** Entries sent to agents, by kind of sync. */
   entriesSent: Counter<'sync'>;
   svidsIssued: Counter<'kind'>;
-}
-
-interface Caller {
-  getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } };
-}
-
-/**
- * The agent named by the caller's client certificate, verified against today's bundle. TLS only
- * asked for the certificate; anything chaining to the bundle would pass it, so the ID must be an
- * agent's (not a workload's or the server's).
- */
-export function authenticateAgent(
-  call: Caller,
-  ca: CertificateAuthority,
-  trustDomain: string,
-  clock: Clock,
-): string {
-  const peer = call.getAuthContext().sslPeerCertificate;
-  if (peer?.raw === undefined)
-    throw new AttestationError(
-      'ERR_AGENT_UNAUTHENTICATED',
-      'this call needs the agent SVID as TLS client certificate; attest first',
-    );
-  try {
-    const { id } = verifyX509Svid([new X509Certificate(peer.raw)], new BundleSet([ca.bundle()]), {
-      time: new Date(clock.now()),
-    });
-    if (id.trustDomain.name !== trustDomain || !id.path.startsWith('/agent/'))
-      throw new Error(`${id.toString()} is not an agent of ${trustDomain}`);
-    return id.toString();
-  } catch (cause) {
-    throw new AttestationError(
-      'ERR_AGENT_UNAUTHENTICATED',
-      `the client certificate is not a valid agent SVID (${(cause as Error).message}); attest again`,
-      { cause },
-    );
-  }
 }
 
 /**
@@ -145,7 +108,7 @@ export class SyncHandlers {
     handle: (agent: Authorization & { agentId: string }) => Promise<Res>,
     options: { untrusted?: boolean } = {},
   ): void {
-    this.#authorize(call, options.untrusted)
+    this.#authorize(call, method, options.untrusted)
       .then(handle)
       .then(
         (response) => callback(null, response),
@@ -157,26 +120,20 @@ export class SyncHandlers {
    * The caller's agent ID and what it is authorized for now. Bundles are public: an untrusted node
    * may still fetch them (`untrusted`), so it can authenticate the server when trusted again.
    */
-  async #authorize(call: Caller, untrusted = false): Promise<Authorization & { agentId: string }> {
-    const agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
-    const node = await this.#o.datastore.getNode(agentId);
-    if (node === undefined)
-      throw new AttestationError(
-        'ERR_AGENT_NOT_ATTESTED',
-        'this agent is not attested (evicted, or never was); attest again',
-      );
-    if (node.banned)
-      throw new AttestationError(
-        'ERR_ATTEST_BANNED',
-        `agent ${agentId} is banned; an operator must run "ironroot-server agent unban" first`,
-      );
+  async #authorize(
+    call: Caller,
+    method: string,
+    untrusted = false,
+  ): Promise<Authorization & { agentId: string }> {
+    const node = await admitAgent(call, this.#o, method);
+    const agentId = node.spiffeId;
     if (!untrusted) refuseUntrusted(node);
     await this.#o.journal.refresh();
     return { agentId, ...this.#o.journal.authorize(agentId, node.selectors, nowSeconds(this.#o.clock)) };
   }
 
   async #fetchEntries(call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>): Promise<void> {
-    const authorization = await this.#authorize(call);
+    const authorization = await this.#authorize(call, 'FetchEntries');
     const cursor = cursorIn(call.request.cursor);
     const changes = this.#o.journal.changes(cursor, authorization);
     const entries = changes.entries.map(entryMessage);

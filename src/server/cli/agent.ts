@@ -4,6 +4,7 @@ import { type AdminOptions, adminCommand, print, printJson, withClient } from '.
 
 interface AgentFlags extends AdminOptions {
   spiffeId?: string;
+  ekHash?: string;
   banned?: boolean;
 }
 
@@ -12,15 +13,29 @@ const iso = (unixSeconds: number) => new Date(unixSeconds * 1000).toISOString();
 /** The server answers a re-quote within its reattest_deadline; this only bounds a server that hangs. */
 const REATTEST_CALL_DEADLINE_MS = 15 * 60_000;
 
-/** TPM lines appear only when the server recorded them: join-token agents have none. */
+/**
+ * TPM lines appear only when the server recorded them: join-token agents have none. A banned ID
+ * without a node record (banned before attesting, or evicted while banned) has only its ban.
+ */
 function formatAgent(agent: AgentMessage): string {
+  const banned = [
+    `Banned            : ${agent.banned}`,
+    ...(agent.banned && agent.banned_at > 0 ? [`Banned since      : ${iso(agent.banned_at)}`] : []),
+  ];
+  if (agent.attestation_type === '')
+    return [
+      `SPIFFE ID         : ${agent.spiffe_id}`,
+      'Attestation type  : none (not attested)',
+      ...banned,
+      ...(agent.ek_hash !== '' ? [`EK hash           : ${agent.ek_hash}`] : []),
+    ].join('\n');
   const quote = agent.last_quote;
   return [
     `SPIFFE ID         : ${agent.spiffe_id}`,
     `Attestation type  : ${agent.attestation_type}`,
     `Expiration time   : ${iso(agent.x509_svid_expires_at)}`,
     `Serial number     : ${agent.x509_svid_serial_number}`,
-    `Banned            : ${agent.banned}`,
+    ...banned,
     `Attestations      : ${agent.attestation_count}`,
     ...(agent.trust !== null
       ? [
@@ -46,7 +61,7 @@ function formatAgent(agent: AgentMessage): string {
 function single(
   name: string,
   description: string,
-  method: 'GetAgent' | 'EvictAgent' | 'BanAgent' | 'UnbanAgent',
+  method: 'GetAgent' | 'EvictAgent' | 'UnbanAgent',
   done: string,
 ) {
   return adminCommand(
@@ -65,14 +80,16 @@ export function agentCommand(): Command {
   const agent = new Command('agent').description('manage attested agents');
   agent.addCommand(
     adminCommand(
-      new Command('list').description('list attested agents').option('--banned', 'only banned agents'),
+      new Command('list')
+        .description('list attested agents, and banned agent IDs that are not attested')
+        .option('--banned', 'only banned agents'),
     ).action(async (flags: AgentFlags) => {
       const { agents } = await withClient(flags, (c) =>
         c.call('AgentService', 'ListAgents', { by_banned: flags.banned ? 'true' : '' }),
       );
       if (flags.output === 'json') printJson({ agents });
       else {
-        print(`Found ${agents.length} attested ${agents.length === 1 ? 'agent' : 'agents'}`);
+        print(`Found ${agents.length} ${agents.length === 1 ? 'agent' : 'agents'}`);
         for (const a of agents) print(`${formatAgent(a)}\n`);
       }
     }),
@@ -80,14 +97,32 @@ export function agentCommand(): Command {
   agent.addCommand(
     single('show', 'show everything stored for one agent, with its node aliases', 'GetAgent', ''),
   );
-  agent.addCommand(single('evict', 'forget an agent; it must attest again', 'EvictAgent', 'Evicted agent'));
   agent.addCommand(
     single(
-      'ban',
-      'ban an agent; its attestation and renewal are refused until unbanned',
-      'BanAgent',
-      'Banned agent',
+      'evict',
+      'forget an agent; it must attest again (a ban on it stays)',
+      'EvictAgent',
+      'Evicted agent',
     ),
+  );
+  agent.addCommand(
+    adminCommand(
+      new Command('ban')
+        .description(
+          'ban an agent, attested or not yet: its attestation, renewal and agent API calls are refused until unbanned; eviction does not lift it',
+        )
+        .option('--spiffe-id <id>', "the agent's SPIFFE ID")
+        .option(
+          '--ek-hash <hex>',
+          "a TPM's EK hash (SHA-256 of its EK public key, 64 hex digits): bans spiffe://<td>/agent/tpm/<hash>, also before its first attestation",
+        ),
+    ).action(async (flags: AgentFlags) => {
+      const banned = await withClient(flags, (c) =>
+        c.call('AgentService', 'BanAgent', { spiffe_id: flags.spiffeId ?? '', ek_hash: flags.ekHash ?? '' }),
+      );
+      if (flags.output === 'json') printJson(banned);
+      else print(`Banned agent ${banned.spiffe_id}`);
+    }),
   );
   agent.addCommand(single('unban', 'lift a ban: the agent may attest again', 'UnbanAgent', 'Unbanned agent'));
   agent.addCommand(

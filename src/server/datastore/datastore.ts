@@ -71,13 +71,20 @@ export interface NodeTrust {
 export interface AttestedNode {
   spiffeId: string;
   attestationType: string;
+  /** Serial of the agent SVID the node holds: the one its calls are accepted with. */
   serialNumber: string;
+  /**
+   * Serial of the SVID its last renewal issued, until the agent first uses it: then it becomes
+   * `serialNumber` and the certificate it replaced is refused (as SPIRE's new_cert_serial_number).
+   */
+  newSerialNumber?: string;
   expiresAt: number;
   /**
    * Key id of the CA key that signed the current agent SVID; absent for nodes last issued one before
    * the server recorded it. An agent whose SVID the active CA signed holds the bundle with that CA.
    */
   svidAuthority?: string;
+  /** Whether a ban (kept apart from the node record, see NodeBan) names this node. */
   banned: boolean;
   selectors: Selector[];
   tpm?: {
@@ -101,8 +108,23 @@ export interface AttestedNode {
   createdAt: number;
 }
 
-/** A node record to write: without `trust`, the node is trusted from now (a full attestation). */
-export type NodeRecord = Omit<AttestedNode, 'trust'> & { trust?: NodeTrust };
+/**
+ * A node record to write: without `trust`, the node is trusted from now (a full attestation). Bans
+ * are not part of it: they are set and lifted on their own, and outlive the record.
+ */
+export type NodeRecord = Omit<AttestedNode, 'trust' | 'banned'> & { trust?: NodeTrust };
+
+/**
+ * A ban on an agent ID. It lives apart from the node record, so it holds whether the node is
+ * attested, evicted or not attested yet, until an operator lifts it.
+ */
+export interface NodeBan {
+  spiffeId: string;
+  /** The EK public-area hash a TPM node was banned by (`agent ban --ek-hash`), if it was. */
+  ekHash?: string;
+  /** Unix seconds. */
+  bannedAt: number;
+}
 
 export interface JoinToken {
   tokenHash: string;
@@ -202,9 +224,20 @@ export interface Datastore {
   getNode(spiffeId: string, options?: { eventLog?: boolean }): Promise<AttestedNode | undefined>;
   /** Every node, without event logs. */
   listNodes(): Promise<AttestedNode[]>;
-  /** Forgets the node: it must attest again. */
+  /** Forgets the node: it must attest again. A ban on its ID stays. */
   deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode>;
-  setNodeBanned(spiffeId: string, banned: boolean, actor: Actor): Promise<AttestedNode>;
+  /**
+   * The agent presented the certificate its last renewal issued: `serial` becomes the node's
+   * current serial and the one before it is refused from now on. False when `serial` is not the
+   * node's new serial (any more).
+   */
+  promoteNodeSerial(spiffeId: string, serial: string, actor: Actor): Promise<boolean>;
+  /** Bans the agent ID, attested or not; banning it again keeps the first ban. */
+  banNode(ban: Omit<NodeBan, 'bannedAt'>, actor: Actor): Promise<NodeBan>;
+  /** Lifts the ban on the ID; resolves to it, or undefined when there was none. */
+  unbanNode(spiffeId: string, actor: Actor): Promise<NodeBan | undefined>;
+  getNodeBan(spiffeId: string): Promise<NodeBan | undefined>;
+  listNodeBans(): Promise<NodeBan[]>;
   /**
    * Records a re-quote's outcome: the trust (audited only when the state or the code changes) and,
    * after a passing re-quote, the quote and event log it verified. Resolves to the node as stored

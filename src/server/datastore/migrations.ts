@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { type Kysely, type Migration, type MigrationProvider, Migrator } from 'kysely';
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
 import { DatastoreError } from '../errors.js';
 
 export type Dialect = 'sqlite' | 'postgres';
@@ -167,6 +167,28 @@ function continuousAttestation(dialect: Dialect): Migration {
 }
 
 /**
+ * An agent certificate's serial is accepted only if it is the node's current one, or the one its
+ * last renewal issued (which then becomes current); bans move to their own table, so that eviction
+ * keeps them and an EK can be banned before it ever attests.
+ */
+function agentSerialsAndBans(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('attested_nodes').addColumn('new_serial_number', 'text').execute();
+      await db.schema
+        .createTable('banned_nodes')
+        .addColumn('spiffe_id', 'text', (c) => c.primaryKey())
+        .addColumn('ek_hash', 'text')
+        .addColumn('banned_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await sql`INSERT INTO banned_nodes (spiffe_id, ek_hash, banned_at)
+        SELECT spiffe_id, ek_hash, updated_at FROM attested_nodes WHERE banned = 1`.execute(db);
+      await db.schema.alterTable('attested_nodes').dropColumn('banned').execute();
+    },
+  };
+}
+
+/**
  * Attestation nonces in the datastore, so a replay is recognised after a restart and by every
  * server sharing the store. Rows are found by the nonce's SHA-256 and pruned by expiry.
  */
@@ -203,6 +225,7 @@ export function migrationsFor(dialect: Dialect): Record<string, Migration> {
     '0001_initial': initial(dialect),
     '0002_node_attestation': nodeAttestation(),
     '0003_continuous_attestation': continuousAttestation(dialect),
+    '0004_agent_serials_and_bans': agentSerialsAndBans(),
     '0006_attestation_nonces': attestationNonces(),
     '0007_ca_revocation': caRevocation(),
   };

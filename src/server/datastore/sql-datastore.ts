@@ -26,6 +26,7 @@ import type {
   IssuedNonce,
   JoinToken,
   NewEntry,
+  NodeBan,
   NodeRecord,
   NodeTrust,
   NonceConsumption,
@@ -34,7 +35,7 @@ import type {
   Selector,
   StoredBundle,
 } from './datastore.js';
-import type { AttestedNodeRow, BundleRow, Database, RegistrationEntryRow } from './tables.js';
+import type { AttestedNodeRow, BannedNodeRow, BundleRow, Database, RegistrationEntryRow } from './tables.js';
 
 const DEFAULT_PAGE_SIZE = 500;
 const MAX_PAGE_SIZE = 1000;
@@ -153,8 +154,8 @@ export class SqlDatastore implements Datastore {
       spiffe_id: node.spiffeId,
       attestation_type: node.attestationType,
       serial_number: node.serialNumber,
+      new_serial_number: node.newSerialNumber ?? null,
       expires_at: node.expiresAt,
-      banned: node.banned ? 1 : 0,
       ek_hash: node.tpm?.ekHash ?? null,
       ak_public: node.tpm?.akPublic ?? null,
       last_quote: node.tpm?.lastQuote ?? null,
@@ -180,6 +181,7 @@ export class SqlDatastore implements Datastore {
       await audit(trx, now, actor, 'node.attest', 'node', node.spiffeId, {
         attestation_type: node.attestationType,
         serial_number: node.serialNumber,
+        ...(node.newSerialNumber !== undefined ? { new_serial_number: node.newSerialNumber } : {}),
         expires_at: node.expiresAt,
         trust: trust.state,
       });
@@ -223,19 +225,81 @@ export class SqlDatastore implements Datastore {
     });
   }
 
-  async setNodeBanned(spiffeId: string, banned: boolean, actor: Actor): Promise<AttestedNode> {
+  async promoteNodeSerial(spiffeId: string, serial: string, actor: Actor): Promise<boolean> {
     const now = nowSeconds(this.#clock);
     return this.#db.transaction().execute(async (trx) => {
-      const [node] = await this.#loadNodes(trx, spiffeId);
-      if (node === undefined) throw new AgentNotFoundError(spiffeId);
+      const row = await trx
+        .selectFrom('attested_nodes')
+        .select('serial_number')
+        .where('spiffe_id', '=', spiffeId)
+        .where('new_serial_number', '=', serial)
+        .executeTakeFirst();
+      if (row === undefined) return false;
       await trx
         .updateTable('attested_nodes')
-        .set({ banned: banned ? 1 : 0, updated_at: now })
+        .set({ serial_number: serial, new_serial_number: null, updated_at: now })
         .where('spiffe_id', '=', spiffeId)
         .execute();
-      await audit(trx, now, actor, banned ? 'node.ban' : 'node.unban', 'node', spiffeId, {});
-      return { ...node, banned };
+      await audit(trx, now, actor, 'node.serial_promote', 'node', spiffeId, {
+        serial_number: serial,
+        superseded_serial_number: row.serial_number,
+      });
+      return true;
     });
+  }
+
+  async banNode(ban: Omit<NodeBan, 'bannedAt'>, actor: Actor): Promise<NodeBan> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const existing = await trx
+        .selectFrom('banned_nodes')
+        .selectAll()
+        .where('spiffe_id', '=', ban.spiffeId)
+        .executeTakeFirst();
+      const kept: NodeBan = existing === undefined ? { ...ban, bannedAt: now } : toNodeBan(existing);
+      if (existing === undefined)
+        await trx
+          .insertInto('banned_nodes')
+          .values({ spiffe_id: kept.spiffeId, ek_hash: kept.ekHash ?? null, banned_at: now })
+          .execute();
+      await audit(trx, now, actor, 'node.ban', 'node', ban.spiffeId, {
+        ...(ban.ekHash !== undefined ? { ek_hash: ban.ekHash } : {}),
+        already_banned: existing !== undefined,
+      });
+      return kept;
+    });
+  }
+
+  async unbanNode(spiffeId: string, actor: Actor): Promise<NodeBan | undefined> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const existing = await trx
+        .selectFrom('banned_nodes')
+        .selectAll()
+        .where('spiffe_id', '=', spiffeId)
+        .executeTakeFirst();
+      if (existing === undefined) return undefined;
+      await trx.deleteFrom('banned_nodes').where('spiffe_id', '=', spiffeId).execute();
+      await audit(trx, now, actor, 'node.unban', 'node', spiffeId, {
+        banned_at: Number(existing.banned_at),
+      });
+      return toNodeBan(existing);
+    });
+  }
+
+  async getNodeBan(spiffeId: string): Promise<NodeBan | undefined> {
+    const row = await this.#db
+      .selectFrom('banned_nodes')
+      .selectAll()
+      .where('spiffe_id', '=', spiffeId)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toNodeBan(row);
+  }
+
+  async listNodeBans(): Promise<NodeBan[]> {
+    return (await this.#db.selectFrom('banned_nodes').selectAll().orderBy('spiffe_id').execute()).map(
+      toNodeBan,
+    );
   }
 
   async recordNodeTrust(
@@ -669,13 +733,27 @@ export class SqlDatastore implements Datastore {
       .orderBy('type')
       .orderBy('value')
       .execute();
+    const bans = new Set(
+      (
+        await db
+          .selectFrom('banned_nodes')
+          .select('spiffe_id')
+          .where(
+            'spiffe_id',
+            'in',
+            rows.map((r) => r.spiffe_id),
+          )
+          .execute()
+      ).map((b) => b.spiffe_id),
+    );
     return rows.map((r) => ({
       spiffeId: r.spiffe_id,
       attestationType: r.attestation_type,
       serialNumber: r.serial_number,
+      ...(r.new_serial_number !== null ? { newSerialNumber: r.new_serial_number } : {}),
       expiresAt: Number(r.expires_at),
       ...(r.svid_authority !== null ? { svidAuthority: r.svid_authority } : {}),
-      banned: Number(r.banned) === 1,
+      banned: bans.has(r.spiffe_id),
       selectors: selectors
         .filter((s) => s.spiffe_id === r.spiffe_id)
         .map((s) => ({ type: s.type, value: s.value })),
@@ -709,8 +787,8 @@ const NODE_COLUMNS = [
   'spiffe_id',
   'attestation_type',
   'serial_number',
+  'new_serial_number',
   'expires_at',
-  'banned',
   'ek_hash',
   'ak_public',
   'last_quote',
@@ -726,6 +804,14 @@ const NODE_COLUMNS = [
   'created_at',
   'updated_at',
 ] as const;
+
+function toNodeBan(row: BannedNodeRow): NodeBan {
+  return {
+    spiffeId: row.spiffe_id,
+    ...(row.ek_hash !== null ? { ekHash: row.ek_hash } : {}),
+    bannedAt: Number(row.banned_at),
+  };
+}
 
 function trustColumns(trust: NodeTrust) {
   return {

@@ -41,8 +41,9 @@ export interface AttestedNodeRow {
   spiffe_id: string;
   attestation_type: string;
   serial_number: string;
+  /** Set by a renewal until the agent first uses the certificate it issued. */
+  new_serial_number: string | null;
   expires_at: number;
-  banned: number;
   ek_hash: string | null;
   ak_public: Uint8Array | null;
   last_quote: Uint8Array | null;
@@ -62,6 +63,13 @@ export interface AttestedNodeRow {
   trust_changed_at: number;
   created_at: number;
   updated_at: number;
+}
+
+/** Bans, keyed by agent ID: they outlive the node's record (eviction) and may precede it. */
+export interface BannedNodeRow {
+  spiffe_id: string;
+  ek_hash: string | null;
+  banned_at: number;
 }
 
 export interface NodeSelectorRow {
@@ -127,6 +135,7 @@ export interface Database {
   entry_federates_with: FederatesWithRow;
   attested_nodes: AttestedNodeRow;
   node_selectors: NodeSelectorRow;
+  banned_nodes: BannedNodeRow;
   join_tokens: JoinTokenRow;
   attestation_nonces: AttestationNonceRow;
   bundles: BundleRow;

@@ -8,6 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type {
   AgentIdRequest,
   AgentMessage,
+  BanAgentRequest,
   BatchCreateEntryRequest,
   BatchCreateEntryResponse,
   BatchDeleteEntryRequest,
@@ -35,12 +36,15 @@ import type {
   Datastore,
   EntryFilter,
   NewEntry,
+  NodeBan,
   RegistrationEntry,
   Selector,
   SelectorMatch,
 } from '../datastore/datastore.js';
 import {
+  AgentIdInvalidError,
   AgentNotFoundError,
+  EkHashInvalidError,
   EntryNotFoundError,
   InvalidArgumentError,
   ServerError,
@@ -48,7 +52,7 @@ import {
 } from '../errors.js';
 import { serverSpiffeId } from '../identity.js';
 import { akSummary, type LastQuote } from '../nodeattestor/tpm.js';
-import { checkNodeAliasId } from './ids.js';
+import { checkIdInTrustDomain, checkNodeAliasId } from './ids.js';
 import { checkEntry, checkSelector } from './validate.js';
 
 export const JOIN_TOKEN_DEFAULT_TTL = 600;
@@ -132,34 +136,81 @@ export class RegistrationService {
     return { results };
   }
 
+  /** Attested agents, and banned agent IDs without a node record. */
   async listAgents(request: ListAgentsRequest): Promise<ListAgentsResponse> {
     if (!['', 'true', 'false'].includes(request.by_banned)) {
       throw new InvalidArgumentError(
         `by_banned ${JSON.stringify(request.by_banned)}: allowed "true", "false" or empty`,
       );
     }
-    const nodes = (await this.#store.listNodes()).filter(
-      (n) => request.by_banned === '' || String(n.banned) === request.by_banned,
-    );
-    return { agents: await Promise.all(nodes.map((n) => this.#toAgentMessage(n))) };
+    const nodes = await this.#store.listNodes();
+    const bans = new Map((await this.#store.listNodeBans()).map((b) => [b.spiffeId, b]));
+    const attested = new Set(nodes.map((n) => n.spiffeId));
+    const agents = [
+      ...(await Promise.all(nodes.map((n) => this.#toAgentMessage(n, bans.get(n.spiffeId))))),
+      ...[...bans.values()].filter((b) => !attested.has(b.spiffeId)).map(banOnlyMessage),
+    ]
+      .filter((a) => request.by_banned === '' || String(a.banned) === request.by_banned)
+      .sort((a, b) => (a.spiffe_id < b.spiffe_id ? -1 : a.spiffe_id > b.spiffe_id ? 1 : 0));
+    return { agents };
   }
 
+  /** The agent, or a ban on the ID when no node has it (banned before attesting, or evicted). */
   async getAgent(request: AgentIdRequest): Promise<AgentMessage> {
     const node = await this.#store.getNode(request.spiffe_id);
-    if (node === undefined) throw new AgentNotFoundError(request.spiffe_id);
-    return this.#toAgentMessage(node);
+    const ban = await this.#store.getNodeBan(request.spiffe_id);
+    if (node !== undefined) return this.#toAgentMessage(node, ban);
+    if (ban !== undefined) return banOnlyMessage(ban);
+    throw new AgentNotFoundError(request.spiffe_id);
   }
 
+  /** Deletes the node record only: a ban on its ID holds until `unbanAgent`. */
   async evictAgent(request: AgentIdRequest, actor: Actor): Promise<AgentMessage> {
-    return this.#toAgentMessage(await this.#store.deleteNode(request.spiffe_id, actor));
+    const node = await this.#store.deleteNode(request.spiffe_id, actor);
+    return this.#toAgentMessage(node, await this.#store.getNodeBan(request.spiffe_id));
   }
 
-  async banAgent(request: AgentIdRequest, actor: Actor): Promise<AgentMessage> {
-    return this.#toAgentMessage(await this.#store.setNodeBanned(request.spiffe_id, true, actor));
+  /**
+   * Bans an agent ID, attested or not: by `spiffe_id`, or a TPM by `ek_hash` (its agent ID is
+   * spiffe://<td>/agent/tpm/<EK hash>, see the agent API), so a TPM can be refused before it ever
+   * attests.
+   */
+  async banAgent(request: BanAgentRequest, actor: Actor): Promise<AgentMessage> {
+    if ((request.spiffe_id === '') === (request.ek_hash === ''))
+      throw new InvalidArgumentError(
+        'give the agent to ban by exactly one of spiffe_id (--spiffe-id) or ek_hash (--ek-hash)',
+      );
+    const ban =
+      request.ek_hash !== ''
+        ? this.#tpmBan(request.ek_hash)
+        : this.#banOf(checkIdInTrustDomain('spiffe_id', request.spiffe_id, this.#trustDomain));
+    const stored = await this.#store.banNode(ban, actor);
+    const node = await this.#store.getNode(stored.spiffeId);
+    return node === undefined ? banOnlyMessage(stored) : this.#toAgentMessage(node, stored);
   }
 
   async unbanAgent(request: AgentIdRequest, actor: Actor): Promise<AgentMessage> {
-    return this.#toAgentMessage(await this.#store.setNodeBanned(request.spiffe_id, false, actor));
+    const lifted = await this.#store.unbanNode(request.spiffe_id, actor);
+    const node = await this.#store.getNode(request.spiffe_id);
+    if (node !== undefined) return this.#toAgentMessage(node);
+    if (lifted !== undefined) return { ...banOnlyMessage(lifted), banned: false, banned_at: 0 };
+    throw new AgentNotFoundError(request.spiffe_id);
+  }
+
+  #tpmBan(ekHash: string): Omit<NodeBan, 'bannedAt'> {
+    if (!/^[0-9a-fA-F]{64}$/.test(ekHash)) throw new EkHashInvalidError(ekHash);
+    const hash = ekHash.toLowerCase();
+    return { spiffeId: `spiffe://${this.#trustDomain}/agent/tpm/${hash}`, ekHash: hash };
+  }
+
+  /** A TPM agent's ID carries its EK hash: the ban records it too. */
+  #banOf(spiffeId: string): Omit<NodeBan, 'bannedAt'> {
+    const path = spiffeId.slice(`spiffe://${this.#trustDomain}`.length);
+    const tpm = /^\/agent\/tpm\/([0-9a-f]{64})$/.exec(path);
+    if (tpm?.[1] !== undefined) return { spiffeId, ekHash: tpm[1] };
+    if (!/^\/agent\/[^/]+\/.+/.test(path))
+      throw new AgentIdInvalidError('spiffe_id', spiffeId, this.#trustDomain);
+    return { spiffeId };
   }
 
   async createJoinToken(request: CreateJoinTokenRequest, actor: Actor): Promise<JoinTokenMessage> {
@@ -220,7 +271,7 @@ export class RegistrationService {
     return filter;
   }
 
-  async #toAgentMessage(node: AttestedNode): Promise<AgentMessage> {
+  async #toAgentMessage(node: AttestedNode, ban?: NodeBan): Promise<AgentMessage> {
     const aliases = await this.nodeAliases(node);
     const ak = node.tpm === undefined ? undefined : akSummary(node.tpm.akPublic);
     return {
@@ -245,8 +296,31 @@ export class RegistrationService {
         details: node.trust.details ?? '',
         changed_at: node.trust.changedAt,
       },
+      banned_at: ban?.bannedAt ?? 0,
     };
   }
+}
+
+/** A banned agent ID that no node record has. */
+function banOnlyMessage(ban: NodeBan): AgentMessage {
+  return {
+    spiffe_id: ban.spiffeId,
+    attestation_type: '',
+    x509_svid_serial_number: '',
+    x509_svid_expires_at: 0,
+    banned: true,
+    selectors: [],
+    ek_hash: ban.ekHash ?? '',
+    created_at: 0,
+    alias_spiffe_ids: [],
+    ek_issuer: '',
+    ak_public_sha256: '',
+    ak_algorithm: '',
+    last_quote: null,
+    attestation_count: 0,
+    trust: null,
+    banned_at: ban.bannedAt,
+  };
 }
 
 /** The node selector every agent has: its own SPIFFE ID. */
