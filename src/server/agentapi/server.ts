@@ -57,6 +57,12 @@ const ACTOR = 'agent-api';
 const SHUTDOWN_GRACE_MS = 2000;
 /** How long to wait for each stream message when no TPM policy sets a nonce lifetime. */
 const DEFAULT_WAIT_SECONDS = 60;
+/**
+ * Largest message an agent may send, in bytes (grpc-js's default is 4 MiB). The largest is an answer
+ * with the measured-boot event log, which stays well under 1 MiB on real machines; a longer message
+ * is refused by gRPC (RESOURCE_EXHAUSTED) from its length prefix, before it is read or decoded.
+ */
+export const MAX_AGENT_MESSAGE_BYTES = 2 * 1024 * 1024;
 
 export interface AgentApiOptions {
   address: string;
@@ -87,7 +93,7 @@ interface Decision {
 
 export class AgentApiServer {
   readonly #o: AgentApiOptions;
-  readonly #grpc = new GrpcServer();
+  readonly #grpc = new GrpcServer({ 'grpc.max_receive_message_length': MAX_AGENT_MESSAGE_BYTES });
   readonly #tls: ServerTls;
   readonly #nonces: NonceStore;
   readonly #limiter: RateLimiter;
