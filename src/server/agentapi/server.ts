@@ -554,7 +554,14 @@ function reader<Req>(call: Duplex<Req>, waitSeconds: number): { next(): Promise<
         );
       });
       try {
-        const item = await Promise.race([iterator.next(), timeout]);
+        // A stream that breaks (the peer cancelled, or gRPC refused a message over
+        // MAX_AGENT_MESSAGE_BYTES and closed the call) is the peer's doing, not a server failure.
+        const broken = (cause: unknown): never => {
+          throw badRequest(
+            `the stream broke before the handshake finished (${(cause as Error).message}); start a new one`,
+          );
+        };
+        const item = await Promise.race([iterator.next().catch(broken), timeout]);
         if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
         return item.value;
       } finally {
