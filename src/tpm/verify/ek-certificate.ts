@@ -405,7 +405,7 @@ export function verifyEkCertificateChain(
         if (checks > MAX_ISSUER_CHECKS)
           throw limit(
             `no trusted root was reached within MAX_ISSUER_CHECKS (${MAX_ISSUER_CHECKS}) issuer checks; ` +
-              'the certificates sent with it hold too many candidates of the same name',
+              'the certificates sent with it hold too many candidates of the same name; send only the intermediates of this EK certificate',
           );
         const problem = issuerProblem(candidate, child, link.length, at);
         if (problem !== undefined) {
@@ -423,7 +423,8 @@ export function verifyEkCertificateChain(
   if (cut)
     throw limit(
       `no chain of at most MAX_CHAIN_LENGTH (${MAX_CHAIN_LENGTH}) certificates reaches a trusted root` +
-        (problems.length > 0 ? ` (${problems.slice(0, 3).join('; ')})` : ''),
+        (problems.length > 0 ? ` (${problems.slice(0, 3).join('; ')})` : '') +
+        '; anchor the EK trust store on an intermediate closer to the EK certificate',
     );
   throw untrusted(problems.slice(0, 3).join('; '));
 }
