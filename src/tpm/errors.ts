@@ -46,7 +46,9 @@ export type TpmErrorCode =
   /** The AK is not a restricted signing key that cannot leave the TPM. */
   | 'ERR_TPM_AK_ATTRIBUTES'
   /** The EK certificate does not chain to a trusted manufacturer root. */
-  | 'ERR_TPM_EK_UNTRUSTED';
+  | 'ERR_TPM_EK_UNTRUSTED'
+  /** Building the EK certificate's chain hit a cap (certificates presented, chain length, issuer checks). */
+  | 'ERR_TPM_EK_CHAIN_LIMIT';
 
 export class TpmError extends Error {
   readonly code: TpmErrorCode;

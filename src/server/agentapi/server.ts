@@ -59,6 +59,12 @@ const ACTOR = 'agent-api';
 const SHUTDOWN_GRACE_MS = 2000;
 /** How long to wait for each stream message when no TPM policy sets a nonce lifetime. */
 const DEFAULT_WAIT_SECONDS = 60;
+/**
+ * Largest message an agent may send, in bytes (grpc-js's default is 4 MiB). The largest is an answer
+ * with the measured-boot event log, which stays well under 1 MiB on real machines; a longer message
+ * is refused by gRPC (RESOURCE_EXHAUSTED) from its length prefix, before it is read or decoded.
+ */
+export const MAX_AGENT_MESSAGE_BYTES = 2 * 1024 * 1024;
 
 export interface AgentApiOptions {
   address: string;
@@ -89,7 +95,7 @@ interface Decision {
 
 export class AgentApiServer {
   readonly #o: AgentApiOptions;
-  readonly #grpc = new GrpcServer();
+  readonly #grpc = new GrpcServer({ 'grpc.max_receive_message_length': MAX_AGENT_MESSAGE_BYTES });
   readonly #tls: ServerTls;
   readonly #nonces: NonceStore;
   readonly #limiter: RateLimiter;
@@ -536,8 +542,15 @@ function reader<Req>(
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(late()), waitSeconds * 1000);
     });
+    // A stream that breaks (the peer cancelled, or gRPC refused a message over
+    // MAX_AGENT_MESSAGE_BYTES and closed the call) is the peer's doing, not a server failure.
+    const broken = (cause: unknown): never => {
+      throw badRequest(
+        `the stream broke before the handshake finished (${(cause as Error).message}); start a new one`,
+      );
+    };
     try {
-      const item = await Promise.race([iterator.next(), timeout]);
+      const item = await Promise.race([iterator.next().catch(broken), timeout]);
       if (item.done) throw badRequest('the agent closed the stream before the handshake finished');
       return item.value;
     } finally {

@@ -19,6 +19,7 @@ import {
   ekPublicKeyHash,
   evaluateProfile,
   hashName,
+  MAX_PRESENTED_CERTIFICATES,
   makeCredential,
   objectName,
   type ParsedPublic,
@@ -77,18 +78,54 @@ function wrapTpm(error: unknown, map: Partial<Record<string, AttestationErrorCod
 }
 
 /**
+ * Largest certificate read from the agent, in bytes. EK certificates and the intermediates beside
+ * them live in NV indices, which TPMs limit to 2 to 4 KiB.
+ */
+export const MAX_EK_CERTIFICATE_BYTES = 8192;
+
+/** The EK certificate and the CA certificates the agent may send with it. */
+const MAX_EK_CERTIFICATES = 1 + MAX_PRESENTED_CERTIFICATES;
+
+/** Refuses certificate material beyond what any TPM holds, before a byte of it is parsed. */
+function refuseOversized(certificates: readonly Uint8Array[]): void {
+  if (certificates.length > MAX_EK_CERTIFICATES)
+    throw new AttestationError(
+      'ERR_ATTEST_EVIDENCE_TOO_LARGE',
+      `the agent sent ${certificates.length} EK certificates; at most ${MAX_EK_CERTIFICATES} are read (the EK certificate and ` +
+        `${MAX_PRESENTED_CERTIFICATES} CA certificates from NV); put the manufacturer's intermediates in tpm_attestation.ek_ca_dir instead`,
+    );
+  const index = certificates.findIndex((c) => c.length > MAX_EK_CERTIFICATE_BYTES);
+  if (index >= 0)
+    throw new AttestationError(
+      'ERR_ATTEST_EVIDENCE_TOO_LARGE',
+      `EK certificate ${index + 1} of ${certificates.length} is ${certificates[index]?.length} bytes; at most ${MAX_EK_CERTIFICATE_BYTES} are read, ` +
+        'which is more than any TPM NV index holds: send the certificates as read from NV',
+    );
+}
+
+/** Parses a certificate the agent sent; one that either X.509 parser refuses is invalid evidence. */
+function agentCertificate(bytes: Uint8Array): X509Certificate {
+  try {
+    return parseEkCertificate(bytes);
+  } catch (error) {
+    wrapTpm(error, { ERR_TPM_MALFORMED: 'ERR_ATTEST_EK_INVALID' });
+  }
+}
+
+/**
  * Admits the EK: its certificate (when sent) must certify this EK public area, and then either its
  * hash is allow-listed, or its certificate chains to a configured EK CA, or the policy says any EK.
  */
 export function admitEk(evidence: TpmEvidence, policy: TpmPolicy, at: Date): AdmittedEk {
+  refuseOversized(evidence.ekCertificates);
   const ekPublic = decodePublic(evidence.ekPublic, 'EK public area');
   const ekHash = ekPublicKeyHash(ekPublic.area);
   const [leafBytes, ...chainBytes] = evidence.ekCertificates;
   let cert: X509Certificate | undefined;
   let device: TpmDeviceInfo | undefined;
   if (leafBytes !== undefined) {
+    cert = agentCertificate(leafBytes);
     try {
-      cert = parseEkCertificate(leafBytes);
       checkEkCertificateKey(cert, ekPublic.area);
     } catch (error) {
       wrapTpm(error, { ERR_TPM_EK_MISMATCH: 'ERR_ATTEST_EK_MISMATCH' });
@@ -109,18 +146,20 @@ export function admitEk(evidence: TpmEvidence, policy: TpmPolicy, at: Date): Adm
         'ERR_ATTEST_EK_UNTRUSTED',
         `the agent sent no EK certificate and EK ${ekHash} is not allow-listed; the server trusts EKs by certificate: check the TPM has one in NV`,
       );
+    const presented = chainBytes.map((b) => agentCertificate(b));
     try {
       verifyEkCertificateChain(
         cert,
-        {
-          roots: policy.roots,
-          intermediates: [...policy.intermediates, ...chainBytes.map((b) => parseEkCertificate(b))],
-        },
+        { roots: policy.roots, intermediates: policy.intermediates, presented },
         at,
       );
       return admitted;
     } catch (error) {
-      wrapTpm(error, { ERR_TPM_EK_UNTRUSTED: 'ERR_ATTEST_EK_UNTRUSTED' });
+      wrapTpm(error, {
+        ERR_TPM_EK_UNTRUSTED: 'ERR_ATTEST_EK_UNTRUSTED',
+        ERR_TPM_EK_CHAIN_LIMIT: 'ERR_ATTEST_EK_CHAIN_LIMIT',
+        ERR_TPM_MALFORMED: 'ERR_ATTEST_EK_INVALID',
+      });
     }
   }
   if (policy.anyEk) return admitted;

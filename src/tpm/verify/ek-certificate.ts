@@ -54,27 +54,71 @@ const HANDLED_CRITICAL: ReadonlySet<string> = new Set([
 ]);
 
 /** Longest chain accepted, leaf and anchor included; manufacturer chains have 2 to 4 certificates. */
-const MAX_CHAIN_LENGTH = 8;
+export const MAX_CHAIN_LENGTH = 8;
+
+/**
+ * Most CA certificates taken from the agent besides its EK certificate. TPMs keep one to three
+ * intermediates in NV (0x01c00100+); more belong in the server's EK trust store.
+ */
+export const MAX_PRESENTED_CERTIFICATES = 8;
+
+/**
+ * Most issuer checks (each one a signature verification at most) that one chain build makes. An
+ * honest chain needs one per link plus a few for same-named candidates; the cap bounds what evidence
+ * from an unauthenticated peer can cost, whatever it holds.
+ */
+export const MAX_ISSUER_CHECKS = 64;
 
 function malformed(what: string, cause?: unknown): TpmVerifyError {
-  return new TpmVerifyError('ERR_TPM_MALFORMED', `${what} is not a valid X.509 certificate`, { cause });
+  const detail = cause instanceof Error ? ` (${cause.message})` : '';
+  return new TpmVerifyError('ERR_TPM_MALFORMED', `${what} is not a valid X.509 certificate${detail}`, {
+    cause,
+  });
+}
+
+/** @peculiar/x509's reading of each certificate, made once. */
+const decodedCertificates = new WeakMap<X509Certificate, x509.X509Certificate>();
+
+/**
+ * @peculiar/x509's reading of `cert`, extensions included: they decode lazily, so one it cannot read
+ * would otherwise fail later, in the middle of a decision.
+ *
+ * @throws TpmVerifyError ERR_TPM_MALFORMED when @peculiar/x509 cannot decode it, though OpenSSL could.
+ */
+function decoded(cert: X509Certificate, what: string): x509.X509Certificate {
+  let parsed = decodedCertificates.get(cert);
+  if (parsed === undefined) {
+    try {
+      parsed = new x509.X509Certificate(cert.raw);
+      void parsed.extensions;
+    } catch (err) {
+      throw malformed(what, err);
+    }
+    decodedCertificates.set(cert, parsed);
+  }
+  return parsed;
 }
 
 /**
  * Decodes an EK certificate given as PEM text, DER, or the raw content of its NV index.
  *
- * @throws TpmVerifyError ERR_TPM_MALFORMED when it is none of these.
+ * @throws TpmVerifyError ERR_TPM_MALFORMED when it is none of these, or when either parser (OpenSSL
+ *   through node:crypto, @peculiar/x509) cannot read it or one of its extensions.
  */
 export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
   const bytes = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data);
   const isPem = bytes.subarray(0, 64).toString('latin1').includes('-----BEGIN');
+  let cert: X509Certificate;
   try {
     // The NV content may carry the PC Client `10 01 00 len` header and padding; the agent side's
     // unwrapCertificate removes both.
-    return new X509Certificate(isPem ? bytes : unwrapCertificate(bytes));
+    cert = new X509Certificate(isPem ? bytes : unwrapCertificate(bytes));
   } catch (err) {
     throw malformed('the EK certificate', err);
   }
+  // Both parsers judge it, so a certificate one of them cannot read is refused here, as malformed.
+  decoded(cert, 'the EK certificate');
+  return cert;
 }
 
 /**
@@ -88,7 +132,9 @@ export function parseCertificateBundle(pem: string, source: string): X509Certifi
   if (blocks.length === 0) throw new TypeError(`${source}: no PEM certificate found`);
   return blocks.map((block, i) => {
     try {
-      return new X509Certificate(block);
+      const cert = new X509Certificate(block);
+      decoded(cert, `certificate ${i + 1}`);
+      return cert;
     } catch (err) {
       throw new TypeError(`${source}: certificate ${i + 1} does not decode: ${String(err)}`);
     }
@@ -125,7 +171,7 @@ function vendorString(id: number): string | undefined {
  * @throws TpmVerifyError ERR_TPM_MALFORMED when the SAN or one of the three attributes is missing.
  */
 export function ekCertificateTpmInfo(cert: X509Certificate): TpmDeviceInfo {
-  const parsed = new x509.X509Certificate(cert.raw);
+  const parsed = decoded(cert, 'the EK certificate');
   const san = parsed.getExtension(x509.SubjectAlternativeNameExtension);
   // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
   const dirNames = (san?.names.items ?? []).flatMap((item) =>
@@ -195,13 +241,18 @@ export function ekPublicKeyHash(ek: TpmtPublic): string {
 export interface EkTrustStore {
   /** Manufacturer roots (or any certificate the operator chose to anchor on). */
   readonly roots: readonly X509Certificate[];
-  /** Intermediates that may be used to reach a root, from configuration or NV 0x01c00100+. */
+  /** Intermediates from configuration that may be used to reach a root. */
   readonly intermediates?: readonly X509Certificate[];
+  /**
+   * CA certificates the agent sent with its EK certificate (NV 0x01c00100+): untrusted input, so at
+   * most MAX_PRESENTED_CERTIFICATES.
+   */
+  readonly presented?: readonly X509Certificate[];
 }
 
 function unhandledCritical(cert: X509Certificate): string[] {
-  return new x509.X509Certificate(cert.raw).extensions
-    .filter((ext) => ext.critical && !HANDLED_CRITICAL.has(ext.type))
+  return decoded(cert, `the certificate of ${oneLine(cert.subject)}`)
+    .extensions.filter((ext) => ext.critical && !HANDLED_CRITICAL.has(ext.type))
     .map((ext) => ext.type);
 }
 
@@ -216,20 +267,31 @@ function issuerProblem(
   below: number,
   at: Date,
 ): string | undefined {
-  if (!child.verify(issuer.publicKey))
-    return `the signature does not verify with the key of ${oneLine(issuer.subject)}`;
-  const parsed = new x509.X509Certificate(issuer.raw);
+  // The cheap checks first: a signature is verified only for an issuer that could otherwise serve.
+  const parsed = decoded(issuer, `the certificate of ${oneLine(issuer.subject)}`);
   const constraints = parsed.getExtension(x509.BasicConstraintsExtension);
   if (!constraints?.ca) return `${oneLine(issuer.subject)} is not a CA (basicConstraints cA is not set)`;
   // pathLenConstraint counts the intermediates that may follow this CA; `below` includes the leaf.
   if (constraints.pathLength !== undefined && below - 1 > constraints.pathLength)
     return `${oneLine(issuer.subject)} allows ${constraints.pathLength} intermediate CA(s) below it, the chain has ${below - 1}`;
-  return validityProblem(issuer, at);
+  const invalid = validityProblem(issuer, at);
+  if (invalid !== undefined) return invalid;
+  if (!child.verify(issuer.publicKey))
+    return `the signature does not verify with the key of ${oneLine(issuer.subject)}`;
+  return undefined;
 }
 
 /** node:crypto prints multi-attribute names one per line. */
 function oneLine(name: string): string {
   return name.replaceAll('\n', ', ');
+}
+
+/**
+ * A name as an index key: coarser than OpenSSL's name match (which ignores case and collapses
+ * whitespace), so every certificate that check_issued could accept is found under its key.
+ */
+function nameKey(name: string): string {
+  return name.toLowerCase().replace(/\s+/g, '');
 }
 
 function validityProblem(cert: X509Certificate, at: Date): string | undefined {
@@ -241,16 +303,36 @@ function validityProblem(cert: X509Certificate, at: Date): string | undefined {
   return undefined;
 }
 
+/** One certificate placed in a chain, with the chain below it. */
+interface Link {
+  readonly cert: X509Certificate;
+  readonly below: Link | undefined;
+  /** Certificates from the EK certificate up to this one, both included. */
+  readonly length: number;
+}
+
+function chainOf(link: Link): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  for (let at: Link | undefined = link; at !== undefined; at = at.below) chain.unshift(at.cert);
+  return chain;
+}
+
 /**
- * Builds a path from the EK certificate to one of `trust.roots`, through `trust.intermediates`.
- * Every link is checked: the issuer's name, key identifier and key usage fit (OpenSSL's
- * check_issued), the signature verifies, the issuer is a CA whose path length allows it, and every
+ * Builds a path from the EK certificate to one of `trust.roots`, through `trust.intermediates` and
+ * the certificates the agent presented. Every link is checked: the issuer's name, key identifier and
+ * key usage fit (OpenSSL's check_issued), the issuer is a CA whose path length allows it, every
  * certificate (anchor included) is within its validity period at `at` and carries no critical
- * extension that is not understood. The TCG SAN and subjectDirectoryAttributes are understood.
+ * extension that is not understood (the TCG SAN and subjectDirectoryAttributes are), and the
+ * signature verifies.
  *
- * @returns the chain from the EK certificate to the anchor, both included.
+ * The work is bounded whatever the input: identical certificates count once, candidates are looked
+ * up by subject, the search goes breadth first and places each certificate in at most one chain,
+ * and it stops at MAX_PRESENTED_CERTIFICATES, MAX_CHAIN_LENGTH and MAX_ISSUER_CHECKS.
+ *
+ * @returns the chain from the EK certificate to the anchor, both included (a shortest one).
  * @throws TpmVerifyError ERR_TPM_EK_UNTRUSTED naming the certificate's issuer and the reason the
- *   closest candidate failed.
+ *   closest candidates failed; ERR_TPM_EK_CHAIN_LIMIT naming the cap that was reached;
+ *   ERR_TPM_MALFORMED for a certificate @peculiar/x509 cannot decode.
  */
 export function verifyEkCertificateChain(
   ekCert: X509Certificate,
@@ -263,44 +345,86 @@ export function verifyEkCertificateChain(
       `EK certificate issued by "${oneLine(ekCert.issuer)}" does not chain to a trusted root: ${reason}; ` +
         "add the TPM manufacturer's root (and any intermediate) to the EK trust store if this manufacturer is to be trusted",
     );
+  const limit = (reason: string): TpmVerifyError =>
+    new TpmVerifyError(
+      'ERR_TPM_EK_CHAIN_LIMIT',
+      `EK certificate issued by "${oneLine(ekCert.issuer)}" was not judged: ${reason}`,
+    );
+  const presented = trust.presented ?? [];
+  if (presented.length > MAX_PRESENTED_CERTIFICATES)
+    throw limit(
+      `${presented.length} CA certificates came with it, more than MAX_PRESENTED_CERTIFICATES (${MAX_PRESENTED_CERTIFICATES}); ` +
+        "put the manufacturer's intermediates in the EK trust store instead",
+    );
   const leafProblem = validityProblem(ekCert, at);
   if (leafProblem !== undefined) throw untrusted(leafProblem);
   // An extendedKeyUsage limits what the certificate vouches for; an EK certificate's must allow
   // tcg-kp-EKCertificate. Without one, the certificate is not limited (RFC 5280 §4.2.1.12).
-  const eku = new x509.X509Certificate(ekCert.raw).getExtension(x509.ExtendedKeyUsageExtension);
+  const eku = decoded(ekCert, 'the EK certificate').getExtension(x509.ExtendedKeyUsageExtension);
   if (eku && !eku.usages.some((u) => u === OID.tcgKpEkCertificate || u === OID.anyExtendedKeyUsage))
     throw untrusted(
       `its extendedKeyUsage (${eku.usages.join(', ')}) does not include tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`,
     );
 
-  const roots = new Set(trust.roots);
-  const pool = [...trust.roots, ...(trust.intermediates ?? [])];
-  const problems: string[] = [];
+  const roots = new Set(trust.roots.map((c) => c.fingerprint256));
+  const bySubject = new Map<string, X509Certificate[]>();
+  const indexed = new Set<string>();
+  for (const cert of [...trust.roots, ...(trust.intermediates ?? []), ...presented]) {
+    if (indexed.has(cert.fingerprint256)) continue;
+    indexed.add(cert.fingerprint256);
+    const key = nameKey(cert.subject);
+    bySubject.set(key, [...(bySubject.get(key) ?? []), cert]);
+  }
 
-  const extend = (chain: X509Certificate[]): X509Certificate[] | undefined => {
-    const child = chain[chain.length - 1];
-    if (child === undefined || chain.length >= MAX_CHAIN_LENGTH) return undefined;
-    const issuers = pool.filter((candidate) => !chain.includes(candidate) && child.checkIssued(candidate));
-    if (issuers.length === 0)
-      problems.push(
-        `nothing in the trust store issued ${oneLine(child.subject)} (its issuer is ${oneLine(child.issuer)}): ` +
-          'no certificate has that subject, a matching key identifier and, if it has a keyUsage, keyCertSign',
-      );
-    for (const candidate of issuers) {
-      const problem = issuerProblem(candidate, child, chain.length, at);
-      if (problem !== undefined) {
-        problems.push(problem);
+  // Breadth first, so each certificate is first reached by a shortest chain. A longer chain through
+  // it could only fare worse (path length constraints and MAX_CHAIN_LENGTH count from the leaf), so
+  // a certificate once placed is never tried again: no ordering of the pool is ever enumerated.
+  const placed = new Set([ekCert.fingerprint256]);
+  const problems: string[] = [];
+  let checks = 0;
+  let cut = false;
+  let level: Link[] = [{ cert: ekCert, below: undefined, length: 1 }];
+  while (level.length > 0) {
+    const next: Link[] = [];
+    for (const link of level) {
+      const child = link.cert;
+      const named = bySubject.get(nameKey(child.issuer)) ?? [];
+      const fresh = named.filter((candidate) => !placed.has(candidate.fingerprint256));
+      const issuers = fresh.filter((candidate) => child.checkIssued(candidate));
+      if (issuers.length === 0 && fresh.length === named.length)
+        problems.push(
+          `nothing in the trust store issued ${oneLine(child.subject)} (its issuer is ${oneLine(child.issuer)}): ` +
+            'no certificate has that subject, a matching key identifier and, if it has a keyUsage, keyCertSign',
+        );
+      if (issuers.length > 0 && link.length >= MAX_CHAIN_LENGTH) {
+        cut = true;
         continue;
       }
-      const longer = [...chain, candidate];
-      if (roots.has(candidate)) return longer;
-      const found = extend(longer);
-      if (found) return found;
+      for (const candidate of issuers) {
+        checks += 1;
+        if (checks > MAX_ISSUER_CHECKS)
+          throw limit(
+            `no trusted root was reached within MAX_ISSUER_CHECKS (${MAX_ISSUER_CHECKS}) issuer checks; ` +
+              'the certificates sent with it hold too many candidates of the same name; send only the intermediates of this EK certificate',
+          );
+        const problem = issuerProblem(candidate, child, link.length, at);
+        if (problem !== undefined) {
+          problems.push(problem);
+          continue;
+        }
+        const up: Link = { cert: candidate, below: link, length: link.length + 1 };
+        if (roots.has(candidate.fingerprint256)) return chainOf(up);
+        placed.add(candidate.fingerprint256);
+        next.push(up);
+      }
     }
-    return undefined;
-  };
-
-  const chain = extend([ekCert]);
-  if (chain) return chain;
+    level = next;
+  }
+  if (cut)
+    throw limit(
+      `no chain of at most MAX_CHAIN_LENGTH (${MAX_CHAIN_LENGTH}) certificates reaches a trusted root` +
+        (problems.length > 0 ? ` (${problems.slice(0, 3).join('; ')})` : '') +
+        '; anchor the EK trust store on an intermediate closer to the EK certificate',
+    );
   throw untrusted(problems.slice(0, 3).join('; '));
 }

@@ -22,6 +22,7 @@ export type TpmVerifyErrorCode = Extract<
   | 'ERR_TPM_AK_ATTRIBUTES'
   | 'ERR_TPM_EK_MISMATCH'
   | 'ERR_TPM_EK_UNTRUSTED'
+  | 'ERR_TPM_EK_CHAIN_LIMIT'
 >;
 
 /** A `TpmError` raised while judging evidence; `code` is narrowed to the verifier's codes. */

@@ -1,19 +1,24 @@
 import { execFile } from 'node:child_process';
-import { createHash, type X509Certificate } from 'node:crypto';
+import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import * as px from '../../../src/spiffe/peculiar.js';
 import type { TpmtPublic } from '../../../src/tpm/codec/public.js';
 import { TpmError, type TpmErrorCode } from '../../../src/tpm/errors.js';
 import {
   checkEkCertificateKey,
   ekCertificateTpmInfo,
   ekPublicKeyHash,
+  MAX_CHAIN_LENGTH,
+  MAX_ISSUER_CHECKS,
+  MAX_PRESENTED_CERTIFICATES,
   parseCertificateBundle,
   parseEkCertificate,
   verifyEkCertificateChain,
 } from '../../../src/tpm/verify/ek-certificate.js';
+import { craft, p256 } from '../../helpers/x509.js';
 import { EK_HANDLE, type EkKind, readEkPublic, readOut, startTestTpm, type TestTpm } from './harness.js';
 
 const exec = promisify(execFile);
@@ -344,6 +349,168 @@ describe('EK certificates from another CA', () => {
       () => parseEkCertificate(Buffer.from('not a certificate')),
       'ERR_TPM_MALFORMED',
       /not a valid X\.509/,
+    );
+  });
+});
+
+describe('chain building stays bounded, whatever the pool holds', () => {
+  const caExtensions = () => [
+    new px.BasicConstraintsExtension(true, undefined, true),
+    new px.KeyUsagesExtension(px.KeyUsageFlags.keyCertSign, true),
+  ];
+
+  /** A CA named `name`: self-signed with `key`, or issued by `issuer`. */
+  async function ca(
+    name: string,
+    key: { privateKey: KeyObject; publicKey: KeyObject },
+    issuer?: { cert: X509Certificate; key: KeyObject },
+  ): Promise<X509Certificate> {
+    return craft({
+      subject: `CN=${name}`,
+      publicKey: key.publicKey,
+      ...(issuer === undefined ? { selfKey: key.privateKey } : { issuer }),
+      extensions: caExtensions(),
+    });
+  }
+
+  async function leafUnder(issuer: { cert: X509Certificate; key: KeyObject }): Promise<X509Certificate> {
+    return craft({ subject: 'CN=ek', publicKey: p256().publicKey, issuer, extensions: [] });
+  }
+
+  /** Issuer matches and signature verifications made while `fn` runs, counted at node:crypto. */
+  function workDuring(fn: () => unknown): { matches: number; verifications: number } {
+    const matches = vi.spyOn(X509Certificate.prototype, 'checkIssued');
+    const verifications = vi.spyOn(X509Certificate.prototype, 'verify');
+    try {
+      fn();
+    } catch {
+      // The caller asserts on the outcome separately.
+    }
+    const work = { matches: matches.mock.calls.length, verifications: verifications.mock.calls.length };
+    vi.restoreAllMocks();
+    return work;
+  }
+
+  function verificationsDuring(fn: () => unknown): number {
+    return workDuring(fn).verifications;
+  }
+
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  it('finds a chain through an intermediate among 200 unrelated CAs, matching and verifying only its two links', async () => {
+    const rootKey = p256();
+    const middleKey = p256();
+    const anchor = await ca('root', rootKey);
+    const middle = await ca('middle', middleKey, { cert: anchor, key: rootKey.privateKey });
+    const leaf = await leafUnder({ cert: middle, key: middleKey.privateKey });
+    const decoys = await Promise.all(Array.from({ length: 200 }, (_, i) => ca(`decoy-${i}`, p256())));
+    const trust = { roots: [anchor], intermediates: [...decoys, middle] };
+    expect(verifyEkCertificateChain(leaf, trust).map((c) => c.subject)).toEqual([
+      'CN=ek',
+      'CN=middle',
+      'CN=root',
+    ]);
+    // Candidates are looked up by name: the 200 others are never even matched against.
+    expect(workDuring(() => verifyEkCertificateChain(leaf, trust))).toEqual({ matches: 2, verifications: 2 });
+  });
+
+  it('verifies identical copies of a CA once', async () => {
+    const key = p256();
+    const evil = await ca('evil', key);
+    const leaf = await leafUnder({ cert: evil, key: key.privateKey });
+    const copies = Array.from({ length: 6 }, () => new X509Certificate(evil.raw));
+    const trust = { roots: [await ca('root', p256())], intermediates: copies };
+    expectCode(() => verifyEkCertificateChain(leaf, trust), 'ERR_TPM_EK_UNTRUSTED', /issued by "CN=evil"/);
+    expect(verificationsDuring(() => verifyEkCertificateChain(leaf, trust))).toBe(1);
+  });
+
+  it('tries each of several distinct CAs with one name and key once, never their orderings', async () => {
+    const key = p256();
+    const first = await ca('evil', key);
+    const leaf = await leafUnder({ cert: first, key: key.privateKey });
+    // Same name, same key, distinct certificates: each one issues every other one.
+    const others = await Promise.all(Array.from({ length: 5 }, () => ca('evil', key)));
+    const trust = { roots: [await ca('root', p256())], intermediates: [first, ...others] };
+    expectCode(() => verifyEkCertificateChain(leaf, trust), 'ERR_TPM_EK_UNTRUSTED', /issued by "CN=evil"/);
+    expect(verificationsDuring(() => verifyEkCertificateChain(leaf, trust))).toBe(6);
+  });
+
+  it("gives up on 200 distinct CAs of the issuer's name at MAX_ISSUER_CHECKS, saying so", async () => {
+    const key = p256();
+    const first = await ca('evil', key);
+    const leaf = await leafUnder({ cert: first, key: key.privateKey });
+    const strangers = await Promise.all(Array.from({ length: 199 }, () => ca('evil', p256())));
+    const trust = { roots: [await ca('root', p256())], intermediates: [...strangers, first] };
+    expectCode(
+      () => verifyEkCertificateChain(leaf, trust),
+      'ERR_TPM_EK_CHAIN_LIMIT',
+      new RegExp(`within MAX_ISSUER_CHECKS \\(${MAX_ISSUER_CHECKS}\\) issuer checks`),
+    );
+    expect(verificationsDuring(() => verifyEkCertificateChain(leaf, trust))).toBeLessThanOrEqual(
+      MAX_ISSUER_CHECKS,
+    );
+  });
+
+  it('refuses more presented CA certificates than MAX_PRESENTED_CERTIFICATES, verifying none', async () => {
+    const key = p256();
+    const evil = await ca('evil', key);
+    const leaf = await leafUnder({ cert: evil, key: key.privateKey });
+    const presented = Array.from({ length: MAX_PRESENTED_CERTIFICATES + 1 }, () => evil);
+    const trust = { roots: [await ca('root', p256())], presented };
+    expectCode(
+      () => verifyEkCertificateChain(leaf, trust),
+      'ERR_TPM_EK_CHAIN_LIMIT',
+      new RegExp(
+        `9 CA certificates came with it, more than MAX_PRESENTED_CERTIFICATES \\(${MAX_PRESENTED_CERTIFICATES}\\)`,
+      ),
+    );
+    expect(verificationsDuring(() => verifyEkCertificateChain(leaf, trust))).toBe(0);
+  });
+
+  it('accepts a chain of MAX_CHAIN_LENGTH certificates and refuses a longer one, naming the cap', async () => {
+    const rootKey = p256();
+    const anchor = await ca('root', rootKey);
+    let issuer = { cert: anchor, key: rootKey.privateKey };
+    const intermediates: X509Certificate[] = [];
+    // Leaf, 7 intermediates and the root: one more than MAX_CHAIN_LENGTH.
+    for (let i = 1; i <= MAX_CHAIN_LENGTH - 1; i += 1) {
+      const key = p256();
+      const cert = await ca(`ca-${i}`, key, issuer);
+      intermediates.push(cert);
+      issuer = { cert, key: key.privateKey };
+    }
+    const leaf = await leafUnder(issuer);
+    expectCode(
+      () => verifyEkCertificateChain(leaf, { roots: [anchor], intermediates }),
+      'ERR_TPM_EK_CHAIN_LIMIT',
+      new RegExp(`no chain of at most MAX_CHAIN_LENGTH \\(${MAX_CHAIN_LENGTH}\\) certificates`),
+    );
+    const [top] = intermediates;
+    if (top === undefined) throw new Error('no intermediate');
+    expect(
+      verifyEkCertificateChain(leaf, { roots: [top], intermediates: intermediates.slice(1) }),
+    ).toHaveLength(MAX_CHAIN_LENGTH);
+  });
+});
+
+describe('certificates one X.509 parser reads and the other does not', () => {
+  /** A DER-valid subjectAltName holding an ediPartyName (partyName "A"): OpenSSL reads it, @peculiar/x509 does not. */
+  const ediPartyName = new px.Extension('2.5.29.17', false, Buffer.from('3007a505a1030c0141', 'hex'));
+
+  it('refuses an EK certificate with an ediPartyName as malformed, naming what did not decode', async () => {
+    const key = p256();
+    const cert = await craft({
+      subject: 'CN=ek',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions: [ediPartyName],
+    });
+    expect(cert.subjectAltName).toBe('EdiPartyName:<unsupported>');
+    expectCode(() => parseEkCertificate(cert.raw), 'ERR_TPM_MALFORMED', /EDIPartyName/);
+    expect(() => parseCertificateBundle(cert.toString(), 'ca.pem')).toThrow(
+      /ca\.pem: certificate 1 does not decode.*EDIPartyName/,
     );
   });
 });
