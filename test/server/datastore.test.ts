@@ -100,7 +100,7 @@ describe('SQLite datastore files', () => {
     await db.destroy();
     const opened = await openSqliteDatastore(legacyDir, clock);
     try {
-      expect(opened.migrated).toEqual(['0004_agent_serials_and_bans']);
+      expect(opened.migrated[0]).toBe('0004_agent_serials_and_bans');
       expect(await opened.datastore.listNodeBans()).toEqual([
         { spiffeId: `${TD}/agent/tpm/banned`, ekHash: 'e1', bannedAt: 1_600_000_100 },
       ]);
