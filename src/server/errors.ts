@@ -108,9 +108,21 @@ export class InvalidArgumentError extends ServerError {
   }
 }
 
+/** An ID as messages show it: quoted, and cut short when it is long (an over-long ID is itself an error). */
+function shownId(value: string): string {
+  return JSON.stringify(value.length > 200 ? `${value.slice(0, 200)}…` : value);
+}
+
 export class SpiffeIdInvalidError extends ServerError {
-  constructor(field: string, value: string, reason: string) {
-    super('ERR_SPIFFE_ID_INVALID', `${field} ${JSON.stringify(value)} is not a valid SPIFFE ID: ${reason}`);
+  /** The SPIFFE ID rule broken (the spiffe library's code, e.g. ERR_SPIFFEID_TOO_LONG), when one is. */
+  readonly rule: string | undefined;
+
+  constructor(field: string, value: string, reason: string, rule?: string) {
+    super(
+      'ERR_SPIFFE_ID_INVALID',
+      `${field} ${shownId(value)} is not a valid SPIFFE ID${rule === undefined ? '' : ` (${rule})`}: ${reason}`,
+    );
+    this.rule = rule;
   }
 }
 
@@ -118,7 +130,7 @@ export class SpiffeIdOutsideTrustDomainError extends ServerError {
   constructor(field: string, value: string, trustDomain: string) {
     super(
       'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',
-      `${field} ${JSON.stringify(value)} is outside this server's trust domain; use an ID of the form spiffe://${trustDomain}/…`,
+      `${field} ${shownId(value)} is outside this server's trust domain; use an ID of the form spiffe://${trustDomain}/…`,
     );
   }
 }
@@ -127,7 +139,7 @@ export class SpiffeIdReservedError extends ServerError {
   constructor(field: string, value: string, owner: string) {
     super(
       'ERR_SPIFFE_ID_RESERVED',
-      `${field} ${JSON.stringify(value)} is reserved for ${owner}; choose a path outside /agent and /ironroot, e.g. spiffe://<trust domain>/node/web-1`,
+      `${field} ${shownId(value)} is reserved for ${owner}; choose a path outside /agent and /ironroot, e.g. spiffe://<trust domain>/node/web-1`,
     );
   }
 }

@@ -48,7 +48,7 @@ import {
 } from '../errors.js';
 import { serverSpiffeId } from '../identity.js';
 import { akSummary, type LastQuote } from '../nodeattestor/tpm.js';
-import { checkNodeAliasId } from './ids.js';
+import { checkIssuableId } from './ids.js';
 import { checkEntry, checkSelector } from './validate.js';
 
 export const JOIN_TOKEN_DEFAULT_TTL = 600;
@@ -169,7 +169,7 @@ export class RegistrationService {
     const spiffeId =
       request.spiffe_id === ''
         ? undefined
-        : checkNodeAliasId('spiffe_id', request.spiffe_id, this.#trustDomain);
+        : checkIssuableId('spiffe_id', request.spiffe_id, this.#trustDomain);
     const value = randomBytes(32).toString('base64url');
     const expiresAt = nowSeconds(this.#clock) + ttl;
     await this.#store.createJoinToken(
