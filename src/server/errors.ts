@@ -34,7 +34,8 @@ export type ServerErrorCode =
   | 'ERR_DATASTORE'
   | 'ERR_PROFILE_INVALID'
   | 'ERR_PROFILE_NOT_FOUND'
-  | 'ERR_PROFILE_NO_EVENT_LOG';
+  | 'ERR_PROFILE_NO_EVENT_LOG'
+  | 'ERR_TRUST_DOMAIN_MISMATCH';
 
 const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_CONFIG_INVALID: status.INVALID_ARGUMENT,
@@ -64,6 +65,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_PROFILE_INVALID: status.INVALID_ARGUMENT,
   ERR_PROFILE_NOT_FOUND: status.NOT_FOUND,
   ERR_PROFILE_NO_EVENT_LOG: status.FAILED_PRECONDITION,
+  ERR_TRUST_DOMAIN_MISMATCH: status.FAILED_PRECONDITION,
 };
 
 export class ServerError extends Error {
@@ -231,3 +233,12 @@ export class DatastoreError extends ServerError {
 
 /** Misuse of the local authority commands, or a CA key the journal names but the KeyManager lacks. */
 export class CaError extends ServerError {}
+
+export class TrustDomainMismatchError extends ServerError {
+  constructor(dataDir: string, stored: string, configured: string) {
+    super(
+      'ERR_TRUST_DOMAIN_MISMATCH',
+      `data_dir ${dataDir} belongs to trust domain ${stored} (its CA and bundle were made for it), not ${configured}: a server cannot change its trust domain; start with trust_domain ${stored}, or give ${configured} a new, empty data_dir`,
+    );
+  }
+}
