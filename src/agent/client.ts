@@ -90,7 +90,7 @@ function peerChain(peer: PeerCertificate | DetailedPeerCertificate): X509Certifi
  * against `bundlePem` and names exactly the server's ID. The ID is read from the certificate's one
  * URI SAN by the SPIFFE library, not by matching Node's printed subjectAltName text.
  */
-export function checkServerSvid(
+function checkServerSvid(
   peer: PeerCertificate,
   trustDomain: string,
   bundlePem: string,

@@ -167,4 +167,21 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
     expect(longest.stderr).toBe('');
     expect(longest.code).toBe(0);
   });
+  it('agent show, agent ban and entry show refuse a 2049-byte SPIFFE ID with ERR_SPIFFEID_TOO_LONG, not "not found" or nothing', async () => {
+    const lookup = (field: string) =>
+      `${field} "${tooLong.slice(0, 200)}…" is not a valid SPIFFE ID (ERR_SPIFFEID_TOO_LONG): no stored ID is that long: the SPIFFE ID is 2049 bytes; SPIFFE-ID §2.3 says not to produce IDs over 2048 bytes: shorten the path`;
+    for (const command of ['show', 'ban']) {
+      const result = await cli(['agent', command, ...admin(), '--spiffe-id', tooLong]);
+      expect(result, command).toEqual({
+        code: 1,
+        stdout: '',
+        stderr: `ironroot-server: ${lookup('spiffe_id')}\n`,
+      });
+    }
+    await expect(client.call('AgentService', 'GetAgent', { spiffe_id: tooLong })).rejects.toMatchObject({
+      errorCode: 'ERR_SPIFFE_ID_INVALID',
+    });
+    const shown = await cli(['entry', 'show', ...admin(), '--spiffe-id', tooLong]);
+    expect(shown).toEqual({ code: 1, stdout: '', stderr: `ironroot-server: ${lookup('by_spiffe_id')}\n` });
+  });
 });

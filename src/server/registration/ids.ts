@@ -20,6 +20,22 @@ export function isTrustDomainName(text: string): boolean {
 }
 
 /**
+ * Checks an ID an admin call looks something up by (an agent, a filter): valid SPIFFE ID text of at
+ * most 2048 bytes, which no stored ID can exceed; returns it unchanged. A bad one is refused by the
+ * rule it breaks instead of being answered with "not found" or nothing.
+ */
+export function checkLookupId(field: string, value: string): string {
+  try {
+    SpiffeId.parse(value);
+    checkProducible(value, 'no stored ID is that long');
+  } catch (error) {
+    if (isSpiffeError(error)) throw new SpiffeIdInvalidError(field, value, error.message, error.code);
+    throw error;
+  }
+  return value;
+}
+
+/**
  * Checks `value` is a SPIFFE ID with a path, in `trustDomain`, that the CA may sign (SPIFFE-ID §2.3:
  * at most 2048 bytes; the parser accepts longer ones, signing would fail later); returns it
  * unchanged.
