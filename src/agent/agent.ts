@@ -30,7 +30,7 @@ import { createCsr, createKeySigner, SpiffeId, TrustDomain, X509Bundle } from '.
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
-import { AgentApiClient, type Challenge, type Result, toAgentError } from './client.js';
+import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
@@ -492,7 +492,7 @@ export class Agent {
         challenged = await this.#reattestStream(client);
         if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
-        const e = toAgentError(error);
+        const e = client.toError(error);
         if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
           this.#renewAt = 0;
           this.#wake?.();

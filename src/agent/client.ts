@@ -1,13 +1,14 @@
 /**
  * The agent's gRPC client for the agent API. The server is authenticated by its SVID: the chain
  * must verify against the bundle (the bootstrap bundle at first, the bundle learnt at attestation
- * after) and its SPIFFE ID must be the server's ID of the trust domain. With
- * `insecure_bootstrap` the first attestation skips that check (labs only; logged as a warning).
+ * after), be an X.509-SVID, and its SPIFFE ID must be exactly the server's ID of the trust domain
+ * (`spiffe://<td>/ironroot/server`), not any other SVID of it. With `insecure_bootstrap` the first
+ * attestation skips that check (labs only; logged as a warning).
  *
  * @module
  */
 import { X509Certificate } from 'node:crypto';
-import type { PeerCertificate } from 'node:tls';
+import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
 import {
   type ClientDuplexStream,
   type ClientReadableStream,
@@ -30,6 +31,7 @@ import {
   type RenewAgentRequest,
   type SyncCursorMessage,
 } from '../agent-api/proto.js';
+import { BundleSet, isSpiffeError, TrustDomain, verifyX509Svid, X509Bundle } from '../spiffe/index.js';
 import { AgentError } from './errors.js';
 
 /** One FetchEntries answer, its pages put together. */
@@ -67,23 +69,71 @@ export function serverId(trustDomain: string): string {
   return `spiffe://${trustDomain}/ironroot/server`;
 }
 
+/**
+ * The server's chain, leaf first, from the linked certificates Node hands to `checkServerIdentity`
+ * (the detailed form, although its type says otherwise); stops at a self-issued certificate.
+ */
+function peerChain(peer: PeerCertificate | DetailedPeerCertificate): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  const seen = new Set<string>();
+  let current: PeerCertificate | DetailedPeerCertificate | undefined = peer;
+  while (current?.raw !== undefined && !seen.has(current.fingerprint256)) {
+    seen.add(current.fingerprint256);
+    chain.push(new X509Certificate(current.raw));
+    current = 'issuerCertificate' in current ? current.issuerCertificate : undefined;
+  }
+  return chain;
+}
+
+/**
+ * Why the server's TLS certificate is refused, or undefined when it is an X.509-SVID that verifies
+ * against `bundlePem` and names exactly the server's ID. The ID is read from the certificate's one
+ * URI SAN by the SPIFFE library, not by matching Node's printed subjectAltName text.
+ */
+function checkServerSvid(
+  peer: PeerCertificate,
+  trustDomain: string,
+  bundlePem: string,
+): AgentError | undefined {
+  const expected = serverId(trustDomain);
+  let presented: string;
+  try {
+    const td = TrustDomain.parse(trustDomain);
+    const bundles = new BundleSet([X509Bundle.parsePem(td, bundlePem)]);
+    presented = verifyX509Svid(peerChain(peer), bundles).id.toString();
+  } catch (error) {
+    if (!isSpiffeError(error)) throw error;
+    return new AgentError(
+      'ERR_AGENT_SERVER_SVID_INVALID',
+      `the server's TLS certificate is not a valid X.509-SVID of ${trustDomain} (${error.code}: ${error.message}); expected the server's SVID ${expected}: refusing to talk to it`,
+      { cause: error },
+    );
+  }
+  if (presented === expected) return undefined;
+  return new AgentError(
+    'ERR_AGENT_SERVER_ID_MISMATCH',
+    `the server presented the SVID ${presented}, not ${expected}: only the server's own ID may serve the agent API; refusing to talk to it (check server_address)`,
+  );
+}
+
 export class AgentApiClient {
   readonly #client: InstanceType<ReturnType<typeof agentService>>;
   readonly #deadlineMs: number;
+  /** The last refusal of the server's certificate: grpc-js reports it only as an unavailable server. */
+  #refused: AgentError | undefined;
 
   constructor(options: ClientOptions) {
-    const expected = serverId(options.trustDomain);
+    const { bundlePem } = options;
     const checkServerIdentity = (_host: string, cert: PeerCertificate): Error | undefined => {
-      const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(new X509Certificate(cert.raw).subjectAltName ?? '')?.[1];
-      return uri === expected
-        ? undefined
-        : new Error(`the server presented ${uri ?? 'no SPIFFE ID'}, not ${expected}: refusing to talk to it`);
+      if (bundlePem === undefined) return undefined;
+      this.#refused = checkServerSvid(cert, options.trustDomain, bundlePem);
+      return this.#refused;
     };
     const creds = credentials.createSsl(
-      options.bundlePem === undefined ? null : Buffer.from(options.bundlePem),
+      bundlePem === undefined ? null : Buffer.from(bundlePem),
       options.identity ? Buffer.from(options.identity.keyPem) : null,
       options.identity ? Buffer.from(options.identity.chainPem) : null,
-      options.bundlePem === undefined ? { rejectUnauthorized: false } : { checkServerIdentity },
+      bundlePem === undefined ? { rejectUnauthorized: false } : { checkServerIdentity },
     );
     const Ctor = agentService();
     // The server is authenticated by its SPIFFE ID, not by host name; naming the trust domain for
@@ -94,6 +144,12 @@ export class AgentApiClient {
 
   close(): void {
     this.#client.close();
+  }
+
+  /** An error of a call as an AgentError: a refused server certificate by its own code. */
+  toError(error: unknown): AgentError {
+    const e = toAgentError(error);
+    return e.code === 'ERR_AGENT_SERVER_UNAVAILABLE' && this.#refused !== undefined ? this.#refused : e;
   }
 
   #stream<Req>(name: 'AttestAgent' | 'RenewAgent'): ClientDuplexStream<Req, AttestAgentResponse> {
@@ -110,7 +166,9 @@ export class AgentApiClient {
     const call = this.#stream<AttestAgentRequest>('AttestAgent');
     return handshake(call, { params }, async (challenge) => ({
       challenge_response: await answer(challenge),
-    }));
+    })).catch((error: unknown) => {
+      throw this.toError(error);
+    });
   }
 
   /** Entries changed since `cursor` (all of them without one), every page read before returning. */
@@ -135,7 +193,7 @@ export class AgentApiClient {
         if (page.cursor) sync.cursor = page.cursor;
       }
     } catch (error) {
-      throw toAgentError(error);
+      throw this.toError(error);
     }
     if (sync.cursor.epoch === '')
       throw new AgentError('ERR_AGENT_PROTOCOL', 'the server ended FetchEntries without a cursor');
@@ -169,7 +227,7 @@ export class AgentApiClient {
     const method = this.#method(name);
     return new Promise((resolve, reject) => {
       method(request, this.#options(), (error: ServiceError | null, response: Res) =>
-        error ? reject(toAgentError(error)) : resolve(response),
+        error ? reject(this.toError(error)) : resolve(response),
       );
     });
   }
@@ -183,7 +241,9 @@ export class AgentApiClient {
     const call = this.#stream<RenewAgentRequest>('RenewAgent');
     return handshake(call, { params }, async (challenge) => ({
       challenge_response: await answer(challenge),
-    }));
+    })).catch((error: unknown) => {
+      throw this.toError(error);
+    });
   }
 }
 
@@ -215,7 +275,7 @@ function isServiceError(error: unknown): error is ServiceError {
 }
 
 /** Server refusals keep their code; transport failures become ERR_AGENT_SERVER_UNAVAILABLE. */
-export function toAgentError(error: unknown): AgentError {
+function toAgentError(error: unknown): AgentError {
   if (error instanceof AgentError) return error;
   if (isServiceError(error)) {
     const code = error.metadata.get('ironroot-error-code')[0];

@@ -37,7 +37,8 @@ export type ServerErrorCode =
   | 'ERR_DATASTORE'
   | 'ERR_PROFILE_INVALID'
   | 'ERR_PROFILE_NOT_FOUND'
-  | 'ERR_PROFILE_NO_EVENT_LOG';
+  | 'ERR_PROFILE_NO_EVENT_LOG'
+  | 'ERR_TRUST_DOMAIN_MISMATCH';
 
 const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_CONFIG_INVALID: status.INVALID_ARGUMENT,
@@ -70,6 +71,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_PROFILE_INVALID: status.INVALID_ARGUMENT,
   ERR_PROFILE_NOT_FOUND: status.NOT_FOUND,
   ERR_PROFILE_NO_EVENT_LOG: status.FAILED_PRECONDITION,
+  ERR_TRUST_DOMAIN_MISMATCH: status.FAILED_PRECONDITION,
 };
 
 export class ServerError extends Error {
@@ -114,9 +116,21 @@ export class InvalidArgumentError extends ServerError {
   }
 }
 
+/** An ID as messages show it: quoted, and cut short when it is long (an over-long ID is itself an error). */
+function shownId(value: string): string {
+  return JSON.stringify(value.length > 200 ? `${value.slice(0, 200)}…` : value);
+}
+
 export class SpiffeIdInvalidError extends ServerError {
-  constructor(field: string, value: string, reason: string) {
-    super('ERR_SPIFFE_ID_INVALID', `${field} ${JSON.stringify(value)} is not a valid SPIFFE ID: ${reason}`);
+  /** The SPIFFE ID rule broken (the spiffe library's code, e.g. ERR_SPIFFEID_TOO_LONG), when one is. */
+  readonly rule: string | undefined;
+
+  constructor(field: string, value: string, reason: string, rule?: string) {
+    super(
+      'ERR_SPIFFE_ID_INVALID',
+      `${field} ${shownId(value)} is not a valid SPIFFE ID${rule === undefined ? '' : ` (${rule})`}: ${reason}`,
+    );
+    this.rule = rule;
   }
 }
 
@@ -124,7 +138,7 @@ export class SpiffeIdOutsideTrustDomainError extends ServerError {
   constructor(field: string, value: string, trustDomain: string) {
     super(
       'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',
-      `${field} ${JSON.stringify(value)} is outside this server's trust domain; use an ID of the form spiffe://${trustDomain}/…`,
+      `${field} ${shownId(value)} is outside this server's trust domain; use an ID of the form spiffe://${trustDomain}/…`,
     );
   }
 }
@@ -133,7 +147,7 @@ export class SpiffeIdReservedError extends ServerError {
   constructor(field: string, value: string, owner: string) {
     super(
       'ERR_SPIFFE_ID_RESERVED',
-      `${field} ${JSON.stringify(value)} is reserved for ${owner}; choose a path outside /agent and /ironroot, e.g. spiffe://<trust domain>/node/web-1`,
+      `${field} ${shownId(value)} is reserved for ${owner}; choose a path outside /agent and /ironroot, e.g. spiffe://<trust domain>/node/web-1`,
     );
   }
 }
@@ -243,3 +257,12 @@ export class DatastoreError extends ServerError {
 
 /** Misuse of the local authority commands, or a CA key the journal names but the KeyManager lacks. */
 export class CaError extends ServerError {}
+
+export class TrustDomainMismatchError extends ServerError {
+  constructor(dataDir: string, stored: string, configured: string) {
+    super(
+      'ERR_TRUST_DOMAIN_MISMATCH',
+      `data_dir ${dataDir} belongs to trust domain ${stored} (its CA and bundle were made for it), not ${configured}: a server cannot change its trust domain; start with trust_domain ${stored}, or give ${configured} a new, empty data_dir`,
+    );
+  }
+}

@@ -22,6 +22,7 @@ import { checkConfigSafety, prepareDirectories } from './config/safety.js';
 import type { ServerConfig } from './config/schema.js';
 import type { Datastore } from './datastore/datastore.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
+import { checkDataDirTrustDomain } from './datastore/trust-domain.js';
 import { startBundleEndpoint } from './http/bundle-endpoint.js';
 import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
@@ -61,6 +62,7 @@ export async function startServer(
   // Firmware profiles and EK CAs are read before anything is created, so a bad policy costs nothing.
   const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
   prepareDirectories(config);
+  checkDataDirTrustDomain(config.data_dir, config.trust_domain);
 
   const closers: (() => Promise<void>)[] = [];
   const stopAll = async () => {

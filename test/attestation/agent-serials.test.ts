@@ -2,7 +2,7 @@ import { type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentApiClient, type Identity, type Result, toAgentError } from '../../src/agent/client.js';
+import { AgentApiClient, type Identity, type Result } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { cli } from '../helpers/server.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
@@ -144,7 +144,7 @@ async function reattestRefusal(identity: Identity): Promise<string> {
       for await (const _ of call) return 'a challenge';
       return 'ended';
     } catch (error) {
-      return toAgentError(error).code;
+      return c.toError(error).code;
     } finally {
       call.cancel();
     }

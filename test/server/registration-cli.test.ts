@@ -113,7 +113,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
       'a malformed SPIFFE ID',
       ['--spiffe-id', `${TD}/a//b`, '--parent-id', `${TD}/agent/a`, '--selector', 'unix:uid:1'],
       'ERR_SPIFFE_ID_INVALID',
-      `spiffe_id "${TD}/a//b" is not a valid SPIFFE ID: SPIFFE ID "${TD}/a//b" has an empty path segment; SPIFFE-ID §2.2 forbids empty segments ("//"): remove the extra slash`,
+      `spiffe_id "${TD}/a//b" is not a valid SPIFFE ID (ERR_SPIFFEID_EMPTY_SEGMENT): SPIFFE ID "${TD}/a//b" has an empty path segment; SPIFFE-ID §2.2 forbids empty segments ("//"): remove the extra slash`,
     ],
     [
       'a TTL out of range',

@@ -24,6 +24,7 @@ import type { Actor } from '../datastore/datastore.js';
 import { ServerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ProfileCatalog } from '../profiles/catalog.js';
+import { checkLookupId } from '../registration/ids.js';
 import type { RegistrationService } from '../registration/service.js';
 import type { AdminApi, ServiceName } from './messages.js';
 import { peerCredentials } from './peercred.js';
@@ -52,6 +53,11 @@ function handlersFor(
   actor: Actor,
   reattest: Reattest | undefined,
 ): Handlers {
+  /** The agent a call names, by a valid ID (see checkLookupId); handlers using it are async, so it rejects. */
+  const agent = <R extends { spiffe_id: string }>(request: R): R => {
+    checkLookupId('spiffe_id', request.spiffe_id);
+    return request;
+  };
   return {
     EntryService: {
       BatchCreateEntry: (r) => service.batchCreateEntry(r, actor),
@@ -63,10 +69,10 @@ function handlersFor(
     },
     AgentService: {
       ListAgents: (r) => service.listAgents(r),
-      GetAgent: (r) => service.getAgent(r),
-      EvictAgent: (r) => service.evictAgent(r, actor),
-      BanAgent: (r) => service.banAgent(r, actor),
-      UnbanAgent: (r) => service.unbanAgent(r, actor),
+      GetAgent: async (r) => service.getAgent(agent(r)),
+      EvictAgent: async (r) => service.evictAgent(agent(r), actor),
+      BanAgent: async (r) => service.banAgent(agent(r), actor),
+      UnbanAgent: async (r) => service.unbanAgent(agent(r), actor),
       ReattestAgent: async (r) => {
         if (reattest === undefined)
           throw new ServerError(
@@ -74,7 +80,7 @@ function handlersFor(
             'this server has no tpm_attestation: no node is re-quoted; configure tpm_attestation first',
           );
         // Unknown IDs fail here, before anything waits.
-        await service.getAgent(r);
+        await service.getAgent(agent(r));
         const result = await reattest(r.spiffe_id);
         return {
           trusted: result.trusted,
@@ -106,7 +112,7 @@ function handlersFor(
     ProfileService: {
       ListProfiles: () => profiles.list(),
       GetProfile: (r) => profiles.get(r.name),
-      GetNodeEventLog: (r) => profiles.nodeEventLog(r.spiffe_id),
+      GetNodeEventLog: async (r) => profiles.nodeEventLog(agent(r).spiffe_id),
     },
   };
 }

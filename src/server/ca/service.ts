@@ -38,7 +38,7 @@ import {
   ServerError,
   TtlOutOfRangeError,
 } from '../errors.js';
-import { checkIdInTrustDomain, isTrustDomainName } from '../registration/ids.js';
+import { checkIssuableId, isTrustDomainName } from '../registration/ids.js';
 import type { AuthorityKind, CertificateAuthority } from './authority.js';
 
 /** Agents named in a readiness answer at most; the count covers the rest. */
@@ -175,7 +175,7 @@ export class CaService {
         throw new ServerError('ERR_CSR_INVALID', `the CSR was refused: ${error.message}`);
       throw error;
     }
-    checkIdInTrustDomain('spiffe_id', csr.spiffeId.toString(), this.#o.trustDomain);
+    checkIssuableId('spiffe_id', csr.spiffeId.toString(), this.#o.trustDomain);
     const minted = await this.#o.ca.mintX509Svid({
       spiffeId: csr.spiffeId,
       publicKey: csr.publicKey,
@@ -186,7 +186,7 @@ export class CaService {
   }
 
   async mintJwtSvid(request: MintJwtSvidRequest): Promise<MintJwtSvidResponse> {
-    const id = SpiffeId.parse(checkIdInTrustDomain('spiffe_id', request.spiffe_id, this.#o.trustDomain));
+    const id = SpiffeId.parse(checkIssuableId('spiffe_id', request.spiffe_id, this.#o.trustDomain));
     if (request.audience.length === 0 || request.audience.some((a) => a === '')) {
       throw new InvalidArgumentError('a JWT-SVID needs at least one non-empty audience (--audience)');
     }

@@ -24,6 +24,34 @@ export interface OpenedDatastore {
   path: string;
 }
 
+/**
+ * The trust domains whose own (not federated) bundle the data dir's datastore holds, read without
+ * writing anything; empty when there is no datastore yet, or its CA never started.
+ */
+export function storedOwnTrustDomains(dataDir: string): string[] {
+  const path = join(dataDir, SQLITE_FILE);
+  if (!existsSync(path)) return [];
+  let sqlite: BetterSqlite3.Database | undefined;
+  try {
+    // Not `readonly`: a read-only connection to a WAL database leaves -wal and -shm files behind,
+    // where a read-write one removes them on close. query_only keeps it from writing anything.
+    sqlite = new BetterSqlite3(path, { fileMustExist: true });
+    sqlite.pragma('query_only = ON');
+    const table = sqlite
+      .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bundles'")
+      .get();
+    if (table === undefined) return [];
+    const rows = sqlite
+      .prepare('SELECT trust_domain FROM bundles WHERE federated = 0 ORDER BY trust_domain')
+      .all() as { trust_domain: string }[];
+    return rows.map((r) => r.trust_domain);
+  } catch (error) {
+    throw new DatastoreError(`cannot read SQLite datastore ${path}: ${(error as Error).message}`, error);
+  } finally {
+    sqlite?.close();
+  }
+}
+
 export async function openSqliteDatastore(dataDir: string, clock: Clock): Promise<OpenedDatastore> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   chmodSync(dataDir, 0o700);

@@ -52,7 +52,7 @@ import {
 } from '../errors.js';
 import { serverSpiffeId } from '../identity.js';
 import { akSummary, type LastQuote } from '../nodeattestor/tpm.js';
-import { checkIdInTrustDomain, checkNodeAliasId } from './ids.js';
+import { checkIdInTrustDomain, checkIssuableId, checkLookupId } from './ids.js';
 import { checkEntry, checkSelector } from './validate.js';
 
 export const JOIN_TOKEN_DEFAULT_TTL = 600;
@@ -220,7 +220,7 @@ export class RegistrationService {
     const spiffeId =
       request.spiffe_id === ''
         ? undefined
-        : checkNodeAliasId('spiffe_id', request.spiffe_id, this.#trustDomain);
+        : checkIssuableId('spiffe_id', request.spiffe_id, this.#trustDomain);
     const value = randomBytes(32).toString('base64url');
     const expiresAt = nowSeconds(this.#clock) + ttl;
     await this.#store.createJoinToken(
@@ -254,8 +254,8 @@ export class RegistrationService {
   #filter(message: EntryFilterMessage | null): EntryFilter {
     if (message === null) return {};
     const filter: EntryFilter = {};
-    if (message.by_spiffe_id !== '') filter.spiffeId = message.by_spiffe_id;
-    if (message.by_parent_id !== '') filter.parentId = message.by_parent_id;
+    if (message.by_spiffe_id !== '') filter.spiffeId = checkLookupId('by_spiffe_id', message.by_spiffe_id);
+    if (message.by_parent_id !== '') filter.parentId = checkLookupId('by_parent_id', message.by_parent_id);
     if (message.by_federates_with.length > 0) filter.federatesWith = [...message.by_federates_with];
     if (message.by_selectors.length > 0) {
       const match = message.selector_match === '' ? 'exact' : message.selector_match;

@@ -9,7 +9,7 @@ import type { EntryMessage, SelectorMessage } from '../admin/messages.js';
 import { SVID_TTL_MAX_SECONDS } from '../config/defaults.js';
 import type { NewEntry, Selector } from '../datastore/datastore.js';
 import { InvalidArgumentError, SelectorMalformedError, TtlOutOfRangeError } from '../errors.js';
-import { checkIdInTrustDomain, isTrustDomainName } from './ids.js';
+import { checkIdInTrustDomain, checkIssuableId, isTrustDomainName } from './ids.js';
 
 const DNS_NAME =
   /^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
@@ -37,7 +37,7 @@ function checkTtl(field: string, value: number): number {
 }
 
 export function checkEntry(message: EntryMessage, trustDomain: string): NewEntry {
-  const spiffeId = checkIdInTrustDomain('spiffe_id', message.spiffe_id, trustDomain);
+  const spiffeId = checkIssuableId('spiffe_id', message.spiffe_id, trustDomain);
   const parentId = checkIdInTrustDomain('parent_id', message.parent_id, trustDomain);
   if (spiffeId === parentId) {
     throw new InvalidArgumentError(
