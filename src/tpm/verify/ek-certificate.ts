@@ -71,7 +71,10 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
   try {
     // The NV content may carry the PC Client `10 01 00 len` header and padding; the agent side's
     // unwrapCertificate removes both.
-    return new X509Certificate(isPem ? bytes : unwrapCertificate(bytes));
+    const cert = new X509Certificate(isPem ? bytes : unwrapCertificate(bytes));
+    // OpenSSL decodes the key lazily: a corrupt one must fail here, not in the key comparison.
+    cert.publicKey.export({ format: 'jwk' });
+    return cert;
   } catch (err) {
     throw malformed('the EK certificate', err);
   }
@@ -125,12 +128,21 @@ function vendorString(id: number): string | undefined {
  * @throws TpmVerifyError ERR_TPM_MALFORMED when the SAN or one of the three attributes is missing.
  */
 export function ekCertificateTpmInfo(cert: X509Certificate): TpmDeviceInfo {
-  const parsed = new x509.X509Certificate(cert.raw);
-  const san = parsed.getExtension(x509.SubjectAlternativeNameExtension);
-  // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
-  const dirNames = (san?.names.items ?? []).flatMap((item) =>
-    item.type === 'dn' ? [new x509.Name(item.value)] : [],
-  );
+  let dirNames: x509.Name[];
+  try {
+    const parsed = new x509.X509Certificate(cert.raw);
+    const san = parsed.getExtension(x509.SubjectAlternativeNameExtension);
+    // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
+    dirNames = (san?.names.items ?? []).flatMap((item) =>
+      item.type === 'dn' ? [new x509.Name(item.value)] : [],
+    );
+  } catch (cause) {
+    throw new TpmVerifyError(
+      'ERR_TPM_MALFORMED',
+      `EK certificate (subject ${oneLine(cert.subject)}) has extensions that do not decode`,
+      { cause },
+    );
+  }
   const field = (oid: string, label: string): string => {
     const value = dirNames.flatMap((name) => name.getField(oid))[0];
     if (value === undefined)
