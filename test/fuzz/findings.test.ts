@@ -3,8 +3,9 @@
  * range and audience/size limits, and the SPIFFE bundle key check, have their tests beside the
  * other JWT-SVID and bundle rules in test/spiffe.)
  */
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, webcrypto } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { parseCsr } from '../../src/spiffe/csr.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
 import * as px from '../../src/spiffe/peculiar.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
@@ -12,8 +13,12 @@ import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca, mintX509Svid } from '../../src/spiffe/x509-mint.js';
 import { X509Svid } from '../../src/spiffe/x509-svid.js';
 import { TpmError } from '../../src/tpm/errors.js';
-import { ekCertificateTpmInfo, parseEkCertificate } from '../../src/tpm/verify/ek-certificate.js';
-import { expectSpiffeError } from '../helpers/spiffe-errors.js';
+import {
+  ekCertificateTpmInfo,
+  parseCertificateBundle,
+  parseEkCertificate,
+} from '../../src/tpm/verify/ek-certificate.js';
+import { expectSpiffeError, expectSpiffeRejection } from '../helpers/spiffe-errors.js';
 import { craft, p256, withUndecodableKey } from '../helpers/x509.js';
 
 function tpmCode(fn: () => unknown): string {
@@ -75,6 +80,55 @@ describe('fuzz findings', () => {
       selfKey: k.privateKey,
       extensions: [san],
     });
-    expect(tpmCode(() => ekCertificateTpmInfo(parseEkCertificate(cert.raw)))).toBe('ERR_TPM_MALFORMED');
+    expect(tpmCode(() => ekCertificateTpmInfo(cert))).toBe('ERR_TPM_MALFORMED');
+  });
+
+  it('parseEkCertificate: a date @peculiar/x509 cannot read is ERR_TPM_MALFORMED, before chain building meets it', async () => {
+    const k = p256();
+    const cert = await craft({
+      subject: 'CN=intermediate',
+      publicKey: k.publicKey,
+      selfKey: k.privateKey,
+      extensions: [],
+      notAfter: new Date('2060-01-01T00:00:00Z'),
+    });
+    // The fuzzer's case: notAfter's GeneralizedTime with its first digit replaced by a NUL byte.
+    const der = Buffer.from(cert.raw);
+    const at = der.indexOf(Buffer.from('20600101000000Z'));
+    expect(at).toBeGreaterThan(0);
+    der[at] = 0;
+    expect(tpmCode(() => parseEkCertificate(der))).toBe('ERR_TPM_MALFORMED');
+  });
+
+  it('parseCertificateBundle: no certificate, or one whose key does not decode, is ERR_TPM_MALFORMED', async () => {
+    expect(tpmCode(() => parseCertificateBundle('', 'ek-ca.pem'))).toBe('ERR_TPM_MALFORMED');
+    const k = p256();
+    const cert = await craft({
+      subject: 'CN=root',
+      publicKey: k.publicKey,
+      selfKey: k.privateKey,
+      extensions: [],
+    });
+    const pem = `-----BEGIN CERTIFICATE-----\n${withUndecodableKey(cert).toString('base64')}\n-----END CERTIFICATE-----\n`;
+    expect(tpmCode(() => parseCertificateBundle(pem, 'ek-ca.pem'))).toBe('ERR_TPM_MALFORMED');
+    expect(parseCertificateBundle(cert.toString(), 'ek-ca.pem')).toHaveLength(1);
+  });
+
+  it('parseCsr: a signed CSR with an extension that does not decode is ERR_CSR_PARSE, not an ASN.1 error', async () => {
+    const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+      'sign',
+      'verify',
+    ]);
+    // The fuzzer's minimal case: a basicConstraints extension with an empty value.
+    const csr = await px.Pkcs10CertificateRequestGenerator.create(
+      {
+        name: '',
+        keys,
+        signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+        extensions: [new px.Extension('2.5.29.19', false, new Uint8Array())],
+      },
+      webcrypto,
+    );
+    await expectSpiffeRejection(parseCsr(new Uint8Array(csr.rawData)), 'ERR_CSR_PARSE', /does not decode/);
   });
 });

@@ -48,7 +48,10 @@ export function show(input: unknown): string {
     const sha = createHash('sha256').update(input).digest('hex');
     return `${input.byteLength} bytes, sha256 ${sha}, starting hex ${hex.slice(0, limit)}…`;
   }
-  const json = JSON.stringify(input) ?? String(input);
+  const json =
+    JSON.stringify(input, (_key, value: unknown) =>
+      value instanceof Uint8Array ? `hex:${Buffer.from(value).toString('hex')}` : value,
+    ) ?? String(input);
   return json.length <= limit ? json : `${json.slice(0, limit)}…`;
 }
 

@@ -3,7 +3,7 @@
  * send: SPIFFE IDs and trust domains, endpoint addresses, JWT-SVIDs (form and full validation),
  * SPIFFE/JWT/X.509 bundles, CSRs and X.509-SVIDs. See harness.ts for the oracle and the seeds.
  */
-import { generateKeyPairSync, type KeyObject, sign, type X509Certificate } from 'node:crypto';
+import { generateKeyPairSync, type KeyObject, sign, webcrypto, type X509Certificate } from 'node:crypto';
 import fc from 'fast-check';
 import { beforeAll } from 'vitest';
 import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
@@ -20,6 +20,7 @@ import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca, mintX509Svid } from '../../src/spiffe/x509-mint.js';
 import { X509Svid } from '../../src/spiffe/x509-svid.js';
 import { verifyX509Svid } from '../../src/spiffe/x509-verify.js';
+import { craft, px } from '../helpers/x509.js';
 import { fuzz, fuzzSuite, mutated, mutatedText, randomBytes } from './harness.js';
 
 const td = TrustDomain.parse('example.org');
@@ -209,6 +210,63 @@ function bundleRoundTrip(text: string): void {
   bundle.toX509Bundle().marshalPem();
 }
 
+/** SAN entries of any kind, with SPIFFE-ish and arbitrary values. */
+const generalNames = fc.array(
+  fc.oneof(
+    spiffeIdText.map((value) => ({ type: 'url' as const, value })),
+    fc.stringMatching(/^[a-z0-9.*-]{1,20}$/).map((value) => ({ type: 'dns' as const, value })),
+    fc.constantFrom('127.0.0.1', '::1').map((value) => ({ type: 'ip' as const, value })),
+    fc.stringMatching(/^[a-z]{1,8}@[a-z]{1,8}$/).map((value) => ({ type: 'email' as const, value })),
+  ),
+  { maxLength: 4 },
+);
+
+/** Leaf extensions drawn at random: what a hostile or broken peer could get signed. */
+const leafShape = fc.record({
+  names: generalNames,
+  sanCritical: fc.boolean(),
+  ca: fc.option(fc.tuple(fc.boolean(), fc.option(fc.nat({ max: 3 }), { nil: undefined })), {
+    nil: undefined,
+  }),
+  keyUsage: fc.option(fc.tuple(fc.nat({ max: 511 }), fc.boolean()), { nil: undefined }),
+  eku: fc.option(fc.subarray(['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2', '1.2.3.4']), { nil: undefined }),
+  extra: fc.option(
+    fc.tuple(
+      fc.constantFrom('2.5.29.30', '2.5.29.17', '2.5.29.19', '1.2.3.4'),
+      fc.boolean(),
+      fc.uint8Array({ maxLength: 24 }),
+    ),
+    { nil: undefined },
+  ),
+});
+
+type LeafShape = typeof leafShape extends fc.Arbitrary<infer T> ? T : never;
+
+function leafExtensionsOf(shape: LeafShape): px.Extension[] {
+  const out: px.Extension[] = [];
+  if (shape.names.length > 0)
+    out.push(new px.SubjectAlternativeNameExtension(shape.names, shape.sanCritical));
+  if (shape.ca !== undefined) out.push(new px.BasicConstraintsExtension(shape.ca[0], shape.ca[1], true));
+  if (shape.keyUsage !== undefined) out.push(new px.KeyUsagesExtension(shape.keyUsage[0], shape.keyUsage[1]));
+  if (shape.eku !== undefined) out.push(new px.ExtendedKeyUsageExtension(shape.eku));
+  if (shape.extra !== undefined) out.push(new px.Extension(shape.extra[0], shape.extra[1], shape.extra[2]));
+  return out;
+}
+
+/** Builds the input outside the oracle: a shape the generator itself refuses is skipped, not blamed. */
+async function built<T>(build: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await build();
+  } catch {
+    return undefined;
+  }
+}
+
+const csrKeys = webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+  'sign',
+  'verify',
+]);
+
 fuzzSuite('SPIFFE parsers', () => {
   fuzz('SpiffeId.parse', spiffeIdText, (s) => SpiffeId.parse(s), 300);
   fuzz(
@@ -287,6 +345,47 @@ fuzzSuite('SPIFFE parsers', () => {
     ),
     (input) => parseCsr(input),
     200,
+  );
+  fuzz(
+    'parseCsr (signed CSR with random SANs)',
+    leafShape,
+    async (shape) => {
+      const keys = await csrKeys;
+      const csr = await built(() =>
+        px.Pkcs10CertificateRequestGenerator.create(
+          {
+            name: '',
+            keys,
+            signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+            extensions: leafExtensionsOf(shape),
+          },
+          webcrypto,
+        ),
+      );
+      if (csr !== undefined) await parseCsr(new Uint8Array(csr.rawData));
+    },
+    150,
+  );
+  fuzz(
+    'verifyX509Svid (signed leaf with random extensions)',
+    leafShape,
+    async (shape) => {
+      const leafKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const cert = await built(() =>
+        craft({
+          subject: '',
+          publicKey: leafKey.publicKey,
+          issuer: { cert: ca, key: ec.privateKey },
+          extensions: leafExtensionsOf(shape),
+          notBefore: new Date(now.getTime() - 60_000),
+          notAfter: new Date(now.getTime() + 60_000),
+        }),
+      );
+      if (cert === undefined) return;
+      verifyX509Svid([cert], new BundleSet([new X509Bundle(td, [ca])]), { time: now });
+      X509Svid.parseDer(cert.raw, leafKey.privateKey.export({ type: 'pkcs8', format: 'der' }));
+    },
+    150,
   );
   fuzz(
     'X509Svid.parseDer + verifyX509Svid',

@@ -33,15 +33,16 @@ import {
 } from '../../src/tpm/codec/public.js';
 import { publicKeyFromArea } from '../../src/tpm/codec/public-key.js';
 import { marshalSignature, parseSignature, type TpmtSignature } from '../../src/tpm/codec/signature.js';
-import { selfBootFacts } from '../../src/tpm/eventlog/facts.js';
+import { bootFacts, selfBootFacts } from '../../src/tpm/eventlog/facts.js';
 import { parseEventLog } from '../../src/tpm/eventlog/parse.js';
-import { replay } from '../../src/tpm/eventlog/replay.js';
+import { compareWithPcrs, replay } from '../../src/tpm/eventlog/replay.js';
 import { checkDataDigests, decodeAll, summarize } from '../../src/tpm/eventlog/summary.js';
 import { checkAkPublic } from '../../src/tpm/verify/ak.js';
 import {
   checkEkCertificateKey,
   ekCertificateTpmInfo,
   ekPublicKeyHash,
+  parseCertificateBundle,
   parseEkCertificate,
   verifyEkCertificateChain,
 } from '../../src/tpm/verify/ek-certificate.js';
@@ -118,8 +119,15 @@ function digestLog(bytes: Uint8Array): void {
   const log = parseEventLog(Buffer.from(bytes));
   summarize(log, decodeAll(log));
   checkDataDigests(log);
-  replay(log);
+  const replayed = replay(log);
   selfBootFacts(log);
+  // As the server does with a quote: compare with reported values, then bind the covered PCRs.
+  for (const [bank, values] of replayed.banks) {
+    const pcrs = [...values.pcrs.keys()].filter((pcr) => pcr < 10 && replayed.extended.has(pcr));
+    const reported = new Map(pcrs.map((pcr) => [pcr, values.pcrs.get(pcr) ?? Buffer.alloc(0)]));
+    compareWithPcrs(log, new Map([[bank, reported]]), { required: pcrs });
+    bootFacts(log, { bank, pcrs });
+  }
 }
 
 // EK certificates as swtpm's local CA makes them, for a real manufacturer-style chain.
@@ -278,5 +286,30 @@ fuzzSuite('TPM parsers', () => {
     admitEkCertificate,
     300,
   );
-  fuzz('event log: parse, decode, summarize, replay, boot facts', mutated(logs), digestLog, 120);
+  fuzz(
+    'EK chain: parseEkCertificate of a mutated intermediate, then verifyEkCertificateChain',
+    fc.constant(null).chain(() => mutated([issuer.raw, root.raw])),
+    (der) => {
+      const [leaf] = ekCerts;
+      if (leaf === undefined) return;
+      verifyEkCertificateChain(parseEkCertificate(leaf), {
+        roots: [root],
+        intermediates: [parseEkCertificate(der)],
+      });
+    },
+    200,
+  );
+  fuzz(
+    'EK trust store: parseCertificateBundle',
+    fc
+      .constant(null)
+      .chain(() =>
+        mutated([Buffer.from(`${issuer.toString()}${root.toString()}`)]).map((b) =>
+          Buffer.from(b).toString('latin1'),
+        ),
+      ),
+    (pem) => parseCertificateBundle(pem, 'ek-ca.pem'),
+    200,
+  );
+  fuzz('event log: parse, decode, summarize, replay, compare, boot facts', mutated(logs), digestLog, 120);
 });

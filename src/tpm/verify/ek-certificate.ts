@@ -61,6 +61,18 @@ function malformed(what: string, cause?: unknown): TpmVerifyError {
 }
 
 /**
+ * Decodes one certificate as the verifier will read it: OpenSSL decodes the key lazily and
+ * @peculiar/x509 reads the dates and extensions chain building uses, so both must succeed here, not
+ * halfway through a key comparison or a chain.
+ */
+function decodeCertificate(data: Uint8Array | string): X509Certificate {
+  const cert = new X509Certificate(data);
+  cert.publicKey.export({ format: 'jwk' });
+  new x509.X509Certificate(cert.raw);
+  return cert;
+}
+
+/**
  * Decodes an EK certificate given as PEM text, DER, or the raw content of its NV index.
  *
  * @throws TpmVerifyError ERR_TPM_MALFORMED when it is none of these.
@@ -71,10 +83,7 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
   try {
     // The NV content may carry the PC Client `10 01 00 len` header and padding; the agent side's
     // unwrapCertificate removes both.
-    const cert = new X509Certificate(isPem ? bytes : unwrapCertificate(bytes));
-    // OpenSSL decodes the key lazily: a corrupt one must fail here, not in the key comparison.
-    cert.publicKey.export({ format: 'jwk' });
-    return cert;
+    return decodeCertificate(isPem ? bytes : unwrapCertificate(bytes));
   } catch (err) {
     throw malformed('the EK certificate', err);
   }
@@ -83,17 +92,22 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
 /**
  * Decodes every certificate of a PEM bundle (a trust store file, an intermediates file).
  *
- * @throws TypeError when the text holds no certificate or one of them does not decode; trust stores
- *   are configuration, so this is a configuration error rather than bad evidence.
+ * @throws TpmVerifyError ERR_TPM_MALFORMED, naming `source`, when the text holds no certificate or
+ *   one of them does not decode.
  */
 export function parseCertificateBundle(pem: string, source: string): X509Certificate[] {
   const blocks = pem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) throw new TypeError(`${source}: no PEM certificate found`);
+  if (blocks.length === 0)
+    throw new TpmVerifyError('ERR_TPM_MALFORMED', `${source}: no PEM certificate found`);
   return blocks.map((block, i) => {
     try {
-      return new X509Certificate(block);
+      return decodeCertificate(block);
     } catch (err) {
-      throw new TypeError(`${source}: certificate ${i + 1} does not decode: ${String(err)}`);
+      throw new TpmVerifyError(
+        'ERR_TPM_MALFORMED',
+        `${source}: certificate ${i + 1} does not decode: ${String(err)}`,
+        { cause: err },
+      );
     }
   });
 }
