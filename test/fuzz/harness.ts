@@ -14,7 +14,7 @@
  */
 import { createHash, randomInt } from 'node:crypto';
 import fc from 'fast-check';
-import { describe, it } from 'vitest';
+import { beforeAll, describe, it } from 'vitest';
 import { SpiffeError } from '../../src/spiffe/errors.js';
 import { TpmError } from '../../src/tpm/errors.js';
 import { EventLogError } from '../../src/tpm/eventlog/errors.js';
@@ -95,7 +95,14 @@ export function fuzz<T>(
 
 /** A describe block whose title prints the random seed for replay. */
 export function fuzzSuite(name: string, body: () => void): void {
-  describe(`${name} [FUZZ_SEED=${RANDOM_SEED}]`, body);
+  describe(`${name} [FUZZ_SEED=${RANDOM_SEED}]`, () => {
+    beforeAll(() => {
+      console.log(
+        `${name}: fixed seed ${FIXED_SEED}, random seed ${RANDOM_SEED}; replay with FUZZ_SEED=${RANDOM_SEED} npx vitest run test/fuzz`,
+      );
+    });
+    body();
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
