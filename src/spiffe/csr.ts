@@ -92,9 +92,17 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
       "CSR signature does not verify with the CSR's own public key; the requester must sign it with the key it asks to certify",
     );
   }
-  const names = csr.extensions
-    .filter((e) => e instanceof px.SubjectAlternativeNameExtension)
-    .flatMap((e) => e.names.items);
+  let names: px.GeneralName[];
+  try {
+    // @peculiar/x509 decodes extensions on first access: a signed CSR can still carry one that fails.
+    names = csr.extensions
+      .filter((e) => e instanceof px.SubjectAlternativeNameExtension)
+      .flatMap((e) => e.names.items);
+  } catch (err) {
+    throw new SpiffeError('ERR_CSR_PARSE', 'CSR carries an extension that does not decode; rebuild the CSR', {
+      cause: err,
+    });
+  }
   const uris = names.filter((n) => n.type === 'url');
   if (uris.length > 1) {
     throw new SpiffeError(

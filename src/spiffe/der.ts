@@ -38,12 +38,25 @@ export function concatDer(parts: readonly Uint8Array[]): Uint8Array {
   return Buffer.concat(parts);
 }
 
-/** Parses concatenated DER certificates; undefined when any value is not a certificate. */
+/**
+ * Decodes one DER certificate whose public key loads and has a JWK form. OpenSSL decodes the key
+ * lazily, so a certificate with a corrupt key would otherwise parse and fail later, when it is
+ * marshalled into a bundle or compared with a private key.
+ *
+ * @throws Error (from node:crypto) when the certificate or its key does not decode.
+ */
+export function decodeCertificate(der: Uint8Array): X509Certificate {
+  const cert = new X509Certificate(der);
+  cert.publicKey.export({ format: 'jwk' });
+  return cert;
+}
+
+/** Parses concatenated DER certificates; undefined when any value is not a usable certificate. */
 export function parseDerCertificates(bytes: Uint8Array): X509Certificate[] | undefined {
   const parts = splitDer(bytes);
   if (parts === undefined) return undefined;
   try {
-    return parts.map((p) => new X509Certificate(p));
+    return parts.map(decodeCertificate);
   } catch {
     return undefined;
   }

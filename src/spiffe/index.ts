@@ -27,11 +27,14 @@ export {
 export { isSpiffeError, SpiffeError, type SpiffeErrorCode } from './errors.js';
 export { MAX_SPIFFE_ID_BYTES, MAX_TRUST_DOMAIN_BYTES } from './id-syntax.js';
 export {
+  checkJwtSvidAudience,
   JWT_SVID_ALGORITHMS,
   type JwtSvid,
   type JwtSvidAlgorithm,
   type JwtSvidHeader,
   type JwtSvidTemplate,
+  MAX_JWT_SVID_AUDIENCES,
+  MAX_JWT_SVID_BYTES,
   mintJwtSvid,
   parseJwtSvidInsecure,
   type ValidateJwtOptions,

@@ -74,6 +74,21 @@ export interface ValidateJwtOptions {
   leewaySeconds?: number;
 }
 
+/**
+ * Most audiences a JWT-SVID may carry, minted or accepted. JWT-SVID §3.2 recommends one; a token with
+ * thousands is an amplification vector (every validator scans the list), never a real need.
+ */
+export const MAX_JWT_SVID_AUDIENCES = 64;
+
+/** Longest JWT-SVID in bytes, minted or accepted: far above any real token (about 1 KiB), far below a DoS. */
+export const MAX_JWT_SVID_BYTES = 16 * 1024;
+
+/**
+ * The largest NumericDate (seconds) a JavaScript Date can hold: ±8.64e15 ms (ECMA-262 §21.4.1.1). A
+ * larger `exp` would make an invalid Date that compares as never expiring.
+ */
+const MAX_NUMERIC_DATE = 8.64e12;
+
 const RESERVED = new Set(['sub', 'aud', 'exp', 'iat']);
 const HEADER_MEMBERS = new Set(['alg', 'kid', 'typ']);
 const B64URL = /^[A-Za-z0-9_-]+$/;
@@ -98,6 +113,7 @@ export async function mintJwtSvid(template: JwtSvidTemplate, signer: Signer): Pr
   if (audience.length === 0 || audience.some((a) => a === '')) {
     throw new TypeError('a JWT-SVID needs one or more non-empty audiences (JWT-SVID §3.2)');
   }
+  checkJwtSvidAudience(audience);
   checkProducible(template.spiffeId.toString(), 'cannot sign a JWT-SVID');
   if (template.keyId === '') throw new TypeError('a JWT-SVID needs the kid of its signing key');
   if (!(JWT_SVID_ALGORITHMS as readonly string[]).includes(signer.algorithm)) {
@@ -116,8 +132,38 @@ export async function mintJwtSvid(template: JwtSvidTemplate, signer: Signer): Pr
   };
   if (template.issuedAt) payload.iat = Math.floor(template.issuedAt.getTime() / 1000);
   const signingInput = `${b64url(header)}.${b64url(payload)}`;
+  // Checked before signing too, so an oversized request never reaches the HSM.
+  if (signingInput.length >= MAX_JWT_SVID_BYTES) throw tooLarge(signingInput.length);
   const signature = await signer.sign(Buffer.from(signingInput, 'ascii'));
-  return `${signingInput}.${Buffer.from(signature).toString('base64url')}`;
+  const token = `${signingInput}.${Buffer.from(signature).toString('base64url')}`;
+  if (token.length > MAX_JWT_SVID_BYTES) throw tooLarge(token.length);
+  return token;
+}
+
+function tooLarge(size: number): SpiffeError {
+  return new SpiffeError(
+    'ERR_JWTSVID_TOO_LARGE',
+    `JWT-SVID is ${size} bytes; at most ${MAX_JWT_SVID_BYTES} are minted or accepted: use fewer or shorter audiences and claims`,
+  );
+}
+
+/**
+ * Checks an audience list against the limits every minted and accepted JWT-SVID keeps: at most
+ * {@link MAX_JWT_SVID_AUDIENCES} entries, and short enough together to fit {@link MAX_JWT_SVID_BYTES}.
+ * Minting paths call it before asking anyone to sign.
+ *
+ * @throws SpiffeError `ERR_JWTSVID_TOO_MANY_AUDIENCES` or `ERR_JWTSVID_TOO_LARGE`.
+ */
+export function checkJwtSvidAudience(audience: readonly string[]): void {
+  if (audience.length > MAX_JWT_SVID_AUDIENCES) {
+    throw new SpiffeError(
+      'ERR_JWTSVID_TOO_MANY_AUDIENCES',
+      `JWT-SVID has ${audience.length} audiences; at most ${MAX_JWT_SVID_AUDIENCES} are allowed (JWT-SVID §3.2 recommends one)`,
+    );
+  }
+  // The audiences alone, JSON-encoded, must leave room in the token for everything else.
+  const size = Buffer.byteLength(JSON.stringify(audience));
+  if (size > MAX_JWT_SVID_BYTES / 2) throw tooLarge(size);
 }
 
 function malformed(message: string): SpiffeError {
@@ -149,6 +195,8 @@ function decodeJson(part: string, what: string): Record<string, unknown> {
  * @throws SpiffeError with an `ERR_JWTSVID_*` code (or `ERR_SPIFFEID_*` for a bad `sub`).
  */
 export function parseJwtSvidInsecure(token: string): JwtSvid {
+  // Before anything is split or decoded; UTF-16 length bounds the bytes of a valid (ASCII) token.
+  if (token.length > MAX_JWT_SVID_BYTES) throw tooLarge(token.length);
   const parts = token.split('.');
   if (token.trimStart().startsWith('{')) throw malformed('JWT-SVID uses JWS JSON Serialization');
   if (parts.length === 5) throw malformed('JWT-SVID is a JWE; only JWS is supported');
@@ -198,8 +246,19 @@ export function parseJwtSvidInsecure(token: string): JwtSvid {
   if (claims.exp === undefined) {
     throw new SpiffeError('ERR_JWTSVID_MISSING_EXP', 'JWT-SVID has no exp claim; JWT-SVID §3.3 requires one');
   }
-  if (typeof claims.exp !== 'number' || !Number.isFinite(claims.exp)) {
-    throw new SpiffeError('ERR_JWTSVID_BAD_EXP', 'JWT-SVID exp is not a NumericDate (RFC 7519 §4.1.4)');
+  if (!isNumericDate(claims.exp)) {
+    throw new SpiffeError(
+      'ERR_JWTSVID_BAD_EXP',
+      `JWT-SVID exp is not a NumericDate within ±${MAX_NUMERIC_DATE} seconds (RFC 7519 §4.1.4)`,
+    );
+  }
+  for (const name of ['nbf', 'iat'] as const) {
+    if (claims[name] !== undefined && !isNumericDate(claims[name])) {
+      throw new SpiffeError(
+        name === 'nbf' ? 'ERR_JWTSVID_BAD_NBF' : 'ERR_JWTSVID_BAD_IAT',
+        `JWT-SVID ${name} is not a NumericDate within ±${MAX_NUMERIC_DATE} seconds (RFC 7519 §4.1.${name === 'nbf' ? 5 : 6})`,
+      );
+    }
   }
   const parsedHeader: JwtSvidHeader = {
     alg: alg as JwtSvidAlgorithm,
@@ -207,6 +266,11 @@ export function parseJwtSvidInsecure(token: string): JwtSvid {
     ...(typ === undefined ? {} : { typ }),
   };
   return { id, audience, expiresAt: new Date(claims.exp * 1000), header: parsedHeader, claims, token };
+}
+
+/** A number of seconds a Date can represent; larger values would make an invalid Date. */
+function isNumericDate(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= MAX_NUMERIC_DATE;
 }
 
 function readAudience(aud: unknown): string[] {
@@ -217,6 +281,7 @@ function readAudience(aud: unknown): string[] {
     );
   }
   if (typeof aud === 'string') return [aud];
+  if (Array.isArray(aud) && aud.length > MAX_JWT_SVID_AUDIENCES) checkJwtSvidAudience(aud);
   if (Array.isArray(aud) && aud.every((a): a is string => typeof a === 'string')) return aud;
   throw new SpiffeError(
     'ERR_JWTSVID_BAD_AUD',

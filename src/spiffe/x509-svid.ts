@@ -1,5 +1,5 @@
-import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import { concatDer, parseDerCertificates, pemBlocks, toPem } from './der.js';
+import { createPrivateKey, type KeyObject, type X509Certificate } from 'node:crypto';
+import { concatDer, decodeCertificate, parseDerCertificates, pemBlocks, toPem } from './der.js';
 import { SpiffeError } from './errors.js';
 import type { SpiffeId } from './spiffe-id.js';
 import { checkLeaf, checkSigning, inspect } from './x509-inspect.js';
@@ -94,7 +94,7 @@ export class X509Svid {
     try {
       certs = pemBlocks(certificatesPem)
         .filter((b) => b.label === 'CERTIFICATE')
-        .map((b) => new X509Certificate(b.der));
+        .map((b) => decodeCertificate(b.der));
     } catch (err) {
       throw new SpiffeError(
         'ERR_X509SVID_PARSE',

@@ -26,7 +26,14 @@ import {
   status as Status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { BundleSet, isSpiffeError, type SpiffeBundle, SpiffeId, validateJwtSvid } from '../spiffe/index.js';
+import {
+  BundleSet,
+  checkJwtSvidAudience,
+  isSpiffeError,
+  type SpiffeBundle,
+  SpiffeId,
+  validateJwtSvid,
+} from '../spiffe/index.js';
 import { WorkloadApiError } from './errors.js';
 import { peerCredentials, processStartTime } from './peercred.js';
 import {
@@ -343,6 +350,12 @@ export class WorkloadApiServer {
     const { identities } = await authorize();
     if (request.audience.length === 0 || request.audience.some((a) => a === '')) {
       throw new Refusal(Status.INVALID_ARGUMENT, 'audience must be specified');
+    }
+    try {
+      checkJwtSvidAudience(request.audience);
+    } catch (e) {
+      if (!isSpiffeError(e)) throw e;
+      throw new Refusal(Status.INVALID_ARGUMENT, `${e.code}: ${e.message}`);
     }
     let wanted: SpiffeId | undefined;
     if (request.spiffe_id !== '') {

@@ -134,3 +134,16 @@ export async function opensslVerify(
     return { ok: false, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
   }
 }
+
+/**
+ * `cert` with its EC public point moved off the curve: it still parses as a certificate (OpenSSL
+ * decodes the key only when asked), but its key cannot be loaded. The fuzzer's first finding.
+ */
+export function withUndecodableKey(cert: X509Certificate): Buffer {
+  const der = Buffer.from(cert.raw);
+  const point = cert.publicKey.export({ type: 'spki', format: 'der' }).subarray(-65);
+  const at = der.indexOf(point);
+  if (at < 0) throw new Error('public point not found in the certificate');
+  der[at + 64] = (der[at + 64] ?? 0) ^ 0x01;
+  return der;
+}

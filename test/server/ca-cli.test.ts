@@ -7,9 +7,10 @@ import { TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
+import { mintX509Ca, SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
 import { type CliResult, cli, freePort, startTestServer, type TestServer } from '../helpers/server.js';
 import { createSoftHsm, type SoftHsm } from '../helpers/softhsm.js';
+import { p256, withUndecodableKey } from '../helpers/x509.js';
 
 const run = promisify(execFile);
 const TD = 'spiffe://example.org';
@@ -232,6 +233,54 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
     const { stdout } = await hsm.tool('--list-objects', '--type', 'privkey');
     expect(stdout).not.toContain(old);
     await mintAndVerify('after-revoke');
+  });
+
+  it('bundle set refuses a certificate whose key does not decode with ERR_BUNDLE_BAD_CERTIFICATE', async () => {
+    const k = p256();
+    const now = Date.now();
+    const ca = await mintX509Ca(
+      {
+        trustDomain: TrustDomain.parse('partner.org'),
+        publicKey: k.publicKey,
+        notBefore: new Date(now - 60_000),
+        notAfter: new Date(now + 3_600_000),
+      },
+      k.signer,
+    );
+    const bad = withUndecodableKey(ca).toString('base64');
+    const pemFile = join(server.dir, 'bad-key.pem');
+    writeFileSync(pemFile, `-----BEGIN CERTIFICATE-----\n${bad}\n-----END CERTIFICATE-----\n`);
+    const spiffeFile = join(server.dir, 'bad-key.json');
+    writeFileSync(spiffeFile, JSON.stringify({ keys: [{ kty: 'EC', use: 'x509-svid', x5c: [bad] }] }));
+    for (const [file, format] of [
+      [pemFile, 'pem'],
+      [spiffeFile, 'spiffe'],
+    ] as const) {
+      const result = await cli([
+        'bundle',
+        'set',
+        ...admin(),
+        '--id',
+        'partner.org',
+        '--path',
+        file,
+        '--format',
+        format,
+      ]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(
+        /^ironroot-server: bundle for partner\.org is not valid \(ERR_BUNDLE_BAD_CERTIFICATE\): .*usable public key/,
+      );
+    }
+  });
+
+  it('jwt mint refuses more than 64 audiences with ERR_JWTSVID_TOO_MANY_AUDIENCES', async () => {
+    const audiences = Array.from({ length: 65 }, (_, i) => ['--audience', `aud-${i}`]).flat();
+    const result = await cli(['jwt', 'mint', ...admin(), '--spiffe-id', `${TD}/w`, ...audiences]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(
+      'ironroot-server: ERR_JWTSVID_TOO_MANY_AUDIENCES: JWT-SVID has 65 audiences; at most 64 are allowed (JWT-SVID §3.2 recommends one)\n',
+    );
   });
 
   it('refuses to mint for an ID outside the trust domain', async () => {

@@ -7,7 +7,7 @@ import { X509Bundle } from '../../src/spiffe/bundle/x509-bundle.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca } from '../../src/spiffe/x509-mint.js';
 import { expectSpiffeError } from '../helpers/spiffe-errors.js';
-import { p256 } from '../helpers/x509.js';
+import { p256, withUndecodableKey } from '../helpers/x509.js';
 
 const td = TrustDomain.parse('example.org');
 const jwtKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
@@ -52,6 +52,21 @@ describe('X509Bundle', () => {
     );
     const broken = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n';
     expectSpiffeError(() => X509Bundle.parsePem(td, broken), 'ERR_BUNDLE_BAD_CERTIFICATE', /block 0/);
+  });
+
+  it('refuses a certificate whose public key does not decode, in PEM and in DER', () => {
+    const bad = withUndecodableKey(ca2);
+    const pem = `${ca1.toString()}-----BEGIN CERTIFICATE-----\n${bad.toString('base64')}\n-----END CERTIFICATE-----\n`;
+    expectSpiffeError(
+      () => X509Bundle.parsePem(td, pem),
+      'ERR_BUNDLE_BAD_CERTIFICATE',
+      /block 1 .*usable public key/,
+    );
+    expectSpiffeError(
+      () => X509Bundle.parseDer(td, Buffer.concat([ca1.raw, bad])),
+      'ERR_BUNDLE_BAD_CERTIFICATE',
+      /usable public keys/,
+    );
   });
 
   it('reads empty text as an empty bundle but rejects text without a complete certificate block', () => {
@@ -157,6 +172,18 @@ describe('SpiffeBundle', () => {
     const bundle = SpiffeBundle.parse(td, JSON.stringify(doc));
     expect(bundle.x509Authorities.map((c) => c.fingerprint256)).toEqual([ca1.fingerprint256]);
     expect(bundle.jwtAuthorities.size).toBe(0);
+  });
+
+  it('refuses an x509-svid entry whose certificate key does not decode, so marshal never meets it', () => {
+    const doc = JSON.stringify({
+      keys: [
+        { kty: 'EC', use: 'x509-svid', x5c: [x5c(ca1)] },
+        { kty: 'EC', use: 'x509-svid', x5c: [withUndecodableKey(ca2).toString('base64')] },
+      ],
+    });
+    expectSpiffeError(() => SpiffeBundle.parse(td, doc), 'ERR_BUNDLE_BAD_CERTIFICATE', /keys\[1\] x5c\[0\]/);
+    const garbage = JSON.stringify({ keys: [{ kty: 'EC', use: 'x509-svid', x5c: ['AAAA'] }] });
+    expectSpiffeError(() => SpiffeBundle.parse(td, garbage), 'ERR_BUNDLE_BAD_CERTIFICATE', /keys\[0\]/);
   });
 
   it('accepts an empty keys array as a revoked trust domain (B-8, B-10)', () => {

@@ -4,7 +4,12 @@ import { describe, expect, it } from 'vitest';
 import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
 import { JwtBundle } from '../../src/spiffe/bundle/jwt-bundle.js';
 import type { SpiffeErrorCode } from '../../src/spiffe/errors.js';
-import { mintJwtSvid, parseJwtSvidInsecure, validateJwtSvid } from '../../src/spiffe/jwt-svid.js';
+import {
+  MAX_JWT_SVID_BYTES,
+  mintJwtSvid,
+  parseJwtSvidInsecure,
+  validateJwtSvid,
+} from '../../src/spiffe/jwt-svid.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
@@ -85,6 +90,38 @@ describe('mintJwtSvid', () => {
       'ERR_SPIFFEID_TOO_LONG',
       /§2\.3/,
     );
+  });
+
+  it('refuses more than 64 audiences and a token over 16 KiB, before signing', async () => {
+    const base = { spiffeId: subject, expiresAt: inAnHour, keyId: 'k1' };
+    let signed = 0;
+    const counting = {
+      algorithm: signer.algorithm,
+      publicKey: signer.publicKey,
+      sign: (data: Uint8Array) => {
+        signed++;
+        return signer.sign(data);
+      },
+    };
+    const many = Array.from({ length: 65 }, (_, i) => `a${i}`);
+    await expectSpiffeRejection(
+      mintJwtSvid({ ...base, audience: many }, counting),
+      'ERR_JWTSVID_TOO_MANY_AUDIENCES',
+      /65 audiences; at most 64/,
+    );
+    await expectSpiffeRejection(
+      mintJwtSvid({ ...base, audience: ['x'.repeat(MAX_JWT_SVID_BYTES)] }, counting),
+      'ERR_JWTSVID_TOO_LARGE',
+      /at most 16384/,
+    );
+    await expectSpiffeRejection(
+      mintJwtSvid({ ...base, audience: 'a', claims: { pad: 'x'.repeat(MAX_JWT_SVID_BYTES) } }, counting),
+      'ERR_JWTSVID_TOO_LARGE',
+      /at most 16384/,
+    );
+    expect(signed).toBe(0);
+    const at64 = await mintJwtSvid({ ...base, audience: many.slice(0, 64) }, counting);
+    expect(parseJwtSvidInsecure(at64).audience).toHaveLength(64);
   });
 
   it('refuses an empty audience, an empty kid and reserved extra claims', async () => {
@@ -237,6 +274,44 @@ describe('validateJwtSvid rejects (each with its own code)', () => {
       validateJwtSvid(token, bundles, 'reports', { time: now }),
       'ERR_JWTSVID_NOT_YET_VALID',
       /nbf/,
+    );
+  });
+
+  it.each([
+    ['exp = 1e300', { exp: 1e300 }, 'ERR_JWTSVID_BAD_EXP', /exp is not a NumericDate within/],
+    ['exp just past the Date range (8.64e12 + 1 s)', { exp: 8.64e12 + 1 }, 'ERR_JWTSVID_BAD_EXP', /exp/],
+    ['exp = -1e300', { exp: -1e300 }, 'ERR_JWTSVID_BAD_EXP', /exp/],
+    ['nbf past the Date range', { nbf: 8.64e15 + 1 }, 'ERR_JWTSVID_BAD_NBF', /nbf is not a NumericDate/],
+    ['nbf that is not a number', { nbf: '0' }, 'ERR_JWTSVID_BAD_NBF', /nbf/],
+    ['iat past the Date range', { iat: 1e300 }, 'ERR_JWTSVID_BAD_IAT', /iat is not a NumericDate/],
+  ] as const)('a correctly signed token with %s', async (_name, claims, code, rule) => {
+    const token = forge(goodHeader, { ...goodPayload, ...claims });
+    await expectSpiffeRejection(validateJwtSvid(token, bundles, 'reports', { time: now }), code, rule);
+  });
+
+  it('a correctly signed token with 10 000 audiences (too large) or 65 (too many); 64 pass', async () => {
+    const aud = ['reports', ...Array.from({ length: 9_999 }, (_, i) => `a${i}`)];
+    await expectSpiffeRejection(
+      validateJwtSvid(forge(goodHeader, { ...goodPayload, aud }), bundles, 'reports', { time: now }),
+      'ERR_JWTSVID_TOO_LARGE',
+      /at most 16384/,
+    );
+    const at65 = forge(goodHeader, { ...goodPayload, aud: aud.slice(0, 65) });
+    await expectSpiffeRejection(
+      validateJwtSvid(at65, bundles, 'reports', { time: now }),
+      'ERR_JWTSVID_TOO_MANY_AUDIENCES',
+      /65 audiences; at most 64/,
+    );
+    const at64 = forge(goodHeader, { ...goodPayload, aud: aud.slice(0, 64) });
+    expect((await validateJwtSvid(at64, bundles, 'reports', { time: now })).audience).toHaveLength(64);
+  });
+
+  it('a correctly signed token over 16 KiB', async () => {
+    const token = forge(goodHeader, { ...goodPayload, pad: 'x'.repeat(MAX_JWT_SVID_BYTES) });
+    await expectSpiffeRejection(
+      validateJwtSvid(token, bundles, 'reports', { time: now }),
+      'ERR_JWTSVID_TOO_LARGE',
+      /at most 16384/,
     );
   });
 

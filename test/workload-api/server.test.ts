@@ -232,6 +232,30 @@ describe('Workload API server driven by a standard grpc-js client', () => {
     }
   });
 
+  it('FetchJWTSVID and ValidateJWTSVID refuse more than 64 audiences with ERR_JWTSVID_TOO_MANY_AUDIENCES', async () => {
+    const audience = Array.from({ length: 65 }, (_, i) => `aud-${i}`);
+    await expect(client.unary('FetchJWTSVID', { audience })).rejects.toMatchObject({
+      code: status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/^ERR_JWTSVID_TOO_MANY_AUDIENCES: .*65 audiences; at most 64/),
+    });
+    // A token the minting paths would never make, correctly signed by the trust domain's JWT key.
+    const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+    const input = `${b64({ alg: ca.jwtSigner.algorithm, kid: ca.jwtKeyId, typ: 'JWT' })}.${b64({
+      sub: web.toString(),
+      aud: audience,
+      exp: Math.floor(Date.now() / 1000) + 300,
+    })}`;
+    const signature = Buffer.from(await ca.jwtSigner.sign(Buffer.from(input))).toString('base64url');
+    await expect(
+      client.unary('ValidateJWTSVID', { audience: 'aud-0', svid: `${input}.${signature}` }),
+    ).rejects.toMatchObject({
+      code: status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/^ERR_JWTSVID_TOO_MANY_AUDIENCES: /),
+    });
+    const ok = await client.unary<JwtSvidResponse>('FetchJWTSVID', { audience: audience.slice(0, 64) });
+    expect(ok.svids).toHaveLength(1);
+  });
+
   it('answers Unimplemented for the WIT-SVID RPCs, InvalidArgument without the header', async () => {
     expect((await client.stream('FetchWITSVID').ended).code).toBe(status.UNIMPLEMENTED);
     expect((await client.stream('FetchWITBundles').ended).code).toBe(status.UNIMPLEMENTED);

@@ -100,6 +100,25 @@ describe('agent API refusals for entry sync and SVIDs', () => {
     }
   });
 
+  it('refuses a JWT-SVID with more than 64 audiences with ERR_AGENT_BAD_REQUEST naming ERR_JWTSVID_TOO_MANY_AUDIENCES', async () => {
+    const own = clientAs(identityOf(agentB));
+    try {
+      const audience = Array.from({ length: 65 }, (_, i) => `aud-${i}`);
+      const error = await own.newJwtSvid(bEntryId, audience).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(AgentError);
+      expect({ code: (error as AgentError).code, message: (error as AgentError).message }).toEqual({
+        code: 'ERR_AGENT_BAD_REQUEST',
+        message: expect.stringContaining('ERR_JWTSVID_TOO_MANY_AUDIENCES: JWT-SVID has 65 audiences'),
+      });
+      expect((await own.newJwtSvid(bEntryId, audience.slice(0, 64))).token.split('.')).toHaveLength(3);
+    } finally {
+      own.close();
+    }
+  });
+
   it('refuses a caller without a client certificate with ERR_AGENT_UNAUTHENTICATED', async () => {
     const client = clientAs();
     try {

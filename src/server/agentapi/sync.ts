@@ -24,7 +24,13 @@ import type {
   NewJwtSvidRequest,
   NewJwtSvidResponse,
 } from '../../agent-api/proto.js';
-import { type ParsedCsr, parseCsr, SpiffeId } from '../../spiffe/index.js';
+import {
+  checkJwtSvidAudience,
+  isSpiffeError,
+  type ParsedCsr,
+  parseCsr,
+  SpiffeId,
+} from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { type Clock, nowSeconds } from '../clock.js';
 import type { AttestedNode, Datastore, RegistrationEntry } from '../datastore/datastore.js';
@@ -218,6 +224,13 @@ export class SyncHandlers {
     const entry = this.#entry(agent, request.entry_id);
     if (request.audience.length === 0 || request.audience.some((a) => a === ''))
       throw new AttestationError('ERR_AGENT_BAD_REQUEST', 'a JWT-SVID needs at least one non-empty audience');
+    try {
+      checkJwtSvidAudience(request.audience);
+    } catch (error) {
+      if (isSpiffeError(error))
+        throw new AttestationError('ERR_AGENT_BAD_REQUEST', `${error.code}: ${error.message}`);
+      throw error;
+    }
     const minted = await this.#o.ca.mintJwtSvid({
       spiffeId: SpiffeId.parse(entry.spiffeId),
       audience: request.audience,

@@ -7,6 +7,7 @@
 
 import { toPem } from '../../spiffe/der.js';
 import {
+  checkJwtSvidAudience,
   isSpiffeError,
   parseCsr,
   SpiffeBundle,
@@ -152,7 +153,9 @@ export class CaService {
       }
     } catch (error) {
       if (isSpiffeError(error))
-        throw new InvalidArgumentError(`bundle for ${td.name} is not valid: ${error.message}`);
+        throw new InvalidArgumentError(
+          `bundle for ${td.name} is not valid (${error.code}): ${error.message}`,
+        );
       throw error;
     }
     return toBundleMessage(await this.#o.datastore.setFederatedBundle(td.name, bundle.marshal(), actor));
@@ -189,6 +192,12 @@ export class CaService {
     const id = SpiffeId.parse(checkIssuableId('spiffe_id', request.spiffe_id, this.#o.trustDomain));
     if (request.audience.length === 0 || request.audience.some((a) => a === '')) {
       throw new InvalidArgumentError('a JWT-SVID needs at least one non-empty audience (--audience)');
+    }
+    try {
+      checkJwtSvidAudience(request.audience);
+    } catch (error) {
+      if (isSpiffeError(error)) throw new InvalidArgumentError(`${error.code}: ${error.message}`);
+      throw error;
     }
     const minted = await this.#o.ca.mintJwtSvid({
       spiffeId: id,

@@ -1,4 +1,5 @@
-import { type KeyObject, X509Certificate } from 'node:crypto';
+import type { KeyObject, X509Certificate } from 'node:crypto';
+import { decodeCertificate } from '../der.js';
 import { SpiffeError } from '../errors.js';
 import type { TrustDomain } from '../trust-domain.js';
 import { jwkOf, parseJsonObject } from './jwk.js';
@@ -71,9 +72,10 @@ export class SpiffeBundle {
   /**
    * Parses a SPIFFE bundle document. As the spec asks, entries with an unknown `use` or `kty` are
    * ignored (B-9, B-14, B-16), an `x509-svid` entry without `x5c` is ignored and only its first `x5c`
-   * certificate is used (X-31, X-32), and a `jwt-svid` entry without `kid` is ignored (J-18).
+   * certificate is used (X-31, X-32), and a `jwt-svid` entry without `kid` is ignored (J-18). An
+   * `x509-svid` certificate that does not decode, or whose public key does not, refuses the bundle.
    *
-   * @throws SpiffeError `ERR_BUNDLE_PARSE`, `ERR_BUNDLE_MISSING_KEYS` (B-8),
+   * @throws SpiffeError `ERR_BUNDLE_PARSE`, `ERR_BUNDLE_MISSING_KEYS` (B-8), `ERR_BUNDLE_BAD_CERTIFICATE`,
    *   `ERR_BUNDLE_BAD_SEQUENCE` (B-4), `ERR_BUNDLE_BAD_REFRESH_HINT` (B-7), `ERR_BUNDLE_DUPLICATE_KID`.
    */
   static parse(trustDomain: TrustDomain, json: string | Uint8Array): SpiffeBundle {
@@ -81,16 +83,22 @@ export class SpiffeBundle {
     const doc = parseJsonObject(trustDomain, text);
     const jwtAuthorities = jwtAuthoritiesOf(trustDomain, doc.keys, true);
     const x509Authorities: X509Certificate[] = [];
-    for (const entry of doc.keys as unknown[]) {
+    for (const [index, entry] of (doc.keys as unknown[]).entries()) {
       if (typeof entry !== 'object' || entry === null) continue;
       const jwk = entry as { use?: unknown; kty?: unknown; x5c?: unknown };
       if (jwk.use !== 'x509-svid' || (jwk.kty !== 'EC' && jwk.kty !== 'RSA')) continue;
       const first: unknown = Array.isArray(jwk.x5c) ? jwk.x5c[0] : undefined;
       if (typeof first !== 'string') continue;
       try {
-        x509Authorities.push(new X509Certificate(Buffer.from(first, 'base64')));
-      } catch {
-        // An undecodable certificate fails validation; the entry is dropped (B-10).
+        x509Authorities.push(decodeCertificate(Buffer.from(first, 'base64')));
+      } catch (err) {
+        // Refused rather than dropped: a root that silently vanishes (or whose key breaks marshalling
+        // later) is a worse failure for an operator than a bundle refused with the entry named.
+        throw new SpiffeError(
+          'ERR_BUNDLE_BAD_CERTIFICATE',
+          `bundle for "${trustDomain}": keys[${index}] x5c[0] is not a DER certificate with a usable public key; fix or remove the entry`,
+          { cause: err },
+        );
       }
     }
     return new SpiffeBundle(trustDomain, {

@@ -1,5 +1,5 @@
-import { X509Certificate } from 'node:crypto';
-import { concatDer, parseDerCertificates, pemBlocks, toPem } from '../der.js';
+import type { X509Certificate } from 'node:crypto';
+import { concatDer, decodeCertificate, parseDerCertificates, pemBlocks, toPem } from '../der.js';
 import { SpiffeError } from '../errors.js';
 import type { TrustDomain } from '../trust-domain.js';
 
@@ -25,7 +25,8 @@ export class X509Bundle {
    * Parses PEM text holding `CERTIFICATE` blocks (other block types are skipped). Empty text is an
    * empty bundle.
    *
-   * @throws SpiffeError `ERR_BUNDLE_BAD_CERTIFICATE` when a block is not a certificate, and
+   * @throws SpiffeError `ERR_BUNDLE_BAD_CERTIFICATE` when a block is not a certificate (or its
+   *   public key does not decode), and
    *   `ERR_BUNDLE_PARSE` for text with no complete certificate block.
    */
   static parsePem(trustDomain: TrustDomain, pem: string): X509Bundle {
@@ -33,11 +34,11 @@ export class X509Bundle {
       .filter((b) => b.label === 'CERTIFICATE')
       .map((b, i) => {
         try {
-          return new X509Certificate(b.der);
+          return decodeCertificate(b.der);
         } catch (err) {
           throw new SpiffeError(
             'ERR_BUNDLE_BAD_CERTIFICATE',
-            `X.509 bundle for "${trustDomain}": PEM block ${i} is not a DER certificate; fix or remove it`,
+            `X.509 bundle for "${trustDomain}": PEM block ${i} is not a DER certificate with a usable public key; fix or remove it`,
             { cause: err },
           );
         }
@@ -61,7 +62,7 @@ export class X509Bundle {
     if (certs === undefined) {
       throw new SpiffeError(
         'ERR_BUNDLE_BAD_CERTIFICATE',
-        `X.509 bundle for "${trustDomain}" is not a sequence of DER certificates (the Workload API sends DER, not PEM)`,
+        `X.509 bundle for "${trustDomain}" is not a sequence of DER certificates with usable public keys (the Workload API sends DER, not PEM)`,
       );
     }
     return new X509Bundle(trustDomain, certs);

@@ -89,6 +89,8 @@ function decoded(cert: X509Certificate, what: string): x509.X509Certificate {
   let parsed = decodedCertificates.get(cert);
   if (parsed === undefined) {
     try {
+      // OpenSSL decodes the key lazily too: a key that does not decode must fail here as well.
+      cert.publicKey.export({ format: 'jwk' });
       parsed = new x509.X509Certificate(cert.raw);
       void parsed.extensions;
     } catch (err) {
@@ -124,19 +126,24 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
 /**
  * Decodes every certificate of a PEM bundle (a trust store file, an intermediates file).
  *
- * @throws TypeError when the text holds no certificate or one of them does not decode; trust stores
- *   are configuration, so this is a configuration error rather than bad evidence.
+ * @throws TpmVerifyError ERR_TPM_MALFORMED, naming `source`, when the text holds no certificate or
+ *   one of them does not decode.
  */
 export function parseCertificateBundle(pem: string, source: string): X509Certificate[] {
   const blocks = pem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) throw new TypeError(`${source}: no PEM certificate found`);
+  if (blocks.length === 0)
+    throw new TpmVerifyError('ERR_TPM_MALFORMED', `${source}: no PEM certificate found`);
   return blocks.map((block, i) => {
     try {
       const cert = new X509Certificate(block);
       decoded(cert, `certificate ${i + 1}`);
       return cert;
     } catch (err) {
-      throw new TypeError(`${source}: certificate ${i + 1} does not decode: ${String(err)}`);
+      throw new TpmVerifyError(
+        'ERR_TPM_MALFORMED',
+        `${source}: certificate ${i + 1} does not decode: ${String(err)}`,
+        { cause: err },
+      );
     }
   });
 }
@@ -171,12 +178,21 @@ function vendorString(id: number): string | undefined {
  * @throws TpmVerifyError ERR_TPM_MALFORMED when the SAN or one of the three attributes is missing.
  */
 export function ekCertificateTpmInfo(cert: X509Certificate): TpmDeviceInfo {
-  const parsed = decoded(cert, 'the EK certificate');
-  const san = parsed.getExtension(x509.SubjectAlternativeNameExtension);
-  // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
-  const dirNames = (san?.names.items ?? []).flatMap((item) =>
-    item.type === 'dn' ? [new x509.Name(item.value)] : [],
-  );
+  let dirNames: x509.Name[];
+  try {
+    const san = decoded(cert, 'the EK certificate').getExtension(x509.SubjectAlternativeNameExtension);
+    // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
+    dirNames = (san?.names.items ?? []).flatMap((item) =>
+      item.type === 'dn' ? [new x509.Name(item.value)] : [],
+    );
+  } catch (cause) {
+    if (cause instanceof TpmVerifyError) throw cause;
+    throw new TpmVerifyError(
+      'ERR_TPM_MALFORMED',
+      `EK certificate (subject ${oneLine(cert.subject)}) has extensions that do not decode`,
+      { cause },
+    );
+  }
   const field = (oid: string, label: string): string => {
     const value = dirNames.flatMap((name) => name.getField(oid))[0];
     if (value === undefined)
