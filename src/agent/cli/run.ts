@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { pino } from 'pino';
+import type { AgentConfigOverrides } from '../config/load.js';
 import { AGENT_DEFAULTS } from '../config/schema.js';
 
 interface RunFlags {
@@ -51,27 +52,17 @@ export function runCommand(): Command {
       const { loadAgentConfig } = await import('../config/load.js');
       const config = loadAgentConfig({
         ...(flags.config !== undefined ? { file: flags.config } : {}),
-        overrides: {
-          server_address: flags.serverAddress,
-          trust_domain: flags.trustDomain,
-          trust_bundle: flags.trustBundle,
-          insecure_bootstrap: flags.insecureBootstrap,
-          tcti: flags.tcti,
-          ek: flags.ek,
-          data_dir: flags.dataDir,
-          socket_path: flags.socketPath,
-          sync_interval: flags.syncInterval,
-          join_token: flags.joinToken,
-          // A join token on the command line means join-token attestation.
-          attestation: flags.joinToken !== undefined ? 'join_token' : undefined,
-          log_level: flags.logLevel,
-        },
+        overrides: runOverrides(flags),
       });
+      // Everything validate checks, before anything is created, locked or bound.
+      const { preflight } = await import('../preflight.js');
+      const { warnings } = await preflight(config);
       const logger = pino({
         name: 'ironroot-agent',
         level: config.log_level,
         redact: { paths: ['join_token', '*.join_token', 'token'], censor: 'REDACTED' },
       });
+      for (const warning of warnings) logger.warn(warning);
       const { Agent } = await import('../agent.js');
       const agent = new Agent(config, logger);
       await agent.start();
@@ -94,4 +85,23 @@ export function runCommand(): Command {
       await agent.stop();
       logger.info('ironroot-agent stopped');
     });
+}
+
+/** The run flags as config keys; those not given leave the file's value alone. */
+function runOverrides(flags: RunFlags): AgentConfigOverrides {
+  return {
+    server_address: flags.serverAddress,
+    trust_domain: flags.trustDomain,
+    trust_bundle: flags.trustBundle,
+    insecure_bootstrap: flags.insecureBootstrap,
+    tcti: flags.tcti,
+    ek: flags.ek,
+    data_dir: flags.dataDir,
+    socket_path: flags.socketPath,
+    sync_interval: flags.syncInterval,
+    join_token: flags.joinToken,
+    // A join token on the command line means join-token attestation.
+    attestation: flags.joinToken !== undefined ? 'join_token' : undefined,
+    log_level: flags.logLevel,
+  };
 }
