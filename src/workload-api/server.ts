@@ -164,8 +164,8 @@ export class WorkloadApiServer {
     this.#injector.destroy();
     this.#grpc.forceShutdown();
     for (const socket of this.#sockets) socket.destroy();
-    // Closing the listener removes the socket file it bound (libuv does), and nothing else: a path
-    // another process has bound since is left alone.
+    // Closing the listener removes the socket file it bound (libuv does); a server that never bound
+    // its path (refused at listen) never removes it.
     await closed;
   }
 

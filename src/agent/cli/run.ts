@@ -1,6 +1,5 @@
 import { Command } from 'commander';
 import { pino } from 'pino';
-import type { AgentConfigOverrides } from '../config/load.js';
 import { AGENT_DEFAULTS } from '../config/schema.js';
 
 interface RunFlags {
@@ -52,7 +51,21 @@ export function runCommand(): Command {
       const { loadAgentConfig } = await import('../config/load.js');
       const config = loadAgentConfig({
         ...(flags.config !== undefined ? { file: flags.config } : {}),
-        overrides: runOverrides(flags),
+        overrides: {
+          server_address: flags.serverAddress,
+          trust_domain: flags.trustDomain,
+          trust_bundle: flags.trustBundle,
+          insecure_bootstrap: flags.insecureBootstrap,
+          tcti: flags.tcti,
+          ek: flags.ek,
+          data_dir: flags.dataDir,
+          socket_path: flags.socketPath,
+          sync_interval: flags.syncInterval,
+          join_token: flags.joinToken,
+          // A join token on the command line means join-token attestation.
+          attestation: flags.joinToken !== undefined ? 'join_token' : undefined,
+          log_level: flags.logLevel,
+        },
       });
       // Everything validate checks, before anything is created, locked or bound.
       const { preflight } = await import('../preflight.js');
@@ -85,23 +98,4 @@ export function runCommand(): Command {
       await agent.stop();
       logger.info('ironroot-agent stopped');
     });
-}
-
-/** The run flags as config keys; those not given leave the file's value alone. */
-function runOverrides(flags: RunFlags): AgentConfigOverrides {
-  return {
-    server_address: flags.serverAddress,
-    trust_domain: flags.trustDomain,
-    trust_bundle: flags.trustBundle,
-    insecure_bootstrap: flags.insecureBootstrap,
-    tcti: flags.tcti,
-    ek: flags.ek,
-    data_dir: flags.dataDir,
-    socket_path: flags.socketPath,
-    sync_interval: flags.syncInterval,
-    join_token: flags.joinToken,
-    // A join token on the command line means join-token attestation.
-    attestation: flags.joinToken !== undefined ? 'join_token' : undefined,
-    log_level: flags.logLevel,
-  };
 }
