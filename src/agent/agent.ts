@@ -26,6 +26,7 @@ import type {
   ReattestOutcomeMessage,
   ReattestRequest,
 } from '../agent-api/proto.js';
+import { type DirLock, lockDir } from '../host/index.js';
 import { createCsr, createKeySigner, SpiffeId, TrustDomain, X509Bundle } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
@@ -34,6 +35,7 @@ import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
+import { DATA_DIR_LOCK } from './preflight.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
 import { WorkloadSync } from './sync.js';
 import type { WorkloadAttestor } from './workloadattestor/attestor.js';
@@ -70,6 +72,7 @@ export class Agent {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #health: Server | undefined;
+  #lock: DirLock | undefined;
   readonly #cache: SvidCache;
   readonly #sync: WorkloadSync;
   #syncLoop: Promise<void> | undefined;
@@ -126,11 +129,20 @@ export class Agent {
 
   async start(): Promise<void> {
     this.#store.prepare();
+    // Held until the agent stops (or the process ends, however): a second agent on this data
+    // directory would take over the first one's health socket and SVID files.
+    const lock = lockDir(this.#config.data_dir, DATA_DIR_LOCK);
+    this.#lock = lock;
+    try {
+      this.#health = await startHealthServer(healthSocketPath(this.#config.data_dir), () => this.status());
+    } catch (error) {
+      lock.release();
+      throw error;
+    }
     if (this.#config.insecure_bootstrap && this.#store.loadBundle() === undefined)
       this.#logger.warn(
         'INSECURE BOOTSTRAP: the server is not authenticated for the first attestation; give trust_bundle in production',
       );
-    this.#health = await startHealthServer(healthSocketPath(this.#config.data_dir), () => this.status());
     const stored = this.#store.loadSvid();
     if (stored && stored.expiresAt > nowSeconds()) {
       this.#adopt(stored, false);
@@ -156,6 +168,7 @@ export class Agent {
     await this.#reattestLoop;
     await this.#workloadApi?.close();
     await new Promise<void>((resolve) => (this.#health ? this.#health.close(() => resolve()) : resolve()));
+    this.#lock?.release();
   }
 
   async #run(): Promise<void> {

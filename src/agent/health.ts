@@ -5,9 +5,9 @@
  *
  * @module
  */
-import { existsSync, unlinkSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
+import { claimSocketPath } from '../host/index.js';
 
 export const HEALTH_SOCKET = 'agent-health.sock';
 
@@ -42,7 +42,8 @@ export interface HealthStatus {
 }
 
 export async function startHealthServer(path: string, status: () => HealthStatus): Promise<Server> {
-  if (existsSync(path)) unlinkSync(path);
+  // Its path derives from data_dir; a live one belongs to another agent on the same directory.
+  await claimSocketPath(path, 'data_dir');
   const server = createServer((req, res) => {
     const current = status();
     const ok =

@@ -6,17 +6,9 @@
  * @module
  */
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ensureDir } from '../host/index.js';
 import type { AkBlobs, EkKind } from '../tpm/index.js';
 import { AgentError } from './errors.js';
 
@@ -49,13 +41,8 @@ export class AgentStore {
 
   /** Creates the directory 0700, and refuses one that others can read or write. */
   prepare(): void {
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const mode = statSync(this.dir).mode & 0o777;
-    if ((mode & 0o077) !== 0)
-      throw new AgentError(
-        'ERR_AGENT_CONFIG_UNSAFE',
-        `data_dir ${this.dir} is accessible by others (mode ${mode.toString(8)}); run chmod 700 ${this.dir}`,
-      );
+    ensureDir(this.dir, 0o700, 'data_dir');
+    checkPrivateDir(this.dir);
   }
 
   loadSvid(): StoredSvid | undefined {
@@ -128,6 +115,21 @@ export class AgentStore {
   dropSvid(): void {
     rmSync(join(this.dir, FILES.svid), { force: true });
   }
+}
+
+/** An existing data directory must be the agent's alone: it holds the agent's key. */
+export function checkPrivateDir(dir: string): void {
+  let mode: number;
+  try {
+    mode = statSync(dir).mode & 0o777;
+  } catch {
+    return; // Missing: prepare() creates it 0700.
+  }
+  if ((mode & 0o077) !== 0)
+    throw new AgentError(
+      'ERR_AGENT_CONFIG_UNSAFE',
+      `data_dir ${dir} is accessible by others (mode ${mode.toString(8)}); run chmod 700 ${dir}`,
+    );
 }
 
 /** Writes through a temporary file and rename, so a reader never sees half a file; mode 0600. */

@@ -6,6 +6,7 @@
  * @module
  */
 import type { FastifyInstance } from 'fastify';
+import { bindAddress, lockDir } from '../host/index.js';
 import type { KeyManager } from '../hsm/key-manager.js';
 import { openKeyManager } from '../hsm/open.js';
 import { AdminServer } from './admin/server.js';
@@ -15,21 +16,19 @@ import { AgentApiServer } from './agentapi/server.js';
 import { SyncHandlers } from './agentapi/sync.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaService } from './ca/service.js';
-import { loadUpstreamAuthority } from './ca/upstream.js';
 import type { Clock } from './clock.js';
 import { redactSecrets } from './config/load.js';
-import { checkConfigSafety, prepareDirectories } from './config/safety.js';
+import { prepareDirectories } from './config/safety.js';
 import type { ServerConfig } from './config/schema.js';
 import type { Datastore } from './datastore/datastore.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
-import { checkDataDirTrustDomain } from './datastore/trust-domain.js';
 import { startBundleEndpoint } from './http/bundle-endpoint.js';
 import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
 import { serverSpiffeId } from './identity.js';
 import type { Logger } from './log.js';
 import { ServerMetrics } from './metrics.js';
-import { loadTpmPolicy } from './nodeattestor/policy.js';
+import { DATA_DIR_LOCK, preflight } from './preflight.js';
 import { ProfileCatalog } from './profiles/catalog.js';
 import { RegistrationService } from './registration/service.js';
 
@@ -57,14 +56,14 @@ export async function startServer(
   options: StartOptions,
 ): Promise<RunningServer> {
   const { clock } = options;
-  const { warnings } = checkConfigSafety(config);
+  const { warnings, tpmPolicy, upstream } = await preflight(config);
   for (const warning of warnings) logger.warn({ development: config.development }, warning);
-  // Firmware profiles and EK CAs are read before anything is created, so a bad policy costs nothing.
-  const tpmPolicy = config.tpm_attestation ? loadTpmPolicy(config.tpm_attestation) : undefined;
   prepareDirectories(config);
-  checkDataDirTrustDomain(config.data_dir, config.trust_domain);
+  // Held until the process ends: a second server on this data directory would run a second CA
+  // over the same datastore. Taken before the datastore opens and the admin socket is claimed.
+  const lock = lockDir(config.data_dir, DATA_DIR_LOCK);
 
-  const closers: (() => Promise<void>)[] = [];
+  const closers: (() => Promise<void>)[] = [async () => lock.release()];
   const stopAll = async () => {
     for (const close of closers.reverse()) await close();
   };
@@ -100,14 +99,7 @@ export async function startServer(
       refreshHint: config.bundle_endpoint?.refresh_hint ?? 300,
       ...(config.ca_subject ? { subject: config.ca_subject } : {}),
       ...(config.jwt_issuer ? { jwtIssuer: config.jwt_issuer } : {}),
-      ...(config.upstream_authority
-        ? {
-            upstream: loadUpstreamAuthority(
-              config.upstream_authority.cert_file,
-              config.upstream_authority.key_file,
-            ),
-          }
-        : {}),
+      ...(upstream ? { upstream } : {}),
     });
     const rotation = setInterval(() => {
       ca.rotate().catch((error: unknown) => logger.error({ err: error }, 'CA rotation failed; will retry'));
@@ -186,52 +178,57 @@ export async function startServer(
         svidsIssued: metrics.svidsIssued,
       }),
     });
-    const agentApiPort = await agentApi.start();
     closers.push(() => agentApi.stop());
+    const agentApiPort = await bindAddress('bind_address', config.bind_address, () => agentApi.start());
     logger.info(
       { address: config.bind_address, port: agentApiPort, tpm_attestation: tpmPolicy !== undefined },
       'agent API listening',
     );
 
-    const health = await startHealthServer({
-      address: config.health_address,
-      registry: metrics.registry,
-      ready: async () => {
-        await datastore.ping();
-        await ca.selfTest();
-      },
-    });
+    const health = await bindAddress('health_address', config.health_address, () =>
+      startHealthServer({
+        address: config.health_address,
+        registry: metrics.registry,
+        ready: async () => {
+          await datastore.ping();
+          await ca.selfTest();
+        },
+      }),
+    );
     closers.push(() => health.close());
 
     const ports: RunningServer['ports'] = { agentApi: agentApiPort };
-    if (config.bundle_endpoint) {
-      const endpoint = await startBundleEndpoint({
-        address: config.bundle_endpoint.address,
-        profile: config.bundle_endpoint.profile,
-        ...(config.bundle_endpoint.cert_file ? { certFile: config.bundle_endpoint.cert_file } : {}),
-        ...(config.bundle_endpoint.key_file ? { keyFile: config.bundle_endpoint.key_file } : {}),
-        ca,
-        trustDomain: config.trust_domain,
-        svidTtl: config.default_x509_svid_ttl,
-        clock,
-        logger,
-      });
+    const bundleEndpoint = config.bundle_endpoint;
+    if (bundleEndpoint) {
+      const endpoint = await bindAddress('bundle_endpoint.address', bundleEndpoint.address, () =>
+        startBundleEndpoint({
+          address: bundleEndpoint.address,
+          profile: bundleEndpoint.profile,
+          ...(bundleEndpoint.cert_file ? { certFile: bundleEndpoint.cert_file } : {}),
+          ...(bundleEndpoint.key_file ? { keyFile: bundleEndpoint.key_file } : {}),
+          ca,
+          trustDomain: config.trust_domain,
+          svidTtl: config.default_x509_svid_ttl,
+          clock,
+          logger,
+        }),
+      );
       closers.push(() => endpoint.close());
       ports.bundleEndpoint = endpoint.port;
-      logger.info(
-        { port: endpoint.port, profile: config.bundle_endpoint.profile },
-        'bundle endpoint listening',
-      );
+      logger.info({ port: endpoint.port, profile: bundleEndpoint.profile }, 'bundle endpoint listening');
     }
-    if (config.oidc_discovery && config.jwt_issuer) {
-      const oidc = await startOidcDiscovery({
-        address: config.oidc_discovery.address,
-        issuer: config.jwt_issuer,
-        ...(config.oidc_discovery.cert_file ? { certFile: config.oidc_discovery.cert_file } : {}),
-        ...(config.oidc_discovery.key_file ? { keyFile: config.oidc_discovery.key_file } : {}),
-        ca,
-        logger,
-      });
+    const { oidc_discovery: oidcDiscovery, jwt_issuer: issuer } = config;
+    if (oidcDiscovery && issuer) {
+      const oidc = await bindAddress('oidc_discovery.address', oidcDiscovery.address, () =>
+        startOidcDiscovery({
+          address: oidcDiscovery.address,
+          issuer,
+          ...(oidcDiscovery.cert_file ? { certFile: oidcDiscovery.cert_file } : {}),
+          ...(oidcDiscovery.key_file ? { keyFile: oidcDiscovery.key_file } : {}),
+          ca,
+          logger,
+        }),
+      );
       closers.push(() => oidc.close());
       ports.oidc = oidc.port;
       logger.info({ port: oidc.port, issuer: config.jwt_issuer }, 'OIDC discovery listening');

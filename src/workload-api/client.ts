@@ -186,7 +186,7 @@ export function parseX509SvidResponse(message: X509SVIDResponseMessage): X509Con
  *
  * @example
  * ```ts
- * const client = new WorkloadApiClient({ address: 'unix:///run/ironroot/agent.sock' });
+ * const client = new WorkloadApiClient({ address: 'unix:///run/ironroot-agent/public/api.sock' });
  * const { svids, bundles } = await client.fetchX509Context();
  * client.close();
  * ```

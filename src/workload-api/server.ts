@@ -57,8 +57,11 @@ import type {
   WorkloadIdentityProvider,
 } from './provider.js';
 
-/** Where the agent serves the Workload API unless configured otherwise. */
-export const DEFAULT_SOCKET_PATH = '/run/ironroot/agent.sock';
+/**
+ * Where the agent serves the Workload API unless configured otherwise: a public directory of its
+ * own (0755), apart from the server's admin socket directory (0750), so every workload can reach it.
+ */
+export const DEFAULT_SOCKET_PATH = '/run/ironroot-agent/public/api.sock';
 
 /** Hints longer than this are not supported (Workload API §8). */
 export const MAX_HINT_BYTES = 1024;
@@ -112,7 +115,7 @@ const silent: WorkloadApiLogger = { debug: () => {}, info: () => {}, warn: () =>
  *
  * @example
  * ```ts
- * const server = await WorkloadApiServer.listen({ provider, socketPath: '/run/ironroot/agent.sock' });
+ * const server = await WorkloadApiServer.listen({ provider, socketPath: '/run/ironroot-agent/public/api.sock' });
  * await server.close();
  * ```
  */
@@ -168,8 +171,9 @@ export class WorkloadApiServer {
     this.#injector.destroy();
     this.#grpc.forceShutdown();
     for (const socket of this.#sockets) socket.destroy();
+    // Closing the listener removes the socket file it bound (libuv does); a server that never bound
+    // its path (refused at listen) never removes it.
     await closed;
-    await unlink(this.socketPath).catch(() => {});
   }
 
   async #accept(socket: Socket): Promise<void> {
@@ -421,7 +425,15 @@ function checkSecurityHeader(metadata: Metadata): void {
 }
 
 async function prepareSocketPath(path: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o755 });
+  const dir = dirname(path);
+  const created = await mkdir(dir, { recursive: true, mode: 0o755 });
+  // mkdir applies the umask (systemd's UMask=0077 would make these 0700), yet workloads of every
+  // user must reach the socket: the directories created here get 0755 exactly.
+  if (created !== undefined)
+    for (let each = dir; ; each = dirname(each)) {
+      await chmod(each, 0o755);
+      if (each === created || dirname(each) === each) break;
+    }
   let isSocket: boolean;
   try {
     isSocket = (await lstat(path)).isSocket();

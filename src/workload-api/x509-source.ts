@@ -24,7 +24,7 @@ export interface X509SourceOptions extends WorkloadApiClientOptions {
  *
  * @example
  * ```ts
- * const source = await X509Source.create({ address: 'unix:///run/ironroot/agent.sock' });
+ * const source = await X509Source.create({ address: 'unix:///run/ironroot-agent/public/api.sock' });
  * source.getX509Svid().id;
  * source.close();
  * ```

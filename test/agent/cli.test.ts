@@ -23,7 +23,7 @@ async function agentCli(args: string[]): Promise<{ code: number; stdout: string;
 }
 
 describe('ironroot-agent command line', () => {
-  it.each([['run'], ['healthcheck']])('%s --help describes its flags', async (command) => {
+  it.each([['run'], ['healthcheck'], ['validate']])('%s --help describes its flags', async (command) => {
     const { stdout } = await agentCli([command, '--help']);
     expect(stdout).toContain(`Usage: ironroot-agent ${command}`);
     if (command === 'run')

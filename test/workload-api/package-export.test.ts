@@ -24,7 +24,7 @@ describe('ironroot/workload-api as a package export', () => {
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: root });
     expect(JSON.parse(stdout)).toEqual({
       code: 'ERR_WORKLOADAPI_UNAVAILABLE',
-      DEFAULT_SOCKET_PATH: '/run/ironroot/agent.sock',
+      DEFAULT_SOCKET_PATH: '/run/ironroot-agent/public/api.sock',
     });
   });
 

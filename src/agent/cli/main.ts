@@ -4,6 +4,7 @@ import { apiCommand } from './api.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { runCommand } from './run.js';
 import { tpmCommand } from './tpm.js';
+import { validateCommand } from './validate.js';
 
 export function buildAgentProgram(): Command {
   const program = new Command('ironroot-agent')
@@ -12,6 +13,7 @@ export function buildAgentProgram(): Command {
     .helpCommand(true)
     .showHelpAfterError();
   program.addCommand(runCommand());
+  program.addCommand(validateCommand());
   program.addCommand(healthcheckCommand());
   program.addCommand(tpmCommand());
   program.addCommand(apiCommand());

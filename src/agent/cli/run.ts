@@ -77,11 +77,15 @@ export function runCommand(): Command {
           log_level: flags.logLevel,
         },
       });
+      // Everything validate checks, before anything is created, locked or bound.
+      const { preflight } = await import('../preflight.js');
+      const { warnings } = await preflight(config);
       const logger = pino({
         name: 'ironroot-agent',
         level: config.log_level,
         redact: { paths: ['join_token', '*.join_token', 'token'], censor: 'REDACTED' },
       });
+      for (const warning of warnings) logger.warn(warning);
       if (flags.joinToken !== undefined)
         logger.warn(
           { flag: '--join-token' },

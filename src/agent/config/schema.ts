@@ -13,7 +13,7 @@ const UNIT: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
 
 export const AGENT_DEFAULTS = {
   data_dir: '/var/lib/ironroot-agent',
-  socket_path: '/run/ironroot/agent.sock',
+  socket_path: '/run/ironroot-agent/public/api.sock',
   attestation: 'tpm',
   tcti: 'device:/dev/tpmrm0',
   ek: 'auto',

@@ -9,8 +9,8 @@
  *
  * @module
  */
-import { chmodSync, existsSync, unlinkSync } from 'node:fs';
-import { connect, createServer, type Server as NetServer, type Socket } from 'node:net';
+import { chmodSync } from 'node:fs';
+import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import {
   type ConnectionInjector,
   Server as GrpcServer,
@@ -19,6 +19,7 @@ import {
   status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { claimSocketPath } from '../../host/index.js';
 import type { CaService } from '../ca/service.js';
 import type { Actor } from '../datastore/datastore.js';
 import { ServerError } from '../errors.js';
@@ -142,7 +143,9 @@ export class AdminServer {
 
   async start(): Promise<void> {
     const { socketPath, logger } = this.#options;
-    await removeStaleSocket(socketPath);
+    // A live socket is refused here, before anything is bound; a stale one (its server was killed)
+    // is removed.
+    await claimSocketPath(socketPath, 'admin_socket');
     const listener = createServer((socket) => this.#accept(socket));
     this.#listener = listener;
     // The umask closes the window between bind() and chmod() in which the socket would be open to all.
@@ -172,7 +175,8 @@ export class AdminServer {
     await closed;
     for (const { server } of this.#byUid.values()) server.forceShutdown();
     for (const { server } of this.#deniedByUid.values()) server.forceShutdown();
-    if (existsSync(this.#options.socketPath)) unlinkSync(this.#options.socketPath);
+    // Closing the listener removed the socket file it bound; a server that never bound the path
+    // (refused at start) leaves it alone, as it may belong to a live server.
   }
 
   #accept(socket: Socket): void {
@@ -296,24 +300,4 @@ export class AdminServer {
       );
     };
   }
-}
-
-/** Removes a socket file left by a server that died, but never one a live server answers on. */
-async function removeStaleSocket(path: string): Promise<void> {
-  if (!existsSync(path)) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = connect(path);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (alive) {
-    throw new ServerError(
-      'ERR_CONFIG_UNSAFE',
-      `another process is serving the admin socket ${path}; stop it or choose another admin_socket`,
-    );
-  }
-  unlinkSync(path);
 }

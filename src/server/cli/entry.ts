@@ -167,24 +167,23 @@ export function formatEntry(entry: EntryMessage): string {
   return lines.join('\n');
 }
 
-/** Prints batch results; any failed item makes the command fail after printing all of them. */
+/**
+ * Prints batch results; any failed item makes the command fail after printing all of them. In
+ * pretty output each failure is said once, on standard error (the thrown CliError).
+ */
 function reportResults(results: EntryResult[], flags: AdminOptions): void {
   const failed = results.filter((r) => r.status.code !== 0);
   if (flags.output === 'json') printJson({ results });
   else {
-    for (const r of results) {
-      if (r.entry !== null && r.status.code === 0) print(`${formatEntry(r.entry)}\n`);
-      else print(`Failed: ${r.status.error_code}: ${r.status.message}\n`);
-    }
+    for (const r of results) if (r.entry !== null && r.status.code === 0) print(`${formatEntry(r.entry)}\n`);
   }
-  if (failed.length > 0) {
-    const first = failed[0];
-    throw new CliError(
-      failed.length === 1 && first !== undefined
-        ? first.status.message
-        : `${failed.length} of ${results.length} entries failed`,
-    );
-  }
+  const [first] = failed;
+  if (first === undefined) return;
+  throw new CliError(
+    results.length === 1
+      ? first.status.message
+      : `${failed.length} of ${results.length} entries failed:\n  ${failed.map((r) => `${r.status.error_code}: ${r.status.message}`).join('\n  ')}`,
+  );
 }
 
 function filterFrom(flags: EntryFlags): EntryFilterMessage {

@@ -7,7 +7,7 @@
 export const DEFAULTS = {
   data_dir: '/var/lib/ironroot',
   bind_address: '0.0.0.0:8081',
-  admin_socket: '/run/ironroot/admin.sock',
+  admin_socket: '/run/ironroot-server/admin.sock',
   admin_allowed_uids: [0],
   key_manager: 'pkcs11:token=ironroot',
   development: false,

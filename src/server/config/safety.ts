@@ -5,8 +5,9 @@
  *
  * @module
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { ensureDir } from '../../host/index.js';
 import { ConfigUnsafeError } from '../errors.js';
 import type { ServerConfig } from './schema.js';
 
@@ -81,11 +82,13 @@ function refuseReadableKey(what: string, path: string): void {
 
 /**
  * Creates the data dir (0700) and the admin socket's directory (0750: the group may reach the
- * socket, whose own mode 0770 decides the rest) when missing, then checks them again.
+ * socket, whose own mode 0770 decides the rest) when missing, then checks them again. The admin
+ * socket has a directory of its own (`/run/ironroot-server`), apart from the agent's public
+ * Workload API directory, which every workload must be able to reach.
  */
 export function prepareDirectories(config: ServerConfig): void {
-  mkdirSync(config.data_dir, { recursive: true, mode: 0o700 });
-  mkdirSync(dirname(config.admin_socket), { recursive: true, mode: 0o750 });
+  ensureDir(config.data_dir, 0o700, 'data_dir');
+  ensureDir(dirname(config.admin_socket), 0o750, 'admin_socket');
   refuseWorldWritable('data_dir', config.data_dir);
   refuseWorldWritable('admin_socket directory', dirname(config.admin_socket));
 }
