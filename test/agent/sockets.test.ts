@@ -94,6 +94,8 @@ describe('agent sockets: separate directories, one agent per data_dir and socket
     const token = JSON.parse((await cli(['token', 'generate', ...admin, '--output', 'json'])).stdout) as {
       value: string;
     };
+    const tokenFile = join(server.dir, 'join-token');
+    writeFileSync(tokenFile, token.value, { mode: 0o600 });
     config = {
       server_address: `127.0.0.1:${agentPort}`,
       trust_domain: TD,
@@ -101,7 +103,7 @@ describe('agent sockets: separate directories, one agent per data_dir and socket
       data_dir: join(mkdtempSync(join(tmpdir(), 'ironroot-agent-')), 'data'),
       socket_path: join(root, AGENT_DEFAULTS.socket_path),
       attestation: 'join_token',
-      join_token: token.value,
+      join_token_file: tokenFile,
       sync_interval: '200ms',
       retry_initial: '50ms',
       retry_max: '500ms',

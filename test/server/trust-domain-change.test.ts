@@ -80,6 +80,7 @@ describe('a data dir keeps the trust domain it was made for', () => {
     await running.restart();
     const shown = await cli(['entry', 'count', '--admin-socket', running.socket, '--output', 'json']);
     expect(JSON.parse(shown.stdout)).toEqual({ count: 1 });
+    await running.stop();
     expect((await cli(['validate', '--config', running.configFile])).code).toBe(0);
   });
 });
