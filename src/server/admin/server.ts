@@ -72,7 +72,8 @@ function handlersFor(
       ListAgents: (r) => service.listAgents(r),
       GetAgent: async (r) => service.getAgent(agent(r)),
       EvictAgent: async (r) => service.evictAgent(agent(r), actor),
-      BanAgent: async (r) => service.banAgent(agent(r), actor),
+      // A ban may name the agent by EK hash alone; banAgent checks that exactly one is given.
+      BanAgent: async (r) => service.banAgent(r.spiffe_id === '' ? r : agent(r), actor),
       UnbanAgent: async (r) => service.unbanAgent(agent(r), actor),
       ReattestAgent: async (r) => {
         if (reattest === undefined)
