@@ -71,6 +71,8 @@ export interface EkWorkerPoolOptions {
   readonly jobs: Counter<'result'>;
   readonly size?: number;
   readonly maxQueued?: number;
+  /** The worker's script, when not ek-worker.js: tests substitute one that fails on purpose. */
+  readonly script?: URL;
 }
 
 function internal(message: string): AttestationError {
@@ -118,10 +120,15 @@ export class EkWorkerPool {
     });
   }
 
-  /** Terminates the workers; jobs still waiting are refused. */
+  /** Terminates the workers; the jobs they hold and those still waiting are refused. */
   async stop(): Promise<void> {
     this.#stopping = true;
-    for (const waiting of this.#queue.splice(0)) waiting.reject(internal('the server is stopping'));
+    const stopping = internal('the server is stopping');
+    for (const waiting of this.#queue.splice(0)) waiting.reject(stopping);
+    for (const slot of this.#slots) {
+      slot.busy?.reject(stopping);
+      slot.busy = undefined;
+    }
     await Promise.all(this.#slots.map((slot) => slot.worker.terminate()));
   }
 
@@ -144,7 +151,7 @@ export class EkWorkerPool {
 
   #spawn(): Promise<void> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(workerScript(), {
+      const worker = new Worker(this.#o.script ?? workerScript(), {
         workerData: this.#o.trust,
         name: 'ironroot-ek',
       });
