@@ -139,6 +139,7 @@ export class EkWorkerPool {
       if (waiting === undefined) return;
       const id = this.#nextId++;
       slot.busy = { ...waiting, id };
+      slot.worker.ref();
       // Copies, so the transfer detaches only buffers of our own and never gRPC's.
       const ekPublic = Uint8Array.from(waiting.job.ekPublic);
       const certificates = waiting.job.certificates.map((c) => Uint8Array.from(c));
@@ -155,8 +156,6 @@ export class EkWorkerPool {
         workerData: this.#o.trust,
         name: 'ironroot-ek',
       });
-      // The workers serve the server; they must not keep a process alive that is otherwise done.
-      worker.unref();
       const slot: Slot = { worker, ready: false, busy: undefined };
       this.#slots.push(slot);
       worker.on('message', (message: WorkerAnswer | { ready: true }) => {
@@ -164,6 +163,9 @@ export class EkWorkerPool {
           slot.ready = true;
           resolve();
         } else this.#answered(slot, message);
+        // An idle worker must not keep alive a process that is otherwise done (the CLI, a stopped
+        // server); one that is starting or holds a job does, like the request it serves.
+        if (slot.busy === undefined) worker.unref();
         this.#dispatch();
       });
       worker.on('error', (error) => {
