@@ -172,7 +172,10 @@ export class EkWorkerPool {
         this.#o.logger.error({ err: error }, 'EK worker failed');
         if (!slot.ready) reject(error);
       });
-      worker.on('exit', (code) => this.#exited(slot, code));
+      worker.on('exit', (code) => {
+        if (!slot.ready) reject(new Error(`the EK worker exited with code ${code} before it was ready`));
+        this.#exited(slot, code);
+      });
     });
   }
 
