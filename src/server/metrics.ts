@@ -17,6 +17,13 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly ekWorkerJobs = new Counter({
+    name: 'ironroot_ek_worker_jobs_total',
+    help: 'EK certificate checks (parsing and chain building) by the EK worker threads, by result (ok, or the refusal code)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   readonly reattestations = new Counter({
     name: 'ironroot_node_reattestations_total',
     help: 'Re-quotes of attested TPM nodes (continuous attestation) by result (trusted, or the refusal code)',

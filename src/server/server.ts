@@ -28,6 +28,7 @@ import { startOidcDiscovery } from './http/oidc.js';
 import { serverSpiffeId } from './identity.js';
 import type { Logger } from './log.js';
 import { ServerMetrics } from './metrics.js';
+import { EkWorkerPool } from './nodeattestor/ek-pool.js';
 import { DATA_DIR_LOCK, preflight } from './preflight.js';
 import { ProfileCatalog } from './profiles/catalog.js';
 import { RegistrationService } from './registration/service.js';
@@ -149,6 +150,20 @@ export async function startServer(
         { ek_trust: 'any' },
         'tpm_attestation.ek_trust is "any": EKs not allow-listed or chaining to a configured EK CA are ACCEPTED; any TPM (or TPM simulator) can join this trust domain',
       );
+    const ekWorkers = tpmPolicy
+      ? new EkWorkerPool({
+          trust: {
+            roots: tpmPolicy.roots.map((c) => c.raw),
+            intermediates: tpmPolicy.intermediates.map((c) => c.raw),
+          },
+          logger,
+          jobs: metrics.ekWorkerJobs,
+        })
+      : undefined;
+    if (ekWorkers) {
+      closers.push(() => ekWorkers.stop());
+      await ekWorkers.start();
+    }
     const agentApi = new AgentApiServer({
       address: config.bind_address,
       trustDomain: config.trust_domain,
@@ -157,6 +172,7 @@ export async function startServer(
       clock,
       logger,
       tpmPolicy,
+      ...(ekWorkers ? { ekWorkers } : {}),
       agentSvidTtl: config.agent_svid_ttl,
       serverSvidTtl: config.default_x509_svid_ttl,
       rateLimit: {

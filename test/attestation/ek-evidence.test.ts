@@ -1,10 +1,15 @@
 import { type KeyObject, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { type ServiceError, status } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { Counter, Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { TpmAttestor } from '../../src/agent/attestor/tpm.js';
 import type { StoredAk } from '../../src/agent/store.js';
 import type { TpmEvidenceMessage } from '../../src/agent-api/proto.js';
 import { MAX_AGENT_MESSAGE_BYTES } from '../../src/server/agentapi/server.js';
+import { EkWorkerPool } from '../../src/server/nodeattestor/ek-pool.js';
+import { AttestationError } from '../../src/server/nodeattestor/errors.js';
 import { MAX_EK_CERTIFICATE_BYTES } from '../../src/server/nodeattestor/tpm.js';
 import * as px from '../../src/spiffe/peculiar.js';
 import { ekPublicKeyHash, MAX_PRESENTED_CERTIFICATES, parseTpm2bPublic } from '../../src/tpm/index.js';
@@ -15,6 +20,7 @@ import { type EvilOutcome, evilAttest, type Tamper } from './evil-agent.js';
 import {
   ekCaDir,
   healthy,
+  LogSink,
   startAttestServer,
   startTestAgent,
   TD,
@@ -27,6 +33,26 @@ import {
  * server, and how the server names its refusal. The server is the real one, in this process, so a
  * request that held its thread would hold the admin socket and every other agent too.
  */
+
+/**
+ * Calls of the EK certificate parser and chain builder on this thread, the server's main thread.
+ * The EK workers run the built module (dist/), which this count does not see.
+ */
+const mainThread = vi.hoisted(() => ({ parsed: 0, chains: 0 }));
+vi.mock('../../src/tpm/index.js', async (importOriginal) => {
+  const tpm = await importOriginal<typeof import('../../src/tpm/index.js')>();
+  return {
+    ...tpm,
+    parseEkCertificate: (...args: Parameters<typeof tpm.parseEkCertificate>) => {
+      mainThread.parsed += 1;
+      return tpm.parseEkCertificate(...args);
+    },
+    verifyEkCertificateChain: (...args: Parameters<typeof tpm.verifyEkCertificateChain>) => {
+      mainThread.chains += 1;
+      return tpm.verifyEkCertificateChain(...args);
+    },
+  };
+});
 
 let swtpm: Swtpm;
 let server: TestServer;
@@ -104,8 +130,19 @@ function errorLines(): Record<string, unknown>[] {
   return server.logs.lines.filter((l) => typeof l.level === 'number' && l.level >= 50);
 }
 
+/** ironroot_ek_worker_jobs_total by result, from the server's /metrics. */
+async function workerJobs(): Promise<Record<string, number>> {
+  const text = (await server.server.health.inject({ method: 'GET', url: '/metrics' })).body;
+  return Object.fromEntries(
+    [...text.matchAll(/^ironroot_ek_worker_jobs_total\{result="([^"]+)"\} (\d+)$/gm)].map((m) => [
+      m[1],
+      Number(m[2]),
+    ]),
+  );
+}
+
 describe('hostile EK certificate chains', () => {
-  it('are refused by name while an admin call and an honest agent are served', async () => {
+  it('are refused by name, judged by the EK workers and not on the main thread, while an admin call and an honest agent are served', async () => {
     const key = p256();
     const evil = await hostileCa(key);
     const leaf = await forgedEkCertificate({ cert: evil, key: key.privateKey });
@@ -158,6 +195,100 @@ describe('hostile EK certificate chains', () => {
       `the agent sent 65 EK certificates; at most ${MAX_PRESENTED_CERTIFICATES + 1} are read`,
     );
     expect(errorLines()).toEqual([]);
+
+    // The chains were built (both refusals name what chain building found, and the honest EK
+    // chained to the swtpm CA), by the workers: the main thread parsed no certificate of theirs.
+    expect(mainThread).toEqual({ parsed: 0, chains: 0 });
+    const jobs = await workerJobs();
+    expect(jobs.ERR_ATTEST_EK_UNTRUSTED).toBe(2);
+    expect(jobs.ok).toBeGreaterThanOrEqual(1);
+    // Refused by size before any parsing, so never sent to a worker.
+    expect(jobs.ERR_ATTEST_EVIDENCE_TOO_LARGE).toBeUndefined();
+  });
+});
+
+describe('the EK worker pool', () => {
+  function pool(options: { size: number; maxQueued?: number; script?: URL }) {
+    const logs = new LogSink();
+    const registry = new Registry();
+    const jobs = new Counter({
+      name: 'jobs',
+      help: 'jobs',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    });
+    const workers = new EkWorkerPool({
+      trust: {
+        roots: [new X509Certificate(readFileSync(swtpm.ekRootCertPath)).raw],
+        intermediates: [new X509Certificate(readFileSync(swtpm.ekIssuerCertPath)).raw],
+      },
+      logger: pino({ level: 'debug' }, logs.stream),
+      jobs,
+      ...options,
+    });
+    return { workers, logs, jobs: async () => (await registry.getMetricsAsJSON())[0]?.values ?? [] };
+  }
+  const job = () => ({
+    ekPublic: real.evidence.ek_public,
+    certificates: real.evidence.ek_certificates,
+    chain: true,
+    at: Date.now(),
+  });
+
+  it('refuses a job with ERR_ATTEST_BUSY (RESOURCE_EXHAUSTED) when maxQueued jobs already wait', async () => {
+    const { workers, jobs } = pool({ size: 1, maxQueued: 1 });
+    await workers.start();
+    try {
+      // One job in the worker, one waiting: the queue is full until the worker answers.
+      const running = workers.judge(job());
+      const waiting = workers.judge(job());
+      const refused = await workers.judge(job()).catch((error: unknown) => error);
+      expect(refused).toBeInstanceOf(AttestationError);
+      expect((refused as AttestationError).code).toBe('ERR_ATTEST_BUSY');
+      expect((refused as AttestationError).grpcStatus).toBe(status.RESOURCE_EXHAUSTED);
+      for (const judged of await Promise.all([running, waiting]))
+        expect(judged.issuer).toBe(new X509Certificate(real.evidence.ek_certificates[0] ?? '').issuer);
+      expect(await jobs()).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ labels: { result: 'ok' }, value: 2 }),
+          expect.objectContaining({ labels: { result: 'ERR_ATTEST_BUSY' }, value: 1 }),
+        ]),
+      );
+    } finally {
+      await workers.stop();
+    }
+  });
+
+  it('refuses the job of a worker that dies with ERR_ATTEST_INTERNAL, logs it, and starts another worker', async () => {
+    const { workers, logs } = pool({
+      size: 1,
+      script: new URL('../helpers/dying-ek-worker.mjs', import.meta.url),
+    });
+    await workers.start();
+    try {
+      const exited = () => logs.lines.filter((l) => l.msg === 'EK worker exited');
+      for (const round of [1, 2]) {
+        // The second job can only be refused by a worker started after the first one died.
+        const refused = await workers.judge(job()).catch((error: unknown) => error);
+        expect(refused).toBeInstanceOf(AttestationError);
+        expect((refused as AttestationError).code).toBe('ERR_ATTEST_INTERNAL');
+        expect((refused as AttestationError).message).toMatch(/the EK worker stopped while checking/);
+        expect(exited()).toHaveLength(round);
+        expect(exited()[round - 1]).toMatchObject({ level: 50, exit_code: 70, restart: true });
+      }
+    } finally {
+      await workers.stop();
+    }
+  });
+
+  it('refuses the jobs in its workers and those still waiting when it stops', async () => {
+    const { workers } = pool({ size: 1 });
+    await workers.start();
+    const running = workers.judge(job()).catch((error: unknown) => error);
+    const waiting = workers.judge(job()).catch((error: unknown) => error);
+    await workers.stop();
+    for (const refused of await Promise.all([running, waiting]))
+      expect(refused).toMatchObject({ code: 'ERR_ATTEST_INTERNAL', message: 'the server is stopping' });
   });
 });
 

@@ -29,6 +29,8 @@ import { type Clock, nowSeconds } from '../clock.js';
 import type { Datastore } from '../datastore/datastore.js';
 import { serverSpiffeId } from '../identity.js';
 import type { Logger } from '../log.js';
+import type { EkJob, EkJudgement } from '../nodeattestor/ek-judge.js';
+import type { EkWorkerPool } from '../nodeattestor/ek-pool.js';
 import { AttestationError } from '../nodeattestor/errors.js';
 import { NonceStore, nonceExpired } from '../nodeattestor/nonces.js';
 import type { TpmPolicy } from '../nodeattestor/policy.js';
@@ -75,6 +77,8 @@ export interface AgentApiOptions {
   logger: Logger;
   /** Undefined: TPM attestation is not configured, and refused. */
   tpmPolicy: TpmPolicy | undefined;
+  /** The threads that judge EK certificates; set whenever tpmPolicy is. */
+  ekWorkers?: EkWorkerPool;
   agentSvidTtl: number;
   /** TTL of the server's own SVID on this listener. */
   serverSvidTtl: number;
@@ -283,7 +287,7 @@ export class AgentApiServer {
       );
     const policy = this.#policy();
     const evidence = tpmEvidence(params.tpm);
-    const ek = admitEk(evidence, policy, new Date(this.#o.clock.now()));
+    const ek = await admitEk(evidence, policy, new Date(this.#o.clock.now()), this.#judgeEk);
     decision.agentId = `spiffe://${this.#o.trustDomain}/agent/tpm/${ek.ekHash}`;
     refuseBanned(decision.agentId, (await this.#o.datastore.getNodeBan(decision.agentId)) !== undefined);
     const existing = await this.#o.datastore.getNode(decision.agentId);
@@ -390,7 +394,7 @@ export class AgentApiServer {
     if (node.tpm === undefined)
       throw new AttestationError('ERR_AGENT_AK_UNKNOWN', 'no AK is recorded for this node; attest again');
     const evidence = tpmEvidence(first.params.tpm);
-    const ek = admitEk(evidence, policy, new Date(this.#o.clock.now()));
+    const ek = await admitEk(evidence, policy, new Date(this.#o.clock.now()), this.#judgeEk);
     if (ek.ekHash !== node.tpm.ekHash)
       throw new AttestationError(
         'ERR_ATTEST_EK_MISMATCH',
@@ -427,6 +431,12 @@ export class AgentApiServer {
     );
     return result.response;
   }
+
+  readonly #judgeEk = (job: EkJob): Promise<EkJudgement> => {
+    if (this.#o.ekWorkers === undefined)
+      throw new AttestationError('ERR_ATTEST_INTERNAL', 'this server has no EK workers; see its log');
+    return this.#o.ekWorkers.judge(job);
+  };
 
   #policy(): TpmPolicy {
     if (this.#o.tpmPolicy === undefined)

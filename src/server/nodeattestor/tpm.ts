@@ -5,17 +5,15 @@
  *
  * @module
  */
-import { createHash, randomBytes, type X509Certificate } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   type BootFacts,
   bootFacts,
   type CredentialChallenge,
   checkAkPublic,
-  checkEkCertificateKey,
   compareWithPcrs,
   type EventLog,
   EventLogError,
-  ekCertificateTpmInfo,
   ekPublicKeyHash,
   evaluateProfile,
   hashName,
@@ -24,7 +22,6 @@ import {
   objectName,
   type ParsedPublic,
   parseAttest,
-  parseEkCertificate,
   parseEventLog,
   parseTpm2bPublic,
   TPM_ALG,
@@ -34,10 +31,10 @@ import {
   type TpmtPublic,
   type VerifiedQuote,
   type Violation,
-  verifyEkCertificateChain,
   verifyQuote,
 } from '../../tpm/index.js';
 import type { Selector } from '../datastore/datastore.js';
+import { type EkJob, type EkJudgement, wrapTpm } from './ek-judge.js';
 import { AttestationError, type AttestationErrorCode } from './errors.js';
 import type { NonceStore } from './nonces.js';
 import { type BootSubject, profilesFor, type TpmPolicy } from './policy.js';
@@ -68,15 +65,6 @@ function decodePublic(bytes: Uint8Array, what: string): ParsedPublic {
   }
 }
 
-function wrapTpm(error: unknown, map: Partial<Record<string, AttestationErrorCode>>): never {
-  if (error instanceof TpmError) {
-    const code =
-      map[error.code] ?? (error.code === 'ERR_TPM_MALFORMED' ? 'ERR_ATTEST_BAD_REQUEST' : undefined);
-    if (code !== undefined) throw new AttestationError(code, error.message, { cause: error });
-  }
-  throw error;
-}
-
 /**
  * Largest certificate read from the agent, in bytes. EK certificates and the intermediates beside
  * them live in NV indices, which TPMs limit to 2 to 4 KiB.
@@ -103,66 +91,40 @@ function refuseOversized(certificates: readonly Uint8Array[]): void {
     );
 }
 
-/** Parses a certificate the agent sent; one that either X.509 parser refuses is invalid evidence. */
-function agentCertificate(bytes: Uint8Array): X509Certificate {
-  try {
-    return parseEkCertificate(bytes);
-  } catch (error) {
-    wrapTpm(error, { ERR_TPM_MALFORMED: 'ERR_ATTEST_EK_INVALID' });
-  }
-}
-
 /**
  * Admits the EK: its certificate (when sent) must certify this EK public area, and then either its
  * hash is allow-listed, or its certificate chains to a configured EK CA, or the policy says any EK.
+ * The size caps and the EK public area are checked here; `judge` (the EK worker pool) parses the
+ * certificates and verifies the chain, off the thread that serves other callers.
  */
-export function admitEk(evidence: TpmEvidence, policy: TpmPolicy, at: Date): AdmittedEk {
+export async function admitEk(
+  evidence: TpmEvidence,
+  policy: TpmPolicy,
+  at: Date,
+  judge: (job: EkJob) => Promise<EkJudgement>,
+): Promise<AdmittedEk> {
   refuseOversized(evidence.ekCertificates);
   const ekPublic = decodePublic(evidence.ekPublic, 'EK public area');
   const ekHash = ekPublicKeyHash(ekPublic.area);
-  const [leafBytes, ...chainBytes] = evidence.ekCertificates;
-  let cert: X509Certificate | undefined;
-  let device: TpmDeviceInfo | undefined;
-  if (leafBytes !== undefined) {
-    cert = agentCertificate(leafBytes);
-    try {
-      checkEkCertificateKey(cert, ekPublic.area);
-    } catch (error) {
-      wrapTpm(error, { ERR_TPM_EK_MISMATCH: 'ERR_ATTEST_EK_MISMATCH' });
-    }
-    try {
-      device = ekCertificateTpmInfo(cert);
-    } catch {
-      // A certificate without the TCG SAN still identifies the EK; the node just gets no
-      // manufacturer/model selectors.
-      device = undefined;
-    }
-  }
-  const admitted = { ekPublic, ekHash, issuer: cert?.issuer.replaceAll('\n', ', '), device };
-  if (policy.allowedEkHashes.has(ekHash)) return admitted;
-  if (policy.roots.length > 0) {
-    if (cert === undefined)
-      throw new AttestationError(
-        'ERR_ATTEST_EK_UNTRUSTED',
-        `the agent sent no EK certificate and EK ${ekHash} is not allow-listed; the server trusts EKs by certificate: check the TPM has one in NV`,
-      );
-    const presented = chainBytes.map((b) => agentCertificate(b));
-    try {
-      verifyEkCertificateChain(
-        cert,
-        { roots: policy.roots, intermediates: policy.intermediates, presented },
-        at,
-      );
-      return admitted;
-    } catch (error) {
-      wrapTpm(error, {
-        ERR_TPM_EK_UNTRUSTED: 'ERR_ATTEST_EK_UNTRUSTED',
-        ERR_TPM_EK_CHAIN_LIMIT: 'ERR_ATTEST_EK_CHAIN_LIMIT',
-        ERR_TPM_MALFORMED: 'ERR_ATTEST_EK_INVALID',
-      });
-    }
-  }
-  if (policy.anyEk) return admitted;
+  const allowListed = policy.allowedEkHashes.has(ekHash);
+  const chain = !allowListed && policy.roots.length > 0;
+  if (chain && evidence.ekCertificates.length === 0)
+    throw new AttestationError(
+      'ERR_ATTEST_EK_UNTRUSTED',
+      `the agent sent no EK certificate and EK ${ekHash} is not allow-listed; the server trusts EKs by certificate: check the TPM has one in NV`,
+    );
+  const judged =
+    evidence.ekCertificates.length === 0
+      ? undefined
+      : await judge({
+          ekPublic: evidence.ekPublic,
+          certificates: evidence.ekCertificates,
+          chain,
+          at: at.getTime(),
+        });
+  const admitted = { ekPublic, ekHash, issuer: judged?.issuer, device: judged?.device };
+  // A judged chain reached a configured root: the worker refuses any other.
+  if (allowListed || chain || policy.anyEk) return admitted;
   throw new AttestationError(
     'ERR_ATTEST_EK_NOT_ALLOWED',
     `EK ${ekHash} is not on the EK hash allow-list; if this node is yours, add the hash to tpm_attestation.ek_hashes or ek_hash_allow_file`,
