@@ -1,14 +1,4 @@
-/**
- * The agent's gRPC client for the agent API. The server is authenticated by its SVID: the chain
- * must verify against the bundle (the bootstrap bundle at first, the bundle learnt at attestation
- * after), be an X.509-SVID, and its SPIFFE ID must be exactly the server's ID of the trust domain
- * (`spiffe://<td>/ironroot/server`), not any other SVID of it. With `insecure_bootstrap` the first
- * attestation skips that check (labs only; logged as a warning).
- *
- * @module
- */
-import { X509Certificate } from 'node:crypto';
-import type { DetailedPeerCertificate, PeerCertificate } from 'node:tls';
+import type { PeerCertificate } from 'node:tls';
 import {
   type ClientDuplexStream,
   type ClientReadableStream,
@@ -32,6 +22,7 @@ import {
   type SyncCursorMessage,
 } from '../agent-api/proto.js';
 import { BundleSet, isSpiffeError, TrustDomain, verifyX509Svid, X509Bundle } from '../spiffe/index.js';
+import { peerChain } from '../workload-api/tls.js';
 import { AgentError } from './errors.js';
 
 /** One FetchEntries answer, its pages put together. */
@@ -67,22 +58,6 @@ type Answerer = (challenge: Challenge) => Promise<ChallengeResponseMessage>;
 
 export function serverId(trustDomain: string): string {
   return `spiffe://${trustDomain}/ironroot/server`;
-}
-
-/**
- * The server's chain, leaf first, from the linked certificates Node hands to `checkServerIdentity`
- * (the detailed form, although its type says otherwise); stops at a self-issued certificate.
- */
-function peerChain(peer: PeerCertificate | DetailedPeerCertificate): X509Certificate[] {
-  const chain: X509Certificate[] = [];
-  const seen = new Set<string>();
-  let current: PeerCertificate | DetailedPeerCertificate | undefined = peer;
-  while (current?.raw !== undefined && !seen.has(current.fingerprint256)) {
-    seen.add(current.fingerprint256);
-    chain.push(new X509Certificate(current.raw));
-    current = 'issuerCertificate' in current ? current.issuerCertificate : undefined;
-  }
-  return chain;
 }
 
 /**

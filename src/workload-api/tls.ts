@@ -32,7 +32,7 @@ export type Authorizer = Matcher;
  * receives the detailed form although its type says otherwise). The walk stops at a certificate
  * that is its own issuer.
  */
-function peerChain(peer: PeerCertificate | DetailedPeerCertificate): X509Certificate[] {
+export function peerChain(peer: PeerCertificate | DetailedPeerCertificate): X509Certificate[] {
   const chain: X509Certificate[] = [];
   const seen = new Set<string>();
   let current: PeerCertificate | DetailedPeerCertificate | undefined = peer;
