@@ -299,7 +299,9 @@ export class SvidCache implements WorkloadIdentityProvider {
         entryRevision: item.entryRevision,
         leaf,
         expiresAt: item.expiresAt,
-        rotateAt: issuedAt + half + jitter,
+        // Whole seconds, as `due` is asked with: a fractional time would keep the sync loop waking
+        // before `due` agrees, for up to a second of back-to-back rounds.
+        rotateAt: Math.floor(issuedAt + half + jitter),
         material: {
           spiffeId: entry.spiffeId,
           chainDer: item.chain.map((c) => new Uint8Array(c)),
@@ -321,13 +323,17 @@ export class SvidCache implements WorkloadIdentityProvider {
     return dropped;
   }
 
-  /** The next moment (unix seconds) something is due: a rotation or an expiry; undefined if none. */
-  nextEvent(): number | undefined {
+  /**
+   * The next moment (unix seconds) after `after` something is due: a rotation or an expiry;
+   * undefined if none. Events at or before `after` were the last round's to act on; one it could
+   * not (an SVID the server would not renew) waits for the next interval instead of waking the
+   * loop again at once.
+   */
+  nextEvent(after: number): number | undefined {
     let next: number | undefined;
-    for (const svid of this.#svids.values()) {
-      const at = Math.min(svid.rotateAt, svid.expiresAt);
-      if (next === undefined || at < next) next = at;
-    }
+    for (const svid of this.#svids.values())
+      for (const at of [svid.rotateAt, svid.expiresAt])
+        if (at > after && (next === undefined || at < next)) next = at;
     return next;
   }
 
