@@ -331,6 +331,7 @@ export class Agent {
         continue;
       }
       const client = this.#client(svid);
+      const roundAt = nowSeconds();
       try {
         await this.#sync.run(client, () => this.#stopped);
         this.#keepBundle();
@@ -351,8 +352,10 @@ export class Agent {
         client.close();
       }
       if (this.#workloadApi === undefined && !this.#stopped) await this.#startWorkloadApi();
-      const next = this.#cache.nextEvent();
-      const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 - Date.now();
+      const next = this.#cache.nextEvent(roundAt);
+      // One millisecond past the event: a timer may fire up to 1 ms early (libuv's loop clock has
+      // millisecond resolution), and `due` must see the whole second reached.
+      const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 + 1 - Date.now();
       await this.#sleepSync(Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
     }
   }

@@ -24,6 +24,11 @@ import { attestWorkload, type WorkloadAttestor } from './workloadattestor/attest
 const ROTATE_JITTER = 0.1;
 /** JWT-SVIDs kept at most; the least recently minted go first (audiences are caller-chosen). */
 const MAX_CACHED_JWTS = 10_000;
+/**
+ * Failures to mint a fresh JWT-SVID after which a cached one still valid is served instead: the
+ * server unreachable, or failing itself (its HSM away, for one).
+ */
+const JWT_OUTAGE_CODES: ReadonlySet<string> = new Set(['ERR_AGENT_SERVER_UNAVAILABLE', 'ERR_AGENT_INTERNAL']);
 
 export interface CachedEntry {
   readonly id: string;
@@ -68,7 +73,8 @@ export class SvidCache implements WorkloadIdentityProvider {
   readonly #listeners = new Set<() => void>();
   #entries = new Map<string, CachedEntry>();
   readonly #svids = new Map<string, CachedSvid>();
-  readonly #jwts = new Map<string, { token: string; rotateAt: number }>();
+  /** Times in milliseconds. */
+  readonly #jwts = new Map<string, { token: string; rotateAt: number; expiresAt: number }>();
   #bundle: SpiffeBundle;
   #bundleDocument = '';
   #activeAuthority: X509Certificate | undefined;
@@ -176,13 +182,31 @@ export class SvidCache implements WorkloadIdentityProvider {
         'ERR_AGENT_STATE',
         `no entry for ${spiffeId.toString()} in the cache (removed since the caller was attested); ask again`,
       );
-    const minted = await this.#mintJwt(entry.id, audience);
+    let minted: { token: string; expiresAt: number };
+    try {
+      minted = await this.#mintJwt(entry.id, audience);
+    } catch (error) {
+      // The server is away (or cannot sign just now): a token still valid serves until it expires,
+      // as the cached X.509-SVIDs do. A refusal is not an outage and reaches the caller.
+      if (
+        cached !== undefined &&
+        cached.expiresAt > Date.now() &&
+        error instanceof AgentError &&
+        JWT_OUTAGE_CODES.has(error.code)
+      )
+        return cached.token;
+      throw error;
+    }
     this.#jwts.delete(key);
     if (this.#jwts.size >= MAX_CACHED_JWTS) {
       const oldest = this.#jwts.keys().next().value;
       if (oldest !== undefined) this.#jwts.delete(oldest);
     }
-    this.#jwts.set(key, { token: minted.token, rotateAt: now + (minted.expiresAt * 1000 - now) / 2 });
+    this.#jwts.set(key, {
+      token: minted.token,
+      rotateAt: now + (minted.expiresAt * 1000 - now) / 2,
+      expiresAt: minted.expiresAt * 1000,
+    });
     return minted.token;
   }
 
@@ -275,7 +299,9 @@ export class SvidCache implements WorkloadIdentityProvider {
         entryRevision: item.entryRevision,
         leaf,
         expiresAt: item.expiresAt,
-        rotateAt: issuedAt + half + jitter,
+        // Whole seconds, as `due` is asked with: a fractional time would keep the sync loop waking
+        // before `due` agrees, for up to a second of back-to-back rounds.
+        rotateAt: Math.floor(issuedAt + half + jitter),
         material: {
           spiffeId: entry.spiffeId,
           chainDer: item.chain.map((c) => new Uint8Array(c)),
@@ -297,13 +323,17 @@ export class SvidCache implements WorkloadIdentityProvider {
     return dropped;
   }
 
-  /** The next moment (unix seconds) something is due: a rotation or an expiry; undefined if none. */
-  nextEvent(): number | undefined {
+  /**
+   * The next moment (unix seconds) after `after` something is due: a rotation or an expiry;
+   * undefined if none. Events at or before `after` were the last round's to act on; one it could
+   * not (an SVID the server would not renew) waits for the next interval instead of waking the
+   * loop again at once.
+   */
+  nextEvent(after: number): number | undefined {
     let next: number | undefined;
-    for (const svid of this.#svids.values()) {
-      const at = Math.min(svid.rotateAt, svid.expiresAt);
-      if (next === undefined || at < next) next = at;
-    }
+    for (const svid of this.#svids.values())
+      for (const at of [svid.rotateAt, svid.expiresAt])
+        if (at > after && (next === undefined || at < next)) next = at;
     return next;
   }
 

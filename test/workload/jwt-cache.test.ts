@@ -1,3 +1,4 @@
+import { status } from '@grpc/grpc-js';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -97,5 +98,64 @@ describe('the agent’s JWT-SVID cache (real server and agent)', () => {
     expect(await fetchJwt(['svc-c'])).toBe(c);
     expect(await fetchJwt(['svc-a'])).toBe(a);
     expect(await jwtsMinted(server)).toBe(before + 2);
+  });
+});
+
+/**
+ * docs/agent-config.md: while the server cannot be reached, a cached JWT-SVID past its half-life
+ * but not expired is served instead of a fresh one, as SPIRE does; an expired one never is.
+ */
+describe('the agent’s JWT-SVID cache while the server is down (real server and agent)', () => {
+  let server: TestServer;
+  let agent: TestAgent;
+  let client: RawClient;
+  const id = `spiffe://${TD}/workload/jwt-outage`;
+
+  beforeAll(async () => {
+    server = await startAttestServer();
+    const token = await server.registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'test');
+    agent = await startTestAgent(server, {
+      attestation: 'join_token',
+      join_token: token.value,
+      socket_path: workloadSocketPath(),
+      sync_interval: '200ms',
+    });
+    const agentId = (await until('the agent to attest', () => healthy(agent))).spiffe_id;
+    // A short JWT TTL, so the half-life (when the agent asks the server again) and the expiry
+    // both pass within the test.
+    await server.server.datastore.createEntry(
+      entry('/workload/jwt-outage', agentId, [me], { jwtSvidTtl: 12 }),
+      'test',
+    );
+    await workloadWhere(agent, 'the workload’s X.509-SVID in the cache', (w) => w.svids === 1);
+    client = new RawClient(agent.config.socket_path ?? '');
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await agent?.stop();
+    await server?.stop();
+  });
+
+  const fetchJwt = () => client.unary<JwtSvidResponse>('FetchJWTSVID', { audience: ['svc-outage'] });
+  const afterMs = (at: number) =>
+    until(`the clock to pass ${at}`, () => Date.now() > at || undefined, 30_000);
+
+  it('returns the cached token still valid when renewing it fails, and not once it has expired', async () => {
+    const first = await fetchJwt();
+    const mintedBy = Date.now();
+    expect(first.svids.map((s) => s.spiffe_id)).toEqual([id]);
+    const token = first.svids[0]?.svid ?? '';
+    const expMs = (decodeJwt(token).exp ?? 0) * 1000;
+    await server.down();
+
+    // Past the half-life the agent asks the server for a new token; the server is down.
+    await afterMs((mintedBy + expMs) / 2);
+    expect(Date.now()).toBeLessThan(expMs);
+    const during = await fetchJwt();
+    expect(during.svids.map((s) => s.svid)).toEqual([token]);
+
+    await afterMs(expMs);
+    await expect(fetchJwt()).rejects.toMatchObject({ code: status.UNAVAILABLE });
   });
 });

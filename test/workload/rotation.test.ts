@@ -168,3 +168,53 @@ describe('SVID rotation and entry changes on an open FetchX509SVID stream', () =
     }
   });
 });
+
+describe('sync rounds at SVID rotations', () => {
+  let server: TestServer;
+  let agent: TestAgent;
+  /** Entries whose SVIDs rotate, each at its own jittered moment. */
+  const ENTRIES = 8;
+
+  beforeAll(async () => {
+    server = await startAttestServer();
+    const token = await server.registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'test');
+    agent = await startTestAgent(server, {
+      attestation: 'join_token',
+      join_token: token.value,
+      socket_path: workloadSocketPath(),
+      sync_interval: '200ms',
+    });
+    const agentId = (await until('the agent to attest', () => healthy(agent))).spiffe_id;
+    for (let i = 0; i < ENTRIES; i++)
+      await server.server.datastore.createEntry(
+        entry(`/rotating/${i}`, agentId, [me], { x509SvidTtl: 4 }),
+        'test',
+      );
+    await workloadWhere(agent, 'the /rotating SVIDs', (w) => w.svids === ENTRIES);
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await server?.stop();
+  });
+
+  it('runs a round only when a rotation is due, not round after round until the next whole second', async () => {
+    // An interval far longer than the test: every round after the first is one a rotation asked for.
+    agent.config.sync_interval = '1h';
+    await agent.stop();
+    const from = agent.logs.lines.length;
+    await agent.start();
+    // The first round issues every SVID; then each rotates twice, at about half of 4 s.
+    const workload = await workloadWhere(
+      agent,
+      'two rotations of every SVID',
+      (w) => w.svids_issued >= ENTRIES * 3,
+    );
+    const issuingRounds = agent.logs.lines
+      .slice(from)
+      .filter((l) => l.msg === 'workload X.509-SVIDs issued').length;
+    expect(issuingRounds).toBeGreaterThanOrEqual(3);
+    // Every round issued SVIDs; one more may be under way, its issuance not logged yet.
+    expect(workload.syncs).toBeLessThanOrEqual(issuingRounds + 1);
+  });
+});

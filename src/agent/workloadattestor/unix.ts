@@ -20,6 +20,8 @@ export interface UnixAttestorOptions {
   groupPath?: string;
   /** Hash executables up to this size; larger ones get no `sha256` selector. Default 256 MiB. */
   maxHashBytes?: number;
+  /** Reads and hashes an opened executable; default {@link sha256OfFile}. Tests count reads with it. */
+  hashFile?: (file: FileHandle) => Promise<string>;
 }
 
 /** Uid, gid and supplementary gids of a process from `/proc/<pid>/status`. */
@@ -32,6 +34,16 @@ export interface ProcessIds {
 }
 
 const DEFAULT_MAX_HASH_BYTES = 256 * 1024 * 1024;
+/** Executable hashes kept; the least recently used go first. */
+const MAX_CACHED_HASHES = 1024;
+
+/** SHA-256 (hex) of an opened file, read from its start through the same descriptor. */
+export async function sha256OfFile(file: FileHandle): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of file.createReadStream({ autoClose: false, start: 0 }))
+    hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
 
 /** Parses the `Uid:`, `Gid:` and `Groups:` lines of `/proc/<pid>/status`. */
 export function parseStatus(status: string): ProcessIds {
@@ -70,11 +82,6 @@ function parseNameFile(text: string): Map<number, string> {
   return names;
 }
 
-interface CachedHash {
-  readonly key: string;
-  readonly sha256: string;
-}
-
 /**
  * Selectors: `unix:uid:<n>`, `unix:user:<name>`, `unix:gid:<n>`, `unix:group:<name>`,
  * `unix:supplementary_gid:<n>`, `unix:supplementary_group:<name>`, `unix:path:<exe>`,
@@ -86,14 +93,24 @@ export class UnixAttestor implements WorkloadAttestor {
   readonly #passwdPath: string;
   readonly #groupPath: string;
   readonly #maxHashBytes: number;
-  /** By executable path; an entry is valid while dev, inode, mtime and size are unchanged. */
-  readonly #hashes = new Map<string, CachedHash>();
+  readonly #hashFile: (file: FileHandle) => Promise<string>;
+  /**
+   * By file identity (device, inode, size, mtime, ctime), in least-recently-used order: a file
+   * rewritten in place or replaced gets another key, so it is hashed again.
+   */
+  readonly #hashes = new Map<string, string>();
+  /**
+   * Hashes being computed, by the same key. On a cold start hundreds of callers may run one
+   * executable; they share one read of it instead of each reading it in full.
+   */
+  readonly #hashing = new Map<string, Promise<string>>();
 
   constructor(options: UnixAttestorOptions = {}) {
     this.#procRoot = options.procRoot ?? '/proc';
     this.#passwdPath = options.passwdPath ?? '/etc/passwd';
     this.#groupPath = options.groupPath ?? '/etc/group';
     this.#maxHashBytes = options.maxHashBytes ?? DEFAULT_MAX_HASH_BYTES;
+    this.#hashFile = options.hashFile ?? sha256OfFile;
   }
 
   async attest(pid: number): Promise<Selector[]> {
@@ -122,7 +139,7 @@ export class UnixAttestor implements WorkloadAttestor {
       if (name !== undefined) selectors.push(`unix:supplementary_group:${name}`);
     }
     selectors.push(`unix:path:${path}`);
-    const sha256 = await this.#hash(exe, path);
+    const sha256 = await this.#hash(exe);
     if (sha256 !== undefined) selectors.push(`unix:sha256:${sha256}`);
     return selectors;
   }
@@ -130,9 +147,10 @@ export class UnixAttestor implements WorkloadAttestor {
   /**
    * SHA-256 of the executable, read through the `/proc/<pid>/exe` link: that is the file the
    * process runs even if the path was since replaced or deleted, and it can be opened across mount
-   * namespaces.
+   * namespaces. The cache key comes from fstat of the descriptor the bytes are read from, so key
+   * and bytes describe the same file.
    */
-  async #hash(exe: string, path: string): Promise<string | undefined> {
+  async #hash(exe: string): Promise<string | undefined> {
     let file: FileHandle;
     try {
       file = await open(exe, 'r');
@@ -143,14 +161,31 @@ export class UnixAttestor implements WorkloadAttestor {
     try {
       const st = await file.stat({ bigint: true });
       if (st.size > BigInt(this.#maxHashBytes)) return undefined;
-      const key = `${st.dev}:${st.ino}:${st.mtimeNs}:${st.size}`;
-      const cached = this.#hashes.get(path);
-      if (cached?.key === key) return cached.sha256;
-      const hash = createHash('sha256');
-      for await (const chunk of file.createReadStream({ autoClose: false })) hash.update(chunk as Buffer);
-      const sha256 = hash.digest('hex');
-      this.#hashes.set(path, { key, sha256 });
-      return sha256;
+      const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      const cached = this.#hashes.get(key);
+      if (cached !== undefined) {
+        this.#hashes.delete(key);
+        this.#hashes.set(key, cached);
+        return cached;
+      }
+      let hashing = this.#hashing.get(key);
+      if (hashing === undefined) {
+        hashing = this.#hashFile(file);
+        this.#hashing.set(key, hashing);
+        // Settled either way, it is no longer in flight; a failed read is tried again by the next caller.
+        hashing.then(
+          (sha256) => {
+            this.#hashing.delete(key);
+            this.#hashes.set(key, sha256);
+            if (this.#hashes.size > MAX_CACHED_HASHES) {
+              const oldest = this.#hashes.keys().next().value;
+              if (oldest !== undefined) this.#hashes.delete(oldest);
+            }
+          },
+          () => this.#hashing.delete(key),
+        );
+      }
+      return await hashing;
     } finally {
       await file.close();
     }

@@ -20,6 +20,7 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { claimSocketPath } from '../../host/index.js';
+import { isHsmError } from '../../hsm/index.js';
 import type { CaService } from '../ca/service.js';
 import type { Actor } from '../datastore/datastore.js';
 import { ServerError } from '../errors.js';
@@ -282,23 +283,41 @@ export class AdminServer {
           callback(null, response);
         },
         (error: unknown) => {
-          const known = error instanceof ServerError;
+          const known = adminError(error);
           const fields = {
             method: `${serviceName}/${method}`,
             peer_uid: uid,
             result: 'error',
             duration_ms: Math.round(performance.now() - started),
-            ...(known ? { error_code: error.code, reason: error.message } : { err: error }),
+            ...(known ? { error_code: known.code, reason: known.message } : { err: error }),
           };
-          if (known) logger.info(fields, 'admin API call');
-          else logger.error(fields, 'admin API call failed unexpectedly');
+          // An HSM fault is the operator's to fix, whoever called: logged as an error, code and all.
+          if (known && !isHsmError(error)) logger.info(fields, 'admin API call');
+          else logger.error(fields, known ? 'admin API call failed' : 'admin API call failed unexpectedly');
           this.#options.onCall?.(`${serviceName}/${method}`, 'error');
           callback({
-            code: known ? error.grpcStatus : status.INTERNAL,
-            details: known ? `${error.code}: ${error.message}` : 'internal error; see the server log',
+            code: known ? known.grpcStatus : status.INTERNAL,
+            details: known ? `${known.code}: ${known.message}` : 'internal error; see the server log',
           });
         },
       );
     };
   }
+}
+
+/**
+ * What the caller is told of a failure: a ServerError as it is; an HSM fault by its code (an HSM
+ * outage is ERR_HSM_UNAVAILABLE, not "internal error"), the code also in the message, which the
+ * CLI prints alone. Anything else is undefined: an internal error, detailed only in the log.
+ */
+function adminError(error: unknown): { code: string; message: string; grpcStatus: status } | undefined {
+  if (error instanceof ServerError) return error;
+  if (!isHsmError(error)) return undefined;
+  const grpcStatus =
+    error.code === 'ERR_HSM_UNAVAILABLE' || error.code === 'ERR_HSM_CLOSED'
+      ? status.UNAVAILABLE
+      : error.code === 'ERR_HSM_OPERATION_FAILED'
+        ? status.INTERNAL
+        : status.FAILED_PRECONDITION;
+  return { code: error.code, message: `the HSM failed with ${error.code}: ${error.message}`, grpcStatus };
 }

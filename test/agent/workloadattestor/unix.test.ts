@@ -6,12 +6,14 @@ import {
   readlinkSync,
   realpathSync,
   rmSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseStatus, UnixAttestor } from '../../../src/agent/workloadattestor/unix.js';
+import { parseStatus, sha256OfFile, UnixAttestor } from '../../../src/agent/workloadattestor/unix.js';
 import { systemUser } from '../../helpers/workload-api.js';
 
 const sha256sum = (path: string) => execFileSync('sha256sum', [path]).toString().split(' ')[0];
@@ -93,6 +95,45 @@ describe('unix workload attestor on real processes', () => {
     const selectors = await attestor.attest(second);
     expect(selectors).toContain(`unix:sha256:${sha256sum(realpathSync('/usr/bin/tail'))}`);
     expect(selectors).not.toContain(`unix:sha256:${sha256sum('/usr/bin/sleep')}`);
+  });
+
+  it('reads an executable once for many concurrent attestations, and again once its mtime or inode changes', async () => {
+    const path = join(dir, 'shared-workload');
+    copyFileSync('/usr/bin/sleep', path);
+    execFileSync('chmod', ['755', path]);
+    let reads = 0;
+    const attestor = new UnixAttestor({
+      hashFile: (file: FileHandle) => {
+        reads++;
+        return sha256OfFile(file);
+      },
+    });
+    const pids = [
+      await start(path, ['30'], path),
+      await start(path, ['31'], path),
+      await start(path, ['32'], path),
+    ];
+    const expected = `unix:sha256:${sha256sum(path)}`;
+    const all = await Promise.all(Array.from({ length: 60 }, (_, i) => attestor.attest(pids[i % 3] ?? 0)));
+    for (const selectors of all) expect(selectors).toContain(expected);
+    expect(reads).toBe(1);
+
+    // Touched in place: same inode, new mtime (and ctime): the bytes may differ, so it is read again.
+    const later = new Date(Date.now() + 60_000);
+    utimesSync(path, later, later);
+    const touched = await Promise.all(pids.map((pid) => attestor.attest(pid)));
+    for (const selectors of touched) expect(selectors).toContain(expected);
+    expect(reads).toBe(2);
+
+    // Replaced: a new inode at the same path, run by a new process.
+    rmSync(path);
+    copyFileSync('/usr/bin/sleep', path);
+    execFileSync('chmod', ['755', path]);
+    const replaced = await start(path, ['33'], path);
+    expect(await attestor.attest(replaced)).toContain(expected);
+    expect(reads).toBe(3);
+    await attestor.attest(replaced);
+    expect(reads).toBe(3);
   });
 
   it('omits the hash of a binary over the size limit, keeping the other selectors', async () => {
