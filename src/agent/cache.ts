@@ -297,6 +297,21 @@ export class SvidCache implements WorkloadIdentityProvider {
     return dropped;
   }
 
+  /**
+   * For the agent's health: the validity (unix seconds) of each SVID served, and how many entries
+   * (not expired themselves) have no SVID.
+   */
+  validity(now: number): { served: { notBefore: number; expiresAt: number }[]; unserved: number } {
+    const served = [...this.#svids.values()].map((svid) => ({
+      notBefore: Math.floor(new Date(svid.leaf.validFrom).getTime() / 1000),
+      expiresAt: svid.expiresAt,
+    }));
+    const unserved = [...this.#entries.values()].filter(
+      (entry) => !(entry.expiresAt > 0 && entry.expiresAt <= now) && !this.#svids.has(entry.id),
+    ).length;
+    return { served, unserved };
+  }
+
   /** The next moment (unix seconds) something is due: a rotation or an expiry; undefined if none. */
   nextEvent(): number | undefined {
     let next: number | undefined;
