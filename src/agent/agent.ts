@@ -209,14 +209,15 @@ export class Agent {
   async #run(): Promise<void> {
     while (!this.#stopped) {
       // Another loop's failure holds every call back, however this loop was woken.
-      const wait = this.#contact.waitMs();
+      const wait = this.#contact.waitMs('agent_svid');
       if (wait > 0) {
         await this.#sleep(wait);
         continue;
       }
       let delayMs: number;
       try {
-        if (await this.#step()) this.#contact.succeeded();
+        const contacted = await this.#step();
+        if (contacted !== 'none') this.#contact.succeeded('agent_svid', contacted === 'attested');
         delayMs = Math.max(0, this.#renewAt * 1000 - Date.now());
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
@@ -226,24 +227,24 @@ export class Agent {
     }
   }
 
-  /** Attests or renews when due; true when it talked to the server. */
-  async #step(): Promise<boolean> {
+  /** Attests or renews when due; says which it did. */
+  async #step(): Promise<'attested' | 'renewed' | 'none'> {
     if (this.#mustAttest) {
       this.#mustAttest = false;
       this.#svid = undefined;
       this.#store.dropSvid();
       await this.#attest();
-      return true;
+      return 'attested';
     }
     const svid = this.#svid;
     if (svid === undefined || svid.expiresAt <= nowSeconds()) {
       await this.#attest();
-      return true;
+      return 'attested';
     }
-    if (nowSeconds() < this.#renewAt) return false;
+    if (nowSeconds() < this.#renewAt) return 'none';
     try {
       await this.#renew(svid);
-      return true;
+      return 'renewed';
     } catch (error) {
       if (error instanceof AgentError && REATTEST_CODES.has(error.code)) {
         this.#logger.warn(
@@ -253,7 +254,7 @@ export class Agent {
         this.#svid = undefined;
         this.#store.dropSvid();
         await this.#attest();
-        return true;
+        return 'attested';
       }
       throw error;
     }
@@ -357,7 +358,7 @@ export class Agent {
         await this.#sleepSync(this.#config.sync_interval * 1000);
         continue;
       }
-      const wait = this.#contact.waitMs();
+      const wait = this.#contact.waitMs('sync');
       if (wait > 0) {
         await this.#sleepSync(wait);
         continue;
@@ -367,7 +368,7 @@ export class Agent {
       try {
         await this.#sync.run(client, () => this.#stopped);
         this.#lastSyncAt = nowSeconds();
-        this.#contact.succeeded();
+        this.#contact.succeeded('sync');
         this.#keepBundle();
         this.#renewIfCaRotated();
       } catch (error) {
@@ -521,7 +522,7 @@ export class Agent {
         await this.#sleepReattest(this.#config.sync_interval * 1000);
         continue;
       }
-      const wait = this.#contact.waitMs();
+      const wait = this.#contact.waitMs('reattest');
       if (wait > 0) {
         await this.#sleepReattest(wait);
         continue;
@@ -530,7 +531,7 @@ export class Agent {
       // A stream the server ends without a challenge is no failure, but is not reopened at once either.
       let retryMs = this.#config.retry_initial * 1000;
       try {
-        if (await this.#reattestStream(client)) this.#contact.succeeded();
+        if (await this.#reattestStream(client)) this.#contact.succeeded('reattest');
         if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
         const e = client.toError(error);

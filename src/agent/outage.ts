@@ -5,8 +5,9 @@
  * failing, and an info line when a call succeeds again. Not a line per attempt: an agent whose
  * server is away for hours must not fill the disk.
  *
- * The loops share the earliest time of the next attempt, so a wake-up in one loop (an SVID due, a
- * re-attestation asked for) cannot bypass the backoff another loop's failure set.
+ * While the server is unreachable the loops share the earliest time of the next attempt, so a
+ * wake-up in one loop (an SVID due, a re-attestation asked for) cannot bypass the backoff another
+ * loop's failure set.
  *
  * @module
  */
@@ -16,15 +17,26 @@ import type { AgentError } from './errors.js';
 /** While calls keep failing, a summary line this often. */
 export const SUMMARY_INTERVAL_MS = 5 * 60_000;
 
+/** Which loop made a call: the agent SVID's (attest, renew), the entry sync, the re-quote stream. */
+export type CallPath = 'agent_svid' | 'sync' | 'reattest';
+
+const UNREACHABLE = 'ERR_AGENT_SERVER_UNAVAILABLE';
+
 export class ServerContact {
   readonly #initialMs: number;
   readonly #maxMs: number;
   readonly #logger: Logger;
+  /**
+   * The server unreachable is one state for every loop (any call that gets through ends it); a
+   * refusal is the refused loop's own (a renewal refused says nothing of the sync), and only a
+   * success of that loop ends it, so a sync that works cannot reset a refused renewal's backoff.
+   */
+  #unreachable: { failures: number; notBefore: number } | undefined;
+  readonly #refused = new Map<CallPath, { error: AgentError; failures: number; notBefore: number }>();
   #failures = 0;
   #since: number | undefined;
   #lastError: AgentError | undefined;
   #lastSummary = 0;
-  #notBefore = 0;
 
   constructor(options: { retryInitialMs: number; retryMaxMs: number; logger: Logger }) {
     this.#initialMs = options.retryInitialMs;
@@ -32,7 +44,7 @@ export class ServerContact {
     this.#logger = options.logger;
   }
 
-  /** Failed calls since the last one that succeeded. */
+  /** Failed calls since the last time every call succeeded. */
   get consecutiveFailures(): number {
     return this.#failures;
   }
@@ -46,13 +58,14 @@ export class ServerContact {
     return this.#since;
   }
 
-  /** How long to wait before the next call to the server; 0 when calls succeed. */
-  waitMs(): number {
-    return Math.max(0, this.#notBefore - Date.now());
+  /** How long `path` waits before its next call: while the server is unreachable, every path waits. */
+  waitMs(path: CallPath): number {
+    const notBefore = Math.max(this.#unreachable?.notBefore ?? 0, this.#refused.get(path)?.notBefore ?? 0);
+    return Math.max(0, notBefore - Date.now());
   }
 
-  /** Records a failed call (from `path`: which loop made it); returns the wait before the next. */
-  failed(error: AgentError, path: string): number {
+  /** Records a failed call; returns the wait before `path` calls again. */
+  failed(error: AgentError, path: CallPath): number {
     const now = Date.now();
     this.#failures++;
     const previous = this.#lastError;
@@ -62,7 +75,7 @@ export class ServerContact {
       this.#lastSummary = now;
       this.#logger.warn(
         { reason: error.code, err_message: error.message, path },
-        error.code === 'ERR_AGENT_SERVER_UNAVAILABLE'
+        error.code === UNREACHABLE
           ? 'the server is unreachable; serving the cached SVIDs and retrying with backoff'
           : 'the server refuses this agent; serving the cached SVIDs and retrying with backoff',
       );
@@ -83,12 +96,35 @@ export class ServerContact {
         'calls to the server still fail; retrying with backoff',
       );
     }
-    this.#notBefore = Math.max(this.#notBefore, now + this.#delayMs());
-    return this.#notBefore - now;
+    if (error.code === UNREACHABLE) {
+      const state = this.#unreachable ?? { failures: 0, notBefore: 0 };
+      state.failures++;
+      state.notBefore = Math.max(state.notBefore, now + this.#delayMs(state.failures));
+      this.#unreachable = state;
+      this.#refused.delete(path);
+      return state.notBefore - now;
+    }
+    const state = this.#refused.get(path) ?? { error, failures: 0, notBefore: 0 };
+    state.error = error;
+    state.failures++;
+    state.notBefore = now + this.#delayMs(state.failures);
+    this.#refused.set(path, state);
+    return this.waitMs(path);
   }
 
-  /** Records a call that succeeded: ends the outage (logging it) and the backoff. */
-  succeeded(): void {
+  /**
+   * Records a call of `path` that succeeded (`every`: one that resets them all, a full attestation):
+   * when no refusal is left, ends the outage, logging it.
+   */
+  succeeded(path: CallPath, every = false): void {
+    this.#unreachable = undefined;
+    if (every) this.#refused.clear();
+    else this.#refused.delete(path);
+    const left = [...this.#refused.values()].at(-1);
+    if (left !== undefined) {
+      this.#lastError = left.error;
+      return;
+    }
     if (this.#since !== undefined)
       this.#logger.info(
         { down_ms: Date.now() - this.#since, attempts: this.#failures, reason: this.#lastError?.code },
@@ -97,12 +133,11 @@ export class ServerContact {
     this.#failures = 0;
     this.#since = undefined;
     this.#lastError = undefined;
-    this.#notBefore = 0;
   }
 
   /** Exponential from retry_initial, capped at retry_max, with full jitter in its upper half. */
-  #delayMs(): number {
-    const capped = Math.min(this.#initialMs * 2 ** Math.min(this.#failures - 1, 30), this.#maxMs);
+  #delayMs(failures: number): number {
+    const capped = Math.min(this.#initialMs * 2 ** Math.min(failures - 1, 30), this.#maxMs);
     return capped / 2 + (Math.random() * capped) / 2;
   }
 }
