@@ -1,7 +1,8 @@
 /**
  * ironroot-agent's main loop: attest (or resume with the persisted SVID), renew at half-life with
  * jitter, attest again when the server says the attestation is gone, and back off exponentially
- * (with a cap and jitter) while the server is away, without ever exiting for it.
+ * (with a cap and jitter) while the server is away, without ever exiting for it. Every loop that
+ * calls the server goes through one {@link ServerContact}: one backoff, one log line per change.
  *
  * Beside it, once the node has an SVID, the sync loop keeps the workloads' SVID cache current
  * (entries, bundles, SVID rotation) every `sync_interval` or sooner when an SVID is due, and the
@@ -34,7 +35,8 @@ import { SvidCache } from './cache.js';
 import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
-import { type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
+import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
+import { ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
 import { WorkloadSync } from './sync.js';
@@ -67,7 +69,10 @@ export class Agent {
   readonly #tpm: TpmAttestor;
   #svid: StoredSvid | undefined;
   #renewAt = 0;
-  #failures = 0;
+  readonly #contact: ServerContact;
+  /** Unix seconds of the last sync round that succeeded; undefined before the first. */
+  #lastSyncAt: number | undefined;
+  readonly #startedAt = nowSeconds();
   #stopped = false;
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
@@ -91,14 +96,7 @@ export class Agent {
    */
   #tpmLock: Promise<void> = Promise.resolve();
   readonly #reattest = { trusted: true, code: '', reason: '', passed: 0, failed: 0 };
-  readonly #status: HealthStatus = {
-    state: 'starting',
-    spiffe_id: '',
-    expires_at: 0,
-    last_error: null,
-    attestations: 0,
-    renewals: 0,
-  };
+  readonly #counts = { attestations: 0, renewals: 0 };
 
   constructor(config: AgentConfig, logger: Logger) {
     this.#config = config;
@@ -112,11 +110,49 @@ export class Agent {
       mintJwt: (entryId, audience) => this.#mintJwt(entryId, audience),
     });
     this.#sync = new WorkloadSync(this.#cache, logger);
+    this.#contact = new ServerContact({
+      retryInitialMs: config.retry_initial * 1000,
+      retryMaxMs: config.retry_max * 1000,
+      logger,
+    });
   }
 
   status(): HealthStatus {
+    const now = nowSeconds();
+    const svid = this.#svid;
+    const error = this.#contact.lastError;
+    const since = this.#contact.failingSince;
+    const failing = this.#contact.consecutiveFailures > 0;
+    const valid = svid !== undefined && svid.expiresAt > now;
+    const workloads = this.#cache.validity(now);
+    const verdict = evaluateHealth({
+      now,
+      agentSvidValid: valid,
+      lastSyncAt: this.#lastSyncAt ?? this.#startedAt,
+      syncIntervalSeconds: this.#config.sync_interval,
+      served: [
+        ...(valid ? [{ notBefore: notBefore(svid), expiresAt: svid.expiresAt }] : []),
+        ...workloads.served,
+      ],
+      unserved: workloads.unserved,
+      failing,
+    });
     return {
-      ...this.#status,
+      state: valid
+        ? failing
+          ? 'degraded'
+          : 'healthy'
+        : failing || svid !== undefined
+          ? 'unavailable'
+          : 'starting',
+      ...verdict,
+      spiffe_id: svid?.spiffeId ?? '',
+      expires_at: svid?.expiresAt ?? 0,
+      last_error: error ? { code: error.code, message: error.message } : null,
+      consecutive_failures: this.#contact.consecutiveFailures,
+      failing_since: since === undefined ? null : Math.floor(since / 1000),
+      last_sync_at: this.#lastSyncAt ?? null,
+      ...this.#counts,
       ...(this.#config.attestation === 'tpm' ? { reattest: { ...this.#reattest } } : {}),
       workload: {
         entries: this.#cache.entryCount,
@@ -146,7 +182,6 @@ export class Agent {
     const stored = this.#store.loadSvid();
     if (stored && stored.expiresAt > nowSeconds()) {
       this.#adopt(stored, false);
-      this.#status.state = 'healthy';
       this.#logger.info(
         { agent_id: stored.spiffeId, expires_at: stored.expiresAt },
         'resuming with the stored agent SVID',
@@ -173,50 +208,43 @@ export class Agent {
 
   async #run(): Promise<void> {
     while (!this.#stopped) {
+      // Another loop's failure holds every call back, however this loop was woken.
+      const wait = this.#contact.waitMs('agent_svid');
+      if (wait > 0) {
+        await this.#sleep(wait);
+        continue;
+      }
       let delayMs: number;
       try {
-        await this.#step();
-        this.#failures = 0;
-        this.#status.state = 'healthy';
-        this.#status.last_error = null;
+        const contacted = await this.#step();
+        if (contacted !== 'none') this.#contact.succeeded('agent_svid', contacted === 'attested');
         delayMs = Math.max(0, this.#renewAt * 1000 - Date.now());
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
-        this.#failures++;
-        const valid = this.#svid !== undefined && this.#svid.expiresAt > nowSeconds();
-        this.#status.state = valid ? 'degraded' : 'unavailable';
-        this.#status.last_error = { code: e.code, message: e.message };
-        delayMs = this.#backoffMs();
-        this.#logger.warn(
-          {
-            reason: e.code,
-            err_message: e.message,
-            retry_in_ms: Math.round(delayMs),
-            state: this.#status.state,
-          },
-          'talking to the server failed; will retry',
-        );
+        delayMs = this.#contact.failed(e, 'agent_svid');
       }
       await this.#sleep(delayMs);
     }
   }
 
-  async #step(): Promise<void> {
+  /** Attests or renews when due; says which it did. */
+  async #step(): Promise<'attested' | 'renewed' | 'none'> {
     if (this.#mustAttest) {
       this.#mustAttest = false;
       this.#svid = undefined;
       this.#store.dropSvid();
       await this.#attest();
-      return;
+      return 'attested';
     }
     const svid = this.#svid;
     if (svid === undefined || svid.expiresAt <= nowSeconds()) {
       await this.#attest();
-      return;
+      return 'attested';
     }
-    if (nowSeconds() < this.#renewAt) return;
+    if (nowSeconds() < this.#renewAt) return 'none';
     try {
       await this.#renew(svid);
+      return 'renewed';
     } catch (error) {
       if (error instanceof AgentError && REATTEST_CODES.has(error.code)) {
         this.#logger.warn(
@@ -226,7 +254,7 @@ export class Agent {
         this.#svid = undefined;
         this.#store.dropSvid();
         await this.#attest();
-        return;
+        return 'attested';
       }
       throw error;
     }
@@ -270,7 +298,7 @@ export class Agent {
       }
       this.#save(result, key);
       this.#reattestWake?.();
-      this.#status.attestations++;
+      this.#counts.attestations++;
       this.#logger.info(
         {
           agent_id: result.spiffe_id,
@@ -312,7 +340,7 @@ export class Agent {
         this.#eventLogSent = logLength;
       }
       this.#save(result, key);
-      this.#status.renewals++;
+      this.#counts.renewals++;
       this.#logger.info({ agent_id: result.spiffe_id, expires_at: result.expires_at }, 'agent SVID renewed');
     } finally {
       client.close();
@@ -330,18 +358,24 @@ export class Agent {
         await this.#sleepSync(this.#config.sync_interval * 1000);
         continue;
       }
+      const wait = this.#contact.waitMs('sync');
+      if (wait > 0) {
+        await this.#sleepSync(wait);
+        continue;
+      }
       const client = this.#client(svid);
       const roundAt = nowSeconds();
+      let retryMs: number | undefined;
       try {
         await this.#sync.run(client, () => this.#stopped);
+        this.#lastSyncAt = nowSeconds();
+        this.#contact.succeeded('sync');
         this.#keepBundle();
         this.#renewIfCaRotated();
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
-        this.#logger.warn(
-          { reason: e.code, err_message: e.message, svids: this.#cache.svidCount },
-          'syncing workload entries and SVIDs failed; serving the cached SVIDs, will retry',
-        );
+        // Not the next SVID due: one already due would make that now, again and again.
+        retryMs = this.#contact.failed(e, 'sync');
         // The attestation is gone: the main loop finds out at its next renewal and attests again.
         // Not when the SVID changed meanwhile: a call with the one just replaced may be refused.
         if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
@@ -356,7 +390,7 @@ export class Agent {
       // One millisecond past the event: a timer may fire up to 1 ms early (libuv's loop clock has
       // millisecond resolution), and `due` must see the whole second reached.
       const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 + 1 - Date.now();
-      await this.#sleepSync(Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
+      await this.#sleepSync(retryMs ?? Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
     }
   }
 
@@ -473,21 +507,11 @@ export class Agent {
 
   #adopt(svid: StoredSvid, fresh: boolean): void {
     this.#svid = svid;
-    const leaf = svid.chain[0];
-    const issuedAt = leaf ? Math.floor(new Date(leaf.validFrom).getTime() / 1000) : nowSeconds();
+    const issuedAt = notBefore(svid);
     const half = (svid.expiresAt - issuedAt) / 2;
     const jitter = (Math.random() * 2 - 1) * RENEW_JITTER * half;
     this.#renewAt = Math.floor(issuedAt + half + jitter);
-    this.#status.spiffe_id = svid.spiffeId;
-    this.#status.expires_at = svid.expiresAt;
     if (fresh) this.#logger.debug({ renew_at: this.#renewAt }, 'renewal scheduled');
-  }
-
-  /** Exponential from retry_initial, capped at retry_max, with full jitter in its upper half. */
-  #backoffMs(failures = this.#failures): number {
-    const base = this.#config.retry_initial * 1000 * 2 ** Math.min(failures - 1, 30);
-    const capped = Math.min(base, this.#config.retry_max * 1000);
-    return capped / 2 + (Math.random() * capped) / 2;
   }
 
   /**
@@ -495,17 +519,22 @@ export class Agent {
    * when it drops (the server restarted, the network failed).
    */
   async #runReattest(): Promise<void> {
-    let failures = 0;
     while (!this.#stopped) {
       const svid = this.#svid;
       if (svid === undefined || svid.expiresAt <= nowSeconds()) {
         await this.#sleepReattest(this.#config.sync_interval * 1000);
         continue;
       }
+      const wait = this.#contact.waitMs('reattest');
+      if (wait > 0) {
+        await this.#sleepReattest(wait);
+        continue;
+      }
       const client = this.#client(svid);
-      let challenged = false;
+      // A stream the server ends without a challenge is no failure, but is not reopened at once either.
+      let retryMs = this.#config.retry_initial * 1000;
       try {
-        challenged = await this.#reattestStream(client);
+        if (await this.#reattestStream(client)) this.#contact.succeeded('reattest');
         if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
         const e = client.toError(error);
@@ -513,17 +542,11 @@ export class Agent {
           this.#renewAt = 0;
           this.#wake?.();
         }
-        if (!this.#stopped)
-          this.#logger.warn(
-            { reason: e.code, err_message: e.message },
-            'the re-quote stream failed; reconnecting',
-          );
+        if (!this.#stopped) retryMs = this.#contact.failed(e, 'reattest');
       } finally {
         client.close();
       }
-      // A stream that carried a challenge was healthy: start the backoff over.
-      failures = challenged ? 1 : failures + 1;
-      await this.#sleepReattest(this.#backoffMs(failures));
+      await this.#sleepReattest(retryMs);
     }
   }
 
@@ -694,6 +717,12 @@ function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
 
 function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
+}
+
+/** Unix seconds the SVID's certificate became valid. */
+function notBefore(svid: StoredSvid): number {
+  const leaf = svid.chain[0];
+  return leaf ? Math.floor(new Date(leaf.validFrom).getTime() / 1000) : nowSeconds();
 }
 
 /** A fresh P-256 key and a CSR for it. The server names the agent; the CSR's ID is a placeholder. */

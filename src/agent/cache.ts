@@ -324,6 +324,21 @@ export class SvidCache implements WorkloadIdentityProvider {
   }
 
   /**
+   * For the agent's health: the validity (unix seconds) of each SVID served, and how many entries
+   * (not expired themselves) have no SVID.
+   */
+  validity(now: number): { served: { notBefore: number; expiresAt: number }[]; unserved: number } {
+    const served = [...this.#svids.values()].map((svid) => ({
+      notBefore: Math.floor(new Date(svid.leaf.validFrom).getTime() / 1000),
+      expiresAt: svid.expiresAt,
+    }));
+    const unserved = [...this.#entries.values()].filter(
+      (entry) => !(entry.expiresAt > 0 && entry.expiresAt <= now) && !this.#svids.has(entry.id),
+    ).length;
+    return { served, unserved };
+  }
+
+  /**
    * The next moment (unix seconds) after `after` something is due: a rotation or an expiry;
    * undefined if none. Events at or before `after` were the last round's to act on; one it could
    * not (an SVID the server would not renew) waits for the next interval instead of waking the

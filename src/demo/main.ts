@@ -286,7 +286,7 @@ async function startAgent(demo: Demo, port: number, tcti: string): Promise<strin
       timeoutMs: START_TIMEOUT_MS,
       fail: (line) => {
         if (isError(line)) return message(line);
-        if (message(line) === 'talking to the server failed; will retry')
+        if (message(line).startsWith('the server refuses this agent'))
           return `attestation refused: ${String(line.reason)}: ${String(line.err_message)}`;
         return undefined;
       },

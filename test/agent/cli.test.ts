@@ -139,7 +139,7 @@ describe('ironroot-agent command line', () => {
     try {
       // The server is unreachable, so the agent keeps retrying: what it logged first is all there is to see.
       await until('the agent to log its first attempt', () =>
-        stdout.includes('will retry') ? true : undefined,
+        stdout.includes('retrying with backoff') ? true : undefined,
       );
     } finally {
       const exited = new Promise((resolve) => agent.once('exit', resolve));

@@ -12,7 +12,12 @@ import { type AgentConfig, agentConfigSchema } from './schema.js';
 
 export type AgentConfigOverrides = { [K in keyof z.input<typeof agentConfigSchema>]?: unknown };
 
-export function loadAgentConfig(options: { file?: string; overrides?: AgentConfigOverrides }): AgentConfig {
+/** `readToken: false` (healthcheck) leaves join_token_file unread: the file is the agent user's alone. */
+export function loadAgentConfig(options: {
+  file?: string;
+  overrides?: AgentConfigOverrides;
+  readToken?: boolean;
+}): AgentConfig {
   const raw = options.file === undefined ? {} : readConfigFile(options.file);
   if (options.file !== undefined && raw.join_token !== undefined) refuseReadableToken(options.file);
   for (const [key, value] of Object.entries(options.overrides ?? {})) {
@@ -20,7 +25,7 @@ export function loadAgentConfig(options: { file?: string; overrides?: AgentConfi
   }
   const result = agentConfigSchema.safeParse(raw);
   if (result.success)
-    return result.data.join_token_file === undefined
+    return result.data.join_token_file === undefined || options.readToken === false
       ? result.data
       : { ...result.data, join_token: readJoinTokenFile(result.data.join_token_file) };
   const lines = result.error.issues.map((issue) => describe(issue, raw));
