@@ -396,30 +396,54 @@ export class Pkcs11KeyManager implements KeyManager {
    */
   async inspectKeys(): Promise<InspectedKey[]> {
     return this.#run('list', async () => {
-      const module = this.#module;
       const handles = this.#find([
         { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
         { type: p.CKA_TOKEN, value: true },
       ]);
-      const found: InspectedKey[] = [];
-      for (const handle of handles) {
-        const [label, cid] = module.C_GetAttributeValue(this.#admin, handle, [
-          { type: p.CKA_LABEL },
-          { type: p.CKA_ID },
-        ]);
-        const id = label?.value.toString('utf8') ?? '';
-        const problems = privateKeyProblems(module, this.#admin, handle);
-        if (cid === undefined || !cid.value.equals(idBytes(id)))
-          problems.push(`CKA_ID does not equal the label "${id}"`);
-        const publicHandle = this.#findObjects(id, p.CKO_PUBLIC_KEY)[0];
-        const publicKey =
-          publicHandle === undefined ? undefined : readPublicKey(module, this.#admin, publicHandle);
-        if (publicKey === undefined)
-          problems.push('no public-key object of a supported type with the same id');
-        found.push({ id, type: publicKey?.type, problems });
-      }
-      return found.sort((a, b) => a.id.localeCompare(b.id));
+      return handles.map((handle) => this.#inspect(handle)).sort((a, b) => a.id.localeCompare(b.id));
     });
+  }
+
+  /**
+   * The private key labelled `id` with what is wrong with it, looking at no other key on the token (a
+   * shared token may hold anyone's); undefined when there is none.
+   */
+  async inspectKey(id: string): Promise<InspectedKey | undefined> {
+    return this.#run('list', async () => {
+      const handles = this.#find([
+        { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+        { type: p.CKA_TOKEN, value: true },
+        { type: p.CKA_LABEL, value: id },
+      ]);
+      const [first] = handles;
+      if (first === undefined) return undefined;
+      const inspected = this.#inspect(first);
+      if (handles.length === 1) return inspected;
+      return {
+        ...inspected,
+        problems: [
+          ...inspected.problems,
+          `${handles.length} private keys carry this label; destroy the extra ones`,
+        ],
+      };
+    });
+  }
+
+  #inspect(handle: Buffer): InspectedKey {
+    const module = this.#module;
+    const [label, cid] = module.C_GetAttributeValue(this.#admin, handle, [
+      { type: p.CKA_LABEL },
+      { type: p.CKA_ID },
+    ]);
+    const id = label?.value.toString('utf8') ?? '';
+    const problems = privateKeyProblems(module, this.#admin, handle);
+    if (cid === undefined || !cid.value.equals(idBytes(id)))
+      problems.push(`CKA_ID does not equal the label "${id}"`);
+    const publicHandle = this.#findObjects(id, p.CKO_PUBLIC_KEY)[0];
+    const publicKey =
+      publicHandle === undefined ? undefined : readPublicKey(module, this.#admin, publicHandle);
+    if (publicKey === undefined) problems.push('no public-key object of a supported type with the same id');
+    return { id, type: publicKey?.type, problems };
   }
 
   async sign(id: string, scheme: SignatureScheme, data: Uint8Array): Promise<Uint8Array> {
