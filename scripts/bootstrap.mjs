@@ -15,6 +15,9 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // swtpm vTPM for the measured-boot tests (test/helpers/qemu.ts); shim-signed, grub-efi-amd64-signed,
 // dosfstools, mtools and gdisk put Debian's signed boot chain on a GPT disk for its Secure Boot mode.
 // postgresql runs the HA datastore's tests against a throw-away cluster (test/helpers/postgres.ts).
+// libtpm2-pkcs11-1, libtpm2-pkcs11-tools, tpm2-abrmd and libtss2-tcti-tabrmd0 are a second PKCS#11
+// module (a TPM as the CA key store) the key manager is tested on besides SoftHSM2
+// (test/helpers/tpm2-pkcs11.ts).
 const APT_PACKAGES = [
   'swtpm',
   'swtpm-tools',
@@ -34,6 +37,10 @@ const APT_PACKAGES = [
   'mtools',
   'gdisk',
   'postgresql',
+  'libtpm2-pkcs11-1',
+  'libtpm2-pkcs11-tools',
+  'tpm2-abrmd',
+  'libtss2-tcti-tabrmd0',
 ];
 
 const MIN_NODE = [20, 19];

@@ -50,12 +50,13 @@ export function generationTemplates(
     { type: p.CKA_ID, value: idBytes(id) },
     { type: p.CKA_LABEL, value: id },
   ];
+  // No CKA_VERIFY or CKA_ENCRYPT: tpm2-pkcs11 derives them from the TPM object and refuses a template
+  // that states them otherwise (CKR_GENERAL_ERROR). Ironroot verifies in software, and what a public
+  // key may encrypt is public anyway; the private template is what keeps the key sign-only.
   const publicTemplate: Template = [
     { type: p.CKA_CLASS, value: p.CKO_PUBLIC_KEY },
     { type: p.CKA_TOKEN, value: true },
     { type: p.CKA_PRIVATE, value: false },
-    { type: p.CKA_VERIFY, value: true },
-    { type: p.CKA_ENCRYPT, value: false },
     { type: p.CKA_WRAP, value: false },
     { type: p.CKA_DERIVE, value: false },
     ...naming,

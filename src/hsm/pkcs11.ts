@@ -29,7 +29,7 @@ import type {
   SignatureScheme,
 } from './key-manager.js';
 import { type Pin, readPin } from './pin.js';
-import { type PKCS11, pkcs11js as p, type TokenInfo } from './pkcs11-binding.js';
+import { type PKCS11, pkcs11js as p, type Template, type TokenInfo } from './pkcs11-binding.js';
 import {
   generationTemplates,
   idBytes,
@@ -116,6 +116,21 @@ function slotNumber(slot: Buffer): number {
 
 function describeToken(info: TokenInfo, slot: Buffer): string {
   return `token "${trimmed(info.label)}" (serial ${trimmed(info.serialNumber)}, ${trimmed(info.manufacturerID)} ${trimmed(info.model)}, slot ${slotNumber(slot)})`;
+}
+
+const ATTRIBUTE_NAMES: ReadonlyMap<number, string> = new Map(
+  Object.entries(p as unknown as Record<string, unknown>)
+    .filter((entry): entry is [string, number] => entry[0].startsWith('CKA_') && typeof entry[1] === 'number')
+    .map(([name, value]) => [value, name]),
+);
+
+function attributeName(type: number): string {
+  return ATTRIBUTE_NAMES.get(type) ?? `0x${type.toString(16)}`;
+}
+
+function attributeValue(value: unknown): string {
+  if (Buffer.isBuffer(value)) return value.toString('hex');
+  return String(value);
 }
 
 function sha256(text: string): string {
@@ -333,6 +348,8 @@ export class Pkcs11KeyManager implements KeyManager {
             (error, keys) => (error ? reject(error) : resolve([keys.privateKey, keys.publicKey])),
           );
         });
+      } catch (error) {
+        throw this.#refusedTemplate(error, id, type, publicTemplate, privateTemplate);
       } finally {
         this.#pinned.delete(pinned);
         this.#put(session);
@@ -353,6 +370,38 @@ export class Pkcs11KeyManager implements KeyManager {
         throw error;
       }
     });
+  }
+
+  /**
+   * A failed C_GenerateKeyPair on a token that still answers is a refusal of what was asked (some
+   * modules, tpm2-pkcs11 among them, say CKR_GENERAL_ERROR for a template they dislike), not an outage:
+   * it becomes ERR_HSM_KEY_TEMPLATE with the CKR and the attributes sent. When the token does not answer
+   * either, the error goes on to recovery as before.
+   */
+  #refusedTemplate(
+    error: unknown,
+    id: string,
+    type: KeyType,
+    publicTemplate: Template,
+    privateTemplate: Template,
+  ): unknown {
+    const ckr = ckrOf(error);
+    if (ckr === undefined) return error;
+    try {
+      this.#module.C_GetSessionInfo(this.#admin);
+    } catch {
+      return error;
+    }
+    const names = (template: Template) =>
+      template
+        .filter((attribute) => attribute.type !== p.CKA_ID && attribute.type !== p.CKA_LABEL)
+        .map((attribute) => `${attributeName(attribute.type)}=${attributeValue(attribute.value)}`)
+        .join(', ');
+    return new HsmError(
+      'ERR_HSM_KEY_TEMPLATE',
+      `the token refused to generate ${type} key "${id}" with ${ckr}, while it still answers: it does not accept this key type or one of the attributes (public: ${names(publicTemplate)}; private: ${names(privateTemplate)}); the module's own log names the attribute. Choose another ca_key_type or token`,
+      { ckr, cause: error },
+    );
   }
 
   /** Destroys the objects of a refused generation; if the token will not, says what is left to do. */
@@ -396,30 +445,54 @@ export class Pkcs11KeyManager implements KeyManager {
    */
   async inspectKeys(): Promise<InspectedKey[]> {
     return this.#run('list', async () => {
-      const module = this.#module;
       const handles = this.#find([
         { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
         { type: p.CKA_TOKEN, value: true },
       ]);
-      const found: InspectedKey[] = [];
-      for (const handle of handles) {
-        const [label, cid] = module.C_GetAttributeValue(this.#admin, handle, [
-          { type: p.CKA_LABEL },
-          { type: p.CKA_ID },
-        ]);
-        const id = label?.value.toString('utf8') ?? '';
-        const problems = privateKeyProblems(module, this.#admin, handle);
-        if (cid === undefined || !cid.value.equals(idBytes(id)))
-          problems.push(`CKA_ID does not equal the label "${id}"`);
-        const publicHandle = this.#findObjects(id, p.CKO_PUBLIC_KEY)[0];
-        const publicKey =
-          publicHandle === undefined ? undefined : readPublicKey(module, this.#admin, publicHandle);
-        if (publicKey === undefined)
-          problems.push('no public-key object of a supported type with the same id');
-        found.push({ id, type: publicKey?.type, problems });
-      }
-      return found.sort((a, b) => a.id.localeCompare(b.id));
+      return handles.map((handle) => this.#inspect(handle)).sort((a, b) => a.id.localeCompare(b.id));
     });
+  }
+
+  /**
+   * The private key labelled `id` with what is wrong with it, looking at no other key on the token (a
+   * shared token may hold anyone's); undefined when there is none.
+   */
+  async inspectKey(id: string): Promise<InspectedKey | undefined> {
+    return this.#run('list', async () => {
+      const handles = this.#find([
+        { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+        { type: p.CKA_TOKEN, value: true },
+        { type: p.CKA_LABEL, value: id },
+      ]);
+      const [first] = handles;
+      if (first === undefined) return undefined;
+      const inspected = this.#inspect(first);
+      if (handles.length === 1) return inspected;
+      return {
+        ...inspected,
+        problems: [
+          ...inspected.problems,
+          `${handles.length} private keys carry this label; destroy the extra ones`,
+        ],
+      };
+    });
+  }
+
+  #inspect(handle: Buffer): InspectedKey {
+    const module = this.#module;
+    const [label, cid] = module.C_GetAttributeValue(this.#admin, handle, [
+      { type: p.CKA_LABEL },
+      { type: p.CKA_ID },
+    ]);
+    const id = label?.value.toString('utf8') ?? '';
+    const problems = privateKeyProblems(module, this.#admin, handle);
+    if (cid === undefined || !cid.value.equals(idBytes(id)))
+      problems.push(`CKA_ID does not equal the label "${id}"`);
+    const publicHandle = this.#findObjects(id, p.CKO_PUBLIC_KEY)[0];
+    const publicKey =
+      publicHandle === undefined ? undefined : readPublicKey(module, this.#admin, publicHandle);
+    if (publicKey === undefined) problems.push('no public-key object of a supported type with the same id');
+    return { id, type: publicKey?.type, problems };
   }
 
   async sign(id: string, scheme: SignatureScheme, data: Uint8Array): Promise<Uint8Array> {

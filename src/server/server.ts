@@ -68,6 +68,7 @@ export async function startServer(
   const stopAll = async () => {
     for (const close of closers.reverse()) await close();
   };
+  let openedCa: CertificateAuthority | undefined;
   try {
     const opened = await openSqliteDatastore(config.data_dir, clock);
     const { datastore } = opened;
@@ -102,11 +103,7 @@ export async function startServer(
       ...(config.jwt_issuer ? { jwtIssuer: config.jwt_issuer } : {}),
       ...(upstream ? { upstream } : {}),
     });
-    const rotation = setInterval(() => {
-      ca.rotate().catch((error: unknown) => logger.error({ err: error }, 'CA rotation failed; will retry'));
-    }, ROTATION_CHECK_MS);
-    closers.push(async () => clearInterval(rotation));
-
+    openedCa = ca;
     const metrics = new ServerMetrics();
     const reattest =
       tpmPolicy && config.tpm_attestation
@@ -250,6 +247,13 @@ export async function startServer(
       logger.info({ port: oidc.port, issuer: config.jwt_issuer }, 'OIDC discovery listening');
     }
 
+    // Rotation starts with the server: during a start that fails, nothing generates keys behind undoOpen.
+    ca.confirmOpen();
+    const rotation = setInterval(() => {
+      ca.rotate().catch((error: unknown) => logger.error({ err: error }, 'CA rotation failed; will retry'));
+    }, ROTATION_CHECK_MS);
+    closers.push(async () => clearInterval(rotation));
+
     logger.info(
       { trust_domain: config.trust_domain, data_dir: config.data_dir, health_address: config.health_address },
       'ironroot-server started',
@@ -265,6 +269,9 @@ export async function startServer(
       },
     };
   } catch (error) {
+    // A failed start leaves the token as it found it: the CA keys this start generated are destroyed
+    // (the key manager is still open here; stopAll closes it).
+    await openedCa?.undoOpen();
     await stopAll();
     throw error;
   }

@@ -55,11 +55,11 @@ describe('ironroot-server hsm', () => {
     const json = await cli('hsm', 'keys', 'list', '--uri', softhsm.uri(), '--output', 'json');
     expect(json.code).toBe(0);
     expect(JSON.parse(json.stdout)).toEqual([
-      { id: 'ca-1', type: 'ec-p384', ok: true, problems: [] },
-      { id: 'jwt-1', type: 'ec-p256', ok: true, problems: [] },
+      { id: 'ca-1', type: 'ec-p384', ok: true, problems: [], usage: 'unknown' },
+      { id: 'jwt-1', type: 'ec-p256', ok: true, problems: [], usage: 'unknown' },
     ]);
     const text = await cli('hsm', 'keys', 'list', '--uri', softhsm.uri());
-    expect(text.stdout).toMatch(/^jwt-1\s+ec-p256\s+ok$/m);
+    expect(text.stdout).toMatch(/^jwt-1\s+ec-p256\s+unknown\s+ok$/m);
   });
 
   it('hsm check passes, naming module, token, login and each key', async () => {

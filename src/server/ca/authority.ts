@@ -90,18 +90,89 @@ export class CertificateAuthority {
   #queue: Promise<unknown> = Promise.resolve();
   readonly #listeners = new Set<CaChangeListener>();
   #crossSigned: { pair: string; certificate: X509Certificate } | undefined;
+  /** The journal as open() found it, and the keys generated since: what undoOpen() reverts. */
+  #opened: readonly CaSlot[] = [];
+  #generated: Set<string> | undefined = new Set<string>();
 
   private constructor(options: CaOptions) {
     this.#o = options;
     this.#trustDomain = TrustDomain.parse(options.trustDomain);
   }
 
-  /** Loads the journal, checks its keys are still there, and brings both authorities up to date. */
+  /**
+   * Loads the journal, checks its keys are still there, and brings both authorities up to date. When
+   * that fails part-way, the keys it generated are taken off the journal and the token again.
+   */
   static async open(options: CaOptions): Promise<CertificateAuthority> {
     const ca = new CertificateAuthority(options);
     await ca.#load();
-    await ca.rotate();
+    try {
+      await ca.rotate();
+    } catch (error) {
+      await ca.undoOpen();
+      throw error;
+    }
     return ca;
+  }
+
+  /**
+   * For a server start that fails after open(): restores the journal as open() found it and destroys
+   * the keys generated since, so failed starts leave no keys on the token. Keys the journal named
+   * before are never destroyed; when the datastore cannot be written, only the generated keys it does
+   * not name are.
+   */
+  undoOpen(): Promise<void> {
+    return this.#serial(async () => {
+      const generated = this.#generated ?? new Set<string>();
+      this.#generated = undefined;
+      if (generated.size === 0) return;
+      // The start is abandoned: nothing is served, so nothing re-issues its certificates.
+      this.#listeners.clear();
+      const { logger } = this.#o;
+      const key = (s: CaSlot) => `${s.authority}/${s.keyId}`;
+      const current = new Map(this.#slots.map((s) => [key(s), s]));
+      const before = new Set(this.#opened.map(key));
+      // Only what this start changed is written back (an activation it made is undone).
+      const changed = (s: CaSlot) => {
+        const now = current.get(key(s));
+        return now !== undefined && (now.state !== s.state || now.tainted !== s.tainted);
+      };
+      try {
+        await this.#commit(
+          {
+            upsert: this.#opened.filter(changed),
+            remove: this.#slots
+              .filter((s) => !before.has(key(s)))
+              .map((s) => ({ authority: s.authority, keyId: s.keyId })),
+          },
+          'ca.undo_start',
+          'server',
+        );
+      } catch (error) {
+        logger.error({ err: error }, "could not take this start's CA keys off the journal; keeping them");
+      }
+      const named = new Set(this.#slots.map((s) => s.keyId));
+      const destroyed: string[] = [];
+      for (const keyId of generated) {
+        if (named.has(keyId)) continue;
+        try {
+          await this.#destroy(keyId);
+          destroyed.push(keyId);
+        } catch (error) {
+          logger.error(
+            { err: error, key_id: keyId },
+            'could not destroy a CA key of the failed start; find it with "ironroot-server hsm keys list" (orphan) and destroy it',
+          );
+        }
+      }
+      if (destroyed.length > 0)
+        logger.warn({ key_ids: destroyed }, 'start failed: destroyed the CA keys this start had generated');
+    });
+  }
+
+  /** The server started: keys generated from now on are rotation's, never undone by undoOpen(). */
+  confirmOpen(): void {
+    this.#generated = undefined;
   }
 
   /** Every journaled key, oldest first. */
@@ -305,6 +376,7 @@ export class CertificateAuthority {
     for (const slot of this.#slots) {
       if ((await keyManager.getKey(slot.keyId)) === undefined) missing.push(slot);
     }
+    this.#opened = this.#slots;
     if (missing.length === 0) {
       if (this.#slots.length > 0)
         logger.info({ keys: this.#slots.map(describe) }, 'CA resumed from its journal');
@@ -329,6 +401,7 @@ export class CertificateAuthority {
       'ca.forget_lost_keys',
       'server',
     );
+    this.#opened = this.#slots;
   }
 
   async #rotateKind(kind: AuthorityKind): Promise<void> {
@@ -393,6 +466,7 @@ export class CertificateAuthority {
     const now = nowSeconds(this.#o.clock);
     const keyId = `ironroot-${kind}-${now}-${randomBytes(4).toString('hex')}`;
     const key = await keyManager.generateKey(keyId, keyType);
+    this.#generated?.add(keyId);
     const upstreamEnd = upstream?.chain[0]
       ? Math.floor(Date.parse(upstream.chain[0].validTo) / 1000)
       : Infinity;

@@ -2,9 +2,9 @@
  * @module
  * `ironroot-server hsm …`: operator commands for the PKCS#11 token that holds the CA keys.
  *
- * Every command resolves its key store through `keyStoreUri`, which today reads `--uri`; when the
- * server config file arrives, `--config FILE` only has to produce a Pkcs11Uri there. The PIN is never
- * accepted on the command line: the URI names a pin-source instead.
+ * Every command resolves its key store through `keyStoreUri`: `--uri`, or the `key_manager` of the
+ * server config given with `--config`. The PIN is never accepted on the command line: the URI names a
+ * pin-source instead.
  */
 import { Command, Option } from 'commander';
 import {
@@ -19,11 +19,14 @@ import {
   type Pkcs11Uri,
   parsePkcs11Uri,
 } from '../../hsm/index.js';
+import { loadConfig } from '../config/load.js';
+import type { ServerConfig } from '../config/schema.js';
 
 type Output = 'text' | 'json';
 
 interface KeyStoreOptions {
   readonly uri?: string;
+  readonly config?: string;
 }
 
 interface OutputOptions {
@@ -33,12 +36,29 @@ interface OutputOptions {
 const URI_HELP =
   "the token, as an RFC 7512 URI: 'pkcs11:token=LABEL;module-path=/path/module.so;pin-source=file:/path/pin' (pin-source may also be env:NAME)";
 
-/** The key store a command works on. The one place a future `--config FILE` plugs in. */
-export function keyStoreUri(options: KeyStoreOptions): Pkcs11Uri {
+/** The server config named by --config, when there is one. */
+function serverConfig(options: KeyStoreOptions): ServerConfig | undefined {
+  return options.config === undefined ? undefined : loadConfig({ file: options.config });
+}
+
+/** The key store a command works on: --uri, or the key_manager of the --config file. */
+export function keyStoreUri(options: KeyStoreOptions, config = serverConfig(options)): Pkcs11Uri {
+  if (options.uri !== undefined && config !== undefined) {
+    throw new HsmError('ERR_HSM_URI', 'give either --uri or --config, not both');
+  }
+  if (config !== undefined) {
+    if (!config.key_manager.startsWith('pkcs11:')) {
+      throw new HsmError(
+        'ERR_HSM_URI',
+        `key_manager in ${options.config} is "${config.key_manager.split(':')[0]}:", not a PKCS#11 token; hsm commands work on pkcs11: key stores only`,
+      );
+    }
+    return parsePkcs11Uri(config.key_manager);
+  }
   if (options.uri === undefined) {
     throw new HsmError(
       'ERR_HSM_URI',
-      "no key store given; pass --uri 'pkcs11:token=…;module-path=…;pin-source=…'",
+      "no key store given; pass --uri 'pkcs11:token=…;module-path=…;pin-source=…' or --config with the server config",
     );
   }
   return parsePkcs11Uri(options.uri);
@@ -55,6 +75,7 @@ function printJson(value: unknown): void {
 /** Adds the options every hsm command shares. */
 function withKeyStore(command: Command, output: boolean): Command {
   command.option('--uri <pkcs11-uri>', URI_HELP);
+  command.option('-c, --config <file>', 'server config file: use its key_manager instead of --uri');
   if (output) {
     command.addOption(
       new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'),
@@ -127,19 +148,25 @@ export async function runCheck(
       onStep: (step: Pkcs11Step) => results.push({ check: step.step, ok: true, detail: step.detail }),
     });
     try {
-      const inspected = await keys.inspectKeys();
-      results.push(...inspected.map(keyCheck));
-      for (const id of wanted) {
-        if (!inspected.some((key) => key.id === id)) {
-          results.push({
-            check: 'key',
-            ok: false,
-            detail: `${id}: not on the token (ironroot-server hsm keys generate ${id})`,
-          });
+      // Named keys are examined alone: a shared token may hold other users' keys, sound or not.
+      if (wanted.length > 0) {
+        for (const id of wanted) {
+          const key = await keys.inspectKey(id);
+          results.push(
+            key === undefined
+              ? {
+                  check: 'key',
+                  ok: false,
+                  detail: `${id}: not on the token (ironroot-server hsm keys generate ${id})`,
+                }
+              : keyCheck(key),
+          );
         }
+      } else {
+        const inspected = await keys.inspectKeys();
+        results.push(...inspected.map(keyCheck));
+        if (inspected.length === 0) results.push({ check: 'key', ok: true, detail: 'no keys yet' });
       }
-      if (inspected.length === 0 && wanted.length === 0)
-        results.push({ check: 'key', ok: true, detail: 'no keys yet' });
     } finally {
       await keys.close();
     }
@@ -158,8 +185,38 @@ export async function runCheck(
   return ok;
 }
 
-export async function runList(uri: Pkcs11Uri, output: Output): Promise<void> {
+/** Whether the server's datastore names a key: `unknown` when there is no datastore to ask. */
+type Usage = 'in use' | 'orphan' | 'unknown';
+
+/**
+ * The key ids the CA journal in the config's data dir names, or why they cannot be known. Loaded
+ * lazily, so the other hsm commands do not pay for SQLite.
+ */
+async function journaledKeyIds(
+  config: ServerConfig | undefined,
+): Promise<{ ids: ReadonlySet<string> } | { unknown: string }> {
+  if (config === undefined) return { unknown: 'no --config, so no datastore to ask' };
+  const { storedCaKeyIds } = await import('../datastore/sqlite.js');
+  try {
+    return { ids: new Set(storedCaKeyIds(config.data_dir)) };
+  } catch (error) {
+    return { unknown: (error as Error).message };
+  }
+}
+
+export async function runList(
+  uri: Pkcs11Uri,
+  output: Output,
+  config: ServerConfig | undefined,
+): Promise<void> {
   const keys = await withManager(uri, (manager) => manager.inspectKeys());
+  const journal = await journaledKeyIds(config);
+  const usage = (id: string): Usage => {
+    if (!('ids' in journal)) return 'unknown';
+    return journal.ids.has(id) ? 'in use' : 'orphan';
+  };
+  if ('unknown' in journal)
+    process.stderr.write(`datastore use of the keys is unknown: ${journal.unknown}\n`);
   if (output === 'json') {
     printJson(
       keys.map((key) => ({
@@ -167,6 +224,7 @@ export async function runList(uri: Pkcs11Uri, output: Output): Promise<void> {
         type: key.type ?? null,
         ok: key.problems.length === 0,
         problems: key.problems,
+        usage: usage(key.id),
       })),
     );
     return;
@@ -177,7 +235,7 @@ export async function runList(uri: Pkcs11Uri, output: Output): Promise<void> {
   }
   for (const key of keys) {
     print(
-      `${key.id.padEnd(24)}  ${(key.type ?? '?').padEnd(8)}  ${key.problems.length === 0 ? 'ok' : `REFUSED: ${key.problems.join('; ')}`}`,
+      `${key.id.padEnd(24)}  ${(key.type ?? '?').padEnd(8)}  ${usage(key.id).padEnd(7)}  ${key.problems.length === 0 ? 'ok' : `REFUSED: ${key.problems.join('; ')}`}`,
     );
   }
 }
@@ -216,10 +274,17 @@ export function hsmCommand(): Command {
   const keys = hsm.command('keys').description('list, generate and destroy keys on the token');
 
   withKeyStore(
-    keys.command('list').description('list the private keys on the token and whether ironroot accepts them'),
+    keys
+      .command('list')
+      .description(
+        "list the private keys on the token, whether ironroot accepts them, and (with --config) whether the server's datastore uses them (in use) or not (orphan)",
+      ),
     true,
   ).action(async (options: KeyStoreOptions & OutputOptions) => {
-    await reportingErrors(() => runList(keyStoreUri(options), options.output));
+    await reportingErrors(async () => {
+      const config = serverConfig(options);
+      await runList(keyStoreUri(options, config), options.output, config);
+    });
   });
 
   withKeyStore(

@@ -52,6 +52,33 @@ export function storedOwnTrustDomains(dataDir: string): string[] {
   }
 }
 
+/**
+ * The key ids the data dir's CA journal names, read without writing anything (the server may be
+ * running); empty when there is no datastore yet. Throws DatastoreError when it cannot be read.
+ */
+export function storedCaKeyIds(dataDir: string): string[] {
+  const path = join(dataDir, SQLITE_FILE);
+  if (!existsSync(path)) return [];
+  let sqlite: BetterSqlite3.Database | undefined;
+  try {
+    sqlite = new BetterSqlite3(path, { fileMustExist: true });
+    sqlite.pragma('query_only = ON');
+    sqlite.pragma('busy_timeout = 5000');
+    const table = sqlite
+      .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ca_journal'")
+      .get();
+    if (table === undefined) return [];
+    const rows = sqlite.prepare('SELECT key_id FROM ca_journal ORDER BY key_id').all() as {
+      key_id: string;
+    }[];
+    return rows.map((r) => r.key_id);
+  } catch (error) {
+    throw new DatastoreError(`cannot read SQLite datastore ${path}: ${(error as Error).message}`, error);
+  } finally {
+    sqlite?.close();
+  }
+}
+
 export async function openSqliteDatastore(dataDir: string, clock: Clock): Promise<OpenedDatastore> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   chmodSync(dataDir, 0o700);
