@@ -1,14 +1,15 @@
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { ENDPOINT_SOCKET_ENV, isSpiffeError, type X509Bundle } from '../../spiffe/index.js';
 import { WorkloadApiClient, type X509Context } from '../../workload-api/client.js';
 import { isWorkloadApiError } from '../../workload-api/errors.js';
 import { DEFAULT_SOCKET_PATH } from '../../workload-api/server.js';
+import { type OutputFormat, withOutput } from './output.js';
 
 interface Common {
   socketPath?: string;
-  output: 'text' | 'json';
+  output: OutputFormat;
 }
 
 /** `--socket-path`, else `SPIFFE_ENDPOINT_SOCKET`, else the agent's default socket. */
@@ -20,12 +21,10 @@ function clientFor(options: Common): WorkloadApiClient {
 }
 
 function withCommon(command: Command): Command {
-  return command
-    .option(
-      '--socket-path <path>',
-      `Workload API socket (default: $${ENDPOINT_SOCKET_ENV}, else ${DEFAULT_SOCKET_PATH})`,
-    )
-    .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'));
+  return withOutput(command).option(
+    '--socket-path <path>',
+    `Workload API socket (default: $${ENDPOINT_SOCKET_ENV}, else ${DEFAULT_SOCKET_PATH})`,
+  );
 }
 
 function write(command: Command, text: string): void {

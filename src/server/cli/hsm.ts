@@ -19,6 +19,7 @@ import {
   type Pkcs11Uri,
   parsePkcs11Uri,
 } from '../../hsm/index.js';
+import { withOutput } from './common.js';
 
 type Output = 'text' | 'json';
 
@@ -55,11 +56,7 @@ function printJson(value: unknown): void {
 /** Adds the options every hsm command shares. */
 function withKeyStore(command: Command, output: boolean): Command {
   command.option('--uri <pkcs11-uri>', URI_HELP);
-  if (output) {
-    command.addOption(
-      new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'),
-    );
-  }
+  if (output) withOutput(command);
   return command;
 }
 
