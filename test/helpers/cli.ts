@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import type { Command } from 'commander';
 import { builtBin } from './dist.js';
 
 const run = promisify(execFile);
@@ -23,3 +24,18 @@ export async function runServerCli(args: readonly string[], env: NodeJS.ProcessE
     return { code: failed.code, stdout: failed.stdout ?? '', stderr: failed.stderr ?? '' };
   }
 }
+
+/**
+ * Every leaf command of a CLI program with the help text its `--help` prints, whitespace collapsed
+ * (help wraps at the terminal's width). Walked in process:
+ * spawning the executable once per command costs seconds each on a loaded machine, for the same text.
+ */
+export function leafHelps(command: Command, path: string[] = []): [string, string][] {
+  if (command.commands.length === 0)
+    return [[path.join(' '), command.helpInformation().replace(/\s+/g, ' ')]];
+  return command.commands.flatMap((sub) => leafHelps(sub, [...path, sub.name()]));
+}
+
+/** The option line `withOutput` gives a data command, as help prints it. */
+export const OUTPUT_HELP =
+  '--output <format> output format ("pretty" is accepted for text, as SPIRE spells it) (choices: "text", "json", default: "text")';

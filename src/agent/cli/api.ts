@@ -1,14 +1,57 @@
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { ENDPOINT_SOCKET_ENV, isSpiffeError, type X509Bundle } from '../../spiffe/index.js';
 import { WorkloadApiClient, type X509Context } from '../../workload-api/client.js';
 import { isWorkloadApiError } from '../../workload-api/errors.js';
 import { DEFAULT_SOCKET_PATH } from '../../workload-api/server.js';
+import { type OutputFormat, withOutput } from './output.js';
 
 interface Common {
   socketPath?: string;
-  output: 'text' | 'json';
+  output: OutputFormat;
+  /** Milliseconds to wait for the answer; the commands that take one answer take `--timeout`. */
+  timeout?: number;
+}
+
+const DURATION_MS = /^([1-9][0-9]*)(ms|s|m)$/;
+const UNIT_MS = { ms: 1, s: 1000, m: 60_000 } as const;
+
+/** `--timeout`, as SPIRE's `-timeout` (default 5s): a duration such as 500ms, 5s or 1m. */
+function timeoutOption(): Option {
+  return new Option('--timeout <duration>', 'how long to wait for the answer, e.g. 500ms, 5s, 1m')
+    .default(5000, '5s')
+    .argParser((text): number => {
+      const match = DURATION_MS.exec(text);
+      if (match?.[1] === undefined || match[2] === undefined)
+        throw new InvalidArgumentError('allowed: a duration such as 500ms, 5s or 1m');
+      return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
+    });
+}
+
+/** The agent gave no answer within `--timeout`. */
+class ApiTimeoutError extends Error {
+  override name = 'ApiTimeoutError';
+  readonly code = 'ERR_WORKLOADAPI_TIMEOUT';
+  constructor(address: string, timeoutMs: number) {
+    super(
+      `ERR_WORKLOADAPI_TIMEOUT: no answer from the Workload API at ${address} within ${timeoutMs} ms; is the agent running and serving this socket? (raise --timeout if it is busy)`,
+    );
+  }
+}
+
+/** Settles as `work` does, or rejects with ApiTimeoutError when `timeoutMs` passes first. */
+async function within<T>(work: Promise<T>, address: string, timeoutMs: number | undefined): Promise<T> {
+  if (timeoutMs === undefined) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new ApiTimeoutError(address, timeoutMs)), timeoutMs);
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** `--socket-path`, else `SPIFFE_ENDPOINT_SOCKET`, else the agent's default socket. */
@@ -20,12 +63,10 @@ function clientFor(options: Common): WorkloadApiClient {
 }
 
 function withCommon(command: Command): Command {
-  return command
-    .option(
-      '--socket-path <path>',
-      `Workload API socket (default: $${ENDPOINT_SOCKET_ENV}, else ${DEFAULT_SOCKET_PATH})`,
-    )
-    .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'));
+  return withOutput(command).option(
+    '--socket-path <path>',
+    `Workload API socket (default: $${ENDPOINT_SOCKET_ENV}, else ${DEFAULT_SOCKET_PATH})`,
+  );
 }
 
 function write(command: Command, text: string): void {
@@ -43,9 +84,9 @@ async function withClient(
   let client: WorkloadApiClient | undefined;
   try {
     client = clientFor(options);
-    await action(client);
+    await within(action(client), client.address, options.timeout);
   } catch (e) {
-    if (isWorkloadApiError(e) || isSpiffeError(e))
+    if (isWorkloadApiError(e) || isSpiffeError(e) || e instanceof ApiTimeoutError)
       command.error(`error: ${e.message}`, { exitCode: 1, code: e.code });
     throw e;
   } finally {
@@ -121,6 +162,7 @@ async function writeX509(dir: string, context: X509Context): Promise<string[]> {
 function fetchCommand(): Command {
   const x509: Command = withCommon(new Command('x509'))
     .description("fetch this process's X.509-SVIDs and bundles")
+    .addOption(timeoutOption())
     .option('--write <dir>', 'write svid.N.pem, svid.N.key (0600), bundle.N.pem and federated bundles here')
     .action(async (options: Common & { write?: string }) =>
       withClient(x509, options, async (client) => {
@@ -133,6 +175,7 @@ function fetchCommand(): Command {
 
   const jwt: Command = withCommon(new Command('jwt'))
     .description("fetch this process's JWT-SVIDs for an audience")
+    .addOption(timeoutOption())
     .requiredOption('--audience <aud...>', 'audience(s) of the token')
     .option('--spiffe-id <id>', 'only the token of this identity')
     .action(async (options: Common & { audience: string[]; spiffeId?: string }) =>
@@ -150,6 +193,7 @@ function fetchCommand(): Command {
 
   const jwtBundles: Command = withCommon(new Command('jwt-bundles'))
     .description('fetch the JWT bundles (JWK Sets) by trust domain')
+    .addOption(timeoutOption())
     .action(async (options: Common) =>
       withClient(jwtBundles, options, async (client) => {
         const set = await client.fetchJwtBundles();
@@ -179,6 +223,7 @@ function fetchCommand(): Command {
 function validateCommand(): Command {
   const jwt: Command = withCommon(new Command('jwt'))
     .description('have the agent validate a JWT-SVID for an audience')
+    .addOption(timeoutOption())
     .requiredOption('--audience <aud>', 'audience the token must carry')
     .requiredOption('--svid <token>', 'the JWT-SVID')
     .action(async (options: Common & { audience: string; svid: string }) =>

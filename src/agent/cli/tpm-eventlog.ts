@@ -11,22 +11,22 @@ import {
   replay,
   summarize,
 } from '../../tpm/eventlog/index.js';
+import { type OutputFormat, withOutput } from './output.js';
 
 /** Where Linux exports the firmware's TCG event log. */
 export const DEFAULT_EVENTLOG_PATH = '/sys/kernel/security/tpm0/binary_bios_measurements';
 
 /**
- * `eventlog [FILE] [--json]`: print a TCG measured-boot event log, decoded, and the PCR values
+ * `eventlog [FILE] [--output text|json]`: print a TCG measured-boot event log, decoded, and the PCR values
  * it replays to. Output goes through commander's output configuration, so a caller (or a test)
  * can redirect it with `configureOutput`.
  */
 export function eventlogCommand(): Command {
   // Annotated so that command.error(), which returns never, narrows the code after it.
-  const command: Command = new Command('eventlog')
+  const command: Command = withOutput(new Command('eventlog'))
     .description('print the measured-boot event log, decoded, and the PCR values it replays to')
     .argument('[file]', 'binary event log', DEFAULT_EVENTLOG_PATH)
-    .option('--json', 'print JSON instead of text')
-    .action(async (file: string, options: { json?: boolean }) => {
+    .action(async (file: string, options: { output: OutputFormat }) => {
       const write = (text: string): void => {
         const out = command.configureOutput().writeOut;
         if (out === undefined) process.stdout.write(text);
@@ -52,7 +52,9 @@ export function eventlogCommand(): Command {
         command.error(`error: ${file}: ${e.code}${where}: ${e.message}`, { exitCode: 1, code: e.code });
       }
       const decoded = decodeAll(log);
-      write(options.json === true ? `${toJson(log, decoded, replayed)}\n` : toText(log, decoded, replayed));
+      write(
+        options.output === 'json' ? `${toJson(log, decoded, replayed)}\n` : toText(log, decoded, replayed),
+      );
     });
   return command;
 }

@@ -28,9 +28,8 @@ import {
   withAk,
   withEk,
 } from '../../tpm/index.js';
+import { type OutputFormat as Output, withOutput } from './output.js';
 import { eventlogCommand } from './tpm-eventlog.js';
-
-type Output = 'text' | 'json';
 
 interface CommonOptions {
   tcti: string;
@@ -40,14 +39,12 @@ interface CommonOptions {
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 
 function common(command: Command): Command {
-  return command
-    .addOption(
-      new Option(
-        '--tcti <conf>',
-        `TPM to use, as a tpm2-tss TCTI string (env TPM2TOOLS_TCTI; default ${DEFAULT_TCTI})`,
-      ).default(defaultTcti()),
-    )
-    .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'));
+  return withOutput(command).addOption(
+    new Option(
+      '--tcti <conf>',
+      `TPM to use, as a tpm2-tss TCTI string (env TPM2TOOLS_TCTI; default ${DEFAULT_TCTI})`,
+    ).default(defaultTcti()),
+  );
 }
 
 async function withTpm<T>(tcti: string, use: (tpm: Tpm) => Promise<T>): Promise<T> {

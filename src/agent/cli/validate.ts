@@ -1,4 +1,5 @@
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
+import { type OutputFormat, withOutput } from './output.js';
 
 /**
  * `validate --config FILE`: every check `run` makes before it creates, locks or binds anything
@@ -7,14 +8,13 @@ import { Command, Option } from 'commander';
  */
 export function validateCommand(): Command {
   return (
-    new Command('validate')
+    withOutput(new Command('validate'))
       .description(
         'check a config file as run would (schema, trust bundle, data dir and its lock, Workload API socket) without starting the agent',
       )
       .requiredOption('-c, --config <file>', 'agent config file (YAML)')
-      // text|json like the agent's other commands; the JSON is the server's validate's.
-      .addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'))
-      .action(async (flags: { config: string; output: 'text' | 'json' }) => {
+      // The JSON is the server's validate's.
+      .action(async (flags: { config: string; output: OutputFormat }) => {
         const { loadAgentConfig } = await import('../config/load.js');
         const { preflight } = await import('../preflight.js');
         let warnings: string[];

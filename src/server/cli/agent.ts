@@ -1,5 +1,6 @@
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import type { AgentMessage } from '../admin/messages.js';
+import { DURATION_HINT, parseDuration } from '../config/duration.js';
 import { type AdminOptions, adminCommand, print, printJson, withClient } from './common.js';
 
 interface AgentFlags extends AdminOptions {
@@ -75,7 +76,22 @@ function single(
   });
 }
 
-/** `agent list|show|evict|ban|unban|reattest`: attested agents. */
+/** SPIRE's `agent purge -expiredFor` default: a month past the agent SVID's expiry. */
+const PURGE_EXPIRED_FOR_DEFAULT = '30d';
+
+function durationFlag(flag: string): (text: string) => number {
+  return (text: string) => {
+    const seconds = parseDuration(text);
+    if (seconds === undefined)
+      throw new InvalidArgumentError(`${flag} ${JSON.stringify(text)}: allowed: ${DURATION_HINT}`);
+    return seconds;
+  };
+}
+
+/** Attested agents: a ban without a node record is not an agent to count or purge. */
+const attested = (agents: AgentMessage[]) => agents.filter((a) => a.attestation_type !== '');
+
+/** `agent list|show|count|purge|evict|ban|unban|reattest`: attested agents. */
 export function agentCommand(): Command {
   const agent = new Command('agent').description('manage attested agents');
   agent.addCommand(
@@ -96,6 +112,55 @@ export function agentCommand(): Command {
   );
   agent.addCommand(
     single('show', 'show everything stored for one agent, with its node aliases', 'GetAgent', ''),
+  );
+  agent.addCommand(
+    adminCommand(new Command('count').description('count attested agents')).action(
+      async (flags: AgentFlags) => {
+        const { agents } = await withClient(flags, (c) =>
+          c.call('AgentService', 'ListAgents', { by_banned: '' }),
+        );
+        const count = attested(agents).length;
+        if (flags.output === 'json') printJson({ count });
+        else print(`${count} attested ${count === 1 ? 'agent' : 'agents'}`);
+      },
+    ),
+  );
+  agent.addCommand(
+    adminCommand(
+      new Command('purge')
+        .description(
+          'evict agents whose agent SVID expired longer ago than --expired-for (their bans stay); each eviction is audited',
+        )
+        .option(
+          '--expired-for <duration>',
+          `how long past expiry, ${DURATION_HINT}`,
+          durationFlag('--expired-for'),
+          parseDuration(PURGE_EXPIRED_FOR_DEFAULT),
+        )
+        .option('--dry-run', 'only list the agents that would be evicted'),
+    ).action(async (flags: AgentFlags & { expiredFor: number; dryRun?: boolean }) => {
+      const cutoff = Math.floor(Date.now() / 1000) - flags.expiredFor;
+      const purged = await withClient(flags, async (c) => {
+        const { agents } = await c.call('AgentService', 'ListAgents', { by_banned: '' });
+        const expired = attested(agents).filter((a) => a.x509_svid_expires_at < cutoff);
+        for (const a of expired)
+          if (!flags.dryRun) await c.call('AgentService', 'EvictAgent', { spiffe_id: a.spiffe_id });
+        return expired;
+      });
+      if (flags.output === 'json')
+        printJson({
+          dry_run: flags.dryRun === true,
+          agents: purged.map((a) => ({
+            spiffe_id: a.spiffe_id,
+            x509_svid_expires_at: a.x509_svid_expires_at,
+          })),
+        });
+      else {
+        const verb = flags.dryRun ? 'Would evict' : 'Evicted';
+        print(`${verb} ${purged.length} expired ${purged.length === 1 ? 'agent' : 'agents'}`);
+        for (const a of purged) print(`${a.spiffe_id} (agent SVID expired ${iso(a.x509_svid_expires_at)})`);
+      }
+    }),
   );
   agent.addCommand(
     single(

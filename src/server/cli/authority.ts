@@ -1,12 +1,12 @@
 /**
- * `localauthority x509|jwt show|prepare|activate|taint|revoke`, `bundle show|list|set|delete`,
+ * `localauthority x509|jwt show|prepare|activate|taint|revoke`, `bundle show|list|count|set|delete`,
  * `x509 mint`, `jwt mint`: the CA, as SPIRE's CLI names these jobs.
  *
  * @module
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { Command, Option } from 'commander';
 import { toPem } from '../../spiffe/der.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../spiffe/index.js';
@@ -19,6 +19,7 @@ import {
   integerFlag,
   print,
   printJson,
+  trustDomainFlag,
   withClient,
 } from './common.js';
 
@@ -164,9 +165,14 @@ export function bundleCommand(): Command {
   );
   bundle.addCommand(
     adminCommand(
-      new Command('list').description('print the federated bundles').addOption(formatOption()),
-    ).action(async (flags: AdminOptions & { format: BundleFormat }) => {
-      const { bundles } = await withClient(flags, (c) => c.call('BundleService', 'ListFederatedBundles', {}));
+      new Command('list')
+        .description('print the federated bundles')
+        .option('--id <trust-domain>', 'only this foreign trust domain (example.org or spiffe://example.org)')
+        .addOption(formatOption()),
+    ).action(async (flags: AdminOptions & { id?: string; format: BundleFormat }) => {
+      const only = flags.id === undefined ? undefined : trustDomainFlag('--id', flags.id);
+      const all = await withClient(flags, (c) => c.call('BundleService', 'ListFederatedBundles', {}));
+      const bundles = all.bundles.filter((b) => only === undefined || b.trust_domain === only);
       if (flags.output === 'json') printJson({ bundles });
       else {
         for (const b of bundles)
@@ -177,17 +183,32 @@ export function bundleCommand(): Command {
     }),
   );
   bundle.addCommand(
+    adminCommand(new Command('count').description('count the federated bundles')).action(
+      async (flags: AdminOptions) => {
+        const { bundles } = await withClient(flags, (c) =>
+          c.call('BundleService', 'ListFederatedBundles', {}),
+        );
+        if (flags.output === 'json') printJson({ count: bundles.length });
+        else print(`${bundles.length} federated ${bundles.length === 1 ? 'bundle' : 'bundles'}`);
+      },
+    ),
+  );
+  bundle.addCommand(
     adminCommand(
       new Command('set')
         .description("store a federated trust domain's bundle (replacing any)")
-        .requiredOption('--id <trust-domain>', 'the foreign trust domain')
+        .requiredOption(
+          '--id <trust-domain>',
+          'the foreign trust domain (example.org or spiffe://example.org)',
+        )
         .option('--path <file>', 'bundle file; - or omitted reads standard input')
         .addOption(formatOption()),
     ).action(async (flags: AdminOptions & { id: string; path?: string; format: BundleFormat }) => {
+      const trustDomain = trustDomainFlag('--id', flags.id);
       const document = readFileSync(flags.path === undefined || flags.path === '-' ? 0 : flags.path, 'utf8');
       const stored = await withClient(flags, (c) =>
         c.call('BundleService', 'SetFederatedBundle', {
-          trust_domain: flags.id,
+          trust_domain: trustDomain,
           document,
           format: flags.format,
         }),
@@ -200,10 +221,14 @@ export function bundleCommand(): Command {
     adminCommand(
       new Command('delete')
         .description('forget a federated bundle')
-        .requiredOption('--id <trust-domain>', 'the foreign trust domain'),
+        .requiredOption(
+          '--id <trust-domain>',
+          'the foreign trust domain (example.org or spiffe://example.org)',
+        ),
     ).action(async (flags: AdminOptions & { id: string }) => {
+      const trustDomain = trustDomainFlag('--id', flags.id);
       const deleted = await withClient(flags, (c) =>
-        c.call('BundleService', 'DeleteFederatedBundle', { trust_domain: flags.id }),
+        c.call('BundleService', 'DeleteFederatedBundle', { trust_domain: trustDomain }),
       );
       if (flags.output === 'json') printJson(deleted);
       else print(`Bundle for ${deleted.trust_domain} deleted.`);
@@ -263,6 +288,21 @@ export function x509Command(): Command {
   );
 }
 
+/**
+ * Writes `text` to `path` as a new 0600 file renamed into place: an existing file (or a symlink
+ * planted there) is replaced, never written through, and no reader sees a wider mode or half a token.
+ */
+function writePrivateFile(path: string, text: string): void {
+  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  try {
+    writeFileSync(temporary, text, { mode: 0o600, flag: 'wx' });
+    renameSync(temporary, path);
+  } catch (error) {
+    rmSync(temporary, { force: true });
+    throw new CliError(`--write ${path}: ${(error as Error).message}`);
+  }
+}
+
 export function jwtCommand(): Command {
   return new Command('jwt').description('JWT-SVIDs').addCommand(
     adminCommand(
@@ -270,17 +310,28 @@ export function jwtCommand(): Command {
         .description('mint a JWT-SVID')
         .requiredOption('--spiffe-id <id>', 'SPIFFE ID (sub)')
         .requiredOption('--audience <aud>', 'audience, repeatable', collect)
-        .option('--ttl <seconds>', 'lifetime (default: default_jwt_svid_ttl)', integerFlag('--ttl')),
-    ).action(async (flags: AdminOptions & { spiffeId: string; audience: string[]; ttl?: number }) => {
-      const minted = await withClient(flags, (c) =>
-        c.call('SvidService', 'MintJwtSvid', {
-          spiffe_id: flags.spiffeId,
-          audience: flags.audience,
-          ttl: flags.ttl ?? 0,
-        }),
-      );
-      if (flags.output === 'json') printJson(minted);
-      else print(minted.token);
-    }),
+        .option('--ttl <seconds>', 'lifetime (default: default_jwt_svid_ttl)', integerFlag('--ttl'))
+        .option('--write <file>', 'write the token to this file (0600, replacing it) instead of printing it'),
+    ).action(
+      async (
+        flags: AdminOptions & { spiffeId: string; audience: string[]; ttl?: number; write?: string },
+      ) => {
+        const minted = await withClient(flags, (c) =>
+          c.call('SvidService', 'MintJwtSvid', {
+            spiffe_id: flags.spiffeId,
+            audience: flags.audience,
+            ttl: flags.ttl ?? 0,
+          }),
+        );
+        if (flags.write !== undefined) {
+          writePrivateFile(flags.write, `${minted.token}\n`);
+          if (flags.output === 'json') printJson({ expires_at: minted.expires_at, file: flags.write });
+          else print(`JWT-SVID written to ${flags.write}`);
+          return;
+        }
+        if (flags.output === 'json') printJson(minted);
+        else print(minted.token);
+      },
+    ),
   );
 }

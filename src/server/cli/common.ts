@@ -3,12 +3,32 @@
  *
  * @module
  */
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { SpiffeError, TrustDomain } from '../../spiffe/index.js';
 import { AdminClient } from '../admin/client.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { loadConfig } from '../config/load.js';
 
-export type OutputFormat = 'pretty' | 'json';
+export type OutputFormat = 'text' | 'json';
+
+/**
+ * `--output text|json`, the one output flag of every data command. SPIRE spells text `pretty`, so
+ * that is accepted as its alias; `--json`, which some commands took before, still works, hidden.
+ */
+export function withOutput(command: Command): Command {
+  return command
+    .addOption(
+      new Option('--output <format>', 'output format ("pretty" is accepted for text, as SPIRE spells it)')
+        .choices(['text', 'json'])
+        .default('text' satisfies OutputFormat)
+        .argParser((value): OutputFormat => {
+          if (value === 'text' || value === 'pretty') return 'text';
+          if (value === 'json') return 'json';
+          throw new InvalidArgumentError('allowed: text, json (or pretty, the same as text)');
+        }),
+    )
+    .addOption(new Option('--json', 'deprecated: --output json').hideHelp().implies({ output: 'json' }));
+}
 
 export interface AdminOptions {
   adminSocket?: string;
@@ -18,15 +38,12 @@ export interface AdminOptions {
 
 /** Adds --admin-socket, --config and --output to an admin command. */
 export function adminCommand(command: Command): Command {
-  return command
+  return withOutput(command)
     .option(
       '--admin-socket <path>',
       `admin API socket (default: admin_socket from --config, else ${DEFAULTS.admin_socket})`,
     )
-    .option('-c, --config <file>', 'server config file to take admin_socket from')
-    .addOption(
-      new Option('--output <format>', 'output format').choices(['pretty', 'json']).default('pretty'),
-    );
+    .option('-c, --config <file>', 'server config file to take admin_socket from');
 }
 
 export function adminSocketPath(options: AdminOptions): string {
@@ -71,4 +88,28 @@ export function collect(value: string, previous: string[] | undefined): string[]
 /** An error the CLI reports as one line and exit status 1 (bin/ prints `ironroot-server: …`). */
 export class CliError extends Error {
   override name = 'CliError';
+}
+
+/** A trust domain flag that is neither `td` nor `spiffe://td`. */
+export class TrustDomainFlagError extends CliError {
+  override name = 'TrustDomainFlagError';
+  readonly code = 'ERR_CLI_TRUST_DOMAIN';
+}
+
+/**
+ * The trust domain name in a flag given as `example.org` or, as SPIRE takes it, `spiffe://example.org`;
+ * a SPIFFE ID with a path names a workload, not a trust domain, so it is refused.
+ */
+export function trustDomainFlag(flag: string, text: string): string {
+  const refuse = (why: string) =>
+    new TrustDomainFlagError(
+      `ERR_CLI_TRUST_DOMAIN: ${flag} ${JSON.stringify(text)}: ${why}; give the trust domain as example.org or spiffe://example.org`,
+    );
+  if (/^spiffe:\/\/[^/]+\/./.test(text)) throw refuse('a SPIFFE ID with a path is not a trust domain');
+  try {
+    return TrustDomain.parse(text).name;
+  } catch (error) {
+    if (error instanceof SpiffeError) throw refuse(`${error.code}: ${error.message}`);
+    throw error;
+  }
 }

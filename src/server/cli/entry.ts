@@ -302,7 +302,7 @@ export function entryCommand(): Command {
     if (result === undefined || result.status.code !== 0) {
       throw new CliError(result?.status.message ?? 'the server returned no result');
     }
-    if (flags.output === 'pretty') print(`Deleted entry ${result.id}`);
+    if (flags.output === 'text') print(`Deleted entry ${result.id}`);
   });
 
   adminCommand(filterOptions(entry.command('count').description('count entries, filtered'))).action(

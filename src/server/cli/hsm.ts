@@ -21,6 +21,7 @@ import {
 } from '../../hsm/index.js';
 import { loadConfig } from '../config/load.js';
 import type { ServerConfig } from '../config/schema.js';
+import { withOutput } from './common.js';
 
 type Output = 'text' | 'json';
 
@@ -76,11 +77,7 @@ function printJson(value: unknown): void {
 function withKeyStore(command: Command, output: boolean): Command {
   command.option('--uri <pkcs11-uri>', URI_HELP);
   command.option('-c, --config <file>', 'server config file: use its key_manager instead of --uri');
-  if (output) {
-    command.addOption(
-      new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'),
-    );
-  }
+  if (output) withOutput(command);
   return command;
 }
 

@@ -23,7 +23,16 @@ import {
 import type { ProfileMessage } from '../admin/messages.js';
 import { formatViolation } from '../nodeattestor/tpm.js';
 import { loadProfileFile, profileYaml } from '../profiles/load.js';
-import { type AdminOptions, adminCommand, CliError, print, printJson, withClient } from './common.js';
+import {
+  type AdminOptions,
+  adminCommand,
+  CliError,
+  type OutputFormat,
+  print,
+  printJson,
+  withClient,
+  withOutput,
+} from './common.js';
 
 function readLog(file: string): EventLog {
   let bytes: Buffer;
@@ -136,7 +145,7 @@ function learnCommand(): Command {
 interface CheckFlags {
   profile: string;
   eventlog: string;
-  json?: boolean;
+  output: OutputFormat;
 }
 
 /** Offline, the log's own replay stands in for the quote. */
@@ -151,13 +160,12 @@ function checkOffline(profile: FirmwareProfile, log: EventLog, file: string): Vi
 }
 
 function checkCommand(): Command {
-  return new Command('check')
+  return withOutput(new Command('check'))
     .description(
       'check an event log against a firmware profile: exit 0 when it fits, 1 when not, 2 on bad input',
     )
     .requiredOption('--profile <file>', 'firmware profile (YAML)')
     .requiredOption('--eventlog <file>', 'binary_bios_measurements to check')
-    .option('--json', 'print the result as JSON')
     .action((flags: CheckFlags) => {
       let violations: Violation[];
       let name: string;
@@ -170,7 +178,7 @@ function checkCommand(): Command {
         process.exitCode = 2;
         return;
       }
-      if (flags.json) printJson({ profile: name, fits: violations.length === 0, violations });
+      if (flags.output === 'json') printJson({ profile: name, fits: violations.length === 0, violations });
       else if (violations.length === 0) print(`${flags.eventlog} fits profile ${name}`);
       else
         print(

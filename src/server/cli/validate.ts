@@ -1,7 +1,7 @@
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { preflight } from '../preflight.js';
-import { print, printJson } from './common.js';
+import { type OutputFormat, print, printJson, withOutput } from './common.js';
 
 /**
  * `validate --config FILE`: every check `run` makes before it creates or binds anything (schema,
@@ -9,13 +9,13 @@ import { print, printJson } from './common.js';
  * the admin socket), without starting anything.
  */
 export function validateCommand(): Command {
-  return new Command('validate')
-    .description(
+  return withOutput(
+    new Command('validate').description(
       "check a config file as run would (schema, safety, TPM policy, directories, the data dir's trust domain and lock, admin socket) without starting the server",
-    )
+    ),
+  )
     .requiredOption('-c, --config <file>', 'server config file (YAML)')
-    .addOption(new Option('--output <format>', 'output format').choices(['pretty', 'json']).default('pretty'))
-    .action(async (flags: { config: string; output: 'pretty' | 'json' }) => {
+    .action(async (flags: { config: string; output: OutputFormat }) => {
       let warnings: string[];
       try {
         ({ warnings } = await preflight(loadConfig({ file: flags.config })));
