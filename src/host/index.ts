@@ -1,6 +1,7 @@
 /**
  * What both executables need from the host: an exclusive lock on a data directory, Unix socket
- * paths claimed only when stale, directories with exact modes, and listen errors named by key.
+ * paths claimed only when stale, directories with exact modes, and listen errors named by key; and
+ * the `--output` flag both command lines share.
  *
  * @module
  */
@@ -8,4 +9,5 @@ export { bindAddress } from './address.js';
 export { checkDirUsable, closedToOthers, ensureDir } from './dirs.js';
 export { HostError, type HostErrorCode } from './errors.js';
 export { checkDirUnlocked, type DirLock, type LockOptions, lockDir, lockFilePath } from './lock.js';
+export { type OutputFormat, withOutput } from './output.js';
 export { checkSocketPath, claimSocketPath } from './socket.js';

@@ -1,11 +1,11 @@
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { type OutputFormat, withOutput } from '../../host/index.js';
 import { ENDPOINT_SOCKET_ENV, isSpiffeError, type X509Bundle } from '../../spiffe/index.js';
 import { WorkloadApiClient, type X509Context } from '../../workload-api/client.js';
 import { isWorkloadApiError } from '../../workload-api/errors.js';
 import { DEFAULT_SOCKET_PATH } from '../../workload-api/server.js';
-import { type OutputFormat, withOutput } from './output.js';
 
 interface Common {
   socketPath?: string;

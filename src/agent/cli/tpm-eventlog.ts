@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
+import { type OutputFormat, withOutput } from '../../host/index.js';
 import {
   type DecodedEvent,
   type DecodedLogEvent,
@@ -11,7 +12,6 @@ import {
   replay,
   summarize,
 } from '../../tpm/eventlog/index.js';
-import { type OutputFormat, withOutput } from './output.js';
 
 /** Where Linux exports the firmware's TCG event log. */
 export const DEFAULT_EVENTLOG_PATH = '/sys/kernel/security/tpm0/binary_bios_measurements';

@@ -5,6 +5,7 @@
  */
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { type OutputFormat as Output, withOutput } from '../../host/index.js';
 import {
   algName,
   createAk,
@@ -28,7 +29,6 @@ import {
   withAk,
   withEk,
 } from '../../tpm/index.js';
-import { type OutputFormat as Output, withOutput } from './output.js';
 import { eventlogCommand } from './tpm-eventlog.js';
 
 interface CommonOptions {

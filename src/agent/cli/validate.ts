@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { type OutputFormat, withOutput } from './output.js';
+import { type OutputFormat, withOutput } from '../../host/index.js';
 
 /**
  * `validate --config FILE`: every check `run` makes before it creates, locks or binds anything

@@ -1,5 +1,5 @@
 /**
- * The output flag every data command of `ironroot-agent` shares.
+ * The output flag every data command of both executables shares, so both spell it alike.
  *
  * @module
  */
