@@ -25,10 +25,12 @@ export interface OpenedDatastore {
 }
 
 /**
- * The trust domains whose own (not federated) bundle the data dir's datastore holds, read without
- * writing anything; empty when there is no datastore yet, or its CA never started.
+ * One column of `sql` over `table` in the data dir's datastore, read without writing anything (a
+ * server may be running on it); empty when there is no datastore yet or no such table.
+ *
+ * @throws DatastoreError when it cannot be read.
  */
-export function storedOwnTrustDomains(dataDir: string): string[] {
+function readColumn(dataDir: string, table: string, sql: string): string[] {
   const path = join(dataDir, SQLITE_FILE);
   if (!existsSync(path)) return [];
   let sqlite: BetterSqlite3.Database | undefined;
@@ -37,14 +39,14 @@ export function storedOwnTrustDomains(dataDir: string): string[] {
     // where a read-write one removes them on close. query_only keeps it from writing anything.
     sqlite = new BetterSqlite3(path, { fileMustExist: true });
     sqlite.pragma('query_only = ON');
-    const table = sqlite
-      .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bundles'")
-      .get();
-    if (table === undefined) return [];
-    const rows = sqlite
-      .prepare('SELECT trust_domain FROM bundles WHERE federated = 0 ORDER BY trust_domain')
-      .all() as { trust_domain: string }[];
-    return rows.map((r) => r.trust_domain);
+    sqlite.pragma('busy_timeout = 5000');
+    const exists = sqlite.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(table);
+    if (exists === undefined) return [];
+    return sqlite
+      .prepare(sql)
+      .raw()
+      .all()
+      .map((row) => String((row as unknown[])[0]));
   } catch (error) {
     throw new DatastoreError(`cannot read SQLite datastore ${path}: ${(error as Error).message}`, error);
   } finally {
@@ -53,30 +55,20 @@ export function storedOwnTrustDomains(dataDir: string): string[] {
 }
 
 /**
- * The key ids the data dir's CA journal names, read without writing anything (the server may be
- * running); empty when there is no datastore yet. Throws DatastoreError when it cannot be read.
+ * The trust domains whose own (not federated) bundle the data dir's datastore holds; empty when
+ * there is no datastore yet, or its CA never started.
  */
+export function storedOwnTrustDomains(dataDir: string): string[] {
+  return readColumn(
+    dataDir,
+    'bundles',
+    'SELECT trust_domain FROM bundles WHERE federated = 0 ORDER BY trust_domain',
+  );
+}
+
+/** The key ids the data dir's CA journal names; empty when there is no datastore yet. */
 export function storedCaKeyIds(dataDir: string): string[] {
-  const path = join(dataDir, SQLITE_FILE);
-  if (!existsSync(path)) return [];
-  let sqlite: BetterSqlite3.Database | undefined;
-  try {
-    sqlite = new BetterSqlite3(path, { fileMustExist: true });
-    sqlite.pragma('query_only = ON');
-    sqlite.pragma('busy_timeout = 5000');
-    const table = sqlite
-      .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ca_journal'")
-      .get();
-    if (table === undefined) return [];
-    const rows = sqlite.prepare('SELECT key_id FROM ca_journal ORDER BY key_id').all() as {
-      key_id: string;
-    }[];
-    return rows.map((r) => r.key_id);
-  } catch (error) {
-    throw new DatastoreError(`cannot read SQLite datastore ${path}: ${(error as Error).message}`, error);
-  } finally {
-    sqlite?.close();
-  }
+  return readColumn(dataDir, 'ca_journal', 'SELECT key_id FROM ca_journal ORDER BY key_id');
 }
 
 export async function openSqliteDatastore(dataDir: string, clock: Clock): Promise<OpenedDatastore> {
