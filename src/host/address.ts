@@ -1,5 +1,5 @@
 /**
- * TCP listen failures, told by the config key whose address could not be bound.
+ * TCP listen addresses: split for `listen`, and failures told by the config key whose address could not be bound.
  *
  * @module
  */
@@ -30,4 +30,13 @@ export async function bindAddress<T>(key: string, address: string, bind: () => P
       );
     throw error;
   }
+}
+
+/** Splits a validated `host:port` (or `[v6]:port`) into what `listen` takes. */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const separator = address.lastIndexOf(':');
+  return {
+    host: address.slice(0, separator).replace(/^\[(.*)\]$/, '$1'),
+    port: Number(address.slice(separator + 1)),
+  };
 }

@@ -5,7 +5,7 @@
  *
  * @module
  */
-export { bindAddress } from './address.js';
+export { bindAddress, splitHostPort } from './address.js';
 export { checkDirUsable, closedToOthers, ensureDir } from './dirs.js';
 export { HostError, type HostErrorCode } from './errors.js';
 export { checkDirUnlocked, type DirLock, type LockOptions, lockDir, lockFilePath } from './lock.js';

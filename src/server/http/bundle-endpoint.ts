@@ -9,12 +9,12 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { splitHostPort } from '../../host/index.js';
 import { SpiffeId } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { Clock } from '../clock.js';
 import { serverSpiffeId } from '../identity.js';
 import type { Logger } from '../log.js';
-import { splitHostPort } from './address.js';
 
 export interface BundleEndpointOptions {
   address: string;

@@ -6,7 +6,7 @@
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
-import { splitHostPort } from './address.js';
+import { splitHostPort } from '../../host/index.js';
 
 export interface HealthOptions {
   address: string;

@@ -8,9 +8,9 @@
  */
 import { readFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { splitHostPort } from '../../host/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { Logger } from '../log.js';
-import { splitHostPort } from './address.js';
 
 export interface OidcOptions {
   address: string;
