@@ -35,6 +35,7 @@ export type {
 export {
   DEFAULT_SOCKET_PATH,
   MAX_HINT_BYTES,
+  type WorkloadApiCall,
   type WorkloadApiLogger,
   WorkloadApiServer,
   type WorkloadApiServerOptions,

@@ -83,6 +83,19 @@ export interface WorkloadApiServerOptions {
   procRoot?: string;
   /** Default: discard. */
   logger?: WorkloadApiLogger;
+  /** Told once per call how it ended (for metrics); what it throws is logged, never reaches the caller. */
+  onCall?: (call: WorkloadApiCall) => void;
+}
+
+/**
+ * One call's outcome, as {@link WorkloadApiServerOptions.onCall} hears it. A stream counts once:
+ * `OK` when its first message is sent, or the status it was refused or cancelled with before that.
+ */
+export interface WorkloadApiCall {
+  /** The RPC's name, e.g. `FetchX509SVID`. */
+  readonly rpc: string;
+  /** The gRPC status name, e.g. `OK`, `PERMISSION_DENIED`. */
+  readonly status: string;
 }
 
 interface Connection {
@@ -124,6 +137,7 @@ export class WorkloadApiServer {
   readonly #provider: WorkloadIdentityProvider;
   readonly #procRoot: string;
   readonly #logger: WorkloadApiLogger;
+  readonly #onCall: (call: WorkloadApiCall) => void;
   readonly #connections = new Map<string, Connection>();
   readonly #sockets = new Set<Socket>();
   readonly #grpc = new Server();
@@ -136,6 +150,7 @@ export class WorkloadApiServer {
     this.#provider = options.provider;
     this.#procRoot = options.procRoot ?? '/proc';
     this.#logger = options.logger ?? silent;
+    this.#onCall = options.onCall ?? (() => {});
     this.#grpc.addService(workloadServiceDefinition(), this.#implementation());
     this.#injector = this.#grpc.createConnectionInjector(ServerCredentials.createInsecure());
     this.#net = createServer((socket) => {
@@ -252,40 +267,47 @@ export class WorkloadApiServer {
     const FetchJWTBundles: handleServerStreamingCall<EmptyMessage, JWTBundlesResponseMessage> = (call) =>
       this.#stream(call, 'FetchJWTBundles', jwtBundlesResponse);
     const FetchJWTSVID: handleUnaryCall<JWTSVIDRequestMessage, JWTSVIDResponseMessage> = (call, callback) => {
-      this.#fetchJwtSvid(call.request, () => this.#authorize(call)).then(
-        (response) => callback(null, response),
-        (e: unknown) => callback(this.#toStatus(e)),
+      this.#unary(
+        'FetchJWTSVID',
+        this.#fetchJwtSvid(call.request, () => this.#authorize(call)),
+        callback,
       );
     };
     const ValidateJWTSVID: handleUnaryCall<ValidateJWTSVIDRequestMessage, ValidateJWTSVIDResponseMessage> = (
       call,
       callback,
     ) => {
-      this.#validateJwtSvid(call.request, () => this.#authorize(call)).then(
-        (response) => callback(null, response),
-        (e: unknown) => callback(this.#toStatus(e)),
+      this.#unary(
+        'ValidateJWTSVID',
+        this.#validateJwtSvid(call.request, () => this.#authorize(call)),
+        callback,
       );
     };
-    const unimplemented: handleServerStreamingCall<unknown, unknown> = (call) => {
-      try {
-        // Every request needs the header (Workload Endpoint §3), even one about to be refused.
-        checkSecurityHeader(call.metadata);
-        call.emit('error', {
-          code: Status.UNIMPLEMENTED,
-          details: 'the WIT-SVID profile is not implemented by this server',
-        });
-      } catch (e) {
-        call.emit('error', this.#toStatus(e));
-      }
-    };
+    const unimplemented =
+      (rpc: string): handleServerStreamingCall<unknown, unknown> =>
+      (call) => {
+        let error: { code: Status; details: string };
+        try {
+          // Every request needs the header (Workload Endpoint §3), even one about to be refused.
+          checkSecurityHeader(call.metadata);
+          error = {
+            code: Status.UNIMPLEMENTED,
+            details: 'the WIT-SVID profile is not implemented by this server',
+          };
+        } catch (e) {
+          error = this.#toStatus(e);
+        }
+        this.#report(rpc, error.code);
+        call.emit('error', error);
+      };
     return {
       FetchX509SVID,
       FetchX509Bundles,
       FetchJWTSVID,
       FetchJWTBundles,
       ValidateJWTSVID,
-      FetchWITSVID: unimplemented,
-      FetchWITBundles: unimplemented,
+      FetchWITSVID: unimplemented('FetchWITSVID'),
+      FetchWITBundles: unimplemented('FetchWITBundles'),
     };
   }
 
@@ -302,12 +324,25 @@ export class WorkloadApiServer {
     if (definition === undefined) throw new TypeError(`no method ${method} in the Workload API proto`);
     let unsubscribe: (() => void) | undefined;
     let ended = false;
+    let reported = false;
+    const report = (code: Status) => {
+      if (reported) return;
+      reported = true;
+      this.#report(method, code);
+    };
     const end = (e?: unknown) => {
       if (ended) return;
       ended = true;
       unsubscribe?.();
-      if (e === undefined) call.end();
-      else call.emit('error', this.#toStatus(e));
+      if (e === undefined) {
+        // Only a cancelled call ends without an error before its first message.
+        report(Status.CANCELLED);
+        call.end();
+      } else {
+        const error = this.#toStatus(e);
+        report(error.code);
+        call.emit('error', error);
+      }
     };
     call.on('cancelled', () => end());
     this.#authorize(call).then(
@@ -321,6 +356,7 @@ export class WorkloadApiServer {
           if (fingerprint === last) return;
           last = fingerprint;
           call.write(message);
+          report(Status.OK);
         };
         const update = () => {
           if (ended) return;
@@ -403,6 +439,34 @@ export class WorkloadApiServer {
     } catch (e) {
       if (!isSpiffeError(e)) throw e;
       throw new Refusal(Status.INVALID_ARGUMENT, `${e.code}: ${e.message}`);
+    }
+  }
+
+  /** Answers a unary call with what `response` settles to, and reports how it ended. */
+  #unary<T>(
+    rpc: string,
+    response: Promise<T>,
+    callback: (error: { code: Status; details: string } | null, value?: T) => void,
+  ): void {
+    response.then(
+      (value) => {
+        this.#report(rpc, Status.OK);
+        callback(null, value);
+      },
+      (e: unknown) => {
+        const error = this.#toStatus(e);
+        this.#report(rpc, error.code);
+        callback(error);
+      },
+    );
+  }
+
+  #report(rpc: string, code: Status): void {
+    try {
+      this.#onCall({ rpc, status: Status[code] ?? String(code) });
+    } catch (e) {
+      // An observer's failure must never change what the caller gets.
+      this.#logger.warn({ reason: (e as Error).message }, 'Workload API call observer failed');
     }
   }
 

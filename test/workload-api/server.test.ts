@@ -289,6 +289,88 @@ describe('Workload API server driven by a standard grpc-js client', () => {
   });
 });
 
+describe('Workload API call observer (onCall)', () => {
+  let dir: string;
+  let provider: TestProvider;
+  let server: WorkloadApiServer;
+  let client: RawClient;
+  let calls: Array<{ rpc: string; status: string }>;
+
+  beforeEach(async () => {
+    dir = openTempDir('wapi-observer-');
+    calls = [];
+    provider = new TestProvider(await TestCa.create('example.org'), new UnixAttestor());
+    await provider.setEntries([{ spiffeId: web, selectors: [me] }]);
+    server = await WorkloadApiServer.listen({
+      provider,
+      socketPath: join(dir, 'run', 'agent.sock'),
+      onCall: (call) => calls.push({ ...call }),
+    });
+    client = new RawClient(server.socketPath);
+  });
+
+  afterEach(async () => {
+    client.close();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('hears a served stream once, as OK, however many messages it sends and however it ends', async () => {
+    const stream = client.stream<X509SVIDResponseMessage>('FetchX509SVID');
+    await stream.waitFor(1);
+    await provider.rotate();
+    await stream.waitFor(2);
+    await provider.setEntries([]);
+    expect((await stream.ended).code).toBe(status.PERMISSION_DENIED);
+    expect(calls).toEqual([{ rpc: 'FetchX509SVID', status: 'OK' }]);
+  });
+
+  it('hears refusals by their gRPC status name', async () => {
+    expect((await client.stream('FetchX509Bundles', RawClient.header(false)).ended).code).toBe(
+      status.INVALID_ARGUMENT,
+    );
+    await expect(client.unary('FetchJWTSVID', { audience: [] })).rejects.toMatchObject({
+      code: status.INVALID_ARGUMENT,
+    });
+    expect((await client.stream('FetchWITSVID').ended).code).toBe(status.UNIMPLEMENTED);
+    await provider.setEntries([{ spiffeId: web, selectors: ['unix:uid:4294967294'] }]);
+    expect((await client.stream('FetchX509SVID').ended).code).toBe(status.PERMISSION_DENIED);
+    expect(calls).toEqual([
+      { rpc: 'FetchX509Bundles', status: 'INVALID_ARGUMENT' },
+      { rpc: 'FetchJWTSVID', status: 'INVALID_ARGUMENT' },
+      { rpc: 'FetchWITSVID', status: 'UNIMPLEMENTED' },
+      { rpc: 'FetchX509SVID', status: 'PERMISSION_DENIED' },
+    ]);
+  });
+
+  it('hears unary calls answered OK', async () => {
+    const jwt = await client.unary<JwtSvidResponse>('FetchJWTSVID', { audience: ['a'] });
+    await client.unary('ValidateJWTSVID', { audience: 'a', svid: jwt.svids[0]?.svid ?? '' });
+    expect(calls).toEqual([
+      { rpc: 'FetchJWTSVID', status: 'OK' },
+      { rpc: 'ValidateJWTSVID', status: 'OK' },
+    ]);
+  });
+
+  it('answers the caller even when the observer throws', async () => {
+    await server.close();
+    server = await WorkloadApiServer.listen({
+      provider,
+      socketPath: join(dir, 'run', 'agent.sock'),
+      onCall: () => {
+        throw new Error('observer broken');
+      },
+    });
+    client.close();
+    client = new RawClient(server.socketPath);
+    const jwt = await client.unary<JwtSvidResponse>('FetchJWTSVID', { audience: ['a'] });
+    expect(jwt.svids).toHaveLength(1);
+    const stream = client.stream<X509SVIDResponseMessage>('FetchX509SVID');
+    expect((await stream.waitFor(1))[0]?.svids).toHaveLength(1);
+    stream.cancel();
+  });
+});
+
 describe('Workload API socket', () => {
   let dir: string;
   let provider: TestProvider;
