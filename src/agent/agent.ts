@@ -36,6 +36,7 @@ import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
+import { AgentMetrics, startMetricsServer } from './metrics.js';
 import { ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
@@ -77,6 +78,10 @@ export class Agent {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #health: Server | undefined;
+  readonly #metrics: AgentMetrics;
+  #metricsServer: Server | undefined;
+  /** Whether the agent has held an SVID of its own: a new one then replaces it (a rotation). */
+  #heldSvid = false;
   #lock: DirLock | undefined;
   readonly #cache: SvidCache;
   readonly #sync: WorkloadSync;
@@ -103,13 +108,18 @@ export class Agent {
     this.#logger = logger;
     this.#store = new AgentStore(config.data_dir);
     this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });
+    this.#metrics = new AgentMetrics({
+      soonestExpiryMs: (nowMs) => this.#cache.soonestExpiryMs(nowMs),
+      entryCount: () => this.#cache.entryCount,
+    });
     this.#cache = new SvidCache({
       trustDomain: config.trust_domain,
       attestors: workloadAttestors(config),
       bootstrapRoots: this.#bootstrapRoots(),
       mintJwt: (entryId, audience) => this.#mintJwt(entryId, audience),
+      observer: this.#metrics,
     });
-    this.#sync = new WorkloadSync(this.#cache, logger);
+    this.#sync = new WorkloadSync(this.#cache, logger, this.#metrics);
     this.#contact = new ServerContact({
       retryInitialMs: config.retry_initial * 1000,
       retryMaxMs: config.retry_max * 1000,
@@ -163,6 +173,13 @@ export class Agent {
     };
   }
 
+  /** Where `/metrics` is served (the bound port, when `metrics_address` asked for port 0); undefined: off. */
+  get metricsAddress(): string | undefined {
+    const bound = this.#metricsServer?.address();
+    if (bound === null || bound === undefined || typeof bound === 'string') return undefined;
+    return bound.family === 'IPv6' ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
+  }
+
   async start(): Promise<void> {
     this.#store.prepare();
     // Held until the agent stops (or the process ends, however): a second agent on this data
@@ -171,7 +188,13 @@ export class Agent {
     this.#lock = lock;
     try {
       this.#health = await startHealthServer(healthSocketPath(this.#config.data_dir), () => this.status());
+      if (this.#config.metrics_address !== undefined) {
+        this.#metricsServer = await startMetricsServer(this.#config.metrics_address, this.#metrics.registry);
+        this.#logger.info({ metrics_address: this.metricsAddress }, 'serving Prometheus metrics at /metrics');
+      }
     } catch (error) {
+      await closeServer(this.#health);
+      this.#health = undefined;
       lock.release();
       throw error;
     }
@@ -202,7 +225,8 @@ export class Agent {
     await this.#syncLoop;
     await this.#reattestLoop;
     await this.#workloadApi?.close();
-    await new Promise<void>((resolve) => (this.#health ? this.#health.close(() => resolve()) : resolve()));
+    await closeServer(this.#metricsServer);
+    await closeServer(this.#health);
     this.#lock?.release();
   }
 
@@ -271,25 +295,26 @@ export class Agent {
     try {
       let result: Result;
       if (this.#config.attestation === 'join_token') {
-        result = await client.attest(
-          { method: 'join_token', csr, tpm: null, join_token: this.#config.join_token ?? '' },
-          async () => {
-            throw new AgentError(
-              'ERR_AGENT_PROTOCOL',
-              'the server sent a TPM challenge for join_token attestation',
-            );
-          },
+        result = await this.#metrics.timeIssue('agent', () =>
+          client.attest(
+            { method: 'join_token', csr, tpm: null, join_token: this.#config.join_token ?? '' },
+            async () => {
+              throw new AgentError(
+                'ERR_AGENT_PROTOCOL',
+                'the server sent a TPM challenge for join_token attestation',
+              );
+            },
+          ),
         );
       } else {
         const { evidence, ak } = await this.#tpm.evidence();
         let logLength = 0;
-        result = await client.attest(
-          { method: 'tpm', csr, tpm: evidence, join_token: '' },
-          async (challenge) => {
+        result = await this.#metrics.timeIssue('agent', () =>
+          client.attest({ method: 'tpm', csr, tpm: evidence, join_token: '' }, async (challenge) => {
             const answer = await this.#tpm.answer(ak, challengeIn(challenge));
             logLength = answer.event_log.length;
             return answer;
-          },
+          }),
         );
         this.#store.saveAk(ak);
         this.#eventLogSent = logLength;
@@ -323,20 +348,27 @@ export class Agent {
     try {
       let result: Result;
       if (this.#config.attestation === 'join_token') {
-        result = await client.renew({ csr, tpm: null }, async () => {
-          throw new AgentError('ERR_AGENT_PROTOCOL', 'the server sent a TPM challenge to a join_token agent');
-        });
+        result = await this.#metrics.timeIssue('agent', () =>
+          client.renew({ csr, tpm: null }, async () => {
+            throw new AgentError(
+              'ERR_AGENT_PROTOCOL',
+              'the server sent a TPM challenge to a join_token agent',
+            );
+          }),
+        );
       } else {
         const ak: StoredAk | undefined = this.#store.loadAk();
         if (ak === undefined)
           throw new AgentError('ERR_AGENT_AK_UNKNOWN', 'no AK blobs in the data directory');
         const evidence = await this.#tpm.ekEvidence(ak);
         let logLength = 0;
-        result = await client.renew({ csr, tpm: evidence }, async (challenge) => {
-          const answer = await this.#tpm.answer(ak, challengeIn(challenge));
-          logLength = answer.event_log.length;
-          return answer;
-        });
+        result = await this.#metrics.timeIssue('agent', () =>
+          client.renew({ csr, tpm: evidence }, async (challenge) => {
+            const answer = await this.#tpm.answer(ak, challengeIn(challenge));
+            logLength = answer.event_log.length;
+            return answer;
+          }),
+        );
         this.#eventLogSent = logLength;
       }
       this.#save(result, key);
@@ -366,6 +398,7 @@ export class Agent {
       const client = this.#client(svid);
       const roundAt = nowSeconds();
       let retryMs: number | undefined;
+      const syncEnded = this.#metrics.syncStarted();
       try {
         await this.#sync.run(client, () => this.#stopped);
         this.#lastSyncAt = nowSeconds();
@@ -374,6 +407,7 @@ export class Agent {
         this.#renewIfCaRotated();
       } catch (error) {
         const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
+        this.#metrics.syncFailed(e.code);
         // Not the next SVID due: one already due would make that now, again and again.
         retryMs = this.#contact.failed(e, 'sync');
         // The attestation is gone: the main loop finds out at its next renewal and attests again.
@@ -383,6 +417,7 @@ export class Agent {
           this.#wake?.();
         }
       } finally {
+        syncEnded();
         client.close();
       }
       if (this.#workloadApi === undefined && !this.#stopped) await this.#startWorkloadApi();
@@ -432,6 +467,7 @@ export class Agent {
         provider: this.#cache,
         socketPath: this.#config.socket_path,
         logger: this.#logger,
+        onCall: (call) => this.#metrics.workloadApiCall(call),
       });
       this.#logger.info({ socket_path: this.#config.socket_path }, 'Workload API listening');
     } catch (error) {
@@ -451,7 +487,7 @@ export class Agent {
       throw new AgentError('ERR_AGENT_STATE', 'the node is not attested yet; JWT-SVIDs need the server');
     const client = this.#client(svid);
     try {
-      const minted = await client.newJwtSvid(entryId, audience);
+      const minted = await this.#metrics.timeIssue('jwt', () => client.newJwtSvid(entryId, audience));
       return { token: minted.token, expiresAt: minted.expires_at };
     } finally {
       client.close();
@@ -501,12 +537,15 @@ export class Agent {
     const chain = result.svid_chain.map((der) => new X509Certificate(der));
     this.#store.saveBundle(result.bundle.map((der) => new X509Certificate(der)));
     this.#store.saveSvid(chain, key);
+    this.#metrics.bundleReceived();
+    if (this.#heldSvid) this.#metrics.rotated('agent');
     this.#adopt({ spiffeId: result.spiffe_id, chain, key, expiresAt: result.expires_at }, true);
     this.#syncWake?.();
   }
 
   #adopt(svid: StoredSvid, fresh: boolean): void {
     this.#svid = svid;
+    this.#heldSvid = true;
     const issuedAt = notBefore(svid);
     const half = (svid.expiresAt - issuedAt) / 2;
     const jitter = (Math.random() * 2 - 1) * RENEW_JITTER * half;
@@ -713,6 +752,10 @@ function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
       }),
     );
   return attestors;
+}
+
+function closeServer(server: Server | undefined): Promise<void> {
+  return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
 }
 
 function nowSeconds(): number {

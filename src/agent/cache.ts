@@ -61,6 +61,19 @@ export interface IssuedSvid {
   key: KeyObject;
 }
 
+/** What the cache tells the agent's metrics. */
+export interface CacheObserver {
+  /**
+   * A Workload API lookup: `hit` when answered from the cache alone, `miss` when there was nothing
+   * to serve or a JWT-SVID had to be minted by the server.
+   */
+  lookup(result: 'hit' | 'miss'): void;
+  /** A workload SVID replaced by a new one. */
+  rotated(kind: 'x509' | 'jwt'): void;
+}
+
+const unobserved: CacheObserver = { lookup: () => {}, rotated: () => {} };
+
 export type JwtMinter = (
   entryId: string,
   audience: readonly string[],
@@ -70,6 +83,7 @@ export class SvidCache implements WorkloadIdentityProvider {
   readonly #trustDomain: TrustDomain;
   readonly #attestors: readonly WorkloadAttestor[];
   readonly #mintJwt: JwtMinter;
+  readonly #observer: CacheObserver;
   readonly #listeners = new Set<() => void>();
   #entries = new Map<string, CachedEntry>();
   readonly #svids = new Map<string, CachedSvid>();
@@ -87,10 +101,12 @@ export class SvidCache implements WorkloadIdentityProvider {
     /** The bundle's X.509 roots until the first sync brings the full bundle. */
     bootstrapRoots: readonly X509Certificate[];
     mintJwt: JwtMinter;
+    observer?: CacheObserver;
   }) {
     this.#trustDomain = TrustDomain.parse(options.trustDomain);
     this.#attestors = options.attestors;
     this.#mintJwt = options.mintJwt;
+    this.#observer = options.observer ?? unobserved;
     this.#bundle = new SpiffeBundle(this.#trustDomain, { x509Authorities: options.bootstrapRoots });
   }
 
@@ -143,6 +159,12 @@ export class SvidCache implements WorkloadIdentityProvider {
   }
 
   identities(selectors: readonly Selector[]): WorkloadIdentities {
+    const found = this.#identities(selectors);
+    this.#observer.lookup(found.svids.length > 0 ? 'hit' : 'miss');
+    return found;
+  }
+
+  #identities(selectors: readonly Selector[]): WorkloadIdentities {
     if (this.#suspended) return { svids: [], bundle: this.#bundle, federatedBundles: [] };
     const have = new Set(selectors);
     const now = nowSeconds();
@@ -173,7 +195,11 @@ export class SvidCache implements WorkloadIdentityProvider {
     const key = `${spiffeId.toString()}\n${[...new Set(audience)].sort().join('\n')}`;
     const cached = this.#jwts.get(key);
     const now = Date.now();
-    if (cached !== undefined && cached.rotateAt > now) return cached.token;
+    if (cached !== undefined && cached.rotateAt > now) {
+      this.#observer.lookup('hit');
+      return cached.token;
+    }
+    this.#observer.lookup('miss');
     const entry = [...this.#entries.values()]
       .filter((e) => e.spiffeId.equals(spiffeId))
       .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))[0];
@@ -197,7 +223,7 @@ export class SvidCache implements WorkloadIdentityProvider {
         return cached.token;
       throw error;
     }
-    this.#jwts.delete(key);
+    if (this.#jwts.delete(key)) this.#observer.rotated('jwt');
     if (this.#jwts.size >= MAX_CACHED_JWTS) {
       const oldest = this.#jwts.keys().next().value;
       if (oldest !== undefined) this.#jwts.delete(oldest);
@@ -294,6 +320,7 @@ export class SvidCache implements WorkloadIdentityProvider {
       const issuedAt = Math.floor(new Date(leaf.validFrom).getTime() / 1000);
       const half = (item.expiresAt - issuedAt) / 2;
       const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
+      if (this.#svids.has(item.entryId)) this.#observer.rotated('x509');
       this.#svids.set(item.entryId, {
         caCheckedFor: '',
         entryRevision: item.entryRevision,
@@ -336,6 +363,19 @@ export class SvidCache implements WorkloadIdentityProvider {
       (entry) => !(entry.expiresAt > 0 && entry.expiresAt <= now) && !this.#svids.has(entry.id),
     ).length;
     return { served, unserved };
+  }
+
+  /**
+   * Unix milliseconds the first X.509-SVID still valid at `nowMs` expires, by its certificate's
+   * notAfter; undefined when none is (or while suspended, when none is served).
+   */
+  soonestExpiryMs(nowMs: number): number | undefined {
+    let soonest: number | undefined;
+    for (const svid of this.#svids.values()) {
+      const at = new Date(svid.leaf.validTo).getTime();
+      if (at > nowMs && (soonest === undefined || at < soonest)) soonest = at;
+    }
+    return soonest;
   }
 
   /**

@@ -12,6 +12,7 @@ import { createCsr, createKeySigner } from '../spiffe/index.js';
 import type { IssuedSvid, SvidCache } from './cache.js';
 import type { AgentApiClient } from './client.js';
 import { AgentError } from './errors.js';
+import type { AgentMetrics } from './metrics.js';
 
 /** CSRs per BatchNewX509SVID call: a round trip per hundred keeps each call short. */
 const CSR_BATCH = 100;
@@ -28,6 +29,7 @@ export interface SyncStats {
 export class WorkloadSync {
   readonly #cache: SvidCache;
   readonly #logger: Logger;
+  readonly #metrics: AgentMetrics;
   #cursor: SyncCursorMessage | undefined;
   readonly stats: SyncStats = {
     syncs: 0,
@@ -37,9 +39,10 @@ export class WorkloadSync {
     last_sync: null,
   };
 
-  constructor(cache: SvidCache, logger: Logger) {
+  constructor(cache: SvidCache, logger: Logger, metrics: AgentMetrics) {
     this.#cache = cache;
     this.#logger = logger;
+    this.#metrics = metrics;
   }
 
   /** One round; `stopping` is asked between batches, so an agent shutting down does not wait for thousands. */
@@ -64,7 +67,9 @@ export class WorkloadSync {
           { sync: sync.full ? 'full' : 'incremental', entries: this.#cache.entryCount, pages: sync.pages },
           'entries synced',
         );
-      if (this.#cache.applyBundles(await client.fetchBundles())) {
+      const bundles = await client.fetchBundles();
+      this.#metrics.bundleReceived();
+      if (this.#cache.applyBundles(bundles)) {
         changed = true;
         this.#logger.info('bundle updated');
       }
@@ -82,7 +87,7 @@ export class WorkloadSync {
           })),
         );
         const byId = new Map(batch.map((item) => [item.entry.id, item]));
-        const response = await client.batchNewX509Svid(requests);
+        const response = await this.#metrics.timeIssue('x509', () => client.batchNewX509Svid(requests));
         const issued: IssuedSvid[] = [];
         for (const svid of response.svids) {
           const item = byId.get(svid.entry_id);

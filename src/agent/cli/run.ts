@@ -16,6 +16,7 @@ interface RunFlags {
   insecureBootstrap?: boolean;
   ek?: string;
   logLevel?: string;
+  metricsAddress?: string;
 }
 
 /**
@@ -54,6 +55,7 @@ export function runCommand(): Command {
       '--join-token <token>',
       'attest with this join token instead of the TPM; every user can read it in the process list: prefer --join-token-file',
     )
+    .option('--metrics-address <host:port>', 'serve Prometheus /metrics over plain HTTP here (default: off)')
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${AGENT_DEFAULTS.log_level})`)
     .action(async (flags: RunFlags) => {
       const { loadAgentConfig } = await import('../config/load.js');
@@ -75,6 +77,7 @@ export function runCommand(): Command {
           attestation:
             flags.joinToken !== undefined || flags.joinTokenFile !== undefined ? 'join_token' : undefined,
           log_level: flags.logLevel,
+          metrics_address: flags.metricsAddress,
         },
       });
       // Everything validate checks, before anything is created, locked or bound.

@@ -108,6 +108,17 @@ export const agentConfigSchema = z
       (seconds) => seconds >= 0.1,
       'allowed: a duration of at least 100ms, e.g. 5s',
     ),
+    /**
+     * Plain HTTP `host:port` serving Prometheus `/metrics`; absent: no metrics listener (as SPIRE's
+     * telemetry is off until configured). Unauthenticated: loopback or a management network.
+     */
+    metrics_address: z
+      .string('allowed: host:port, e.g. 127.0.0.1:9988 or [::1]:9988')
+      .refine((text) => {
+        const port = HOST_PORT.exec(text)?.[2];
+        return port !== undefined && Number(port) <= 65535;
+      }, 'allowed: host:port, e.g. 127.0.0.1:9988 or [::1]:9988, port 0..65535')
+      .optional(),
     /** Which workload attestors produce selectors; default the unix one alone. */
     workload_attestors: workloadAttestors,
   })
