@@ -1,7 +1,10 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
+import { Agent } from '../../src/agent/agent.js';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
 
 /** Writes `yaml` after the keys every valid config needs and returns loadAgentConfig's message. */
@@ -105,6 +108,80 @@ describe('agent config: sync_interval, socket_path, workload_attestors', () => {
     expect(load('workload_attestors:\n  systemd:\n').workload_attestors).toEqual({ systemd: null });
     expect(load('workload_attestors:\n  k8s:\n    skip_verify: true\n').workload_attestors).toEqual({
       k8s: { skip_verify: true },
+    });
+  });
+});
+
+describe('agent config: metrics_address', () => {
+  it.each([
+    [
+      'localhost',
+      'metrics_address: got "localhost"; allowed: host:port, e.g. 127.0.0.1:9988 or [::1]:9988, port 0..65535',
+    ],
+    ['127.0.0.1:70000', 'metrics_address: got "127.0.0.1:70000"; allowed: host:port'],
+    ['http://127.0.0.1:9988', 'metrics_address: got "http://127.0.0.1:9988"; allowed: host:port'],
+  ])('refuses metrics_address %s naming key, value and what is allowed', (value, message) => {
+    expect(errorFor(`metrics_address: "${value}"\n`)).toContain(message);
+  });
+
+  it('refuses a metrics_address that is not a string, naming the key', () => {
+    expect(errorFor('metrics_address: 9988\n')).toContain(
+      'metrics_address: got 9988; allowed: host:port, e.g. 127.0.0.1:9988 or [::1]:9988',
+    );
+  });
+
+  it('is off unless given; accepts host:port and [v6]:port', () => {
+    expect(load('').metrics_address).toBeUndefined();
+    expect(load('metrics_address: 127.0.0.1:9988\n').metrics_address).toBe('127.0.0.1:9988');
+    expect(load('metrics_address: "[::1]:9988"\n').metrics_address).toBe('[::1]:9988');
+  });
+});
+
+describe('agent run: metrics_address it cannot bind', () => {
+  /** An agent that fails at start binds nothing, so its server is never contacted. */
+  const agentOn = (metricsAddress: string, dataDir: string) =>
+    new Agent(
+      loadAgentConfig({
+        overrides: {
+          server_address: '127.0.0.1:1',
+          trust_domain: 'example.org',
+          insecure_bootstrap: true,
+          data_dir: dataDir,
+          socket_path: join(dataDir, '..', 'agent.sock'),
+          metrics_address: metricsAddress,
+        },
+      }),
+      pino({ level: 'silent' }),
+    );
+
+  it('refuses a port in use, naming metrics_address, and leaves the data directory free', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const { port } = holder.address() as AddressInfo;
+    const dataDir = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-metrics-')), 'data');
+    try {
+      const refused = agentOn(`127.0.0.1:${port}`, dataDir).start();
+      await expect(refused).rejects.toMatchObject({ code: 'ERR_ADDRESS_IN_USE', key: 'metrics_address' });
+      await expect(refused).rejects.toThrow(
+        `metrics_address 127.0.0.1:${port} is in use by another process; stop it, or choose another port for metrics_address`,
+      );
+      // The refused start released its lock and health socket: an agent on the same directory starts.
+      const next = agentOn('127.0.0.1:0', dataDir);
+      await next.start();
+      expect(next.metricsAddress).toMatch(/^127\.0\.0\.1:\d+$/);
+      await next.stop();
+    } finally {
+      holder.close();
+    }
+  });
+
+  it('refuses an address that is not this host’s, naming metrics_address', async () => {
+    const dataDir = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-metrics-')), 'data');
+    // 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never configured on a host.
+    await expect(agentOn('192.0.2.1:9988', dataDir).start()).rejects.toMatchObject({
+      code: 'ERR_ADDRESS_UNAVAILABLE',
+      key: 'metrics_address',
+      message: expect.stringContaining('choose another metrics_address'),
     });
   });
 });
