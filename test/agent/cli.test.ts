@@ -1,5 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { chmodSync, chownSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -36,6 +37,7 @@ describe('ironroot-agent command line', () => {
         '--socket-path',
         '--join-token',
         '--insecure-bootstrap',
+        '--metrics-address',
       ])
         expect(stdout).toContain(flag);
   });
@@ -153,6 +155,32 @@ describe('ironroot-agent command line', () => {
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toMatchObject({ level: 40, flag: '--join-token' });
     expect(stdout).not.toContain('secret-token-value');
+  });
+
+  it('refuses a --metrics-address in use, naming metrics_address, and exits', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const { port } = holder.address() as AddressInfo;
+    const dataDir = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-metrics-')), 'data');
+    try {
+      const result = await agentCli([
+        ...joinFlags,
+        '--join-token-file',
+        tokenFile(0o600),
+        '--data-dir',
+        dataDir,
+        '--socket-path',
+        join(dataDir, '..', 'agent.sock'),
+        '--metrics-address',
+        `127.0.0.1:${port}`,
+      ]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        `metrics_address 127.0.0.1:${port} is in use by another process; stop it, or choose another port for metrics_address`,
+      );
+    } finally {
+      holder.close();
+    }
   });
 
   it('healthcheck fails with a clear message when no agent runs', async () => {
