@@ -1,5 +1,4 @@
 import { Command } from 'commander';
-import { pino } from 'pino';
 import { AGENT_DEFAULTS } from '../config/schema.js';
 
 interface RunFlags {
@@ -16,6 +15,7 @@ interface RunFlags {
   insecureBootstrap?: boolean;
   ek?: string;
   logLevel?: string;
+  logFormat?: string;
 }
 
 /**
@@ -55,6 +55,10 @@ export function runCommand(): Command {
       'attest with this join token instead of the TPM; every user can read it in the process list: prefer --join-token-file',
     )
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${AGENT_DEFAULTS.log_level})`)
+    .option(
+      '--log-format <format>',
+      `json|pino (default ${AGENT_DEFAULTS.log_format}; see docs/agent-config.md)`,
+    )
     .action(async (flags: RunFlags) => {
       const { loadAgentConfig } = await import('../config/load.js');
       const config = loadAgentConfig({
@@ -75,16 +79,14 @@ export function runCommand(): Command {
           attestation:
             flags.joinToken !== undefined || flags.joinTokenFile !== undefined ? 'join_token' : undefined,
           log_level: flags.logLevel,
+          log_format: flags.logFormat,
         },
       });
       // Everything validate checks, before anything is created, locked or bound.
       const { preflight } = await import('../preflight.js');
       const { warnings } = await preflight(config);
-      const logger = pino({
-        name: 'ironroot-agent',
-        level: config.log_level,
-        redact: { paths: ['join_token', '*.join_token', 'token'], censor: 'REDACTED' },
-      });
+      const { createAgentLogger } = await import('../log.js');
+      const logger = createAgentLogger(config);
       for (const warning of warnings) logger.warn(warning);
       if (flags.joinToken !== undefined)
         logger.warn(
