@@ -9,8 +9,7 @@
  *
  * @module
  */
-import type { DestinationStream } from 'pino';
-import { type Logger, type LoggerOptions, pino } from 'pino';
+import { type DestinationStream, type Logger, type LoggerOptions, pino } from 'pino';
 
 export type { Logger };
 
