@@ -86,12 +86,13 @@ function out(text = ''): void {
   process.stdout.write(`${text}\n`);
 }
 
-/** A log line's message and level (pino: 50 error, 60 fatal). */
+/** A log line's message and level: a name in the default `json` format, pino's number (50 error, 60 fatal) in `pino`. */
 function message(line: LogLine): string {
   return typeof line.msg === 'string' ? line.msg : '';
 }
 function isError(line: LogLine): boolean {
-  return typeof line.level === 'number' && line.level >= 50;
+  if (typeof line.level === 'number') return line.level >= 50;
+  return line.level === 'error' || line.level === 'fatal';
 }
 
 interface TpmInfo {

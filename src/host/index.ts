@@ -1,7 +1,7 @@
 /**
  * What both executables need from the host: an exclusive lock on a data directory, Unix socket
- * paths claimed only when stale, directories with exact modes, and listen errors named by key; and
- * the `--output` flag both command lines share.
+ * paths claimed only when stale, directories with exact modes, and listen errors named by key; the
+ * `--output` flag both command lines share; and the logger both build (`log_format`).
  *
  * @module
  */
@@ -9,5 +9,13 @@ export { bindAddress, splitHostPort } from './address.js';
 export { checkDirUsable, closedToOthers, ensureDir } from './dirs.js';
 export { HostError, type HostErrorCode } from './errors.js';
 export { checkDirUnlocked, type DirLock, type LockOptions, lockDir, lockFilePath } from './lock.js';
+export {
+  createLogger,
+  LOG_FORMATS,
+  LOG_LEVELS,
+  type LogFormat,
+  type Logger,
+  type LogOptions,
+} from './log.js';
 export { type OutputFormat, withOutput } from './output.js';
 export { checkSocketPath, claimSocketPath } from './socket.js';

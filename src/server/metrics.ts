@@ -1,4 +1,13 @@
-import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { CaSlot } from './datastore/datastore.js';
+
+/**
+ * Buckets for calls that sign once or a few times: a local token answers in milliseconds, a network
+ * HSM under load in hundreds of them.
+ */
+const SIGN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+/** Buckets for agent API calls: from a cached sync (milliseconds) to a TPM handshake over a WAN. */
+const CALL_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 /** The server's metrics, on a registry of its own so tests and embedders never share state. */
 export class ServerMetrics {
@@ -14,6 +23,14 @@ export class ServerMetrics {
     name: 'ironroot_node_attestations_total',
     help: 'Agent attestations and renewals by method and result (ok, or the refusal code)',
     labelNames: ['method', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly attestationDuration = new Histogram({
+    name: 'ironroot_node_attestation_duration_seconds',
+    help: 'Time from an AttestAgent or RenewAgent call to its decision, agent round trips included, by method, operation (attest, renew) and result (ok, refused)',
+    labelNames: ['method', 'operation', 'result'] as const,
+    buckets: CALL_BUCKETS,
     registers: [this.registry],
   });
 
@@ -47,16 +64,61 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
-  readonly svidsIssued = new Counter({
-    name: 'ironroot_workload_svids_issued_total',
-    help: 'Workload SVIDs signed for agents, by kind (x509, jwt)',
-    labelNames: ['kind'] as const,
+  readonly syncDuration = new Histogram({
+    name: 'ironroot_agent_api_sync_duration_seconds',
+    help: 'Time the server took to answer an agent sync call (FetchEntries, BatchNewX509SVID, NewJWTSVID, FetchBundles), by rpc and result (ok, or the refusal code)',
+    labelNames: ['rpc', 'result'] as const,
+    buckets: CALL_BUCKETS,
     registers: [this.registry],
+  });
+
+  readonly svidsIssued = new Counter({
+    name: 'ironroot_svids_issued_total',
+    help: 'SVIDs signed by the CA, by kind (x509, jwt) and whom for (agent: its own SVID at attestation or renewal; workload: asked for by an agent; admin: x509/jwt mint)',
+    labelNames: ['kind', 'issued_to'] as const,
+    registers: [this.registry],
+  });
+
+  readonly hsmSignDuration = new Histogram({
+    name: 'ironroot_hsm_sign_duration_seconds',
+    help: 'Time of each signature by the key manager (CA certificates, SVIDs, JWT-SVIDs), failed ones included, by key manager kind (pkcs11, disk, memory)',
+    labelNames: ['key_manager'] as const,
+    buckets: SIGN_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly hsmSignErrors = new Counter({
+    name: 'ironroot_hsm_sign_errors_total',
+    help: 'Signatures the key manager failed, by key manager kind and error code (ERR_HSM_…, or ERR_UNKNOWN)',
+    labelNames: ['key_manager', 'code'] as const,
+    registers: [this.registry],
+  });
+
+  #caSlots: () => readonly CaSlot[] = () => [];
+
+  readonly caNotAfter: Gauge = new Gauge({
+    name: 'ironroot_ca_not_after_seconds',
+    help: 'When each active and prepared CA key stops being valid (the X.509 CA certificate notAfter, the JWT key publication end), unix seconds, by kind (x509, jwt), slot (A, B) and state (active, prepared)',
+    labelNames: ['kind', 'slot', 'state'] as const,
+    registers: [this.registry],
+    collect: (): void => {
+      // Rebuilt at each scrape: a key that was activated or pruned leaves no stale series behind.
+      this.caNotAfter.reset();
+      for (const slot of this.#caSlots()) {
+        if (slot.state === 'old') continue;
+        this.caNotAfter.set({ kind: slot.authority, slot: slot.slot, state: slot.state }, slot.notAfter);
+      }
+    },
   });
 
   /** Where the untrusted-node gauge reads its value when scraped. */
   countUntrusted(count: () => number): void {
     this.#untrusted = count;
+  }
+
+  /** Where the CA expiry gauge reads the CA journal when scraped. */
+  watchCa(slots: () => readonly CaSlot[]): void {
+    this.#caSlots = slots;
   }
 
   constructor() {

@@ -15,6 +15,7 @@ import { ContinuousAttestation } from './agentapi/reattest.js';
 import { AgentApiServer } from './agentapi/server.js';
 import { SyncHandlers } from './agentapi/sync.js';
 import { CertificateAuthority } from './ca/authority.js';
+import { meteredKeyManager } from './ca/metered-keys.js';
 import { CaService } from './ca/service.js';
 import type { Clock } from './clock.js';
 import { redactSecrets } from './config/load.js';
@@ -70,20 +71,25 @@ export async function startServer(
   };
   let openedCa: CertificateAuthority | undefined;
   try {
-    const opened = await openSqliteDatastore(config.data_dir, clock);
-    const { datastore } = opened;
+    const store = await openSqliteDatastore(config.data_dir, clock);
+    const { datastore } = store;
     closers.push(() => datastore.close());
-    if (opened.migrated.length > 0) {
-      logger.info({ migrations: opened.migrated, path: opened.path }, 'datastore migrated');
+    if (store.migrated.length > 0) {
+      logger.info({ migrations: store.migrated, path: store.path }, 'datastore migrated');
     }
 
-    const keyManager = await (
+    const metrics = new ServerMetrics();
+    const opened = await (
       options.openKeys ??
       ((spec) =>
         openKeyManager(spec, {
           onEvent: (event) => logger.warn({ hsm_event: event.type }, 'key manager event'),
         }))
     )(config.key_manager);
+    const keyManager = meteredKeyManager(opened, {
+      duration: metrics.hsmSignDuration,
+      errors: metrics.hsmSignErrors,
+    });
     closers.push(() => keyManager.close());
     logger.info(
       { key_manager: redactSecrets(config.key_manager), kind: keyManager.kind },
@@ -104,7 +110,7 @@ export async function startServer(
       ...(upstream ? { upstream } : {}),
     });
     openedCa = ca;
-    const metrics = new ServerMetrics();
+    metrics.watchCa(() => ca.slots);
     const reattest =
       tpmPolicy && config.tpm_attestation
         ? new ContinuousAttestation({
@@ -133,6 +139,8 @@ export async function startServer(
         trustDomain: config.trust_domain,
         defaultX509SvidTtl: config.default_x509_svid_ttl,
         defaultJwtSvidTtl: config.default_jwt_svid_ttl,
+        logger,
+        svidsIssued: metrics.svidsIssued,
       }),
       profiles: new ProfileCatalog(tpmPolicy?.measuredBoot, datastore),
       logger,
@@ -177,6 +185,8 @@ export async function startServer(
         burst: config.attestation_rate_limit.burst,
       },
       attestations: metrics.attestations,
+      attestationDuration: metrics.attestationDuration,
+      svidsIssued: metrics.svidsIssued,
       ...(reattest ? { reattest } : {}),
       sync: new SyncHandlers({
         trustDomain: config.trust_domain,
@@ -189,6 +199,7 @@ export async function startServer(
         defaultJwtSvidTtl: config.default_jwt_svid_ttl,
         entriesSent: metrics.entriesSent,
         svidsIssued: metrics.svidsIssued,
+        duration: metrics.syncDuration,
       }),
     });
     closers.push(() => agentApi.stop());

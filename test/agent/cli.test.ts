@@ -153,7 +153,7 @@ describe('ironroot-agent command line', () => {
       .filter((line) => line.includes('/proc/<pid>/cmdline'))
       .map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toMatchObject({ level: 40, flag: '--join-token' });
+    expect(warnings[0]).toMatchObject({ level: 'warn', flag: '--join-token' });
     expect(stdout).not.toContain('secret-token-value');
   });
 

@@ -123,11 +123,11 @@ function expectRefused(outcome: EvilOutcome, code: string): void {
   expect(outcome.error?.code, outcome.error?.message).toBe(code);
   const logged = server.logs.decisions().filter((d) => d.reason === code);
   expect(logged.length).toBeGreaterThan(0);
-  expect(logged.every((d) => d.level === 40 && d.result === 'refused')).toBe(true);
+  expect(logged.every((d) => d.level === 'warn' && d.result === 'refused')).toBe(true);
 }
 
 function errorLines(): Record<string, unknown>[] {
-  return server.logs.lines.filter((l) => typeof l.level === 'number' && l.level >= 50);
+  return server.logs.lines.filter((l) => l.level === 'error' || l.level === 'fatal');
 }
 
 /** ironroot_ek_worker_jobs_total by result, from the server's /metrics. */

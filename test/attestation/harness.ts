@@ -2,13 +2,14 @@ import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
 import type { AgentConfigInput } from '../../src/agent/config/schema.js';
 import type { HealthStatus } from '../../src/agent/health.js';
+import { createAgentLogger } from '../../src/agent/log.js';
 import { validateConfig } from '../../src/server/config/load.js';
 import type { ServerConfigInput } from '../../src/server/config/schema.js';
+import { createServerLogger } from '../../src/server/log.js';
 import { RegistrationService } from '../../src/server/registration/service.js';
 import { type RunningServer, startServer } from '../../src/server/server.js';
 import { createSoftHsm, type SoftHsm } from '../helpers/softhsm.js';
@@ -30,7 +31,7 @@ export class FakeClock {
   }
 }
 
-/** Collects pino's JSON lines, so tests can assert on logged decisions. */
+/** Collects the JSON log lines, so tests can assert on logged decisions. */
 export class LogSink {
   readonly lines: Record<string, unknown>[] = [];
   readonly stream = new Writable({
@@ -89,7 +90,8 @@ export async function startAttestServer(extra: Partial<ServerConfigInput> = {}):
   };
   const config = validateConfig(input, 'test');
   const logs = new LogSink();
-  const logger = pino({ level: 'debug' }, logs.stream);
+  // The executables' own logger at debug, so tests see the lines operators see.
+  const logger = createServerLogger({ log_level: 'debug', log_format: config.log_format }, logs.stream);
   const clock = new FakeClock();
   const first = await startServer(config, logger, { clock });
   const handle: TestServer = {
@@ -156,7 +158,13 @@ export async function startTestAgent(
     ...overrides,
   };
   const logs = new LogSink();
-  const make = () => new Agent(loadAgentConfig({ overrides: input }), pino({ level: 'debug' }, logs.stream));
+  const make = () => {
+    const config = loadAgentConfig({ overrides: input });
+    return new Agent(
+      config,
+      createAgentLogger({ log_level: 'debug', log_format: config.log_format }, logs.stream),
+    );
+  };
   const handle: TestAgent = {
     agent: make(),
     logs,

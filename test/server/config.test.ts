@@ -37,6 +37,7 @@ describe('server config', () => {
       key_manager: 'pkcs11:token=ironroot',
       development: false,
       log_level: 'info',
+      log_format: 'json',
       health_address: '127.0.0.1:8080',
       datastore: 'sqlite',
       ca_ttl: 86400,

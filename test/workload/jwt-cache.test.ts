@@ -10,6 +10,7 @@ import {
   type TestServer,
   until,
 } from '../attestation/harness.js';
+import { parseMetrics, sumOf } from '../helpers/metrics.js';
 import { RawClient } from '../helpers/raw-client.js';
 import { entry, workloadSocketPath, workloadWhere } from './harness.js';
 
@@ -23,10 +24,10 @@ interface JwtSvidResponse {
 /** JWT-SVIDs the server has minted, from its Prometheus counter on /metrics. */
 async function jwtsMinted(server: TestServer): Promise<number> {
   const metric = await server.server.health.inject({ method: 'GET', url: '/metrics' });
-  const line = metric.body
-    .split('\n')
-    .find((l) => l.startsWith('ironroot_workload_svids_issued_total{kind="jwt"}'));
-  return Number(line?.split(' ')[1] ?? 0);
+  return sumOf(parseMetrics(metric.body), 'ironroot_svids_issued_total', {
+    kind: 'jwt',
+    issued_to: 'workload',
+  });
 }
 
 /**

@@ -1,5 +1,4 @@
 import { Command } from 'commander';
-import { pino } from 'pino';
 import { AGENT_DEFAULTS } from '../config/schema.js';
 
 interface RunFlags {
@@ -17,6 +16,7 @@ interface RunFlags {
   ek?: string;
   logLevel?: string;
   metricsAddress?: string;
+  logFormat?: string;
 }
 
 /**
@@ -57,6 +57,10 @@ export function runCommand(): Command {
     )
     .option('--metrics-address <host:port>', 'serve Prometheus /metrics over plain HTTP here (default: off)')
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${AGENT_DEFAULTS.log_level})`)
+    .option(
+      '--log-format <format>',
+      `json|pino (default ${AGENT_DEFAULTS.log_format}; see docs/agent-config.md)`,
+    )
     .action(async (flags: RunFlags) => {
       const { loadAgentConfig } = await import('../config/load.js');
       const config = loadAgentConfig({
@@ -78,16 +82,14 @@ export function runCommand(): Command {
             flags.joinToken !== undefined || flags.joinTokenFile !== undefined ? 'join_token' : undefined,
           log_level: flags.logLevel,
           metrics_address: flags.metricsAddress,
+          log_format: flags.logFormat,
         },
       });
       // Everything validate checks, before anything is created, locked or bound.
       const { preflight } = await import('../preflight.js');
       const { warnings } = await preflight(config);
-      const logger = pino({
-        name: 'ironroot-agent',
-        level: config.log_level,
-        redact: { paths: ['join_token', '*.join_token', 'token'], censor: 'REDACTED' },
-      });
+      const { createAgentLogger } = await import('../log.js');
+      const logger = createAgentLogger(config);
       for (const warning of warnings) logger.warn(warning);
       if (flags.joinToken !== undefined)
         logger.warn(

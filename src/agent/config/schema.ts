@@ -5,6 +5,7 @@
  * @module
  */
 import { z } from 'zod';
+import { LOG_FORMATS, LOG_LEVELS } from '../../host/index.js';
 
 const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
 const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
@@ -19,6 +20,7 @@ export const AGENT_DEFAULTS = {
   ek: 'auto',
   event_log_path: '/sys/kernel/security/tpm0/binary_bios_measurements',
   log_level: 'info',
+  log_format: 'json',
   retry_initial: '1s',
   retry_max: '5m',
   sync_interval: '5s',
@@ -100,7 +102,9 @@ export const agentConfigSchema = z
       .string()
       .default(AGENT_DEFAULTS.event_log_path)
       .refine((text) => text === 'none' || text.startsWith('/'), 'allowed: an absolute path, or none'),
-    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(AGENT_DEFAULTS.log_level),
+    log_level: z.enum(LOG_LEVELS).default(AGENT_DEFAULTS.log_level),
+    /** json: ISO time and level names; pino: epoch-millisecond time and level numbers. */
+    log_format: z.enum(LOG_FORMATS).default(AGENT_DEFAULTS.log_format),
     retry_initial: duration(AGENT_DEFAULTS.retry_initial),
     retry_max: duration(AGENT_DEFAULTS.retry_max),
     /** How often entries, bundles and due SVIDs are fetched from the server. */

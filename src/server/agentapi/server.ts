@@ -11,7 +11,7 @@ import {
   type ServerDuplexStream,
   type ServerErrorResponse,
 } from '@grpc/grpc-js';
-import type { Counter } from 'prom-client';
+import type { Counter, Histogram } from 'prom-client';
 import {
   type AttestAgentRequest,
   type AttestAgentResponse,
@@ -25,6 +25,7 @@ import {
 import { type ParsedCsr, parseCsr, SpiffeId } from '../../spiffe/index.js';
 import { parseTpm2bPublic } from '../../tpm/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
+import { logX509Issued } from '../ca/issuance-log.js';
 import { type Clock, nowSeconds } from '../clock.js';
 import type { Datastore } from '../datastore/datastore.js';
 import { serverSpiffeId } from '../identity.js';
@@ -84,6 +85,10 @@ export interface AgentApiOptions {
   serverSvidTtl: number;
   rateLimit: { perSecond: number; burst: number };
   attestations: Counter<'method' | 'result'>;
+  /** Time from call to decision, by method, operation and result (ok, refused). */
+  attestationDuration: Histogram<'method' | 'operation' | 'result'>;
+  /** Agent SVIDs signed at attestation and renewal. */
+  svidsIssued: Counter<'kind' | 'issued_to'>;
   /** Entry sync, workload SVIDs and bundles; undefined serves attestation and renewal only. */
   sync?: SyncHandlers;
   /** Continuous attestation of TPM nodes; undefined when TPM attestation is not configured. */
@@ -172,6 +177,7 @@ export class AgentApiServer {
     const decision: Decision = { agentId: '', method: '' };
     const address = peerAddress(call.getPeer());
     const log = (result: string, reason: string, refusal?: AttestationError) => {
+      const seconds = (performance.now() - started) / 1000;
       const fields = {
         // Before the EK (or token) is known there is no agent ID, and before params no method: those
         // fields are left out rather than logged empty; `peer` says who it was.
@@ -181,17 +187,16 @@ export class AgentApiServer {
         peer: address,
         result,
         reason,
-        duration_ms: Math.round(performance.now() - started),
+        duration_ms: Math.round(seconds * 1000),
         // What the agent was told, and for a profile refusal every violated rule, so the log alone explains it.
         ...(refusal === undefined ? {} : { detail: refusal.message }),
         ...(refusal instanceof ProfileViolationError
           ? { violations: Object.fromEntries(refusal.violations) }
           : {}),
       };
-      this.#o.attestations.inc({
-        method: decision.method || 'unknown',
-        result: result === 'ok' ? 'ok' : reason,
-      });
+      const method = decision.method || 'unknown';
+      this.#o.attestations.inc({ method, result: result === 'ok' ? 'ok' : reason });
+      this.#o.attestationDuration.observe({ method, operation: kind, result }, seconds);
       if (result === 'ok') this.#o.logger.info(fields, `agent ${kind} accepted`);
       else this.#o.logger.warn(fields, `agent ${kind} refused: ${reason}`);
     };
@@ -457,6 +462,8 @@ export class AgentApiServer {
       ttl: this.#o.agentSvidTtl,
     });
     const leaf = minted.chain[0];
+    this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'agent' });
+    logX509Issued(this.#o.logger, 'agent', agentId, leaf);
     return {
       serial: leaf?.serialNumber ?? '',
       svidAuthority: minted.authority,

@@ -13,7 +13,7 @@ import {
   type ServerWritableStream,
   type sendUnaryData,
 } from '@grpc/grpc-js';
-import type { Counter } from 'prom-client';
+import type { Counter, Histogram } from 'prom-client';
 import type {
   BatchNewX509SvidRequest,
   BatchNewX509SvidResponse,
@@ -32,6 +32,7 @@ import {
   SpiffeId,
 } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
+import { logJwtIssued, logX509Issued } from '../ca/issuance-log.js';
 import { type Clock, nowSeconds } from '../clock.js';
 import type { AttestedNode, Datastore, RegistrationEntry } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
@@ -56,7 +57,9 @@ export interface SyncOptions {
   defaultJwtSvidTtl: number;
   /** Entries sent to agents, by kind of sync. */
   entriesSent: Counter<'sync'>;
-  svidsIssued: Counter<'kind'>;
+  svidsIssued: Counter<'kind' | 'issued_to'>;
+  /** How long each call took to answer, by rpc and result. */
+  duration: Histogram<'rpc' | 'result'>;
 }
 
 /**
@@ -82,9 +85,15 @@ export class SyncHandlers {
   implementation() {
     return {
       FetchEntries: (call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>) => {
-        void this.#fetchEntries(call).catch((error: unknown) => {
-          call.emit('error', this.#refusal('FetchEntries', error));
-        });
+        const end = this.#o.duration.startTimer({ rpc: 'FetchEntries' });
+        void this.#fetchEntries(call).then(
+          () => end({ result: call.cancelled ? 'cancelled' : 'ok' }),
+          (error: unknown) => {
+            const refusal = this.#refusal('FetchEntries', error);
+            end({ result: codeOf(refusal) });
+            call.emit('error', refusal);
+          },
+        );
       },
       BatchNewX509SVID: (
         call: ServerUnaryCall<BatchNewX509SvidRequest, BatchNewX509SvidResponse>,
@@ -114,11 +123,19 @@ export class SyncHandlers {
     handle: (agent: Authorization & { agentId: string }) => Promise<Res>,
     options: { untrusted?: boolean } = {},
   ): void {
+    const end = this.#o.duration.startTimer({ rpc: method });
     this.#authorize(call, method, options.untrusted)
       .then(handle)
       .then(
-        (response) => callback(null, response),
-        (error: unknown) => callback(this.#refusal(method, error)),
+        (response) => {
+          end({ result: 'ok' });
+          callback(null, response);
+        },
+        (error: unknown) => {
+          const refusal = this.#refusal(method, error);
+          end({ result: codeOf(refusal) });
+          callback(refusal);
+        },
       );
   }
 
@@ -210,10 +227,13 @@ export class SyncHandlers {
         ttl: entry.x509SvidTtl > 0 ? entry.x509SvidTtl : this.#o.defaultX509SvidTtl,
         ...(entry.dnsNames.length > 0 ? { dnsNames: entry.dnsNames } : {}),
       });
+      this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'workload' });
+      logX509Issued(this.#o.logger, 'workload', entry.spiffeId, minted.chain[0], {
+        agent_id: agent.agentId,
+        entry_id: entry.id,
+      });
       svids.push({ entry_id: entry.id, chain: minted.chain.map((c) => c.raw), expires_at: minted.expiresAt });
     }
-    this.#o.svidsIssued.inc({ kind: 'x509' }, svids.length);
-    this.#o.logger.debug({ agent_id: agent.agentId, svids: svids.length }, 'workload X.509-SVIDs issued');
     return { svids };
   }
 
@@ -236,10 +256,12 @@ export class SyncHandlers {
       audience: request.audience,
       ttl: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl : this.#o.defaultJwtSvidTtl,
     });
-    this.#o.svidsIssued.inc({ kind: 'jwt' });
-    this.#o.logger.debug(
-      { agent_id: agent.agentId, entry_id: entry.id, spiffe_id: entry.spiffeId },
-      'workload JWT-SVID issued',
+    this.#o.svidsIssued.inc({ kind: 'jwt', issued_to: 'workload' });
+    logJwtIssued(
+      this.#o.logger,
+      'workload',
+      { spiffeId: entry.spiffeId, audience: request.audience, expiresAt: minted.expiresAt },
+      { agent_id: agent.agentId, entry_id: entry.id },
     );
     return { token: minted.token, expires_at: minted.expiresAt };
   }
@@ -283,6 +305,11 @@ export class SyncHandlers {
     metadata.set('ironroot-error-code', refusal.code);
     return { code: refusal.grpcStatus, details: `${refusal.code}: ${refusal.message}`, metadata };
   }
+}
+
+/** The refusal's code, as the agent reads it from the trailers. */
+function codeOf(refusal: Partial<ServerErrorResponse>): string {
+  return String(refusal.metadata?.get('ironroot-error-code')[0] ?? 'ERR_AGENT_INTERNAL');
 }
 
 /** Resolves when the stream can take more, or the agent went away. */

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { Counter } from 'prom-client';
 import { toPem } from '../../spiffe/der.js';
 import {
   checkJwtSvidAudience,
@@ -39,8 +40,10 @@ import {
   ServerError,
   TtlOutOfRangeError,
 } from '../errors.js';
+import type { Logger } from '../log.js';
 import { checkIssuableId, isTrustDomainName } from '../registration/ids.js';
 import type { AuthorityKind, CertificateAuthority } from './authority.js';
+import { logJwtIssued, logX509Issued } from './issuance-log.js';
 
 /** Agents named in a readiness answer at most; the count covers the rest. */
 const MAX_BEHIND_LISTED = 100;
@@ -51,6 +54,9 @@ export interface CaServiceOptions {
   trustDomain: string;
   defaultX509SvidTtl: number;
   defaultJwtSvidTtl: number;
+  logger: Logger;
+  /** SVIDs minted through the admin API. */
+  svidsIssued: Counter<'kind' | 'issued_to'>;
 }
 
 export class CaService {
@@ -185,6 +191,8 @@ export class CaService {
       ttl: checkTtl(request.ttl, this.#o.defaultX509SvidTtl),
       dnsNames: csr.dnsNames,
     });
+    this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'admin' });
+    logX509Issued(this.#o.logger, 'admin', csr.spiffeId.toString(), minted.chain[0]);
     return { chain: minted.chain.map((c) => new Uint8Array(c.raw)), expires_at: minted.expiresAt };
   }
 
@@ -203,6 +211,12 @@ export class CaService {
       spiffeId: id,
       audience: request.audience,
       ttl: checkTtl(request.ttl, this.#o.defaultJwtSvidTtl),
+    });
+    this.#o.svidsIssued.inc({ kind: 'jwt', issued_to: 'admin' });
+    logJwtIssued(this.#o.logger, 'admin', {
+      spiffeId: id.toString(),
+      audience: request.audience,
+      expiresAt: minted.expiresAt,
     });
     return { token: minted.token, expires_at: minted.expiresAt };
   }

@@ -13,6 +13,7 @@ interface RunFlags {
   keyManager?: string;
   development?: boolean;
   logLevel?: string;
+  logFormat?: string;
   tpmEkCa?: string;
   tpmEkHashAllow?: string;
   tpmPcrs?: string;
@@ -34,6 +35,7 @@ export function runCommand(): Command {
     .option('--key-manager <uri>', 'PKCS#11 URI, or disk:DIR / memory: (development only)')
     .option('--development', 'allow development-only settings, with loud warnings')
     .option('--log-level <level>', `trace|debug|info|warn|error|fatal (default ${DEFAULTS.log_level})`)
+    .option('--log-format <format>', `json|pino (default ${DEFAULTS.log_format}; see docs/server-config.md)`)
     .option(
       '--tpm-ek-ca <dir>',
       'directory of trusted EK issuer CA certificates (PEM/DER); enables TPM attestation',
@@ -53,6 +55,7 @@ export function runCommand(): Command {
         key_manager: flags.keyManager,
         development: flags.development,
         log_level: flags.logLevel,
+        log_format: flags.logFormat,
         tpm_attestation: {
           ek_ca_dir: flags.tpmEkCa,
           ek_hash_allow_file: flags.tpmEkHashAllow,
@@ -62,9 +65,9 @@ export function runCommand(): Command {
       const config = loadConfig({ ...(flags.config !== undefined ? { file: flags.config } : {}), overrides });
       // Loaded here, not at the top: admin commands share this executable and should not pay for
       // fastify, Kysely and SQLite at every start.
-      const { createLogger } = await import('../log.js');
+      const { createServerLogger } = await import('../log.js');
       const { startServer } = await import('../server.js');
-      const logger = createLogger(config.log_level);
+      const logger = createServerLogger(config);
       const server = await startServer(config, logger, { clock: systemClock });
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {

@@ -20,6 +20,7 @@ export interface ConfigOverrides {
   key_manager?: string;
   development?: boolean;
   log_level?: string;
+  log_format?: string;
   /** `--tpm-ek-ca`, `--tpm-ek-hash-allow`, `--tpm-pcrs`: laid over the file's tpm_attestation. */
   tpm_attestation?: { ek_ca_dir?: string; ek_hash_allow_file?: string; pcrs?: string };
 }

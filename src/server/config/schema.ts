@@ -5,6 +5,7 @@
  * @module
  */
 import { z } from 'zod';
+import { LOG_FORMATS, LOG_LEVELS } from '../../host/index.js';
 import { DEFAULTS, REATTEST_INTERVAL_MIN_SECONDS } from './defaults.js';
 import { DURATION_HINT, parseDuration } from './duration.js';
 
@@ -190,7 +191,9 @@ export const configSchema = z
         'allowed: a PKCS#11 URI (pkcs11:token=…), disk:/absolute/dir or memory:',
       ),
     development: z.boolean().default(DEFAULTS.development),
-    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(DEFAULTS.log_level),
+    log_level: z.enum(LOG_LEVELS).default(DEFAULTS.log_level),
+    /** json: ISO time and level names; pino: epoch-millisecond time and level numbers. */
+    log_format: z.enum(LOG_FORMATS).default(DEFAULTS.log_format),
     health_address: hostPort(DEFAULTS.health_address),
     datastore: z.enum(['sqlite']).default(DEFAULTS.datastore),
     ca_ttl: duration(DEFAULTS.ca_ttl),
