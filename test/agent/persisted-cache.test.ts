@@ -1,6 +1,15 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import { chownSync, copyFileSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -92,6 +101,7 @@ async function fetchAs(user: User, agent: TestAgent, id: string) {
     format: 'der',
     type: 'pkcs8',
   });
+  rmSync(dir, { recursive: true });
   return { ids: ids.sort(), leaf, keyDer };
 }
 
@@ -240,6 +250,21 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
   });
 
+  it('refuses a file of another format version with ERR_AGENT_CACHE_VERSION, and serves nothing from it', async () => {
+    await agent.stop();
+    // The version byte follows the 4-byte magic; it is also bound into the key derivation.
+    const other = Buffer.from(sealed);
+    other[4] = 2;
+    writeFileSync(cacheFile(agent), other);
+    const lines = await restart(agent);
+    await listening(agent);
+    const warn = logged(lines(), 'the persisted SVID cache is refused');
+    expect(warn).toMatchObject({ level: 40, reason: 'ERR_AGENT_CACHE_VERSION', path: cacheFile(agent) });
+    expect(String(warn.err_message)).toMatch(/format version 2, this agent reads version 1/);
+    expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
+    expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
+  });
+
   it('serves the intact file again once it is back', async () => {
     await agent.stop();
     writeFileSync(cacheFile(agent), sealed);
@@ -249,6 +274,31 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     expect(again.leaf.serialNumber).toBe(aliceBefore.leaf.serialNumber);
     await agent.stop();
     await server.up();
+  });
+
+  it('logs a cache write that fails with ERR_AGENT_CACHE_WRITE, and keeps serving', async () => {
+    // A directory where the temporary file must go: the write fails, as on a full or broken disk.
+    mkdirSync(`${cacheFile(agent)}.tmp`);
+    try {
+      const lines = await restart(agent);
+      const agentId = (await until('the agent to sync', () => healthy(agent))).spiffe_id;
+      await server.server.datastore.createEntry(
+        entry('/cache/alice-new', agentId, [`unix:uid:${alice.uid}`]),
+        'test',
+      );
+      await workloadWhere(agent, 'the new SVID in the cache', (w) => w.svids === 4);
+      const warn = await until('the failed write to be logged', () =>
+        lines().find((l) => l.reason === 'ERR_AGENT_CACHE_WRITE'),
+      );
+      expect(warn).toMatchObject({ level: 40, path: cacheFile(agent) });
+      expect(String(warn.msg)).toMatch(/^cannot persist the SVID cache/);
+      expect((await fetchAs(alice, agent, `spiffe://${TD}/cache/alice-new`)).ids).toContain(
+        `spiffe://${TD}/cache/alice-new`,
+      );
+    } finally {
+      await agent.stop();
+      rmSync(`${cacheFile(agent)}.tmp`, { recursive: true });
+    }
   });
 });
 
