@@ -539,7 +539,11 @@ export class Agent {
               `${path} cannot be used: ${(error as Error).message}; nothing is served from it, and it is replaced at the next sync`,
             );
       // Another agent key is the expected trace of a new attestation; anything else is damage.
-      if (e.code === 'ERR_AGENT_CACHE_FOREIGN_KEY') this.#logger.info({ reason: e.code, path }, e.message);
+      if (e.code === 'ERR_AGENT_CACHE_FOREIGN_KEY')
+        this.#logger.info(
+          { reason: e.code, path, err_message: e.message },
+          'the persisted SVID cache is of another agent key: discarded',
+        );
       else
         this.#logger.warn(
           { reason: e.code, path, err_message: e.message },

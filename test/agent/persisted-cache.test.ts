@@ -244,7 +244,8 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     copyFileSync(cacheFile(other.agent), cacheFile(agent));
     const lines = await restart(agent);
     await listening(agent);
-    const info = logged(lines(), `${cacheFile(agent)} was written under another agent key`);
+    const info = logged(lines(), 'the persisted SVID cache is of another agent key: discarded');
+    expect(String(info.err_message)).toContain(`${cacheFile(agent)} was written under another agent key`);
     expect(info).toMatchObject({ level: 30, reason: 'ERR_AGENT_CACHE_FOREIGN_KEY', path: cacheFile(agent) });
     expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
