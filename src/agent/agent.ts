@@ -9,6 +9,9 @@
  * Workload API serves that cache on `socket_path`. While the server is away the cache keeps
  * serving what it holds until it expires.
  *
+ * The cache is persisted, sealed under the agent key, at every change (cachefile.ts): an agent
+ * restarted while the server is away serves what it held, still valid, until the first sync.
+ *
  * TPM nodes also keep the Reattest stream open (continuous attestation): the server asks for a
  * quote whenever it wants one, and says whether the node is still trusted. While it is not, the
  * cache serves no identity; when a re-quote passes again, it serves again. A reboot (new TPM reset
@@ -32,6 +35,7 @@ import { createCsr, createKeySigner, SpiffeId, TrustDomain, X509Bundle } from '.
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
+import { type CacheFileContent, openCache, sealCache } from './cachefile.js';
 import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
@@ -118,6 +122,7 @@ export class Agent {
       bootstrapRoots: this.#bootstrapRoots(),
       mintJwt: (entryId, audience) => this.#mintJwt(entryId, audience),
       observer: this.#metrics,
+      onChange: () => this.#persistCache(),
     });
     this.#sync = new WorkloadSync(this.#cache, logger, this.#metrics);
     this.#contact = new ServerContact({
@@ -210,6 +215,9 @@ export class Agent {
         'resuming with the stored agent SVID',
       );
     }
+    // Workloads are served from the persisted cache at once, not after a first sync round that
+    // may wait for a server that is away.
+    if (stored !== undefined && this.#restoreCache(stored.key)) await this.#startWorkloadApi();
     this.#loop = this.#run();
     this.#syncLoop = this.#runSync();
     if (this.#config.attestation === 'tpm') this.#reattestLoop = this.#runReattest();
@@ -540,7 +548,79 @@ export class Agent {
     this.#metrics.bundleReceived();
     if (this.#heldSvid) this.#metrics.rotated('agent');
     this.#adopt({ spiffeId: result.spiffe_id, chain, key, expiresAt: result.expires_at }, true);
+    // Sealed again under the new key at once: the key on disk is the new one, and a restart could
+    // not open a file sealed under the old.
+    this.#persistCache();
     this.#syncWake?.();
+  }
+
+  /**
+   * Takes over the cache the last run persisted, if it was sealed under `key` (the stored agent
+   * key); a file that cannot be used is logged and left for the next write to replace. True when
+   * the cache was restored.
+   */
+  #restoreCache(key: KeyObject): boolean {
+    const path = this.#store.cachePath;
+    let content: CacheFileContent;
+    try {
+      const sealed = this.#store.loadCache();
+      if (sealed === undefined) return false;
+      content = openCache(sealed, key, path);
+      const outcome = this.#cache.restore(content.cache, this.#bootstrapRoots(), nowSeconds());
+      this.#logger.info({ path, ...outcome }, 'serving the persisted SVID cache until the server is reached');
+    } catch (error) {
+      const e =
+        error instanceof AgentError && error.code.startsWith('ERR_AGENT_CACHE_')
+          ? error
+          : new AgentError(
+              'ERR_AGENT_CACHE_INVALID',
+              `${path} cannot be used: ${(error as Error).message}; nothing is served from it, and it is replaced at the next sync`,
+            );
+      // Another agent key is the expected trace of a new attestation; anything else is damage.
+      if (e.code === 'ERR_AGENT_CACHE_FOREIGN_KEY')
+        this.#logger.info(
+          { reason: e.code, path, err_message: e.message },
+          'the persisted SVID cache is of another agent key: discarded',
+        );
+      else
+        this.#logger.warn(
+          { reason: e.code, path, err_message: e.message },
+          'the persisted SVID cache is refused',
+        );
+      return false;
+    }
+    if (content.untrusted !== null) {
+      // Untrusted when it stopped: it stays so until a re-quote or an attestation passes.
+      const { code, reason } = content.untrusted;
+      Object.assign(this.#reattest, { trusted: false, code, reason });
+      this.#cache.suspend();
+      this.#logger.warn(
+        { reason: code, err_message: reason },
+        'the node was untrusted when the agent stopped: serving no identity until a re-quote passes',
+      );
+    }
+    return true;
+  }
+
+  /** Seals the cache under the current agent key and writes it; a failure is logged, never fatal. */
+  #persistCache(): void {
+    const svid = this.#svid;
+    if (svid === undefined) return;
+    const { trusted, code, reason } = this.#reattest;
+    try {
+      this.#store.saveCache(
+        sealCache({ untrusted: trusted ? null : { code, reason }, cache: this.#cache.snapshot() }, svid.key),
+      );
+    } catch (error) {
+      this.#logger.warn(
+        {
+          reason: 'ERR_AGENT_CACHE_WRITE',
+          path: this.#store.cachePath,
+          err_message: (error as Error).message,
+        },
+        'cannot persist the SVID cache: an agent restarted while the server is away would serve an older one, or nothing; free the disk or fix data_dir',
+      );
+    }
   }
 
   #adopt(svid: StoredSvid, fresh: boolean): void {

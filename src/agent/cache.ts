@@ -2,13 +2,21 @@
  * The agent's SVID cache: the entries the server authorized this agent for, an X.509-SVID (with a
  * key generated here, never sent anywhere) for each, the bundles, and JWT-SVIDs minted on demand.
  * It is what the Workload API serves from (`WorkloadIdentityProvider`), so it answers without the
- * network: while the server is away, workloads keep their SVIDs until they expire.
+ * network: while the server is away, workloads keep their SVIDs until they expire. Its state can be
+ * taken as a snapshot (which the agent persists, see cachefile.ts) and restored by a later run.
  *
  * @module
  */
-import { type KeyObject, X509Certificate } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 import type { EntryMessage, FetchBundlesResponse } from '../agent-api/proto.js';
-import { SpiffeBundle, SpiffeId, TrustDomain } from '../spiffe/index.js';
+import {
+  BundleSet,
+  SpiffeBundle,
+  SpiffeId,
+  TrustDomain,
+  verifyX509Svid,
+  X509Bundle,
+} from '../spiffe/index.js';
 import type {
   CallerCredentials,
   Selector,
@@ -74,6 +82,47 @@ export interface CacheObserver {
 
 const unobserved: CacheObserver = { lookup: () => {}, rotated: () => {} };
 
+/** An entry as persisted: the fields of the server's entry message the cache uses. */
+export type PersistedEntry = Pick<
+  EntryMessage,
+  | 'id'
+  | 'spiffe_id'
+  | 'selectors'
+  | 'federates_with'
+  | 'hint'
+  | 'revision_number'
+  | 'created_at'
+  | 'expires_at'
+>;
+
+/** An X.509-SVID as persisted: DER chain (leaf first) and PKCS#8 key, base64. */
+export interface PersistedSvid {
+  readonly entry_id: string;
+  readonly entry_revision: number;
+  readonly chain: readonly string[];
+  readonly key: string;
+  readonly expires_at: number;
+}
+
+/** What a restarted agent needs to serve as after a sync: entries, their SVIDs, the bundles. */
+export interface CacheSnapshot {
+  /** The own trust domain's SPIFFE bundle document as last synced; '' before the first sync. */
+  readonly bundle: string;
+  readonly federated: readonly { readonly trust_domain: string; readonly document: string }[];
+  readonly entries: readonly PersistedEntry[];
+  readonly svids: readonly PersistedSvid[];
+}
+
+/** What {@link SvidCache.restore} kept and dropped. */
+export interface RestoreOutcome {
+  entries: number;
+  svids: number;
+  /** SVIDs (or their entries) past expiry. */
+  expired: number;
+  /** SVIDs whose chain does not verify against the stored bundle, or that their entry no longer names. */
+  unverified: number;
+}
+
 export type JwtMinter = (
   entryId: string,
   audience: readonly string[],
@@ -84,6 +133,7 @@ export class SvidCache implements WorkloadIdentityProvider {
   readonly #attestors: readonly WorkloadAttestor[];
   readonly #mintJwt: JwtMinter;
   readonly #observer: CacheObserver;
+  readonly #changed: () => void;
   readonly #listeners = new Set<() => void>();
   #entries = new Map<string, CachedEntry>();
   readonly #svids = new Map<string, CachedSvid>();
@@ -102,11 +152,14 @@ export class SvidCache implements WorkloadIdentityProvider {
     bootstrapRoots: readonly X509Certificate[];
     mintJwt: JwtMinter;
     observer?: CacheObserver;
+    /** Called on every change the Workload API hears of, before it hears: the agent persists then. */
+    onChange?: () => void;
   }) {
     this.#trustDomain = TrustDomain.parse(options.trustDomain);
     this.#attestors = options.attestors;
     this.#mintJwt = options.mintJwt;
     this.#observer = options.observer ?? unobserved;
+    this.#changed = options.onChange ?? (() => {});
     this.#bundle = new SpiffeBundle(this.#trustDomain, { x509Authorities: options.bootstrapRoots });
   }
 
@@ -151,6 +204,7 @@ export class SvidCache implements WorkloadIdentityProvider {
   resume(): boolean {
     if (!this.#suspended) return false;
     this.#suspended = false;
+    this.#changed();
     return true;
   }
 
@@ -316,26 +370,17 @@ export class SvidCache implements WorkloadIdentityProvider {
       const leafDer = item.chain[0];
       if (entry === undefined || entry.revisionNumber !== item.entryRevision || leafDer === undefined)
         continue;
-      const leaf = new X509Certificate(leafDer);
-      const issuedAt = Math.floor(new Date(leaf.validFrom).getTime() / 1000);
-      const half = (item.expiresAt - issuedAt) / 2;
-      const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
       if (this.#svids.has(item.entryId)) this.#observer.rotated('x509');
-      this.#svids.set(item.entryId, {
-        caCheckedFor: '',
-        entryRevision: item.entryRevision,
-        leaf,
-        expiresAt: item.expiresAt,
-        // Whole seconds, as `due` is asked with: a fractional time would keep the sync loop waking
-        // before `due` agrees, for up to a second of back-to-back rounds.
-        rotateAt: Math.floor(issuedAt + half + jitter),
-        material: {
-          spiffeId: entry.spiffeId,
-          chainDer: item.chain.map((c) => new Uint8Array(c)),
-          keyPkcs8Der: new Uint8Array(item.key.export({ format: 'der', type: 'pkcs8' })),
-          ...(entry.hint !== '' ? { hint: entry.hint } : {}),
-        },
-      });
+      this.#svids.set(
+        item.entryId,
+        cachedSvid(
+          entry,
+          item.entryRevision,
+          item.chain,
+          new Uint8Array(item.key.export({ format: 'der', type: 'pkcs8' })),
+          item.expiresAt,
+        ),
+      );
     }
   }
 
@@ -392,13 +437,89 @@ export class SvidCache implements WorkloadIdentityProvider {
     return next;
   }
 
-  /** Tells every subscriber (the Workload API's streams) to send the state again. */
+  /** The state to persist. JWT-SVIDs are left out: they are bearer tokens, and minted on demand. */
+  snapshot(): CacheSnapshot {
+    return {
+      bundle: this.#bundleDocument,
+      federated: [...this.#federated].map(([trust_domain, { document }]) => ({ trust_domain, document })),
+      entries: [...this.#entries.values()].map((e) => ({
+        id: e.id,
+        spiffe_id: e.spiffeId.toString(),
+        selectors: [...e.selectors],
+        federates_with: [...e.federatesWith],
+        hint: e.hint,
+        revision_number: e.revisionNumber,
+        created_at: e.createdAt,
+        expires_at: e.expiresAt,
+      })),
+      svids: [...this.#svids].map(([entryId, svid]) => ({
+        entry_id: entryId,
+        entry_revision: svid.entryRevision,
+        chain: svid.material.chainDer.map((der) => Buffer.from(der).toString('base64')),
+        key: Buffer.from(svid.material.keyPkcs8Der).toString('base64'),
+        expires_at: svid.expiresAt,
+      })),
+    };
+  }
+
+  /**
+   * Takes over what an earlier run persisted, before the first sync (which replaces it): the
+   * entries not expired at `now` (unix seconds), the bundles, and each SVID that is still valid,
+   * belongs to its entry's current revision and SPIFFE ID, holds the key of its certificate, and
+   * verifies against `roots` (the agent's stored bundle). All or nothing for the rest: anything
+   * malformed throws before the cache changes.
+   */
+  restore(snapshot: CacheSnapshot, roots: readonly X509Certificate[], now: number): RestoreOutcome {
+    const entries = new Map<string, CachedEntry>();
+    const expiredEntries = new Set<string>();
+    for (const message of snapshot.entries) {
+      const entry = entryIn(message);
+      if (entry.expiresAt > 0 && entry.expiresAt <= now) expiredEntries.add(entry.id);
+      else entries.set(entry.id, entry);
+    }
+    const bundle =
+      snapshot.bundle === '' ? this.#bundle : SpiffeBundle.parse(this.#trustDomain, snapshot.bundle);
+    const federated = new Map(
+      snapshot.federated.map(({ trust_domain, document }) => [
+        trust_domain,
+        { document, bundle: SpiffeBundle.parse(TrustDomain.parse(trust_domain), document) },
+      ]),
+    );
+    const trusted = new BundleSet([new X509Bundle(this.#trustDomain, roots)]);
+    const svids = new Map<string, CachedSvid>();
+    let expired = expiredEntries.size;
+    let unverified = 0;
+    for (const item of snapshot.svids) {
+      if (expiredEntries.has(item.entry_id)) continue;
+      if (item.expires_at <= now) {
+        expired++;
+        continue;
+      }
+      const entry = entries.get(item.entry_id);
+      const svid =
+        entry !== undefined && entry.revisionNumber === item.entry_revision
+          ? verifiedSvid(entry, item, trusted, now)
+          : undefined;
+      if (svid === undefined) unverified++;
+      else svids.set(item.entry_id, svid);
+    }
+    this.#entries = entries;
+    this.#svids.clear();
+    for (const [id, svid] of svids) this.#svids.set(id, svid);
+    this.#bundle = bundle;
+    this.#bundleDocument = snapshot.bundle;
+    this.#federated = federated;
+    return { entries: entries.size, svids: svids.size, expired, unverified };
+  }
+
+  /** Tells every subscriber (the Workload API's streams) to send the state again, once it is persisted. */
   notify(): void {
+    this.#changed();
     for (const listener of this.#listeners) listener();
   }
 }
 
-function entryIn(message: EntryMessage): CachedEntry {
+function entryIn(message: PersistedEntry): CachedEntry {
   return {
     id: message.id,
     spiffeId: SpiffeId.parse(message.spiffe_id),
@@ -409,6 +530,71 @@ function entryIn(message: EntryMessage): CachedEntry {
     createdAt: message.created_at,
     expiresAt: message.expires_at,
   };
+}
+
+/** A cache slot for an SVID, due for rotation at half its life, moved by the jitter. */
+function cachedSvid(
+  entry: CachedEntry,
+  entryRevision: number,
+  chain: readonly Uint8Array[],
+  keyPkcs8Der: Uint8Array,
+  expiresAt: number,
+): CachedSvid {
+  const leaf = new X509Certificate(chain[0] ?? new Uint8Array());
+  const issuedAt = Math.floor(new Date(leaf.validFrom).getTime() / 1000);
+  const half = (expiresAt - issuedAt) / 2;
+  const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
+  return {
+    caCheckedFor: '',
+    entryRevision,
+    leaf,
+    expiresAt,
+    // Whole seconds, as `due` is asked with: a fractional time would keep the sync loop waking
+    // before `due` agrees, for up to a second of back-to-back rounds.
+    rotateAt: Math.floor(issuedAt + half + jitter),
+    material: {
+      spiffeId: entry.spiffeId,
+      chainDer: chain.map((c) => new Uint8Array(c)),
+      keyPkcs8Der,
+      ...(entry.hint !== '' ? { hint: entry.hint } : {}),
+    },
+  };
+}
+
+/**
+ * A persisted SVID, if it still stands at `now`: its chain verifies against `trusted`, it names its
+ * entry's SPIFFE ID, and the key is its certificate's. Anything else (damage included) drops it.
+ */
+function verifiedSvid(
+  entry: CachedEntry,
+  item: PersistedSvid,
+  trusted: BundleSet,
+  now: number,
+): CachedSvid | undefined {
+  try {
+    const chain = item.chain.map((der) => new X509Certificate(Buffer.from(der, 'base64')));
+    const leaf = chain[0];
+    const { id } = verifyX509Svid(chain, trusted, { time: new Date(now * 1000) });
+    if (leaf === undefined || !id.equals(entry.spiffeId)) return undefined;
+    const keyDer = Buffer.from(item.key, 'base64');
+    const publicDer = createPublicKey(createPrivateKey({ key: keyDer, format: 'der', type: 'pkcs8' })).export(
+      {
+        format: 'der',
+        type: 'spki',
+      },
+    );
+    if (!publicDer.equals(leaf.publicKey.export({ format: 'der', type: 'spki' }))) return undefined;
+    const expiresAt = Math.floor(new Date(leaf.validTo).getTime() / 1000);
+    return cachedSvid(
+      entry,
+      item.entry_revision,
+      chain.map((c) => c.raw),
+      new Uint8Array(keyDer),
+      expiresAt,
+    );
+  } catch {
+    return undefined;
+  }
 }
 
 function nowSeconds(): number {

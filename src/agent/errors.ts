@@ -14,7 +14,11 @@ export type AgentErrorCode =
   | 'ERR_AGENT_SERVER_SVID_INVALID'
   | 'ERR_AGENT_PROTOCOL'
   | 'ERR_AGENT_TPM'
-  | 'ERR_AGENT_UNTRUSTED';
+  | 'ERR_AGENT_UNTRUSTED'
+  | 'ERR_AGENT_CACHE_INVALID'
+  | 'ERR_AGENT_CACHE_VERSION'
+  | 'ERR_AGENT_CACHE_FOREIGN_KEY'
+  | 'ERR_AGENT_CACHE_WRITE';
 
 export class AgentError extends Error {
   readonly code: string;

@@ -1,12 +1,25 @@
 /**
  * What the agent keeps on disk between runs, in its data directory (0700): the agent SVID chain,
- * its private key (0600), the trust bundle learnt at attestation, and the AK blobs (0600; they are
- * wrapped by the EK and useless on another TPM, but nobody else needs to read them).
+ * its private key (0600), the trust bundle learnt at attestation, the AK blobs (0600; they are
+ * wrapped by the EK and useless on another TPM, but nobody else needs to read them), and the sealed
+ * workload SVID cache (0600, see cachefile.ts).
  *
  * @module
  */
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { ensureDir } from '../host/index.js';
 import type { AkBlobs, EkKind } from '../tpm/index.js';
@@ -30,6 +43,7 @@ const FILES = {
   key: 'agent-key.pem',
   bundle: 'bundle.pem',
   ak: 'ak.json',
+  cache: 'svid-cache.bin',
 } as const;
 
 export class AgentStore {
@@ -109,6 +123,41 @@ export class AgentStore {
         public: Buffer.from(ak.publicBlob).toString('base64'),
       }),
     );
+  }
+
+  /** Where the sealed workload SVID cache lives. */
+  get cachePath(): string {
+    return join(this.dir, FILES.cache);
+  }
+
+  /** The sealed workload SVID cache; undefined when there is none. */
+  loadCache(): Buffer | undefined {
+    return existsSync(this.cachePath) ? readFileSync(this.cachePath) : undefined;
+  }
+
+  /**
+   * Replaces the sealed cache durably: the new file is on disk (data and rename) before this
+   * returns, so what the Workload API is told of next survives a crash; until the rename, the
+   * previous file stands whole.
+   */
+  saveCache(sealed: Uint8Array): void {
+    const temporary = `${this.cachePath}.tmp`;
+    const fd = openSync(temporary, 'w', 0o600);
+    try {
+      // A temporary file left by a crash keeps its mode on open: set it again.
+      chmodSync(temporary, 0o600);
+      for (let at = 0; at < sealed.length; ) at += writeSync(fd, sealed, at);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, this.cachePath);
+    const dir = openSync(this.dir, 'r');
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
   }
 
   /** Forgets the SVID (the server evicted us); the AK stays, a full attestation replaces it. */
