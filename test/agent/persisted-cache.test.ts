@@ -226,7 +226,7 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     const lines = await restart(agent);
     await listening(agent);
     const warn = logged(lines(), 'the persisted SVID cache is refused');
-    expect(warn).toMatchObject({ level: 40, reason: 'ERR_AGENT_CACHE_INVALID', path: cacheFile(agent) });
+    expect(warn).toMatchObject({ level: 'warn', reason: 'ERR_AGENT_CACHE_INVALID', path: cacheFile(agent) });
     expect(String(warn.err_message)).toContain(cacheFile(agent));
     expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
@@ -246,7 +246,7 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     await listening(agent);
     const info = logged(lines(), 'the persisted SVID cache is of another agent key: discarded');
     expect(String(info.err_message)).toContain(`${cacheFile(agent)} was written under another agent key`);
-    expect(info).toMatchObject({ level: 30, reason: 'ERR_AGENT_CACHE_FOREIGN_KEY', path: cacheFile(agent) });
+    expect(info).toMatchObject({ level: 'info', reason: 'ERR_AGENT_CACHE_FOREIGN_KEY', path: cacheFile(agent) });
     expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
   });
@@ -260,7 +260,7 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     const lines = await restart(agent);
     await listening(agent);
     const warn = logged(lines(), 'the persisted SVID cache is refused');
-    expect(warn).toMatchObject({ level: 40, reason: 'ERR_AGENT_CACHE_VERSION', path: cacheFile(agent) });
+    expect(warn).toMatchObject({ level: 'warn', reason: 'ERR_AGENT_CACHE_VERSION', path: cacheFile(agent) });
     expect(String(warn.err_message)).toMatch(/format version 2, this agent reads version 1/);
     expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
@@ -291,7 +291,7 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
       const warn = await until('the failed write to be logged', () =>
         lines().find((l) => l.reason === 'ERR_AGENT_CACHE_WRITE'),
       );
-      expect(warn).toMatchObject({ level: 40, path: cacheFile(agent) });
+      expect(warn).toMatchObject({ level: 'warn', path: cacheFile(agent) });
       expect(String(warn.msg)).toMatch(/^cannot persist the SVID cache/);
       expect((await fetchAs(alice, agent, `spiffe://${TD}/cache/alice-new`)).ids).toContain(
         `spiffe://${TD}/cache/alice-new`,
@@ -352,7 +352,7 @@ describe('the persisted SVID cache of a node the server holds untrusted', () => 
       expect(agent.agent.status().workload).toMatchObject({ svids: 0 });
       expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
       expect(logged(lines(), 'the node was untrusted when the agent stopped')).toMatchObject({
-        level: 40,
+        level: 'warn',
         reason: 'ERR_ATTEST_EVENTLOG_REPLAY',
       });
     } finally {
