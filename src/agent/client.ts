@@ -194,7 +194,7 @@ export class AgentApiClient {
     const method = this.#method(name);
     return new Promise((resolve, reject) => {
       method(request, this.#options(), (error: ServiceError | null, response: Res) =>
-        error ? void this.explain(error).then(reject) : resolve(response),
+        error ? void this.explain(error).then(reject, reject) : resolve(response),
       );
     });
   }

@@ -3,7 +3,8 @@
  * sync, the re-quote stream), and one log story for an outage: a warn line when calls start to
  * fail (and when the cause changes), a summary every {@link SUMMARY_INTERVAL_MS} while they keep
  * failing, and an info line when a call succeeds again. Not a line per attempt: an agent whose
- * server is away for hours must not fill the disk.
+ * server is away for hours must not fill the disk. A server the agent cannot trust as configured
+ * (a stale bundle, another trust domain) is told the same way, by its own code.
  *
  * While the server is unreachable the loops share the earliest time of the next attempt, so a
  * wake-up in one loop (an SVID due, a re-attestation asked for) cannot bypass the backoff another

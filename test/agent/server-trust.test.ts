@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -7,6 +7,7 @@ import { Agent } from '../../src/agent/agent.js';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
 import type { AgentConfigInput } from '../../src/agent/config/schema.js';
 import type { HealthStatus } from '../../src/agent/health.js';
+import { preflight } from '../../src/agent/preflight.js';
 import { LogSink, startAttestServer, TD, type TestServer, until } from '../attestation/harness.js';
 import { freePort } from '../helpers/server.js';
 
@@ -144,6 +145,38 @@ describe('the agent names why it cannot trust the server, instead of retrying it
         reason: 'ERR_AGENT_SERVER_UNAVAILABLE',
       },
     ]);
+  });
+
+  it('reads a trust_bundle in trust_bundle_format spiffe (a SPIFFE bundle document) and attests with it', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'ironroot-spiffe-bundle-')), 'bundle.json');
+    writeFileSync(file, server.server.ca.bundle().marshal());
+    const token = await server.registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'test');
+    const running = await start({
+      trust_bundle: file,
+      trust_bundle_format: 'spiffe',
+      join_token: token.value,
+    });
+    await until('the agent to attest', () => (running.agent.status().state === 'healthy' ? true : undefined));
+  });
+
+  it('refuses at start a trust_bundle that is not in its trust_bundle_format, naming both keys', async () => {
+    const config = loadAgentConfig({
+      overrides: {
+        server_address: server.address,
+        trust_domain: TD,
+        trust_bundle: server.bundleFile,
+        trust_bundle_format: 'spiffe',
+        data_dir: join(mkdtempSync(join(tmpdir(), 'ironroot-agent-')), 'data'),
+      },
+    });
+    await expect(preflight(config)).rejects.toMatchObject({
+      code: 'ERR_AGENT_CONFIG_FILE',
+      message: expect.stringMatching(
+        new RegExp(
+          `^trust_bundle ${server.bundleFile} is not a SPIFFE bundle \\(.*\\); write the server's bundle there \\(ironroot-server bundle show --format spiffe\\), or set trust_bundle_format to its format$`,
+        ),
+      ),
+    });
   });
 
   it('the same agent config with the right bundle attests (the refusals above are the bundle and trust domain checks)', async () => {

@@ -255,8 +255,14 @@ describe('trust_bundle_url: the bootstrap bundle over HTTPS verified by the web 
     it('refuses an http:// trust_bundle_url, naming the key', () => {
       expect(refusal({ trust_bundle_url: 'http://bundle.example.org/' })).toEqual({
         code: 'ERR_AGENT_CONFIG_INVALID',
-        message: `invalid configuration in command-line flags:\n  trust_bundle_url: got "http://bundle.example.org/"; allowed: an https:// URL serving the server's bundle (http:// is refused: the bundle must come over TLS verified by this host's CAs)`,
+        message: `invalid configuration in command-line flags:\n  trust_bundle_url: got "http://bundle.example.org/"; allowed: an https:// URL serving the server's bundle, without user:password (http:// is refused: the bundle must come over TLS verified by this host's CAs)`,
       });
+    });
+
+    it('refuses a trust_bundle_url with user:password, without repeating them', () => {
+      const { message } = refusal({ trust_bundle_url: 'https://agent:s3cret@bundle.example.org/' });
+      expect(message).toContain('trust_bundle_url: got a URL with user:password; allowed: an https:// URL');
+      expect(message).not.toContain('s3cret');
     });
 
     it('refuses trust_bundle_url with trust_bundle, and with insecure_bootstrap, naming both keys', () => {

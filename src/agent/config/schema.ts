@@ -28,7 +28,8 @@ export const AGENT_DEFAULTS = {
 function isHttpsUrl(text: string): boolean {
   try {
     const url = new URL(text);
-    return url.protocol === 'https:' && url.hostname !== '';
+    // Credentials in the URL would end up in logs, which name the URL.
+    return url.protocol === 'https:' && url.hostname !== '' && url.username === '' && url.password === '';
   } catch {
     return false;
   }
@@ -100,7 +101,7 @@ export const agentConfigSchema = z
       .string()
       .refine(
         isHttpsUrl,
-        "allowed: an https:// URL serving the server's bundle (http:// is refused: the bundle must come over TLS verified by this host's CAs)",
+        "allowed: an https:// URL serving the server's bundle, without user:password (http:// is refused: the bundle must come over TLS verified by this host's CAs)",
       )
       .optional(),
     /** The format of trust_bundle or trust_bundle_url: CA certificates, or a SPIFFE bundle document. */
