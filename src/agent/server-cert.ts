@@ -84,7 +84,9 @@ function claimedId(cert: X509Certificate | undefined): SpiffeId | undefined {
 
 /**
  * Why the server's certificate chain (leaf first) is refused, or undefined when it is an
- * X.509-SVID that verifies against `bundle` and names exactly the server's ID.
+ * X.509-SVID that verifies against `bundle` and names exactly the server's ID. The ID accepted is
+ * the one the SPIFFE library reads from the verified leaf; the unverified claim only refuses (a
+ * server of another trust domain) and names what was refused.
  */
 export function judgeServerChain(
   chain: readonly X509Certificate[],
