@@ -20,7 +20,6 @@
  * @module
  */
 import { generateKeyPairSync, type KeyObject, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -31,7 +30,7 @@ import type {
   ReattestRequest,
 } from '../agent-api/proto.js';
 import { type DirLock, lockDir } from '../host/index.js';
-import { createCsr, createKeySigner, SpiffeId, TrustDomain, X509Bundle } from '../spiffe/index.js';
+import { createCsr, createKeySigner, SpiffeId } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
@@ -41,10 +40,12 @@ import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
 import { AgentMetrics, startMetricsServer } from './metrics.js';
-import { ServerContact } from './outage.js';
+import { type CallPath, ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
+import { ServerTrustError } from './server-cert.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
 import { WorkloadSync } from './sync.js';
+import { ServerTrust } from './trust.js';
 import type { WorkloadAttestor } from './workloadattestor/attestor.js';
 import { K8sAttestor } from './workloadattestor/k8s.js';
 import { SystemdAttestor } from './workloadattestor/systemd.js';
@@ -72,6 +73,7 @@ export class Agent {
   readonly #logger: Logger;
   readonly #store: AgentStore;
   readonly #tpm: TpmAttestor;
+  readonly #trust: ServerTrust;
   #svid: StoredSvid | undefined;
   #renewAt = 0;
   readonly #contact: ServerContact;
@@ -111,6 +113,7 @@ export class Agent {
     this.#config = config;
     this.#logger = logger;
     this.#store = new AgentStore(config.data_dir);
+    this.#trust = new ServerTrust(config, this.#store, logger);
     this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });
     this.#metrics = new AgentMetrics({
       soonestExpiryMs: (nowMs) => this.#cache.soonestExpiryMs(nowMs),
@@ -119,7 +122,7 @@ export class Agent {
     this.#cache = new SvidCache({
       trustDomain: config.trust_domain,
       attestors: workloadAttestors(config),
-      bootstrapRoots: this.#bootstrapRoots(),
+      bootstrapRoots: this.#trust.bootstrapRoots(),
       mintJwt: (entryId, audience) => this.#mintJwt(entryId, audience),
       observer: this.#metrics,
       onChange: () => this.#persistCache(),
@@ -252,8 +255,8 @@ export class Agent {
         if (contacted !== 'none') this.#contact.succeeded('agent_svid', contacted === 'attested');
         delayMs = Math.max(0, this.#renewAt * 1000 - Date.now());
       } catch (error) {
-        const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
-        delayMs = this.#contact.failed(e, 'agent_svid');
+        const e = asAgentError(error);
+        delayMs = await this.#failed(e, 'agent_svid');
       }
       await this.#sleep(delayMs);
     }
@@ -299,7 +302,7 @@ export class Agent {
   async #attestLocked(): Promise<void> {
     const started = performance.now();
     const { key, csr } = await newCsr(this.#config.trust_domain);
-    const client = this.#client(undefined);
+    const client = await this.#client(undefined);
     try {
       let result: Result;
       if (this.#config.attestation === 'join_token') {
@@ -352,7 +355,7 @@ export class Agent {
 
   async #renewLocked(svid: StoredSvid): Promise<void> {
     const { key, csr } = await newCsr(this.#config.trust_domain);
-    const client = this.#client(svid);
+    const client = await this.#client(svid);
     try {
       let result: Result;
       if (this.#config.attestation === 'join_token') {
@@ -403,21 +406,22 @@ export class Agent {
         await this.#sleepSync(wait);
         continue;
       }
-      const client = this.#client(svid);
       const roundAt = nowSeconds();
       let retryMs: number | undefined;
       const syncEnded = this.#metrics.syncStarted();
+      let client: AgentApiClient | undefined;
       try {
+        client = await this.#client(svid);
         await this.#sync.run(client, () => this.#stopped);
         this.#lastSyncAt = nowSeconds();
         this.#contact.succeeded('sync');
         this.#keepBundle();
         this.#renewIfCaRotated();
       } catch (error) {
-        const e = error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
+        const e = asAgentError(error);
         this.#metrics.syncFailed(e.code);
         // Not the next SVID due: one already due would make that now, again and again.
-        retryMs = this.#contact.failed(e, 'sync');
+        retryMs = await this.#failed(e, 'sync');
         // The attestation is gone: the main loop finds out at its next renewal and attests again.
         // Not when the SVID changed meanwhile: a call with the one just replaced may be refused.
         if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
@@ -426,7 +430,7 @@ export class Agent {
         }
       } finally {
         syncEnded();
-        client.close();
+        client?.close();
       }
       if (this.#workloadApi === undefined && !this.#stopped) await this.#startWorkloadApi();
       const next = this.#cache.nextEvent(roundAt);
@@ -493,7 +497,7 @@ export class Agent {
     const svid = this.#svid;
     if (svid === undefined)
       throw new AgentError('ERR_AGENT_STATE', 'the node is not attested yet; JWT-SVIDs need the server');
-    const client = this.#client(svid);
+    const client = await this.#client(svid);
     try {
       const minted = await this.#metrics.timeIssue('jwt', () => client.newJwtSvid(entryId, audience));
       return { token: minted.token, expiresAt: minted.expires_at };
@@ -513,23 +517,13 @@ export class Agent {
     });
   }
 
-  #bootstrapRoots() {
-    const pem =
-      this.#store.loadBundle() ??
-      (this.#config.trust_bundle !== undefined ? readFileSync(this.#config.trust_bundle, 'utf8') : undefined);
-    return pem === undefined
-      ? []
-      : X509Bundle.parsePem(TrustDomain.parse(this.#config.trust_domain), pem).authorities;
-  }
-
-  #client(identity: StoredSvid | undefined): AgentApiClient {
-    const bundlePem =
-      this.#store.loadBundle() ??
-      (this.#config.trust_bundle !== undefined ? readFileSync(this.#config.trust_bundle, 'utf8') : undefined);
+  async #client(identity: StoredSvid | undefined): Promise<AgentApiClient> {
+    const bundle = await this.#trust.current();
     return new AgentApiClient({
       address: this.#config.server_address,
       trustDomain: this.#config.trust_domain,
-      bundlePem,
+      bundlePem: bundle?.authorities.map((c) => c.toString()).join(''),
+      ...(bundle ? { bundleSource: bundle.source } : {}),
       ...(identity
         ? {
             identity: {
@@ -539,6 +533,17 @@ export class Agent {
           }
         : {}),
     });
+  }
+
+  /**
+   * Records a failed call with the backoff; a bundle found stale is fetched again from
+   * trust_bundle_url (when set) before the next attempt. Returns the wait before `path` calls again.
+   */
+  async #failed(error: AgentError, path: CallPath): Promise<number> {
+    const waitMs = this.#contact.failed(error, path);
+    if (error instanceof ServerTrustError && error.code === 'ERR_AGENT_TRUST_BUNDLE_STALE')
+      await this.#trust.refetch(error, waitMs);
+    return waitMs;
   }
 
   #save(result: Result, key: KeyObject): void {
@@ -566,7 +571,7 @@ export class Agent {
       const sealed = this.#store.loadCache();
       if (sealed === undefined) return false;
       content = openCache(sealed, key, path);
-      const outcome = this.#cache.restore(content.cache, this.#bootstrapRoots(), nowSeconds());
+      const outcome = this.#cache.restore(content.cache, this.#trust.bootstrapRoots(), nowSeconds());
       this.#logger.info({ path, ...outcome }, 'serving the persisted SVID cache until the server is reached');
     } catch (error) {
       const e =
@@ -649,21 +654,22 @@ export class Agent {
         await this.#sleepReattest(wait);
         continue;
       }
-      const client = this.#client(svid);
       // A stream the server ends without a challenge is no failure, but is not reopened at once either.
       let retryMs = this.#config.retry_initial * 1000;
+      let client: AgentApiClient | undefined;
       try {
+        client = await this.#client(svid);
         if (await this.#reattestStream(client)) this.#contact.succeeded('reattest');
         if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
-        const e = client.toError(error);
+        const e = client === undefined ? asAgentError(error) : await client.explain(error);
         if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
           this.#renewAt = 0;
           this.#wake?.();
         }
-        if (!this.#stopped) retryMs = this.#contact.failed(e, 'reattest');
+        if (!this.#stopped) retryMs = await this.#failed(e, 'reattest');
       } finally {
-        client.close();
+        client?.close();
       }
       await this.#sleepReattest(retryMs);
     }
@@ -836,6 +842,10 @@ function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
 
 function closeServer(server: Server | undefined): Promise<void> {
   return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
+}
+
+function asAgentError(error: unknown): AgentError {
+  return error instanceof AgentError ? error : new AgentError('ERR_AGENT_PROTOCOL', String(error));
 }
 
 function nowSeconds(): number {

@@ -21,9 +21,10 @@ import {
   type RenewAgentRequest,
   type SyncCursorMessage,
 } from '../agent-api/proto.js';
-import { BundleSet, isSpiffeError, TrustDomain, verifyX509Svid, X509Bundle } from '../spiffe/index.js';
+import { TrustDomain, X509Bundle } from '../spiffe/index.js';
 import { peerChain } from '../workload-api/tls.js';
 import { AgentError } from './errors.js';
+import { type BundleSource, judgeServerChain, presentedChain, type TrustBundle } from './server-cert.js';
 
 /** One FetchEntries answer, its pages put together. */
 export interface EntrySync {
@@ -44,6 +45,8 @@ export interface ClientOptions {
   readonly trustDomain: string;
   /** PEM roots to verify the server with; undefined with insecure bootstrap. */
   readonly bundlePem: string | undefined;
+  /** Where `bundlePem` came from, for the messages of a refusal; default: trust_bundle. */
+  readonly bundleSource?: BundleSource;
   /** The agent SVID, for mTLS (renewal). */
   readonly identity?: Identity;
   /** How long a call may take; a TPM quote takes a few hundred ms, RSA key creation a few seconds. */
@@ -56,52 +59,29 @@ export type Result = NonNullable<AttestAgentResponse['result']>;
 /** One handshake on a stream: send params, maybe answer one challenge, get the result. */
 type Answerer = (challenge: Challenge) => Promise<ChallengeResponseMessage>;
 
-export function serverId(trustDomain: string): string {
-  return `spiffe://${trustDomain}/ironroot/server`;
-}
-
-/**
- * Why the server's TLS certificate is refused, or undefined when it is an X.509-SVID that verifies
- * against `bundlePem` and names exactly the server's ID. The ID is read from the certificate's one
- * URI SAN by the SPIFFE library, not by matching Node's printed subjectAltName text.
- */
-function checkServerSvid(
-  peer: PeerCertificate,
-  trustDomain: string,
-  bundlePem: string,
-): AgentError | undefined {
-  const expected = serverId(trustDomain);
-  let presented: string;
-  try {
-    const td = TrustDomain.parse(trustDomain);
-    const bundles = new BundleSet([X509Bundle.parsePem(td, bundlePem)]);
-    presented = verifyX509Svid(peerChain(peer), bundles).id.toString();
-  } catch (error) {
-    if (!isSpiffeError(error)) throw error;
-    return new AgentError(
-      'ERR_AGENT_SERVER_SVID_INVALID',
-      `the server's TLS certificate is not a valid X.509-SVID of ${trustDomain} (${error.code}: ${error.message}); expected the server's SVID ${expected}: refusing to talk to it`,
-      { cause: error },
-    );
-  }
-  if (presented === expected) return undefined;
-  return new AgentError(
-    'ERR_AGENT_SERVER_ID_MISMATCH',
-    `the server presented the SVID ${presented}, not ${expected}: only the server's own ID may serve the agent API; refusing to talk to it (check server_address)`,
-  );
-}
-
 export class AgentApiClient {
   readonly #client: InstanceType<ReturnType<typeof agentService>>;
   readonly #deadlineMs: number;
+  readonly #address: string;
+  readonly #trustDomain: string;
+  readonly #bundle: TrustBundle | undefined;
   /** The last refusal of the server's certificate: grpc-js reports it only as an unavailable server. */
   #refused: AgentError | undefined;
 
   constructor(options: ClientOptions) {
     const { bundlePem } = options;
+    this.#address = options.address;
+    this.#trustDomain = options.trustDomain;
+    this.#bundle =
+      bundlePem === undefined
+        ? undefined
+        : {
+            authorities: X509Bundle.parsePem(TrustDomain.parse(options.trustDomain), bundlePem).authorities,
+            source: options.bundleSource ?? { key: 'trust_bundle', location: '(given)' },
+          };
     const checkServerIdentity = (_host: string, cert: PeerCertificate): Error | undefined => {
-      if (bundlePem === undefined) return undefined;
-      this.#refused = checkServerSvid(cert, options.trustDomain, bundlePem);
+      if (this.#bundle === undefined) return undefined;
+      this.#refused = judgeServerChain(peerChain(cert), options.trustDomain, this.#bundle);
       return this.#refused;
     };
     const creds = credentials.createSsl(
@@ -113,6 +93,7 @@ export class AgentApiClient {
     const Ctor = agentService();
     // The server is authenticated by its SPIFFE ID, not by host name; naming the trust domain for
     // TLS keeps Node from sending an IP address as SNI when the server address is one (DEP0123).
+    // presentedChain sends the same name.
     this.#client = new Ctor(options.address, creds, { 'grpc.ssl_target_name_override': options.trustDomain });
     this.#deadlineMs = options.deadlineMs ?? 60_000;
   }
@@ -125,6 +106,17 @@ export class AgentApiClient {
   toError(error: unknown): AgentError {
     const e = toAgentError(error);
     return e.code === 'ERR_AGENT_SERVER_UNAVAILABLE' && this.#refused !== undefined ? this.#refused : e;
+  }
+
+  /**
+   * {@link toError}, and for a server that seems unavailable, a look at the certificate it presents:
+   * a TLS handshake that failed on the bundle is a misconfiguration, named by its cause, not an outage.
+   */
+  async explain(error: unknown): Promise<AgentError> {
+    const e = this.toError(error);
+    if (e.code !== 'ERR_AGENT_SERVER_UNAVAILABLE' || this.#bundle === undefined) return e;
+    const chain = await presentedChain(this.#address, this.#trustDomain);
+    return (chain && judgeServerChain(chain, this.#trustDomain, this.#bundle)) ?? e;
   }
 
   #stream<Req>(name: 'AttestAgent' | 'RenewAgent'): ClientDuplexStream<Req, AttestAgentResponse> {
@@ -141,8 +133,8 @@ export class AgentApiClient {
     const call = this.#stream<AttestAgentRequest>('AttestAgent');
     return handshake(call, { params }, async (challenge) => ({
       challenge_response: await answer(challenge),
-    })).catch((error: unknown) => {
-      throw this.toError(error);
+    })).catch(async (error: unknown) => {
+      throw await this.explain(error);
     });
   }
 
@@ -168,7 +160,7 @@ export class AgentApiClient {
         if (page.cursor) sync.cursor = page.cursor;
       }
     } catch (error) {
-      throw this.toError(error);
+      throw await this.explain(error);
     }
     if (sync.cursor.epoch === '')
       throw new AgentError('ERR_AGENT_PROTOCOL', 'the server ended FetchEntries without a cursor');
@@ -202,7 +194,7 @@ export class AgentApiClient {
     const method = this.#method(name);
     return new Promise((resolve, reject) => {
       method(request, this.#options(), (error: ServiceError | null, response: Res) =>
-        error ? reject(this.toError(error)) : resolve(response),
+        error ? void this.explain(error).then(reject, reject) : resolve(response),
       );
     });
   }
@@ -216,8 +208,8 @@ export class AgentApiClient {
     const call = this.#stream<RenewAgentRequest>('RenewAgent');
     return handshake(call, { params }, async (challenge) => ({
       challenge_response: await answer(challenge),
-    })).catch((error: unknown) => {
-      throw this.toError(error);
+    })).catch(async (error: unknown) => {
+      throw await this.explain(error);
     });
   }
 }

@@ -12,6 +12,9 @@ export type AgentErrorCode =
   | 'ERR_AGENT_SERVER_UNAVAILABLE'
   | 'ERR_AGENT_SERVER_ID_MISMATCH'
   | 'ERR_AGENT_SERVER_SVID_INVALID'
+  | 'ERR_AGENT_TRUST_BUNDLE_STALE'
+  | 'ERR_AGENT_TRUST_DOMAIN_MISMATCH'
+  | 'ERR_AGENT_TRUST_BUNDLE_URL'
   | 'ERR_AGENT_PROTOCOL'
   | 'ERR_AGENT_TPM'
   | 'ERR_AGENT_UNTRUSTED'
@@ -41,4 +44,16 @@ export const REATTEST_CODES: ReadonlySet<string> = new Set([
   'ERR_AGENT_AK_UNKNOWN',
   'ERR_AGENT_UNAUTHENTICATED',
   'ERR_AGENT_CERT_SUPERSEDED',
+]);
+
+/**
+ * The agent's own refusals of the server (its certificate, or the bundle to check it with): no call
+ * gets through until the configuration or the server changes, whichever loop makes it.
+ */
+export const SERVER_TRUST_CODES: ReadonlySet<string> = new Set([
+  'ERR_AGENT_SERVER_ID_MISMATCH',
+  'ERR_AGENT_SERVER_SVID_INVALID',
+  'ERR_AGENT_TRUST_BUNDLE_STALE',
+  'ERR_AGENT_TRUST_DOMAIN_MISMATCH',
+  'ERR_AGENT_TRUST_BUNDLE_URL',
 ]);

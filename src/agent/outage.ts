@@ -3,7 +3,8 @@
  * sync, the re-quote stream), and one log story for an outage: a warn line when calls start to
  * fail (and when the cause changes), a summary every {@link SUMMARY_INTERVAL_MS} while they keep
  * failing, and an info line when a call succeeds again. Not a line per attempt: an agent whose
- * server is away for hours must not fill the disk.
+ * server is away for hours must not fill the disk. A server the agent cannot trust as configured
+ * (a stale bundle, another trust domain) is told the same way, by its own code.
  *
  * While the server is unreachable the loops share the earliest time of the next attempt, so a
  * wake-up in one loop (an SVID due, a re-attestation asked for) cannot bypass the backoff another
@@ -12,7 +13,7 @@
  * @module
  */
 import type { Logger } from 'pino';
-import type { AgentError } from './errors.js';
+import { type AgentError, SERVER_TRUST_CODES } from './errors.js';
 
 /** While calls keep failing, a summary line this often. */
 export const SUMMARY_INTERVAL_MS = 5 * 60_000;
@@ -22,14 +23,28 @@ export type CallPath = 'agent_svid' | 'sync' | 'reattest';
 
 const UNREACHABLE = 'ERR_AGENT_SERVER_UNAVAILABLE';
 
+/** Failures of the server as the agent sees it, whichever loop met them: every loop waits them out. */
+function isServerWide(code: string): boolean {
+  return code === UNREACHABLE || SERVER_TRUST_CODES.has(code);
+}
+
+function firstLine(code: string): string {
+  if (code === UNREACHABLE)
+    return 'the server is unreachable; serving the cached SVIDs and retrying with backoff';
+  if (SERVER_TRUST_CODES.has(code))
+    return 'the server cannot be authenticated (a configuration to fix, see reason); serving the cached SVIDs and retrying with backoff';
+  return 'the server refuses this agent; serving the cached SVIDs and retrying with backoff';
+}
+
 export class ServerContact {
   readonly #initialMs: number;
   readonly #maxMs: number;
   readonly #logger: Logger;
   /**
-   * The server unreachable is one state for every loop (any call that gets through ends it); a
-   * refusal is the refused loop's own (a renewal refused says nothing of the sync), and only a
-   * success of that loop ends it, so a sync that works cannot reset a refused renewal's backoff.
+   * The server unreachable (or not to be trusted as configured) is one state for every loop (any
+   * call that gets through ends it); a refusal is the refused loop's own (a renewal refused says
+   * nothing of the sync), and only a success of that loop ends it, so a sync that works cannot
+   * reset a refused renewal's backoff.
    */
   #unreachable: { failures: number; notBefore: number } | undefined;
   readonly #refused = new Map<CallPath, { error: AgentError; failures: number; notBefore: number }>();
@@ -73,12 +88,7 @@ export class ServerContact {
     if (this.#since === undefined) {
       this.#since = now;
       this.#lastSummary = now;
-      this.#logger.warn(
-        { reason: error.code, err_message: error.message, path },
-        error.code === UNREACHABLE
-          ? 'the server is unreachable; serving the cached SVIDs and retrying with backoff'
-          : 'the server refuses this agent; serving the cached SVIDs and retrying with backoff',
-      );
+      this.#logger.warn({ reason: error.code, err_message: error.message, path }, firstLine(error.code));
     } else if (previous?.code !== error.code) {
       this.#logger.warn(
         { reason: error.code, err_message: error.message, path, previous_reason: previous?.code },
@@ -96,7 +106,7 @@ export class ServerContact {
         'calls to the server still fail; retrying with backoff',
       );
     }
-    if (error.code === UNREACHABLE) {
+    if (isServerWide(error.code)) {
       const state = this.#unreachable ?? { failures: 0, notBefore: 0 };
       state.failures++;
       state.notBefore = Math.max(state.notBefore, now + this.#delayMs(state.failures));

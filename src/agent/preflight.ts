@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
@@ -15,7 +16,7 @@ import {
   closedToOthers,
   type LockOptions,
 } from '../host/index.js';
-import { TrustDomain, X509Bundle } from '../spiffe/index.js';
+import { type BundleFormat, parseBootstrapBundle } from './bundle-url.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError } from './errors.js';
 import { checkPrivateDir } from './store.js';
@@ -25,7 +26,8 @@ export const DATA_DIR_LOCK: LockOptions = { key: 'data_dir', owner: 'ironroot-ag
 
 export async function preflight(config: AgentConfig): Promise<{ warnings: string[] }> {
   const warnings: string[] = [];
-  if (config.trust_bundle !== undefined) readTrustBundle(config.trust_bundle, config.trust_domain);
+  if (config.trust_bundle !== undefined)
+    readTrustBundle(config.trust_bundle, config.trust_domain, config.trust_bundle_format);
   checkDirUsable(config.data_dir, 'data_dir');
   checkPrivateDir(config.data_dir);
   checkDirUnlocked(config.data_dir, DATA_DIR_LOCK);
@@ -39,32 +41,33 @@ export async function preflight(config: AgentConfig): Promise<{ warnings: string
   return { warnings };
 }
 
-/** The bootstrap bundle's PEM, refused by key when unreadable or holding no CA certificate. */
-export function readTrustBundle(file: string, trustDomain: string): string {
-  let pem: string;
+/**
+ * The bootstrap bundle's CA certificates, in `format` (trust_bundle_format), refused by key when
+ * unreadable or holding no CA certificate.
+ */
+export function readTrustBundle(file: string, trustDomain: string, format: BundleFormat): X509Certificate[] {
+  const fix = `write the server's bundle there (ironroot-server bundle show --format ${format})`;
+  let text: string;
   try {
-    pem = readFileSync(file, 'utf8');
+    text = readFileSync(file, 'utf8');
   } catch (cause) {
     throw new AgentError(
       'ERR_AGENT_CONFIG_FILE',
-      `trust_bundle ${file} cannot be read (${(cause as Error).message}); write the server's bundle there (ironroot-server bundle show --format pem)`,
+      `trust_bundle ${file} cannot be read (${(cause as Error).message}); ${fix}`,
       { cause },
     );
   }
-  let count: number;
+  let authorities: X509Certificate[];
   try {
-    count = X509Bundle.parsePem(TrustDomain.parse(trustDomain), pem).authorities.length;
+    authorities = parseBootstrapBundle(text, format, trustDomain);
   } catch (cause) {
     throw new AgentError(
       'ERR_AGENT_CONFIG_FILE',
-      `trust_bundle ${file} is not a PEM bundle (${(cause as Error).message}); write the server's bundle there (ironroot-server bundle show --format pem)`,
+      `trust_bundle ${file} is not a ${format === 'pem' ? 'PEM' : 'SPIFFE'} bundle (${(cause as Error).message}); ${fix}, or set trust_bundle_format to its format`,
       { cause },
     );
   }
-  if (count === 0)
-    throw new AgentError(
-      'ERR_AGENT_CONFIG_FILE',
-      `trust_bundle ${file} holds no certificate; write the server's bundle there (ironroot-server bundle show --format pem)`,
-    );
-  return pem;
+  if (authorities.length === 0)
+    throw new AgentError('ERR_AGENT_CONFIG_FILE', `trust_bundle ${file} holds no certificate; ${fix}`);
+  return authorities;
 }

@@ -94,6 +94,11 @@ export class AgentStore {
     writePrivate(join(this.dir, FILES.svid), chain.map((c) => c.toString()).join(''));
   }
 
+  /** The bundle the agent verifies the server with once it has one of its own. */
+  get bundlePath(): string {
+    return join(this.dir, FILES.bundle);
+  }
+
   loadBundle(): string | undefined {
     const path = join(this.dir, FILES.bundle);
     return existsSync(path) ? readFileSync(path, 'utf8') : undefined;

@@ -26,8 +26,11 @@ const RETRY_INITIAL_MS = 100;
 const RETRY_MAX_MS = 2000;
 /** Loops that call the server on their own for a join-token agent: the agent SVID's and the sync. */
 const LOOPS = 2;
-/** grpc-js dials once more when the first connection drops before failing a call: two connections a call. */
-const CONNECTIONS_PER_CALL = 2;
+/**
+ * grpc-js dials once more when the first connection drops before failing a call, and the agent
+ * opens one more to look at the certificate of a server that seems away: three connections a call.
+ */
+const CONNECTIONS_PER_CALL = 3;
 const UNREACHABLE = 'the server is unreachable; serving the cached SVIDs and retrying with backoff';
 const REACHABLE = 'the server is reachable again';
 

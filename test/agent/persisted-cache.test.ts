@@ -246,7 +246,11 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     await listening(agent);
     const info = logged(lines(), 'the persisted SVID cache is of another agent key: discarded');
     expect(String(info.err_message)).toContain(`${cacheFile(agent)} was written under another agent key`);
-    expect(info).toMatchObject({ level: 'info', reason: 'ERR_AGENT_CACHE_FOREIGN_KEY', path: cacheFile(agent) });
+    expect(info).toMatchObject({
+      level: 'info',
+      reason: 'ERR_AGENT_CACHE_FOREIGN_KEY',
+      path: cacheFile(agent),
+    });
     expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
   });

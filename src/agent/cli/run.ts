@@ -6,6 +6,8 @@ interface RunFlags {
   serverAddress?: string;
   trustDomain?: string;
   trustBundle?: string;
+  trustBundleUrl?: string;
+  trustBundleFormat?: string;
   tcti?: string;
   dataDir?: string;
   socketPath?: string;
@@ -35,6 +37,11 @@ export function runCommand(): Command {
       '--trust-bundle <file>',
       "PEM bootstrap bundle: the server's CA roots (ironroot-server bundle show)",
     )
+    .option(
+      '--trust-bundle-url <url>',
+      'https:// URL to fetch the bootstrap bundle from (verified with the system CAs), instead of --trust-bundle',
+    )
+    .option('--trust-bundle-format <format>', 'format of the bootstrap bundle: pem|spiffe (default pem)')
     .option('--insecure-bootstrap', 'do not authenticate the server at first attestation (labs only)')
     .option('--tcti <string>', `TPM TCTI (default ${AGENT_DEFAULTS.tcti})`)
     .option('--ek <kind>', `EK to attest with: auto|rsa2048|ecc-p384-high|… (default ${AGENT_DEFAULTS.ek})`)
@@ -69,6 +76,8 @@ export function runCommand(): Command {
           server_address: flags.serverAddress,
           trust_domain: flags.trustDomain,
           trust_bundle: flags.trustBundle,
+          trust_bundle_url: flags.trustBundleUrl,
+          trust_bundle_format: flags.trustBundleFormat,
           insecure_bootstrap: flags.insecureBootstrap,
           tcti: flags.tcti,
           ek: flags.ek,

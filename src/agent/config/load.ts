@@ -131,8 +131,19 @@ function describe(issue: z.core.$ZodIssue, raw: Record<string, unknown>): string
   else if (issue.message.startsWith('allowed:')) allowed = issue.message;
   else if (issue.code === 'invalid_type') allowed = `allowed: a ${issue.expected}`;
   else allowed = `allowed: ${issue.message}`;
-  // The join token is a secret: its value never appears in messages.
-  return `${path || '(top level)'}: ${path === 'join_token' && written !== undefined ? 'got a token' : got}; ${allowed}`;
+  return `${path || '(top level)'}: ${secretFree(path, written) ?? got}; ${allowed}`;
+}
+
+/**
+ * What to say instead of a value that holds a secret: the join token, and a URL with credentials.
+ * Secrets never appear in messages.
+ */
+function secretFree(path: string, written: unknown): string | undefined {
+  if (written === undefined) return undefined;
+  if (path === 'join_token') return 'got a token';
+  if (path === 'trust_bundle_url' && typeof written === 'string' && /^[^/]*\/\/[^/]*@/.test(written))
+    return 'got a URL with user:password';
+  return undefined;
 }
 
 function valueAt(raw: unknown, path: readonly PropertyKey[]): unknown {

@@ -24,7 +24,18 @@ export const AGENT_DEFAULTS = {
   retry_initial: '1s',
   retry_max: '5m',
   sync_interval: '5s',
+  trust_bundle_format: 'pem',
 } as const;
+
+function isHttpsUrl(text: string): boolean {
+  try {
+    const url = new URL(text);
+    // Credentials in the URL would end up in logs, which name the URL.
+    return url.protocol === 'https:' && url.hostname !== '' && url.username === '' && url.password === '';
+  } catch {
+    return false;
+  }
+}
 
 const duration = (defaultValue: string) =>
   z
@@ -87,6 +98,16 @@ export const agentConfigSchema = z
       .string('allowed: a trust domain name such as example.org')
       .regex(TRUST_DOMAIN, 'allowed: lowercase letters, digits, ".", "-" and "_" (e.g. example.org)'),
     trust_bundle: absolutePath.optional(),
+    /** Where to fetch the bootstrap bundle over HTTPS (web PKI) while the agent has none of its own. */
+    trust_bundle_url: z
+      .string()
+      .refine(
+        isHttpsUrl,
+        "allowed: an https:// URL serving the server's bundle, without user:password (http:// is refused: the bundle must come over TLS verified by this host's CAs)",
+      )
+      .optional(),
+    /** The format of trust_bundle or trust_bundle_url: CA certificates, or a SPIFFE bundle document. */
+    trust_bundle_format: z.enum(['pem', 'spiffe']).default(AGENT_DEFAULTS.trust_bundle_format),
     insecure_bootstrap: z.boolean().default(false),
     data_dir: absolutePath.default(AGENT_DEFAULTS.data_dir),
     socket_path: absolutePath.default(AGENT_DEFAULTS.socket_path),
@@ -137,10 +158,18 @@ export const agentConfigSchema = z
     message: 'allowed: join_token or join_token_file, not both',
     path: ['join_token_file'],
   })
-  .refine((c) => c.trust_bundle !== undefined || c.insecure_bootstrap, {
+  .refine((c) => c.trust_bundle !== undefined || c.trust_bundle_url !== undefined || c.insecure_bootstrap, {
     message:
-      "allowed: a trust_bundle file with the server's trust bundle (ironroot-server bundle show), or insecure_bootstrap: true for labs",
+      "allowed: a trust_bundle file with the server's trust bundle (ironroot-server bundle show), a trust_bundle_url serving it, or insecure_bootstrap: true for labs",
     path: ['trust_bundle'],
+  })
+  .refine((c) => c.trust_bundle === undefined || c.trust_bundle_url === undefined, {
+    message: 'allowed: trust_bundle or trust_bundle_url, not both',
+    path: ['trust_bundle_url'],
+  })
+  .refine((c) => c.trust_bundle_url === undefined || !c.insecure_bootstrap, {
+    message: 'allowed: trust_bundle_url or insecure_bootstrap: true, not both',
+    path: ['trust_bundle_url'],
   });
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;
