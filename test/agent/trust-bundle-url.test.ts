@@ -199,7 +199,11 @@ describe('trust_bundle_url: the bootstrap bundle over HTTPS verified by the web 
     );
 
   const warnLines = (agent: AgentProcess) =>
-    agent.lines().filter((l) => Number(l.level) >= 40 && l.reason !== undefined);
+    agent
+      .lines()
+      .filter(
+        (l) => (l.level === 'warn' || l.level === 'error' || l.level === 'fatal') && l.reason !== undefined,
+      );
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'ironroot-bundle-url-'));
