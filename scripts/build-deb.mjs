@@ -28,9 +28,12 @@ import { parseArgs } from 'node:util';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const packaging = join(root, 'packaging');
 
-// The lowest Node the package runs on (package.json engines). Debian 12's own nodejs is 18, so in
-// practice this is NodeSource's nodejs or a newer Debian release.
-const NODE_DEPENDENCY = 'nodejs (>= 20.19)';
+// The Node the package runs on: at least package.json's engines (Debian 12's own nodejs is 18, so in
+// practice NodeSource's nodejs), and the major version building it, because better-sqlite3 is
+// compiled against that Node's ABI (koffi and pkcs11js use the stable N-API) and another major
+// refuses to load it.
+const [major] = process.versions.node.split('.');
+const NODE_DEPENDENCY = `nodejs (>= 20.19), nodejs (<< ${Number(major) + 1})`;
 // libtss2-tctildr0 loads the TCTIs the agent's `tcti` names (device:, swtpm:, mssim:); through
 // libtss2-tcti-device0 it pulls in tpm-udev, which makes the tss group the agent unit joins.
 const DEPENDS = [NODE_DEPENDENCY, 'adduser', 'libc6', 'libtss2-tctildr0', 'libtss2-tcti-device0', 'tpm-udev'];

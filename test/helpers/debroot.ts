@@ -74,6 +74,16 @@ export interface Result {
   stderr: string;
 }
 
+export interface Started {
+  readonly child: ChildProcess;
+  /** The last 64 KiB of its standard output and error. */
+  output(): string;
+  /** Resolves to the exit status (null when a signal ended it). */
+  readonly exited: Promise<number | null>;
+  /** Sends SIGTERM (as systemctl stop does) and resolves to the exit status. */
+  stop(): Promise<number | null>;
+}
+
 /** The mount points under `dir` (from /proc/self/mounts), deepest first. */
 function mountsUnder(dir: string): string[] {
   return readFileSync('/proc/self/mounts', 'utf8')
@@ -143,7 +153,7 @@ export class DebRoot {
   }
 
   /** Starts a long-running command in the root; `remove()` stops it if it is still running. */
-  start(args: readonly string[]): { child: ChildProcess; output(): string; exited: Promise<number | null> } {
+  start(args: readonly string[]): Started {
     const child = spawn('chroot', [this.dir, ...args], {
       env: chrootEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -156,7 +166,11 @@ export class DebRoot {
     child.stdout?.on('data', collect);
     child.stderr?.on('data', collect);
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    return { child, output: () => output, exited };
+    const stop = () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    };
+    return { child, output: () => output, exited, stop };
   }
 
   /** Stops what was started, unmounts, and deletes the root. Safe to call twice. */

@@ -81,7 +81,7 @@ export class ServiceUnit {
     const groups = [...memberOf, ...(this.get('SupplementaryGroups') ?? '').split(/\s+/)].filter(
       (g) => g !== '',
     );
-    const caps = (this.get('CapabilityBoundingSet') ?? undefined)
+    const caps = this.get('CapabilityBoundingSet')
       ?.split(/\s+/)
       .filter((c) => c !== '')
       .map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`);
