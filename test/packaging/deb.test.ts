@@ -12,6 +12,7 @@
  * (tsc, npm ci compiling the native addons, xz). Runs as root: mmdebstrap --mode=root, chroot, mount.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFileSync, lstatSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -361,6 +362,11 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
 
     const nobody = ids.user('nobody');
     expect(nobody).toBeDefined();
+    // unix:path and unix:sha256 come through another user's /proc/<pid>/exe: they prove that the
+    // agent unit's two capabilities are enough for what workload attestation reads.
+    const node = createHash('sha256')
+      .update(readFileSync(root.path('usr/bin/node')))
+      .digest('hex');
     await root.must([
       'ironroot-server',
       'entry',
@@ -371,6 +377,10 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
       `spiffe://${TD}/installed/workload`,
       '--selector',
       `unix:uid:${nobody?.uid}`,
+      '--selector',
+      'unix:path:/usr/bin/node',
+      '--selector',
+      `unix:sha256:${node}`,
     ]);
     const fetched = await waitFor(
       () => `the workload to get its SVID (the agent's output: ${agentProcess.output()})`,
