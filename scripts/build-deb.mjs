@@ -51,7 +51,10 @@ function run(cmd, args, cwd) {
   if (result.status !== 0) fail(`${cmd} ${args.join(' ')} exited with status ${result.status}`);
 }
 
-/** Files 0644, directories and executables 0755, whatever the umask or the source's modes were. */
+/**
+ * Files 0644, directories and executables 0755, whatever the umask or the source's modes were.
+ * Native addons are loaded, never run, so they are 0644 too.
+ */
 function normaliseModes(path) {
   const stat = lstatSync(path);
   if (stat.isSymbolicLink()) return;
@@ -59,7 +62,7 @@ function normaliseModes(path) {
     chmodSync(path, 0o755);
     for (const name of readdirSync(path)) normaliseModes(join(path, name));
   } else {
-    chmodSync(path, stat.mode & 0o111 ? 0o755 : 0o644);
+    chmodSync(path, stat.mode & 0o111 && !path.endsWith('.node') ? 0o755 : 0o644);
   }
 }
 
@@ -100,6 +103,8 @@ const units = join(stage, 'lib/systemd/system');
 mkdirSync(units, { recursive: true });
 for (const file of readdirSync(join(packaging, 'systemd')))
   copyFileSync(join(packaging, 'systemd', file), join(units, file));
+mkdirSync(join(stage, 'usr/share/doc/ironroot'), { recursive: true });
+copyFileSync(join(packaging, 'doc/copyright'), join(stage, 'usr/share/doc/ironroot/copyright'));
 mkdirSync(join(stage, 'usr/bin'), { recursive: true });
 for (const bin of Object.keys(pkg.bin))
   symlinkSync(`/opt/ironroot/${pkg.bin[bin]}`, join(stage, 'usr/bin', bin));
@@ -120,8 +125,9 @@ writeFileSync(
     'Section: admin',
     'Priority: optional',
     `Description: ${pkg.description.split(':')[0]}`,
-    ' ironroot-server attests nodes by their TPM 2.0 and keeps its CA keys on a PKCS#11 token;',
-    ' ironroot-agent serves SPIFFE X.509 and JWT SVIDs to workloads over the SPIFFE Workload API.',
+    ' ironroot-server attests nodes by their TPM 2.0 and keeps its CA keys on a',
+    ' PKCS#11 token; ironroot-agent serves SPIFFE X.509 and JWT SVIDs to workloads',
+    ' over the SPIFFE Workload API.',
     ' Installed under /opt/ironroot; the systemd units are not enabled.',
     '',
   ].join('\n'),

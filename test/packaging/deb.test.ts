@@ -149,11 +149,28 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
       .split('\n')
       .filter((l) => l !== '');
     const paths = listing.map((l) => (l.split(/\s+/)[5] ?? '').replace(/^\./, ''));
+    // Its own trees, and the directories on the way to them.
+    const own = [
+      '/opt/ironroot/',
+      '/etc/ironroot/',
+      '/lib/systemd/system/ironroot-',
+      '/usr/share/doc/ironroot/',
+    ];
+    const links = ['/usr/bin/ironroot-server', '/usr/bin/ironroot-agent'];
+    const parents = [
+      '/',
+      '/opt/',
+      '/etc/',
+      '/lib/',
+      '/lib/systemd/',
+      '/lib/systemd/system/',
+      '/usr/',
+      '/usr/bin/',
+      '/usr/share/',
+      '/usr/share/doc/',
+    ];
     const outside = paths.filter(
-      (p) =>
-        !/^\/(opt\/ironroot\/.*|etc\/ironroot\/.*|lib\/systemd\/system\/.*|usr\/bin\/ironroot-(server|agent))?$/.test(
-          p,
-        ) && !['/opt/', '/etc/', '/lib/', '/lib/systemd/', '/usr/', '/usr/bin/'].includes(p),
+      (p) => !own.some((prefix) => p.startsWith(prefix)) && !links.includes(p) && !parents.includes(p),
     );
     expect(outside).toEqual([]);
     expect(listing.every((l) => l.split(/\s+/)[1] === 'root/root')).toBe(true);
@@ -178,6 +195,13 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
       expect(() => lstatSync(root.path(join('opt/ironroot/node_modules', dev))), dev).toThrow();
     }
     expect(mode(root.path('opt/ironroot/bin/ironroot-server.js'))).toBe(0o755);
+    // Loaded by Node, never executed.
+    expect(
+      mode(root.path('opt/ironroot/node_modules/better-sqlite3/build/Release/better_sqlite3.node')),
+    ).toBe(0o644);
+    expect(readFileSync(root.path('usr/share/doc/ironroot/copyright'), 'utf8')).toContain(
+      'License: Apache-2.0',
+    );
     expect((await root.must(['readlink', '/usr/bin/ironroot-server'])).stdout.trim()).toBe(
       '/opt/ironroot/bin/ironroot-server.js',
     );
