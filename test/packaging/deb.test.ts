@@ -291,7 +291,10 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
       expect(unit.get('UMask')).toBe('0077');
     }
     expect(server.get('CapabilityBoundingSet')).toBe('');
+    expect(agent.user).toBe('root');
     expect(agent.get('CapabilityBoundingSet')).toBe('CAP_SYS_PTRACE CAP_DAC_READ_SEARCH');
+    expect(agent.get('SupplementaryGroups')).toBe('tss');
+    expect([agent.get('DevicePolicy'), agent.get('DeviceAllow')]).toEqual(['closed', '/dev/tpmrm0 rw']);
     const configs = [server, agent].map((u) =>
       parse(readFileSync(root.path(u.execStart().at(-1) ?? ''), 'utf8')),
     );
