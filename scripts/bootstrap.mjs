@@ -17,7 +17,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // postgresql runs the HA datastore's tests against a throw-away cluster (test/helpers/postgres.ts).
 // libtpm2-pkcs11-1, libtpm2-pkcs11-tools, tpm2-abrmd and libtss2-tcti-tabrmd0 are a second PKCS#11
 // module (a TPM as the CA key store) the key manager is tested on besides SoftHSM2
-// (test/helpers/tpm2-pkcs11.ts).
+// (test/helpers/tpm2-pkcs11.ts). mmdebstrap, dpkg-repack and systemd (systemd-analyze) install the
+// .deb into a throw-away Debian root and check its units (test/packaging/deb.test.ts).
 const APT_PACKAGES = [
   'swtpm',
   'swtpm-tools',
@@ -41,6 +42,9 @@ const APT_PACKAGES = [
   'libtpm2-pkcs11-tools',
   'tpm2-abrmd',
   'libtss2-tcti-tabrmd0',
+  'mmdebstrap',
+  'dpkg-repack',
+  'systemd',
 ];
 
 const MIN_NODE = [20, 19];
