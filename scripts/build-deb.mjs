@@ -13,6 +13,7 @@ import {
   chmodSync,
   copyFileSync,
   cpSync,
+  existsSync,
   lstatSync,
   mkdirSync,
   readdirSync,
@@ -21,7 +22,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -92,8 +93,26 @@ run(
   [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', join(opt, 'dist')],
   root,
 );
-// Exactly the locked production dependencies; --prefer-offline takes them from npm's cache when it can.
-run('npm', ['ci', '--omit=dev', '--prefer-offline', '--no-audit', '--no-fund'], opt);
+// Exactly the locked production dependencies: the checkout's own install (`npm ci` of the same
+// package-lock.json, which `npm run package:deb` brings up to date first) with the dev dependencies
+// pruned. A fresh `npm ci --omit=dev` would give the same tree but compile the native addons again,
+// most of a build's time.
+const installed = join(root, 'node_modules', '.package-lock.json');
+if (!existsSync(installed)) fail(`no npm install in ${root}: run npm ci (or npm run package:deb) first`);
+const modules = join(root, 'node_modules');
+// Not the tools' caches and stamps at its top (.vite, bootstrap's lock stamp): only npm's own.
+const NPM_OWN = new Set(['.bin', '.package-lock.json']);
+cpSync(modules, join(opt, 'node_modules'), {
+  recursive: true,
+  dereference: true,
+  filter: (src) => dirname(src) !== modules || !basename(src).startsWith('.') || NPM_OWN.has(basename(src)),
+});
+run('npm', ['prune', '--omit=dev', '--offline', '--no-audit', '--no-fund'], opt);
+// Scope folders whose every package was a dev dependency are left empty by prune.
+for (const name of readdirSync(join(opt, 'node_modules'))) {
+  const path = join(opt, 'node_modules', name);
+  if (name.startsWith('@') && readdirSync(path).length === 0) rmSync(path, { recursive: true });
+}
 
 mkdirSync(join(stage, 'etc/ironroot/ek-ca'), { recursive: true });
 for (const file of ['server.yaml', 'agent.yaml']) {

@@ -8,8 +8,8 @@
  * The root is minbase plus ROOT_PACKAGES, cached as a tarball in /var/cache/ironroot-test; Node is the
  * host's NodeSource nodejs re-packed with dpkg-repack (Debian 12's own nodejs is 18, too old), also
  * cached. The first run downloads the root and re-packs Node besides building the .deb (about 6
- * minutes on two shared cores); later runs reuse both and take about 2 minutes, mostly the build
- * (tsc, npm ci compiling the native addons, xz). Runs as root: mmdebstrap --mode=root, chroot, mount.
+ * minutes on two shared cores, the build meanwhile); later runs reuse both and take about a minute,
+ * mostly the build (tsc, xz). Runs as root: mmdebstrap --mode=root, chroot, mount.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
