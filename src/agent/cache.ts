@@ -8,6 +8,7 @@
  * @module
  */
 import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { EntryMessage, FetchBundlesResponse } from '../agent-api/proto.js';
 import {
   BundleSet,
@@ -30,6 +31,12 @@ import { attestWorkload, type WorkloadAttestor } from './workloadattestor/attest
 
 /** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */
 const ROTATE_JITTER = 0.1;
+/**
+ * Signature checks `due` makes before it lets the event loop turn: each is a parse and two or three
+ * verifications (about 0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload API
+ * for more than a few milliseconds at a time.
+ */
+const CA_CHECKS_PER_TURN = 25;
 /** JWT-SVIDs kept at most; the least recently minted go first (audiences are caller-chosen). */
 const MAX_CACHED_JWTS = 10_000;
 /**
@@ -51,7 +58,7 @@ export interface CachedEntry {
 }
 
 interface CachedSvid {
-  /** The CA state (see #caState) this SVID was last found signed under; checked again when it changes. */
+  /** The CA state (see caState) this SVID was last found signed under; checked again when it changes. */
   caCheckedFor: string;
   readonly entryRevision: number;
   readonly material: X509SvidMaterial;
@@ -78,9 +85,11 @@ export interface CacheObserver {
   lookup(result: 'hit' | 'miss'): void;
   /** A workload SVID replaced by a new one. */
   rotated(kind: 'x509' | 'jwt'): void;
+  /** `count` cached X.509-SVIDs checked against a CA state they had not been checked against. */
+  caChecked(count: number): void;
 }
 
-const unobserved: CacheObserver = { lookup: () => {}, rotated: () => {} };
+const unobserved: CacheObserver = { lookup: () => {}, rotated: () => {}, caChecked: () => {} };
 
 /** An entry as persisted: the fields of the server's entry message the cache uses. */
 export type PersistedEntry = Pick<
@@ -344,21 +353,32 @@ export class SvidCache implements WorkloadIdentityProvider {
   /**
    * Entries whose SVID must be (re)issued at `now` (unix seconds): none yet, past its rotation time,
    * its entry changed, or signed by a CA that no longer signs (CA rotation) or left the bundle.
+   * The signatures are checked once per SVID and CA state (active authority and bundle roots), not
+   * every round: which CA signed an SVID never changes, only what the agent trusts does.
    */
-  due(now: number): CachedEntry[] {
+  async due(now: number): Promise<CachedEntry[]> {
     if (this.#suspended) return [];
     const roots = this.#bundle.x509Authorities;
-    return [...this.#entries.values()].filter((entry) => {
-      if (entry.expiresAt > 0 && entry.expiresAt <= now) return false;
+    const signer = this.#activeAuthority;
+    const state = caState(signer, roots);
+    const due: CachedEntry[] = [];
+    let checked = 0;
+    for (const entry of [...this.#entries.values()]) {
+      if (entry.expiresAt > 0 && entry.expiresAt <= now) continue;
       const svid = this.#svids.get(entry.id);
-      if (svid === undefined || svid.entryRevision !== entry.revisionNumber || now >= svid.rotateAt)
-        return true;
-      const signer = this.#activeAuthority;
-      if (signer !== undefined && !svid.leaf.verify(signer.publicKey)) return true;
-      const top = svid.material.chainDer.at(-1);
-      const topCert = top === undefined ? svid.leaf : new X509Certificate(top);
-      return !roots.some((root) => topCert.verify(root.publicKey));
-    });
+      if (svid === undefined || svid.entryRevision !== entry.revisionNumber || now >= svid.rotateAt) {
+        due.push(entry);
+        continue;
+      }
+      if (svid.caCheckedFor === state) continue;
+      if (checked > 0 && checked % CA_CHECKS_PER_TURN === 0) await nextTurn();
+      checked++;
+      if (signedUnder(svid, signer, roots)) svid.caCheckedFor = state;
+      else due.push(entry);
+    }
+    if (checked > 0) this.#observer.caChecked(checked);
+    // Suspended while the checks yielded: nothing is to be issued.
+    return this.#suspended ? [] : due;
   }
 
   /** Stores freshly issued SVIDs (for entries still cached). */
@@ -517,6 +537,26 @@ export class SvidCache implements WorkloadIdentityProvider {
     this.#changed();
     for (const listener of this.#listeners) listener();
   }
+}
+
+/**
+ * What an SVID's signatures are checked against, as one string: the active authority's fingerprint
+ * and the roots', in bundle order (a reordered bundle costs one needless round of checks, no more).
+ */
+function caState(signer: X509Certificate | undefined, roots: readonly X509Certificate[]): string {
+  return [signer?.fingerprint256 ?? '', ...roots.map((root) => root.fingerprint256)].join(',');
+}
+
+/** True when the CA that signs now (if known) signed the leaf and the chain ends under one of `roots`. */
+function signedUnder(
+  svid: CachedSvid,
+  signer: X509Certificate | undefined,
+  roots: readonly X509Certificate[],
+): boolean {
+  if (signer !== undefined && !svid.leaf.verify(signer.publicKey)) return false;
+  const top = svid.material.chainDer.at(-1);
+  const topCert = top === undefined ? svid.leaf : new X509Certificate(top);
+  return roots.some((root) => topCert.verify(root.publicKey));
 }
 
 function entryIn(message: PersistedEntry): CachedEntry {

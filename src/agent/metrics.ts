@@ -54,6 +54,12 @@ export class AgentMetrics implements CacheObserver {
     registers: [this.registry],
   });
 
+  readonly #caChecks = new Counter({
+    name: 'ironroot_agent_svid_ca_checks_total',
+    help: 'Workload X.509-SVIDs checked against the CA state (active authority and bundle roots); each is checked once per state, so this grows at CA rotations and new SVIDs, not every sync',
+    registers: [this.registry],
+  });
+
   readonly #renewalDuration = new Histogram({
     name: 'ironroot_agent_svid_renewal_duration_seconds',
     help: 'Duration of the calls to the server that issue or renew SVIDs (agent: attestation and renewal; x509: a batch of CSRs; jwt: one JWT-SVID), successful or not',
@@ -122,6 +128,10 @@ export class AgentMetrics implements CacheObserver {
 
   rotated(kind: SvidKind): void {
     this.#rotations.inc({ kind });
+  }
+
+  caChecked(count: number): void {
+    this.#caChecks.inc(count);
   }
 
   bundleReceived(): void {

@@ -161,6 +161,16 @@ describe('agent metrics on metrics_address (TPM-attested agent, real server)', (
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual((notAfterMs - fromMs) / 1000);
     expect(ttl).toBeGreaterThanOrEqual((notAfterMs - toMs) / 1000);
+
+    // The one SVID is checked against the CA state once, not again at every 200 ms sync round.
+    await scrapeUntil(
+      agent,
+      'the SVID checked against the CA state',
+      (s) => sampleValue(s, 'ironroot_agent_svid_ca_checks_total') === 1,
+    );
+    const syncs = agent.agent.status().workload?.syncs ?? 0;
+    await until('three more sync rounds', () => (agent.agent.status().workload?.syncs ?? 0) >= syncs + 3);
+    expect(sampleValue((await scrape(agent)).samples, 'ironroot_agent_svid_ca_checks_total')).toBe(1);
   });
 
   it('mints a JWT-SVID through the server once, then serves it from the cache (a hit)', async () => {

@@ -1,0 +1,181 @@
+import type { KeyObject, X509Certificate } from 'node:crypto';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type CacheObserver, SvidCache } from '../../src/agent/cache.js';
+import type { EntryMessage } from '../../src/agent-api/proto.js';
+import { SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
+import { caExtensions, craft, leafExtensions, p256 } from '../helpers/x509.js';
+
+const TD = 'cache.example.org';
+
+interface Ca {
+  cert: X509Certificate;
+  key: KeyObject;
+}
+
+async function newCa(name: string): Promise<Ca> {
+  const { privateKey, publicKey } = p256();
+  const cert = await craft({
+    subject: `CN=${name}`,
+    publicKey,
+    selfKey: privateKey,
+    extensions: caExtensions(`spiffe://${TD}`),
+  });
+  return { cert, key: privateKey };
+}
+
+function entryMessage(i: number): EntryMessage {
+  return {
+    id: `entry-${i}`,
+    spiffe_id: `spiffe://${TD}/w/${i}`,
+    parent_id: `spiffe://${TD}/node`,
+    selectors: [`unix:uid:${1000 + i}`],
+    x509_svid_ttl: 3600,
+    jwt_svid_ttl: 0,
+    dns_names: [],
+    federates_with: [],
+    hint: '',
+    revision_number: 1,
+    created_at: 1,
+    expires_at: 0,
+  };
+}
+
+/** The server's FetchBundles answer: the bundle with `roots`, `active` signing. */
+function bundles(roots: readonly Ca[], active: Ca) {
+  return {
+    bundle: new SpiffeBundle(TrustDomain.parse(TD), { x509Authorities: roots.map((r) => r.cert) }).marshal(),
+    active_x509_authority: new Uint8Array(active.cert.raw),
+    federated: [],
+  };
+}
+
+/** A cache holding `count` entries, with a CA-state check counter. */
+function newCache(count: number): { cache: SvidCache; checks: () => number } {
+  let checks = 0;
+  const observer: CacheObserver = {
+    lookup: () => {},
+    rotated: () => {},
+    caChecked: (n) => {
+      checks += n;
+    },
+  };
+  const cache = new SvidCache({
+    trustDomain: TD,
+    attestors: [],
+    bootstrapRoots: [],
+    mintJwt: () => Promise.reject(new Error('not used')),
+    observer,
+  });
+  cache.applyEntries({
+    full: true,
+    entries: Array.from({ length: count }, (_, i) => entryMessage(i)),
+    deletedIds: [],
+    cursor: { epoch: 'e', revision: 1, scope: 's' },
+    pages: 1,
+  });
+  return { cache, checks: () => checks };
+}
+
+/** Issues (as the server would) an SVID signed by `ca` for every entry in `ids`. */
+async function issue(cache: SvidCache, ca: Ca, ids: readonly number[]): Promise<void> {
+  const issued = [];
+  for (const i of ids) {
+    const { privateKey, publicKey } = p256();
+    const leaf = await craft({
+      subject: '',
+      publicKey,
+      issuer: ca,
+      extensions: leafExtensions(`spiffe://${TD}/w/${i}`),
+    });
+    issued.push({
+      entryId: `entry-${i}`,
+      entryRevision: 1,
+      chain: [new Uint8Array(leaf.raw)],
+      expiresAt: Math.floor(new Date(leaf.validTo).getTime() / 1000),
+      key: privateKey,
+    });
+  }
+  cache.storeSvids(issued);
+}
+
+const now = () => Math.floor(Date.now() / 1000);
+const dueIds = async (cache: SvidCache) => (await cache.due(now())).map((e) => e.id).sort();
+
+describe('SvidCache.due: CA checks once per SVID and CA state', () => {
+  let a: Ca;
+  let b: Ca;
+  let c: Ca;
+
+  beforeAll(async () => {
+    [a, b, c] = await Promise.all([newCa('a'), newCa('b'), newCa('c')]);
+  });
+
+  it('checks each SVID once while the CA state stays, and again when it changes', async () => {
+    const { cache, checks } = newCache(3);
+    cache.applyBundles(bundles([a], a));
+    expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1', 'entry-2']);
+    expect(checks()).toBe(0);
+    await issue(cache, a, [0, 1, 2]);
+
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(3);
+    // The same bundle again (every sync fetches it): nothing checked again.
+    expect(cache.applyBundles(bundles([a], a))).toBe(false);
+    expect(await dueIds(cache)).toEqual([]);
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(3);
+
+    // A new root prepared beside A: checked again, and still fine.
+    cache.applyBundles(bundles([a, b], a));
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(6);
+  });
+
+  it('re-issues every SVID the active authority did not sign after a CA rotation, and those that left the bundle', async () => {
+    const { cache, checks } = newCache(3);
+    cache.applyBundles(bundles([a, b], a));
+    await issue(cache, a, [0, 1, 2]);
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(3);
+
+    // B activated: every SVID signed by A is due; a failed check is not remembered.
+    cache.applyBundles(bundles([a, b], b));
+    expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1', 'entry-2']);
+    expect(checks()).toBe(6);
+    await issue(cache, b, [0, 1]);
+    expect(await dueIds(cache)).toEqual(['entry-2']);
+    expect(checks()).toBe(9);
+    expect(await dueIds(cache)).toEqual(['entry-2']);
+    expect(checks()).toBe(10);
+
+    // C replaces both without being active yet (no signer known): only the roots decide.
+    cache.applyBundles({ ...bundles([c], c), active_x509_authority: new Uint8Array() });
+    expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1', 'entry-2']);
+    expect(checks()).toBe(13);
+  });
+
+  it('lets the event loop turn between checks of many SVIDs, and not at all when none needs one', async () => {
+    const { cache, checks } = newCache(60);
+    cache.applyBundles(bundles([a], a));
+    await issue(
+      cache,
+      a,
+      Array.from({ length: 60 }, (_, i) => i),
+    );
+    let turned = false;
+    setImmediate(() => {
+      turned = true;
+    });
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(60);
+    expect(turned).toBe(true);
+
+    turned = false;
+    setImmediate(() => {
+      turned = true;
+    });
+    expect(await dueIds(cache)).toEqual([]);
+    expect(turned).toBe(false);
+    expect(checks()).toBe(60);
+  });
+});
