@@ -1,0 +1,281 @@
+#!/usr/bin/env node
+// Agent event-loop stalls: the longest event-loop delay of a real `ironroot-agent run` process
+// holding 1000 cached workload X.509-SVIDs, (a) over idle sync rounds and (b) while a CA rotation
+// has it re-issue all 1000, each as a ratio against a bare node process measuring its own loop the
+// same way over the same window (the machine's noise floor at that moment). Run after a build
+// (`npm run bench:agent-stall` does both). The server runs in this process from dist/ (memory key
+// manager, development mode); the agent and the bare process are children of their own.
+//
+// The agent's figure is `ironroot_agent_nodejs_eventloop_lag_max_seconds` from its /metrics:
+// prom-client's monitorEventLoopDelay histogram, reset at every scrape, so a scrape before and one
+// after a window give the window's longest stall.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = join(root, 'dist');
+if (!existsSync(join(dist, 'server', 'server.js'))) {
+  process.stderr.write('bench-agent-stall: dist/ is missing; run `npx tsc -p tsconfig.build.json` first\n');
+  process.exit(1);
+}
+const ENTRIES = 1000;
+const IDLE_ROUNDS = Number(process.env.BENCH_STALL_IDLE_ROUNDS ?? 7);
+const ROTATION_ROUNDS = Number(process.env.BENCH_STALL_ROTATION_ROUNDS ?? 3);
+/** Long enough for at least two sync rounds at the 1 s interval the agent runs with. */
+const IDLE_WINDOW_MS = 2500;
+const TD = 'bench.example.org';
+
+const { pino } = await import('pino');
+const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
+const { startServer } = await import(join(dist, 'server', 'server.js'));
+const { RegistrationService, hashJoinToken } = await import(
+  join(dist, 'server', 'registration', 'service.js')
+);
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function freePort() {
+  const probe = createServer();
+  await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address();
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+function get(options) {
+  return new Promise((resolve) => {
+    const req = request(options, (res) => {
+      let body = '';
+      res.on('data', (d) => {
+        body += d;
+      });
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', () => resolve(undefined));
+    req.end();
+  });
+}
+
+async function until(what, check, timeoutMs = 600_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`bench-agent-stall: timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+/** The bare process: the same histogram (node's default 10 ms resolution, as prom-client's); a line in, its max out, then reset. */
+const BARE = `
+const { monitorEventLoopDelay } = require('node:perf_hooks');
+const h = monitorEventLoopDelay();
+h.enable();
+require('node:readline').createInterface({ input: process.stdin }).on('line', () => {
+  process.stdout.write(String(h.max / 1e9) + '\\n');
+  h.reset();
+});
+`;
+
+const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-stall-'));
+const clock = { now: () => Date.now() };
+const server = await startServer(
+  validateConfig(
+    {
+      trust_domain: TD,
+      data_dir: join(dir, 'server'),
+      admin_socket: join(dir, 'admin.sock'),
+      key_manager: 'memory:',
+      development: true,
+      health_address: '127.0.0.1:0',
+      bind_address: '127.0.0.1:0',
+    },
+    'bench',
+  ),
+  pino({ level: 'silent' }),
+  { clock },
+);
+const bundleFile = join(dir, 'bundle.pem');
+writeFileSync(
+  bundleFile,
+  server.ca
+    .bundle()
+    .x509Authorities.map((c) => c.toString())
+    .join(''),
+);
+const registration = new RegistrationService(server.datastore, TD, clock);
+const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
+
+const dataDir = join(dir, 'agent');
+const metricsPort = await freePort();
+const agent = spawn(
+  process.execPath,
+  [
+    // e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see what the agent's stalls are made of.
+    ...(process.env.BENCH_AGENT_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== ''),
+    join(root, 'bin', 'ironroot-agent.js'),
+    'run',
+    '--server-address',
+    `127.0.0.1:${server.ports.agentApi}`,
+    '--trust-domain',
+    TD,
+    '--trust-bundle',
+    bundleFile,
+    '--data-dir',
+    dataDir,
+    '--socket-path',
+    join(dir, 'run', 'agent.sock'),
+    '--sync-interval',
+    '1s',
+    '--join-token',
+    token.value,
+    '--metrics-address',
+    `127.0.0.1:${metricsPort}`,
+    '--log-level',
+    process.env.BENCH_AGENT_LOG_LEVEL ?? 'warn',
+  ],
+  { stdio: ['ignore', 'inherit', 'inherit'] },
+);
+const bare = spawn(process.execPath, ['-e', BARE], { stdio: ['pipe', 'pipe', 'inherit'] });
+const bareLines = createInterface({ input: bare.stdout });
+const bareAnswers = [];
+bareLines.on('line', (line) => bareAnswers.shift()?.(Number(line)));
+
+/** The bare process's longest delay since the last ask, in seconds. */
+function bareMax() {
+  return new Promise((resolve) => {
+    bareAnswers.push(resolve);
+    bare.stdin.write('\n');
+  });
+}
+
+async function metric(name) {
+  const text = await get({ host: '127.0.0.1', port: metricsPort, path: '/metrics' });
+  const line = text
+    ?.split('\n')
+    .find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`) || l === name);
+  return line === undefined ? undefined : Number(line.split(' ').at(-1));
+}
+
+/** Reads (and resets) both histograms at the same moment: the window's longest stalls, in seconds. */
+async function both() {
+  const [agentMax, bareValue] = await Promise.all([
+    metric('ironroot_agent_nodejs_eventloop_lag_max_seconds'),
+    bareMax(),
+  ]);
+  return { agent: agentMax ?? Number.NaN, bare: bareValue };
+}
+
+async function workloadSvids() {
+  const body = await get({ socketPath: join(dataDir, 'agent-health.sock'), path: '/live' });
+  try {
+    return JSON.parse(body ?? '');
+  } catch {
+    return undefined;
+  }
+}
+
+function summary(label, samples) {
+  const fmt = (values) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    return [sorted[0], sorted[Math.floor(sorted.length / 2)], sorted.at(-1)];
+  };
+  const ms = (v) => (v * 1000).toFixed(1).padStart(7);
+  const [aMin, aMed, aMax] = fmt(samples.map((s) => s.agent));
+  const [bMin, bMed, bMax] = fmt(samples.map((s) => s.bare));
+  const [rMin, rMed, rMax] = fmt(samples.map((s) => s.agent / s.bare));
+  process.stdout.write(
+    `${label} (${samples.length} windows; min / median / max)\n` +
+      `  agent max delay (ms)  ${ms(aMin)} ${ms(aMed)} ${ms(aMax)}\n` +
+      `  bare  max delay (ms)  ${ms(bMin)} ${ms(bMed)} ${ms(bMax)}\n` +
+      `  ratio agent/bare      ${rMin.toFixed(2).padStart(7)} ${rMed.toFixed(2).padStart(7)} ${rMax.toFixed(2).padStart(7)}\n`,
+  );
+}
+
+try {
+  await until('the agent to attest and serve', async () => {
+    const s = await workloadSvids();
+    return s?.state === 'healthy' && s.workload?.socket_path ? s : undefined;
+  });
+  const alias = await server.datastore.createEntry(
+    {
+      spiffeId: `spiffe://${TD}/node/bench`,
+      parentId: `spiffe://${TD}/ironroot/server`,
+      selectors: [{ type: 'join_token', value: hashJoinToken(token.value).slice(0, 12) }],
+      x509SvidTtl: 0,
+      jwtSvidTtl: 0,
+      dnsNames: [],
+      admin: false,
+      downstream: false,
+      federatesWith: [],
+      hint: '',
+      expiresAt: 0,
+    },
+    'bench',
+  );
+  for (let i = 0; i < ENTRIES; i++)
+    await server.datastore.createEntry(
+      {
+        spiffeId: `spiffe://${TD}/workload/${i}`,
+        parentId: alias.spiffeId,
+        selectors: [{ type: 'unix', value: `uid:${200_000 + i}` }],
+        x509SvidTtl: 3600,
+        jwtSvidTtl: 0,
+        dnsNames: [],
+        admin: false,
+        downstream: false,
+        federatesWith: [],
+        hint: '',
+        expiresAt: 0,
+      },
+      'bench',
+    );
+  await until(
+    `${ENTRIES} cached SVIDs`,
+    async () => ((await workloadSvids())?.workload?.svids ?? 0) >= ENTRIES,
+  );
+  await sleep(3000);
+
+  const idle = [];
+  await both();
+  for (let i = 0; i < IDLE_ROUNDS; i++) {
+    await sleep(IDLE_WINDOW_MS);
+    idle.push(await both());
+  }
+
+  const rotations = [];
+  // Progress from the health socket: a /metrics scrape would reset the histogram mid-window.
+  const issued = async () => (await workloadSvids())?.workload?.svids_issued ?? 0;
+  for (let i = 0; i < ROTATION_ROUNDS; i++) {
+    const before = await issued();
+    await both();
+    const started = performance.now();
+    await server.ca.prepare('x509', 'bench');
+    await server.ca.activate('x509', 'bench');
+    await until('every SVID re-issued under the new CA', async () => (await issued()) >= before + ENTRIES);
+    const sample = await both();
+    sample.seconds = (performance.now() - started) / 1000;
+    rotations.push(sample);
+    await sleep(2000);
+  }
+
+  summary(
+    `idle sync rounds, ${ENTRIES} cached SVIDs, ${IDLE_WINDOW_MS} ms windows at a 1 s sync interval`,
+    idle,
+  );
+  summary(`CA rotation re-issuing ${ENTRIES} SVIDs (one window per rotation)`, rotations);
+  process.stdout.write(
+    `(re-issue took ${rotations.map((r) => r.seconds.toFixed(1)).join(', ')} s; delay resolution 10 ms)\n`,
+  );
+} finally {
+  bare.stdin.end();
+  agent.kill('SIGTERM');
+  await new Promise((resolve) => agent.once('exit', resolve));
+  await server.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
