@@ -159,9 +159,37 @@ async function issue(
   return cert;
 }
 
+/** What issuing needs from an issuer's certificate, read once per certificate object. */
+interface IssuerFacts {
+  /** Its subject as encoded, so the new certificate's issuer field matches byte for byte. */
+  readonly subject: px.Name;
+  /** Its subject key identifier, when it has one. */
+  readonly keyId: string | undefined;
+}
+
+/**
+ * @peculiar/x509's reading of each issuer certificate. A CA signs many certificates with one
+ * certificate object; decoding it again for each was over a third of an SVID's CPU time. Keyed
+ * weakly by the object, so a certificate nobody holds any more drops out with it.
+ */
+const issuerFacts = new WeakMap<X509Certificate, IssuerFacts>();
+
+function factsOf(cert: X509Certificate): IssuerFacts {
+  let facts = issuerFacts.get(cert);
+  if (facts === undefined) {
+    const parsed = new px.X509Certificate(cert.raw);
+    facts = {
+      subject: parsed.subjectName,
+      keyId: parsed.getExtension(px.SubjectKeyIdentifierExtension)?.keyId,
+    };
+    issuerFacts.set(cert, facts);
+  }
+  return facts;
+}
+
 /** The issuer's subject as encoded in its certificate, so the new issuer field matches byte for byte. */
 function subjectNameOf(cert: X509Certificate): px.Name {
-  return new px.X509Certificate(cert.raw).subjectName;
+  return factsOf(cert).subject;
 }
 
 /**
@@ -169,6 +197,5 @@ function subjectNameOf(cert: X509Certificate): px.Name {
  * elsewhere, with another method than ours), so AKI and SKI always match; otherwise computed.
  */
 function authorityKeyId(issuer: X509Issuer): string {
-  const ski = new px.X509Certificate(issuer.certificate.raw).getExtension(px.SubjectKeyIdentifierExtension);
-  return ski?.keyId ?? keyIdentifier(issuer.signer.publicKey);
+  return factsOf(issuer.certificate).keyId ?? keyIdentifier(issuer.signer.publicKey);
 }
