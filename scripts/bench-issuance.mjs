@@ -3,6 +3,10 @@
 // the agent API's BatchNewX509SVID makes per CSR), with the CA key on SoftHSM2, against a bare
 // pkcs11js SHA-256 + C_SignInit + C_Sign on the same key: how much an SVID costs beyond the one
 // signature it needs. A second row adds parseCsr, as the agent API does before minting.
+// Then the agent API's authentication of a call by the agent's client certificate (authenticateAgent,
+// on every sync call), against the one ECDSA verification of the leaf it cannot do without: once
+// with the SVID the previous call presented (the steady state) and once with one never seen before
+// (more distinct SVIDs than the server keeps parsed).
 // One call at a time (sync issues its batch sequentially). Run after a build
 // (`npm run bench:issuance`); it imports from dist/. Prints figures only; it asserts nothing.
 //
@@ -36,6 +40,7 @@ writeFileSync(pinFile, pin, { mode: 0o600 });
 
 const { Pkcs11KeyManager, parsePkcs11Uri } = await import('../dist/hsm/index.js');
 const { CertificateAuthority } = await import('../dist/server/ca/authority.js');
+const { authenticateAgent } = await import('../dist/server/agentapi/admission.js');
 const { openSqliteDatastore } = await import('../dist/server/datastore/index.js');
 const { createCsr, createKeySigner, parseCsr, SpiffeId } = await import('../dist/spiffe/index.js');
 const { pino } = await import('pino');
@@ -97,16 +102,47 @@ const bareSign = () => {
   );
 };
 
-/** Milliseconds per call of `once`, called back to back for SECONDS. */
+// Agent SVIDs: one presented on every call, and more distinct ones than the parsed-certificate cache
+// holds (1024), presented in turn, so each is new to it.
+const agentCall = (leaf) => ({
+  getAuthContext: () => ({ sslPeerCertificate: { raw: Buffer.from(leaf.raw) } }),
+});
+const agentSvid = async (n) =>
+  (
+    await ca.mintX509Svid({
+      spiffeId: SpiffeId.parse(`spiffe://bench.example/agent/tpm/${n}`),
+      publicKey: workload.publicKey,
+      ttl: 3600,
+    })
+  ).chain[0];
+const steadyLeaf = await agentSvid('steady');
+const steady = agentCall(steadyLeaf);
+const distinct = [];
+for (let n = 0; n < 1100; n++) distinct.push(agentCall(await agentSvid(n)));
+let next = 0;
+const caPublicKey = ca.bundle().x509Authorities[0].publicKey;
+const authenticate = (call) => authenticateAgent(call, ca, 'bench.example', clock);
+const agentCases = {
+  bareVerify: async () => steadyLeaf.verify(caPublicKey),
+  authSame: async () => authenticate(steady),
+  authNew: async () => authenticate(distinct[next++ % distinct.length]),
+};
+
+/**
+ * Milliseconds per call of `once`, called back to back for SECONDS: wall time, and the process's CPU
+ * time (user + system, SoftHSM's threads included), which other load on a shared machine colours less.
+ */
 async function perCall(once) {
   let count = 0;
+  const cpu0 = process.cpuUsage();
   const started = performance.now();
   const deadline = started + SECONDS * 1000;
   while (performance.now() < deadline) {
     await once();
     count++;
   }
-  return (performance.now() - started) / count;
+  const cpu = process.cpuUsage(cpu0);
+  return { wall: (performance.now() - started) / count, cpu: (cpu.user + cpu.system) / 1000 / count };
 }
 
 const cases = { mint, parseAndMint, bareSign };
@@ -127,18 +163,38 @@ const stats = (values) => {
 };
 const fmt = ({ min, median, max }, digits = 3) =>
   `min ${min.toFixed(digits)}  median ${median.toFixed(digits)}  max ${max.toFixed(digits)}`;
-const ratios = (name) => samples[name].map((v, i) => v / samples.bareSign[i]);
+const of = (name, field) => samples[name].map((sample) => sample[field]);
+const ratios = (name, field) => samples[name].map((v, i) => v[field] / samples.bareSign[i][field]);
 
 console.log(
   `X.509-SVID issuance, CA key EC P-256 on SoftHSM2, one call at a time, ${SECONDS}s per sample, ${ROUNDS} rounds; load average ${loadavg()
     .map((n) => n.toFixed(1))
     .join(' ')}`,
 );
-console.log(`  raw SHA-256 + C_SignInit + C_Sign (ms):      ${fmt(stats(samples.bareSign))}`);
-console.log(`  CA mintX509Svid (ms):                        ${fmt(stats(samples.mint))}`);
-console.log(`  parseCsr + CA mintX509Svid (ms):             ${fmt(stats(samples.parseAndMint))}`);
-console.log(`  ratio mint / raw sign (same round):          ${fmt(stats(ratios('mint')), 1)}`);
-console.log(`  ratio parseCsr + mint / raw sign:            ${fmt(stats(ratios('parseAndMint')), 1)}`);
+const agentSamples = { bareVerify: [], authSame: [], authNew: [] };
+for (const once of Object.values(agentCases)) await perCall(once);
+for (let round = 0; round < ROUNDS; round++) {
+  const order =
+    round % 2 === 0 ? ['bareVerify', 'authSame', 'authNew'] : ['authNew', 'authSame', 'bareVerify'];
+  for (const name of order) agentSamples[name].push(await perCall(agentCases[name]));
+}
+
+for (const field of ['wall', 'cpu']) {
+  console.log(` ${field === 'wall' ? 'wall time' : 'CPU time (user + system)'}, ms per call:`);
+  console.log(`  raw SHA-256 + C_SignInit + C_Sign:   ${fmt(stats(of('bareSign', field)))}`);
+  console.log(`  CA mintX509Svid:                     ${fmt(stats(of('mint', field)))}`);
+  console.log(`  parseCsr + CA mintX509Svid:          ${fmt(stats(of('parseAndMint', field)))}`);
+  console.log(`  ratio mint / raw sign (same round):  ${fmt(stats(ratios('mint', field)), 1)}`);
+  console.log(`  ratio parseCsr + mint / raw sign:    ${fmt(stats(ratios('parseAndMint', field)), 1)}`);
+}
+const agentOf = (name) => agentSamples[name].map((sample) => sample.cpu);
+const agentRatio = (name) => agentSamples[name].map((v, i) => v.cpu / agentSamples.bareVerify[i].cpu);
+console.log(' agent API call authentication, CPU ms per call:');
+console.log(`  node:crypto leaf.verify(CA key):     ${fmt(stats(agentOf('bareVerify')))}`);
+console.log(`  authenticateAgent, same SVID:        ${fmt(stats(agentOf('authSame')))}`);
+console.log(`  authenticateAgent, SVID not seen:    ${fmt(stats(agentOf('authNew')))}`);
+console.log(`  ratio same SVID / verify:            ${fmt(stats(agentRatio('authSame')), 1)}`);
+console.log(`  ratio SVID not seen / verify:        ${fmt(stats(agentRatio('authNew')), 1)}`);
 
 raw.C_CloseSession(session);
 await datastore.close();
