@@ -6,7 +6,7 @@ import type { Signer } from './signer.js';
 import { signerWebCrypto, signingParams } from './signer-crypto.js';
 import type { SpiffeId } from './spiffe-id.js';
 import type { TrustDomain } from './trust-domain.js';
-import { encodePermittedUriHosts, keyIdentifier, OID } from './x509-extensions.js';
+import { encodePermittedUriHosts, keyIdentifier, OID, spkiKeyIdentifier } from './x509-extensions.js';
 
 /** A signing certificate and the key behind it, able to issue certificates. */
 export interface X509Issuer {
@@ -109,6 +109,8 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
   const idText = id.toString();
   checkProducible(idText, 'cannot issue an X.509-SVID');
   const subject = template.subject ?? '';
+  // Exported once for both the SKI and the certificate: OpenSSL's encoder is a visible share of a mint.
+  const spki = new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' }));
   const names: px.JsonGeneralName[] = [
     { type: 'url', value: idText },
     ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
@@ -118,10 +120,10 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
     new px.KeyUsagesExtension(px.KeyUsageFlags.digitalSignature, true),
     new px.ExtendedKeyUsageExtension([px.ExtendedKeyUsage.serverAuth, px.ExtendedKeyUsage.clientAuth], false),
     new px.SubjectAlternativeNameExtension(names, subject === ''),
-    new px.SubjectKeyIdentifierExtension(keyIdentifier(template.publicKey)),
+    new px.SubjectKeyIdentifierExtension(spkiKeyIdentifier(spki)),
     new px.AuthorityKeyIdentifierExtension(authorityKeyId(issuer)),
   ];
-  return issue(template, subject, subjectNameOf(issuer.certificate), extensions, issuer.signer);
+  return issue(template, subject, subjectNameOf(issuer.certificate), extensions, issuer.signer, spki);
 }
 
 async function issue(
@@ -130,6 +132,7 @@ async function issue(
   issuerName: px.Name,
   extensions: px.Extension[],
   signer: Signer,
+  spki: Uint8Array = new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' })),
 ): Promise<X509Certificate> {
   if (!(template.notAfter.getTime() > template.notBefore.getTime())) {
     throw new TypeError('certificate notAfter must be later than notBefore');
@@ -142,7 +145,7 @@ async function issue(
       issuer: issuerName,
       notBefore: template.notBefore,
       notAfter: template.notAfter,
-      publicKey: new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' })),
+      publicKey: spki,
       signingKey: key,
       signingAlgorithm: signingParams(signer),
       extensions,
