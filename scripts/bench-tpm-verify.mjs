@@ -7,6 +7,9 @@
 //
 // The full rows add the third verifier step: parsing and replaying a real 102-event firmware log
 // (keylime's mb_log.bin from test/fixtures/eventlogs) and comparing it with the quoted PCRs.
+// The EK rows add what the server's EK worker does per attestation (ek-judge.ts): decode the EK
+// certificate read from NV with both parsers, match its key to the EK, read its TCG SAN, and build
+// and verify the chain to swtpm's local CA, with the trust store parsed once as the worker holds it.
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -19,6 +22,7 @@ const tpm = await import('../dist/tpm/index.js').catch(() => {
   console.error('dist/ is missing: run `npx tsc -p tsconfig.build.json` first');
   process.exit(1);
 });
+const { judgeEkCertificates } = await import('../dist/server/nodeattestor/ek-judge.js');
 const exec = promisify(execFile);
 
 function listen(port) {
@@ -93,11 +97,12 @@ async function recordEvidence(dir) {
       }
     }
     const evidence = {};
-    for (const [kind, handle, scheme] of [
-      ['rsa', '0x81010001', 'rsassa'],
-      ['ecc', '0x81010016', 'ecdsa'],
+    for (const [kind, handle, scheme, nv] of [
+      ['rsa', '0x81010001', 'rsassa', '0x01c00002'],
+      ['ecc', '0x81010016', 'ecdsa', '0x01c00016'],
     ]) {
       await tool('tpm2_readpublic', ['-c', handle, '-f', 'tss', '-o', `ek-${kind}.pub`]);
+      await tool('tpm2_nvread', [nv, '-C', 'o', '-o', `ek-${kind}.crt`]);
       await tool(
         'tpm2_createak',
         ['-C', handle, '-c', `ak-${kind}.ctx`, '-G', kind, '-g', 'sha256', '-s', scheme].concat([
@@ -131,6 +136,8 @@ async function recordEvidence(dir) {
       for (let at = 0; at < values.length; at += 32) pcrValues.push(values.subarray(at, at + 32));
       const ak = tpm.parseTpm2bPublic(await readFile(join(dir, `ak-${kind}.pub`)));
       evidence[kind] = {
+        ekPublic: await readFile(join(dir, `ek-${kind}.pub`)),
+        ekCertificate: await readFile(join(dir, `ek-${kind}.crt`)),
         ek: tpm.parseTpm2bPublic(await readFile(join(dir, `ek-${kind}.pub`))).area,
         akName: tpm.objectName(ak),
         quote: {
@@ -144,6 +151,16 @@ async function recordEvidence(dir) {
       };
     }
     await tool('tpm2_shutdown', []);
+    evidence.trust = {
+      roots: tpm.parseCertificateBundle(
+        await readFile(join(ca, 'swtpm-localca-rootca-cert.pem'), 'latin1'),
+        'swtpm root',
+      ),
+      intermediates: tpm.parseCertificateBundle(
+        await readFile(join(ca, 'issuercert.pem'), 'latin1'),
+        'swtpm issuer',
+      ),
+    };
     return evidence;
   } finally {
     child.kill('SIGTERM');
@@ -198,12 +215,28 @@ try {
         replayLog();
       }),
     ]);
+    const ekJob = { ekPublic: e.ekPublic, certificates: [e.ekCertificate], chain: true, at: Date.now() };
+    judgeEkCertificates(ekJob, evidence.trust); // fails loudly if the chain does not verify
+    rows.push([
+      `EK certificate judgement (parse, key, SAN, chain), ${label}`,
+      measure(() => judgeEkCertificates(ekJob, evidence.trust)),
+    ]);
+    rows.push([
+      `full attestation with EK judgement, ${label}`,
+      measure(() => {
+        judgeEkCertificates(ekJob, evidence.trust);
+        tpm.checkAkPublic(e.quote.akPublic);
+        tpm.makeCredential(e.ek, e.akName, credential);
+        tpm.verifyQuote(e.quote);
+        replayLog();
+      }),
+    ]);
   }
   rows.push(['event-log parse + replay alone (102 events)', measure(replayLog)]);
   console.log(`node ${process.version}, ${process.arch}, one thread; CPU time = user + system`);
   console.log(
     [
-      'step'.padEnd(68),
+      'step'.padEnd(72),
       'ops/s (CPU)'.padStart(12),
       'ms/op (CPU)'.padStart(12),
       'ms/op (wall)'.padStart(13),
@@ -211,7 +244,7 @@ try {
   );
   for (const [name, r] of rows)
     console.log(
-      name.padEnd(68) +
+      name.padEnd(72) +
         r.opsPerCpuSecond.toFixed(0).padStart(12) +
         r.cpuMsPerOp.toFixed(3).padStart(12) +
         r.wallMsPerOp.toFixed(3).padStart(13),
@@ -220,6 +253,12 @@ try {
   const full = rows.find(([name]) => name.startsWith('full attestation') && name.includes('RSA'))[1];
   console.log(
     `ratio full RSA attestation ÷ quote verification alone: ${(full.cpuMsPerOp / quoteOnly.cpuMsPerOp).toFixed(1)}×`,
+  );
+  const withEk = rows.find(
+    ([name]) => name.startsWith('full attestation with EK') && name.includes('RSA'),
+  )[1];
+  console.log(
+    `ratio full RSA attestation with EK judgement ÷ quote verification alone: ${(withEk.cpuMsPerOp / quoteOnly.cpuMsPerOp).toFixed(1)}×`,
   );
 } finally {
   await rm(dir, { recursive: true, force: true });

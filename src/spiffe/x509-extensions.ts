@@ -47,7 +47,11 @@ export function tlv(tag: number, content: Uint8Array): Uint8Array {
  * Computed here so issuing needs no WebCrypto provider.
  */
 export function keyIdentifier(publicKey: KeyObject): string {
-  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  return spkiKeyIdentifier(publicKey.export({ type: 'spki', format: 'der' }));
+}
+
+/** {@link keyIdentifier} of a SubjectPublicKeyInfo already exported (exporting is not free). */
+export function spkiKeyIdentifier(spki: Uint8Array): string {
   const outer = readTlvs(spki)?.[0];
   const bitString = outer && readTlvs(outer.content)?.[1];
   if (bitString === undefined) throw new TypeError('public key does not export as SubjectPublicKeyInfo');

@@ -27,11 +27,28 @@ export interface CertFacts {
 const KNOWN = new Set<string>(Object.values(OID));
 
 /**
+ * What {@link inspect} read from each certificate object. A bundle's roots are the same objects on
+ * every verification; decoding them again with @peculiar/x509 each time was half the cost of
+ * checking an agent's SVID. Weak, so a certificate nobody holds drops out; facts depend on the
+ * bytes alone, which an X509Certificate never changes.
+ */
+const readFacts = new WeakMap<X509Certificate, Omit<CertFacts, 'label'>>();
+
+/**
  * Reads the extensions SPIFFE rules talk about.
  *
  * @throws SpiffeError `ERR_X509SVID_PARSE` when an extension cannot be decoded.
  */
 export function inspect(cert: X509Certificate, label: string): CertFacts {
+  let facts = readFacts.get(cert);
+  if (facts === undefined) {
+    facts = read(cert, label);
+    readFacts.set(cert, facts);
+  }
+  return { ...facts, label };
+}
+
+function read(cert: X509Certificate, label: string): Omit<CertFacts, 'label'> {
   try {
     const p = new px.X509Certificate(cert.raw);
     const bc = p.getExtension(px.BasicConstraintsExtension);
@@ -44,7 +61,6 @@ export function inspect(cert: X509Certificate, label: string): CertFacts {
     if (nc !== undefined && nameConstraints === undefined) throw new Error('malformed nameConstraints');
     return {
       cert,
-      label,
       isCa: bc?.ca,
       pathLength: bc?.pathLength,
       keyUsage: ku?.usages,

@@ -6,7 +6,7 @@ import type { Signer } from './signer.js';
 import { signerWebCrypto, signingParams } from './signer-crypto.js';
 import type { SpiffeId } from './spiffe-id.js';
 import type { TrustDomain } from './trust-domain.js';
-import { encodePermittedUriHosts, keyIdentifier, OID } from './x509-extensions.js';
+import { encodePermittedUriHosts, keyIdentifier, OID, spkiKeyIdentifier } from './x509-extensions.js';
 
 /** A signing certificate and the key behind it, able to issue certificates. */
 export interface X509Issuer {
@@ -109,6 +109,8 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
   const idText = id.toString();
   checkProducible(idText, 'cannot issue an X.509-SVID');
   const subject = template.subject ?? '';
+  // Exported once for both the SKI and the certificate: OpenSSL's encoder is a visible share of a mint.
+  const spki = new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' }));
   const names: px.JsonGeneralName[] = [
     { type: 'url', value: idText },
     ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
@@ -118,10 +120,10 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
     new px.KeyUsagesExtension(px.KeyUsageFlags.digitalSignature, true),
     new px.ExtendedKeyUsageExtension([px.ExtendedKeyUsage.serverAuth, px.ExtendedKeyUsage.clientAuth], false),
     new px.SubjectAlternativeNameExtension(names, subject === ''),
-    new px.SubjectKeyIdentifierExtension(keyIdentifier(template.publicKey)),
+    new px.SubjectKeyIdentifierExtension(spkiKeyIdentifier(spki)),
     new px.AuthorityKeyIdentifierExtension(authorityKeyId(issuer)),
   ];
-  return issue(template, subject, subjectNameOf(issuer.certificate), extensions, issuer.signer);
+  return issue(template, subject, subjectNameOf(issuer.certificate), extensions, issuer.signer, spki);
 }
 
 async function issue(
@@ -130,6 +132,7 @@ async function issue(
   issuerName: px.Name,
   extensions: px.Extension[],
   signer: Signer,
+  spki: Uint8Array = new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' })),
 ): Promise<X509Certificate> {
   if (!(template.notAfter.getTime() > template.notBefore.getTime())) {
     throw new TypeError('certificate notAfter must be later than notBefore');
@@ -142,7 +145,7 @@ async function issue(
       issuer: issuerName,
       notBefore: template.notBefore,
       notAfter: template.notAfter,
-      publicKey: new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' })),
+      publicKey: spki,
       signingKey: key,
       signingAlgorithm: signingParams(signer),
       extensions,
@@ -159,9 +162,37 @@ async function issue(
   return cert;
 }
 
+/** What issuing needs from an issuer's certificate, read once per certificate object. */
+interface IssuerFacts {
+  /** Its subject as encoded, so the new certificate's issuer field matches byte for byte. */
+  readonly subject: px.Name;
+  /** Its subject key identifier, when it has one. */
+  readonly keyId: string | undefined;
+}
+
+/**
+ * @peculiar/x509's reading of each issuer certificate. A CA signs many certificates with one
+ * certificate object; decoding it again for each was over a third of an SVID's CPU time. Keyed
+ * weakly by the object, so a certificate nobody holds any more drops out with it.
+ */
+const issuerFacts = new WeakMap<X509Certificate, IssuerFacts>();
+
+function factsOf(cert: X509Certificate): IssuerFacts {
+  let facts = issuerFacts.get(cert);
+  if (facts === undefined) {
+    const parsed = new px.X509Certificate(cert.raw);
+    facts = {
+      subject: parsed.subjectName,
+      keyId: parsed.getExtension(px.SubjectKeyIdentifierExtension)?.keyId,
+    };
+    issuerFacts.set(cert, facts);
+  }
+  return facts;
+}
+
 /** The issuer's subject as encoded in its certificate, so the new issuer field matches byte for byte. */
 function subjectNameOf(cert: X509Certificate): px.Name {
-  return new px.X509Certificate(cert.raw).subjectName;
+  return factsOf(cert).subject;
 }
 
 /**
@@ -169,6 +200,5 @@ function subjectNameOf(cert: X509Certificate): px.Name {
  * elsewhere, with another method than ours), so AKI and SKI always match; otherwise computed.
  */
 function authorityKeyId(issuer: X509Issuer): string {
-  const ski = new px.X509Certificate(issuer.certificate.raw).getExtension(px.SubjectKeyIdentifierExtension);
-  return ski?.keyId ?? keyIdentifier(issuer.signer.publicKey);
+  return factsOf(issuer.certificate).keyId ?? keyIdentifier(issuer.signer.publicKey);
 }

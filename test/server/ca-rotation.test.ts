@@ -10,6 +10,7 @@ import { CertificateAuthority } from '../../src/server/ca/authority.js';
 import type { Datastore } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { SpiffeBundle, SpiffeId, TrustDomain } from '../../src/spiffe/index.js';
+import { opensslVerify, px, tempDir } from '../helpers/x509.js';
 
 const H = 3600;
 const T0 = 1_800_000_000;
@@ -98,6 +99,61 @@ describe('CA rotation driven by a fake clock', () => {
     expect(bundleCas(ca)).toEqual(both);
     const second = both[1];
     expect(await issuerSerial(ca)).toBe(second);
+  });
+
+  it('issues from the new CA once it is active, though the previous one was parsed and cached', async () => {
+    const ca = await open();
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const spiffeId = SpiffeId.parse('spiffe://example.org/w');
+    const mint = async () => {
+      const leaf = (await ca.mintX509Svid({ spiffeId, publicKey, ttl: H })).chain[0];
+      if (!leaf) throw new Error('no leaf');
+      return leaf;
+    };
+    const ski = (cert: X509Certificate) =>
+      new px.X509Certificate(cert.raw).getExtension(px.SubjectKeyIdentifierExtension)?.keyId;
+    const aki = (cert: X509Certificate) =>
+      new px.X509Certificate(cert.raw).getExtension(px.AuthorityKeyIdentifierExtension)?.keyId;
+    // Two SVIDs from the first CA: the second one comes from its cached parse.
+    const [oldCa] = ca.bundle().x509Authorities;
+    if (!oldCa) throw new Error('no CA');
+    for (const leaf of [await mint(), await mint()]) {
+      expect(leaf.verify(oldCa.publicKey)).toBe(true);
+      expect(aki(leaf)).toBe(ski(oldCa));
+    }
+    await ca.prepare('x509', 'test');
+    await ca.activate('x509', 'test');
+    const newCa = ca.bundle().x509Authorities.find((c) => c.serialNumber !== oldCa.serialNumber);
+    if (!newCa) throw new Error('no new CA');
+    expect(ski(newCa)).not.toBe(ski(oldCa));
+    const leaf = await mint();
+    expect(leaf.verify(newCa.publicKey)).toBe(true);
+    expect(leaf.verify(oldCa.publicKey)).toBe(false);
+    expect(aki(leaf)).toBe(ski(newCa));
+    expect(leaf.issuer).toBe(newCa.subject);
+    // Byte for byte what a server that never saw the first CA issues: a fresh open parses anew.
+    const fresh = (await (await open()).mintX509Svid({ spiffeId, publicKey, ttl: H })).chain[0];
+    if (!fresh) throw new Error('no leaf');
+    const tbsFields = (cert: X509Certificate) => {
+      const p = new px.X509Certificate(cert.raw);
+      return {
+        issuer: Buffer.from(p.issuerName.toArrayBuffer()).toString('hex'),
+        extensions: p.extensions.map((e) => [e.type, e.critical, Buffer.from(e.value).toString('hex')]),
+      };
+    };
+    expect(tbsFields(leaf)).toEqual(tbsFields(fresh));
+    const files = tempDir();
+    try {
+      const root = files.write('new-ca.pem', newCa.toString());
+      const leafFile = files.write('leaf.pem', leaf.toString());
+      // The fake clock is in the future: openssl judges the dates at it.
+      const when = { at: new Date(clock.t + 1000) };
+      expect(await opensslVerify(root, leafFile, when)).toMatchObject({ ok: true });
+      const stale = files.write('old-ca.pem', oldCa.toString());
+      expect((await opensslVerify(stale, leafFile, when)).ok).toBe(false);
+    } finally {
+      files.cleanup();
+    }
   });
 
   it('prunes an old CA a day after it expired and destroys its key then, not before', async () => {

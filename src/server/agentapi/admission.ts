@@ -18,6 +18,29 @@ import { AttestationError } from '../nodeattestor/errors.js';
 
 const ACTOR = 'agent-api';
 
+/**
+ * Agent certificates parsed, by their DER. An agent presents the same SVID on every call until it
+ * renews, and parsing it (OpenSSL, then @peculiar/x509 for the SPIFFE checks) was most of what
+ * authenticating a call cost; the checks themselves (chain, signature, validity) still run on every
+ * call. Bounded, oldest out first, since every agent's certificate would otherwise stay forever.
+ */
+const parsedAgentCertificates = new Map<string, X509Certificate>();
+const MAX_PARSED_AGENT_CERTIFICATES = 1024;
+
+function agentCertificate(raw: Buffer): X509Certificate {
+  const key = raw.toString('base64');
+  let certificate = parsedAgentCertificates.get(key);
+  if (certificate === undefined) {
+    certificate = new X509Certificate(raw);
+    if (parsedAgentCertificates.size >= MAX_PARSED_AGENT_CERTIFICATES) {
+      const oldest = parsedAgentCertificates.keys().next();
+      if (oldest.done !== true) parsedAgentCertificates.delete(oldest.value);
+    }
+    parsedAgentCertificates.set(key, certificate);
+  }
+  return certificate;
+}
+
 export interface AdmissionOptions {
   trustDomain: string;
   ca: CertificateAuthority;
@@ -35,21 +58,29 @@ export interface Caller {
  * banned, and the node's current (or just renewed) certificate. `method` names the call in the log.
  */
 export async function admitAgent(call: Caller, o: AdmissionOptions, method: string): Promise<AttestedNode> {
-  const agentId = authenticateAgent(call, o.ca, o.trustDomain, o.clock);
-  return admitNode(agentId, presentedSerial(call), o, method);
+  const { agentId, serial } = authenticateAgent(call, o.ca, o.trustDomain, o.clock);
+  return admitNode(agentId, serial, o, method);
+}
+
+/** The caller's agent, and the serial number of the certificate it presented. */
+export interface AuthenticatedAgent {
+  readonly agentId: string;
+  /** As the CA recorded it when it signed the certificate. */
+  readonly serial: string;
 }
 
 /**
  * The agent named by the caller's client certificate, verified against today's bundle. TLS only
  * asked for the certificate; anything chaining to the bundle would pass it, so the ID must be an
- * agent's (not a workload's or the server's).
+ * agent's (not a workload's or the server's). The certificate is parsed once for both answers, and
+ * kept for the agent's next call: every sync call of every agent comes through here.
  */
 export function authenticateAgent(
   call: Caller,
   ca: CertificateAuthority,
   trustDomain: string,
   clock: Clock,
-): string {
+): AuthenticatedAgent {
   const peer = call.getAuthContext().sslPeerCertificate;
   if (peer?.raw === undefined)
     throw new AttestationError(
@@ -57,12 +88,13 @@ export function authenticateAgent(
       'this call needs the agent SVID as TLS client certificate; attest first',
     );
   try {
-    const { id } = verifyX509Svid([new X509Certificate(peer.raw)], new BundleSet([ca.bundle()]), {
+    const certificate = agentCertificate(peer.raw);
+    const { id } = verifyX509Svid([certificate], new BundleSet([ca.bundle()]), {
       time: new Date(clock.now()),
     });
     if (id.trustDomain.name !== trustDomain || !id.path.startsWith('/agent/'))
       throw new Error(`${id.toString()} is not an agent of ${trustDomain}`);
-    return id.toString();
+    return { agentId: id.toString(), serial: certificate.serialNumber };
   } catch (cause) {
     throw new AttestationError(
       'ERR_AGENT_UNAUTHENTICATED',
@@ -70,12 +102,6 @@ export function authenticateAgent(
       { cause },
     );
   }
-}
-
-/** The serial number of the caller's client certificate, as the CA recorded it when it signed. */
-export function presentedSerial(call: Caller): string {
-  const raw = call.getAuthContext().sslPeerCertificate?.raw;
-  return raw === undefined ? '' : new X509Certificate(raw).serialNumber;
 }
 
 /** The node `agentId` names, if the certificate with `serial` may still speak for it. */

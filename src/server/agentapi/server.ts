@@ -49,7 +49,7 @@ import {
   verifyAnswer,
 } from '../nodeattestor/tpm.js';
 import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
-import { admitAgent, admitNode, authenticateAgent, presentedSerial, refuseBanned } from './admission.js';
+import { admitAgent, admitNode, authenticateAgent, refuseBanned } from './admission.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
 import type { ContinuousAttestation } from './reattest.js';
 import { refuseUntrusted, type SyncHandlers } from './sync.js';
@@ -373,8 +373,9 @@ export class AgentApiServer {
   }
 
   async #renew(call: Duplex<RenewAgentRequest>, decision: Decision): Promise<AttestAgentResponse> {
-    decision.agentId = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
-    const node = await admitNode(decision.agentId, presentedSerial(call), this.#o, 'RenewAgent');
+    const caller = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
+    decision.agentId = caller.agentId;
+    const node = await admitNode(caller.agentId, caller.serial, this.#o, 'RenewAgent');
     decision.method = node.attestationType;
     refuseUntrusted(node);
     const messages = reader(call, this.#waitSeconds);

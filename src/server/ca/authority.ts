@@ -93,6 +93,12 @@ export class CertificateAuthority {
   /** The journal as open() found it, and the keys generated since: what undoOpen() reverts. */
   #opened: readonly CaSlot[] = [];
   #generated: Set<string> | undefined = new Set<string>();
+  /**
+   * Each journaled CA certificate parsed once, keyed by its DER array: slots are copied on every
+   * state change but share that array, and a rotation brings a new one. Every SVID and every bundle
+   * used to parse the CA certificate again.
+   */
+  readonly #certificates = new WeakMap<Uint8Array, X509Certificate>();
 
   private constructor(options: CaOptions) {
     this.#o = options;
@@ -265,7 +271,7 @@ export class CertificateAuthority {
     const active = this.#active('x509');
     const now = nowSeconds(this.#o.clock);
     const expiresAt = Math.min(now + template.ttl, active.notAfter);
-    const caCertificate = new X509Certificate(active.certificateDer ?? new Uint8Array());
+    const caCertificate = this.#certificate(active);
     const leaf = await mintX509Svid(
       {
         spiffeId: template.spiffeId,
@@ -358,7 +364,7 @@ export class CertificateAuthority {
         ...(this.#o.subject ? { subject: this.#o.subject } : {}),
       },
       {
-        certificate: new X509Certificate(previous.certificateDer ?? new Uint8Array()),
+        certificate: this.#certificate(previous),
         signer: await this.#signer(previous.keyId),
       },
     );
@@ -536,9 +542,7 @@ export class CertificateAuthority {
     const upstreamRoot = this.#o.upstream?.chain.at(-1);
     const x509Authorities = upstreamRoot
       ? [upstreamRoot]
-      : slots
-          .filter((s) => s.authority === 'x509' && s.certificateDer)
-          .map((s) => new X509Certificate(s.certificateDer ?? new Uint8Array()));
+      : slots.filter((s) => s.authority === 'x509' && s.certificateDer).map((s) => this.#certificate(s));
     const jwtAuthorities = new Map(
       slots
         .filter((s) => s.authority === 'jwt')
@@ -559,6 +563,19 @@ export class CertificateAuthority {
   #contentOf(document: string): string {
     const parsed: unknown = JSON.parse(document);
     return JSON.stringify(parsed !== null && typeof parsed === 'object' ? Reflect.get(parsed, 'keys') : null);
+  }
+
+  /** The slot's CA certificate, parsed on first use. */
+  #certificate(slot: CaSlot): X509Certificate {
+    const der = slot.certificateDer;
+    // Every x509 slot is journaled with its certificate; only jwt slots have none.
+    if (der === undefined) throw new Error(`CA journal entry ${slot.keyId} has no certificate`);
+    let certificate = this.#certificates.get(der);
+    if (certificate === undefined) {
+      certificate = new X509Certificate(der);
+      this.#certificates.set(der, certificate);
+    }
+    return certificate;
   }
 
   async #signer(keyId: string): Promise<Signer> {
