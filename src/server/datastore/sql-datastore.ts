@@ -13,6 +13,7 @@ import {
   EntryDuplicateError,
   EntryNotFoundError,
   EntryRevisionMismatchError,
+  ServerError,
 } from '../errors.js';
 import type {
   Actor,
@@ -21,6 +22,7 @@ import type {
   CaChange,
   CaSlot,
   Datastore,
+  EntryCreation,
   EntryFilter,
   EntryPage,
   IssuedNonce,
@@ -39,6 +41,11 @@ import type { AttestedNodeRow, BannedNodeRow, BundleRow, Database, RegistrationE
 
 const DEFAULT_PAGE_SIZE = 500;
 const MAX_PAGE_SIZE = 1000;
+/**
+ * Rows per multi-row statement in a batch: 14 columns × 500 stays well under the bound-parameter
+ * limits (SQLite 32766, PostgreSQL 65535) while one statement carries the work of hundreds.
+ */
+const BATCH_ROWS = 500;
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -72,6 +79,51 @@ export class SqlDatastore implements Datastore {
       }),
     );
     return created;
+  }
+
+  async createEntries(entries: readonly NewEntry[], actor: Actor): Promise<EntryCreation[]> {
+    const now = nowSeconds(this.#clock);
+    const created = entries.map(
+      (entry): RegistrationEntry => ({ ...entry, id: randomUUID(), revisionNumber: 0, createdAt: now }),
+    );
+    try {
+      return await this.#db.transaction().execute(async (trx) => {
+        const taken = await existingIdentities(trx, created);
+        const outcomes: EntryCreation[] = [];
+        const fresh: RegistrationEntry[] = [];
+        for (const entry of created) {
+          const key = identityKey(entry);
+          const existing = taken.get(key);
+          if (existing !== undefined) {
+            outcomes.push({ error: new EntryDuplicateError(existing) });
+            continue;
+          }
+          taken.set(key, entry.id);
+          fresh.push(entry);
+          outcomes.push({ entry });
+        }
+        await insertEntries(trx, fresh, now, actor);
+        return outcomes;
+      });
+    } catch (error) {
+      if (!isUniqueViolation(error)) throw error;
+      // A concurrent writer (PostgreSQL) stored one of these identities after the check above, and
+      // the constraint rolled the whole batch back: redo it entry by entry, so only that one fails.
+      return this.#createOneByOne(entries, actor);
+    }
+  }
+
+  async #createOneByOne(entries: readonly NewEntry[], actor: Actor): Promise<EntryCreation[]> {
+    const outcomes: EntryCreation[] = [];
+    for (const entry of entries) {
+      try {
+        outcomes.push({ entry: await this.createEntry(entry, actor) });
+      } catch (error) {
+        if (!(error instanceof ServerError)) throw error;
+        outcomes.push({ error });
+      }
+    }
+    return outcomes;
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
@@ -893,6 +945,70 @@ function toEntryRow(entry: RegistrationEntry, now: number): RegistrationEntryRow
     created_at: entry.createdAt,
     updated_at: now,
   };
+}
+
+/** The (spiffe_id, parent_id, selectors) identity the unique constraint keeps, as one string. */
+function identityKey(entry: { spiffeId: string; parentId: string; selectors: readonly Selector[] }): string {
+  return JSON.stringify([entry.spiffeId, entry.parentId, selectorsKey(entry.selectors)]);
+}
+
+function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/** Stored entries sharing a SPIFFE ID with one of `entries`, by identity key → entry id. */
+async function existingIdentities(
+  trx: Db,
+  entries: readonly RegistrationEntry[],
+): Promise<Map<string, string>> {
+  const taken = new Map<string, string>();
+  const spiffeIds = [...new Set(entries.map((e) => e.spiffeId))];
+  for (const chunk of chunks(spiffeIds, BATCH_ROWS)) {
+    const rows = await trx
+      .selectFrom('registration_entries')
+      .select(['id', 'spiffe_id', 'parent_id', 'selectors_key'])
+      .where('spiffe_id', 'in', chunk)
+      .execute();
+    for (const r of rows) taken.set(JSON.stringify([r.spiffe_id, r.parent_id, r.selectors_key]), r.id);
+  }
+  return taken;
+}
+
+/** The rows createEntry writes for each entry, as multi-row statements. */
+async function insertEntries(
+  trx: Db,
+  entries: readonly RegistrationEntry[],
+  now: number,
+  actor: Actor,
+): Promise<void> {
+  for (const chunk of chunks(entries, BATCH_ROWS)) {
+    await trx
+      .insertInto('registration_entries')
+      .values(chunk.map((e) => toEntryRow(e, now)))
+      .execute();
+  }
+  const selectors = entries.flatMap((e) =>
+    e.selectors.map((s) => ({ entry_id: e.id, type: s.type, value: s.value })),
+  );
+  for (const chunk of chunks(selectors, BATCH_ROWS))
+    await trx.insertInto('entry_selectors').values(chunk).execute();
+  const federates = entries.flatMap((e) =>
+    e.federatesWith.map((td) => ({ entry_id: e.id, trust_domain: td })),
+  );
+  for (const chunk of chunks(federates, BATCH_ROWS)) {
+    await trx.insertInto('entry_federates_with').values(chunk).execute();
+  }
+  const audits = entries.map((e) => ({
+    at: now,
+    actor,
+    action: 'entry.create',
+    object_type: 'entry',
+    object_id: e.id,
+    detail: JSON.stringify(entryDetail(e)),
+  }));
+  for (const chunk of chunks(audits, BATCH_ROWS)) await trx.insertInto('audit_log').values(chunk).execute();
 }
 
 async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<void> {
