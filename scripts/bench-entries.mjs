@@ -11,6 +11,12 @@
 // Each sample writes into a fresh datastore file; A and B alternate in every round; figures are
 // min/median/max over rounds. The goal is B / A >= 0.8.
 //
+// Then the entry journal's authorization (which entries an agent may have), at 1k, 10k and 50k
+// entries parented to one agent, as one sync round asks for it (FetchEntries, then FetchBundles:
+// two authorizations of the same agent at the same journal revision):
+//   D (baseline): one pass over the agent's entries into a Map (the least any walk must do);
+//   E: EntryJournal.authorize twice.
+//
 //   npx tsc -p tsconfig.build.json && node scripts/bench-entries.mjs [entries per batch]
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -23,6 +29,7 @@ const ds = await import('../dist/server/datastore/index.js').catch(() => {
   process.exit(1);
 });
 const { selectorsKey } = await import('../dist/server/datastore/sql-datastore.js');
+const { EntryJournal } = await import('../dist/server/agentapi/entries.js');
 
 const N = Number(process.argv[2] ?? 5000);
 const ROUNDS = 9;
@@ -164,6 +171,42 @@ try {
   console.log(`ratio B / A per round, wall: ${fmtRatio(ratio(rb.wall, ra.wall))}   (goal: >= 0.8)`);
   console.log(`ratio B / A per round, CPU : ${fmtRatio(ratio(rb.cpu, ra.cpu))}`);
   console.log(`ratio C / A per round, wall: ${fmtRatio(ratio(rc.wall, ra.wall))}   (the per-entry path)`);
+  await benchAuthorize();
 } finally {
   rmSync(root, { recursive: true, force: true });
+}
+
+async function benchAuthorize() {
+  const agent = `${TD}/agent/bench`;
+  const now = Math.floor(Date.now() / 1000);
+  console.log(`\nentry journal authorization of one agent, ${ROUNDS} rounds, D/E alternating`);
+  for (const n of [1000, 10_000, 50_000]) {
+    const { datastore } = await freshStore();
+    await datastore.createEntries(newEntries(n, `walk${n}`), 'bench');
+    const journal = new EntryJournal(datastore, `${TD}/ironroot/server`);
+    await journal.refresh();
+    const entries = (await journal.authorize(agent, [], now)).entries;
+    if (entries.size !== n) throw new Error(`authorized ${entries.size} of ${n} entries`);
+    const all = [...entries.values()];
+    const d = [];
+    const e = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      let t = timer();
+      const floor = new Map();
+      for (const entry of all) if (entry.expiresAt === 0 || entry.expiresAt > now) floor.set(entry.id, entry);
+      d.push(t().cpu);
+      // Node selectors new to each round, so no authorization computed before can answer it.
+      const selectors = [{ type: 'bench', value: `round-${n}-${round}` }];
+      t = timer();
+      journal.authorize(agent, selectors, now);
+      journal.authorize(agent, selectors, now);
+      e.push(t().cpu);
+    }
+    await datastore.close();
+    const ms = ({ min, median, max }) =>
+      `${median.toFixed(2)} ms (min ${min.toFixed(2)}, max ${max.toFixed(2)})`;
+    console.log(
+      `${String(n).padStart(6)} entries: D one pass ${ms(stats(d))}; E two authorizations ${ms(stats(e))}; E / D ${fmtRatio(ratio(e, d))}`,
+    );
+  }
 }

@@ -19,6 +19,11 @@ import type { Datastore, RegistrationEntry, Selector } from '../datastore/datast
 const LOAD_PAGE_SIZE = 1000;
 /** Tombstones kept for incremental syncs; a cursor older than the oldest one dropped syncs in full. */
 const MAX_TOMBSTONES = 50_000;
+/**
+ * Authorizations kept for reuse: a sync round asks for the same agent's several times (FetchEntries,
+ * FetchBundles, BatchNewX509SVID), and the walk is the cost at tens of thousands of entries.
+ */
+const MAX_CACHED_AUTHORIZATIONS = 1024;
 
 export interface SyncCursor {
   epoch: string;
@@ -46,12 +51,20 @@ interface Tombstone {
 /** What an agent is authorized for, at one journal revision. */
 export interface Authorization {
   /** The authorized entries (node aliases themselves are not: they name nodes, not workloads). */
-  entries: Map<string, RegistrationEntry>;
+  readonly entries: ReadonlyMap<string, RegistrationEntry>;
   /** Digest of the IDs the entries hang from: the agent's own ID and its matching node aliases. */
-  scope: string;
+  readonly scope: string;
   /** Every ID that authorized entries are parented to. */
-  parents: Set<string>;
-  revision: number;
+  readonly parents: ReadonlySet<string>;
+  readonly revision: number;
+}
+
+/** An authorization as computed at `computedAt`, the same until `validUntil` (unix seconds). */
+interface CachedAuthorization {
+  authorization: Authorization;
+  computedAt: number;
+  /** When the first entry the walk kept (or an alias it matched) expires; Infinity if none does. */
+  validUntil: number;
 }
 
 export type EntryChanges =
@@ -71,6 +84,8 @@ export class EntryJournal {
   /** SPIFFE IDs that are some entry's parent. */
   #parents = new Set<string>();
   #byParent = new Map<string, RegistrationEntry[]>();
+  /** By agent ID and node selectors; emptied whenever the journal revision moves. */
+  #authorized = new Map<string, CachedAuthorization>();
   #refreshing: Promise<void> | undefined;
 
   constructor(store: Datastore, serverId: string) {
@@ -140,6 +155,7 @@ export class EntryJournal {
       else siblings.push(entry);
     }
     this.#parents = new Set(this.#byParent.keys());
+    this.#authorized.clear();
   }
 
   #pruneTombstones(): void {
@@ -158,30 +174,53 @@ export class EntryJournal {
    * `expiresAt` (unix seconds `now`) are left out, and so is what hangs from them.
    */
   authorize(agentId: string, nodeSelectors: readonly Selector[], now: number): Authorization {
-    const have = new Set(nodeSelectors.map((s) => `${s.type}:${s.value}`));
+    const have = nodeSelectors.map((s) => `${s.type}:${s.value}`);
+    const key = JSON.stringify([agentId, [...have].sort()]);
+    const cached = this.#authorized.get(key);
+    // Time only moves entries out (by expiry); a clock set back recomputes too.
+    if (cached !== undefined && now >= cached.computedAt && now < cached.validUntil)
+      return cached.authorization;
+    const walked = this.#walk(agentId, new Set(have), now);
+    this.#authorized.delete(key);
+    if (this.#authorized.size >= MAX_CACHED_AUTHORIZATIONS) {
+      // Map iteration is insertion order, and a hit is not re-inserted: the oldest computed goes.
+      const [oldest] = this.#authorized.keys();
+      if (oldest !== undefined) this.#authorized.delete(oldest);
+    }
+    this.#authorized.set(key, { ...walked, computedAt: now });
+    return walked.authorization;
+  }
+
+  #walk(agentId: string, have: ReadonlySet<string>, now: number): Omit<CachedAuthorization, 'computedAt'> {
+    let validUntil = Number.POSITIVE_INFINITY;
+    const live = (entry: RegistrationEntry): boolean => {
+      if (entry.expiresAt === 0) return true;
+      if (entry.expiresAt <= now) return false;
+      validUntil = Math.min(validUntil, entry.expiresAt);
+      return true;
+    };
     const roots = [agentId];
     for (const alias of this.#byParent.get(this.#serverId) ?? [])
-      if (
-        (alias.expiresAt === 0 || alias.expiresAt > now) &&
-        alias.selectors.every((s) => have.has(`${s.type}:${s.value}`))
-      )
+      if (alias.selectors.every((s) => have.has(`${s.type}:${s.value}`)) && live(alias))
         roots.push(alias.spiffeId);
     const scope = createHash('sha256')
       .update([...new Set(roots)].sort().join('\n'))
       .digest('hex');
     const entries = new Map<string, RegistrationEntry>();
     const visited = new Set<string>();
+    // Breadth first through an index, not shift(): shifting a long array copies it every time.
     const queue = [...roots];
-    for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+    for (let next = 0; next < queue.length; next++) {
+      const id = queue[next] as string;
       if (visited.has(id)) continue;
       visited.add(id);
       for (const child of this.#byParent.get(id) ?? []) {
-        if (child.expiresAt > 0 && child.expiresAt <= now) continue;
+        if (!live(child)) continue;
         entries.set(child.id, child);
         queue.push(child.spiffeId);
       }
     }
-    return { entries, scope, parents: visited, revision: this.#revision };
+    return { authorization: { entries, scope, parents: visited, revision: this.#revision }, validUntil };
   }
 
   /** What an agent holding `cursor` must apply to match `authorization`. */
