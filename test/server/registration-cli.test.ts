@@ -282,6 +282,28 @@ describe('registration API over the admin socket, through the built CLI', () => 
     });
   });
 
+  it('creates a file larger than one request may carry, in several batches, every entry once', async () => {
+    const hint = 'h'.repeat(1000);
+    const entries = Array.from({ length: 6000 }, (_, i) => ({
+      spiffe_id: `${TD}/big/${i}`,
+      parent_id: `${TD}/agent/big`,
+      selectors: [`unix:uid:${i}`],
+      hint,
+    }));
+    const file = join(server.dir, 'big.json');
+    writeFileSync(file, JSON.stringify({ entries }));
+    const created = json<{ results: { index: number; status: { code: number } }[] }>(
+      await create('--data', file),
+    );
+    expect(created.results.filter((r) => r.status.code === 0).map((r) => r.index)).toEqual(
+      entries.map((_, i) => i),
+    );
+    const count = json<{ count: number }>(
+      await cli(['entry', 'count', ...admin(), '--parent-id', `${TD}/agent/big`, '--output', 'json']),
+    );
+    expect(count.count).toBe(6000);
+  });
+
   it('reports each refused entry of a file by index and code, and creates the others', async () => {
     const ok = (name: string) => ({
       spiffe_id: `${TD}/mixed/${name}`,

@@ -21,10 +21,12 @@ import {
 import { blankEntry, readEntryData } from './entry-data.js';
 
 /**
- * Entries per BatchCreateEntry call from a --data file: keeps each request well under gRPC's 4 MiB
- * message limit (an entry is a few hundred bytes), and each batch is one server transaction.
+ * Bounds of one BatchCreateEntry call from a --data file (each is one server transaction): at most
+ * this many entries, and this many bytes of them as JSON, so the request and the answer (which
+ * echoes every entry) stay under gRPC's 4 MiB message limit whatever the entries hold.
  */
 const MAX_BATCH = 5000;
+const MAX_BATCH_JSON_BYTES = 1024 * 1024;
 
 /** A result of a --data file, with the index of its entry in the file. */
 type IndexedResult = EntryResult & { index: number };
@@ -143,11 +145,29 @@ function reportResults(results: EntryResult[], flags: AdminOptions): void {
   if (failed !== undefined) throw new CliError(failed.status.message);
 }
 
+/** Consecutive runs of `items` within MAX_BATCH entries and MAX_BATCH_JSON_BYTES. */
+function batches<T extends { entry: EntryMessage }>(items: readonly T[]): T[][] {
+  const out: T[][] = [];
+  let current: T[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    const size = Buffer.byteLength(JSON.stringify(item.entry));
+    if (current.length > 0 && (current.length === MAX_BATCH || bytes + size > MAX_BATCH_JSON_BYTES)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(item);
+    bytes += size;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}
+
 /**
- * Sends the entries of a --data file (in batches of at most MAX_BATCH, each one server
- * transaction) and prints one result per entry of the file, in its order: the entry created, or its
- * index and error. Any failure makes the command fail after all are printed; in text output each is
- * said once, on standard error.
+ * Sends the entries of a --data file (in batches, see MAX_BATCH) and prints one result per entry
+ * of the file, in its order: the entry created, or its index and error. Any failure makes the
+ * command fail after all are printed; in text output each is said once, on standard error.
  */
 async function createFromData(file: string, flags: AdminOptions): Promise<void> {
   const items = readEntryData(file);
@@ -157,8 +177,7 @@ async function createFromData(file: string, flags: AdminOptions): Promise<void> 
   const toSend = items.flatMap((item, index) => ('entry' in item ? [{ index, entry: item.entry }] : []));
   if (toSend.length > 0) {
     await withClient(flags, async (client) => {
-      for (let start = 0; start < toSend.length; start += MAX_BATCH) {
-        const batch = toSend.slice(start, start + MAX_BATCH);
+      for (const batch of batches(toSend)) {
         const answer = await client.call('EntryService', 'BatchCreateEntry', {
           entries: batch.map((b) => b.entry),
         });
