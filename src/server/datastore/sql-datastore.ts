@@ -67,8 +67,9 @@ export interface EntryRows {
 }
 
 /**
- * Writes a batch's rows on the connection of the transaction in progress, faster than the query
- * builder can (see sqlite.ts: prepared statements, built once). Without one, multi-row inserts.
+ * Writes rows of a batch (one entry's at a time) on the connection of the transaction in progress,
+ * faster than the query builder can (see sqlite.ts: prepared statements, built once). Without one,
+ * multi-row inserts.
  */
 export type EntryRowsWriter = (rows: EntryRows) => void;
 
@@ -108,14 +109,14 @@ export class SqlDatastore implements Datastore {
 
   async createEntries(entries: readonly NewEntry[], actor: Actor): Promise<EntryCreation[]> {
     const now = nowSeconds(this.#clock);
-    const created = entries.map(
-      (entry): RegistrationEntry => ({ ...entry, id: randomUUID(), revisionNumber: 0, createdAt: now }),
-    );
+    const created = entries.map((entry) => newRecord(entry, now));
     try {
       return await this.#db.transaction().execute(async (trx) => {
         const taken = await existingIdentities(trx, created);
         const outcomes: EntryCreation[] = [];
-        const rows: EntryRows = { entries: [], selectors: [], federatesWith: [], audit: [] };
+        // Without a writer, the rows are gathered for multi-row inserts; with one, each entry's are
+        // written as they are made, so they die young instead of piling up for the collector.
+        const rows = newRows();
         for (const entry of created) {
           const row = toEntryRow(entry, now);
           const key = identityKey(row);
@@ -125,11 +126,11 @@ export class SqlDatastore implements Datastore {
             continue;
           }
           taken.set(key, entry.id);
-          addEntryRows(rows, entry, row, actor);
+          if (this.#writeRows === undefined) addEntryRows(rows, entry, row, actor);
+          else this.#writeRows(addEntryRows(newRows(), entry, row, actor));
           outcomes.push({ entry });
         }
-        if (this.#writeRows !== undefined) this.#writeRows(rows);
-        else await insertRows(trx, rows);
+        if (this.#writeRows === undefined) await insertRows(trx, rows);
         return outcomes;
       });
     } catch (error) {
@@ -1003,13 +1004,40 @@ async function existingIdentities(
   return taken;
 }
 
-/** Adds the rows createEntry writes for `entry` (its row given) to `rows`. */
+/**
+ * A new entry as stored, its fields named one by one: spreading `entry` into a literal with more
+ * fields takes V8's slow path, several microseconds an entry (a tenth of a batch's time).
+ */
+function newRecord(entry: NewEntry, now: number): RegistrationEntry {
+  return {
+    id: randomUUID(),
+    spiffeId: entry.spiffeId,
+    parentId: entry.parentId,
+    selectors: entry.selectors,
+    x509SvidTtl: entry.x509SvidTtl,
+    jwtSvidTtl: entry.jwtSvidTtl,
+    dnsNames: entry.dnsNames,
+    admin: entry.admin,
+    downstream: entry.downstream,
+    federatesWith: entry.federatesWith,
+    hint: entry.hint,
+    expiresAt: entry.expiresAt,
+    revisionNumber: 0,
+    createdAt: now,
+  };
+}
+
+function newRows(): EntryRows {
+  return { entries: [], selectors: [], federatesWith: [], audit: [] };
+}
+
+/** Adds the rows createEntry writes for `entry` (its row given) to `rows`, and returns them. */
 function addEntryRows(
   rows: EntryRows,
   entry: RegistrationEntry,
   row: RegistrationEntryRow,
   actor: Actor,
-): void {
+): EntryRows {
   rows.entries.push(row);
   for (const s of entry.selectors) rows.selectors.push({ entry_id: entry.id, type: s.type, value: s.value });
   for (const td of entry.federatesWith) rows.federatesWith.push({ entry_id: entry.id, trust_domain: td });
@@ -1021,6 +1049,7 @@ function addEntryRows(
     object_id: entry.id,
     detail: JSON.stringify(entryDetail(entry)),
   });
+  return rows;
 }
 
 /** The rows as multi-row statements (PostgreSQL; any store without an EntryRowsWriter). */
