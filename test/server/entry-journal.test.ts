@@ -77,6 +77,35 @@ describe('entry journal authorization', () => {
     expect(journal.authorize(AGENT, [], NOW).revision).toBe(journal.revision);
   });
 
+  it('reads the entries again after an entry write, not after other audited writes', async () => {
+    await create(entry('/w1', AGENT));
+    const loads = journal.loads;
+    const revision = journal.revision;
+    const node = {
+      spiffeId: AGENT,
+      attestationType: 'join_token',
+      serialNumber: '01',
+      expiresAt: NOW + 3600,
+      selectors: [],
+      attestationCount: 1,
+      createdAt: NOW,
+    };
+    await store.upsertNode(node, 'test');
+    await store.upsertNode({ ...node, serialNumber: '02' }, 'test');
+    await store.banNode({ spiffeId: `${TD}/agent/z` }, 'test');
+    await journal.refresh();
+    expect(journal.loads).toBe(loads);
+    expect(journal.revision).toBe(revision);
+    await store.upsertNode({ ...node, serialNumber: '03' }, 'test');
+    const [second] = await create(entry('/w2', AGENT));
+    expect(journal.loads).toBe(loads + 1);
+    expect(ids(AGENT, [])).toEqual([`${TD}/w1`, `${TD}/w2`]);
+    await store.banNode({ spiffeId: `${TD}/agent/y` }, 'test');
+    await store.deleteEntry(second ?? '', 'test');
+    await journal.refresh();
+    expect(ids(AGENT, [])).toEqual([`${TD}/w1`]);
+  });
+
   it('drops an entry, and what hangs from it, once it expires, and recomputes when the clock goes back', async () => {
     await create(
       entry('/short', AGENT, { expiresAt: NOW + 10 }),

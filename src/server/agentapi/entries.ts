@@ -6,9 +6,11 @@
  * The datastore has per-entry revision numbers but no record of deletions and no global change
  * counter, so the journal is kept here: each refresh compares the store with the copy and stamps
  * what differs with a new journal revision. Every write to the store appends to the audit log in
- * the same transaction, so an unchanged audit head means nothing to compare, and a refresh costs
- * one indexed query. The journal lives in this process only: its `epoch` tells an agent's cursor
- * from another server's (or from before a restart), and such a cursor gets a full sync.
+ * the same transaction, so a refresh reads every entry only when an audit record since the last
+ * one concerns an entry; otherwise (no write, or node renewals, bans, tokens…) it costs two small
+ * queries on the newest audit records. The journal lives in this process only: its `epoch` tells
+ * an agent's cursor from another server's (or from before a restart), and such a cursor gets a
+ * full sync.
  *
  * @module
  */
@@ -79,6 +81,7 @@ export class EntryJournal {
   /** Revisions at or below this can no longer be answered incrementally (tombstones pruned). */
   #horizon = 0;
   #auditHead = -1;
+  #loads = 0;
   #entries = new Map<string, Journaled>();
   #tombstones = new Map<string, Tombstone>();
   /** SPIFFE IDs that are some entry's parent. */
@@ -97,6 +100,11 @@ export class EntryJournal {
     return this.#revision;
   }
 
+  /** How many times the copy was read from the store in full. */
+  get loads(): number {
+    return this.#loads;
+  }
+
   /** Brings the copy up to date with the store; concurrent callers share one read. */
   refresh(): Promise<void> {
     this.#refreshing ??= this.#refresh().finally(() => {
@@ -106,8 +114,14 @@ export class EntryJournal {
   }
 
   async #refresh(): Promise<void> {
-    const head = (await this.#store.listAudit(1))[0]?.id ?? 0;
+    const { head, entriesChanged } = await this.#store.entryChangesSince(this.#auditHead);
     if (head === this.#auditHead) return;
+    // Other writes (node renewals, bans, tokens…) leave the entries as they were.
+    if (!entriesChanged && this.#revision > 0) {
+      this.#auditHead = head;
+      return;
+    }
+    this.#loads++;
     const loaded = new Map<string, RegistrationEntry>();
     let token = '';
     do {

@@ -291,6 +291,12 @@ export interface Datastore {
   deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
 
   listAudit(limit: number): Promise<AuditRecord[]>;
+  /**
+   * The newest audit record's id (0 when there is none), and whether a record after `after`
+   * concerns a registration entry: every entry write audits one in its transaction, so without one
+   * the entries are as they were at `after`.
+   */
+  entryChangesSince(after: number): Promise<{ head: number; entriesChanged: boolean }>;
   /** Proves the store answers (readiness). */
   ping(): Promise<void>;
   close(): Promise<void>;

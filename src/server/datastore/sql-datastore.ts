@@ -662,6 +662,25 @@ export class SqlDatastore implements Datastore {
     }));
   }
 
+  async entryChangesSince(after: number): Promise<{ head: number; entriesChanged: boolean }> {
+    // The head first: an entry write landing between the two reads is then seen as a change after
+    // an older head, costing at most one extra reload, never a missed one.
+    const newest = await this.#db
+      .selectFrom('audit_log')
+      .select('id')
+      .orderBy('id', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+    const entry = await this.#db
+      .selectFrom('audit_log')
+      .select('id')
+      .where('id', '>', after)
+      .where('object_type', '=', 'entry')
+      .limit(1)
+      .executeTakeFirst();
+    return { head: Number(newest?.id ?? 0), entriesChanged: entry !== undefined };
+  }
+
   async ping(): Promise<void> {
     await this.#db.selectFrom('audit_log').select('id').limit(1).execute();
   }
