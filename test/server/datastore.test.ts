@@ -204,6 +204,19 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     expect(await store.createEntries([], 't')).toEqual([]);
   });
 
+  it('tells entry writes apart from other audited writes since an audit id', async () => {
+    expect(await store.entryChangesSince(0)).toEqual({ head: 0, entriesChanged: false });
+    const created = await store.createEntry(entry(), 't');
+    const afterCreate = await store.entryChangesSince(0);
+    expect(afterCreate.entriesChanged).toBe(true);
+    await store.banNode({ spiffeId: `${TD}/agent/x` }, 't');
+    const afterBan = await store.entryChangesSince(afterCreate.head);
+    expect(afterBan.head).toBeGreaterThan(afterCreate.head);
+    expect(afterBan.entriesChanged).toBe(false);
+    await store.deleteEntry(created.id, 't');
+    expect((await store.entryChangesSince(afterBan.head)).entriesChanged).toBe(true);
+  });
+
   it('creates each identity once when identical batches run concurrently', async () => {
     const batch = [0, 1, 2].map((i) => entry({ spiffeId: `${TD}/c/${i}` }));
     const runs = await Promise.all(Array.from({ length: 4 }, () => store.createEntries(batch, 't')));
