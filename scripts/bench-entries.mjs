@@ -16,6 +16,8 @@
 // two authorizations of the same agent at the same journal revision):
 //   D (baseline): one pass over the agent's entries into a Map (the least any walk must do);
 //   E: EntryJournal.authorize twice.
+// And the journal's refresh after a node renewal (an audited write that changes no entry) and after
+// an entry write (which reads every entry again).
 //
 //   npx tsc -p tsconfig.build.json && node scripts/bench-entries.mjs [entries per batch]
 import { randomUUID } from 'node:crypto';
@@ -202,11 +204,38 @@ async function benchAuthorize() {
       journal.authorize(agent, selectors, now);
       e.push(t().cpu);
     }
+    // The journal's refresh after a node renewal (no entry changed) and after an entry write.
+    const renewal = [];
+    const entryWrite = [];
+    for (let round = 0; round < 3; round++) {
+      await datastore.upsertNode(
+        {
+          spiffeId: agent,
+          attestationType: 'join_token',
+          serialNumber: String(round),
+          expiresAt: now + 3600,
+          selectors: [],
+          attestationCount: 1,
+          createdAt: now,
+        },
+        'bench',
+      );
+      let t = timer();
+      await journal.refresh();
+      renewal.push(t().wall);
+      await datastore.createEntry(newEntries(1, `write${n}-${round}`)[0], 'bench');
+      t = timer();
+      await journal.refresh();
+      entryWrite.push(t().wall);
+    }
     await datastore.close();
     const ms = ({ min, median, max }) =>
       `${median.toFixed(2)} ms (min ${min.toFixed(2)}, max ${max.toFixed(2)})`;
     console.log(
       `${String(n).padStart(6)} entries: D one pass ${ms(stats(d))}; E two authorizations ${ms(stats(e))}; E / D ${fmtRatio(ratio(e, d))}`,
+    );
+    console.log(
+      `${' '.repeat(15)}refresh after a node renewal ${ms(stats(renewal))}; after an entry write ${ms(stats(entryWrite))} (3 rounds, wall)`,
     );
   }
 }
