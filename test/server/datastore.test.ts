@@ -166,6 +166,70 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     await store.createEntry(entry({ selectors: sel.slice(0, 1) }), 't');
   });
 
+  it('creates a batch in one call, refusing stored and in-batch duplicates on their own', async () => {
+    const stored = await store.createEntry(entry({ spiffeId: `${TD}/stored` }), 't');
+    const batch = [
+      entry({ spiffeId: `${TD}/b/0`, federatesWith: ['x.org'], dnsNames: ['b0.example.org'], hint: 'h' }),
+      entry({ spiffeId: `${TD}/stored` }),
+      entry({
+        spiffeId: `${TD}/b/2`,
+        selectors: [
+          { type: 'k8s', value: 'ns:a' },
+          { type: 'k8s', value: 'sa:b' },
+        ],
+      }),
+      entry({
+        spiffeId: `${TD}/b/2`,
+        selectors: [
+          { type: 'k8s', value: 'sa:b' },
+          { type: 'k8s', value: 'ns:a' },
+        ],
+      }),
+      ...Array.from({ length: 1100 }, (_, i) => entry({ spiffeId: `${TD}/many/${i}` })),
+    ];
+    const outcomes = await store.createEntries(batch, 'uid:7');
+    expect(outcomes).toHaveLength(batch.length);
+    const [first, duplicate, third, inBatch] = outcomes;
+    expect(duplicate).toMatchObject({ error: { code: 'ERR_ENTRY_DUPLICATE', existingId: stored.id } });
+    const thirdId = third !== undefined && 'entry' in third ? third.entry.id : 'missing';
+    expect(inBatch).toMatchObject({ error: { code: 'ERR_ENTRY_DUPLICATE', existingId: thirdId } });
+    for (const outcome of [first, third, ...outcomes.slice(4)]) {
+      if (outcome === undefined || !('entry' in outcome))
+        throw new Error(`not created: ${JSON.stringify(outcome)}`);
+      expect(await store.getEntry(outcome.entry.id)).toEqual(outcome.entry);
+    }
+    expect(await store.countEntries({})).toBe(1 + 2 + 1100);
+    const audit = await store.listAudit(5000);
+    expect(audit.filter((a) => a.action === 'entry.create' && a.actor === 'uid:7')).toHaveLength(2 + 1100);
+    expect(await store.createEntries([], 't')).toEqual([]);
+  });
+
+  it('tells entry writes apart from other audited writes since an audit id', async () => {
+    expect(await store.entryChangesSince(0)).toEqual({ head: 0, entriesChanged: false });
+    const created = await store.createEntry(entry(), 't');
+    const afterCreate = await store.entryChangesSince(0);
+    expect(afterCreate.entriesChanged).toBe(true);
+    await store.banNode({ spiffeId: `${TD}/agent/x` }, 't');
+    const afterBan = await store.entryChangesSince(afterCreate.head);
+    expect(afterBan.head).toBeGreaterThan(afterCreate.head);
+    expect(afterBan.entriesChanged).toBe(false);
+    await store.deleteEntry(created.id, 't');
+    expect((await store.entryChangesSince(afterBan.head)).entriesChanged).toBe(true);
+  });
+
+  it('creates each identity once when identical batches run concurrently', async () => {
+    const batch = [0, 1, 2].map((i) => entry({ spiffeId: `${TD}/c/${i}` }));
+    const runs = await Promise.all(Array.from({ length: 4 }, () => store.createEntries(batch, 't')));
+    for (let i = 0; i < batch.length; i++) {
+      const outcomes = runs.map((r) => r[i]);
+      const created = outcomes.filter((o) => o !== undefined && 'entry' in o);
+      expect(created).toHaveLength(1);
+      for (const o of outcomes.filter((x) => x !== undefined && 'error' in x))
+        expect(o).toMatchObject({ error: { code: 'ERR_ENTRY_DUPLICATE' } });
+    }
+    expect(await store.countEntries({})).toBe(3);
+  });
+
   it('lets exactly one of many concurrent identical creates through', async () => {
     const results = await Promise.allSettled(
       Array.from({ length: 8 }, () => store.createEntry(entry(), 't')),

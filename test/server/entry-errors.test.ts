@@ -52,9 +52,9 @@ describe('entry create reports each failure once', () => {
     expect(result.stdout).not.toContain('Failed');
     const lines = result.stderr.trimEnd().split('\n');
     expect(lines[0]).toBe('ironroot-server: 2 of 3 entries failed:');
-    expect(lines.slice(1).map((line) => line.trim().split(':')[0])).toEqual([
-      'ERR_ENTRY_DUPLICATE',
-      'ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',
+    expect(lines.slice(1).map((line) => line.trim().split(': ').slice(0, 2).join(': '))).toEqual([
+      'entry 0: ERR_ENTRY_DUPLICATE',
+      'entry 2: ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',
     ]);
   });
 });

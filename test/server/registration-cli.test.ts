@@ -240,6 +240,155 @@ describe('registration API over the admin socket, through the built CLI', () => 
     expect(federated.count).toBe(1);
   });
 
+  it('creates every entry of a SPIRE -data file, with the fields it maps', async () => {
+    const entries = Array.from({ length: 40 }, (_, i) => ({
+      spiffe_id: `${TD}/spire/${i}`,
+      parent_id: `${TD}/agent/spire`,
+      selectors: [
+        { type: 'unix', value: `uid:${i}` },
+        { type: 'unix', value: 'gid:0' },
+      ],
+      x509_svid_ttl: 600,
+      jwt_svid_ttl: 60,
+      dns_names: [`w${i}.example.org`],
+      federates_with: ['peer.org'],
+      admin: i === 0,
+      downstream: false,
+      hint: 'spire-import',
+      entryExpiry: 4_000_000_000,
+    }));
+    const file = join(server.dir, 'spire.json');
+    writeFileSync(file, JSON.stringify({ entries }));
+    type Created = { results: { index: number; status: { code: number }; entry: Record<string, unknown> }[] };
+    const created = json<Created>(await create('--data', file));
+    expect(created.results.map((r) => [r.index, r.status.code])).toEqual(entries.map((_, i) => [i, 0]));
+    const shown = json<{ entries: Record<string, unknown>[] }>(
+      await cli(['entry', 'show', ...admin(), '--parent-id', `${TD}/agent/spire`, '--output', 'json']),
+    );
+    expect(shown.entries).toHaveLength(40);
+    const first = shown.entries.find((e) => e.spiffe_id === `${TD}/spire/0`);
+    expect(first).toMatchObject({
+      selectors: [
+        { type: 'unix', value: 'gid:0' },
+        { type: 'unix', value: 'uid:0' },
+      ],
+      x509_svid_ttl: 600,
+      jwt_svid_ttl: 60,
+      dns_names: ['w0.example.org'],
+      federates_with: ['peer.org'],
+      admin: true,
+      hint: 'spire-import',
+      expires_at: 4_000_000_000,
+    });
+  });
+
+  it('creates a file larger than one request may carry, in several batches, every entry once', async () => {
+    const hint = 'h'.repeat(1000);
+    const entries = Array.from({ length: 6000 }, (_, i) => ({
+      spiffe_id: `${TD}/big/${i}`,
+      parent_id: `${TD}/agent/big`,
+      selectors: [`unix:uid:${i}`],
+      hint,
+    }));
+    const file = join(server.dir, 'big.json');
+    writeFileSync(file, JSON.stringify({ entries }));
+    const created = json<{ results: { index: number; status: { code: number } }[] }>(
+      await create('--data', file),
+    );
+    expect(created.results.filter((r) => r.status.code === 0).map((r) => r.index)).toEqual(
+      entries.map((_, i) => i),
+    );
+    const count = json<{ count: number }>(
+      await cli(['entry', 'count', ...admin(), '--parent-id', `${TD}/agent/big`, '--output', 'json']),
+    );
+    expect(count.count).toBe(6000);
+  });
+
+  it('reports each refused entry of a file by index and code, and creates the others', async () => {
+    const ok = (name: string) => ({
+      spiffe_id: `${TD}/mixed/${name}`,
+      parent_id: `${TD}/agent/m`,
+      selectors: ['unix:uid:1'],
+    });
+    const entries = [
+      ok('0'),
+      { ...ok('1'), spiffe_id: `${TD}/agent/sneaky` },
+      { ...ok('2'), selectors: ['unixuid'] },
+      { ...ok('3'), colour: 'blue' },
+      { ...ok('4'), store_svid: true },
+      ok('0'),
+      { ...ok('6'), x509_svid_ttl: '600' },
+      ok('7'),
+    ];
+    const file = join(server.dir, 'mixed.json');
+    writeFileSync(file, JSON.stringify({ entries }));
+    const result = await create('--data', file);
+    expect(result.code).toBe(1);
+    type Results = { results: { index: number; status: { error_code: string; message: string } }[] };
+    const { results } = JSON.parse(result.stdout) as Results;
+    expect(results.map((r) => [r.index, r.status.error_code])).toEqual([
+      [0, ''],
+      [1, 'ERR_SPIFFE_ID_RESERVED'],
+      [2, 'ERR_SELECTOR_MALFORMED'],
+      [3, 'ERR_INVALID_ARGUMENT'],
+      [4, 'ERR_INVALID_ARGUMENT'],
+      [5, 'ERR_ENTRY_DUPLICATE'],
+      [6, 'ERR_INVALID_ARGUMENT'],
+      [7, ''],
+    ]);
+    expect(results[3]?.status.message).toMatch(/^unknown field "colour"; known fields: spiffe_id, /);
+    expect(results[4]?.status.message).toBe(
+      'field "store_svid" is not supported: ironroot has no SVIDStore; remove it',
+    );
+    expect(results[6]?.status.message).toBe('x509_svid_ttl must be a non-negative integer');
+    const shown = json<{ entries: { spiffe_id: string }[] }>(
+      await cli(['entry', 'show', ...admin(), '--parent-id', `${TD}/agent/m`, '--output', 'json']),
+    );
+    expect(shown.entries.map((e) => e.spiffe_id).sort()).toEqual([`${TD}/mixed/0`, `${TD}/mixed/7`]);
+
+    const again = await cli(['entry', 'create', ...admin(), '--data', file]);
+    expect(again.code).toBe(1);
+    const lines = again.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe('ironroot-server: 8 of 8 entries failed:');
+    expect(lines[1]).toMatch(/^ {2}entry 0: ERR_ENTRY_DUPLICATE: an entry with the same spiffe_id/);
+    expect(lines[2]).toMatch(
+      /^ {2}entry 1: ERR_SPIFFE_ID_RESERVED: spiffe_id "spiffe:\/\/example.org\/agent\/sneaky" is reserved/,
+    );
+    expect(lines[4]).toBe(`  entry 3: ERR_INVALID_ARGUMENT: ${results[3]?.status.message}`);
+    expect(lines).toHaveLength(9);
+  });
+
+  it('refuses a --data file that is not an entries file, naming it, and creates nothing', async () => {
+    const before = json<{ count: number }>(
+      await cli(['entry', 'count', ...admin(), '--output', 'json']),
+    ).count;
+    const cases: [string, string, RegExp][] = [
+      ['broken.json', '{"entries": [', /^ironroot-server: --data .*broken\.json: not valid JSON: /],
+      ['object.json', '{"entry": []}', /^ironroot-server: --data .*object\.json: expected \{"entries": /],
+      [
+        'extra.json',
+        '{"entries": [], "x": 1}',
+        /^ironroot-server: --data .*extra\.json: unknown top-level field "x"/,
+      ],
+      ['empty.json', '{"entries": []}', /^ironroot-server: --data .*empty\.json: it holds no entries\n$/],
+    ];
+    for (const [name, text, message] of cases) {
+      const file = join(server.dir, name);
+      writeFileSync(file, text);
+      const result = await create('--data', file);
+      expect(result.code, name).toBe(1);
+      expect(result.stdout, name).toBe('');
+      expect(result.stderr, name).toMatch(message);
+    }
+    const missing = await create('--data', join(server.dir, 'no-such.json'));
+    expect(missing.stderr).toMatch(/^ironroot-server: --data .*no-such\.json: cannot read it: ENOENT/);
+    const mixed = await create('--data', join(server.dir, 'object.json'), '--spiffe-id', `${TD}/x`);
+    expect(mixed.stderr).toMatch(/^ironroot-server: --data takes every entry from the file/);
+    expect(json<{ count: number }>(await cli(['entry', 'count', ...admin(), '--output', 'json'])).count).toBe(
+      before,
+    );
+  });
+
   it('pages through more entries than one page holds', async () => {
     const batch = Array.from({ length: 1200 }, (_, i) => ({
       spiffe_id: `${TD}/paged/${i}`,
@@ -375,7 +524,8 @@ describe('registration API over the admin socket, through the built CLI', () => 
   it('records who changed what in the audit log', async () => {
     const { datastore } = await openSqliteDatastore(server.dataDir, systemClock);
     try {
-      const log = await datastore.listAudit(5000);
+      // Enough to reach back past the thousands of entries the --data tests create.
+      const log = await datastore.listAudit(100_000);
       expect(log.some((r) => r.action === 'entry.delete' && r.actor === 'uid:0')).toBe(true);
       expect(log.some((r) => r.action === 'node.ban' && r.actor === 'uid:0')).toBe(true);
     } finally {

@@ -22,14 +22,15 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
   let server: TestServer;
   let client: AdminClient;
   const admin = () => ['--admin-socket', server.socket];
-  const refusedEntry = (result: CliResult, code: string, message: string) => {
+  /** `stderr` is the message alone, except for a --data file: each refused entry by index and code. */
+  const refusedEntry = (result: CliResult, code: string, message: string, stderr = message) => {
     expect(result.code).toBe(1);
     expect((JSON.parse(result.stdout) as Results).results[0]?.status).toEqual({
       code: 3,
       error_code: code,
       message,
     });
-    expect(result.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(result.stderr).toBe(`ironroot-server: ${stderr}\n`);
   };
   const entryCreate = (id: string) =>
     cli([
@@ -95,6 +96,7 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
         await cli(['entry', 'create', ...admin(), '--output', 'json', '--data', file]),
         'ERR_SPIFFE_ID_RESERVED',
         reservedMessage(id, owner),
+        `1 of 1 entries failed:\n  entry 0: ERR_SPIFFE_ID_RESERVED: ${reservedMessage(id, owner)}`,
       );
     },
   );

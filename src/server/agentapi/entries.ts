@@ -6,9 +6,11 @@
  * The datastore has per-entry revision numbers but no record of deletions and no global change
  * counter, so the journal is kept here: each refresh compares the store with the copy and stamps
  * what differs with a new journal revision. Every write to the store appends to the audit log in
- * the same transaction, so an unchanged audit head means nothing to compare, and a refresh costs
- * one indexed query. The journal lives in this process only: its `epoch` tells an agent's cursor
- * from another server's (or from before a restart), and such a cursor gets a full sync.
+ * the same transaction, so a refresh reads every entry only when an audit record since the last
+ * one concerns an entry; otherwise (no write, or node renewals, bans, tokens…) it costs two small
+ * queries on the newest audit records. The journal lives in this process only: its `epoch` tells
+ * an agent's cursor from another server's (or from before a restart), and such a cursor gets a
+ * full sync.
  *
  * @module
  */
@@ -19,6 +21,11 @@ import type { Datastore, RegistrationEntry, Selector } from '../datastore/datast
 const LOAD_PAGE_SIZE = 1000;
 /** Tombstones kept for incremental syncs; a cursor older than the oldest one dropped syncs in full. */
 const MAX_TOMBSTONES = 50_000;
+/**
+ * Authorizations kept for reuse: a sync round asks for the same agent's several times (FetchEntries,
+ * FetchBundles, BatchNewX509SVID), and the walk is the cost at tens of thousands of entries.
+ */
+const MAX_CACHED_AUTHORIZATIONS = 1024;
 
 export interface SyncCursor {
   epoch: string;
@@ -46,12 +53,20 @@ interface Tombstone {
 /** What an agent is authorized for, at one journal revision. */
 export interface Authorization {
   /** The authorized entries (node aliases themselves are not: they name nodes, not workloads). */
-  entries: Map<string, RegistrationEntry>;
+  readonly entries: ReadonlyMap<string, RegistrationEntry>;
   /** Digest of the IDs the entries hang from: the agent's own ID and its matching node aliases. */
-  scope: string;
+  readonly scope: string;
   /** Every ID that authorized entries are parented to. */
-  parents: Set<string>;
-  revision: number;
+  readonly parents: ReadonlySet<string>;
+  readonly revision: number;
+}
+
+/** An authorization as computed at `computedAt`, the same until `validUntil` (unix seconds). */
+interface CachedAuthorization {
+  authorization: Authorization;
+  computedAt: number;
+  /** When the first entry the walk kept (or an alias it matched) expires; Infinity if none does. */
+  validUntil: number;
 }
 
 export type EntryChanges =
@@ -66,11 +81,14 @@ export class EntryJournal {
   /** Revisions at or below this can no longer be answered incrementally (tombstones pruned). */
   #horizon = 0;
   #auditHead = -1;
+  #loads = 0;
   #entries = new Map<string, Journaled>();
   #tombstones = new Map<string, Tombstone>();
   /** SPIFFE IDs that are some entry's parent. */
   #parents = new Set<string>();
   #byParent = new Map<string, RegistrationEntry[]>();
+  /** By agent ID and node selectors; emptied whenever the journal revision moves. */
+  #authorized = new Map<string, CachedAuthorization>();
   #refreshing: Promise<void> | undefined;
 
   constructor(store: Datastore, serverId: string) {
@@ -82,6 +100,11 @@ export class EntryJournal {
     return this.#revision;
   }
 
+  /** How many times the copy was read from the store in full. */
+  get loads(): number {
+    return this.#loads;
+  }
+
   /** Brings the copy up to date with the store; concurrent callers share one read. */
   refresh(): Promise<void> {
     this.#refreshing ??= this.#refresh().finally(() => {
@@ -91,8 +114,14 @@ export class EntryJournal {
   }
 
   async #refresh(): Promise<void> {
-    const head = (await this.#store.listAudit(1))[0]?.id ?? 0;
+    const { head, entriesChanged } = await this.#store.entryChangesSince(this.#auditHead);
     if (head === this.#auditHead) return;
+    // Other writes (node renewals, bans, tokens…) leave the entries as they were.
+    if (!entriesChanged && this.#revision > 0) {
+      this.#auditHead = head;
+      return;
+    }
+    this.#loads++;
     const loaded = new Map<string, RegistrationEntry>();
     let token = '';
     do {
@@ -140,6 +169,7 @@ export class EntryJournal {
       else siblings.push(entry);
     }
     this.#parents = new Set(this.#byParent.keys());
+    this.#authorized.clear();
   }
 
   #pruneTombstones(): void {
@@ -158,30 +188,53 @@ export class EntryJournal {
    * `expiresAt` (unix seconds `now`) are left out, and so is what hangs from them.
    */
   authorize(agentId: string, nodeSelectors: readonly Selector[], now: number): Authorization {
-    const have = new Set(nodeSelectors.map((s) => `${s.type}:${s.value}`));
+    const have = nodeSelectors.map((s) => `${s.type}:${s.value}`);
+    const key = JSON.stringify([agentId, [...have].sort()]);
+    const cached = this.#authorized.get(key);
+    // Time only moves entries out (by expiry); a clock set back recomputes too.
+    if (cached !== undefined && now >= cached.computedAt && now < cached.validUntil)
+      return cached.authorization;
+    const walked = this.#walk(agentId, new Set(have), now);
+    this.#authorized.delete(key);
+    if (this.#authorized.size >= MAX_CACHED_AUTHORIZATIONS) {
+      // Map iteration is insertion order, and a hit is not re-inserted: the oldest computed goes.
+      const [oldest] = this.#authorized.keys();
+      if (oldest !== undefined) this.#authorized.delete(oldest);
+    }
+    this.#authorized.set(key, { ...walked, computedAt: now });
+    return walked.authorization;
+  }
+
+  #walk(agentId: string, have: ReadonlySet<string>, now: number): Omit<CachedAuthorization, 'computedAt'> {
+    let validUntil = Number.POSITIVE_INFINITY;
+    const live = (entry: RegistrationEntry): boolean => {
+      if (entry.expiresAt === 0) return true;
+      if (entry.expiresAt <= now) return false;
+      validUntil = Math.min(validUntil, entry.expiresAt);
+      return true;
+    };
     const roots = [agentId];
     for (const alias of this.#byParent.get(this.#serverId) ?? [])
-      if (
-        (alias.expiresAt === 0 || alias.expiresAt > now) &&
-        alias.selectors.every((s) => have.has(`${s.type}:${s.value}`))
-      )
+      if (alias.selectors.every((s) => have.has(`${s.type}:${s.value}`)) && live(alias))
         roots.push(alias.spiffeId);
     const scope = createHash('sha256')
       .update([...new Set(roots)].sort().join('\n'))
       .digest('hex');
     const entries = new Map<string, RegistrationEntry>();
     const visited = new Set<string>();
+    // Breadth first through an index, not shift(): shifting a long array copies it every time.
     const queue = [...roots];
-    for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+    for (let next = 0; next < queue.length; next++) {
+      const id = queue[next] as string;
       if (visited.has(id)) continue;
       visited.add(id);
       for (const child of this.#byParent.get(id) ?? []) {
-        if (child.expiresAt > 0 && child.expiresAt <= now) continue;
+        if (!live(child)) continue;
         entries.set(child.id, child);
         queue.push(child.spiffeId);
       }
     }
-    return { entries, scope, parents: visited, revision: this.#revision };
+    return { authorization: { entries, scope, parents: visited, revision: this.#revision }, validUntil };
   }
 
   /** What an agent holding `cursor` must apply to match `authorization`. */

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { status } from '@grpc/grpc-js';
 import { Command, Option } from 'commander';
 import type { EntryFilterMessage, EntryMessage, EntryResult } from '../admin/messages.js';
 import { serverSpiffeId } from '../identity.js';
@@ -18,6 +18,21 @@ import {
   printJson,
   withClient,
 } from './common.js';
+import { blankEntry, readEntryData } from './entry-data.js';
+
+/**
+ * Bounds of one BatchCreateEntry call from a --data file (each is one server transaction): at most
+ * this many entries, and this many bytes of them as JSON, so the request and the answer (which
+ * echoes every entry) stay under gRPC's 4 MiB message limit whatever the entries hold.
+ */
+const MAX_BATCH = 5000;
+const MAX_BATCH_JSON_BYTES = 1024 * 1024;
+
+/** A result of a --data file, with the index of its entry in the file. */
+type IndexedResult = EntryResult & { index: number };
+
+/** Placeholder for an entry not answered yet; every one is replaced before printing. */
+const UNSENT = { code: status.UNKNOWN, error_code: '', message: 'not sent' };
 
 interface EntryFlags extends AdminOptions {
   entryId?: string;
@@ -69,25 +84,6 @@ function entryFieldOptions(command: Command): Command {
     );
 }
 
-function blankEntry(): EntryMessage {
-  return {
-    id: '',
-    spiffe_id: '',
-    parent_id: '',
-    selectors: [],
-    x509_svid_ttl: 0,
-    jwt_svid_ttl: 0,
-    dns_names: [],
-    admin: false,
-    downstream: false,
-    federates_with: [],
-    hint: '',
-    expires_at: 0,
-    revision_number: 0,
-    created_at: 0,
-  };
-}
-
 /** Lays the flags given over `base`; flags not given leave the base value alone. */
 function applyFlags(base: EntryMessage, flags: EntryFlags, trustDomain: () => string): EntryMessage {
   const entry = { ...base };
@@ -118,33 +114,6 @@ function trustDomainOf(flags: EntryFlags): () => string {
   };
 }
 
-function readBatch(file: string): EntryMessage[] {
-  const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8');
-  const parsed: unknown = JSON.parse(text);
-  const list = Array.isArray(parsed)
-    ? parsed
-    : parsed !== null && typeof parsed === 'object' && Array.isArray(Reflect.get(parsed, 'entries'))
-      ? (Reflect.get(parsed, 'entries') as unknown[])
-      : undefined;
-  if (list === undefined)
-    throw new CliError(`--data ${file}: expected a JSON array of entries or {"entries": […]}`);
-  return list.map((item, index) => {
-    if (item === null || typeof item !== 'object')
-      throw new CliError(`--data ${file}: entry ${index} is not an object`);
-    // Field types are checked by the protobuf encoder and the server; only selectors are rewritten here.
-    const entry = { ...blankEntry(), ...(item as Partial<EntryMessage>) };
-    const selectors: unknown = Reflect.get(item, 'selectors');
-    if (selectors !== undefined && !Array.isArray(selectors)) {
-      throw new CliError(`--data ${file}: entry ${index}: selectors must be a list of "type:value" strings`);
-    }
-    // Selectors may be written as "type:value" strings in files, as on the command line.
-    entry.selectors = (selectors ?? []).map((s: unknown) =>
-      typeof s === 'string' ? parseSelector(s) : (s as EntryMessage['selectors'][number]),
-    );
-    return entry;
-  });
-}
-
 export function formatEntry(entry: EntryMessage): string {
   const ttl = (value: number) => (value === 0 ? 'default' : String(value));
   const lines = [
@@ -167,22 +136,66 @@ export function formatEntry(entry: EntryMessage): string {
   return lines.join('\n');
 }
 
-/**
- * Prints batch results; any failed item makes the command fail after printing all of them. In
- * pretty output each failure is said once, on standard error (the thrown CliError).
- */
+/** Prints the results of a create, update or delete of one entry; fails with its error. */
 function reportResults(results: EntryResult[], flags: AdminOptions): void {
-  const failed = results.filter((r) => r.status.code !== 0);
   if (flags.output === 'json') printJson({ results });
-  else {
+  else
     for (const r of results) if (r.entry !== null && r.status.code === 0) print(`${formatEntry(r.entry)}\n`);
+  const failed = results.find((r) => r.status.code !== 0);
+  if (failed !== undefined) throw new CliError(failed.status.message);
+}
+
+/** Consecutive runs of `items` within MAX_BATCH entries and MAX_BATCH_JSON_BYTES. */
+function batches<T extends { entry: EntryMessage }>(items: readonly T[]): T[][] {
+  const out: T[][] = [];
+  let current: T[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    const size = Buffer.byteLength(JSON.stringify(item.entry));
+    if (current.length > 0 && (current.length === MAX_BATCH || bytes + size > MAX_BATCH_JSON_BYTES)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(item);
+    bytes += size;
   }
-  const [first] = failed;
-  if (first === undefined) return;
+  if (current.length > 0) out.push(current);
+  return out;
+}
+
+/**
+ * Sends the entries of a --data file (in batches, see MAX_BATCH) and prints one result per entry
+ * of the file, in its order: the entry created, or its index and error. Any failure makes the
+ * command fail after all are printed; in text output each is said once, on standard error.
+ */
+async function createFromData(file: string, flags: AdminOptions): Promise<void> {
+  const items = readEntryData(file);
+  const results: IndexedResult[] = items.map((item, index) =>
+    'status' in item ? { index, status: item.status, entry: null } : { index, status: UNSENT, entry: null },
+  );
+  const toSend = items.flatMap((item, index) => ('entry' in item ? [{ index, entry: item.entry }] : []));
+  if (toSend.length > 0) {
+    await withClient(flags, async (client) => {
+      for (const batch of batches(toSend)) {
+        const answer = await client.call('EntryService', 'BatchCreateEntry', {
+          entries: batch.map((b) => b.entry),
+        });
+        batch.forEach(({ index }, i) => {
+          const result = answer.results[i];
+          if (result === undefined) throw new CliError('the server answered fewer results than entries sent');
+          results[index] = { index, ...result };
+        });
+      }
+    });
+  }
+  if (flags.output === 'json') printJson({ results });
+  else
+    for (const r of results) if (r.entry !== null && r.status.code === 0) print(`${formatEntry(r.entry)}\n`);
+  const failed = results.filter((r) => r.status.code !== 0);
+  if (failed.length === 0) return;
   throw new CliError(
-    results.length === 1
-      ? first.status.message
-      : `${failed.length} of ${results.length} entries failed:\n  ${failed.map((r) => `${r.status.error_code}: ${r.status.message}`).join('\n  ')}`,
+    `${failed.length} of ${results.length} entries failed:\n  ${failed.map((r) => `entry ${r.index}: ${r.status.error_code}: ${r.status.message}`).join('\n  ')}`,
   );
 }
 
@@ -224,14 +237,23 @@ export function entryCommand(): Command {
         .description('create a registration entry (or several from --data)')
         .option(
           '--data <file>',
-          'JSON file (or - for stdin) with an array of entries to create in one batch',
+          'JSON file (or - for stdin), {"entries": [...]} as SPIRE\'s -data: entries created in one batch',
         ),
     ),
   ).action(async (flags: EntryFlags) => {
-    const entries =
-      flags.data !== undefined
-        ? readBatch(flags.data)
-        : [applyFlags(blankEntry(), flags, trustDomainOf(flags))];
+    if (flags.data !== undefined) {
+      if (
+        flags.spiffeId !== undefined ||
+        flags.parentId !== undefined ||
+        flags.selector !== undefined ||
+        flags.node
+      )
+        throw new CliError(
+          '--data takes every entry from the file; give no --spiffe-id, --parent-id, --node or --selector with it',
+        );
+      return createFromData(flags.data, flags);
+    }
+    const entries = [applyFlags(blankEntry(), flags, trustDomainOf(flags))];
     const { results } = await withClient(flags, (c) =>
       c.call('EntryService', 'BatchCreateEntry', { entries }),
     );

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { ServerError } from '../errors.js';
 
 export interface Selector {
   type: string;
@@ -201,8 +202,17 @@ export interface StoredBundle {
 /** Who asks for a change, as recorded in the audit log (e.g. `uid:0`, `server`). */
 export type Actor = string;
 
+/** One entry of a batch: created, or the named error that refused it (e.g. EntryDuplicateError). */
+export type EntryCreation = { entry: RegistrationEntry } | { error: ServerError };
+
 export interface Datastore {
   createEntry(entry: NewEntry, actor: Actor): Promise<RegistrationEntry>;
+  /**
+   * Creates the entries in one transaction (one durable commit for the batch) and resolves to one
+   * outcome per entry, in order: a duplicate (of a stored entry or of an earlier one in the batch)
+   * is refused on its own while the others are created.
+   */
+  createEntries(entries: readonly NewEntry[], actor: Actor): Promise<EntryCreation[]>;
   getEntry(id: string): Promise<RegistrationEntry | undefined>;
   listEntries(filter: EntryFilter, page?: Page): Promise<EntryPage>;
   countEntries(filter: EntryFilter): Promise<number>;
@@ -281,6 +291,12 @@ export interface Datastore {
   deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
 
   listAudit(limit: number): Promise<AuditRecord[]>;
+  /**
+   * The newest audit record's id (0 when there is none), and whether a record after `after`
+   * concerns a registration entry: every entry write audits one in its transaction, so without one
+   * the entries are as they were at `after`.
+   */
+  entryChangesSince(after: number): Promise<{ head: number; entriesChanged: boolean }>;
   /** Proves the store answers (readiness). */
   ping(): Promise<void>;
   close(): Promise<void>;

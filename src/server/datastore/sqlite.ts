@@ -12,8 +12,8 @@ import type { Clock } from '../clock.js';
 import { DatastoreError } from '../errors.js';
 import type { Datastore } from './datastore.js';
 import { migrateToLatest } from './migrations.js';
-import { SqlDatastore } from './sql-datastore.js';
-import type { Database } from './tables.js';
+import { type EntryRows, type EntryRowsWriter, SqlDatastore } from './sql-datastore.js';
+import type { Database, FederatesWithRow, RegistrationEntryRow, SelectorRow } from './tables.js';
 
 export const SQLITE_FILE = 'datastore.sqlite3';
 
@@ -93,5 +93,65 @@ export async function openSqliteDatastore(dataDir: string, clock: Clock): Promis
   }
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
   const migrated = await migrateToLatest(db as Kysely<unknown>, 'sqlite');
-  return { datastore: new SqlDatastore(db, clock), migrated, path };
+  return { datastore: new SqlDatastore(db, clock, entryRowsWriter(sqlite)), migrated, path };
 }
+
+/**
+ * An insert of `columns` prepared once, run per row with the values bound by position (binding by
+ * name costs better-sqlite3 a lookup per value).
+ */
+function inserter<T>(sqlite: BetterSqlite3.Database, table: string, columns: readonly (keyof T & string)[]) {
+  const statement = sqlite.prepare(
+    `INSERT INTO ${table} (${columns.join(', ')}) VALUES (${columns.map(() => '?').join(', ')})`,
+  );
+  return (rows: readonly T[]) => {
+    for (const row of rows) statement.run(columns.map((c) => row[c]));
+  };
+}
+
+/**
+ * A batch's rows through statements prepared once: the query builder's cost per value (building,
+ * compiling and preparing a statement per chunk) was more than SQLite's own work
+ * (docs/performance.md). Kysely's SQLite driver has one connection and runs one query at a time, so
+ * called inside a Kysely transaction these run inside it.
+ */
+function entryRowsWriter(sqlite: BetterSqlite3.Database): EntryRowsWriter {
+  let insert: { [K in keyof EntryRows]: (rows: EntryRows[K]) => void } | undefined;
+  return (rows: EntryRows) => {
+    if (!sqlite.inTransaction) throw new DatastoreError('entry rows must be written inside a transaction');
+    insert ??= {
+      entries: inserter<RegistrationEntryRow>(sqlite, 'registration_entries', ENTRY_COLUMNS),
+      selectors: inserter<SelectorRow>(sqlite, 'entry_selectors', ['entry_id', 'type', 'value']),
+      federatesWith: inserter<FederatesWithRow>(sqlite, 'entry_federates_with', ['entry_id', 'trust_domain']),
+      audit: inserter<EntryRows['audit'][number]>(sqlite, 'audit_log', [
+        'at',
+        'actor',
+        'action',
+        'object_type',
+        'object_id',
+        'detail',
+      ]),
+    };
+    insert.entries(rows.entries);
+    insert.selectors(rows.selectors);
+    insert.federatesWith(rows.federatesWith);
+    insert.audit(rows.audit);
+  };
+}
+
+const ENTRY_COLUMNS: readonly (keyof RegistrationEntryRow)[] = [
+  'id',
+  'spiffe_id',
+  'parent_id',
+  'selectors_key',
+  'x509_svid_ttl',
+  'jwt_svid_ttl',
+  'dns_names',
+  'admin',
+  'downstream',
+  'hint',
+  'expires_at',
+  'revision_number',
+  'created_at',
+  'updated_at',
+];

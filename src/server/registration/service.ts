@@ -20,6 +20,7 @@ import type {
   CreateJoinTokenRequest,
   EntryFilterMessage,
   EntryMessage,
+  EntryResult,
   GetEntryRequest,
   JoinTokenMessage,
   LastQuoteMessage,
@@ -44,6 +45,7 @@ import type {
 import {
   AgentIdInvalidError,
   AgentNotFoundError,
+  DatastoreError,
   EkHashInvalidError,
   EntryNotFoundError,
   InvalidArgumentError,
@@ -75,16 +77,34 @@ export class RegistrationService {
     this.#clock = clock;
   }
 
+  /**
+   * Checks every entry, then creates those that pass in one datastore transaction; each result
+   * (in request order) is the entry created or the error that refused it, as SPIRE's batch.
+   */
   async batchCreateEntry(request: BatchCreateEntryRequest, actor: Actor): Promise<BatchCreateEntryResponse> {
-    const results = [];
-    for (const message of request.entries) {
+    const results: EntryResult[] = [];
+    const checked: { index: number; entry: NewEntry }[] = [];
+    request.entries.forEach((message, index) => {
       try {
-        const created = await this.#store.createEntry(checkEntry(message, this.#trustDomain), actor);
-        results.push({ status: OK, entry: toEntryMessage(created) });
+        checked.push({ index, entry: checkEntry(message, this.#trustDomain) });
+        results.push({ status: OK, entry: null });
       } catch (error) {
         results.push({ status: statusOf(error), entry: null });
       }
-    }
+    });
+    const outcomes = await this.#store.createEntries(
+      checked.map((c) => c.entry),
+      actor,
+    );
+    checked.forEach(({ index }, i) => {
+      const outcome = outcomes[i];
+      if (outcome === undefined)
+        throw new DatastoreError('the datastore answered fewer entries than it was given');
+      results[index] =
+        'entry' in outcome
+          ? { status: OK, entry: toEntryMessage(outcome.entry) }
+          : { status: statusOf(outcome.error), entry: null };
+    });
     return { results };
   }
 
