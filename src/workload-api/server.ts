@@ -23,6 +23,7 @@ import {
   Server,
   ServerCredentials,
   type ServerWritableStream,
+  type ServiceDefinition,
   status as Status,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
@@ -151,7 +152,7 @@ export class WorkloadApiServer {
     this.#procRoot = options.procRoot ?? '/proc';
     this.#logger = options.logger ?? silent;
     this.#onCall = options.onCall ?? (() => {});
-    this.#grpc.addService(workloadServiceDefinition(), this.#implementation());
+    this.#grpc.addService(serverDefinition(), this.#implementation());
     this.#injector = this.#grpc.createConnectionInjector(ServerCredentials.createInsecure());
     this.#net = createServer((socket) => {
       void this.#accept(socket);
@@ -260,12 +261,12 @@ export class WorkloadApiServer {
   }
 
   #implementation(): UntypedServiceImplementation {
-    const FetchX509SVID: handleServerStreamingCall<EmptyMessage, X509SVIDResponseMessage> = (call) =>
-      this.#stream(call, 'FetchX509SVID', x509SvidResponse);
-    const FetchX509Bundles: handleServerStreamingCall<EmptyMessage, X509BundlesResponseMessage> = (call) =>
-      this.#stream(call, 'FetchX509Bundles', x509BundlesResponse);
-    const FetchJWTBundles: handleServerStreamingCall<EmptyMessage, JWTBundlesResponseMessage> = (call) =>
-      this.#stream(call, 'FetchJWTBundles', jwtBundlesResponse);
+    const FetchX509SVID: handleServerStreamingCall<EmptyMessage, Buffer> = (call) =>
+      this.#stream<X509SVIDResponseMessage>(call, 'FetchX509SVID', x509SvidResponse);
+    const FetchX509Bundles: handleServerStreamingCall<EmptyMessage, Buffer> = (call) =>
+      this.#stream<X509BundlesResponseMessage>(call, 'FetchX509Bundles', x509BundlesResponse);
+    const FetchJWTBundles: handleServerStreamingCall<EmptyMessage, Buffer> = (call) =>
+      this.#stream<JWTBundlesResponseMessage>(call, 'FetchJWTBundles', jwtBundlesResponse);
     const FetchJWTSVID: handleUnaryCall<JWTSVIDRequestMessage, JWTSVIDResponseMessage> = (call, callback) => {
       this.#unary(
         'FetchJWTSVID',
@@ -316,7 +317,7 @@ export class WorkloadApiServer {
    * it; ends with PermissionDenied when the caller's identities drop to none.
    */
   #stream<T>(
-    call: ServerWritableStream<EmptyMessage, T>,
+    call: ServerWritableStream<EmptyMessage, Buffer>,
     method: string,
     render: (identities: WorkloadIdentities) => T,
   ): void {
@@ -348,14 +349,14 @@ export class WorkloadApiServer {
     this.#authorize(call).then(
       (authorized) => {
         if (ended) return;
-        let last: string | undefined;
+        let last: Buffer | undefined;
         const send = (identities: WorkloadIdentities) => {
-          const message = render(identities);
+          // Serialised once: the bytes both tell a change and are what is sent (see serverDefinition).
+          const bytes = definition.responseSerialize(render(identities));
           // Equal content is not a change; the stream stays quiet (W-7).
-          const fingerprint = definition.responseSerialize(message).toString('base64');
-          if (fingerprint === last) return;
-          last = fingerprint;
-          call.write(message);
+          if (last?.equals(bytes)) return;
+          last = bytes;
+          call.write(bytes);
           report(Status.OK);
         };
         const update = () => {
@@ -478,6 +479,25 @@ export class WorkloadApiServer {
       details: 'the agent could not serve this request; retry with backoff',
     };
   }
+}
+
+/**
+ * The service as this server registers it: a stream serialises each response itself (it compares
+ * the bytes with the last ones sent), so a Buffer written to a stream goes out as it is instead of
+ * being serialised a second time. No response message is a Buffer, so nothing else is mistaken for one.
+ */
+function serverDefinition(): ServiceDefinition {
+  const methods: Record<string, ServiceDefinition[string]> = {};
+  for (const [name, method] of Object.entries(workloadServiceDefinition())) {
+    methods[name] = !method.responseStream
+      ? method
+      : {
+          ...method,
+          responseSerialize: (value: unknown) =>
+            Buffer.isBuffer(value) ? value : method.responseSerialize(value),
+        };
+  }
+  return methods;
 }
 
 /** @throws Refusal InvalidArgument unless the metadata holds `workload.spiffe.io: true` exactly once. */

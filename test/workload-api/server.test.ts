@@ -115,6 +115,19 @@ describe('Workload API server driven by a standard grpc-js client', () => {
     expect(second?.svids[0]?.bundle.length).toBeGreaterThan(0);
   });
 
+  it('FetchX509SVID stays quiet on a notification that changes nothing, and sends the next real change', async () => {
+    const stream = client.stream<X509SVIDResponseMessage>('FetchX509SVID');
+    const [first] = await stream.waitFor(1);
+    // No federated bundles before or after: every stream is told, none has anything new to send.
+    provider.setFederated([]);
+    provider.setFederated([]);
+    await provider.rotate();
+    const [, second] = await stream.waitFor(2);
+    stream.cancel();
+    // Had either empty change been sent, the second message would repeat the first SVID.
+    expect(second?.svids[0]?.x509_svid.equals(first?.svids[0]?.x509_svid ?? Buffer.alloc(0))).toBe(false);
+  });
+
   it('FetchX509SVID sends a new identity set when an entry is added', async () => {
     const stream = client.stream<X509SVIDResponseMessage>('FetchX509SVID');
     await stream.waitFor(1);

@@ -5,7 +5,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import { type FileHandle, open, readFile, readlink } from 'node:fs/promises';
+import { type FileHandle, open, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Selector } from '../../workload-api/provider.js';
 import type { WorkloadAttestor } from './attestor.js';
@@ -82,6 +82,55 @@ function parseNameFile(text: string): Map<number, string> {
   return names;
 }
 
+/** Identity of a file's current contents: a rewrite in place or a replacement changes it. */
+function fileKey(st: { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/**
+ * The id → name map of one passwd or group file, parsed again only when the file changes. Accounts
+ * come and go, so every lookup stats the file; only a new (device, inode, size, mtime, ctime) reads
+ * and parses it. useradd/groupadd replace the file by rename (new inode); an edit in place changes
+ * mtime and ctime.
+ */
+export class NameFile {
+  readonly #path: string;
+  #key: string | undefined;
+  #names = new Map<number, string>();
+  /** A read in flight and the key it was started for: concurrent callers share it. */
+  #reading: { key: string; names: Promise<Map<number, string>> } | undefined;
+
+  constructor(path: string) {
+    this.#path = path;
+  }
+
+  /** The current map; empty when the file is missing or unreadable (ids are still reported). */
+  async names(): Promise<Map<number, string>> {
+    let key: string;
+    try {
+      key = fileKey(await stat(this.#path, { bigint: true }));
+    } catch {
+      return new Map();
+    }
+    if (key === this.#key) return this.#names;
+    if (this.#reading?.key !== key) {
+      const reading = {
+        key,
+        // Stat before read: a change between the two leaves a newer map under the older key, and
+        // the next stat (with the newer key) reads it again. Never an older map under a newer key.
+        names: readFile(this.#path, 'utf8').then(parseNameFile, () => new Map<number, string>()),
+      };
+      this.#reading = reading;
+      reading.names.then((names) => {
+        if (this.#reading === reading) this.#reading = undefined;
+        this.#key = key;
+        this.#names = names;
+      });
+    }
+    return this.#reading.names;
+  }
+}
+
 /**
  * Selectors: `unix:uid:<n>`, `unix:user:<name>`, `unix:gid:<n>`, `unix:group:<name>`,
  * `unix:supplementary_gid:<n>`, `unix:supplementary_group:<name>`, `unix:path:<exe>`,
@@ -90,8 +139,8 @@ function parseNameFile(text: string): Map<number, string> {
 export class UnixAttestor implements WorkloadAttestor {
   readonly type = 'unix';
   readonly #procRoot: string;
-  readonly #passwdPath: string;
-  readonly #groupPath: string;
+  readonly #passwd: NameFile;
+  readonly #group: NameFile;
   readonly #maxHashBytes: number;
   readonly #hashFile: (file: FileHandle) => Promise<string>;
   /**
@@ -107,8 +156,8 @@ export class UnixAttestor implements WorkloadAttestor {
 
   constructor(options: UnixAttestorOptions = {}) {
     this.#procRoot = options.procRoot ?? '/proc';
-    this.#passwdPath = options.passwdPath ?? '/etc/passwd';
-    this.#groupPath = options.groupPath ?? '/etc/group';
+    this.#passwd = new NameFile(options.passwdPath ?? '/etc/passwd');
+    this.#group = new NameFile(options.groupPath ?? '/etc/group');
     this.#maxHashBytes = options.maxHashBytes ?? DEFAULT_MAX_HASH_BYTES;
     this.#hashFile = options.hashFile ?? sha256OfFile;
   }
@@ -116,17 +165,14 @@ export class UnixAttestor implements WorkloadAttestor {
   async attest(pid: number): Promise<Selector[]> {
     const dir = join(this.#procRoot, String(pid));
     const exe = join(dir, 'exe');
-    // Independent reads, issued together: each is a round trip through libuv's thread pool. The
-    // passwd and group files are read on every call: accounts come and go, and the files are small.
-    const [status, passwdText, groupText, path] = await Promise.all([
+    // Independent reads, issued together: each is a round trip through libuv's thread pool.
+    const [status, users, groups, path] = await Promise.all([
       readFile(join(dir, 'status'), 'utf8'),
-      readFile(this.#passwdPath, 'utf8').catch(() => ''),
-      readFile(this.#groupPath, 'utf8').catch(() => ''),
+      this.#passwd.names(),
+      this.#group.names(),
       readlink(exe),
     ]);
     const ids = parseStatus(status);
-    const users = parseNameFile(passwdText);
-    const groups = parseNameFile(groupText);
     const selectors: Selector[] = [`unix:uid:${ids.uid}`];
     const user = users.get(ids.uid);
     if (user !== undefined) selectors.push(`unix:user:${user}`);
@@ -147,27 +193,30 @@ export class UnixAttestor implements WorkloadAttestor {
   /**
    * SHA-256 of the executable, read through the `/proc/<pid>/exe` link: that is the file the
    * process runs even if the path was since replaced or deleted, and it can be opened across mount
-   * namespaces. The cache key comes from fstat of the descriptor the bytes are read from, so key
-   * and bytes describe the same file.
+   * namespaces. A stat of the link answers from the cache without opening the file: a cached hash
+   * was computed from a descriptor whose fstat gave that same key. On a miss the key comes from
+   * fstat of the descriptor the bytes are read from, so key and bytes describe the same file.
    */
   async #hash(exe: string): Promise<string | undefined> {
+    try {
+      const cached = this.#cachedHash(fileKey(await stat(exe, { bigint: true })));
+      if (cached !== undefined) return cached;
+    } catch {
+      // Another user's process with a restrictive ptrace policy: no hash rather than no identity.
+      return undefined;
+    }
     let file: FileHandle;
     try {
       file = await open(exe, 'r');
     } catch {
-      // Another user's process with a restrictive ptrace policy: no hash rather than no identity.
       return undefined;
     }
     try {
       const st = await file.stat({ bigint: true });
       if (st.size > BigInt(this.#maxHashBytes)) return undefined;
-      const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-      const cached = this.#hashes.get(key);
-      if (cached !== undefined) {
-        this.#hashes.delete(key);
-        this.#hashes.set(key, cached);
-        return cached;
-      }
+      const key = fileKey(st);
+      const cached = this.#cachedHash(key);
+      if (cached !== undefined) return cached;
       let hashing = this.#hashing.get(key);
       if (hashing === undefined) {
         hashing = this.#hashFile(file);
@@ -189,5 +238,15 @@ export class UnixAttestor implements WorkloadAttestor {
     } finally {
       await file.close();
     }
+  }
+
+  /** The hash kept for `key`, marked most recently used. */
+  #cachedHash(key: string): string | undefined {
+    const cached = this.#hashes.get(key);
+    if (cached !== undefined) {
+      this.#hashes.delete(key);
+      this.#hashes.set(key, cached);
+    }
+    return cached;
   }
 }

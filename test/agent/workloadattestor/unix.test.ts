@@ -3,6 +3,7 @@ import {
   copyFileSync,
   mkdirSync,
   mkdtempSync,
+  readFileSync,
   readlinkSync,
   realpathSync,
   rmSync,
@@ -13,7 +14,12 @@ import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseStatus, sha256OfFile, UnixAttestor } from '../../../src/agent/workloadattestor/unix.js';
+import {
+  NameFile,
+  parseStatus,
+  sha256OfFile,
+  UnixAttestor,
+} from '../../../src/agent/workloadattestor/unix.js';
 import { systemUser } from '../../helpers/workload-api.js';
 
 const sha256sum = (path: string) => execFileSync('sha256sum', [path]).toString().split(' ')[0];
@@ -134,6 +140,60 @@ describe('unix workload attestor on real processes', () => {
     expect(reads).toBe(3);
     await attestor.attest(replaced);
     expect(reads).toBe(3);
+  });
+
+  it('keeps the parsed passwd and group files until they change, then reads the new names', async () => {
+    const passwd = join(dir, 'passwd');
+    const group = join(dir, 'group');
+    const without = (file: string, name: string) =>
+      readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((l) => !l.startsWith(`${name}:`))
+        .join('\n');
+    writeFileSync(passwd, without('/etc/passwd', 'ironroot-wapi-a'));
+    writeFileSync(group, without('/etc/group', 'ironroot-wapi-a'));
+    const sleep = realpathSync('/usr/bin/sleep');
+    const pid = await start('sleep', ['30'], sleep, { uid: alice.uid, gid: alice.gid });
+    const attestor = new UnixAttestor({ passwdPath: passwd, groupPath: group });
+    const before = await attestor.attest(pid);
+    expect(before).toContain(`unix:uid:${alice.uid}`);
+    expect(before.some((s) => s.startsWith('unix:user:') || s.startsWith('unix:group:'))).toBe(false);
+    expect(await attestor.attest(pid)).toEqual(before);
+
+    // As useradd does it: a new file renamed over the old one (new inode).
+    writeFileSync(
+      `${passwd}+`,
+      `${without('/etc/passwd', 'ironroot-wapi-a')}\nwapi-new:x:${alice.uid}:${alice.gid}::/:/bin/false\n`,
+    );
+    execFileSync('mv', [`${passwd}+`, passwd]);
+    // Edited in place: same inode, new size and mtime.
+    writeFileSync(group, `${without('/etc/group', 'ironroot-wapi-a')}\nwapi-grp:x:${alice.gid}:\n`);
+    const after = await attestor.attest(pid);
+    expect(after).toEqual([
+      ...before.slice(0, 1),
+      'unix:user:wapi-new',
+      before[1],
+      'unix:group:wapi-grp',
+      ...before.slice(2),
+    ]);
+  });
+
+  it('parses a name file once while it is unchanged, again after a same-size rewrite', async () => {
+    const path = join(dir, 'names');
+    writeFileSync(path, 'alpha:x:7001:7001::/:/bin/false\n');
+    const names = new NameFile(path);
+    const first = await names.names();
+    expect(first.get(7001)).toBe('alpha');
+    expect(await names.names()).toBe(first);
+    // Same length, so only mtime and ctime tell the contents changed.
+    writeFileSync(path, 'gamma:x:7001:7001::/:/bin/false\n');
+    const later = new Date(Date.now() + 60_000);
+    utimesSync(path, later, later);
+    const second = await names.names();
+    expect(second).not.toBe(first);
+    expect(second.get(7001)).toBe('gamma');
+    rmSync(path);
+    expect((await names.names()).size).toBe(0);
   });
 
   it('omits the hash of a binary over the size limit, keeping the other selectors', async () => {
