@@ -78,6 +78,8 @@ describe('agent connections to the server', () => {
   let atStart: { renewals: number[]; connections: number[] };
   let afterRenewal: { renewals: number[]; connections: number[] };
   let renewalConnections = 0;
+  let afterBundle: { renewals: number[]; connections: number[] };
+  let bundleConnections = 0;
 
   beforeAll(async () => {
     // Renewal at about half of 16 s: the rounds before it are watched first.
@@ -103,6 +105,20 @@ describe('agent connections to the server', () => {
     );
     renewalConnections = relay.count() - before;
     afterRenewal = await watchRounds(agent, relay, ROUNDS);
+
+    // A prepared CA joins the bundle: the agent keeps it, and verifies the server with it from then on.
+    const beforePrepare = relay.count();
+    const kept = () =>
+      agent.logs.lines.filter((l) => l.msg === 'trust bundle updated from the server').length;
+    const keptBefore = kept();
+    await server.server.ca.prepare('x509', 'test');
+    await until('the agent to keep the new bundle', () => (kept() > keptBefore ? true : undefined));
+    const atKeep = agent.agent.status();
+    await until('a sync round with the new bundle', () =>
+      syncs(agent.agent.status()) > syncs(atKeep) ? true : undefined,
+    );
+    bundleConnections = relay.count() - beforePrepare;
+    afterBundle = await watchRounds(agent, relay, ROUNDS);
   }, 60_000);
 
   afterAll(async () => {
@@ -120,5 +136,11 @@ describe('agent connections to the server', () => {
     expect(renewalConnections).toBe(2);
     expect(afterRenewal.renewals).toEqual([1, 1]);
     expect(afterRenewal.connections[1]).toBe(afterRenewal.connections[0]);
+  });
+
+  it('dials again once the trust bundle changes, without a renewal', () => {
+    expect(bundleConnections).toBe(1);
+    expect(afterBundle.renewals).toEqual([1, 1]);
+    expect(afterBundle.connections[1]).toBe(afterBundle.connections[0]);
   });
 });
