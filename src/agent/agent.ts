@@ -39,10 +39,11 @@ import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
+import { KeptClient } from './kept-client.js';
 import { AgentMetrics, startMetricsServer } from './metrics.js';
 import { type CallPath, ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
-import { ServerTrustError } from './server-cert.js';
+import { ServerTrustError, type TrustBundle } from './server-cert.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
 import { WorkloadSync } from './sync.js';
 import { ServerTrust } from './trust.js';
@@ -93,6 +94,8 @@ export class Agent {
   readonly #sync: WorkloadSync;
   #syncLoop: Promise<void> | undefined;
   #syncWake: (() => void) | undefined;
+  /** The sync loop's connection, kept across rounds while the agent SVID and the bundle stay. */
+  readonly #syncClient = new KeptClient();
   #workloadApi: WorkloadApiServer | undefined;
   #reattestLoop: Promise<void> | undefined;
   #reattestWake: (() => void) | undefined;
@@ -409,15 +412,16 @@ export class Agent {
       const roundAt = nowSeconds();
       let retryMs: number | undefined;
       const syncEnded = this.#metrics.syncStarted();
-      let client: AgentApiClient | undefined;
       try {
-        client = await this.#client(svid);
+        const client = await this.#keptClient(svid);
         await this.#sync.run(client, () => this.#stopped);
         this.#lastSyncAt = nowSeconds();
         this.#contact.succeeded('sync');
         this.#keepBundle();
         this.#renewIfCaRotated();
       } catch (error) {
+        // Whatever failed, the next round dials afresh (a server restarted, a certificate refused).
+        this.#syncClient.close();
         const e = asAgentError(error);
         this.#metrics.syncFailed(e.code);
         // Not the next SVID due: one already due would make that now, again and again.
@@ -430,7 +434,6 @@ export class Agent {
         }
       } finally {
         syncEnded();
-        client?.close();
       }
       if (this.#workloadApi === undefined && !this.#stopped) await this.#startWorkloadApi();
       const next = this.#cache.nextEvent(roundAt);
@@ -439,6 +442,7 @@ export class Agent {
       const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 + 1 - Date.now();
       await this.#sleepSync(retryMs ?? Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
     }
+    this.#syncClient.close();
   }
 
   /**
@@ -518,7 +522,24 @@ export class Agent {
   }
 
   async #client(identity: StoredSvid | undefined): Promise<AgentApiClient> {
+    return this.#open(identity, await this.#trust.current());
+  }
+
+  /** The sync loop's client: the kept one while the SVID and the bundle are the ones it was made with. */
+  async #keptClient(svid: StoredSvid): Promise<AgentApiClient> {
     const bundle = await this.#trust.current();
+    const trust =
+      bundle === undefined
+        ? ''
+        : [
+            bundle.source.key,
+            bundle.source.location,
+            ...bundle.authorities.map((c) => c.raw.toString('base64')),
+          ].join('\n');
+    return this.#syncClient.get(svid, trust, () => this.#open(svid, bundle));
+  }
+
+  #open(identity: StoredSvid | undefined, bundle: TrustBundle | undefined): AgentApiClient {
     return new AgentApiClient({
       address: this.#config.server_address,
       trustDomain: this.#config.trust_domain,

@@ -220,6 +220,22 @@ describe('agent SVID serials', () => {
     expect(await calls(current, entryId)).toEqual(all('accepted'));
   });
 
+  it('after re-attestation, refuses the earlier SVID on a connection it opened before: the serial is checked per call', async () => {
+    const first = await evilAttest(server, swtpm.tcti);
+    if (!first.result || !first.key) throw first.error ?? new Error('no result');
+    const entryId = await workloadEntry(first.result.spiffe_id);
+    // One client, one channel: its TLS session (and the certificate it presented) outlives the re-attestation.
+    await withClient(identityOf(first.key, first.result), async (kept) => {
+      expect(await outcome(kept.fetchEntries(undefined))).toBe('accepted');
+      const second = await evilAttest(server, swtpm.tcti);
+      if (!second.result) throw second.error ?? new Error('no result');
+      const { csr } = await keyAndCsr();
+      expect(await outcome(kept.fetchEntries(undefined))).toBe(SUPERSEDED);
+      expect(await outcome(kept.batchNewX509Svid([{ entry_id: entryId, csr }]))).toBe(SUPERSEDED);
+      expect(await outcome(kept.fetchBundles())).toBe(SUPERSEDED);
+    });
+  });
+
   it('after evict and re-attest, refuses the SVID from before the eviction', async () => {
     const first = await evilAttest(server, swtpm.tcti);
     if (!first.result || !first.key) throw first.error ?? new Error('no result');
