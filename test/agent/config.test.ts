@@ -33,6 +33,21 @@ function load(yaml: string) {
 }
 
 describe('agent config: sync_interval, socket_path, workload_attestors', () => {
+  it('refuses trust_bundle with insecure_bootstrap, naming both keys, and takes trust_bundle alone', () => {
+    expect(errorFor('trust_bundle: /etc/ironroot/bundle.pem\n')).toContain(
+      'trust_bundle: got "/etc/ironroot/bundle.pem"; allowed: trust_bundle or insecure_bootstrap: true, not both',
+    );
+    const file = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-cfg-')), 'agent.yaml');
+    writeFileSync(
+      file,
+      'server_address: server.example.org:8081\ntrust_domain: example.org\ntrust_bundle: /etc/ironroot/bundle.pem\n',
+    );
+    expect(loadAgentConfig({ file })).toMatchObject({
+      trust_bundle: '/etc/ironroot/bundle.pem',
+      insecure_bootstrap: false,
+    });
+  });
+
   it.each([
     ['-5s', 'sync_interval: got "-5s"; allowed: a duration such as 500ms, 30s, 5m, 1h'],
     ['soon', 'sync_interval: got "soon"; allowed: a duration such as 500ms, 30s, 5m, 1h'],

@@ -170,6 +170,11 @@ export const agentConfigSchema = z
   .refine((c) => c.trust_bundle_url === undefined || !c.insecure_bootstrap, {
     message: 'allowed: trust_bundle_url or insecure_bootstrap: true, not both',
     path: ['trust_bundle_url'],
+  })
+  // Together, insecure_bootstrap would win and the bundle the operator gave would silently go unused.
+  .refine((c) => c.trust_bundle === undefined || !c.insecure_bootstrap, {
+    message: 'allowed: trust_bundle or insecure_bootstrap: true, not both',
+    path: ['trust_bundle'],
   });
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;
