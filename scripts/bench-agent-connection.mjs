@@ -5,10 +5,10 @@
 // each side's CPU is its own. Run after a build (`npm run bench:agent-connection` does both).
 import { fork } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -22,10 +22,6 @@ const TD = 'bench.example.org';
 const SAMPLES = 7;
 const ROUNDS_PER_SAMPLE = 40;
 
-const { pino } = await import('pino');
-const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
-const { startServer } = await import(join(dist, 'server', 'server.js'));
-const { RegistrationService } = await import(join(dist, 'server', 'registration', 'service.js'));
 const { AgentApiClient } = await import(join(dist, 'agent', 'client.js'));
 const open = ({ address, bundlePem }, identity) =>
   new AgentApiClient({ address, trustDomain: TD, bundlePem, ...(identity ? { identity } : {}) });
@@ -73,34 +69,11 @@ function cpuMs(used) {
 async function main() {
   const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
 
-  const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-conn-'));
-  const clock = { now: () => Date.now() };
-  const server = await startServer(
-    validateConfig(
-      {
-        trust_domain: TD,
-        data_dir: join(dir, 'server'),
-        admin_socket: join(dir, 'admin.sock'),
-        key_manager: 'memory:',
-        development: true,
-        health_address: '127.0.0.1:0',
-        bind_address: '127.0.0.1:0',
-      },
-      'bench',
-    ),
-    pino({ level: 'silent' }),
-    { clock },
-  );
-  const bundlePem = server.ca
-    .bundle()
-    .x509Authorities.map((c) => c.toString())
-    .join('');
+  const { dir, server, bundlePem, token } = await startBenchServer(dist, TD, 'ironroot-bench-conn-');
   const address = `127.0.0.1:${server.ports.agentApi}`;
   const target = { address, bundlePem };
 
   // A join-token agent SVID, the identity of every round below.
-  const registration = new RegistrationService(server.datastore, TD, clock);
-  const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const csr = Buffer.from(
     await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),

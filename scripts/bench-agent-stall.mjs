@@ -10,12 +10,12 @@
 // prom-client's monitorEventLoopDelay histogram, reset at every scrape, so a scrape before and one
 // after a window give the window's longest stall.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { createServer, request } from 'node:http';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -30,12 +30,7 @@ const ROTATION_ROUNDS = Number(process.env.BENCH_STALL_ROTATION_ROUNDS ?? 3);
 const IDLE_WINDOW_MS = 2500;
 const TD = 'bench.example.org';
 
-const { pino } = await import('pino');
-const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
-const { startServer } = await import(join(dist, 'server', 'server.js'));
-const { RegistrationService, hashJoinToken } = await import(
-  join(dist, 'server', 'registration', 'service.js')
-);
+const { hashJoinToken } = await import(join(dist, 'server', 'registration', 'service.js'));
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -82,34 +77,7 @@ require('node:readline').createInterface({ input: process.stdin }).on('line', ()
 });
 `;
 
-const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-stall-'));
-const clock = { now: () => Date.now() };
-const server = await startServer(
-  validateConfig(
-    {
-      trust_domain: TD,
-      data_dir: join(dir, 'server'),
-      admin_socket: join(dir, 'admin.sock'),
-      key_manager: 'memory:',
-      development: true,
-      health_address: '127.0.0.1:0',
-      bind_address: '127.0.0.1:0',
-    },
-    'bench',
-  ),
-  pino({ level: 'silent' }),
-  { clock },
-);
-const bundleFile = join(dir, 'bundle.pem');
-writeFileSync(
-  bundleFile,
-  server.ca
-    .bundle()
-    .x509Authorities.map((c) => c.toString())
-    .join(''),
-);
-const registration = new RegistrationService(server.datastore, TD, clock);
-const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
+const { dir, server, bundleFile, token } = await startBenchServer(dist, TD, 'ironroot-bench-stall-');
 
 const dataDir = join(dir, 'agent');
 const metricsPort = await freePort();

@@ -4,11 +4,11 @@
 // bench:agent` does both): the server runs in this process from dist/ (memory: key manager,
 // development mode), the agent as its own process, so its RSS is its own.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -19,41 +19,9 @@ if (!existsSync(join(dist, 'server', 'server.js'))) {
 const ENTRIES = 1000;
 const TD = 'bench.example.org';
 
-const { pino } = await import('pino');
-const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
-const { startServer } = await import(join(dist, 'server', 'server.js'));
-const { RegistrationService, hashJoinToken } = await import(
-  join(dist, 'server', 'registration', 'service.js')
-);
+const { hashJoinToken } = await import(join(dist, 'server', 'registration', 'service.js'));
 
-const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-agent-'));
-const clock = { now: () => Date.now() };
-const server = await startServer(
-  validateConfig(
-    {
-      trust_domain: TD,
-      data_dir: join(dir, 'server'),
-      admin_socket: join(dir, 'admin.sock'),
-      key_manager: 'memory:',
-      development: true,
-      health_address: '127.0.0.1:0',
-      bind_address: '127.0.0.1:0',
-    },
-    'bench',
-  ),
-  pino({ level: 'silent' }),
-  { clock },
-);
-const bundleFile = join(dir, 'bundle.pem');
-writeFileSync(
-  bundleFile,
-  server.ca
-    .bundle()
-    .x509Authorities.map((c) => c.toString())
-    .join(''),
-);
-const registration = new RegistrationService(server.datastore, TD, clock);
-const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
+const { dir, server, bundleFile, token } = await startBenchServer(dist, TD, 'ironroot-bench-agent-');
 
 const dataDir = join(dir, 'agent');
 const agent = spawn(

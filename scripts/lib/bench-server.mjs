@@ -1,0 +1,43 @@
+// The server the agent benchmarks run against, in the bench's own process from dist/: memory key
+// manager, development mode, loopback ports, its bundle as PEM (and in a file for an agent's
+// --trust-bundle), and one join token for the agent under test. Lives apart from scripts/bench-*.mjs
+// so `npm run bench` does not run it as a benchmark.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** Starts the server in a new temporary directory named after `prefix`; remove `dir` when done. */
+export async function startBenchServer(dist, trustDomain, prefix) {
+  const { pino } = await import('pino');
+  const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
+  const { startServer } = await import(join(dist, 'server', 'server.js'));
+  const { RegistrationService } = await import(join(dist, 'server', 'registration', 'service.js'));
+
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const clock = { now: () => Date.now() };
+  const server = await startServer(
+    validateConfig(
+      {
+        trust_domain: trustDomain,
+        data_dir: join(dir, 'server'),
+        admin_socket: join(dir, 'admin.sock'),
+        key_manager: 'memory:',
+        development: true,
+        health_address: '127.0.0.1:0',
+        bind_address: '127.0.0.1:0',
+      },
+      'bench',
+    ),
+    pino({ level: 'silent' }),
+    { clock },
+  );
+  const bundlePem = server.ca
+    .bundle()
+    .x509Authorities.map((c) => c.toString())
+    .join('');
+  const bundleFile = join(dir, 'bundle.pem');
+  writeFileSync(bundleFile, bundlePem);
+  const registration = new RegistrationService(server.datastore, trustDomain, clock);
+  const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
+  return { dir, server, bundlePem, bundleFile, token };
+}
