@@ -3,36 +3,19 @@
 // key with the same number of sessions, plus node:crypto in memory for scale, and the worst event-loop
 // delay while signing at full rate. Run after a build (`npm run bench:hsm`); it imports from dist/.
 // Prints figures only; it asserts nothing.
-import { execFileSync } from 'node:child_process';
 import { createHash, generateKeyPairSync, sign } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { benchToken, SOFTHSM_MODULE } from './lib/softhsm-token.mjs';
 
-const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+const MODULE = SOFTHSM_MODULE;
 const SESSIONS = 4;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4);
 
-const dir = mkdtempSync(join(tmpdir(), 'ironroot-bench-'));
-const tokens = join(dir, 'tokens');
-execFileSync('mkdir', [tokens]);
-const conf = join(dir, 'softhsm2.conf');
-writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`);
-// SoftHSM reads its config at C_Initialize, so this must be set before the manager opens.
-process.env.SOFTHSM2_CONF = conf;
-const pin = 'bench-pin-1234';
-execFileSync(
-  'softhsm2-util',
-  ['--init-token', '--free', '--label', 'bench', '--pin', pin, '--so-pin', 'bench-so-1234'],
-  {
-    stdio: 'ignore',
-  },
-);
-const pinFile = join(dir, 'pin');
-writeFileSync(pinFile, pin, { mode: 0o600 });
+const { dir, pinFile } = benchToken('ironroot-bench-');
 
 const { Pkcs11KeyManager, parsePkcs11Uri } = await import('../dist/hsm/index.js');
 const pkcs11js = createRequire(import.meta.url)('pkcs11js');
