@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import type { HealthStatus } from '../../src/agent/health.js';
 import { until } from '../attestation/harness.js';
 import { builtBin } from '../helpers/dist.js';
 import { cli, freePort, startTestServer, type TestServer } from '../helpers/server.js';
+import { opensslCert } from '../helpers/x509.js';
 
 const run = promisify(execFile);
 const AGENT = builtBin('ironroot-agent');
@@ -19,65 +20,29 @@ const TD = 'example.org';
 /** A CA certificate made by openssl, with `extensions` (-addext values). */
 async function opensslCa(dir: string, name: string, subject: string, extensions: string[]): Promise<string> {
   const cert = join(dir, `${name}.pem`);
-  await run('openssl', [
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-days',
-    '1',
-    '-subj',
-    subject,
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-    ...extensions.flatMap((e) => ['-addext', e]),
-    '-keyout',
-    join(dir, `${name}.key`),
-    '-out',
+  await opensslCert({
     cert,
-  ]);
-  chmodSync(join(dir, `${name}.key`), 0o600);
+    key: join(dir, `${name}.key`),
+    subject,
+    extensions: ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,keyCertSign,cRLSign', ...extensions],
+  });
   return cert;
 }
 
 /** A web-PKI serving certificate for 127.0.0.1 and localhost, issued by the test CA `ca`. */
 async function servingCert(dir: string, ca: string): Promise<{ cert: string; key: string }> {
-  const cert = join(dir, 'web.pem');
-  const key = join(dir, 'web.key');
-  await run('openssl', [
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-days',
-    '1',
-    '-subj',
-    '/CN=localhost',
-    '-addext',
-    'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    '-addext',
-    'basicConstraints=critical,CA:FALSE',
-    '-addext',
-    'extendedKeyUsage=serverAuth',
-    '-CA',
-    join(dir, `${ca}.pem`),
-    '-CAkey',
-    join(dir, `${ca}.key`),
-    '-keyout',
-    key,
-    '-out',
-    cert,
-  ]);
-  chmodSync(key, 0o600);
-  return { cert, key };
+  const served = { cert: join(dir, 'web.pem'), key: join(dir, 'web.key') };
+  await opensslCert({
+    ...served,
+    subject: '/CN=localhost',
+    extensions: [
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      'basicConstraints=critical,CA:FALSE',
+      'extendedKeyUsage=serverAuth',
+    ],
+    issuer: { cert: join(dir, `${ca}.pem`), key: join(dir, `${ca}.key`) },
+  });
+  return served;
 }
 
 interface AgentProcess {

@@ -1,9 +1,9 @@
-import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { opensslCert } from './x509.js';
 
 /** The bearer token the replayed kubelet expects. */
 export const KUBELET_TOKEN = 'kubelet-reader-token';
@@ -31,29 +31,12 @@ export async function startReplayKubelet(dir: string): Promise<ReplayKubelet> {
   const keyFile = join(dir, 'kubelet.key');
   const caFile = join(dir, 'kubelet.crt');
   const tokenFile = join(dir, 'token');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      keyFile,
-      '-out',
-      caFile,
-      '-subj',
-      '/CN=node-a.dc1.example.org',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-      '-days',
-      '1',
-    ],
-    { stdio: 'ignore' },
-  );
+  await opensslCert({
+    cert: caFile,
+    key: keyFile,
+    subject: '/CN=node-a.dc1.example.org',
+    extensions: ['subjectAltName=IP:127.0.0.1'],
+  });
   writeFileSync(tokenFile, `${KUBELET_TOKEN}\n`);
   const seenAuth: Array<string | undefined> = [];
   const server = createServer({ key: readFileSync(keyFile), cert: readFileSync(caFile) }, (req, res) => {

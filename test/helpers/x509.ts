@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, type KeyObject, webcrypto, X509Certificate } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -10,6 +10,39 @@ import * as px from '../../src/spiffe/peculiar.js';
 import type { Signer } from '../../src/spiffe/signer.js';
 
 const run = promisify(execFile);
+
+/**
+ * A P-256 certificate valid for a day, made by `openssl req -x509` into `cert` and `key` (0600):
+ * self-signed, or issued by `issuer`. Each of `extensions` is one `-addext` value.
+ */
+export async function opensslCert(o: {
+  cert: string;
+  key: string;
+  subject: string;
+  extensions?: readonly string[];
+  issuer?: { cert: string; key: string };
+}): Promise<void> {
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    o.subject,
+    ...(o.extensions ?? []).flatMap((e) => ['-addext', e]),
+    ...(o.issuer ? ['-CA', o.issuer.cert, '-CAkey', o.issuer.key] : []),
+    '-keyout',
+    o.key,
+    '-out',
+    o.cert,
+  ]);
+  chmodSync(o.key, 0o600);
+}
 
 /** A fresh P-256 key pair with a Signer over it. */
 export function p256(): { privateKey: KeyObject; publicKey: KeyObject; signer: Signer } {

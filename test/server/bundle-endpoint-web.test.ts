@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,8 +7,9 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
 import { cli, freePort, startTestServer, type TestServer } from '../helpers/server.js';
+import { opensslCert } from '../helpers/x509.js';
 
-const run = promisify(execFile);
+const _run = promisify(execFile);
 
 describe('bundle endpoint, https_web profile', () => {
   let server: TestServer;
@@ -19,26 +20,12 @@ describe('bundle endpoint, https_web profile', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ironroot-web-'));
     const cert = join(dir, 'serving.pem');
     const key = join(dir, 'serving.key');
-    await run('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=bundle.test',
-      '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
-      '-keyout',
-      key,
-      '-out',
+    await opensslCert({
       cert,
-    ]);
-    chmodSync(key, 0o600);
+      key,
+      subject: '/CN=bundle.test',
+      extensions: ['subjectAltName=DNS:localhost,IP:127.0.0.1'],
+    });
     servingCert = readFileSync(cert, 'utf8');
     port = await freePort();
     server = await startTestServer({

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCgroups } from '../../../src/agent/workloadattestor/cgroup.js';
 import { K8sAttestor, podContainerOfCgroups } from '../../../src/agent/workloadattestor/k8s.js';
 import { KUBELET_TOKEN, type ReplayKubelet, startReplayKubelet } from '../../helpers/kubelet.js';
+import { opensslCert } from '../../helpers/x509.js';
 
 /** The fixture's container IDs are SHA-256 of the container name. */
 const id = (name: string) => createHash('sha256').update(name).digest('hex');
@@ -57,27 +57,7 @@ describe('k8s workload attestor against a replayed kubelet /pods', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'k8s-attestor-'));
     kubelet = await startReplayKubelet(dir);
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        join(dir, 'other.key'),
-        '-out',
-        join(dir, 'other.crt'),
-        '-subj',
-        '/CN=other',
-        '-days',
-        '1',
-      ],
-      { stdio: 'ignore' },
-    );
+    await opensslCert({ cert: join(dir, 'other.crt'), key: join(dir, 'other.key'), subject: '/CN=other' });
     for (const [pid, text] of Object.entries(CGROUPS)) {
       mkdirSync(join(dir, 'proc', pid), { recursive: true });
       writeFileSync(join(dir, 'proc', pid, 'cgroup'), text);
