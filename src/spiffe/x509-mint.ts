@@ -6,7 +6,8 @@ import type { Signer } from './signer.js';
 import { signerWebCrypto, signingParams } from './signer-crypto.js';
 import type { SpiffeId } from './spiffe-id.js';
 import type { TrustDomain } from './trust-domain.js';
-import { encodePermittedUriHosts, keyIdentifier, OID, spkiKeyIdentifier } from './x509-extensions.js';
+import { encodePermittedUriHosts, keyIdentifier, OID } from './x509-extensions.js';
+import { signTbs, svidTbs } from './x509-tbs.js';
 
 /** A signing certificate and the key behind it, able to issue certificates. */
 export interface X509Issuer {
@@ -93,8 +94,11 @@ export async function mintX509Ca(
 /**
  * Issues an X.509-SVID: one URI SAN holding the SPIFFE ID (X-1), `cA=false` (X-10), critical keyUsage
  * `digitalSignature` only (X-15, X-16), EKU `serverAuth` + `clientAuth` (X-17, X-18), optional DNS
- * SANs, SKI/AKI. With no subject the SAN is critical (X-4).
+ * SANs, SKI/AKI. With no subject the SAN is critical (X-4). Encoded directly from a template kept
+ * per issuer certificate (see x509-tbs.ts), signed through `issuer.signer`.
  *
+ * @throws TypeError for a `serialNumber` that is not positive hex, a non-ASCII DNS name, or
+ *   `notAfter` not after `notBefore`.
  * @throws SpiffeError `ERR_X509SVID_ROOT_PATH` for an ID without a path (X-3) and
  *   `ERR_SPIFFEID_TOO_LONG` for an ID over 2048 bytes (ID-18).
  */
@@ -108,22 +112,38 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
   }
   const idText = id.toString();
   checkProducible(idText, 'cannot issue an X.509-SVID');
-  const subject = template.subject ?? '';
-  // Exported once for both the SKI and the certificate: OpenSSL's encoder is a visible share of a mint.
-  const spki = new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' }));
-  const names: px.JsonGeneralName[] = [
-    { type: 'url', value: idText },
-    ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
-  ];
-  const extensions: px.Extension[] = [
-    new px.BasicConstraintsExtension(false, undefined, true),
-    new px.KeyUsagesExtension(px.KeyUsageFlags.digitalSignature, true),
-    new px.ExtendedKeyUsageExtension([px.ExtendedKeyUsage.serverAuth, px.ExtendedKeyUsage.clientAuth], false),
-    new px.SubjectAlternativeNameExtension(names, subject === ''),
-    new px.SubjectKeyIdentifierExtension(spkiKeyIdentifier(spki)),
-    new px.AuthorityKeyIdentifierExtension(authorityKeyId(issuer)),
-  ];
-  return issue(template, subject, subjectNameOf(issuer.certificate), extensions, issuer.signer, spki);
+  checkValidity(template);
+  const tbs = svidTbs(
+    {
+      serialNumber: template.serialNumber ?? randomBytes(16).toString('hex'),
+      notBefore: template.notBefore,
+      notAfter: template.notAfter,
+      subject: template.subject ?? '',
+      publicKey: template.publicKey,
+      spiffeId: idText,
+      dnsNames: template.dnsNames ?? [],
+    },
+    issuer,
+  );
+  return selfChecked(await signTbs(tbs, issuer.signer), issuer.signer);
+}
+
+function checkValidity(template: CertificateValidity): void {
+  if (!(template.notAfter.getTime() > template.notBefore.getTime())) {
+    throw new TypeError('certificate notAfter must be later than notBefore');
+  }
+}
+
+/** Parses a new certificate and checks its signature with the signer's public key. */
+function selfChecked(der: Uint8Array, signer: Signer): X509Certificate {
+  const cert = new X509Certificate(der);
+  // A signer (HSM or otherwise) that returns a bad signature is caught here, not by the first peer.
+  if (!cert.verify(signer.publicKey)) {
+    throw new Error(
+      `signer (${signer.algorithm}) produced a certificate signature that its public key rejects`,
+    );
+  }
+  return cert;
 }
 
 async function issue(
@@ -132,11 +152,8 @@ async function issue(
   issuerName: px.Name,
   extensions: px.Extension[],
   signer: Signer,
-  spki: Uint8Array = new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' })),
 ): Promise<X509Certificate> {
-  if (!(template.notAfter.getTime() > template.notBefore.getTime())) {
-    throw new TypeError('certificate notAfter must be later than notBefore');
-  }
+  checkValidity(template);
   const { crypto, key } = signerWebCrypto(signer);
   const generated = await px.X509CertificateGenerator.create(
     {
@@ -145,21 +162,14 @@ async function issue(
       issuer: issuerName,
       notBefore: template.notBefore,
       notAfter: template.notAfter,
-      publicKey: spki,
+      publicKey: new Uint8Array(template.publicKey.export({ type: 'spki', format: 'der' })),
       signingKey: key,
       signingAlgorithm: signingParams(signer),
       extensions,
     },
     crypto,
   );
-  const cert = new X509Certificate(Buffer.from(generated.rawData));
-  // A signer (HSM or otherwise) that returns a bad signature is caught here, not by the first peer.
-  if (!cert.verify(signer.publicKey)) {
-    throw new Error(
-      `signer (${signer.algorithm}) produced a certificate signature that its public key rejects`,
-    );
-  }
-  return cert;
+  return selfChecked(new Uint8Array(generated.rawData), signer);
 }
 
 /** What issuing needs from an issuer's certificate, read once per certificate object. */
@@ -171,9 +181,9 @@ interface IssuerFacts {
 }
 
 /**
- * @peculiar/x509's reading of each issuer certificate. A CA signs many certificates with one
- * certificate object; decoding it again for each was over a third of an SVID's CPU time. Keyed
- * weakly by the object, so a certificate nobody holds any more drops out with it.
+ * @peculiar/x509's reading of each issuer certificate of a CA certificate, decoded once per
+ * certificate object. Keyed weakly by the object, so a certificate nobody holds any more drops out
+ * with it.
  */
 const issuerFacts = new WeakMap<X509Certificate, IssuerFacts>();
 
