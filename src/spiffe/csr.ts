@@ -117,9 +117,15 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
       'CSR requests no URI SAN; it must carry the SPIFFE ID as its one URI SAN',
     );
   }
-  return {
-    spiffeId: SpiffeId.parse(uri.value),
-    dnsNames: names.filter((n) => n.type === 'dns').map((n) => n.value),
-    publicKey,
-  };
+  const dnsNames = names.filter((n) => n.type === 'dns').map((n) => n.value);
+  // An IA5String holds ASCII only; a certificate could not carry such a name back as it was asked.
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: IA5 is exactly the 7-bit range.
+  const notAscii = dnsNames.find((name) => !/^[\x00-\x7f]*$/.test(name));
+  if (notAscii !== undefined) {
+    throw new SpiffeError(
+      'ERR_CSR_PARSE',
+      `CSR requests the DNS SAN ${JSON.stringify(notAscii)}, which is not ASCII; request its A-label (punycode) form`,
+    );
+  }
+  return { spiffeId: SpiffeId.parse(uri.value), dnsNames, publicKey };
 }

@@ -84,6 +84,14 @@ describe('createCsr / parseCsr', () => {
     await expectSpiffeRejection(parseCsr(two), 'ERR_CSR_MULTIPLE_URI_SANS', /2 URI SANs/);
   });
 
+  it('rejects a DNS SAN that is not ASCII, naming it', async () => {
+    const bad = await craftCsr([
+      { type: 'url', value: id.toString() },
+      { type: 'dns', value: 'bücher.example' },
+    ]);
+    await expectSpiffeRejection(parseCsr(bad), 'ERR_CSR_PARSE', /"bücher\.example", which is not ASCII/);
+  });
+
   it('rejects a URI SAN that is not a SPIFFE ID', async () => {
     const bad = await craftCsr([{ type: 'url', value: 'spiffe://example.org/a/../b' }]);
     await expectSpiffeRejection(parseCsr(bad), 'ERR_SPIFFEID_DOT_SEGMENT', /dot segment/);
