@@ -5,13 +5,14 @@
  * basicConstraints, keyUsage and extKeyUsage extensions and the authority key identifier; only the
  * serial number, validity, subject, subject public key, SAN and subject key identifier change. Building
  * the whole TBSCertificate through @peculiar/x509's ASN.1 object model for each SVID was most of an
- * issuance's CPU time, so the fixed parts are encoded once per (issuer certificate, signing
- * algorithm) and the changing parts are encoded here. `test/spiffe/x509-tbs.test.ts` checks the
+ * issuance's CPU time, so the fixed parts are constants or encoded once per issuer certificate, and
+ * only the changing parts are encoded per SVID. `test/spiffe/x509-tbs.test.ts` checks the
  * output field by field and byte for byte against @peculiar/x509's generator.
  *
  * @module
  */
 import type { KeyObject, X509Certificate } from 'node:crypto';
+import { splitDer } from './der.js';
 import * as px from './peculiar.js';
 import type { Signer, SigningAlgorithm } from './signer.js';
 import { keyIdentifier, OID, readTlvs, spkiKeyIdentifier, tlv } from './x509-extensions.js';
@@ -81,54 +82,39 @@ function derSerial(hex: string): Uint8Array {
   return derUnsignedInteger(Buffer.from(hex, 'hex'));
 }
 
-const HASH_OID: Record<string, string> = {
-  '256': '2.16.840.1.101.3.4.2.1',
-  '384': '2.16.840.1.101.3.4.2.2',
-  '512': '2.16.840.1.101.3.4.2.3',
-};
-
-/** The AlgorithmIdentifier of a signature algorithm, as X.509 writes it (RFC 5758, 4055). */
-function signatureAlgorithmDer(alg: SigningAlgorithm): Uint8Array {
-  const bits = alg.slice(2);
-  if (alg.startsWith('ES')) {
-    // ecdsa-with-SHA256/384: parameters absent.
-    return seq(derOid(bits === '256' ? '1.2.840.10045.4.3.2' : '1.2.840.10045.4.3.3'));
-  }
-  if (alg.startsWith('RS')) {
-    const oid = {
-      '256': '1.2.840.113549.1.1.11',
-      '384': '1.2.840.113549.1.1.12',
-      '512': '1.2.840.113549.1.1.13',
-    }[bits];
-    return seq(derOid(oid ?? ''), NULL);
-  }
-  // RSASSA-PSS with MGF1 over the same hash and a salt as long as the hash, as the signer signs. The
-  // hash identifiers have absent parameters (RFC 5754 §2), as @peculiar/x509 wrote them before.
-  const hash = seq(derOid(HASH_OID[bits] ?? ''));
+/**
+ * RSASSA-PSS parameters (RFC 4055) as the signer signs: MGF1 over the same hash, a salt as long as
+ * the hash. The hash identifiers have absent parameters (RFC 5754 §2), as @peculiar/x509 wrote them.
+ */
+function pss(hashOid: string, saltLength: number): Uint8Array {
+  const hash = seq(derOid(hashOid));
   const params = seq(
     tlv(0xa0, hash),
     tlv(0xa1, seq(derOid('1.2.840.113549.1.1.8'), hash)),
-    tlv(0xa2, derUnsignedInteger(Uint8Array.of(Number(bits) / 8))),
+    tlv(0xa2, derUnsignedInteger(Uint8Array.of(saltLength))),
   );
   return seq(derOid('1.2.840.113549.1.1.10'), params);
 }
 
-const SIGNATURE_ALGORITHMS = new Map<SigningAlgorithm, Uint8Array>();
+/** The signature AlgorithmIdentifier of each algorithm a {@link Signer} may have (RFC 5758, 4055). */
+const SIGNATURE_ALGORITHMS: Record<SigningAlgorithm, Uint8Array> = {
+  ES256: seq(derOid('1.2.840.10045.4.3.2')),
+  ES384: seq(derOid('1.2.840.10045.4.3.3')),
+  RS256: seq(derOid('1.2.840.113549.1.1.11'), NULL),
+  RS384: seq(derOid('1.2.840.113549.1.1.12'), NULL),
+  RS512: seq(derOid('1.2.840.113549.1.1.13'), NULL),
+  PS256: pss('2.16.840.1.101.3.4.2.1', 32),
+  PS384: pss('2.16.840.1.101.3.4.2.2', 48),
+  PS512: pss('2.16.840.1.101.3.4.2.3', 64),
+};
 
-function signatureAlgorithm(alg: SigningAlgorithm): Uint8Array {
-  let der = SIGNATURE_ALGORITHMS.get(alg);
-  if (der === undefined) {
-    der = signatureAlgorithmDer(alg);
-    SIGNATURE_ALGORITHMS.set(alg, der);
-  }
-  return der;
-}
+/** The DER OIDs of the extensions an SVID carries, encoded once. */
+const EXTENSION_OIDS = new Map<string, Uint8Array>(Object.values(OID).map((oid) => [oid, derOid(oid)]));
 
 /** One Extension: critical only written when true (DER omits a DEFAULT value). */
 function extension(oid: string, critical: boolean, value: Uint8Array): Uint8Array {
-  return critical
-    ? seq(derOid(oid), TRUE, tlv(OCTET_STRING, value))
-    : seq(derOid(oid), tlv(OCTET_STRING, value));
+  const id = EXTENSION_OIDS.get(oid) ?? derOid(oid);
+  return critical ? seq(id, TRUE, tlv(OCTET_STRING, value)) : seq(id, tlv(OCTET_STRING, value));
 }
 
 /** basicConstraints cA=false (an empty SEQUENCE: cA defaults to false), keyUsage and EKU of every SVID. */
@@ -205,17 +191,17 @@ function templateOf(certificate: X509Certificate): IssuerTemplate {
   if (template === undefined) {
     // Certificate → TBSCertificate → [version], serial, signature, issuer, validity, subject, …
     const tbs = readTlvs(readTlvs(certificate.raw)?.[0]?.content ?? new Uint8Array())?.[0];
-    const fields = tbs && readTlvs(tbs.content);
-    const offset = fields?.[0]?.tag === 0xa0 ? 1 : 0;
+    const fields = tbs && splitDer(tbs.content);
+    const offset = fields?.[0]?.[0] === 0xa0 ? 1 : 0;
     const subject = fields?.[offset + 4];
-    if (subject === undefined || subject.tag !== SEQUENCE) {
+    if (subject === undefined || subject[0] !== SEQUENCE) {
       throw new TypeError('issuer certificate has no subject name where X.509 puts it');
     }
     // The SKI is read through @peculiar/x509 once per certificate: it decodes the extension's
     // OCTET STRING however the certificate's maker wrote it.
     const ski = new px.X509Certificate(certificate.raw).getExtension(px.SubjectKeyIdentifierExtension);
     template = {
-      issuerName: tlv(SEQUENCE, subject.content),
+      issuerName: Uint8Array.from(subject),
       authorityKeyId: ski ? authorityKeyIdExtension(Buffer.from(ski.keyId, 'hex')) : undefined,
     };
     templates.set(certificate, template);
@@ -249,8 +235,8 @@ function ia5(kind: string, text: string): Buffer {
 }
 
 /**
- * The DER TBSCertificate of an X.509-SVID issued by `issuer` and signed with `algorithm`: v3, the
- * extensions in the order basicConstraints, keyUsage, extKeyUsage, subjectAltName, subjectKeyIdentifier,
+ * The DER TBSCertificate of an X.509-SVID issued by `issuer.certificate`, to be signed by
+ * `issuer.signer` (whose algorithm it names): v3, the extensions in the order basicConstraints, keyUsage, extKeyUsage, subjectAltName, subjectKeyIdentifier,
  * authorityKeyIdentifier.
  */
 export function svidTbs(
@@ -284,7 +270,7 @@ export function svidTbs(
   return seq(
     VERSION_3,
     derSerial(parts.serialNumber),
-    signatureAlgorithm(issuer.signer.algorithm),
+    SIGNATURE_ALGORITHMS[issuer.signer.algorithm],
     template.issuerName,
     seq(derTime(parts.notBefore), derTime(parts.notAfter)),
     subject,
@@ -313,7 +299,7 @@ export async function signTbs(tbs: Uint8Array, signer: Signer): Promise<Uint8Arr
   const signature = signatureValue(signer.algorithm, await signer.sign(tbs));
   return seq(
     tbs,
-    signatureAlgorithm(signer.algorithm),
+    SIGNATURE_ALGORITHMS[signer.algorithm],
     tlv(BIT_STRING, Buffer.concat([Uint8Array.of(0), signature])),
   );
 }
