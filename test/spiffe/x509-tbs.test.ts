@@ -445,6 +445,24 @@ describe('DER pieces', () => {
     expect(hex(subjectPublicKeyInfo(compressed))).toBe(hex(uncompressed));
   });
 
+  it('refuses to return a certificate whose signature the signer’s public key rejects (a faulty HSM)', async () => {
+    const ca = caNamed('es256');
+    const good = ca.issuer.signer;
+    // Signs with another key: well-formed r‖s, wrong signature.
+    const faulty: Signer = { ...good, sign: createKeySigner(ecKey('P-256').privateKey).sign };
+    await expect(
+      mintX509Svid(
+        {
+          spiffeId: SpiffeId.parse('spiffe://example.org/faulty'),
+          publicKey: subjectKeys['EC P-256'] as KeyObject,
+          notBefore,
+          notAfter: new Date(notBefore.getTime() + hour),
+        },
+        { certificate: ca.issuer.certificate, signer: faulty },
+      ),
+    ).rejects.toThrow('signer (ES256) produced a certificate signature that its public key rejects');
+  });
+
   it('refuses a serial number that is not positive hex, and a DNS name that is not ASCII, naming it', async () => {
     const ca = caNamed('es256');
     const base = {
