@@ -31,6 +31,8 @@ const MAX_TOMBSTONES = 50_000;
  * FetchBundles, BatchNewX509SVID), and the walk is the cost at tens of thousands of entries.
  */
 const MAX_CACHED_AUTHORIZATIONS = 1024;
+/** Stale places the change log may hold beyond twice its live ids before it is rebuilt. */
+const LOG_SLACK = 4096;
 
 export interface SyncCursor {
   epoch: string;
@@ -90,6 +92,13 @@ export class EntryJournal {
   #applied = 0;
   #entries = new Map<string, Journaled>();
   #tombstones = new Map<string, Tombstone>();
+  /**
+   * Ids of changed entries (kept or tombstoned) in journal-revision order, with those revisions:
+   * an incremental sync looks only at the tail past its cursor, not at every entry. An id is
+   * appended at each change; its older places are skipped, and dropped when the log is rebuilt.
+   */
+  #log: string[] = [];
+  #logRevisions: number[] = [];
   /** Entries by parent SPIFFE ID, then by id; a parent is a key only while it has an entry. */
   #byParent = new Map<string, Map<string, RegistrationEntry>>();
   /** Node aliases (entries parented to the server) by each of their selectors, as `type:value`. */
@@ -175,6 +184,7 @@ export class EntryJournal {
     this.#aliasesBySelector = new Map();
     this.#aliasesForAll = new Set();
     for (const { entry } of entries.values()) this.#index(entry);
+    this.#rebuildLog();
     this.#authorized.clear();
   }
 
@@ -192,6 +202,8 @@ export class EntryJournal {
       changed = true;
       this.#applied++;
       if (known !== undefined) this.#unindex(known.entry);
+      this.#log.push(id);
+      this.#logRevisions.push(next);
       if (entry === undefined) {
         this.#entries.delete(id);
         if (known !== undefined) this.#tombstones.set(id, tombstone(known, next));
@@ -203,8 +215,19 @@ export class EntryJournal {
     }
     if (!changed) return;
     this.#pruneTombstones();
+    if (this.#log.length > 2 * (this.#entries.size + this.#tombstones.size) + LOG_SLACK) this.#rebuildLog();
     this.#revision = next;
     this.#authorized.clear();
+  }
+
+  /** The change log from the entries and tombstones kept: each id once, at its last change. */
+  #rebuildLog(): void {
+    const all: [number, string][] = [];
+    for (const [id, kept] of this.#entries) all.push([kept.changed, id]);
+    for (const [id, gone] of this.#tombstones) all.push([gone.changed, id]);
+    all.sort((a, b) => a[0] - b[0]);
+    this.#log = all.map(([, id]) => id);
+    this.#logRevisions = all.map(([revision]) => revision);
   }
 
   #index(entry: RegistrationEntry): void {
@@ -323,26 +346,46 @@ export class EntryJournal {
       return full();
     const upserts: RegistrationEntry[] = [];
     const deletedIds: string[] = [];
-    for (const [id, journaled] of this.#entries) {
-      if (journaled.changed <= cursor.revision) continue;
-      // A changed parent moves its whole subtree in or out; only a full sync says which.
-      if (
-        this.#byParent.has(journaled.entry.spiffeId) ||
-        journaled.formerSpiffeIds.some((former) => this.#byParent.has(former))
-      )
-        return full();
-      if (authorization.entries.has(id)) upserts.push(journaled.entry);
-      // Entries that never were this agent's are none of its business.
-      else if (journaled.formerParentIds.some((former) => authorization.parents.has(former)))
-        deletedIds.push(id);
-    }
-    for (const [id, tombstone] of this.#tombstones) {
-      if (tombstone.changed <= cursor.revision) continue;
+    const seen = new Set<string>();
+    for (let at = firstAfter(this.#logRevisions, cursor.revision); at < this.#log.length; at++) {
+      const id = this.#log[at] as string;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      const journaled = this.#entries.get(id);
+      if (journaled !== undefined) {
+        if (journaled.changed <= cursor.revision) continue;
+        // A changed parent moves its whole subtree in or out; only a full sync says which.
+        if (
+          this.#byParent.has(journaled.entry.spiffeId) ||
+          journaled.formerSpiffeIds.some((former) => this.#byParent.has(former))
+        )
+          return full();
+        if (authorization.entries.has(id)) upserts.push(journaled.entry);
+        // Entries that never were this agent's are none of its business.
+        else if (journaled.formerParentIds.some((former) => authorization.parents.has(former)))
+          deletedIds.push(id);
+        continue;
+      }
+      const tombstone = this.#tombstones.get(id);
+      // Neither kept nor tombstoned: a pruned tombstone, older than the horizon checked above.
+      if (tombstone === undefined || tombstone.changed <= cursor.revision) continue;
       if (tombstone.spiffeIds.some((former) => this.#byParent.has(former))) return full();
       if (tombstone.parentIds.some((former) => authorization.parents.has(former))) deletedIds.push(id);
     }
     return { full: false, entries: upserts, deletedIds, cursor: now };
   }
+}
+
+/** Index of the first of the ascending `revisions` above `revision` (their length if none is). */
+function firstAfter(revisions: readonly number[], revision: number): number {
+  let low = 0;
+  let high = revisions.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((revisions[middle] as number) <= revision) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 /** The journal's record of `entry`, changed at `revision`, replacing `known`. */
