@@ -16,10 +16,19 @@
 // two authorizations of the same agent at the same journal revision):
 //   D (baseline): one pass over the agent's entries into a Map (the least any walk must do);
 //   E: EntryJournal.authorize twice.
-// And the journal's refresh after a node renewal (an audited write that changes no entry) and after
-// an entry write (which reads every entry again).
+// And the journal's refresh after a node renewal (an audited write that changes no entry).
+//
+// Then the first sync after one entry write, at 1k, 10k, 50k and 100k entries parented to one agent
+// (what the server does for that agent's FetchEntries, without the transport):
+//   F (baseline, a full reload): a journal reading every entry (a fresh server's first refresh, and
+//     what any entry write cost before), then the agent's authorization and its full answer;
+//   G: after one entry created through the datastore, the kept journal's refresh (reads the audit
+//     records since its last one and that one entry), the authorization, and the incremental answer
+//     to the agent's cursor.
+// F and G alternate in each round; G / F per round, min/median/max.
 //
 //   npx tsc -p tsconfig.build.json && node scripts/bench-entries.mjs [entries per batch]
+//   BENCH_SYNC_SIZES=1000,10000 node scripts/bench-entries.mjs   (sizes of the last part)
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,6 +44,8 @@ const { EntryJournal } = await import('../dist/server/agentapi/entries.js');
 
 const N = Number(process.argv[2] ?? 5000);
 const ROUNDS = 9;
+const SYNC_ROUNDS = 7;
+const SYNC_SIZES = (process.env.BENCH_SYNC_SIZES ?? '1000,10000,50000,100000').split(',').map(Number);
 const SINGLE_N = 100;
 const TD = 'spiffe://example.org';
 const clock = { now: () => Date.now() };
@@ -174,6 +185,7 @@ try {
   console.log(`ratio B / A per round, CPU : ${fmtRatio(ratio(rb.cpu, ra.cpu))}`);
   console.log(`ratio C / A per round, wall: ${fmtRatio(ratio(rc.wall, ra.wall))}   (the per-entry path)`);
   await benchAuthorize();
+  await benchFirstSync();
 } finally {
   rmSync(root, { recursive: true, force: true });
 }
@@ -204,9 +216,8 @@ async function benchAuthorize() {
       journal.authorize(agent, selectors, now);
       e.push(t().cpu);
     }
-    // The journal's refresh after a node renewal (no entry changed) and after an entry write.
+    // The journal's refresh after a node renewal (no entry changed).
     const renewal = [];
-    const entryWrite = [];
     for (let round = 0; round < 3; round++) {
       await datastore.upsertNode(
         {
@@ -220,13 +231,9 @@ async function benchAuthorize() {
         },
         'bench',
       );
-      let t = timer();
+      const t = timer();
       await journal.refresh();
       renewal.push(t().wall);
-      await datastore.createEntry(newEntries(1, `write${n}-${round}`)[0], 'bench');
-      t = timer();
-      await journal.refresh();
-      entryWrite.push(t().wall);
     }
     await datastore.close();
     const ms = ({ min, median, max }) =>
@@ -234,8 +241,49 @@ async function benchAuthorize() {
     console.log(
       `${String(n).padStart(6)} entries: D one pass ${ms(stats(d))}; E two authorizations ${ms(stats(e))}; E / D ${fmtRatio(ratio(e, d))}`,
     );
+    console.log(`${' '.repeat(15)}refresh after a node renewal ${ms(stats(renewal))} (3 rounds, wall)`);
+  }
+}
+
+async function benchFirstSync() {
+  const agent = `${TD}/agent/bench`;
+  const now = Math.floor(Date.now() / 1000);
+  const ms = ({ min, median, max }) =>
+    `${median.toFixed(2)} ms (min ${min.toFixed(2)}, max ${max.toFixed(2)})`;
+  console.log(`\nfirst sync of one agent after one entry write, ${SYNC_ROUNDS} rounds, F/G alternating`);
+  for (const n of SYNC_SIZES) {
+    const { datastore } = await freshStore();
+    await datastore.createEntries(newEntries(n, `sync${n}`), 'bench');
+    const kept = new EntryJournal(datastore, `${TD}/ironroot/server`);
+    await kept.refresh();
+    let cursor = kept.changes(undefined, kept.authorize(agent, [], now)).cursor;
+    const f = [];
+    const g = [];
+    for (let round = 0; round < SYNC_ROUNDS; round++) {
+      let t = timer();
+      const reloaded = new EntryJournal(datastore, `${TD}/ironroot/server`);
+      await reloaded.refresh();
+      const full = reloaded.changes(undefined, reloaded.authorize(agent, [], now));
+      f.push(t());
+      if (full.entries.length !== n + round) throw new Error(`full sync sent ${full.entries.length} entries`);
+      await datastore.createEntry(newEntries(1, `one${n}-${round}`)[0], 'bench');
+      t = timer();
+      await kept.refresh();
+      const one = kept.changes(cursor, kept.authorize(agent, [], now));
+      g.push(t());
+      if (one.full || one.entries.length !== 1)
+        throw new Error('the sync after one write was not that one entry');
+      cursor = one.cursor;
+    }
+    if (kept.loads !== 1) throw new Error(`the kept journal read every entry ${kept.loads} times`);
+    await datastore.close();
+    const wall = (xs) => xs.map((x) => x.wall);
+    const cpu = (xs) => xs.map((x) => x.cpu);
     console.log(
-      `${' '.repeat(15)}refresh after a node renewal ${ms(stats(renewal))}; after an entry write ${ms(stats(entryWrite))} (3 rounds, wall)`,
+      `${String(n).padStart(6)} entries: F full reload ${ms(stats(wall(f)))}; G after one write ${ms(stats(wall(g)))} (wall)`,
+    );
+    console.log(
+      `${' '.repeat(15)}G / F per round, wall: ${fmtRatio(ratio(wall(g), wall(f)))}; CPU: ${fmtRatio(ratio(cpu(g), cpu(f)))}`,
     );
   }
 }

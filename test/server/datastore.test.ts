@@ -204,17 +204,26 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     expect(await store.createEntries([], 't')).toEqual([]);
   });
 
-  it('tells entry writes apart from other audited writes since an audit id', async () => {
-    expect(await store.entryChangesSince(0)).toEqual({ head: 0, entriesChanged: false });
+  it('names the entries written since an audit id, in order and once each, and no other writes', async () => {
+    expect(await store.entryChangesSince(0)).toEqual({ head: 0, entryIds: [], gap: false });
+    expect(await store.settledAuditHead()).toBe(0);
     const created = await store.createEntry(entry(), 't');
     const afterCreate = await store.entryChangesSince(0);
-    expect(afterCreate.entriesChanged).toBe(true);
+    expect(afterCreate).toEqual({ head: afterCreate.head, entryIds: [created.id], gap: false });
+    expect(await store.settledAuditHead()).toBe(afterCreate.head);
     await store.banNode({ spiffeId: `${TD}/agent/x` }, 't');
     const afterBan = await store.entryChangesSince(afterCreate.head);
     expect(afterBan.head).toBeGreaterThan(afterCreate.head);
-    expect(afterBan.entriesChanged).toBe(false);
+    expect(afterBan.entryIds).toEqual([]);
+    const other = await store.createEntry(entry({ spiffeId: `${TD}/other` }), 't');
+    await store.updateEntry(created.id, entry({ hint: 'x' }), 't');
     await store.deleteEntry(created.id, 't');
-    expect((await store.entryChangesSince(afterBan.head)).entriesChanged).toBe(true);
+    const afterDelete = await store.entryChangesSince(afterBan.head);
+    expect(afterDelete.entryIds).toEqual([other.id, created.id]);
+    expect(afterDelete.gap).toBe(false);
+    expect(await store.getEntries([created.id, other.id, 'nope'])).toEqual([other]);
+    // A log behind the position asked about (a store restored from a backup) is a gap.
+    expect((await store.entryChangesSince(afterDelete.head + 5)).gap).toBe(true);
   });
 
   it('creates each identity once when identical batches run concurrently', async () => {

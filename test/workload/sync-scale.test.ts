@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SvidCache } from '../../src/agent/cache.js';
 import { AgentApiClient } from '../../src/agent/client.js';
+import { EntryJournal } from '../../src/server/agentapi/entries.js';
 import { ENTRY_PAGE_SIZE } from '../../src/server/agentapi/sync.js';
 import { SpiffeId } from '../../src/spiffe/index.js';
 import { startAttestServer, TD, type TestServer } from '../attestation/harness.js';
@@ -112,5 +113,58 @@ describe(`entry sync at ${ENTRIES} entries`, () => {
     expect(gone).toMatchObject({ full: false, entries: [], deletedIds: [target.id] });
     cache.applyEntries(gone);
     expect(cache.entryCount).toBe(ENTRIES - 1);
+  }, 120_000);
+
+  it('leaves an agent that applies each answer after writes holding what a fresh server sends in full', async () => {
+    const ds = server.server.datastore;
+    const held = new Map<string, unknown>();
+    const apply = (sync: Awaited<ReturnType<AgentApiClient['fetchEntries']>>) => {
+      if (sync.full) held.clear();
+      for (const id of sync.deletedIds) held.delete(id);
+      for (const e of sync.entries) held.set(e.id, e);
+    };
+    /** A fresh server's full answer: a journal that has just read every entry, as entry messages. */
+    const freshAnswer = async () => {
+      const journal = new EntryJournal(ds, SERVER_ID);
+      await journal.refresh();
+      const now = Math.floor(Date.now() / 1000);
+      const authorization = journal.authorize(AGENT_ID, [{ type: 'join_token', value: '5ca1e0000000' }], now);
+      const full = await client.fetchEntries(undefined);
+      // The running server's own full answer, through gRPC, is the same set as the fresh journal's.
+      expect(full.entries.map((e) => e.id).sort()).toEqual([...authorization.entries.keys()].sort());
+      return new Map(full.entries.map((e) => [e.id, e]));
+    };
+    const first = await client.fetchEntries(undefined);
+    apply(first);
+    let cursor = first.cursor;
+    const byPath = async (path: string) => {
+      const found = (await ds.listEntries({ spiffeId: `spiffe://${TD}${path}` })).entries[0];
+      if (found === undefined) throw new Error(`entry ${path} not found`);
+      return found;
+    };
+    const alias = await byPath('/node/scale');
+    const other = `spiffe://${TD}/agent/join_token/0the40000000`;
+    // Created under the alias, and under an entry of the agent's; moved to another agent; deleted; updated.
+    await ds.createEntry(entry('/scale/new', alias.spiffeId, ['unix:uid:7']), 'test');
+    await ds.createEntry(entry('/scale/2/child', `spiffe://${TD}/scale/2`, ['unix:uid:8']), 'test');
+    const moved = await byPath('/scale/1');
+    await ds.updateEntry(moved.id, { ...moved, parentId: other }, 'test');
+    await ds.deleteEntry((await byPath('/scale/3')).id, 'test');
+    const hinted = await byPath('/scale/4');
+    await ds.updateEntry(hinted.id, { ...hinted, hint: 'changed' }, 'test');
+    const after = await client.fetchEntries(cursor);
+    expect(after.full).toBe(false);
+    expect(after.deletedIds).toEqual(expect.arrayContaining([moved.id]));
+    apply(after);
+    cursor = after.cursor;
+    expect(held).toEqual(await freshAnswer());
+    // Moving an entry with a child takes its subtree along: the answer says what to hold in full.
+    const parent = await byPath('/scale/2');
+    await ds.updateEntry(parent.id, { ...parent, parentId: other }, 'test');
+    apply(await client.fetchEntries(cursor));
+    expect(held.has(parent.id)).toBe(false);
+    expect(held).toEqual(await freshAnswer());
+    // Two created; /scale/1 moved and /scale/3 deleted; /scale/2 and its child moved.
+    expect(held.size).toBe(first.entries.length + 2 - 2 - 2);
   }, 120_000);
 });

@@ -4,13 +4,18 @@
  * authorization walk (which entries an agent may issue SVIDs for).
  *
  * The datastore has per-entry revision numbers but no record of deletions and no global change
- * counter, so the journal is kept here: each refresh compares the store with the copy and stamps
- * what differs with a new journal revision. Every write to the store appends to the audit log in
- * the same transaction, so a refresh reads every entry only when an audit record since the last
- * one concerns an entry; otherwise (no write, or node renewals, bans, tokens…) it costs two small
- * queries on the newest audit records. The journal lives in this process only: its `epoch` tells
- * an agent's cursor from another server's (or from before a restart), and such a cursor gets a
- * full sync.
+ * counter, so the journal is kept here: each refresh stamps what changed in the store with a new
+ * journal revision. Every entry write appends an audit record naming the entry in its transaction,
+ * so a refresh reads the audit records since the last one and reads again only the entries they
+ * name, by id, in audit order: an entry found with a new revision number replaces the copy, one
+ * no longer found is deleted. Without new records (or with node renewals, bans, tokens… only) a
+ * refresh costs one or two small queries. Every entry is read (and compared with the copy) only on
+ * the first refresh and when the audit log has a gap that cannot be bridged: records deleted from
+ * it, or a log that went back (a store restored from a backup). An id missing because its
+ * transaction is still running (PostgreSQL) is not such a gap: the datastore waits for it.
+ *
+ * The journal lives in this process only: its `epoch` tells an agent's cursor from another
+ * server's (or from before a restart), and such a cursor gets a full sync.
  *
  * @module
  */
@@ -26,6 +31,8 @@ const MAX_TOMBSTONES = 50_000;
  * FetchBundles, BatchNewX509SVID), and the walk is the cost at tens of thousands of entries.
  */
 const MAX_CACHED_AUTHORIZATIONS = 1024;
+/** Stale places the change log may hold beyond twice its live ids before it is rebuilt. */
+const LOG_SLACK = 4096;
 
 export interface SyncCursor {
   epoch: string;
@@ -82,11 +89,22 @@ export class EntryJournal {
   #horizon = 0;
   #auditHead = -1;
   #loads = 0;
+  #applied = 0;
   #entries = new Map<string, Journaled>();
   #tombstones = new Map<string, Tombstone>();
-  /** SPIFFE IDs that are some entry's parent. */
-  #parents = new Set<string>();
-  #byParent = new Map<string, RegistrationEntry[]>();
+  /**
+   * Ids of changed entries (kept or tombstoned) in journal-revision order, with those revisions:
+   * an incremental sync looks only at the tail past its cursor, not at every entry. An id is
+   * appended at each change; its older places are skipped, and dropped when the log is rebuilt.
+   */
+  #log: string[] = [];
+  #logRevisions: number[] = [];
+  /** Entries by parent SPIFFE ID, then by id; a parent is a key only while it has an entry. */
+  #byParent = new Map<string, Map<string, RegistrationEntry>>();
+  /** Node aliases (entries parented to the server) by each of their selectors, as `type:value`. */
+  #aliasesBySelector = new Map<string, Set<RegistrationEntry>>();
+  /** Node aliases without selectors: every node matches them. */
+  #aliasesForAll = new Set<RegistrationEntry>();
   /** By agent ID and node selectors; emptied whenever the journal revision moves. */
   #authorized = new Map<string, CachedAuthorization>();
   #refreshing: Promise<void> | undefined;
@@ -105,6 +123,11 @@ export class EntryJournal {
     return this.#loads;
   }
 
+  /** How many entry changes were applied one by one, read by id. */
+  get applied(): number {
+    return this.#applied;
+  }
+
   /** Brings the copy up to date with the store; concurrent callers share one read. */
   refresh(): Promise<void> {
     this.#refreshing ??= this.#refresh().finally(() => {
@@ -114,14 +137,19 @@ export class EntryJournal {
   }
 
   async #refresh(): Promise<void> {
-    const { head, entriesChanged } = await this.#store.entryChangesSince(this.#auditHead);
-    if (head === this.#auditHead) return;
-    // Other writes (node renewals, bans, tokens…) leave the entries as they were.
-    if (!entriesChanged && this.#revision > 0) {
-      this.#auditHead = head;
-      return;
-    }
+    if (this.#auditHead < 0) return this.#load();
+    const log = await this.#store.entryChangesSince(this.#auditHead);
+    if (log.gap) return this.#load();
+    if (log.entryIds.length > 0) await this.#apply(log.entryIds);
+    this.#auditHead = log.head;
+  }
+
+  /** Reads every entry and stamps what differs from the copy. */
+  async #load(): Promise<void> {
     this.#loads++;
+    // Entries read after the head settled reflect every write audited up to it; a write after it
+    // may be read here too, and is applied again (no change) by the next refresh.
+    const head = await this.#store.settledAuditHead();
     const loaded = new Map<string, RegistrationEntry>();
     let token = '';
     do {
@@ -140,22 +168,12 @@ export class EntryJournal {
       }
       changed = true;
       this.#tombstones.delete(id);
-      entries.set(id, {
-        entry,
-        changed: next,
-        // Kept across changes: an agent may have missed several of them.
-        formerSpiffeIds: former(known?.formerSpiffeIds, known?.entry.spiffeId, entry.spiffeId),
-        formerParentIds: former(known?.formerParentIds, known?.entry.parentId, entry.parentId),
-      });
+      entries.set(id, journaled(entry, known, next));
     }
     for (const [id, known] of this.#entries) {
       if (loaded.has(id)) continue;
       changed = true;
-      this.#tombstones.set(id, {
-        changed: next,
-        spiffeIds: [known.entry.spiffeId, ...known.formerSpiffeIds],
-        parentIds: [known.entry.parentId, ...known.formerParentIds],
-      });
+      this.#tombstones.set(id, tombstone(known, next));
     }
     this.#pruneTombstones();
     this.#auditHead = head;
@@ -163,13 +181,82 @@ export class EntryJournal {
     this.#revision = next;
     this.#entries = entries;
     this.#byParent = new Map();
-    for (const { entry } of entries.values()) {
-      const siblings = this.#byParent.get(entry.parentId);
-      if (siblings === undefined) this.#byParent.set(entry.parentId, [entry]);
-      else siblings.push(entry);
-    }
-    this.#parents = new Set(this.#byParent.keys());
+    this.#aliasesBySelector = new Map();
+    this.#aliasesForAll = new Set();
+    for (const { entry } of entries.values()) this.#index(entry);
+    this.#rebuildLog();
     this.#authorized.clear();
+  }
+
+  /** Reads the named entries again, in order: a new revision replaces the copy, a missing one goes. */
+  async #apply(ids: readonly string[]): Promise<void> {
+    const current = new Map((await this.#store.getEntries(ids)).map((entry) => [entry.id, entry]));
+    const next = this.#revision + 1;
+    let changed = false;
+    for (const id of ids) {
+      const entry = current.get(id);
+      const known = this.#entries.get(id);
+      // Created and deleted since the last refresh, or written again with what the copy has.
+      if (entry === undefined ? known === undefined : known?.entry.revisionNumber === entry.revisionNumber)
+        continue;
+      changed = true;
+      this.#applied++;
+      if (known !== undefined) this.#unindex(known.entry);
+      this.#log.push(id);
+      this.#logRevisions.push(next);
+      if (entry === undefined) {
+        this.#entries.delete(id);
+        if (known !== undefined) this.#tombstones.set(id, tombstone(known, next));
+        continue;
+      }
+      this.#tombstones.delete(id);
+      this.#entries.set(id, journaled(entry, known, next));
+      this.#index(entry);
+    }
+    if (!changed) return;
+    this.#pruneTombstones();
+    if (this.#log.length > 2 * (this.#entries.size + this.#tombstones.size) + LOG_SLACK) this.#rebuildLog();
+    this.#revision = next;
+    this.#authorized.clear();
+  }
+
+  /** The change log from the entries and tombstones kept: each id once, at its last change. */
+  #rebuildLog(): void {
+    const all: [number, string][] = [];
+    for (const [id, kept] of this.#entries) all.push([kept.changed, id]);
+    for (const [id, gone] of this.#tombstones) all.push([gone.changed, id]);
+    all.sort((a, b) => a[0] - b[0]);
+    this.#log = all.map(([, id]) => id);
+    this.#logRevisions = all.map(([revision]) => revision);
+  }
+
+  #index(entry: RegistrationEntry): void {
+    const siblings = this.#byParent.get(entry.parentId);
+    if (siblings === undefined) this.#byParent.set(entry.parentId, new Map([[entry.id, entry]]));
+    else siblings.set(entry.id, entry);
+    if (entry.parentId !== this.#serverId) return;
+    if (entry.selectors.length === 0) this.#aliasesForAll.add(entry);
+    for (const selector of entry.selectors) {
+      const key = `${selector.type}:${selector.value}`;
+      const aliases = this.#aliasesBySelector.get(key);
+      if (aliases === undefined) this.#aliasesBySelector.set(key, new Set([entry]));
+      else aliases.add(entry);
+    }
+  }
+
+  /** Takes out `entry`, the very object #index was given. */
+  #unindex(entry: RegistrationEntry): void {
+    const siblings = this.#byParent.get(entry.parentId);
+    siblings?.delete(entry.id);
+    if (siblings?.size === 0) this.#byParent.delete(entry.parentId);
+    if (entry.parentId !== this.#serverId) return;
+    this.#aliasesForAll.delete(entry);
+    for (const selector of entry.selectors) {
+      const key = `${selector.type}:${selector.value}`;
+      const aliases = this.#aliasesBySelector.get(key);
+      aliases?.delete(entry);
+      if (aliases?.size === 0) this.#aliasesBySelector.delete(key);
+    }
   }
 
   #pruneTombstones(): void {
@@ -213,8 +300,12 @@ export class EntryJournal {
       validUntil = Math.min(validUntil, entry.expiresAt);
       return true;
     };
+    // Candidate aliases share a selector with the node (or have none); each must have all of its own.
+    const candidates = new Set(this.#aliasesForAll);
+    for (const selector of have)
+      for (const alias of this.#aliasesBySelector.get(selector) ?? []) candidates.add(alias);
     const roots = [agentId];
-    for (const alias of this.#byParent.get(this.#serverId) ?? [])
+    for (const alias of candidates)
       if (alias.selectors.every((s) => have.has(`${s.type}:${s.value}`)) && live(alias))
         roots.push(alias.spiffeId);
     const scope = createHash('sha256')
@@ -228,7 +319,7 @@ export class EntryJournal {
       const id = queue[next] as string;
       if (visited.has(id)) continue;
       visited.add(id);
-      for (const child of this.#byParent.get(id) ?? []) {
+      for (const child of this.#byParent.get(id)?.values() ?? []) {
         if (!live(child)) continue;
         entries.set(child.id, child);
         queue.push(child.spiffeId);
@@ -255,26 +346,65 @@ export class EntryJournal {
       return full();
     const upserts: RegistrationEntry[] = [];
     const deletedIds: string[] = [];
-    for (const [id, journaled] of this.#entries) {
-      if (journaled.changed <= cursor.revision) continue;
-      // A changed parent moves its whole subtree in or out; only a full sync says which.
-      if (
-        this.#parents.has(journaled.entry.spiffeId) ||
-        journaled.formerSpiffeIds.some((former) => this.#parents.has(former))
-      )
-        return full();
-      if (authorization.entries.has(id)) upserts.push(journaled.entry);
-      // Entries that never were this agent's are none of its business.
-      else if (journaled.formerParentIds.some((former) => authorization.parents.has(former)))
-        deletedIds.push(id);
-    }
-    for (const [id, tombstone] of this.#tombstones) {
-      if (tombstone.changed <= cursor.revision) continue;
-      if (tombstone.spiffeIds.some((former) => this.#parents.has(former))) return full();
+    const seen = new Set<string>();
+    for (let at = firstAfter(this.#logRevisions, cursor.revision); at < this.#log.length; at++) {
+      const id = this.#log[at] as string;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      const journaled = this.#entries.get(id);
+      if (journaled !== undefined) {
+        if (journaled.changed <= cursor.revision) continue;
+        // A changed parent moves its whole subtree in or out; only a full sync says which.
+        if (
+          this.#byParent.has(journaled.entry.spiffeId) ||
+          journaled.formerSpiffeIds.some((former) => this.#byParent.has(former))
+        )
+          return full();
+        if (authorization.entries.has(id)) upserts.push(journaled.entry);
+        // Entries that never were this agent's are none of its business.
+        else if (journaled.formerParentIds.some((former) => authorization.parents.has(former)))
+          deletedIds.push(id);
+        continue;
+      }
+      const tombstone = this.#tombstones.get(id);
+      // Neither kept nor tombstoned: a pruned tombstone, older than the horizon checked above.
+      if (tombstone === undefined || tombstone.changed <= cursor.revision) continue;
+      if (tombstone.spiffeIds.some((former) => this.#byParent.has(former))) return full();
       if (tombstone.parentIds.some((former) => authorization.parents.has(former))) deletedIds.push(id);
     }
     return { full: false, entries: upserts, deletedIds, cursor: now };
   }
+}
+
+/** Index of the first of the ascending `revisions` above `revision` (their length if none is). */
+function firstAfter(revisions: readonly number[], revision: number): number {
+  let low = 0;
+  let high = revisions.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((revisions[middle] as number) <= revision) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+/** The journal's record of `entry`, changed at `revision`, replacing `known`. */
+function journaled(entry: RegistrationEntry, known: Journaled | undefined, revision: number): Journaled {
+  return {
+    entry,
+    changed: revision,
+    // Kept across changes: an agent may have missed several of them.
+    formerSpiffeIds: former(known?.formerSpiffeIds, known?.entry.spiffeId, entry.spiffeId),
+    formerParentIds: former(known?.formerParentIds, known?.entry.parentId, entry.parentId),
+  };
+}
+
+function tombstone(known: Journaled, revision: number): Tombstone {
+  return {
+    changed: revision,
+    spiffeIds: [known.entry.spiffeId, ...known.formerSpiffeIds],
+    parentIds: [known.entry.parentId, ...known.formerParentIds],
+  };
 }
 
 function former(

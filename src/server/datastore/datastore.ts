@@ -199,6 +199,19 @@ export interface StoredBundle {
   updatedAt: number;
 }
 
+/** What the audit log says about entries after a position in it (see Datastore.entryChangesSince). */
+export interface EntryChangeLog {
+  /** The id read up to: the next read starts after it. */
+  head: number;
+  /** Ids of the entries written since, in audit order, each once: created, updated or deleted. */
+  entryIds: string[];
+  /**
+   * True when records in the range can no longer be read (deleted from the log, or a log that
+   * went back past `after`): the entries named are not all there is, so read every entry again.
+   */
+  gap: boolean;
+}
+
 /** Who asks for a change, as recorded in the audit log (e.g. `uid:0`, `server`). */
 export type Actor = string;
 
@@ -291,12 +304,19 @@ export interface Datastore {
   deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
 
   listAudit(limit: number): Promise<AuditRecord[]>;
+  /** The entries with these ids that exist, in no particular order. */
+  getEntries(ids: readonly string[]): Promise<RegistrationEntry[]>;
   /**
-   * The newest audit record's id (0 when there is none), and whether a record after `after`
-   * concerns a registration entry: every entry write audits one in its transaction, so without one
-   * the entries are as they were at `after`.
+   * The newest audit record's id (0 when there is none), once no transaction that could still
+   * commit a record at or below it is running: entries read after this resolves reflect every
+   * entry write audited up to that id. Start of a full read of the entries.
    */
-  entryChangesSince(after: number): Promise<{ head: number; entriesChanged: boolean }>;
+  settledAuditHead(): Promise<number>;
+  /**
+   * Which entries the audit records after `after` name, and the id read up to: every entry write
+   * audits one in its transaction, so entries not named are as they were at `after`.
+   */
+  entryChangesSince(after: number): Promise<EntryChangeLog>;
   /** Proves the store answers (readiness). */
   ping(): Promise<void>;
   close(): Promise<void>;

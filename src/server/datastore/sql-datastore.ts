@@ -22,6 +22,7 @@ import type {
   CaChange,
   CaSlot,
   Datastore,
+  EntryChangeLog,
   EntryCreation,
   EntryFilter,
   EntryPage,
@@ -55,6 +56,8 @@ const MAX_PAGE_SIZE = 1000;
  * limits (SQLite 32766, PostgreSQL 65535) while one statement carries the work of hundreds.
  */
 const BATCH_ROWS = 500;
+/** Audit records read per query when looking for entry changes. */
+const AUDIT_PAGE_SIZE = 10_000;
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -73,6 +76,19 @@ export interface EntryRows {
  */
 export type EntryRowsWriter = (rows: EntryRows) => void;
 
+/**
+ * Resolves once every transaction running when it was called has ended (committed or rolled
+ * back). Given by stores whose writers commit out of id order (PostgreSQL: several connections and
+ * servers take audit ids from one sequence, and a later id may commit first); without one, audit
+ * ids commit in order (SQLite: one writer at a time, and a rollback frees its AUTOINCREMENT id).
+ */
+export type WriterSettler = (db: Kysely<Database>) => Promise<void>;
+
+export interface SqlDatastoreOptions {
+  writeRows?: EntryRowsWriter;
+  settleWriters?: WriterSettler;
+}
+
 /** Key that makes (spiffe_id, parent_id, selector set) unique whatever order selectors came in. */
 export function selectorsKey(selectors: readonly Selector[]): string {
   const canonical = selectors
@@ -86,11 +102,13 @@ export class SqlDatastore implements Datastore {
   readonly #db: Kysely<Database>;
   readonly #clock: Clock;
   readonly #writeRows: EntryRowsWriter | undefined;
+  readonly #settleWriters: WriterSettler | undefined;
 
-  constructor(db: Kysely<Database>, clock: Clock, writeRows?: EntryRowsWriter) {
+  constructor(db: Kysely<Database>, clock: Clock, options: SqlDatastoreOptions = {}) {
     this.#db = db;
     this.#clock = clock;
-    this.#writeRows = writeRows;
+    this.#writeRows = options.writeRows;
+    this.#settleWriters = options.settleWriters;
   }
 
   async createEntry(entry: NewEntry, actor: Actor): Promise<RegistrationEntry> {
@@ -156,6 +174,12 @@ export class SqlDatastore implements Datastore {
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
     return (await this.#loadEntries(this.#db, [id]))[0];
+  }
+
+  async getEntries(ids: readonly string[]): Promise<RegistrationEntry[]> {
+    const found: RegistrationEntry[] = [];
+    for (const chunk of chunks(ids, MAX_PAGE_SIZE)) found.push(...(await this.#loadEntries(this.#db, chunk)));
+    return found;
   }
 
   async listEntries(filter: EntryFilter, page: Page = {}): Promise<EntryPage> {
@@ -662,23 +686,60 @@ export class SqlDatastore implements Datastore {
     }));
   }
 
-  async entryChangesSince(after: number): Promise<{ head: number; entriesChanged: boolean }> {
-    // The head first: an entry write landing between the two reads is then seen as a change after
-    // an older head, costing at most one extra reload, never a missed one.
+  async settledAuditHead(): Promise<number> {
+    const head = await this.#newestAuditId();
+    // Read the head first: a transaction holding an id at or below it took that id before the
+    // read, so it was running when the settling starts.
+    await this.#settleWriters?.(this.#db);
+    return head;
+  }
+
+  async entryChangesSince(after: number): Promise<EntryChangeLog> {
+    const head = await this.#newestAuditId();
+    if (head === after) return { head, entryIds: [], gap: false };
+    // The log went back (a store restored or replaced): what happened since `after` is unknown.
+    if (head < after) return { head, entryIds: [], gap: true };
+    let read = await this.#auditRange(after, head);
+    if (read.count === head - after) return { head, entryIds: read.entryIds, gap: false };
+    // Ids missing in the range. With a settler they belong to transactions still running or
+    // rolled back: once those have ended, what is missing then is gone for good (rolled back).
+    // Without one, ids commit in order, so a missing record was deleted: nothing to wait for.
+    if (this.#settleWriters === undefined) return { head, entryIds: read.entryIds, gap: true };
+    await this.#settleWriters(this.#db);
+    read = await this.#auditRange(after, head);
+    return { head, entryIds: read.entryIds, gap: false };
+  }
+
+  async #newestAuditId(): Promise<number> {
     const newest = await this.#db
       .selectFrom('audit_log')
       .select('id')
       .orderBy('id', 'desc')
       .limit(1)
       .executeTakeFirst();
-    const entry = await this.#db
-      .selectFrom('audit_log')
-      .select('id')
-      .where('id', '>', after)
-      .where('object_type', '=', 'entry')
-      .limit(1)
-      .executeTakeFirst();
-    return { head: Number(newest?.id ?? 0), entriesChanged: entry !== undefined };
+    return Number(newest?.id ?? 0);
+  }
+
+  /** How many audit records (after, upTo] holds, and the entries they name, in order, each once. */
+  async #auditRange(after: number, upTo: number): Promise<{ count: number; entryIds: string[] }> {
+    const entryIds = new Set<string>();
+    let count = 0;
+    for (let from = after; ; ) {
+      const rows = await this.#db
+        .selectFrom('audit_log')
+        .select(['id', 'object_type', 'object_id'])
+        .where('id', '>', from)
+        .where('id', '<=', upTo)
+        .orderBy('id')
+        .limit(AUDIT_PAGE_SIZE)
+        .execute();
+      count += rows.length;
+      for (const row of rows) if (row.object_type === 'entry') entryIds.add(row.object_id);
+      const last = rows.at(-1);
+      if (rows.length < AUDIT_PAGE_SIZE || last === undefined) break;
+      from = Number(last.id);
+    }
+    return { count, entryIds: [...entryIds] };
   }
 
   async ping(): Promise<void> {
@@ -788,17 +849,30 @@ export class SqlDatastore implements Datastore {
       .where('entry_id', 'in', [...ids])
       .orderBy('trust_domain')
       .execute();
+    // Grouped once by entry: filtering the page's rows for each entry is quadratic in the page.
+    const selectorsOf = new Map<string, Selector[]>();
+    for (const s of selectors) {
+      const list = selectorsOf.get(s.entry_id);
+      if (list === undefined) selectorsOf.set(s.entry_id, [{ type: s.type, value: s.value }]);
+      else list.push({ type: s.type, value: s.value });
+    }
+    const federatesOf = new Map<string, string[]>();
+    for (const f of federates) {
+      const list = federatesOf.get(f.entry_id);
+      if (list === undefined) federatesOf.set(f.entry_id, [f.trust_domain]);
+      else list.push(f.trust_domain);
+    }
     return rows.map((r) => ({
       id: r.id,
       spiffeId: r.spiffe_id,
       parentId: r.parent_id,
-      selectors: selectors.filter((s) => s.entry_id === r.id).map((s) => ({ type: s.type, value: s.value })),
+      selectors: selectorsOf.get(r.id) ?? [],
       x509SvidTtl: Number(r.x509_svid_ttl),
       jwtSvidTtl: Number(r.jwt_svid_ttl),
       dnsNames: JSON.parse(r.dns_names) as string[],
       admin: Number(r.admin) === 1,
       downstream: Number(r.downstream) === 1,
-      federatesWith: federates.filter((f) => f.entry_id === r.id).map((f) => f.trust_domain),
+      federatesWith: federatesOf.get(r.id) ?? [],
       hint: r.hint,
       expiresAt: Number(r.expires_at),
       revisionNumber: Number(r.revision_number),

@@ -93,7 +93,7 @@ export async function openSqliteDatastore(dataDir: string, clock: Clock): Promis
   }
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
   const migrated = await migrateToLatest(db as Kysely<unknown>, 'sqlite');
-  return { datastore: new SqlDatastore(db, clock, entryRowsWriter(sqlite)), migrated, path };
+  return { datastore: new SqlDatastore(db, clock, { writeRows: entryRowsWriter(sqlite) }), migrated, path };
 }
 
 /**
