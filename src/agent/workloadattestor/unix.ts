@@ -110,9 +110,12 @@ export class NameFile {
     // A synchronous stat: the account files are local and their inode cached, so it costs a few
     // microseconds, where a round trip through libuv's thread pool costs tens to hundreds on a
     // busy machine, on every attestation. A changed file is still read asynchronously.
-    const st = statSync(this.#path, { bigint: true, throwIfNoEntry: false });
-    if (st === undefined) return new Map();
-    const key = fileKey(st);
+    let key: string;
+    try {
+      key = fileKey(statSync(this.#path, { bigint: true }));
+    } catch {
+      return new Map();
+    }
     if (key === this.#key) return this.#names;
     if (this.#reading?.key !== key) {
       const reading = {
