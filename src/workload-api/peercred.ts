@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import koffi from 'koffi';
@@ -78,11 +78,15 @@ export function peerCredentials(socket: Socket): CallerCredentials {
 /**
  * Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot), or undefined when the
  * process is gone. A pid names the same process only as long as this value stays the same.
+ *
+ * Read synchronously: the kernel renders /proc files from memory, so the read never waits on a
+ * device, and it costs a few microseconds where a round trip through libuv's thread pool costs
+ * tens to hundreds on a busy machine (the first-response path reads it twice per stream).
  */
-export async function processStartTime(procRoot: string, pid: number): Promise<string | undefined> {
+export function processStartTime(procRoot: string, pid: number): string | undefined {
   let stat: string;
   try {
-    stat = await readFile(join(procRoot, String(pid), 'stat'), 'utf8');
+    stat = readFileSync(join(procRoot, String(pid), 'stat'), 'utf8');
   } catch {
     return undefined;
   }

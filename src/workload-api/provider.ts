@@ -28,7 +28,11 @@ export interface X509SvidMaterial {
   readonly hint?: string;
 }
 
-/** What a set of selectors is entitled to, at one moment. */
+/**
+ * What a set of selectors is entitled to, at one moment. The server encodes a stream response once
+ * per distinct set of these objects (by identity) and shares the bytes with every stream given the
+ * same objects: never change a material or bundle once returned; new content is a new object.
+ */
 export interface WorkloadIdentities {
   /** The caller's X.509-SVIDs, default identity first. Empty means: no identity (PermissionDenied). */
   readonly svids: readonly X509SvidMaterial[];

@@ -35,6 +35,7 @@ import {
   SpiffeId,
   validateJwtSvid,
 } from '../spiffe/index.js';
+import { EncodedResponses } from './encoded.js';
 import { WorkloadApiError } from './errors.js';
 import { peerCredentials, processStartTime } from './peercred.js';
 import {
@@ -143,6 +144,7 @@ export class WorkloadApiServer {
   readonly #sockets = new Set<Socket>();
   readonly #grpc = new Server();
   readonly #injector: ConnectionInjector;
+  readonly #encoded = new EncodedResponses();
   readonly #net: NetServer;
   #nextConnection = 0;
 
@@ -155,7 +157,7 @@ export class WorkloadApiServer {
     this.#grpc.addService(serverDefinition(), this.#implementation());
     this.#injector = this.#grpc.createConnectionInjector(ServerCredentials.createInsecure());
     this.#net = createServer((socket) => {
-      void this.#accept(socket);
+      this.#accept(socket);
     });
   }
 
@@ -192,7 +194,7 @@ export class WorkloadApiServer {
     await closed;
   }
 
-  async #accept(socket: Socket): Promise<void> {
+  #accept(socket: Socket): void {
     let credentials: CallerCredentials;
     try {
       credentials = peerCredentials(socket);
@@ -209,9 +211,7 @@ export class WorkloadApiServer {
       this.#connections.delete(tag);
       this.#sockets.delete(socket);
     });
-    const startTime = await processStartTime(this.#procRoot, credentials.pid);
-    // The peer may have hung up while we read; its 'close' has then already run.
-    if (socket.destroyed) return;
+    const startTime = processStartTime(this.#procRoot, credentials.pid);
     this.#connections.set(tag, { credentials, startTime });
     Object.defineProperty(socket, 'remoteAddress', { value: tag, enumerable: true });
     this.#logger.debug({ ...credentials, connection: tag, start_time: startTime }, 'workload connected');
@@ -244,7 +244,7 @@ export class WorkloadApiServer {
     }
     // The attestors read /proc/<pid>; if the process that connected has exited and its pid now
     // names another process, they described the wrong process. The start time tells them apart.
-    const startTimeNow = await processStartTime(this.#procRoot, credentials.pid);
+    const startTimeNow = processStartTime(this.#procRoot, credentials.pid);
     if (connection.startTime === undefined || startTimeNow !== connection.startTime) {
       this.#logger.warn({ pid: credentials.pid, uid: credentials.uid }, 'caller pid was reused');
       throw new Refusal(
@@ -262,11 +262,11 @@ export class WorkloadApiServer {
 
   #implementation(): UntypedServiceImplementation {
     const FetchX509SVID: handleServerStreamingCall<EmptyMessage, Buffer> = (call) =>
-      this.#stream<X509SVIDResponseMessage>(call, 'FetchX509SVID', x509SvidResponse);
+      this.#stream(call, 'FetchX509SVID', (i) => [i.svids, [i.bundle], i.federatedBundles], x509SvidResponse);
     const FetchX509Bundles: handleServerStreamingCall<EmptyMessage, Buffer> = (call) =>
-      this.#stream<X509BundlesResponseMessage>(call, 'FetchX509Bundles', x509BundlesResponse);
+      this.#stream(call, 'FetchX509Bundles', (i) => [[i.bundle], i.federatedBundles], x509BundlesResponse);
     const FetchJWTBundles: handleServerStreamingCall<EmptyMessage, Buffer> = (call) =>
-      this.#stream<JWTBundlesResponseMessage>(call, 'FetchJWTBundles', jwtBundlesResponse);
+      this.#stream(call, 'FetchJWTBundles', (i) => [[i.bundle], i.federatedBundles], jwtBundlesResponse);
     const FetchJWTSVID: handleUnaryCall<JWTSVIDRequestMessage, JWTSVIDResponseMessage> = (call, callback) => {
       this.#unary(
         'FetchJWTSVID',
@@ -314,15 +314,24 @@ export class WorkloadApiServer {
 
   /**
    * Serves a stream: the full state at once, then again after every provider change that alters
-   * it; ends with PermissionDenied when the caller's identities drop to none.
+   * it; ends with PermissionDenied when the caller's identities drop to none. `inputs` names the
+   * objects of the snapshot `render` reads, in order: streams with the same objects share one
+   * encoding of the response (see EncodedResponses).
    */
-  #stream<T>(
+  #stream(
     call: ServerWritableStream<EmptyMessage, Buffer>,
     method: string,
-    render: (identities: WorkloadIdentities) => T,
+    inputs: (identities: WorkloadIdentities) => readonly (readonly object[])[],
+    render: (identities: WorkloadIdentities) => unknown,
   ): void {
     const definition = workloadServiceDefinition()[method];
     if (definition === undefined) throw new TypeError(`no method ${method} in the Workload API proto`);
+    const encode = (identities: WorkloadIdentities): Buffer => {
+      const parts = inputs(identities);
+      return this.#encoded.get(`${method}:${parts.map((p) => p.length).join(':')}`, parts.flat(), () =>
+        definition.responseSerialize(render(identities)),
+      );
+    };
     let unsubscribe: (() => void) | undefined;
     let ended = false;
     let reported = false;
@@ -350,30 +359,28 @@ export class WorkloadApiServer {
       (authorized) => {
         if (ended) return;
         let last: Buffer | undefined;
-        const send = (identities: WorkloadIdentities) => {
-          // Serialised once: the bytes both tell a change and are what is sent (see serverDefinition).
-          const bytes = definition.responseSerialize(render(identities));
-          // Equal content is not a change; the stream stays quiet (W-7).
-          if (last?.equals(bytes)) return;
-          last = bytes;
-          call.write(bytes);
-          report(Status.OK);
-        };
         const update = () => {
           if (ended) return;
-          let identities: WorkloadIdentities;
+          let bytes: Buffer;
           try {
-            identities = this.#provider.identities(authorized.selectors);
+            const identities = this.#provider.identities(authorized.selectors);
+            if (identities.svids.length === 0) {
+              end(new Refusal(Status.PERMISSION_DENIED, 'no identity issued'));
+              return;
+            }
+            // The bytes both tell a change and are what is sent (see serverDefinition).
+            bytes = encode(identities);
           } catch (e) {
             // Runs inside the provider's notification: a failure ends this stream, not the provider.
             end(e);
             return;
           }
-          if (identities.svids.length === 0) {
-            end(new Refusal(Status.PERMISSION_DENIED, 'no identity issued'));
-            return;
-          }
-          send(identities);
+          // Equal content is not a change; the stream stays quiet (W-7). Shared bytes are compared
+          // by reference first; new objects with the same content still compare equal.
+          if (bytes === last || last?.equals(bytes)) return;
+          last = bytes;
+          call.write(bytes);
+          report(Status.OK);
         };
         unsubscribe = this.#provider.subscribe(update);
         // Read again now that we are subscribed: a change between attestation and subscription
@@ -483,8 +490,8 @@ export class WorkloadApiServer {
 
 /**
  * The service as this server registers it: a stream serialises each response itself (it compares
- * the bytes with the last ones sent), so a Buffer written to a stream goes out as it is instead of
- * being serialised a second time. No response message is a Buffer, so nothing else is mistaken for one.
+ * the bytes with the last ones sent, and shares them with other streams), so a Buffer written to a
+ * stream goes out as it is instead of being serialised a second time. No response message is a Buffer, so nothing else is mistaken for one.
  */
 function serverDefinition(): ServiceDefinition {
   const methods: Record<string, ServiceDefinition[string]> = {};

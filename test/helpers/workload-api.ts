@@ -103,6 +103,8 @@ export interface TestEntry {
 export class TestProvider implements WorkloadIdentityProvider {
   readonly ca: TestCa;
   readonly #attestor: Pick<UnixAttestor, 'attest'>;
+  /** One object for as long as its content stays, as the agent's cache keeps it (streams share its encoding). */
+  readonly #bundle: SpiffeBundle;
   #entries: TestEntry[] = [];
   #svids = new Map<string, X509SvidMaterial>();
   #federated: SpiffeBundle[] = [];
@@ -113,6 +115,7 @@ export class TestProvider implements WorkloadIdentityProvider {
   constructor(ca: TestCa, attestor: Pick<UnixAttestor, 'attest'>) {
     this.ca = ca;
     this.#attestor = attestor;
+    this.#bundle = ca.bundle();
   }
 
   async setEntries(entries: TestEntry[]): Promise<void> {
@@ -156,7 +159,7 @@ export class TestProvider implements WorkloadIdentityProvider {
       .filter((e) => e.selectors.every((s) => have.has(s)))
       .map((e) => this.#svids.get(e.spiffeId.toString()))
       .filter((s): s is X509SvidMaterial => s !== undefined);
-    return { svids, bundle: this.ca.bundle(), federatedBundles: this.#federated };
+    return { svids, bundle: this.#bundle, federatedBundles: this.#federated };
   }
 
   mintJwtSvid(spiffeId: SpiffeId, audience: readonly string[]): Promise<string> {

@@ -7,6 +7,7 @@ import {
   readlinkSync,
   realpathSync,
   rmSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
@@ -194,6 +195,13 @@ describe('unix workload attestor on real processes', () => {
     expect(second.get(7001)).toBe('gamma');
     rmSync(path);
     expect((await names.names()).size).toBe(0);
+  });
+
+  it('gives no names, rather than failing, for a name file whose stat fails with other than ENOENT', async () => {
+    // Two links pointing at each other: stat fails with ELOOP.
+    symlinkSync(join(dir, 'loop-b'), join(dir, 'loop-a'));
+    symlinkSync(join(dir, 'loop-a'), join(dir, 'loop-b'));
+    expect((await new NameFile(join(dir, 'loop-a')).names()).size).toBe(0);
   });
 
   it('omits the hash of a binary over the size limit, keeping the other selectors', async () => {
