@@ -50,7 +50,7 @@ export class LogSink {
 }
 
 /** A directory with the swtpm local CA's root and intermediate, as an operator would lay it out. */
-export function ekCaDir(swtpm: Swtpm): string {
+export function ekCaDir(swtpm: Pick<Swtpm, 'ekRootCertPath' | 'ekIssuerCertPath'>): string {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-ekca-'));
   copyFileSync(swtpm.ekRootCertPath, join(dir, 'root.pem'));
   copyFileSync(swtpm.ekIssuerCertPath, join(dir, 'issuer.pem'));
