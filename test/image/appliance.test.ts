@@ -1,10 +1,10 @@
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import type { AttestedNode } from '../../src/server/datastore/datastore.js';
-import { ekCaDir, startAttestServer, TD, type TestServer, until } from '../attestation/harness.js';
+import { ekCaDir, removeHsm, startAttestServer, TD, type TestServer, until } from '../attestation/harness.js';
 import {
   type Appliance,
   type BuiltImage,
@@ -108,7 +108,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await stopAllVms();
   await server?.stop();
-  for (const dir of [factory, profilesDir, caDir])
+  await removeHsm();
+  const serverDir = server === undefined ? undefined : dirname(server.dataDir);
+  for (const dir of [factory, profilesDir, caDir, serverDir])
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
 });
 
