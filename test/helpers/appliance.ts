@@ -35,6 +35,11 @@ export interface ApplianceOptions {
   serverPort: number;
   /** Files for the config disk (vfat labelled IRONROOT): name → content, e.g. agent.yaml, bundle.pem. */
   config: Record<string, string>;
+  /**
+   * Guest memory; default 1024 MiB, as the image's build boots it. OVMF's PCR 0 measurements depend on
+   * it (a firmware blob's digest changes with the memory size), so the image's profile fits only a
+   * boot with the build's size.
+   */
   memoryMb?: number;
 }
 
@@ -90,7 +95,7 @@ export async function bootAppliance(options: ApplianceOptions): Promise<Applianc
     const relay = join(repoRoot, 'test', 'helpers', 'guestfwd-relay.mjs');
     const [guestIp, guestPort] = GUEST_SERVER_ADDRESS.split(':');
     const args = [
-      ...['-accel', 'tcg', '-smp', '2', '-m', String(options.memoryMb ?? 1536), '-nographic', '-no-reboot'],
+      ...['-accel', 'tcg', '-smp', '2', '-m', String(options.memoryMb ?? 1024), '-nographic', '-no-reboot'],
       ...firmwareArgs(dir, code, vars, options.secureBoot),
       ...vtpmArgs(vtpm),
       ...['-drive', `if=none,id=root,format=raw,snapshot=on,file=${options.image}`],
