@@ -48,7 +48,8 @@ export interface Appliance {
   serial(): string;
   /**
    * Resolves with the first match of `pattern` in the console output after offset `from` (default:
-   * the start); fails after `timeoutMs`, or when qemu exits, with the console's tail.
+   * the start); fails after `timeoutMs`, or when qemu exits, with the console's tail. Output arrives
+   * in pieces: end the pattern with `\n` to match only whole lines.
    */
   waitFor(pattern: RegExp, timeoutMs: number, from?: number): Promise<RegExpExecArray>;
   /** The guest agent, once it answers (connects on first use). */

@@ -65,7 +65,15 @@ function applianceConfig(): Record<string, string> {
   };
 }
 
+let bootedAt = 0;
+
+/** Prints how far into the current boot `what` happened: for the reader, never asserted. */
+function note(what: string): void {
+  console.info(`[appliance] ${what} ${Math.round((Date.now() - bootedAt) / 1000)} s after qemu started`);
+}
+
 function boot(image: string, secureBoot: boolean, tpm: ManufacturedTpm): Promise<Appliance> {
+  bootedAt = Date.now();
   return bootAppliance({
     image,
     secureBoot,
@@ -138,6 +146,7 @@ describe('the appliance image with Secure Boot on', () => {
     if (!('spiffeId' in outcome))
       throw new Error(`the server refused the appliance: ${JSON.stringify(outcome)}`);
     const node = outcome as AttestedNode;
+    note('attested (Secure Boot on)');
     agentId = node.spiffeId;
     expect(agentId).toMatch(new RegExp(`^spiffe://${TD}/agent/tpm/[0-9a-f]{64}$`));
     const selectors = selectorsOf(node);
@@ -179,7 +188,8 @@ describe('the appliance image with Secure Boot on', () => {
       reporter,
     ]);
     expect(started.exitCode, started.stderr).toBe(0);
-    const reported = await vm.waitFor(/svid-reporter: identity (spiffe:\/\/\S+)/, BOOT_MS, mark);
+    const reported = await vm.waitFor(/svid-reporter: identity (spiffe:\/\/\S+)\n/, BOOT_MS, mark);
+    note('the workload reported its SVID');
     expect(reported[1]).toBe(REPORTER_ID);
   });
 
@@ -200,10 +210,12 @@ describe('the appliance image with Secure Boot on', () => {
       },
       BOOT_MS,
     );
+    note('untrusted after the drift');
     expect(trust.code).toBe('ERR_ATTEST_EVENTLOG_REPLAY');
     expect(trust.reason).toMatch(/PCR 8/);
-    const lost = await vm.waitFor(/svid-reporter: no identity: (.*)/, BOOT_MS, mark);
-    // The Workload API's PermissionDenied, as the CLI words it.
+    const lost = await vm.waitFor(/svid-reporter: no identity: (.*)\n/, BOOT_MS, mark);
+    // The Workload API's PermissionDenied, as the agent and the CLI word it.
+    expect(lost[1]).toContain('no identity issued');
     expect(lost[1]).toContain('the agent has no identity for this process');
   });
 });
@@ -222,6 +234,7 @@ describe('the appliance image refused', () => {
     server.logs.lines.length = 0;
     vm = await boot(built.image, false, await newTpm('tpm-secureboot-off'));
     const decision = await refusal();
+    note('refused (Secure Boot off)');
     expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
     expect(String(decision.detail)).toContain('secure_boot.enabled (PCR 7): expected enabled, got disabled');
     // The agent in the guest was told why (its log reaches the console through journald).
@@ -240,6 +253,7 @@ describe('the appliance image refused', () => {
     server.logs.lines.length = 0;
     vm = await boot(edited, true, await newTpm('tpm-edited-cmdline'));
     const decision = await refusal();
+    note('refused (edited kernel command line)');
     expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
     expect(String(decision.detail)).toMatch(
       /boot\.kernel_cmdline \(PCR 8 event \d+\): expected .*, got .*mitigations=off/,
