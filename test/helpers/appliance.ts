@@ -7,8 +7,8 @@
  *
  * @example
  *   const vm = await bootAppliance({ image, secureBoot: true, tpmState, serverPort, config });
- *   await vm.waitFor(/ironroot-agent.*attested/, 300_000);
- *   await vm.qga().then((g) => g.exec('systemctl is-active ironroot-agent'));
+ *   const [line] = await vm.waitFor(/ironroot-firstboot: .*\n/, 300_000);
+ *   const { stdout } = await (await vm.qga()).exec('systemctl is-active ironroot-agent');
  *   await vm.stop();
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';

@@ -146,7 +146,7 @@ describe('the appliance image with Secure Boot on', () => {
     if (!('spiffeId' in outcome))
       throw new Error(`the server refused the appliance: ${JSON.stringify(outcome)}`);
     const node = outcome as AttestedNode;
-    note('attested (Secure Boot on)');
+    note(`attested (Secure Boot on) as ${node.spiffeId} with ${selectorsOf(node).join(' ')}`);
     agentId = node.spiffeId;
     expect(agentId).toMatch(new RegExp(`^spiffe://${TD}/agent/tpm/[0-9a-f]{64}$`));
     const selectors = selectorsOf(node);
@@ -189,7 +189,7 @@ describe('the appliance image with Secure Boot on', () => {
     ]);
     expect(started.exitCode, started.stderr).toBe(0);
     const reported = await vm.waitFor(/svid-reporter: identity (spiffe:\/\/\S+)\n/, BOOT_MS, mark);
-    note('the workload reported its SVID');
+    note(`the workload reported ${reported[1]}`);
     expect(reported[1]).toBe(REPORTER_ID);
   });
 
@@ -210,7 +210,7 @@ describe('the appliance image with Secure Boot on', () => {
       },
       BOOT_MS,
     );
-    note('untrusted after the drift');
+    note(`untrusted after the drift: ${trust.code}: ${trust.reason}`);
     expect(trust.code).toBe('ERR_ATTEST_EVENTLOG_REPLAY');
     expect(trust.reason).toMatch(/PCR 8/);
     const lost = await vm.waitFor(/svid-reporter: no identity: (.*)\n/, BOOT_MS, mark);
@@ -234,7 +234,7 @@ describe('the appliance image refused', () => {
     server.logs.lines.length = 0;
     vm = await boot(built.image, false, await newTpm('tpm-secureboot-off'));
     const decision = await refusal();
-    note('refused (Secure Boot off)');
+    note(`refused (Secure Boot off): ${decision.reason}: ${decision.detail}`);
     expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
     expect(String(decision.detail)).toContain('secure_boot.enabled (PCR 7): expected enabled, got disabled');
     // The agent in the guest was told why (its log reaches the console through journald).
@@ -253,7 +253,7 @@ describe('the appliance image refused', () => {
     server.logs.lines.length = 0;
     vm = await boot(edited, true, await newTpm('tpm-edited-cmdline'));
     const decision = await refusal();
-    note('refused (edited kernel command line)');
+    note(`refused (edited kernel command line): ${decision.reason}: ${decision.detail}`);
     expect(decision.reason).toBe('ERR_ATTEST_PROFILE_VIOLATION');
     expect(String(decision.detail)).toMatch(
       /boot\.kernel_cmdline \(PCR 8 event \d+\): expected .*, got .*mitigations=off/,
