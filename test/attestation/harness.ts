@@ -20,6 +20,12 @@ export const TD = 'example.org';
 /** One SoftHSM token per test file (process): servers in a file run one after another and share it. */
 let hsm: SoftHsm | undefined;
 
+/** Deletes this file's SoftHSM token; call after its last server stopped. */
+export async function removeHsm(): Promise<void> {
+  await hsm?.cleanup();
+  hsm = undefined;
+}
+
 /** A clock the test moves; starts at the real time so certificates are valid for openssl too. */
 export class FakeClock {
   #offsetMs = 0;
@@ -50,7 +56,7 @@ export class LogSink {
 }
 
 /** A directory with the swtpm local CA's root and intermediate, as an operator would lay it out. */
-export function ekCaDir(swtpm: Swtpm): string {
+export function ekCaDir(swtpm: Pick<Swtpm, 'ekRootCertPath' | 'ekIssuerCertPath'>): string {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-ekca-'));
   copyFileSync(swtpm.ekRootCertPath, join(dir, 'root.pem'));
   copyFileSync(swtpm.ekIssuerCertPath, join(dir, 'issuer.pem'));

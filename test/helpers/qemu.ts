@@ -74,13 +74,15 @@ export function runningVmProcesses(): number {
   return live.size;
 }
 
-function track(child: ChildProcess): ChildProcess {
+/** Counts `child` among this module's processes until it exits (see stopAllVms). */
+export function track(child: ChildProcess): ChildProcess {
   live.add(child);
   child.on('exit', () => live.delete(child));
   return child;
 }
 
-function killAndWait(child: ChildProcess): Promise<void> {
+/** SIGKILL, then resolves once the process is gone. */
+export function killAndWait(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     child.once('exit', () => resolve());
@@ -223,18 +225,8 @@ export const SIGNED_GRUB = '/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed';
  */
 export async function bootFromDisk(options: DiskBootOptions): Promise<BootResult> {
   const secure = options.secureBoot;
-  const ovmfCode =
-    options.ovmfCode ??
-    firstExisting(
-      [secure ? '/usr/share/OVMF/OVMF_CODE_4M.secboot.fd' : '/usr/share/OVMF/OVMF_CODE_4M.fd'],
-      'OVMF',
-    );
-  const ovmfVars =
-    options.ovmfVars ??
-    firstExisting(
-      [secure ? '/usr/share/OVMF/OVMF_VARS_4M.ms.fd' : '/usr/share/OVMF/OVMF_VARS_4M.fd'],
-      'OVMF vars',
-    );
+  const ovmfCode = options.ovmfCode ?? ovmfFirmware(secure).code;
+  const ovmfVars = options.ovmfVars ?? ovmfFirmware(secure).vars;
   return runVm(options, async (dir, initramfs) => {
     const disk = await buildEspDisk(dir, {
       kernel: options.kernel ?? defaultKernel(),
@@ -250,7 +242,24 @@ export async function bootFromDisk(options: DiskBootOptions): Promise<BootResult
   });
 }
 
-function firmwareArgs(dir: string, code: string, varsTemplate: string, secure: boolean): string[] {
+/**
+ * OVMF's Secure Boot build with Microsoft's keys enrolled (`OVMF_VARS_4M.ms.fd`), or the plain build
+ * with empty variables.
+ */
+export function ovmfFirmware(secureBoot: boolean): { code: string; vars: string } {
+  return secureBoot
+    ? {
+        code: firstExisting(['/usr/share/OVMF/OVMF_CODE_4M.secboot.fd'], 'OVMF'),
+        vars: firstExisting(['/usr/share/OVMF/OVMF_VARS_4M.ms.fd'], 'OVMF vars'),
+      }
+    : {
+        code: firstExisting(['/usr/share/OVMF/OVMF_CODE_4M.fd'], 'OVMF'),
+        vars: firstExisting(['/usr/share/OVMF/OVMF_VARS_4M.fd'], 'OVMF vars'),
+      };
+}
+
+/** qemu's machine and flash arguments for OVMF; the variable store is copied into `dir` first. */
+export function firmwareArgs(dir: string, code: string, varsTemplate: string, secure: boolean): string[] {
   // The firmware writes its variable store, so each boot gets its own copy.
   const vars = join(dir, 'OVMF_VARS.fd');
   copyFileSync(varsTemplate, vars);
@@ -343,6 +352,59 @@ async function buildEspDisk(
   return disk;
 }
 
+/** A swtpm serving qemu's TPM emulator backend over its control socket. */
+export interface Vtpm {
+  readonly child: ChildProcess;
+  readonly ctrl: string;
+}
+
+/**
+ * Starts swtpm on `stateDir` (created if missing; an empty one is a TPM without EK certificates) with
+ * a Unix control socket in it, as qemu's `emulator` TPM backend wants. `--terminate`: it exits when
+ * qemu goes away. The caller kills it too (killAndWait), so no path leaves it running.
+ */
+export async function startVtpm(stateDir: string): Promise<Vtpm> {
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const ctrl = join(stateDir, 'swtpm.sock');
+  const child = track(
+    spawn(
+      'swtpm',
+      [
+        'socket',
+        '--tpm2',
+        '--tpmstate',
+        `dir=${stateDir}`,
+        '--ctrl',
+        `type=unixio,path=${ctrl}`,
+        '--terminate',
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    ),
+  );
+  // Drained so a chatty swtpm can never block on a full pipe; kept for error messages.
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  try {
+    await waitForFile(ctrl, 10_000, child);
+  } catch (e) {
+    await killAndWait(child);
+    throw new Error(`${e instanceof Error ? e.message : String(e)}; swtpm said: ${stderr}`);
+  }
+  return { child, ctrl };
+}
+
+/** qemu's arguments for a TPM 2.0 (TIS interface) backed by `vtpm`. */
+export function vtpmArgs(vtpm: Vtpm): string[] {
+  return [
+    ...['-chardev', `socket,id=chrtpm,path=${vtpm.ctrl}`, '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm'],
+    ...['-device', 'tpm-tis,tpmdev=tpm0'],
+  ];
+}
+
 /** Starts swtpm and qemu (with the arguments `bootArgs` gives), and reads the guest's report. */
 async function runVm(
   options: BootOptions,
@@ -350,45 +412,18 @@ async function runVm(
 ): Promise<BootResult> {
   const dir = mkdtempSync(join(tmpdir(), 'ironroot-qemu-'));
   const started = Date.now();
-  let swtpm: ChildProcess | undefined;
+  let swtpm: Vtpm | undefined;
   let qemu: ChildProcess | undefined;
   try {
     const initramfs = await buildInitramfs(dir, options.files ?? [], options.commands ?? []);
     const boot = await bootArgs(dir, initramfs);
 
-    const tpmDir = join(dir, 'tpm');
-    mkdirSync(tpmDir);
-    const ctrl = join(tpmDir, 'swtpm.sock');
-    swtpm = track(
-      spawn(
-        'swtpm',
-        [
-          'socket',
-          '--tpm2',
-          '--tpmstate',
-          `dir=${tpmDir}`,
-          '--ctrl',
-          `type=unixio,path=${ctrl}`,
-          '--terminate',
-        ],
-        {
-          stdio: ['ignore', 'ignore', 'pipe'],
-        },
-      ),
-    );
-    // Drained so a chatty swtpm can never block on a full pipe; kept for error messages.
-    let swtpmStderr = '';
-    swtpm.stderr?.on('data', (d: Buffer) => {
-      swtpmStderr += d.toString();
-    });
-    await waitForFile(ctrl, 10_000, swtpm).catch((e: unknown) => {
-      throw new Error(`${e instanceof Error ? e.message : String(e)}; swtpm said: ${swtpmStderr}`);
-    });
-
+    swtpm = await startVtpm(join(dir, 'tpm'));
     const args = [
       ...['-accel', 'tcg', '-m', String(options.memoryMb ?? 512), '-nographic', '-no-reboot'],
-      ...['-chardev', `socket,id=chrtpm,path=${ctrl}`, '-tpmdev', 'emulator,id=tpm0,chardev=chrtpm'],
-      ...['-device', 'tpm-tis,tpmdev=tpm0', '-net', 'none'],
+      ...vtpmArgs(swtpm),
+      '-net',
+      'none',
       ...boot,
     ];
     const vm = track(spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
@@ -449,7 +484,7 @@ async function runVm(
     };
   } finally {
     // Waits for both to be gone, so a failed boot leaves no process behind for the next test.
-    await Promise.all([qemu, swtpm].flatMap((c) => (c === undefined ? [] : [killAndWait(c)])));
+    await Promise.all([qemu, swtpm?.child].flatMap((c) => (c === undefined ? [] : [killAndWait(c)])));
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -9,7 +9,7 @@
  *   // tpm.tcti === 'swtpm:host=127.0.0.1,port=…'
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -46,13 +46,41 @@ async function waitForPort(port: number, child: ChildProcess, log: () => string)
   throw new Error(`swtpm did not listen on port ${port}: ${log()}`);
 }
 
+/** A TPM state made by `swtpm_setup --create-ek-cert`, and the local CA that signed its EK certificates. */
+export interface ManufacturedTpm {
+  readonly stateDir: string;
+  /** PEM of the CA that signed the EK certificates (`CN=swtpm-localca`). */
+  readonly ekIssuerCertPath: string;
+  /** PEM of the root that signed the issuer (`CN=swtpm-localca-rootca`). */
+  readonly ekRootCertPath: string;
+}
+
+/**
+ * Manufactures a TPM state in `stateDir` (created) with EK certificates from the local CA in
+ * `factoryDir`. The CA is made on first use and shared by every TPM made in the same factory, so one
+ * EK CA directory on the server admits all of them.
+ */
+export async function manufactureTpm(
+  factoryDir: string,
+  stateDir: string,
+  pcrBanks?: string,
+): Promise<ManufacturedTpm> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const { caDir, setupArgs } = await manufactureConfig(factoryDir, stateDir, pcrBanks);
+  await run('swtpm_setup', setupArgs);
+  return {
+    stateDir,
+    ekIssuerCertPath: join(caDir, 'issuercert.pem'),
+    ekRootCertPath: join(caDir, 'swtpm-localca-rootca-cert.pem'),
+  };
+}
+
 export async function startSwtpm(options: SwtpmOptions = {}): Promise<Swtpm> {
   const dir = await mkdtemp(join(tmpdir(), 'ironroot-swtpm-'));
   const stateDir = join(dir, 'state');
-  await run('mkdir', ['-p', stateDir]);
-  const { caDir, setupArgs } = await manufactureConfig(dir, stateDir, options.pcrBanks);
+  let made: ManufacturedTpm;
   try {
-    await run('swtpm_setup', setupArgs);
+    made = await manufactureTpm(dir, stateDir, options.pcrBanks);
   } catch (error) {
     await rm(dir, { recursive: true, force: true });
     throw error;
@@ -91,8 +119,8 @@ export async function startSwtpm(options: SwtpmOptions = {}): Promise<Swtpm> {
     port,
     ctrlPort,
     dir,
-    ekIssuerCertPath: join(caDir, 'issuercert.pem'),
-    ekRootCertPath: join(caDir, 'swtpm-localca-rootca-cert.pem'),
+    ekIssuerCertPath: made.ekIssuerCertPath,
+    ekRootCertPath: made.ekRootCertPath,
     stop,
   };
 }
