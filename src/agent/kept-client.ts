@@ -95,7 +95,7 @@ export class KeptClient {
  * call anyway). A transport failure (a server restarted), a refused server certificate (checked
  * again on the next dial, and named by its cause there) or a garbled answer all redial.
  */
-export function redialAfter(error: unknown): boolean {
+function redialAfter(error: unknown): boolean {
   if (!(error instanceof AgentError) || error instanceof ServerTrustError) return true;
   return error.code === 'ERR_AGENT_SERVER_UNAVAILABLE' || error.code === 'ERR_AGENT_PROTOCOL';
 }
