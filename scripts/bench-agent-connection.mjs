@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// Agent sync rounds over a new mTLS connection each (as before) against one kept connection: CPU
-// per round (FetchEntries + FetchBundles), A/B interleaved, with the ratio. The server runs in this
-// process from dist/ (memory key manager, development mode), the client in a child process, so
-// each side's CPU is its own. Run after a build (`npm run bench:agent-connection` does both).
+// The agent's calls to the server over a new mTLS connection each (as before) against one kept
+// connection: server and agent CPU per call, A/B interleaved, with the ratio, for each kind of call
+// the agent makes on its SVID: a sync round (FetchEntries + FetchBundles), a JWT-SVID mint
+// (NewJWTSVID) and an agent SVID renewal (RenewAgent, join token). The server runs in this process
+// from dist/ (memory key manager, development mode), the client in a child process, so each side's
+// CPU is its own. Run after a build (`npm run bench:agent-connection` does both).
 import { fork } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
@@ -20,19 +22,46 @@ if (!existsSync(join(dist, 'server', 'server.js'))) {
 }
 const TD = 'bench.example.org';
 const SAMPLES = 7;
-const ROUNDS_PER_SAMPLE = 40;
+const CALLS_PER_SAMPLE = 40;
 
 const { AgentApiClient } = await import(join(dist, 'agent', 'client.js'));
+const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
 const open = ({ address, bundlePem }, identity) =>
   new AgentApiClient({ address, trustDomain: TD, bundlePem, ...(identity ? { identity } : {}) });
 
+/** A fresh P-256 key and a CSR for it, as the agent makes for attestation and renewal. */
+async function keyAndCsr() {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const csr = Buffer.from(
+    await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),
+  );
+  return { privateKey, csr };
+}
+
+const noChallenge = async () => {
+  throw new Error('no challenge expected');
+};
+
 if (process.argv[2] === '--client') {
-  // The agent's side: runs the rounds it is sent, answers with its own CPU time.
+  // The agent's side: runs the calls it is sent, answers with its own CPU time.
   let kept;
+  let setup;
+  // Renewal signs this CSR every time: the server's side is the same, and key generation is no part
+  // of what a connection costs.
+  const { csr } = await keyAndCsr();
+  const calls = {
+    sync: async (client) => {
+      await client.fetchEntries(undefined);
+      await client.fetchBundles();
+    },
+    jwt: (client) => client.newJwtSvid(setup.entryId, ['bench']),
+    renew: (client) => client.renew({ csr, tpm: null }, noChallenge),
+  };
   process.on('message', async (m) => {
     if (m.setup) {
-      kept = open(m.setup, m.setup.identity);
-      await round(kept);
+      setup = m.setup;
+      kept = open(setup, setup.identity);
+      for (const call of Object.values(calls)) await call(kept);
       process.send({ ready: true });
       return;
     }
@@ -41,13 +70,14 @@ if (process.argv[2] === '--client') {
       process.disconnect();
       return;
     }
+    const call = calls[m.call];
     const before = process.cpuUsage();
-    for (let i = 0; i < ROUNDS_PER_SAMPLE; i++) {
-      if (m.mode === 'kept') await round(kept);
+    for (let i = 0; i < CALLS_PER_SAMPLE; i++) {
+      if (m.mode === 'kept') await call(kept);
       else {
-        const client = open(m.target, m.target.identity);
+        const client = open(setup, setup.identity);
         try {
-          await round(client);
+          await call(client);
         } finally {
           client.close();
         }
@@ -57,64 +87,59 @@ if (process.argv[2] === '--client') {
   });
 } else await main();
 
-async function round(client) {
-  await client.fetchEntries(undefined);
-  await client.fetchBundles();
-}
-
 function cpuMs(used) {
-  return (used.user + used.system) / 1000 / ROUNDS_PER_SAMPLE;
+  return (used.user + used.system) / 1000 / CALLS_PER_SAMPLE;
 }
 
 async function main() {
-  const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
-
-  const { dir, server, bundlePem, token } = await startBenchServer(dist, TD, 'ironroot-bench-conn-');
+  // Renewals in a loop, far past the default limit per source address.
+  const { dir, server, bundlePem, token } = await startBenchServer(dist, TD, 'ironroot-bench-conn-', {
+    attestation_rate_limit: { per_second: 10_000, burst: 10_000 },
+  });
   const address = `127.0.0.1:${server.ports.agentApi}`;
-  const target = { address, bundlePem };
 
-  // A join-token agent SVID, the identity of every round below.
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const csr = Buffer.from(
-    await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),
-  );
-  const bootstrap = open(target, undefined);
+  // A join-token agent SVID, the identity of every call below. Its renewals leave it current: the
+  // renewed SVIDs are never used, so none of them supersedes it.
+  const { privateKey, csr } = await keyAndCsr();
+  const bootstrap = open({ address, bundlePem }, undefined);
   const result = await bootstrap.attest(
     { method: 'join_token', csr, tpm: null, join_token: token.value },
-    async () => {
-      throw new Error('no challenge expected');
-    },
+    noChallenge,
   );
   bootstrap.close();
   const identity = {
     keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
     chainPem: result.svid_chain.map((der) => new X509Certificate(der).toString()).join(''),
   };
+  // One workload entry of this agent, for the JWT-SVIDs.
+  const entry = await server.datastore.createEntry(
+    {
+      spiffeId: `spiffe://${TD}/bench/workload`,
+      parentId: result.spiffe_id,
+      selectors: [{ type: 'unix', value: 'uid:1000' }],
+      x509SvidTtl: 0,
+      jwtSvidTtl: 0,
+      dnsNames: [],
+      admin: false,
+      downstream: false,
+      federatesWith: [],
+      hint: '',
+      expiresAt: 0,
+    },
+    'bench',
+  );
 
   const child = fork(fileURLToPath(import.meta.url), ['--client']);
   const reply = () => new Promise((resolve) => child.once('message', resolve));
-  child.send({ setup: { ...target, identity } });
+  child.send({ setup: { address, bundlePem, identity, entryId: entry.id } });
   await reply();
-  /** Server and client CPU milliseconds per round over `ROUNDS_PER_SAMPLE` rounds of `mode`. */
-  async function sample(mode) {
+  /** Server and client CPU milliseconds per call over `CALLS_PER_SAMPLE` calls of `call` in `mode`. */
+  async function sample(call, mode) {
     const before = process.cpuUsage();
-    child.send({ mode, target: { ...target, identity } });
+    child.send({ call, mode });
     const { cpu } = await reply();
     return { server: cpuMs(process.cpuUsage(before)), client: cpu };
   }
-
-  // Warm-up: JIT, the server's certificate cache.
-  await sample('new');
-  await sample('kept');
-  const a = [];
-  const b = [];
-  for (let s = 0; s < SAMPLES; s++) {
-    a.push(await sample('new'));
-    b.push(await sample('kept'));
-  }
-  child.send({ stop: true });
-  await server.stop();
-  rmSync(dir, { recursive: true, force: true });
 
   const sorted = (xs) => [...xs].sort((x, y) => x - y);
   const median = (xs) => sorted(xs)[Math.floor(xs.length / 2)];
@@ -122,14 +147,35 @@ async function main() {
     const s = sorted(xs);
     return `min ${s[0].toFixed(2)}  median ${median(xs).toFixed(2)}  max ${s[s.length - 1].toFixed(2)} ms`;
   };
-  const side = (name, pick) =>
-    `${name}\n` +
-    `  new connection per round (before): ${fmt(a.map(pick))}\n` +
-    `  one kept connection (now):         ${fmt(b.map(pick))}\n` +
-    `  ratio kept / new (median):         ${(median(b.map(pick)) / median(a.map(pick))).toFixed(3)}\n`;
-  process.stdout.write(
-    `agent sync round CPU per round (FetchEntries + FetchBundles; ${SAMPLES} samples × ${ROUNDS_PER_SAMPLE} rounds, interleaved)\n` +
-      side('server', (x) => x.server) +
-      side('agent (client)', (x) => x.client),
-  );
+  const side = (name, a, b, pick) =>
+    `  ${name}\n` +
+    `    new connection per call (before): ${fmt(a.map(pick))}\n` +
+    `    one kept connection (now):        ${fmt(b.map(pick))}\n` +
+    `    ratio kept / new (median):        ${(median(b.map(pick)) / median(a.map(pick))).toFixed(3)}\n`;
+
+  const titles = {
+    sync: 'sync round (FetchEntries + FetchBundles)',
+    jwt: 'JWT-SVID mint (NewJWTSVID)',
+    renew: 'agent SVID renewal (RenewAgent, join token)',
+  };
+  let out = `agent calls to the server, CPU per call (${SAMPLES} samples × ${CALLS_PER_SAMPLE} calls, new and kept interleaved)\n`;
+  for (const call of Object.keys(titles)) {
+    // Warm-up: JIT, the server's certificate cache.
+    await sample(call, 'new');
+    await sample(call, 'kept');
+    const a = [];
+    const b = [];
+    for (let s = 0; s < SAMPLES; s++) {
+      a.push(await sample(call, 'new'));
+      b.push(await sample(call, 'kept'));
+    }
+    out +=
+      `${titles[call]}\n` +
+      side('server', a, b, (x) => x.server) +
+      side('agent (client)', a, b, (x) => x.client);
+  }
+  child.send({ stop: true });
+  await server.stop();
+  rmSync(dir, { recursive: true, force: true });
+  process.stdout.write(out);
 }

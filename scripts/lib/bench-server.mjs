@@ -6,8 +6,11 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-/** Starts the server in a new temporary directory named after `prefix`; remove `dir` when done. */
-export async function startBenchServer(dist, trustDomain, prefix) {
+/**
+ * Starts the server in a new temporary directory named after `prefix`; remove `dir` when done.
+ * `extra` adds server config keys (a benchmark that renews in a loop lifts attestation_rate_limit).
+ */
+export async function startBenchServer(dist, trustDomain, prefix, extra = {}) {
   const { pino } = await import('pino');
   const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
   const { startServer } = await import(join(dist, 'server', 'server.js'));
@@ -25,6 +28,7 @@ export async function startBenchServer(dist, trustDomain, prefix) {
         development: true,
         health_address: '127.0.0.1:0',
         bind_address: '127.0.0.1:0',
+        ...extra,
       },
       'bench',
     ),

@@ -39,7 +39,7 @@ import { AgentApiClient, type Challenge, type Result } from './client.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
-import { KeptClient } from './kept-client.js';
+import { KeptClient, type Lease } from './kept-client.js';
 import { AgentMetrics, startMetricsServer } from './metrics.js';
 import { type CallPath, ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
@@ -94,8 +94,11 @@ export class Agent {
   readonly #sync: WorkloadSync;
   #syncLoop: Promise<void> | undefined;
   #syncWake: (() => void) | undefined;
-  /** The sync loop's connection, kept across rounds while the agent SVID and the bundle stay. */
-  readonly #syncClient = new KeptClient();
+  /**
+   * The connection every call on the agent SVID shares (sync, renewal, JWT-SVIDs, re-quotes), kept
+   * while the agent SVID and the bundle stay.
+   */
+  readonly #server = new KeptClient();
   #workloadApi: WorkloadApiServer | undefined;
   #reattestLoop: Promise<void> | undefined;
   #reattestWake: (() => void) | undefined;
@@ -238,6 +241,7 @@ export class Agent {
     await this.#loop;
     await this.#syncLoop;
     await this.#reattestLoop;
+    this.#server.close();
     await this.#workloadApi?.close();
     await closeServer(this.#metricsServer);
     await closeServer(this.#health);
@@ -302,10 +306,14 @@ export class Agent {
     await this.#exclusive(() => this.#attestLocked());
   }
 
+  /**
+   * Attests over a connection of its own, closed after: it presents no SVID (the one the agent
+   * holds may be expired or refused, and the TLS handshake would then fail before the call).
+   */
   async #attestLocked(): Promise<void> {
     const started = performance.now();
     const { key, csr } = await newCsr(this.#config.trust_domain);
-    const client = await this.#client(undefined);
+    const client = this.#open(undefined, await this.#trust.current());
     try {
       let result: Result;
       if (this.#config.attestation === 'join_token') {
@@ -356,10 +364,13 @@ export class Agent {
     await this.#exclusive(() => this.#renewLocked(svid));
   }
 
+  /**
+   * Renews over the shared connection: the server wants the current SVID presented, which is the
+   * one that connection was made with. The SVID it brings retires that connection (#adopt).
+   */
   async #renewLocked(svid: StoredSvid): Promise<void> {
     const { key, csr } = await newCsr(this.#config.trust_domain);
-    const client = await this.#client(svid);
-    try {
+    await this.#onServer(svid, async (client) => {
       let result: Result;
       if (this.#config.attestation === 'join_token') {
         result = await this.#metrics.timeIssue('agent', () =>
@@ -388,9 +399,7 @@ export class Agent {
       this.#save(result, key);
       this.#counts.renewals++;
       this.#logger.info({ agent_id: result.spiffe_id, expires_at: result.expires_at }, 'agent SVID renewed');
-    } finally {
-      client.close();
-    }
+    });
   }
 
   /**
@@ -413,15 +422,12 @@ export class Agent {
       let retryMs: number | undefined;
       const syncEnded = this.#metrics.syncStarted();
       try {
-        const client = await this.#keptClient(svid);
-        await this.#sync.run(client, () => this.#stopped);
+        await this.#onServer(svid, (client) => this.#sync.run(client, () => this.#stopped));
         this.#lastSyncAt = nowSeconds();
         this.#contact.succeeded('sync');
         this.#keepBundle();
         this.#renewIfCaRotated();
       } catch (error) {
-        // Whatever failed, the next round dials afresh (a server restarted, a certificate refused).
-        this.#syncClient.close();
         const e = asAgentError(error);
         this.#metrics.syncFailed(e.code);
         // Not the next SVID due: one already due would make that now, again and again.
@@ -442,7 +448,6 @@ export class Agent {
       const untilNext = next === undefined ? Number.POSITIVE_INFINITY : next * 1000 + 1 - Date.now();
       await this.#sleepSync(retryMs ?? Math.max(0, Math.min(this.#config.sync_interval * 1000, untilNext)));
     }
-    this.#syncClient.close();
   }
 
   /**
@@ -501,13 +506,10 @@ export class Agent {
     const svid = this.#svid;
     if (svid === undefined)
       throw new AgentError('ERR_AGENT_STATE', 'the node is not attested yet; JWT-SVIDs need the server');
-    const client = await this.#client(svid);
-    try {
-      const minted = await this.#metrics.timeIssue('jwt', () => client.newJwtSvid(entryId, audience));
-      return { token: minted.token, expiresAt: minted.expires_at };
-    } finally {
-      client.close();
-    }
+    const minted = await this.#onServer(svid, (client) =>
+      this.#metrics.timeIssue('jwt', () => client.newJwtSvid(entryId, audience)),
+    );
+    return { token: minted.token, expiresAt: minted.expires_at };
   }
 
   #sleepSync(ms: number): Promise<void> {
@@ -521,22 +523,23 @@ export class Agent {
     });
   }
 
-  async #client(identity: StoredSvid | undefined): Promise<AgentApiClient> {
-    return this.#open(identity, await this.#trust.current());
+  /** A lease on the shared connection for `svid` and today's bundle. */
+  async #lease(svid: StoredSvid): Promise<Lease> {
+    const bundle = await this.#trust.current();
+    return this.#server.acquire(svid, trustKey(bundle), () => this.#open(svid, bundle));
   }
 
-  /** The sync loop's client: the kept one while the SVID and the bundle are the ones it was made with. */
-  async #keptClient(svid: StoredSvid): Promise<AgentApiClient> {
-    const bundle = await this.#trust.current();
-    const trust =
-      bundle === undefined
-        ? ''
-        : [
-            bundle.source.key,
-            bundle.source.location,
-            ...bundle.authorities.map((c) => c.raw.toString('base64')),
-          ].join('\n');
-    return this.#syncClient.get(svid, trust, () => this.#open(svid, bundle));
+  /** `use` on the shared connection; a failure that may lie in the connection retires it. */
+  async #onServer<T>(svid: StoredSvid, use: (client: AgentApiClient) => Promise<T>): Promise<T> {
+    const lease = await this.#lease(svid);
+    try {
+      return await use(lease.client);
+    } catch (error) {
+      lease.failed(error);
+      throw error;
+    } finally {
+      lease.release();
+    }
   }
 
   #open(identity: StoredSvid | undefined, bundle: TrustBundle | undefined): AgentApiClient {
@@ -677,37 +680,62 @@ export class Agent {
       }
       // A stream the server ends without a challenge is no failure, but is not reopened at once either.
       let retryMs = this.#config.retry_initial * 1000;
-      let client: AgentApiClient | undefined;
+      let lease: Lease | undefined;
+      const moved = { value: false };
       try {
-        client = await this.#client(svid);
-        if (await this.#reattestStream(client)) this.#contact.succeeded('reattest');
-        if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
+        lease = await this.#lease(svid);
+        if (await this.#reattestStream(lease, moved)) this.#contact.succeeded('reattest');
+        if (moved.value) retryMs = 0;
+        else if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
-        const e = client === undefined ? asAgentError(error) : await client.explain(error);
-        if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
-          this.#renewAt = 0;
-          this.#wake?.();
+        if (moved.value) {
+          // Ended by us, for the connection that replaced its own: reopened there at once.
+          retryMs = 0;
+          this.#logger.debug('moving the re-quote stream to the new connection');
+        } else {
+          const e = lease === undefined ? asAgentError(error) : await lease.client.explain(error);
+          lease?.failed(e);
+          if (REATTEST_CODES.has(e.code) && svid === this.#svid) {
+            this.#renewAt = 0;
+            this.#wake?.();
+          }
+          if (!this.#stopped) retryMs = await this.#failed(e, 'reattest');
         }
-        if (!this.#stopped) retryMs = await this.#failed(e, 'reattest');
       } finally {
-        client?.close();
+        lease?.release();
       }
       await this.#sleepReattest(retryMs);
     }
   }
 
-  /** One Reattest stream until it ends; true when the server sent at least one challenge on it. */
-  async #reattestStream(client: AgentApiClient): Promise<boolean> {
-    const call = client.reattest();
+  /**
+   * One Reattest stream until it ends; true when the server sent at least one challenge on it.
+   * When the lease's connection is retired (a new agent SVID or bundle, a failed call) the stream
+   * ends, `moved` set, so it is reopened on the connection that replaced it, authenticated with
+   * the SVID in use; not while an answered re-quote waits for its verdict, which tells how much of
+   * the event log the server now holds.
+   */
+  async #reattestStream(lease: Lease, moved: { value: boolean }): Promise<boolean> {
+    const call = lease.client.reattest();
     this.#reattestCall = call;
     const inFlight = new Map<number, InFlight>();
+    const moveIfIdle = () => {
+      if (moved.value && inFlight.size === 0) call.cancel();
+    };
+    lease.onRetired(() => {
+      moved.value = true;
+      moveIfIdle();
+    });
     let challenged = false;
     try {
       for await (const message of call as AsyncIterable<ReattestChallenge>) {
         if (message.challenge) {
           challenged = true;
           await this.#answerReattest(call, message.challenge, inFlight);
-        } else if (message.outcome) this.#reattestOutcome(message.outcome, inFlight);
+        } else if (message.outcome) {
+          this.#reattestOutcome(message.outcome, inFlight);
+          moveIfIdle();
+        }
       }
       return challenged;
     } finally {
@@ -863,6 +891,19 @@ function workloadAttestors(config: AgentConfig): WorkloadAttestor[] {
 
 function closeServer(server: Server | undefined): Promise<void> {
   return new Promise((resolve) => (server ? server.close(() => resolve()) : resolve()));
+}
+
+/** The bundle's CA certificates, and where they came from, as one string: per array, computed once. */
+const trustKeys = new WeakMap<readonly X509Certificate[], string>();
+
+function trustKey(bundle: TrustBundle | undefined): string {
+  if (bundle === undefined) return '';
+  let key = trustKeys.get(bundle.authorities);
+  if (key === undefined) {
+    key = bundle.authorities.map((c) => c.raw.toString('base64')).join('\n');
+    trustKeys.set(bundle.authorities, key);
+  }
+  return `${bundle.source.key}\n${bundle.source.location}\n${key}`;
 }
 
 function asAgentError(error: unknown): AgentError {

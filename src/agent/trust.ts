@@ -27,6 +27,11 @@ export class ServerTrust {
   #refetchNotBefore = 0;
   /** The last reason a fetched bundle was not adopted, so each reason is logged once. */
   #refetchProblem: string | undefined;
+  /**
+   * data_dir's bundle as last read and parsed: every call on the agent SVID asks for the bundle,
+   * and the same array back tells the kept connection nothing changed.
+   */
+  #parsed: { pem: string; authorities: readonly X509Certificate[] } | undefined;
 
   constructor(config: AgentConfig, store: AgentStore, logger: Logger) {
     this.#config = config;
@@ -118,8 +123,12 @@ export class ServerTrust {
 
   #stored(): readonly X509Certificate[] | undefined {
     const pem = this.#store.loadBundle();
-    return pem === undefined
-      ? undefined
-      : X509Bundle.parsePem(TrustDomain.parse(this.#config.trust_domain), pem).authorities;
+    if (pem === undefined) return undefined;
+    if (this.#parsed?.pem !== pem)
+      this.#parsed = {
+        pem,
+        authorities: X509Bundle.parsePem(TrustDomain.parse(this.#config.trust_domain), pem).authorities,
+      };
+    return this.#parsed.authorities;
   }
 }

@@ -265,6 +265,7 @@ export class AgentApiServer {
           `agent ${agentId} attested by ${node.attestationType}: only TPM nodes are re-quoted`,
         );
       this.#o.reattest.attach(agentId, call);
+      this.#o.logger.debug({ agent_id: agentId, agent_serial: node.serialNumber }, 're-quote stream opened');
     } catch (error) {
       const refusal =
         error instanceof AttestationError

@@ -74,6 +74,9 @@ export function refuseUntrusted(node: AttestedNode): void {
     );
 }
 
+/** The calling agent: its entries, its ID, and the serial of the agent SVID it presented. */
+type AgentAuthorization = Authorization & { agentId: string; agentSerial: string };
+
 export class SyncHandlers {
   readonly #o: SyncOptions;
 
@@ -120,7 +123,7 @@ export class SyncHandlers {
     method: string,
     call: ServerUnaryCall<Req, Res>,
     callback: sendUnaryData<Res>,
-    handle: (agent: Authorization & { agentId: string }) => Promise<Res>,
+    handle: (agent: AgentAuthorization) => Promise<Res>,
     options: { untrusted?: boolean } = {},
   ): void {
     const end = this.#o.duration.startTimer({ rpc: method });
@@ -143,16 +146,17 @@ export class SyncHandlers {
    * The caller's agent ID and what it is authorized for now. Bundles are public: an untrusted node
    * may still fetch them (`untrusted`), so it can authenticate the server when trusted again.
    */
-  async #authorize(
-    call: Caller,
-    method: string,
-    untrusted = false,
-  ): Promise<Authorization & { agentId: string }> {
+  async #authorize(call: Caller, method: string, untrusted = false): Promise<AgentAuthorization> {
     const node = await admitAgent(call, this.#o, method);
     const agentId = node.spiffeId;
     if (!untrusted) refuseUntrusted(node);
     await this.#o.journal.refresh();
-    return { agentId, ...this.#o.journal.authorize(agentId, node.selectors, nowSeconds(this.#o.clock)) };
+    return {
+      agentId,
+      // Admission leaves the serial presented on this call as the node's current one.
+      agentSerial: node.serialNumber,
+      ...this.#o.journal.authorize(agentId, node.selectors, nowSeconds(this.#o.clock)),
+    };
   }
 
   async #fetchEntries(call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>): Promise<void> {
@@ -195,7 +199,7 @@ export class SyncHandlers {
   }
 
   async #batchNewX509Svid(
-    agent: Authorization & { agentId: string },
+    agent: AgentAuthorization,
     request: BatchNewX509SvidRequest,
   ): Promise<BatchNewX509SvidResponse> {
     if (request.requests.length > MAX_CSRS_PER_BATCH)
@@ -230,6 +234,7 @@ export class SyncHandlers {
       this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'workload' });
       logX509Issued(this.#o.logger, 'workload', entry.spiffeId, minted.chain[0], {
         agent_id: agent.agentId,
+        agent_serial: agent.agentSerial,
         entry_id: entry.id,
       });
       svids.push({ entry_id: entry.id, chain: minted.chain.map((c) => c.raw), expires_at: minted.expiresAt });
@@ -237,10 +242,7 @@ export class SyncHandlers {
     return { svids };
   }
 
-  async #newJwtSvid(
-    agent: Authorization & { agentId: string },
-    request: NewJwtSvidRequest,
-  ): Promise<NewJwtSvidResponse> {
+  async #newJwtSvid(agent: AgentAuthorization, request: NewJwtSvidRequest): Promise<NewJwtSvidResponse> {
     const entry = this.#entry(agent, request.entry_id);
     if (request.audience.length === 0 || request.audience.some((a) => a === ''))
       throw new AttestationError('ERR_AGENT_BAD_REQUEST', 'a JWT-SVID needs at least one non-empty audience');
@@ -261,12 +263,12 @@ export class SyncHandlers {
       this.#o.logger,
       'workload',
       { spiffeId: entry.spiffeId, audience: request.audience, expiresAt: minted.expiresAt },
-      { agent_id: agent.agentId, entry_id: entry.id },
+      { agent_id: agent.agentId, agent_serial: agent.agentSerial, entry_id: entry.id },
     );
     return { token: minted.token, expires_at: minted.expiresAt };
   }
 
-  async #fetchBundles(agent: Authorization & { agentId: string }): Promise<FetchBundlesResponse> {
+  async #fetchBundles(agent: AgentAuthorization): Promise<FetchBundlesResponse> {
     const domains = new Set<string>();
     for (const entry of agent.entries.values()) for (const td of entry.federatesWith) domains.add(td);
     const federated = [];
@@ -283,7 +285,7 @@ export class SyncHandlers {
     };
   }
 
-  #entry(agent: Authorization & { agentId: string }, entryId: string): RegistrationEntry {
+  #entry(agent: AgentAuthorization, entryId: string): RegistrationEntry {
     const entry = agent.entries.get(entryId);
     if (entry === undefined)
       throw new AttestationError(
