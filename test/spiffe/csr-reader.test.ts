@@ -262,7 +262,7 @@ describe('parseCsr: the strict reader decides as the previous parser did', () =>
 describe('parseCsr: what the strict reader decides on its own', () => {
   const structure = /PKCS#10 certificate signing request/;
   /** What the previous parser made of `der`: 'accepted' or its code. */
-  const before = async (der: Uint8Array) => {
+  const previously = async (der: Uint8Array) => {
     try {
       await legacyParseCsr(der);
       return 'accepted';
@@ -273,7 +273,7 @@ describe('parseCsr: what the strict reader decides on its own', () => {
 
   it('refuses bytes after the CSR, which the previous parser ignored', async () => {
     const der = Buffer.concat([handmade(), Buffer.of(5, 0)]);
-    expect(await before(der)).toBe('accepted');
+    expect(await previously(der)).toBe('accepted');
     const error = await expectSpiffeRejection(parseCsr(der), 'ERR_CSR_PARSE', structure);
     expect(String(error.cause)).toMatch(/2 unexpected bytes after the last value/);
   });
@@ -283,17 +283,17 @@ describe('parseCsr: what the strict reader decides on its own', () => {
     // The outer SEQUENCE's two-byte length rewritten with a third, leading zero byte.
     expect(good[1]).toBe(0x81);
     const ber = Buffer.concat([Buffer.of(0x30, 0x82, 0x00), good.subarray(2)]);
-    expect(await before(ber)).toBe('accepted');
+    expect(await previously(ber)).toBe('accepted');
     const error = await expectSpiffeRejection(parseCsr(ber), 'ERR_CSR_PARSE', structure);
     expect(String(error.cause)).toMatch(/length has a leading zero byte/);
   });
 
   it('refuses a version other than v1 and a CSR without its attributes field, though signed', async () => {
     const version2 = handmade({ version: Uint8Array.of(0x02, 0x01, 0x01) });
-    expect(await before(version2)).toBe('accepted');
+    expect(await previously(version2)).toBe('accepted');
     const v2 = await expectSpiffeRejection(parseCsr(version2), 'ERR_CSR_PARSE', structure);
     expect(String(v2.cause)).toMatch(/version 1, expected 0/);
-    expect(await before(handmade({ attributes: undefined }))).toBe('ERR_CSR_NO_URI_SAN');
+    expect(await previously(handmade({ attributes: undefined }))).toBe('ERR_CSR_NO_URI_SAN');
     const none = await expectSpiffeRejection(
       parseCsr(handmade({ attributes: undefined })),
       'ERR_CSR_PARSE',
@@ -304,7 +304,7 @@ describe('parseCsr: what the strict reader decides on its own', () => {
 
   it('refuses a wrong tag where the subject should be, as before', async () => {
     const setSubject = handmade({ subject: tlv(0x31, new Uint8Array()) });
-    expect(await before(setSubject)).toBe('ERR_CSR_PARSE');
+    expect(await previously(setSubject)).toBe('ERR_CSR_PARSE');
     const error = await expectSpiffeRejection(parseCsr(setSubject), 'ERR_CSR_PARSE', structure);
     expect(String(error.cause)).toMatch(/subject has tag 0x31, expected 0x30/);
   });
@@ -313,14 +313,14 @@ describe('parseCsr: what the strict reader decides on its own', () => {
     const notNames = handmade({
       attributes: [extensionRequest(extension('2.5.29.17', Uint8Array.of(0xa0, 0)))],
     });
-    expect(await before(notNames)).toBe('ERR_CSR_NO_URI_SAN');
+    expect(await previously(notNames)).toBe('ERR_CSR_NO_URI_SAN');
     const error = await expectSpiffeRejection(parseCsr(notNames), 'ERR_CSR_PARSE', /does not decode/);
     expect(String(error.cause)).toMatch(/GeneralNames has tag 0xa0, expected 0x30/);
     const twice = handmade({
       attributes: [extensionRequest(san(ia5(0x86, ID))), extensionRequest(san(ia5(0x86, `${ID}/2`)))],
     });
     // The previous parser read the first and ignored the second.
-    expect(await before(twice)).toBe('accepted');
+    expect(await previously(twice)).toBe('accepted');
     const two = await expectSpiffeRejection(parseCsr(twice), 'ERR_CSR_PARSE', /does not decode/);
     expect(String(two.cause)).toMatch(/2 extensionRequest attributes/);
   });
@@ -331,7 +331,7 @@ describe('parseCsr: what the strict reader decides on its own', () => {
         extensionRequest(extension('2.5.29.17', seq(ia5(0x86, ID)), Uint8Array.of(0x01, 0x01, 0x01))),
       ],
     });
-    expect(await before(loose)).toBe('accepted');
+    expect(await previously(loose)).toBe('accepted');
     const error = await expectSpiffeRejection(parseCsr(loose), 'ERR_CSR_PARSE', structure);
     expect(String(error.cause)).toMatch(/BOOLEAN is not one byte of 00 or FF/);
   });
@@ -353,7 +353,7 @@ describe('parseCsr: what the strict reader decides on its own', () => {
     );
     expect(String(other.cause)).toMatch(/signature does not verify/);
     const withParams = handmade({ algorithm: seq(derOid('1.2.840.10045.4.3.2'), Uint8Array.of(5, 0)) });
-    expect(await before(withParams)).toBe('accepted');
+    expect(await previously(withParams)).toBe('accepted');
     const params = await expectSpiffeRejection(
       parseCsr(withParams),
       'ERR_CSR_BAD_SIGNATURE',
@@ -378,7 +378,7 @@ describe('parseCsr: what the strict reader decides on its own', () => {
       ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'],
       ['-sha1'],
     );
-    expect(await before(sha1)).toBe('accepted');
+    expect(await previously(sha1)).toBe('accepted');
     const error = await expectSpiffeRejection(parseCsr(sha1), 'ERR_CSR_BAD_SIGNATURE', /does not verify/);
     expect(String(error.cause)).toMatch(/unsupported CSR signature algorithm 1\.2\.840\.113549\.1\.1\.5/);
   });
