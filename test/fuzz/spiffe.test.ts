@@ -2,6 +2,8 @@
  * Fuzzes the SPIFFE parsers that read what peers, workloads, agents and federated trust domains
  * send: SPIFFE IDs and trust domains, endpoint addresses, JWT-SVIDs (form and full validation),
  * SPIFFE/JWT/X.509 bundles, CSRs and X.509-SVIDs. See harness.ts for the oracle and the seeds.
+ * The parseCsr targets also run the parser it replaced (test/helpers/legacy-csr.ts) on each input
+ * and fail when the two decide differently beyond the strict reader's own refusals.
  */
 import { generateKeyPairSync, type KeyObject, sign, webcrypto, type X509Certificate } from 'node:crypto';
 import fc from 'fast-check';
