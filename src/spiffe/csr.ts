@@ -1,5 +1,6 @@
 import type { KeyObject } from 'node:crypto';
-import { publicKeyOf, readCsr, requestedNames, verifiesCsr } from './csr-reader.js';
+import { readCsr, requestedNames } from './csr-reader.js';
+import { publicKeyOf, verifiesCsr } from './csr-signature.js';
 import { pemBlocks } from './der.js';
 import { SpiffeError } from './errors.js';
 import { checkProducible } from './id-syntax.js';

@@ -7,7 +7,7 @@
  */
 import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
 import { parseCsr } from '../../src/spiffe/csr.js';
-import { SignatureAlgorithmError } from '../../src/spiffe/csr-reader.js';
+import { SignatureAlgorithmError } from '../../src/spiffe/csr-signature.js';
 import { pemBlocks } from '../../src/spiffe/der.js';
 import { DerError } from '../../src/spiffe/der-reader.js';
 import { SpiffeError } from '../../src/spiffe/errors.js';
