@@ -1,4 +1,6 @@
-import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { readCsr, requestedNames } from './csr-reader.js';
+import { publicKeyOf, verifiesCsr } from './csr-signature.js';
 import { pemBlocks } from './der.js';
 import { SpiffeError } from './errors.js';
 import { checkProducible } from './id-syntax.js';
@@ -57,11 +59,15 @@ export async function createCsr(template: CsrTemplate, signer: Signer): Promise<
  * Parses a CSR (DER bytes or PEM text), checks its self-signature and returns the requested SPIFFE ID,
  * DNS names and public key. Whether the requester may have that ID is the issuer's decision.
  *
+ * The CSR is read as strict DER (see csr-reader.ts); the signature is checked with node:crypto over
+ * the exact CertificationRequestInfo bytes, with the key decoded once. Refusals keep their order:
+ * structure and key, then signature, then the requested extensions.
+ *
  * @throws SpiffeError `ERR_CSR_PARSE`, `ERR_CSR_BAD_SIGNATURE`, `ERR_CSR_NO_URI_SAN`,
  *   `ERR_CSR_MULTIPLE_URI_SANS`, or an `ERR_SPIFFEID_*` code for an invalid ID.
  */
 export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
-  let csr: px.Pkcs10CertificateRequest;
+  let csr: ReturnType<typeof readCsr>;
   let publicKey: KeyObject;
   try {
     const der =
@@ -69,8 +75,8 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
         ? pemBlocks(input).find((b) => b.label === 'CERTIFICATE REQUEST')?.der
         : input;
     if (der === undefined) throw new Error('no CERTIFICATE REQUEST PEM block');
-    csr = new px.Pkcs10CertificateRequest(der);
-    publicKey = createPublicKey({ key: Buffer.from(csr.publicKey.rawData), format: 'der', type: 'spki' });
+    csr = readCsr(der);
+    publicKey = publicKeyOf(csr.spki);
   } catch (err) {
     throw new SpiffeError(
       'ERR_CSR_PARSE',
@@ -80,30 +86,23 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
       },
     );
   }
-  let valid: boolean;
-  try {
-    valid = await csr.verify(webcrypto);
-  } catch {
-    valid = false;
-  }
-  if (!valid) {
+  const verdict = verifiesCsr(csr, publicKey);
+  if (verdict !== true) {
     throw new SpiffeError(
       'ERR_CSR_BAD_SIGNATURE',
       "CSR signature does not verify with the CSR's own public key; the requester must sign it with the key it asks to certify",
+      { cause: verdict },
     );
   }
-  let names: px.GeneralName[];
+  let names: { uris: string[]; dnsNames: string[] };
   try {
-    // @peculiar/x509 decodes extensions on first access: a signed CSR can still carry one that fails.
-    names = csr.extensions
-      .filter((e) => e instanceof px.SubjectAlternativeNameExtension)
-      .flatMap((e) => e.names.items);
+    names = requestedNames(csr);
   } catch (err) {
     throw new SpiffeError('ERR_CSR_PARSE', 'CSR carries an extension that does not decode; rebuild the CSR', {
       cause: err,
     });
   }
-  const uris = names.filter((n) => n.type === 'url');
+  const { uris, dnsNames } = names;
   if (uris.length > 1) {
     throw new SpiffeError(
       'ERR_CSR_MULTIPLE_URI_SANS',
@@ -117,7 +116,6 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
       'CSR requests no URI SAN; it must carry the SPIFFE ID as its one URI SAN',
     );
   }
-  const dnsNames = names.filter((n) => n.type === 'dns').map((n) => n.value);
   // An IA5String holds ASCII only; a certificate could not carry such a name back as it was asked.
   // biome-ignore lint/suspicious/noControlCharactersInRegex: IA5 is exactly the 7-bit range.
   const notAscii = dnsNames.find((name) => !/^[\x00-\x7f]*$/.test(name));
@@ -127,5 +125,5 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
       `CSR requests the DNS SAN ${JSON.stringify(notAscii)}, which is not ASCII; request its A-label (punycode) form`,
     );
   }
-  return { spiffeId: SpiffeId.parse(uri.value), dnsNames, publicKey };
+  return { spiffeId: SpiffeId.parse(uri), dnsNames, publicKey };
 }

@@ -49,6 +49,7 @@ export {
   type CertificateValidity,
   mintX509Ca,
   mintX509Svid,
+  mintX509SvidDer,
   type X509CaTemplate,
   type X509Issuer,
   type X509SvidTemplate,

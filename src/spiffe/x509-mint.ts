@@ -7,7 +7,7 @@ import { signerWebCrypto, signingParams } from './signer-crypto.js';
 import type { SpiffeId } from './spiffe-id.js';
 import type { TrustDomain } from './trust-domain.js';
 import { encodePermittedUriHosts, keyIdentifier, OID } from './x509-extensions.js';
-import { signTbs, svidTbs } from './x509-tbs.js';
+import { certificateDer, signatureValue, svidTbs, verifiesTbs } from './x509-tbs.js';
 
 /** A signing certificate and the key behind it, able to issue certificates. */
 export interface X509Issuer {
@@ -103,6 +103,17 @@ export async function mintX509Ca(
  *   `ERR_SPIFFEID_TOO_LONG` for an ID over 2048 bytes (ID-18).
  */
 export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issuer): Promise<X509Certificate> {
+  return new X509Certificate(await mintX509SvidDer(template, issuer));
+}
+
+/**
+ * {@link mintX509Svid} returning the certificate's DER instead of a parsed `X509Certificate`, for
+ * callers that only send the bytes on (parsing a new certificate costs more than encoding it). The
+ * signature is checked all the same, over the TBS bytes with the signer's public key.
+ *
+ * @throws as {@link mintX509Svid}.
+ */
+export async function mintX509SvidDer(template: X509SvidTemplate, issuer: X509Issuer): Promise<Uint8Array> {
   const id = template.spiffeId;
   if (id.isTrustDomainId) {
     throw new SpiffeError(
@@ -125,7 +136,11 @@ export async function mintX509Svid(template: X509SvidTemplate, issuer: X509Issue
     },
     issuer,
   );
-  return selfChecked(await signTbs(tbs, issuer.signer), issuer.signer);
+  const signer = issuer.signer;
+  const signature = signatureValue(signer.algorithm, await signer.sign(tbs));
+  // A signer (HSM or otherwise) that returns a bad signature is caught here, not by the first peer.
+  if (!verifiesTbs(tbs, signature, signer)) throw badSignature(signer);
+  return certificateDer(tbs, signer.algorithm, signature);
 }
 
 function checkValidity(template: CertificateValidity): void {
@@ -138,12 +153,14 @@ function checkValidity(template: CertificateValidity): void {
 function selfChecked(der: Uint8Array, signer: Signer): X509Certificate {
   const cert = new X509Certificate(der);
   // A signer (HSM or otherwise) that returns a bad signature is caught here, not by the first peer.
-  if (!cert.verify(signer.publicKey)) {
-    throw new Error(
-      `signer (${signer.algorithm}) produced a certificate signature that its public key rejects`,
-    );
-  }
+  if (!cert.verify(signer.publicKey)) throw badSignature(signer);
   return cert;
+}
+
+function badSignature(signer: Signer): Error {
+  return new Error(
+    `signer (${signer.algorithm}) produced a certificate signature that its public key rejects`,
+  );
 }
 
 async function issue(

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { KeyObject, X509Certificate } from 'node:crypto';
+import { constants, type KeyObject, verify, type X509Certificate } from 'node:crypto';
 import { splitDer } from './der.js';
 import * as px from './peculiar.js';
 import type { Signer, SigningAlgorithm } from './signer.js';
@@ -294,12 +294,32 @@ export function signatureValue(algorithm: SigningAlgorithm, signature: Uint8Arra
   return seq(derUnsignedInteger(signature.subarray(0, half)), derUnsignedInteger(signature.subarray(half)));
 }
 
-/** Signs `tbs` with `signer` and returns the DER Certificate. */
-export async function signTbs(tbs: Uint8Array, signer: Signer): Promise<Uint8Array> {
-  const signature = signatureValue(signer.algorithm, await signer.sign(tbs));
+/** The DER Certificate around a TBSCertificate and its signatureValue bytes. */
+export function certificateDer(
+  tbs: Uint8Array,
+  algorithm: SigningAlgorithm,
+  signature: Uint8Array,
+): Uint8Array {
   return seq(
     tbs,
-    SIGNATURE_ALGORITHMS[signer.algorithm],
+    SIGNATURE_ALGORITHMS[algorithm],
     tlv(BIT_STRING, Buffer.concat([Uint8Array.of(0), signature])),
   );
+}
+
+/**
+ * True when `signature` (the signatureValue bytes, as the certificate will carry them) verifies over
+ * `tbs` with the signer's public key under the signer's algorithm: what parsing the certificate and
+ * `X509Certificate.verify` would check, without the parse.
+ */
+export function verifiesTbs(tbs: Uint8Array, signature: Uint8Array, signer: Signer): boolean {
+  const algorithm = signer.algorithm;
+  const hash = `sha${algorithm.slice(2)}`;
+  const key = signer.publicKey;
+  if (algorithm.startsWith('ES')) return verify(hash, tbs, { key, dsaEncoding: 'der' }, signature);
+  if (algorithm.startsWith('PS')) {
+    const saltLength = Number(algorithm.slice(2)) / 8;
+    return verify(hash, tbs, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength }, signature);
+  }
+  return verify(hash, tbs, key, signature);
 }

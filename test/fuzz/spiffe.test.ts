@@ -2,6 +2,8 @@
  * Fuzzes the SPIFFE parsers that read what peers, workloads, agents and federated trust domains
  * send: SPIFFE IDs and trust domains, endpoint addresses, JWT-SVIDs (form and full validation),
  * SPIFFE/JWT/X.509 bundles, CSRs and X.509-SVIDs. See harness.ts for the oracle and the seeds.
+ * The parseCsr targets also run the parser it replaced (test/helpers/legacy-csr.ts) on each input
+ * and fail when the two decide differently beyond the strict reader's own refusals.
  */
 import { generateKeyPairSync, type KeyObject, sign, webcrypto, type X509Certificate } from 'node:crypto';
 import fc from 'fast-check';
@@ -10,7 +12,7 @@ import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
 import { JwtBundle } from '../../src/spiffe/bundle/jwt-bundle.js';
 import { SpiffeBundle } from '../../src/spiffe/bundle/spiffe-bundle.js';
 import { X509Bundle } from '../../src/spiffe/bundle/x509-bundle.js';
-import { createCsr, parseCsr } from '../../src/spiffe/csr.js';
+import { createCsr } from '../../src/spiffe/csr.js';
 import { toPem } from '../../src/spiffe/der.js';
 import { parseEndpointAddress } from '../../src/spiffe/endpoint-address.js';
 import { MAX_JWT_SVID_AUDIENCES, parseJwtSvidInsecure, validateJwtSvid } from '../../src/spiffe/jwt-svid.js';
@@ -20,6 +22,7 @@ import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca, mintX509Svid } from '../../src/spiffe/x509-mint.js';
 import { X509Svid } from '../../src/spiffe/x509-svid.js';
 import { verifyX509Svid } from '../../src/spiffe/x509-verify.js';
+import { parseCsrBothWays } from '../helpers/legacy-csr.js';
 import { craft, px } from '../helpers/x509.js';
 import { fuzz, fuzzSuite, mutated, mutatedText, randomBytes } from './harness.js';
 
@@ -343,7 +346,7 @@ fuzzSuite('SPIFFE parsers', () => {
         .map((der) => toPem('CERTIFICATE REQUEST', der)),
       randomBytes,
     ),
-    (input) => parseCsr(input),
+    parseCsrBothWays,
     200,
   );
   fuzz(
@@ -362,7 +365,7 @@ fuzzSuite('SPIFFE parsers', () => {
           webcrypto,
         ),
       );
-      if (csr !== undefined) await parseCsr(new Uint8Array(csr.rawData));
+      if (csr !== undefined) await parseCsrBothWays(new Uint8Array(csr.rawData));
     },
     150,
   );

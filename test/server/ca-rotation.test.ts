@@ -101,6 +101,29 @@ describe('CA rotation driven by a fake clock', () => {
     expect(await issuerSerial(ca)).toBe(second);
   });
 
+  it('returns each SVID chain as DER and, parsed on first use, the same certificates (cross-signed chain too)', async () => {
+    const ca = await open();
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const spiffeId = SpiffeId.parse('spiffe://example.org/server');
+    const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
+    const agree = (minted: { chainDer: readonly Uint8Array[]; chain: readonly X509Certificate[] }) =>
+      expect(minted.chainDer.map(hex)).toEqual(minted.chain.map((c) => hex(c.raw)));
+    const first = await ca.mintX509Svid({ spiffeId, publicKey, ttl: H });
+    expect(first.chainDer).toHaveLength(1);
+    agree(first);
+    expect(first.chain[0]?.verify(ca.bundle().x509Authorities[0]?.publicKey ?? publicKey)).toBe(true);
+    await ca.prepare('x509', 'test');
+    await ca.activate('x509', 'test');
+    // The previous key is still on the token: the server's own SVID carries the cross-certificate.
+    const server = await ca.mintServerSvid({ spiffeId, publicKey, ttl: H });
+    expect(server.chainDer).toHaveLength(2);
+    agree(server);
+    const [leaf, cross] = server.chain;
+    if (!leaf || !cross) throw new Error('no chain');
+    expect(leaf.checkIssued(cross)).toBe(true);
+    expect(leaf.verify(cross.publicKey)).toBe(true);
+  });
+
   it('issues from the new CA once it is active, though the previous one was parsed and cached', async () => {
     const ca = await open();
     const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });

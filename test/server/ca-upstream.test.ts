@@ -65,12 +65,16 @@ describe('CA under an upstream authority from disk', () => {
     });
     expect(ca.bundle().x509Authorities.map((c) => c.toString())).toEqual([rootPem]);
     const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const { chain } = await ca.mintX509Svid({
+    const { chain, chainDer } = await ca.mintX509Svid({
       spiffeId: SpiffeId.parse('spiffe://example.org/w'),
       publicKey,
       ttl: H,
     });
     expect(chain).toHaveLength(2);
+    // The DER the agent API sends is the same chain, intermediate included.
+    expect(chainDer.map((d) => Buffer.from(d).toString('hex'))).toEqual(
+      chain.map((c) => Buffer.from(c.raw).toString('hex')),
+    );
     const [leaf, intermediate] = chain;
     writeFileSync(join(dir, 'leaf.pem'), leaf?.toString() ?? '');
     writeFileSync(join(dir, 'intermediate.pem'), intermediate?.toString() ?? '');

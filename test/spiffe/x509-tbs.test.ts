@@ -26,6 +26,7 @@ import { keyIdentifier, spkiKeyIdentifier } from '../../src/spiffe/x509-extensio
 import {
   mintX509Ca,
   mintX509Svid,
+  mintX509SvidDer,
   type X509Issuer,
   type X509SvidTemplate,
 } from '../../src/spiffe/x509-mint.js';
@@ -448,19 +449,32 @@ describe('DER pieces', () => {
   it('refuses to return a certificate whose signature the signer’s public key rejects (a faulty HSM)', async () => {
     const ca = caNamed('es256');
     const good = ca.issuer.signer;
+    const template = {
+      spiffeId: SpiffeId.parse('spiffe://example.org/faulty'),
+      publicKey: subjectKeys['EC P-256'] as KeyObject,
+      notBefore,
+      notAfter: new Date(notBefore.getTime() + hour),
+    };
     // Signs with another key: well-formed r‖s, wrong signature.
     const faulty: Signer = { ...good, sign: createKeySigner(ecKey('P-256').privateKey).sign };
-    await expect(
-      mintX509Svid(
-        {
-          spiffeId: SpiffeId.parse('spiffe://example.org/faulty'),
-          publicKey: subjectKeys['EC P-256'] as KeyObject,
-          notBefore,
-          notAfter: new Date(notBefore.getTime() + hour),
-        },
-        { certificate: ca.issuer.certificate, signer: faulty },
-      ),
-    ).rejects.toThrow('signer (ES256) produced a certificate signature that its public key rejects');
+    for (const mint of [mintX509Svid, mintX509SvidDer]) {
+      await expect(mint(template, { certificate: ca.issuer.certificate, signer: faulty })).rejects.toThrow(
+        'signer (ES256) produced a certificate signature that its public key rejects',
+      );
+    }
+    // The RSA paths of the check: PKCS#1 v1.5 and PSS signatures by another key, each refused, while
+    // the right key's signatures pass (the DER returned is what mintX509Svid parses).
+    const other = rsaKey(2048).privateKey;
+    for (const algorithm of ['RS256', 'PS256'] as const) {
+      const signer = createKeySigner(rsaPrivate, algorithm);
+      const certificate = caNamed('rs256').issuer.certificate;
+      const der = await mintX509SvidDer(template, { certificate, signer });
+      expect(new X509Certificate(der).verify(signer.publicKey), algorithm).toBe(true);
+      const wrong: Signer = { ...signer, sign: createKeySigner(other, algorithm).sign };
+      await expect(mintX509SvidDer(template, { certificate, signer: wrong })).rejects.toThrow(
+        `signer (${algorithm}) produced a certificate signature that its public key rejects`,
+      );
+    }
   });
 
   it('refuses a serial number that is not positive hex, and a DNS name that is not ASCII, naming it', async () => {

@@ -465,7 +465,7 @@ export class AgentApiServer {
     });
     const leaf = minted.chain[0];
     this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'agent' });
-    logX509Issued(this.#o.logger, 'agent', agentId, leaf);
+    logX509Issued(this.#o.logger, 'agent', agentId, minted);
     return {
       serial: leaf?.serialNumber ?? '',
       svidAuthority: minted.authority,

@@ -232,12 +232,12 @@ export class SyncHandlers {
         ...(entry.dnsNames.length > 0 ? { dnsNames: entry.dnsNames } : {}),
       });
       this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'workload' });
-      logX509Issued(this.#o.logger, 'workload', entry.spiffeId, minted.chain[0], {
+      logX509Issued(this.#o.logger, 'workload', entry.spiffeId, minted, {
         agent_id: agent.agentId,
         agent_serial: agent.agentSerial,
         entry_id: entry.id,
       });
-      svids.push({ entry_id: entry.id, chain: minted.chain.map((c) => c.raw), expires_at: minted.expiresAt });
+      svids.push({ entry_id: entry.id, chain: [...minted.chainDer], expires_at: minted.expiresAt });
     }
     return { svids };
   }

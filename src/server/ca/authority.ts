@@ -21,7 +21,7 @@ import type { JoseAlgorithm, KeyManager, KeyType } from '../../hsm/key-manager.j
 import {
   mintJwtSvid,
   mintX509Ca,
-  mintX509Svid,
+  mintX509SvidDer,
   type Signer,
   SpiffeBundle,
   SpiffeId,
@@ -70,8 +70,13 @@ export interface CaOptions {
 }
 
 export interface MintedX509Svid {
-  /** Leaf first, then any intermediates up to (not including) the bundle's root. */
-  chain: X509Certificate[];
+  /** Leaf first, then any intermediates up to (not including) the bundle's root, as DER. */
+  readonly chainDer: readonly Uint8Array[];
+  /**
+   * The same chain parsed. The leaf is parsed on first access only: the APIs that issue SVIDs send
+   * the bytes, and parsing a new certificate costs more than minting it.
+   */
+  readonly chain: readonly X509Certificate[];
   expiresAt: number;
   /** Key id of the CA key that signed the leaf. */
   authority: string;
@@ -272,7 +277,7 @@ export class CertificateAuthority {
     const now = nowSeconds(this.#o.clock);
     const expiresAt = Math.min(now + template.ttl, active.notAfter);
     const caCertificate = this.#certificate(active);
-    const leaf = await mintX509Svid(
+    const leaf = await mintX509SvidDer(
       {
         spiffeId: template.spiffeId,
         publicKey: template.publicKey,
@@ -284,7 +289,7 @@ export class CertificateAuthority {
     );
     // With an upstream authority the bundle holds its root; the chain carries everything below it.
     const upstream = this.#o.upstream ? [caCertificate, ...this.#o.upstream.chain.slice(0, -1)] : [];
-    return { chain: [leaf, ...upstream], expiresAt, authority: active.keyId };
+    return mintedSvid(leaf, upstream, expiresAt, active.keyId);
   }
 
   /**
@@ -301,7 +306,10 @@ export class CertificateAuthority {
   }): Promise<MintedX509Svid> {
     const minted = await this.mintX509Svid(template);
     const cross = await this.#crossSignedActive();
-    return cross ? { ...minted, chain: [...minted.chain, cross] } : minted;
+    const [leaf] = minted.chainDer;
+    if (cross === undefined || leaf === undefined) return minted;
+    // There is no cross-certificate under an upstream authority, so the leaf is all the chain holds.
+    return mintedSvid(leaf, [cross], minted.expiresAt, minted.authority);
   }
 
   /** Signs a JWT-SVID with the active JWT key; it never outlives the key's publication. */
@@ -637,5 +645,24 @@ function describe(slot: CaSlot): Record<string, unknown> {
     key_id: slot.keyId,
     state: slot.state,
     not_after: new Date(slot.notAfter * 1000).toISOString(),
+  };
+}
+
+/** A {@link MintedX509Svid} whose leaf is parsed from `leaf` when `chain` is first read. */
+function mintedSvid(
+  leaf: Uint8Array,
+  above: readonly X509Certificate[],
+  expiresAt: number,
+  authority: string,
+): MintedX509Svid {
+  let chain: X509Certificate[] | undefined;
+  return {
+    chainDer: [leaf, ...above.map((c) => new Uint8Array(c.raw))],
+    get chain() {
+      chain ??= [new X509Certificate(leaf), ...above];
+      return chain;
+    },
+    expiresAt,
+    authority,
   };
 }

@@ -12,15 +12,18 @@ export type IssuedTo = 'agent' | 'workload' | 'admin';
 
 /**
  * Logs an X.509-SVID by its leaf; `context` says who asked (agent_id, entry_id). The serial is hex
- * as openssl and `agent show` print it.
+ * as openssl and `agent show` print it. The leaf is read (and so parsed) only when debug lines are
+ * written: the issuing APIs otherwise send its bytes without parsing it.
  */
 export function logX509Issued(
   logger: Logger,
   issuedTo: IssuedTo,
   spiffeId: string,
-  leaf: X509Certificate | undefined,
+  minted: { readonly chain: readonly X509Certificate[] },
   context: Record<string, string> = {},
 ): void {
+  if (!logger.isLevelEnabled('debug')) return;
+  const leaf = minted.chain[0];
   if (leaf === undefined) return;
   logger.debug(
     {

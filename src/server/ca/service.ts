@@ -192,8 +192,8 @@ export class CaService {
       dnsNames: csr.dnsNames,
     });
     this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'admin' });
-    logX509Issued(this.#o.logger, 'admin', csr.spiffeId.toString(), minted.chain[0]);
-    return { chain: minted.chain.map((c) => new Uint8Array(c.raw)), expires_at: minted.expiresAt };
+    logX509Issued(this.#o.logger, 'admin', csr.spiffeId.toString(), minted);
+    return { chain: [...minted.chainDer], expires_at: minted.expiresAt };
   }
 
   async mintJwtSvid(request: MintJwtSvidRequest): Promise<MintJwtSvidResponse> {
