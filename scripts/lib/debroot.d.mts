@@ -1,0 +1,5 @@
+export declare const SUITE: string;
+export declare const MIRROR: string;
+export declare function rootTarball(packages: readonly string[], cacheDir: string): Promise<string>;
+export declare function nodejsVersion(): Promise<string>;
+export declare function repackedNodejs(cacheDir: string): Promise<string>;
