@@ -107,6 +107,11 @@ source "qemu" "appliance" {
 build {
   sources = ["source.qemu.appliance"]
 
+  # scp puts a directory's contents only into a directory that exists.
+  provisioner "shell" {
+    inline = ["mkdir -p -m 0700 /tmp/ironroot-image"]
+  }
+
   provisioner "file" {
     source      = "${path.root}/files/guest/"
     destination = "/tmp/ironroot-image"

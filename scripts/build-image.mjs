@@ -90,6 +90,7 @@ const HOST_PACKAGES = [
   'gdisk',
   'ovmf',
   'qemu-system-x86',
+  'qemu-utils',
   'swtpm',
   'openssh-client',
 ];
@@ -111,9 +112,13 @@ function log(message) {
   process.stderr.write(`build-image: ${message}\n`);
 }
 
+/** A build step that failed; main() reports it after removing the work directory. */
+class ImageBuildError extends Error {
+  code = 'ERR_IMAGE_BUILD';
+}
+
 function fail(message) {
-  log(`error: ${message}`);
-  process.exit(1);
+  throw new ImageBuildError(message);
 }
 
 /** Runs a command to completion with its output on standard error; returns its standard output. */
@@ -216,7 +221,8 @@ function makeRoot(work, tarball, debs, publicKey) {
     env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
   });
   // The build's key, removed again by the last provisioner (packer/files/guest/finish.sh).
-  mkdirSync(join(dir, 'root/.ssh'), { mode: 0o700 });
+  mkdirSync(join(dir, 'root/.ssh'), { recursive: true });
+  chmodSync(join(dir, 'root/.ssh'), 0o700);
   writeFileSync(join(dir, 'root/.ssh/authorized_keys'), publicKey, { mode: 0o600 });
   return dir;
 }
@@ -508,4 +514,9 @@ async function main() {
   }
 }
 
-await main();
+try {
+  await main();
+} catch (error) {
+  log(`error: ${error instanceof ImageBuildError ? error.message : error?.stack}`);
+  process.exitCode = 1;
+}
