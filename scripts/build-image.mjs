@@ -95,6 +95,10 @@ const HOST_PACKAGES = [
   'openssh-client',
 ];
 
+// Timestamps of the root (and its initrd, which grub measures): fixed, so the same packages give
+// the same image measurements on any machine.
+const SOURCE_DATE_EPOCH = 1767225600;
+
 const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.secboot.fd';
 const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.ms.fd';
 
@@ -185,10 +189,21 @@ function buildDeb(work) {
   return { deb, stage, contentHash: hash.digest('hex') };
 }
 
-function inputsHash(variant, debHash, nodejs) {
+function inputsHash(variant, debHash, nodejs, packerDir) {
   const hash = createHash('sha256');
-  hash.update(JSON.stringify({ variant, debHash, nodejs, ROOT_PACKAGES, SUITE, MIRROR, KERNEL_CMDLINE }));
-  hashTree(hash, PACKER_DIR, root);
+  hash.update(
+    JSON.stringify({
+      variant,
+      debHash,
+      nodejs,
+      ROOT_PACKAGES,
+      SUITE,
+      MIRROR,
+      KERNEL_CMDLINE,
+      SOURCE_DATE_EPOCH,
+    }),
+  );
+  hashTree(hash, packerDir);
   for (const file of ['scripts/build-image.mjs', 'scripts/lib/debroot.mjs']) {
     hash.update(readFileSync(join(root, file)));
   }
@@ -197,7 +212,7 @@ function inputsHash(variant, debHash, nodejs) {
 }
 
 /** The root: the cached mmdebstrap tarball extracted, nodejs and ironroot installed, the overlay in. */
-function makeRoot(work, tarball, debs, publicKey) {
+function makeRoot(work, packerDir, tarball, debs, publicKey) {
   const dir = join(work, 'root');
   mkdirSync(dir);
   log('extracting the root');
@@ -213,7 +228,7 @@ function makeRoot(work, tarball, debs, publicKey) {
     env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', DEBIAN_FRONTEND: 'noninteractive' },
   });
   rmSync(incoming, { recursive: true });
-  run('cp', ['-a', `${join(PACKER_DIR, 'files/root')}/.`, dir]);
+  run('cp', ['-a', `${join(packerDir, 'files/root')}/.`, dir]);
   writeFileSync(join(dir, 'etc/fstab'), `UUID=${ROOT_FS_UUID} / ext4 errors=remount-ro 0 1\n`);
   writeFileSync(join(dir, 'etc/hostname'), 'ironroot\n');
   writeFileSync(join(dir, 'etc/hosts'), '127.0.0.1\tlocalhost\n127.0.1.1\tironroot\n::1\tlocalhost\n');
@@ -323,7 +338,7 @@ async function waitForFile(path, child, ms) {
 }
 
 /** packer: boots the disk under OVMF Secure Boot with a fresh swtpm and provisions it. */
-async function runPacker(work, variant, disk, keyFile, accel) {
+async function runPacker(work, packerDir, variant, disk, keyFile, accel) {
   const tpmDir = join(work, 'tpm');
   mkdirSync(tpmDir);
   const socket = join(tpmDir, 'swtpm.sock');
@@ -368,7 +383,7 @@ async function runPacker(work, variant, disk, keyFile, accel) {
           'build',
           '-color=false',
           ...Object.entries(vars_).flatMap(([k, v]) => ['-var', `${k}=${v}`]),
-          join(PACKER_DIR, 'ironroot.pkr.hcl'),
+          join(packerDir, 'ironroot.pkr.hcl'),
         ],
         {
           cwd: work,
@@ -393,29 +408,37 @@ async function runPacker(work, variant, disk, keyFile, accel) {
   }
 }
 
-/** Learns the profile with the product's own learner from the packaged build, and compares it. */
-function learnProfile(stage, variant, eventLog, out, packages) {
+/** Learns the profile with the product's own learner from the packaged build. */
+function learnProfile(stage, variant, dir, packages) {
   const name = `ironroot-appliance-${variant}`;
-  run(process.execPath, [
-    join(stage, 'opt/ironroot/bin/ironroot-server.js'),
-    ...['profile', 'learn', '--eventlog', eventLog, '--name', name, '--out', out],
-    ...[
-      '--description',
-      `the ironroot appliance image (${variant}), Secure Boot on; learnt from its first boot`,
+  const out = join(dir, `${name}.yaml`);
+  // Run in the log's directory, so the learner's comment names the file and not this build's path.
+  run(
+    process.execPath,
+    [
+      join(stage, 'opt/ironroot/bin/ironroot-server.js'),
+      ...['profile', 'learn', '--eventlog', 'binary_bios_measurements', '--name', name, '--out', out],
+      ...[
+        '--description',
+        `the ironroot appliance image (${variant}), Secure Boot on; learnt from its first boot`,
+      ],
     ],
-  ]);
+    { cwd: dir },
+  );
   // Which packages the boot chain came from, so a reader knows what the profile matches.
   const versions = packages
     .split('\n')
-    .filter((line) => /^(shim-signed|grub-efi-amd64-signed|linux-image-[0-9][^\t]*-amd64|ovmf)\t/.test(line))
+    .map((line) => line.replace(/:amd64\t/, '\t'))
+    .filter((line) => /^(shim-signed|grub-efi-amd64-signed|linux-image-[0-9][^\t]*-amd64)\t/.test(line))
     .map((line) => line.replace('\t', ' '));
-  const body = readFileSync(out, 'utf8');
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
+  const ovmf = run('dpkg-query', ['-W', '-f', '${Version}', 'ovmf'], { capture: true });
   const header = [
     `# Firmware profile of the ironroot appliance image (${variant}), learnt by scripts/build-image.mjs`,
     `# from the image's first boot under OVMF (${basename(OVMF_CODE)}, Microsoft keys) with Secure Boot on.`,
-    `# It matches only an image built from the same packages: ${versions.join(', ')}.`,
+    `# It matches only an image built from the same packages: ${versions.join(', ')}; ovmf ${ovmf}.`,
   ];
-  writeFileSync(out, `${header.join('\n')}\n${body}`);
+  writeFileSync(out, `${header.join('\n')}\n${readFileSync(out, 'utf8')}`);
 }
 
 /** Says whether a learnt profile equals the one shipped in firmware-profiles/ (comments aside). */
@@ -471,9 +494,12 @@ async function main() {
 
   const work = mkdtempSync(join('/var/tmp', 'ironroot-image-'));
   try {
+    // A copy, so what is hashed is what is built even if the checkout changes meanwhile.
+    const packerDir = join(work, 'packer');
+    run('cp', ['-a', PACKER_DIR, packerDir]);
     const { deb, stage, contentHash } = buildDeb(work);
     const nodejs = await nodejsVersion();
-    const hash = inputsHash(variant, contentHash, nodejs);
+    const hash = inputsHash(variant, contentHash, nodejs, packerDir);
     const entry = join(CACHE_DIR, `${variant}-${hash.slice(0, 16)}`);
     const cached = result(entry, variant, hash);
     if (Object.values(cached).every((p) => p === hash || existsSync(p))) {
@@ -481,27 +507,29 @@ async function main() {
     } else {
       log(`inputs ${hash.slice(0, 16)}: building`);
       const [tarball, nodeDeb] = await Promise.all([
-        rootTarball(ROOT_PACKAGES, CACHE_DIR),
+        rootTarball(ROOT_PACKAGES, CACHE_DIR, { sourceDateEpoch: SOURCE_DATE_EPOCH }),
         repackedNodejs(CACHE_DIR),
       ]);
       const keyFile = join(work, 'build-key');
       run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'ironroot-image-build', '-f', keyFile]);
-      const rootDir = makeRoot(work, tarball, [nodeDeb, deb], readFileSync(`${keyFile}.pub`));
+      const rootDir = makeRoot(work, packerDir, tarball, [nodeDeb, deb], readFileSync(`${keyFile}.pub`));
       const esp = makeEsp(work, rootDir);
       const rootFs = makeRootFs(work, rootDir);
       run('rm', ['-rf', '--one-file-system', rootDir]);
       const disk = makeDisk(work, esp, rootFs);
       rmSync(esp.esp);
       rmSync(rootFs.img);
-      const built = await runPacker(work, variant, disk, keyFile, values.accel);
+      const built = await runPacker(work, packerDir, variant, disk, keyFile, values.accel);
       rmSync(disk);
       const partial = `${entry}.partial-${process.pid}`;
       mkdirSync(partial);
       const final = result(partial, variant, hash);
       renameSync(built.image, final.image);
+      // packer copies the disk byte for byte; the root's unused blocks are zeros and need no space.
+      run('fallocate', ['--dig-holes', final.image]);
       copyFileSync(built.eventLog, final.eventLog);
       copyFileSync(built.manifest, final.manifest);
-      learnProfile(stage, variant, final.eventLog, final.profile, readFileSync(final.manifest, 'utf8'));
+      learnProfile(stage, variant, partial, readFileSync(final.manifest, 'utf8'));
       for (const key of ['image', 'profile', 'eventLog', 'manifest']) chmodSync(final[key], 0o444);
       rmSync(entry, { recursive: true, force: true });
       renameSync(partial, entry);

@@ -17,11 +17,16 @@ const run = promisify(execFile);
 export const SUITE = 'bookworm';
 export const MIRROR = 'http://deb.debian.org/debian';
 
-/** Path of a cached root tarball in `cacheDir` holding minbase and `packages`; made when missing. */
-export async function rootTarball(packages, cacheDir) {
+/**
+ * Path of a cached root tarball in `cacheDir` holding minbase and `packages`; made when missing.
+ * `sourceDateEpoch` makes the root reproducible from the same packages (mmdebstrap's timestamps,
+ * and the initrd mkinitramfs makes, whose digest a firmware profile holds).
+ */
+export async function rootTarball(packages, cacheDir, options = {}) {
   const sorted = [...new Set(packages)].sort();
+  const epoch = options.sourceDateEpoch;
   const key = createHash('sha256')
-    .update(JSON.stringify([SUITE, 'minbase', MIRROR, sorted]))
+    .update(JSON.stringify([SUITE, 'minbase', MIRROR, sorted, ...(epoch === undefined ? [] : [epoch])]))
     .digest('hex')
     .slice(0, 16);
   const tarball = join(cacheDir, `${SUITE}-minbase-${key}.tar`);
@@ -46,7 +51,10 @@ export async function rootTarball(packages, cacheDir) {
         partial,
         MIRROR,
       ],
-      { maxBuffer: 64 * 1024 * 1024 },
+      {
+        maxBuffer: 64 * 1024 * 1024,
+        env: epoch === undefined ? process.env : { ...process.env, SOURCE_DATE_EPOCH: String(epoch) },
+      },
     );
     renameSync(partial, tarball);
   } finally {

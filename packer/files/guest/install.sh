@@ -11,3 +11,5 @@ install -D -m 0644 "$here/appliance-$variant.conf" "/etc/systemd/system/ironroot
 rm -f /etc/ironroot/agent.yaml /etc/ironroot/server.yaml
 systemctl daemon-reload
 systemctl enable ironroot-firstboot.service "ironroot-$variant.service"
+# The image is updated as a whole (docs/appliance.md), never package by package on the host.
+systemctl disable apt-daily.timer apt-daily-upgrade.timer
