@@ -523,16 +523,20 @@ async function main() {
       rmSync(disk);
       const partial = `${entry}.partial-${process.pid}`;
       mkdirSync(partial);
-      const final = result(partial, variant, hash);
-      renameSync(built.image, final.image);
-      // packer copies the disk byte for byte; the root's unused blocks are zeros and need no space.
-      run('fallocate', ['--dig-holes', final.image]);
-      copyFileSync(built.eventLog, final.eventLog);
-      copyFileSync(built.manifest, final.manifest);
-      learnProfile(stage, variant, partial, readFileSync(final.manifest, 'utf8'));
-      for (const key of ['image', 'profile', 'eventLog', 'manifest']) chmodSync(final[key], 0o444);
-      rmSync(entry, { recursive: true, force: true });
-      renameSync(partial, entry);
+      try {
+        const final = result(partial, variant, hash);
+        renameSync(built.image, final.image);
+        // packer copies the disk byte for byte; the root's unused blocks are zeros and need no space.
+        run('fallocate', ['--dig-holes', final.image]);
+        copyFileSync(built.eventLog, final.eventLog);
+        copyFileSync(built.manifest, final.manifest);
+        learnProfile(stage, variant, partial, readFileSync(final.manifest, 'utf8'));
+        for (const key of ['image', 'profile', 'eventLog', 'manifest']) chmodSync(final[key], 0o444);
+        rmSync(entry, { recursive: true, force: true });
+        renameSync(partial, entry);
+      } finally {
+        rmSync(partial, { recursive: true, force: true });
+      }
     }
     compareWithShipped(variant, cached.profile);
     const printed = values.out === undefined ? cached : copyOut(cached, resolve(values.out), variant, hash);
