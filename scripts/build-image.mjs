@@ -180,7 +180,7 @@ function sha256File(path) {
 function buildDeb(work) {
   log('building the ironroot .deb');
   const out = join(work, 'deb');
-  const deb = run(process.execPath, [join(root, 'scripts/build-deb.mjs'), '--out', out], {
+  const deb = run(process.execPath, [join(root, 'scripts/build-deb.mjs'), '--out', out, '--fast'], {
     capture: true,
   }).trim();
   const stage = deb.replace(/\.deb$/, '');
