@@ -18,7 +18,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // libtpm2-pkcs11-1, libtpm2-pkcs11-tools, tpm2-abrmd and libtss2-tcti-tabrmd0 are a second PKCS#11
 // module (a TPM as the CA key store) the key manager is tested on besides SoftHSM2
 // (test/helpers/tpm2-pkcs11.ts). mmdebstrap, dpkg-repack and systemd (systemd-analyze) install the
-// .deb into a throw-away Debian root and check its units (test/packaging/deb.test.ts).
+// .deb into a throw-away Debian root and check its units (test/packaging/deb.test.ts). packer reads
+// the appliance image's template (test/appliance/packer-template.test.ts, scripts/build-image.mjs).
 const APT_PACKAGES = [
   'swtpm',
   'swtpm-tools',
@@ -45,6 +46,7 @@ const APT_PACKAGES = [
   'mmdebstrap',
   'dpkg-repack',
   'systemd',
+  'packer',
 ];
 
 const MIN_NODE = [20, 19];

@@ -4,7 +4,10 @@
 // units (not enabled) and the default configuration from packaging/. Architecture amd64 because
 // better-sqlite3, koffi and pkcs11js are native addons, built here for this machine's Node ABI.
 //
-//   node scripts/build-deb.mjs [--out DIR]     (npm run package:deb; DIR defaults to build/)
+//   node scripts/build-deb.mjs [--out DIR] [--fast]     (npm run package:deb; DIR defaults to build/)
+//
+// --fast compresses with gzip -1 instead of xz: for a .deb installed right away and thrown away (the
+// appliance image build), where xz is most of the time and saves nothing.
 //
 // Prints the path of the .deb on standard output. Needs dpkg-deb, npm, and a C++ toolchain when the
 // addons have no prebuilt binary for this Node.
@@ -74,7 +77,12 @@ function kibibytes(path) {
   return readdirSync(path).reduce((sum, name) => sum + kibibytes(join(path, name)), 1);
 }
 
-const { values } = parseArgs({ options: { out: { type: 'string', default: join(root, 'build') } } });
+const { values } = parseArgs({
+  options: {
+    out: { type: 'string', default: join(root, 'build') },
+    fast: { type: 'boolean', default: false },
+  },
+});
 const out = resolve(values.out);
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 const name = `ironroot_${pkg.version}_amd64`;
@@ -160,5 +168,6 @@ chmodSync(control, 0o755);
 for (const file of ['control', 'conffiles']) chmodSync(join(control, file), 0o644);
 
 const deb = join(out, `${name}.deb`);
-run('dpkg-deb', ['--root-owner-group', '-Zxz', '--build', stage, deb], root);
+const compression = values.fast ? ['-Zgzip', '-z1'] : ['-Zxz'];
+run('dpkg-deb', ['--root-owner-group', ...compression, '--build', stage, deb], root);
 process.stdout.write(`${deb}\n`);

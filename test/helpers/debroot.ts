@@ -1,71 +1,26 @@
 /**
- * A throw-away Debian 12 root to install the .deb into: made by `mmdebstrap --mode=root` (minbase plus
- * the packages given) and kept as a tarball in a cache directory, keyed by everything that shapes
- * it, so only the first run downloads. Each test extracts its own copy and removes it afterwards.
- *
- * Node: Debian 12's nodejs is 18, older than the package needs (>= 20.19), and only Debian's mirror
- * is reachable, so the root gets this host's nodejs (NodeSource's) re-packed by `dpkg-repack`,
- * cached by version, and installed from the file.
+ * A throw-away Debian 12 root to install the .deb into: the cached mmdebstrap tarball and re-packed
+ * nodejs of scripts/lib/debroot.mjs (shared with the image build), kept in this helper's own cache
+ * directory. Each test extracts its own copy and removes it afterwards.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import * as shared from '../../scripts/lib/debroot.mjs';
 
 const run = promisify(execFile);
 
 export const CACHE_DIR = '/var/cache/ironroot-test';
-const SUITE = 'bookworm';
-const MIRROR = 'http://deb.debian.org/debian';
 
 /** Path of a cached root tarball holding minbase and `packages`; made when missing. */
-export async function rootTarball(packages: readonly string[]): Promise<string> {
-  const sorted = [...new Set(packages)].sort();
-  const key = createHash('sha256')
-    .update(JSON.stringify([SUITE, 'minbase', MIRROR, sorted]))
-    .digest('hex')
-    .slice(0, 16);
-  const tarball = join(CACHE_DIR, `${SUITE}-minbase-${key}.tar`);
-  if (existsSync(tarball)) return tarball;
-  mkdirSync(CACHE_DIR, { recursive: true, mode: 0o700 });
-  // mmdebstrap picks the output format by the name's ending, so the partial file ends in .tar too.
-  const partial = join(CACHE_DIR, `partial-${process.pid}-${SUITE}-minbase-${key}.tar`);
-  try {
-    await run(
-      'mmdebstrap',
-      ['--mode=root', '--variant=minbase', `--include=${sorted.join(',')}`, SUITE, partial, MIRROR],
-      { maxBuffer: 64 * 1024 * 1024 },
-    );
-    renameSync(partial, tarball);
-  } finally {
-    rmSync(partial, { force: true });
-  }
-  return tarball;
+export function rootTarball(packages: readonly string[]): Promise<string> {
+  return shared.rootTarball(packages, CACHE_DIR);
 }
 
 /** Path of this host's nodejs package re-packed by dpkg-repack; made when missing. */
-export async function repackedNodejs(): Promise<string> {
-  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
-  const { stdout: version } = await run('dpkg-query', ['-W', '-f', '${Version}', 'nodejs']);
-  const dir = join(CACHE_DIR, `nodejs-${version.replace(/[^A-Za-z0-9.+~-]/g, '_')}`);
-  const deb = () => readdirSync(dir).find((name) => name.endsWith('.deb'));
-  if (existsSync(dir)) {
-    const found = deb();
-    if (found !== undefined) return join(dir, found);
-  }
-  mkdirSync(CACHE_DIR, { recursive: true, mode: 0o700 });
-  const partial = mkdtempSync(join(CACHE_DIR, 'nodejs-partial-'));
-  try {
-    await run('dpkg-repack', ['nodejs'], { cwd: partial, maxBuffer: 64 * 1024 * 1024 });
-    rmSync(dir, { recursive: true, force: true });
-    renameSync(partial, dir);
-  } finally {
-    rmSync(partial, { recursive: true, force: true });
-  }
-  const found = deb();
-  if (found === undefined) throw new Error(`dpkg-repack nodejs left no .deb in ${dir}`);
-  return join(dir, found);
+export function repackedNodejs(): Promise<string> {
+  return shared.repackedNodejs(CACHE_DIR);
 }
 
 export interface Result {
