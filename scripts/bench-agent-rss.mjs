@@ -11,7 +11,8 @@
 // no GC is forced until every RSS sample of a phase is taken: a forced GC returns memory a real
 // agent keeps, so it would flatter the RSS. The retained heap is read once at the end of a phase.
 //
-// BENCH_AGENT_NODE_FLAGS adds node flags to the agent only (e.g. `--max-semi-space-size=1`, or
+// The agent runs with the node flags its bin script's `#!/usr/bin/env -S node …` line gives, as an
+// installed agent does. BENCH_AGENT_NODE_FLAGS replaces them (e.g. `--max-semi-space-size=16`, or
 // `--heapsnapshot-signal=SIGUSR1` to take snapshots by hand); BENCH_RSS_ROUNDS sets the samples;
 // BENCH_RSS_HEAPSNAPSHOTS=<dir> has the agent write idle.heapsnapshot and loaded.heapsnapshot there
 // at the end of each phase (open them in Chrome DevTools' Memory tab and compare).
@@ -36,6 +37,12 @@ const SETTLE_MS = 15_000;
 const SAMPLE_EVERY_MS = 3000;
 const TD = 'bench.example.org';
 const probe = join(root, 'scripts', 'lib', 'memory-probe.cjs');
+const bin = join(root, 'bin', 'ironroot-agent.js');
+/** The node flags in the bin script's first line: `#!/usr/bin/env -S node --flag …`. */
+const binFlags = (readFileSync(bin, 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(3);
+const agentFlags = (process.env.BENCH_AGENT_NODE_FLAGS ?? binFlags.join(' '))
+  .split(' ')
+  .filter((f) => f !== '');
 
 const { hashJoinToken } = await import(join(dist, 'server', 'registration', 'service.js'));
 
@@ -62,8 +69,8 @@ function probed(args) {
 const { dir, server, bundleFile, token } = await startBenchServer(dist, TD, 'ironroot-bench-rss-');
 const dataDir = join(dir, 'agent');
 const agent = probed([
-  ...(process.env.BENCH_AGENT_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== ''),
-  join(root, 'bin', 'ironroot-agent.js'),
+  ...agentFlags,
+  bin,
   'run',
   '--server-address',
   `127.0.0.1:${server.ports.agentApi}`,
@@ -222,6 +229,7 @@ try {
     'bench',
   );
   const fillCpuBefore = cpuSeconds(agent.child.pid);
+  const fillGcBefore = (await agent.report('report')).collections;
   for (let i = 0; i < ENTRIES; i++)
     await server.datastore.createEntry(
       {
@@ -241,6 +249,8 @@ try {
     );
   await until(`${ENTRIES} cached SVIDs`, async () => ((await health())?.workload?.svids ?? 0) >= ENTRIES);
   const fillCpu = cpuSeconds(agent.child.pid) - fillCpuBefore;
+  const fillGcAfter = (await agent.report('report')).collections;
+  const fillGc = (key) => fillGcAfter[key] - fillGcBefore[key];
   const loaded = await phase('loaded');
 
   report('idle: attested, 0 entries', idle);
@@ -250,7 +260,10 @@ try {
   process.stdout.write(
     `\nper cached SVID (loaded − idle): RSS ${kib(median(loaded), median(idle))} KiB (medians), ` +
       `retained heap ${kib(loaded.retained.agent, idle.retained.agent)} KiB\n` +
-      `agent CPU to fetch and cache the ${ENTRIES} SVIDs: ${fillCpu.toFixed(2)} s\n`,
+      `agent CPU to fetch and cache the ${ENTRIES} SVIDs: ${fillCpu.toFixed(2)} s, of which garbage ` +
+      `collection ${fillGc('minor')} minor (${fillGc('minorMs').toFixed(0)} ms) and ` +
+      `${fillGc('major')} major (${fillGc('majorMs').toFixed(0)} ms)\n` +
+      `agent node flags: ${agentFlags.join(' ') || '(none)'}\n`,
   );
 } finally {
   agent.child.kill('SIGTERM');
