@@ -29,7 +29,7 @@ import type {
   ReattestOutcomeMessage,
   ReattestRequest,
 } from '../agent-api/proto.js';
-import { type DirLock, lockDir } from '../host/index.js';
+import { type DirLock, lockDir, releaseFreedMemory } from '../host/index.js';
 import { createCsr, createKeySigner, SpiffeId } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
@@ -40,7 +40,7 @@ import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
 import { KeptClient, type Lease } from './kept-client.js';
-import { AgentMetrics, startMetricsServer } from './metrics.js';
+import { MetricsRelay } from './metrics-sink.js';
 import { type CallPath, ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
 import { ServerTrustError, type TrustBundle } from './server-cert.js';
@@ -85,7 +85,8 @@ export class Agent {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #health: Server | undefined;
-  readonly #metrics: AgentMetrics;
+  /** prom-client behind it only when metrics_address is set (start()). */
+  readonly #metrics = new MetricsRelay();
   #metricsServer: Server | undefined;
   /** Whether the agent has held an SVID of its own: a new one then replaces it (a rotation). */
   #heldSvid = false;
@@ -121,10 +122,6 @@ export class Agent {
     this.#store = new AgentStore(config.data_dir);
     this.#trust = new ServerTrust(config, this.#store, logger);
     this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });
-    this.#metrics = new AgentMetrics({
-      soonestExpiryMs: (nowMs) => this.#cache.soonestExpiryMs(nowMs),
-      entryCount: () => this.#cache.entryCount,
-    });
     this.#cache = new SvidCache({
       trustDomain: config.trust_domain,
       attestors: workloadAttestors(config),
@@ -203,7 +200,13 @@ export class Agent {
     try {
       this.#health = await startHealthServer(healthSocketPath(this.#config.data_dir), () => this.status());
       if (this.#config.metrics_address !== undefined) {
-        this.#metricsServer = await startMetricsServer(this.#config.metrics_address, this.#metrics.registry);
+        const { AgentMetrics, startMetricsServer } = await import('./metrics.js');
+        const metrics = new AgentMetrics({
+          soonestExpiryMs: (nowMs) => this.#cache.soonestExpiryMs(nowMs),
+          entryCount: () => this.#cache.entryCount,
+        });
+        this.#metricsServer = await startMetricsServer(this.#config.metrics_address, metrics.registry);
+        this.#metrics.target = metrics;
         this.#logger.info({ metrics_address: this.metricsAddress }, 'serving Prometheus metrics at /metrics');
       }
     } catch (error) {
@@ -442,6 +445,9 @@ export class Agent {
         syncEnded();
       }
       if (this.#workloadApi === undefined && !this.#stopped) await this.#startWorkloadApi();
+      // What start-up and earlier rounds freed (their keys and certificates, once collected) is
+      // handed back to the kernel: about 6 MiB idle, more after issuing (docs/performance.md).
+      releaseFreedMemory();
       const next = this.#cache.nextEvent(roundAt);
       // One millisecond past the event: a timer may fire up to 1 ms early (libuv's loop clock has
       // millisecond resolution), and `due` must see the whole second reached.

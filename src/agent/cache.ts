@@ -62,7 +62,14 @@ interface CachedSvid {
   caCheckedFor: string;
   readonly entryRevision: number;
   readonly material: X509SvidMaterial;
-  readonly leaf: X509Certificate;
+  /**
+   * The leaf's validity, read once when stored. The parsed leaf itself is not kept: an OpenSSL
+   * certificate object costs about 10 KiB of native memory, per cached SVID; the CA check (once per
+   * CA state) parses it again from `material`.
+   */
+  readonly notBefore: number;
+  /** Unix milliseconds. */
+  readonly notAfterMs: number;
   readonly expiresAt: number;
   readonly rotateAt: number;
 }
@@ -421,7 +428,7 @@ export class SvidCache implements WorkloadIdentityProvider {
    */
   validity(now: number): { served: { notBefore: number; expiresAt: number }[]; unserved: number } {
     const served = [...this.#svids.values()].map((svid) => ({
-      notBefore: Math.floor(new Date(svid.leaf.validFrom).getTime() / 1000),
+      notBefore: svid.notBefore,
       expiresAt: svid.expiresAt,
     }));
     const unserved = [...this.#entries.values()].filter(
@@ -437,7 +444,7 @@ export class SvidCache implements WorkloadIdentityProvider {
   soonestExpiryMs(nowMs: number): number | undefined {
     let soonest: number | undefined;
     for (const svid of this.#svids.values()) {
-      const at = new Date(svid.leaf.validTo).getTime();
+      const at = svid.notAfterMs;
       if (at > nowMs && (soonest === undefined || at < soonest)) soonest = at;
     }
     return soonest;
@@ -553,9 +560,12 @@ function signedUnder(
   signer: X509Certificate | undefined,
   roots: readonly X509Certificate[],
 ): boolean {
-  if (signer !== undefined && !svid.leaf.verify(signer.publicKey)) return false;
-  const top = svid.material.chainDer.at(-1);
-  const topCert = top === undefined ? svid.leaf : new X509Certificate(top);
+  const [leafDer, ...above] = svid.material.chainDer;
+  if (leafDer === undefined) return false;
+  const leaf = new X509Certificate(leafDer);
+  if (signer !== undefined && !leaf.verify(signer.publicKey)) return false;
+  const top = above.at(-1);
+  const topCert = top === undefined ? leaf : new X509Certificate(top);
   return roots.some((root) => topCert.verify(root.publicKey));
 }
 
@@ -582,12 +592,14 @@ function cachedSvid(
 ): CachedSvid {
   const leaf = new X509Certificate(chain[0] ?? new Uint8Array());
   const issuedAt = Math.floor(new Date(leaf.validFrom).getTime() / 1000);
+  const notAfterMs = new Date(leaf.validTo).getTime();
   const half = (expiresAt - issuedAt) / 2;
   const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
   return {
     caCheckedFor: '',
     entryRevision,
-    leaf,
+    notBefore: issuedAt,
+    notAfterMs,
     expiresAt,
     // Whole seconds, as `due` is asked with: a fractional time would keep the sync loop waking
     // before `due` agrees, for up to a second of back-to-back rounds.

@@ -1,6 +1,7 @@
 /**
  * ironroot-agent's Prometheus metrics, on a registry of its own (several agents in one process never
  * share state), and the plain HTTP listener that serves them at `/metrics` on `metrics_address`.
+ * Loaded only when `metrics_address` is set (see ./metrics-sink.ts).
  * Nothing here names a workload or a SPIFFE ID: labels are kinds, codes and RPC names only.
  *
  * @module
@@ -9,13 +10,10 @@ import { createServer, type Server } from 'node:http';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { bindAddress, splitHostPort } from '../host/index.js';
 import type { WorkloadApiCall } from '../workload-api/server.js';
-import type { CacheObserver } from './cache.js';
+import type { MetricsSink, SvidKind } from './metrics-sink.js';
 
 /** Seconds: from a quick call on a quiet server to a TPM round trip through a busy one. */
 const CALL_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
-
-/** Which SVID: the agent's own, or a workload's. */
-export type SvidKind = 'agent' | 'x509' | 'jwt';
 
 /** What the gauges computed at scrape time read. */
 export interface MetricsSource {
@@ -24,7 +22,7 @@ export interface MetricsSource {
   entryCount(): number;
 }
 
-export class AgentMetrics implements CacheObserver {
+export class AgentMetrics implements MetricsSink {
   readonly registry = new Registry();
   readonly #source: MetricsSource;
   readonly #startedAtMs = Date.now();

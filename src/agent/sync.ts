@@ -14,7 +14,7 @@ import { createCsr, createKeySigner } from '../spiffe/index.js';
 import type { IssuedSvid, SvidCache } from './cache.js';
 import type { AgentApiClient } from './client.js';
 import { AgentError } from './errors.js';
-import type { AgentMetrics } from './metrics.js';
+import type { MetricsSink } from './metrics-sink.js';
 
 /** CSRs per BatchNewX509SVID call: a round trip per hundred keeps each call short. */
 const CSR_BATCH = 100;
@@ -33,7 +33,7 @@ export interface SyncStats {
 export class WorkloadSync {
   readonly #cache: SvidCache;
   readonly #logger: Logger;
-  readonly #metrics: AgentMetrics;
+  readonly #metrics: MetricsSink;
   #cursor: SyncCursorMessage | undefined;
   readonly stats: SyncStats = {
     syncs: 0,
@@ -43,7 +43,7 @@ export class WorkloadSync {
     last_sync: null,
   };
 
-  constructor(cache: SvidCache, logger: Logger, metrics: AgentMetrics) {
+  constructor(cache: SvidCache, logger: Logger, metrics: MetricsSink) {
     this.#cache = cache;
     this.#logger = logger;
     this.#metrics = metrics;

@@ -1,7 +1,8 @@
 /**
  * What both executables need from the host: an exclusive lock on a data directory, Unix socket
  * paths claimed only when stale, directories with exact modes, and listen errors named by key; the
- * `--output` flag both command lines share; and the logger both build (`log_format`).
+ * `--output` flag both command lines share; the logger both build (`log_format`); and handing
+ * freed C-heap memory back to the kernel.
  *
  * @module
  */
@@ -17,5 +18,6 @@ export {
   type Logger,
   type LogOptions,
 } from './log.js';
+export { releaseFreedMemory } from './memory.js';
 export { type OutputFormat, withOutput } from './output.js';
 export { checkSocketPath, claimSocketPath } from './socket.js';

@@ -1,5 +1,4 @@
 import type { KeyObject } from 'node:crypto';
-import { compactVerify } from 'jose';
 import type { JwtBundleSource } from './bundle/bundle-set.js';
 import { SpiffeError } from './errors.js';
 import { checkProducible } from './id-syntax.js';
@@ -329,6 +328,8 @@ export async function validateJwtSvid(
     }
     candidates = [key];
   }
+  // jose only here, on first use: an agent whose workloads never validate a JWT-SVID does not load it.
+  const { compactVerify } = await import('jose');
   let verified = false;
   for (const key of candidates) {
     try {

@@ -76,8 +76,13 @@ function newCache(count: number): { cache: SvidCache; checks: () => number } {
   return { cache, checks: () => checks };
 }
 
-/** Issues (as the server would) an SVID signed by `ca` for every entry in `ids`. */
-async function issue(cache: SvidCache, ca: Ca, ids: readonly number[]): Promise<void> {
+/** Issues (as the server would) an SVID signed by `ca` for every entry in `ids`, valid over `validity`. */
+async function issue(
+  cache: SvidCache,
+  ca: Ca,
+  ids: readonly number[],
+  validity: (i: number) => { notBefore?: Date; notAfter?: Date } = () => ({}),
+): Promise<void> {
   const issued = [];
   for (const i of ids) {
     const { privateKey, publicKey } = p256();
@@ -86,6 +91,7 @@ async function issue(cache: SvidCache, ca: Ca, ids: readonly number[]): Promise<
       publicKey,
       issuer: ca,
       extensions: leafExtensions(`spiffe://${TD}/w/${i}`),
+      ...validity(i),
     });
     issued.push({
       entryId: `entry-${i}`,
@@ -177,5 +183,29 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
     expect(await dueIds(cache)).toEqual([]);
     expect(turned).toBe(false);
     expect(checks()).toBe(60);
+  });
+});
+
+describe("SvidCache: each SVID's validity, read once from its leaf", () => {
+  it('reports the notBefore and the soonest notAfter of the SVIDs it serves, as their certificates say', async () => {
+    const ca = await newCa('v');
+    const { cache } = newCache(3);
+    cache.applyBundles(bundles([ca], ca));
+    // Whole seconds: a certificate's times carry no more.
+    const base = Math.floor(Date.now() / 1000) * 1000;
+    const notBefore = (i: number) => new Date(base - (i + 1) * 60_000);
+    const lifetimes = [7200, 1800, 3600];
+    const notAfter = (i: number) => new Date(base + (lifetimes[i] ?? 0) * 1000);
+    await issue(cache, ca, [0, 1, 2], (i) => ({ notBefore: notBefore(i), notAfter: notAfter(i) }));
+
+    const { served, unserved } = cache.validity(now());
+    expect(unserved).toBe(0);
+    expect(served.map((s) => s.notBefore).sort()).toEqual(
+      [0, 1, 2].map((i) => notBefore(i).getTime() / 1000).sort(),
+    );
+    expect(cache.soonestExpiryMs(base)).toBe(notAfter(1).getTime());
+    // Past the first one's end, the next one's.
+    expect(cache.soonestExpiryMs(notAfter(1).getTime())).toBe(notAfter(2).getTime());
+    expect(cache.soonestExpiryMs(notAfter(0).getTime())).toBeUndefined();
   });
 });
