@@ -58,5 +58,10 @@ process.stdout.write(
   `\n=== summary: issue 13's figures (${summary.filter((f) => f.met).length} of ${summary.length} met) ===\n`,
 );
 for (const row of rows)
-  process.stdout.write(`${row.map((cell, col) => cell.padEnd(widths[col])).join('  ')}\n`);
+  process.stdout.write(
+    `${row
+      .map((cell, col) => cell.padEnd(widths[col]))
+      .join('  ')
+      .trimEnd()}\n`,
+  );
 process.exitCode = failed === 0 ? 0 : 1;
