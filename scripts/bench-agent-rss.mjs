@@ -22,6 +22,7 @@ import { request } from 'node:http';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { reportFigure } from './lib/bench-figure.mjs';
 import { startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -265,6 +266,17 @@ try {
       `${fillGc('major')} major (${fillGc('majorMs').toFixed(0)} ms)\n` +
       `agent node flags: ${agentFlags.join(' ') || '(none)'}\n`,
   );
+  for (const [what, phase, goal] of [
+    ['idle', idle, 70],
+    [`with ${ENTRIES} SVIDs`, loaded, 110],
+  ])
+    reportFigure({
+      figure: `agent RSS MiB, ${what}`,
+      ...stats(phase.samples.map((s) => s.agent.VmRSS)),
+      goal: `≤ ${goal} MiB`,
+      met: median(phase) <= goal,
+      digits: 1,
+    });
 } finally {
   agent.child.kill('SIGTERM');
   bare.child.kill('SIGTERM');

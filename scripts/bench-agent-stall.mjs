@@ -15,6 +15,7 @@ import { createServer, request } from 'node:http';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { reportFigure } from './lib/bench-figure.mjs';
 import { startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -163,6 +164,15 @@ function summary(label, samples) {
       `  bare  max delay (ms)  ${ms(bMin)} ${ms(bMed)} ${ms(bMax)}\n` +
       `  ratio agent/bare      ${rMin.toFixed(2).padStart(7)} ${rMed.toFixed(2).padStart(7)} ${rMax.toFixed(2).padStart(7)}\n`,
   );
+  reportFigure({
+    figure: `agent event-loop stall ms, ${label}`,
+    min: aMin * 1000,
+    median: aMed * 1000,
+    max: aMax * 1000,
+    goal: '≤ 50 ms',
+    met: aMed * 1000 <= 50,
+    digits: 1,
+  });
 }
 
 try {

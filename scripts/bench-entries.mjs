@@ -34,6 +34,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
+import { reportFigure } from './lib/bench-figure.mjs';
 
 const ds = await import('../dist/server/datastore/index.js').catch(() => {
   console.error('dist/ is missing: run `npx tsc -p tsconfig.build.json` first');
@@ -184,6 +185,13 @@ try {
   console.log(`ratio B / A per round, wall: ${fmtRatio(ratio(rb.wall, ra.wall))}   (goal: >= 0.8)`);
   console.log(`ratio B / A per round, CPU : ${fmtRatio(ratio(rb.cpu, ra.cpu))}`);
   console.log(`ratio C / A per round, wall: ${fmtRatio(ratio(rc.wall, ra.wall))}   (the per-entry path)`);
+  const bulk = ratio(rb.wall, ra.wall);
+  reportFigure({
+    figure: `bulk entry creation (${N} entries) ÷ raw better-sqlite3, same durability`,
+    ...bulk,
+    goal: '≥ 0.8',
+    met: bulk.median >= 0.8,
+  });
   await benchAuthorize();
   await benchFirstSync();
 } finally {
@@ -194,6 +202,7 @@ async function benchAuthorize() {
   const agent = `${TD}/agent/bench`;
   const now = Math.floor(Date.now() / 1000);
   console.log(`\nentry journal authorization of one agent, ${ROUNDS} rounds, D/E alternating`);
+  const walks = new Map();
   for (const n of [1000, 10_000, 50_000]) {
     const { datastore } = await freshStore();
     await datastore.createEntries(newEntries(n, `walk${n}`), 'bench');
@@ -242,7 +251,16 @@ async function benchAuthorize() {
       `${String(n).padStart(6)} entries: D one pass ${ms(stats(d))}; E two authorizations ${ms(stats(e))}; E / D ${fmtRatio(ratio(e, d))}`,
     );
     console.log(`${' '.repeat(15)}refresh after a node renewal ${ms(stats(renewal))} (3 rounds, wall)`);
+    walks.set(n, e);
   }
+  // Linear: five times the entries, at most five times the time (per round, both in the same round).
+  const growth = ratio(walks.get(50_000), walks.get(10_000));
+  reportFigure({
+    figure: 'entry journal: authorizing an agent at 50k entries ÷ at 10k',
+    ...growth,
+    goal: '≤ 5 (linear)',
+    met: growth.median <= 5,
+  });
 }
 
 async function benchFirstSync() {
@@ -285,5 +303,15 @@ async function benchFirstSync() {
     console.log(
       `${' '.repeat(15)}G / F per round, wall: ${fmtRatio(ratio(wall(g), wall(f)))}; CPU: ${fmtRatio(ratio(cpu(g), cpu(f)))}`,
     );
+    if (n === 10_000) {
+      const afterWrite = stats(wall(g));
+      reportFigure({
+        figure: 'first sync of one agent after one entry write at 10k entries, ms',
+        ...afterWrite,
+        goal: '≤ 1000 ms',
+        met: afterWrite.median <= 1000,
+        digits: 1,
+      });
+    }
   }
 }

@@ -22,6 +22,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import grpc from '@grpc/grpc-js';
+import { reportFigure } from './lib/bench-figure.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -283,6 +284,12 @@ async function main() {
           `${f(r50.min, 2)} / ${f(r50.median, 2)} / ${f(r50.max, 2)}`.padEnd(31) +
           `${f(r99.min, 2)} / ${f(r99.median, 2)} / ${f(r99.max, 2)}\n`,
       );
+      reportFigure({
+        figure: `Workload API first response p99, ${held} open streams ÷ bare grpc-js`,
+        ...r99,
+        goal: '≤ 1.3',
+        met: r99.median <= 1.3,
+      });
     }
     const afterLoad = rssMiB(ironroot.pid);
     await stopServer(ironroot);

@@ -8,9 +8,10 @@ import { join } from 'node:path';
 
 /**
  * Starts the server in a new temporary directory named after `prefix`; remove `dir` when done.
- * `extra` adds server config keys (a benchmark that renews in a loop lifts attestation_rate_limit).
+ * `overrides` replace keys of the server configuration (bench:scale: a PKCS#11 key manager, a rate
+ * limit that lets thousands of agents attest from one address).
  */
-export async function startBenchServer(dist, trustDomain, prefix, extra = {}) {
+export async function startBenchServer(dist, trustDomain, prefix, overrides = {}) {
   const { pino } = await import('pino');
   const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
   const { startServer } = await import(join(dist, 'server', 'server.js'));
@@ -28,7 +29,7 @@ export async function startBenchServer(dist, trustDomain, prefix, extra = {}) {
         development: true,
         health_address: '127.0.0.1:0',
         bind_address: '127.0.0.1:0',
-        ...extra,
+        ...overrides,
       },
       'bench',
     ),
@@ -43,5 +44,5 @@ export async function startBenchServer(dist, trustDomain, prefix, extra = {}) {
   writeFileSync(bundleFile, bundlePem);
   const registration = new RegistrationService(server.datastore, trustDomain, clock);
   const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
-  return { dir, server, bundlePem, bundleFile, token };
+  return { dir, server, bundlePem, bundleFile, token, registration };
 }

@@ -71,6 +71,20 @@ describe('authenticating an agent by its client certificate, parsed once', () =>
     expect(first.serialNumber).not.toBe(second.serialNumber);
   });
 
+  it('answers right for more agents than a small cache would hold, each presenting its SVID in turn', async () => {
+    const agents = [];
+    for (let i = 0; i < 1500; i++) {
+      const id = `spiffe://example.org/agent/join_token/${i}`;
+      agents.push({ id, leaf: await mint(id) });
+    }
+    for (let round = 0; round < 2; round++)
+      for (const { id, leaf } of agents)
+        expect(authenticate(Buffer.from(leaf.raw))).toEqual({ agentId: id, serial: leaf.serialNumber });
+    // Kept among many, an expired certificate is still refused.
+    clock.t = (T0 + H + 1) * 1000;
+    expect(refusal(Buffer.from(agents[0]?.leaf.raw ?? [])).code).toBe('ERR_AGENT_UNAUTHENTICATED');
+  });
+
   it('refuses a certificate it accepted before once it has expired', async () => {
     const leaf = Buffer.from((await mint()).raw);
     expect(authenticate(leaf).agentId).toBe(AGENT);

@@ -235,6 +235,28 @@ describe('CA rotation driven by a fake clock', () => {
     expect(ca.bundle().sequenceNumber).toBe(parsed.sequenceNumber);
   });
 
+  it('serves the bundle it stored, built once per journal state and again after every change', async () => {
+    const ca = await open();
+    const stored = async () => (await datastore.getBundle('example.org'))?.document;
+    const first = ca.bundle();
+    expect(ca.bundle()).toBe(first);
+    expect(first.marshal()).toBe(await stored());
+    // Preparing publishes a second CA and a new sequence: the served bundle must show both at once.
+    at(12 * H);
+    await ca.rotate();
+    const prepared = ca.bundle();
+    expect(prepared.x509Authorities).toHaveLength(2);
+    expect(prepared.sequenceNumber).toBeGreaterThan(first.sequenceNumber ?? 0n);
+    expect(prepared.marshal()).toBe(await stored());
+    // Activating changes the slots but not what is published: rebuilt, with the same document.
+    at(20 * H);
+    await ca.rotate();
+    expect(state(ca, 'x509')).toEqual(['A:old', 'B:active']);
+    const activated = ca.bundle();
+    expect(activated).not.toBe(prepared);
+    expect(activated.marshal()).toBe(prepared.marshal());
+  });
+
   it('caps an SVID at the CA expiry', async () => {
     const ca = await open();
     const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
