@@ -24,24 +24,11 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { DebRoot, type Result, repackedNodejs, rootTarball } from '../helpers/debroot.js';
+import { DebRoot, PACKAGE_ROOT, type Result, repackedNodejs, rootTarball } from '../helpers/debroot.js';
 import { repoRoot } from '../helpers/dist.js';
 import { opensslCert } from '../helpers/x509.js';
 
 const run = promisify(execFile);
-
-// The .deb's Depends and what the script itself calls (blkid, runuser: util-linux, in minbase).
-const ROOT_PACKAGES = [
-  'adduser',
-  'libtss2-tctildr0',
-  'libtss2-tcti-device0',
-  'tpm-udev',
-  'libtss2-tcti-swtpm0',
-  'systemd',
-  'softhsm2',
-  'python3',
-  'ca-certificates',
-];
 
 const SCRIPT = join(repoRoot, 'packer/files/guest/ironroot-firstboot');
 
@@ -57,7 +44,7 @@ describe('ironroot-firstboot: the appliance configures its agent from the kernel
         cwd: repoRoot,
         maxBuffer: 64 * 1024 * 1024,
       }),
-      rootTarball(ROOT_PACKAGES),
+      rootTarball(PACKAGE_ROOT),
       repackedNodejs(),
     ]);
     const deb = built.stdout.trim();

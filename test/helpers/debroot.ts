@@ -153,3 +153,22 @@ export class DebRoot {
 function chrootEnv(): NodeJS.ProcessEnv {
   return { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', HOME: '/root' };
 }
+
+/**
+ * The root the package tests install the .deb into, one list so they share one cached tarball: the
+ * .deb's Depends (nodejs comes from the re-packed file), systemd for systemd-analyze, softhsm2 for
+ * the server's token, the swtpm TCTI for the agent, and what nodejs depends on (python3,
+ * ca-certificates). The appliance's first-boot script needs nothing more (blkid and runuser are
+ * util-linux, in minbase).
+ */
+export const PACKAGE_ROOT: readonly string[] = [
+  'adduser',
+  'libtss2-tctildr0',
+  'libtss2-tcti-device0',
+  'tpm-udev',
+  'libtss2-tcti-swtpm0',
+  'systemd',
+  'softhsm2',
+  'python3',
+  'ca-certificates',
+];

@@ -5,7 +5,7 @@
  * on a SoftHSM2 token, an agent attesting a swtpm, and a workload (nobody) fetching its X.509-SVID
  * over the Workload API socket.
  *
- * The root is minbase plus ROOT_PACKAGES, cached as a tarball in /var/cache/ironroot-test; Node is the
+ * The root is minbase plus PACKAGE_ROOT, cached as a tarball in /var/cache/ironroot-test; Node is the
  * host's NodeSource nodejs re-packed with dpkg-repack (Debian 12's own nodejs is 18, too old), also
  * cached. The first run downloads the root and re-packs Node besides building the .deb (about 6
  * minutes on two shared cores, the build meanwhile); later runs reuse both and take about a minute,
@@ -19,7 +19,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
-import { DebRoot, repackedNodejs, rootTarball } from '../helpers/debroot.js';
+import { DebRoot, PACKAGE_ROOT, repackedNodejs, rootTarball } from '../helpers/debroot.js';
 import { repoRoot } from '../helpers/dist.js';
 import { freePort } from '../helpers/server.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
@@ -27,20 +27,6 @@ import { ServiceUnit } from '../helpers/systemd-unit.js';
 
 const run = promisify(execFile);
 
-// What the installed package needs besides minbase: its Depends (nodejs comes from the re-packed
-// file), systemd for systemd-analyze, softhsm2 for the server's token, the swtpm TCTI for the agent.
-// The nodejs package depends on python3 and ca-certificates.
-const ROOT_PACKAGES = [
-  'adduser',
-  'libtss2-tctildr0',
-  'libtss2-tcti-device0',
-  'tpm-udev',
-  'libtss2-tcti-swtpm0',
-  'systemd',
-  'softhsm2',
-  'python3',
-  'ca-certificates',
-];
 const UNITS = ['ironroot-server.service', 'ironroot-agent.service'];
 const TD = 'example.org';
 
@@ -108,7 +94,7 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
         cwd: repoRoot,
         maxBuffer: 64 * 1024 * 1024,
       }),
-      rootTarball(ROOT_PACKAGES),
+      rootTarball(PACKAGE_ROOT),
       repackedNodejs(),
     ]);
     deb = built.stdout.trim();
