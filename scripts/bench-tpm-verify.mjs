@@ -10,6 +10,8 @@
 // The EK rows add what the server's EK worker does per attestation (ek-judge.ts): decode the EK
 // certificate read from NV with both parsers, match its key to the EK, read its TCG SAN, and build
 // and verify the chain to swtpm's local CA, with the trust store parsed once as the worker holds it.
+// The figure `npm run bench` reports (full RSA attestation with EK judgement) is then measured over
+// BENCH_ROUNDS rounds (default 5), alternating with its baseline, the unavoidable crypto.
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -25,6 +27,7 @@ const tpm = await import('../dist/tpm/index.js').catch(() => {
 });
 const { judgeEkCertificates } = await import('../dist/server/nodeattestor/ek-judge.js');
 const exec = promisify(execFile);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 
 function listen(port) {
   return new Promise((resolve) => {
@@ -261,14 +264,46 @@ try {
   console.log(
     `ratio full RSA attestation with EK judgement ÷ quote verification alone: ${(withEk.cpuMsPerOp / quoteOnly.cpuMsPerOp).toFixed(1)}×`,
   );
-  // One measurement, not rounds: min, median and max are the same value.
+  // The figure itself over rounds, A/B interleaved with its baseline, the unavoidable crypto
+  // (MakeCredential to the EK and the quote's signature), so a load change hits both alike.
+  const rsa = evidence.rsa;
+  const rsaEkJob = { ekPublic: rsa.ekPublic, certificates: [rsa.ekCertificate], chain: true, at: Date.now() };
+  const whole = () => {
+    judgeEkCertificates(rsaEkJob, evidence.trust);
+    tpm.checkAkPublic(rsa.quote.akPublic);
+    tpm.makeCredential(rsa.ek, rsa.akName, credential);
+    tpm.verifyQuote(rsa.quote);
+    replayLog();
+  };
+  const crypto = () => {
+    tpm.makeCredential(rsa.ek, rsa.akName, credential);
+    tpm.verifyQuote(rsa.quote);
+  };
+  const wholeMs = [];
+  const ratios = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const a = measure(whole, 500).cpuMsPerOp;
+    const b = measure(crypto, 500).cpuMsPerOp;
+    wholeMs.push(a);
+    ratios.push(a / b);
+  }
+  const spread = (values) => {
+    const sorted = [...values].sort((x, y) => x - y);
+    return { min: sorted[0], median: sorted[Math.floor(sorted.length / 2)], max: sorted.at(-1) };
+  };
+  const perAttestation = spread(wholeMs);
+  const overCrypto = spread(ratios);
+  console.log(
+    `full RSA attestation with EK judgement over ${ROUNDS} rounds, CPU ms min / median / max: ` +
+      `${perAttestation.min.toFixed(3)} / ${perAttestation.median.toFixed(3)} / ${perAttestation.max.toFixed(3)}; ` +
+      `÷ the unavoidable crypto (MakeCredential + quote signature): ` +
+      `${overCrypto.min.toFixed(1)} / ${overCrypto.median.toFixed(1)} / ${overCrypto.max.toFixed(1)}×`,
+  );
   reportFigure({
     figure: 'server CPU ms per TPM attestation (EK chain + MakeCredential + quote + replay), RSA',
-    min: withEk.cpuMsPerOp,
-    median: withEk.cpuMsPerOp,
-    max: withEk.cpuMsPerOp,
+    ...perAttestation,
     goal: '≤ 1.5 ms',
-    met: withEk.cpuMsPerOp <= 1.5,
+    met: perAttestation.median <= 1.5,
     digits: 3,
   });
 } finally {
