@@ -10,7 +10,7 @@ import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startBenchServer } from './lib/bench-server.mjs';
+import { benchEntry, startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -113,19 +113,11 @@ async function main() {
   };
   // One workload entry of this agent, for the JWT-SVIDs.
   const entry = await server.datastore.createEntry(
-    {
+    benchEntry({
       spiffeId: `spiffe://${TD}/bench/workload`,
       parentId: result.spiffe_id,
       selectors: [{ type: 'unix', value: 'uid:1000' }],
-      x509SvidTtl: 0,
-      jwtSvidTtl: 0,
-      dnsNames: [],
-      admin: false,
-      downstream: false,
-      federatesWith: [],
-      hint: '',
-      expiresAt: 0,
-    },
+    }),
     'bench',
   );
 

@@ -23,7 +23,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { reportFigure } from './lib/bench-figure.mjs';
-import { startBenchServer } from './lib/bench-server.mjs';
+import { benchEntry, startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -45,8 +45,6 @@ const agentFlags = (process.env.BENCH_AGENT_NODE_FLAGS ?? binFlags.join(' '))
   .split(' ')
   .filter((f) => f !== '');
 
-const { hashJoinToken } = await import(join(dist, 'server', 'registration', 'service.js'));
-
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A child with the probe preloaded on fd 3: `report(command)` asks for one memoryUsage(). */
@@ -67,7 +65,11 @@ function probed(args) {
   };
 }
 
-const { dir, server, bundleFile, token } = await startBenchServer(dist, TD, 'ironroot-bench-rss-');
+const { dir, server, bundleFile, token, createTokenAlias } = await startBenchServer(
+  dist,
+  TD,
+  'ironroot-bench-rss-',
+);
 const dataDir = join(dir, 'agent');
 const agent = probed([
   ...agentFlags,
@@ -213,39 +215,17 @@ try {
   });
   const idle = await phase('idle');
 
-  const alias = await server.datastore.createEntry(
-    {
-      spiffeId: `spiffe://${TD}/node/bench`,
-      parentId: `spiffe://${TD}/ironroot/server`,
-      selectors: [{ type: 'join_token', value: hashJoinToken(token.value).slice(0, 12) }],
-      x509SvidTtl: 0,
-      jwtSvidTtl: 0,
-      dnsNames: [],
-      admin: false,
-      downstream: false,
-      federatesWith: [],
-      hint: '',
-      expiresAt: 0,
-    },
-    'bench',
-  );
+  const alias = await createTokenAlias();
   const fillCpuBefore = cpuSeconds(agent.child.pid);
   const fillGcBefore = (await agent.report('report')).collections;
   for (let i = 0; i < ENTRIES; i++)
     await server.datastore.createEntry(
-      {
+      benchEntry({
         spiffeId: `spiffe://${TD}/workload/${i}`,
         parentId: alias.spiffeId,
         selectors: [{ type: 'unix', value: `uid:${200_000 + i}` }],
         x509SvidTtl: 3600,
-        jwtSvidTtl: 0,
-        dnsNames: [],
-        admin: false,
-        downstream: false,
-        federatesWith: [],
-        hint: '',
-        expiresAt: 0,
-      },
+      }),
       'bench',
     );
   await until(`${ENTRIES} cached SVIDs`, async () => ((await health())?.workload?.svids ?? 0) >= ENTRIES);

@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { reportFigure } from './lib/bench-figure.mjs';
-import { startBenchServer } from './lib/bench-server.mjs';
+import { benchEntry, startBenchServer } from './lib/bench-server.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -30,8 +30,6 @@ const ROTATION_ROUNDS = Number(process.env.BENCH_STALL_ROTATION_ROUNDS ?? 3);
 /** Long enough for at least two sync rounds at the 1 s interval the agent runs with. */
 const IDLE_WINDOW_MS = 2500;
 const TD = 'bench.example.org';
-
-const { hashJoinToken } = await import(join(dist, 'server', 'registration', 'service.js'));
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -78,7 +76,11 @@ require('node:readline').createInterface({ input: process.stdin }).on('line', ()
 });
 `;
 
-const { dir, server, bundleFile, token } = await startBenchServer(dist, TD, 'ironroot-bench-stall-');
+const { dir, server, bundleFile, token, createTokenAlias } = await startBenchServer(
+  dist,
+  TD,
+  'ironroot-bench-stall-',
+);
 
 const dataDir = join(dir, 'agent');
 const metricsPort = await freePort();
@@ -180,37 +182,15 @@ try {
     const s = await workloadSvids();
     return s?.state === 'healthy' && s.workload?.socket_path ? s : undefined;
   });
-  const alias = await server.datastore.createEntry(
-    {
-      spiffeId: `spiffe://${TD}/node/bench`,
-      parentId: `spiffe://${TD}/ironroot/server`,
-      selectors: [{ type: 'join_token', value: hashJoinToken(token.value).slice(0, 12) }],
-      x509SvidTtl: 0,
-      jwtSvidTtl: 0,
-      dnsNames: [],
-      admin: false,
-      downstream: false,
-      federatesWith: [],
-      hint: '',
-      expiresAt: 0,
-    },
-    'bench',
-  );
+  const alias = await createTokenAlias();
   for (let i = 0; i < ENTRIES; i++)
     await server.datastore.createEntry(
-      {
+      benchEntry({
         spiffeId: `spiffe://${TD}/workload/${i}`,
         parentId: alias.spiffeId,
         selectors: [{ type: 'unix', value: `uid:${200_000 + i}` }],
         x509SvidTtl: 3600,
-        jwtSvidTtl: 0,
-        dnsNames: [],
-        admin: false,
-        downstream: false,
-        federatesWith: [],
-        hint: '',
-        expiresAt: 0,
-      },
+      }),
       'bench',
     );
   await until(

@@ -117,7 +117,7 @@ function usage() {
 // The real server: SoftHSM2 token, SQLite in its data_dir.
 async function realServer() {
   const { benchToken, SOFTHSM_MODULE } = await import('./lib/softhsm-token.mjs');
-  const { startBenchServer } = await import('./lib/bench-server.mjs');
+  const { benchEntry, startBenchServer } = await import('./lib/bench-server.mjs');
   const { SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
   const token = benchToken('ironroot-bench-scale-hsm-');
   const { dir, server, bundlePem, registration } = await startBenchServer(dist, TD, 'ironroot-bench-scale-', {
@@ -136,19 +136,14 @@ async function realServer() {
     // Workload entries parented to each agent, created in one batch.
     entries: async ({ agentIds, perAgent }) => {
       const entries = agentIds.flatMap((parentId, a) =>
-        Array.from({ length: perAgent }, (_, i) => ({
-          spiffeId: `spiffe://${TD}/workload/${a}/${i}`,
-          parentId,
-          selectors: [{ type: 'unix', value: `uid:${1000 + i}` }],
-          x509SvidTtl: 3600,
-          jwtSvidTtl: 0,
-          dnsNames: [],
-          admin: false,
-          downstream: false,
-          federatesWith: [],
-          hint: '',
-          expiresAt: 0,
-        })),
+        Array.from({ length: perAgent }, (_, i) =>
+          benchEntry({
+            spiffeId: `spiffe://${TD}/workload/${a}/${i}`,
+            parentId,
+            selectors: [{ type: 'unix', value: `uid:${1000 + i}` }],
+            x509SvidTtl: 3600,
+          }),
+        ),
       );
       for (let i = 0; i < entries.length; i += 1000)
         await server.datastore.createEntries(entries.slice(i, i + 1000), 'bench');

@@ -15,7 +15,9 @@ export async function startBenchServer(dist, trustDomain, prefix, overrides = {}
   const { pino } = await import('pino');
   const { validateConfig } = await import(join(dist, 'server', 'config', 'load.js'));
   const { startServer } = await import(join(dist, 'server', 'server.js'));
-  const { RegistrationService } = await import(join(dist, 'server', 'registration', 'service.js'));
+  const { RegistrationService, hashJoinToken } = await import(
+    join(dist, 'server', 'registration', 'service.js')
+  );
 
   const dir = mkdtempSync(join(tmpdir(), prefix));
   const clock = { now: () => Date.now() };
@@ -44,5 +46,31 @@ export async function startBenchServer(dist, trustDomain, prefix, overrides = {}
   writeFileSync(bundleFile, bundlePem);
   const registration = new RegistrationService(server.datastore, trustDomain, clock);
   const token = await registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'bench');
-  return { dir, server, bundlePem, bundleFile, token, registration };
+  // The node alias `spiffe://<td>/node/bench` for the agent that attests with `token`, the parent
+  // under which a benchmark registers its workloads.
+  const createTokenAlias = () =>
+    server.datastore.createEntry(
+      benchEntry({
+        spiffeId: `spiffe://${trustDomain}/node/bench`,
+        parentId: `spiffe://${trustDomain}/ironroot/server`,
+        selectors: [{ type: 'join_token', value: hashJoinToken(token.value).slice(0, 12) }],
+      }),
+      'bench',
+    );
+  return { dir, server, bundlePem, bundleFile, token, registration, createTokenAlias };
+}
+
+/** A registration entry: `fields` (ID, parent, selectors, TTLs…) over the defaults benchmarks leave alone. */
+export function benchEntry(fields) {
+  return {
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    admin: false,
+    downstream: false,
+    federatesWith: [],
+    hint: '',
+    expiresAt: 0,
+    ...fields,
+  };
 }
