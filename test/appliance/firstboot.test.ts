@@ -8,7 +8,6 @@
  * Shares the root tarball, the re-packed Node and the build of the .deb with test/packaging/deb.test.ts
  * (same cache); runs as root (chroot, mount).
  */
-import { execFile } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -20,15 +19,12 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
-import { promisify } from 'node:util';
+import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { DebRoot, PACKAGE_ROOT, type Result, repackedNodejs, rootTarball } from '../helpers/debroot.js';
+import { type DebRoot, type Result, rootWithPackage } from '../helpers/debroot.js';
 import { repoRoot } from '../helpers/dist.js';
 import { opensslCert } from '../helpers/x509.js';
-
-const run = promisify(execFile);
 
 const SCRIPT = join(repoRoot, 'packer/files/guest/ironroot-firstboot');
 
@@ -39,18 +35,7 @@ describe('ironroot-firstboot: the appliance configures its agent from the kernel
 
   beforeAll(async () => {
     out = mkdtempSync(join(tmpdir(), 'ironroot-firstboot-'));
-    const [built, tarball, nodejs] = await Promise.all([
-      run(process.execPath, [join(repoRoot, 'scripts/build-deb.mjs'), '--out', out], {
-        cwd: repoRoot,
-        maxBuffer: 64 * 1024 * 1024,
-      }),
-      rootTarball(PACKAGE_ROOT),
-      repackedNodejs(),
-    ]);
-    const deb = built.stdout.trim();
-    root = await DebRoot.extract(tarball);
-    for (const file of [nodejs, deb]) copyFileSync(file, root.path(join('tmp', basename(file))));
-    await root.must(['dpkg', '-i', `/tmp/${basename(nodejs)}`, `/tmp/${basename(deb)}`]);
+    ({ root } = await rootWithPackage(out));
     mkdirSync(root.path('usr/lib/ironroot'), { recursive: true });
     copyFileSync(SCRIPT, root.path('usr/lib/ironroot/firstboot'));
     await root.must(['chmod', '0755', '/usr/lib/ironroot/firstboot']);

@@ -4,10 +4,11 @@
  * directory. Each test extracts its own copy and removes it afterwards.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import * as shared from '../../scripts/lib/debroot.mjs';
+import { repoRoot } from './dist.js';
 
 const run = promisify(execFile);
 
@@ -161,7 +162,7 @@ function chrootEnv(): NodeJS.ProcessEnv {
  * ca-certificates). The appliance's first-boot script needs nothing more (blkid and runuser are
  * util-linux, in minbase).
  */
-export const PACKAGE_ROOT: readonly string[] = [
+const PACKAGE_ROOT: readonly string[] = [
   'adduser',
   'libtss2-tctildr0',
   'libtss2-tcti-device0',
@@ -172,3 +173,29 @@ export const PACKAGE_ROOT: readonly string[] = [
   'python3',
   'ca-certificates',
 ];
+
+/**
+ * A fresh PACKAGE_ROOT with the re-packed nodejs and this checkout's .deb installed by dpkg, as a
+ * host would have them. The .deb is built into `out`; its path is returned with the root.
+ */
+export async function rootWithPackage(out: string): Promise<{ root: DebRoot; deb: string }> {
+  const [built, tarball, nodejs] = await Promise.all([
+    run(process.execPath, [join(repoRoot, 'scripts/build-deb.mjs'), '--out', out], {
+      cwd: repoRoot,
+      maxBuffer: 64 * 1024 * 1024,
+    }),
+    rootTarball(PACKAGE_ROOT),
+    repackedNodejs(),
+  ]);
+  const deb = built.stdout.trim();
+  const root = await DebRoot.extract(tarball);
+  try {
+    for (const file of [nodejs, deb]) copyFileSync(file, root.path(join('tmp', basename(file))));
+    await root.must(['dpkg', '-i', `/tmp/${basename(nodejs)}`]);
+    await root.must(['dpkg', '-i', `/tmp/${basename(deb)}`]);
+  } catch (error) {
+    await root.remove();
+    throw error;
+  }
+  return { root, deb };
+}

@@ -19,7 +19,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
-import { DebRoot, PACKAGE_ROOT, repackedNodejs, rootTarball } from '../helpers/debroot.js';
+import { type DebRoot, rootWithPackage } from '../helpers/debroot.js';
 import { repoRoot } from '../helpers/dist.js';
 import { freePort } from '../helpers/server.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
@@ -89,19 +89,7 @@ describe('the .deb: built with dpkg-deb, installed into a Debian 12 root, its un
 
   beforeAll(async () => {
     out = mkdtempSync(join(tmpdir(), 'ironroot-deb-'));
-    const [built, tarball, nodejs] = await Promise.all([
-      run(process.execPath, [join(repoRoot, 'scripts/build-deb.mjs'), '--out', out], {
-        cwd: repoRoot,
-        maxBuffer: 64 * 1024 * 1024,
-      }),
-      rootTarball(PACKAGE_ROOT),
-      repackedNodejs(),
-    ]);
-    deb = built.stdout.trim();
-    root = await DebRoot.extract(tarball);
-    for (const file of [nodejs, deb]) copyFileSync(file, root.path(join('tmp', basename(file))));
-    await root.must(['dpkg', '-i', `/tmp/${basename(nodejs)}`]);
-    await root.must(['dpkg', '-i', `/tmp/${basename(deb)}`]);
+    ({ root, deb } = await rootWithPackage(out));
   }, 900_000);
 
   afterAll(async () => {
