@@ -5,11 +5,12 @@
  * on a SoftHSM2 token, an agent attesting a swtpm, and a workload (nobody) fetching its X.509-SVID
  * over the Workload API socket.
  *
- * The root is minbase plus PACKAGE_ROOT, cached as a tarball in /var/cache/ironroot-test; Node is the
- * host's NodeSource nodejs re-packed with dpkg-repack (Debian 12's own nodejs is 18, too old), also
- * cached. The first run downloads the root and re-packs Node besides building the .deb (about 6
- * minutes on two shared cores, the build meanwhile); later runs reuse both and take about a minute,
- * mostly the build (tsc, xz). Runs as root: mmdebstrap --mode=root, chroot, mount.
+ * The root is minbase plus PACKAGE_ROOT (test/helpers/debroot.ts), cached as a tarball in
+ * /var/cache/ironroot-test; Node is the host's NodeSource nodejs re-packed with dpkg-repack
+ * (Debian 12's own nodejs is 18, too old), also cached. The first run downloads the root and
+ * re-packs Node besides building the .deb (about 6 minutes on two shared cores, the build
+ * meanwhile); later runs reuse both and take about a minute, mostly the build (tsc, xz). Runs as
+ * root: mmdebstrap --mode=root, chroot, mount.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
