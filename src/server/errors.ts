@@ -33,6 +33,8 @@ export type ServerErrorCode =
   | 'ERR_CA_AUTHORITY_NOT_TAINTED'
   | 'ERR_CA_REVOKE_STRANDS_AGENTS'
   | 'ERR_CA_KEY_MISSING'
+  | 'ERR_CA_LEASE_HELD'
+  | 'ERR_CA_JOURNAL_CONFLICT'
   | 'ERR_CSR_INVALID'
   | 'ERR_DATASTORE'
   | 'ERR_PROFILE_INVALID'
@@ -66,6 +68,8 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_CA_AUTHORITY_NOT_TAINTED: status.FAILED_PRECONDITION,
   ERR_CA_REVOKE_STRANDS_AGENTS: status.FAILED_PRECONDITION,
   ERR_CA_KEY_MISSING: status.FAILED_PRECONDITION,
+  ERR_CA_LEASE_HELD: status.UNAVAILABLE,
+  ERR_CA_JOURNAL_CONFLICT: status.ABORTED,
   ERR_CSR_INVALID: status.INVALID_ARGUMENT,
   ERR_DATASTORE: status.INTERNAL,
   ERR_PROFILE_INVALID: status.INVALID_ARGUMENT,
@@ -257,6 +261,32 @@ export class DatastoreError extends ServerError {
 
 /** Misuse of the local authority commands, or a CA key the journal names but the KeyManager lacks. */
 export class CaError extends ServerError {}
+
+/**
+ * Another server (sharing the datastore) holds the CA rotation lease: it is preparing, activating or
+ * pruning, or an operator command runs there. Free again when that ends, or when the lease expires.
+ */
+export class CaLeaseHeldError extends CaError {
+  constructor(holder: string, expiresAtMs: number) {
+    super(
+      'ERR_CA_LEASE_HELD',
+      `the CA is being changed by ${holder} (it holds the rotation lease until ${new Date(expiresAtMs).toISOString()}); try again when it is done, or after that time if that server is gone`,
+    );
+  }
+}
+
+/**
+ * The CA journal moved since this server last read it: another server changed it. Nothing was
+ * written; the server reloads the journal, and the step can be tried again on the new state.
+ */
+export class CaJournalConflictError extends CaError {
+  constructor(expected: number, found: number) {
+    super(
+      'ERR_CA_JOURNAL_CONFLICT',
+      `the CA journal was changed by another server meanwhile (version ${found}, this server had read ${expected}); nothing was written: look at the authorities again ("localauthority x509 show") and repeat the command if it is still needed`,
+    );
+  }
+}
 
 export class TrustDomainMismatchError extends ServerError {
   constructor(dataDir: string, stored: string, configured: string) {

@@ -8,6 +8,12 @@
  * journal and the own bundle in one transaction, and only then updates memory; keys leave the
  * token only after the bundle that named them has been committed without them.
  *
+ * Several servers may share one datastore and one token. Only the holder of the rotation lease
+ * changes the journal, and a change is written only if the journal is still at the version it was
+ * decided on; each server reloads the journal when its version moved (before signing, at most once a
+ * second, and at every rotation check), so it serves the bundle and signs with the key another server
+ * published. Keys are found on the token by id when first used.
+ *
  * @module
  */
 import {
@@ -17,6 +23,8 @@ import {
   randomBytes,
   X509Certificate,
 } from 'node:crypto';
+import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { JoseAlgorithm, KeyManager, KeyType } from '../../hsm/key-manager.js';
 import {
   mintJwtSvid,
@@ -28,13 +36,27 @@ import {
   TrustDomain,
 } from '../../spiffe/index.js';
 import { type Clock, nowSeconds } from '../clock.js';
-import type { CaChange, CaSlot, Datastore } from '../datastore/datastore.js';
-import { CaError } from '../errors.js';
+import type { CaChange, CaSlot, Datastore, Lease } from '../datastore/datastore.js';
+import { CaError, CaJournalConflictError, CaLeaseHeldError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { rotationStep, shouldPrune } from './rotation.js';
 
 export type AuthorityKind = 'x509' | 'jwt';
 const KINDS: readonly AuthorityKind[] = ['x509', 'jwt'];
+
+/** The datastore lease that whoever changes the CA journal holds. */
+export const ROTATION_LEASE = 'ca-rotation';
+/**
+ * How long the lease lasts unless renewed (before each step). Longer than one step takes (an RSA key
+ * generation on a slow HSM), short enough that a server that died holding it holds nobody up for long.
+ */
+export const ROTATION_LEASE_MS = 60_000;
+/** Signing checks the journal version at most this often (ms): a query per SVID would cost more. */
+const SIGN_SYNC_MS = 1_000;
+/** While another server holds the lease and this one has no active key yet, open() waits this long (ms)… */
+const OPEN_WAIT_MS = 1_000;
+/** …at most this often: past the lease's time, so a lease left by a dead server is taken over. */
+const OPEN_WAIT_ROUNDS = Math.ceil((2 * ROTATION_LEASE_MS) / OPEN_WAIT_MS);
 
 /** The JOSE algorithm each key type signs with (RSA keys sign RS256, as SPIRE's do). */
 const ALGORITHM: Record<KeyType, JoseAlgorithm> = {
@@ -67,6 +89,11 @@ export interface CaOptions {
   refreshHint: number;
   /** `iss` of JWT-SVIDs, when configured. */
   jwtIssuer?: string;
+  /**
+   * Names this server in the rotation lease and in errors of servers waiting for it; unique among
+   * the servers sharing the datastore. Default: host name, process id and a random suffix.
+   */
+  holder?: string;
 }
 
 export interface MintedX509Svid {
@@ -88,9 +115,18 @@ export type CaChangeListener = () => Promise<void>;
 export class CertificateAuthority {
   readonly #o: CaOptions;
   readonly #trustDomain: TrustDomain;
+  readonly #holder: string;
   #slots: CaSlot[] = [];
   #sequence = 0;
   #document = '';
+  /** The journal version #slots, #sequence and #document were read at or written as. */
+  #version = 0;
+  /** The journal check in flight, shared by everyone who asks meanwhile. */
+  #syncing: Promise<void> | undefined;
+  /** When (clock ms) signing last checked the journal version. */
+  #signSyncedAt = Number.NEGATIVE_INFINITY;
+  /** Listeners running for the last reload; rotate() waits for them. */
+  #notified: Promise<void> = Promise.resolve();
   /**
    * The bundle last built for `bundle()`, with the journal state it was built from. Every agent API
    * call verifies its client certificate against the bundle, and building one parses each JWT key
@@ -114,6 +150,7 @@ export class CertificateAuthority {
   private constructor(options: CaOptions) {
     this.#o = options;
     this.#trustDomain = TrustDomain.parse(options.trustDomain);
+    this.#holder = options.holder ?? `${hostname()} pid ${process.pid} (${randomBytes(3).toString('hex')})`;
   }
 
   /**
@@ -124,7 +161,7 @@ export class CertificateAuthority {
     const ca = new CertificateAuthority(options);
     await ca.#load();
     try {
-      await ca.rotate();
+      await ca.#startRotation();
     } catch (error) {
       await ca.undoOpen();
       throw error;
@@ -216,16 +253,24 @@ export class CertificateAuthority {
     return () => this.#listeners.delete(listener);
   }
 
-  /** Prepares, activates and prunes as the clock says; call it periodically. */
+  /**
+   * Prepares, activates and prunes as the clock says; call it periodically. Picks up what other
+   * servers changed first (their reload's listeners have run when it resolves); a step that is due
+   * is taken under the rotation lease, or left to the server that holds it.
+   */
   rotate(): Promise<void> {
     return this.#serial(async () => {
-      for (const kind of KINDS) await this.#rotateKind(kind);
-      await this.#prune();
+      await this.#rotateOnce();
     });
   }
 
+  /** Reloads the journal if another server changed it since: for callers about to read `slots`. */
+  refresh(): Promise<void> {
+    return this.#sync();
+  }
+
   prepare(kind: AuthorityKind, actor: string): Promise<CaSlot> {
-    return this.#serial(async () => {
+    return this.#leased(async () => {
       const prepared = this.#find(kind, 'prepared');
       if (prepared) {
         throw new CaError(
@@ -238,7 +283,7 @@ export class CertificateAuthority {
   }
 
   activate(kind: AuthorityKind, actor: string): Promise<CaSlot> {
-    return this.#serial(async () => {
+    return this.#leased(async () => {
       if (!this.#find(kind, 'prepared')) {
         throw new CaError(
           'ERR_CA_NOTHING_PREPARED',
@@ -251,7 +296,7 @@ export class CertificateAuthority {
 
   /** Marks a retired key as compromised, so holders of SVIDs it signed know to rotate. */
   taint(kind: AuthorityKind, keyId: string, actor: string): Promise<CaSlot> {
-    return this.#serial(async () => {
+    return this.#leased(async () => {
       const slot = this.#retired(kind, keyId);
       const tainted = { ...slot, tainted: true };
       await this.#commit({ upsert: [tainted], remove: [] }, `ca.${kind}.taint`, actor);
@@ -262,7 +307,7 @@ export class CertificateAuthority {
 
   /** Removes a tainted key from the bundle at once and destroys it. */
   revoke(kind: AuthorityKind, keyId: string, actor: string): Promise<CaSlot> {
-    return this.#serial(async () => {
+    return this.#leased(async () => {
       const slot = this.#retired(kind, keyId);
       if (!slot.tainted) {
         throw new CaError(
@@ -284,6 +329,7 @@ export class CertificateAuthority {
     ttl: number;
     dnsNames?: readonly string[];
   }): Promise<MintedX509Svid> {
+    await this.#syncForSigning();
     const active = this.#active('x509');
     const now = nowSeconds(this.#o.clock);
     const expiresAt = Math.min(now + template.ttl, active.notAfter);
@@ -329,6 +375,7 @@ export class CertificateAuthority {
     audience: readonly string[];
     ttl: number;
   }): Promise<{ token: string; expiresAt: number }> {
+    await this.#syncForSigning();
     const active = this.#active('jwt');
     const now = nowSeconds(this.#o.clock);
     const expiresAt = Math.min(now + template.ttl, active.notAfter);
@@ -393,6 +440,8 @@ export class CertificateAuthority {
 
   async #load(): Promise<void> {
     const { datastore, keyManager, logger } = this.#o;
+    // The version first: a change committed between the reads shows as a newer version later.
+    this.#version = await datastore.caJournalVersion();
     this.#slots = (await datastore.listCaSlots()).sort(byAge);
     const stored = await datastore.getBundle(this.#o.trustDomain);
     this.#sequence = stored?.sequence ?? 0;
@@ -429,9 +478,60 @@ export class CertificateAuthority {
     this.#opened = this.#slots;
   }
 
+  /**
+   * open()'s first rotation. While another server holds the lease and this one has no active key
+   * (servers starting together on an empty journal), waits for that server's keys, or for its lease
+   * to run out.
+   */
+  async #startRotation(): Promise<void> {
+    for (let round = 0; ; round++) {
+      const held = await this.#serial(() => this.#rotateOnce());
+      if (held === undefined || KINDS.every((kind) => this.#find(kind, 'active'))) return;
+      if (round >= OPEN_WAIT_ROUNDS) throw new CaLeaseHeldError(held.holder, held.expiresAtMs);
+      this.#o.logger.info(
+        { holder: held.holder },
+        'waiting for the server that holds the CA rotation lease to create the first CA keys',
+      );
+      await sleep(OPEN_WAIT_MS);
+    }
+  }
+
+  /** One rotation check; resolves to another server's lease when a step was due but left to it. */
+  async #rotateOnce(): Promise<Lease | undefined> {
+    await this.#sync();
+    await this.#notified;
+    if (!this.#due()) return undefined;
+    const lease = await this.#takeLease();
+    if (lease.holder !== this.#holder) {
+      this.#o.logger.debug({ holder: lease.holder }, 'CA rotation step due; the lease holder takes it');
+      return lease;
+    }
+    try {
+      for (const kind of KINDS) await this.#rotateKind(kind);
+      await this.#prune();
+    } finally {
+      await this.#releaseLease();
+    }
+    return undefined;
+  }
+
+  /** Whether the clock calls for a rotation step: a key to create, prepare, activate or prune. */
+  #due(): boolean {
+    const now = nowSeconds(this.#o.clock);
+    for (const kind of KINDS) {
+      const active = this.#find(kind, 'active');
+      if (!active || rotationStep(active, this.#find(kind, 'prepared') !== undefined, now) !== 'none')
+        return true;
+    }
+    return this.#slots.some((s) => s.state === 'old' && shouldPrune(s.notAfter, now));
+  }
+
   async #rotateKind(kind: AuthorityKind): Promise<void> {
     // Bounded: a server down for longer than a whole CA lifetime needs prepare and activate at once.
     for (let step = 0; step < 3; step++) {
+      // Each step renews the lease and decides on the journal as it is now: a holder that stalled
+      // past its lease finds another server's work done (or its lease gone) instead of redoing it.
+      await this.#holdLease();
       const active = this.#find(kind, 'active');
       const prepared = this.#find(kind, 'prepared');
       if (!active) {
@@ -448,14 +548,14 @@ export class CertificateAuthority {
 
   async #initialise(kind: AuthorityKind): Promise<void> {
     const slot = { ...(await this.#newKey(kind, 'A')), state: 'active' as const };
-    await this.#commit({ upsert: [slot], remove: [] }, `ca.${kind}.init`, 'server');
+    await this.#commitNewKey(slot, `ca.${kind}.init`, 'server');
     this.#o.logger.info(describe(slot), 'CA key created and active');
   }
 
   async #prepare(kind: AuthorityKind, actor: string): Promise<CaSlot> {
     const active = this.#find(kind, 'active');
     const slot = await this.#newKey(kind, active?.slot === 'A' ? 'B' : 'A');
-    await this.#commit({ upsert: [slot], remove: [] }, `ca.${kind}.prepare`, actor);
+    await this.#commitNewKey(slot, `ca.${kind}.prepare`, actor);
     this.#o.logger.info(describe(slot), 'CA key prepared and published in the bundle');
     return slot;
   }
@@ -473,6 +573,8 @@ export class CertificateAuthority {
 
   async #prune(): Promise<void> {
     const now = nowSeconds(this.#o.clock);
+    if (!this.#slots.some((s) => s.state === 'old' && shouldPrune(s.notAfter, now))) return;
+    await this.#holdLease();
     const expired = this.#slots.filter((s) => s.state === 'old' && shouldPrune(s.notAfter, now));
     if (expired.length === 0) return;
     await this.#commit(
@@ -522,7 +624,32 @@ export class CertificateAuthority {
     return { ...base, certificateDer: new Uint8Array(certificate.raw) };
   }
 
-  /** Commits the journal change and the bundle it implies together, then adopts them. */
+  /**
+   * Journals a key just generated. When another server changed the journal first, nothing names the
+   * key: it is destroyed again, as no bundle ever published it.
+   */
+  async #commitNewKey(slot: CaSlot, action: string, actor: string): Promise<void> {
+    try {
+      await this.#commit({ upsert: [slot], remove: [] }, action, actor);
+    } catch (error) {
+      if (error instanceof CaJournalConflictError) {
+        this.#generated?.delete(slot.keyId);
+        await this.#destroy(slot.keyId).catch((destroyError: unknown) =>
+          this.#o.logger.error(
+            { err: destroyError, key_id: slot.keyId },
+            'could not destroy a CA key that was never journaled; find it with "ironroot-server hsm keys list" (orphan) and destroy it',
+          ),
+        );
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Commits the journal change and the bundle it implies together, then adopts them. Written only if
+   * the journal is still at the version memory holds; otherwise memory is reloaded and the change
+   * fails with CaJournalConflictError.
+   */
   async #commit(change: Omit<CaChange, 'bundle'>, action: string, actor: string): Promise<void> {
     const removed = new Set(change.remove.map((r) => `${r.authority}/${r.keyId}`));
     const replaced = new Set(change.upsert.map((u) => `${u.authority}/${u.keyId}`));
@@ -544,16 +671,112 @@ export class CertificateAuthority {
             sequence,
           };
     if (change.upsert.length === 0 && change.remove.length === 0 && bundle === undefined) return;
-    await this.#o.datastore.recordCaChange({ ...change, ...(bundle ? { bundle } : {}) }, action, actor);
+    let version: number;
+    try {
+      version = await this.#o.datastore.recordCaChange(
+        { ...change, ...(bundle ? { bundle } : {}) },
+        action,
+        actor,
+        this.#version,
+      );
+    } catch (error) {
+      if (error instanceof CaJournalConflictError) await this.#sync().catch(() => undefined);
+      throw error;
+    }
     this.#slots = slots;
     this.#sequence = sequence;
     this.#document = content;
+    this.#version = version;
+    await this.#notify(action);
+  }
+
+  async #notify(action: string): Promise<void> {
     for (const listener of this.#listeners) {
       try {
         await listener();
       } catch (error) {
         this.#o.logger.error({ err: error, action }, 'reacting to a CA change failed');
       }
+    }
+  }
+
+  /**
+   * Reloads journal and bundle when the journal version moved (another server changed them).
+   * Callers meanwhile share one check. Listeners run after it, not awaited here: they sign, and
+   * signing checks the journal too.
+   */
+  #sync(): Promise<void> {
+    this.#syncing ??= this.#reloadIfMoved().finally(() => {
+      this.#syncing = undefined;
+    });
+    return this.#syncing;
+  }
+
+  async #reloadIfMoved(): Promise<void> {
+    const { datastore, logger } = this.#o;
+    const version = await datastore.caJournalVersion();
+    if (version === this.#version) return;
+    const slots = (await datastore.listCaSlots()).sort(byAge);
+    const stored = await datastore.getBundle(this.#o.trustDomain);
+    // This server's own commit of that version may have been adopted while the reads ran.
+    if (version <= this.#version) return;
+    this.#slots = slots;
+    this.#sequence = stored?.sequence ?? 0;
+    this.#document = stored ? this.#contentOf(stored.document) : '';
+    this.#version = version;
+    logger.info({ version, keys: slots.map(describe) }, 'CA journal changed by another server; reloaded');
+    this.#notified = this.#notify('ca.reload');
+  }
+
+  /**
+   * Before signing, at most once a second: a failing check (datastore down) signs with the keys in
+   * memory, which stay valid long after another server replaced them.
+   */
+  async #syncForSigning(): Promise<void> {
+    const now = this.#o.clock.now();
+    if (now - this.#signSyncedAt < SIGN_SYNC_MS) return;
+    this.#signSyncedAt = now;
+    try {
+      await this.#sync();
+    } catch (error) {
+      this.#o.logger.warn(
+        { err: error },
+        'could not check the CA journal for changes; signing with the keys known',
+      );
+    }
+  }
+
+  /** Runs an operator's change under the lease; refused, naming the holder, while another holds it. */
+  #leased<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#serial(async () => {
+      const lease = await this.#takeLease();
+      if (lease.holder !== this.#holder) throw new CaLeaseHeldError(lease.holder, lease.expiresAtMs);
+      try {
+        await this.#sync();
+        return await fn();
+      } finally {
+        await this.#releaseLease();
+      }
+    });
+  }
+
+  #takeLease(): Promise<Lease> {
+    const { datastore, clock } = this.#o;
+    return datastore.acquireLease(ROTATION_LEASE, this.#holder, clock.now(), ROTATION_LEASE_MS);
+  }
+
+  /** Renews the lease this server took, then catches up with the journal; fails if it was taken over. */
+  async #holdLease(): Promise<void> {
+    const lease = await this.#takeLease();
+    if (lease.holder !== this.#holder) throw new CaLeaseHeldError(lease.holder, lease.expiresAtMs);
+    await this.#sync();
+  }
+
+  async #releaseLease(): Promise<void> {
+    try {
+      await this.#o.datastore.releaseLease(ROTATION_LEASE, this.#holder);
+    } catch (error) {
+      this.#o.logger.warn({ err: error }, 'could not give up the CA rotation lease; it runs out by itself');
     }
   }
 

@@ -68,6 +68,8 @@ export class CaService {
 
   async listAuthorities(request: AuthorityKindRequest): Promise<ListAuthoritiesResponse> {
     const kind = checkKind(request.kind);
+    // Another server sharing the datastore may have rotated since this one last looked.
+    await this.#o.ca.refresh();
     return {
       authorities: this.#o.ca.slots.filter((s) => s.authority === kind).map(toAuthority),
       readiness: kind === 'x509' ? await this.#readiness() : null,
@@ -93,6 +95,7 @@ export class CaService {
    */
   async revoke(request: AuthorityKeyRequest, actor: Actor): Promise<AuthorityMessage> {
     const kind = checkKind(request.kind);
+    await this.#o.ca.refresh();
     const slot = this.#o.ca.slots.find((s) => s.authority === kind && s.keyId === request.authority_id);
     // Unknown, in-use and untainted keys are refused by the CA itself, with their own codes.
     if (kind === 'x509' && slot?.state === 'old' && slot.tainted && request.force !== true) {
@@ -130,6 +133,7 @@ export class CaService {
   }
 
   async getBundle(): Promise<BundleMessage> {
+    await this.#o.ca.refresh();
     const bundle = this.#o.ca.bundle();
     return {
       trust_domain: this.#o.trustDomain,

@@ -189,6 +189,13 @@ export interface CaChange {
   bundle?: { trustDomain: string; document: string; sequence: number };
 }
 
+/** Who holds a named lease, until when (Unix ms by the clock of the server that took it). */
+export interface Lease {
+  name: string;
+  holder: string;
+  expiresAtMs: number;
+}
+
 export interface StoredBundle {
   trustDomain: string;
   /** The SPIFFE bundle document (JWKS), as served. */
@@ -293,9 +300,21 @@ export interface Datastore {
   listCaSlots(): Promise<CaSlot[]>;
   /**
    * Writes CA journal rows, and optionally the bundle that goes with them, in one transaction: a crash
-   * leaves either the old state or the new one. `action` names the step in the audit log.
+   * leaves either the old state or the new one. `action` names the step in the audit log. Every change
+   * raises the journal version; with `expectedVersion`, the change is written only if the version is
+   * still that (else CaJournalConflictError, nothing written). Resolves to the new version.
    */
-  recordCaChange(change: CaChange, action: string, actor: Actor): Promise<void>;
+  recordCaChange(change: CaChange, action: string, actor: Actor, expectedVersion?: number): Promise<number>;
+  /** The CA journal's version: equal versions mean an equal journal and own bundle. */
+  caJournalVersion(): Promise<number>;
+  /**
+   * Takes the lease `name` for `holder` until `now + ttlMs` when nobody holds it, its holder's time
+   * is up at `now`, or `holder` holds it already (a renewal): one conditional write, so of servers
+   * trying at once exactly one gets it. Resolves to the lease as it stands: `holder`'s when taken.
+   */
+  acquireLease(name: string, holder: string, now: number, ttlMs: number): Promise<Lease>;
+  /** Gives the lease up, if `holder` still holds it. */
+  releaseLease(name: string, holder: string): Promise<void>;
 
   getBundle(trustDomain: string): Promise<StoredBundle | undefined>;
   listBundles(): Promise<StoredBundle[]>;

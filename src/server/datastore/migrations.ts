@@ -220,6 +220,29 @@ function caRevocation(): Migration {
   };
 }
 
+/**
+ * Servers sharing one datastore coordinate the CA: a lease says which one may change the journal
+ * (rotation, operator commands), and a version raised by every journal change lets each server see
+ * cheaply that another changed it and lets a write be refused when it was decided on an old read.
+ */
+function caCoordination(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('ca_lease')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('holder', 'text', (c) => c.notNull())
+        .addColumn('expires_at_ms', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('ca_journal_version')
+        .addColumn('version', 'bigint', (c) => c.notNull())
+        .execute();
+      await sql`INSERT INTO ca_journal_version (version) VALUES (0)`.execute(db);
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
@@ -228,6 +251,7 @@ export function migrationsFor(dialect: Dialect): Record<string, Migration> {
     '0004_agent_serials_and_bans': agentSerialsAndBans(),
     '0006_attestation_nonces': attestationNonces(),
     '0007_ca_revocation': caRevocation(),
+    '0008_ca_coordination': caCoordination(),
   };
 }
 

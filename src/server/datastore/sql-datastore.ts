@@ -10,6 +10,7 @@ import { type Clock, nowSeconds } from '../clock.js';
 import {
   AgentNotFoundError,
   BundleNotFoundError,
+  CaJournalConflictError,
   EntryDuplicateError,
   EntryNotFoundError,
   EntryRevisionMismatchError,
@@ -28,6 +29,7 @@ import type {
   EntryPage,
   IssuedNonce,
   JoinToken,
+  Lease,
   NewEntry,
   NodeBan,
   NodeRecord,
@@ -578,9 +580,22 @@ export class SqlDatastore implements Datastore {
     }));
   }
 
-  async recordCaChange(change: CaChange, action: string, actor: Actor): Promise<void> {
+  async recordCaChange(
+    change: CaChange,
+    action: string,
+    actor: Actor,
+    expectedVersion?: number,
+  ): Promise<number> {
     const now = nowSeconds(this.#clock);
-    await this.#db.transaction().execute(async (trx) => {
+    return this.#db.transaction().execute(async (trx) => {
+      // First: the row lock it takes orders concurrent journal changes, and a change decided on an
+      // older version finds its condition false (PostgreSQL re-checks it after the lock) and stops.
+      let bump = trx.updateTable('ca_journal_version').set((eb) => ({ version: eb('version', '+', 1) }));
+      if (expectedVersion !== undefined) bump = bump.where('version', '=', expectedVersion);
+      const bumped = await bump.returning('version').executeTakeFirst();
+      if (bumped === undefined) {
+        throw new CaJournalConflictError(expectedVersion ?? 0, await readCaJournalVersion(trx));
+      }
       for (const gone of change.remove) {
         await trx
           .deleteFrom('ca_journal')
@@ -622,7 +637,45 @@ export class SqlDatastore implements Datastore {
         removed: change.remove.map((k) => k.keyId),
         ...(change.bundle ? { bundle_sequence: change.bundle.sequence } : {}),
       });
+      return Number(bumped.version);
     });
+  }
+
+  caJournalVersion(): Promise<number> {
+    return readCaJournalVersion(this.#db);
+  }
+
+  async acquireLease(name: string, holder: string, now: number, ttlMs: number): Promise<Lease> {
+    const expiresAtMs = now + ttlMs;
+    return this.#db.transaction().execute(async (trx) => {
+      // Each statement is one conditional write: of two servers racing, the second finds the
+      // condition false once the first committed (PostgreSQL re-checks it on the locked row).
+      const renewed = await trx
+        .updateTable('ca_lease')
+        .set({ holder, expires_at_ms: expiresAtMs })
+        .where('name', '=', name)
+        .where((eb) => eb.or([eb('holder', '=', holder), eb('expires_at_ms', '<=', now)]))
+        .returning('name')
+        .executeTakeFirst();
+      if (renewed !== undefined) return { name, holder, expiresAtMs };
+      const created = await trx
+        .insertInto('ca_lease')
+        .values({ name, holder, expires_at_ms: expiresAtMs })
+        .onConflict((oc) => oc.column('name').doNothing())
+        .returning('name')
+        .executeTakeFirst();
+      if (created !== undefined) return { name, holder, expiresAtMs };
+      const held = await trx
+        .selectFrom('ca_lease')
+        .select(['holder', 'expires_at_ms'])
+        .where('name', '=', name)
+        .executeTakeFirstOrThrow();
+      return { name, holder: held.holder, expiresAtMs: Number(held.expires_at_ms) };
+    });
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    await this.#db.deleteFrom('ca_lease').where('name', '=', name).where('holder', '=', holder).execute();
   }
 
   async getBundle(trustDomain: string): Promise<StoredBundle | undefined> {
@@ -1180,6 +1233,11 @@ function entryDetail(entry: RegistrationEntry): Record<string, unknown> {
     selectors: entry.selectors.map((s) => `${s.type}:${s.value}`),
     revision_number: entry.revisionNumber,
   };
+}
+
+async function readCaJournalVersion(db: Db): Promise<number> {
+  const row = await db.selectFrom('ca_journal_version').select('version').executeTakeFirstOrThrow();
+  return Number(row.version);
 }
 
 async function audit(

@@ -118,6 +118,19 @@ export interface CaJournalRow {
   updated_at: number;
 }
 
+/** A named lease (one row per name): who holds it and until when. */
+export interface CaLeaseRow {
+  name: string;
+  holder: string;
+  /** Unix milliseconds, by the clock of the server that took or renewed it. */
+  expires_at_ms: number;
+}
+
+/** One row: the CA journal's version, raised by every journal change. */
+export interface CaJournalVersionRow {
+  version: number;
+}
+
 export interface AuditLogRow {
   id: Generated<number>;
   at: number;
@@ -140,5 +153,7 @@ export interface Database {
   attestation_nonces: AttestationNonceRow;
   bundles: BundleRow;
   ca_journal: CaJournalRow;
+  ca_journal_version: CaJournalVersionRow;
+  ca_lease: CaLeaseRow;
   audit_log: AuditLogRow;
 }
