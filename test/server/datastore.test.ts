@@ -600,6 +600,70 @@ describe('PostgreSQL shared by two servers', () => {
   });
 });
 
+describe('PostgreSQL: the CA lease and journal version between servers', () => {
+  const T = 1_700_000_000_000;
+  const clock: Clock = { now: () => T };
+  let one: Datastore;
+  let two: Datastore;
+
+  beforeEach(async () => {
+    postgres ??= await startPostgres();
+    const name = `ironroot_${++databases}`;
+    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    one = (await openPostgresDatastore(url, clock)).datastore;
+    two = (await openPostgresDatastore(url, clock)).datastore;
+  });
+  afterEach(async () => {
+    await one.close();
+    await two.close();
+  });
+
+  it('gives a free or expired lease to exactly one of many servers trying at once, round after round', async () => {
+    for (let round = 0; round < 30; round++) {
+      const now = T + round * 10_000;
+      // Each round the previous holder's lease has run out (or it was released, every third round).
+      const tries = Array.from({ length: 8 }, (_, i) =>
+        (i % 2 === 0 ? one : two).acquireLease('ca-rotation', `server-${i}`, now, 5_000),
+      );
+      const leases = await Promise.all(tries);
+      const holders = new Set(leases.map((l) => l.holder));
+      expect(holders.size).toBe(1);
+      const [holder] = holders;
+      expect(leases.filter((l, i) => l.holder === `server-${i}`)).toHaveLength(1);
+      if (round % 3 === 0 && holder !== undefined) await one.releaseLease('ca-rotation', holder);
+    }
+  });
+
+  it('writes exactly one of two CA changes decided on the same version', async () => {
+    const slot = (keyId: string) => ({
+      authority: 'x509' as const,
+      slot: 'A' as const,
+      keyId,
+      state: 'active' as const,
+      publicKeyDer: new Uint8Array([1]),
+      notBefore: 1,
+      notAfter: 2,
+      tainted: false,
+    });
+    for (let round = 0; round < 20; round++) {
+      const version = await one.caJournalVersion();
+      const outcomes = await Promise.allSettled([
+        one.recordCaChange({ upsert: [slot(`one-${round}`)], remove: [] }, 'ca.x509.init', 'one', version),
+        two.recordCaChange({ upsert: [slot(`two-${round}`)], remove: [] }, 'ca.x509.init', 'two', version),
+      ]);
+      expect(outcomes.filter((o) => o.status === 'fulfilled').map((o) => o.value)).toEqual([version + 1]);
+      expect(outcomes.filter((o) => o.status === 'rejected').map((o) => o.reason.code)).toEqual([
+        'ERR_CA_JOURNAL_CONFLICT',
+      ]);
+      expect(await two.listCaSlots()).toHaveLength(round + 1);
+    }
+  });
+});
+
 describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) => {
   let store: Datastore;
   const clock: Clock = { now: () => 1_700_000_000_000 };
@@ -672,5 +736,74 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     await expect(store.deleteFederatedBundle('partner.org', 'uid:0')).rejects.toMatchObject({
       code: 'ERR_BUNDLE_NOT_FOUND',
     });
+  });
+
+  it('raises the journal version with every CA change, and refuses one decided on an older version, writing nothing', async () => {
+    expect(await store.caJournalVersion()).toBe(0);
+    const bundle = { trustDomain: 'example.org', document: '{"keys":[]}', sequence: 1 };
+    expect(
+      await store.recordCaChange(
+        { upsert: [slot('A', 'active')], remove: [], bundle },
+        'ca.init',
+        'server',
+        0,
+      ),
+    ).toBe(1);
+    // Without an expected version (the single-server callers before), the change is written anyway.
+    expect(
+      await store.recordCaChange({ upsert: [slot('B', 'prepared')], remove: [] }, 'ca.prepare', 'a'),
+    ).toBe(2);
+    const audited = (await store.listAudit(100)).length;
+    await expect(
+      store.recordCaChange(
+        {
+          upsert: [slot('A', 'old'), slot('B', 'active')],
+          remove: [],
+          bundle: { ...bundle, document: '{"keys":[1]}', sequence: 2 },
+        },
+        'ca.activate',
+        'b',
+        1,
+      ),
+    ).rejects.toMatchObject({
+      code: 'ERR_CA_JOURNAL_CONFLICT',
+      message: /version 2, this server had read 1/,
+    });
+    expect(await store.caJournalVersion()).toBe(2);
+    expect((await store.listCaSlots()).map((s) => [s.slot, s.state])).toEqual([
+      ['A', 'active'],
+      ['B', 'prepared'],
+    ]);
+    expect(await store.getBundle('example.org')).toMatchObject({ sequence: 1 });
+    expect((await store.listAudit(100)).length).toBe(audited);
+  });
+
+  it('leases to one holder at a time: renewed by it, refused to others until it ends or is released', async () => {
+    const T = 1_700_000_000_000;
+    expect(await store.acquireLease('ca-rotation', 'a', T, 1000)).toEqual({
+      name: 'ca-rotation',
+      holder: 'a',
+      expiresAtMs: T + 1000,
+    });
+    expect(await store.acquireLease('ca-rotation', 'b', T + 999, 1000)).toMatchObject({
+      holder: 'a',
+      expiresAtMs: T + 1000,
+    });
+    // Renewal by the holder extends it; another name is another lease.
+    expect(await store.acquireLease('ca-rotation', 'a', T + 500, 1000)).toMatchObject({
+      holder: 'a',
+      expiresAtMs: T + 1500,
+    });
+    expect(await store.acquireLease('other', 'b', T, 1000)).toMatchObject({ holder: 'b' });
+    expect(await store.acquireLease('ca-rotation', 'b', T + 1499, 1000)).toMatchObject({ holder: 'a' });
+    expect(await store.acquireLease('ca-rotation', 'b', T + 1500, 1000)).toMatchObject({
+      holder: 'b',
+      expiresAtMs: T + 2500,
+    });
+    // Only the holder's release frees it.
+    await store.releaseLease('ca-rotation', 'a');
+    expect(await store.acquireLease('ca-rotation', 'a', T + 1600, 1000)).toMatchObject({ holder: 'b' });
+    await store.releaseLease('ca-rotation', 'b');
+    expect(await store.acquireLease('ca-rotation', 'a', T + 1600, 1000)).toMatchObject({ holder: 'a' });
   });
 });
