@@ -3,8 +3,8 @@
  * migrations and queries as SQLite (sql-datastore.ts); each acknowledged write is a committed
  * transaction, durable under PostgreSQL's defaults (fsync, synchronous_commit on).
  *
- * Not selectable in the server config yet: several servers also need to agree on who rotates the
- * CA, which the journal does not coordinate today.
+ * Servers sharing it agree on who changes the CA journal through the rotation lease and the
+ * journal version (see ca/authority.ts).
  *
  * @module
  */
