@@ -266,7 +266,7 @@ export class CertificateAuthority {
 
   /** Reloads the journal if another server changed it since: for callers about to read `slots`. */
   refresh(): Promise<void> {
-    return this.#sync();
+    return this.#catchUp();
   }
 
   prepare(kind: AuthorityKind, actor: string): Promise<CaSlot> {
@@ -498,7 +498,7 @@ export class CertificateAuthority {
 
   /** One rotation check; resolves to another server's lease when a step was due but left to it. */
   async #rotateOnce(): Promise<Lease | undefined> {
-    await this.#sync();
+    await this.#catchUp();
     await this.#notified;
     if (!this.#due()) return undefined;
     const lease = await this.#takeLease();
@@ -680,7 +680,7 @@ export class CertificateAuthority {
         this.#version,
       );
     } catch (error) {
-      if (error instanceof CaJournalConflictError) await this.#sync().catch(() => undefined);
+      if (error instanceof CaJournalConflictError) await this.#catchUp().catch(() => undefined);
       throw error;
     }
     this.#slots = slots;
@@ -712,6 +712,15 @@ export class CertificateAuthority {
     return this.#syncing;
   }
 
+  /**
+   * #sync() with a read that starts after this call: a check already in flight may have read the
+   * version before the change the caller must see (the last lease holder's, say).
+   */
+  async #catchUp(): Promise<void> {
+    await this.#syncing?.catch(() => undefined);
+    await this.#sync();
+  }
+
   async #reloadIfMoved(): Promise<void> {
     const { datastore, logger } = this.#o;
     const version = await datastore.caJournalVersion();
@@ -725,7 +734,7 @@ export class CertificateAuthority {
     this.#document = stored ? this.#contentOf(stored.document) : '';
     this.#version = version;
     logger.info({ version, keys: slots.map(describe) }, 'CA journal changed by another server; reloaded');
-    this.#notified = this.#notify('ca.reload');
+    this.#notified = this.#notified.then(() => this.#notify('ca.reload'));
   }
 
   /**
@@ -752,7 +761,7 @@ export class CertificateAuthority {
       const lease = await this.#takeLease();
       if (lease.holder !== this.#holder) throw new CaLeaseHeldError(lease.holder, lease.expiresAtMs);
       try {
-        await this.#sync();
+        await this.#catchUp();
         return await fn();
       } finally {
         await this.#releaseLease();
@@ -769,7 +778,7 @@ export class CertificateAuthority {
   async #holdLease(): Promise<void> {
     const lease = await this.#takeLease();
     if (lease.holder !== this.#holder) throw new CaLeaseHeldError(lease.holder, lease.expiresAtMs);
-    await this.#sync();
+    await this.#catchUp();
   }
 
   async #releaseLease(): Promise<void> {
