@@ -27,7 +27,7 @@ const PING_TIMEOUT_MS = 5_000;
  * The session-level advisory lock servers take around migrations: "ironroot" in ASCII, as a
  * bigint. Only one server migrates; the others wait, then find the schema current.
  */
-const MIGRATION_LOCK_KEY = '7598264089880587124';
+export const MIGRATION_LOCK_KEY = '7598264089880587124';
 
 export interface PostgresOptions {
   settleTimeoutMs?: number;
