@@ -1,6 +1,6 @@
 /**
  * Two real server processes on one PostgreSQL database and one SoftHSM2 token (docs/operations.md,
- * "Several servers: who rotates the CA"): one CA between them, changed through either admin socket,
+ * "Several servers", "Who rotates the CA"): one CA between them, changed through either admin socket,
  * and picked up by the other, also after the server that made the change was killed.
  */
 import { X509Certificate } from 'node:crypto';
