@@ -39,10 +39,10 @@ describe('two servers sharing one PostgreSQL datastore and one SoftHSM2 token', 
     clock.t = seconds * 1000;
   };
 
-  const open = (server: Server, holder: string) =>
+  const open = (server: Server, holder: string, keyManager: KeyManager = server.keys) =>
     CertificateAuthority.open({
       trustDomain: 'example.org',
-      keyManager: server.keys,
+      keyManager,
       datastore: server.datastore,
       clock,
       logger: pino({ level: 'silent' }),
@@ -222,6 +222,60 @@ describe('two servers sharing one PostgreSQL datastore and one SoftHSM2 token', 
       ttl: H,
     });
     expect(minted.authority).toBe(slot(caB, 'x509', 'active').keyId);
+  });
+
+  it('a holder whose lease runs out while it generates a key writes nothing, and destroys that key again', async () => {
+    // A's token, with each new key held back after it was generated on the token, until released:
+    // a server that stalls between generating a key and journaling it.
+    let release: () => void = () => undefined;
+    let generated: (id: string) => void = () => undefined;
+    const held = new Promise<string>((resolve) => {
+      generated = resolve;
+    });
+    let holding = false;
+    const stalling: KeyManager = {
+      kind: a.keys.kind,
+      async generateKey(id, type) {
+        const key = await a.keys.generateKey(id, type);
+        if (holding) {
+          generated(id);
+          await new Promise<void>((resolve) => {
+            release = resolve;
+          });
+        }
+        return key;
+      },
+      getKey: (id) => a.keys.getKey(id),
+      listKeys: () => a.keys.listKeys(),
+      sign: (id, scheme, data) => a.keys.sign(id, scheme, data),
+      signer: (id, algorithm) => a.keys.signer(id, algorithm),
+      destroyKey: (id) => a.keys.destroyKey(id),
+      close: () => a.keys.close(),
+    };
+    const caA = await open(a, 'server-a', stalling);
+    const caB = await open(b, 'server-b');
+    holding = true;
+    at(activationTime(slot(caA, 'x509', 'active')));
+    const rotationA = caA.rotate();
+    const stalledKey = await held;
+    // On the token, named by no journal: what "hsm keys list" reports as an orphan.
+    expect(await tokenKeyIds()).toContain(stalledKey);
+    expect(await journaledKeyIds()).not.toContain(stalledKey);
+
+    clock.t += ROTATION_LEASE_MS;
+    await caB.rotate();
+    expect(states(caB.slots, 'x509')).toEqual(['A:old', 'B:active']);
+    const after = await journal();
+
+    release();
+    await expect(rotationA).rejects.toMatchObject({ code: 'ERR_CA_JOURNAL_CONFLICT' });
+    expect(await journal()).toEqual(after);
+    expect(await tokenKeyIds()).not.toContain(stalledKey);
+    expect(await tokenKeyIds()).toEqual(await journaledKeyIds());
+    expect(caA.slots.map((s) => s.keyId)).toEqual(caB.slots.map((s) => s.keyId));
+    // The next check of A finds nothing to do.
+    await caA.rotate();
+    expect(await journal()).toEqual(after);
   });
 
   it('refuses an operator command while another server holds the lease, naming it, and runs it once the lease is given up', async () => {
