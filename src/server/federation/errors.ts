@@ -31,7 +31,9 @@ export type FederationErrorCode =
   /** No answer within the timeout. */
   | 'ERR_FEDERATION_TIMEOUT'
   /** The connection failed (refused, reset, name not resolved). */
-  | 'ERR_FEDERATION_UNREACHABLE';
+  | 'ERR_FEDERATION_UNREACHABLE'
+  /** A relationship names the server's own trust domain, whose bundle is never fetched. */
+  | 'ERR_FEDERATION_OWN_TRUST_DOMAIN';
 
 export class FederationError extends Error {
   readonly code: FederationErrorCode;
