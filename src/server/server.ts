@@ -23,6 +23,7 @@ import { prepareDirectories } from './config/safety.js';
 import type { ServerConfig } from './config/schema.js';
 import type { Datastore } from './datastore/datastore.js';
 import { openSqliteDatastore } from './datastore/sqlite.js';
+import { FederationPoller } from './federation/poller.js';
 import { startBundleEndpoint } from './http/bundle-endpoint.js';
 import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
@@ -264,6 +265,16 @@ export async function startServer(
       ca.rotate().catch((error: unknown) => logger.error({ err: error }, 'CA rotation failed; will retry'));
     }, ROTATION_CHECK_MS);
     closers.push(async () => clearInterval(rotation));
+    // Federated bundles are fetched once the CA serves: an https_spiffe peer may be fetching ours.
+    const federation = new FederationPoller({
+      list: () => datastore.listFederationRelationships(),
+      datastore,
+      clock,
+      logger,
+      fetches: metrics.federationFetches,
+    });
+    federation.start();
+    closers.push(() => federation.stop());
 
     logger.info(
       { trust_domain: config.trust_domain, data_dir: config.data_dir, health_address: config.health_address },

@@ -186,7 +186,7 @@ describe('fetching a foreign bundle', () => {
 
     it('refuses without a stored bundle or with an endpoint ID outside the trust domain', async () => {
       const { currentBundle: _none, ...withoutBundle } = spiffeOptions();
-      expect((await refusal(withoutBundle)).code).toBe('ERR_FEDERATION_NO_BUNDLE');
+      expect((await refusal(withoutBundle)).code).toBe('ERR_FEDERATION_BUNDLE_MISSING');
       const outside = await refusal({
         ...spiffeOptions(),
         endpointSpiffeId: 'spiffe://elsewhere.test/ironroot/server',

@@ -4,12 +4,11 @@ import { createServer, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { Datastore } from '../../src/server/datastore/datastore.js';
+import type { Datastore, FederationRelationship } from '../../src/server/datastore/datastore.js';
 import { openSqliteDatastore } from '../../src/server/datastore/sqlite.js';
 import {
   FEDERATION_ACTOR,
   FederationPoller,
-  type FederationRelationship,
   REFRESH_HINT_BOUNDS,
   refreshSeconds,
 } from '../../src/server/federation/poller.js';

@@ -9,7 +9,7 @@ export type FederationErrorCode =
   /** The URL is not an absolute https:// URL (§5.2.1.1, §5.2.2.1). */
   | 'ERR_FEDERATION_URL_NOT_HTTPS'
   /** https_spiffe without a stored bundle of the foreign trust domain to authenticate the endpoint with. */
-  | 'ERR_FEDERATION_NO_BUNDLE'
+  | 'ERR_FEDERATION_BUNDLE_MISSING'
   /** https_spiffe without an endpoint SPIFFE ID, or one outside the foreign trust domain. */
   | 'ERR_FEDERATION_ENDPOINT_ID_INVALID'
   /** The server certificate does not chain to the trusted roots (or names another host, https_web). */

@@ -125,7 +125,7 @@ function spiffeTls(options: FetchBundleOptions, trustDomain: TrustDomain): Reque
   const roots = options.currentBundle?.x509Authorities ?? [];
   if (roots.length === 0) {
     throw new FederationError(
-      'ERR_FEDERATION_NO_BUNDLE',
+      'ERR_FEDERATION_BUNDLE_MISSING',
       url,
       `no X.509 authorities of ${trustDomain} are stored to authenticate this https_spiffe endpoint; set its bundle first (bundle set --id ${trustDomain.name})`,
     );

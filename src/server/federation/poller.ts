@@ -10,20 +10,10 @@
 import type { Counter } from 'prom-client';
 import { SpiffeBundle, TrustDomain } from '../../spiffe/index.js';
 import type { Clock } from '../clock.js';
-import type { Datastore } from '../datastore/datastore.js';
+import type { Datastore, FederationRelationship } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
 import { FederationError } from './errors.js';
-import { type EndpointProfile, fetchFederatedBundle } from './fetch.js';
-
-/** One federation relationship, as the datastore keeps it. */
-export interface FederationRelationship {
-  trustDomain: string;
-  bundleEndpointUrl: string;
-  profile: EndpointProfile;
-  endpointSpiffeId?: string;
-  createdAt: number;
-  updatedAt: number;
-}
+import { fetchFederatedBundle } from './fetch.js';
 
 /**
  * Bounds on the refresh hint, in seconds: a foreign hint of 0 must not turn into a busy loop, and
