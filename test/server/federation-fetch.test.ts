@@ -201,6 +201,15 @@ describe('fetching a foreign bundle', () => {
       });
       expect(error.code).toBe('ERR_FEDERATION_URL_NOT_HTTPS');
       expect(error.message).toContain(`http://127.0.0.1:${bundlePort}/`);
+      for (const url of [
+        `ftp://127.0.0.1:${bundlePort}/`,
+        '127.0.0.1/bundle',
+        `https://user:pw@127.0.0.1:${bundlePort}/`,
+      ]) {
+        expect((await refusal({ ...spiffeOptions(), bundleEndpointUrl: url })).code).toBe(
+          'ERR_FEDERATION_URL_NOT_HTTPS',
+        );
+      }
     });
   });
 
