@@ -194,22 +194,25 @@ describe('fetching a foreign bundle', () => {
       expect(outside.code).toBe('ERR_FEDERATION_ENDPOINT_ID_INVALID');
     });
 
-    it('refuses http:// (and any other scheme) before connecting', async () => {
+    it('refuses http:// (and any other scheme, or credentials, which it does not repeat) before connecting', async () => {
       const error = await refusal({
         ...spiffeOptions(),
         bundleEndpointUrl: `http://127.0.0.1:${bundlePort}/`,
       });
       expect(error.code).toBe('ERR_FEDERATION_URL_NOT_HTTPS');
       expect(error.message).toContain(`http://127.0.0.1:${bundlePort}/`);
-      for (const url of [
-        `ftp://127.0.0.1:${bundlePort}/`,
-        '127.0.0.1/bundle',
-        `https://user:pw@127.0.0.1:${bundlePort}/`,
-      ]) {
+      for (const url of [`ftp://127.0.0.1:${bundlePort}/`, '127.0.0.1/bundle']) {
         expect((await refusal({ ...spiffeOptions(), bundleEndpointUrl: url })).code).toBe(
           'ERR_FEDERATION_URL_NOT_HTTPS',
         );
       }
+      const withPassword = await refusal({
+        ...spiffeOptions(),
+        bundleEndpointUrl: `https://user:s3cret@127.0.0.1:${bundlePort}/`,
+      });
+      expect(withPassword.code).toBe('ERR_FEDERATION_URL_NOT_HTTPS');
+      expect(withPassword.message).not.toContain('s3cret');
+      expect(withPassword.url).toBe(`https://***@127.0.0.1:${bundlePort}/`);
     });
   });
 

@@ -41,10 +41,24 @@ export class FederationError extends Error {
   readonly url: string;
 
   constructor(code: FederationErrorCode, url: string, message: string, options?: { cause?: unknown }) {
-    super(`${url}: ${message}`, options);
+    const shown = withoutCredentials(url);
+    super(`${shown}: ${message}`, options);
     this.name = 'FederationError';
     this.code = code;
-    this.url = url;
+    this.url = shown;
+  }
+}
+
+/** The URL with any user information masked: messages are logged, and a password must never be. */
+function withoutCredentials(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.username === '' && parsed.password === '') return url;
+    parsed.username = '***';
+    parsed.password = '';
+    return parsed.toString();
+  } catch {
+    return url;
   }
 }
 
