@@ -229,6 +229,12 @@ describe('federation poller', () => {
     expect(await poll()).toBe(1);
     relationships = [{ ...relationship(), updatedAt: 2 }];
     expect(await poll()).toBe(1);
+    // An edit within the same second as the last one: the changed URL still counts as an edit.
+    relationships = [
+      { ...relationship(), bundleEndpointUrl: `https://127.0.0.1:${port}/edited`, updatedAt: 2 },
+    ];
+    expect(await poll()).toBe(1);
+    expect(await poll()).toBe(0);
   });
 
   it("never fetches for the server's own trust domain", async () => {

@@ -61,7 +61,3 @@ function withoutCredentials(url: string): string {
     return url;
   }
 }
-
-export function isFederationError(error: unknown): error is FederationError {
-  return error instanceof FederationError;
-}

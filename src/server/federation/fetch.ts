@@ -18,18 +18,17 @@ import {
   TrustDomain,
   verifyX509Svid,
 } from '../../spiffe/index.js';
+import type { FederationRelationship } from '../datastore/datastore.js';
 import { FederationError } from './errors.js';
 
 /** A bundle document is a few kilobytes per key; a megabyte is room for hundreds of authorities. */
 export const MAX_BUNDLE_BYTES = 1024 * 1024;
 
-export type EndpointProfile = 'https_web' | 'https_spiffe';
-
 export interface FetchBundleOptions {
   /** The foreign trust domain whose bundle the endpoint serves. */
   trustDomain: string;
   bundleEndpointUrl: string;
-  profile: EndpointProfile;
+  profile: FederationRelationship['profile'];
   /** https_spiffe: the SPIFFE ID the endpoint's server certificate must carry. */
   endpointSpiffeId?: string;
   /** The foreign trust domain's stored bundle: its X.509 authorities authenticate an https_spiffe endpoint. */

@@ -21,7 +21,7 @@ import { fetchFederatedBundle } from './fetch.js';
  */
 export const REFRESH_HINT_BOUNDS = { min: 5, max: 86_400, default: 300 } as const;
 /** The first retry after a failure; each further failure doubles it, up to the refresh hint. */
-export const FIRST_RETRY_SECONDS = 1;
+const FIRST_RETRY_SECONDS = 1;
 /** How often {@link FederationPoller.start} checks what is due. */
 const CHECK_INTERVAL_MS = 1_000;
 /** Who the audit log names for bundles the poller stores. */
@@ -41,8 +41,8 @@ export interface FederationPollerOptions {
 }
 
 interface Schedule {
-  /** The relationship's updatedAt when scheduled: an edited relationship is fetched at once. */
-  updatedAt: number;
+  /** The relationship as scheduled (see {@link versionOf}): an edited one is fetched at once. */
+  version: string;
   /** Unix ms at which the next fetch is due. */
   dueAt: number;
   failures: number;
@@ -105,8 +105,9 @@ export class FederationPoller {
     const due: Promise<void>[] = [];
     for (const relationship of relationships) {
       let schedule = this.#schedules.get(relationship.trustDomain);
-      if (schedule === undefined || schedule.updatedAt !== relationship.updatedAt) {
-        schedule = { updatedAt: relationship.updatedAt, dueAt: now, failures: 0 };
+      const version = versionOf(relationship);
+      if (schedule === undefined || schedule.version !== version) {
+        schedule = { version, dueAt: now, failures: 0 };
         this.#schedules.set(relationship.trustDomain, schedule);
       }
       if (now >= schedule.dueAt) due.push(this.#refresh(relationship, schedule));
@@ -182,6 +183,11 @@ export class FederationPoller {
       this.#o.fetches?.inc({ trust_domain: trustDomain, result: code });
     }
   }
+}
+
+/** What identifies an edit: updatedAt has whole seconds only, so the fields count too. */
+function versionOf(r: FederationRelationship): string {
+  return JSON.stringify([r.bundleEndpointUrl, r.profile, r.endpointSpiffeId ?? '', r.updatedAt]);
 }
 
 function codeOf(error: unknown): string {
