@@ -1,7 +1,7 @@
 /**
  * Starts and stops a whole server from a validated configuration: safety checks, datastore and
- * migrations, the key manager and CA, the admin API, and the HTTP endpoints (health, bundle
- * endpoint, OIDC discovery).
+ * migrations, the key manager and CA, the admin API, the HTTP endpoints (health, bundle
+ * endpoint, OIDC discovery), and the poller that fetches federated trust domains' bundles.
  *
  * @module
  */
