@@ -118,7 +118,7 @@ function handlersFor(
       GetNodeEventLog: async (r) => profiles.nodeEventLog(agent(r).spiffe_id),
     },
     FederationService: {
-      ListFederationRelationships: (r) => service.federation.list(r),
+      ListFederationRelationships: () => service.federation.list(),
       GetFederationRelationship: (r) => service.federation.get(r),
       CreateFederationRelationship: (r) => service.federation.create(r, actor),
       UpdateFederationRelationship: (r) => service.federation.update(r, actor),

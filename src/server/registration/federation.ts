@@ -8,7 +8,6 @@
  */
 import { isSpiffeError, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle } from '../../spiffe/index.js';
 import type {
-  Empty,
   FederationRelationshipMessage,
   FederationRelationshipRequest,
   FederationTrustDomainRequest,
@@ -43,7 +42,7 @@ export class FederationRegistry {
     this.#trustDomain = trustDomain;
   }
 
-  async list(_request: Empty): Promise<ListFederationRelationshipsResponse> {
+  async list(): Promise<ListFederationRelationshipsResponse> {
     const relationships = await this.#store.listFederationRelationships();
     const bundles = new Map((await this.#store.listBundles()).map((b) => [b.trustDomain, b]));
     return { relationships: relationships.map((r) => toMessage(r, bundles.get(r.trustDomain))) };
