@@ -1,9 +1,14 @@
+import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
 import { serverAddresses } from '../../src/agent/config/schema.js';
+import { builtBin } from '../helpers/dist.js';
+
+const exec = promisify(execFile);
 
 /** A config file holding `yaml` after the keys every valid config needs but the servers. */
 function configFile(yaml: string): string {
@@ -92,5 +97,27 @@ describe('agent config: server_address and server_addresses', () => {
       overrides: { server_addresses: ['c.example.org:8081', 'd.example.org:8081'] },
     });
     expect(serverAddresses(several)).toEqual(['c.example.org:8081', 'd.example.org:8081']);
+  });
+});
+
+describe('ironroot-agent run --server-address', () => {
+  it('repeated, gives server_addresses: a bad one is named by its index', async () => {
+    const run = exec(process.execPath, [
+      builtBin('ironroot-agent'),
+      'run',
+      '--server-address',
+      'a.example.org:8081',
+      '--server-address',
+      'b.example.org',
+      '--trust-domain',
+      'example.org',
+      '--insecure-bootstrap',
+    ]);
+    await expect(run).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining(
+        'server_addresses[1]: got "b.example.org"; allowed: host:port, e.g. server.example.org:8081 or [::1]:8081',
+      ),
+    });
   });
 });
