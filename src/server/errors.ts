@@ -259,10 +259,11 @@ export class DatastoreError extends ServerError {
 export class CaError extends ServerError {}
 
 export class TrustDomainMismatchError extends ServerError {
-  constructor(dataDir: string, stored: string, configured: string) {
+  /** `where` names the datastore (`data_dir /var/lib/ironroot`); `fresh` what a new one would be. */
+  constructor(where: string, stored: string, configured: string, fresh = 'data_dir') {
     super(
       'ERR_TRUST_DOMAIN_MISMATCH',
-      `data_dir ${dataDir} belongs to trust domain ${stored} (its CA and bundle were made for it), not ${configured}: a server cannot change its trust domain; start with trust_domain ${stored}, or give ${configured} a new, empty data_dir`,
+      `${where} belongs to trust domain ${stored} (its CA and bundle were made for it), not ${configured}: a server cannot change its trust domain; start with trust_domain ${stored}, or give ${configured} a new, empty ${fresh}`,
     );
   }
 }

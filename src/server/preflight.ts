@@ -32,10 +32,10 @@ export async function preflight(config: ServerConfig): Promise<Preflight> {
     : undefined;
   checkDirUsable(config.data_dir, 'data_dir');
   checkDirUsable(dirname(config.admin_socket), 'admin_socket');
-  // An existing data dir must belong to the configured trust domain. Loaded here, not at the top:
-  // the executable's other commands should not pay for SQLite.
-  const { checkDataDirTrustDomain } = await import('./datastore/trust-domain.js');
-  checkDataDirTrustDomain(config.data_dir, config.trust_domain);
+  // An existing datastore must belong to the configured trust domain (PostgreSQL: and be reachable).
+  // Loaded here, not at the top: the executable's other commands should not pay for SQLite or pg.
+  const { checkDatastoreTrustDomain } = await import('./datastore/trust-domain.js');
+  await checkDatastoreTrustDomain(config);
   checkDirUnlocked(config.data_dir, DATA_DIR_LOCK);
   await checkSocketPath(config.admin_socket, 'admin_socket');
   return { warnings, tpmPolicy, upstream };

@@ -22,7 +22,7 @@ import { redactSecrets } from './config/load.js';
 import { prepareDirectories } from './config/safety.js';
 import type { ServerConfig } from './config/schema.js';
 import type { Datastore } from './datastore/datastore.js';
-import { openSqliteDatastore } from './datastore/sqlite.js';
+import { openConfiguredDatastore } from './datastore/open.js';
 import { startBundleEndpoint } from './http/bundle-endpoint.js';
 import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
@@ -71,7 +71,10 @@ export async function startServer(
   };
   let openedCa: CertificateAuthority | undefined;
   try {
-    const store = await openSqliteDatastore(config.data_dir, clock);
+    const store = await openConfiguredDatastore(config, clock, {
+      onIdleError: (error) =>
+        logger.warn({ err: error.message }, 'a PostgreSQL connection broke; the next query opens a new one'),
+    });
     const { datastore } = store;
     closers.push(() => datastore.close());
     if (store.migrated.length > 0) {

@@ -1,8 +1,10 @@
-import { chmodSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkConfigSafety, loadConfig, prepareDirectories } from '../../src/server/config/index.js';
+import { redactSecrets } from '../../src/server/config/load.js';
+import { postgresConnection } from '../../src/server/datastore/open.js';
 import { ConfigFileError, ConfigInvalidError, ConfigUnsafeError } from '../../src/server/errors.js';
 
 function tempDir(): string {
@@ -39,7 +41,7 @@ describe('server config', () => {
       log_level: 'info',
       log_format: 'json',
       health_address: '127.0.0.1:8080',
-      datastore: 'sqlite',
+      datastore: { type: 'sqlite' },
       ca_ttl: 86400,
       ca_key_type: 'ec-p256',
       default_x509_svid_ttl: 3600,
@@ -302,5 +304,134 @@ describe('server config: start-up warnings and key files', () => {
     );
     chmodSync(key, 0o600);
     expect(() => checkConfigSafety(config)).not.toThrow();
+  });
+});
+
+describe('server config: datastore', () => {
+  const load = (datastore: string) =>
+    loadConfig({ file: writeConfig(`trust_domain: a.test\ndatastore: ${datastore}\n`) }).datastore;
+  const lines = (datastore: string) => invalid(() => load(datastore)).issues;
+
+  it('reads the old spelling sqlite, { type: sqlite }, and PostgreSQL with its pool default', () => {
+    expect(load('sqlite')).toEqual({ type: 'sqlite' });
+    expect(load('{ type: sqlite }')).toEqual({ type: 'sqlite' });
+    expect(
+      load('{ type: postgres, connection_string: "postgresql://ir@db/ir", tls: { mode: verify-full } }'),
+    ).toEqual({
+      type: 'postgres',
+      connection_string: 'postgresql://ir@db/ir',
+      pool: { max_connections: 10 },
+      tls: { mode: 'verify-full' },
+    });
+    expect(
+      load(
+        '{ type: postgres, connection_string_file: /etc/ir/pg, pool: { max_connections: 4, idle_timeout: 30s }, tls: { mode: disable } }',
+      ),
+    ).toMatchObject({ connection_string_file: '/etc/ir/pg', pool: { max_connections: 4, idle_timeout: 30 } });
+  });
+
+  it('names the datastore key and what is allowed for an unknown kind', () => {
+    expect(lines('mysql')).toEqual([
+      'datastore: got "mysql"; allowed: sqlite, { type: sqlite }, or { type: postgres, connection_string or connection_string_file, tls: { mode } }',
+    ]);
+  });
+
+  it('wants exactly one of connection_string and connection_string_file', () => {
+    const message =
+      'allowed: exactly one of connection_string and connection_string_file (an absolute path to a 0600 file holding the URI)';
+    expect(lines('{ type: postgres, tls: { mode: disable } }')).toEqual([
+      `datastore.connection_string: missing; ${message}`,
+    ]);
+    expect(
+      lines(
+        '{ type: postgres, connection_string: "postgresql://ir@db/ir", connection_string_file: /etc/ir/pg, tls: { mode: disable } }',
+      ),
+    ).toEqual([`datastore.connection_string: got "postgresql://ir@db/ir"; ${message}`]);
+  });
+
+  it('names bad TLS, pool and path keys one per line', () => {
+    expect(
+      lines(
+        '{ type: postgres, connection_string_file: etc/pg, pool: { max_connections: 0 }, tls: { mode: prefer } }',
+      ),
+    ).toEqual([
+      'datastore.connection_string_file: got "etc/pg"; allowed: an absolute path',
+      'datastore.pool.max_connections: got 0; allowed: at least 1',
+      'datastore.tls.mode: got "prefer"; allowed: one of "disable", "require", "verify-full"',
+    ]);
+    expect(lines('{ type: postgres, connection_string: "postgresql://ir@db/ir" }')).toEqual([
+      'datastore.tls: missing; allowed: a mapping with mode (disable, require or verify-full) and optional ca_file',
+    ]);
+    expect(
+      lines(
+        '{ type: postgres, connection_string: "postgresql://ir@db/ir", tls: { mode: require, ca_file: /etc/ir/ca.pem } }',
+      ),
+    ).toEqual([
+      'datastore.tls.ca_file: got "/etc/ir/ca.pem"; allowed: ca_file only with mode verify-full (the CA that signed the server certificate)',
+    ]);
+  });
+
+  it('refuses TLS parameters inside the URI, and never prints its password', () => {
+    const issues = lines(
+      '{ type: postgres, connection_string: "postgresql://ir:hunter2@db/ir?sslmode=disable", tls: { mode: verify-full } }',
+    );
+    expect(issues).toEqual([
+      'datastore.connection_string: got "postgresql://ir:REDACTED@db/ir?sslmode=disable"; allowed: a URI without sslmode, ssl, sslcert, sslkey, sslrootcert, sslcrl parameters; say it under datastore.tls',
+    ]);
+    expect(
+      lines(
+        '{ type: postgres, connection_string: "mysql://ir:hunter2@db/ir?password=x", tls: { mode: disable } }',
+      ).join(),
+    ).not.toContain('hunter2');
+    expect(redactSecrets('postgresql://db/ir?user=ir&password=hunter2&port=5')).toBe(
+      'postgresql://db/ir?user=ir&password=REDACTED&port=5',
+    );
+  });
+
+  it('refuses a connection string file that others can read, and one naming TLS parameters', () => {
+    const dir = tempDir();
+    const file = join(dir, 'pg.uri');
+    writeFileSync(file, 'postgresql://ir:hunter2@db/ir\n', { mode: 0o640 });
+    chmodSync(file, 0o640);
+    const config = loadConfig({
+      file: writeConfig(
+        `trust_domain: a.test\ndatastore: { type: postgres, connection_string_file: ${file}, tls: { mode: verify-full } }\n`,
+      ),
+    });
+    expect(() => checkConfigSafety(config)).toThrow(
+      new ConfigUnsafeError(
+        `datastore.connection_string_file ${file} is readable by others (mode 640); run chmod 600 ${file}`,
+      ),
+    );
+    chmodSync(file, 0o600);
+    expect(() => checkConfigSafety(config)).not.toThrow();
+    if (config.datastore.type !== 'postgres') throw new Error('expected postgres');
+    expect(postgresConnection(config.datastore)).toEqual({
+      connectionString: 'postgresql://ir:hunter2@db/ir',
+      ssl: { rejectUnauthorized: true },
+      maxConnections: 10,
+    });
+    writeFileSync(file, 'postgresql://ir@db/ir?sslmode=disable\n');
+    expect(() => postgresConnection(config.datastore as never)).toThrow(
+      `datastore.connection_string_file: names sslmode; remove it and say it under datastore.tls`,
+    );
+    rmSync(file);
+    expect(() => postgresConnection(config.datastore as never)).toThrow(
+      expect.objectContaining({ code: 'ERR_CONFIG_FILE' }),
+    );
+  });
+
+  it('lists the keys allowed in the kind of datastore written', () => {
+    expect(lines('{ type: sqlite, path: /x }')).toEqual(['datastore.path: unknown key; allowed keys: type']);
+    expect(
+      lines(
+        '{ type: postgres, connection_string: "postgresql://a@b/c", tls: { mode: disable }, pool: { size: 1 } }',
+      ),
+    ).toEqual(['datastore.pool.size: unknown key; allowed keys: max_connections, idle_timeout']);
+    expect(
+      lines('{ type: postgres, connection_string: "postgresql://a@b/c", tls: { mode: disable }, host: db }'),
+    ).toEqual([
+      'datastore.host: unknown key; allowed keys: type, connection_string, connection_string_file, pool, tls',
+    ]);
   });
 });

@@ -9,7 +9,7 @@ import type { Clock } from '../../src/server/clock.js';
 import type { Datastore, NewEntry } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { migrationsFor } from '../../src/server/datastore/migrations.js';
-import { openPostgresDatastore } from '../../src/server/datastore/postgres.js';
+import { MIGRATION_LOCK_KEY, openPostgresDatastore } from '../../src/server/datastore/postgres.js';
 import { AgentNotFoundError, EntryDuplicateError, EntryNotFoundError } from '../../src/server/errors.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
@@ -575,6 +575,68 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
 });
 
 describe('PostgreSQL shared by two servers', () => {
+  it('waits for the migration advisory lock another server holds before it migrates', async () => {
+    postgres ??= await startPostgres();
+    const name = `ironroot_${++databases}`;
+    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const holder = new pg.Client({ connectionString: url });
+    await holder.connect();
+    await holder.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
+    let settled = false;
+    const opening = openPostgresDatastore(url, { now: () => 1_700_000_000_000 }).finally(() => {
+      settled = true;
+    });
+    try {
+      // Until another session queues for the same advisory lock, the open has not got past it.
+      for (;;) {
+        const waiting = await holder.query(
+          "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        );
+        if (waiting.rows[0].n === 1 || settled) break;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      const tables = await holder.query("SELECT to_regclass('registration_entries') IS NULL AS absent");
+      expect(tables.rows[0].absent).toBe(true);
+      expect(settled).toBe(false);
+    } finally {
+      await holder.query('SELECT pg_advisory_unlock($1::bigint)', [MIGRATION_LOCK_KEY]);
+      await holder.end();
+    }
+    const opened = await opening;
+    expect(opened.migrated).toEqual(Object.keys(migrationsFor('postgres')).sort());
+    await opened.datastore.close();
+  });
+
+  it('migrates a fresh database once when four servers open it at the same moment', async () => {
+    postgres ??= await startPostgres();
+    const name = `ironroot_${++databases}`;
+    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const clock: Clock = { now: () => 1_700_000_000_000 };
+    const opened = await Promise.all([1, 2, 3, 4].map(() => openPostgresDatastore(url, clock)));
+    try {
+      const all = Object.keys(migrationsFor('postgres')).sort();
+      // Exactly one open ran the migrations; the others found the schema current.
+      expect(opened.map((o) => o.migrated.length).sort()).toEqual([0, 0, 0, all.length]);
+      expect(opened.flatMap((o) => o.migrated)).toEqual(all);
+      const check = new pg.Client({ connectionString: url });
+      await check.connect();
+      const applied = await check.query('SELECT name FROM kysely_migration ORDER BY name');
+      await check.end();
+      expect(applied.rows.map((r: { name: string }) => r.name)).toEqual(all);
+      await opened[0]?.datastore.ping();
+    } finally {
+      for (const o of opened) await o.datastore.close();
+    }
+  });
+
   it('lets one of two servers consume a nonce the other issued; the loser, and any later answer, is a replay', async () => {
     postgres ??= await startPostgres();
     const name = `ironroot_${++databases}`;

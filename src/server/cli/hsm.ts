@@ -186,16 +186,16 @@ export async function runCheck(
 type Usage = 'in use' | 'orphan' | 'unknown';
 
 /**
- * The key ids the CA journal in the config's data dir names, or why they cannot be known. Loaded
- * lazily, so the other hsm commands do not pay for SQLite.
+ * The key ids the CA journal in the config's datastore (SQLite in its data dir, or PostgreSQL)
+ * names, or why they cannot be known. Loaded lazily, so the other hsm commands do not pay for it.
  */
 async function journaledKeyIds(
   config: ServerConfig | undefined,
 ): Promise<{ ids: ReadonlySet<string> } | { unknown: string }> {
   if (config === undefined) return { unknown: 'no --config, so no datastore to ask' };
-  const { storedCaKeyIds } = await import('../datastore/sqlite.js');
+  const { storedCaKeyIds } = await import('../datastore/open.js');
   try {
-    return { ids: new Set(storedCaKeyIds(config.data_dir)) };
+    return { ids: new Set(await storedCaKeyIds(config)) };
   } catch (error) {
     return { unknown: (error as Error).message };
   }

@@ -15,6 +15,7 @@ export const DEFAULTS = {
   log_format: 'json',
   health_address: '127.0.0.1:8080',
   datastore: 'sqlite',
+  postgres_max_connections: 10,
   ca_ttl: '24h',
   ca_key_type: 'ec-p256',
   default_x509_svid_ttl: '1h',

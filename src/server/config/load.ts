@@ -83,7 +83,7 @@ function readConfigFile(file: string): Record<string, unknown> {
 export function describeIssue(issue: z.core.$ZodIssue, raw: unknown, schema: z.ZodType): string {
   const path = formatPath(issue.path);
   if (issue.code === 'unrecognized_keys') {
-    const allowed = allowedKeys(issue.path, schema);
+    const allowed = allowedKeys(issue.path, schema, raw);
     return issue.keys
       .map((key) => `${path ? `${path}.` : ''}${key}: unknown key; allowed keys: ${allowed.join(', ')}`)
       .join('\n  ');
@@ -104,28 +104,40 @@ function allowedText(issue: z.core.$ZodIssue): string {
   return `allowed: ${issue.message}`;
 }
 
-/** Keys the schema allows at `path`, found by walking object shapes through optional/default wrappers. */
-function allowedKeys(path: readonly PropertyKey[], schema: z.ZodType): string[] {
+/**
+ * Keys the schema allows at `path`, found by walking object shapes through optional/default
+ * wrappers; a union of mappings told apart by `type` takes the one the written value names.
+ */
+function allowedKeys(path: readonly PropertyKey[], schema: z.ZodType, raw: unknown): string[] {
   let node: unknown = schema;
-  for (const part of [undefined, ...path]) {
-    node = unwrap(node);
-    if (part === undefined) continue;
-    const shape = shapeOf(node);
-    node = shape?.[String(part)];
+  for (let depth = 0; depth <= path.length; depth++) {
+    node = unwrap(node, valueAt(raw, path.slice(0, depth)));
+    const part = path[depth];
+    if (part === undefined) break;
+    node = shapeOf(node)?.[String(part)];
   }
-  return Object.keys(shapeOf(unwrap(node)) ?? {});
+  return Object.keys(shapeOf(node) ?? {});
 }
 
-function unwrap(node: unknown): unknown {
+function unwrap(node: unknown, written: unknown): unknown {
   let current = node;
   for (;;) {
     if (current instanceof z.ZodOptional || current instanceof z.ZodDefault) current = current.unwrap();
-    else if (current instanceof z.ZodPipe) current = current.in;
-    else if (current instanceof z.ZodUnion && current.options.some((o) => o instanceof z.ZodObject))
-      // `none` or a mapping: the keys are the mapping's.
-      current = current.options.find((o) => o instanceof z.ZodObject);
-    else return current;
+    // A preprocess step's own schema is its output side.
+    else if (current instanceof z.ZodPipe)
+      current = current.in instanceof z.ZodTransform ? current.out : current.in;
+    else if (current instanceof z.ZodUnion && current.options.some((o) => o instanceof z.ZodObject)) {
+      const objects = current.options.filter((o) => o instanceof z.ZodObject);
+      const type = written !== null && typeof written === 'object' ? Reflect.get(written, 'type') : undefined;
+      // `none` or a mapping: the keys are the mapping's; of several, the one whose type matches.
+      current = objects.find((o) => typeMatches(o, type)) ?? objects[0];
+    } else return current;
   }
+}
+
+function typeMatches(node: z.ZodObject, type: unknown): boolean {
+  const literal = shapeOf(node)?.type;
+  return literal instanceof z.ZodLiteral && literal.values.has(type as z.core.util.Literal);
 }
 
 function shapeOf(node: unknown): Record<string, unknown> | undefined {
@@ -149,12 +161,18 @@ function formatPath(path: readonly PropertyKey[]): string {
     .join('');
 }
 
-/** A value as it appears in messages, with any PKCS#11 PIN hidden: config values end up in logs. */
+/**
+ * A value as it appears in messages, with any PKCS#11 PIN or PostgreSQL password hidden: config
+ * values end up in logs.
+ */
 export function formatValue(value: unknown): string {
   const text = JSON.stringify(value) ?? String(value);
   return redactSecrets(text);
 }
 
 export function redactSecrets(text: string): string {
-  return text.replace(/(pin-value=)[^;?&"]*/gi, '$1REDACTED');
+  return text
+    .replace(/(pin-value=)[^;?&"]*/gi, '$1REDACTED')
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^:/@?#"\s]*:)[^@/?#"\s]*@/gi, '$1REDACTED@')
+    .replace(/([?&]password=)[^&#"\s]*/gi, '$1REDACTED');
 }

@@ -42,6 +42,8 @@ export function checkConfigSafety(config: ServerConfig): SafetyReport {
     refuseReadableKey('bundle_endpoint.key_file', config.bundle_endpoint.key_file);
   if (config.oidc_discovery?.key_file)
     refuseReadableKey('oidc_discovery.key_file', config.oidc_discovery.key_file);
+  if (config.datastore.type === 'postgres' && config.datastore.connection_string_file)
+    refuseReadableKey('datastore.connection_string_file', config.datastore.connection_string_file);
   warnings.push(...svidTtlWarnings(config));
   return { warnings };
 }

@@ -167,6 +167,80 @@ const tpmAttestation = z
     },
   );
 
+/** Connection-string parameters the `tls` mapping decides; one in the string would override it. */
+export const TLS_URI_PARAMS = ['sslmode', 'ssl', 'sslcert', 'sslkey', 'sslrootcert', 'sslcrl'] as const;
+
+const postgresDatastore = z
+  .strictObject({
+    type: z.literal('postgres'),
+    connection_string: z
+      .string()
+      .refine(
+        (text) => /^postgres(ql)?:\/\//.test(text),
+        'allowed: a postgresql:// URI, e.g. postgresql://ironroot@db.example.org/ironroot',
+      )
+      .optional(),
+    connection_string_file: filePath.optional(),
+    pool: z
+      .strictObject({
+        max_connections: z.number().int().min(1).max(1000).default(DEFAULTS.postgres_max_connections),
+        /** How long an unused connection stays open; pg's own default (10s) when unset. */
+        idle_timeout: z
+          .string(`allowed: ${DURATION_HINT}`)
+          .optional()
+          .transform((text, ctx) => {
+            if (text === undefined) return undefined;
+            const seconds = parseDuration(text);
+            if (seconds === undefined) {
+              ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
+              return z.NEVER;
+            }
+            return seconds;
+          }),
+      })
+      .default({ max_connections: DEFAULTS.postgres_max_connections, idle_timeout: undefined }),
+    tls: z
+      .strictObject(
+        {
+          mode: z.enum(['disable', 'require', 'verify-full']),
+          ca_file: filePath.optional(),
+        },
+        'allowed: a mapping with mode (disable, require or verify-full) and optional ca_file',
+      )
+      .refine((t) => t.ca_file === undefined || t.mode === 'verify-full', {
+        message: 'allowed: ca_file only with mode verify-full (the CA that signed the server certificate)',
+        path: ['ca_file'],
+      }),
+  })
+  .refine((d) => (d.connection_string === undefined) !== (d.connection_string_file === undefined), {
+    message:
+      'allowed: exactly one of connection_string and connection_string_file (an absolute path to a 0600 file holding the URI)',
+    path: ['connection_string'],
+  })
+  .refine(
+    (d) =>
+      d.connection_string === undefined ||
+      !TLS_URI_PARAMS.some((p) => new URLSearchParams(d.connection_string?.split('?')[1]).has(p)),
+    {
+      message: `allowed: a URI without ${TLS_URI_PARAMS.join(', ')} parameters; say it under datastore.tls`,
+      path: ['connection_string'],
+    },
+  );
+
+/**
+ * `sqlite` (the old spelling, still accepted), `{ type: sqlite }`, or `{ type: postgres, … }`.
+ * Normalised to an object so that code reads `datastore.type`.
+ */
+const datastore = z
+  .preprocess(
+    (value) => (value === 'sqlite' ? { type: 'sqlite' } : value),
+    z.discriminatedUnion('type', [z.strictObject({ type: z.literal('sqlite') }), postgresDatastore], {
+      error:
+        'allowed: sqlite, { type: sqlite }, or { type: postgres, connection_string or connection_string_file, tls: { mode } }',
+    }),
+  )
+  .default({ type: DEFAULTS.datastore });
+
 const rateLimit = z.strictObject({
   per_second: z.number().positive().max(10_000).default(DEFAULTS.attestation_rate_per_second),
   burst: z.number().int().min(1).max(10_000).default(DEFAULTS.attestation_rate_burst),
@@ -195,7 +269,7 @@ export const configSchema = z
     /** json: ISO time and level names; pino: epoch-millisecond time and level numbers. */
     log_format: z.enum(LOG_FORMATS).default(DEFAULTS.log_format),
     health_address: hostPort(DEFAULTS.health_address),
-    datastore: z.enum(['sqlite']).default(DEFAULTS.datastore),
+    datastore,
     ca_ttl: duration(DEFAULTS.ca_ttl),
     ca_key_type: z
       .enum(['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096'])

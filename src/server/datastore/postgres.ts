@@ -3,15 +3,14 @@
  * migrations and queries as SQLite (sql-datastore.ts); each acknowledged write is a committed
  * transaction, durable under PostgreSQL's defaults (fsync, synchronous_commit on).
  *
- * Not selectable in the server config yet: several servers also need to agree on who rotates the
- * CA, which the journal does not coordinate today.
- *
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ConnectionOptions } from 'node:tls';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import type { Clock } from '../clock.js';
+import { redactSecrets } from '../config/load.js';
 import { DatastoreError } from '../errors.js';
 import { migrateToLatest } from './migrations.js';
 import { SqlDatastore } from './sql-datastore.js';
@@ -20,21 +19,107 @@ import type { Database } from './tables.js';
 
 /** How long a reader of the audit log waits for transactions running when it started. */
 const SETTLE_TIMEOUT_MS = 30_000;
+/** How long a new connection may take before the caller gets an error (a stopped server never answers). */
+const CONNECT_TIMEOUT_MS = 10_000;
+/** How long `ping` (readiness) waits for an answer before it calls the database unreachable. */
+const PING_TIMEOUT_MS = 5_000;
+/**
+ * The session-level advisory lock servers take around migrations: "ironroot" in ASCII, as a
+ * bigint. Only one server migrates; the others wait, then find the schema current.
+ */
+export const MIGRATION_LOCK_KEY = '7598264089880587124';
+
+export interface PostgresOptions {
+  settleTimeoutMs?: number;
+  /** At most this many connections (default 10). */
+  maxConnections?: number;
+  /** Close connections unused this long; pg's default when unset. */
+  idleTimeoutMs?: number;
+  /** Node TLS options, or false for none; pg's environment-based default when unset. */
+  ssl?: false | ConnectionOptions;
+  /** Told when an idle pooled connection breaks (the server restarted or went away); the pool drops it. */
+  onIdleError?: (error: Error) => void;
+}
 
 export async function openPostgresDatastore(
   connectionString: string,
   clock: Clock,
-  options: { settleTimeoutMs?: number } = {},
+  options: PostgresOptions = {},
 ): Promise<OpenedDatastore> {
-  const pool = new pg.Pool({ connectionString, max: 10 });
+  const pool = new pg.Pool({
+    connectionString,
+    max: options.maxConnections ?? 10,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    keepAlive: true,
+    ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMillis: options.idleTimeoutMs } : {}),
+    ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+  });
+  // Without a listener an idle connection's error (database restarted) would end the process; the
+  // pool has already dropped that connection, and the next query opens a new one.
+  pool.on('error', (error) => options.onIdleError?.(error));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const migrated = await migrateToLatest(db as Kysely<unknown>, 'postgres');
+  let migrated: string[];
+  try {
+    migrated = await migrateUnderLock(pool, db);
+  } catch (error) {
+    await db.destroy();
+    throw error;
+  }
   const timeoutMs = options.settleTimeoutMs ?? SETTLE_TIMEOUT_MS;
   return {
-    datastore: new SqlDatastore(db, clock, { settleWriters: (on) => settleWriters(on, timeoutMs) }),
+    datastore: new PostgresDatastore(db, clock, { settleWriters: (on) => settleWriters(on, timeoutMs) }),
     migrated,
-    path: connectionString.replace(/:[^:@/]*@/, ':REDACTED@'),
+    path: redactSecrets(connectionString),
   };
+}
+
+/**
+ * Runs the migrations holding the advisory lock on a connection of its own, so that servers
+ * starting together on a fresh database do not race to create the same tables. The lock goes with
+ * the connection, also when this process dies.
+ */
+async function migrateUnderLock(pool: pg.Pool, db: Kysely<Database>): Promise<string[]> {
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    throw new DatastoreError(
+      `cannot connect to PostgreSQL: ${(error as Error).message}; check datastore.connection_string and that the database accepts connections`,
+      error,
+    );
+  }
+  let broken: Error | undefined;
+  try {
+    await client.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
+    try {
+      return await migrateToLatest(db as Kysely<unknown>, 'postgres');
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1::bigint)', [MIGRATION_LOCK_KEY]).catch((error) => {
+        broken = error as Error;
+      });
+    }
+  } finally {
+    // A connection whose unlock failed is closed rather than pooled: closing releases the lock.
+    client.release(broken ?? false);
+  }
+}
+
+/** The SQL datastore whose readiness ping gives up on a database that does not answer. */
+class PostgresDatastore extends SqlDatastore {
+  override async ping(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(
+        () => reject(new DatastoreError(`PostgreSQL did not answer within ${PING_TIMEOUT_MS / 1000} s`)),
+        PING_TIMEOUT_MS,
+      );
+    });
+    try {
+      await Promise.race([super.ping(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 }
 
 /**

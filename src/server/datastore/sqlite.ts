@@ -30,7 +30,7 @@ export interface OpenedDatastore {
  *
  * @throws DatastoreError when it cannot be read.
  */
-function readColumn(dataDir: string, table: string, sql: string): string[] {
+export function readSqliteColumn(dataDir: string, table: string, sql: string): string[] {
   const path = join(dataDir, SQLITE_FILE);
   if (!existsSync(path)) return [];
   let sqlite: BetterSqlite3.Database | undefined;
@@ -59,7 +59,7 @@ function readColumn(dataDir: string, table: string, sql: string): string[] {
  * there is no datastore yet, or its CA never started.
  */
 export function storedOwnTrustDomains(dataDir: string): string[] {
-  return readColumn(
+  return readSqliteColumn(
     dataDir,
     'bundles',
     'SELECT trust_domain FROM bundles WHERE federated = 0 ORDER BY trust_domain',
@@ -68,7 +68,7 @@ export function storedOwnTrustDomains(dataDir: string): string[] {
 
 /** The key ids the data dir's CA journal names; empty when there is no datastore yet. */
 export function storedCaKeyIds(dataDir: string): string[] {
-  return readColumn(dataDir, 'ca_journal', 'SELECT key_id FROM ca_journal ORDER BY key_id');
+  return readSqliteColumn(dataDir, 'ca_journal', 'SELECT key_id FROM ca_journal ORDER BY key_id');
 }
 
 export async function openSqliteDatastore(dataDir: string, clock: Clock): Promise<OpenedDatastore> {
