@@ -3,6 +3,8 @@
  * jitter, attest again when the server says the attestation is gone, and back off exponentially
  * (with a cap and jitter) while the server is away, without ever exiting for it. Every loop that
  * calls the server goes through one {@link ServerContact}: one backoff, one log line per change.
+ * With several servers (servers.ts), a call that cannot reach the one in use is made again at once
+ * on the next; the backoff starts once every server failed in a row.
  *
  * Beside it, once the node has an SVID, the sync loop keeps the workloads' SVID cache current
  * (entries, bundles, SVID rotation) every `sync_interval` or sooner when an SVID is due, and the
