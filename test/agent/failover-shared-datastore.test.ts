@@ -154,4 +154,22 @@ describe('two servers sharing one datastore: the server in use stops', () => {
     });
     await second.up();
   }, 60_000);
+
+  it('a refusal (the node banned) stays with the server in use: the other server is not asked', async () => {
+    const refused = (server: TestServer) =>
+      server.logs.lines.filter((l) => l.method === 'FetchEntries' && l.result === 'refused');
+    const secondBefore = second.logs.lines.length;
+    await first.server.datastore.banNode({ spiffeId: agentId }, 'test');
+    await until('two sync rounds refused by the first server', () =>
+      refused(first).filter((l) => l.reason === 'ERR_ATTEST_BANNED').length >= 2 ? true : undefined,
+    );
+    // Whatever the second server logged since the ban: none of it is this agent's.
+    expect(
+      second.logs.lines.slice(secondBefore).filter((l) => l.agent_id === agentId || l.method !== undefined),
+    ).toEqual([]);
+    expect(agent.agent.status()).toMatchObject({
+      server_address: first.address,
+      last_error: { code: 'ERR_ATTEST_BANNED' },
+    });
+  }, 60_000);
 });
