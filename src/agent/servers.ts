@@ -109,14 +109,16 @@ export class ServerList {
     this.#streakStart ??= at;
     this.#index = (at + 1) % this.#targets.length;
     this.#leftFor = error.code;
-    this.#logger.debug(
-      {
-        server_address: target.address,
-        reason: error.code,
-        next_server_address: this.#targets[this.#index]?.address,
-      },
-      'cannot reach this server; moving to the next',
-    );
+    // A single server has no next one to name.
+    if (this.#targets.length > 1)
+      this.#logger.debug(
+        {
+          server_address: target.address,
+          reason: error.code,
+          next_server_address: this.#targets[this.#index]?.address,
+        },
+        'cannot reach this server; moving to the next',
+      );
     if (this.#index !== this.#streakStart) return 'moved';
     this.#streakStart = undefined;
     this.#stale = true;
