@@ -25,7 +25,10 @@
 // measurement; every window's attestations add nodes, in both arms alike.
 //
 // Usage: npm run bench:ha -- [--rounds 5] [--attestations 200] [--in-flight 16] [--agents 100]
-//   [--entries-per-agent 2] [--sync-rounds 5] [--agent-processes 2]
+//   [--entries-per-agent 2] [--sync-rounds 5] [--agent-processes 2] [--profile DIR]
+// `--profile DIR` runs both servers under `node --cpu-prof` and writes server-0/1.cpuprofile into DIR.
+// Each server also counts the queries it sends PostgreSQL, to tell coordination in the database
+// (more queries per operation with two servers) from competition for the CPUs.
 import { fork } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
@@ -53,6 +56,7 @@ const { values: flags } = parseArgs({
     'entries-per-agent': { type: 'string', default: '2' },
     'sync-rounds': { type: 'string', default: '5' },
     'agent-processes': { type: 'string', default: '2' },
+    profile: { type: 'string' },
   },
 });
 
@@ -69,8 +73,8 @@ function serve(handlers) {
 }
 
 /** A child running this script in `role`, with `call(type, fields)` returning its answer. */
-function child(role) {
-  const proc = fork(self, ['--role', role], { serialization: 'advanced' });
+function child(role, execArgv = []) {
+  const proc = fork(self, ['--role', role], { serialization: 'advanced', execArgv });
   const waiting = new Map();
   let next = 0;
   proc.on('message', ({ id, result, error }) => {
@@ -104,6 +108,15 @@ function cpuMs(since) {
 async function server() {
   const { SOFTHSM_MODULE } = await import('./lib/softhsm-token.mjs');
   const { benchEntry, startBenchServer } = await import('./lib/bench-server.mjs');
+  // Counts the queries this server sends PostgreSQL (every statement, BEGIN and COMMIT included):
+  // the datastore's pg is this module, so wrapping its Client's query sees them all.
+  const { default: pg } = await import('pg');
+  const query = pg.Client.prototype.query;
+  let queries = 0;
+  pg.Client.prototype.query = function counted(...args) {
+    queries++;
+    return query.apply(this, args);
+  };
   let running;
   serve({
     start: async ({ pinFile, connectionString }) => {
@@ -139,10 +152,11 @@ async function server() {
         await running.server.datastore.createEntries(entries.slice(i, i + 1000), 'bench');
       return entries.length;
     },
-    cpuMs: () => cpuMs(),
+    usage: () => ({ cpuMs: cpuMs(), queries }),
     stop: async () => {
       await running?.server.stop();
       if (running) rmSync(running.dir, { recursive: true, force: true });
+      // Exits from here so that --cpu-prof writes its profile.
       setImmediate(() => process.exit(0));
     },
   });
@@ -316,7 +330,12 @@ async function main() {
     // The first server makes the CA keys on the token and records them; the second opens them.
     const targets = [];
     for (let s = 0; s < 2; s++) {
-      const proc = child('server');
+      const proc = child(
+        'server',
+        flags.profile
+          ? ['--cpu-prof', '--cpu-prof-dir', flags.profile, '--cpu-prof-name', `server-${s}.cpuprofile`]
+          : [],
+      );
       servers.push(proc);
       targets.push(
         await proc.call('start', { pinFile: token.pinFile, connectionString: postgres.connectionString }),
@@ -334,19 +353,24 @@ async function main() {
     const issued = (await Promise.all(shards.map((s) => s.call('warm')))).reduce((a, b) => a + b, 0);
     process.stdout.write(`set up: ${ids.length} sync agents, ${issued} SVIDs issued in their first syncs\n`);
 
-    const cpu = async () =>
-      (await Promise.all(servers.map((s) => s.call('cpuMs')))).reduce((a, b) => a + b, 0);
-    /** Runs `op` on every shard at once; rate per second and the servers' CPU ms per operation. */
+    /** Both servers' CPU ms and PostgreSQL queries so far. */
+    const usage = async () =>
+      (await Promise.all(servers.map((s) => s.call('usage')))).reduce(
+        (sum, u) => ({ cpuMs: sum.cpuMs + u.cpuMs, queries: sum.queries + u.queries }),
+        { cpuMs: 0, queries: 0 },
+      );
+    /** Runs `op` on every shard at once: its rate per second, and per operation the servers' CPU ms and queries. */
     const timed = async (op) => {
-      const before = await cpu();
+      const before = await usage();
       const t0 = performance.now();
       const parts = await Promise.all(shards.map((s, p) => op(s, p)));
       const seconds = (performance.now() - t0) / 1000;
-      const used = (await cpu()) - before;
+      const after = await usage();
       const done = parts.reduce((n, r) => n + r.done, 0);
       return {
         rate: done / seconds,
-        cpuPerOp: used / done,
+        cpuPerOp: (after.cpuMs - before.cpuMs) / done,
+        queriesPerOp: (after.queries - before.queries) / done,
         agentsCpuPerOp: parts.reduce((n, r) => n + r.cpuMs, 0) / done,
         failures: parts.reduce((n, r) => n + r.failures, 0),
       };
@@ -364,9 +388,10 @@ async function main() {
       const sync = await timed((s) => s.call('sync', { rounds: syncRounds, servers: count }));
       samples[arm].push({ attest, sync });
       process.stdout.write(
-        `  ${arm}: ${attest.rate.toFixed(1)} attestations/s (CPU ms each: servers ${attest.cpuPerOp.toFixed(2)}, ` +
-          `agents ${attest.agentsCpuPerOp.toFixed(2)}), ${sync.rate.toFixed(1)} syncs/s (servers ` +
-          `${sync.cpuPerOp.toFixed(2)}, agents ${sync.agentsCpuPerOp.toFixed(2)}); failed: ${attest.failures + sync.failures}\n`,
+        `  ${arm}: ${attest.rate.toFixed(1)} attestations/s (each: servers ${attest.cpuPerOp.toFixed(2)} ms CPU and ` +
+          `${attest.queriesPerOp.toFixed(1)} queries, agents ${attest.agentsCpuPerOp.toFixed(2)} ms), ` +
+          `${sync.rate.toFixed(1)} syncs/s (servers ${sync.cpuPerOp.toFixed(2)} ms and ${sync.queriesPerOp.toFixed(2)} queries, ` +
+          `agents ${sync.agentsCpuPerOp.toFixed(2)} ms); failed: ${attest.failures + sync.failures}\n`,
       );
     };
     for (let r = 0; r < rounds; r++) {
@@ -385,11 +410,13 @@ async function main() {
         `  attestations/s: one ${fmt(pick('one', 'attest', 'rate'), 1)}, two ${fmt(pick('two', 'attest', 'rate'), 1)}, ` +
         `two ÷ one ${fmt(stats(ratio('attest', 'rate')))}\n` +
         `  servers' CPU ms per attestation: one ${fmt(pick('one', 'attest', 'cpuPerOp'))}, two ${fmt(pick('two', 'attest', 'cpuPerOp'))}; ` +
-        `agents' ${fmt(pick('one', 'attest', 'agentsCpuPerOp'))}\n` +
+        `agents' ${fmt(pick('one', 'attest', 'agentsCpuPerOp'))}; servers' two ÷ one ${fmt(stats(ratio('attest', 'cpuPerOp')))}\n` +
+        `  PostgreSQL queries per attestation: one ${fmt(pick('one', 'attest', 'queriesPerOp'), 1)}, two ${fmt(pick('two', 'attest', 'queriesPerOp'), 1)}\n` +
         `  syncs/s: one ${fmt(pick('one', 'sync', 'rate'), 1)}, two ${fmt(pick('two', 'sync', 'rate'), 1)}, ` +
         `two ÷ one ${fmt(stats(ratio('sync', 'rate')))}\n` +
         `  servers' CPU ms per sync: one ${fmt(pick('one', 'sync', 'cpuPerOp'))}, two ${fmt(pick('two', 'sync', 'cpuPerOp'))}; ` +
-        `agents' ${fmt(pick('one', 'sync', 'agentsCpuPerOp'))}\n` +
+        `agents' ${fmt(pick('one', 'sync', 'agentsCpuPerOp'))}; servers' two ÷ one ${fmt(stats(ratio('sync', 'cpuPerOp')))}\n` +
+        `  PostgreSQL queries per sync: one ${fmt(pick('one', 'sync', 'queriesPerOp'))}, two ${fmt(pick('two', 'sync', 'queriesPerOp'))}\n` +
         `  failed calls: ${failures}\n`,
     );
     // Issue 15 sets no number. On a machine where the second server adds no cores, this bar only
