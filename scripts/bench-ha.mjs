@@ -25,7 +25,8 @@
 // measurement; every window's attestations add nodes, in both arms alike.
 //
 // Usage: npm run bench:ha -- [--rounds 5] [--attestations 200] [--in-flight 16] [--agents 100]
-//   [--entries-per-agent 2] [--sync-rounds 5] [--agent-processes 2] [--profile DIR]
+//   [--entries-per-agent 2] [--sync-rounds 5] [--agent-processes 2] [--only one|two] [--profile DIR]
+// `--only one|two` measures that arm alone (no ratio, no figure), to profile one arm at a time.
 // `--profile DIR` runs both servers under `node --cpu-prof` and writes server-0/1.cpuprofile into DIR.
 // Each server also counts the queries it sends PostgreSQL, to tell coordination in the database
 // (more queries per operation with two servers) from competition for the CPUs.
@@ -57,6 +58,7 @@ const { values: flags } = parseArgs({
     'sync-rounds': { type: 'string', default: '5' },
     'agent-processes': { type: 'string', default: '2' },
     profile: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 
@@ -312,6 +314,10 @@ async function main() {
   const perAgent = Number(flags['entries-per-agent']);
   const syncRounds = Number(flags['sync-rounds']);
   const processes = Number(flags['agent-processes']);
+  if (![undefined, 'one', 'two'].includes(flags.only)) {
+    process.stderr.write(`bench-ha: --only takes one or two, not ${flags.only}\n`);
+    process.exit(2);
+  }
   const { benchToken } = await import('./lib/softhsm-token.mjs');
   const { startBenchPostgres } = await import('./lib/bench-postgres.mjs');
   process.stdout.write(
@@ -396,8 +402,10 @@ async function main() {
     };
     for (let r = 0; r < rounds; r++) {
       process.stdout.write(`round ${r + 1}\n`);
-      for (const arm of r % 2 === 0 ? ['one', 'two'] : ['two', 'one']) await measure(arm);
+      for (const arm of r % 2 === 0 ? ['one', 'two'] : ['two', 'one'])
+        if (flags.only === undefined || flags.only === arm) await measure(arm);
     }
+    if (flags.only !== undefined) return;
 
     const ratio = (kind, field) => samples.two.map((s, i) => s[kind][field] / samples.one[i][kind][field]);
     const pick = (arm, kind, field) => stats(samples[arm].map((s) => s[kind][field]));
