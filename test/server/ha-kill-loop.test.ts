@@ -5,7 +5,7 @@
  * through both servers; writes no server acknowledged may or may not be there, but never in part.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -34,6 +34,7 @@ const TOKEN_EVERY = 4;
 let postgres: TestPostgres;
 let softhsm: SoftHsm;
 let database: pg.Client;
+let uriDir: string;
 const servers: TestServer[] = [];
 
 beforeAll(async () => {
@@ -45,7 +46,8 @@ beforeAll(async () => {
   await admin.query('CREATE DATABASE ironroot_ha');
   await admin.end();
   const url = postgres.connectionString.replace('/postgres?', '/ironroot_ha?');
-  const uriFile = join(mkdtempSync(join(tmpdir(), 'ironroot-ha-')), 'pg.uri');
+  uriDir = mkdtempSync(join(tmpdir(), 'ironroot-ha-'));
+  const uriFile = join(uriDir, 'pg.uri');
   writeFileSync(uriFile, `${url}\n`, { mode: 0o600 });
   database = new pg.Client({ connectionString: url });
   // Fixed agent API ports, so a restarted server is found where it was.
@@ -65,6 +67,7 @@ afterAll(async () => {
   for (const server of servers) await server.stop();
   await postgres?.stop();
   await softhsm?.cleanup();
+  if (uriDir) rmSync(uriDir, { recursive: true, force: true });
 });
 
 async function readyStatus(server: TestServer): Promise<number> {
