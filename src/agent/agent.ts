@@ -3,6 +3,8 @@
  * jitter, attest again when the server says the attestation is gone, and back off exponentially
  * (with a cap and jitter) while the server is away, without ever exiting for it. Every loop that
  * calls the server goes through one {@link ServerContact}: one backoff, one log line per change.
+ * With several servers (servers.ts), a call that cannot reach the one in use is made again at once
+ * on the next; the backoff starts once every server failed in a row.
  *
  * Beside it, once the node has an SVID, the sync loop keeps the workloads' SVID cache current
  * (entries, bundles, SVID rotation) every `sync_interval` or sooner when an SVID is due, and the
@@ -35,8 +37,8 @@ import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
 import { type CacheFileContent, openCache, sealCache } from './cachefile.js';
-import { AgentApiClient, type Challenge, type Result } from './client.js';
-import type { AgentConfig } from './config/schema.js';
+import { AgentApiClient, type Challenge, isServerAnswer, type Result } from './client.js';
+import { type AgentConfig, serverAddresses } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
 import { evaluateHealth, type HealthStatus, healthSocketPath, startHealthServer } from './health.js';
 import { KeptClient, type Lease } from './kept-client.js';
@@ -44,6 +46,7 @@ import { MetricsRelay } from './metrics-sink.js';
 import { type CallPath, ServerContact } from './outage.js';
 import { DATA_DIR_LOCK } from './preflight.js';
 import { ServerTrustError, type TrustBundle } from './server-cert.js';
+import { failsOver, type LookupAll, ServerList, type ServerTarget } from './servers.js';
 import { AgentStore, type StoredAk, type StoredSvid } from './store.js';
 import { WorkloadSync } from './sync.js';
 import { ServerTrust } from './trust.js';
@@ -78,6 +81,8 @@ export class Agent {
   #svid: StoredSvid | undefined;
   #renewAt = 0;
   readonly #contact: ServerContact;
+  /** The servers, and which one calls go to. */
+  readonly #servers: ServerList;
   /** Unix seconds of the last sync round that succeeded; undefined before the first. */
   #lastSyncAt: number | undefined;
   readonly #startedAt = nowSeconds();
@@ -116,9 +121,11 @@ export class Agent {
   readonly #reattest = { trusted: true, code: '', reason: '', passed: 0, failed: 0 };
   readonly #counts = { attestations: 0, renewals: 0 };
 
-  constructor(config: AgentConfig, logger: Logger) {
+  /** `options.lookup` resolves server host names instead of the host's resolver (tests). */
+  constructor(config: AgentConfig, logger: Logger, options: { lookup?: LookupAll } = {}) {
     this.#config = config;
     this.#logger = logger;
+    this.#servers = new ServerList(serverAddresses(config), logger, options.lookup);
     this.#store = new AgentStore(config.data_dir);
     this.#trust = new ServerTrust(config, this.#store, logger);
     this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });
@@ -168,6 +175,7 @@ export class Agent {
           : 'starting',
       ...verdict,
       spiffe_id: svid?.spiffeId ?? '',
+      server_address: this.#servers.inUse ?? null,
       expires_at: svid?.expiresAt ?? 0,
       last_error: error ? { code: error.code, message: error.message } : null,
       consecutive_failures: this.#contact.consecutiveFailures,
@@ -316,51 +324,62 @@ export class Agent {
   async #attestLocked(): Promise<void> {
     const started = performance.now();
     const { key, csr } = await newCsr(this.#config.trust_domain);
-    const client = this.#open(undefined, await this.#trust.current());
-    try {
-      let result: Result;
-      if (this.#config.attestation === 'join_token') {
-        result = await this.#metrics.timeIssue('agent', () =>
-          client.attest(
-            { method: 'join_token', csr, tpm: null, join_token: this.#config.join_token ?? '' },
-            async () => {
-              throw new AgentError(
-                'ERR_AGENT_PROTOCOL',
-                'the server sent a TPM challenge for join_token attestation',
-              );
-            },
-          ),
-        );
-      } else {
-        const { evidence, ak } = await this.#tpm.evidence();
-        let logLength = 0;
-        result = await this.#metrics.timeIssue('agent', () =>
-          client.attest({ method: 'tpm', csr, tpm: evidence, join_token: '' }, async (challenge) => {
-            const answer = await this.#tpm.answer(ak, challengeIn(challenge));
-            logLength = answer.event_log.length;
-            return answer;
-          }),
-        );
-        this.#store.saveAk(ak);
-        this.#eventLogSent = logLength;
-        // A full attestation makes the node trusted again.
-        this.#trusted();
-      }
-      this.#save(result, key);
-      this.#reattestWake?.();
-      this.#counts.attestations++;
-      this.#logger.info(
-        {
-          agent_id: result.spiffe_id,
-          attestation_method: this.#config.attestation,
-          expires_at: result.expires_at,
-          duration_ms: Math.round(performance.now() - started),
-        },
-        'node attested',
+    let result: Result;
+    if (this.#config.attestation === 'join_token') {
+      result = await this.#metrics.timeIssue('agent', () =>
+        this.#attestOn(
+          { method: 'join_token', csr, tpm: null, join_token: this.#config.join_token ?? '' },
+          async () => {
+            throw new AgentError(
+              'ERR_AGENT_PROTOCOL',
+              'the server sent a TPM challenge for join_token attestation',
+            );
+          },
+        ),
       );
-    } finally {
-      client.close();
+    } else {
+      // One AK for every server tried: each challenges it afresh.
+      const { evidence, ak } = await this.#tpm.evidence();
+      let logLength = 0;
+      result = await this.#metrics.timeIssue('agent', () =>
+        this.#attestOn({ method: 'tpm', csr, tpm: evidence, join_token: '' }, async (challenge) => {
+          const answer = await this.#tpm.answer(ak, challengeIn(challenge));
+          logLength = answer.event_log.length;
+          return answer;
+        }),
+      );
+      this.#store.saveAk(ak);
+      this.#eventLogSent = logLength;
+      // A full attestation makes the node trusted again.
+      this.#trusted();
     }
+    this.#save(result, key);
+    this.#reattestWake?.();
+    this.#counts.attestations++;
+    this.#logger.info(
+      {
+        agent_id: result.spiffe_id,
+        attestation_method: this.#config.attestation,
+        expires_at: result.expires_at,
+        duration_ms: Math.round(performance.now() - started),
+      },
+      'node attested',
+    );
+  }
+
+  /** One attestation handshake, on the current server (the next after a failure to reach it). */
+  #attestOn(
+    params: Parameters<AgentApiClient['attest']>[0],
+    answer: Parameters<AgentApiClient['attest']>[1],
+  ): Promise<Result> {
+    return this.#failover(async (target) => {
+      const client = this.#open(undefined, await this.#trust.current(), target);
+      try {
+        return await client.attest(params, answer);
+      } finally {
+        client.close();
+      }
+    });
   }
 
   async #renew(svid: StoredSvid): Promise<void> {
@@ -529,28 +548,63 @@ export class Agent {
     });
   }
 
-  /** A lease on the shared connection for `svid` and today's bundle. */
-  async #lease(svid: StoredSvid): Promise<Lease> {
+  /** A lease on the shared connection for `svid`, today's bundle and the server `target`. */
+  async #lease(svid: StoredSvid, target: ServerTarget): Promise<Lease> {
     const bundle = await this.#trust.current();
-    return this.#server.acquire(svid, trustKey(bundle), () => this.#open(svid, bundle));
+    return this.#server.acquire(svid, trustKey(bundle), target.address, () =>
+      this.#open(svid, bundle, target),
+    );
   }
 
-  /** `use` on the shared connection; a failure that may lie in the connection retires it. */
-  async #onServer<T>(svid: StoredSvid, use: (client: AgentApiClient) => Promise<T>): Promise<T> {
-    const lease = await this.#lease(svid);
-    try {
-      return await use(lease.client);
-    } catch (error) {
-      lease.failed(error);
-      throw error;
-    } finally {
-      lease.release();
+  /**
+   * `use` on the shared connection to the current server; a failure that may lie in the connection
+   * retires it, and one to reach the server makes it again on the next (see {@link #failover}).
+   */
+  #onServer<T>(svid: StoredSvid, use: (client: AgentApiClient) => Promise<T>): Promise<T> {
+    return this.#failover(async (target) => {
+      const lease = await this.#lease(svid, target);
+      try {
+        return await use(lease.client);
+      } catch (error) {
+        lease.failed(error);
+        throw error;
+      } finally {
+        lease.release();
+      }
+    });
+  }
+
+  /**
+   * `call` on the current server; when it cannot reach that server, again at once on the next,
+   * until every server failed in a row: that error is thrown, for the caller's backoff.
+   */
+  async #failover<T>(call: (target: ServerTarget) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const target = await this.#servers.current();
+      try {
+        const result = await call(target);
+        this.#servers.reached(target);
+        return result;
+      } catch (error) {
+        if (isServerAnswer(error)) this.#servers.reached(target);
+        if (
+          !failsOver(error) ||
+          this.#servers.failed(target, error as AgentError) === 'exhausted' ||
+          attempt >= this.#servers.size ||
+          this.#stopped
+        )
+          throw error;
+      }
     }
   }
 
-  #open(identity: StoredSvid | undefined, bundle: TrustBundle | undefined): AgentApiClient {
+  #open(
+    identity: StoredSvid | undefined,
+    bundle: TrustBundle | undefined,
+    target: ServerTarget,
+  ): AgentApiClient {
     return new AgentApiClient({
-      address: this.#config.server_address,
+      address: target.address,
       trustDomain: this.#config.trust_domain,
       bundlePem: bundle?.authorities.map((c) => c.toString()).join(''),
       ...(bundle ? { bundleSource: bundle.source } : {}),
@@ -687,10 +741,12 @@ export class Agent {
       // A stream the server ends without a challenge is no failure, but is not reopened at once either.
       let retryMs = this.#config.retry_initial * 1000;
       let lease: Lease | undefined;
+      let target: ServerTarget | undefined;
       const moved = { value: false };
       try {
-        lease = await this.#lease(svid);
-        if (await this.#reattestStream(lease, moved)) this.#contact.succeeded('reattest');
+        target = await this.#servers.current();
+        lease = await this.#lease(svid, target);
+        if (await this.#reattestStream(lease, moved, target)) this.#contact.succeeded('reattest');
         if (moved.value) retryMs = 0;
         else if (!this.#stopped) this.#logger.info('the server closed the re-quote stream; reconnecting');
       } catch (error) {
@@ -705,7 +761,11 @@ export class Agent {
             this.#renewAt = 0;
             this.#wake?.();
           }
-          if (!this.#stopped) retryMs = await this.#failed(e, 'reattest');
+          if (target !== undefined && isServerAnswer(e)) this.#servers.reached(target);
+          // The next server not tried yet in this pass is tried at once; a failed pass backs off.
+          if (target !== undefined && failsOver(e) && this.#servers.failed(target, e) === 'moved')
+            retryMs = 0;
+          else if (!this.#stopped) retryMs = await this.#failed(e, 'reattest');
         }
       } finally {
         lease?.release();
@@ -721,7 +781,7 @@ export class Agent {
    * the SVID in use; not while an answered re-quote waits for its verdict, which tells how much of
    * the event log the server now holds.
    */
-  async #reattestStream(lease: Lease, moved: { value: boolean }): Promise<boolean> {
+  async #reattestStream(lease: Lease, moved: { value: boolean }, target: ServerTarget): Promise<boolean> {
     const call = lease.client.reattest();
     this.#reattestCall = call;
     const inFlight = new Map<number, InFlight>();
@@ -735,6 +795,7 @@ export class Agent {
     let challenged = false;
     try {
       for await (const message of call as AsyncIterable<ReattestChallenge>) {
+        this.#servers.reached(target);
         if (message.challenge) {
           challenged = true;
           await this.#answerReattest(call, message.challenge, inFlight);

@@ -241,6 +241,12 @@ function isServiceError(error: unknown): error is ServiceError {
   );
 }
 
+/** Whether `error` is a refusal the server answered with (its own code), which proves it reachable. */
+export function isServerAnswer(error: unknown): boolean {
+  const cause = error instanceof AgentError ? error.cause : undefined;
+  return isServiceError(cause) && cause.metadata.get('ironroot-error-code').length > 0;
+}
+
 /** Server refusals keep their code; transport failures become ERR_AGENT_SERVER_UNAVAILABLE. */
 function toAgentError(error: unknown): AgentError {
   if (error instanceof AgentError) return error;

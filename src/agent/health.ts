@@ -71,6 +71,8 @@ export interface HealthStatus extends HealthVerdict {
   state: 'starting' | 'healthy' | 'degraded' | 'unavailable';
   spiffe_id: string;
   expires_at: number;
+  /** The server (ip:port) the last successful call went to; null before the first. */
+  server_address: string | null;
   /** The error of the last call to the server, while calls fail; null once one succeeds. */
   last_error: { code: string; message: string } | null;
   consecutive_failures: number;

@@ -16,6 +16,7 @@ interface Held {
   readonly client: AgentApiClient;
   readonly svid: object;
   readonly trust: string;
+  readonly address: string;
   users: number;
   retired: boolean;
   readonly listeners: Set<() => void>;
@@ -27,8 +28,8 @@ interface Held {
  * long as what it was made with holds. The server still authenticates the agent SVID on every call
  * (its serial against the node's current one), so keeping the connection grants nothing more.
  *
- * A client is retired when a call needs other credentials (another SVID or bundle), or after a
- * failure that may lie in the connection; it is closed once its last lease is released, so calls
+ * A client is retired when a call needs other credentials (another SVID or bundle) or goes to
+ * another server, or after a failure that may lie in the connection; it is closed once its last lease is released, so calls
  * and streams still on it finish there while new ones dial.
  */
 export class KeptClient {
@@ -36,14 +37,14 @@ export class KeptClient {
 
   /**
    * A lease on the kept client when it was made for this very `svid` (a renewal or attestation
-   * brings a new object) and the same `trust` (the bundle and where it came from); on a new one
-   * from `open` otherwise, the old one retired.
+   * brings a new object), the same `trust` (the bundle and where it came from) and the server at
+   * `address` (failover moves to another); on a new one from `open` otherwise, the old one retired.
    */
-  acquire(svid: object, trust: string, open: () => AgentApiClient): Lease {
+  acquire(svid: object, trust: string, address: string, open: () => AgentApiClient): Lease {
     let held = this.#kept;
-    if (held === undefined || held.svid !== svid || held.trust !== trust) {
+    if (held === undefined || held.svid !== svid || held.trust !== trust || held.address !== address) {
       if (held !== undefined) this.#retire(held);
-      held = { client: open(), svid, trust, users: 0, retired: false, listeners: new Set() };
+      held = { client: open(), svid, trust, address, users: 0, retired: false, listeners: new Set() };
       this.#kept = held;
     }
     held.users++;

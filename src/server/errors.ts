@@ -24,6 +24,12 @@ export type ServerErrorCode =
   | 'ERR_AGENT_ID_INVALID'
   | 'ERR_EK_HASH_INVALID'
   | 'ERR_BUNDLE_NOT_FOUND'
+  | 'ERR_FEDERATION_INVALID'
+  | 'ERR_FEDERATION_OWN_TRUST_DOMAIN'
+  | 'ERR_FEDERATION_BUNDLE_MISSING'
+  | 'ERR_FEDERATION_EXISTS'
+  | 'ERR_FEDERATION_NOT_FOUND'
+  | 'ERR_FEDERATES_WITH_UNKNOWN'
   | 'ERR_JOIN_TOKEN_INVALID'
   | 'ERR_PERMISSION_DENIED'
   | 'ERR_CA_ALREADY_PREPARED'
@@ -59,6 +65,12 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_AGENT_ID_INVALID: status.INVALID_ARGUMENT,
   ERR_EK_HASH_INVALID: status.INVALID_ARGUMENT,
   ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
+  ERR_FEDERATION_INVALID: status.INVALID_ARGUMENT,
+  ERR_FEDERATION_OWN_TRUST_DOMAIN: status.INVALID_ARGUMENT,
+  ERR_FEDERATION_BUNDLE_MISSING: status.FAILED_PRECONDITION,
+  ERR_FEDERATION_EXISTS: status.ALREADY_EXISTS,
+  ERR_FEDERATION_NOT_FOUND: status.NOT_FOUND,
+  ERR_FEDERATES_WITH_UNKNOWN: status.FAILED_PRECONDITION,
   ERR_JOIN_TOKEN_INVALID: status.PERMISSION_DENIED,
   ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
   ERR_CA_ALREADY_PREPARED: status.FAILED_PRECONDITION,
@@ -237,6 +249,66 @@ export class BundleNotFoundError extends ServerError {
       'ERR_BUNDLE_NOT_FOUND',
       `no federated bundle for trust domain ${JSON.stringify(trustDomain)}; see "bundle list"`,
     );
+  }
+}
+
+/** A federation relationship field that is malformed or breaks a rule of its profile. */
+export class FederationInvalidError extends ServerError {
+  readonly field: string;
+
+  constructor(field: string, message: string) {
+    super('ERR_FEDERATION_INVALID', `${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+export class FederationOwnTrustDomainError extends ServerError {
+  constructor(trustDomain: string) {
+    super(
+      'ERR_FEDERATION_OWN_TRUST_DOMAIN',
+      `${trustDomain} is this server's own trust domain; federate only with foreign ones`,
+    );
+  }
+}
+
+/** https_spiffe authenticates the endpoint with the foreign bundle, which must thus be known first. */
+export class FederationBundleMissingError extends ServerError {
+  constructor(trustDomain: string) {
+    super(
+      'ERR_FEDERATION_BUNDLE_MISSING',
+      `profile https_spiffe authenticates the bundle endpoint of ${trustDomain} with that trust domain's bundle, and none is stored: give one with --trust-domain-bundle-path (SPIFFE bundle JSON, or PEM with --trust-domain-bundle-format pem), or store it first with "bundle set --id ${trustDomain}"`,
+    );
+  }
+}
+
+export class FederationExistsError extends ServerError {
+  constructor(trustDomain: string) {
+    super(
+      'ERR_FEDERATION_EXISTS',
+      `a federation relationship with ${trustDomain} already exists; change it with "federation update --trust-domain ${trustDomain}"`,
+    );
+  }
+}
+
+export class FederationNotFoundError extends ServerError {
+  constructor(trustDomain: string) {
+    super(
+      'ERR_FEDERATION_NOT_FOUND',
+      `no federation relationship with trust domain ${JSON.stringify(trustDomain)}; see "federation list"`,
+    );
+  }
+}
+
+/** An entry names a trust domain to federate with that the server could give no bundle for. */
+export class FederatesWithUnknownError extends ServerError {
+  readonly trustDomains: readonly string[];
+
+  constructor(trustDomains: readonly string[]) {
+    super(
+      'ERR_FEDERATES_WITH_UNKNOWN',
+      `federates_with: ${trustDomains.join(', ')} ${trustDomains.length === 1 ? 'has' : 'have'} neither a federation relationship nor a stored bundle; create one first ("federation create" or "bundle set")`,
+    );
+    this.trustDomains = trustDomains;
   }
 }
 

@@ -94,6 +94,13 @@ export class ServerMetrics {
     registers: [this.registry],
   });
 
+  readonly federationFetches = new Counter({
+    name: 'ironroot_federation_bundle_fetches_total',
+    help: "Fetches of federated trust domains' bundles from their bundle endpoints, by trust domain and result (updated, unchanged, or the refusal code ERR_FEDERATION_…)",
+    labelNames: ['trust_domain', 'result'] as const,
+    registers: [this.registry],
+  });
+
   #caSlots: () => readonly CaSlot[] = () => [];
 
   readonly caNotAfter: Gauge = new Gauge({

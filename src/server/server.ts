@@ -1,7 +1,7 @@
 /**
  * Starts and stops a whole server from a validated configuration: safety checks, datastore and
- * migrations, the key manager and CA, the admin API, and the HTTP endpoints (health, bundle
- * endpoint, OIDC discovery).
+ * migrations, the key manager and CA, the admin API, the HTTP endpoints (health, bundle
+ * endpoint, OIDC discovery), and the poller that fetches federated trust domains' bundles.
  *
  * @module
  */
@@ -23,6 +23,7 @@ import { prepareDirectories } from './config/safety.js';
 import type { ServerConfig } from './config/schema.js';
 import type { Datastore } from './datastore/datastore.js';
 import { openConfiguredDatastore } from './datastore/open.js';
+import { FederationPoller } from './federation/poller.js';
 import { startBundleEndpoint } from './http/bundle-endpoint.js';
 import { startHealthServer } from './http/health.js';
 import { startOidcDiscovery } from './http/oidc.js';
@@ -267,6 +268,16 @@ export async function startServer(
       ca.rotate().catch((error: unknown) => logger.error({ err: error }, 'CA rotation failed; will retry'));
     }, ROTATION_CHECK_MS);
     closers.push(async () => clearInterval(rotation));
+    // Federated bundles are fetched once the CA serves: an https_spiffe peer may be fetching ours.
+    const federation = new FederationPoller({
+      list: () => datastore.listFederationRelationships(),
+      datastore,
+      clock,
+      logger,
+      fetches: metrics.federationFetches,
+    });
+    federation.start();
+    closers.push(() => federation.stop());
 
     logger.info(
       { trust_domain: config.trust_domain, data_dir: config.data_dir, health_address: config.health_address },

@@ -147,9 +147,11 @@ export interface TestAgent {
   stop(): Promise<void>;
 }
 
+/** `options` go to the Agent as they are (e.g. a resolver for server host names). */
 export async function startTestAgent(
   server: TestServer,
   overrides: Partial<AgentConfigInput>,
+  options: ConstructorParameters<typeof Agent>[2] = {},
 ): Promise<TestAgent> {
   const dataDir = join(mkdtempSync(join(tmpdir(), 'ironroot-agent-')), 'data');
   const input: AgentConfigInput = {
@@ -169,6 +171,7 @@ export async function startTestAgent(
     return new Agent(
       config,
       createAgentLogger({ log_level: 'debug', log_format: config.log_format }, logs.stream),
+      options,
     );
   };
   const handle: TestAgent = {

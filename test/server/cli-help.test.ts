@@ -24,6 +24,11 @@ const COMMANDS = [
   'bundle list',
   'bundle set',
   'bundle delete',
+  'federation create',
+  'federation list',
+  'federation show',
+  'federation update',
+  'federation delete',
   'x509 mint',
   'jwt mint',
 ];

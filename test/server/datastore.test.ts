@@ -868,4 +868,99 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     await store.releaseLease('ca-rotation', 'b');
     expect(await store.acquireLease('ca-rotation', 'a', T + 1600, 1000)).toMatchObject({ holder: 'a' });
   });
+
+  it('creates, updates and deletes federation relationships, each audited, keeping the bundle on delete', async () => {
+    const web = {
+      trustDomain: 'partner.org',
+      bundleEndpointUrl: 'https://partner.org/bundle',
+      profile: 'https_web' as const,
+    };
+    expect(await store.createFederationRelationship(web, 'uid:0')).toEqual({
+      ...web,
+      createdAt: 1_700_000_000,
+      updatedAt: 1_700_000_000,
+    });
+    await expect(store.createFederationRelationship(web, 'uid:0')).rejects.toMatchObject({
+      code: 'ERR_FEDERATION_EXISTS',
+    });
+    const spiffe = {
+      trustDomain: 'partner.org',
+      bundleEndpointUrl: 'https://partner.org:8443/',
+      profile: 'https_spiffe' as const,
+      endpointSpiffeId: 'spiffe://partner.org/spire/server',
+    };
+    await store.updateFederationRelationship(spiffe, 'uid:0', { document: '{"keys":[]}' });
+    expect(await store.getFederationRelationship('partner.org')).toEqual({
+      ...spiffe,
+      createdAt: 1_700_000_000,
+      updatedAt: 1_700_000_000,
+    });
+    expect(await store.getBundle('partner.org')).toMatchObject({ sequence: 1, federated: true });
+    // Back to https_web: the endpoint ID is gone, not left behind.
+    await store.updateFederationRelationship(web, 'uid:0');
+    expect(await store.getFederationRelationship('partner.org')).not.toHaveProperty('endpointSpiffeId');
+    await store.createFederationRelationship(
+      { ...web, trustDomain: 'other.org', bundleEndpointUrl: 'https://other.org/b' },
+      'uid:1',
+      { document: '{"keys":[1]}' },
+    );
+    expect((await store.listFederationRelationships()).map((r) => r.trustDomain)).toEqual([
+      'other.org',
+      'partner.org',
+    ]);
+    expect(await store.deleteFederationRelationship('partner.org', 'uid:0')).toMatchObject(web);
+    expect(await store.getFederationRelationship('partner.org')).toBeUndefined();
+    expect(await store.getBundle('partner.org')).toMatchObject({ sequence: 1 });
+    await expect(store.deleteFederationRelationship('partner.org', 'uid:0')).rejects.toMatchObject({
+      code: 'ERR_FEDERATION_NOT_FOUND',
+    });
+    await expect(store.updateFederationRelationship(web, 'uid:0')).rejects.toMatchObject({
+      code: 'ERR_FEDERATION_NOT_FOUND',
+    });
+    const log = (await store.listAudit(20)).reverse().map((r) => [r.action, r.objectId, r.actor]);
+    expect(log).toEqual([
+      ['federation.create', 'partner.org', 'uid:0'],
+      ['federation.update', 'partner.org', 'uid:0'],
+      ['bundle.set', 'partner.org', 'uid:0'],
+      ['federation.update', 'partner.org', 'uid:0'],
+      ['federation.create', 'other.org', 'uid:1'],
+      ['bundle.set', 'other.org', 'uid:1'],
+      ['federation.delete', 'partner.org', 'uid:0'],
+    ]);
+    expect((await store.listAudit(20)).find((r) => r.action === 'federation.update')?.detail).toEqual({
+      before: {
+        bundle_endpoint_url: 'https://partner.org:8443/',
+        profile: 'https_spiffe',
+        endpoint_spiffe_id: 'spiffe://partner.org/spire/server',
+      },
+      after: { bundle_endpoint_url: 'https://partner.org/bundle', profile: 'https_web' },
+    });
+  });
+
+  it('writes neither the relationship nor its bundle when the create is refused', async () => {
+    const web = {
+      trustDomain: 'partner.org',
+      bundleEndpointUrl: 'https://p/b',
+      profile: 'https_web' as const,
+    };
+    await store.createFederationRelationship(web, 'uid:0');
+    await expect(
+      store.createFederationRelationship(web, 'uid:0', { document: '{"keys":[]}' }),
+    ).rejects.toMatchObject({ code: 'ERR_FEDERATION_EXISTS' });
+    expect(await store.getBundle('partner.org')).toBeUndefined();
+  });
+
+  it('lets exactly one of concurrent creates of a relationship through', async () => {
+    const web = {
+      trustDomain: 'partner.org',
+      bundleEndpointUrl: 'https://p/b',
+      profile: 'https_web' as const,
+    };
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 8 }, () => store.createFederationRelationship(web, 'uid:0')),
+    );
+    expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+    for (const o of outcomes)
+      if (o.status === 'rejected') expect(o.reason).toMatchObject({ code: 'ERR_FEDERATION_EXISTS' });
+  });
 });

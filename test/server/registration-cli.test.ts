@@ -20,6 +20,21 @@ describe('registration API over the admin socket, through the built CLI', () => 
 
   beforeAll(async () => {
     server = await startTestServer();
+    // Entries federate only with trust domains the server knows (ERR_FEDERATES_WITH_UNKNOWN).
+    for (const td of ['partner.org', 'x.org', 'peer.org']) {
+      const created = await cli([
+        'federation',
+        'create',
+        ...admin(),
+        '--trust-domain',
+        td,
+        '--bundle-endpoint-url',
+        `https://${td}/bundle`,
+        '--bundle-endpoint-profile',
+        'https_web',
+      ]);
+      expect(created.stderr).toBe('');
+    }
   });
   afterAll(async () => {
     await server.stop();

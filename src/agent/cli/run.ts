@@ -3,7 +3,7 @@ import { AGENT_DEFAULTS } from '../config/schema.js';
 
 interface RunFlags {
   config?: string;
-  serverAddress?: string;
+  serverAddress?: string[];
   trustDomain?: string;
   trustBundle?: string;
   trustBundleUrl?: string;
@@ -31,7 +31,11 @@ export function runCommand(): Command {
       'run the agent: attest the node, keep its SVID renewed, serve workload SVIDs on the Workload API',
     )
     .option('-c, --config <file>', 'agent config file (YAML); optional when flags say enough')
-    .option('--server-address <host:port>', 'ironroot-server agent API address')
+    .option(
+      '--server-address <host:port>',
+      'ironroot-server agent API address; repeat it for several servers (server_addresses), tried in order',
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
+    )
     .option('--trust-domain <name>', 'trust domain, e.g. example.org')
     .option(
       '--trust-bundle <file>',
@@ -73,7 +77,11 @@ export function runCommand(): Command {
       const config = loadAgentConfig({
         ...(flags.config !== undefined ? { file: flags.config } : {}),
         overrides: {
-          server_address: flags.serverAddress,
+          server_address: flags.serverAddress?.length === 1 ? flags.serverAddress[0] : undefined,
+          server_addresses:
+            flags.serverAddress !== undefined && flags.serverAddress.length > 1
+              ? flags.serverAddress
+              : undefined,
           trust_domain: flags.trustDomain,
           trust_bundle: flags.trustBundle,
           trust_bundle_url: flags.trustBundleUrl,
@@ -111,6 +119,7 @@ export function runCommand(): Command {
       logger.info(
         {
           server_address: config.server_address,
+          server_addresses: config.server_addresses,
           trust_domain: config.trust_domain,
           data_dir: config.data_dir,
         },

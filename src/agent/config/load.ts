@@ -20,7 +20,13 @@ export function loadAgentConfig(options: {
 }): AgentConfig {
   const raw = options.file === undefined ? {} : readConfigFile(options.file);
   if (options.file !== undefined && raw.join_token !== undefined) refuseReadableToken(options.file);
-  for (const [key, value] of Object.entries(options.overrides ?? {})) {
+  const overrides = options.overrides ?? {};
+  // A flag naming the servers replaces the file's servers, whichever key the file used for them.
+  if (overrides.server_address !== undefined || overrides.server_addresses !== undefined) {
+    delete raw.server_address;
+    delete raw.server_addresses;
+  }
+  for (const [key, value] of Object.entries(overrides)) {
     if (value !== undefined) raw[key] = value;
   }
   const result = agentConfigSchema.safeParse(raw);
@@ -114,7 +120,10 @@ function readJoinTokenFile(file: string): string {
 }
 
 function describe(issue: z.core.$ZodIssue, raw: Record<string, unknown>): string {
-  const path = issue.path.map(String).join('.');
+  // A list element by its index: server_addresses[1].
+  const path = issue.path
+    .map((part, i) => (typeof part === 'number' ? `[${part}]` : `${i > 0 ? '.' : ''}${String(part)}`))
+    .join('');
   if (issue.code === 'unrecognized_keys') {
     const keys = allowedKeys(issue.path);
     const allowed = keys.length > 0 ? keys.join(', ') : '(none)';

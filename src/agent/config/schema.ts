@@ -86,14 +86,41 @@ const workloadAttestors = z
   })
   .default({ unix: {} });
 
+const SERVER_ADDRESS_ALLOWED = 'allowed: host:port, e.g. server.example.org:8081 or [::1]:8081';
+
+function isServerAddress(text: string): boolean {
+  const port = HOST_PORT.exec(text)?.[2];
+  return port !== undefined && Number(port) > 0 && Number(port) <= 65535;
+}
+
 export const agentConfigSchema = z
   .strictObject({
+    /** One server: `host:port`, a host name standing for every address it resolves to. */
     server_address: z
-      .string('allowed: host:port of ironroot-server, e.g. server.example.org:8081')
-      .refine((text) => {
-        const port = HOST_PORT.exec(text)?.[2];
-        return port !== undefined && Number(port) > 0 && Number(port) <= 65535;
-      }, 'allowed: host:port, e.g. server.example.org:8081 or [::1]:8081'),
+      .string(
+        'allowed: host:port of ironroot-server, e.g. server.example.org:8081 (for several servers: server_addresses, a list)',
+      )
+      .refine(isServerAddress, SERVER_ADDRESS_ALLOWED)
+      .optional(),
+    /** Several servers sharing one datastore, tried in order; see servers.ts. */
+    server_addresses: z
+      .array(
+        z.string(SERVER_ADDRESS_ALLOWED).refine(isServerAddress, SERVER_ADDRESS_ALLOWED),
+        'allowed: a list of host:port, e.g. [server-a.example.org:8081, server-b.example.org:8081]',
+      )
+      .min(1, 'allowed: a list of at least one host:port')
+      .superRefine((addresses, ctx) => {
+        addresses.forEach((address, index) => {
+          const first = addresses.indexOf(address);
+          if (first !== index)
+            ctx.addIssue({
+              code: 'custom',
+              path: [index],
+              message: `allowed: each server once (the same as server_addresses[${first}])`,
+            });
+        });
+      })
+      .optional(),
     trust_domain: z
       .string('allowed: a trust domain name such as example.org')
       .regex(TRUST_DOMAIN, 'allowed: lowercase letters, digits, ".", "-" and "_" (e.g. example.org)'),
@@ -147,6 +174,16 @@ export const agentConfigSchema = z
     /** Which workload attestors produce selectors; default the unix one alone. */
     workload_attestors: workloadAttestors,
   })
+  .refine((c) => c.server_address !== undefined || c.server_addresses !== undefined, {
+    message:
+      'allowed: server_address (host:port of ironroot-server, e.g. server.example.org:8081) or server_addresses (a list of them)',
+    path: ['server_address'],
+  })
+  // Two keys for the servers would leave the reader guessing which the agent uses.
+  .refine((c) => c.server_address === undefined || c.server_addresses === undefined, {
+    message: 'allowed: server_address (one server) or server_addresses (a list), not both',
+    path: ['server_addresses'],
+  })
   .refine(
     (c) => c.attestation !== 'join_token' || c.join_token !== undefined || c.join_token_file !== undefined,
     {
@@ -178,4 +215,9 @@ export const agentConfigSchema = z
   });
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;
+
+/** The configured servers in order: `server_address` alone, or `server_addresses`. */
+export function serverAddresses(config: Pick<AgentConfig, 'server_address' | 'server_addresses'>): string[] {
+  return config.server_addresses ?? (config.server_address === undefined ? [] : [config.server_address]);
+}
 export type AgentConfigInput = z.input<typeof agentConfigSchema>;

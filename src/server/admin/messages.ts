@@ -218,6 +218,32 @@ export interface MintJwtSvidResponse {
   expires_at: number;
 }
 
+export interface FederatedBundleStateMessage {
+  sequence: number;
+  refresh_hint: number;
+  updated_at: number;
+}
+export interface FederationRelationshipMessage {
+  trust_domain: string;
+  bundle_endpoint_url: string;
+  bundle_endpoint_profile: string;
+  endpoint_spiffe_id: string;
+  created_at: number;
+  updated_at: number;
+  bundle: FederatedBundleStateMessage | null;
+}
+export interface ListFederationRelationshipsResponse {
+  relationships: FederationRelationshipMessage[];
+}
+export interface FederationTrustDomainRequest {
+  trust_domain: string;
+}
+export interface FederationRelationshipRequest {
+  relationship: FederationRelationshipMessage | null;
+  trust_domain_bundle: string;
+  trust_domain_bundle_format: string;
+}
+
 /** Every RPC of the admin API: request and response types by service and method. */
 export interface AdminApi {
   EntryService: {
@@ -258,6 +284,13 @@ export interface AdminApi {
     ListProfiles: [Empty, ListProfilesResponse];
     GetProfile: [GetProfileRequest, ProfileMessage];
     GetNodeEventLog: [AgentIdRequest, NodeEventLogMessage];
+  };
+  FederationService: {
+    ListFederationRelationships: [Empty, ListFederationRelationshipsResponse];
+    GetFederationRelationship: [FederationTrustDomainRequest, FederationRelationshipMessage];
+    CreateFederationRelationship: [FederationRelationshipRequest, FederationRelationshipMessage];
+    UpdateFederationRelationship: [FederationRelationshipRequest, FederationRelationshipMessage];
+    DeleteFederationRelationship: [FederationTrustDomainRequest, FederationRelationshipMessage];
   };
 }
 

@@ -15,6 +15,7 @@ const FILES = [
   'ironroot/admin/v1/agent.proto',
   'ironroot/admin/v1/authority.proto',
   'ironroot/admin/v1/profile.proto',
+  'ironroot/admin/v1/federation.proto',
 ];
 
 let cached: Record<ServiceName, ServiceClientConstructor> | undefined;
@@ -40,6 +41,7 @@ export function adminServices(): Record<ServiceName, ServiceClientConstructor> {
     BundleService: service(v1, 'BundleService'),
     SvidService: service(v1, 'SvidService'),
     ProfileService: service(v1, 'ProfileService'),
+    FederationService: service(v1, 'FederationService'),
   };
   return cached;
 }

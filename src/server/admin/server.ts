@@ -117,6 +117,13 @@ function handlersFor(
       GetProfile: (r) => profiles.get(r.name),
       GetNodeEventLog: async (r) => profiles.nodeEventLog(agent(r).spiffe_id),
     },
+    FederationService: {
+      ListFederationRelationships: () => service.federation.list(),
+      GetFederationRelationship: (r) => service.federation.get(r),
+      CreateFederationRelationship: (r) => service.federation.create(r, actor),
+      UpdateFederationRelationship: (r) => service.federation.update(r, actor),
+      DeleteFederationRelationship: (r) => service.federation.delete(r, actor),
+    },
   };
 }
 

@@ -3,6 +3,7 @@ import { VERSION } from '../../version.js';
 import { agentCommand } from './agent.js';
 import { bundleCommand, jwtCommand, localAuthorityCommand, x509Command } from './authority.js';
 import { entryCommand } from './entry.js';
+import { federationCommand } from './federation.js';
 import { healthcheckCommand } from './healthcheck.js';
 import { hsmCommand } from './hsm.js';
 import { profileCommand } from './profile.js';
@@ -24,6 +25,7 @@ export function buildServerProgram(): Command {
   program.addCommand(tokenCommand());
   program.addCommand(localAuthorityCommand());
   program.addCommand(bundleCommand());
+  program.addCommand(federationCommand());
   program.addCommand(x509Command());
   program.addCommand(jwtCommand());
   program.addCommand(hsmCommand());

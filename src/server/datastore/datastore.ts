@@ -206,6 +206,28 @@ export interface StoredBundle {
   updatedAt: number;
 }
 
+export interface FederationRelationship {
+  trustDomain: string;
+  /** https:// URL of the foreign bundle endpoint. */
+  bundleEndpointUrl: string;
+  profile: 'https_web' | 'https_spiffe';
+  /** The endpoint server's SPIFFE ID; present exactly when profile is https_spiffe. */
+  endpointSpiffeId?: string;
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** A relationship to write: the store sets the times. */
+export type NewFederationRelationship = Omit<FederationRelationship, 'createdAt' | 'updatedAt'>;
+
+/**
+ * A bundle written with a relationship (`federation create|update --trust-domain-bundle-path`): the
+ * SPIFFE bundle document of the relationship's trust domain, stored as setFederatedBundle would.
+ */
+export interface InitialBundle {
+  document: string;
+}
+
 /** What the audit log says about entries after a position in it (see Datastore.entryChangesSince). */
 export interface EntryChangeLog {
   /** The id read up to: the next read starts after it. */
@@ -321,6 +343,29 @@ export interface Datastore {
   /** Stores a federated trust domain's bundle (set by an operator or fetched); sequence grows by one. */
   setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle>;
   deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
+
+  listFederationRelationships(): Promise<FederationRelationship[]>;
+  getFederationRelationship(trustDomain: string): Promise<FederationRelationship | undefined>;
+  /**
+   * Stores a new relationship (FederationExistsError when the trust domain has one) and, if given,
+   * its trust domain's bundle, in one transaction audited as federation.create (and bundle.set).
+   */
+  createFederationRelationship(
+    relationship: NewFederationRelationship,
+    actor: Actor,
+    bundle?: InitialBundle,
+  ): Promise<FederationRelationship>;
+  /**
+   * Replaces the relationship's fields (FederationNotFoundError when there is none) and, if given,
+   * its trust domain's bundle, in one transaction audited as federation.update (and bundle.set).
+   */
+  updateFederationRelationship(
+    relationship: NewFederationRelationship,
+    actor: Actor,
+    bundle?: InitialBundle,
+  ): Promise<FederationRelationship>;
+  /** Forgets the relationship (FederationNotFoundError when there is none); its stored bundle stays. */
+  deleteFederationRelationship(trustDomain: string, actor: Actor): Promise<FederationRelationship>;
 
   listAudit(limit: number): Promise<AuditRecord[]>;
   /** The entries with these ids that exist, in no particular order. */

@@ -220,6 +220,23 @@ function caRevocation(): Migration {
   };
 }
 
+/** Federation relationships: where each foreign trust domain's bundle is fetched from, and how. */
+function federationRelationships(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('federation_relationships')
+        .addColumn('trust_domain', 'text', (c) => c.primaryKey())
+        .addColumn('bundle_endpoint_url', 'text', (c) => c.notNull())
+        .addColumn('profile', 'text', (c) => c.notNull())
+        .addColumn('endpoint_spiffe_id', 'text')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  };
+}
+
 /**
  * Servers sharing one datastore coordinate the CA: a lease says which one may change the journal
  * (rotation, operator commands), and a version raised by every journal change lets each server see
@@ -251,7 +268,8 @@ export function migrationsFor(dialect: Dialect): Record<string, Migration> {
     '0004_agent_serials_and_bans': agentSerialsAndBans(),
     '0006_attestation_nonces': attestationNonces(),
     '0007_ca_revocation': caRevocation(),
-    '0008_ca_coordination': caCoordination(),
+    '0008_federation_relationships': federationRelationships(),
+    '0009_ca_coordination': caCoordination(),
   };
 }
 

@@ -11,9 +11,12 @@ import {
   AgentNotFoundError,
   BundleNotFoundError,
   CaJournalConflictError,
+  DatastoreError,
   EntryDuplicateError,
   EntryNotFoundError,
   EntryRevisionMismatchError,
+  FederationExistsError,
+  FederationNotFoundError,
   ServerError,
 } from '../errors.js';
 import type {
@@ -27,10 +30,13 @@ import type {
   EntryCreation,
   EntryFilter,
   EntryPage,
+  FederationRelationship,
+  InitialBundle,
   IssuedNonce,
   JoinToken,
   Lease,
   NewEntry,
+  NewFederationRelationship,
   NodeBan,
   NodeRecord,
   NodeTrust,
@@ -47,6 +53,7 @@ import type {
   BundleRow,
   Database,
   FederatesWithRow,
+  FederationRelationshipRow,
   RegistrationEntryRow,
   SelectorRow,
 } from './tables.js';
@@ -695,17 +702,7 @@ export class SqlDatastore implements Datastore {
 
   async setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle> {
     const now = nowSeconds(this.#clock);
-    return this.#db.transaction().execute(async (trx) => {
-      const previous = await trx
-        .selectFrom('bundles')
-        .select('sequence')
-        .where('trust_domain', '=', trustDomain)
-        .executeTakeFirst();
-      const sequence = previous === undefined ? 1 : Number(previous.sequence) + 1;
-      await writeBundle(trx, { trustDomain, document, sequence }, true, now);
-      await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, { sequence });
-      return { trustDomain, document, sequence, federated: true, updatedAt: now };
-    });
+    return this.#db.transaction().execute(async (trx) => setBundle(trx, trustDomain, document, now, actor));
   }
 
   async deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void> {
@@ -718,6 +715,97 @@ export class SqlDatastore implements Datastore {
         .executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) throw new BundleNotFoundError(trustDomain);
       await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, {});
+    });
+  }
+
+  async listFederationRelationships(): Promise<FederationRelationship[]> {
+    const rows = await this.#db
+      .selectFrom('federation_relationships')
+      .selectAll()
+      .orderBy('trust_domain')
+      .execute();
+    return rows.map(toFederationRelationship);
+  }
+
+  async getFederationRelationship(trustDomain: string): Promise<FederationRelationship | undefined> {
+    const row = await this.#db
+      .selectFrom('federation_relationships')
+      .selectAll()
+      .where('trust_domain', '=', trustDomain)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toFederationRelationship(row);
+  }
+
+  async createFederationRelationship(
+    relationship: NewFederationRelationship,
+    actor: Actor,
+    bundle?: InitialBundle,
+  ): Promise<FederationRelationship> {
+    const now = nowSeconds(this.#clock);
+    const created: FederationRelationship = { ...relationship, createdAt: now, updatedAt: now };
+    try {
+      return await this.#db.transaction().execute(async (trx) => {
+        const existing = await federationRow(trx, relationship.trustDomain);
+        if (existing !== undefined) throw new FederationExistsError(relationship.trustDomain);
+        await trx.insertInto('federation_relationships').values(toFederationRow(created)).execute();
+        await audit(
+          trx,
+          now,
+          actor,
+          'federation.create',
+          'federation',
+          created.trustDomain,
+          federationDetail(created),
+        );
+        if (bundle !== undefined) await setBundle(trx, created.trustDomain, bundle.document, now, actor);
+        return created;
+      });
+    } catch (error) {
+      // Two creates raced (PostgreSQL): the primary key refused the second.
+      if (isUniqueViolation(error)) throw new FederationExistsError(relationship.trustDomain);
+      throw error;
+    }
+  }
+
+  async updateFederationRelationship(
+    relationship: NewFederationRelationship,
+    actor: Actor,
+    bundle?: InitialBundle,
+  ): Promise<FederationRelationship> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const current = await federationRow(trx, relationship.trustDomain);
+      if (current === undefined) throw new FederationNotFoundError(relationship.trustDomain);
+      const before = toFederationRelationship(current);
+      const updated: FederationRelationship = {
+        ...relationship,
+        createdAt: before.createdAt,
+        updatedAt: now,
+      };
+      const { trust_domain: _td, created_at: _created, ...row } = toFederationRow(updated);
+      await trx
+        .updateTable('federation_relationships')
+        .set(row)
+        .where('trust_domain', '=', relationship.trustDomain)
+        .execute();
+      await audit(trx, now, actor, 'federation.update', 'federation', updated.trustDomain, {
+        before: federationDetail(before),
+        after: federationDetail(updated),
+      });
+      if (bundle !== undefined) await setBundle(trx, updated.trustDomain, bundle.document, now, actor);
+      return updated;
+    });
+  }
+
+  async deleteFederationRelationship(trustDomain: string, actor: Actor): Promise<FederationRelationship> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx) => {
+      const current = await federationRow(trx, trustDomain);
+      if (current === undefined) throw new FederationNotFoundError(trustDomain);
+      await trx.deleteFrom('federation_relationships').where('trust_domain', '=', trustDomain).execute();
+      const deleted = toFederationRelationship(current);
+      await audit(trx, now, actor, 'federation.delete', 'federation', trustDomain, federationDetail(deleted));
+      return deleted;
     });
   }
 
@@ -1090,6 +1178,72 @@ async function writeBundle(
       updated_at: now,
     })
     .execute();
+}
+
+/** Stores a federated bundle, its sequence one past the one it replaces, audited as bundle.set. */
+async function setBundle(
+  trx: Db,
+  trustDomain: string,
+  document: string,
+  now: number,
+  actor: Actor,
+): Promise<StoredBundle> {
+  const previous = await trx
+    .selectFrom('bundles')
+    .select('sequence')
+    .where('trust_domain', '=', trustDomain)
+    .executeTakeFirst();
+  const sequence = previous === undefined ? 1 : Number(previous.sequence) + 1;
+  await writeBundle(trx, { trustDomain, document, sequence }, true, now);
+  await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, { sequence });
+  return { trustDomain, document, sequence, federated: true, updatedAt: now };
+}
+
+function federationRow(trx: Db, trustDomain: string): Promise<FederationRelationshipRow | undefined> {
+  return trx
+    .selectFrom('federation_relationships')
+    .selectAll()
+    .where('trust_domain', '=', trustDomain)
+    .executeTakeFirst();
+}
+
+function toFederationRow(relationship: FederationRelationship): FederationRelationshipRow {
+  return {
+    trust_domain: relationship.trustDomain,
+    bundle_endpoint_url: relationship.bundleEndpointUrl,
+    profile: relationship.profile,
+    endpoint_spiffe_id: relationship.endpointSpiffeId ?? null,
+    created_at: relationship.createdAt,
+    updated_at: relationship.updatedAt,
+  };
+}
+
+function toFederationRelationship(row: FederationRelationshipRow): FederationRelationship {
+  return {
+    trustDomain: row.trust_domain,
+    bundleEndpointUrl: row.bundle_endpoint_url,
+    profile: federationProfile(row),
+    ...(row.endpoint_spiffe_id !== null ? { endpointSpiffeId: row.endpoint_spiffe_id } : {}),
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+  };
+}
+
+function federationProfile(row: FederationRelationshipRow): FederationRelationship['profile'] {
+  if (row.profile === 'https_web' || row.profile === 'https_spiffe') return row.profile;
+  throw new DatastoreError(
+    `federation relationship ${row.trust_domain} has profile ${JSON.stringify(row.profile)}, which this server does not know; it was written by another version`,
+  );
+}
+
+function federationDetail(relationship: NewFederationRelationship): Record<string, unknown> {
+  return {
+    bundle_endpoint_url: relationship.bundleEndpointUrl,
+    profile: relationship.profile,
+    ...(relationship.endpointSpiffeId !== undefined
+      ? { endpoint_spiffe_id: relationship.endpointSpiffeId }
+      : {}),
+  };
 }
 
 function toStoredBundle(row: BundleRow): StoredBundle {

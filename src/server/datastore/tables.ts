@@ -105,6 +105,17 @@ export interface BundleRow {
   updated_at: number;
 }
 
+export interface FederationRelationshipRow {
+  trust_domain: string;
+  bundle_endpoint_url: string;
+  /** 'https_web' or 'https_spiffe'. */
+  profile: string;
+  /** Set exactly when profile is https_spiffe. */
+  endpoint_spiffe_id: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
 export interface CaJournalRow {
   authority: 'x509' | 'jwt';
   slot: 'A' | 'B';
@@ -152,6 +163,7 @@ export interface Database {
   join_tokens: JoinTokenRow;
   attestation_nonces: AttestationNonceRow;
   bundles: BundleRow;
+  federation_relationships: FederationRelationshipRow;
   ca_journal: CaJournalRow;
   ca_journal_version: CaJournalVersionRow;
   ca_lease: CaLeaseRow;

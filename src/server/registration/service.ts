@@ -54,6 +54,7 @@ import {
 } from '../errors.js';
 import { serverSpiffeId } from '../identity.js';
 import { akSummary, type LastQuote } from '../nodeattestor/tpm.js';
+import { FederationRegistry, refuseUnknownTrustDomains } from './federation.js';
 import { checkIdInTrustDomain, checkIssuableId, checkLookupId } from './ids.js';
 import { checkEntry, checkSelector } from './validate.js';
 
@@ -70,11 +71,14 @@ export class RegistrationService {
   readonly #store: Datastore;
   readonly #trustDomain: string;
   readonly #clock: Clock;
+  /** The FederationService's side of the admin API; entries' federates_with is checked against it. */
+  readonly federation: FederationRegistry;
 
   constructor(store: Datastore, trustDomain: string, clock: Clock) {
     this.#store = store;
     this.#trustDomain = trustDomain;
     this.#clock = clock;
+    this.federation = new FederationRegistry(store, trustDomain);
   }
 
   /**
@@ -84,9 +88,15 @@ export class RegistrationService {
   async batchCreateEntry(request: BatchCreateEntryRequest, actor: Actor): Promise<BatchCreateEntryResponse> {
     const results: EntryResult[] = [];
     const checked: { index: number; entry: NewEntry }[] = [];
+    // Read once for the batch, and only when an entry federates.
+    const known = request.entries.some((m) => m.federates_with.length > 0)
+      ? await this.federation.knownTrustDomains()
+      : new Set<string>();
     request.entries.forEach((message, index) => {
       try {
-        checked.push({ index, entry: checkEntry(message, this.#trustDomain) });
+        const entry = checkEntry(message, this.#trustDomain);
+        refuseUnknownTrustDomains(entry.federatesWith, known);
+        checked.push({ index, entry });
         results.push({ status: OK, entry: null });
       } catch (error) {
         results.push({ status: statusOf(error), entry: null });
@@ -133,6 +143,7 @@ export class RegistrationService {
     for (const message of request.entries) {
       try {
         const entry = checkEntry(message, this.#trustDomain);
+        await this.#refuseNewUnknown(message.id, entry.federatesWith);
         const expected = message.revision_number > 0 ? message.revision_number : undefined;
         const updated = await this.#store.updateEntry(message.id, entry, actor, expected);
         results.push({ status: OK, entry: toEntryMessage(updated) });
@@ -141,6 +152,20 @@ export class RegistrationService {
       }
     }
     return { results };
+  }
+
+  /**
+   * Refuses trust domains an update adds to the entry's federates_with that have neither a
+   * relationship nor a bundle; those it already had stay allowed, so an entry written before its
+   * trust domain's bundle was deleted can still be changed in other ways.
+   */
+  async #refuseNewUnknown(id: string, federatesWith: readonly string[]): Promise<void> {
+    if (federatesWith.length === 0) return;
+    const current = await this.#store.getEntry(id);
+    // An unknown entry is refused by the update itself, as not found.
+    if (current === undefined) return;
+    const added = federatesWith.filter((td) => !current.federatesWith.includes(td));
+    if (added.length > 0) refuseUnknownTrustDomains(added, await this.federation.knownTrustDomains());
   }
 
   async batchDeleteEntry(request: BatchDeleteEntryRequest, actor: Actor): Promise<BatchDeleteEntryResponse> {
