@@ -12,7 +12,14 @@ import type { Clock } from '../clock.js';
 import { DatastoreError } from '../errors.js';
 import type { Datastore } from './datastore.js';
 import { migrateToLatest } from './migrations.js';
-import { type EntryRows, type EntryRowsWriter, SqlDatastore } from './sql-datastore.js';
+import {
+  type EntryRows,
+  type EntryRowsWriter,
+  type HotReads,
+  NODE_COLUMNS,
+  type NodeColumns,
+  SqlDatastore,
+} from './sql-datastore.js';
 import type { Database, FederatesWithRow, RegistrationEntryRow, SelectorRow } from './tables.js';
 
 export const SQLITE_FILE = 'datastore.sqlite3';
@@ -93,7 +100,55 @@ export async function openSqliteDatastore(dataDir: string, clock: Clock): Promis
   }
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
   const migrated = await migrateToLatest(db as Kysely<unknown>, 'sqlite');
-  return { datastore: new SqlDatastore(db, clock, { writeRows: entryRowsWriter(sqlite) }), migrated, path };
+  return {
+    datastore: new SqlDatastore(db, clock, {
+      writeRows: entryRowsWriter(sqlite),
+      hotReads: hotReads(sqlite),
+    }),
+    migrated,
+    path,
+  };
+}
+
+/**
+ * The agent API's per-call reads through statements prepared once, on first use (after the
+ * migrations). Kysely's SQLite driver runs everything on this one connection, holding it for a
+ * whole transaction across awaits: read then, these would see that transaction's uncommitted rows,
+ * so they run only outside one (`ready`), and the query builder, which waits its turn, reads
+ * otherwise.
+ */
+export function hotReads(sqlite: BetterSqlite3.Database): HotReads {
+  let statements:
+    | {
+        node: BetterSqlite3.Statement;
+        selectors: BetterSqlite3.Statement;
+        ban: BetterSqlite3.Statement;
+        head: BetterSqlite3.Statement;
+      }
+    | undefined;
+  const prepared = () =>
+    (statements ??= {
+      node: sqlite.prepare(`SELECT ${NODE_COLUMNS.join(', ')} FROM attested_nodes WHERE spiffe_id = ?`),
+      selectors: sqlite.prepare(
+        'SELECT type, value FROM node_selectors WHERE spiffe_id = ? ORDER BY type, value',
+      ),
+      ban: sqlite.prepare('SELECT 1 FROM banned_nodes WHERE spiffe_id = ?').pluck(),
+      head: sqlite.prepare('SELECT id FROM audit_log ORDER BY id DESC LIMIT 1').pluck(),
+    });
+  return {
+    ready: () => !sqlite.inTransaction,
+    node(spiffeId) {
+      const s = prepared();
+      const node = s.node.get(spiffeId) as NodeColumns | undefined;
+      if (node === undefined) return undefined;
+      return {
+        node,
+        selectors: s.selectors.all(spiffeId) as { type: string; value: string }[],
+        banned: s.ban.get(spiffeId) !== undefined,
+      };
+    },
+    newestAuditId: () => Number(prepared().head.get() ?? 0),
+  };
 }
 
 /**
