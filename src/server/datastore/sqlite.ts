@@ -18,6 +18,7 @@ import {
   type HotReads,
   NODE_COLUMNS,
   type NodeColumns,
+  type NodeRows,
   SqlDatastore,
 } from './sql-datastore.js';
 import type { Database, FederatesWithRow, RegistrationEntryRow, SelectorRow } from './tables.js';
@@ -119,34 +120,34 @@ export async function openSqliteDatastore(dataDir: string, clock: Clock): Promis
  */
 export function hotReads(sqlite: BetterSqlite3.Database): HotReads {
   let statements:
-    | {
-        node: BetterSqlite3.Statement;
-        selectors: BetterSqlite3.Statement;
-        ban: BetterSqlite3.Statement;
-        head: BetterSqlite3.Statement;
-      }
+    | { node: (spiffeId: string) => NodeRows | undefined; head: BetterSqlite3.Statement }
     | undefined;
-  const prepared = () =>
-    (statements ??= {
-      node: sqlite.prepare(`SELECT ${NODE_COLUMNS.join(', ')} FROM attested_nodes WHERE spiffe_id = ?`),
-      selectors: sqlite.prepare(
-        'SELECT type, value FROM node_selectors WHERE spiffe_id = ? ORDER BY type, value',
-      ),
-      ban: sqlite.prepare('SELECT 1 FROM banned_nodes WHERE spiffe_id = ?').pluck(),
+  const prepared = () => {
+    if (statements !== undefined) return statements;
+    const node = sqlite.prepare(`SELECT ${NODE_COLUMNS.join(', ')} FROM attested_nodes WHERE spiffe_id = ?`);
+    const selectors = sqlite.prepare(
+      'SELECT type, value FROM node_selectors WHERE spiffe_id = ? ORDER BY type, value',
+    );
+    const ban = sqlite.prepare('SELECT 1 FROM banned_nodes WHERE spiffe_id = ?').pluck();
+    statements = {
+      // One read transaction for the three: one snapshot, and one WAL read lock instead of three
+      // (the lock was a third of the reads' cost).
+      node: sqlite.transaction((spiffeId: string): NodeRows | undefined => {
+        const row = node.get(spiffeId) as NodeColumns | undefined;
+        if (row === undefined) return undefined;
+        return {
+          node: row,
+          selectors: selectors.all(spiffeId) as { type: string; value: string }[],
+          banned: ban.get(spiffeId) !== undefined,
+        };
+      }),
       head: sqlite.prepare('SELECT id FROM audit_log ORDER BY id DESC LIMIT 1').pluck(),
-    });
+    };
+    return statements;
+  };
   return {
     ready: () => !sqlite.inTransaction,
-    node(spiffeId) {
-      const s = prepared();
-      const node = s.node.get(spiffeId) as NodeColumns | undefined;
-      if (node === undefined) return undefined;
-      return {
-        node,
-        selectors: s.selectors.all(spiffeId) as { type: string; value: string }[],
-        banned: s.ban.get(spiffeId) !== undefined,
-      };
-    },
+    node: (spiffeId) => prepared().node(spiffeId),
     newestAuditId: () => Number(prepared().head.get() ?? 0),
   };
 }
