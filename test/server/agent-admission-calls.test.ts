@@ -152,18 +152,47 @@ describe('agent API calls after the verdict on an agent certificate was kept', (
     }
   });
 
+  it('answers FetchBundles with the bundle document of the CA as it is at each call, across CA changes', async () => {
+    const { client } = await attested();
+    const ca = server.server.ca;
+    // A fresh marshal of a bundle built from the journal now, not the object the server kept.
+    // Marshalled now, from the bundle the CA holds now.
+    const current = () => ca.bundle().marshal();
+    const served = async () => (await client.fetchBundles()).bundle;
+    try {
+      const documents = [await served()];
+      expect(documents[0]).toBe(current());
+      expect(await served()).toBe(documents[0]);
+      await ca.prepare('x509', 'test');
+      documents.push(await served());
+      expect(documents[1]).toBe(current());
+      await ca.activate('x509', 'test');
+      documents.push(await served());
+      expect(documents[2]).toBe(current());
+      // Prepare added a key; activation changed none of the published ones, only which signs.
+      expect(documents[1]).not.toBe(documents[0]);
+      expect(JSON.parse(documents[1] ?? '').keys).toHaveLength(
+        JSON.parse(documents[0] ?? '').keys.length + 1,
+      );
+    } finally {
+      client.close();
+    }
+  });
+
   // Last: the server's CA ends up rotated.
   it('judges again after each CA change: accepted while its CA is in the bundle (tainted too), refused on the very next call once it is revoked', async () => {
     const { client } = await attested();
     const ca = server.server.ca;
     try {
       expect(await sync(client)).toBe('accepted');
+      // The CA that signed this agent's SVID.
+      const replaced = ca.slots.find((s) => s.authority === 'x509' && s.state === 'active');
+      if (replaced === undefined) throw new Error('no active X.509 CA');
       await ca.prepare('x509', 'test');
       expect(await sync(client)).toBe('accepted');
       await ca.activate('x509', 'test');
       expect(await sync(client)).toBe('accepted');
-      const replaced = ca.slots.find((s) => s.authority === 'x509' && s.state === 'old');
-      if (replaced === undefined) throw new Error('no replaced X.509 CA');
+      expect(ca.slots.find((s) => s.keyId === replaced.keyId)?.state).toBe('old');
       // Tainting marks the key for holders to rotate away from; it stays in the bundle until revoked.
       await ca.taint('x509', replaced.keyId, 'test');
       expect(await sync(client)).toBe('accepted');
