@@ -113,6 +113,39 @@ describe('authenticating an agent by its client certificate, parsed once', () =>
     expect(authenticate(Buffer.from(renewed.raw))).toEqual({ agentId: AGENT, serial: renewed.serialNumber });
   });
 
+  it('judges a certificate it accepted again under another CA’s bundle or another trust domain', async () => {
+    const leaf = Buffer.from((await mint()).raw);
+    expect(authenticate(leaf).agentId).toBe(AGENT);
+    const other = await CertificateAuthority.open({
+      trustDomain: 'example.org',
+      keyManager: openMemoryKeyManager(),
+      datastore: (
+        await openSqliteDatastore(join(mkdtempSync(join(tmpdir(), 'ironroot-other-')), 'data'), clock)
+      ).datastore,
+      clock,
+      logger: pino({ level: 'silent' }),
+      caTtl: 24 * H,
+      keyType: 'ec-p256',
+      refreshHint: 300,
+    });
+    expect(() => authenticateAgent(presenting(leaf), other, 'example.org', clock)).toThrow(
+      /not a valid agent SVID \(the signature on the leaf certificate does not verify/,
+    );
+    expect(() => authenticateAgent(presenting(leaf), ca, 'other.org', clock)).toThrow(
+      /spiffe:\/\/example\.org\/agent\/tpm\/0123 is not an agent of other\.org/,
+    );
+    expect(authenticate(leaf).agentId).toBe(AGENT);
+  });
+
+  it('refuses a certificate it accepted before while the clock is set back before its notBefore', async () => {
+    const leaf = Buffer.from((await mint()).raw);
+    expect(authenticate(leaf).agentId).toBe(AGENT);
+    clock.t = (T0 - 60) * 1000;
+    expect(refusal(leaf).message).toMatch(/leaf certificate is not valid until/);
+    clock.t = T0 * 1000;
+    expect(authenticate(leaf).agentId).toBe(AGENT);
+  });
+
   it('refuses an SVID that is not an agent’s, however often it is presented', async () => {
     const workload = Buffer.from((await mint('spiffe://example.org/workload')).raw);
     for (let call = 0; call < 2; call++) {

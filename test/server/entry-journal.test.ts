@@ -123,4 +123,36 @@ describe('entry journal authorization', () => {
     expect(ids(AGENT, selectors, NOW + 20)).toEqual([]);
     expect(ids(AGENT, selectors, NOW)).toEqual([`${TD}/short`, `${TD}/under-alias`, `${TD}/under-short`]);
   });
+
+  it('keeps every agent’s authorization while agents of a fleet ask in turn, until an entry changes', async () => {
+    const fleet = Array.from({ length: 2000 }, (_, i) => `${TD}/agent/join_token/${i}`);
+    await create(...fleet.map((agent, i) => entry(`/w/${i}`, agent)));
+    const round = () => {
+      for (const [i, agent] of fleet.entries()) expect(ids(agent, [])).toEqual([`${TD}/w/${i}`]);
+    };
+    round();
+    expect(journal.walks).toBe(fleet.length);
+    // The next round answers each agent from its last one: nothing is walked.
+    round();
+    expect(journal.walks).toBe(fleet.length);
+    await create(entry('/w/7b', fleet[7] ?? ''));
+    expect(ids(fleet[7] ?? '', [])).toEqual([`${TD}/w/7`, `${TD}/w/7b`]);
+    expect(journal.walks).toBe(fleet.length + 1);
+  });
+
+  it('bounds what it keeps by the entries the authorizations name, and answers the same past the bound', async () => {
+    // An alias every node matches: its 1000 entries are in every agent's authorization, so 1100
+    // agents would name 1.1 million entries between them, past the bound of 1 million.
+    const under = Array.from({ length: 1000 }, (_, i) => entry(`/shared/${i}`, `${TD}/alias/all`));
+    await create(entry('/alias/all', SERVER, { selectors: [] }), ...under);
+    const fleet = Array.from({ length: 1100 }, (_, i) => `${TD}/agent/join_token/${i}`);
+    const expected = under.map((e) => e.spiffeId).sort();
+    for (let round = 0; round < 2; round++)
+      for (const agent of fleet) expect(ids(agent, [])).toEqual(expected);
+    // Asked for in turn, each agent's authorization was pushed out before its next round.
+    expect(journal.walks).toBe(2 * fleet.length);
+    // The most recent ones are kept.
+    expect(ids(fleet.at(-1) ?? '', [])).toEqual(expected);
+    expect(journal.walks).toBe(2 * fleet.length);
+  });
 });

@@ -9,7 +9,7 @@
  * @module
  */
 import { X509Certificate } from 'node:crypto';
-import { BundleSet, verifyX509Svid } from '../../spiffe/index.js';
+import { BundleSet, type SpiffeBundle, verifyX509Svid } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { Clock } from '../clock.js';
 import type { AttestedNode, Datastore } from '../datastore/datastore.js';
@@ -19,29 +19,65 @@ import { AttestationError } from '../nodeattestor/errors.js';
 const ACTOR = 'agent-api';
 
 /**
- * Agent certificates parsed, by their DER. An agent presents the same SVID on every call until it
- * renews, and parsing it (OpenSSL, then @peculiar/x509 for the SPIFFE checks) was most of what
- * authenticating a call cost; the checks themselves (chain, signature, validity) still run on every
- * call. Bounded, oldest out first, since every agent's certificate would otherwise stay forever.
- * The bound holds every agent's SVID, and the renewed one beside it, for thousands of agents: with
- * fewer places than agents, agents syncing in turn push each other out and every call parses again
- * (at 5000 agents and a bound of 1024 that was 60 % of the server's CPU). A few KiB each.
+ * An agent certificate that passed verification, and what that verdict rests on: the bundle object
+ * it was verified against (the CA builds one per journal state, so rotation, taint, revoke and
+ * pruning each bring a new one), the trust domain it was judged an agent of, and the validity
+ * windows of the chain it was verified through (leaf and root), in ms.
  */
-const parsedAgentCertificates = new Map<string, X509Certificate>();
-const MAX_PARSED_AGENT_CERTIFICATES = 16_384;
+interface Verified {
+  readonly bundle: SpiffeBundle;
+  readonly trustDomain: string;
+  readonly agentId: string;
+  readonly windows: readonly (readonly [notBefore: number, notAfter: number])[];
+}
 
-function agentCertificate(raw: Buffer): X509Certificate {
+/** A presented agent certificate, parsed once, with its last verdict when it passed. */
+interface KnownCertificate {
+  readonly certificate: X509Certificate;
+  verified?: Verified;
+}
+
+/**
+ * Agent certificates by their DER. An agent presents the same SVID on every call until it renews;
+ * parsing it (OpenSSL, then @peculiar/x509 for the SPIFFE checks) and verifying its chain were most
+ * of what authenticating a call cost. Bounded, oldest out first, since every agent's certificate
+ * would otherwise stay forever. The bound holds every agent's SVID, and the renewed one beside it,
+ * for thousands of agents: with fewer places than agents, agents syncing in turn push each other
+ * out and every call parses again (at 5000 agents and a bound of 1024 that was 60 % of the
+ * server's CPU). A few KiB each.
+ */
+const knownAgentCertificates = new Map<string, KnownCertificate>();
+const MAX_KNOWN_AGENT_CERTIFICATES = 16_384;
+
+function knownCertificate(raw: Buffer): KnownCertificate {
   const key = raw.toString('base64');
-  let certificate = parsedAgentCertificates.get(key);
-  if (certificate === undefined) {
-    certificate = new X509Certificate(raw);
-    if (parsedAgentCertificates.size >= MAX_PARSED_AGENT_CERTIFICATES) {
-      const oldest = parsedAgentCertificates.keys().next();
-      if (oldest.done !== true) parsedAgentCertificates.delete(oldest.value);
+  let known = knownAgentCertificates.get(key);
+  if (known === undefined) {
+    known = { certificate: new X509Certificate(raw) };
+    if (knownAgentCertificates.size >= MAX_KNOWN_AGENT_CERTIFICATES) {
+      const oldest = knownAgentCertificates.keys().next();
+      if (oldest.done !== true) knownAgentCertificates.delete(oldest.value);
     }
-    parsedAgentCertificates.set(key, certificate);
+    knownAgentCertificates.set(key, known);
   }
-  return certificate;
+  return known;
+}
+
+/**
+ * The agent ID a certificate was verified as, if that verdict still holds: same bundle object, same
+ * trust domain, and `time` inside every validity window of its chain (as verifyX509Svid judges:
+ * from notBefore to notAfter, both included). Chain, signatures and extensions depend only on the
+ * certificate's bytes and the bundle's; time is the one input that moves without them.
+ */
+function stillVerified(
+  verified: Verified | undefined,
+  bundle: SpiffeBundle,
+  trustDomain: string,
+  time: number,
+): string | undefined {
+  if (verified === undefined || verified.bundle !== bundle || verified.trustDomain !== trustDomain) return;
+  for (const [notBefore, notAfter] of verified.windows) if (time < notBefore || time > notAfter) return;
+  return verified.agentId;
 }
 
 export interface AdmissionOptions {
@@ -76,7 +112,9 @@ export interface AuthenticatedAgent {
  * The agent named by the caller's client certificate, verified against today's bundle. TLS only
  * asked for the certificate; anything chaining to the bundle would pass it, so the ID must be an
  * agent's (not a workload's or the server's). The certificate is parsed once for both answers, and
- * kept for the agent's next call: every sync call of every agent comes through here.
+ * kept with its verdict for the agent's next call (every sync call of every agent comes through
+ * here): the next call re-checks only the validity windows while the bundle object is the same, and
+ * verifies the whole chain again against any other bundle.
  */
 export function authenticateAgent(
   call: Caller,
@@ -91,13 +129,24 @@ export function authenticateAgent(
       'this call needs the agent SVID as TLS client certificate; attest first',
     );
   try {
-    const certificate = agentCertificate(peer.raw);
-    const { id } = verifyX509Svid([certificate], new BundleSet([ca.bundle()]), {
-      time: new Date(clock.now()),
+    const known = knownCertificate(peer.raw);
+    const bundle = ca.bundle();
+    const now = clock.now();
+    const kept = stillVerified(known.verified, bundle, trustDomain, now);
+    if (kept !== undefined) return { agentId: kept, serial: known.certificate.serialNumber };
+    known.verified = undefined;
+    const { id, chain } = verifyX509Svid([known.certificate], new BundleSet([bundle]), {
+      time: new Date(now),
     });
     if (id.trustDomain.name !== trustDomain || !id.path.startsWith('/agent/'))
       throw new Error(`${id.toString()} is not an agent of ${trustDomain}`);
-    return { agentId: id.toString(), serial: certificate.serialNumber };
+    const agentId = id.toString();
+    const windows = chain.map((c) => [Date.parse(c.validFrom), Date.parse(c.validTo)] as const);
+    // A date Node printed in a form Date.parse does not read would compare false both ways, so the
+    // verdict would never expire: such a certificate is verified again on every call instead.
+    if (windows.every((w) => w.every(Number.isFinite)))
+      known.verified = { bundle, trustDomain, agentId, windows };
+    return { agentId, serial: known.certificate.serialNumber };
   } catch (cause) {
     throw new AttestationError(
       'ERR_AGENT_UNAUTHENTICATED',

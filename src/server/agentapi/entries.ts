@@ -28,9 +28,18 @@ const LOAD_PAGE_SIZE = 1000;
 const MAX_TOMBSTONES = 50_000;
 /**
  * Authorizations kept for reuse: a sync round asks for the same agent's several times (FetchEntries,
- * FetchBundles, BatchNewX509SVID), and the walk is the cost at tens of thousands of entries.
+ * FetchBundles, BatchNewX509SVID), and the walk is the cost at tens of thousands of entries. Sized
+ * for a fleet: an agent's next round, with nothing changed, answers from what its last one computed
+ * (with fewer places than agents, agents syncing in turn pushed each other out and every round
+ * walked again).
  */
-const MAX_CACHED_AUTHORIZATIONS = 1024;
+const MAX_CACHED_AUTHORIZATIONS = 16_384;
+/**
+ * Entries all kept authorizations may name together (a few tens of bytes each): an alias every node
+ * matches puts its whole subtree in every agent's authorization, which the count alone would not
+ * bound.
+ */
+const MAX_CACHED_AUTHORIZED_ENTRIES = 1_000_000;
 /** Stale places the change log may hold beyond twice its live ids before it is rebuilt. */
 const LOG_SLACK = 4096;
 
@@ -107,6 +116,9 @@ export class EntryJournal {
   #aliasesForAll = new Set<RegistrationEntry>();
   /** By agent ID and node selectors; emptied whenever the journal revision moves. */
   #authorized = new Map<string, CachedAuthorization>();
+  /** Entries the kept authorizations name, together. */
+  #authorizedEntries = 0;
+  #walks = 0;
   #refreshing: Promise<void> | undefined;
 
   constructor(store: Datastore, serverId: string) {
@@ -126,6 +138,11 @@ export class EntryJournal {
   /** How many entry changes were applied one by one, read by id. */
   get applied(): number {
     return this.#applied;
+  }
+
+  /** How many authorizations were computed (not answered from those kept). */
+  get walks(): number {
+    return this.#walks;
   }
 
   /** Brings the copy up to date with the store; concurrent callers share one read. */
@@ -282,14 +299,34 @@ export class EntryJournal {
     if (cached !== undefined && now >= cached.computedAt && now < cached.validUntil)
       return cached.authorization;
     const walked = this.#walk(agentId, new Set(have), now);
-    this.#authorized.delete(key);
-    if (this.#authorized.size >= MAX_CACHED_AUTHORIZATIONS) {
-      // Map iteration is insertion order, and a hit is not re-inserted: the oldest computed goes.
-      const [oldest] = this.#authorized.keys();
-      if (oldest !== undefined) this.#authorized.delete(oldest);
-    }
-    this.#authorized.set(key, { ...walked, computedAt: now });
+    this.#walks++;
+    this.#keep(key, { ...walked, computedAt: now });
     return walked.authorization;
+  }
+
+  #keep(key: string, computed: CachedAuthorization): void {
+    // Every journal change empties the map: nothing kept is nothing counted.
+    if (this.#authorized.size === 0) this.#authorizedEntries = 0;
+    this.#forget(key);
+    const size = computed.authorization.entries.size;
+    // Map iteration is insertion order, and a hit is not re-inserted: the oldest computed goes first.
+    for (const oldest of this.#authorized.keys()) {
+      if (
+        this.#authorized.size < MAX_CACHED_AUTHORIZATIONS &&
+        this.#authorizedEntries + size <= MAX_CACHED_AUTHORIZED_ENTRIES
+      )
+        break;
+      this.#forget(oldest);
+    }
+    this.#authorized.set(key, computed);
+    this.#authorizedEntries += size;
+  }
+
+  #forget(key: string): void {
+    const kept = this.#authorized.get(key);
+    if (kept === undefined) return;
+    this.#authorized.delete(key);
+    this.#authorizedEntries -= kept.authorization.entries.size;
   }
 
   #walk(agentId: string, have: ReadonlySet<string>, now: number): Omit<CachedAuthorization, 'computedAt'> {

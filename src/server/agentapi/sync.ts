@@ -29,6 +29,7 @@ import {
   isSpiffeError,
   type ParsedCsr,
   parseCsr,
+  type SpiffeBundle,
   SpiffeId,
 } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
@@ -279,7 +280,7 @@ export class SyncHandlers {
     }
     const active = this.#o.ca.slots.find((s) => s.authority === 'x509' && s.state === 'active');
     return {
-      bundle: this.#o.ca.bundle().marshal(),
+      bundle: bundleDocument(this.#o.ca.bundle()),
       active_x509_authority: Buffer.from(active?.certificateDer ?? new Uint8Array()),
       federated,
     };
@@ -307,6 +308,22 @@ export class SyncHandlers {
     metadata.set('ironroot-error-code', refusal.code);
     return { code: refusal.grpcStatus, details: `${refusal.code}: ${refusal.message}`, metadata };
   }
+}
+
+/**
+ * Bundle documents by the bundle they marshal. The CA builds one bundle object per journal state and
+ * a bundle never changes, so every FetchBundles until the next CA change answers with the same
+ * text; marshalling it again (a JWK export per key) was a few per cent of a sync round's CPU.
+ */
+const bundleDocuments = new WeakMap<SpiffeBundle, string>();
+
+function bundleDocument(bundle: SpiffeBundle): string {
+  let document = bundleDocuments.get(bundle);
+  if (document === undefined) {
+    document = bundle.marshal();
+    bundleDocuments.set(bundle, document);
+  }
+  return document;
 }
 
 /** The refusal's code, as the agent reads it from the trailers. */

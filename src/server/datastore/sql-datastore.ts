@@ -93,9 +93,33 @@ export type EntryRowsWriter = (rows: EntryRows) => void;
  */
 export type WriterSettler = (db: Kysely<Database>) => Promise<void>;
 
+/** A node's rows as the per-call read takes them: no event log, selectors by type then value. */
+export interface NodeRows {
+  node: NodeColumns;
+  selectors: { type: string; value: string }[];
+  banned: boolean;
+}
+
+/**
+ * The reads every agent API call makes (its node, and the audit log's head for the entry journal),
+ * through statements prepared once (see sqlite.ts): building, compiling and preparing them anew
+ * per call cost more than SQLite's own work (docs/performance.md, bench:scale).
+ */
+export interface HotReads {
+  /**
+   * Whether they may run now: not while the connection is inside a transaction, whose rows are not
+   * committed yet. The query builder then waits for the transaction to end, as before.
+   */
+  ready(): boolean;
+  node(spiffeId: string): NodeRows | undefined;
+  /** The newest audit record's id; 0 when there is none. */
+  newestAuditId(): number;
+}
+
 export interface SqlDatastoreOptions {
   writeRows?: EntryRowsWriter;
   settleWriters?: WriterSettler;
+  hotReads?: HotReads;
 }
 
 /** Key that makes (spiffe_id, parent_id, selector set) unique whatever order selectors came in. */
@@ -112,12 +136,14 @@ export class SqlDatastore implements Datastore {
   readonly #clock: Clock;
   readonly #writeRows: EntryRowsWriter | undefined;
   readonly #settleWriters: WriterSettler | undefined;
+  readonly #hotReads: HotReads | undefined;
 
   constructor(db: Kysely<Database>, clock: Clock, options: SqlDatastoreOptions = {}) {
     this.#db = db;
     this.#clock = clock;
     this.#writeRows = options.writeRows;
     this.#settleWriters = options.settleWriters;
+    this.#hotReads = options.hotReads;
   }
 
   async createEntry(entry: NewEntry, actor: Actor): Promise<RegistrationEntry> {
@@ -319,6 +345,10 @@ export class SqlDatastore implements Datastore {
   }
 
   async getNode(spiffeId: string, options: { eventLog?: boolean } = {}): Promise<AttestedNode | undefined> {
+    if (options.eventLog !== true && this.#hotReads?.ready() === true) {
+      const rows = this.#hotReads.node(spiffeId);
+      return rows && toAttestedNode(rows.node, rows.selectors, rows.banned, null);
+    }
     return (await this.#loadNodes(this.#db, spiffeId, options.eventLog))[0];
   }
 
@@ -852,6 +882,7 @@ export class SqlDatastore implements Datastore {
   }
 
   async #newestAuditId(): Promise<number> {
+    if (this.#hotReads?.ready() === true) return this.#hotReads.newestAuditId();
     const newest = await this.#db
       .selectFrom('audit_log')
       .select('id')
@@ -1060,44 +1091,19 @@ export class SqlDatastore implements Datastore {
           .execute()
       ).map((b) => b.spiffe_id),
     );
-    return rows.map((r) => ({
-      spiffeId: r.spiffe_id,
-      attestationType: r.attestation_type,
-      serialNumber: r.serial_number,
-      ...(r.new_serial_number !== null ? { newSerialNumber: r.new_serial_number } : {}),
-      expiresAt: Number(r.expires_at),
-      ...(r.svid_authority !== null ? { svidAuthority: r.svid_authority } : {}),
-      banned: bans.has(r.spiffe_id),
-      selectors: selectors
-        .filter((s) => s.spiffe_id === r.spiffe_id)
-        .map((s) => ({ type: s.type, value: s.value })),
-      ...(r.ek_hash !== null && r.ak_public !== null
-        ? {
-            tpm: {
-              ekHash: r.ek_hash,
-              ...(r.ek_issuer !== null ? { ekIssuer: r.ek_issuer } : {}),
-              akPublic: r.ak_public,
-              ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
-              ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
-              ...(log !== null ? { eventLog: log } : {}),
-            },
-          }
-        : {}),
-      trust: {
-        state: r.trust_state === 'untrusted' ? 'untrusted' : 'trusted',
-        ...(r.trust_code !== null ? { code: r.trust_code } : {}),
-        ...(r.trust_reason !== null ? { reason: r.trust_reason } : {}),
-        ...(r.trust_details !== null ? { details: r.trust_details } : {}),
-        changedAt: Number(r.trust_changed_at) || Number(r.created_at),
-      },
-      attestationCount: Number(r.attestation_count),
-      createdAt: Number(r.created_at),
-    }));
+    return rows.map((r) =>
+      toAttestedNode(
+        r,
+        selectors.filter((s) => s.spiffe_id === r.spiffe_id),
+        bans.has(r.spiffe_id),
+        log,
+      ),
+    );
   }
 }
 
 /** Every node column but the event log, which only re-quotes need. */
-const NODE_COLUMNS = [
+export const NODE_COLUMNS = [
   'spiffe_id',
   'attestation_type',
   'serial_number',
@@ -1118,6 +1124,49 @@ const NODE_COLUMNS = [
   'created_at',
   'updated_at',
 ] as const;
+
+/** Every node column but the event log, as read. */
+export type NodeColumns = Pick<AttestedNodeRow, (typeof NODE_COLUMNS)[number]>;
+
+/** A node from its row, its selectors (ordered), its ban, and its event log when one was read. */
+function toAttestedNode(
+  r: NodeColumns,
+  selectors: readonly { type: string; value: string }[],
+  banned: boolean,
+  log: Uint8Array | null,
+): AttestedNode {
+  return {
+    spiffeId: r.spiffe_id,
+    attestationType: r.attestation_type,
+    serialNumber: r.serial_number,
+    ...(r.new_serial_number !== null ? { newSerialNumber: r.new_serial_number } : {}),
+    expiresAt: Number(r.expires_at),
+    ...(r.svid_authority !== null ? { svidAuthority: r.svid_authority } : {}),
+    banned,
+    selectors: selectors.map((s) => ({ type: s.type, value: s.value })),
+    ...(r.ek_hash !== null && r.ak_public !== null
+      ? {
+          tpm: {
+            ekHash: r.ek_hash,
+            ...(r.ek_issuer !== null ? { ekIssuer: r.ek_issuer } : {}),
+            akPublic: r.ak_public,
+            ...(r.last_quote !== null ? { lastQuote: r.last_quote } : {}),
+            ...(r.reset_count !== null ? { resetCount: Number(r.reset_count) } : {}),
+            ...(log !== null ? { eventLog: log } : {}),
+          },
+        }
+      : {}),
+    trust: {
+      state: r.trust_state === 'untrusted' ? 'untrusted' : 'trusted',
+      ...(r.trust_code !== null ? { code: r.trust_code } : {}),
+      ...(r.trust_reason !== null ? { reason: r.trust_reason } : {}),
+      ...(r.trust_details !== null ? { details: r.trust_details } : {}),
+      changedAt: Number(r.trust_changed_at) || Number(r.created_at),
+    },
+    attestationCount: Number(r.attestation_count),
+    createdAt: Number(r.created_at),
+  };
+}
 
 function toNodeBan(row: BannedNodeRow): NodeBan {
   return {
