@@ -1,12 +1,20 @@
 /**
  * What both executables need from the host: an exclusive lock on a data directory, Unix socket
  * paths claimed only when stale, directories with exact modes, and listen errors named by key; the
- * `--output` flag both command lines share; the logger both build (`log_format`); and handing
+ * `--output` flag both command lines share and how they report a failure (`Error (ERR_CODE): …`); the logger both build (`log_format`); and handing
  * freed C-heap memory back to the kernel.
  *
  * @module
  */
 export { bindAddress, splitHostPort } from './address.js';
+export {
+  CliError,
+  errorCodeOf,
+  formatCliError,
+  reportCliError,
+  runCli,
+  UNCODED_ERROR,
+} from './cli-errors.js';
 export { checkDirUsable, closedToOthers, ensureDir } from './dirs.js';
 export { HostError, type HostErrorCode } from './errors.js';
 export { checkDirUnlocked, type DirLock, type LockOptions, lockDir, lockFilePath } from './lock.js';

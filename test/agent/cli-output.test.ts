@@ -83,7 +83,7 @@ describe('ironroot-agent output flags', { timeout: 120_000 }, () => {
         const result = await agentCli(['api', ...command, '--socket-path', socketPath, '--timeout', '300ms']);
         expect(result.code).toBe(1);
         expect(result.stderr).toContain(
-          `ERR_WORKLOADAPI_TIMEOUT: no answer from the Workload API at unix://${socketPath} within 300 ms`,
+          `Error (ERR_WORKLOADAPI_TIMEOUT): no answer from the Workload API at unix://${socketPath} within 300 ms`,
         );
       },
     );

@@ -82,7 +82,7 @@ describe('ironroot-agent command line', () => {
     const result = await agentCli([...joinFlags, '--join-token-file', file]);
     expect(result.code).toBe(1);
     expect(result.stderr).toBe(
-      `ironroot-agent: join_token_file ${file} has mode 0640; it must be 0600 or 0400 (chmod 600 ${file})\n`,
+      `Error (ERR_AGENT_CONFIG_UNSAFE): join_token_file ${file} has mode 0640; it must be 0600 or 0400 (chmod 600 ${file})\n`,
     );
   });
 

@@ -163,7 +163,7 @@ describe('agent sockets: separate directories, one agent per data_dir and socket
     const second = runAgent(configFile);
     expect(await second.exited).toBe(1);
     expect(second.stderr()).toContain(
-      `ironroot-agent: data_dir ${dataDir()} is in use by another ironroot-agent (pid ${agent.child.pid})`,
+      `Error (ERR_DATA_DIR_LOCKED): data_dir ${dataDir()} is in use by another ironroot-agent (pid ${agent.child.pid})`,
     );
     expect((await agentCli(['healthcheck', '--data-dir', dataDir()])).code).toBe(0);
     expect(lstatSync(socketPath()).isSocket()).toBe(true);
@@ -176,7 +176,7 @@ describe('agent sockets: separate directories, one agent per data_dir and socket
     );
     expect(await second.exited).toBe(1);
     expect(second.stderr()).toBe(
-      `ironroot-agent: socket_path ${socketPath()} is served by another running process; stop it, or choose another socket_path\n`,
+      `Error (ERR_SOCKET_IN_USE): socket_path ${socketPath()} is served by another running process; stop it, or choose another socket_path\n`,
     );
     expect((await fetchAsWorkload()).code).toBe(0);
   });
@@ -206,11 +206,11 @@ describe('agent sockets: separate directories, one agent per data_dir and socket
     expect(await agentCli(['validate', '--config', noBundle])).toEqual({
       code: 1,
       stdout: '',
-      stderr: `ironroot-agent: ${message}\n`,
+      stderr: `Error (ERR_AGENT_CONFIG_FILE): ${message}\n`,
     });
     const run = runAgent(noBundle);
     expect(await run.exited).toBe(1);
-    expect(run.stderr()).toBe(`ironroot-agent: ${message}\n`);
+    expect(run.stderr()).toBe(`Error (ERR_AGENT_CONFIG_FILE): ${message}\n`);
 
     const good = variant({ data_dir: otherData(), socket_path: join(root, 'other', 'api.sock') });
     expect(await agentCli(['validate', '--config', good, '--output', 'json'])).toEqual({

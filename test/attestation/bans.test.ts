@@ -188,7 +188,7 @@ describe('agent bans', () => {
     const result = await admin('agent', 'ban', ...flags);
     expect(result.code).toBe(1);
     expect(result.stdout).toBe('');
-    expect(result.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(result.stderr).toBe(`Error (${code}): ${message}\n`);
     await expect(server.registration.banAgent(request, 'test')).rejects.toMatchObject({ code, message });
   });
 });

@@ -110,7 +110,7 @@ describe('join token with --spiffe-id', () => {
     const result = await cli(['token', 'generate', ...admin(), '--spiffe-id', id]);
     expect(result.code).toBe(1);
     expect(result.stdout).toBe('');
-    expect(result.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(result.stderr).toBe(`Error (${code}): ${message}\n`);
     // The code travels with the refusal; the registration service throws the same named error.
     await expect(
       server.registration.createJoinToken({ ttl: 0, spiffe_id: id }, 'test'),

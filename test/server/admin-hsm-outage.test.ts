@@ -59,7 +59,7 @@ describe('an HSM outage at the admin API, through the built CLI', () => {
     try {
       const result = await mint();
       expect(result.code).toBe(1);
-      expect(result.stderr).toMatch(/^ironroot-server: the HSM failed with ERR_HSM_UNAVAILABLE: /);
+      expect(result.stderr).toMatch(/^Error \(ERR_HSM_UNAVAILABLE\): the HSM failed: /);
       expect(result.stderr).not.toContain('internal error');
       expect(server.logs.lines).toContainEqual(
         expect.objectContaining({ msg: 'admin API call failed', error_code: 'ERR_HSM_UNAVAILABLE' }),

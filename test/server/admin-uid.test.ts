@@ -59,7 +59,7 @@ describe.each([
       ]);
       expect(result.code).toBe(1);
       expect(result.stderr).toBe(
-        `ironroot-server: uid ${uid} may not use the admin API; ask an operator to add it to admin_allowed_uids in the server config\n`,
+        `Error (ERR_PERMISSION_DENIED): uid ${uid} may not use the admin API; ask an operator to add it to admin_allowed_uids in the server config\n`,
       );
       const count = await cli(['entry', 'count', '--admin-socket', server.socket, '--output', 'json']);
       expect(JSON.parse(count.stdout)).toEqual({ count: 0 });

@@ -177,7 +177,7 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
       after[0]?.authority_id ?? '',
     ]);
     expect(refused.stderr).toBe(
-      `ironroot-server: key ${after[0]?.authority_id} is not tainted; taint it before revoking it\n`,
+      `Error (ERR_CA_AUTHORITY_NOT_TAINTED): key ${after[0]?.authority_id} is not tainted; taint it before revoking it\n`,
     );
   });
 
@@ -213,12 +213,12 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
       'pem',
     ]);
     expect(own.stderr).toBe(
-      "ironroot-server: example.org is this server's own trust domain; its bundle is managed by the CA\n",
+      "Error (ERR_INVALID_ARGUMENT): example.org is this server's own trust domain; its bundle is managed by the CA\n",
     );
     ok(await cli(['bundle', 'delete', ...admin(), '--id', 'partner.org']));
     const gone = await cli(['bundle', 'delete', ...admin(), '--id', 'partner.org']);
     expect(gone.stderr).toBe(
-      'ironroot-server: no federated bundle for trust domain "partner.org"; see "bundle list"\n',
+      'Error (ERR_BUNDLE_NOT_FOUND): no federated bundle for trust domain "partner.org"; see "bundle list"\n',
     );
   });
 
@@ -269,7 +269,7 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
       ]);
       expect(result.code).toBe(1);
       expect(result.stderr).toMatch(
-        /^ironroot-server: bundle for partner\.org is not valid \(ERR_BUNDLE_BAD_CERTIFICATE\): .*usable public key/,
+        /^Error \(ERR_INVALID_ARGUMENT\): bundle for partner\.org is not valid \(ERR_BUNDLE_BAD_CERTIFICATE\): .*usable public key/,
       );
     }
   });
@@ -279,7 +279,7 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
     const result = await cli(['jwt', 'mint', ...admin(), '--spiffe-id', `${TD}/w`, ...audiences]);
     expect(result.code).toBe(1);
     expect(result.stderr).toBe(
-      'ironroot-server: ERR_JWTSVID_TOO_MANY_AUDIENCES: JWT-SVID has 65 audiences; at most 64 are allowed (JWT-SVID §3.2 recommends one)\n',
+      'Error (ERR_INVALID_ARGUMENT): ERR_JWTSVID_TOO_MANY_AUDIENCES: JWT-SVID has 65 audiences; at most 64 are allowed (JWT-SVID §3.2 recommends one)\n',
     );
   });
 

@@ -167,7 +167,7 @@ describe('two server processes sharing PostgreSQL and a SoftHSM2 token', () => {
     const refused = await cli(['localauthority', 'x509', 'prepare', ...admin(one)]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(
-      /^ironroot-server: the CA is being changed by ca-9 pid 4242 \(dead00\) \(it holds the rotation lease until \S+Z\)/,
+      /^Error \(ERR_CA_LEASE_HELD\): the CA is being changed by ca-9 pid 4242 \(dead00\) \(it holds the rotation lease until \S+Z\)/,
     );
     expect(await audited('ca.x509.prepare')).toBe(1);
     // Polled until the lease's time is up; bounded by the test timeout.

@@ -111,7 +111,7 @@ describe('ironroot-server output flags', { timeout: 180_000 }, () => {
     for (const command of [['set', '--path', '/dev/null'], ['delete']]) {
       const result = await cli(['bundle', ...command, ...admin(), '--id', id]);
       expect(result.code).toBe(1);
-      expect(result.stderr).toContain(`ironroot-server: ERR_CLI_TRUST_DOMAIN: --id ${JSON.stringify(id)}: `);
+      expect(result.stderr).toContain(`Error (ERR_CLI_TRUST_DOMAIN): --id ${JSON.stringify(id)}: `);
       expect(result.stderr).toContain(why);
     }
   });
@@ -137,7 +137,9 @@ describe('ironroot-server output flags', { timeout: 180_000 }, () => {
     expect(readFileSync(file, 'utf8').trim()).not.toBe(first);
     const missing = await cli([...mint, '--write', join(server.dir, 'no-such-dir', 't.jwt')]);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toContain(`--write ${join(server.dir, 'no-such-dir', 't.jwt')}: `);
+    expect(missing.stderr).toContain(
+      `Error (ERR_CLI_FILE): --write ${join(server.dir, 'no-such-dir', 't.jwt')}: `,
+    );
   });
 
   it('agent count counts attested agents; agent purge evicts those expired longer than --expired-for, keeping bans', async () => {

@@ -27,7 +27,7 @@ describe('validate and run refuse bad configuration', () => {
     const result = await cli(['validate', '--config', file]);
     expect(result.code).toBe(1);
     expect(result.stdout).toBe('');
-    expect(result.stderr).toContain(`ironroot-server: invalid configuration in ${file}:`);
+    expect(result.stderr).toContain(`Error (ERR_CONFIG_INVALID): invalid configuration in ${file}:`);
     expect(result.stderr).toContain(
       '  trust_domain: got "Example"; allowed: lowercase letters, digits, ".", "-" and "_" (e.g. example.org)',
     );
@@ -42,7 +42,7 @@ describe('validate and run refuse bad configuration', () => {
     const result = await cli(['validate', '--config', file]);
     expect(result.code).toBe(1);
     expect(result.stderr).toBe(
-      'ironroot-server: key_manager "memory:" keeps CA keys outside an HSM; use a PKCS#11 URI, or set development: true (or --development) on a development server\n',
+      'Error (ERR_CONFIG_UNSAFE): key_manager "memory:" keeps CA keys outside an HSM; use a PKCS#11 URI, or set development: true (or --development) on a development server\n',
     );
   });
 

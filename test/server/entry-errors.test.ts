@@ -22,6 +22,7 @@ describe('entry create reports each failure once', () => {
     expect(again.code).toBe(1);
     expect(again.stdout).toBe('');
     expect(again.stderr.match(/already exists/g)).toHaveLength(1);
+    expect(again.stderr).toMatch(/^Error \(ERR_ENTRY_DUPLICATE\): an entry with the same /);
   });
 
   it('lists every refused entry of a batch once, with its code, after printing the created ones', async () => {
@@ -51,7 +52,7 @@ describe('entry create reports each failure once', () => {
     expect(result.stdout).toContain('SPIFFE ID        : spiffe://example.org/new');
     expect(result.stdout).not.toContain('Failed');
     const lines = result.stderr.trimEnd().split('\n');
-    expect(lines[0]).toBe('ironroot-server: 2 of 3 entries failed:');
+    expect(lines[0]).toBe('Error (ERR_CLI_ENTRIES_REFUSED): 2 of 3 entries failed:');
     expect(lines.slice(1).map((line) => line.trim().split(': ').slice(0, 2).join(': '))).toEqual([
       'entry 0: ERR_ENTRY_DUPLICATE',
       'entry 2: ERR_SPIFFE_ID_OUTSIDE_TRUST_DOMAIN',

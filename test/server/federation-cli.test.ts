@@ -302,7 +302,7 @@ describe('federation relationships over the admin socket, through the built CLI'
       expect(
         refused(await cli(entryArgs('a', '--federates-with', 'web.org', '--federates-with', 'nowhere.org'))),
       ).toBe(
-        'ironroot-server: federates_with: nowhere.org has neither a federation relationship nor a stored bundle; create one first ("federation create" or "bundle set")\n',
+        'Error (ERR_FEDERATES_WITH_UNKNOWN): federates_with: nowhere.org has neither a federation relationship nor a stored bundle; create one first ("federation create" or "bundle set")\n',
       );
       // web.org has a relationship and no bundle yet; gone.org a bundle and no relationship.
       const ok = await cli(
@@ -449,7 +449,7 @@ describe('federation relationships over the admin socket, through the built CLI'
     ).toMatch(/trust_domain_bundle: the bundle for junk\.org is not valid PEM \(ERR_/);
     expect(
       refused(await federation('create', ...web('junk.org', '--trust-domain-bundle-format', 'spiffe'))),
-    ).toBe('ironroot-server: --trust-domain-bundle-format needs --trust-domain-bundle-path\n');
+    ).toBe('Error (ERR_CLI_USAGE): --trust-domain-bundle-format needs --trust-domain-bundle-path\n');
     expect(refused(await federation('show', '--trust-domain', 'junk.org'))).toContain(
       'no federation relationship with trust domain "junk.org"',
     );
@@ -461,7 +461,7 @@ describe('federation relationships over the admin socket, through the built CLI'
     ['delete', []],
   ])('%s of an unknown relationship fails with not found', async (command, more) => {
     expect(refused(await federation(command, '--trust-domain', 'unknown.org', ...more))).toBe(
-      'ironroot-server: no federation relationship with trust domain "unknown.org"; see "federation list"\n',
+      'Error (ERR_FEDERATION_NOT_FOUND): no federation relationship with trust domain "unknown.org"; see "federation list"\n',
     );
   });
 

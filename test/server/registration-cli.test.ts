@@ -158,7 +158,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
       results: { status: { error_code: string; message: string } }[];
     };
     expect(body.results[0]?.status).toMatchObject({ error_code: code, message });
-    expect(result.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(result.stderr).toBe(`${JSON.stringify({ error: { code, message } })}\n`);
   });
 
   it('refuses a malformed selector on the command line', async () => {
@@ -171,9 +171,13 @@ describe('registration API over the admin socket, through the built CLI', () => 
       'unixuid',
     );
     expect(result.code).toBe(1);
-    expect(result.stderr).toBe(
-      'ironroot-server: selector "unixuid" is malformed; write it as type:value (e.g. unix:uid:1000), with a non-empty type and value\n',
-    );
+    expect(JSON.parse(result.stderr)).toEqual({
+      error: {
+        code: 'ERR_SELECTOR_MALFORMED',
+        message:
+          'selector "unixuid" is malformed; write it as type:value (e.g. unix:uid:1000), with a non-empty type and value',
+      },
+    });
   });
 
   it('refuses a malformed selector sent by a client', async () => {
@@ -194,9 +198,12 @@ describe('registration API over the admin socket, through the built CLI', () => 
     const first = json<{ results: { entry: { id: string } }[] }>(await create(...args));
     const again = await create(...args);
     expect(again.code).toBe(1);
-    expect(again.stderr).toBe(
-      `ironroot-server: an entry with the same spiffe_id, parent_id and selectors already exists (id ${first.results[0]?.entry.id}); update that entry instead\n`,
-    );
+    expect(JSON.parse(again.stderr)).toEqual({
+      error: {
+        code: 'ERR_ENTRY_DUPLICATE',
+        message: `an entry with the same spiffe_id, parent_id and selectors already exists (id ${first.results[0]?.entry.id}); update that entry instead`,
+      },
+    });
   });
 
   it('reports an unknown entry', async () => {
@@ -204,7 +211,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
       const result = await cli(['entry', command, ...admin(), '--entry-id', 'no-such-id']);
       expect(result.code, command).toBe(1);
       expect(result.stderr, command).toBe(
-        'ironroot-server: no registration entry with id "no-such-id"; list entries with "entry show"\n',
+        'Error (ERR_ENTRY_NOT_FOUND): no registration entry with id "no-such-id"; list entries with "entry show"\n',
       );
     }
   });
@@ -364,7 +371,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
     const again = await cli(['entry', 'create', ...admin(), '--data', file]);
     expect(again.code).toBe(1);
     const lines = again.stderr.trimEnd().split('\n');
-    expect(lines[0]).toBe('ironroot-server: 8 of 8 entries failed:');
+    expect(lines[0]).toBe('Error (ERR_CLI_ENTRIES_REFUSED): 8 of 8 entries failed:');
     expect(lines[1]).toMatch(/^ {2}entry 0: ERR_ENTRY_DUPLICATE: an entry with the same spiffe_id/);
     expect(lines[2]).toMatch(
       /^ {2}entry 1: ERR_SPIFFE_ID_RESERVED: spiffe_id "spiffe:\/\/example.org\/agent\/sneaky" is reserved/,
@@ -377,15 +384,14 @@ describe('registration API over the admin socket, through the built CLI', () => 
     const before = json<{ count: number }>(
       await cli(['entry', 'count', ...admin(), '--output', 'json']),
     ).count;
+    /** The error --output json puts on standard error. */
+    const refusal = (result: CliResult) =>
+      (JSON.parse(result.stderr) as { error: { code: string; message: string } }).error;
     const cases: [string, string, RegExp][] = [
-      ['broken.json', '{"entries": [', /^ironroot-server: --data .*broken\.json: not valid JSON: /],
-      ['object.json', '{"entry": []}', /^ironroot-server: --data .*object\.json: expected \{"entries": /],
-      [
-        'extra.json',
-        '{"entries": [], "x": 1}',
-        /^ironroot-server: --data .*extra\.json: unknown top-level field "x"/,
-      ],
-      ['empty.json', '{"entries": []}', /^ironroot-server: --data .*empty\.json: it holds no entries\n$/],
+      ['broken.json', '{"entries": [', /^--data .*broken\.json: not valid JSON: /],
+      ['object.json', '{"entry": []}', /^--data .*object\.json: expected \{"entries": /],
+      ['extra.json', '{"entries": [], "x": 1}', /^--data .*extra\.json: unknown top-level field "x"/],
+      ['empty.json', '{"entries": []}', /^--data .*empty\.json: it holds no entries$/],
     ];
     for (const [name, text, message] of cases) {
       const file = join(server.dir, name);
@@ -393,12 +399,15 @@ describe('registration API over the admin socket, through the built CLI', () => 
       const result = await create('--data', file);
       expect(result.code, name).toBe(1);
       expect(result.stdout, name).toBe('');
-      expect(result.stderr, name).toMatch(message);
+      expect(refusal(result).code, name).toBe('ERR_CLI_DATA_INVALID');
+      expect(refusal(result).message, name).toMatch(message);
     }
-    const missing = await create('--data', join(server.dir, 'no-such.json'));
-    expect(missing.stderr).toMatch(/^ironroot-server: --data .*no-such\.json: cannot read it: ENOENT/);
-    const mixed = await create('--data', join(server.dir, 'object.json'), '--spiffe-id', `${TD}/x`);
-    expect(mixed.stderr).toMatch(/^ironroot-server: --data takes every entry from the file/);
+    const missing = refusal(await create('--data', join(server.dir, 'no-such.json')));
+    expect(missing.code).toBe('ERR_CLI_FILE');
+    expect(missing.message).toMatch(/^--data .*no-such\.json: cannot read it: ENOENT/);
+    const mixed = refusal(await create('--data', join(server.dir, 'object.json'), '--spiffe-id', `${TD}/x`));
+    expect(mixed.code).toBe('ERR_CLI_USAGE');
+    expect(mixed.message).toMatch(/^--data takes every entry from the file/);
     expect(json<{ count: number }>(await cli(['entry', 'count', ...admin(), '--output', 'json'])).count).toBe(
       before,
     );
@@ -443,7 +452,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
   it('refuses a join token TTL out of range and an ID outside the trust domain', async () => {
     const ttl = await cli(['token', 'generate', ...admin(), '--ttl', '999999999']);
     expect(ttl.stderr).toBe(
-      'ironroot-server: ttl 999999999 is out of range; allowed: 1..604800 seconds (0 = server default)\n',
+      'Error (ERR_TTL_OUT_OF_RANGE): ttl 999999999 is out of range; allowed: 1..604800 seconds (0 = server default)\n',
     );
     const id = await cli(['token', 'generate', ...admin(), '--spiffe-id', 'spiffe://elsewhere.org/n']);
     expect(id.stderr).toContain("is outside this server's trust domain");
@@ -509,7 +518,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
     const gone = await cli(['agent', 'show', ...admin(), '--spiffe-id', nodeId]);
     expect(gone.code).toBe(1);
     expect(gone.stderr).toBe(
-      `ironroot-server: no attested agent with SPIFFE ID "${nodeId}"; see "agent list"\n`,
+      `Error (ERR_AGENT_NOT_FOUND): no attested agent with SPIFFE ID "${nodeId}"; see "agent list"\n`,
     );
   });
 
@@ -517,7 +526,9 @@ describe('registration API over the admin socket, through the built CLI', () => 
     expect((await cli(['healthcheck', ...admin()])).stdout.trim()).toBe('Server is healthy.');
     const bad = await cli(['healthcheck', '--admin-socket', join(server.dir, 'nope.sock')]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toContain("Server is unhealthy: cannot reach the server's admin socket");
+    expect(bad.stderr).toContain(
+      "Error (ERR_UNAVAILABLE): Server is unhealthy: cannot reach the server's admin socket",
+    );
   });
 
   it('reads the admin socket from --config', async () => {

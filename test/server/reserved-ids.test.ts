@@ -22,15 +22,23 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
   let server: TestServer;
   let client: AdminClient;
   const admin = () => ['--admin-socket', server.socket];
-  /** `stderr` is the message alone, except for a --data file: each refused entry by index and code. */
-  const refusedEntry = (result: CliResult, code: string, message: string, stderr = message) => {
+  /**
+   * The entry's result and the error on standard error (JSON, as --output json asks), which for a
+   * --data file is ERR_CLI_ENTRIES_REFUSED listing each refused entry by index and code.
+   */
+  const refusedEntry = (
+    result: CliResult,
+    code: string,
+    message: string,
+    error: { code: string; message: string } = { code, message },
+  ) => {
     expect(result.code).toBe(1);
     expect((JSON.parse(result.stdout) as Results).results[0]?.status).toEqual({
       code: 3,
       error_code: code,
       message,
     });
-    expect(result.stderr).toBe(`ironroot-server: ${stderr}\n`);
+    expect(result.stderr).toBe(`${JSON.stringify({ error })}\n`);
   };
   const entryCreate = (id: string) =>
     cli([
@@ -96,7 +104,10 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
         await cli(['entry', 'create', ...admin(), '--output', 'json', '--data', file]),
         'ERR_SPIFFE_ID_RESERVED',
         reservedMessage(id, owner),
-        `1 of 1 entries failed:\n  entry 0: ERR_SPIFFE_ID_RESERVED: ${reservedMessage(id, owner)}`,
+        {
+          code: 'ERR_CLI_ENTRIES_REFUSED',
+          message: `1 of 1 entries failed:\n  entry 0: ERR_SPIFFE_ID_RESERVED: ${reservedMessage(id, owner)}`,
+        },
       );
     },
   );
@@ -128,9 +139,9 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
     expect(result).toEqual({
       code: 1,
       stdout: '',
-      stderr: `ironroot-server: ${reservedMessage(id, owner)}\n`,
+      stderr: `Error (ERR_SPIFFE_ID_RESERVED): ${reservedMessage(id, owner)}\n`,
     });
-    // The CLI prints the message only; the code travels on the same admin API call.
+    // The code the CLI prints is the one the admin API call answers.
     await expect(client.call('SvidService', 'MintX509Svid', { csr: await csrFor(id) })).rejects.toMatchObject(
       {
         errorCode: 'ERR_SPIFFE_ID_RESERVED',
@@ -144,7 +155,7 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
     expect(result).toEqual({
       code: 1,
       stdout: '',
-      stderr: `ironroot-server: ${reservedMessage(id, owner)}\n`,
+      stderr: `Error (ERR_SPIFFE_ID_RESERVED): ${reservedMessage(id, owner)}\n`,
     });
     await expect(
       client.call('SvidService', 'MintJwtSvid', { spiffe_id: id, audience: ['a'] }),
@@ -156,7 +167,11 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
 
   it('jwt mint refuses a 2049-byte SPIFFE ID with ERR_SPIFFEID_TOO_LONG, not an internal error', async () => {
     const result = await cli(['jwt', 'mint', ...admin(), '--spiffe-id', tooLong, '--audience', 'a']);
-    expect(result).toEqual({ code: 1, stdout: '', stderr: `ironroot-server: ${tooLongMessage}\n` });
+    expect(result).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: `Error (ERR_SPIFFE_ID_INVALID): ${tooLongMessage}\n`,
+    });
     await expect(
       client.call('SvidService', 'MintJwtSvid', { spiffe_id: tooLong, audience: ['a'] }),
     ).rejects.toMatchObject({ errorCode: 'ERR_SPIFFE_ID_INVALID', message: tooLongMessage });
@@ -177,13 +192,17 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
       expect(result, command).toEqual({
         code: 1,
         stdout: '',
-        stderr: `ironroot-server: ${lookup('spiffe_id')}\n`,
+        stderr: `Error (ERR_SPIFFE_ID_INVALID): ${lookup('spiffe_id')}\n`,
       });
     }
     await expect(client.call('AgentService', 'GetAgent', { spiffe_id: tooLong })).rejects.toMatchObject({
       errorCode: 'ERR_SPIFFE_ID_INVALID',
     });
     const shown = await cli(['entry', 'show', ...admin(), '--spiffe-id', tooLong]);
-    expect(shown).toEqual({ code: 1, stdout: '', stderr: `ironroot-server: ${lookup('by_spiffe_id')}\n` });
+    expect(shown).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: `Error (ERR_SPIFFE_ID_INVALID): ${lookup('by_spiffe_id')}\n`,
+    });
   });
 });

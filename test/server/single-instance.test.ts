@@ -54,7 +54,7 @@ describe('one server per data directory and admin socket', () => {
     const second = await runToEnd(server.configFile);
     expect(second.code).toBe(1);
     expect(second.stderr).toContain(
-      `ironroot-server: data_dir ${server.dataDir} is in use by another ironroot-server (pid `,
+      `Error (ERR_DATA_DIR_LOCKED): data_dir ${server.dataDir} is in use by another ironroot-server (pid `,
     );
     expect(lstatSync(server.socket).isSocket()).toBe(true);
     expect(await manageable(server)).toBe(true);
@@ -68,7 +68,7 @@ describe('one server per data directory and admin socket', () => {
     const second = await runToEnd(file);
     expect(second.code).toBe(1);
     expect(second.stderr).toBe(
-      `ironroot-server: admin_socket ${server.socket} is served by another running process; stop it, or choose another admin_socket\n`,
+      `Error (ERR_SOCKET_IN_USE): admin_socket ${server.socket} is served by another running process; stop it, or choose another admin_socket\n`,
     );
     expect(lstatSync(server.socket).isSocket()).toBe(true);
     expect(await manageable(server)).toBe(true);
@@ -109,7 +109,7 @@ describe('one server per data directory and admin socket', () => {
         const second = await runToEnd(file);
         expect(second.code, key).toBe(1);
         expect(second.stderr, key).toContain(
-          `ironroot-server: ${key} 127.0.0.1:${port} is in use by another process; stop it, or choose another port for ${key}\n`,
+          `Error (ERR_ADDRESS_IN_USE): ${key} 127.0.0.1:${port} is in use by another process; stop it, or choose another port for ${key}\n`,
         );
         // The refused server removed the admin socket it had bound, and only that one.
         expect(existsSync(join(server.dir, `run-${key}`, 'admin.sock')), key).toBe(false);
@@ -130,7 +130,7 @@ describe('one server per data directory and admin socket', () => {
     const message = `data_dir ${join(notDir, 'data')} cannot be used: ${notDir} is not a directory; create it writable for this user, or choose another data_dir`;
     const run = await runToEnd(file);
     expect(run.code).toBe(1);
-    expect(run.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(run.stderr).toBe(`Error (ERR_DIR_UNUSABLE): ${message}\n`);
     const validate = await cli(['validate', '--config', file, '--output', 'json']);
     expect(validate.code).toBe(1);
     expect(JSON.parse(validate.stdout)).toEqual({ valid: false, code: 'ERR_DIR_UNUSABLE', error: message });

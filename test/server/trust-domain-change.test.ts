@@ -60,17 +60,21 @@ describe('a data dir keeps the trust domain it was made for', () => {
     const message = `data_dir ${running.dataDir} belongs to trust domain example.org (its CA and bundle were made for it), not example.com: a server cannot change its trust domain; start with trust_domain example.org, or give example.com a new, empty data_dir`;
     const byFlag = await cli(['run', '--config', running.configFile, '--trust-domain', 'example.com']);
     expect(byFlag.code).toBe(1);
-    expect(byFlag.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(byFlag.stderr).toBe(`Error (ERR_TRUST_DOMAIN_MISMATCH): ${message}\n`);
 
     const otherConfig = join(running.dir, 'example-com.yaml');
     const config = parse(readFileSync(running.configFile, 'utf8')) as Record<string, unknown>;
     writeFileSync(otherConfig, stringify({ ...config, trust_domain: 'example.com' }));
     const byConfig = await cli(['run', '--config', otherConfig]);
     expect(byConfig.code).toBe(1);
-    expect(byConfig.stderr).toBe(`ironroot-server: ${message}\n`);
+    expect(byConfig.stderr).toBe(`Error (ERR_TRUST_DOMAIN_MISMATCH): ${message}\n`);
 
     const validated = await cli(['validate', '--config', otherConfig]);
-    expect(validated).toEqual({ code: 1, stdout: '', stderr: `ironroot-server: ${message}\n` });
+    expect(validated).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: `Error (ERR_TRUST_DOMAIN_MISMATCH): ${message}\n`,
+    });
     expect(() => checkDataDirTrustDomain(running.dataDir, 'example.com')).toThrow(
       expect.objectContaining({ code: 'ERR_TRUST_DOMAIN_MISMATCH', message }),
     );

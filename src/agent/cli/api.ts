@@ -2,9 +2,8 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { type OutputFormat, withOutput } from '../../host/index.js';
-import { ENDPOINT_SOCKET_ENV, isSpiffeError, type X509Bundle } from '../../spiffe/index.js';
+import { ENDPOINT_SOCKET_ENV, type X509Bundle } from '../../spiffe/index.js';
 import { WorkloadApiClient, type X509Context } from '../../workload-api/client.js';
-import { isWorkloadApiError } from '../../workload-api/errors.js';
 import { DEFAULT_SOCKET_PATH } from '../../workload-api/server.js';
 
 interface Common {
@@ -35,7 +34,7 @@ class ApiTimeoutError extends Error {
   readonly code = 'ERR_WORKLOADAPI_TIMEOUT';
   constructor(address: string, timeoutMs: number) {
     super(
-      `ERR_WORKLOADAPI_TIMEOUT: no answer from the Workload API at ${address} within ${timeoutMs} ms; is the agent running and serving this socket? (raise --timeout if it is busy)`,
+      `no answer from the Workload API at ${address} within ${timeoutMs} ms; is the agent running and serving this socket? (raise --timeout if it is busy)`,
     );
   }
 }
@@ -75,20 +74,12 @@ function write(command: Command, text: string): void {
   else out(text);
 }
 
-/** Runs `action` with a client, turning Workload API and SPIFFE errors into a one-line error and exit 1. */
-async function withClient(
-  command: Command,
-  options: Common,
-  action: (client: WorkloadApiClient) => Promise<void>,
-) {
+/** Runs `action` with a client; its errors (coded Workload API and SPIFFE errors) are reported by runCli. */
+async function withClient(options: Common, action: (client: WorkloadApiClient) => Promise<void>) {
   let client: WorkloadApiClient | undefined;
   try {
     client = clientFor(options);
     await within(action(client), client.address, options.timeout);
-  } catch (e) {
-    if (isWorkloadApiError(e) || isSpiffeError(e) || e instanceof ApiTimeoutError)
-      command.error(`error: ${e.message}`, { exitCode: 1, code: e.code });
-    throw e;
   } finally {
     client?.close();
   }
@@ -165,7 +156,7 @@ function fetchCommand(): Command {
     .addOption(timeoutOption())
     .option('--write <dir>', 'write svid.N.pem, svid.N.key (0600), bundle.N.pem and federated bundles here')
     .action(async (options: Common & { write?: string }) =>
-      withClient(x509, options, async (client) => {
+      withClient(options, async (client) => {
         const context = await client.fetchX509Context();
         const files = options.write === undefined ? [] : await writeX509(options.write, context);
         if (options.output === 'json') write(x509, `${JSON.stringify({ ...x509Json(context), files })}\n`);
@@ -179,7 +170,7 @@ function fetchCommand(): Command {
     .requiredOption('--audience <aud...>', 'audience(s) of the token')
     .option('--spiffe-id <id>', 'only the token of this identity')
     .action(async (options: Common & { audience: string[]; spiffeId?: string }) =>
-      withClient(jwt, options, async (client) => {
+      withClient(options, async (client) => {
         const svids = await client.fetchJwtSvids({ audience: options.audience, spiffeId: options.spiffeId });
         const data = svids.map(({ svid, hint }) => ({
           spiffe_id: svid.id.toString(),
@@ -195,7 +186,7 @@ function fetchCommand(): Command {
     .description('fetch the JWT bundles (JWK Sets) by trust domain')
     .addOption(timeoutOption())
     .action(async (options: Common) =>
-      withClient(jwtBundles, options, async (client) => {
+      withClient(options, async (client) => {
         const set = await client.fetchJwtBundles();
         const data = Object.fromEntries(
           set
@@ -227,7 +218,7 @@ function validateCommand(): Command {
     .requiredOption('--audience <aud>', 'audience the token must carry')
     .requiredOption('--svid <token>', 'the JWT-SVID')
     .action(async (options: Common & { audience: string; svid: string }) =>
-      withClient(jwt, options, async (client) => {
+      withClient(options, async (client) => {
         const { spiffeId, claims } = await client.validateJwtSvid(options.svid, options.audience);
         if (options.output === 'json')
           write(jwt, `${JSON.stringify({ spiffe_id: spiffeId.toString(), claims })}\n`);
@@ -241,7 +232,7 @@ function watchCommand(): Command {
   const watch: Command = withCommon(new Command('watch'))
     .description('print every X.509-SVID update until interrupted')
     .action(async (options: Common) =>
-      withClient(watch, options, async (client) => {
+      withClient(options, async (client) => {
         const abort = new AbortController();
         const stop = () => abort.abort();
         process.once('SIGINT', stop);

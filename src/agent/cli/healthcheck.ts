@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { CliError } from '../../host/index.js';
 import { loadAgentConfig } from '../config/load.js';
 import { AGENT_DEFAULTS } from '../config/schema.js';
 import { healthSocketPath, queryHealth } from '../health.js';
@@ -18,18 +19,9 @@ export function healthcheckCommand(): Command {
     .action(async (flags: { config?: string; dataDir?: string; live?: boolean }) => {
       let dataDir = flags.dataDir ?? AGENT_DEFAULTS.data_dir;
       if (flags.config !== undefined) {
-        if (flags.dataDir !== undefined) {
-          process.stderr.write('ironroot-agent: give --config or --data-dir, not both\n');
-          process.exitCode = 1;
-          return;
-        }
-        try {
-          dataDir = loadAgentConfig({ file: flags.config, readToken: false }).data_dir;
-        } catch (error) {
-          process.stderr.write(`ironroot-agent: ${(error as Error).message}\n`);
-          process.exitCode = 1;
-          return;
-        }
+        if (flags.dataDir !== undefined)
+          throw new CliError('ERR_CLI_USAGE', 'give --config or --data-dir, not both');
+        dataDir = loadAgentConfig({ file: flags.config, readToken: false }).data_dir;
       }
       const socket = healthSocketPath(dataDir);
       try {
@@ -37,10 +29,11 @@ export function healthcheckCommand(): Command {
         process.stdout.write(body);
         process.exitCode = status === 200 ? 0 : 1;
       } catch (error) {
-        process.stderr.write(
-          `ironroot-agent: no agent answers on ${socket} (${(error as Error).message}); is it running with this ${flags.config !== undefined ? '--config' : '--data-dir'}?\n`,
+        throw new CliError(
+          'ERR_AGENT_UNREACHABLE',
+          `no agent answers on ${socket} (${(error as Error).message}); is it running with this ${flags.config !== undefined ? '--config' : '--data-dir'}?`,
+          { cause: error },
         );
-        process.exitCode = 1;
       }
     });
 }

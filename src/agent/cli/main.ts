@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { runCli } from '../../host/index.js';
 import { VERSION } from '../../version.js';
 import { apiCommand } from './api.js';
 import { healthcheckCommand } from './healthcheck.js';
@@ -21,5 +22,5 @@ export function buildAgentProgram(): Command {
 }
 
 export async function main(argv: readonly string[]): Promise<void> {
-  await buildAgentProgram().parseAsync([...argv]);
+  await runCli(buildAgentProgram(), argv);
 }

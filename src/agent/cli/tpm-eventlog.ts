@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
-import { type OutputFormat, withOutput } from '../../host/index.js';
+import { CliError, type OutputFormat, withOutput } from '../../host/index.js';
 import {
   type DecodedEvent,
   type DecodedLogEvent,
@@ -19,10 +19,9 @@ export const DEFAULT_EVENTLOG_PATH = '/sys/kernel/security/tpm0/binary_bios_meas
 /**
  * `eventlog [FILE] [--output text|json]`: print a TCG measured-boot event log, decoded, and the PCR values
  * it replays to. Output goes through commander's output configuration, so a caller (or a test)
- * can redirect it with `configureOutput`.
+ * can redirect it with `configureOutput`; failures are coded errors, which runCli reports.
  */
 export function eventlogCommand(): Command {
-  // Annotated so that command.error(), which returns never, narrows the code after it.
   const command: Command = withOutput(new Command('eventlog'))
     .description('print the measured-boot event log, decoded, and the PCR values it replays to')
     .argument('[file]', 'binary event log', DEFAULT_EVENTLOG_PATH)
@@ -36,10 +35,7 @@ export function eventlogCommand(): Command {
       try {
         bytes = await readFile(file);
       } catch (e) {
-        command.error(`error: cannot read ${file}: ${(e as Error).message}`, {
-          exitCode: 1,
-          code: 'ERR_EVENTLOG_READ',
-        });
+        throw new CliError('ERR_EVENTLOG_READ', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
       }
       let log: EventLog;
       let replayed: ReplayResult;
@@ -49,7 +45,7 @@ export function eventlogCommand(): Command {
       } catch (e) {
         if (!(e instanceof EventLogError)) throw e;
         const where = e.offset === undefined ? '' : ` at byte offset ${e.offset}`;
-        command.error(`error: ${file}: ${e.code}${where}: ${e.message}`, { exitCode: 1, code: e.code });
+        throw new CliError(e.code, `${file}${where}: ${e.message}`, { cause: e });
       }
       const decoded = decodeAll(log);
       write(

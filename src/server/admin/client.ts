@@ -7,7 +7,10 @@ import { type Client, credentials, type ServiceError, status } from '@grpc/grpc-
 import type { AdminApi, DeepPartial, ServiceName } from './messages.js';
 import { adminServices } from './proto.js';
 
-/** What went wrong on a call: the server's stable code when it sent one, and its message. */
+/**
+ * What went wrong on a call: the server's stable code (it sends `ERR_…: message` as the gRPC status
+ * details), or one named here when the call failed before a handler answered; and the message.
+ */
 export class AdminCallError extends Error {
   readonly grpcCode: status;
   readonly errorCode: string;
@@ -80,6 +83,8 @@ export class AdminClient {
         `cannot reach the server's admin socket ${this.#socketPath} (${error.details}); is ironroot-server running, and may you open that socket?`,
       );
     }
-    return new AdminCallError(error.code, `GRPC_${status[error.code]}`, error.details);
+    // The server's INTERNAL says only "see the server log": the code says as much.
+    if (error.code === status.INTERNAL) return new AdminCallError(error.code, 'ERR_INTERNAL', error.details);
+    return new AdminCallError(error.code, `ERR_GRPC_${status[error.code]}`, error.details);
   }
 }

@@ -314,8 +314,8 @@ export class AdminServer {
 
 /**
  * What the caller is told of a failure: a ServerError as it is; an HSM fault by its code (an HSM
- * outage is ERR_HSM_UNAVAILABLE, not "internal error"), the code also in the message, which the
- * CLI prints alone. Anything else is undefined: an internal error, detailed only in the log.
+ * outage is ERR_HSM_UNAVAILABLE, not "internal error"). Anything else is undefined: an internal
+ * error, detailed only in the log.
  */
 function adminError(error: unknown): { code: string; message: string; grpcStatus: status } | undefined {
   if (error instanceof ServerError) return error;
@@ -326,5 +326,5 @@ function adminError(error: unknown): { code: string; message: string; grpcStatus
       : error.code === 'ERR_HSM_OPERATION_FAILED'
         ? status.INTERNAL
         : status.FAILED_PRECONDITION;
-  return { code: error.code, message: `the HSM failed with ${error.code}: ${error.message}`, grpcStatus };
+  return { code: error.code, message: `the HSM failed: ${error.message}`, grpcStatus };
 }

@@ -16,6 +16,7 @@ import {
   adminCommand,
   CliError,
   collect,
+  errorCodeOf,
   integerFlag,
   print,
   printJson,
@@ -258,7 +259,7 @@ export function x509Command(): Command {
       try {
         spiffeId = SpiffeId.parse(flags.spiffeId);
       } catch (error) {
-        throw new CliError(`--spiffe-id: ${(error as Error).message}`);
+        throw new CliError(errorCodeOf(error) ?? 'ERR_CLI_USAGE', `--spiffe-id: ${(error as Error).message}`);
       }
       const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const csr = await createCsr(
@@ -299,7 +300,7 @@ function writePrivateFile(path: string, text: string): void {
     renameSync(temporary, path);
   } catch (error) {
     rmSync(temporary, { force: true });
-    throw new CliError(`--write ${path}: ${(error as Error).message}`);
+    throw new CliError('ERR_CLI_FILE', `--write ${path}: ${(error as Error).message}`);
   }
 }
 

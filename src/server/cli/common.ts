@@ -4,13 +4,13 @@
  * @module
  */
 import type { Command } from 'commander';
-import { type OutputFormat, withOutput } from '../../host/index.js';
+import { CliError, errorCodeOf, type OutputFormat, UNCODED_ERROR, withOutput } from '../../host/index.js';
 import { SpiffeError, TrustDomain } from '../../spiffe/index.js';
 import { AdminClient } from '../admin/client.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { loadConfig } from '../config/load.js';
 
-export { type OutputFormat, withOutput };
+export { CliError, errorCodeOf, type OutputFormat, UNCODED_ERROR, withOutput };
 
 export interface AdminOptions {
   adminSocket?: string;
@@ -58,7 +58,10 @@ export function printJson(value: unknown): void {
 export function integerFlag(flag: string): (text: string) => number {
   return (text: string) => {
     if (!/^[0-9]+$/.test(text))
-      throw new Error(`${flag} ${JSON.stringify(text)}: allowed: a whole number of seconds`);
+      throw new CliError(
+        'ERR_CLI_USAGE',
+        `${flag} ${JSON.stringify(text)}: allowed: a whole number of seconds`,
+      );
     return Number(text);
   };
 }
@@ -67,15 +70,13 @@ export function collect(value: string, previous: string[] | undefined): string[]
   return [...(previous ?? []), value];
 }
 
-/** An error the CLI reports as one line and exit status 1 (bin/ prints `ironroot-server: …`). */
-export class CliError extends Error {
-  override name = 'CliError';
-}
-
 /** A trust domain flag that is neither `td` nor `spiffe://td`. */
 export class TrustDomainFlagError extends CliError {
   override name = 'TrustDomainFlagError';
-  readonly code = 'ERR_CLI_TRUST_DOMAIN';
+
+  constructor(message: string) {
+    super('ERR_CLI_TRUST_DOMAIN', message);
+  }
 }
 
 /**
@@ -85,7 +86,7 @@ export class TrustDomainFlagError extends CliError {
 export function trustDomainFlag(flag: string, text: string): string {
   const refuse = (why: string) =>
     new TrustDomainFlagError(
-      `ERR_CLI_TRUST_DOMAIN: ${flag} ${JSON.stringify(text)}: ${why}; give the trust domain as example.org or spiffe://example.org`,
+      `${flag} ${JSON.stringify(text)}: ${why}; give the trust domain as example.org or spiffe://example.org`,
     );
   if (/^spiffe:\/\/[^/]+\/./.test(text)) throw refuse('a SPIFFE ID with a path is not a trust domain');
   try {

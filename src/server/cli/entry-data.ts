@@ -140,13 +140,13 @@ export function readEntryData(file: string): DataEntry[] {
   try {
     text = readFileSync(file === '-' ? 0 : file, 'utf8');
   } catch (error) {
-    throw new CliError(`--data ${file}: cannot read it: ${(error as Error).message}`);
+    throw new CliError('ERR_CLI_FILE', `--data ${file}: cannot read it: ${(error as Error).message}`);
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (error) {
-    throw new CliError(`--data ${file}: not valid JSON: ${(error as Error).message}`);
+    throw new CliError('ERR_CLI_DATA_INVALID', `--data ${file}: not valid JSON: ${(error as Error).message}`);
   }
   const shape = `expected {"entries": [{…}, …]} (as SPIRE's -data) or a JSON list of entries`;
   let list: unknown[];
@@ -154,10 +154,13 @@ export function readEntryData(file: string): DataEntry[] {
   else if (parsed !== null && typeof parsed === 'object' && Array.isArray(Reflect.get(parsed, 'entries'))) {
     const extra = Object.keys(parsed).filter((k) => k !== 'entries');
     if (extra.length > 0)
-      throw new CliError(`--data ${file}: unknown top-level field "${extra[0]}"; ${shape}`);
+      throw new CliError(
+        'ERR_CLI_DATA_INVALID',
+        `--data ${file}: unknown top-level field "${extra[0]}"; ${shape}`,
+      );
     list = Reflect.get(parsed, 'entries') as unknown[];
-  } else throw new CliError(`--data ${file}: ${shape}`);
-  if (list.length === 0) throw new CliError(`--data ${file}: it holds no entries`);
+  } else throw new CliError('ERR_CLI_DATA_INVALID', `--data ${file}: ${shape}`);
+  if (list.length === 0) throw new CliError('ERR_CLI_DATA_INVALID', `--data ${file}: it holds no entries`);
   return list.map((item) => {
     try {
       return { entry: entryOf(item) };

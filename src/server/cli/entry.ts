@@ -90,7 +90,7 @@ function applyFlags(base: EntryMessage, flags: EntryFlags, trustDomain: () => st
   if (flags.spiffeId !== undefined) entry.spiffe_id = flags.spiffeId;
   if (flags.node) entry.parent_id = serverSpiffeId(trustDomain());
   if (flags.parentId !== undefined) {
-    if (flags.node) throw new CliError('give either --node or --parent-id, not both');
+    if (flags.node) throw new CliError('ERR_CLI_USAGE', 'give either --node or --parent-id, not both');
     entry.parent_id = flags.parentId;
   }
   if (flags.selector !== undefined) entry.selectors = flags.selector.map(parseSelector);
@@ -109,7 +109,8 @@ function applyFlags(base: EntryMessage, flags: EntryFlags, trustDomain: () => st
 function trustDomainOf(flags: EntryFlags): () => string {
   return () => {
     const match = /^spiffe:\/\/([^/]+)\//.exec(flags.spiffeId ?? '');
-    if (match?.[1] === undefined) throw new CliError('--node needs --spiffe-id to know the trust domain');
+    if (match?.[1] === undefined)
+      throw new CliError('ERR_CLI_USAGE', '--node needs --spiffe-id to know the trust domain');
     return match[1];
   };
 }
@@ -142,7 +143,7 @@ function reportResults(results: EntryResult[], flags: AdminOptions): void {
   else
     for (const r of results) if (r.entry !== null && r.status.code === 0) print(`${formatEntry(r.entry)}\n`);
   const failed = results.find((r) => r.status.code !== 0);
-  if (failed !== undefined) throw new CliError(failed.status.message);
+  if (failed !== undefined) throw new CliError(failed.status.error_code, failed.status.message);
 }
 
 /** Consecutive runs of `items` within MAX_BATCH entries and MAX_BATCH_JSON_BYTES. */
@@ -183,7 +184,8 @@ async function createFromData(file: string, flags: AdminOptions): Promise<void> 
         });
         batch.forEach(({ index }, i) => {
           const result = answer.results[i];
-          if (result === undefined) throw new CliError('the server answered fewer results than entries sent');
+          if (result === undefined)
+            throw new CliError('ERR_CLI_BAD_ANSWER', 'the server answered fewer results than entries sent');
           results[index] = { index, ...result };
         });
       }
@@ -195,6 +197,7 @@ async function createFromData(file: string, flags: AdminOptions): Promise<void> 
   const failed = results.filter((r) => r.status.code !== 0);
   if (failed.length === 0) return;
   throw new CliError(
+    'ERR_CLI_ENTRIES_REFUSED',
     `${failed.length} of ${results.length} entries failed:\n  ${failed.map((r) => `entry ${r.index}: ${r.status.error_code}: ${r.status.message}`).join('\n  ')}`,
   );
 }
@@ -249,6 +252,7 @@ export function entryCommand(): Command {
         flags.node
       )
         throw new CliError(
+          'ERR_CLI_USAGE',
           '--data takes every entry from the file; give no --spiffe-id, --parent-id, --node or --selector with it',
         );
       return createFromData(flags.data, flags);
@@ -322,7 +326,10 @@ export function entryCommand(): Command {
     const [result] = results;
     if (flags.output === 'json') printJson({ results });
     if (result === undefined || result.status.code !== 0) {
-      throw new CliError(result?.status.message ?? 'the server returned no result');
+      throw new CliError(
+        result?.status.error_code ?? 'ERR_CLI_BAD_ANSWER',
+        result?.status.message ?? 'the server returned no result',
+      );
     }
     if (flags.output === 'text') print(`Deleted entry ${result.id}`);
   });

@@ -63,7 +63,7 @@ function bundleFields(
 ): Pick<FederationRelationshipRequest, 'trust_domain_bundle' | 'trust_domain_bundle_format'> {
   if (flags.trustDomainBundlePath === undefined) {
     if (flags.trustDomainBundleFormat !== undefined)
-      throw new CliError('--trust-domain-bundle-format needs --trust-domain-bundle-path');
+      throw new CliError('ERR_CLI_USAGE', '--trust-domain-bundle-format needs --trust-domain-bundle-path');
     return { trust_domain_bundle: '', trust_domain_bundle_format: '' };
   }
   const path = flags.trustDomainBundlePath;
@@ -71,9 +71,10 @@ function bundleFields(
   try {
     document = readFileSync(path === '-' ? 0 : path, 'utf8');
   } catch (error) {
-    throw new CliError(`--trust-domain-bundle-path ${path}: ${(error as Error).message}`);
+    throw new CliError('ERR_CLI_FILE', `--trust-domain-bundle-path ${path}: ${(error as Error).message}`);
   }
-  if (document.trim() === '') throw new CliError(`--trust-domain-bundle-path ${path}: the file is empty`);
+  if (document.trim() === '')
+    throw new CliError('ERR_CLI_FILE', `--trust-domain-bundle-path ${path}: the file is empty`);
   return {
     trust_domain_bundle: document,
     trust_domain_bundle_format: flags.trustDomainBundleFormat ?? 'pem',

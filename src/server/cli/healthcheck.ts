@@ -1,5 +1,14 @@
 import { Command } from 'commander';
-import { type AdminOptions, adminCommand, CliError, print, printJson, withClient } from './common.js';
+import {
+  type AdminOptions,
+  adminCommand,
+  CliError,
+  errorCodeOf,
+  print,
+  printJson,
+  UNCODED_ERROR,
+  withClient,
+} from './common.js';
 
 /**
  * `healthcheck`: asks the server over its admin socket for something that needs the datastore,
@@ -22,7 +31,10 @@ export function healthcheckCommand(): Command {
         );
     } catch (error) {
       if (flags.output === 'json') printJson({ healthy: false, reason: (error as Error).message });
-      throw new CliError(`Server is unhealthy: ${(error as Error).message}`);
+      throw new CliError(
+        errorCodeOf(error) ?? UNCODED_ERROR,
+        `Server is unhealthy: ${(error as Error).message}`,
+      );
     }
   });
 }

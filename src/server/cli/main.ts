@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { runCli } from '../../host/index.js';
 import { VERSION } from '../../version.js';
 import { agentCommand } from './agent.js';
 import { bundleCommand, jwtCommand, localAuthorityCommand, x509Command } from './authority.js';
@@ -34,5 +35,5 @@ export function buildServerProgram(): Command {
 }
 
 export async function main(argv: readonly string[]): Promise<void> {
-  await buildServerProgram().parseAsync([...argv]);
+  await runCli(buildServerProgram(), argv);
 }

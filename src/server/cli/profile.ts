@@ -7,6 +7,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
+import { reportCliError } from '../../host/index.js';
 import {
   type BootFacts,
   DEFAULT_LEARN_PCRS,
@@ -39,7 +40,9 @@ function readLog(file: string): EventLog {
   try {
     bytes = readFileSync(file);
   } catch (cause) {
-    throw new CliError(`cannot read event log ${file}: ${(cause as Error).message}`, { cause });
+    throw new CliError('ERR_CLI_FILE', `cannot read event log ${file}: ${(cause as Error).message}`, {
+      cause,
+    });
   }
   return parseLog(bytes, file);
 }
@@ -49,7 +52,7 @@ function parseLog(bytes: Buffer, source: string): EventLog {
     return parseEventLog(bytes);
   } catch (cause) {
     if (cause instanceof EventLogError)
-      throw new CliError(`event log ${source}: ${cause.code}: ${cause.message}`);
+      throw new CliError(cause.code, `event log ${source}: ${cause.message}`);
     throw cause;
   }
 }
@@ -58,8 +61,7 @@ function factsOf(log: EventLog, file: string, bank?: string): BootFacts {
   try {
     return selfBootFacts(log, bank);
   } catch (cause) {
-    if (cause instanceof EventLogError)
-      throw new CliError(`event log ${file}: ${cause.code}: ${cause.message}`);
+    if (cause instanceof EventLogError) throw new CliError(cause.code, `event log ${file}: ${cause.message}`);
     throw cause;
   }
 }
@@ -68,7 +70,10 @@ function pcrList(text: string): number[] {
   const pcrs = text.split(',').map((p) => p.trim());
   for (const p of pcrs)
     if (!/^(?:[0-9]|1[0-9]|2[0-3])$/.test(p))
-      throw new CliError(`--pcrs ${JSON.stringify(text)}: allowed: PCR numbers 0..23, comma-separated`);
+      throw new CliError(
+        'ERR_CLI_USAGE',
+        `--pcrs ${JSON.stringify(text)}: allowed: PCR numbers 0..23, comma-separated`,
+      );
   return pcrs.map(Number);
 }
 
@@ -108,7 +113,10 @@ function learnCommand(): Command {
       .option('--description <text>', 'description kept in the profile'),
   ).action(async (flags: LearnFlags) => {
     if ((flags.eventlog === undefined) === (flags.fromNode === undefined))
-      throw new CliError('profile learn needs exactly one of --eventlog FILE and --from-node SPIFFE_ID');
+      throw new CliError(
+        'ERR_CLI_USAGE',
+        'profile learn needs exactly one of --eventlog FILE and --from-node SPIFFE_ID',
+      );
     let log: EventLog;
     let source: string;
     if (flags.fromNode !== undefined) {
@@ -174,7 +182,7 @@ function checkCommand(): Command {
         name = profile.name;
         violations = checkOffline(profile, readLog(flags.eventlog), flags.eventlog);
       } catch (error) {
-        process.stderr.write(`ironroot-server: ${(error as Error).message}\n`);
+        reportCliError(error, flags.output);
         process.exitCode = 2;
         return;
       }

@@ -1,35 +1,30 @@
 import { readFileSync } from 'node:fs';
-import { CommanderError } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_EVENTLOG_PATH, eventlogCommand } from '../../../src/agent/cli/tpm-eventlog.js';
+import { formatCliError } from '../../../src/host/index.js';
 import { fixturePath } from '../../helpers/fixtures.js';
 
 interface Run {
   stdout: string;
-  stderr: string;
-  error: CommanderError | undefined;
+  /** What the command threw; the executable reports it with formatCliError. */
+  error: unknown;
 }
 
 /** Run `eventlog ARGS` as commander would, capturing output instead of exiting the process. */
 async function run(...args: string[]): Promise<Run> {
   let stdout = '';
-  let stderr = '';
   const command = eventlogCommand()
     .exitOverride()
     .configureOutput({
       writeOut: (s) => {
         stdout += s;
       },
-      writeErr: (s) => {
-        stderr += s;
-      },
     });
   try {
     await command.parseAsync(args, { from: 'user' });
-    return { stdout, stderr, error: undefined };
+    return { stdout, error: undefined };
   } catch (e) {
-    if (e instanceof CommanderError) return { stdout, stderr, error: e };
-    throw e;
+    return { stdout, error: e };
   }
 }
 
@@ -70,11 +65,12 @@ describe('ironroot-agent tpm eventlog', () => {
   });
 
   it('fails with the error code and byte offset for a bogus log', async () => {
-    const { stderr, error } = await run(
-      fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-bogus'),
+    const file = fixturePath('eventlogs', 'keylime', 'binary_bios_measurements-bogus');
+    const { error } = await run(file);
+    expect(error).toMatchObject({ code: 'ERR_EVENTLOG_MALFORMED' });
+    expect(formatCliError(error, 'text')).toContain(
+      `Error (ERR_EVENTLOG_MALFORMED): ${file} at byte offset 0: `,
     );
-    expect(error).toMatchObject({ exitCode: 1, code: 'ERR_EVENTLOG_MALFORMED' });
-    expect(stderr).toContain('ERR_EVENTLOG_MALFORMED at byte offset 0');
   });
 
   it('reads the kernel securityfs log when no file is given', () => {
@@ -84,8 +80,10 @@ describe('ironroot-agent tpm eventlog', () => {
   });
 
   it('fails with ERR_EVENTLOG_READ naming the file it cannot read', async () => {
-    const { stderr, error } = await run('/nonexistent/ironroot/eventlog');
-    expect(error).toMatchObject({ exitCode: 1, code: 'ERR_EVENTLOG_READ' });
-    expect(stderr).toContain('cannot read /nonexistent/ironroot/eventlog');
+    const { error } = await run('/nonexistent/ironroot/eventlog');
+    expect(error).toMatchObject({ code: 'ERR_EVENTLOG_READ' });
+    expect(formatCliError(error, 'text')).toMatch(
+      /^Error \(ERR_EVENTLOG_READ\): cannot read \/nonexistent\/ironroot\/eventlog: ENOENT/,
+    );
   });
 });
