@@ -21,7 +21,7 @@ import {
 } from '../../hsm/index.js';
 import { loadConfig } from '../config/load.js';
 import type { ServerConfig } from '../config/schema.js';
-import { withOutput } from './common.js';
+import { CliError, withOutput } from './common.js';
 
 type Output = 'text' | 'json';
 
@@ -87,16 +87,6 @@ async function withManager<T>(uri: Pkcs11Uri, action: (keys: Pkcs11KeyManager) =
     return await action(keys);
   } finally {
     await keys.close();
-  }
-}
-
-/** Turns an HsmError into a one-line message that starts with its stable code. */
-async function reportingErrors(action: () => Promise<void>): Promise<void> {
-  try {
-    await action();
-  } catch (error) {
-    if (error instanceof HsmError) throw new Error(`${error.code}: ${error.message}`, { cause: error });
-    throw error;
   }
 }
 
@@ -263,9 +253,7 @@ export function hsmCommand(): Command {
       .option('--key <id...>', 'key ids that must be present (the URI object= is required too)', []),
     true,
   ).action(async (options: KeyStoreOptions & OutputOptions & { key: string[] }) => {
-    await reportingErrors(async () => {
-      if (!(await runCheck(keyStoreUri(options), options.key, options.output))) process.exitCode = 1;
-    });
+    if (!(await runCheck(keyStoreUri(options), options.key, options.output))) process.exitCode = 1;
   });
 
   const keys = hsm.command('keys').description('list, generate and destroy keys on the token');
@@ -278,10 +266,8 @@ export function hsmCommand(): Command {
       ),
     true,
   ).action(async (options: KeyStoreOptions & OutputOptions) => {
-    await reportingErrors(async () => {
-      const config = serverConfig(options);
-      await runList(keyStoreUri(options, config), options.output, config);
-    });
+    const config = serverConfig(options);
+    await runList(keyStoreUri(options, config), options.output, config);
   });
 
   withKeyStore(
@@ -292,10 +278,8 @@ export function hsmCommand(): Command {
       .addOption(new Option('--type <type>', 'key type').choices([...KEY_TYPES]).default('ec-p256')),
     true,
   ).action(async (id: string, options: KeyStoreOptions & OutputOptions & { type: string }) => {
-    await reportingErrors(async () => {
-      if (!isKeyType(options.type)) throw new TypeError(`unknown key type ${options.type}`);
-      await runGenerate(keyStoreUri(options), id, options.type, options.output);
-    });
+    if (!isKeyType(options.type)) throw new CliError('ERR_CLI_USAGE', `unknown key type ${options.type}`);
+    await runGenerate(keyStoreUri(options), id, options.type, options.output);
   });
 
   withKeyStore(
@@ -306,10 +290,9 @@ export function hsmCommand(): Command {
       .option('--yes', 'confirm: the key cannot be recovered afterwards', false),
     false,
   ).action(async (id: string, options: KeyStoreOptions & { yes: boolean }) => {
-    await reportingErrors(async () => {
-      if (!options.yes) throw new Error(`destroying key "${id}" cannot be undone; repeat with --yes`);
-      await runDestroy(keyStoreUri(options), id);
-    });
+    if (!options.yes)
+      throw new CliError('ERR_CLI_USAGE', `destroying key "${id}" cannot be undone; repeat with --yes`);
+    await runDestroy(keyStoreUri(options), id);
   });
 
   return hsm;
