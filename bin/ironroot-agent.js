@@ -1,8 +1,8 @@
 #!/usr/bin/env -S node --max-semi-space-size=2
-import { main } from '../dist/agent/cli/main.js';
 // --max-semi-space-size=2 (MiB): V8's young generation otherwise grows to 16 MiB per semi-space and
 // stays committed, 15–25 MiB of the idle agent's RSS; capped, an agent measured 20–30 MiB smaller
 // with no measurable CPU cost (docs/performance.md, "Agent memory"). The systemd unit runs this file.
+import { main } from '../dist/agent/cli/main.js';
 import { formatCliError } from '../dist/host/index.js';
 
 // main reports a failed command itself (Error (ERR_CODE): …); this catches only what escapes that.

@@ -1,8 +1,9 @@
 /**
  * What both executables need from the host: an exclusive lock on a data directory, Unix socket
  * paths claimed only when stale, directories with exact modes, and listen errors named by key; the
- * `--output` flag both command lines share and how they report a failure (`Error (ERR_CODE): …`); the logger both build (`log_format`); and handing
- * freed C-heap memory back to the kernel.
+ * `--output` flag both command lines share, and how they report a failed command
+ * (`Error (ERR_CODE): …`); the logger both build (`log_format`); and handing freed C-heap memory
+ * back to the kernel.
  *
  * @module
  */
