@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { randomUUID } from 'node:crypto';
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
 import { DatastoreError } from '../errors.js';
 
@@ -220,6 +221,22 @@ function caRevocation(): Migration {
   };
 }
 
+/**
+ * The store's own identity, one row written by the migration itself, so that it runs once for a
+ * store whichever server creates the schema (entry-sync cursors of servers sharing it agree).
+ */
+function datastoreIdentity(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('datastore_identity')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .execute();
+      await sql`INSERT INTO datastore_identity (id) VALUES (${randomUUID()})`.execute(db);
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
@@ -228,6 +245,7 @@ export function migrationsFor(dialect: Dialect): Record<string, Migration> {
     '0004_agent_serials_and_bans': agentSerialsAndBans(),
     '0006_attestation_nonces': attestationNonces(),
     '0007_ca_revocation': caRevocation(),
+    '0008_datastore_identity': datastoreIdentity(),
   };
 }
 

@@ -10,6 +10,7 @@ import { type Clock, nowSeconds } from '../clock.js';
 import {
   AgentNotFoundError,
   BundleNotFoundError,
+  DatastoreError,
   EntryDuplicateError,
   EntryNotFoundError,
   EntryRevisionMismatchError,
@@ -740,6 +741,15 @@ export class SqlDatastore implements Datastore {
       from = Number(last.id);
     }
     return { count, entryIds: [...entryIds] };
+  }
+
+  async identity(): Promise<string> {
+    const row = await this.#db.selectFrom('datastore_identity').select('id').executeTakeFirst();
+    if (row === undefined)
+      throw new DatastoreError(
+        'the datastore has no identity row (table datastore_identity is empty); restore it from a backup of this datastore, or start on a new one',
+      );
+    return row.id;
   }
 
   async ping(): Promise<void> {

@@ -129,6 +129,10 @@ export interface AuditLogRow {
   detail: string;
 }
 
+export interface DatastoreIdentityRow {
+  id: string;
+}
+
 export interface Database {
   registration_entries: RegistrationEntryRow;
   entry_selectors: SelectorRow;
@@ -141,4 +145,5 @@ export interface Database {
   bundles: BundleRow;
   ca_journal: CaJournalRow;
   audit_log: AuditLogRow;
+  datastore_identity: DatastoreIdentityRow;
 }
