@@ -133,3 +133,48 @@ describe('the re-quote schedule', () => {
     });
   });
 });
+
+describe('the re-quote schedule with servers sharing a datastore', () => {
+  it('leaves a node another server re-quotes lately alone, and makes one nobody re-quotes untrusted', async () => {
+    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+    const now = () => Math.floor(Date.now() / 1000);
+    const elsewhere = tpmNode(1);
+    const silent = {
+      ...tpmNode(2),
+      tpm: { ...tpmNode(2).tpm, lastQuote: quoted(now() - 3600) },
+    } as AttestedNode;
+    const nodes = new Map([elsewhere, silent].map((n) => [n.spiffeId, n]));
+    // The other server's re-quotes: the node's recorded quote keeps moving on.
+    const otherServer = setInterval(() => {
+      (elsewhere.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(now());
+    }, 200);
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    scheduler = new ContinuousAttestation({
+      datastore: memoryStore(nodes, verdicts),
+      clock: { now: () => Date.now() },
+      logger: pino({ level: 'silent' }),
+      policy,
+      intervalSeconds: 2,
+      deadlineSeconds: 2,
+      reattestations: new Counter({ name: 'o_total', help: 'test', labelNames: ['result'], registers: [] }),
+    });
+    try {
+      await scheduler.start();
+      // Asked while no stream of it is here: the answer says where to ask, and no verdict is made.
+      await expect(scheduler.reattestNow(elsewhere.spiffeId)).rejects.toMatchObject({
+        code: 'ERR_REATTEST_OTHER_SERVER',
+      });
+      await until('the silent node to be judged', () => (verdicts.length > 0 ? true : undefined));
+      await expect(scheduler.reattestNow(elsewhere.spiffeId)).rejects.toMatchObject({
+        code: 'ERR_REATTEST_OTHER_SERVER',
+      });
+      expect(verdicts.map((v) => [v.id, v.trust.code])).toEqual([
+        [silent.spiffeId, 'ERR_REATTEST_NO_ANSWER'],
+      ]);
+      expect(elsewhere.trust.state).toBe('trusted');
+      expect(scheduler.untrusted).toBe(1);
+    } finally {
+      clearInterval(otherServer);
+    }
+  }, 60_000);
+});
