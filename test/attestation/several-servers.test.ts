@@ -101,6 +101,66 @@ async function workloadIds(socket: string): Promise<string[]> {
   }
 }
 
+/** An agent's directory and trust bundle; `agentOn` makes the agent for one server's address. */
+async function agentFiles(bundleFrom: Running) {
+  const agentDir = mkdtempSync(join(tmpdir(), 'ironroot-ha-agent-'));
+  const bundleFile = join(agentDir, 'bundle.pem');
+  writeFileSync(bundleFile, await bundlePem(bundleFrom));
+  const socket = join(agentDir, 'agent.sock');
+  const logs = new LogSink();
+  const agentOn = (server: Running) =>
+    new Agent(
+      loadAgentConfig({
+        overrides: {
+          server_address: server.address,
+          trust_domain: TD,
+          trust_bundle: bundleFile,
+          data_dir: join(agentDir, 'data'),
+          socket_path: socket,
+          event_log_path: 'none',
+          tcti: swtpm.tcti,
+          retry_initial: '50ms',
+          retry_max: '200ms',
+        },
+      }),
+      createAgentLogger({ log_level: 'debug', log_format: 'json' }, logs.stream),
+    );
+  return { socket, logs, agentOn };
+}
+
+async function attested(agent: Agent): Promise<string> {
+  return until('the agent to attest', () => {
+    const status = agent.status();
+    return status.state === 'healthy' && status.spiffe_id !== '' ? status.spiffe_id : undefined;
+  });
+}
+
+async function readyStatus(server: Running): Promise<number> {
+  return (await fetch(`http://127.0.0.1:${server.server.healthPort}/ready`)).status;
+}
+
+/** Polls until every server's /ready answers `status`; bounded by the test timeout. */
+async function allReady(status: number, ...running: Running[]): Promise<void> {
+  for (const server of running)
+    await until(
+      `${server.address} /ready ${status}`,
+      async () => ((await readyStatus(server)) === status ? true : undefined),
+      60_000,
+    );
+}
+
+/** When the datastore says the node's last quote was verified (unix seconds; 0 before any). */
+async function quotedAt(server: Running, agentId: string): Promise<number> {
+  const shown = await json<{ last_quote: { quoted_at: number } | null }>([
+    'agent',
+    'show',
+    ...server.admin,
+    '--spiffe-id',
+    agentId,
+  ]);
+  return shown.last_quote?.quoted_at ?? 0;
+}
+
 describe('servers sharing one PostgreSQL and one HSM token', () => {
   let a: Running;
   let b: Running;
@@ -116,35 +176,11 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
   });
 
   it('an agent attested on A syncs on B, getting entries written through A, and stays trusted while B re-quotes it', async () => {
-    const agentDir = mkdtempSync(join(tmpdir(), 'ironroot-ha-agent-'));
-    const bundleFile = join(agentDir, 'bundle.pem');
-    writeFileSync(bundleFile, await bundlePem(a));
-    const socket = join(agentDir, 'agent.sock');
-    const logs = new LogSink();
-    const agentOn = (server: Running) =>
-      new Agent(
-        loadAgentConfig({
-          overrides: {
-            server_address: server.address,
-            trust_domain: TD,
-            trust_bundle: bundleFile,
-            data_dir: join(agentDir, 'data'),
-            socket_path: socket,
-            event_log_path: 'none',
-            tcti: swtpm.tcti,
-            retry_initial: '50ms',
-            retry_max: '200ms',
-          },
-        }),
-        createAgentLogger({ log_level: 'debug', log_format: 'json' }, logs.stream),
-      );
+    const { socket, agentOn } = await agentFiles(a);
     let agent = agentOn(a);
     await agent.start();
     try {
-      const agentId = await until('the agent to attest on A', () => {
-        const status = agent.status();
-        return status.state === 'healthy' && status.spiffe_id !== '' ? status.spiffe_id : undefined;
-      });
+      const agentId = await attested(agent);
       const first = `spiffe://${TD}/ha/first`;
       await json([
         'entry',
@@ -280,4 +316,94 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
     await expect(attest(b)).rejects.toMatchObject({ code: 'ERR_ATTEST_JOIN_TOKEN_INVALID' });
     for (const server of [a, b, c]) expect(server.server.log()).not.toContain(token.value);
   }, 120_000);
+
+  it('while PostgreSQL is down the agent serves its cached SVIDs and the servers are not ready; all recover after', async () => {
+    const { socket, agentOn } = await agentFiles(b);
+    // Attested on A (which then schedules its re-quotes too), then moved to B.
+    const first = agentOn(a);
+    await first.start();
+    const agentId = await attested(first);
+    await first.stop();
+    const agent = agentOn(b);
+    await agent.start();
+    try {
+      await attested(agent);
+      const cached = `spiffe://${TD}/ha/cached`;
+      await json([
+        'entry',
+        'create',
+        ...b.admin,
+        '--spiffe-id',
+        cached,
+        '--parent-id',
+        agentId,
+        '--selector',
+        'unix:uid:0',
+      ]);
+      await until('the SVID before the outage', async () =>
+        (await workloadIds(socket)).includes(cached) ? true : undefined,
+      );
+
+      const failedIssues = () => a.server.log().split('re-quote challenge could not be issued').length - 1;
+      // A has the node scheduled: it was attested there.
+      const failedBefore = failedIssues();
+      await postgres.halt();
+      await allReady(503, a, b);
+      // Down for several re-quote intervals (longer than a node may go unquoted), counted in A's
+      // failed challenges rather than in seconds.
+      await until(
+        'three failed re-quote challenges on A',
+        () => (failedIssues() >= failedBefore + 3 ? true : undefined),
+        60_000,
+      );
+      expect(await workloadIds(socket)).toContain(cached);
+      const before = await fetch(`http://127.0.0.1:${b.server.healthPort}/ready`);
+      expect(((await before.json()) as { reason: string }).reason).not.toBe('');
+
+      await postgres.start();
+      await allReady(200, a, b);
+      // Sync works again: an entry written through A after the outage reaches the agent through B.
+      const after = `spiffe://${TD}/ha/after-outage`;
+      await json([
+        'entry',
+        'create',
+        ...a.admin,
+        '--spiffe-id',
+        after,
+        '--parent-id',
+        agentId,
+        '--selector',
+        'unix:uid:0',
+      ]);
+      await until(
+        'the SVID written after the outage',
+        async () => ((await workloadIds(socket)).includes(after) ? true : undefined),
+        60_000,
+      );
+      // Re-quotes go on through B, and A, back from the outage too, leaves the node trusted.
+      const resumed = await quotedAt(a, agentId);
+      await until(
+        'a re-quote after the outage',
+        async () => ((await quotedAt(a, agentId)) > resumed ? true : undefined),
+        60_000,
+      );
+      const again = await quotedAt(a, agentId);
+      await until(
+        'another re-quote after the outage',
+        async () => ((await quotedAt(a, agentId)) > again ? true : undefined),
+        60_000,
+      );
+      const shown = await json<{ trust: { state: string } }>([
+        'agent',
+        'show',
+        ...a.admin,
+        '--spiffe-id',
+        agentId,
+      ]);
+      expect(shown.trust.state).toBe('trusted');
+      expect(a.server.log()).not.toContain('node re-quote failed');
+    } finally {
+      await agent.stop();
+    }
+  }, 240_000);
 });

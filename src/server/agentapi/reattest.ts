@@ -146,6 +146,10 @@ export class ContinuousAttestation {
   readonly #deadlineMs: number;
   #nextId = 0;
   #timer: NodeJS.Timeout | undefined;
+  /** Set while datastore calls fail: other servers cannot record re-quotes either. */
+  #storeDown = false;
+  /** When the datastore answered again after failing (unix seconds): quotes are judged from then. */
+  #storeBackAt = 0;
 
   constructor(options: ReattestOptions) {
     this.#o = options;
@@ -297,6 +301,7 @@ export class ContinuousAttestation {
   #unissued(session: Session, pending: Pending, error: unknown): void {
     pending.answered = true;
     if (session.pending === pending) session.pending = undefined;
+    this.#storeDown = true;
     this.#o.logger.error(
       { err: error, agent_id: session.agentId },
       're-quote challenge could not be issued; will retry',
@@ -371,6 +376,10 @@ export class ContinuousAttestation {
     let result: ReattestResult | Error;
     try {
       const node = await this.#o.datastore.getNode(agentId, { eventLog: true });
+      if (this.#storeDown) {
+        this.#storeDown = false;
+        this.#storeBackAt = nowSeconds(this.#o.clock);
+      }
       if (node === undefined) throw new AgentNotFoundError(agentId);
       let trust: NodeTrust;
       let tpm: TpmUpdate | undefined;
@@ -437,8 +446,10 @@ export class ContinuousAttestation {
         );
       } else if (error instanceof OtherServerError)
         this.#o.logger.debug({ agent_id: agentId }, 'node re-quoted by another server; no verdict here');
-      else
+      else {
+        this.#storeDown = true;
         this.#o.logger.error({ err: error, agent_id: agentId }, 're-quote could not be judged; will retry');
+      }
       // No verdict: the node's trust stays as it was, and an operator waiting is told why.
       result = error instanceof Error ? error : new Error(String(error));
     } finally {
