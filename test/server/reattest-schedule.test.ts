@@ -177,4 +177,61 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
       clearInterval(otherServer);
     }
   }, 60_000);
+
+  it('gives the other server a whole window after a datastore outage before judging its node unquoted', async () => {
+    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+    const now = () => Math.floor(Date.now() / 1000);
+    const elsewhere = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted(now()) } } as AttestedNode;
+    const nodes = new Map([[elsewhere.spiffeId, elsewhere]]);
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    const base = memoryStore(nodes, verdicts);
+    let down = false;
+    let failed = 0;
+    let readsAfter = 0;
+    const refuse = () => {
+      failed++;
+      throw new Error('connect ECONNREFUSED (the datastore is down)');
+    };
+    const store = {
+      ...base,
+      issueNonce: async (...args: Parameters<Datastore['issueNonce']>) =>
+        down ? refuse() : base.issueNonce(...args),
+      getNode: async (...args: Parameters<Datastore['getNode']>) => {
+        if (down) return refuse();
+        readsAfter++;
+        return base.getNode(...args);
+      },
+    } as Datastore;
+    // The other server records a re-quote only while the datastore is up, and after an outage only
+    // once this one has read the node again: the stored quote is then older than the window.
+    const otherServer = setInterval(() => {
+      if (!down && readsAfter > 0)
+        (elsewhere.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(now());
+    }, 200);
+    scheduler = new ContinuousAttestation({
+      datastore: store,
+      clock: { now: () => Date.now() },
+      logger: pino({ level: 'silent' }),
+      policy,
+      intervalSeconds: 2,
+      deadlineSeconds: 2,
+      reattestations: new Counter({ name: 'w_total', help: 'test', labelNames: ['result'], registers: [] }),
+    });
+    try {
+      down = true;
+      await scheduler.start();
+      // Three failed challenges: down for longer than a node may go unquoted (counted, not timed).
+      await until('three failed challenges', () => (failed >= 3 ? true : undefined), 60_000);
+      down = false;
+      await until(
+        'three reads of the node after the outage',
+        () => (readsAfter >= 3 ? true : undefined),
+        60_000,
+      );
+      expect(verdicts).toEqual([]);
+      expect(elsewhere.trust.state).toBe('trusted');
+    } finally {
+      clearInterval(otherServer);
+    }
+  }, 120_000);
 });

@@ -264,8 +264,9 @@ export class ContinuousAttestation {
       const pending = session.pending;
       if (pending !== undefined) {
         if (!pending.answered && now >= pending.deadlineAt) this.#expire(session, pending);
-        // Due while a challenge is out: the next one follows once it is settled.
-        else if (now >= session.dueAt) {
+        // Due while a challenge is out (or in the very bucket of its deadline, which the wheel holds
+        // once): the next one follows once it is settled.
+        if (now >= session.dueAt) {
           session.dueAt = now + this.#nextInterval();
           this.#wheel.schedule(agentId, session.dueAt);
         }
@@ -343,7 +344,9 @@ export class ContinuousAttestation {
     const quotedAt = storedQuotedAt(node);
     if (quotedAt === undefined) return;
     const windowSeconds = (this.#intervalMs * (1 + JITTER) + this.#deadlineMs + TICK_MS) / 1000;
-    if (nowSeconds(this.#o.clock) - quotedAt <= windowSeconds)
+    // After an outage the other server gets a whole window to record its next re-quote.
+    const since = Math.max(quotedAt, this.#storeBackAt);
+    if (nowSeconds(this.#o.clock) - since <= windowSeconds)
       throw new OtherServerError(node.spiffeId, quotedAt);
   }
 
