@@ -58,8 +58,11 @@ export async function keyAndCsr(): Promise<{ key: KeyObject; csr: Buffer }> {
   return { key: privateKey, csr: Buffer.from(der) };
 }
 
+/** An in-process test server, or any server's agent API address and trust bundle (PEM). */
+export type AttestTarget = TestServer | { address: string; bundlePem: string };
+
 export async function evilAttest(
-  server: TestServer,
+  server: AttestTarget,
   tcti: string,
   tamper: Tamper = {},
   options: { ek?: EkKind; reuse?: { evidence: TpmEvidenceMessage; ak: StoredAk } } = {},
@@ -70,11 +73,14 @@ export async function evilAttest(
   const client = new AgentApiClient({
     address: server.address,
     trustDomain: TD,
-    bundlePem: server.server.ca
-      .bundle()
-      .toX509Bundle()
-      .authorities.map((c) => c.toString())
-      .join(''),
+    bundlePem:
+      'bundlePem' in server
+        ? server.bundlePem
+        : server.server.ca
+            .bundle()
+            .toX509Bundle()
+            .authorities.map((c) => c.toString())
+            .join(''),
   });
   const request = await keyAndCsr();
   const outcome: EvilOutcome = { evidence, ak: fresh.ak, key: request.key };

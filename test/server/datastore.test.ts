@@ -611,6 +611,23 @@ describe('PostgreSQL shared by two servers', () => {
     await opened.datastore.close();
   });
 
+  it('migrates with a pool of one connection: the lock has a connection of its own', async () => {
+    postgres ??= await startPostgres();
+    const name = `ironroot_${++databases}`;
+    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const opened = await openPostgresDatastore(url, { now: () => 1_700_000_000_000 }, { maxConnections: 1 });
+    try {
+      expect(opened.migrated).toEqual(Object.keys(migrationsFor('postgres')).sort());
+      await opened.datastore.ping();
+    } finally {
+      await opened.datastore.close();
+    }
+  });
+
   it('migrates a fresh database once when four servers open it at the same moment', async () => {
     postgres ??= await startPostgres();
     const name = `ironroot_${++databases}`;

@@ -100,7 +100,7 @@ describe('entry journal authorization', () => {
     await store.upsertNode({ ...node, serialNumber: '03' }, 'test');
     const [second] = await create(entry('/w2', AGENT));
     expect(journal.applied).toBe(1);
-    expect(journal.revision).toBe(revision + 1);
+    expect(journal.revision).toBeGreaterThan(revision);
     expect(ids(AGENT, [])).toEqual([`${TD}/w1`, `${TD}/w2`]);
     await store.banNode({ spiffeId: `${TD}/agent/y` }, 'test');
     await store.deleteEntry(second ?? '', 'test');

@@ -133,3 +133,105 @@ describe('the re-quote schedule', () => {
     });
   });
 });
+
+describe('the re-quote schedule with servers sharing a datastore', () => {
+  it('leaves a node another server re-quotes lately alone, and makes one nobody re-quotes untrusted', async () => {
+    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+    const now = () => Math.floor(Date.now() / 1000);
+    const elsewhere = tpmNode(1);
+    const silent = {
+      ...tpmNode(2),
+      tpm: { ...tpmNode(2).tpm, lastQuote: quoted(now() - 3600) },
+    } as AttestedNode;
+    const nodes = new Map([elsewhere, silent].map((n) => [n.spiffeId, n]));
+    // The other server's re-quotes: the node's recorded quote keeps moving on.
+    const otherServer = setInterval(() => {
+      (elsewhere.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(now());
+    }, 200);
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    scheduler = new ContinuousAttestation({
+      datastore: memoryStore(nodes, verdicts),
+      clock: { now: () => Date.now() },
+      logger: pino({ level: 'silent' }),
+      policy,
+      intervalSeconds: 2,
+      deadlineSeconds: 2,
+      reattestations: new Counter({ name: 'o_total', help: 'test', labelNames: ['result'], registers: [] }),
+    });
+    try {
+      await scheduler.start();
+      // Asked while no stream of it is here: the answer says where to ask, and no verdict is made.
+      await expect(scheduler.reattestNow(elsewhere.spiffeId)).rejects.toMatchObject({
+        code: 'ERR_REATTEST_OTHER_SERVER',
+      });
+      await until('the silent node to be judged', () => (verdicts.length > 0 ? true : undefined));
+      await expect(scheduler.reattestNow(elsewhere.spiffeId)).rejects.toMatchObject({
+        code: 'ERR_REATTEST_OTHER_SERVER',
+      });
+      expect(verdicts.map((v) => [v.id, v.trust.code])).toEqual([
+        [silent.spiffeId, 'ERR_REATTEST_NO_ANSWER'],
+      ]);
+      expect(elsewhere.trust.state).toBe('trusted');
+      expect(scheduler.untrusted).toBe(1);
+    } finally {
+      clearInterval(otherServer);
+    }
+  }, 60_000);
+
+  it('gives the other server a whole window after a datastore outage before judging its node unquoted', async () => {
+    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+    const now = () => Math.floor(Date.now() / 1000);
+    const elsewhere = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted(now()) } } as AttestedNode;
+    const nodes = new Map([[elsewhere.spiffeId, elsewhere]]);
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    const base = memoryStore(nodes, verdicts);
+    let down = false;
+    let failed = 0;
+    let readsAfter = 0;
+    const refuse = () => {
+      failed++;
+      throw new Error('connect ECONNREFUSED (the datastore is down)');
+    };
+    const store = {
+      ...base,
+      issueNonce: async (...args: Parameters<Datastore['issueNonce']>) =>
+        down ? refuse() : base.issueNonce(...args),
+      getNode: async (...args: Parameters<Datastore['getNode']>) => {
+        if (down) return refuse();
+        readsAfter++;
+        return base.getNode(...args);
+      },
+    } as Datastore;
+    // The other server records a re-quote only while the datastore is up, and after an outage only
+    // once this one has read the node again: the stored quote is then older than the window.
+    const otherServer = setInterval(() => {
+      if (!down && readsAfter > 0)
+        (elsewhere.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(now());
+    }, 200);
+    scheduler = new ContinuousAttestation({
+      datastore: store,
+      clock: { now: () => Date.now() },
+      logger: pino({ level: 'silent' }),
+      policy,
+      intervalSeconds: 2,
+      deadlineSeconds: 2,
+      reattestations: new Counter({ name: 'w_total', help: 'test', labelNames: ['result'], registers: [] }),
+    });
+    try {
+      down = true;
+      await scheduler.start();
+      // Three failed challenges: down for longer than a node may go unquoted (counted, not timed).
+      await until('three failed challenges', () => (failed >= 3 ? true : undefined), 60_000);
+      down = false;
+      await until(
+        'three reads of the node after the outage',
+        () => (readsAfter >= 3 ? true : undefined),
+        60_000,
+      );
+      expect(verdicts).toEqual([]);
+      expect(elsewhere.trust.state).toBe('trusted');
+    } finally {
+      clearInterval(otherServer);
+    }
+  }, 120_000);
+});

@@ -14,12 +14,17 @@
  * it, or a log that went back (a store restored from a backup). An id missing because its
  * transaction is still running (PostgreSQL) is not such a gap: the datastore waits for it.
  *
- * The journal lives in this process only: its `epoch` tells an agent's cursor from another
- * server's (or from before a restart), and such a cursor gets a full sync.
+ * Cursors are portable between servers sharing one datastore: a cursor's `epoch` is the datastore's
+ * identity and its `revision` the audit-log id its answer reflected (every entry as of that
+ * record). Each change is stamped with the audit id of the refresh that saw it, never below the
+ * id of its own audit record, so any server whose copy goes back to a cursor's revision sends at
+ * least what changed after it (an entry stamped later than its record is sent again, which the
+ * agent applies as no change). A cursor from before this server's first full read, or from
+ * another datastore, gets a full sync.
  *
  * @module
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Datastore, RegistrationEntry, Selector } from '../datastore/datastore.js';
 
 /** The store is read this many entries at a time. */
@@ -90,12 +95,15 @@ export type EntryChanges =
   | { full: false; entries: RegistrationEntry[]; deletedIds: string[]; cursor: SyncCursor };
 
 export class EntryJournal {
-  readonly epoch = randomBytes(8).toString('hex');
   readonly #store: Datastore;
   readonly #serverId: string;
+  /** The datastore's identity, read with the first full load. */
+  #epoch = '';
+  /** Audit id at which the copy last changed. */
   #revision = 0;
-  /** Revisions at or below this can no longer be answered incrementally (tombstones pruned). */
+  /** Cursors below this revision cannot be answered incrementally (before the first load, tombstones pruned). */
   #horizon = 0;
+  /** Audit id the copy reflects: every entry as of that record. */
   #auditHead = -1;
   #loads = 0;
   #applied = 0;
@@ -126,6 +134,12 @@ export class EntryJournal {
     this.#serverId = serverId;
   }
 
+  /** The datastore's identity: the epoch of every cursor this journal gives out. */
+  get epoch(): string {
+    return this.#epoch;
+  }
+
+  /** The audit id at which the copy last changed. */
   get revision(): number {
     return this.#revision;
   }
@@ -157,16 +171,18 @@ export class EntryJournal {
     if (this.#auditHead < 0) return this.#load();
     const log = await this.#store.entryChangesSince(this.#auditHead);
     if (log.gap) return this.#load();
-    if (log.entryIds.length > 0) await this.#apply(log.entryIds);
+    if (log.entryIds.length > 0) await this.#apply(log.entryIds, log.head);
     this.#auditHead = log.head;
   }
 
   /** Reads every entry and stamps what differs from the copy. */
   async #load(): Promise<void> {
     this.#loads++;
+    if (this.#epoch === '') this.#epoch = await this.#store.identity();
     // Entries read after the head settled reflect every write audited up to it; a write after it
     // may be read here too, and is applied again (no change) by the next refresh.
     const head = await this.#store.settledAuditHead();
+    const first = this.#auditHead < 0;
     const loaded = new Map<string, RegistrationEntry>();
     let token = '';
     do {
@@ -174,7 +190,7 @@ export class EntryJournal {
       for (const entry of page.entries) loaded.set(entry.id, entry);
       token = page.nextToken;
     } while (token !== '');
-    const next = this.#revision + 1;
+    const next = head;
     let changed = false;
     const entries = new Map<string, Journaled>();
     for (const [id, entry] of loaded) {
@@ -193,8 +209,12 @@ export class EntryJournal {
       this.#tombstones.set(id, tombstone(known, next));
     }
     this.#pruneTombstones();
+    // Before the first load nothing is known; and a log that did not move past what the copy had
+    // (records deleted, a store restored) cannot say which cursors saw these changes.
+    if (first) this.#horizon = head;
+    else if (changed && head <= this.#auditHead) this.#horizon = head + 1;
     this.#auditHead = head;
-    if (!changed && this.#revision > 0) return;
+    if (!changed && !first) return;
     this.#revision = next;
     this.#entries = entries;
     this.#byParent = new Map();
@@ -205,10 +225,13 @@ export class EntryJournal {
     this.#authorized.clear();
   }
 
-  /** Reads the named entries again, in order: a new revision replaces the copy, a missing one goes. */
-  async #apply(ids: readonly string[]): Promise<void> {
+  /**
+   * Reads the named entries again, in order: a new revision replaces the copy, a missing one goes.
+   * Changes are stamped `head`, the audit id read up to.
+   */
+  async #apply(ids: readonly string[], head: number): Promise<void> {
     const current = new Map((await this.#store.getEntries(ids)).map((entry) => [entry.id, entry]));
-    const next = this.#revision + 1;
+    const next = head;
     let changed = false;
     for (const id of ids) {
       const entry = current.get(id);
@@ -367,7 +390,7 @@ export class EntryJournal {
 
   /** What an agent holding `cursor` must apply to match `authorization`. */
   changes(cursor: SyncCursor | undefined, authorization: Authorization): EntryChanges {
-    const now: SyncCursor = { epoch: this.epoch, revision: this.#revision, scope: authorization.scope };
+    const now: SyncCursor = { epoch: this.#epoch, revision: this.#auditHead, scope: authorization.scope };
     const full = (): EntryChanges => ({
       full: true,
       entries: [...authorization.entries.values()],
@@ -375,15 +398,19 @@ export class EntryJournal {
     });
     if (
       cursor === undefined ||
-      cursor.epoch !== this.epoch ||
+      cursor.epoch !== this.#epoch ||
       cursor.scope !== authorization.scope ||
-      cursor.revision > this.#revision ||
+      cursor.revision > this.#auditHead ||
       cursor.revision < this.#horizon
     )
       return full();
     const upserts: RegistrationEntry[] = [];
     const deletedIds: string[] = [];
     const seen = new Set<string>();
+    /** SPIFFE IDs of entries changed or deleted since the cursor, former ones included. */
+    const movedIds = new Set<string>();
+    /** Parents (last and former) of the changes not sent as this agent's. */
+    const unsentParents: (readonly string[])[] = [];
     for (let at = firstAfter(this.#logRevisions, cursor.revision); at < this.#log.length; at++) {
       const id = this.#log[at] as string;
       if (seen.has(id)) continue;
@@ -397,18 +424,26 @@ export class EntryJournal {
           journaled.formerSpiffeIds.some((former) => this.#byParent.has(former))
         )
           return full();
+        movedIds.add(journaled.entry.spiffeId);
+        for (const former of journaled.formerSpiffeIds) movedIds.add(former);
         if (authorization.entries.has(id)) upserts.push(journaled.entry);
         // Entries that never were this agent's are none of its business.
         else if (journaled.formerParentIds.some((former) => authorization.parents.has(former)))
           deletedIds.push(id);
+        else unsentParents.push([journaled.entry.parentId, ...journaled.formerParentIds]);
         continue;
       }
       const tombstone = this.#tombstones.get(id);
       // Neither kept nor tombstoned: a pruned tombstone, older than the horizon checked above.
       if (tombstone === undefined || tombstone.changed <= cursor.revision) continue;
       if (tombstone.spiffeIds.some((former) => this.#byParent.has(former))) return full();
+      for (const former of tombstone.spiffeIds) movedIds.add(former);
       if (tombstone.parentIds.some((former) => authorization.parents.has(former))) deletedIds.push(id);
+      else unsentParents.push(tombstone.parentIds);
     }
+    // A change under a parent that itself moved or went since the cursor may have been this agent's
+    // through that parent (a subtree deleted or moved away whole); the parents now cannot tell.
+    if (unsentParents.some((parents) => parents.some((parent) => movedIds.has(parent)))) return full();
     return { full: false, entries: upserts, deletedIds, cursor: now };
   }
 }

@@ -11,6 +11,12 @@
  * the same instant. Scheduling runs on the monotonic clock: a wall-clock jump must not make every
  * node miss its deadline at once.
  *
+ * Servers sharing a datastore each hold the Reattest streams of the agents connected to them, and
+ * each schedules every node. A challenge that never reached its agent here (no stream on this
+ * server) is judged from the datastore at its deadline: when the node's last verified quote, which
+ * every server records, is recent enough for another server to be re-quoting it, there is no
+ * verdict here; only a node no server has heard from lately becomes untrusted.
+ *
  * @module
  */
 import { Metadata, type ServerDuplexStream, type ServerErrorResponse } from '@grpc/grpc-js';
@@ -76,6 +82,8 @@ interface Pending {
   readonly deadlineAt: number;
   /** Set once an answer is being judged: later answers and the deadline leave it alone. */
   answered: boolean;
+  /** Set once the challenge went out on a stream of this server. */
+  sent: boolean;
   /** Operators waiting for this verdict (`agent reattest`). */
   readonly waiters: { resolve: (result: ReattestResult) => void; reject: (error: Error) => void }[];
 }
@@ -138,6 +146,10 @@ export class ContinuousAttestation {
   readonly #deadlineMs: number;
   #nextId = 0;
   #timer: NodeJS.Timeout | undefined;
+  /** Set while datastore calls fail: other servers cannot record re-quotes either. */
+  #storeDown = false;
+  /** When the datastore answered again after failing (unix seconds): quotes are judged from then. */
+  #storeBackAt = 0;
 
   constructor(options: ReattestOptions) {
     this.#o = options;
@@ -252,8 +264,9 @@ export class ContinuousAttestation {
       const pending = session.pending;
       if (pending !== undefined) {
         if (!pending.answered && now >= pending.deadlineAt) this.#expire(session, pending);
-        // Due while a challenge is out: the next one follows once it is settled.
-        else if (now >= session.dueAt) {
+        // Due while a challenge is out (or in the very bucket of its deadline, which the wheel holds
+        // once): the next one follows once it is settled.
+        if (now >= session.dueAt) {
           session.dueAt = now + this.#nextInterval();
           this.#wheel.schedule(agentId, session.dueAt);
         }
@@ -268,6 +281,7 @@ export class ContinuousAttestation {
       sentAt: now,
       deadlineAt: now + this.#deadlineMs,
       answered: false,
+      sent: false,
       waiters: [],
     };
     session.pending = pending;
@@ -288,6 +302,7 @@ export class ContinuousAttestation {
   #unissued(session: Session, pending: Pending, error: unknown): void {
     pending.answered = true;
     if (session.pending === pending) session.pending = undefined;
+    this.#storeDown = true;
     this.#o.logger.error(
       { err: error, agent_id: session.agentId },
       're-quote challenge could not be issued; will retry',
@@ -299,6 +314,7 @@ export class ContinuousAttestation {
   #send(session: Session): void {
     const pending = session.pending;
     if (session.stream === undefined || pending?.nonce === undefined) return;
+    pending.sent = true;
     session.stream.write({
       challenge: {
         challenge_id: pending.id,
@@ -310,12 +326,28 @@ export class ContinuousAttestation {
 
   #expire(session: Session, pending: Pending): void {
     pending.answered = true;
-    void this.#settle(session, pending, async () => {
+    void this.#settle(session, pending, async (node) => {
+      if (!pending.sent) this.#heardElsewhere(node);
       throw new AttestationError(
         'ERR_REATTEST_NO_ANSWER',
         `the agent did not answer the re-quote within ${this.#deadlineMs / 1000}s (reattest_deadline): it is stopped, cannot reach the server, or its TPM hangs; check ironroot-agent on that node`,
       );
     });
+  }
+
+  /**
+   * Throws OtherServerError when the node's recorded quote (any server's re-quote, attestation or
+   * renewal) is recent enough that the server holding its stream is still re-quoting it: at most a
+   * jittered interval and a deadline old, with one wheel tick to spare.
+   */
+  #heardElsewhere(node: AttestedNode): void {
+    const quotedAt = storedQuotedAt(node);
+    if (quotedAt === undefined) return;
+    const windowSeconds = (this.#intervalMs * (1 + JITTER) + this.#deadlineMs + TICK_MS) / 1000;
+    // After an outage the other server gets a whole window to record its next re-quote.
+    const since = Math.max(quotedAt, this.#storeBackAt);
+    if (nowSeconds(this.#o.clock) - since <= windowSeconds)
+      throw new OtherServerError(node.spiffeId, quotedAt);
   }
 
   #answer(session: Session, stream: ReattestStream, message: ReattestRequest): void {
@@ -347,6 +379,10 @@ export class ContinuousAttestation {
     let result: ReattestResult | Error;
     try {
       const node = await this.#o.datastore.getNode(agentId, { eventLog: true });
+      if (this.#storeDown) {
+        this.#storeDown = false;
+        this.#storeBackAt = nowSeconds(this.#o.clock);
+      }
       if (node === undefined) throw new AgentNotFoundError(agentId);
       let trust: NodeTrust;
       let tpm: TpmUpdate | undefined;
@@ -355,6 +391,11 @@ export class ContinuousAttestation {
         tpm = await judge(node);
         trust = { state: 'trusted', changedAt: now };
       } catch (error) {
+        if (error instanceof OtherServerError) {
+          // Another server holds the stream: its verdicts are in the datastore; none is made here.
+          session.trust = node.trust.state;
+          throw error;
+        }
         if (!(error instanceof AttestationError)) throw error;
         trust = {
           state: 'untrusted',
@@ -406,8 +447,12 @@ export class ContinuousAttestation {
           'error',
           refusal('ERR_AGENT_NOT_ATTESTED', 'this agent was evicted; attest again'),
         );
-      } else
+      } else if (error instanceof OtherServerError)
+        this.#o.logger.debug({ agent_id: agentId }, 'node re-quoted by another server; no verdict here');
+      else {
+        this.#storeDown = true;
         this.#o.logger.error({ err: error, agent_id: agentId }, 're-quote could not be judged; will retry');
+      }
       // No verdict: the node's trust stays as it was, and an operator waiting is told why.
       result = error instanceof Error ? error : new Error(String(error));
     } finally {
@@ -515,6 +560,26 @@ function checkCounters(node: AttestedNode, clock: { resetCount: number; restartC
       'ERR_REATTEST_COUNTER_ROLLBACK',
       `the TPM's counters went back (reset ${reset} → ${clock.resetCount}, restart ${restart ?? '?'} → ${clock.restartCount}): the quote is not from this TPM's present state; investigate the node before evicting it to let it attest again`,
     );
+}
+
+/** The agent's stream is on another server sharing the datastore, which re-quotes it. */
+class OtherServerError extends AttestationError {
+  constructor(agentId: string, quotedAt: number) {
+    super(
+      'ERR_REATTEST_OTHER_SERVER',
+      `agent ${agentId} has no Reattest stream on this server; another server sharing the datastore re-quoted it at ${new Date(quotedAt * 1000).toISOString()}: run agent reattest against the server the agent is connected to`,
+    );
+  }
+}
+
+function storedQuotedAt(node: AttestedNode): number | undefined {
+  if (node.tpm?.lastQuote === undefined) return undefined;
+  try {
+    const quotedAt = (JSON.parse(Buffer.from(node.tpm.lastQuote).toString('utf8')) as LastQuote).quoted_at;
+    return typeof quotedAt === 'number' ? quotedAt : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function storedRestartCount(node: AttestedNode): number | undefined {

@@ -381,6 +381,11 @@ export interface Datastore {
    * audits one in its transaction, so entries not named are as they were at `after`.
    */
   entryChangesSince(after: number): Promise<EntryChangeLog>;
+  /**
+   * A random id the store was given when its schema was first created, the same for every server
+   * sharing it: entry-sync cursors name it, so one server's cursor is understood by another.
+   */
+  identity(): Promise<string>;
   /** Proves the store answers (readiness). */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { randomUUID } from 'node:crypto';
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
 import { DatastoreError } from '../errors.js';
 
@@ -260,6 +261,22 @@ function caCoordination(): Migration {
   };
 }
 
+/**
+ * The store's own identity, one row written by the migration itself, so that it runs once for a
+ * store whichever server creates the schema (entry-sync cursors of servers sharing it agree).
+ */
+function datastoreIdentity(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('datastore_identity')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .execute();
+      await sql`INSERT INTO datastore_identity (id) VALUES (${randomUUID()})`.execute(db);
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
@@ -270,6 +287,7 @@ export function migrationsFor(dialect: Dialect): Record<string, Migration> {
     '0007_ca_revocation': caRevocation(),
     '0008_federation_relationships': federationRelationships(),
     '0009_ca_coordination': caCoordination(),
+    '0010_datastore_identity': datastoreIdentity(),
   };
 }
 

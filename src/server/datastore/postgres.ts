@@ -63,7 +63,13 @@ export async function openPostgresDatastore(
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let migrated: string[];
   try {
-    migrated = await migrateUnderLock(pool, db);
+    // A connection of its own, outside the pool: the migrations need the pool's (max_connections may be 1).
+    const lockClient = new pg.Client({
+      connectionString,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+    });
+    migrated = await migrateUnderLock(lockClient, db);
   } catch (error) {
     await db.destroy();
     throw error;
@@ -77,33 +83,25 @@ export async function openPostgresDatastore(
 }
 
 /**
- * Runs the migrations holding the advisory lock on a connection of its own, so that servers
- * starting together on a fresh database do not race to create the same tables. The lock goes with
- * the connection, also when this process dies.
+ * Runs the migrations holding the advisory lock on `lockClient`, so that servers starting together
+ * on a fresh database do not race to create the same tables. The lock goes with the session, also
+ * when this process dies.
  */
-async function migrateUnderLock(pool: pg.Pool, db: Kysely<Database>): Promise<string[]> {
-  let client: pg.PoolClient;
+async function migrateUnderLock(lockClient: pg.Client, db: Kysely<Database>): Promise<string[]> {
   try {
-    client = await pool.connect();
+    await lockClient.connect();
   } catch (error) {
     throw new DatastoreError(
       `cannot connect to PostgreSQL: ${(error as Error).message}; check datastore.connection_string and that the database accepts connections`,
       error,
     );
   }
-  let broken: Error | undefined;
   try {
-    await client.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
-    try {
-      return await migrateToLatest(db as Kysely<unknown>, 'postgres');
-    } finally {
-      await client.query('SELECT pg_advisory_unlock($1::bigint)', [MIGRATION_LOCK_KEY]).catch((error) => {
-        broken = error as Error;
-      });
-    }
+    await lockClient.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
+    return await migrateToLatest(db as Kysely<unknown>, 'postgres');
   } finally {
-    // A connection whose unlock failed is closed rather than pooled: closing releases the lock.
-    client.release(broken ?? false);
+    // Ending the session releases the lock, also when the unlock query itself could not be sent.
+    await lockClient.end().catch(() => undefined);
   }
 }
 

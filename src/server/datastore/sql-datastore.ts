@@ -914,6 +914,15 @@ export class SqlDatastore implements Datastore {
     return { count, entryIds: [...entryIds] };
   }
 
+  async identity(): Promise<string> {
+    const row = await this.#db.selectFrom('datastore_identity').select('id').executeTakeFirst();
+    if (row === undefined)
+      throw new DatastoreError(
+        'the datastore has no identity row (table datastore_identity is empty); restore it from a backup of this datastore, or start on a new one',
+      );
+    return row.id;
+  }
+
   async ping(): Promise<void> {
     await this.#db.selectFrom('audit_log').select('id').limit(1).execute();
   }

@@ -153,6 +153,10 @@ export interface AuditLogRow {
   detail: string;
 }
 
+export interface DatastoreIdentityRow {
+  id: string;
+}
+
 export interface Database {
   registration_entries: RegistrationEntryRow;
   entry_selectors: SelectorRow;
@@ -168,4 +172,5 @@ export interface Database {
   ca_journal_version: CaJournalVersionRow;
   ca_lease: CaLeaseRow;
   audit_log: AuditLogRow;
+  datastore_identity: DatastoreIdentityRow;
 }
