@@ -172,6 +172,21 @@ describe('server config', () => {
     expect(() => checkConfigSafety(config)).toThrow(/set development: true/);
   });
 
+  it('refuses a memory key manager over a PostgreSQL datastore, even in development mode', () => {
+    const config = loadConfig({
+      file: writeConfig(
+        'trust_domain: a.test\nkey_manager: "memory:"\ndevelopment: true\n' +
+          'datastore: { type: postgres, connection_string: "postgresql://ir@db/ir", tls: { mode: disable } }\n',
+      ),
+    });
+    expect(() => checkConfigSafety(config)).toThrow(ConfigUnsafeError);
+    expect(() => checkConfigSafety(config)).toThrow(/"memory:" cannot serve a PostgreSQL datastore/);
+    const sqlite = loadConfig({
+      overrides: { trust_domain: 'a.test', key_manager: 'memory:', development: true },
+    });
+    expect(() => checkConfigSafety(sqlite)).not.toThrow();
+  });
+
   it('warns loudly for a disk key manager in development mode', () => {
     const config = loadConfig({
       overrides: { trust_domain: 'a.test', key_manager: 'disk:/srv/keys', development: true },

@@ -27,6 +27,12 @@ export function checkConfigSafety(config: ServerConfig): SafetyReport {
       `key_manager ${JSON.stringify(config.key_manager)} keeps CA keys outside an HSM; use a PKCS#11 URI, or set development: true (or --development) on a development server`,
     );
   }
+  // Memory keys die with this process, while the shared journal outlives it: the next server to
+  // open it would find the CA keys gone and drop them from every server's bundle.
+  if (config.key_manager === 'memory:' && config.datastore.type === 'postgres')
+    throw new ConfigUnsafeError(
+      'key_manager "memory:" cannot serve a PostgreSQL datastore, which other servers share and which outlives this process; use the same PKCS#11 token on every server (or datastore: sqlite for a development server)',
+    );
   if (devKeyManager) {
     warnings.push(
       `DEVELOPMENT MODE: CA and JWT keys are held by ${config.key_manager}, not an HSM; never use this server for real workloads`,
