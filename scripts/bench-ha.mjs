@@ -319,7 +319,7 @@ async function main() {
     process.exit(2);
   }
   const { benchToken } = await import('./lib/softhsm-token.mjs');
-  const { startBenchPostgres } = await import('./lib/bench-postgres.mjs');
+  const { startPostgres } = await import('./lib/postgres-cluster.mjs');
   process.stdout.write(
     `bench:ha: one vs two servers on one PostgreSQL, ${rounds} rounds interleaved; per window ${attestations} ` +
       `attestations (${width} in flight per agent process) and ${agentCount} agents × ${syncRounds} sync rounds ` +
@@ -329,7 +329,7 @@ async function main() {
   );
   // SOFTHSM2_CONF is set here and inherited by both servers: one token, its keys shared.
   const token = benchToken('ironroot-bench-ha-hsm-');
-  const postgres = await startBenchPostgres('ironroot_bench');
+  const postgres = await startPostgres({ database: 'ironroot_bench' });
   const servers = [];
   const shards = [];
   try {
