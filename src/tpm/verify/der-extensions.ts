@@ -26,13 +26,14 @@ interface Tlv {
 function tlv(bytes: Uint8Array, at: number, limit: number): Tlv {
   const tag = bytes[at];
   let length = bytes[at + 1];
-  if (tag === undefined || length === undefined || (tag & 0x1f) === 0x1f)
+  if (tag === undefined || length === undefined || at + 2 > limit || (tag & 0x1f) === 0x1f)
     throw new Error(`no DER value at offset ${at}`);
   let start = at + 2;
   if (length & 0x80) {
     const count = length & 0x7f;
     if (count === 0 || count > 4) throw new Error(`unsupported DER length at offset ${at}`);
     length = 0;
+    if (start + count > limit) throw new Error(`DER length at offset ${at} runs past its container`);
     for (let i = 0; i < count; i++) length = length * 256 + (bytes[start + i] ?? 0);
     start += count;
   }
