@@ -11,13 +11,16 @@
 // certificate read from NV with both parsers, match its key to the EK, read its TCG SAN, and build
 // and verify the chain to swtpm's local CA, with the trust store parsed once as the worker holds it.
 // The figure `npm run bench` reports (full RSA attestation with EK judgement) is then measured over
-// BENCH_ROUNDS rounds (default 5), alternating with its baseline, the unavoidable crypto.
+// BENCH_ROUNDS rounds (default 5), alternating with its baseline, the unavoidable crypto. With
+// BENCH_BASE_DIR=<another checkout, dist/ built>, the same rounds then compare this checkout's full
+// RSA attestation with that checkout's, interleaved in this one process (a before/after).
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { reportFigure } from './lib/bench-figure.mjs';
 
@@ -299,6 +302,41 @@ try {
       `÷ the unavoidable crypto (MakeCredential + quote signature): ` +
       `${overCrypto.min.toFixed(1)} / ${overCrypto.median.toFixed(1)} / ${overCrypto.max.toFixed(1)}×`,
   );
+  // Before/after: BENCH_BASE_DIR names another checkout with its own dist/ built (the commit to
+  // compare with); the same evidence goes through both, in interleaved rounds, in this process.
+  const baseDir = process.env.BENCH_BASE_DIR;
+  if (baseDir !== undefined) {
+    const base = await import(pathToFileURL(join(baseDir, 'dist/tpm/index.js')).href);
+    const baseJudge = (
+      await import(pathToFileURL(join(baseDir, 'dist/server/nodeattestor/ek-judge.js')).href)
+    ).judgeEkCertificates;
+    const wholeBase = () => {
+      baseJudge(rsaEkJob, evidence.trust);
+      base.checkAkPublic(rsa.quote.akPublic);
+      base.makeCredential(rsa.ek, rsa.akName, credential);
+      base.verifyQuote(rsa.quote);
+      base.replay(base.parseEventLog(eventLog));
+    };
+    const thisMs = [];
+    const baseMs = [];
+    const overBase = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      // Alternate which goes first, so a load change within a round does not favour one side.
+      const [first, second] = round % 2 === 0 ? [whole, wholeBase] : [wholeBase, whole];
+      const a = measure(first, 500).cpuMsPerOp;
+      const b = measure(second, 500).cpuMsPerOp;
+      const [mine, theirs] = round % 2 === 0 ? [a, b] : [b, a];
+      thisMs.push(mine);
+      baseMs.push(theirs);
+      overBase.push(mine / theirs);
+    }
+    const show = (s, digits) =>
+      `${s.min.toFixed(digits)} / ${s.median.toFixed(digits)} / ${s.max.toFixed(digits)}`;
+    console.log(
+      `before/after over ${ROUNDS} interleaved rounds, CPU ms min / median / max: ${baseDir} ` +
+        `${show(spread(baseMs), 3)}, this checkout ${show(spread(thisMs), 3)}; this ÷ that: ${show(spread(overBase), 2)}`,
+    );
+  }
   reportFigure({
     figure: 'server CPU ms per TPM attestation (EK chain + MakeCredential + quote + replay), RSA',
     ...perAttestation,

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import { EV, hashAlgorithmByName, PCR_COUNT, pcrInitialValue } from './constants.js';
 import { EventLogError } from './errors.js';
 import type { EventLog, LogEvent } from './parse.js';
@@ -82,7 +82,8 @@ function replayWith(log: EventLog, amendment: Amendment | undefined): ReplayResu
     }
     const extend = (pcr: number, digest: Buffer): void => {
       const current = pcrs.get(pcr) ?? pcrInitialValue(pcr, alg.size);
-      pcrs.set(pcr, createHash(alg.nodeName).update(current).update(digest).digest());
+      // One-shot hashing: about half the cost of a Hash object per extend (a log has hundreds).
+      pcrs.set(pcr, hash(alg.nodeName, Buffer.concat([current, digest]), 'buffer'));
     };
     const missingDigest = new Map<number, number>();
     for (const event of extends_) {

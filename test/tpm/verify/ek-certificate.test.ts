@@ -16,6 +16,7 @@ import {
   MAX_PRESENTED_CERTIFICATES,
   parseCertificateBundle,
   parseEkCertificate,
+  peculiarExtensions,
   verifyEkCertificateChain,
 } from '../../../src/tpm/verify/ek-certificate.js';
 import { craft, p256 } from '../../helpers/x509.js';
@@ -512,5 +513,83 @@ describe('certificates one X.509 parser reads and the other does not', () => {
     expect(() => parseCertificateBundle(cert.toString(), 'ca.pem')).toThrow(
       /ca\.pem: certificate 1 does not decode.*EDIPartyName/,
     );
+  });
+});
+
+describe("extensions decoded once each, as @peculiar/x509's own getter decodes them", () => {
+  /** What an extension is, as far as any decision could tell: class, OID, flag, value, encoding. */
+  function described(extensions: readonly px.Extension[]) {
+    return extensions.map((ext) => ({
+      class: ext.constructor.name,
+      type: ext.type,
+      critical: ext.critical,
+      value: Buffer.from(ext.value).toString('hex'),
+      encoding: Buffer.from(ext.rawData).toString('hex'),
+    }));
+  }
+
+  /** The classes @peculiar/x509's ExtensionFactory picks by OID (a private field, read to compare). */
+  const registered = (px.ExtensionFactory as unknown as { items: Map<string, unknown> }).items;
+
+  it("reads swtpm's EK certificates and its CA certificates as the library's extensions getter does", () => {
+    for (const cert of [ek('rsa').cert, ek('ecc').cert, root, issuer]) {
+      const theirs = new px.X509Certificate(cert.raw).extensions;
+      expect(theirs.length).toBeGreaterThan(0);
+      expect(described(peculiarExtensions(cert, 'it'))).toEqual(described(theirs));
+    }
+    // The SAN, basicConstraints and extendedKeyUsage the decisions read are the registered classes.
+    expect(peculiarExtensions(ek('rsa').cert, 'it').map((e) => e.constructor.name)).toEqual(
+      expect.arrayContaining([
+        'SubjectAlternativeNameExtension',
+        'BasicConstraintsExtension',
+        'ExtendedKeyUsageExtension',
+      ]),
+    );
+  });
+
+  it('reads every extension class the library registers, and OIDs it has no class for, the same way', async () => {
+    const key = p256();
+    const extensions = [
+      new px.CertificatePolicyExtension(['1.2.3.4']),
+      new px.BasicConstraintsExtension(true, 2, true),
+      new px.ExtendedKeyUsageExtension(['2.23.133.8.1'], false),
+      new px.KeyUsagesExtension(px.KeyUsageFlags.keyCertSign, true),
+      new px.SubjectKeyIdentifierExtension('0102030405'),
+      new px.AuthorityKeyIdentifierExtension('0607080910'),
+      new px.SubjectAlternativeNameExtension([{ type: 'dns', value: 'ek.example' }], true),
+      new px.CRLDistributionPointsExtension(['http://crl.example/ek.crl']),
+      new px.AuthorityInfoAccessExtension({ caIssuers: 'http://ca.example/ca.cer' }),
+      new px.IssuerAlternativeNameExtension([{ type: 'url', value: 'http://ca.example' }]),
+      // No class for these: subjectDirectoryAttributes (a short id-ce OID) and a private OID.
+      new px.Extension('2.5.29.9', false, Buffer.from('3000', 'hex')),
+      new px.Extension('1.3.6.1.4.1.55555.1.2', true, Buffer.from('0500', 'hex')),
+    ];
+    const cert = await craft({
+      subject: 'CN=all',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions,
+    });
+    const ours = peculiarExtensions(cert, 'it');
+    expect(described(ours)).toEqual(described(new px.X509Certificate(cert.raw).extensions));
+    expect(ours).toHaveLength(extensions.length);
+    // A class registered later by the library would be missed: this certificate must carry them all.
+    for (const oid of registered.keys())
+      expect(
+        ours.some((ext) => ext.type === oid && ext.constructor === registered.get(oid)),
+        `@peculiar/x509 registers a class for ${oid}: add it to EXTENSION_CLASSES and to this certificate`,
+      ).toBe(true);
+  });
+
+  it('reads a certificate without extensions as having none', async () => {
+    const key = p256();
+    const cert = await craft({
+      subject: 'CN=bare',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions: [],
+    });
+    expect(peculiarExtensions(cert, 'it')).toEqual([]);
+    expect(new px.X509Certificate(cert.raw).extensions).toEqual([]);
   });
 });
