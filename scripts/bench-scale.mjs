@@ -432,20 +432,17 @@ async function main() {
           `${recorded.bytes.fetchBundles} B (FetchBundles)\n`,
       );
 
-      // What each server spends with every agent connected and none syncing (timers, keep-alives).
-      const idle = {};
-      for (const [kind, proc] of [
-        ['real', server],
-        ['bare', bare],
-      ]) {
-        const before = await proc.call('usage');
-        await new Promise((resolve) => setTimeout(resolve, Math.min(window, 5) * 1000));
-        idle[kind] = ((await proc.call('usage')).cpuMs - before.cpuMs) / Math.min(window, 5);
-      }
-      process.stdout.write(
-        `  idle CPU ms per second, no agent syncing: ironroot ${idle.real.toFixed(1)}, bare ${idle.bare.toFixed(1)}\n`,
-      );
       const samples = { real: [], bare: [] };
+      // What each server spends with every agent connected and none syncing (timers, keep-alives),
+      // in its own window of each round, real and bare in the round's order.
+      const idleSeconds = Math.min(window, 5);
+      const idle = { real: [], bare: [] };
+      const measureIdle = async (kind) => {
+        const proc = kind === 'real' ? server : bare;
+        const before = await proc.call('usage');
+        await new Promise((resolve) => setTimeout(resolve, idleSeconds * 1000));
+        idle[kind].push(((await proc.call('usage')).cpuMs - before.cpuMs) / idleSeconds);
+      };
       const profiled = {};
       const measure = async (kind) => {
         const proc = kind === 'real' ? server : bare;
@@ -475,7 +472,9 @@ async function main() {
         });
       };
       for (let r = 0; r < rounds; r++) {
-        for (const kind of r % 2 === 0 ? ['real', 'bare'] : ['bare', 'real']) await measure(kind);
+        const order = r % 2 === 0 ? ['real', 'bare'] : ['bare', 'real'];
+        for (const kind of order) await measureIdle(kind);
+        for (const kind of order) await measure(kind);
       }
       if (flags.profile && n === Math.max(...sizes))
         process.stdout.write(
@@ -492,6 +491,11 @@ async function main() {
           ['cpuPerSync', 'p50', 'p99', 'cores', 'clientCores'].map((f) => [f, stats(pick('bare', f))]),
         ),
         cpuRatio: stats(ratio('cpuPerSync')),
+        idle: {
+          real: stats(idle.real),
+          bare: stats(idle.bare),
+          ratio: stats(idle.real.map((x, i) => x / idle.bare[i])),
+        },
         p99Ratio: stats(ratio('p99')),
         failures:
           samples.real.reduce((a, s) => a + s.failures, 0) + samples.bare.reduce((a, s) => a + s.failures, 0),
@@ -500,7 +504,8 @@ async function main() {
       };
       results.push(row);
       process.stdout.write(
-        `  server CPU ms per agent sync round: ironroot ${fmt(row.real.cpuPerSync)}, bare ${fmt(row.bare.cpuPerSync)}, ratio ${fmt(row.cpuRatio)}\n` +
+        `  idle CPU ms per second, agents connected and none syncing: ironroot ${fmt(row.idle.real)}, bare ${fmt(row.idle.bare)}, ratio ${fmt(row.idle.ratio, 1)}\n` +
+          `  server CPU ms per agent sync round: ironroot ${fmt(row.real.cpuPerSync)}, bare ${fmt(row.bare.cpuPerSync)}, ratio ${fmt(row.cpuRatio)}\n` +
           `  sync latency ms: ironroot p50 ${fmt(row.real.p50, 1)} p99 ${fmt(row.real.p99, 1)}; bare p50 ${fmt(row.bare.p50, 1)} p99 ${fmt(row.bare.p99, 1)}; p99 ratio ${fmt(row.p99Ratio)}\n` +
           `  ironroot server: ${fmt(row.real.cores)} cores busy, event loop ${fmt(row.real.elu)} busy; agents' processes ${fmt(row.real.clientCores)} cores\n` +
           `  sync rounds per window: ${fmt(row.syncs, 0)} of ~${Math.round(row.expectedSyncs)} at the full rate; failed rounds: ${row.failures}\n`,

@@ -59,6 +59,22 @@ const policy: TpmPolicy = {
 };
 
 let scheduler: ContinuousAttestation | undefined;
+
+function scheduleOf(
+  nodes: Map<string, AttestedNode>,
+  verdicts: { id: string; trust: NodeTrust }[],
+  intervalSeconds: number,
+) {
+  return new ContinuousAttestation({
+    datastore: memoryStore(nodes, verdicts),
+    clock: { now: () => Date.now() },
+    logger: pino({ level: 'silent' }),
+    policy,
+    intervalSeconds,
+    deadlineSeconds: 1,
+    reattestations: new Counter({ name: 'r_total', help: 'test', labelNames: ['result'], registers: [] }),
+  });
+}
 afterEach(() => {
   scheduler?.stop();
   vi.restoreAllMocks();
@@ -90,9 +106,10 @@ describe('the re-quote schedule', () => {
     await until('every node to be judged', () =>
       new Set(verdicts.map((v) => v.id)).size === NODES ? true : undefined,
     );
-    // One timer for all of them: no timer per node, for challenges or for deadlines.
-    expect(intervals).toHaveBeenCalledTimes(1);
-    // (The only timeouts are this test's polling, a few per second; a timer per node would be thousands.)
+    // One timer for all of them, re-armed per wheel bucket: no timer per node, for challenges or
+    // for deadlines. (The other timeouts are this test's polling, a few per second; a timer per
+    // node would be thousands.)
+    expect(intervals).not.toHaveBeenCalled();
     expect(timeouts.mock.calls.length).toBeLessThan(NODES / 4);
     expect(
       verdicts.every((v) => v.trust.state === 'untrusted' && v.trust.code === 'ERR_REATTEST_NO_ANSWER'),
@@ -131,6 +148,43 @@ describe('the re-quote schedule', () => {
     await expect(scheduler.reattestNow(token.spiffeId)).rejects.toMatchObject({
       code: 'ERR_INVALID_ARGUMENT',
     });
+  });
+
+  it('sleeps with no node scheduled, and wakes for a node attested later', async () => {
+    const nodes = new Map<string, AttestedNode>();
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    const timeouts = vi.spyOn(globalThis, 'setTimeout');
+    const intervals = vi.spyOn(globalThis, 'setInterval');
+    scheduler = scheduleOf(nodes, verdicts, 1);
+    await scheduler.start();
+    // Nothing is due, so no timer at all: an idle server does not wake for the wheel.
+    expect(timeouts).not.toHaveBeenCalled();
+    expect(intervals).not.toHaveBeenCalled();
+
+    const node = tpmNode(7);
+    nodes.set(node.spiffeId, node);
+    scheduler.attested(node.spiffeId);
+    await until('the node attested later to be judged', () => (verdicts.length > 0 ? true : undefined));
+    expect(verdicts).toEqual([
+      {
+        id: node.spiffeId,
+        trust: expect.objectContaining({ state: 'untrusted', code: 'ERR_REATTEST_NO_ANSWER' }),
+      },
+    ]);
+  });
+
+  it('wakes for a deadline earlier than the bucket its timer sleeps until', async () => {
+    const first = tpmNode(1);
+    const asked = tpmNode(2);
+    const nodes = new Map([first, asked].map((n) => [n.spiffeId, n]));
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    // start() puts both 10–20 minutes away; the timer sleeps until the first of them.
+    scheduler = scheduleOf(nodes, verdicts, 600);
+    await scheduler.start();
+    // An operator's re-quote goes out now; its 1 s deadline is far before that bucket.
+    const result = await scheduler.reattestNow(asked.spiffeId);
+    expect(result).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
+    expect(verdicts.map((v) => v.id)).toEqual([asked.spiffeId]);
   });
 });
 

@@ -6,8 +6,9 @@
  * count is a reboot, and the event log only grows. A failed or missing answer makes the node
  * untrusted, which the agent API then enforces (no renewal, no entries, no workload SVIDs).
  *
- * One timer drives everything: a wheel of buckets `TICK_MS` wide holding the nodes due in them. Due
- * times are spread with jitter, so thousands of nodes never quote (nor write to the datastore) at
+ * One timer drives everything: a wheel of buckets `TICK_MS` wide holding the nodes due in them, the
+ * timer armed for the earliest non-empty bucket only (a server without TPM nodes never wakes for
+ * it). Due times are spread with jitter, so thousands of nodes never quote (nor write to the datastore) at
  * the same instant. Scheduling runs on the monotonic clock: a wall-clock jump must not make every
  * node miss its deadline at once.
  *
@@ -105,11 +106,21 @@ class TimerWheel {
     this.#cursor = Math.floor(now / TICK_MS);
   }
 
-  schedule(agentId: string, at: number): void {
+  /** Returns the bucket `agentId` went into. */
+  schedule(agentId: string, at: number): number {
     const bucket = Math.max(Math.ceil(at / TICK_MS), this.#cursor + 1);
     const ids = this.#buckets.get(bucket) ?? new Set<string>();
     ids.add(agentId);
     this.#buckets.set(bucket, ids);
+    return bucket;
+  }
+
+  /** The earliest non-empty bucket, if any. */
+  next(): number | undefined {
+    let earliest: number | undefined;
+    for (const bucket of this.#buckets.keys())
+      if (earliest === undefined || bucket < earliest) earliest = bucket;
+    return earliest;
   }
 
   /** Removes and returns every ID in buckets up to `now`. */
@@ -150,6 +161,9 @@ export class ContinuousAttestation {
   #storeDown = false;
   /** When the datastore answered again after failing (unix seconds): quotes are judged from then. */
   #storeBackAt = 0;
+  /** The bucket {@link #timer} is armed for; undefined while it sleeps. */
+  #armed: number | undefined;
+  #running = false;
 
   constructor(options: ReattestOptions) {
     this.#o = options;
@@ -175,12 +189,14 @@ export class ContinuousAttestation {
       if (node.attestationType !== 'tpm' || node.banned) continue;
       this.#session(node.spiffeId, node.trust.state, now + this.#intervalMs * (1 + Math.random()));
     }
-    this.#timer = setInterval(() => this.#tick(), TICK_MS);
-    this.#timer.unref();
+    this.#running = true;
+    this.#arm(this.#wheel.next());
   }
 
   stop(): void {
-    clearInterval(this.#timer);
+    this.#running = false;
+    clearTimeout(this.#timer);
+    this.#armed = undefined;
     this.#wheel.clear();
     for (const session of this.#sessions.values()) session.stream?.end();
     this.#sessions.clear();
@@ -223,7 +239,7 @@ export class ContinuousAttestation {
     else if (session.trust === 'untrusted' && session.pending === undefined) {
       // An agent back after an outage need not wait an interval to be trusted again.
       session.dueAt = now;
-      this.#wheel.schedule(agentId, now);
+      this.#schedule(agentId, now);
     }
   }
 
@@ -248,8 +264,26 @@ export class ContinuousAttestation {
   #session(agentId: string, trust: NodeTrust['state'], dueAt: number): Session {
     const session: Session = { agentId, stream: undefined, dueAt, pending: undefined, trust };
     this.#sessions.set(agentId, session);
-    this.#wheel.schedule(agentId, dueAt);
+    this.#schedule(agentId, dueAt);
     return session;
+  }
+
+  /** Puts `agentId` on the wheel, waking the timer earlier if this is now the first bucket due. */
+  #schedule(agentId: string, at: number): void {
+    const bucket = this.#wheel.schedule(agentId, at);
+    if (this.#armed === undefined || bucket < this.#armed) this.#arm(bucket);
+  }
+
+  /** Arms the one timer for `bucket` (none: it sleeps until something is scheduled). */
+  #arm(bucket: number | undefined): void {
+    if (!this.#running) return;
+    clearTimeout(this.#timer);
+    this.#armed = bucket;
+    if (bucket === undefined) return;
+    // A timer that fires a little early finds nothing yet and is armed again for the same bucket.
+    const delay = Math.min(2 ** 31 - 1, Math.max(0, Math.ceil(bucket * TICK_MS - monotonic.now())));
+    this.#timer = setTimeout(() => this.#tick(), delay);
+    this.#timer.unref();
   }
 
   #nextInterval(): number {
@@ -258,6 +292,7 @@ export class ContinuousAttestation {
 
   #tick(): void {
     const now = monotonic.now();
+    this.#armed = undefined;
     for (const agentId of this.#wheel.take(now)) {
       const session = this.#sessions.get(agentId);
       if (session === undefined) continue;
@@ -268,10 +303,11 @@ export class ContinuousAttestation {
         // once): the next one follows once it is settled.
         if (now >= session.dueAt) {
           session.dueAt = now + this.#nextInterval();
-          this.#wheel.schedule(agentId, session.dueAt);
+          this.#schedule(agentId, session.dueAt);
         }
       } else if (now >= session.dueAt) this.#issue(session, now);
     }
+    this.#arm(this.#wheel.next());
   }
 
   #issue(session: Session, now: number): Pending {
@@ -286,8 +322,8 @@ export class ContinuousAttestation {
     };
     session.pending = pending;
     session.dueAt = now + this.#nextInterval();
-    this.#wheel.schedule(session.agentId, pending.deadlineAt);
-    this.#wheel.schedule(session.agentId, session.dueAt);
+    this.#schedule(session.agentId, pending.deadlineAt);
+    this.#schedule(session.agentId, session.dueAt);
     this.#nonces.issue().then(
       (nonce) => {
         pending.nonce = nonce;
