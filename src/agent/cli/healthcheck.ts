@@ -1,6 +1,5 @@
 import { Command } from 'commander';
-import { loadAgentConfig } from '../config/load.js';
-import { AGENT_DEFAULTS } from '../config/schema.js';
+import { AGENT_DEFAULTS } from '../config/defaults.js';
 import { healthSocketPath, queryHealth } from '../health.js';
 
 /**
@@ -24,6 +23,7 @@ export function healthcheckCommand(): Command {
           return;
         }
         try {
+          const { loadAgentConfig } = await import('../config/load.js');
           dataDir = loadAgentConfig({ file: flags.config, readToken: false }).data_dir;
         } catch (error) {
           process.stderr.write(`ironroot-agent: ${(error as Error).message}\n`);
