@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { serverAddresses } from '../../src/agent/config/defaults.js';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
-import { serverAddresses } from '../../src/agent/config/schema.js';
 import { builtBin } from '../helpers/dist.js';
 
 const exec = promisify(execFile);

@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { AGENT_DEFAULTS } from '../../src/agent/config/schema.js';
+import { AGENT_DEFAULTS } from '../../src/agent/config/defaults.js';
 import { DEFAULTS } from '../../src/server/config/defaults.js';
 import { DEFAULT_SOCKET_PATH } from '../../src/workload-api/server.js';
 import { until } from '../attestation/harness.js';

@@ -9,19 +9,21 @@
  */
 
 import type { ChallengeResponseMessage, TpmEvidenceMessage } from '../../agent-api/proto.js';
+// The agent-side modules, not the index: it also loads the verifier's (tpm/verify, the event log
+// parser and replay, firmware profiles), which an agent never runs.
 import {
   activateCredential,
   createAk,
   type EkKind,
-  marshalTpm2bPublic,
-  pcrSelection,
   quotePcrs,
   readEkCertificates,
   readEventLog,
-  Tpm,
   withAk,
   withEk,
-} from '../../tpm/index.js';
+} from '../../tpm/agent/index.js';
+import { pcrSelection } from '../../tpm/codec/pcr.js';
+import { marshalTpm2bPublic } from '../../tpm/codec/public.js';
+import { Tpm } from '../../tpm/tpm.js';
 import { AgentError } from '../errors.js';
 import type { StoredAk } from '../store.js';
 

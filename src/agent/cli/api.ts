@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { type OutputFormat, withOutput } from '../../host/index.js';
 import { ENDPOINT_SOCKET_ENV, type X509Bundle } from '../../spiffe/index.js';
-import { WorkloadApiClient, type X509Context } from '../../workload-api/client.js';
+import type { WorkloadApiClient, X509Context } from '../../workload-api/client.js';
 import { DEFAULT_SOCKET_PATH } from '../../workload-api/server.js';
 
 interface Common {
@@ -53,8 +53,12 @@ async function within<T>(work: Promise<T>, address: string, timeoutMs: number | 
   }
 }
 
-/** `--socket-path`, else `SPIFFE_ENDPOINT_SOCKET`, else the agent's default socket. */
-function clientFor(options: Common): WorkloadApiClient {
+/**
+ * `--socket-path`, else `SPIFFE_ENDPOINT_SOCKET`, else the agent's default socket. The client's
+ * module is imported here, not with this file: `run` builds these commands too and never calls them.
+ */
+async function clientFor(options: Common): Promise<WorkloadApiClient> {
+  const { WorkloadApiClient } = await import('../../workload-api/client.js');
   if (options.socketPath !== undefined)
     return new WorkloadApiClient({ address: `unix://${options.socketPath}` });
   if (process.env[ENDPOINT_SOCKET_ENV] !== undefined) return new WorkloadApiClient();
@@ -78,7 +82,7 @@ function write(command: Command, text: string): void {
 async function withClient(options: Common, action: (client: WorkloadApiClient) => Promise<void>) {
   let client: WorkloadApiClient | undefined;
   try {
-    client = clientFor(options);
+    client = await clientFor(options);
     await within(action(client), client.address, options.timeout);
   } finally {
     client?.close();

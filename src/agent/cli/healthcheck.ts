@@ -1,7 +1,6 @@
 import { Command } from 'commander';
 import { CliError } from '../../host/index.js';
-import { loadAgentConfig } from '../config/load.js';
-import { AGENT_DEFAULTS } from '../config/schema.js';
+import { AGENT_DEFAULTS } from '../config/defaults.js';
 import { healthSocketPath, queryHealth } from '../health.js';
 
 /**
@@ -21,6 +20,8 @@ export function healthcheckCommand(): Command {
       if (flags.config !== undefined) {
         if (flags.dataDir !== undefined)
           throw new CliError('ERR_CLI_USAGE', 'give --config or --data-dir, not both');
+        // Loaded only here: the loader brings yaml and zod, which a plain health check does not need.
+        const { loadAgentConfig } = await import('../config/load.js');
         dataDir = loadAgentConfig({ file: flags.config, readToken: false }).data_dir;
       }
       const socket = healthSocketPath(dataDir);

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { AGENT_DEFAULTS } from '../config/schema.js';
+import { AGENT_DEFAULTS } from '../config/defaults.js';
 
 interface RunFlags {
   config?: string;
@@ -73,8 +73,9 @@ export function runCommand(): Command {
       `json|pino (default ${AGENT_DEFAULTS.log_format}; see docs/agent-config.md)`,
     )
     .action(async (flags: RunFlags) => {
-      const { loadAgentConfig } = await import('../config/load.js');
-      const config = loadAgentConfig({
+      // In a worker: the schema's modules are needed only now (load-apart.ts).
+      const { loadAgentConfigApart } = await import('../config/load-apart.js');
+      const config = await loadAgentConfigApart({
         ...(flags.config !== undefined ? { file: flags.config } : {}),
         overrides: {
           server_address: flags.serverAddress?.length === 1 ? flags.serverAddress[0] : undefined,

@@ -1,16 +1,12 @@
 import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
 import { CliError, type OutputFormat, withOutput } from '../../host/index.js';
-import {
-  type DecodedEvent,
-  type DecodedLogEvent,
-  decodeAll,
-  type EventLog,
-  EventLogError,
-  parseEventLog,
-  type ReplayResult,
-  replay,
-  summarize,
+import type {
+  DecodedEvent,
+  DecodedLogEvent,
+  EventLog,
+  EventLogSummary,
+  ReplayResult,
 } from '../../tpm/eventlog/index.js';
 
 /** Where Linux exports the firmware's TCG event log. */
@@ -37,6 +33,10 @@ export function eventlogCommand(): Command {
       } catch (e) {
         throw new CliError('ERR_EVENTLOG_READ', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
       }
+      // Imported here, not with this file: `run` builds this command too and never calls it.
+      const { decodeAll, EventLogError, parseEventLog, replay, summarize } = await import(
+        '../../tpm/eventlog/index.js'
+      );
       let log: EventLog;
       let replayed: ReplayResult;
       try {
@@ -48,8 +48,11 @@ export function eventlogCommand(): Command {
         throw new CliError(e.code, `${file}${where}: ${e.message}`, { cause: e });
       }
       const decoded = decodeAll(log);
+      const summary = summarize(log, decoded);
       write(
-        options.output === 'json' ? `${toJson(log, decoded, replayed)}\n` : toText(log, decoded, replayed),
+        options.output === 'json'
+          ? `${toJson(log, decoded, replayed, summary)}\n`
+          : toText(log, decoded, replayed, summary),
       );
     });
   return command;
@@ -89,7 +92,12 @@ function describe(d: DecodedEvent, data: Buffer): string {
   }
 }
 
-function toText(log: EventLog, decoded: DecodedLogEvent[], replayed: ReplayResult): string {
+function toText(
+  log: EventLog,
+  decoded: DecodedLogEvent[],
+  replayed: ReplayResult,
+  s: EventLogSummary,
+): string {
   const lines: string[] = [];
   lines.push(`format: ${log.format}, banks: ${log.banks.join(', ')}, ${log.events.length} events`, '');
   for (const { event, decoded: d, error } of decoded) {
@@ -100,7 +108,6 @@ function toText(log: EventLog, decoded: DecodedLogEvent[], replayed: ReplayResul
     );
     for (const digest of event.digests) lines.push(`    ${digest.bank} ${hex(digest.digest)}`);
   }
-  const s = summarize(log, decoded);
   lines.push(
     '',
     `Secure Boot: ${s.secureBoot}`,
@@ -127,7 +134,12 @@ function toText(log: EventLog, decoded: DecodedLogEvent[], replayed: ReplayResul
   return `${lines.join('\n')}\n`;
 }
 
-function toJson(log: EventLog, decoded: DecodedLogEvent[], replayed: ReplayResult): string {
+function toJson(
+  log: EventLog,
+  decoded: DecodedLogEvent[],
+  replayed: ReplayResult,
+  summary: EventLogSummary,
+): string {
   const pcrs: Record<string, Record<string, string>> = {};
   for (const [bank, values] of replayed.banks) {
     pcrs[bank] = Object.fromEntries(
@@ -153,7 +165,7 @@ function toJson(log: EventLog, decoded: DecodedLogEvent[], replayed: ReplayResul
       decoded: d,
       error,
     })),
-    summary: summarize(log, decoded),
+    summary,
     pcrs,
   };
   // Buffers as hex and 64-bit values as decimal strings: JSON has neither.

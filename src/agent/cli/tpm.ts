@@ -6,29 +6,26 @@
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { type OutputFormat as Output, withOutput } from '../../host/index.js';
+// The TPM library's agent-side modules only, which `run` loads anyway: its index also brings the
+// verifier's (quote and EK certificate checks, event log replay, firmware profiles).
 import {
-  algName,
   createAk,
-  DEFAULT_TCTI,
-  defaultTcti,
   EK_PROFILES,
   type EkKind,
-  hashAlgByName,
-  hashName,
-  objectName,
   type PcrBank,
-  type PcrSelection,
-  pcrSelection,
-  publicKeyFromArea,
   quotePcrs,
   readEkCertificates,
   readPcrs,
-  TPM_HT,
-  TPM_PT,
-  Tpm,
   withAk,
   withEk,
-} from '../../tpm/index.js';
+} from '../../tpm/agent/index.js';
+import { algName, TPM_HT, TPM_PT } from '../../tpm/codec/constants.js';
+import { hashAlgByName, hashName } from '../../tpm/codec/hash.js';
+import { type PcrSelection, pcrSelection } from '../../tpm/codec/pcr.js';
+import { objectName } from '../../tpm/codec/public.js';
+import { publicKeyFromArea } from '../../tpm/codec/public-key.js';
+import { Tpm } from '../../tpm/tpm.js';
+import { DEFAULT_TCTI, defaultTcti } from '../../tpm/transport/index.js';
 import { eventlogCommand } from './tpm-eventlog.js';
 
 interface CommonOptions {

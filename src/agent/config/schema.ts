@@ -6,26 +6,12 @@
  */
 import { z } from 'zod';
 import { LOG_FORMATS, LOG_LEVELS } from '../../host/index.js';
+import { AGENT_DEFAULTS } from './defaults.js';
 
 const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
 const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
 const DURATION = /^([0-9]+)(ms|s|m|h)$/;
 const UNIT: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
-
-export const AGENT_DEFAULTS = {
-  data_dir: '/var/lib/ironroot-agent',
-  socket_path: '/run/ironroot-agent/public/api.sock',
-  attestation: 'tpm',
-  tcti: 'device:/dev/tpmrm0',
-  ek: 'auto',
-  event_log_path: '/sys/kernel/security/tpm0/binary_bios_measurements',
-  log_level: 'info',
-  log_format: 'json',
-  retry_initial: '1s',
-  retry_max: '5m',
-  sync_interval: '5s',
-  trust_bundle_format: 'pem',
-} as const;
 
 function isHttpsUrl(text: string): boolean {
   try {
@@ -216,8 +202,4 @@ export const agentConfigSchema = z
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;
 
-/** The configured servers in order: `server_address` alone, or `server_addresses`. */
-export function serverAddresses(config: Pick<AgentConfig, 'server_address' | 'server_addresses'>): string[] {
-  return config.server_addresses ?? (config.server_address === undefined ? [] : [config.server_address]);
-}
 export type AgentConfigInput = z.input<typeof agentConfigSchema>;
