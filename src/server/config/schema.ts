@@ -12,18 +12,23 @@ import { DURATION_HINT, parseDuration } from './duration.js';
 const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
 const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
 
+/** A duration such as `90s`, `5m` or `1h` in seconds; an issue naming what is allowed otherwise. */
+function toSeconds(text: string, ctx: z.RefinementCtx): number {
+  const seconds = parseDuration(text);
+  if (seconds !== undefined) return seconds;
+  ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
+  return z.NEVER;
+}
+
 const duration = (defaultValue: string) =>
+  z.string(`allowed: ${DURATION_HINT}`).default(defaultValue).transform(toSeconds);
+
+/** A duration that may be left out (undefined then). */
+const optionalDuration = () =>
   z
     .string(`allowed: ${DURATION_HINT}`)
-    .default(defaultValue)
-    .transform((text, ctx) => {
-      const seconds = parseDuration(text);
-      if (seconds === undefined) {
-        ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
-        return z.NEVER;
-      }
-      return seconds;
-    });
+    .optional()
+    .transform((text, ctx) => (text === undefined ? undefined : toSeconds(text, ctx)));
 
 const hostPort = (defaultValue: string) =>
   z
@@ -141,18 +146,7 @@ const tpmAttestation = z
       `allowed: ${DURATION_HINT}, at least ${REATTEST_INTERVAL_MIN_SECONDS}s`,
     ),
     /** Defaults to reattest_interval. */
-    reattest_deadline: z
-      .string(`allowed: ${DURATION_HINT}`)
-      .optional()
-      .transform((text, ctx) => {
-        if (text === undefined) return undefined;
-        const seconds = parseDuration(text);
-        if (seconds === undefined) {
-          ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
-          return z.NEVER;
-        }
-        return seconds;
-      }),
+    reattest_deadline: optionalDuration(),
   })
   .refine(
     (t) =>
@@ -185,18 +179,7 @@ const postgresDatastore = z
       .strictObject({
         max_connections: z.number().int().min(1).max(1000).default(DEFAULTS.postgres_max_connections),
         /** How long an unused connection stays open; pg's own default (10s) when unset. */
-        idle_timeout: z
-          .string(`allowed: ${DURATION_HINT}`)
-          .optional()
-          .transform((text, ctx) => {
-            if (text === undefined) return undefined;
-            const seconds = parseDuration(text);
-            if (seconds === undefined) {
-              ctx.addIssue({ code: 'custom', message: `allowed: ${DURATION_HINT}`, input: text });
-              return z.NEVER;
-            }
-            return seconds;
-          }),
+        idle_timeout: optionalDuration(),
       })
       .default({ max_connections: DEFAULTS.postgres_max_connections, idle_timeout: undefined }),
     tls: z
