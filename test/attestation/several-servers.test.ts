@@ -318,6 +318,9 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
   }, 120_000);
 
   it('while PostgreSQL is down the agent serves its cached SVIDs and the servers are not ready; all recover after', async () => {
+    // A's log from here on: an earlier test's agent (the same TPM, so the same node) stopped while A
+    // still re-quoted it, and its unanswered challenge is that test's, not this one's.
+    const logFrom = a.server.log().length;
     const { socket, agentOn } = await agentFiles(b);
     // Attested on A (which then schedules its re-quotes too), then moved to B.
     const first = agentOn(a);
@@ -401,7 +404,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
         agentId,
       ]);
       expect(shown.trust.state).toBe('trusted');
-      expect(a.server.log()).not.toContain('node re-quote failed');
+      expect(a.server.log().slice(logFrom)).not.toContain('node re-quote failed');
     } finally {
       await agent.stop();
     }
