@@ -66,7 +66,15 @@ async function startServer(): Promise<Running> {
   const server = await startTestServer({
     key_manager: softhsm.uri(),
     datastore: { type: 'postgres', connection_string_file: uriFile, tls: { mode: 'disable' } },
-    tpm_attestation: { measured_boot: 'none', ek_ca_dir: caDir, reattest_interval: '2s' },
+    // Short intervals keep the tests quick. The deadline is longer: an agent moved from A to B is
+    // re-quoted by B an interval after it reconnects, and on a loaded machine its restart alone takes
+    // seconds; A leaves the node alone only while its last quote is within an interval plus the deadline.
+    tpm_attestation: {
+      measured_boot: 'none',
+      ek_ca_dir: caDir,
+      reattest_interval: '2s',
+      reattest_deadline: '5s',
+    },
   });
   servers.push(server);
   const port = /"port":(\d+)[^\n]*"msg":"agent API listening"/.exec(server.log())?.[1];
@@ -161,6 +169,15 @@ async function quotedAt(server: Running, agentId: string): Promise<number> {
   return shown.last_quote?.quoted_at ?? 0;
 }
 
+/** How many of this server's re-quote challenges it left to the server holding the node's stream. */
+async function leftToOtherServer(server: Running): Promise<number> {
+  const metrics = await (await fetch(`http://127.0.0.1:${server.server.healthPort}/metrics`)).text();
+  const line = /^ironroot_node_reattestations_total\{result="ERR_REATTEST_OTHER_SERVER"\} (\d+)$/m.exec(
+    metrics,
+  );
+  return Number(line?.[1] ?? 0);
+}
+
 describe('servers sharing one PostgreSQL and one HSM token', () => {
   let a: Running;
   let b: Running;
@@ -231,12 +248,19 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
             agentId,
           ])
         ).last_quote?.quoted_at ?? 0;
+      const leftBefore = await leftToOtherServer(a);
       const start = await quotedAt();
       await until('a re-quote by B', async () => ((await quotedAt()) > start ? true : undefined), 60_000);
       const next = await quotedAt();
       await until(
         'another re-quote by B',
         async () => ((await quotedAt()) > next ? true : undefined),
+        60_000,
+      );
+      // A came to judge its own challenges meanwhile, and left them to B.
+      await until(
+        'a challenge of A left to B',
+        async () => ((await leftToOtherServer(a)) > leftBefore ? true : undefined),
         60_000,
       );
       const shown = await json<{ trust: { state: string } }>([
@@ -384,6 +408,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
         60_000,
       );
       // Re-quotes go on through B, and A, back from the outage too, leaves the node trusted.
+      const leftAfterOutage = await leftToOtherServer(a);
       const resumed = await quotedAt(a, agentId);
       await until(
         'a re-quote after the outage',
@@ -394,6 +419,11 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
       await until(
         'another re-quote after the outage',
         async () => ((await quotedAt(a, agentId)) > again ? true : undefined),
+        60_000,
+      );
+      await until(
+        'a challenge of A left to B after the outage',
+        async () => ((await leftToOtherServer(a)) > leftAfterOutage ? true : undefined),
         60_000,
       );
       const shown = await json<{ trust: { state: string } }>([

@@ -1,8 +1,9 @@
+import { EventEmitter } from 'node:events';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { Counter, Registry } from 'prom-client';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ContinuousAttestation } from '../../src/server/agentapi/reattest.js';
+import { ContinuousAttestation, type ReattestStream } from '../../src/server/agentapi/reattest.js';
 import type { AttestedNode, Datastore, NodeTrust } from '../../src/server/datastore/datastore.js';
 import { parsePcrSelection, type TpmPolicy } from '../../src/server/nodeattestor/policy.js';
 import { until } from '../attestation/harness.js';
@@ -288,4 +289,46 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
       clearInterval(otherServer);
     }
   }, 120_000);
+
+  it('judges a challenge whose stream closed unanswered like one that never reached the agent; a silent open stream fails at its deadline', async () => {
+    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+    const recent = (i: number) =>
+      ({
+        ...tpmNode(i),
+        tpm: { ...tpmNode(i).tpm, lastQuote: quoted(Math.floor(Date.now() / 1000)) },
+      }) as AttestedNode;
+    // Both quoted just now; one agent leaves mid-challenge (to another server), one stays and is silent.
+    const left = recent(1);
+    const silent = recent(2);
+    const nodes = new Map([left, silent].map((n) => [n.spiffeId, n]));
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    scheduler = scheduleOf(nodes, verdicts, 600);
+    await scheduler.start();
+    const streamOf = () => {
+      const stream = Object.assign(new EventEmitter(), {
+        written: [] as unknown[],
+        write(message: unknown) {
+          stream.written.push(message);
+          return true;
+        },
+        end() {},
+      });
+      return stream;
+    };
+    const leaving = streamOf();
+    const staying = streamOf();
+    scheduler.attach(left.spiffeId, leaving as unknown as ReattestStream);
+    scheduler.attach(silent.spiffeId, staying as unknown as ReattestStream);
+
+    const leftVerdict = scheduler.reattestNow(left.spiffeId);
+    const silentVerdict = scheduler.reattestNow(silent.spiffeId);
+    await until('both challenges out', () =>
+      leaving.written.length > 0 && staying.written.length > 0 ? true : undefined,
+    );
+    leaving.emit('close');
+    await expect(leftVerdict).rejects.toMatchObject({ code: 'ERR_REATTEST_OTHER_SERVER' });
+    expect(await silentVerdict).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
+    expect(verdicts.map((v) => [v.id, v.trust.code])).toEqual([[silent.spiffeId, 'ERR_REATTEST_NO_ANSWER']]);
+    expect(left.trust.state).toBe('trusted');
+  });
 });

@@ -14,9 +14,10 @@
  *
  * Servers sharing a datastore each hold the Reattest streams of the agents connected to them, and
  * each schedules every node. A challenge that never reached its agent here (no stream on this
- * server) is judged from the datastore at its deadline: when the node's last verified quote, which
- * every server records, is recent enough for another server to be re-quoting it, there is no
- * verdict here; only a node no server has heard from lately becomes untrusted.
+ * server, or its stream closed before the answer) is judged from the datastore at its deadline:
+ * when the node's last verified quote, which every server records, is recent enough for another
+ * server to be re-quoting it, there is no verdict here; only a node no server has heard from lately
+ * becomes untrusted.
  *
  * @module
  */
@@ -225,7 +226,12 @@ export class ContinuousAttestation {
     if (session.stream !== undefined && session.stream !== stream) session.stream.end();
     session.stream = stream;
     const detach = () => {
-      if (session.stream === stream) session.stream = undefined;
+      if (session.stream !== stream) return;
+      session.stream = undefined;
+      // The agent left (restarted, failed over to another server) with a challenge unanswered: it is
+      // judged like one that never reached it. An agent that keeps its stream and stays silent is not.
+      const pending = session.pending;
+      if (pending !== undefined && !pending.answered) pending.sent = false;
     };
     stream.on('data', (message: ReattestRequest) => this.#answer(session, stream, message));
     stream.on('end', () => {
@@ -483,9 +489,10 @@ export class ContinuousAttestation {
           'error',
           refusal('ERR_AGENT_NOT_ATTESTED', 'this agent was evicted; attest again'),
         );
-      } else if (error instanceof OtherServerError)
+      } else if (error instanceof OtherServerError) {
+        this.#o.reattestations.inc({ result: error.code });
         this.#o.logger.debug({ agent_id: agentId }, 'node re-quoted by another server; no verdict here');
-      else {
+      } else {
         this.#storeDown = true;
         this.#o.logger.error({ err: error, agent_id: agentId }, 're-quote could not be judged; will retry');
       }
