@@ -182,8 +182,9 @@ function between(serial: string, name: string): string {
   return serial.slice(start + begin.length, end);
 }
 
-// panic=-1 with -no-reboot turns a guest panic into a qemu exit instead of a hang.
-const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 quiet';
+// panic=-1 with -no-reboot turns a guest panic into a qemu exit instead of a hang. no_timer_check:
+// a TCG guest on a loaded host can miss the kernel's early timer-interrupt check and panic.
+const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 quiet no_timer_check';
 
 /** Direct kernel boot: OVMF starts the kernel given with -kernel; no shim, no grub, no Secure Boot. */
 export async function bootWithVtpm(options: BootOptions = {}): Promise<BootResult> {

@@ -23,8 +23,13 @@ import {
 
 // Debian's signed chain (shim → grub → kernel) booted from a GPT disk under OVMF with a swtpm vTPM.
 // Each variant boots once for the whole file, one after the other (TCG boots take 15-30 s each).
-const GOLDEN = 'console=ttyS0 quiet ironroot=golden';
-const OTHER = 'console=ttyS0 quiet ironroot=other';
+// no_timer_check: a TCG guest on a loaded host can miss the kernel's early timer-interrupt check
+// and panic ("IO-APIC + timer doesn't work"); panic=-1 (with qemu's -no-reboot) ends such a boot at once.
+const GOLDEN = 'console=ttyS0 quiet panic=-1 no_timer_check ironroot=golden';
+const OTHER = 'console=ttyS0 quiet panic=-1 no_timer_check ironroot=other';
+// What scripts/record-ovmf-eventlogs.mjs booted the recorded fixtures with.
+const RECORDED_GOLDEN = 'console=ttyS0 quiet ironroot=golden';
+const RECORDED_OTHER = 'console=ttyS0 quiet ironroot=other';
 const BOOT_HOOK_MS = 300_000;
 // The guest kernel's own view of Secure Boot and its command line (`quiet` keeps both off the console).
 const KERNEL_VIEW = ['dmesg | grep "secureboot:"', 'cat /proc/cmdline'];
@@ -176,9 +181,9 @@ describe('live boots of Debian signed shim → grub → kernel under OVMF', () =
 
 describe('recorded fixtures in test/fixtures/eventlogs/ovmf', () => {
   const cases = [
-    { name: 'debian-secureboot', secureBoot: 'enabled', cmdline: GOLDEN },
-    { name: 'debian-secureboot-cmdline', secureBoot: 'enabled', cmdline: OTHER },
-    { name: 'debian-secureboot-off', secureBoot: 'disabled', cmdline: GOLDEN },
+    { name: 'debian-secureboot', secureBoot: 'enabled', cmdline: RECORDED_GOLDEN },
+    { name: 'debian-secureboot-cmdline', secureBoot: 'enabled', cmdline: RECORDED_OTHER },
+    { name: 'debian-secureboot-off', secureBoot: 'disabled', cmdline: RECORDED_GOLDEN },
   ] as const;
 
   for (const { name, secureBoot, cmdline } of cases) {
