@@ -4,9 +4,10 @@
  *
  * @module
  */
-import { createPublicKey, type KeyObject, constants as sslConstants, verify } from 'node:crypto';
+import { createPublicKey, type KeyObject, constants as sslConstants } from 'node:crypto';
 import type { CsrParts } from './csr-reader.js';
 import { checkDerTree, DerReader, oidText, readOne, smallInteger, TAG } from './der-reader.js';
+import { verifyOffThread } from './verify-async.js';
 
 /**
  * The SubjectPublicKeyInfo of an uncompressed EC point on each WebCrypto curve, up to the point's
@@ -193,11 +194,13 @@ function checkEcdsaSignature(signature: Uint8Array): void {
 }
 
 /**
- * True when the CSR's signature verifies with `publicKey` over the exact CertificationRequestInfo
- * bytes; otherwise the reason (unsupported algorithm, a key that does not fit it, or a signature
- * that does not verify), for the refusal's cause.
+ * Resolves to true when the CSR's signature verifies with `publicKey` over the exact
+ * CertificationRequestInfo bytes; otherwise to the reason (unsupported algorithm, a key that does
+ * not fit it, or a signature that does not verify), for the refusal's cause. The verification itself
+ * runs on libuv's thread pool: a server answering several agents at once checks their CSRs on the
+ * other cores while its event loop goes on.
  */
-export function verifiesCsr(csr: CsrParts, publicKey: KeyObject): true | Error {
+export async function verifiesCsr(csr: CsrParts, publicKey: KeyObject): Promise<true | Error> {
   try {
     const how = verificationOf(csr.signatureOid, csr.signatureParams);
     const type = publicKey.asymmetricKeyType;
@@ -210,7 +213,8 @@ export function verifiesCsr(csr: CsrParts, publicKey: KeyObject): true | Error {
       how.pssSaltLength === undefined
         ? { key: publicKey, dsaEncoding: 'der' as const }
         : { key: publicKey, padding: sslConstants.RSA_PKCS1_PSS_PADDING, saltLength: how.pssSaltLength };
-    return verify(how.hash, csr.info, key, csr.signature) ? true : new Error('signature does not verify');
+    const verified = await verifyOffThread(how.hash, csr.info, key, csr.signature);
+    return verified ? true : new Error('signature does not verify');
   } catch (error) {
     return error instanceof Error ? error : new Error(String(error));
   }

@@ -86,7 +86,7 @@ export async function parseCsr(input: Uint8Array | string): Promise<ParsedCsr> {
       },
     );
   }
-  const verdict = verifiesCsr(csr, publicKey);
+  const verdict = await verifiesCsr(csr, publicKey);
   if (verdict !== true) {
     throw new SpiffeError(
       'ERR_CSR_BAD_SIGNATURE',

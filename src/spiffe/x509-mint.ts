@@ -139,7 +139,7 @@ export async function mintX509SvidDer(template: X509SvidTemplate, issuer: X509Is
   const signer = issuer.signer;
   const signature = signatureValue(signer.algorithm, await signer.sign(tbs));
   // A signer (HSM or otherwise) that returns a bad signature is caught here, not by the first peer.
-  if (!verifiesTbs(tbs, signature, signer)) throw badSignature(signer);
+  if (!(await verifiesTbs(tbs, signature, signer))) throw badSignature(signer);
   return certificateDer(tbs, signer.algorithm, signature);
 }
 

@@ -11,10 +11,11 @@
  *
  * @module
  */
-import { constants, type KeyObject, verify, type X509Certificate } from 'node:crypto';
+import { constants, type KeyObject, type X509Certificate } from 'node:crypto';
 import { splitDer } from './der.js';
 import * as px from './peculiar.js';
 import type { Signer, SigningAlgorithm } from './signer.js';
+import { verifyOffThread } from './verify-async.js';
 import { keyIdentifier, OID, readTlvs, spkiKeyIdentifier, tlv } from './x509-extensions.js';
 
 const SEQUENCE = 0x30;
@@ -308,18 +309,24 @@ export function certificateDer(
 }
 
 /**
- * True when `signature` (the signatureValue bytes, as the certificate will carry them) verifies over
- * `tbs` with the signer's public key under the signer's algorithm: what parsing the certificate and
- * `X509Certificate.verify` would check, without the parse.
+ * Resolves to true when `signature` (the signatureValue bytes, as the certificate will carry them)
+ * verifies over `tbs` with the signer's public key under the signer's algorithm: what parsing the
+ * certificate and `X509Certificate.verify` would check, without the parse. Runs on libuv's thread
+ * pool, beside the event loop.
  */
-export function verifiesTbs(tbs: Uint8Array, signature: Uint8Array, signer: Signer): boolean {
+export function verifiesTbs(tbs: Uint8Array, signature: Uint8Array, signer: Signer): Promise<boolean> {
   const algorithm = signer.algorithm;
   const hash = `sha${algorithm.slice(2)}`;
   const key = signer.publicKey;
-  if (algorithm.startsWith('ES')) return verify(hash, tbs, { key, dsaEncoding: 'der' }, signature);
+  if (algorithm.startsWith('ES')) return verifyOffThread(hash, tbs, { key, dsaEncoding: 'der' }, signature);
   if (algorithm.startsWith('PS')) {
     const saltLength = Number(algorithm.slice(2)) / 8;
-    return verify(hash, tbs, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength }, signature);
+    return verifyOffThread(
+      hash,
+      tbs,
+      { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength },
+      signature,
+    );
   }
-  return verify(hash, tbs, key, signature);
+  return verifyOffThread(hash, tbs, key, signature);
 }

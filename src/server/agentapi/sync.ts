@@ -208,37 +208,52 @@ export class SyncHandlers {
         'ERR_AGENT_BAD_REQUEST',
         `${request.requests.length} CSRs in one call; send at most ${MAX_CSRS_PER_BATCH} per call`,
       );
-    const work: { entry: RegistrationEntry; csr: ParsedCsr }[] = [];
+    // Refusals keep the order of a one-by-one pass: the first request whose entry is not the
+    // agent's, unless a CSR before it is invalid; the CSRs before it are the only ones read.
+    const entries: RegistrationEntry[] = [];
+    let refused: AttestationError | undefined;
     for (const item of request.requests) {
-      const entry = this.#entry(agent, item.entry_id);
-      let csr: ParsedCsr;
       try {
-        csr = await parseCsr(new Uint8Array(item.csr));
-      } catch (cause) {
+        entries.push(this.#entry(agent, item.entry_id));
+      } catch (error) {
+        refused = error as AttestationError;
+        break;
+      }
+    }
+    const parsed = await settleInOrder(entries, (_, i) =>
+      parseCsr(new Uint8Array(request.requests[i]?.csr ?? [])),
+    );
+    const csrs: ParsedCsr[] = [];
+    for (const [i, result] of parsed.entries()) {
+      if (result.status === 'rejected')
         throw new AttestationError(
           'ERR_ATTEST_CSR_INVALID',
-          `the CSR for entry ${item.entry_id} is not valid: ${(cause as Error).message}`,
-          { cause },
+          `the CSR for entry ${request.requests[i]?.entry_id} is not valid: ${(result.reason as Error).message}`,
+          { cause: result.reason },
         );
-      }
-      work.push({ entry, csr });
+      csrs.push(result.value);
     }
-    // Signed one after another through the key manager, which serialises HSM sessions itself.
-    const svids = [];
-    for (const { entry, csr } of work) {
-      const minted = await this.#o.ca.mintX509Svid({
+    if (refused !== undefined) throw refused;
+    const minted = await settleInOrder(entries, async (entry, i) => {
+      const svid = await this.#o.ca.mintX509Svid({
         spiffeId: SpiffeId.parse(entry.spiffeId),
-        publicKey: csr.publicKey,
+        publicKey: (csrs[i] as ParsedCsr).publicKey,
         ttl: entry.x509SvidTtl > 0 ? entry.x509SvidTtl : this.#o.defaultX509SvidTtl,
         ...(entry.dnsNames.length > 0 ? { dnsNames: entry.dnsNames } : {}),
       });
+      // Every certificate signed is counted and logged, even when another of the batch fails.
       this.#o.svidsIssued.inc({ kind: 'x509', issued_to: 'workload' });
-      logX509Issued(this.#o.logger, 'workload', entry.spiffeId, minted, {
+      logX509Issued(this.#o.logger, 'workload', entry.spiffeId, svid, {
         agent_id: agent.agentId,
         agent_serial: agent.agentSerial,
         entry_id: entry.id,
       });
-      svids.push({ entry_id: entry.id, chain: [...minted.chainDer], expires_at: minted.expiresAt });
+      return { entry_id: entry.id, chain: [...svid.chainDer], expires_at: svid.expiresAt };
+    });
+    const svids = [];
+    for (const result of minted) {
+      if (result.status === 'rejected') throw result.reason;
+      svids.push(result.value);
     }
     return { svids };
   }
@@ -366,4 +381,32 @@ function entryMessage(entry: RegistrationEntry): EntryMessage {
     created_at: entry.createdAt,
     expires_at: entry.expiresAt,
   };
+}
+
+/**
+ * CSRs of one call worked on at once. Each is mostly waiting (its two signature checks on libuv's
+ * pool, its signature on an HSM session), so a call keeps the pool and the key manager's sessions
+ * busy; bounded so that one call of hundreds does not queue ahead of every other agent's.
+ */
+const CALL_CONCURRENCY = 16;
+
+/** `task` over `items`, at most CALL_CONCURRENCY at once; every outcome, in the items' order. */
+async function settleInOrder<T, R>(
+  items: readonly T[],
+  task: (item: T, index: number) => Promise<R>,
+): Promise<PromiseSettledResult<R>[]> {
+  const results: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        results[i] = { status: 'fulfilled', value: await task(items[i] as T, i) };
+      } catch (reason) {
+        results[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(CALL_CONCURRENCY, items.length) }, worker));
+  return results;
 }
