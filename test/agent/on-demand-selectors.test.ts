@@ -215,6 +215,30 @@ describe('unix:sha256 computed only while an entry uses it', () => {
     await watching;
   });
 
+  it('computes unix:sha256 for entries a restarted agent restored from its cache file', async () => {
+    const cache = new SvidCache({
+      trustDomain: TD,
+      attestors: [new UnixAttestor()],
+      bootstrapRoots: [ca.cert],
+      mintJwt: () => Promise.reject(new Error('not used')),
+    });
+    const caller = { pid: process.pid, uid, gid: process.getgid?.() ?? -1 };
+    expect(await cache.attest(caller)).not.toContainEqual(expect.stringMatching(/^unix:sha256:/));
+    cache.restore(
+      {
+        bundle: '',
+        federated: [],
+        entries: [entry('hash1', [`unix:uid:${uid}`, `unix:sha256:${exeSha256}`])],
+        svids: [],
+      },
+      [ca.cert],
+      Math.floor(Date.now() / 1000),
+    );
+    const selectors = await cache.attest(caller);
+    expect(selectors).toContain(`unix:sha256:${exeSha256}`);
+    expect(cache.notComputed(selectors)).toEqual([]);
+  });
+
   it('answers FetchJWTSVID for an identity only a unix:sha256 entry grants', async () => {
     const served = await serve([entry('hash1', [`unix:uid:${uid}`, `unix:sha256:${exeSha256}`])]);
     const svids = await served.client.fetchJwtSvids({ audience: ['on-demand'] });
