@@ -136,7 +136,7 @@ export class NameFile {
 }
 
 /** The selector kind computed only on demand: its lookup reaches the executable's own file system. */
-export const SHA256_KIND = 'unix:sha256';
+const SHA256_KIND = 'unix:sha256';
 
 /**
  * Selectors: `unix:uid:<n>`, `unix:user:<name>`, `unix:gid:<n>`, `unix:group:<name>`,
