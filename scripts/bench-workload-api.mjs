@@ -2,8 +2,8 @@
 // Workload API time to first response, as a ratio against bare grpc-js. Run after a build
 // (`npm run bench:workload-api` does both): it imports the compiled server from dist/.
 //
-// Two server processes: ironroot's WorkloadApiServer (real unix attestor, one SVID for the caller's
-// uid) and a bare grpc-js server-streaming echo, both on Unix sockets. The echo answers with as many
+// Two server processes: ironroot's WorkloadApiServer (the agent's SVID cache as provider, with the
+// real unix attestor; one SVID for the caller's uid) and a bare grpc-js server-streaming echo, both on Unix sockets. The echo answers with as many
 // bytes as ironroot's first X509SVIDResponse holds (measured first), and the client reads both as
 // raw bytes, so the two differ only in what the server does before it writes. For 1, 100 and 1000
 // streams held open on a connection of their own, new streams are opened on a second connection,
@@ -48,6 +48,7 @@ async function serveIronroot(socketPath, cached) {
   const spiffe = await import(join(dist, 'spiffe', 'index.js'));
   const { WorkloadApiServer } = await import(join(dist, 'workload-api', 'index.js'));
   const { UnixAttestor } = await import(join(dist, 'agent', 'workloadattestor', 'unix.js'));
+  const { SvidCache } = await import(join(dist, 'agent', 'cache.js'));
   const td = spiffe.TrustDomain.parse('bench.example');
   const caSigner = spiffe.createKeySigner(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
   const now = Date.now();
@@ -56,9 +57,17 @@ async function serveIronroot(socketPath, cached) {
     { trustDomain: td, publicKey: caSigner.publicKey, ...validity },
     caSigner,
   );
-  const bundle = new spiffe.SpiffeBundle(td, { x509Authorities: [caCert] });
+  // The agent's own SVID cache serves, as in the agent: entries as a sync brings them, an SVID
+  // stored for each. `cached` entries for other workloads (unix:uid:<n> that never matches) plus
+  // the caller's; none uses unix:sha256 or unix:path, as most deployments' entries do not.
+  const provider = new SvidCache({
+    trustDomain: 'bench.example',
+    attestors: [new UnixAttestor()],
+    bootstrapRoots: [caCert],
+    mintJwt: () => Promise.reject(new Error('not benchmarked')),
+  });
   const entries = [];
-  // `cached` SVIDs for other workloads (selector unix:uid:<n> that never matches) plus the caller's.
+  const issued = [];
   for (let i = 0; i <= cached; i++) {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const spiffeId = spiffe.SpiffeId.parse(`spiffe://bench.example/w${i}`);
@@ -68,28 +77,35 @@ async function serveIronroot(socketPath, cached) {
     );
     const selector = i === 0 ? `unix:uid:${process.getuid()}` : `unix:uid:${1_000_000 + i}`;
     entries.push({
-      selector,
-      svid: {
-        spiffeId,
-        chainDer: [leaf.raw],
-        keyPkcs8Der: privateKey.export({ type: 'pkcs8', format: 'der' }),
-      },
+      id: `entry-${i}`,
+      spiffe_id: spiffeId.toString(),
+      parent_id: 'spiffe://bench.example/node',
+      selectors: [selector],
+      x509_svid_ttl: 3600,
+      jwt_svid_ttl: 0,
+      dns_names: [],
+      federates_with: [],
+      hint: '',
+      revision_number: 1,
+      created_at: i,
+      expires_at: 0,
+    });
+    issued.push({
+      entryId: `entry-${i}`,
+      entryRevision: 1,
+      chain: [leaf.raw],
+      expiresAt: Math.floor(validity.notAfter.getTime() / 1000),
+      key: privateKey,
     });
   }
-  const attestor = new UnixAttestor();
-  const provider = {
-    attest: (caller) => attestor.attest(caller.pid),
-    identities: (selectors) => {
-      const have = new Set(selectors);
-      return {
-        svids: entries.filter((e) => have.has(e.selector)).map((e) => e.svid),
-        bundle,
-        federatedBundles: [],
-      };
-    },
-    mintJwtSvid: () => Promise.reject(new Error('not benchmarked')),
-    subscribe: () => () => {},
-  };
+  provider.applyEntries({
+    full: true,
+    entries,
+    deletedIds: [],
+    cursor: { epoch: 'bench', revision: 1, scope: 'bench' },
+    pages: 1,
+  });
+  provider.storeSvids(issued);
   const server = await WorkloadApiServer.listen({ provider, socketPath });
   process.stdout.write('ready\n');
   // A clean exit, so that --cpu-prof writes its profile.

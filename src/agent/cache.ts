@@ -27,7 +27,7 @@ import type {
 } from '../workload-api/provider.js';
 import type { EntrySync } from './client.js';
 import { AgentError } from './errors.js';
-import { attestWorkload, type WorkloadAttestor } from './workloadattestor/attestor.js';
+import { attestWorkload, selectorKind, type WorkloadAttestor } from './workloadattestor/attestor.js';
 
 /** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */
 const ROTATE_JITTER = 0.1;
@@ -94,9 +94,16 @@ export interface CacheObserver {
   rotated(kind: 'x509' | 'jwt'): void;
   /** `count` cached X.509-SVIDs checked against a CA state they had not been checked against. */
   caChecked(count: number): void;
+  /** A workload attested without the on-demand selector `kind`, because no entry used it. */
+  notComputed(kind: string): void;
 }
 
-const unobserved: CacheObserver = { lookup: () => {}, rotated: () => {}, caChecked: () => {} };
+const unobserved: CacheObserver = {
+  lookup: () => {},
+  rotated: () => {},
+  caChecked: () => {},
+  notComputed: () => {},
+};
 
 /** An entry as persisted: the fields of the server's entry message the cache uses. */
 export type PersistedEntry = Pick<
@@ -147,6 +154,12 @@ export type JwtMinter = (
 export class SvidCache implements WorkloadIdentityProvider {
   readonly #trustDomain: TrustDomain;
   readonly #attestors: readonly WorkloadAttestor[];
+  /** The attestors' on-demand selector kinds (see WorkloadAttestor.onDemand). */
+  readonly #onDemand: readonly string[];
+  /** Selector kinds the cached entries use; an on-demand kind is computed only while in here. */
+  #usedKinds: ReadonlySet<string> = new Set();
+  /** The on-demand kinds each selector list `attest` returned was attested without. */
+  readonly #omitted = new WeakMap<readonly Selector[], readonly string[]>();
   readonly #mintJwt: JwtMinter;
   readonly #observer: CacheObserver;
   readonly #changed: () => void;
@@ -173,6 +186,7 @@ export class SvidCache implements WorkloadIdentityProvider {
   }) {
     this.#trustDomain = TrustDomain.parse(options.trustDomain);
     this.#attestors = options.attestors;
+    this.#onDemand = [...new Set(options.attestors.flatMap((a) => a.onDemand ?? []))];
     this.#mintJwt = options.mintJwt;
     this.#observer = options.observer ?? unobserved;
     this.#changed = options.onChange ?? (() => {});
@@ -224,8 +238,28 @@ export class SvidCache implements WorkloadIdentityProvider {
     return true;
   }
 
-  attest(caller: CallerCredentials): Promise<readonly Selector[]> {
-    return attestWorkload(this.#attestors, caller.pid);
+  /**
+   * Leaves out the on-demand selector kinds no cached entry uses: entries match by containment, so
+   * a selector no entry names changes no match. If an entry started using one while the attestors
+   * ran, attests again with it. `attestAgain` tells when a later entry needs one.
+   */
+  async attest(caller: CallerCredentials): Promise<readonly Selector[]> {
+    for (;;) {
+      const omitted = this.#onDemand.filter((kind) => !this.#usedKinds.has(kind));
+      const selectors = await attestWorkload(this.#attestors, caller.pid, new Set(omitted));
+      if (omitted.some((kind) => this.#usedKinds.has(kind))) continue;
+      if (omitted.length > 0) this.#omitted.set(selectors, omitted);
+      for (const kind of omitted) this.#observer.notComputed(kind);
+      return selectors;
+    }
+  }
+
+  notComputed(selectors: readonly Selector[]): readonly string[] {
+    return this.#omitted.get(selectors) ?? [];
+  }
+
+  attestAgain(selectors: readonly Selector[]): boolean {
+    return this.notComputed(selectors).some((kind) => this.#usedKinds.has(kind));
   }
 
   identities(selectors: readonly Selector[]): WorkloadIdentities {
@@ -320,6 +354,7 @@ export class SvidCache implements WorkloadIdentityProvider {
       next.size !== this.#entries.size ||
       [...next].some(([id, e]) => this.#entries.get(id)?.revisionNumber !== e.revisionNumber);
     this.#entries = next;
+    if (changed) this.#usedKinds = kindsOf(next);
     for (const id of this.#svids.keys()) if (!next.has(id)) this.#svids.delete(id);
     if (changed) {
       const ids = new Set([...next.values()].map((e) => e.spiffeId.toString()));
@@ -531,6 +566,7 @@ export class SvidCache implements WorkloadIdentityProvider {
       else svids.set(item.entry_id, svid);
     }
     this.#entries = entries;
+    this.#usedKinds = kindsOf(entries);
     this.#svids.clear();
     for (const [id, svid] of svids) this.#svids.set(id, svid);
     this.#bundle = bundle;
@@ -567,6 +603,14 @@ function signedUnder(
   const top = above.at(-1);
   const topCert = top === undefined ? leaf : new X509Certificate(top);
   return roots.some((root) => topCert.verify(root.publicKey));
+}
+
+/** Every selector kind the entries use. */
+function kindsOf(entries: ReadonlyMap<string, CachedEntry>): ReadonlySet<string> {
+  const kinds = new Set<string>();
+  for (const entry of entries.values())
+    for (const selector of entry.selectors) kinds.add(selectorKind(selector));
+  return kinds;
 }
 
 function entryIn(message: PersistedEntry): CachedEntry {

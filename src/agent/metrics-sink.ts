@@ -31,6 +31,7 @@ export const NO_METRICS: MetricsSink = {
   lookup: () => {},
   rotated: () => {},
   caChecked: () => {},
+  notComputed: () => {},
   bundleReceived: () => {},
   workloadApiCall: () => {},
   timeIssue: (_kind, call) => call(),
@@ -52,6 +53,10 @@ export class MetricsRelay implements MetricsSink {
 
   caChecked(count: number): void {
     this.target.caChecked(count);
+  }
+
+  notComputed(kind: string): void {
+    this.target.notComputed(kind);
   }
 
   bundleReceived(): void {

@@ -58,6 +58,13 @@ export class AgentMetrics implements MetricsSink {
     registers: [this.registry],
   });
 
+  readonly #notComputed = new Counter({
+    name: 'ironroot_agent_workload_selectors_not_computed_total',
+    help: 'Workload attestations that left out an on-demand selector kind (unix:sha256, systemd:fragment_path) because no cached entry used it',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+
   readonly #renewalDuration = new Histogram({
     name: 'ironroot_agent_svid_renewal_duration_seconds',
     help: 'Duration of the calls to the server that issue or renew SVIDs (agent: attestation and renewal; x509: a batch of CSRs; jwt: one JWT-SVID), successful or not',
@@ -130,6 +137,10 @@ export class AgentMetrics implements MetricsSink {
 
   caChecked(count: number): void {
     this.#caChecks.inc(count);
+  }
+
+  notComputed(kind: string): void {
+    this.#notComputed.inc({ kind });
   }
 
   bundleReceived(): void {

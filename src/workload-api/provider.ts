@@ -53,6 +53,17 @@ export interface WorkloadIdentityProvider {
    * be attested (it exited, /proc unreadable); the server then answers PermissionDenied.
    */
   attest(caller: CallerCredentials): Promise<readonly Selector[]>;
+  /**
+   * Optional. Selector kinds (`unix:sha256`) that `selectors`, as `attest` returned them, were
+   * attested without because no entry used them then: not computed, which is not the same as
+   * absent. The server names them where it logs selectors.
+   */
+  notComputed?(selectors: readonly Selector[]): readonly string[];
+  /**
+   * Optional. True when an entry now uses a kind `selectors` were attested without: they must not
+   * be matched again until the caller is attested anew. The server asks before every stream update.
+   */
+  attestAgain?(selectors: readonly Selector[]): boolean;
   /** A snapshot of what `selectors` are entitled to. Synchronous: it reads the cache, never the network. */
   identities(selectors: readonly Selector[]): WorkloadIdentities;
   /**

@@ -218,8 +218,11 @@ export class WorkloadApiServer {
     this.#injector.injectConnection(socket);
   }
 
-  /** Checks the header, attests the caller, re-checks its pid, and finds its identities. */
-  async #authorize(call: { readonly metadata: Metadata; getPeer(): string }): Promise<Authorized> {
+  /** Checks the header, attests the caller and re-checks its pid. */
+  async #attestCaller(call: {
+    readonly metadata: Metadata;
+    getPeer(): string;
+  }): Promise<{ credentials: CallerCredentials; selectors: readonly Selector[] }> {
     checkSecurityHeader(call.metadata);
     const connection = this.#connections.get(call.getPeer());
     if (connection === undefined) {
@@ -252,9 +255,25 @@ export class WorkloadApiServer {
         'the process that opened this connection has exited (its pid may now name another process); reconnect from the live process',
       );
     }
+    return { credentials, selectors };
+  }
+
+  /** {@link #attestCaller}, then the caller's identities; refused when it has none. */
+  async #authorize(call: { readonly metadata: Metadata; getPeer(): string }): Promise<Authorized> {
+    const { credentials, selectors } = await this.#attestCaller(call);
     const identities = this.#provider.identities(selectors);
     if (identities.svids.length === 0) {
-      this.#logger.info({ pid: credentials.pid, uid: credentials.uid, selectors }, 'no identity for caller');
+      // Kinds left uncomputed are named: an operator reading the selectors must not take them for absent.
+      const notComputed = this.#provider.notComputed?.(selectors) ?? [];
+      this.#logger.info(
+        {
+          pid: credentials.pid,
+          uid: credentials.uid,
+          selectors,
+          ...(notComputed.length > 0 ? { selectors_not_computed: notComputed } : {}),
+        },
+        'no identity for caller',
+      );
       throw new Refusal(Status.PERMISSION_DENIED, 'no identity issued');
     }
     return { credentials, selectors, identities };
@@ -358,12 +377,28 @@ export class WorkloadApiServer {
     this.#authorize(call).then(
       (authorized) => {
         if (ended) return;
+        let selectors = authorized.selectors;
+        let attesting = false;
         let last: Buffer | undefined;
         const update = () => {
-          if (ended) return;
+          if (ended || attesting) return;
+          if (this.#provider.attestAgain?.(selectors)) {
+            // An entry now uses a selector kind these selectors were attested without: attest the
+            // caller again (the pid check included) before matching; this update follows then.
+            attesting = true;
+            this.#attestCaller(call).then(
+              (fresh) => {
+                attesting = false;
+                selectors = fresh.selectors;
+                update();
+              },
+              (e: unknown) => end(e),
+            );
+            return;
+          }
           let bytes: Buffer;
           try {
-            const identities = this.#provider.identities(authorized.selectors);
+            const identities = this.#provider.identities(selectors);
             if (identities.svids.length === 0) {
               end(new Refusal(Status.PERMISSION_DENIED, 'no identity issued'));
               return;

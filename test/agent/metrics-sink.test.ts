@@ -25,6 +25,7 @@ describe('agent metrics when nobody serves them, and once they are served', () =
     relay.rotated('agent');
     relay.rotated('x509');
     relay.caChecked(2);
+    relay.notComputed('unix:sha256');
     relay.lookup('hit');
     relay.syncFailed('ERR_AGENT_SERVER_UNAVAILABLE');
     relay.syncStarted()();
@@ -35,6 +36,7 @@ describe('agent metrics when nobody serves them, and once they are served', () =
     expect(text).toContain('ironroot_agent_svid_rotations_total{kind="x509"} 1');
     expect(text).toContain('ironroot_agent_svid_ca_checks_total 2');
     expect(text).toContain('ironroot_agent_cache_lookups_total{result="hit"} 1');
+    expect(text).toContain('ironroot_agent_workload_selectors_not_computed_total{kind="unix:sha256"} 1');
     expect(text).toContain('ironroot_agent_sync_failures_total{code="ERR_AGENT_SERVER_UNAVAILABLE"} 1');
     expect(text).toContain('ironroot_agent_sync_duration_seconds_count 1');
     expect(text).toContain('ironroot_agent_svid_renewal_duration_seconds_count{kind="x509"} 1');

@@ -153,6 +153,10 @@ describe('agent metrics on metrics_address (TPM-attested agent, real server)', (
       sampleValue(samples, 'ironroot_agent_cache_lookups_total', { result: 'hit' }),
     ).toBeGreaterThanOrEqual(1);
     expect(sampleValue(samples, 'ironroot_agent_cache_entries')).toBe(1);
+    // No entry uses unix:sha256, so neither call had the executable's hash looked up.
+    expect(
+      sampleValue(samples, 'ironroot_agent_workload_selectors_not_computed_total', { kind: 'unix:sha256' }),
+    ).toBeGreaterThanOrEqual(2);
     expect(
       sampleValue(samples, 'ironroot_agent_svid_renewal_duration_seconds_count', { kind: 'x509' }),
     ).toBeGreaterThanOrEqual(1);

@@ -58,6 +58,7 @@ function newCache(count: number): { cache: SvidCache; checks: () => number } {
     caChecked: (n) => {
       checks += n;
     },
+    notComputed: () => {},
   };
   const cache = new SvidCache({
     trustDomain: TD,

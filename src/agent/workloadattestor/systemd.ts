@@ -63,9 +63,13 @@ export function unitOfCgroups(entries: readonly CgroupEntry[]): string | undefin
   return first !== undefined && UNIT.test(first) ? first : undefined;
 }
 
-/** Selectors `systemd:id:<unit>` and `systemd:fragment_path:<file>`. */
+const FRAGMENT_PATH_KIND = 'systemd:fragment_path';
+
+/** Selectors `systemd:id:<unit>` and `systemd:fragment_path:<file>` (unless omitted). */
 export class SystemdAttestor implements WorkloadAttestor {
   readonly type = 'systemd';
+  /** The unit file is found by stats along the unit search path, on every call. */
+  readonly onDemand = [FRAGMENT_PATH_KIND];
   readonly #procRoot: string;
   readonly #rootDir: string;
   readonly #unitPaths: readonly string[];
@@ -76,10 +80,11 @@ export class SystemdAttestor implements WorkloadAttestor {
     this.#unitPaths = options.unitPaths ?? SYSTEM_UNIT_PATHS;
   }
 
-  async attest(pid: number): Promise<Selector[]> {
+  async attest(pid: number, omit?: ReadonlySet<string>): Promise<Selector[]> {
     const unit = unitOfCgroups(await readCgroups(this.#procRoot, pid));
     if (unit === undefined) return [];
     const selectors: Selector[] = [`systemd:id:${unit}`];
+    if (omit?.has(FRAGMENT_PATH_KIND)) return selectors;
     const fragment = await this.#fragmentPath(unit);
     if (fragment !== undefined) selectors.push(`systemd:fragment_path:${fragment}`);
     return selectors;

@@ -135,13 +135,21 @@ export class NameFile {
   }
 }
 
+/** The selector kind computed only on demand: its lookup reaches the executable's own file system. */
+const SHA256_KIND = 'unix:sha256';
+
 /**
  * Selectors: `unix:uid:<n>`, `unix:user:<name>`, `unix:gid:<n>`, `unix:group:<name>`,
  * `unix:supplementary_gid:<n>`, `unix:supplementary_group:<name>`, `unix:path:<exe>`,
- * `unix:sha256:<hex>`.
+ * `unix:sha256:<hex>` (unless omitted: see {@link WorkloadAttestor.onDemand}).
  */
 export class UnixAttestor implements WorkloadAttestor {
   readonly type = 'unix';
+  /**
+   * `unix:path` stays computed: reading the exe link is a path lookup in the kernel's memory. The
+   * hash needs a stat of the executable (asynchronous, a thread-pool round trip) even when cached.
+   */
+  readonly onDemand = [SHA256_KIND];
   readonly #procRoot: string;
   readonly #passwd: NameFile;
   readonly #group: NameFile;
@@ -166,7 +174,7 @@ export class UnixAttestor implements WorkloadAttestor {
     this.#hashFile = options.hashFile ?? sha256OfFile;
   }
 
-  async attest(pid: number): Promise<Selector[]> {
+  async attest(pid: number, omit?: ReadonlySet<string>): Promise<Selector[]> {
     const dir = join(this.#procRoot, String(pid));
     const exe = join(dir, 'exe');
     // /proc is rendered by the kernel from memory (the exe link included: reading it never touches
@@ -189,6 +197,7 @@ export class UnixAttestor implements WorkloadAttestor {
       if (name !== undefined) selectors.push(`unix:supplementary_group:${name}`);
     }
     selectors.push(`unix:path:${path}`);
+    if (omit?.has(SHA256_KIND)) return selectors;
     const sha256 = await this.#hash(exe);
     if (sha256 !== undefined) selectors.push(`unix:sha256:${sha256}`);
     return selectors;
