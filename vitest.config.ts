@@ -15,6 +15,9 @@ export default defineConfig({
     // Tests drive the built executables (bin/ → dist/); build once, before any of them starts.
     globalSetup: ['test/helpers/build-dist.ts'],
     testTimeout: 60_000,
+    // expect.poll waits for something a process does (a reconnect after backoff, a rotation): on a
+    // loaded machine that can take longer than vitest's default second.
+    expect: { poll: { timeout: 30_000 } },
     hookTimeout: 120_000,
     reporters: ['default'],
   },
