@@ -23,10 +23,11 @@
 //   open no Reattest stream (TPM agents do). Agents share one AgentMetrics per process (metrics
 //   stay agent-local; 5000 registries with default collectors would only slow the client side).
 // - All agents connect from 127.0.0.1, so the attestation rate limit is raised to its maximum.
-// The bare baseline: a grpc-js server with the same ServerCredentials kind (mTLS, agent SVIDs
-// verified against the same bundle, a server certificate from the same CA), the same service
-// definition, answering FetchEntries and FetchBundles with the messages the real server sent an
-// agent in its steady state, recorded once; no authentication beyond TLS, no datastore.
+// The bare baseline: a grpc-js server on grpc-js's own TLS listener (mTLS, agent SVIDs verified
+// against the same bundle, a server certificate from the same CA; the real server ends TLS with
+// node:tls itself and hands connections to grpc-js, the same OpenSSL handshake either way), the same
+// service definition, answering FetchEntries and FetchBundles with the messages the real server sent
+// an agent in its steady state, recorded once; no authentication beyond TLS, no datastore.
 //
 // Usage: npm run bench:scale -- [--agents 10,100,1000,5000] [--interval 5] [--window 10]
 //   [--rounds 3] [--entries-per-agent 2] [--agent-processes 2] [--profile DIR]

@@ -50,6 +50,7 @@ import {
 } from '../nodeattestor/tpm.js';
 import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
 import { admitAgent, admitNode, authenticateAgent, refuseBanned } from './admission.js';
+import { AgentListener } from './listener.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
 import type { ContinuousAttestation } from './reattest.js';
 import { refuseUntrusted, type SyncHandlers } from './sync.js';
@@ -106,6 +107,7 @@ export class AgentApiServer {
   readonly #o: AgentApiOptions;
   readonly #grpc = new GrpcServer({ 'grpc.max_receive_message_length': MAX_AGENT_MESSAGE_BYTES });
   readonly #tls: ServerTls;
+  readonly #listener: AgentListener;
   readonly #nonces: NonceStore;
   readonly #limiter: RateLimiter;
   /** How long each stream message may take: the nonce lifetime. */
@@ -120,6 +122,7 @@ export class AgentApiServer {
       clock: options.clock,
       logger: options.logger,
     });
+    this.#listener = new AgentListener(this.#grpc, this.#tls, options.logger);
     this.#waitSeconds = options.tpmPolicy?.nonceTtl ?? DEFAULT_WAIT_SECONDS;
     this.#nonces = new NonceStore({
       datastore: options.datastore,
@@ -131,7 +134,7 @@ export class AgentApiServer {
 
   /** Starts listening; resolves to the bound port. */
   async start(): Promise<number> {
-    const credentials = await this.#tls.start();
+    const material = await this.#tls.start();
     this.#grpc.addService(agentService().service, {
       AttestAgent: (call: Duplex<AttestAgentRequest>) => {
         void this.#run(call, 'attest', (d) => this.#attest(call, d));
@@ -144,15 +147,12 @@ export class AgentApiServer {
       },
       ...this.#o.sync?.implementation(),
     });
-    return new Promise((resolve, reject) => {
-      this.#grpc.bindAsync(this.#o.address, credentials, (error, port) =>
-        error ? reject(error) : resolve(port),
-      );
-    });
+    return this.#listener.listen(this.#o.address, material);
   }
 
   async stop(): Promise<void> {
     this.#tls.stop();
+    this.#listener.close();
     // Re-quote streams stay open for good; ending them lets the calls below finish at once.
     this.#o.reattest?.stop();
     // Calls in flight get a moment to finish; agents' idle connections (their sync loops keep

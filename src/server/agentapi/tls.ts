@@ -1,37 +1,40 @@
 /**
- * The agent API's TLS material, served through grpc-js certificate providers so that the server's
- * own SVID and the trust bundle can change (CA rotation, SVID renewal) without restarting the
- * listener. The SVID is re-issued at half-life and at once whenever the CA journal changes
- * (activate, taint, revoke, prune): the server never presents a certificate from a CA that stopped
- * signing or left the bundle. Client certificates are requested but not required: attestation
- * happens before the agent has one; renewal checks the presented agent SVID itself (see server.ts).
+ * The agent API's TLS material, handed to its listener (listener.ts) at start and again on every
+ * change, so that the server's own SVID and the trust bundle can change (CA rotation, SVID renewal)
+ * without restarting the listener. The SVID is re-issued at half-life and at once whenever the CA
+ * journal changes (activate, taint, revoke, prune): the server never presents a certificate from a
+ * CA that stopped signing or left the bundle.
  *
  * @module
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { type experimental, experimental as grpcExperimental, type ServerCredentials } from '@grpc/grpc-js';
 import { SpiffeId } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { Clock } from '../clock.js';
 import { nowSeconds } from '../clock.js';
 import type { Logger } from '../log.js';
 
-type CaListener = experimental.CaCertificateUpdateListener;
-type IdentityListener = experimental.IdentityCertificateUpdateListener;
+/** PEM: the bundle's roots (what client certificates must chain to), the SVID chain and its key. */
+export interface TlsMaterial {
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
+
+type Listener = (material: TlsMaterial) => void;
 
 /** How often the server checks whether its SVID is past half-life or the bundle changed. */
 const REFRESH_MS = 30_000;
 
-export class ServerTls implements experimental.CertificateProvider {
+export class ServerTls {
   readonly #ca: CertificateAuthority;
   readonly #serverId: SpiffeId;
   readonly #ttl: number;
   readonly #clock: Clock;
   readonly #logger: Logger;
-  readonly #caListeners = new Set<CaListener>();
-  readonly #identityListeners = new Set<IdentityListener>();
+  readonly #listeners = new Set<Listener>();
   #caPem = Buffer.alloc(0);
-  #identity: { certificate: Buffer; privateKey: Buffer } | undefined;
+  #identity: { cert: Buffer; key: Buffer } | undefined;
   #renewAt = 0;
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
@@ -51,7 +54,8 @@ export class ServerTls implements experimental.CertificateProvider {
     this.#logger = options.logger;
   }
 
-  async start(): Promise<ServerCredentials> {
+  /** The current material, once the first SVID is issued; from then on kept fresh. */
+  async start(): Promise<TlsMaterial> {
     await this.refresh();
     this.#unsubscribe = this.#ca.onChange(async () => {
       await this.refresh(true);
@@ -66,7 +70,13 @@ export class ServerTls implements experimental.CertificateProvider {
       );
     }, REFRESH_MS);
     this.#timer.unref();
-    return grpcExperimental.createCertificateProviderServerCredentials(this, this, false);
+    return this.#material();
+  }
+
+  /** Calls `listener` with the whole material whenever part of it changes; returns the unsubscribe. */
+  onChange(listener: Listener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   stop(): void {
@@ -94,39 +104,30 @@ export class ServerTls implements experimental.CertificateProvider {
         .authorities.map((c) => c.toString())
         .join(''),
     );
+    // Published at once, not only with the new SVID below: a failed mint must not hold the bundle back.
     if (!pem.equals(this.#caPem)) {
       this.#caPem = pem;
-      for (const listener of this.#caListeners) listener({ caCertificate: pem });
+      if (this.#identity !== undefined) this.#publish();
     }
     const now = nowSeconds(this.#clock);
     if (!force && this.#identity !== undefined && now < this.#renewAt) return;
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const minted = await this.#ca.mintServerSvid({ spiffeId: this.#serverId, publicKey, ttl: this.#ttl });
     this.#identity = {
-      certificate: Buffer.from(minted.chain.map((c) => c.toString()).join('')),
-      privateKey: Buffer.from(privateKey.export({ format: 'pem', type: 'pkcs8' })),
+      cert: Buffer.from(minted.chain.map((c) => c.toString()).join('')),
+      key: Buffer.from(privateKey.export({ format: 'pem', type: 'pkcs8' })),
     };
     this.#renewAt = now + Math.max(1, Math.floor((minted.expiresAt - now) / 2));
-    for (const listener of this.#identityListeners) listener(this.#identity);
+    this.#publish();
   }
 
-  // grpc-js subscribes before it registers the watcher that applies updates, so the current
-  // material must be delivered after this call returns, as its own file watcher does.
-  addCaCertificateListener(listener: CaListener): void {
-    this.#caListeners.add(listener);
-    process.nextTick(() => listener({ caCertificate: this.#caPem }));
+  #material(): TlsMaterial {
+    if (this.#identity === undefined) throw new Error('the agent API has no server SVID yet');
+    return { ca: this.#caPem, ...this.#identity };
   }
 
-  removeCaCertificateListener(listener: CaListener): void {
-    this.#caListeners.delete(listener);
-  }
-
-  addIdentityCertificateListener(listener: IdentityListener): void {
-    this.#identityListeners.add(listener);
-    process.nextTick(() => listener(this.#identity ?? null));
-  }
-
-  removeIdentityCertificateListener(listener: IdentityListener): void {
-    this.#identityListeners.delete(listener);
+  #publish(): void {
+    const material = this.#material();
+    for (const listener of this.#listeners) listener(material);
   }
 }
