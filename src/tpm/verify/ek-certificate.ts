@@ -4,8 +4,9 @@
  * chain building to configured manufacturer roots.
  *
  * Two parsers on purpose: node:crypto's X509Certificate (OpenSSL) does signatures, validity and the
- * issuer-name match; @peculiar/x509 decodes the extensions node:crypto does not expose (critical
- * flags, basicConstraints path length, the SAN's directoryName attributes).
+ * issuer-name match; @peculiar/x509 must decode the whole certificate too, so one either cannot read
+ * is refused. The extensions node:crypto does not expose (critical flags, basicConstraints path
+ * length, the SAN's directoryName attributes) come from ek-extensions.ts's strict DER reader.
  *
  * @module
  */
@@ -15,7 +16,7 @@ import * as x509 from '@peculiar/x509';
 import { unwrapCertificate } from '../agent/ek.js';
 import type { TpmtPublic } from '../codec/public.js';
 import { publicKeyFromArea } from '../codec/public-key.js';
-import { extensionEncodings, extensionOid } from './der-extensions.js';
+import { type CertificateExtensions, readCertificateExtensions } from './ek-extensions.js';
 import { TpmVerifyError } from './errors.js';
 
 const OID = {
@@ -25,9 +26,6 @@ const OID = {
   basicConstraints: '2.5.29.19',
   certificatePolicies: '2.5.29.32',
   authorityKeyIdentifier: '2.5.29.35',
-  issuerAltName: '2.5.29.18',
-  cRLDistributionPoints: '2.5.29.31',
-  authorityInfoAccess: '1.3.6.1.5.5.7.1.1',
   extKeyUsage: '2.5.29.37',
   subjectKeyIdentifier: '2.5.29.14',
   anyExtendedKeyUsage: '2.5.29.37.0',
@@ -80,53 +78,17 @@ function malformed(what: string, cause?: unknown): TpmVerifyError {
   });
 }
 
-/** An extension class of @peculiar/x509, as constructed from one Extension's DER. */
-type ExtensionClass = new (raw: Uint8Array) => x509.Extension;
+/** Each certificate's extensions, read once. */
+const decodedCertificates = new WeakMap<X509Certificate, CertificateExtensions>();
 
 /**
- * The extension classes @peculiar/x509's ExtensionFactory registers, by OID. Its `extensions` getter
- * re-encodes each extension, decodes it once as a plain Extension only to read the OID, then again
- * with the class found here, which repeats that plain decode itself: over a third of the whole
- * EK judgement for a swtpm EK certificate. Handing each extension's bytes, as they are in the
- * certificate, straight to the class its OID names gives the same objects with one decode each.
- */
-const EXTENSION_CLASSES: ReadonlyMap<string, ExtensionClass> = new Map<string, ExtensionClass>([
-  [OID.certificatePolicies, x509.CertificatePolicyExtension],
-  [OID.basicConstraints, x509.BasicConstraintsExtension],
-  [OID.extKeyUsage, x509.ExtendedKeyUsageExtension],
-  [OID.keyUsage, x509.KeyUsagesExtension],
-  [OID.subjectKeyIdentifier, x509.SubjectKeyIdentifierExtension],
-  [OID.authorityKeyIdentifier, x509.AuthorityKeyIdentifierExtension],
-  [OID.subjectAltName, x509.SubjectAlternativeNameExtension],
-  [OID.cRLDistributionPoints, x509.CRLDistributionPointsExtension],
-  [OID.authorityInfoAccess, x509.AuthorityInfoAccessExtension],
-  [OID.issuerAltName, x509.IssuerAlternativeNameExtension],
-]);
-
-/**
- * One Extension decoded as @peculiar/x509's ExtensionFactory would: by its class when the OID has
- * one, else as a plain Extension. The OID is read from the DER (each is a short known encoding); an
- * OID written some other way is decoded plainly first, as the factory does.
- */
-function decodeExtension(encoding: Uint8Array): x509.Extension {
-  const Class = EXTENSION_CLASSES.get(extensionOid(encoding) ?? '');
-  if (Class !== undefined) return new Class(encoding);
-  const plain = new x509.Extension(encoding);
-  const Registered = EXTENSION_CLASSES.get(plain.type);
-  return Registered === undefined ? plain : new Registered(encoding);
-}
-
-/** @peculiar/x509's reading of each certificate, made once: its extensions, in certificate order. */
-const decodedCertificates = new WeakMap<X509Certificate, readonly x509.Extension[]>();
-
-/**
- * @peculiar/x509's reading of `cert`: the whole certificate must decode, and so must every extension
- * (which it would otherwise decode lazily, so one it cannot read would fail later, in the middle of
- * a decision). Returns the extensions as its `extensions` getter gives them.
+ * The second reading of `cert`: @peculiar/x509 must decode the whole certificate and the strict
+ * reader every extension (each type @peculiar/x509 has a class for, to its structure), so one either
+ * cannot read fails here rather than in the middle of a decision. Returns the extensions.
  *
- * @throws TpmVerifyError ERR_TPM_MALFORMED when @peculiar/x509 cannot decode it, though OpenSSL could.
+ * @throws TpmVerifyError ERR_TPM_MALFORMED when either cannot read it, though OpenSSL could.
  */
-export function peculiarExtensions(cert: X509Certificate, what: string): readonly x509.Extension[] {
+export function certificateExtensions(cert: X509Certificate, what: string): CertificateExtensions {
   let extensions = decodedCertificates.get(cert);
   if (extensions === undefined) {
     try {
@@ -134,22 +96,13 @@ export function peculiarExtensions(cert: X509Certificate, what: string): readonl
       cert.publicKey.export({ format: 'jwk' });
       // Decoding is the check: the whole certificate must read; the object is not needed after.
       new x509.X509Certificate(cert.raw);
-      extensions = extensionEncodings(cert.raw).map(decodeExtension);
+      extensions = readCertificateExtensions(cert.raw);
     } catch (err) {
       throw malformed(what, err);
     }
     decodedCertificates.set(cert, extensions);
   }
   return extensions;
-}
-
-/** The first extension of `cert` that is a `type`, as @peculiar/x509's getExtension finds it. */
-function extension<T extends x509.Extension>(
-  cert: X509Certificate,
-  what: string,
-  type: abstract new (...args: never[]) => T,
-): T | undefined {
-  return peculiarExtensions(cert, what).find((ext): ext is T => ext instanceof type);
 }
 
 /**
@@ -170,7 +123,7 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
     throw malformed('the EK certificate', err);
   }
   // Both parsers judge it, so a certificate one of them cannot read is refused here, as malformed.
-  peculiarExtensions(cert, 'the EK certificate');
+  certificateExtensions(cert, 'the EK certificate');
   return cert;
 }
 
@@ -187,7 +140,7 @@ export function parseCertificateBundle(pem: string, source: string): X509Certifi
   return blocks.map((block, i) => {
     try {
       const cert = new X509Certificate(block);
-      peculiarExtensions(cert, `certificate ${i + 1}`);
+      certificateExtensions(cert, `certificate ${i + 1}`);
       return cert;
     } catch (err) {
       throw new TpmVerifyError(
@@ -229,23 +182,9 @@ function vendorString(id: number): string | undefined {
  * @throws TpmVerifyError ERR_TPM_MALFORMED when the SAN or one of the three attributes is missing.
  */
 export function ekCertificateTpmInfo(cert: X509Certificate): TpmDeviceInfo {
-  let dirNames: x509.Name[];
-  try {
-    const san = extension(cert, 'the EK certificate', x509.SubjectAlternativeNameExtension);
-    // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
-    dirNames = (san?.names.items ?? []).flatMap((item) =>
-      item.type === 'dn' ? [new x509.Name(item.value)] : [],
-    );
-  } catch (cause) {
-    if (cause instanceof TpmVerifyError) throw cause;
-    throw new TpmVerifyError(
-      'ERR_TPM_MALFORMED',
-      `EK certificate (subject ${oneLine(cert.subject)}) has extensions that do not decode`,
-      { cause },
-    );
-  }
+  const dirNames = certificateExtensions(cert, 'the EK certificate').subjectAltNameDirectoryNames ?? [];
   const field = (oid: string, label: string): string => {
-    const value = dirNames.flatMap((name) => name.getField(oid))[0];
+    const value = dirNames.flat().find((attribute) => attribute.oid === oid)?.value;
     if (value === undefined)
       throw new TpmVerifyError(
         'ERR_TPM_MALFORMED',
@@ -318,9 +257,9 @@ export interface EkTrustStore {
 }
 
 function unhandledCritical(cert: X509Certificate): string[] {
-  return peculiarExtensions(cert, `the certificate of ${oneLine(cert.subject)}`)
-    .filter((ext) => ext.critical && !HANDLED_CRITICAL.has(ext.type))
-    .map((ext) => ext.type);
+  return certificateExtensions(cert, `the certificate of ${oneLine(cert.subject)}`)
+    .all.filter((ext) => ext.critical && !HANDLED_CRITICAL.has(ext.oid))
+    .map((ext) => ext.oid);
 }
 
 /**
@@ -335,11 +274,10 @@ function issuerProblem(
   at: Date,
 ): string | undefined {
   // The cheap checks first: a signature is verified only for an issuer that could otherwise serve.
-  const constraints = extension(
+  const constraints = certificateExtensions(
     issuer,
     `the certificate of ${oneLine(issuer.subject)}`,
-    x509.BasicConstraintsExtension,
-  );
+  ).basicConstraints;
   if (!constraints?.ca) return `${oneLine(issuer.subject)} is not a CA (basicConstraints cA is not set)`;
   // pathLenConstraint counts the intermediates that may follow this CA; `below` includes the leaf.
   if (constraints.pathLength !== undefined && below - 1 > constraints.pathLength)
@@ -430,10 +368,10 @@ export function verifyEkCertificateChain(
   if (leafProblem !== undefined) throw untrusted(leafProblem);
   // An extendedKeyUsage limits what the certificate vouches for; an EK certificate's must allow
   // tcg-kp-EKCertificate. Without one, the certificate is not limited (RFC 5280 §4.2.1.12).
-  const eku = extension(ekCert, 'the EK certificate', x509.ExtendedKeyUsageExtension);
-  if (eku && !eku.usages.some((u) => u === OID.tcgKpEkCertificate || u === OID.anyExtendedKeyUsage))
+  const eku = certificateExtensions(ekCert, 'the EK certificate').extKeyUsage;
+  if (eku && !eku.some((u) => u === OID.tcgKpEkCertificate || u === OID.anyExtendedKeyUsage))
     throw untrusted(
-      `its extendedKeyUsage (${eku.usages.join(', ')}) does not include tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`,
+      `its extendedKeyUsage (${eku.join(', ')}) does not include tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`,
     );
 
   const roots = new Set(trust.roots.map((c) => c.fingerprint256));
