@@ -170,3 +170,14 @@ export function checkBitString(value: DerValue, what: string): void {
   if (unused === undefined || unused > 7 || (unused > 0 && value.content.length === 1))
     throw new DerError(`${what}: BIT STRING has an invalid unused-bits count`);
 }
+
+/** Reads an OBJECT IDENTIFIER, dotted; `what` names it in errors. */
+export function readOid(reader: DerReader, what: string): string {
+  return oidText(reader.read(TAG.OBJECT_IDENTIFIER, what).content, what);
+}
+
+/** Reads `SEQUENCE OF item` (or SET OF) from `value`; `item` reads one element. */
+export function eachOf(value: DerValue, what: string, item: (reader: DerReader) => void): void {
+  const reader = inside(value, what);
+  while (!reader.done) item(reader);
+}

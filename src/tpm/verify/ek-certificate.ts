@@ -4,19 +4,19 @@
  * chain building to configured manufacturer roots.
  *
  * Two parsers on purpose: node:crypto's X509Certificate (OpenSSL) does signatures, validity and the
- * issuer-name match; @peculiar/x509 must decode the whole certificate too, so one either cannot read
- * is refused. The extensions node:crypto does not expose (critical flags, basicConstraints path
- * length, the SAN's directoryName attributes) come from ek-extensions.ts's strict DER reader.
+ * issuer-name match; a strict DER reading of the whole certificate (certificate-structure.ts) must
+ * accept it too, so one either cannot read is refused. That reading also gives the extensions
+ * node:crypto does not expose (critical flags, basicConstraints path length, the SAN's directoryName
+ * attributes), decoded by ek-extensions.ts.
  *
  * @module
  */
-import 'reflect-metadata';
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
 import { unwrapCertificate } from '../agent/ek.js';
 import type { TpmtPublic } from '../codec/public.js';
 import { publicKeyFromArea } from '../codec/public-key.js';
-import { type CertificateExtensions, readCertificateExtensions } from './ek-extensions.js';
+import { readCertificateStructure } from './certificate-structure.js';
+import { type CertificateExtensions, decodeExtensions } from './ek-extensions.js';
 import { TpmVerifyError } from './errors.js';
 
 const OID = {
@@ -82,11 +82,11 @@ function malformed(what: string, cause?: unknown): TpmVerifyError {
 const decodedCertificates = new WeakMap<X509Certificate, CertificateExtensions>();
 
 /**
- * The second reading of `cert`: @peculiar/x509 must decode the whole certificate and the strict
- * reader every extension (each type @peculiar/x509 has a class for, to its structure), so one either
- * cannot read fails here rather than in the middle of a decision. Returns the extensions.
+ * The second reading of `cert`: the strict DER reader must read the whole certificate and decode
+ * every extension whose type @peculiar/x509 has a class for, so one either parser cannot read fails
+ * here rather than in the middle of a decision. Returns the extensions.
  *
- * @throws TpmVerifyError ERR_TPM_MALFORMED when either cannot read it, though OpenSSL could.
+ * @throws TpmVerifyError ERR_TPM_MALFORMED when it cannot, though OpenSSL could.
  */
 export function certificateExtensions(cert: X509Certificate, what: string): CertificateExtensions {
   let extensions = decodedCertificates.get(cert);
@@ -94,9 +94,7 @@ export function certificateExtensions(cert: X509Certificate, what: string): Cert
     try {
       // OpenSSL decodes the key lazily too: a key that does not decode must fail here as well.
       cert.publicKey.export({ format: 'jwk' });
-      // Decoding is the check: the whole certificate must read; the object is not needed after.
-      new x509.X509Certificate(cert.raw);
-      extensions = readCertificateExtensions(cert.raw);
+      extensions = decodeExtensions(readCertificateStructure(cert.raw));
     } catch (err) {
       throw malformed(what, err);
     }
@@ -109,7 +107,7 @@ export function certificateExtensions(cert: X509Certificate, what: string): Cert
  * Decodes an EK certificate given as PEM text, DER, or the raw content of its NV index.
  *
  * @throws TpmVerifyError ERR_TPM_MALFORMED when it is none of these, or when either parser (OpenSSL
- *   through node:crypto, @peculiar/x509) cannot read it or one of its extensions.
+ *   through node:crypto, the strict DER reader) cannot read it or one of its extensions.
  */
 export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
   const bytes = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data);
@@ -340,7 +338,7 @@ function chainOf(link: Link): X509Certificate[] {
  * @returns the chain from the EK certificate to the anchor, both included (a shortest one).
  * @throws TpmVerifyError ERR_TPM_EK_UNTRUSTED naming the certificate's issuer and the reason the
  *   closest candidates failed; ERR_TPM_EK_CHAIN_LIMIT naming the cap that was reached;
- *   ERR_TPM_MALFORMED for a certificate @peculiar/x509 cannot decode.
+ *   ERR_TPM_MALFORMED for a certificate the strict DER reader cannot decode.
  */
 export function verifyEkCertificateChain(
   ekCert: X509Certificate,

@@ -5,9 +5,10 @@
  *
  * This replaced @peculiar/x509's extension classes on the attestation path: they decoded each value
  * twice over a generic ASN.1 tree and rendered the SAN's directoryName as a string that had to be
- * parsed back, most of the EK judgement's cost. Every extension type those classes decode is still
- * decoded here, to its structure, so one that does not read is still refused (as are GeneralName
- * forms the verifier cannot represent: x400Address, ediPartyName); other OIDs are carried as bytes.
+ * parsed back, about a third of the EK judgement's cost. Every extension type those classes decode
+ * is still decoded here, to its structure, so one that does not read is still refused (as are
+ * GeneralName forms the verifier cannot represent: x400Address, ediPartyName); other OIDs are
+ * carried as bytes.
  *
  * @module
  */
@@ -17,8 +18,10 @@ import {
   DerError,
   type DerReader,
   type DerValue,
+  eachOf,
   inside,
   oidText,
+  readOid,
   single,
   smallUnsigned,
   TAG,
@@ -69,19 +72,6 @@ export const EXTENSION_OID = {
   authorityInfoAccess: '1.3.6.1.5.5.7.1.1',
 } as const;
 
-/** TBSCertificate's `extensions [3] EXPLICIT Extensions`. */
-const EXTENSIONS_TAG = 0xa3;
-
-function readOid(reader: DerReader, what: string): string {
-  return oidText(reader.read(TAG.OBJECT_IDENTIFIER, what).content, what);
-}
-
-/** Reads `SEQUENCE OF item` (or SET OF) from `value`; `item` reads one element. */
-function eachOf(value: DerValue, what: string, item: (reader: DerReader) => void): void {
-  const reader = inside(value, what);
-  while (!reader.done) item(reader);
-}
-
 const STRING_DECODERS: ReadonlyMap<number, (content: Uint8Array) => string> = new Map([
   [0x0c, (c: Uint8Array) => new TextDecoder('utf-8', { fatal: true }).decode(c)], // UTF8String
   [0x12, (c: Uint8Array) => Buffer.from(c).toString('latin1')], // NumericString
@@ -92,14 +82,18 @@ const STRING_DECODERS: ReadonlyMap<number, (content: Uint8Array) => string> = ne
   [0x1e, (c: Uint8Array) => new TextDecoder('utf-16be', { fatal: true }).decode(c)], // BMPString
 ]);
 
-/** RelativeDistinguishedName ::= SET SIZE (1..MAX) OF AttributeTypeAndValue; appends to `into`. */
-function readRdn(rdn: DerValue, what: string, into: NameAttribute[]): void {
+/**
+ * RelativeDistinguishedName ::= SET SIZE (1..MAX) OF AttributeTypeAndValue; appends each attribute
+ * to `into`, its value as text, or only checks the structure when `into` is undefined.
+ */
+function readRdn(rdn: DerValue, what: string, into?: NameAttribute[]): void {
   if (rdn.content.length === 0) throw new DerError(`${what}: empty RelativeDistinguishedName`);
   eachOf(rdn, what, (set) => {
     const pair = inside(set.read(TAG.SEQUENCE, 'AttributeTypeAndValue'), what);
     const oid = readOid(pair, 'attribute type');
     const attribute = pair.read(undefined, 'attribute value');
     pair.end();
+    if (into === undefined) return;
     const decode = STRING_DECODERS.get(attribute.tag);
     try {
       const text =
@@ -113,10 +107,14 @@ function readRdn(rdn: DerValue, what: string, into: NameAttribute[]): void {
   });
 }
 
-/** Name ::= SEQUENCE OF RelativeDistinguishedName; returns the attributes in order. */
-function readName(value: DerValue, what: string): NameAttribute[] {
+/**
+ * Name ::= SEQUENCE OF RelativeDistinguishedName. Returns the attributes in order, as text when
+ * `text` (a subject or issuer name is only checked: OpenSSL renders those for the decisions).
+ */
+export function readName(value: DerValue, what: string, text = true): NameAttribute[] {
   const attributes: NameAttribute[] = [];
-  eachOf(value, what, (rdns) => readRdn(rdns.read(TAG.SET, 'RelativeDistinguishedName'), what, attributes));
+  const into = text ? attributes : undefined;
+  eachOf(value, what, (rdns) => readRdn(rdns.read(TAG.SET, 'RelativeDistinguishedName'), what, into));
   return attributes;
 }
 
@@ -237,7 +235,7 @@ function decodeValue(extension: CertificateExtension): unknown {
           const choice = inside(name, what);
           const form = choice.read(undefined, 'DistributionPointName');
           if (form.tag === 0xa0) readGeneralNames(form, `${what} fullName`);
-          else if (form.tag === 0xa1) readRdn(form, `${what} nameRelativeToCRLIssuer`, []);
+          else if (form.tag === 0xa1) readRdn(form, `${what} nameRelativeToCRLIssuer`);
           else throw new DerError(`${what}: DistributionPointName with tag 0x${form.tag.toString(16)}`);
           choice.end();
         }
@@ -262,41 +260,12 @@ function decodeValue(extension: CertificateExtension): unknown {
   }
 }
 
-/** The Extension values of the certificate `der`, in order; empty when it has none. */
-function readExtensionList(der: Uint8Array): CertificateExtension[] {
-  // Only the walk to the extensions: the rest of the certificate is for both X.509 parsers to judge.
-  const certificate = inside(single(der, TAG.SEQUENCE, 'Certificate'), 'Certificate');
-  const tbs = inside(certificate.read(TAG.SEQUENCE, 'tbsCertificate'), 'tbsCertificate');
-  while (!tbs.done) {
-    const field = tbs.read(undefined, 'tbsCertificate field');
-    if (field.tag !== EXTENSIONS_TAG) continue;
-    tbs.end();
-    const list = single(field.content, TAG.SEQUENCE, 'Extensions');
-    const extensions: CertificateExtension[] = [];
-    eachOf(list, 'Extensions', (reader) => {
-      const fields = inside(reader.read(TAG.SEQUENCE, 'Extension'), 'Extension');
-      const oid = readOid(fields, 'extnID');
-      const flag = fields.optional(TAG.BOOLEAN, 'critical');
-      const value = fields.read(TAG.OCTET_STRING, 'extnValue');
-      fields.end();
-      extensions.push({
-        oid,
-        critical: flag === undefined ? false : booleanValue(flag, `extension ${oid} critical`),
-        value: value.content,
-      });
-    });
-    return extensions;
-  }
-  return [];
-}
-
 /**
- * Reads and decodes the extensions of the certificate `der`.
+ * Decodes the values of a certificate's extensions (as certificate-structure.ts reads them).
  *
  * @throws DerError naming the extension and what in it does not decode.
  */
-export function readCertificateExtensions(der: Uint8Array): CertificateExtensions {
-  const all = readExtensionList(der);
+export function decodeExtensions(all: readonly CertificateExtension[]): CertificateExtensions {
   let basicConstraints: BasicConstraints | undefined;
   let extKeyUsage: readonly string[] | undefined;
   let subjectAltNameDirectoryNames: NameAttribute[][] | undefined;

@@ -498,7 +498,7 @@ describe('chain building stays bounded, whatever the pool holds', () => {
 });
 
 describe('certificates one X.509 parser reads and the other does not', () => {
-  /** A DER-valid subjectAltName holding an ediPartyName (partyName "A"): OpenSSL reads it, @peculiar/x509 does not. */
+  /** A DER-valid subjectAltName holding an ediPartyName (partyName "A"): OpenSSL reads it, the strict DER reader refuses it. */
   const ediPartyName = new px.Extension('2.5.29.17', false, Buffer.from('3007a505a1030c0141', 'hex'));
 
   it('refuses an EK certificate with an ediPartyName as malformed, naming what did not decode', async () => {
@@ -514,6 +514,48 @@ describe('certificates one X.509 parser reads and the other does not', () => {
     expect(() => parseCertificateBundle(cert.toString(), 'ca.pem')).toThrow(
       /ca\.pem: certificate 1 does not decode.*EDIPartyName/,
     );
+  });
+});
+
+describe('whole certificates OpenSSL reads and the strict DER reader refuses', () => {
+  /** A fresh self-signed certificate's DER, with `edit` applied to its bytes. */
+  async function edited(edit: (der: Buffer) => void): Promise<Buffer> {
+    const key = p256();
+    const cert = await craft({
+      subject: 'CN=ek',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions: [],
+      notAfter: new Date('2060-01-01T00:00:00Z'),
+    });
+    const der = Buffer.from(cert.raw);
+    edit(der);
+    return der;
+  }
+  const notAfterAt = (der: Buffer) => der.indexOf(Buffer.from('20600101000000Z'));
+
+  it.each([
+    [
+      'a notAfter in month 13',
+      (der: Buffer) => der.write('13', notAfterAt(der) + 4, 'latin1'),
+      /notAfter has a field out of range \(20601301000000Z\)/,
+    ],
+    [
+      'a notAfter with a time zone offset',
+      (der: Buffer) => der.write('+', notAfterAt(der) + 14, 'latin1'),
+      /notAfter is not a UTCTime or GeneralizedTime in the form RFC 5280 requires/,
+    ],
+    [
+      'version 4',
+      (der: Buffer) => {
+        der[der.indexOf(Buffer.from('a003020102', 'hex')) + 4] = 3;
+      },
+      /version: not v1, v2 or v3/,
+    ],
+  ])('refuses %s as malformed, naming the field', async (_, edit, message) => {
+    const der = await edited(edit);
+    expect(() => new X509Certificate(der)).not.toThrow();
+    expectCode(() => parseEkCertificate(der), 'ERR_TPM_MALFORMED', message);
   });
 });
 
