@@ -287,17 +287,20 @@ function issuerProblem(
   return undefined;
 }
 
-/** node:crypto prints multi-attribute names one per line. */
-function oneLine(name: string): string {
-  return name.replaceAll('\n', ', ');
+/**
+ * node:crypto prints multi-attribute names one per line, and gives undefined for an empty name:
+ * the TCG EK profile leaves the EK certificate's subject empty (STMicro's are), the SAN names it.
+ */
+function oneLine(name: string | undefined): string {
+  return name === undefined ? '(empty name)' : name.replaceAll('\n', ', ');
 }
 
 /**
  * A name as an index key: coarser than OpenSSL's name match (which ignores case and collapses
  * whitespace), so every certificate that check_issued could accept is found under its key.
  */
-function nameKey(name: string): string {
-  return name.toLowerCase().replace(/\s+/g, '');
+function nameKey(name: string | undefined): string {
+  return (name ?? '').toLowerCase().replace(/\s+/g, '');
 }
 
 function validityProblem(cert: X509Certificate, at: Date): string | undefined {
