@@ -84,7 +84,9 @@ const STRING_DECODERS: ReadonlyMap<number, (content: Uint8Array) => string> = ne
 
 /**
  * RelativeDistinguishedName ::= SET SIZE (1..MAX) OF AttributeTypeAndValue; appends each attribute
- * to `into`, its value as text, or only checks the structure when `into` is undefined.
+ * to `into`, its value as text, or only checks the structure when `into` is undefined. The SET's
+ * DER order is not checked, as OpenSSL does not: Nuvoton's EK certificates and CAs write their
+ * names as one multi-valued RDN in CN, O, C order (test/fixtures/ek-vendor).
  */
 function readRdn(rdn: DerValue, what: string, into?: NameAttribute[]): void {
   if (rdn.content.length === 0) throw new DerError(`${what}: empty RelativeDistinguishedName`);
