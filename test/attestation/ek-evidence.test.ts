@@ -326,7 +326,7 @@ describe('oversized certificate evidence is refused before it is parsed', () => 
 });
 
 describe('certificate material one X.509 parser cannot read is ERR_ATTEST_EK_INVALID, logged at warn', () => {
-  /** A DER-valid subjectAltName holding an ediPartyName: OpenSSL reads it, @peculiar/x509 does not. */
+  /** A DER-valid subjectAltName holding an ediPartyName: OpenSSL reads it, the strict DER reader refuses it. */
   const ediPartyName = () => new px.Extension('2.5.29.17', false, Buffer.from('3007a505a1030c0141', 'hex'));
 
   it('an EK certificate for the real EK whose subjectAltName holds an ediPartyName', async () => {

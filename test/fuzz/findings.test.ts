@@ -83,7 +83,7 @@ describe('fuzz findings', () => {
     expect(tpmCode(() => ekCertificateTpmInfo(cert))).toBe('ERR_TPM_MALFORMED');
   });
 
-  it('parseEkCertificate: a date @peculiar/x509 cannot read is ERR_TPM_MALFORMED, before chain building meets it', async () => {
+  it('parseEkCertificate: a date the strict DER reader cannot read (OpenSSL can) is ERR_TPM_MALFORMED, before chain building meets it', async () => {
     const k = p256();
     const cert = await craft({
       subject: 'CN=intermediate',

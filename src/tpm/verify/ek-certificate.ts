@@ -4,18 +4,19 @@
  * chain building to configured manufacturer roots.
  *
  * Two parsers on purpose: node:crypto's X509Certificate (OpenSSL) does signatures, validity and the
- * issuer-name match; @peculiar/x509 decodes the extensions node:crypto does not expose (critical
- * flags, basicConstraints path length, the SAN's directoryName attributes).
+ * issuer-name match; a strict DER reading of the whole certificate (certificate-structure.ts) must
+ * accept it too, so one either cannot read is refused. That reading also gives the extensions
+ * node:crypto does not expose (critical flags, basicConstraints path length, the SAN's directoryName
+ * attributes), decoded by ek-extensions.ts.
  *
  * @module
  */
-import 'reflect-metadata';
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
 import { unwrapCertificate } from '../agent/ek.js';
 import type { TpmtPublic } from '../codec/public.js';
 import { publicKeyFromArea } from '../codec/public-key.js';
-import { extensionEncodings, extensionOid } from './der-extensions.js';
+import { readCertificateStructure } from './certificate-structure.js';
+import { type CertificateExtensions, decodeExtensions } from './ek-extensions.js';
 import { TpmVerifyError } from './errors.js';
 
 const OID = {
@@ -25,9 +26,6 @@ const OID = {
   basicConstraints: '2.5.29.19',
   certificatePolicies: '2.5.29.32',
   authorityKeyIdentifier: '2.5.29.35',
-  issuerAltName: '2.5.29.18',
-  cRLDistributionPoints: '2.5.29.31',
-  authorityInfoAccess: '1.3.6.1.5.5.7.1.1',
   extKeyUsage: '2.5.29.37',
   subjectKeyIdentifier: '2.5.29.14',
   anyExtendedKeyUsage: '2.5.29.37.0',
@@ -80,61 +78,23 @@ function malformed(what: string, cause?: unknown): TpmVerifyError {
   });
 }
 
-/** An extension class of @peculiar/x509, as constructed from one Extension's DER. */
-type ExtensionClass = new (raw: Uint8Array) => x509.Extension;
+/** Each certificate's extensions, read once. */
+const decodedCertificates = new WeakMap<X509Certificate, CertificateExtensions>();
 
 /**
- * The extension classes @peculiar/x509's ExtensionFactory registers, by OID. Its `extensions` getter
- * re-encodes each extension, decodes it once as a plain Extension only to read the OID, then again
- * with the class found here, which repeats that plain decode itself: over a third of the whole
- * EK judgement for a swtpm EK certificate. Handing each extension's bytes, as they are in the
- * certificate, straight to the class its OID names gives the same objects with one decode each.
- */
-const EXTENSION_CLASSES: ReadonlyMap<string, ExtensionClass> = new Map<string, ExtensionClass>([
-  [OID.certificatePolicies, x509.CertificatePolicyExtension],
-  [OID.basicConstraints, x509.BasicConstraintsExtension],
-  [OID.extKeyUsage, x509.ExtendedKeyUsageExtension],
-  [OID.keyUsage, x509.KeyUsagesExtension],
-  [OID.subjectKeyIdentifier, x509.SubjectKeyIdentifierExtension],
-  [OID.authorityKeyIdentifier, x509.AuthorityKeyIdentifierExtension],
-  [OID.subjectAltName, x509.SubjectAlternativeNameExtension],
-  [OID.cRLDistributionPoints, x509.CRLDistributionPointsExtension],
-  [OID.authorityInfoAccess, x509.AuthorityInfoAccessExtension],
-  [OID.issuerAltName, x509.IssuerAlternativeNameExtension],
-]);
-
-/**
- * One Extension decoded as @peculiar/x509's ExtensionFactory would: by its class when the OID has
- * one, else as a plain Extension. The OID is read from the DER (each is a short known encoding); an
- * OID written some other way is decoded plainly first, as the factory does.
- */
-function decodeExtension(encoding: Uint8Array): x509.Extension {
-  const Class = EXTENSION_CLASSES.get(extensionOid(encoding) ?? '');
-  if (Class !== undefined) return new Class(encoding);
-  const plain = new x509.Extension(encoding);
-  const Registered = EXTENSION_CLASSES.get(plain.type);
-  return Registered === undefined ? plain : new Registered(encoding);
-}
-
-/** @peculiar/x509's reading of each certificate, made once: its extensions, in certificate order. */
-const decodedCertificates = new WeakMap<X509Certificate, readonly x509.Extension[]>();
-
-/**
- * @peculiar/x509's reading of `cert`: the whole certificate must decode, and so must every extension
- * (which it would otherwise decode lazily, so one it cannot read would fail later, in the middle of
- * a decision). Returns the extensions as its `extensions` getter gives them.
+ * The second reading of `cert`: the strict DER reader must read the whole certificate and decode
+ * every extension whose type @peculiar/x509 has a class for, so one either parser cannot read fails
+ * here rather than in the middle of a decision. Returns the extensions.
  *
- * @throws TpmVerifyError ERR_TPM_MALFORMED when @peculiar/x509 cannot decode it, though OpenSSL could.
+ * @throws TpmVerifyError ERR_TPM_MALFORMED when it cannot, though OpenSSL could.
  */
-export function peculiarExtensions(cert: X509Certificate, what: string): readonly x509.Extension[] {
+export function certificateExtensions(cert: X509Certificate, what: string): CertificateExtensions {
   let extensions = decodedCertificates.get(cert);
   if (extensions === undefined) {
     try {
       // OpenSSL decodes the key lazily too: a key that does not decode must fail here as well.
       cert.publicKey.export({ format: 'jwk' });
-      // Decoding is the check: the whole certificate must read; the object is not needed after.
-      new x509.X509Certificate(cert.raw);
-      extensions = extensionEncodings(cert.raw).map(decodeExtension);
+      extensions = decodeExtensions(readCertificateStructure(cert.raw));
     } catch (err) {
       throw malformed(what, err);
     }
@@ -143,20 +103,11 @@ export function peculiarExtensions(cert: X509Certificate, what: string): readonl
   return extensions;
 }
 
-/** The first extension of `cert` that is a `type`, as @peculiar/x509's getExtension finds it. */
-function extension<T extends x509.Extension>(
-  cert: X509Certificate,
-  what: string,
-  type: abstract new (...args: never[]) => T,
-): T | undefined {
-  return peculiarExtensions(cert, what).find((ext): ext is T => ext instanceof type);
-}
-
 /**
  * Decodes an EK certificate given as PEM text, DER, or the raw content of its NV index.
  *
  * @throws TpmVerifyError ERR_TPM_MALFORMED when it is none of these, or when either parser (OpenSSL
- *   through node:crypto, @peculiar/x509) cannot read it or one of its extensions.
+ *   through node:crypto, the strict DER reader) cannot read it or one of its extensions.
  */
 export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
   const bytes = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data);
@@ -170,7 +121,7 @@ export function parseEkCertificate(data: Uint8Array | string): X509Certificate {
     throw malformed('the EK certificate', err);
   }
   // Both parsers judge it, so a certificate one of them cannot read is refused here, as malformed.
-  peculiarExtensions(cert, 'the EK certificate');
+  certificateExtensions(cert, 'the EK certificate');
   return cert;
 }
 
@@ -187,7 +138,7 @@ export function parseCertificateBundle(pem: string, source: string): X509Certifi
   return blocks.map((block, i) => {
     try {
       const cert = new X509Certificate(block);
-      peculiarExtensions(cert, `certificate ${i + 1}`);
+      certificateExtensions(cert, `certificate ${i + 1}`);
       return cert;
     } catch (err) {
       throw new TpmVerifyError(
@@ -229,23 +180,9 @@ function vendorString(id: number): string | undefined {
  * @throws TpmVerifyError ERR_TPM_MALFORMED when the SAN or one of the three attributes is missing.
  */
 export function ekCertificateTpmInfo(cert: X509Certificate): TpmDeviceInfo {
-  let dirNames: x509.Name[];
-  try {
-    const san = extension(cert, 'the EK certificate', x509.SubjectAlternativeNameExtension);
-    // @peculiar/x509 renders a directoryName as an RFC 4514 string; its own Name parser reads it back.
-    dirNames = (san?.names.items ?? []).flatMap((item) =>
-      item.type === 'dn' ? [new x509.Name(item.value)] : [],
-    );
-  } catch (cause) {
-    if (cause instanceof TpmVerifyError) throw cause;
-    throw new TpmVerifyError(
-      'ERR_TPM_MALFORMED',
-      `EK certificate (subject ${oneLine(cert.subject)}) has extensions that do not decode`,
-      { cause },
-    );
-  }
+  const dirNames = certificateExtensions(cert, 'the EK certificate').subjectAltNameDirectoryNames ?? [];
   const field = (oid: string, label: string): string => {
-    const value = dirNames.flatMap((name) => name.getField(oid))[0];
+    const value = dirNames.flat().find((attribute) => attribute.oid === oid)?.value;
     if (value === undefined)
       throw new TpmVerifyError(
         'ERR_TPM_MALFORMED',
@@ -318,9 +255,9 @@ export interface EkTrustStore {
 }
 
 function unhandledCritical(cert: X509Certificate): string[] {
-  return peculiarExtensions(cert, `the certificate of ${oneLine(cert.subject)}`)
-    .filter((ext) => ext.critical && !HANDLED_CRITICAL.has(ext.type))
-    .map((ext) => ext.type);
+  return certificateExtensions(cert, `the certificate of ${oneLine(cert.subject)}`)
+    .all.filter((ext) => ext.critical && !HANDLED_CRITICAL.has(ext.oid))
+    .map((ext) => ext.oid);
 }
 
 /**
@@ -335,11 +272,10 @@ function issuerProblem(
   at: Date,
 ): string | undefined {
   // The cheap checks first: a signature is verified only for an issuer that could otherwise serve.
-  const constraints = extension(
+  const constraints = certificateExtensions(
     issuer,
     `the certificate of ${oneLine(issuer.subject)}`,
-    x509.BasicConstraintsExtension,
-  );
+  ).basicConstraints;
   if (!constraints?.ca) return `${oneLine(issuer.subject)} is not a CA (basicConstraints cA is not set)`;
   // pathLenConstraint counts the intermediates that may follow this CA; `below` includes the leaf.
   if (constraints.pathLength !== undefined && below - 1 > constraints.pathLength)
@@ -351,17 +287,20 @@ function issuerProblem(
   return undefined;
 }
 
-/** node:crypto prints multi-attribute names one per line. */
-function oneLine(name: string): string {
-  return name.replaceAll('\n', ', ');
+/**
+ * node:crypto prints multi-attribute names one per line, and gives undefined for an empty name:
+ * the TCG EK profile leaves the EK certificate's subject empty (STMicro's are), the SAN names it.
+ */
+function oneLine(name: string | undefined): string {
+  return name === undefined ? '(empty name)' : name.replaceAll('\n', ', ');
 }
 
 /**
  * A name as an index key: coarser than OpenSSL's name match (which ignores case and collapses
  * whitespace), so every certificate that check_issued could accept is found under its key.
  */
-function nameKey(name: string): string {
-  return name.toLowerCase().replace(/\s+/g, '');
+function nameKey(name: string | undefined): string {
+  return (name ?? '').toLowerCase().replace(/\s+/g, '');
 }
 
 function validityProblem(cert: X509Certificate, at: Date): string | undefined {
@@ -402,7 +341,7 @@ function chainOf(link: Link): X509Certificate[] {
  * @returns the chain from the EK certificate to the anchor, both included (a shortest one).
  * @throws TpmVerifyError ERR_TPM_EK_UNTRUSTED naming the certificate's issuer and the reason the
  *   closest candidates failed; ERR_TPM_EK_CHAIN_LIMIT naming the cap that was reached;
- *   ERR_TPM_MALFORMED for a certificate @peculiar/x509 cannot decode.
+ *   ERR_TPM_MALFORMED for a certificate the strict DER reader cannot decode.
  */
 export function verifyEkCertificateChain(
   ekCert: X509Certificate,
@@ -430,10 +369,10 @@ export function verifyEkCertificateChain(
   if (leafProblem !== undefined) throw untrusted(leafProblem);
   // An extendedKeyUsage limits what the certificate vouches for; an EK certificate's must allow
   // tcg-kp-EKCertificate. Without one, the certificate is not limited (RFC 5280 §4.2.1.12).
-  const eku = extension(ekCert, 'the EK certificate', x509.ExtendedKeyUsageExtension);
-  if (eku && !eku.usages.some((u) => u === OID.tcgKpEkCertificate || u === OID.anyExtendedKeyUsage))
+  const eku = certificateExtensions(ekCert, 'the EK certificate').extKeyUsage;
+  if (eku && !eku.some((u) => u === OID.tcgKpEkCertificate || u === OID.anyExtendedKeyUsage))
     throw untrusted(
-      `its extendedKeyUsage (${eku.usages.join(', ')}) does not include tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`,
+      `its extendedKeyUsage (${eku.join(', ')}) does not include tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`,
     );
 
   const roots = new Set(trust.roots.map((c) => c.fingerprint256));

@@ -8,6 +8,7 @@ import * as px from '../../../src/spiffe/peculiar.js';
 import type { TpmtPublic } from '../../../src/tpm/codec/public.js';
 import { TpmError, type TpmErrorCode } from '../../../src/tpm/errors.js';
 import {
+  certificateExtensions,
   checkEkCertificateKey,
   ekCertificateTpmInfo,
   ekPublicKeyHash,
@@ -16,9 +17,9 @@ import {
   MAX_PRESENTED_CERTIFICATES,
   parseCertificateBundle,
   parseEkCertificate,
-  peculiarExtensions,
   verifyEkCertificateChain,
 } from '../../../src/tpm/verify/ek-certificate.js';
+import { EXTENSION_OID } from '../../../src/tpm/verify/ek-extensions.js';
 import { craft, p256 } from '../../helpers/x509.js';
 import { EK_HANDLE, type EkKind, readEkPublic, readOut, startTestTpm, type TestTpm } from './harness.js';
 
@@ -497,7 +498,7 @@ describe('chain building stays bounded, whatever the pool holds', () => {
 });
 
 describe('certificates one X.509 parser reads and the other does not', () => {
-  /** A DER-valid subjectAltName holding an ediPartyName (partyName "A"): OpenSSL reads it, @peculiar/x509 does not. */
+  /** A DER-valid subjectAltName holding an ediPartyName (partyName "A"): OpenSSL reads it, the strict DER reader refuses it. */
   const ediPartyName = new px.Extension('2.5.29.17', false, Buffer.from('3007a505a1030c0141', 'hex'));
 
   it('refuses an EK certificate with an ediPartyName as malformed, naming what did not decode', async () => {
@@ -516,38 +517,119 @@ describe('certificates one X.509 parser reads and the other does not', () => {
   });
 });
 
-describe("extensions decoded once each, as @peculiar/x509's own getter decodes them", () => {
-  /** What an extension is, as far as any decision could tell: class, OID, flag, value, encoding. */
-  function described(extensions: readonly px.Extension[]) {
-    return extensions.map((ext) => ({
-      class: ext.constructor.name,
-      type: ext.type,
+describe('whole certificates OpenSSL reads and the strict DER reader refuses', () => {
+  /** A fresh self-signed certificate's DER, with `edit` applied to its bytes. */
+  async function edited(edit: (der: Buffer) => void): Promise<Buffer> {
+    const key = p256();
+    const cert = await craft({
+      subject: 'CN=ek',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions: [],
+      notAfter: new Date('2060-01-01T00:00:00Z'),
+    });
+    const der = Buffer.from(cert.raw);
+    edit(der);
+    return der;
+  }
+  const notAfterAt = (der: Buffer) => der.indexOf(Buffer.from('20600101000000Z'));
+
+  it.each([
+    [
+      'a notAfter in month 13',
+      (der: Buffer) => der.write('13', notAfterAt(der) + 4, 'latin1'),
+      /notAfter has a field out of range \(20601301000000Z\)/,
+    ],
+    [
+      'a notAfter with a time zone offset',
+      (der: Buffer) => der.write('+', notAfterAt(der) + 14, 'latin1'),
+      /notAfter is not a UTCTime or GeneralizedTime in the form RFC 5280 requires/,
+    ],
+    [
+      'version 4',
+      (der: Buffer) => {
+        der[der.indexOf(Buffer.from('a003020102', 'hex')) + 4] = 3;
+      },
+      /version: not v1, v2 or v3/,
+    ],
+  ])('refuses %s as malformed, naming the field', async (_, edit, message) => {
+    const der = await edited(edit);
+    expect(() => new X509Certificate(der)).not.toThrow();
+    expectCode(() => parseEkCertificate(der), 'ERR_TPM_MALFORMED', message);
+  });
+});
+
+describe("extensions read by the strict DER reader, as @peculiar/x509's classes read them", () => {
+  /** DER of one value: `tag`, then the parts (hex strings or bytes) as its content. */
+  function tlv(tag: number, ...parts: (string | Uint8Array)[]): Buffer {
+    const content = Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'hex') : p)));
+    const n = content.length;
+    const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+    return Buffer.concat([Buffer.from([tag, ...length]), content]);
+  }
+  /** An OBJECT IDENTIFIER's DER, base-128 arcs after the first two combined. */
+  function oid(dotted: string): Buffer {
+    const [a = 0, b = 0, ...rest] = dotted.split('.').map(Number);
+    const bytes = [a * 40 + b].concat(
+      rest.flatMap((arc) => {
+        const out = [arc & 0x7f];
+        for (let n = Math.floor(arc / 128); n > 0; n = Math.floor(n / 128)) out.unshift((n & 0x7f) | 0x80);
+        return out;
+      }),
+    );
+    return tlv(0x06, Buffer.from(bytes));
+  }
+
+  /** What @peculiar/x509 makes of every extension of `cert`: OID, flag, value. */
+  function theirs(cert: X509Certificate) {
+    return new px.X509Certificate(cert.raw).extensions.map((ext) => ({
+      oid: ext.type,
       critical: ext.critical,
       value: Buffer.from(ext.value).toString('hex'),
-      encoding: Buffer.from(ext.rawData).toString('hex'),
+    }));
+  }
+  function ours(cert: X509Certificate) {
+    return certificateExtensions(cert, 'it').all.map((ext) => ({
+      oid: ext.oid,
+      critical: ext.critical,
+      value: Buffer.from(ext.value).toString('hex'),
     }));
   }
 
   /** The classes @peculiar/x509's ExtensionFactory picks by OID (a private field, read to compare). */
   const registered = (px.ExtensionFactory as unknown as { items: Map<string, unknown> }).items;
 
-  it("reads swtpm's EK certificates and its CA certificates as the library's extensions getter does", () => {
+  it("reads swtpm's EK certificates and its CA certificates as @peculiar/x509 does, decoded values included", () => {
     for (const cert of [ek('rsa').cert, ek('ecc').cert, root, issuer]) {
-      const theirs = new px.X509Certificate(cert.raw).extensions;
-      expect(theirs.length).toBeGreaterThan(0);
-      expect(described(peculiarExtensions(cert, 'it'))).toEqual(described(theirs));
+      const library = new px.X509Certificate(cert.raw);
+      expect(ours(cert).length).toBeGreaterThan(0);
+      expect(ours(cert)).toEqual(theirs(cert));
+      const read = certificateExtensions(cert, 'it');
+      const constraints = library.getExtension(px.BasicConstraintsExtension);
+      expect(read.basicConstraints).toEqual(
+        constraints && { ca: constraints.ca, pathLength: constraints.pathLength },
+      );
+      expect(read.extKeyUsage).toEqual(library.getExtension(px.ExtendedKeyUsageExtension)?.usages);
+      const dirNames = library
+        .getExtension(px.SubjectAlternativeNameExtension)
+        ?.names.items.filter((item) => item.type === 'dn')
+        .map((item) => new px.Name(item.value).toJSON().flatMap((rdn) => Object.entries(rdn)));
+      expect(
+        read.subjectAltNameDirectoryNames?.map((attributes) =>
+          attributes.map(({ oid: type, value }) => [type, [value]]),
+        ),
+      ).toEqual(dirNames);
     }
-    // The SAN, basicConstraints and extendedKeyUsage the decisions read are the registered classes.
-    expect(peculiarExtensions(ek('rsa').cert, 'it').map((e) => e.constructor.name)).toEqual(
-      expect.arrayContaining([
-        'SubjectAlternativeNameExtension',
-        'BasicConstraintsExtension',
-        'ExtendedKeyUsageExtension',
-      ]),
+    // The EK certificates carry the TCG SAN, basicConstraints and extendedKeyUsage the decisions read.
+    const rsa = certificateExtensions(ek('rsa').cert, 'it');
+    expect(rsa.subjectAltNameDirectoryNames?.flat().map((a) => a.oid)).toEqual(
+      expect.arrayContaining(['2.23.133.2.1', '2.23.133.2.2', '2.23.133.2.3']),
     );
+    expect(rsa.basicConstraints).toEqual({ ca: false, pathLength: undefined });
+    expect(rsa.extKeyUsage).toEqual(['2.23.133.8.1']);
   });
 
-  it('reads every extension class the library registers, and OIDs it has no class for, the same way', async () => {
+  it('reads every extension type @peculiar/x509 has a class for, and OIDs it has none for, the same way', async () => {
     const key = p256();
     const extensions = [
       new px.CertificatePolicyExtension(['1.2.3.4']),
@@ -570,15 +652,15 @@ describe("extensions decoded once each, as @peculiar/x509's own getter decodes t
       selfKey: key.privateKey,
       extensions,
     });
-    const ours = peculiarExtensions(cert, 'it');
-    expect(described(ours)).toEqual(described(new px.X509Certificate(cert.raw).extensions));
-    expect(ours).toHaveLength(extensions.length);
-    // A class registered later by the library would be missed: this certificate must carry them all.
-    for (const oid of registered.keys())
-      expect(
-        ours.some((ext) => ext.type === oid && ext.constructor === registered.get(oid)),
-        `@peculiar/x509 registers a class for ${oid}: add it to EXTENSION_CLASSES and to this certificate`,
-      ).toBe(true);
+    expect(ours(cert)).toEqual(theirs(cert));
+    expect(ours(cert)).toHaveLength(extensions.length);
+    expect(certificateExtensions(cert, 'it')).toMatchObject({
+      basicConstraints: { ca: true, pathLength: 2 },
+      extKeyUsage: ['2.23.133.8.1'],
+      subjectAltNameDirectoryNames: [],
+    });
+    // A class registered by a later @peculiar/x509 would go undecoded here: the reader must know it.
+    expect(Object.values(EXTENSION_OID).sort()).toEqual([...registered.keys()].sort());
   });
 
   it('reads a certificate without extensions as having none', async () => {
@@ -589,7 +671,93 @@ describe("extensions decoded once each, as @peculiar/x509's own getter decodes t
       selfKey: key.privateKey,
       extensions: [],
     });
-    expect(peculiarExtensions(cert, 'it')).toEqual([]);
+    expect(certificateExtensions(cert, 'it')).toEqual({
+      all: [],
+      basicConstraints: undefined,
+      extKeyUsage: undefined,
+      subjectAltNameDirectoryNames: undefined,
+    });
     expect(new px.X509Certificate(cert.raw).extensions).toEqual([]);
+  });
+
+  it('keeps TCG attributes exactly as written: RFC 4514 specials, non-ASCII text, non-string values', async () => {
+    const key = p256();
+    const attribute = (type: string, value: Buffer) => tlv(0x31, tlv(0x30, oid(type), value));
+    const name = tlv(
+      0x30,
+      attribute('2.23.133.2.1', tlv(0x0c, Buffer.from('id:00001014'))),
+      attribute('2.23.133.2.2', tlv(0x0c, Buffer.from('Model, "X"+Ü\\1'))),
+      attribute('2.23.133.2.3', tlv(0x02, '0102')),
+    );
+    const san = new px.Extension('2.5.29.17', true, tlv(0x30, tlv(0xa4, name)));
+    const cert = await craft({
+      subject: 'CN=ek',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions: [san],
+    });
+    expect(ekCertificateTpmInfo(parseEkCertificate(cert.raw))).toEqual({
+      manufacturer: 'id:00001014',
+      manufacturerId: 0x1014,
+      vendor: undefined,
+      model: 'Model, "X"+Ü\\1',
+      version: '#02020102',
+    });
+  });
+
+  it.each([
+    [
+      'basicConstraints with a BOOLEAN that is not DER',
+      '2.5.29.19',
+      '3003010101',
+      /extension 2\.5\.29\.19.*BOOLEAN is not DER/,
+    ],
+    ['basicConstraints with a negative path length', '2.5.29.19', '30060101ff020180', /negative INTEGER/],
+    [
+      'basicConstraints followed by stray bytes',
+      '2.5.29.19',
+      '300000',
+      /unexpected data after the last value/,
+    ],
+    ['an extendedKeyUsage that is not a SEQUENCE', '2.5.29.37', '0400', /has tag 0x04, expected 0x30/],
+    ['an extendedKeyUsage OID with a padded arc', '2.5.29.37', '3004060280 01', /leading 0x80/],
+    ['a subjectAltName with an x400Address', '2.5.29.17', '3002a300', /X400Address is not supported/],
+    ['a subjectAltName with no names', '2.5.29.17', '3000', /empty GeneralNames/],
+    ['a subjectAltName with a 5-byte iPAddress', '2.5.29.17', '3007870501020304 05', /iPAddress/],
+    ['a subjectKeyIdentifier length not in its shortest form', '2.5.29.14', '04810100', /shortest form/],
+    ['an authorityKeyIdentifier with an unknown field', '2.5.29.35', '30028300', /unexpected data/],
+    [
+      'certificatePolicies whose qualifier has no value',
+      '2.5.29.32',
+      '300e300c06020304 3006300406020304',
+      /qualifier missing/,
+    ],
+    [
+      'a cRLDistributionPoints name of an unknown form',
+      '2.5.29.31',
+      '30063004a002a300',
+      /DistributionPointName with tag 0xa3/,
+    ],
+    [
+      'an authorityInfoAccess with an indefinite length',
+      '1.3.6.1.5.5.7.1.1',
+      '3080',
+      /unsupported length form/,
+    ],
+    ['a keyUsage BIT STRING with 8 unused bits', '2.5.29.15', '03020802', /unused-bits/],
+  ])('refuses %s as malformed, naming what did not decode', async (_, type, value, message) => {
+    const key = p256();
+    const ext = new px.Extension(type, false, Buffer.from(value.replaceAll(' ', ''), 'hex'));
+    const cert = await craft({
+      subject: 'CN=ek',
+      publicKey: key.publicKey,
+      selfKey: key.privateKey,
+      extensions: [ext],
+    });
+    expect(() => new X509Certificate(cert.raw)).not.toThrow();
+    expectCode(() => parseEkCertificate(cert.raw), 'ERR_TPM_MALFORMED', message);
+    expect(() => parseCertificateBundle(cert.toString(), 'ca.pem')).toThrow(
+      /ca\.pem: certificate 1 does not decode/,
+    );
   });
 });
