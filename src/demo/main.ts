@@ -338,7 +338,8 @@ function describeAgent(agentId: string, record: AgentRecord, tpm: TpmInfo): stri
 }
 
 function certName(cert: X509Certificate): string {
-  return cert.subject.replaceAll('\n', ', ') || cert.subjectAltName || '(empty subject)';
+  // node:crypto gives no string at all for an empty subject.
+  return (cert.subject ?? '').replaceAll('\n', ', ') || cert.subjectAltName || '(empty subject)';
 }
 
 async function run(demo: Demo): Promise<void> {

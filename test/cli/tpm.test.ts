@@ -104,6 +104,31 @@ describe('ironroot-agent tpm', () => {
     expect(sessions.trim()).toBe('');
   });
 
+  it('shows a real EK certificate with an empty subject (STMicro ST33, as the TCG profile allows)', async () => {
+    // The vendor's certificate written where an ECC P-256 EK certificate lives; info only lists it.
+    const index = '0x01c0000a';
+    const der = Buffer.from(
+      await readFile(fixturePath('ek-vendor', 'STM_ST33HTPHAHB4_EK_ECC.b64'), 'utf8'),
+      'base64',
+    );
+    const file = join(swtpm.dir, 'stm-ek.der');
+    await writeFile(file, der);
+    await tpm2(
+      'tpm2_nvdefine',
+      [index, '-C', 'o', '-s', String(der.length), '-a', 'ownerread|ownerwrite|authread|authwrite'],
+      swtpm.tcti,
+    );
+    try {
+      await tpm2('tpm2_nvwrite', [index, '-C', 'o', '-i', file], swtpm.tcti);
+      const out = await agent(['tpm', 'info', '--tcti', swtpm.tcti]);
+      expect(out).toMatch(
+        /0x1c0000a \(ecc-p256\): subject "", issuer "[^"]*STMicroelectronics[^"]*", serial/,
+      );
+    } finally {
+      await tpm2('tpm2_nvundefine', [index, '-C', 'o'], swtpm.tcti);
+    }
+  });
+
   it('rejects a malformed PCR selection before touching the TPM', async () => {
     await expect(
       agent(['tpm', 'quote', '--tcti', 'swtpm:host=127.0.0.1,port=1', '--pcrs', 'sha256']),

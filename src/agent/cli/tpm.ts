@@ -57,6 +57,14 @@ function print(output: Output, json: unknown, text: string[]): void {
   process.stdout.write(output === 'json' ? `${JSON.stringify(json, null, 2)}\n` : `${text.join('\n')}\n`);
 }
 
+/**
+ * A distinguished name on one line. node:crypto gives no string at all for an empty name, which the
+ * TCG EK profile allows for the subject (real STMicro and Nuvoton EK certificates have one).
+ */
+function oneLine(name: string | undefined): string {
+  return (name ?? '').replaceAll('\n', ', ');
+}
+
 /** Four-character ASCII packed in a TPM property (manufacturer, vendor strings). */
 function ascii(value: number | undefined): string {
   if (value === undefined) return '';
@@ -99,8 +107,8 @@ async function info(options: CommonOptions): Promise<void> {
       return {
         index: `0x${c.index.toString(16)}`,
         kind: c.kind,
-        subject: x509.subject.replaceAll('\n', ', '),
-        issuer: x509.issuer.replaceAll('\n', ', '),
+        subject: oneLine(x509.subject),
+        issuer: oneLine(x509.issuer),
         serial: x509.serialNumber,
         notAfter: x509.validTo,
       };
