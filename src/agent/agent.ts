@@ -785,6 +785,8 @@ export class Agent {
   async #reattestStream(lease: Lease, moved: { value: boolean }, target: ServerTarget): Promise<boolean> {
     const call = lease.client.reattest();
     this.#reattestCall = call;
+    // stop() may have run while this stream was being set up: it cancelled only the one before.
+    if (this.#stopped) call.cancel();
     const inFlight = new Map<number, InFlight>();
     const moveIfIdle = () => {
       if (moved.value && inFlight.size === 0) call.cancel();

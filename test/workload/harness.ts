@@ -57,13 +57,17 @@ export function workloadWhere(
   );
 }
 
-/** `ironroot-agent api <args>` as `user`, against `socketPath`. */
+/**
+ * `ironroot-agent api <args>` as `user`, against `socketPath`. Unless the test sets its own, the
+ * client waits 60 s (its default is 5 s): a busy agent on a loaded machine is slow, not wrong.
+ */
 export function api(
   user: { uid: number; gid: number },
   socketPath: string,
   ...args: string[]
 ): Promise<RunResult> {
-  return runNodeAs(user, [AGENT_BIN, 'api', ...args, '--socket-path', socketPath]);
+  const timeout = args.includes('--timeout') ? [] : ['--timeout', '60s'];
+  return runNodeAs(user, [AGENT_BIN, 'api', ...args, ...timeout, '--socket-path', socketPath]);
 }
 
 export interface X509Json {
