@@ -23,7 +23,6 @@
 // Usage: npm run bench:batch-issuance -- [--rounds 5] [--callers 8] [--batch 100] [--calls 3]
 //   [--raw-seconds 2] [--profile DIR]
 // `--profile DIR` runs the server under `node --cpu-prof` and writes its profile into DIR.
-import { fork } from 'node:child_process';
 import { createHash, generateKeyPair, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -32,6 +31,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { reportFigure } from './lib/bench-figure.mjs';
+import { child, serve } from './lib/bench-rpc.mjs';
 
 const self = fileURLToPath(import.meta.url);
 const dist = join(dirname(self), '..', 'dist');
@@ -54,42 +54,6 @@ const { values: flags } = parseArgs({
     profile: { type: 'string' },
   },
 });
-
-/** Answers requests from the parent: `handlers[type](message)`, replies carry the request's id. */
-function serve(handlers) {
-  process.on('message', async (message) => {
-    try {
-      process.send({ id: message.id, result: await handlers[message.type](message) });
-    } catch (error) {
-      process.send({ id: message.id, error: error?.stack ?? String(error) });
-    }
-  });
-}
-
-/** A child running this script in `role`, with `call(type, fields)` returning its answer. */
-function child(role, execArgv = []) {
-  const proc = fork(self, ['--role', role], { serialization: 'advanced', execArgv });
-  const waiting = new Map();
-  let next = 0;
-  proc.on('message', ({ id, result, error }) => {
-    const w = waiting.get(id);
-    waiting.delete(id);
-    if (error !== undefined) w.reject(new Error(`${role}: ${error}`));
-    else w.resolve(result);
-  });
-  proc.on('exit', (code) => {
-    for (const w of waiting.values()) w.reject(new Error(`${role} process exited with ${code}`));
-    waiting.clear();
-  });
-  return {
-    call: (type, fields = {}) =>
-      new Promise((resolve, reject) => {
-        const id = next++;
-        waiting.set(id, { resolve, reject });
-        proc.send({ id, type, ...fields });
-      }),
-  };
-}
 
 const cpuMs = () => {
   const { user, system } = process.cpuUsage();
@@ -301,8 +265,8 @@ async function main() {
   const batch = Number(flags.batch);
   const calls = Number(flags.calls);
   const rawSeconds = Number(flags['raw-seconds']);
-  const server = child('server', flags.profile ? ['--cpu-prof', '--cpu-prof-dir', flags.profile] : []);
-  const client = child('callers');
+  const server = child(self, 'server', flags.profile ? ['--cpu-prof', '--cpu-prof-dir', flags.profile] : []);
+  const client = child(self, 'callers');
   try {
     const target = await server.call('info');
     const ids = await client.call('attest', { target, tokens: await server.call('tokens', { count }) });

@@ -30,7 +30,6 @@
 // `--profile DIR` runs both servers under `node --cpu-prof` and writes server-0/1.cpuprofile into DIR.
 // Each server also counts the queries it sends PostgreSQL, to tell coordination in the database
 // (more queries per operation with two servers) from competition for the CPUs.
-import { fork } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -38,6 +37,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { reportFigure } from './lib/bench-figure.mjs';
+import { child, serve } from './lib/bench-rpc.mjs';
 
 const self = fileURLToPath(import.meta.url);
 const dist = join(dirname(self), '..', 'dist');
@@ -61,43 +61,6 @@ const { values: flags } = parseArgs({
     only: { type: 'string' },
   },
 });
-
-/** Answers requests from the parent: `handlers[type](message)`, replies carry the request's id. */
-function serve(handlers) {
-  process.on('message', async (message) => {
-    try {
-      const result = await handlers[message.type](message);
-      process.send({ id: message.id, result });
-    } catch (error) {
-      process.send({ id: message.id, error: error?.stack ?? String(error) });
-    }
-  });
-}
-
-/** A child running this script in `role`, with `call(type, fields)` returning its answer. */
-function child(role, execArgv = []) {
-  const proc = fork(self, ['--role', role], { serialization: 'advanced', execArgv });
-  const waiting = new Map();
-  let next = 0;
-  proc.on('message', ({ id, result, error }) => {
-    const w = waiting.get(id);
-    waiting.delete(id);
-    if (error !== undefined) w.reject(new Error(`${role}: ${error}`));
-    else w.resolve(result);
-  });
-  proc.on('exit', (code) => {
-    for (const w of waiting.values()) w.reject(new Error(`${role} process exited with ${code}`));
-    waiting.clear();
-  });
-  return {
-    call: (type, fields = {}) =>
-      new Promise((resolve, reject) => {
-        const id = next++;
-        waiting.set(id, { resolve, reject });
-        proc.send({ id, type, ...fields });
-      }),
-  };
-}
 
 /** CPU milliseconds of this process since `since` (a process.cpuUsage()), or in all. */
 function cpuMs(since) {
@@ -337,6 +300,7 @@ async function main() {
     const targets = [];
     for (let s = 0; s < 2; s++) {
       const proc = child(
+        self,
         'server',
         flags.profile
           ? ['--cpu-prof', '--cpu-prof-dir', flags.profile, '--cpu-prof-name', `server-${s}.cpuprofile`]
@@ -347,7 +311,7 @@ async function main() {
         await proc.call('start', { pinFile: token.pinFile, connectionString: postgres.connectionString }),
       );
     }
-    for (let p = 0; p < processes; p++) shards.push(child('agents'));
+    for (let p = 0; p < processes; p++) shards.push(child(self, 'agents'));
     const share = (items, p) => items.filter((_, k) => k % shards.length === p);
     const setupTokens = await servers[0].call('tokens', { count: agentCount });
     const ids = (

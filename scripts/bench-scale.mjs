@@ -32,7 +32,6 @@
 // Usage: npm run bench:scale -- [--agents 10,100,1000,5000] [--interval 5] [--window 10]
 //   [--rounds 3] [--entries-per-agent 2] [--agent-processes 2] [--profile DIR]
 // `--profile DIR` runs the real server under `node --cpu-prof` and writes its profile into DIR.
-import { fork } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -40,6 +39,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { reportFigure } from './lib/bench-figure.mjs';
+import { child, serve } from './lib/bench-rpc.mjs';
 
 const self = fileURLToPath(import.meta.url);
 const dist = join(dirname(self), '..', 'dist');
@@ -61,44 +61,6 @@ const { values: flags } = parseArgs({
     profile: { type: 'string' },
   },
 });
-
-/** Answers requests from the parent: `handlers[type](message)`, replies carry the request's id. */
-function serve(handlers) {
-  process.on('message', async (message) => {
-    try {
-      const result = await handlers[message.type](message);
-      process.send({ id: message.id, result });
-    } catch (error) {
-      process.send({ id: message.id, error: error?.stack ?? String(error) });
-    }
-  });
-}
-
-/** A child running this script in `role`, with `call(type, fields)` returning its answer. */
-function child(role, execArgv = []) {
-  const proc = fork(self, ['--role', role], { serialization: 'advanced', execArgv });
-  const waiting = new Map();
-  let next = 0;
-  proc.on('message', ({ id, result, error }) => {
-    const w = waiting.get(id);
-    waiting.delete(id);
-    if (error !== undefined) w.reject(new Error(`${role}: ${error}`));
-    else w.resolve(result);
-  });
-  proc.on('exit', (code) => {
-    for (const w of waiting.values()) w.reject(new Error(`${role} process exited with ${code}`));
-    waiting.clear();
-  });
-  return {
-    proc,
-    call: (type, fields = {}) =>
-      new Promise((resolve, reject) => {
-        const id = next++;
-        waiting.set(id, { resolve, reject });
-        proc.send({ id, type, ...fields });
-      }),
-  };
-}
 
 /**
  * A server's CPU milliseconds so far (getrusage of its process: every thread, SoftHSM's and
@@ -399,11 +361,12 @@ async function main() {
   for (const n of sizes) {
     // A fresh pair of servers per size: no agents of the last size left connected.
     const server = child(
+      self,
       'server',
       flags.profile && n === Math.max(...sizes) ? ['--cpu-prof', '--cpu-prof-dir', flags.profile] : [],
     );
-    const bare = child('bare');
-    const shards = Array.from({ length: Math.min(processes, n) }, () => child('agents'));
+    const bare = child(self, 'bare');
+    const shards = Array.from({ length: Math.min(processes, n) }, () => child(self, 'agents'));
     try {
       const target = await server.call('info');
       let t = performance.now();
