@@ -8,7 +8,9 @@
 //
 // The agent's figure is `ironroot_agent_nodejs_eventloop_lag_max_seconds` from its /metrics:
 // prom-client's monitorEventLoopDelay histogram, reset at every scrape, so a scrape before and one
-// after a window give the window's longest stall.
+// after a window give the window's longest stall. The same scrapes read the agent's
+// `process_cpu_seconds_total`, so each rotation window also reports the agent's CPU for the re-issue,
+// a figure the machine's scheduling noise colours less than the longest stall.
 import { spawn } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { createServer, request } from 'node:http';
@@ -125,21 +127,26 @@ function bareMax() {
   });
 }
 
-async function metric(name) {
+/** The values of `names` from one scrape of the agent's /metrics (one scrape: it resets the lag histogram). */
+async function metrics(...names) {
   const text = await get({ host: '127.0.0.1', port: metricsPort, path: '/metrics' });
-  const line = text
-    ?.split('\n')
-    .find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`) || l === name);
-  return line === undefined ? undefined : Number(line.split(' ').at(-1));
+  const lines = text?.split('\n') ?? [];
+  return names.map((name) => {
+    const line = lines.find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`) || l === name);
+    return line === undefined ? Number.NaN : Number(line.split(' ').at(-1));
+  });
 }
 
-/** Reads (and resets) both histograms at the same moment: the window's longest stalls, in seconds. */
+/**
+ * Reads (and resets) both histograms at the same moment: the window's longest stalls, in seconds;
+ * and the agent's CPU seconds so far, so a window's CPU is the difference of two readings.
+ */
 async function both() {
-  const [agentMax, bareValue] = await Promise.all([
-    metric('ironroot_agent_nodejs_eventloop_lag_max_seconds'),
+  const [[agentMax, agentCpu], bareValue] = await Promise.all([
+    metrics('ironroot_agent_nodejs_eventloop_lag_max_seconds', 'ironroot_agent_process_cpu_seconds_total'),
     bareMax(),
   ]);
-  return { agent: agentMax ?? Number.NaN, bare: bareValue };
+  return { agent: agentMax, bare: bareValue, cpu: agentCpu };
 }
 
 async function workloadSvids() {
@@ -211,13 +218,14 @@ try {
   const issued = async () => (await workloadSvids())?.workload?.svids_issued ?? 0;
   for (let i = 0; i < ROTATION_ROUNDS; i++) {
     const before = await issued();
-    await both();
+    const start = await both();
     const started = performance.now();
     await server.ca.prepare('x509', 'bench');
     await server.ca.activate('x509', 'bench');
     await until('every SVID re-issued under the new CA', async () => (await issued()) >= before + ENTRIES);
     const sample = await both();
     sample.seconds = (performance.now() - started) / 1000;
+    sample.cpuSeconds = sample.cpu - start.cpu;
     rotations.push(sample);
     await sleep(2000);
   }
@@ -228,7 +236,8 @@ try {
   );
   summary(`CA rotation re-issuing ${ENTRIES} SVIDs (one window per rotation)`, rotations);
   process.stdout.write(
-    `(re-issue took ${rotations.map((r) => r.seconds.toFixed(1)).join(', ')} s; delay resolution 10 ms)\n`,
+    `(re-issue took ${rotations.map((r) => r.seconds.toFixed(1)).join(', ')} s, ` +
+      `agent CPU ${rotations.map((r) => r.cpuSeconds.toFixed(2)).join(', ')} s; delay resolution 10 ms)\n`,
   );
 } finally {
   bare.stdin.end();

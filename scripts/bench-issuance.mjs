@@ -7,11 +7,15 @@
 // on every sync call), against the one ECDSA verification of the leaf it cannot do without: once
 // with the SVID the previous call presented (the steady state) and once with one never seen before
 // (more distinct SVIDs than the server keeps parsed).
+// Last, the agent's side of an issuance: createCsr for a fresh P-256 key (what the agent does per
+// SVID it renews, 1000 at once after a CA rotation) against a raw node:crypto ECDSA signature over the
+// same CertificationRequestInfo bytes, and against the builder it replaced (@peculiar/x509's
+// generator, kept here and in test/helpers/legacy-csr.ts only).
 // One call at a time (sync issues its batch sequentially). Run after a build
 // (`npm run bench:issuance`); it imports from dist/. Prints figures only; it asserts nothing.
 //
 // Environment: BENCH_SECONDS (per sample, default 1), BENCH_ROUNDS (default 7).
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync, sign } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
@@ -30,6 +34,10 @@ const { CertificateAuthority } = await import('../dist/server/ca/authority.js');
 const { authenticateAgent } = await import('../dist/server/agentapi/admission.js');
 const { openSqliteDatastore } = await import('../dist/server/datastore/index.js');
 const { createCsr, createKeySigner, parseCsr, SpiffeId } = await import('../dist/spiffe/index.js');
+const { signerWebCrypto, signingParams } = await import('../dist/spiffe/signer-crypto.js');
+const px = await import('../dist/spiffe/peculiar.js');
+const { splitDer } = await import('../dist/spiffe/der.js');
+const { readTlvs } = await import('../dist/spiffe/x509-extensions.js');
 const { pino } = await import('pino');
 const pkcs11js = createRequire(import.meta.url)('pkcs11js');
 
@@ -194,6 +202,58 @@ console.log(`  authenticateAgent, same SVID:        ${fmt(stats(agentOf('authSam
 console.log(`  authenticateAgent, SVID not seen:    ${fmt(stats(agentOf('authNew')))}`);
 console.log(`  ratio same SVID / verify:            ${fmt(stats(agentRatio('authSame')), 1)}`);
 console.log(`  ratio SVID not seen / verify:        ${fmt(stats(agentRatio('authNew')), 1)}`);
+
+// createCsr as the agent calls it (the SPIFFE ID URI SAN only), the old builder, and the bare signature.
+const csrSigner = createKeySigner(workload.privateKey);
+const csrTemplate = { spiffeId: SpiffeId.parse('spiffe://bench.example/workload/csr-bench') };
+const legacyCreateCsr = async () => {
+  const { crypto, key } = signerWebCrypto(csrSigner);
+  const exportKey = async () =>
+    new Uint8Array(csrSigner.publicKey.export({ type: 'spki', format: 'der' })).buffer;
+  const generated = await px.Pkcs10CertificateRequestGenerator.create(
+    {
+      name: new px.Name(''),
+      keys: { publicKey: key, privateKey: key },
+      signingAlgorithm: signingParams(csrSigner),
+      extensions: [
+        new px.SubjectAlternativeNameExtension(
+          [{ type: 'url', value: csrTemplate.spiffeId.toString() }],
+          true,
+        ),
+      ],
+    },
+    { subtle: { sign: crypto.subtle.sign, exportKey } },
+  );
+  return new Uint8Array(generated.rawData);
+};
+const csrOutcome = await createCsr(csrTemplate, csrSigner);
+const legacyOutcome = await legacyCreateCsr();
+// Both requests start with the same CertificationRequestInfo; the bare signature signs exactly it.
+const infoOf = (der) => splitDer(readTlvs(der)[0].content)[0];
+if (Buffer.compare(Buffer.from(infoOf(csrOutcome)), Buffer.from(infoOf(legacyOutcome))) !== 0) {
+  throw new Error('bench-issuance: createCsr and the old builder encode different requests');
+}
+const csrInfo = new Uint8Array(infoOf(csrOutcome));
+const csrCases = {
+  bareSign: async () => sign('sha256', csrInfo, { key: workload.privateKey, dsaEncoding: 'ieee-p1363' }),
+  createCsr: () => createCsr(csrTemplate, csrSigner),
+  legacy: legacyCreateCsr,
+};
+const csrSamples = { bareSign: [], createCsr: [], legacy: [] };
+for (const once of Object.values(csrCases)) await perCall(once);
+for (let round = 0; round < ROUNDS; round++) {
+  const order = round % 2 === 0 ? ['bareSign', 'createCsr', 'legacy'] : ['legacy', 'createCsr', 'bareSign'];
+  for (const name of order) csrSamples[name].push(await perCall(csrCases[name]));
+}
+const csrOf = (name) => csrSamples[name].map((sample) => sample.cpu);
+const csrRatio = (name, base) => csrSamples[name].map((v, i) => v.cpu / csrSamples[base][i].cpu);
+console.log(' agent CSR for a P-256 key (ES256), CPU ms per call:');
+console.log(`  node:crypto sign of the same info:   ${fmt(stats(csrOf('bareSign')))}`);
+console.log(`  createCsr:                           ${fmt(stats(csrOf('createCsr')))}`);
+console.log(`  old @peculiar/x509 builder:          ${fmt(stats(csrOf('legacy')))}`);
+console.log(`  ratio createCsr / sign:              ${fmt(stats(csrRatio('createCsr', 'bareSign')), 2)}`);
+console.log(`  ratio old builder / sign:            ${fmt(stats(csrRatio('legacy', 'bareSign')), 1)}`);
+console.log(`  ratio old builder / createCsr:       ${fmt(stats(csrRatio('legacy', 'createCsr')), 1)}`);
 
 raw.C_CloseSession(session);
 await datastore.close();

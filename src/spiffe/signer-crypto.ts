@@ -23,13 +23,14 @@ export function signingParams(signer: Signer): SigningParams {
 
 /**
  * A WebCrypto-shaped provider and key handle that route @peculiar/x509's one signing call to a
- * {@link Signer}.
+ * {@link Signer}; used for CA certificates, a few per rotation (SVIDs and CSRs are encoded directly,
+ * see der-writer.ts).
  *
- * Why an adapter instead of signing the TBS ourselves: @peculiar/x509 already serialises the TBS,
- * names the algorithm and turns the r‖s ECDSA value into the DER `ECDSA-Sig-Value` X.509 needs; its
- * generators take the provider per call, so nothing global is swapped and HSM and in-memory signers
- * can sign concurrently. The generators only ever call `subtle.sign` (and `subtle.exportKey` for the
- * CSR's public key), so the adapter implements exactly those; anything else would fail loudly.
+ * Why an adapter there: @peculiar/x509 serialises the TBS, names the algorithm and turns the r‖s
+ * ECDSA value into the DER `ECDSA-Sig-Value` X.509 needs; its generator takes the provider per call,
+ * so nothing global is swapped and HSM and in-memory signers can sign concurrently. The certificate
+ * generator, given the subject key as bytes, only ever calls `subtle.sign`, so the adapter implements
+ * exactly that; anything else would fail loudly.
  */
 export function signerWebCrypto(signer: Signer): { crypto: webcrypto.Crypto; key: webcrypto.CryptoKey } {
   const algorithm = signingParams(signer);
@@ -43,12 +44,7 @@ export function signerWebCrypto(signer: Signer): { crypto: webcrypto.Crypto; key
       const sig = await signer.sign(bytes);
       return sig.slice().buffer as ArrayBuffer;
     },
-    exportKey: async (format: string): Promise<ArrayBuffer> => {
-      if (format !== 'spki') throw new TypeError(`signer adapter cannot export keys as ${format}`);
-      const der = signer.publicKey.export({ type: 'spki', format: 'der' });
-      return new Uint8Array(der).buffer;
-    },
   };
-  // The casts are the adapter's whole point: only the members above are ever used (see above).
+  // The casts are the adapter's whole point: only the member above is ever used (see above).
   return { crypto: { subtle } as unknown as webcrypto.Crypto, key: key as unknown as webcrypto.CryptoKey };
 }

@@ -1,4 +1,5 @@
 import { type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
+import { signatureValue, signedDer } from './der-writer.js';
 import { SpiffeError } from './errors.js';
 import { checkProducible } from './id-syntax.js';
 import * as px from './peculiar.js';
@@ -7,7 +8,7 @@ import { signerWebCrypto, signingParams } from './signer-crypto.js';
 import type { SpiffeId } from './spiffe-id.js';
 import type { TrustDomain } from './trust-domain.js';
 import { encodePermittedUriHosts, keyIdentifier, OID } from './x509-extensions.js';
-import { certificateDer, signatureValue, svidTbs, verifiesTbs } from './x509-tbs.js';
+import { svidTbs, verifiesTbs } from './x509-tbs.js';
 
 /** A signing certificate and the key behind it, able to issue certificates. */
 export interface X509Issuer {
@@ -140,7 +141,7 @@ export async function mintX509SvidDer(template: X509SvidTemplate, issuer: X509Is
   const signature = signatureValue(signer.algorithm, await signer.sign(tbs));
   // A signer (HSM or otherwise) that returns a bad signature is caught here, not by the first peer.
   if (!(await verifiesTbs(tbs, signature, signer))) throw badSignature(signer);
-  return certificateDer(tbs, signer.algorithm, signature);
+  return signedDer(tbs, signer.algorithm, signature);
 }
 
 function checkValidity(template: CertificateValidity): void {

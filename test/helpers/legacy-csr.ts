@@ -1,16 +1,19 @@
 /**
- * The CSR parser as it was before the strict DER reader (src/spiffe/csr-reader.ts): @peculiar/x509
- * decoding the request, WebCrypto verifying it. Kept in the tests only, as the reference the new
- * parser is compared with on every CSR the tests and fuzzers make.
+ * The CSR parser and builder as they were before ironroot read and wrote CSRs in DER directly
+ * (src/spiffe/csr-reader.ts, src/spiffe/csr.ts): @peculiar/x509 decoding the request and WebCrypto
+ * verifying it; @peculiar/x509 encoding it and a Signer signing it. Kept in the tests only, as the
+ * references the new code is compared with.
  *
  * @module
  */
 import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
-import { parseCsr } from '../../src/spiffe/csr.js';
+import { type CsrTemplate, parseCsr } from '../../src/spiffe/csr.js';
 import { SignatureAlgorithmError } from '../../src/spiffe/csr-signature.js';
 import { pemBlocks } from '../../src/spiffe/der.js';
 import { DerError } from '../../src/spiffe/der-reader.js';
 import { SpiffeError } from '../../src/spiffe/errors.js';
+import type { Signer } from '../../src/spiffe/signer.js';
+import { signerWebCrypto, signingParams } from '../../src/spiffe/signer-crypto.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { px } from './x509.js';
 
@@ -139,4 +142,33 @@ export function strictnessRefusal(error: unknown): boolean {
     error.code === 'ERR_CSR_BAD_SIGNATURE' &&
     (error.cause instanceof SignatureAlgorithmError || error.cause instanceof DerError)
   );
+}
+
+/**
+ * The previous createCsr, verbatim in its output: @peculiar/x509's generator with the signer behind
+ * a WebCrypto-shaped adapter, the public key exported by OpenSSL.
+ */
+export async function legacyCreateCsr(template: CsrTemplate, signer: Signer): Promise<Uint8Array> {
+  const names: px.JsonGeneralName[] = [
+    { type: 'url', value: template.spiffeId.toString() },
+    ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
+  ];
+  const subject = template.subject ?? '';
+  const { crypto, key } = signerWebCrypto(signer);
+  // The generator also exports the public key, which the library's adapter no longer offers.
+  const subtle = {
+    sign: crypto.subtle.sign,
+    exportKey: async (): Promise<ArrayBuffer> =>
+      new Uint8Array(signer.publicKey.export({ type: 'spki', format: 'der' })).buffer,
+  };
+  const csr = await px.Pkcs10CertificateRequestGenerator.create(
+    {
+      name: new px.Name(subject),
+      keys: { publicKey: key, privateKey: key },
+      signingAlgorithm: signingParams(signer),
+      extensions: [new px.SubjectAlternativeNameExtension(names, subject === '')],
+    },
+    { subtle } as unknown as webcrypto.Crypto,
+  );
+  return new Uint8Array(csr.rawData);
 }

@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type KeyManager, Pkcs11KeyManager, parsePkcs11Uri } from '../../src/hsm/index.js';
 import { splitDer } from '../../src/spiffe/der.js';
+import { signatureValue, subjectPublicKeyInfo } from '../../src/spiffe/der-writer.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
 import type { Signer, SigningAlgorithm } from '../../src/spiffe/signer.js';
 import { signerWebCrypto, signingParams } from '../../src/spiffe/signer-crypto.js';
@@ -30,7 +31,7 @@ import {
   type X509Issuer,
   type X509SvidTemplate,
 } from '../../src/spiffe/x509-mint.js';
-import { derTime, signatureValue, subjectPublicKeyInfo } from '../../src/spiffe/x509-tbs.js';
+import { derTime } from '../../src/spiffe/x509-tbs.js';
 import { createSoftHsm, type SoftHsm } from '../helpers/softhsm.js';
 import { opensslCert, opensslVerify, px, tempDir } from '../helpers/x509.js';
 
