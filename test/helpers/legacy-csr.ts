@@ -6,10 +6,10 @@
  * @module
  */
 import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
+import { DerError } from '../../src/der/index.js';
 import { parseCsr } from '../../src/spiffe/csr.js';
 import { SignatureAlgorithmError } from '../../src/spiffe/csr-signature.js';
 import { pemBlocks } from '../../src/spiffe/der.js';
-import { DerError } from '../../src/spiffe/der-reader.js';
 import { SpiffeError } from '../../src/spiffe/errors.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { px } from './x509.js';
