@@ -51,7 +51,7 @@ describe('module layout (docs/architecture.md)', () => {
 
   it('reads the layout table', () => {
     expect(Object.keys(ALLOWED).sort()).toEqual(
-      ['agent', 'agent-api', 'demo', 'host', 'hsm', 'server', 'spiffe', 'tpm', 'workload-api'].sort(),
+      ['agent', 'agent-api', 'demo', 'der', 'host', 'hsm', 'server', 'spiffe', 'tpm', 'workload-api'].sort(),
     );
     expect(ALLOWED.server).toContain('tpm');
   });

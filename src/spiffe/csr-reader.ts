@@ -14,14 +14,15 @@
  */
 import {
   bitStringBytes,
+  booleanValue,
   checkDerTree,
   DerError,
   DerReader,
   oidText,
   readOne,
-  smallInteger,
+  smallUnsigned,
   TAG,
-} from './der-reader.js';
+} from '../der/index.js';
 import * as px from './peculiar.js';
 import { OID } from './x509-extensions.js';
 
@@ -55,11 +56,11 @@ export function readCsr(der: Uint8Array): CsrParts {
   );
   const info = outer.read(TAG.SEQUENCE, 'certificationRequestInfo');
   const algorithm = outer.read(TAG.SEQUENCE, 'signatureAlgorithm');
-  const signature = bitStringBytes(outer.read(TAG.BIT_STRING, 'signature').content, 'signature');
+  const signature = bitStringBytes(outer.read(TAG.BIT_STRING, 'signature'), 'signature');
   outer.end();
 
   const fields = new DerReader(info.content, 'certificationRequestInfo');
-  const version = smallInteger(fields.read(TAG.INTEGER, 'version').content, 'version');
+  const version = smallUnsigned(fields.read(TAG.INTEGER, 'version'), 'version');
   if (version !== 0) throw new DerError(`certificationRequestInfo: version ${version}, expected 0 (v1)`);
   checkName(fields.read(TAG.SEQUENCE, 'subject').content);
   const spki = fields.read(TAG.SEQUENCE, 'subjectPKInfo');
@@ -96,7 +97,7 @@ function checkSpki(content: Uint8Array): void {
   oidText(algorithm.read(TAG.OID, 'algorithm').content, 'subjectPKInfo');
   if (!algorithm.done) algorithm.read(undefined, 'parameters');
   algorithm.end();
-  bitStringBytes(spki.read(TAG.BIT_STRING, 'subjectPublicKey').content, 'subjectPublicKey');
+  bitStringBytes(spki.read(TAG.BIT_STRING, 'subjectPublicKey'), 'subjectPublicKey');
   spki.end();
 }
 
@@ -141,12 +142,7 @@ export function requestedNames(csr: CsrParts): { uris: string[]; dnsNames: strin
     const fields = new DerReader(extension.content, 'Extension');
     const id = oidText(fields.read(TAG.OID, 'extnID').content, 'Extension');
     const critical = fields.optional(TAG.BOOLEAN, 'critical');
-    if (
-      critical !== undefined &&
-      !(critical.content.length === 1 && [0x00, 0xff].includes(critical.content[0] ?? 1))
-    ) {
-      throw new DerError(`extension ${id}: critical flag is not a DER BOOLEAN`);
-    }
+    if (critical !== undefined) booleanValue(critical, `extension ${id} critical flag`);
     const value = fields.read(TAG.OCTET_STRING, 'extnValue').content;
     fields.end();
     if (id !== OID.subjectAltName) {

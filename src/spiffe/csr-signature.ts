@@ -5,8 +5,8 @@
  * @module
  */
 import { createPublicKey, type KeyObject, constants as sslConstants } from 'node:crypto';
+import { checkDerTree, DerReader, oidText, readOne, smallUnsigned, TAG } from '../der/index.js';
 import type { CsrParts } from './csr-reader.js';
-import { checkDerTree, DerReader, oidText, readOne, smallInteger, TAG } from './der-reader.js';
 import { verifyOffThread } from './verify-async.js';
 
 /**
@@ -154,12 +154,9 @@ function pssVerification(params: Uint8Array): Verification {
   const salt =
     saltField === undefined
       ? 20
-      : smallInteger(readOne(saltField.content, TAG.INTEGER, 'saltLength').content, 'saltLength');
+      : smallUnsigned(readOne(saltField.content, TAG.INTEGER, 'saltLength'), 'saltLength');
   if (trailerField !== undefined) {
-    const trailer = smallInteger(
-      readOne(trailerField.content, TAG.INTEGER, 'trailerField').content,
-      'trailer',
-    );
+    const trailer = smallUnsigned(readOne(trailerField.content, TAG.INTEGER, 'trailerField'), 'trailer');
     if (trailer !== 1) throw new SignatureAlgorithmError(`RSASSA-PSS trailer field ${trailer}`);
   }
   return { hash, key: 'rsa', pssSaltLength: salt };

@@ -7,10 +7,10 @@
  * @module
  */
 import { createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
+import { DerError } from '../../src/der/index.js';
 import { type CsrTemplate, parseCsr } from '../../src/spiffe/csr.js';
 import { SignatureAlgorithmError } from '../../src/spiffe/csr-signature.js';
 import { pemBlocks } from '../../src/spiffe/der.js';
-import { DerError } from '../../src/spiffe/der-reader.js';
 import { SpiffeError } from '../../src/spiffe/errors.js';
 import type { Signer } from '../../src/spiffe/signer.js';
 import { signerWebCrypto, signingParams } from '../../src/spiffe/signer-crypto.js';

@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createCsr, parseCsr } from '../../src/spiffe/csr.js';
-import { DerError, DerReader, oidText, readOne } from '../../src/spiffe/der-reader.js';
 import { derOid } from '../../src/spiffe/der-writer.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
 import type { SigningAlgorithm } from '../../src/spiffe/signer.js';
@@ -381,35 +380,5 @@ describe('parseCsr: what the strict reader decides on its own', () => {
     expect(await previously(sha1)).toBe('accepted');
     const error = await expectSpiffeRejection(parseCsr(sha1), 'ERR_CSR_BAD_SIGNATURE', /does not verify/);
     expect(String(error.cause)).toMatch(/unsupported CSR signature algorithm 1\.2\.840\.113549\.1\.1\.5/);
-  });
-});
-
-describe('DerReader', () => {
-  const refuses = (bytes: number[], rule: RegExp) =>
-    expect(() => readOne(Uint8Array.from(bytes), 0x30, 'x')).toThrow(rule);
-
-  it('reads DER and refuses BER lengths, cut values, multi-byte tags and trailing bytes', () => {
-    expect(hex(readOne(Uint8Array.of(0x30, 0x01, 0x05), 0x30, 'x').content)).toBe('05');
-    expect(
-      readOne(Uint8Array.from([0x30, 0x81, 0x80, ...new Array(128).fill(0)]), 0x30, 'x').content,
-    ).toHaveLength(128);
-    refuses([0x30, 0x80, 0x00, 0x00], /indefinite length/);
-    refuses([0x30, 0x81, 0x05, 1, 2, 3, 4, 5], /length 5 is not in its short form/);
-    refuses([0x30, 0x82, 0x00, 0x80], /leading zero byte/);
-    refuses([0x30, 0x85, 1, 1, 1, 1, 1], /5-byte length/);
-    refuses([0x30, 0x03, 0x01], /claims 3 bytes, only 1 remain/);
-    refuses([0x30], /has no length/);
-    refuses([0x31, 0x00], /tag 0x31, expected 0x30/);
-    refuses([0x30, 0x00, 0x00], /1 unexpected bytes/);
-    expect(() => new DerReader(Uint8Array.of(0x3f, 0x01, 0x00), 'x').read()).toThrow(/multi-byte tag/);
-    expect(() => new DerReader(new Uint8Array(), 'x').read(0x30, 'subject')).toThrow(DerError);
-  });
-
-  it('reads OIDs in their shortest form only', () => {
-    expect(oidText(Uint8Array.of(0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01), 'x')).toBe('1.2.840.10045.2.1');
-    expect(oidText(Uint8Array.of(0x88, 0x37), 'x')).toBe('2.999');
-    expect(() => oidText(Uint8Array.of(0x2a, 0x80, 0x01), 'x')).toThrow(/not minimal/);
-    expect(() => oidText(Uint8Array.of(0x2a, 0x86), 'x')).toThrow(/ends inside an arc/);
-    expect(() => oidText(new Uint8Array(), 'x')).toThrow(/empty/);
   });
 });

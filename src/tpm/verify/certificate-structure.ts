@@ -16,10 +16,10 @@ import {
   eachOf,
   inside,
   readOid,
-  single,
+  readOne,
   smallUnsigned,
   TAG,
-} from './der-reader.js';
+} from '../../der/index.js';
 import { type CertificateExtension, readName } from './ek-extensions.js';
 
 const UTC_TIME = 0x17;
@@ -69,7 +69,7 @@ function readTime(reader: DerReader, what: string): void {
  */
 function readExtensions(content: Uint8Array): CertificateExtension[] {
   const extensions: CertificateExtension[] = [];
-  eachOf(single(content, TAG.SEQUENCE, 'Extensions'), 'Extensions', (reader) => {
+  eachOf(readOne(content, TAG.SEQUENCE, 'Extensions'), 'Extensions', (reader) => {
     const fields = inside(reader.read(TAG.SEQUENCE, 'Extension'), 'Extension');
     const oid = readOid(fields, 'extnID');
     const flag = fields.optional(TAG.BOOLEAN, 'critical');
@@ -91,14 +91,14 @@ function readExtensions(content: Uint8Array): CertificateExtension[] {
  * @throws DerError naming the field that is not what RFC 5280 says, as DER.
  */
 export function readCertificateStructure(der: Uint8Array): CertificateExtension[] {
-  const certificate = inside(single(der, TAG.SEQUENCE, 'Certificate'), 'Certificate');
+  const certificate = inside(readOne(der, TAG.SEQUENCE, 'Certificate'), 'Certificate');
   const tbs = inside(certificate.read(TAG.SEQUENCE, 'tbsCertificate'), 'tbsCertificate');
   readAlgorithm(certificate, 'signatureAlgorithm');
-  checkBitString(certificate.read(TAG.BIT_STRING, 'signatureValue'), 'signatureValue');
+  checkBitString(certificate.read(TAG.BIT_STRING, 'signatureValue').content, 'signatureValue');
   certificate.end();
 
   const version = tbs.optional(0xa0, 'version');
-  if (version !== undefined && smallUnsigned(single(version.content, TAG.INTEGER, 'version'), 'version') > 2)
+  if (version !== undefined && smallUnsigned(readOne(version.content, TAG.INTEGER, 'version'), 'version') > 2)
     throw new DerError('version: not v1, v2 or v3');
   if (tbs.read(TAG.INTEGER, 'serialNumber').content.length === 0)
     throw new DerError('serialNumber: empty INTEGER');
@@ -111,14 +111,14 @@ export function readCertificateStructure(der: Uint8Array): CertificateExtension[
   readName(tbs.read(TAG.SEQUENCE, 'subject'), 'subject', false);
   const key = inside(tbs.read(TAG.SEQUENCE, 'subjectPublicKeyInfo'), 'subjectPublicKeyInfo');
   readAlgorithm(key, 'subjectPublicKeyInfo algorithm');
-  checkBitString(key.read(TAG.BIT_STRING, 'subjectPublicKey'), 'subjectPublicKey');
+  checkBitString(key.read(TAG.BIT_STRING, 'subjectPublicKey').content, 'subjectPublicKey');
   key.end();
   for (const [tag, name] of [
     [0x81, 'issuerUniqueID'],
     [0x82, 'subjectUniqueID'],
   ] as const) {
     const id = tbs.optional(tag, name);
-    if (id !== undefined) checkBitString(id, name);
+    if (id !== undefined) checkBitString(id.content, name);
   }
   const extensions = tbs.optional(0xa3, 'extensions');
   tbs.end();

@@ -22,10 +22,10 @@ import {
   inside,
   oidText,
   readOid,
-  single,
+  readOne,
   smallUnsigned,
   TAG,
-} from './der-reader.js';
+} from '../../der/index.js';
 
 /** One Extension as the certificate carries it. */
 export interface CertificateExtension {
@@ -128,7 +128,7 @@ function readGeneralName(reader: DerReader, what: string): NameAttribute[] | und
       // otherName: type-id OBJECT IDENTIFIER, value [0] EXPLICIT ANY
       const other = inside(name, `${what} otherName`);
       readOid(other, 'otherName type-id');
-      single(other.read(0xa0, 'otherName value').content, undefined, `${what} otherName value`);
+      readOne(other.read(0xa0, 'otherName value').content, undefined, `${what} otherName value`);
       other.end();
       return undefined;
     }
@@ -176,7 +176,7 @@ function readGeneralNames(value: DerValue, what: string): NameAttribute[][] {
 /** Decodes one extension's value; returns what a decision reads from it, if anything. */
 function decodeValue(extension: CertificateExtension): unknown {
   const what = `extension ${extension.oid}`;
-  const top = (tag: number): DerValue => single(extension.value, tag, what);
+  const top = (tag: number): DerValue => readOne(extension.value, tag, what);
   switch (extension.oid) {
     case EXTENSION_OID.basicConstraints: {
       const fields = inside(top(TAG.SEQUENCE), what);
@@ -190,7 +190,7 @@ function decodeValue(extension: CertificateExtension): unknown {
       } satisfies BasicConstraints;
     }
     case EXTENSION_OID.keyUsage:
-      checkBitString(top(TAG.BIT_STRING), what);
+      checkBitString(top(TAG.BIT_STRING).content, what);
       return undefined;
     case EXTENSION_OID.extKeyUsage: {
       const usages: string[] = [];
@@ -242,7 +242,7 @@ function decodeValue(extension: CertificateExtension): unknown {
           choice.end();
         }
         const reasons = point.optional(0x81, 'reasons');
-        if (reasons !== undefined) checkBitString(reasons, `${what} reasons`);
+        if (reasons !== undefined) checkBitString(reasons.content, `${what} reasons`);
         const issuer = point.optional(0xa2, 'cRLIssuer');
         if (issuer !== undefined) readGeneralNames(issuer, `${what} cRLIssuer`);
         point.end();
