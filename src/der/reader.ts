@@ -118,10 +118,7 @@ export class DerReader {
   end(): void {
     if (!this.done) {
       const left = this.#bytes.length - this.#offset;
-      throw this.#error(
-        `unexpected data after the last value: ${left} unexpected bytes after the last value`,
-        this.#offset,
-      );
+      throw this.#error(`${left} unexpected bytes after the last value`, this.#offset);
     }
   }
 

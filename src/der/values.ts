@@ -39,7 +39,7 @@ export function readOid(reader: DerReader, what: string): string {
 /** Checks a BOOLEAN's content: exactly one byte, 0x00 or 0xff. */
 export function checkBoolean(content: Uint8Array, what: string): void {
   if (content.length !== 1 || (content[0] !== 0x00 && content[0] !== 0xff)) {
-    throw new DerError(`${what}: BOOLEAN is not one byte of 00 or FF, so this BOOLEAN is not DER`);
+    throw new DerError(`${what}: BOOLEAN is not DER (not one byte of 00 or FF)`);
   }
 }
 

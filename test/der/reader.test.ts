@@ -60,7 +60,7 @@ describe('DerReader: one message for each fault, naming the value, the range and
     expect(at([0x30, 0x82, 0x00, 0x80])).toThrow(/leading zero byte: not in its shortest form/);
     expect(at([0x30, 0x82, 0x01])).toThrow(/length runs past the end/);
     expect(at([0x30, 0x00, 0x01, 0x02])).toThrow(
-      'basicConstraints: unexpected data after the last value: 2 unexpected bytes after the last value (at byte 2)',
+      'basicConstraints: 2 unexpected bytes after the last value (at byte 2)',
     );
     expect(at([0x30, 0x05, 0x00])).toThrow(
       'basicConstraints: basicConstraints runs past the end of basicConstraints: claims 5 bytes, only 1 remain (at byte 0)',
@@ -94,7 +94,7 @@ describe('primitive values', () => {
     expect(booleanValue(value(TAG.BOOLEAN, 0x00), 'b')).toBe(false);
     expect(booleanValue(value(TAG.BOOLEAN, 0xff), 'b')).toBe(true);
     for (const bad of [value(TAG.BOOLEAN, 0x01), value(TAG.BOOLEAN), value(TAG.BOOLEAN, 0xff, 0xff)]) {
-      expect(() => booleanValue(bad, 'cA')).toThrow(/^cA: BOOLEAN is not one byte of 00 or FF.*not DER$/);
+      expect(() => booleanValue(bad, 'cA')).toThrow(/^cA: BOOLEAN is not DER \(not one byte of 00 or FF\)$/);
     }
   });
 
@@ -130,7 +130,7 @@ describe('checkDerTree', () => {
   it('accepts well-formed DER at any depth and refuses a malformed value deep inside', () => {
     expect(tree(0x30, 0x09, 0x31, 0x07, 0x30, 0x05, 0x01, 0x01, 0xff, 0x05, 0x00)).not.toThrow();
     expect(tree(0x30, 0x07, 0x31, 0x05, 0x30, 0x03, 0x01, 0x01, 0x01)).toThrow(
-      /BOOLEAN is not one byte of 00 or FF/,
+      /BOOLEAN is not DER \(not one byte of 00 or FF\)/,
     );
     expect(tree(0x30, 0x04, 0x02, 0x02, 0x00, 0x01)).toThrow(/INTEGER is not in its shortest form/);
     expect(tree(0x30, 0x03, 0x03, 0x01, 0x01)).toThrow(/invalid unused-bits count/);

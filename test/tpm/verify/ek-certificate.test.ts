@@ -717,7 +717,7 @@ describe("extensions read by the strict DER reader, as @peculiar/x509's classes 
       'basicConstraints followed by stray bytes',
       '2.5.29.19',
       '300000',
-      /unexpected data after the last value/,
+      /unexpected bytes after the last value/,
     ],
     ['an extendedKeyUsage that is not a SEQUENCE', '2.5.29.37', '0400', /has tag 0x04, expected 0x30/],
     ['an extendedKeyUsage OID with a padded arc', '2.5.29.37', '3004060280 01', /leading 0x80/],
@@ -725,7 +725,12 @@ describe("extensions read by the strict DER reader, as @peculiar/x509's classes 
     ['a subjectAltName with no names', '2.5.29.17', '3000', /empty GeneralNames/],
     ['a subjectAltName with a 5-byte iPAddress', '2.5.29.17', '3007870501020304 05', /iPAddress/],
     ['a subjectKeyIdentifier length not in its shortest form', '2.5.29.14', '04810100', /shortest form/],
-    ['an authorityKeyIdentifier with an unknown field', '2.5.29.35', '30028300', /unexpected data/],
+    [
+      'an authorityKeyIdentifier with an unknown field',
+      '2.5.29.35',
+      '30028300',
+      /unexpected bytes after the last value/,
+    ],
     [
       'certificatePolicies whose qualifier has no value',
       '2.5.29.32',
