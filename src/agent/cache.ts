@@ -32,14 +32,14 @@ import { attestWorkload, selectorKind, type WorkloadAttestor } from './workloada
 /** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */
 const ROTATE_JITTER = 0.1;
 /**
- * Signature checks `due` makes before it lets the event loop turn: each is a parse and two or three
- * verifications (about 0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload API
+ * Signature checks `due` makes before it lets the event loop turn: each is a parse and one to three
+ * verifications (0.15–0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload API
  * for more than a few milliseconds at a time.
  */
 const CA_CHECKS_PER_TURN = 25;
 /**
  * Answered SVIDs `storeSvids` stores before it lets the event loop turn: each is a certificate parse
- * and a key export (about 0.2 ms, more with the garbage it leaves), so a batch of a hundred in one
+ * and a key export (about 0.15 ms, more with the garbage it leaves), so a batch of a hundred in one
  * turn was the longest stall of a CA rotation.
  */
 const STORES_PER_TURN = 10;
