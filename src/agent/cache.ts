@@ -32,11 +32,17 @@ import { attestWorkload, selectorKind, type WorkloadAttestor } from './workloada
 /** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */
 const ROTATE_JITTER = 0.1;
 /**
- * Signature checks `due` makes before it lets the event loop turn: each is a parse and two or three
- * verifications (about 0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload API
+ * Signature checks `due` makes before it lets the event loop turn: each is a parse and one to three
+ * verifications (0.15–0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload API
  * for more than a few milliseconds at a time.
  */
 const CA_CHECKS_PER_TURN = 25;
+/**
+ * Answered SVIDs `storeSvids` stores before it lets the event loop turn: each is a certificate parse
+ * and a key export (about 0.15 ms, more with the garbage it leaves), so a batch of a hundred in one
+ * turn was the longest stall of a CA rotation.
+ */
+const STORES_PER_TURN = 10;
 /** JWT-SVIDs kept at most; the least recently minted go first (audiences are caller-chosen). */
 const MAX_CACHED_JWTS = 10_000;
 /**
@@ -403,6 +409,7 @@ export class SvidCache implements WorkloadIdentityProvider {
     const roots = this.#bundle.x509Authorities;
     const signer = this.#activeAuthority;
     const state = caState(signer, roots);
+    const signerIsRoot = signer !== undefined && roots.some((root) => root.raw.equals(signer.raw));
     const due: CachedEntry[] = [];
     let checked = 0;
     for (const entry of [...this.#entries.values()]) {
@@ -415,7 +422,7 @@ export class SvidCache implements WorkloadIdentityProvider {
       if (svid.caCheckedFor === state) continue;
       if (checked > 0 && checked % CA_CHECKS_PER_TURN === 0) await nextTurn();
       checked++;
-      if (signedUnder(svid, signer, roots)) svid.caCheckedFor = state;
+      if (signedUnder(svid, signer, signerIsRoot, roots)) svid.caCheckedFor = state;
       else due.push(entry);
     }
     if (checked > 0) this.#observer.caChecked(checked);
@@ -423,11 +430,15 @@ export class SvidCache implements WorkloadIdentityProvider {
     return this.#suspended ? [] : due;
   }
 
-  /** Stores freshly issued SVIDs (for entries still cached). */
-  storeSvids(issued: readonly IssuedSvid[]): void {
-    // Issued before the node became untrusted: not to be served.
-    if (this.#suspended) return;
-    for (const item of issued) {
+  /**
+   * Stores freshly issued SVIDs (for entries still cached), letting the event loop turn every
+   * {@link STORES_PER_TURN}. A leaf that does not parse rejects, with the SVIDs before it stored.
+   */
+  async storeSvids(issued: readonly IssuedSvid[]): Promise<void> {
+    for (const [index, item] of issued.entries()) {
+      if (index > 0 && index % STORES_PER_TURN === 0) await nextTurn();
+      // Issued before the node became untrusted (perhaps while this yielded): not to be served.
+      if (this.#suspended) return;
       const entry = this.#entries.get(item.entryId);
       const leafDer = item.chain[0];
       if (entry === undefined || entry.revisionNumber !== item.entryRevision || leafDer === undefined)
@@ -590,16 +601,22 @@ function caState(signer: X509Certificate | undefined, roots: readonly X509Certif
   return [signer?.fingerprint256 ?? '', ...roots.map((root) => root.fingerprint256)].join(',');
 }
 
-/** True when the CA that signs now (if known) signed the leaf and the chain ends under one of `roots`. */
+/**
+ * True when the CA that signs now (if known) signed the leaf and the chain ends under one of `roots`.
+ * `signerIsRoot`: the signer is itself one of `roots`, so a lone leaf it signed is under a root
+ * already, and verifying it again with that same key would prove nothing more.
+ */
 function signedUnder(
   svid: CachedSvid,
   signer: X509Certificate | undefined,
+  signerIsRoot: boolean,
   roots: readonly X509Certificate[],
 ): boolean {
   const [leafDer, ...above] = svid.material.chainDer;
   if (leafDer === undefined) return false;
   const leaf = new X509Certificate(leafDer);
   if (signer !== undefined && !leaf.verify(signer.publicKey)) return false;
+  if (signerIsRoot && above.length === 0) return true;
   const top = above.at(-1);
   const topCert = top === undefined ? leaf : new X509Certificate(top);
   return roots.some((root) => topCert.verify(root.publicKey));

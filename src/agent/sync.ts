@@ -108,7 +108,7 @@ export class WorkloadSync {
             key: item.key,
           });
         }
-        this.#cache.storeSvids(issued);
+        await this.#cache.storeSvids(issued);
         this.stats.svids_issued += issued.length;
         changed = true;
       }

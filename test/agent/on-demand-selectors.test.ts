@@ -138,7 +138,7 @@ describe('unix:sha256 computed only while an entry uses it', () => {
           key: privateKey,
         });
       }
-      cache.storeSvids(issued);
+      await cache.storeSvids(issued);
       cache.notify();
     };
     await sync(entries);

@@ -1,6 +1,6 @@
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type CacheObserver, SvidCache } from '../../src/agent/cache.js';
+import { type CacheObserver, type IssuedSvid, SvidCache } from '../../src/agent/cache.js';
 import type { EntryMessage } from '../../src/agent-api/proto.js';
 import { SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
 import { caExtensions, craft, leafExtensions, p256 } from '../helpers/x509.js';
@@ -77,14 +77,13 @@ function newCache(count: number): { cache: SvidCache; checks: () => number } {
   return { cache, checks: () => checks };
 }
 
-/** Issues (as the server would) an SVID signed by `ca` for every entry in `ids`, valid over `validity`. */
-async function issue(
-  cache: SvidCache,
+/** What the server would answer: an SVID signed by `ca` for every entry in `ids`, valid over `validity`. */
+async function issued(
   ca: Ca,
   ids: readonly number[],
   validity: (i: number) => { notBefore?: Date; notAfter?: Date } = () => ({}),
-): Promise<void> {
-  const issued = [];
+): Promise<IssuedSvid[]> {
+  const answered: IssuedSvid[] = [];
   for (const i of ids) {
     const { privateKey, publicKey } = p256();
     const leaf = await craft({
@@ -94,7 +93,7 @@ async function issue(
       extensions: leafExtensions(`spiffe://${TD}/w/${i}`),
       ...validity(i),
     });
-    issued.push({
+    answered.push({
       entryId: `entry-${i}`,
       entryRevision: 1,
       chain: [new Uint8Array(leaf.raw)],
@@ -102,8 +101,21 @@ async function issue(
       key: privateKey,
     });
   }
-  cache.storeSvids(issued);
+  return answered;
 }
+
+/** Stores (as a sync round would) an SVID signed by `ca` for every entry in `ids`. */
+async function issue(
+  cache: SvidCache,
+  ca: Ca,
+  ids: readonly number[],
+  validity?: (i: number) => { notBefore?: Date; notAfter?: Date },
+): Promise<void> {
+  await cache.storeSvids(await issued(ca, ids, validity));
+}
+
+/** The material the cache serves entry `i`'s workload (selector unix:uid:1000+i), if any. */
+const served = (cache: SvidCache, i: number) => cache.identities([`unix:uid:${1000 + i}`]).svids[0];
 
 const now = () => Math.floor(Date.now() / 1000);
 const dueIds = async (cache: SvidCache) => (await cache.due(now())).map((e) => e.id).sort();
@@ -161,6 +173,18 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
     expect(checks()).toBe(13);
   });
 
+  it('re-issues SVIDs signed by an active authority the bundle does not hold', async () => {
+    const { cache, checks } = newCache(2);
+    cache.applyBundles(bundles([a], b));
+    await issue(cache, b, [0, 1]);
+    // B signed them, but no root vouches for B: a signature by the signer alone is not enough.
+    expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1']);
+    expect(checks()).toBe(2);
+    cache.applyBundles(bundles([a, b], b));
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(4);
+  });
+
   it('lets the event loop turn between checks of many SVIDs, and not at all when none needs one', async () => {
     const { cache, checks } = newCache(60);
     cache.applyBundles(bundles([a], a));
@@ -184,6 +208,70 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
     expect(await dueIds(cache)).toEqual([]);
     expect(turned).toBe(false);
     expect(checks()).toBe(60);
+  });
+});
+
+describe('SvidCache.storeSvids: a batch stored over several turns of the event loop', () => {
+  let a: Ca;
+
+  beforeAll(async () => {
+    a = await newCa('store');
+  });
+
+  it('stores a batch larger than a slice whole, each with its own chain and key, and lets the loop turn', async () => {
+    const { cache } = newCache(35);
+    cache.applyBundles(bundles([a], a));
+    const answered = await issued(
+      a,
+      Array.from({ length: 35 }, (_, i) => i),
+    );
+    let turned = false;
+    setImmediate(() => {
+      turned = true;
+    });
+    await cache.storeSvids(answered);
+    expect(turned).toBe(true);
+    expect(cache.svidCount).toBe(35);
+    for (const [i, item] of answered.entries()) {
+      const material = served(cache, i);
+      expect(material?.spiffeId.toString()).toBe(`spiffe://${TD}/w/${i}`);
+      expect(material?.chainDer).toEqual(item.chain);
+      expect(Buffer.from(material?.keyPkcs8Der ?? [])).toEqual(
+        item.key.export({ format: 'der', type: 'pkcs8' }),
+      );
+    }
+    // Stored under the active authority, so nothing is due.
+    expect(await dueIds(cache)).toEqual([]);
+  });
+
+  it('rejects at a leaf that does not parse, keeping the SVIDs before it and storing none after', async () => {
+    const { cache } = newCache(30);
+    cache.applyBundles(bundles([a], a));
+    const answered = await issued(
+      a,
+      Array.from({ length: 30 }, (_, i) => i),
+    );
+    const broken = answered[15];
+    if (broken === undefined) throw new Error('no SVID 15');
+    broken.chain = [new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x00])];
+    await expect(cache.storeSvids(answered)).rejects.toThrow();
+    expect(cache.svidCount).toBe(15);
+    expect(served(cache, 14)).toBeDefined();
+    expect(served(cache, 15)).toBeUndefined();
+    expect(served(cache, 16)).toBeUndefined();
+  });
+
+  it('stores nothing more once the node is held untrusted while it yielded', async () => {
+    const { cache } = newCache(30);
+    cache.applyBundles(bundles([a], a));
+    const answered = await issued(
+      a,
+      Array.from({ length: 30 }, (_, i) => i),
+    );
+    setImmediate(() => cache.suspend());
+    await cache.storeSvids(answered);
+    expect(cache.suspended).toBe(true);
+    expect(cache.svidCount).toBe(0);
   });
 });
 
