@@ -23,7 +23,7 @@
 // Usage: npm run bench:batch-issuance -- [--rounds 5] [--callers 8] [--batch 100] [--calls 3]
 //   [--raw-seconds 2] [--profile DIR]
 // `--profile DIR` runs the server under `node --cpu-prof` and writes its profile into DIR.
-import { createHash, generateKeyPair, generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { createHash, generateKeyPair } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
@@ -155,6 +155,7 @@ async function realServer() {
 async function callers() {
   const { AgentApiClient } = await import(join(dist, 'agent', 'client.js'));
   const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+  const { attestJoinTokenAgent } = await import('./lib/bench-server.mjs');
   const newKey = promisify(generateKeyPair);
   const agents = [];
 
@@ -166,25 +167,9 @@ async function callers() {
         bundlePem: target.bundlePem,
       });
       for (const value of tokens) {
-        const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-        const csr = Buffer.from(
-          await createCsr(
-            { spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) },
-            createKeySigner(privateKey),
-          ),
-        );
-        const result = await bootstrap.attest(
-          { method: 'join_token', csr, tpm: null, join_token: value },
-          async () => {
-            throw new Error('a join token needs no challenge');
-          },
-        );
-        const identity = {
-          keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
-          chainPem: result.svid_chain.map((der) => new X509Certificate(der).toString()).join(''),
-        };
+        const { id, identity } = await attestJoinTokenAgent(dist, bootstrap, TD, value);
         agents.push({
-          id: result.spiffe_id,
+          id,
           client: new AgentApiClient({
             address: target.address,
             trustDomain: TD,

@@ -183,7 +183,7 @@ async function agents() {
   const { WorkloadSync } = await import(join(dist, 'agent', 'sync.js'));
   const { AgentMetrics } = await import(join(dist, 'agent', 'metrics.js'));
   const { agentService } = await import(join(dist, 'agent-api', 'proto.js'));
-  const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+  const { attestJoinTokenAgent } = await import('./lib/bench-server.mjs');
   const logger = pino({ level: 'silent' });
   const all = [];
   const metrics = new AgentMetrics({ soonestExpiryMs: () => undefined, entryCount: () => 0 });
@@ -226,25 +226,9 @@ async function agents() {
         bundlePem: target.bundlePem,
       });
       await pool(tokens, 8, async (value) => {
-        const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-        const csr = Buffer.from(
-          await createCsr(
-            { spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) },
-            createKeySigner(privateKey),
-          ),
-        );
-        const result = await bootstrap.attest(
-          { method: 'join_token', csr, tpm: null, join_token: value },
-          async () => {
-            throw new Error('a join token needs no challenge');
-          },
-        );
-        const identity = {
-          keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
-          chainPem: result.svid_chain.map((der) => new X509Certificate(der).toString()).join(''),
-        };
+        const { id, identity } = await attestJoinTokenAgent(dist, bootstrap, TD, value);
         all.push({
-          id: result.spiffe_id,
+          id,
           identity,
           real: open(target.address, identity),
           realSync: workloadSync(),

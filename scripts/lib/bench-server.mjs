@@ -2,6 +2,7 @@
 // manager, development mode, loopback ports, its bundle as PEM (and in a file for an agent's
 // --trust-bundle), and one join token for the agent under test. Lives apart from scripts/bench-*.mjs
 // so `npm run bench` does not run it as a benchmark.
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,5 +73,34 @@ export function benchEntry(fields) {
     hint: '',
     expiresAt: 0,
     ...fields,
+  };
+}
+
+/**
+ * One join-token agent, as an agent attests on first start: a fresh P-256 key and its CSR, attested
+ * through `bootstrap` (an AgentApiClient without identity). Its SPIFFE ID, and the identity (key and
+ * chain, PEM) its calls then present.
+ */
+export async function attestJoinTokenAgent(dist, bootstrap, trustDomain, token) {
+  const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const csr = Buffer.from(
+    await createCsr(
+      { spiffeId: SpiffeId.parse(`spiffe://${trustDomain}/agent/csr`) },
+      createKeySigner(privateKey),
+    ),
+  );
+  const result = await bootstrap.attest(
+    { method: 'join_token', csr, tpm: null, join_token: token },
+    async () => {
+      throw new Error('a join token needs no challenge');
+    },
+  );
+  return {
+    id: result.spiffe_id,
+    identity: {
+      keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+      chainPem: result.svid_chain.map((der) => new X509Certificate(der).toString()).join(''),
+    },
   };
 }
