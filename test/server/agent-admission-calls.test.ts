@@ -1,10 +1,9 @@
-import { type KeyObject, X509Certificate } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentApiClient, type Identity } from '../../src/agent/client.js';
+import type { AgentApiClient, Identity } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { openMemoryKeyManager } from '../../src/hsm/index.js';
 import { CertificateAuthority } from '../../src/server/ca/authority.js';
@@ -12,6 +11,7 @@ import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { SpiffeId } from '../../src/spiffe/index.js';
 import { keyAndCsr } from '../attestation/evil-agent.js';
 import { startAttestServer, TD, type TestServer } from '../attestation/harness.js';
+import { agentClient, identityOf, joinTokenAgent } from '../helpers/agent-api.js';
 
 // The agent API keeps each agent certificate's verdict while the CA's bundle object is the same
 // (src/server/agentapi/admission.ts). These calls go to a real server over mTLS, each through one
@@ -28,47 +28,14 @@ afterAll(async () => {
   await server?.stop();
 });
 
-/** The roots the server's CA publishes now: a client made after a rotation trusts the new CA. */
-function bundlePem(): string {
-  return server.server.ca
-    .bundle()
-    .toX509Bundle()
-    .authorities.map((c) => c.toString())
-    .join('');
-}
-
-function identityOf(key: KeyObject, chain: readonly Uint8Array[]): Identity {
-  return {
-    keyPem: key.export({ format: 'pem', type: 'pkcs8' }).toString(),
-    chainPem: chain.map((der) => new X509Certificate(der).toString()).join(''),
-  };
-}
-
 function clientAs(identity?: Identity): AgentApiClient {
-  return new AgentApiClient({
-    address: server.address,
-    trustDomain: TD,
-    bundlePem: bundlePem(),
-    deadlineMs: 10_000,
-    ...(identity ? { identity } : {}),
-  });
+  return agentClient(server, identity);
 }
 
 /** A join-token agent attested now, with its client kept open for its calls. */
 async function attested(): Promise<{ agentId: string; identity: Identity; client: AgentApiClient }> {
-  const token = await server.registration.createJoinToken({ ttl: 0, spiffe_id: '' }, 'test');
-  const { key, csr } = await keyAndCsr();
-  const bootstrap = clientAs();
-  try {
-    const result = await bootstrap.attest(
-      { method: 'join_token', csr, tpm: null, join_token: token.value },
-      () => Promise.reject(new Error('a join token needs no challenge')),
-    );
-    const identity = identityOf(key, result.svid_chain);
-    return { agentId: result.spiffe_id, identity, client: clientAs(identity) };
-  } finally {
-    bootstrap.close();
-  }
+  const { agentId, identity } = await joinTokenAgent(server);
+  return { agentId, identity, client: clientAs(identity) };
 }
 
 /** A sync round's two calls: 'accepted', or the code (and message) the server refused with. */

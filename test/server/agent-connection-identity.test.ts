@@ -1,10 +1,9 @@
-import { type KeyObject, X509Certificate } from 'node:crypto';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentApiClient, type Identity } from '../../src/agent/client.js';
+import type { AgentApiClient, Identity } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
-import { keyAndCsr } from '../attestation/evil-agent.js';
-import { startAttestServer, TD, type TestServer } from '../attestation/harness.js';
+import { startAttestServer, type TestServer } from '../attestation/harness.js';
+import { agentClient, joinTokenAgent } from '../helpers/agent-api.js';
 import { entry } from '../workload/harness.js';
 
 // The agent API reads each connection's auth context once, when its TLS handshake ends, and answers
@@ -44,51 +43,16 @@ afterAll(async () => {
   await server?.stop();
 });
 
-function bundlePem(): string {
-  return server.server.ca
-    .bundle()
-    .toX509Bundle()
-    .authorities.map((c) => c.toString())
-    .join('');
-}
-
-function identityOf(key: KeyObject, chain: readonly Uint8Array[]): Identity {
-  return {
-    keyPem: key.export({ format: 'pem', type: 'pkcs8' }).toString(),
-    chainPem: chain.map((der) => new X509Certificate(der).toString()).join(''),
-  };
-}
-
 function clientAs(identity?: Identity): AgentApiClient {
-  return new AgentApiClient({
-    address: proxyAddress,
-    trustDomain: TD,
-    bundlePem: bundlePem(),
-    deadlineMs: 10_000,
-    ...(identity ? { identity } : {}),
-  });
+  return agentClient(server, identity, proxyAddress);
 }
 
 /** A join-token agent attested now (its own connection), with one workload entry of its own. */
 async function attested(name: string): Promise<{ agentId: string; identity: Identity; spiffeId: string }> {
-  const token = await server.registration.createJoinToken({ ttl: 0, spiffe_id: '' }, 'test');
-  const { key, csr } = await keyAndCsr();
-  const bootstrap = clientAs();
-  try {
-    const result = await bootstrap.attest(
-      { method: 'join_token', csr, tpm: null, join_token: token.value },
-      () => Promise.reject(new Error('a join token needs no challenge')),
-    );
-    const own = entry(`/connection-${name}`, result.spiffe_id, ['unix:uid:1000']);
-    await server.server.datastore.createEntry(own, 'test');
-    return {
-      agentId: result.spiffe_id,
-      identity: identityOf(key, result.svid_chain),
-      spiffeId: own.spiffeId,
-    };
-  } finally {
-    bootstrap.close();
-  }
+  const { agentId, identity } = await joinTokenAgent(server, proxyAddress);
+  const own = entry(`/connection-${name}`, agentId, ['unix:uid:1000']);
+  await server.server.datastore.createEntry(own, 'test');
+  return { agentId, identity, spiffeId: own.spiffeId };
 }
 
 /** The SPIFFE IDs a full FetchEntries gives the caller, or the code it was refused with. */
