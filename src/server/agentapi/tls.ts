@@ -84,11 +84,6 @@ export class ServerTls {
     this.#unsubscribe?.();
   }
 
-  /** The bundle's roots, PEM; what agents must trust. */
-  bundlePem(): Buffer {
-    return this.#caPem;
-  }
-
   /** Publishes the bundle's roots, and re-issues the SVID when past half-life or `force`d. */
   refresh(force = false): Promise<void> {
     const run = this.#refreshing.then(() => this.#refresh(force));
