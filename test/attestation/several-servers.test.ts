@@ -178,6 +178,27 @@ async function leftToOtherServer(server: Running): Promise<number> {
   return Number(line?.[1] ?? 0);
 }
 
+/**
+ * Waits for two more re-quotes of the node (recorded in the shared datastore, as `server` shows it)
+ * and for `server` to have left one of its own challenges to the server holding the node's stream.
+ */
+async function requotedElsewhere(server: Running, agentId: string, when: string): Promise<void> {
+  const left = await leftToOtherServer(server);
+  for (const which of ['a re-quote', 'another re-quote']) {
+    const before = await quotedAt(server, agentId);
+    await until(
+      `${which}${when}`,
+      async () => ((await quotedAt(server, agentId)) > before ? true : undefined),
+      60_000,
+    );
+  }
+  await until(
+    `a challenge of ${server.address} left to the other server${when}`,
+    async () => ((await leftToOtherServer(server)) > left ? true : undefined),
+    60_000,
+  );
+}
+
 describe('servers sharing one PostgreSQL and one HSM token', () => {
   let a: Running;
   let b: Running;
@@ -238,31 +259,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
 
       // B holds the Reattest stream now; A still schedules the node (it attested there) but must not
       // judge it for challenges that never reached it. Wait for B's re-quotes to move on, twice.
-      const quotedAt = async () =>
-        (
-          await json<{ last_quote: { quoted_at: number } | null }>([
-            'agent',
-            'show',
-            ...a.admin,
-            '--spiffe-id',
-            agentId,
-          ])
-        ).last_quote?.quoted_at ?? 0;
-      const leftBefore = await leftToOtherServer(a);
-      const start = await quotedAt();
-      await until('a re-quote by B', async () => ((await quotedAt()) > start ? true : undefined), 60_000);
-      const next = await quotedAt();
-      await until(
-        'another re-quote by B',
-        async () => ((await quotedAt()) > next ? true : undefined),
-        60_000,
-      );
-      // A came to judge its own challenges meanwhile, and left them to B.
-      await until(
-        'a challenge of A left to B',
-        async () => ((await leftToOtherServer(a)) > leftBefore ? true : undefined),
-        60_000,
-      );
+      await requotedElsewhere(a, agentId, '');
       const shown = await json<{ trust: { state: string } }>([
         'agent',
         'show',
@@ -408,24 +405,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
         60_000,
       );
       // Re-quotes go on through B, and A, back from the outage too, leaves the node trusted.
-      const leftAfterOutage = await leftToOtherServer(a);
-      const resumed = await quotedAt(a, agentId);
-      await until(
-        'a re-quote after the outage',
-        async () => ((await quotedAt(a, agentId)) > resumed ? true : undefined),
-        60_000,
-      );
-      const again = await quotedAt(a, agentId);
-      await until(
-        'another re-quote after the outage',
-        async () => ((await quotedAt(a, agentId)) > again ? true : undefined),
-        60_000,
-      );
-      await until(
-        'a challenge of A left to B after the outage',
-        async () => ((await leftToOtherServer(a)) > leftAfterOutage ? true : undefined),
-        60_000,
-      );
+      await requotedElsewhere(a, agentId, ' after the outage');
       const shown = await json<{ trust: { state: string } }>([
         'agent',
         'show',
