@@ -64,7 +64,7 @@ const cpuMs = () => {
 // The real server, and the raw signature loop on its CA key.
 async function realServer() {
   const { benchToken, SOFTHSM_MODULE } = await import('./lib/softhsm-token.mjs');
-  const { benchEntry, startBenchServer } = await import('./lib/bench-server.mjs');
+  const { benchJoinTokens, createBenchWorkloads, startBenchServer } = await import('./lib/bench-server.mjs');
   const token = benchToken('ironroot-bench-batch-hsm-');
   const { dir, server, bundlePem, registration } = await startBenchServer(dist, TD, 'ironroot-bench-batch-', {
     key_manager: `pkcs11:token=bench;module-path=${SOFTHSM_MODULE};pin-source=file:${token.pinFile}`,
@@ -106,26 +106,9 @@ async function realServer() {
 
   serve({
     info: () => ({ address: `127.0.0.1:${server.ports.agentApi}`, bundlePem }),
-    tokens: async ({ count }) => {
-      const values = [];
-      for (let i = 0; i < count; i++)
-        values.push((await registration.createJoinToken({ ttl: 3600, spiffe_id: '' }, 'bench')).value);
-      return values;
-    },
-    entries: async ({ agentIds, perAgent }) => {
-      const entries = agentIds.flatMap((parentId, a) =>
-        Array.from({ length: perAgent }, (_, i) =>
-          benchEntry({
-            spiffeId: `spiffe://${TD}/workload/${a}/${i}`,
-            parentId,
-            selectors: [{ type: 'unix', value: `uid:${1000 + i}` }],
-            x509SvidTtl: 3600,
-          }),
-        ),
-      );
-      await server.datastore.createEntries(entries, 'bench');
-      return entries.length;
-    },
+    tokens: ({ count }) => benchJoinTokens(registration, count),
+    // Workload entries parented to each agent.
+    entries: ({ agentIds, perAgent }) => createBenchWorkloads(server.datastore, TD, agentIds, perAgent),
     cpu: () => cpuMs(),
     // The raw loop, one signature at a time, for `seconds`.
     raw: async ({ seconds }) => {

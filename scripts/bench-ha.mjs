@@ -72,7 +72,7 @@ function cpuMs(since) {
 // A server: the token named by SOFTHSM2_CONF (inherited from the main process), PostgreSQL.
 async function server() {
   const { SOFTHSM_MODULE } = await import('./lib/softhsm-token.mjs');
-  const { benchEntry, startBenchServer } = await import('./lib/bench-server.mjs');
+  const { benchJoinTokens, createBenchWorkloads, startBenchServer } = await import('./lib/bench-server.mjs');
   // Counts the queries this server sends PostgreSQL (every statement, BEGIN and COMMIT included):
   // the datastore's pg is this module, so wrapping its Client's query sees them all.
   const { default: pg } = await import('pg');
@@ -94,29 +94,10 @@ async function server() {
       });
       return { address: `127.0.0.1:${running.server.ports.agentApi}`, bundlePem: running.bundlePem };
     },
-    tokens: async ({ count }) => {
-      const values = [];
-      for (let i = 0; i < count; i++)
-        values.push(
-          (await running.registration.createJoinToken({ ttl: 3600, spiffe_id: '' }, 'bench')).value,
-        );
-      return values;
-    },
-    entries: async ({ agentIds, perAgent }) => {
-      const entries = agentIds.flatMap((parentId, a) =>
-        Array.from({ length: perAgent }, (_, i) =>
-          benchEntry({
-            spiffeId: `spiffe://${TD}/workload/${a}/${i}`,
-            parentId,
-            selectors: [{ type: 'unix', value: `uid:${1000 + i}` }],
-            x509SvidTtl: 3600,
-          }),
-        ),
-      );
-      for (let i = 0; i < entries.length; i += 1000)
-        await running.server.datastore.createEntries(entries.slice(i, i + 1000), 'bench');
-      return entries.length;
-    },
+    tokens: ({ count }) => benchJoinTokens(running.registration, count),
+    // Workload entries parented to each agent.
+    entries: ({ agentIds, perAgent }) =>
+      createBenchWorkloads(running.server.datastore, TD, agentIds, perAgent),
     usage: () => ({ cpuMs: cpuMs(), queries }),
     stop: async () => {
       await running?.server.stop();

@@ -80,7 +80,7 @@ function usage() {
 // The real server: SoftHSM2 token, SQLite in its data_dir.
 async function realServer() {
   const { benchToken, SOFTHSM_MODULE } = await import('./lib/softhsm-token.mjs');
-  const { benchEntry, startBenchServer } = await import('./lib/bench-server.mjs');
+  const { benchJoinTokens, createBenchWorkloads, startBenchServer } = await import('./lib/bench-server.mjs');
   const { SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
   const token = benchToken('ironroot-bench-scale-hsm-');
   const { dir, server, bundlePem, registration } = await startBenchServer(dist, TD, 'ironroot-bench-scale-', {
@@ -90,28 +90,9 @@ async function realServer() {
   });
   serve({
     info: () => ({ address: `127.0.0.1:${server.ports.agentApi}`, bundlePem }),
-    tokens: async ({ count }) => {
-      const values = [];
-      for (let i = 0; i < count; i++)
-        values.push((await registration.createJoinToken({ ttl: 3600, spiffe_id: '' }, 'bench')).value);
-      return values;
-    },
-    // Workload entries parented to each agent, created in one batch.
-    entries: async ({ agentIds, perAgent }) => {
-      const entries = agentIds.flatMap((parentId, a) =>
-        Array.from({ length: perAgent }, (_, i) =>
-          benchEntry({
-            spiffeId: `spiffe://${TD}/workload/${a}/${i}`,
-            parentId,
-            selectors: [{ type: 'unix', value: `uid:${1000 + i}` }],
-            x509SvidTtl: 3600,
-          }),
-        ),
-      );
-      for (let i = 0; i < entries.length; i += 1000)
-        await server.datastore.createEntries(entries.slice(i, i + 1000), 'bench');
-      return entries.length;
-    },
+    tokens: ({ count }) => benchJoinTokens(registration, count),
+    // Workload entries parented to each agent.
+    entries: ({ agentIds, perAgent }) => createBenchWorkloads(server.datastore, TD, agentIds, perAgent),
     // The bare server's certificate: the real server's SPIFFE ID, from the same CA, its own key.
     bareIdentity: async () => {
       const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });

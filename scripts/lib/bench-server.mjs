@@ -104,3 +104,28 @@ export async function attestJoinTokenAgent(dist, bootstrap, trustDomain, token) 
     },
   };
 }
+
+/** `count` join tokens of an hour, made through `registration` (a RegistrationService). */
+export async function benchJoinTokens(registration, count) {
+  const values = [];
+  for (let i = 0; i < count; i++)
+    values.push((await registration.createJoinToken({ ttl: 3600, spiffe_id: '' }, 'bench')).value);
+  return values;
+}
+
+/** `perAgent` workload entries parented to each of `agentIds`, created in batches of 1000; how many. */
+export async function createBenchWorkloads(datastore, trustDomain, agentIds, perAgent) {
+  const entries = agentIds.flatMap((parentId, a) =>
+    Array.from({ length: perAgent }, (_, i) =>
+      benchEntry({
+        spiffeId: `spiffe://${trustDomain}/workload/${a}/${i}`,
+        parentId,
+        selectors: [{ type: 'unix', value: `uid:${1000 + i}` }],
+        x509SvidTtl: 3600,
+      }),
+    ),
+  );
+  for (let i = 0; i < entries.length; i += 1000)
+    await datastore.createEntries(entries.slice(i, i + 1000), 'bench');
+  return entries.length;
+}
