@@ -50,8 +50,25 @@ export function foreignTrustDomain(
   return undefined;
 }
 
+/**
+ * `url` as logs, health and messages show it: without its query and fragment, which can carry a
+ * credential (a presigned object-store URL's signature, a token), and without user:password.
+ */
+export function printableUrl(url: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return url.replace(/[?#].*$/s, '?…');
+  }
+  const withheld = parsed.search !== '' || parsed.hash !== '' ? '?…' : '';
+  return `${parsed.protocol}//${parsed.host}${parsed.pathname}${withheld}`;
+}
+
 function urlError(url: string, problem: string, cause?: unknown): AgentError {
-  return new AgentError('ERR_AGENT_TRUST_BUNDLE_URL', `trust_bundle_url ${url}: ${problem}`, { cause });
+  return new AgentError('ERR_AGENT_TRUST_BUNDLE_URL', `trust_bundle_url ${printableUrl(url)}: ${problem}`, {
+    cause,
+  });
 }
 
 function download(url: string): Promise<string> {

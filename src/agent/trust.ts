@@ -10,7 +10,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
 import { TrustDomain, X509Bundle } from '../spiffe/index.js';
-import { fetchTrustBundle } from './bundle-url.js';
+import { fetchTrustBundle, printableUrl } from './bundle-url.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError } from './errors.js';
 import { readTrustBundle } from './preflight.js';
@@ -50,7 +50,11 @@ export class ServerTrust {
     if (stored !== undefined)
       return {
         authorities: stored,
-        source: { key: 'data_dir', location: this.#store.bundlePath, refetchUrl: url },
+        source: {
+          key: 'data_dir',
+          location: this.#store.bundlePath,
+          refetchUrl: url === undefined ? undefined : printableUrl(url),
+        },
       };
     if (file !== undefined)
       return {
@@ -61,13 +65,13 @@ export class ServerTrust {
     if (this.#fetched === undefined) {
       this.#fetched = await fetchTrustBundle(url, format, this.#config.trust_domain);
       this.#logger.info(
-        { trust_bundle_url: url, authorities: this.#fetched.length },
+        { trust_bundle_url: printableUrl(url), authorities: this.#fetched.length },
         'bootstrap bundle fetched from trust_bundle_url',
       );
     }
     return {
       authorities: this.#fetched,
-      source: { key: 'trust_bundle_url', location: url, refetchUrl: url },
+      source: { key: 'trust_bundle_url', location: printableUrl(url), refetchUrl: printableUrl(url) },
     };
   }
 
@@ -96,14 +100,14 @@ export class ServerTrust {
       );
       const refusal = judgeServerChain(error.presented, this.#config.trust_domain, {
         authorities,
-        source: { key: 'trust_bundle_url', location: url, refetchUrl: url },
+        source: { key: 'trust_bundle_url', location: printableUrl(url), refetchUrl: printableUrl(url) },
       });
       if (refusal === undefined) {
         this.#store.saveBundle(authorities);
         this.#fetched = authorities;
         this.#refetchProblem = undefined;
         this.#logger.info(
-          { trust_bundle_url: url, authorities: authorities.length },
+          { trust_bundle_url: printableUrl(url), authorities: authorities.length },
           "trust bundle adopted from trust_bundle_url: the server's certificate verifies against it",
         );
         return;

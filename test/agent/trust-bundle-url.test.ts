@@ -76,6 +76,8 @@ describe('trust_bundle_url: the bootstrap bundle over HTTPS verified by the web 
   let pemBase: string;
   /** What the test's own HTTPS server answers, by path. */
   const served = new Map<string, string>();
+  /** The query strings the test's HTTPS server was asked with. */
+  const queries: string[] = [];
   const running: AgentProcess[] = [];
 
   const token = async (): Promise<string> => {
@@ -195,7 +197,9 @@ describe('trust_bundle_url: the bootstrap bundle over HTTPS verified by the web 
     served.set('/same-td.pem', readFileSync(join(dir, 'same-td.pem'), 'utf8'));
     served.set('/other-td.pem', readFileSync(join(dir, 'other-td.pem'), 'utf8'));
     pemServer = createServer({ cert: readFileSync(web.cert), key: readFileSync(web.key) }, (req, res) => {
-      const body = served.get(req.url ?? '');
+      const [path = '', query] = (req.url ?? '').split('?');
+      if (query !== undefined) queries.push(query);
+      const body = served.get(path);
       res.writeHead(body === undefined ? 404 : 200, { 'content-type': 'application/x-pem-file' });
       res.end(body ?? '');
     });
@@ -234,6 +238,16 @@ describe('trust_bundle_url: the bootstrap bundle over HTTPS verified by the web 
       expect(message).not.toContain('s3cret');
     });
 
+    it('refuses an http:// trust_bundle_url without repeating its query (a presigned signature)', () => {
+      const { message } = refusal({
+        trust_bundle_url: 'http://bundle.example.org/ca.pem?X-Amz-Signature=s3cret#frag',
+      });
+      expect(message).toContain(
+        'trust_bundle_url: got "http://bundle.example.org/ca.pem?…" (its query withheld); allowed: an https:// URL',
+      );
+      expect(message).not.toContain('s3cret');
+    });
+
     it('refuses trust_bundle_url with trust_bundle, and with insecure_bootstrap, naming both keys', () => {
       expect(refusal({ trust_bundle_url: 'https://b/', trust_bundle: '/etc/bundle.pem' }).message).toContain(
         'trust_bundle_url: got "https://b/"; allowed: trust_bundle or trust_bundle_url, not both',
@@ -269,6 +283,24 @@ describe('trust_bundle_url: the bootstrap bundle over HTTPS verified by the web 
   it('bootstraps from a PEM file served over HTTPS (the default format) and attests', async () => {
     const agent = await startAgent({ trust_bundle_url: `${pemBase}/current.pem` });
     expect((await healthyStatus(agent)).last_error).toBeNull();
+  });
+
+  it('fetches a URL with a query (a presigned URL) as given, and never logs or reports the query', async () => {
+    const agent = await startAgent({ trust_bundle_url: `${pemBase}/current.pem?X-Amz-Signature=s3cret` });
+    expect((await healthyStatus(agent)).last_error).toBeNull();
+    expect(queries).toContain('X-Amz-Signature=s3cret');
+    expect(
+      agent.lines().find((l) => l.msg === 'bootstrap bundle fetched from trust_bundle_url'),
+    ).toMatchObject({ trust_bundle_url: `${pemBase}/current.pem?…` });
+    expect(JSON.stringify(agent.lines())).not.toContain('s3cret');
+
+    const failing = await startAgent({ trust_bundle_url: `${pemBase}/missing.pem?token=s3cret` });
+    const status = await failingWith(failing, 'ERR_AGENT_TRUST_BUNDLE_URL');
+    expect(status.last_error?.message).toBe(
+      `trust_bundle_url ${pemBase}/missing.pem?…: answered HTTP 404, not 200 with the bundle; check the URL`,
+    );
+    expect(JSON.stringify(failing.lines())).not.toContain('s3cret');
+    expect(JSON.stringify(status)).not.toContain('s3cret');
   });
 
   it('does not trust the URL without the web PKI: a serving CA the host does not trust is ERR_AGENT_TRUST_BUNDLE_URL', async () => {

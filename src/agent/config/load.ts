@@ -7,6 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
+import { printableUrl } from '../bundle-url.js';
 import { AgentError } from '../errors.js';
 import { type AgentConfig, agentConfigSchema } from './schema.js';
 
@@ -144,14 +145,17 @@ function describe(issue: z.core.$ZodIssue, raw: Record<string, unknown>): string
 }
 
 /**
- * What to say instead of a value that holds a secret: the join token, and a URL with credentials.
+ * What to say instead of a value that holds a secret: the join token, a URL with credentials, and a
+ * URL's query (a presigned URL's signature).
  * Secrets never appear in messages.
  */
 function secretFree(path: string, written: unknown): string | undefined {
   if (written === undefined) return undefined;
   if (path === 'join_token') return 'got a token';
-  if (path === 'trust_bundle_url' && typeof written === 'string' && /^[^/]*\/\/[^/]*@/.test(written))
-    return 'got a URL with user:password';
+  if (path === 'trust_bundle_url' && typeof written === 'string') {
+    if (/^[^/]*\/\/[^/]*@/.test(written)) return 'got a URL with user:password';
+    if (/[?#]/.test(written)) return `got ${JSON.stringify(printableUrl(written))} (its query withheld)`;
+  }
   return undefined;
 }
 
