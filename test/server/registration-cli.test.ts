@@ -193,6 +193,75 @@ describe('registration API over the admin socket, through the built CLI', () => 
     expect(result.stdout).toContain('"error_code": "ERR_SELECTOR_MALFORMED"');
   });
 
+  it('refuses an entry that gives a selector twice, on the command line, in a file and in an update, keeping the rest', async () => {
+    const twice =
+      'selector "unix:uid:3" is given twice; give each selector once (an entry matches a workload with all of them)';
+    const cmdLine = await create(
+      '--spiffe-id',
+      `${TD}/twice`,
+      '--parent-id',
+      `${TD}/agent/a`,
+      '--selector',
+      'unix:uid:3',
+      '--selector',
+      'unix:uid:3',
+    );
+    expect(cmdLine.code).toBe(1);
+    expect(JSON.parse(cmdLine.stderr)).toEqual({ error: { code: 'ERR_INVALID_ARGUMENT', message: twice } });
+
+    const file = join(server.dir, 'twice.json');
+    const entry = (name: string, selectors: string[]) => ({
+      spiffe_id: `${TD}/twice/${name}`,
+      parent_id: `${TD}/agent/a`,
+      selectors,
+    });
+    writeFileSync(
+      file,
+      JSON.stringify([entry('0', ['unix:uid:3', 'unix:gid:3', 'unix:uid:3']), entry('1', ['unix:uid:3'])]),
+    );
+    const fromFile = await create('--data', file);
+    expect(fromFile.code).toBe(1);
+    type Results = { results: { index: number; status: { error_code: string; message: string } }[] };
+    expect(
+      (JSON.parse(fromFile.stdout) as Results).results.map((r) => [r.status.error_code, r.status.message]),
+    ).toEqual([
+      ['ERR_INVALID_ARGUMENT', twice],
+      ['', 'OK'],
+    ]);
+    const stored = json<{ entries: { id: string; spiffe_id: string; revision_number: number }[] }>(
+      await cli(['entry', 'show', ...admin(), '--spiffe-id', `${TD}/twice/1`, '--output', 'json']),
+    );
+    expect(stored.entries.map((e) => e.spiffe_id)).toEqual([`${TD}/twice/1`]);
+    const id = stored.entries[0]?.id ?? '';
+
+    const update = await cli([
+      'entry',
+      'update',
+      ...admin(),
+      '--entry-id',
+      id,
+      '--spiffe-id',
+      `${TD}/twice/1`,
+      '--parent-id',
+      `${TD}/agent/a`,
+      '--selector',
+      'unix:uid:3',
+      '--selector',
+      'unix:uid:3',
+      '--output',
+      'json',
+    ]);
+    expect(update.code).toBe(1);
+    expect(JSON.parse(update.stderr)).toEqual({ error: { code: 'ERR_INVALID_ARGUMENT', message: twice } });
+    const after = json<{ entries: { revision_number: number; selectors: unknown[] }[] }>(
+      await cli(['entry', 'show', ...admin(), '--entry-id', id, '--output', 'json']),
+    );
+    expect(after.entries[0]).toMatchObject({
+      revision_number: 0,
+      selectors: [{ type: 'unix', value: 'uid:3' }],
+    });
+  });
+
   it('refuses a duplicate entry, naming the existing one', async () => {
     const args = ['--spiffe-id', `${TD}/dup`, '--parent-id', `${TD}/agent/a`, '--selector', 'unix:uid:5'];
     const first = json<{ results: { entry: { id: string } }[] }>(await create(...args));

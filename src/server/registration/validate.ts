@@ -29,6 +29,19 @@ export function checkSelector(selector: SelectorMessage): Selector {
   return { type: selector.type, value: selector.value };
 }
 
+/** A selector given twice is a typo (uid where gid was meant, say); the store keeps each once. */
+function checkSelectorsDistinct(selectors: readonly Selector[]): void {
+  const seen = new Set<string>();
+  for (const { type, value } of selectors) {
+    const text = `${type}:${value}`;
+    if (seen.has(text))
+      throw new InvalidArgumentError(
+        `selector ${JSON.stringify(text)} is given twice; give each selector once (an entry matches a workload with all of them)`,
+      );
+    seen.add(text);
+  }
+}
+
 function checkTtl(field: string, value: number): number {
   if (!Number.isInteger(value) || value < 0 || value > SVID_TTL_MAX_SECONDS) {
     throw new TtlOutOfRangeError(field, value, 0, SVID_TTL_MAX_SECONDS);
@@ -48,6 +61,7 @@ export function checkEntry(message: EntryMessage, trustDomain: string): NewEntry
     throw new InvalidArgumentError('an entry needs at least one selector (type:value), e.g. unix:uid:1000');
   }
   const selectors = message.selectors.map(checkSelector);
+  checkSelectorsDistinct(selectors);
   for (const name of message.dns_names) {
     if (!DNS_NAME.test(name))
       throw new InvalidArgumentError(`dns_names: ${JSON.stringify(name)} is not a DNS name`);
