@@ -78,12 +78,20 @@ export interface EntryRows {
   audit: Omit<AuditLogRow, 'id'>[];
 }
 
+/** A stored entry's identity, as the unique constraint on registration entries keeps it. */
+export type EntryIdentityRow = Pick<RegistrationEntryRow, 'id' | 'spiffe_id' | 'parent_id' | 'selectors_key'>;
+
 /**
- * Writes rows of a batch (one entry's at a time) on the connection of the transaction in progress,
- * faster than the query builder can (see sqlite.ts: prepared statements, built once). Without one,
- * multi-row inserts.
+ * A batch of new entries' reads and writes on the connection of the transaction in progress, faster
+ * than the query builder makes them (see sqlite.ts: prepared statements, built once). Without it,
+ * queries with a parameter per SPIFFE ID and multi-row inserts.
  */
-export type EntryRowsWriter = (rows: EntryRows) => void;
+export interface EntryBatchStatements {
+  /** Stored entries whose SPIFFE ID is one of `spiffeIds`. */
+  identities(spiffeIds: readonly string[]): EntryIdentityRow[];
+  /** Writes rows of the batch (one entry's at a time). */
+  write(rows: EntryRows): void;
+}
 
 /**
  * Resolves once every transaction running when it was called has ended (committed or rolled
@@ -117,7 +125,7 @@ export interface HotReads {
 }
 
 export interface SqlDatastoreOptions {
-  writeRows?: EntryRowsWriter;
+  entryBatch?: EntryBatchStatements;
   settleWriters?: WriterSettler;
   hotReads?: HotReads;
 }
@@ -134,14 +142,14 @@ export function selectorsKey(selectors: readonly Selector[]): string {
 export class SqlDatastore implements Datastore {
   readonly #db: Kysely<Database>;
   readonly #clock: Clock;
-  readonly #writeRows: EntryRowsWriter | undefined;
+  readonly #entryBatch: EntryBatchStatements | undefined;
   readonly #settleWriters: WriterSettler | undefined;
   readonly #hotReads: HotReads | undefined;
 
   constructor(db: Kysely<Database>, clock: Clock, options: SqlDatastoreOptions = {}) {
     this.#db = db;
     this.#clock = clock;
-    this.#writeRows = options.writeRows;
+    this.#entryBatch = options.entryBatch;
     this.#settleWriters = options.settleWriters;
     this.#hotReads = options.hotReads;
   }
@@ -165,7 +173,11 @@ export class SqlDatastore implements Datastore {
     const created = entries.map((entry) => newRecord(entry, now));
     try {
       return await this.#db.transaction().execute(async (trx) => {
-        const taken = await existingIdentities(trx, created);
+        const batch = this.#entryBatch;
+        const taken =
+          batch === undefined
+            ? await existingIdentities(trx, created)
+            : identitiesByKey(batch.identities(spiffeIdsOf(created)));
         const outcomes: EntryCreation[] = [];
         // Without a writer, the rows are gathered for multi-row inserts; with one, each entry's are
         // written as they are made, so they die young instead of piling up for the collector.
@@ -179,11 +191,11 @@ export class SqlDatastore implements Datastore {
             continue;
           }
           taken.set(key, entry.id);
-          if (this.#writeRows === undefined) addEntryRows(rows, entry, row, actor);
-          else this.#writeRows(addEntryRows(newRows(), entry, row, actor));
+          if (batch === undefined) addEntryRows(rows, entry, row, actor);
+          else batch.write(addEntryRows(newRows(), entry, row, actor));
           outcomes.push({ entry });
         }
-        if (this.#writeRows === undefined) await insertRows(trx, rows);
+        if (batch === undefined) await insertRows(trx, rows);
         return outcomes;
       });
     } catch (error) {
@@ -1333,9 +1345,12 @@ function toEntryRow(entry: RegistrationEntry, now: number): RegistrationEntryRow
   };
 }
 
-/** The (spiffe_id, parent_id, selectors_key) identity the unique constraint keeps, as one string. */
+/**
+ * The (spiffe_id, parent_id, selectors_key) identity the unique constraint keeps, as one string:
+ * the parent's length keeps it unambiguous, and costs less than quoting all three (JSON).
+ */
 function identityKey(row: Pick<RegistrationEntryRow, 'spiffe_id' | 'parent_id' | 'selectors_key'>): string {
-  return JSON.stringify([row.spiffe_id, row.parent_id, row.selectors_key]);
+  return `${row.parent_id.length}:${row.parent_id}${row.selectors_key}\n${row.spiffe_id}`;
 }
 
 function chunks<T>(items: readonly T[], size: number): T[][] {
@@ -1349,16 +1364,26 @@ async function existingIdentities(
   trx: Db,
   entries: readonly RegistrationEntry[],
 ): Promise<Map<string, string>> {
-  const taken = new Map<string, string>();
-  const spiffeIds = [...new Set(entries.map((e) => e.spiffeId))];
-  for (const chunk of chunks(spiffeIds, BATCH_ROWS)) {
+  const found: EntryIdentityRow[] = [];
+  for (const chunk of chunks(spiffeIdsOf(entries), BATCH_ROWS)) {
     const rows = await trx
       .selectFrom('registration_entries')
       .select(['id', 'spiffe_id', 'parent_id', 'selectors_key'])
       .where('spiffe_id', 'in', chunk)
       .execute();
-    for (const r of rows) taken.set(identityKey(r), r.id);
+    found.push(...rows);
   }
+  return identitiesByKey(found);
+}
+
+function spiffeIdsOf(entries: readonly RegistrationEntry[]): string[] {
+  return [...new Set(entries.map((e) => e.spiffeId))];
+}
+
+/** Entry ids by identity key. */
+function identitiesByKey(rows: readonly EntryIdentityRow[]): Map<string, string> {
+  const taken = new Map<string, string>();
+  for (const r of rows) taken.set(identityKey(r), r.id);
   return taken;
 }
 

@@ -13,15 +13,16 @@ import { DatastoreError } from '../errors.js';
 import type { Datastore } from './datastore.js';
 import { migrateToLatest } from './migrations.js';
 import {
+  type EntryBatchStatements,
+  type EntryIdentityRow,
   type EntryRows,
-  type EntryRowsWriter,
   type HotReads,
   NODE_COLUMNS,
   type NodeColumns,
   type NodeRows,
   SqlDatastore,
 } from './sql-datastore.js';
-import type { Database, FederatesWithRow, RegistrationEntryRow, SelectorRow } from './tables.js';
+import type { Database, RegistrationEntryRow } from './tables.js';
 
 export const SQLITE_FILE = 'datastore.sqlite3';
 
@@ -103,7 +104,7 @@ export async function openSqliteDatastore(dataDir: string, clock: Clock): Promis
   const migrated = await migrateToLatest(db as Kysely<unknown>, 'sqlite');
   return {
     datastore: new SqlDatastore(db, clock, {
-      writeRows: entryRowsWriter(sqlite),
+      entryBatch: entryBatchStatements(sqlite),
       hotReads: hotReads(sqlite),
     }),
     migrated,
@@ -152,34 +153,50 @@ export function hotReads(sqlite: BetterSqlite3.Database): HotReads {
   };
 }
 
-/**
- * An insert of `columns` prepared once, run per row with the values bound by position (binding by
- * name costs better-sqlite3 a lookup per value).
- */
-function inserter<T>(sqlite: BetterSqlite3.Database, table: string, columns: readonly (keyof T & string)[]) {
-  const statement = sqlite.prepare(
+/** `INSERT INTO table (columns) VALUES (?, …)`, its values bound by position. */
+function insertStatement(sqlite: BetterSqlite3.Database, table: string, columns: readonly string[]) {
+  return sqlite.prepare(
     `INSERT INTO ${table} (${columns.join(', ')}) VALUES (${columns.map(() => '?').join(', ')})`,
   );
-  return (rows: readonly T[]) => {
-    for (const row of rows) statement.run(columns.map((c) => row[c]));
-  };
 }
 
 /**
- * A batch's rows through statements prepared once: the query builder's cost per value (building,
- * compiling and preparing a statement per chunk) was more than SQLite's own work
- * (docs/performance.md). Kysely's SQLite driver has one connection and runs one query at a time, so
+ * A batch of new entries through statements prepared once: the query builder's cost per value
+ * (building, compiling and preparing a statement per chunk) was more than SQLite's own work
+ * (docs/performance.md). The SPIFFE IDs to look up go as one JSON array (json_each), not a parameter
+ * each. Each row's values are passed by position, field by field: binding by name costs
+ * better-sqlite3 a lookup per value, and gathering them through the column list cost an array and a
+ * lookup by key per row. Kysely's SQLite driver has one connection and runs one query at a time, so
  * called inside a Kysely transaction these run inside it.
  */
-function entryRowsWriter(sqlite: BetterSqlite3.Database): EntryRowsWriter {
-  let insert: { [K in keyof EntryRows]: (rows: EntryRows[K]) => void } | undefined;
-  return (rows: EntryRows) => {
-    if (!sqlite.inTransaction) throw new DatastoreError('entry rows must be written inside a transaction');
+function entryBatchStatements(sqlite: BetterSqlite3.Database): EntryBatchStatements {
+  let identities: BetterSqlite3.Statement | undefined;
+  let insert:
+    | {
+        entry: BetterSqlite3.Statement;
+        selector: BetterSqlite3.Statement;
+        federatesWith: BetterSqlite3.Statement;
+        audit: BetterSqlite3.Statement;
+      }
+    | undefined;
+  const inTransaction = () => {
+    if (!sqlite.inTransaction)
+      throw new DatastoreError('a batch of entries must be read and written inside a transaction');
+  };
+  const identitiesOf = (spiffeIds: readonly string[]): EntryIdentityRow[] => {
+    inTransaction();
+    identities ??= sqlite.prepare(
+      'SELECT id, spiffe_id, parent_id, selectors_key FROM registration_entries WHERE spiffe_id IN (SELECT value FROM json_each(?))',
+    );
+    return identities.all(JSON.stringify(spiffeIds)) as EntryIdentityRow[];
+  };
+  const write = (rows: EntryRows) => {
+    inTransaction();
     insert ??= {
-      entries: inserter<RegistrationEntryRow>(sqlite, 'registration_entries', ENTRY_COLUMNS),
-      selectors: inserter<SelectorRow>(sqlite, 'entry_selectors', ['entry_id', 'type', 'value']),
-      federatesWith: inserter<FederatesWithRow>(sqlite, 'entry_federates_with', ['entry_id', 'trust_domain']),
-      audit: inserter<EntryRows['audit'][number]>(sqlite, 'audit_log', [
+      entry: insertStatement(sqlite, 'registration_entries', ENTRY_COLUMNS),
+      selector: insertStatement(sqlite, 'entry_selectors', ['entry_id', 'type', 'value']),
+      federatesWith: insertStatement(sqlite, 'entry_federates_with', ['entry_id', 'trust_domain']),
+      audit: insertStatement(sqlite, 'audit_log', [
         'at',
         'actor',
         'action',
@@ -188,11 +205,30 @@ function entryRowsWriter(sqlite: BetterSqlite3.Database): EntryRowsWriter {
         'detail',
       ]),
     };
-    insert.entries(rows.entries);
-    insert.selectors(rows.selectors);
-    insert.federatesWith(rows.federatesWith);
-    insert.audit(rows.audit);
+    for (const r of rows.entries) {
+      insert.entry.run(
+        r.id,
+        r.spiffe_id,
+        r.parent_id,
+        r.selectors_key,
+        r.x509_svid_ttl,
+        r.jwt_svid_ttl,
+        r.dns_names,
+        r.admin,
+        r.downstream,
+        r.hint,
+        r.expires_at,
+        r.revision_number,
+        r.created_at,
+        r.updated_at,
+      );
+    }
+    for (const r of rows.selectors) insert.selector.run(r.entry_id, r.type, r.value);
+    for (const r of rows.federatesWith) insert.federatesWith.run(r.entry_id, r.trust_domain);
+    for (const r of rows.audit)
+      insert.audit.run(r.at, r.actor, r.action, r.object_type, r.object_id, r.detail);
   };
+  return { identities: identitiesOf, write };
 }
 
 const ENTRY_COLUMNS: readonly (keyof RegistrationEntryRow)[] = [
