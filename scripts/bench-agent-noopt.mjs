@@ -39,8 +39,6 @@ const BURST = 1000;
 const RENEW_EVERY = 400;
 const TD = 'bench.example.org';
 const PATH = '/SpiffeWorkloadAPI/FetchX509SVID';
-const bin = join(root, 'bin', 'ironroot-agent.js');
-const binFlags = (readFileSync(bin, 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(3);
 const flags = (env, fallback) => (process.env[env] ?? fallback.join(' ')).split(' ').filter((f) => f !== '');
 const flagsA = flags('BENCH_NOOPT_A_FLAGS', binFlags);
 const flagsB = flags(

@@ -22,6 +22,7 @@ import { request } from 'node:http';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { agentBin as bin, agentBinFlags as binFlags } from './lib/agent-bin.mjs';
 import { reportFigure } from './lib/bench-figure.mjs';
 import { benchEntry, startBenchServer } from './lib/bench-server.mjs';
 
@@ -38,9 +39,6 @@ const SETTLE_MS = 15_000;
 const SAMPLE_EVERY_MS = 3000;
 const TD = 'bench.example.org';
 const probe = join(root, 'scripts', 'lib', 'memory-probe.cjs');
-const bin = join(root, 'bin', 'ironroot-agent.js');
-/** The node flags in the bin script's first line: `#!/usr/bin/env -S node --flag …`. */
-const binFlags = (readFileSync(bin, 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(3);
 const agentFlags = (process.env.BENCH_AGENT_NODE_FLAGS ?? binFlags.join(' '))
   .split(' ')
   .filter((f) => f !== '');

@@ -32,15 +32,15 @@ import { attestWorkload, selectorKind, type WorkloadAttestor } from './workloada
 /** SVIDs are renewed at half their life, moved by up to this fraction of the half either way. */
 const ROTATE_JITTER = 0.1;
 /**
- * Signature checks `due` makes before it lets the event loop turn: each is a parse and one to three
- * verifications (0.15–0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload API
- * for more than a few milliseconds at a time.
+ * Signature checks `due` makes before it lets the event loop turn: each is at most a parse and one to
+ * three verifications (0.15–0.3 ms), so a CA change over thousands of SVIDs never stalls the Workload
+ * API for more than a few milliseconds at a time.
  */
 const CA_CHECKS_PER_TURN = 25;
 /**
- * Answered SVIDs `storeSvids` stores before it lets the event loop turn: each is a certificate parse
- * and a key export (about 0.15 ms, more with the garbage it leaves), so a batch of a hundred in one
- * turn was the longest stall of a CA rotation.
+ * Answered SVIDs `storeSvids` stores before it lets the event loop turn: each is a certificate parse,
+ * a key export and its CA check (about 0.2 ms, more with the garbage it leaves), so a batch of a
+ * hundred in one turn was the longest stall of a CA rotation.
  */
 const STORES_PER_TURN = 10;
 /** JWT-SVIDs kept at most; the least recently minted go first (audiences are caller-chosen). */
@@ -66,6 +66,12 @@ export interface CachedEntry {
 interface CachedSvid {
   /** The CA state (see caState) this SVID was last found signed under; checked again when it changes. */
   caCheckedFor: string;
+  /**
+   * The SHA-256 fingerprint of the active authority whose key was found to have signed the leaf; ''
+   * until one has. Which CA signed a certificate never changes, so later checks start from it: a
+   * parse and a verification spared per SVID at every CA state change (see signedUnder).
+   */
+  signedBy: string;
   readonly entryRevision: number;
   readonly material: X509SvidMaterial;
   /**
@@ -406,10 +412,7 @@ export class SvidCache implements WorkloadIdentityProvider {
    */
   async due(now: number): Promise<CachedEntry[]> {
     if (this.#suspended) return [];
-    const roots = this.#bundle.x509Authorities;
-    const signer = this.#activeAuthority;
-    const state = caState(signer, roots);
-    const signerIsRoot = signer !== undefined && roots.some((root) => root.raw.equals(signer.raw));
+    const ca = this.#caNow();
     const due: CachedEntry[] = [];
     let checked = 0;
     for (const entry of [...this.#entries.values()]) {
@@ -419,10 +422,10 @@ export class SvidCache implements WorkloadIdentityProvider {
         due.push(entry);
         continue;
       }
-      if (svid.caCheckedFor === state) continue;
+      if (svid.caCheckedFor === ca.state) continue;
       if (checked > 0 && checked % CA_CHECKS_PER_TURN === 0) await nextTurn();
       checked++;
-      if (signedUnder(svid, signer, signerIsRoot, roots)) svid.caCheckedFor = state;
+      if (signedUnder(svid, ca)) svid.caCheckedFor = ca.state;
       else due.push(entry);
     }
     if (checked > 0) this.#observer.caChecked(checked);
@@ -435,26 +438,47 @@ export class SvidCache implements WorkloadIdentityProvider {
    * {@link STORES_PER_TURN}. A leaf that does not parse rejects, with the SVIDs before it stored.
    */
   async storeSvids(issued: readonly IssuedSvid[]): Promise<void> {
+    let ca = this.#caNow();
     for (const [index, item] of issued.entries()) {
-      if (index > 0 && index % STORES_PER_TURN === 0) await nextTurn();
+      if (index > 0 && index % STORES_PER_TURN === 0) {
+        await nextTurn();
+        // The bundles may have changed meanwhile.
+        ca = this.#caNow();
+      }
       // Issued before the node became untrusted (perhaps while this yielded): not to be served.
       if (this.#suspended) return;
       const entry = this.#entries.get(item.entryId);
       const leafDer = item.chain[0];
       if (entry === undefined || entry.revisionNumber !== item.entryRevision || leafDer === undefined)
         continue;
-      if (this.#svids.has(item.entryId)) this.#observer.rotated('x509');
-      this.#svids.set(
-        item.entryId,
-        cachedSvid(
-          entry,
-          item.entryRevision,
-          item.chain,
-          new Uint8Array(item.key.export({ format: 'der', type: 'pkcs8' })),
-          item.expiresAt,
-        ),
+      const leaf = new X509Certificate(leafDer);
+      const svid = cachedSvid(
+        entry,
+        item.entryRevision,
+        item.chain,
+        new Uint8Array(item.key.export({ format: 'der', type: 'pkcs8' })),
+        item.expiresAt,
+        leaf,
       );
+      // Checked now, with the leaf parsed anyway, rather than parsed again by the next `due`.
+      if (signedUnder(svid, ca, leaf)) svid.caCheckedFor = ca.state;
+      this.#observer.caChecked(1);
+      if (this.#svids.has(item.entryId)) this.#observer.rotated('x509');
+      this.#svids.set(item.entryId, svid);
     }
+  }
+
+  /** What SVIDs are checked against now: the active authority (if known) and the bundle's roots. */
+  #caNow(): CaState {
+    const roots = this.#bundle.x509Authorities;
+    const signer = this.#activeAuthority;
+    return {
+      state: caState(signer, roots),
+      signer,
+      signerFingerprint: signer?.fingerprint256 ?? '',
+      signerIsRoot: signer !== undefined && roots.some((root) => root.raw.equals(signer.raw)),
+      roots,
+    };
   }
 
   /** Drops SVIDs that expired by `now`; true when any did. */
@@ -601,25 +625,39 @@ function caState(signer: X509Certificate | undefined, roots: readonly X509Certif
   return [signer?.fingerprint256 ?? '', ...roots.map((root) => root.fingerprint256)].join(',');
 }
 
+/** A CA state (see caState) and what checking an SVID against it needs. */
+interface CaState {
+  readonly state: string;
+  /** The authority that signs now, if the server named one. */
+  readonly signer: X509Certificate | undefined;
+  readonly signerFingerprint: string;
+  /** The signer is itself one of `roots`. */
+  readonly signerIsRoot: boolean;
+  readonly roots: readonly X509Certificate[];
+}
+
 /**
- * True when the CA that signs now (if known) signed the leaf and the chain ends under one of `roots`.
- * `signerIsRoot`: the signer is itself one of `roots`, so a lone leaf it signed is under a root
- * already, and verifying it again with that same key would prove nothing more.
+ * True when the CA that signs now (if known) signed the leaf and the chain ends under one of the
+ * roots. What an earlier check found (`svid.signedBy`) settles the signer's part without a parse: a
+ * leaf another authority signed was not signed by this one (a CA rotation; a CA certificate reissued
+ * over the same key would cost a needless re-issue, no more), and one this authority signed needs no
+ * new verification by it. When the signer is itself a root, a lone leaf it signed is under a root
+ * already. `leaf`: the leaf, when the caller has parsed it.
  */
-function signedUnder(
-  svid: CachedSvid,
-  signer: X509Certificate | undefined,
-  signerIsRoot: boolean,
-  roots: readonly X509Certificate[],
-): boolean {
+function signedUnder(svid: CachedSvid, ca: CaState, leaf?: X509Certificate): boolean {
   const [leafDer, ...above] = svid.material.chainDer;
   if (leafDer === undefined) return false;
-  const leaf = new X509Certificate(leafDer);
-  if (signer !== undefined && !leaf.verify(signer.publicKey)) return false;
-  if (signerIsRoot && above.length === 0) return true;
+  let parsed = leaf;
+  if (ca.signer !== undefined && svid.signedBy !== ca.signerFingerprint) {
+    if (svid.signedBy !== '') return false;
+    parsed ??= new X509Certificate(leafDer);
+    if (!parsed.verify(ca.signer.publicKey)) return false;
+    svid.signedBy = ca.signerFingerprint;
+  }
+  if (ca.signer !== undefined && ca.signerIsRoot && above.length === 0) return true;
   const top = above.at(-1);
-  const topCert = top === undefined ? leaf : new X509Certificate(top);
-  return roots.some((root) => topCert.verify(root.publicKey));
+  const topCert = top !== undefined ? new X509Certificate(top) : (parsed ?? new X509Certificate(leafDer));
+  return ca.roots.some((root) => topCert.verify(root.publicKey));
 }
 
 /** Every selector kind the entries use. */
@@ -650,14 +688,15 @@ function cachedSvid(
   chain: readonly Uint8Array[],
   keyPkcs8Der: Uint8Array,
   expiresAt: number,
+  leaf: X509Certificate,
 ): CachedSvid {
-  const leaf = new X509Certificate(chain[0] ?? new Uint8Array());
   const issuedAt = Math.floor(new Date(leaf.validFrom).getTime() / 1000);
   const notAfterMs = new Date(leaf.validTo).getTime();
   const half = (expiresAt - issuedAt) / 2;
   const jitter = (Math.random() * 2 - 1) * ROTATE_JITTER * half;
   return {
     caCheckedFor: '',
+    signedBy: '',
     entryRevision,
     notBefore: issuedAt,
     notAfterMs,
@@ -704,6 +743,7 @@ function verifiedSvid(
       chain.map((c) => c.raw),
       new Uint8Array(keyDer),
       expiresAt,
+      leaf,
     );
   } catch {
     return undefined;

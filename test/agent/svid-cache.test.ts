@@ -134,7 +134,9 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
     cache.applyBundles(bundles([a], a));
     expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1', 'entry-2']);
     expect(checks()).toBe(0);
+    // Each checked as it is stored, so the next round checks none of them again.
     await issue(cache, a, [0, 1, 2]);
+    expect(checks()).toBe(3);
 
     expect(await dueIds(cache)).toEqual([]);
     expect(checks()).toBe(3);
@@ -177,12 +179,53 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
     const { cache, checks } = newCache(2);
     cache.applyBundles(bundles([a], b));
     await issue(cache, b, [0, 1]);
-    // B signed them, but no root vouches for B: a signature by the signer alone is not enough.
+    // B signed them, but no root vouches for B: a signature by the signer alone is not enough. Checked
+    // when stored and again by `due`: a failed check is not remembered.
     expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1']);
-    expect(checks()).toBe(2);
+    expect(checks()).toBe(4);
     cache.applyBundles(bundles([a, b], b));
     expect(await dueIds(cache)).toEqual([]);
-    expect(checks()).toBe(4);
+    expect(checks()).toBe(6);
+  });
+
+  it('keeps, without re-issuing them, the SVIDs of an authority rotated away from and back', async () => {
+    const { cache, checks } = newCache(2);
+    cache.applyBundles(bundles([a, b], a));
+    await issue(cache, a, [0, 1]);
+    cache.applyBundles(bundles([a, b], b));
+    expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1']);
+    // A active again, in a bundle they were never checked against, before they were re-issued: A
+    // signed them, so they stand.
+    cache.applyBundles(bundles([a, b, c], a));
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(6);
+  });
+
+  it('checks a chain through an intermediate against the roots, not the signer alone', async () => {
+    const root = await newCa('root');
+    const { privateKey, publicKey } = p256();
+    const intermediate: Ca = {
+      cert: await craft({
+        subject: 'CN=intermediate',
+        publicKey,
+        issuer: root,
+        extensions: caExtensions(`spiffe://${TD}`),
+      }),
+      key: privateKey,
+    };
+    const { cache, checks } = newCache(2);
+    cache.applyBundles(bundles([root], intermediate));
+    const answered = await issued(intermediate, [0, 1]);
+    for (const item of answered) item.chain = [...item.chain, new Uint8Array(intermediate.cert.raw)];
+    await cache.storeSvids(answered);
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(2);
+    // The same signer, but its root gone from the bundle: due, though the signer's part is known.
+    cache.applyBundles(bundles([a], intermediate));
+    expect(await dueIds(cache)).toEqual(['entry-0', 'entry-1']);
+    cache.applyBundles(bundles([a, root], intermediate));
+    expect(await dueIds(cache)).toEqual([]);
+    expect(checks()).toBe(6);
   });
 
   it('lets the event loop turn between checks of many SVIDs, and not at all when none needs one', async () => {
@@ -193,12 +236,15 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
       a,
       Array.from({ length: 60 }, (_, i) => i),
     );
+    expect(checks()).toBe(60);
+    // A new root beside A: every SVID is checked against the new state.
+    cache.applyBundles(bundles([a, b], a));
     let turned = false;
     setImmediate(() => {
       turned = true;
     });
     expect(await dueIds(cache)).toEqual([]);
-    expect(checks()).toBe(60);
+    expect(checks()).toBe(120);
     expect(turned).toBe(true);
 
     turned = false;
@@ -207,7 +253,7 @@ describe('SvidCache.due: CA checks once per SVID and CA state', () => {
     });
     expect(await dueIds(cache)).toEqual([]);
     expect(turned).toBe(false);
-    expect(checks()).toBe(60);
+    expect(checks()).toBe(120);
   });
 });
 
