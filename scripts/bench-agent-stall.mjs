@@ -15,9 +15,10 @@
 // (c) repeats the rotation with BENCH_STALL_BUSY (default 2) busy-looping node processes competing for
 // the cores, so "under load" is a condition the run sets up, not whatever else the machine is doing.
 //
-// The agent runs with the node flags of its bin script's first line, as an installed agent does;
-// BENCH_AGENT_NODE_FLAGS adds to them (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see what the
-// stalls are made of).
+// The agent runs with the node flags of its bin script's first line, as an installed agent does.
+// BENCH_AGENT_NODE_FLAGS replaces them, as in bench:agent-rss and bench:agent-noopt (e.g.
+// `--max-semi-space-size=2 --no-opt --cpu-prof --cpu-prof-dir=/tmp/prof` to see what the stalls
+// are made of).
 import { spawn } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { createServer, request } from 'node:http';
@@ -98,8 +99,9 @@ const metricsPort = await freePort();
 const agent = spawn(
   process.execPath,
   [
-    ...agentBinFlags,
-    ...(process.env.BENCH_AGENT_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== ''),
+    ...(process.env.BENCH_AGENT_NODE_FLAGS ?? agentBinFlags.join(' '))
+      .split(' ')
+      .filter((flag) => flag !== ''),
     agentBin,
     'run',
     '--server-address',
