@@ -196,16 +196,15 @@ describe('registration API over the admin socket, through the built CLI', () => 
   it('refuses an entry that gives a selector twice, on the command line, in a file and in an update, keeping the rest', async () => {
     const twice =
       'selector "unix:uid:3" is given twice; give each selector once (an entry matches a workload with all of them)';
-    const cmdLine = await create(
-      '--spiffe-id',
-      `${TD}/twice`,
+    const selectorTwice = [
       '--parent-id',
       `${TD}/agent/a`,
       '--selector',
       'unix:uid:3',
       '--selector',
       'unix:uid:3',
-    );
+    ];
+    const cmdLine = await create('--spiffe-id', `${TD}/twice`, ...selectorTwice);
     expect(cmdLine.code).toBe(1);
     expect(JSON.parse(cmdLine.stderr)).toEqual({ error: { code: 'ERR_INVALID_ARGUMENT', message: twice } });
 
@@ -242,12 +241,7 @@ describe('registration API over the admin socket, through the built CLI', () => 
       id,
       '--spiffe-id',
       `${TD}/twice/1`,
-      '--parent-id',
-      `${TD}/agent/a`,
-      '--selector',
-      'unix:uid:3',
-      '--selector',
-      'unix:uid:3',
+      ...selectorTwice,
       '--output',
       'json',
     ]);
