@@ -12,8 +12,9 @@ export default defineConfig({
     // qemu), so more files than cores run at once: on 2 cores the default (one file at a time) took
     // 842 s, four at a time 404–431 s, with the same tests passing.
     maxWorkers: 4,
-    // Tests drive the built executables (bin/ → dist/); build once, before any of them starts.
-    globalSetup: ['test/helpers/build-dist.ts'],
+    // Tests drive the built executables (bin/ → dist/); build once, before any of them starts. Their
+    // temporary files go under one directory for the run, removed at its end (temp-dir.ts).
+    globalSetup: ['test/helpers/build-dist.ts', 'test/helpers/temp-dir.ts'],
     testTimeout: 60_000,
     // expect.poll waits for something a process does (a reconnect after backoff, a rotation): on a
     // loaded machine that can take longer than vitest's default second.
