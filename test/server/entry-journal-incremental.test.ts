@@ -363,6 +363,28 @@ describe('entry journal kept incrementally', () => {
     }
   });
 
+  it('drops, in an incremental answer, an entry moved away from one of the agent’s entries that then has nothing under it', async () => {
+    const { store } = await sqliteStore();
+    try {
+      const agent = new SyncingAgent(AGENTS[0] as string, []);
+      const journal = await fresh(store);
+      await store.createEntry(entry(`${TD}/leaf`, AGENTS[0] as string), 'test');
+      const moved = await store.createEntry(entry(`${TD}/moved`, `${TD}/leaf`), 'test');
+      await journal.refresh();
+      agent.sync(journal);
+      expect([...agent.entries.values()].map((e) => e.spiffeId).sort()).toEqual([
+        `${TD}/leaf`,
+        `${TD}/moved`,
+      ]);
+      await store.updateEntry(moved.id, entry(`${TD}/moved`, AGENTS[1] as string), 'test');
+      await journal.refresh();
+      const changes = journal.changes(agent.cursor, journal.authorize(agent.id, [], NOW));
+      expect(changes).toMatchObject({ full: false, entries: [], deletedIds: [moved.id] });
+    } finally {
+      await store.close();
+    }
+  });
+
   it('reads every entry again when audit records were deleted from the log (SQLite), and then answers as a fresh server', async () => {
     const { store, path } = await sqliteStore();
     try {

@@ -77,8 +77,11 @@ export interface Authorization {
   readonly entries: ReadonlyMap<string, RegistrationEntry>;
   /** Digest of the IDs the entries hang from: the agent's own ID and its matching node aliases. */
   readonly scope: string;
-  /** Every ID that authorized entries are parented to. */
-  readonly parents: ReadonlySet<string>;
+  /**
+   * Whether an entry parented to `id` would be this agent's: `id` is the agent's, a matching node
+   * alias's, or an authorized entry's SPIFFE ID (whether or not anything hangs from it now).
+   */
+  readonly parents: { has(id: string): boolean };
   readonly revision: number;
 }
 
@@ -373,7 +376,9 @@ export class EntryJournal {
       .digest('hex');
     const entries = new Map<string, RegistrationEntry>();
     const visited = new Set<string>();
-    // Breadth first through an index, not shift(): shifting a long array copies it every time.
+    // Breadth first through an index, not shift(): shifting a long array copies it every time. Only
+    // IDs with entries under them are queued: most entries are leaves, and a set and a queue as long
+    // as the entries made the walk grow faster than them.
     const queue = [...roots];
     for (let next = 0; next < queue.length; next++) {
       const id = queue[next] as string;
@@ -382,10 +387,11 @@ export class EntryJournal {
       for (const child of this.#byParent.get(id)?.values() ?? []) {
         if (!live(child)) continue;
         entries.set(child.id, child);
-        queue.push(child.spiffeId);
+        if (this.#byParent.has(child.spiffeId)) queue.push(child.spiffeId);
       }
     }
-    return { authorization: { entries, scope, parents: visited, revision: this.#revision }, validUntil };
+    const parents = parentIds(roots, entries);
+    return { authorization: { entries, scope, parents, revision: this.#revision }, validUntil };
   }
 
   /** What an agent holding `cursor` must apply to match `authorization`. */
@@ -488,4 +494,25 @@ function former(
   if (previous !== undefined && previous !== current) all.add(previous);
   all.delete(current);
   return [...all];
+}
+
+/**
+ * The IDs an entry can hang from and be authorized: the walk's roots and every authorized entry's
+ * SPIFFE ID. Built on first use: only an incremental answer with changes outside the authorization
+ * asks.
+ */
+function parentIds(
+  roots: readonly string[],
+  entries: ReadonlyMap<string, RegistrationEntry>,
+): { has(id: string): boolean } {
+  let ids: Set<string> | undefined;
+  return {
+    has(id) {
+      if (ids === undefined) {
+        ids = new Set(roots);
+        for (const entry of entries.values()) ids.add(entry.spiffeId);
+      }
+      return ids.has(id);
+    },
+  };
 }
