@@ -1347,7 +1347,8 @@ function toEntryRow(entry: RegistrationEntry, now: number): RegistrationEntryRow
 
 /**
  * The (spiffe_id, parent_id, selectors_key) identity the unique constraint keeps, as one string:
- * the parent's length keeps it unambiguous, and costs less than quoting all three (JSON).
+ * the parent's length and the newline after the key (hex, see selectorsKey) keep it unambiguous at
+ * less cost than quoting all three (JSON).
  */
 function identityKey(row: Pick<RegistrationEntryRow, 'spiffe_id' | 'parent_id' | 'selectors_key'>): string {
   return `${row.parent_id.length}:${row.parent_id}${row.selectors_key}\n${row.spiffe_id}`;

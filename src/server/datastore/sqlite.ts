@@ -206,6 +206,7 @@ function entryBatchStatements(sqlite: BetterSqlite3.Database): EntryBatchStateme
       ]),
     };
     for (const r of rows.entries) {
+      // In ENTRY_COLUMNS order.
       insert.entry.run(
         r.id,
         r.spiffe_id,
