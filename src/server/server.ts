@@ -73,7 +73,7 @@ export async function startServer(
   let openedCa: CertificateAuthority | undefined;
   try {
     const store = await openConfiguredDatastore(config, clock, {
-      onIdleError: (error) =>
+      onConnectionError: (error) =>
         logger.warn({ err: error.message }, 'a PostgreSQL connection broke; the next query opens a new one'),
     });
     const { datastore } = store;

@@ -611,6 +611,49 @@ describe('PostgreSQL shared by two servers', () => {
     await opened.datastore.close();
   });
 
+  it('survives its connections ending under a query (a database restart): the query fails, the next opens a new one', async () => {
+    postgres ??= await startPostgres();
+    const name = `ironroot_${++databases}`;
+    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const broken: string[] = [];
+    const opened = await openPostgresDatastore(
+      url,
+      { now: () => 1_700_000_000_000 },
+      { onConnectionError: (error) => broken.push(error.message) },
+    );
+    try {
+      // A batch long enough to be caught in flight; its connections are ended under it.
+      const batch = Array.from({ length: 20_000 }, (_, i) => entry({ spiffeId: `${TD}/cut/${i}` }));
+      // Its outcome taken at once: it may fail before the termination query below answers.
+      const creating = opened.datastore.createEntries(batch, 't').then(
+        () => 'created',
+        (error: unknown) => error,
+      );
+      for (;;) {
+        const active = await admin.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state <> 'idle'",
+          [name],
+        );
+        if (active.rows[0].n > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [name]);
+      expect(await creating).toBeInstanceOf(Error);
+      expect(broken.length).toBeGreaterThan(0);
+      // Nothing of the batch was stored, and the store answers again on a new connection.
+      expect(await opened.datastore.countEntries({})).toBe(0);
+      expect(
+        (await opened.datastore.createEntries([entry({ spiffeId: `${TD}/after` })], 't'))[0],
+      ).toHaveProperty('entry');
+    } finally {
+      await opened.datastore.close();
+      await admin.end();
+    }
+  });
+
   it('migrates with a pool of one connection: the lock has a connection of its own', async () => {
     postgres ??= await startPostgres();
     const name = `ironroot_${++databases}`;

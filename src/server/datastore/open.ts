@@ -84,8 +84,8 @@ function readCaFile(file: string): string {
 }
 
 export interface OpenOptions {
-  /** Told when an idle PostgreSQL connection breaks (the pool replaces it). */
-  onIdleError?: (error: Error) => void;
+  /** Told when a PostgreSQL connection of the pool breaks (the pool replaces it). */
+  onConnectionError?: (error: Error) => void;
 }
 
 /** The configured datastore, migrated to the current schema. */
@@ -104,7 +104,7 @@ export async function openConfiguredDatastore(
     maxConnections: connection.maxConnections,
     ssl: connection.ssl,
     ...(connection.idleTimeoutMs !== undefined ? { idleTimeoutMs: connection.idleTimeoutMs } : {}),
-    ...(options.onIdleError ? { onIdleError: options.onIdleError } : {}),
+    ...(options.onConnectionError ? { onConnectionError: options.onConnectionError } : {}),
   });
 }
 
@@ -130,6 +130,9 @@ async function readColumn(
     ssl: connection.ssl,
     connectionTimeoutMillis: 10_000,
   });
+  // A connection ending unexpectedly also emits 'error', which would end the process: the failed
+  // query below reports it.
+  client.on('error', () => {});
   try {
     await client.connect();
     const exists = await client.query('SELECT to_regclass($1) IS NOT NULL AS present', [table]);

@@ -40,8 +40,11 @@ export interface PostgresOptions {
   idleTimeoutMs?: number;
   /** Node TLS options, or false for none; pg's environment-based default when unset. */
   ssl?: false | ConnectionOptions;
-  /** Told when an idle pooled connection breaks (the server restarted or went away); the pool drops it. */
-  onIdleError?: (error: Error) => void;
+  /**
+   * Told when a pooled connection breaks (the database restarted, or ended it): idle, the pool drops
+   * it; in use, the query on it fails and the pool drops it when it comes back.
+   */
+  onConnectionError?: (error: Error) => void;
 }
 
 export async function openPostgresDatastore(
@@ -57,9 +60,12 @@ export async function openPostgresDatastore(
     ...(options.idleTimeoutMs !== undefined ? { idleTimeoutMillis: options.idleTimeoutMs } : {}),
     ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
   });
-  // Without a listener an idle connection's error (database restarted) would end the process; the
-  // pool has already dropped that connection, and the next query opens a new one.
-  pool.on('error', (error) => options.onIdleError?.(error));
+  // A connection that ends unexpectedly emits 'error', and without a listener that ends the process.
+  // The pool listens on idle connections only, so every connection gets one of its own from the
+  // start: one in use at that moment (a query in flight, a transaction) fails its query instead, and
+  // the pool drops it on release. The pool's own event repeats what this one reported.
+  pool.on('connect', (client) => client.on('error', (error) => options.onConnectionError?.(error)));
+  pool.on('error', () => {});
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let migrated: string[];
   try {
@@ -69,6 +75,9 @@ export async function openPostgresDatastore(
       connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
       ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
     });
+    // Its connection ending unexpectedly fails the migration's queries, which report it; the event
+    // the client also emits would otherwise end the process.
+    lockClient.on('error', () => {});
     migrated = await migrateUnderLock(lockClient, db);
   } catch (error) {
     await db.destroy();
