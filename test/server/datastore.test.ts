@@ -34,6 +34,24 @@ function entry(overrides: Partial<NewEntry> = {}): NewEntry {
 
 let postgres: TestPostgres | undefined;
 let databases = 0;
+
+/**
+ * A new, empty database on the test's PostgreSQL (started on first use): its name, its URI, and the
+ * URI of the server's own `postgres` database, for an administrator's connection.
+ */
+async function newPostgresDatabase(): Promise<{ name: string; url: string; server: string }> {
+  postgres ??= await startPostgres();
+  const name = `ironroot_${++databases}`;
+  const admin = new pg.Client({ connectionString: postgres.connectionString });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  return {
+    name,
+    url: postgres.connectionString.replace('/postgres?', `/${name}?`),
+    server: postgres.connectionString,
+  };
+}
 afterAll(async () => {
   await postgres?.stop();
 });
@@ -48,15 +66,7 @@ const DIALECTS: [string, (clock: Clock) => Promise<Datastore>][] = [
   [
     'PostgreSQL',
     async (clock) => {
-      postgres ??= await startPostgres();
-      const name = `ironroot_${++databases}`;
-      const admin = new pg.Client({ connectionString: postgres.connectionString });
-      await admin.connect();
-      await admin.query(`CREATE DATABASE ${name}`);
-      await admin.end();
-      return (
-        await openPostgresDatastore(postgres.connectionString.replace('/postgres?', `/${name}?`), clock)
-      ).datastore;
+      return (await openPostgresDatastore((await newPostgresDatabase()).url, clock)).datastore;
     },
   ],
 ];
@@ -576,13 +586,7 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
 
 describe('PostgreSQL shared by two servers', () => {
   it('waits for the migration advisory lock another server holds before it migrates', async () => {
-    postgres ??= await startPostgres();
-    const name = `ironroot_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const { url } = await newPostgresDatabase();
     const holder = new pg.Client({ connectionString: url });
     await holder.connect();
     await holder.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
@@ -612,12 +616,9 @@ describe('PostgreSQL shared by two servers', () => {
   });
 
   it('survives its connections ending under a query (a database restart): the query fails, the next opens a new one', async () => {
-    postgres ??= await startPostgres();
-    const name = `ironroot_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
+    const { name, url, server } = await newPostgresDatabase();
+    const admin = new pg.Client({ connectionString: server });
     await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
     const broken: string[] = [];
     const opened = await openPostgresDatastore(
       url,
@@ -655,13 +656,7 @@ describe('PostgreSQL shared by two servers', () => {
   });
 
   it('migrates with a pool of one connection: the lock has a connection of its own', async () => {
-    postgres ??= await startPostgres();
-    const name = `ironroot_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const { url } = await newPostgresDatabase();
     const opened = await openPostgresDatastore(url, { now: () => 1_700_000_000_000 }, { maxConnections: 1 });
     try {
       expect(opened.migrated).toEqual(Object.keys(migrationsFor('postgres')).sort());
@@ -672,13 +667,7 @@ describe('PostgreSQL shared by two servers', () => {
   });
 
   it('migrates a fresh database once when four servers open it at the same moment', async () => {
-    postgres ??= await startPostgres();
-    const name = `ironroot_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const { url } = await newPostgresDatabase();
     const clock: Clock = { now: () => 1_700_000_000_000 };
     const opened = await Promise.all([1, 2, 3, 4].map(() => openPostgresDatastore(url, clock)));
     try {
@@ -698,13 +687,7 @@ describe('PostgreSQL shared by two servers', () => {
   });
 
   it('lets one of two servers consume a nonce the other issued; the loser, and any later answer, is a replay', async () => {
-    postgres ??= await startPostgres();
-    const name = `ironroot_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const { url } = await newPostgresDatabase();
     const T = 1_700_000_000_000;
     const clock: Clock = { now: () => T };
     const one = (await openPostgresDatastore(url, clock)).datastore;
@@ -729,13 +712,7 @@ describe('PostgreSQL: the CA lease and journal version between servers', () => {
   let two: Datastore;
 
   beforeEach(async () => {
-    postgres ??= await startPostgres();
-    const name = `ironroot_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const { url } = await newPostgresDatabase();
     one = (await openPostgresDatastore(url, clock)).datastore;
     two = (await openPostgresDatastore(url, clock)).datastore;
   });
