@@ -174,10 +174,10 @@ export class SqlDatastore implements Datastore {
     try {
       return await this.#db.transaction().execute(async (trx) => {
         const batch = this.#entryBatch;
-        const taken =
-          batch === undefined
-            ? await existingIdentities(trx, created)
-            : identitiesByKey(batch.identities(spiffeIdsOf(created)));
+        const spiffeIds = [...new Set(created.map((e) => e.spiffeId))];
+        const taken = identitiesByKey(
+          batch === undefined ? await storedIdentities(trx, spiffeIds) : batch.identities(spiffeIds),
+        );
         const outcomes: EntryCreation[] = [];
         // Without a writer, the rows are gathered for multi-row inserts; with one, each entry's are
         // written as they are made, so they die young instead of piling up for the collector.
@@ -1360,13 +1360,10 @@ function chunks<T>(items: readonly T[], size: number): T[][] {
   return out;
 }
 
-/** Stored entries sharing a SPIFFE ID with one of `entries`, by identity key → entry id. */
-async function existingIdentities(
-  trx: Db,
-  entries: readonly RegistrationEntry[],
-): Promise<Map<string, string>> {
+/** Stored entries whose SPIFFE ID is one of `spiffeIds`, a query per {@link BATCH_ROWS} of them. */
+async function storedIdentities(trx: Db, spiffeIds: readonly string[]): Promise<EntryIdentityRow[]> {
   const found: EntryIdentityRow[] = [];
-  for (const chunk of chunks(spiffeIdsOf(entries), BATCH_ROWS)) {
+  for (const chunk of chunks(spiffeIds, BATCH_ROWS)) {
     const rows = await trx
       .selectFrom('registration_entries')
       .select(['id', 'spiffe_id', 'parent_id', 'selectors_key'])
@@ -1374,11 +1371,7 @@ async function existingIdentities(
       .execute();
     found.push(...rows);
   }
-  return identitiesByKey(found);
-}
-
-function spiffeIdsOf(entries: readonly RegistrationEntry[]): string[] {
-  return [...new Set(entries.map((e) => e.spiffeId))];
+  return found;
 }
 
 /** Entry ids by identity key. */
