@@ -11,5 +11,7 @@ export interface TestPostgres {
   start(): Promise<void>;
   /** Stops the server and removes its directory. */
   stop(): Promise<void>;
+  /** Creates an empty database `name` (an SQL identifier); its connection string. */
+  createDatabase(name: string): Promise<string>;
 }
 export declare function startPostgres(options?: { database?: string }): Promise<TestPostgres>;

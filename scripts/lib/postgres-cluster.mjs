@@ -108,17 +108,19 @@ export async function startPostgres(options = {}) {
     await halt();
     rmSync(dir, { recursive: true, force: true });
   };
+  const createDatabase = async (name) => {
+    const client = new pg.Client({ connectionString: at('postgres') });
+    await client.connect();
+    try {
+      await client.query(`CREATE DATABASE ${name}`);
+    } finally {
+      await client.end();
+    }
+    return at(name);
+  };
   try {
     await launch();
-    if (options.database !== undefined) {
-      const client = new pg.Client({ connectionString: at('postgres') });
-      await client.connect();
-      try {
-        await client.query(`CREATE DATABASE ${options.database}`);
-      } finally {
-        await client.end();
-      }
-    }
+    if (options.database !== undefined) await createDatabase(options.database);
   } catch (error) {
     await stop();
     throw error;
@@ -130,5 +132,6 @@ export async function startPostgres(options = {}) {
     halt,
     start: launch,
     stop,
+    createDatabase,
   };
 }

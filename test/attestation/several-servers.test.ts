@@ -7,7 +7,6 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent } from '../../src/agent/agent.js';
 import { AgentApiClient } from '../../src/agent/client.js';
@@ -44,14 +43,8 @@ beforeAll(async () => {
   swtpm = await startSwtpm();
   caDir = ekCaDir(swtpm);
   dir = mkdtempSync(join(tmpdir(), 'ironroot-ha-'));
-  const admin = new pg.Client({ connectionString: postgres.connectionString });
-  await admin.connect();
-  await admin.query('CREATE DATABASE ironroot_ha');
-  await admin.end();
   uriFile = join(dir, 'pg.uri');
-  writeFileSync(uriFile, `${postgres.connectionString.replace('/postgres?', '/ironroot_ha?')}\n`, {
-    mode: 0o600,
-  });
+  writeFileSync(uriFile, `${await postgres.createDatabase('ironroot_ha')}\n`, { mode: 0o600 });
 });
 
 afterAll(async () => {

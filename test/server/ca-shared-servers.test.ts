@@ -25,11 +25,7 @@ beforeAll(async () => {
   assertBuilt();
   postgres = await startPostgres();
   softhsm = await createSoftHsm('shared-servers');
-  const admin = new pg.Client({ connectionString: postgres.connectionString });
-  await admin.connect();
-  await admin.query('CREATE DATABASE ironroot_shared');
-  await admin.end();
-  url = postgres.connectionString.replace('/postgres?', '/ironroot_shared?');
+  url = await postgres.createDatabase('ironroot_shared');
   const config = {
     key_manager: softhsm.uri(),
     datastore: { type: 'postgres', connection_string: url, tls: { mode: 'disable' } },

@@ -3,7 +3,6 @@
  * one SoftHSM2 token (each with its own pool and its own PKCS#11 sessions), driven by one fake clock.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type KeyManager, openKeyManager } from '../../src/hsm/index.js';
@@ -73,12 +72,7 @@ describe('two servers sharing one PostgreSQL datastore and one SoftHSM2 token', 
     clock.t = T0 * 1000;
     softhsm = await createSoftHsm('shared-ca');
     postgres ??= await startPostgres();
-    const name = `ironroot_ca_${++databases}`;
-    const admin = new pg.Client({ connectionString: postgres.connectionString });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = postgres.connectionString.replace('/postgres?', `/${name}?`);
+    const url = await postgres.createDatabase(`ironroot_ca_${++databases}`);
     servers = [];
     for (let i = 0; i < 2; i++) {
       servers.push({

@@ -42,15 +42,7 @@ let databases = 0;
 async function newPostgresDatabase(): Promise<{ name: string; url: string; server: string }> {
   postgres ??= await startPostgres();
   const name = `ironroot_${++databases}`;
-  const admin = new pg.Client({ connectionString: postgres.connectionString });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  return {
-    name,
-    url: postgres.connectionString.replace('/postgres?', `/${name}?`),
-    server: postgres.connectionString,
-  };
+  return { name, url: await postgres.createDatabase(name), server: postgres.connectionString };
 }
 afterAll(async () => {
   await postgres?.stop();

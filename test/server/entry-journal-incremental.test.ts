@@ -89,12 +89,7 @@ async function sqliteStore(): Promise<{ store: Datastore; path: string }> {
 /** A new, empty PostgreSQL database; its connection string. */
 async function postgresDatabase(): Promise<string> {
   postgres ??= await startPostgres();
-  const name = `ironroot_journal_${++databases}`;
-  const admin = new pg.Client({ connectionString: postgres.connectionString });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  return postgres.connectionString.replace('/postgres?', `/${name}?`);
+  return postgres.createDatabase(`ironroot_journal_${++databases}`);
 }
 
 /** What each agent (under each node selector set) is authorized for, entry by entry. */

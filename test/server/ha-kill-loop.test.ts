@@ -41,11 +41,7 @@ beforeAll(async () => {
   assertBuilt();
   postgres = await startPostgres();
   softhsm = await createSoftHsm('ha-kill');
-  const admin = new pg.Client({ connectionString: postgres.connectionString });
-  await admin.connect();
-  await admin.query('CREATE DATABASE ironroot_ha');
-  await admin.end();
-  const url = postgres.connectionString.replace('/postgres?', '/ironroot_ha?');
+  const url = await postgres.createDatabase('ironroot_ha');
   uriDir = mkdtempSync(join(tmpdir(), 'ironroot-ha-'));
   const uriFile = join(uriDir, 'pg.uri');
   writeFileSync(uriFile, `${url}\n`, { mode: 0o600 });

@@ -5,7 +5,6 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { runServerCli } from '../helpers/cli.js';
@@ -28,14 +27,8 @@ beforeAll(async () => {
   postgres = await startPostgres();
   softhsm = await createSoftHsm('pgconfig');
   dir = mkdtempSync(join(tmpdir(), 'ironroot-pgconfig-'));
-  const admin = new pg.Client({ connectionString: postgres.connectionString });
-  await admin.connect();
-  await admin.query('CREATE DATABASE ironroot_a');
-  await admin.end();
   uriFile = join(dir, 'pg.uri');
-  const url = postgres.connectionString
-    .replace('ironroot@', `ironroot:${PASSWORD}@`)
-    .replace('/postgres?', '/ironroot_a?');
+  const url = (await postgres.createDatabase('ironroot_a')).replace('ironroot@', `ironroot:${PASSWORD}@`);
   writeFileSync(uriFile, `${url}\n`, { mode: 0o600 });
   server = await startTestServer({ key_manager: softhsm.uri(), datastore: datastore() });
 });
