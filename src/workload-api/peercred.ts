@@ -1,13 +1,11 @@
 /**
  * The kernel's word on who is at the other end of a Unix socket: SO_PEERCRED read from the accepted
- * socket's file descriptor (Node's `net` does not expose it), and the process start time that
- * guards against PID reuse.
+ * socket's file descriptor (Node's `net` does not expose it). What guards against PID reuse is in
+ * procfs.ts.
  *
  * @module
  */
-import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { join } from 'node:path';
 import koffi from 'koffi';
 import { WorkloadApiError } from './errors.js';
 import type { CallerCredentials } from './provider.js';
@@ -73,25 +71,4 @@ export function peerCredentials(socket: Socket): CallerCredentials {
     throw new WorkloadApiError('ERR_WORKLOADAPI_PEERCRED', 'getsockopt(SO_PEERCRED) returned no credentials');
   }
   return { pid, uid, gid };
-}
-
-/**
- * Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot), or undefined when the
- * process is gone. A pid names the same process only as long as this value stays the same.
- *
- * Read synchronously: the kernel renders /proc files from memory, so the read never waits on a
- * device, and it costs a few microseconds where a round trip through libuv's thread pool costs
- * tens to hundreds on a busy machine (the first-response path reads it twice per stream).
- */
-export function processStartTime(procRoot: string, pid: number): string | undefined {
-  let stat: string;
-  try {
-    stat = readFileSync(join(procRoot, String(pid), 'stat'), 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Field 2 (comm) is in parentheses and may itself hold spaces and ')': split after the last ')'.
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // rest[0] is field 3 (state), so field 22 is rest[19].
-  return rest[19];
 }

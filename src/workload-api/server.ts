@@ -37,7 +37,8 @@ import {
 } from '../spiffe/index.js';
 import { EncodedResponses } from './encoded.js';
 import { WorkloadApiError } from './errors.js';
-import { peerCredentials, processStartTime } from './peercred.js';
+import { peerCredentials } from './peercred.js';
+import { PinnedProcess } from './procfs.js';
 import {
   type EmptyMessage,
   type JWTBundlesResponseMessage,
@@ -102,8 +103,8 @@ export interface WorkloadApiCall {
 
 interface Connection {
   readonly credentials: CallerCredentials;
-  /** `/proc/<pid>/stat` start time when the connection was accepted; undefined if the process had gone. */
-  readonly startTime: string | undefined;
+  /** The connecting process, pinned when the connection was accepted; undefined if it had gone. */
+  readonly process: PinnedProcess | undefined;
 }
 
 /** A refusal with the gRPC status to answer. */
@@ -203,18 +204,22 @@ export class WorkloadApiServer {
       socket.destroy();
       return;
     }
-    // Read as early as possible: the smaller the window between connect(2) and this read, the less
-    // room for the connecting process to exit and its pid to be reused before we pin it.
+    // Pinned as early as possible: the smaller the window between connect(2) and the pin, the less
+    // room for the connecting process to exit and its pid to be reused before it is held.
+    const pinned = PinnedProcess.open(this.#procRoot, credentials.pid);
     const tag = `${CONNECTION_TAG}${++this.#nextConnection}`;
     this.#sockets.add(socket);
     socket.once('close', () => {
       this.#connections.delete(tag);
       this.#sockets.delete(socket);
+      pinned?.close();
     });
-    const startTime = processStartTime(this.#procRoot, credentials.pid);
-    this.#connections.set(tag, { credentials, startTime });
+    this.#connections.set(tag, { credentials, process: pinned });
     Object.defineProperty(socket, 'remoteAddress', { value: tag, enumerable: true });
-    this.#logger.debug({ ...credentials, connection: tag, start_time: startTime }, 'workload connected');
+    this.#logger.debug(
+      { ...credentials, connection: tag, start_time: pinned?.startTime },
+      'workload connected',
+    );
     this.#injector.injectConnection(socket);
   }
 
@@ -246,9 +251,9 @@ export class WorkloadApiServer {
       throw new Refusal(Status.PERMISSION_DENIED, 'could not attest the calling process');
     }
     // The attestors read /proc/<pid>; if the process that connected has exited and its pid now
-    // names another process, they described the wrong process. The start time tells them apart.
-    const startTimeNow = processStartTime(this.#procRoot, credentials.pid);
-    if (connection.startTime === undefined || startTimeNow !== connection.startTime) {
+    // names another process, they described the wrong process. A read through the pin after theirs
+    // tells them apart (see PinnedProcess).
+    if (connection.process === undefined || !connection.process.isSame()) {
       this.#logger.warn({ pid: credentials.pid, uid: credentials.uid }, 'caller pid was reused');
       throw new Refusal(
         Status.PERMISSION_DENIED,

@@ -6,8 +6,8 @@
  *
  * @module
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readProcFile } from '../../workload-api/procfs.js';
 
 export interface CgroupEntry {
   readonly hierarchy: string;
@@ -34,7 +34,10 @@ export function parseCgroups(text: string): CgroupEntry[] {
   return entries;
 }
 
-/** Reads and parses `/proc/<pid>/cgroup` under `procRoot`. */
-export async function readCgroups(procRoot: string, pid: number): Promise<CgroupEntry[]> {
-  return parseCgroups(await readFile(join(procRoot, String(pid), 'cgroup'), 'utf8'));
+/**
+ * Reads and parses `/proc/<pid>/cgroup` under `procRoot`: synchronously, as the unix attestor reads
+ * `status` (the kernel renders it from memory; a thread-pool round trip per call would cost more).
+ */
+export function readCgroups(procRoot: string, pid: number): CgroupEntry[] {
+  return parseCgroups(readProcFile(join(procRoot, String(pid), 'cgroup')));
 }

@@ -169,7 +169,7 @@ export class K8sAttestor implements WorkloadAttestor {
   }
 
   async attest(pid: number): Promise<Selector[]> {
-    const found = podContainerOfCgroups(await readCgroups(this.#procRoot, pid));
+    const found = podContainerOfCgroups(readCgroups(this.#procRoot, pid));
     if (found === undefined) return [];
     const pods = await this.#pods();
     const selectors = selectorsOfPod(pods, found.containerId, found.podUid);

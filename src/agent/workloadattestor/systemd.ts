@@ -81,7 +81,7 @@ export class SystemdAttestor implements WorkloadAttestor {
   }
 
   async attest(pid: number, omit?: ReadonlySet<string>): Promise<Selector[]> {
-    const unit = unitOfCgroups(await readCgroups(this.#procRoot, pid));
+    const unit = unitOfCgroups(readCgroups(this.#procRoot, pid));
     if (unit === undefined) return [];
     const selectors: Selector[] = [`systemd:id:${unit}`];
     if (omit?.has(FRAGMENT_PATH_KIND)) return selectors;
