@@ -36,7 +36,7 @@ import { createCsr, createKeySigner, SpiffeId } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
-import { type CacheFileContent, openCache, sealCache } from './cachefile.js';
+import { type OpenedCacheFile, openCache, sealCache } from './cachefile.js';
 import { AgentApiClient, type Challenge, isServerAnswer, type Result } from './client.js';
 import { serverAddresses } from './config/defaults.js';
 import type { AgentConfig } from './config/schema.js';
@@ -651,7 +651,7 @@ export class Agent {
    */
   #restoreCache(key: KeyObject): boolean {
     const path = this.#store.cachePath;
-    let content: CacheFileContent;
+    let content: OpenedCacheFile;
     try {
       const sealed = this.#store.loadCache();
       if (sealed === undefined) return false;

@@ -139,13 +139,17 @@ export interface PersistedSvid {
   readonly expires_at: number;
 }
 
-/** What a restarted agent needs to serve as after a sync: entries, their SVIDs, the bundles. */
+/**
+ * What a restarted agent needs to serve as after a sync: entries, their SVIDs, the bundles. Entries
+ * and SVIDs are iterables: the cache's own snapshot makes each one as it is iterated (see
+ * {@link SvidCache.snapshot}); a file read back holds arrays.
+ */
 export interface CacheSnapshot {
   /** The own trust domain's SPIFFE bundle document as last synced; '' before the first sync. */
   readonly bundle: string;
   readonly federated: readonly { readonly trust_domain: string; readonly document: string }[];
-  readonly entries: readonly PersistedEntry[];
-  readonly svids: readonly PersistedSvid[];
+  readonly entries: Iterable<PersistedEntry>;
+  readonly svids: Iterable<PersistedSvid>;
 }
 
 /** What {@link SvidCache.restore} kept and dropped. */
@@ -534,28 +538,47 @@ export class SvidCache implements WorkloadIdentityProvider {
     return next;
   }
 
-  /** The state to persist. JWT-SVIDs are left out: they are bearer tokens, and minted on demand. */
+  /**
+   * The state to persist. JWT-SVIDs are left out: they are bearer tokens, and minted on demand.
+   *
+   * Entries and SVIDs are handed out one at a time as the snapshot is iterated, from the cache as
+   * it is then, so iterate it at once (sealCache does). With a thousand SVIDs, a snapshot made whole
+   * was megabytes alive at the same moment: promoted by the agent's small young generation, it
+   * became old-space garbage at every round that changed anything, and full collections followed.
+   */
   snapshot(): CacheSnapshot {
+    const entries = this.#entries;
+    const svids = this.#svids;
     return {
       bundle: this.#bundleDocument,
       federated: [...this.#federated].map(([trust_domain, { document }]) => ({ trust_domain, document })),
-      entries: [...this.#entries.values()].map((e) => ({
-        id: e.id,
-        spiffe_id: e.spiffeId.toString(),
-        selectors: [...e.selectors],
-        federates_with: [...e.federatesWith],
-        hint: e.hint,
-        revision_number: e.revisionNumber,
-        created_at: e.createdAt,
-        expires_at: e.expiresAt,
-      })),
-      svids: [...this.#svids].map(([entryId, svid]) => ({
-        entry_id: entryId,
-        entry_revision: svid.entryRevision,
-        chain: svid.material.chainDer.map((der) => Buffer.from(der).toString('base64')),
-        key: Buffer.from(svid.material.keyPkcs8Der).toString('base64'),
-        expires_at: svid.expiresAt,
-      })),
+      entries: {
+        *[Symbol.iterator]() {
+          for (const e of entries.values())
+            yield {
+              id: e.id,
+              spiffe_id: e.spiffeId.toString(),
+              selectors: [...e.selectors],
+              federates_with: [...e.federatesWith],
+              hint: e.hint,
+              revision_number: e.revisionNumber,
+              created_at: e.createdAt,
+              expires_at: e.expiresAt,
+            };
+        },
+      },
+      svids: {
+        *[Symbol.iterator]() {
+          for (const [entryId, svid] of svids)
+            yield {
+              entry_id: entryId,
+              entry_revision: svid.entryRevision,
+              chain: svid.material.chainDer.map(base64),
+              key: base64(svid.material.keyPkcs8Der),
+              expires_at: svid.expiresAt,
+            };
+        },
+      },
     };
   }
 
@@ -748,6 +771,11 @@ function verifiedSvid(
   } catch {
     return undefined;
   }
+}
+
+/** Base64 of `bytes`, read in place (Buffer.from(bytes) alone would copy them first). */
+function base64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 }
 
 function nowSeconds(): number {

@@ -33,16 +33,66 @@ export interface CacheFileContent {
   readonly cache: CacheSnapshot;
 }
 
-/** Encrypts `content` under a key derived from `agentKey`. */
-export function sealCache(content: CacheFileContent, agentKey: KeyObject): Buffer {
+/** A cache file as read back: entries and SVIDs as lists. */
+export interface OpenedCacheFile extends CacheFileContent {
+  readonly cache: CacheSnapshot & {
+    readonly entries: readonly PersistedEntry[];
+    readonly svids: readonly PersistedSvid[];
+  };
+}
+
+/** Plaintext is handed to the cipher in pieces of about this many characters. */
+const PIECE = 16 * 1024;
+
+/**
+ * Encrypts `content` under a key derived from `agentKey`, as the file's bytes in pieces (header,
+ * ciphertext, tag) to be written in order as they come.
+ *
+ * The JSON is made and encrypted an entry or SVID at a time ({@link cacheFileText}) and each piece
+ * is written before the next is made: with a thousand SVIDs, one string of it all was megabytes in
+ * V8's large-object space at every write, which brought the agent's next full garbage collection
+ * closer, and pieces collected into one buffer would live long enough to be promoted.
+ */
+export function* sealCache(content: CacheFileContent, agentKey: KeyObject): Generator<Buffer> {
   const salt = randomBytes(SALT);
   const { key, check } = derive(agentKey, salt, CACHE_FILE_VERSION);
   const iv = randomBytes(IV);
   const header = Buffer.concat([MAGIC, Buffer.of(CACHE_FILE_VERSION), salt, check, iv]);
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   cipher.setAAD(header);
-  const body = Buffer.concat([cipher.update(JSON.stringify(content), 'utf8'), cipher.final()]);
-  return Buffer.concat([header, body, cipher.getAuthTag()]);
+  yield header;
+  let pending = '';
+  for (const text of cacheFileText(content)) {
+    pending += text;
+    if (pending.length >= PIECE) {
+      yield cipher.update(pending, 'utf8');
+      pending = '';
+    }
+  }
+  yield cipher.update(pending, 'utf8');
+  yield cipher.final();
+  yield cipher.getAuthTag();
+}
+
+/**
+ * The file's JSON in pieces, exactly the text `JSON.stringify(content)` gives when entries and SVIDs
+ * are lists, without ever holding it whole.
+ */
+export function* cacheFileText(content: CacheFileContent): Generator<string> {
+  const { cache } = content;
+  yield `{"untrusted":${JSON.stringify(content.untrusted)},"cache":{"bundle":${JSON.stringify(cache.bundle)},"federated":${JSON.stringify(cache.federated)},"entries":[`;
+  yield* listItems(cache.entries);
+  yield '],"svids":[';
+  yield* listItems(cache.svids);
+  yield ']}}';
+}
+
+function* listItems(items: Iterable<object>): Generator<string> {
+  let first = true;
+  for (const item of items) {
+    yield first ? JSON.stringify(item) : `,${JSON.stringify(item)}`;
+    first = false;
+  }
 }
 
 /**
@@ -52,7 +102,7 @@ export function sealCache(content: CacheFileContent, agentKey: KeyObject): Buffe
  *   `ERR_AGENT_CACHE_FOREIGN_KEY` (sealed under another agent key), `ERR_AGENT_CACHE_INVALID`
  *   (not a cache file, truncated, altered, or content of the wrong shape). `path` names the file.
  */
-export function openCache(bytes: Uint8Array, agentKey: KeyObject, path: string): CacheFileContent {
+export function openCache(bytes: Uint8Array, agentKey: KeyObject, path: string): OpenedCacheFile {
   const data = Buffer.from(bytes);
   if (data.length < HEADER + TAG || !data.subarray(0, MAGIC.length).equals(MAGIC))
     throw invalid(path, 'it is not an ironroot SVID cache file, or it is truncated');
@@ -106,7 +156,7 @@ function invalid(path: string, why: string): AgentError {
 }
 
 /** The decrypted JSON, checked field by field: a sealed file is ours, but a bug must not reach the Workload API. */
-function contentOf(value: unknown): CacheFileContent {
+function contentOf(value: unknown): OpenedCacheFile {
   const v = record(value, 'file');
   const untrusted =
     v.untrusted === null

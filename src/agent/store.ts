@@ -145,13 +145,15 @@ export class AgentStore {
    * returns, so what the Workload API is told of next survives a crash; until the rename, the
    * previous file stands whole.
    */
-  saveCache(sealed: Uint8Array): void {
+  saveCache(sealed: Iterable<Uint8Array>): void {
     const temporary = `${this.cachePath}.tmp`;
     const fd = openSync(temporary, 'w', 0o600);
     try {
       // A temporary file left by a crash keeps its mode on open: set it again.
       chmodSync(temporary, 0o600);
-      for (let at = 0; at < sealed.length; ) at += writeSync(fd, sealed, at);
+      // Each piece is written as it is made (see sealCache); a failure part-way leaves the
+      // temporary file, never the cache file, half-written.
+      for (const piece of sealed) for (let at = 0; at < piece.length; ) at += writeSync(fd, piece, at);
       fsyncSync(fd);
     } finally {
       closeSync(fd);
