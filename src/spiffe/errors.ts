@@ -104,7 +104,8 @@ export type SpiffeErrorCode =
   | 'ERR_BUNDLE_BAD_REFRESH_HINT'
   | 'ERR_BUNDLE_BAD_CERTIFICATE'
   | 'ERR_BUNDLE_JWT_KEY_NO_KID'
-  | 'ERR_BUNDLE_DUPLICATE_KID';
+  | 'ERR_BUNDLE_DUPLICATE_KID'
+  | 'ERR_BUNDLE_WEAK_KEY';
 
 /**
  * The one error class of this library. `code` is stable and names the rule; `message` says what was

@@ -274,6 +274,29 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
     }
   });
 
+  it('bundle set refuses a root with a 1024-bit RSA key (made by openssl) with ERR_BUNDLE_WEAK_KEY', async () => {
+    const pemFile = join(server.dir, 'weak-rsa.pem');
+    await promisify(execFile)('openssl', [
+      ...['req', '-x509', '-newkey', 'rsa:1024', '-nodes', '-keyout', '/dev/null'],
+      ...['-subj', '/CN=partner weak root', '-days', '1', '-out', pemFile],
+    ]);
+    const result = await cli([
+      'bundle',
+      'set',
+      ...admin(),
+      '--id',
+      'partner.org',
+      '--path',
+      pemFile,
+      '--format',
+      'pem',
+    ]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(
+      /^Error \(ERR_INVALID_ARGUMENT\): bundle for partner\.org is not valid \(ERR_BUNDLE_WEAK_KEY\): .*authority 0 \(CN=partner weak root\) has an RSA key of 1024 bits, fewer than the 2048 required/,
+    );
+  });
+
   it('jwt mint refuses more than 64 audiences with ERR_JWTSVID_TOO_MANY_AUDIENCES', async () => {
     const audiences = Array.from({ length: 65 }, (_, i) => ['--audience', `aud-${i}`]).flat();
     const result = await cli(['jwt', 'mint', ...admin(), '--spiffe-id', `${TD}/w`, ...audiences]);

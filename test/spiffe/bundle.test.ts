@@ -5,6 +5,7 @@ import { JwtBundle } from '../../src/spiffe/bundle/jwt-bundle.js';
 import { SpiffeBundle } from '../../src/spiffe/bundle/spiffe-bundle.js';
 import { X509Bundle } from '../../src/spiffe/bundle/x509-bundle.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
+import { createKeySigner } from '../../src/spiffe/key-signer.js';
 import { mintX509Ca } from '../../src/spiffe/x509-mint.js';
 import { expectSpiffeError } from '../helpers/spiffe-errors.js';
 import { p256, withUndecodableKey } from '../helpers/x509.js';
@@ -246,5 +247,69 @@ describe('BundleSet', () => {
     expect(set.bundles()).toHaveLength(1);
     expect(set.delete(td)).toBe(true);
     expect(set.get(td)).toBeUndefined();
+  });
+});
+
+describe('weak authorities', () => {
+  /** A CA certificate over an RSA key of `bits`, self-signed. */
+  async function rsaCa(bits: number): Promise<X509Certificate> {
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
+    const notBefore = new Date();
+    return mintX509Ca(
+      {
+        trustDomain: td,
+        publicKey,
+        notBefore,
+        notAfter: new Date(notBefore.getTime() + 3_600_000),
+        subject: `CN=rsa ${bits},O=weak`,
+      },
+      createKeySigner(privateKey),
+    );
+  }
+  const rsaJwk = (bits: number, kid: string) => ({
+    ...generateKeyPairSync('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' }),
+    kid,
+    use: 'jwt-svid',
+  });
+
+  it('refuses an X.509 root with an RSA key under 2048 bits, however the bundle arrives', async () => {
+    const weak = await rsaCa(1024);
+    const message =
+      /authority 1 \(CN=rsa 1024, O=weak\) has an RSA key of 1024 bits, fewer than the 2048 required/;
+    expectSpiffeError(() => new X509Bundle(td, [ca1, weak]), 'ERR_BUNDLE_WEAK_KEY', message);
+    expectSpiffeError(
+      () => X509Bundle.parsePem(td, ca1.toString() + weak.toString()),
+      'ERR_BUNDLE_WEAK_KEY',
+      message,
+    );
+    expectSpiffeError(
+      () => X509Bundle.parseDer(td, Buffer.concat([ca1.raw, weak.raw])),
+      'ERR_BUNDLE_WEAK_KEY',
+      message,
+    );
+    const doc = JSON.stringify({
+      keys: [ca1, weak].map((c) => ({ kty: 'EC', use: 'x509-svid', x5c: [x5c(c)] })),
+    });
+    expectSpiffeError(() => SpiffeBundle.parse(td, doc), 'ERR_BUNDLE_WEAK_KEY', message);
+    expectSpiffeError(
+      () => new SpiffeBundle(td, { x509Authorities: [weak] }),
+      'ERR_BUNDLE_WEAK_KEY',
+      /authority 0 /,
+    );
+    // 2048 bits is enough.
+    const strong = await rsaCa(2048);
+    expect(new X509Bundle(td, [strong]).authorities).toHaveLength(1);
+  });
+
+  it('refuses a JWT key with an RSA modulus under 2048 bits, naming its kid', () => {
+    const doc = JSON.stringify({
+      keys: [{ ...jwtKey.export({ format: 'jwk' }), kid: 'ok' }, rsaJwk(1536, 'old-rsa')],
+    });
+    const message = /key "old-rsa" is an RSA key of 1536 bits, fewer than the 2048 required/;
+    expectSpiffeError(() => JwtBundle.parse(td, doc), 'ERR_BUNDLE_WEAK_KEY', message);
+    expectSpiffeError(() => SpiffeBundle.parse(td, doc), 'ERR_BUNDLE_WEAK_KEY', message);
+    expect(JwtBundle.parse(td, JSON.stringify({ keys: [rsaJwk(2048, 'rsa')] })).authorities.has('rsa')).toBe(
+      true,
+    );
   });
 });

@@ -14,6 +14,23 @@ export function jwkOf(key: KeyObject): JsonWebKey {
   return jwk;
 }
 
+/**
+ * The fewest bits an RSA authority (an X.509 root or a JWT key) may have. The SPIFFE specs set no
+ * floor; 2048 is NIST's (SP 800-131A) and what jose already asks of JWT keys, and a trust anchor
+ * weaker than that would be the easiest thing in the trust domain to forge.
+ */
+const MIN_RSA_BITS = 2048;
+
+/** Why `key` is too weak to trust as an authority, or undefined when it is not. */
+export function weakKeyReason(key: KeyObject): string | undefined {
+  const type = key.asymmetricKeyType;
+  if (type !== 'rsa' && type !== 'rsa-pss') return undefined;
+  const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+  return bits < MIN_RSA_BITS
+    ? `an RSA key of ${bits} bits, fewer than the ${MIN_RSA_BITS} required`
+    : undefined;
+}
+
 /** Parses JSON text or UTF-8 bytes into an object, or throws `ERR_BUNDLE_PARSE`. */
 export function parseJsonObject(
   trustDomain: TrustDomain,

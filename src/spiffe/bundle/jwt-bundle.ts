@@ -1,7 +1,7 @@
 import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { SpiffeError } from '../errors.js';
 import type { TrustDomain } from '../trust-domain.js';
-import { jwkOf, parseJsonObject } from './jwk.js';
+import { jwkOf, parseJsonObject, weakKeyReason } from './jwk.js';
 
 /**
  * The JWT authorities (public keys by `kid`) of one trust domain, as served by `FetchJWTBundles`
@@ -14,14 +14,24 @@ export class JwtBundle {
   readonly authorities: ReadonlyMap<string, KeyObject>;
 
   /**
-   * @throws SpiffeError `ERR_BUNDLE_JWT_KEY_NO_KID` for an empty key ID (J-18).
+   * @throws SpiffeError `ERR_BUNDLE_JWT_KEY_NO_KID` for an empty key ID (J-18),
+   *   `ERR_BUNDLE_WEAK_KEY` for an RSA key of fewer than 2048 bits.
    */
   constructor(trustDomain: TrustDomain, authorities: ReadonlyMap<string, KeyObject>) {
-    for (const kid of authorities.keys()) {
+    for (const [kid, key] of authorities) {
       if (kid === '') {
         throw new SpiffeError(
           'ERR_BUNDLE_JWT_KEY_NO_KID',
           `JWT bundle for "${trustDomain}": a key has an empty kid; JWT-SVID §6.1 requires every jwt-svid key to have a kid`,
+        );
+      }
+      const weak = weakKeyReason(key);
+      if (weak !== undefined) {
+        // Refused, not dropped: a key that silently vanished would surface only as JWT-SVIDs
+        // failing with an unknown kid, far from the cause.
+        throw new SpiffeError(
+          'ERR_BUNDLE_WEAK_KEY',
+          `JWT bundle for "${trustDomain}": key "${kid}" is ${weak}; the bundle is refused until its publisher replaces that key`,
         );
       }
     }

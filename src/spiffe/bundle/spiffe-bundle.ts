@@ -41,8 +41,8 @@ export class SpiffeBundle {
   readonly refreshHintSeconds: number | undefined;
 
   /**
-   * @throws SpiffeError `ERR_BUNDLE_BAD_SEQUENCE`, `ERR_BUNDLE_BAD_REFRESH_HINT` or
-   *   `ERR_BUNDLE_JWT_KEY_NO_KID` for values a bundle may not carry.
+   * @throws SpiffeError `ERR_BUNDLE_BAD_SEQUENCE`, `ERR_BUNDLE_BAD_REFRESH_HINT`,
+   *   `ERR_BUNDLE_JWT_KEY_NO_KID` or `ERR_BUNDLE_WEAK_KEY` for values a bundle may not carry.
    */
   constructor(trustDomain: TrustDomain, options: SpiffeBundleOptions = {}) {
     const { sequenceNumber, refreshHintSeconds } = options;
@@ -62,7 +62,8 @@ export class SpiffeBundle {
       );
     }
     this.trustDomain = trustDomain;
-    this.x509Authorities = [...(options.x509Authorities ?? [])];
+    // Through X509Bundle and JwtBundle: the checks every authority passes are theirs.
+    this.x509Authorities = new X509Bundle(trustDomain, options.x509Authorities ?? []).authorities;
     // The JwtBundle constructor enforces a non-empty kid on every key (J-18).
     this.jwtAuthorities = new JwtBundle(trustDomain, options.jwtAuthorities ?? new Map()).authorities;
     this.sequenceNumber = sequenceNumber;
@@ -76,7 +77,8 @@ export class SpiffeBundle {
    * `x509-svid` certificate that does not decode, or whose public key does not, refuses the bundle.
    *
    * @throws SpiffeError `ERR_BUNDLE_PARSE`, `ERR_BUNDLE_MISSING_KEYS` (B-8), `ERR_BUNDLE_BAD_CERTIFICATE`,
-   *   `ERR_BUNDLE_BAD_SEQUENCE` (B-4), `ERR_BUNDLE_BAD_REFRESH_HINT` (B-7), `ERR_BUNDLE_DUPLICATE_KID`.
+   *   `ERR_BUNDLE_BAD_SEQUENCE` (B-4), `ERR_BUNDLE_BAD_REFRESH_HINT` (B-7), `ERR_BUNDLE_DUPLICATE_KID`,
+   *   `ERR_BUNDLE_WEAK_KEY`.
    */
   static parse(trustDomain: TrustDomain, json: string | Uint8Array): SpiffeBundle {
     const text = typeof json === 'string' ? json : Buffer.from(json).toString('utf8');

@@ -2,6 +2,7 @@ import type { X509Certificate } from 'node:crypto';
 import { concatDer, decodeCertificate, parseDerCertificates, pemBlocks, toPem } from '../der.js';
 import { SpiffeError } from '../errors.js';
 import type { TrustDomain } from '../trust-domain.js';
+import { weakKeyReason } from './jwk.js';
 
 /**
  * The X.509 authorities (root CA certificates) of one trust domain. A bundle always carries its
@@ -15,8 +16,22 @@ export class X509Bundle {
   /** The authorities, in the order given. */
   readonly authorities: readonly X509Certificate[];
 
-  /** A bundle of `authorities` for `trustDomain` (copied; later changes to the array do not leak in). */
+  /**
+   * A bundle of `authorities` for `trustDomain` (copied; later changes to the array do not leak in).
+   *
+   * @throws SpiffeError `ERR_BUNDLE_WEAK_KEY` for an authority with an RSA key of fewer than
+   *   2048 bits.
+   */
   constructor(trustDomain: TrustDomain, authorities: readonly X509Certificate[]) {
+    for (const [index, authority] of authorities.entries()) {
+      const weak = weakKeyReason(authority.publicKey);
+      if (weak !== undefined) {
+        throw new SpiffeError(
+          'ERR_BUNDLE_WEAK_KEY',
+          `X.509 bundle for "${trustDomain}": authority ${index} (${authority.subject.replaceAll('\n', ', ')}) has ${weak}; the bundle is refused until that authority is replaced`,
+        );
+      }
+    }
     this.trustDomain = trustDomain;
     this.authorities = [...authorities];
   }
