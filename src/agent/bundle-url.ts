@@ -8,6 +8,7 @@
  */
 import type { X509Certificate } from 'node:crypto';
 import { get } from 'node:https';
+import { printableUrl } from '../host/index.js';
 import { SpiffeBundle, SpiffeId, TrustDomain, X509Bundle } from '../spiffe/index.js';
 import { AgentError } from './errors.js';
 
@@ -48,21 +49,6 @@ export function foreignTrustDomain(
     }
   }
   return undefined;
-}
-
-/**
- * `url` as logs, health and messages show it: without its query and fragment, which can carry a
- * credential (a presigned object-store URL's signature, a token), and without user:password.
- */
-export function printableUrl(url: string): string {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return url.replace(/[?#].*$/s, '?…');
-  }
-  const withheld = parsed.search !== '' || parsed.hash !== '' ? '?…' : '';
-  return `${parsed.protocol}//${parsed.host}${parsed.pathname}${withheld}`;
 }
 
 function urlError(url: string, problem: string, cause?: unknown): AgentError {

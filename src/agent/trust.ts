@@ -9,8 +9,9 @@
  */
 import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
+import { printableUrl } from '../host/index.js';
 import { TrustDomain, X509Bundle } from '../spiffe/index.js';
-import { fetchTrustBundle, printableUrl } from './bundle-url.js';
+import { fetchTrustBundle } from './bundle-url.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError } from './errors.js';
 import { readTrustBundle } from './preflight.js';

@@ -2,8 +2,8 @@
  * What both executables need from the host: an exclusive lock on a data directory, Unix socket
  * paths claimed only when stale, directories with exact modes, and listen errors named by key; the
  * `--output` flag both command lines share, and how they report a failed command
- * (`Error (ERR_CODE): …`); the logger both build (`log_format`); and handing freed C-heap memory
- * back to the kernel.
+ * (`Error (ERR_CODE): …`); the logger both build (`log_format`) and URLs as it shows them (query
+ * withheld); and handing freed C-heap memory back to the kernel.
  *
  * @module
  */
@@ -29,4 +29,5 @@ export {
 } from './log.js';
 export { releaseFreedMemory } from './memory.js';
 export { type OutputFormat, withOutput } from './output.js';
+export { printableUrl } from './printable-url.js';
 export { checkSocketPath, claimSocketPath } from './socket.js';

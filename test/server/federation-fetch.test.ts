@@ -194,7 +194,7 @@ describe('fetching a foreign bundle', () => {
       expect(outside.code).toBe('ERR_FEDERATION_ENDPOINT_ID_INVALID');
     });
 
-    it('refuses http:// (and any other scheme, or credentials, which it does not repeat) before connecting', async () => {
+    it('refuses http:// (and any other scheme, or credentials, which it does not repeat, nor a query) before connecting', async () => {
       const error = await refusal({
         ...spiffeOptions(),
         bundleEndpointUrl: `http://127.0.0.1:${bundlePort}/`,
@@ -212,7 +212,13 @@ describe('fetching a foreign bundle', () => {
       });
       expect(withPassword.code).toBe('ERR_FEDERATION_URL_NOT_HTTPS');
       expect(withPassword.message).not.toContain('s3cret');
-      expect(withPassword.url).toBe(`https://***@127.0.0.1:${bundlePort}/`);
+      expect(withPassword.url).toBe(`https://127.0.0.1:${bundlePort}/`);
+      const withToken = await refusal({
+        ...spiffeOptions(),
+        bundleEndpointUrl: `http://127.0.0.1:${bundlePort}/bundle?token=s3cret#frag`,
+      });
+      expect(withToken.message).not.toContain('s3cret');
+      expect(withToken.url).toBe(`http://127.0.0.1:${bundlePort}/bundle?…`);
     });
   });
 

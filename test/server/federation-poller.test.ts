@@ -252,4 +252,20 @@ describe('federation poller', () => {
     });
     expect(await datastore.getBundle('domain1.test')).toMatchObject({ document: own, federated: false });
   });
+
+  it('logs the endpoint without its query, which may carry a token, on success and on failure', async () => {
+    relationships = [
+      { ...relationship(), bundleEndpointUrl: `https://127.0.0.1:${port}/bundle?token=s3cret` },
+    ];
+    answer = bundleDoc({ hint: 5, sequence: 1n });
+    await poll();
+    answer = 503;
+    clock.advance(5);
+    await poll();
+    const updated = logs.lines.find((l) => l.msg === 'federation: bundle updated');
+    expect(updated?.url).toBe(`https://127.0.0.1:${port}/bundle?…`);
+    expect(failures()[0]).toMatchObject({ url: `https://127.0.0.1:${port}/bundle?…` });
+    expect(String(failures()[0]?.error)).toContain(`https://127.0.0.1:${port}/bundle?…`);
+    expect(JSON.stringify(logs.lines)).not.toContain('s3cret');
+  });
 });

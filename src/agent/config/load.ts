@@ -7,7 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { printableUrl } from '../bundle-url.js';
+import { printableUrl } from '../../host/index.js';
 import { AgentError } from '../errors.js';
 import { type AgentConfig, agentConfigSchema } from './schema.js';
 

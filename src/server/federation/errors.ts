@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { printableUrl } from '../../host/index.js';
 
 export type FederationErrorCode =
   /** The URL is not an absolute https:// URL (§5.2.1.1, §5.2.2.1). */
@@ -41,23 +42,11 @@ export class FederationError extends Error {
   readonly url: string;
 
   constructor(code: FederationErrorCode, url: string, message: string, options?: { cause?: unknown }) {
-    const shown = withoutCredentials(url);
+    // Messages are logged: a query can carry a token, user information a password.
+    const shown = printableUrl(url);
     super(`${shown}: ${message}`, options);
     this.name = 'FederationError';
     this.code = code;
     this.url = shown;
-  }
-}
-
-/** The URL with any user information masked: messages are logged, and a password must never be. */
-function withoutCredentials(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.username === '' && parsed.password === '') return url;
-    parsed.username = '***';
-    parsed.password = '';
-    return parsed.toString();
-  } catch {
-    return url;
   }
 }

@@ -8,6 +8,7 @@
  * @module
  */
 import type { Counter } from 'prom-client';
+import { printableUrl } from '../../host/index.js';
 import { SpiffeBundle, TrustDomain } from '../../spiffe/index.js';
 import type { Clock } from '../clock.js';
 import type { Datastore, FederationRelationship } from '../datastore/datastore.js';
@@ -151,7 +152,7 @@ export class FederationPoller {
         this.#o.logger.info(
           {
             trust_domain: trustDomain,
-            url,
+            url: printableUrl(url),
             sequence: saved.sequence,
             spiffe_sequence: fetched.sequenceNumber?.toString(),
           },
@@ -172,7 +173,7 @@ export class FederationPoller {
       this.#o.logger.warn(
         {
           trust_domain: trustDomain,
-          url,
+          url: printableUrl(url),
           code,
           error: error instanceof Error ? error.message : String(error),
           failures: schedule.failures,
