@@ -22,6 +22,8 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
   let oidcPort: number;
   let bundlePort: number;
   const admin = () => ['--admin-socket', server.socket];
+  const bundleSet = (id: string, file: string, format: 'pem' | 'spiffe') =>
+    cli(['bundle', 'set', ...admin(), '--id', id, '--path', file, '--format', format]);
   const ok = (result: CliResult): string => {
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
@@ -192,26 +194,14 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
   it('stores, lists and deletes a federated bundle, refusing the own trust domain', async () => {
     const pemFile = join(server.dir, 'partner.pem');
     writeFileSync(pemFile, ok(await cli(['bundle', 'show', ...admin(), '--format', 'pem'])));
-    expect(
-      ok(
-        await cli(['bundle', 'set', ...admin(), '--id', 'partner.org', '--path', pemFile, '--format', 'pem']),
-      ).trim(),
-    ).toBe('Bundle for partner.org set (sequence 1).');
+    expect(ok(await bundleSet('partner.org', pemFile, 'pem')).trim()).toBe(
+      'Bundle for partner.org set (sequence 1).',
+    );
     const listed = JSON.parse(ok(await cli(['bundle', 'list', ...admin(), '--output', 'json']))) as {
       bundles: { trust_domain: string }[];
     };
     expect(listed.bundles.map((b) => b.trust_domain)).toEqual(['partner.org']);
-    const own = await cli([
-      'bundle',
-      'set',
-      ...admin(),
-      '--id',
-      'example.org',
-      '--path',
-      pemFile,
-      '--format',
-      'pem',
-    ]);
+    const own = await bundleSet('example.org', pemFile, 'pem');
     expect(own.stderr).toBe(
       "Error (ERR_INVALID_ARGUMENT): example.org is this server's own trust domain; its bundle is managed by the CA\n",
     );
@@ -256,17 +246,7 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
       [pemFile, 'pem'],
       [spiffeFile, 'spiffe'],
     ] as const) {
-      const result = await cli([
-        'bundle',
-        'set',
-        ...admin(),
-        '--id',
-        'partner.org',
-        '--path',
-        file,
-        '--format',
-        format,
-      ]);
+      const result = await bundleSet('partner.org', file, format);
       expect(result.code).toBe(1);
       expect(result.stderr).toMatch(
         /^Error \(ERR_INVALID_ARGUMENT\): bundle for partner\.org is not valid \(ERR_BUNDLE_BAD_CERTIFICATE\): .*usable public key/,
@@ -280,17 +260,7 @@ describe('CA with keys on a SoftHSM token, through the built CLI', () => {
       ...['req', '-x509', '-newkey', 'rsa:1024', '-nodes', '-keyout', '/dev/null'],
       ...['-subj', '/CN=partner weak root', '-days', '1', '-out', pemFile],
     ]);
-    const result = await cli([
-      'bundle',
-      'set',
-      ...admin(),
-      '--id',
-      'partner.org',
-      '--path',
-      pemFile,
-      '--format',
-      'pem',
-    ]);
+    const result = await bundleSet('partner.org', pemFile, 'pem');
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(
       /^Error \(ERR_INVALID_ARGUMENT\): bundle for partner\.org is not valid \(ERR_BUNDLE_WEAK_KEY\): .*authority 0 \(CN=partner weak root\) has an RSA key of 1024 bits, fewer than the 2048 required/,
