@@ -172,24 +172,52 @@ async function leftToOtherServer(server: Running): Promise<number> {
 }
 
 /**
+ * The recent log lines about re-quotes and servers, of each server and of the agent: what a timed-out
+ * wait for re-quotes is diagnosed from (it has timed out, rarely, under load).
+ */
+function requoteEvidence(servers: readonly Running[], agentLogs: LogSink): string {
+  const recent = (text: string) =>
+    text
+      .split('\n')
+      // The message of each JSON line; every line names its process, so the whole line would match.
+      .filter((line) => /"msg":"[^"]*(re-quote|reattest|challenge|server|stream|PostgreSQL)/i.test(line))
+      .slice(-40)
+      .join('\n');
+  return [
+    ...servers.map((s) => `--- server ${s.address}\n${recent(s.server.log())}`),
+    `--- agent\n${recent(agentLogs.text())}`,
+  ].join('\n');
+}
+
+/**
  * Waits for two more re-quotes of the node (recorded in the shared datastore, as `server` shows it)
  * and for `server` to have left one of its own challenges to the server holding the node's stream.
+ * A timeout carries `evidence()`.
  */
-async function requotedElsewhere(server: Running, agentId: string, when: string): Promise<void> {
+async function requotedElsewhere(
+  server: Running,
+  agentId: string,
+  when: string,
+  evidence: () => string,
+): Promise<void> {
   const left = await leftToOtherServer(server);
-  for (const which of ['a re-quote', 'another re-quote']) {
-    const before = await quotedAt(server, agentId);
+  try {
+    for (const which of ['a re-quote', 'another re-quote']) {
+      const before = await quotedAt(server, agentId);
+      await until(
+        `${which}${when}`,
+        async () => ((await quotedAt(server, agentId)) > before ? true : undefined),
+        60_000,
+      );
+    }
     await until(
-      `${which}${when}`,
-      async () => ((await quotedAt(server, agentId)) > before ? true : undefined),
+      `a challenge of ${server.address} left to the other server${when}`,
+      async () => ((await leftToOtherServer(server)) > left ? true : undefined),
       60_000,
     );
+  } catch (error) {
+    throw new Error(`${(error as Error).message}\n${evidence()}`, { cause: error });
   }
-  await until(
-    `a challenge of ${server.address} left to the other server${when}`,
-    async () => ((await leftToOtherServer(server)) > left ? true : undefined),
-    60_000,
-  );
 }
 
 describe('servers sharing one PostgreSQL and one HSM token', () => {
@@ -207,7 +235,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
   });
 
   it('an agent attested on A syncs on B, getting entries written through A, and stays trusted while B re-quotes it', async () => {
-    const { socket, agentOn } = await agentFiles(a);
+    const { socket, logs, agentOn } = await agentFiles(a);
     let agent = agentOn(a);
     await agent.start();
     try {
@@ -252,7 +280,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
 
       // B holds the Reattest stream now; A still schedules the node (it attested there) but must not
       // judge it for challenges that never reached it. Wait for B's re-quotes to move on, twice.
-      await requotedElsewhere(a, agentId, '');
+      await requotedElsewhere(a, agentId, '', () => requoteEvidence([a, b], logs));
       const shown = await json<{ trust: { state: string } }>([
         'agent',
         'show',
@@ -335,7 +363,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
     // A's log from here on: an earlier test's agent (the same TPM, so the same node) stopped while A
     // still re-quoted it, and its unanswered challenges are that test's, not this one's.
     const logFrom = a.server.log().length;
-    const { socket, agentOn } = await agentFiles(b);
+    const { socket, logs, agentOn } = await agentFiles(b);
     // Attested on A (which then schedules its re-quotes too), then moved to B.
     const first = agentOn(a);
     await first.start();
@@ -398,7 +426,7 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
         60_000,
       );
       // Re-quotes go on through B, and A, back from the outage too, leaves the node trusted.
-      await requotedElsewhere(a, agentId, ' after the outage');
+      await requotedElsewhere(a, agentId, ' after the outage', () => requoteEvidence([a, b], logs));
       const shown = await json<{ trust: { state: string } }>([
         'agent',
         'show',
