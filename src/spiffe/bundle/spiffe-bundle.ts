@@ -39,6 +39,12 @@ export class SpiffeBundle {
   readonly sequenceNumber: bigint | undefined;
   /** `spiffe_refresh_hint` in seconds, when set; a polling hint only (B-7, F-5). */
   readonly refreshHintSeconds: number | undefined;
+  /**
+   * The two parts, made (and their authorities checked) once, here: toX509Bundle and toJwtBundle
+   * run on hot paths (every attestation, every JWT call) and hand these out.
+   */
+  readonly #x509: X509Bundle;
+  readonly #jwt: JwtBundle;
 
   /**
    * @throws SpiffeError `ERR_BUNDLE_BAD_SEQUENCE`, `ERR_BUNDLE_BAD_REFRESH_HINT`,
@@ -62,10 +68,12 @@ export class SpiffeBundle {
       );
     }
     this.trustDomain = trustDomain;
-    // Through X509Bundle and JwtBundle: the checks every authority passes are theirs.
-    this.x509Authorities = new X509Bundle(trustDomain, options.x509Authorities ?? []).authorities;
-    // The JwtBundle constructor enforces a non-empty kid on every key (J-18).
-    this.jwtAuthorities = new JwtBundle(trustDomain, options.jwtAuthorities ?? new Map()).authorities;
+    // Through X509Bundle and JwtBundle: the checks every authority passes are theirs (the JwtBundle
+    // constructor also enforces a non-empty kid on every key, J-18).
+    this.#x509 = new X509Bundle(trustDomain, options.x509Authorities ?? []);
+    this.#jwt = new JwtBundle(trustDomain, options.jwtAuthorities ?? new Map());
+    this.x509Authorities = this.#x509.authorities;
+    this.jwtAuthorities = this.#jwt.authorities;
     this.sequenceNumber = sequenceNumber;
     this.refreshHintSeconds = refreshHintSeconds;
   }
@@ -133,12 +141,12 @@ export class SpiffeBundle {
 
   /** The X.509 part, for X.509-SVID validation. */
   toX509Bundle(): X509Bundle {
-    return new X509Bundle(this.trustDomain, this.x509Authorities);
+    return this.#x509;
   }
 
   /** The JWT part, for JWT-SVID validation. */
   toJwtBundle(): JwtBundle {
-    return new JwtBundle(this.trustDomain, this.jwtAuthorities);
+    return this.#jwt;
   }
 }
 
