@@ -27,9 +27,9 @@ function readAll(fd: number): string {
     if (n === 0) break;
     length += n;
   }
-  // /proc text is ASCII, apart from names a process chose (comm, paths): latin1 maps every byte to
-  // one character, so nothing read is lost or replaced.
-  return buffer.toString('latin1', 0, length);
+  // UTF-8, as readFileSync(path, 'utf8') decoded it: /proc text is ASCII apart from names a process
+  // chose (comm, cgroup paths), which selectors carry as the workload wrote them.
+  return buffer.toString('utf8', 0, length);
 }
 
 /**

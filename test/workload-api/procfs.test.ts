@@ -47,7 +47,7 @@ describe('readProcFile', () => {
     expect(readProcFile(path)).toBe(text);
     // A /proc file that stays the same between two reads (status does not: its counters move).
     expect(readProcFile(`/proc/${process.pid}/cmdline`)).toBe(
-      readFileSync(`/proc/${process.pid}/cmdline`, 'latin1'),
+      readFileSync(`/proc/${process.pid}/cmdline`, 'utf8'),
     );
   });
 
