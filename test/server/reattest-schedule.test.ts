@@ -1,8 +1,13 @@
 import { EventEmitter } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { type Client, type ClientDuplexStream, credentials, Server, ServerCredentials } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { Counter, Registry } from 'prom-client';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { agentService } from '../../src/agent-api/proto.js';
 import { ContinuousAttestation, type ReattestStream } from '../../src/server/agentapi/reattest.js';
 import type { AttestedNode, Datastore, NodeTrust } from '../../src/server/datastore/datastore.js';
 import { parsePcrSelection, type TpmPolicy } from '../../src/server/nodeattestor/policy.js';
@@ -330,5 +335,83 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
     expect(await silentVerdict).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
     expect(verdicts.map((v) => [v.id, v.trust.code])).toEqual([[silent.spiffeId, 'ERR_REATTEST_NO_ANSWER']]);
     expect(left.trust.state).toBe('trusted');
+  });
+});
+
+describe('a re-quote stream the agent left while it was being admitted', () => {
+  let grpcServer: Server | undefined;
+  let client: Client | undefined;
+  let dir: string | undefined;
+  afterEach(() => {
+    client?.close();
+    grpcServer?.forceShutdown();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /**
+   * A real gRPC server whose Reattest handler hands each call over unattached, standing in for the
+   * agent API's handler, whose admission is a datastore read during which the agent may cancel; and
+   * a node re-quoted just now by another server, so that a challenge that never reaches the agent
+   * here gives no verdict.
+   */
+  async function setUp() {
+    const quoted = new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: Math.floor(Date.now() / 1000) })));
+    const node = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted } } as AttestedNode;
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    const attestation = scheduleOf(new Map([[node.spiffeId, node]]), verdicts, 600);
+    scheduler = attestation;
+    await attestation.start();
+    const received: ReattestStream[] = [];
+    const Service = agentService();
+    grpcServer = new Server();
+    grpcServer.addService(Service.service, { Reattest: (call: ReattestStream) => received.push(call) });
+    dir = mkdtempSync(join(tmpdir(), 'ironroot-reattest-'));
+    const address = `unix:${join(dir, 'agent-api.sock')}`;
+    await new Promise<void>((resolve, reject) =>
+      grpcServer?.bindAsync(address, ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())),
+    );
+    const agent = new Service(address, credentials.createInsecure());
+    client = agent;
+    /** Opens a stream; resolves to the agent's end and the server's, not yet attached. */
+    const open = async () => {
+      const call = (agent as unknown as { Reattest(): ClientDuplexStream<unknown, unknown> }).Reattest();
+      call.on('error', () => {});
+      const seen = received.length;
+      const server = await until('the server to receive the stream', () => received[seen]);
+      return { call, server };
+    };
+    /** A stream the agent cancels before the server attaches it. */
+    const cancelledWhileAdmitting = async () => {
+      const { call, server } = await open();
+      call.cancel();
+      await until('the server to see the cancel', () => (server.cancelled ? true : undefined));
+      return server;
+    };
+    return { node, verdicts, attestation, open, cancelledWhileAdmitting };
+  }
+
+  it('is not held: a challenge is judged as never having reached the agent', async () => {
+    const { node, verdicts, attestation, cancelledWhileAdmitting } = await setUp();
+    expect(attestation.attach(node.spiffeId, await cancelledWhileAdmitting())).toBe(false);
+    await expect(attestation.reattestNow(node.spiffeId)).rejects.toMatchObject({
+      code: 'ERR_REATTEST_OTHER_SERVER',
+    });
+    expect(verdicts).toEqual([]);
+    expect(node.trust.state).toBe('trusted');
+  });
+
+  it('does not replace the stream the agent has open: the challenge goes out on that one', async () => {
+    const { node, attestation, open, cancelledWhileAdmitting } = await setUp();
+    const live = await open();
+    const challenges: unknown[] = [];
+    live.call.on('data', (message: unknown) => challenges.push(message));
+    expect(attestation.attach(node.spiffeId, live.server)).toBe(true);
+    expect(attestation.attach(node.spiffeId, await cancelledWhileAdmitting())).toBe(false);
+    const verdict = attestation.reattestNow(node.spiffeId);
+    await until('the challenge on the open stream', () => (challenges.length > 0 ? true : undefined));
+    expect(challenges[0]).toMatchObject({ challenge: { challenge_id: expect.any(Number) } });
+    // Leaving unanswered (to another server) gives no verdict here either.
+    live.call.cancel();
+    await expect(verdict).rejects.toMatchObject({ code: 'ERR_REATTEST_OTHER_SERVER' });
   });
 });

@@ -217,8 +217,15 @@ export class ContinuousAttestation {
     else session.trust = 'trusted';
   }
 
-  /** The agent's stream (authenticated by the caller): challenges go out on it, answers come in. */
-  attach(agentId: string, stream: ReattestStream): void {
+  /**
+   * The agent's stream (authenticated by the caller): challenges go out on it, answers come in.
+   * False, and nothing changes, when the stream is already over: the agent went away while it was
+   * being admitted, and grpc-js emitted its last events before anyone listened. Held, such a stream
+   * would pass for the agent's until it came back here: every challenge "sent" on it, none answered,
+   * the node made untrusted while another server re-quotes it.
+   */
+  attach(agentId: string, stream: ReattestStream): boolean {
+    if (stream.cancelled || stream.destroyed) return false;
     const now = monotonic.now();
     const session =
       this.#sessions.get(agentId) ?? this.#session(agentId, 'trusted', now + this.#nextInterval());
@@ -247,6 +254,7 @@ export class ContinuousAttestation {
       session.dueAt = now;
       this.#schedule(agentId, now);
     }
+    return true;
   }
 
   /** One re-quote now (or joins the one in flight), resolved with its outcome. */

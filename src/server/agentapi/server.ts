@@ -264,8 +264,9 @@ export class AgentApiServer {
           'ERR_REATTEST_NOT_TPM',
           `agent ${agentId} attested by ${node.attestationType}: only TPM nodes are re-quoted`,
         );
-      this.#o.reattest.attach(agentId, call);
-      this.#o.logger.debug({ agent_id: agentId, agent_serial: node.serialNumber }, 're-quote stream opened');
+      const fields = { agent_id: agentId, agent_serial: node.serialNumber };
+      if (this.#o.reattest.attach(agentId, call)) this.#o.logger.debug(fields, 're-quote stream opened');
+      else this.#o.logger.debug(fields, 're-quote stream closed by the agent before it was opened');
     } catch (error) {
       const refusal =
         error instanceof AttestationError
