@@ -13,6 +13,7 @@ import type { EntryMessage, FetchBundlesResponse } from '../agent-api/proto.js';
 import {
   BundleSet,
   SpiffeBundle,
+  SpiffeError,
   SpiffeId,
   TrustDomain,
   verifyX509Svid,
@@ -188,6 +189,8 @@ export class SvidCache implements WorkloadIdentityProvider {
   #bundleDocument = '';
   #activeAuthority: X509Certificate | undefined;
   #federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
+  /** Federated bundle documents refused, by trust domain: reported once, not parsed again. */
+  #refusedFederated = new Map<string, string>();
   #suspended = false;
 
   constructor(options: {
@@ -379,8 +382,17 @@ export class SvidCache implements WorkloadIdentityProvider {
     return changed;
   }
 
-  /** Applies the bundles; true when they changed. */
-  applyBundles(response: FetchBundlesResponse): boolean {
+  /**
+   * Applies the bundles; true when they changed. A federated bundle this agent cannot use (say an
+   * older server stored one with a weak key) is left out, and `refused` hears of it once per
+   * document: one partner's bundle must not stop the sync of this trust domain's own identities.
+   * The last good bundle of that trust domain is not kept either: the server no longer vouches
+   * for it.
+   */
+  applyBundles(
+    response: FetchBundlesResponse,
+    refused: (trustDomain: string, error: SpiffeError) => void = () => {},
+  ): boolean {
     this.#activeAuthority =
       response.active_x509_authority.length > 0
         ? new X509Certificate(response.active_x509_authority)
@@ -392,19 +404,23 @@ export class SvidCache implements WorkloadIdentityProvider {
       changed = true;
     }
     const federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
+    const refusals = new Map<string, string>();
     for (const { trust_domain, document } of response.federated) {
       const known = this.#federated.get(trust_domain);
       if (known?.document === document) federated.set(trust_domain, known);
+      else if (this.#refusedFederated.get(trust_domain) === document) refusals.set(trust_domain, document);
       else {
-        federated.set(trust_domain, {
-          document,
-          bundle: SpiffeBundle.parse(TrustDomain.parse(trust_domain), document),
-        });
+        const bundle = parseFederated(trust_domain, document);
+        if (bundle instanceof SpiffeError) {
+          refusals.set(trust_domain, document);
+          refused(trust_domain, bundle);
+        } else federated.set(trust_domain, { document, bundle });
         changed = true;
       }
     }
     if (federated.size !== this.#federated.size) changed = true;
     this.#federated = federated;
+    this.#refusedFederated = refusals;
     return changed;
   }
 
@@ -599,12 +615,12 @@ export class SvidCache implements WorkloadIdentityProvider {
     }
     const bundle =
       snapshot.bundle === '' ? this.#bundle : SpiffeBundle.parse(this.#trustDomain, snapshot.bundle);
-    const federated = new Map(
-      snapshot.federated.map(({ trust_domain, document }) => [
-        trust_domain,
-        { document, bundle: SpiffeBundle.parse(TrustDomain.parse(trust_domain), document) },
-      ]),
-    );
+    // A refused federated bundle is left for the first sync to report (applyBundles).
+    const federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
+    for (const { trust_domain, document } of snapshot.federated) {
+      const bundle = parseFederated(trust_domain, document);
+      if (!(bundle instanceof SpiffeError)) federated.set(trust_domain, { document, bundle });
+    }
     const trusted = new BundleSet([new X509Bundle(this.#trustDomain, roots)]);
     const svids = new Map<string, CachedSvid>();
     let expired = expiredEntries.size;
@@ -684,6 +700,16 @@ function signedUnder(svid: CachedSvid, ca: CaState, leaf?: X509Certificate): boo
 }
 
 /** Every selector kind the entries use. */
+/** A federated bundle, or why it cannot be used (returned, not thrown: the caller goes on without it). */
+function parseFederated(trustDomain: string, document: string): SpiffeBundle | SpiffeError {
+  try {
+    return SpiffeBundle.parse(TrustDomain.parse(trustDomain), document);
+  } catch (error) {
+    if (error instanceof SpiffeError) return error;
+    throw error;
+  }
+}
+
 function kindsOf(entries: ReadonlyMap<string, CachedEntry>): ReadonlySet<string> {
   const kinds = new Set<string>();
   for (const entry of entries.values())

@@ -10,7 +10,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import type { SyncCursorMessage } from '../agent-api/proto.js';
-import { createCsr, createKeySigner } from '../spiffe/index.js';
+import { createCsr, createKeySigner, type SpiffeError } from '../spiffe/index.js';
 import type { IssuedSvid, SvidCache } from './cache.js';
 import type { AgentApiClient } from './client.js';
 import { AgentError } from './errors.js';
@@ -49,6 +49,13 @@ export class WorkloadSync {
     this.#metrics = metrics;
   }
 
+  readonly #refusedBundle = (trustDomain: string, error: SpiffeError): void => {
+    this.#logger.error(
+      { trust_domain: trustDomain, reason: error.code, err_message: error.message },
+      'federated bundle refused: workloads get no bundle of this trust domain until the server sends one this agent can use (bundle set there, or its next federation refresh)',
+    );
+  };
+
   /** One round; `stopping` is asked between batches, so an agent shutting down does not wait for thousands. */
   async run(client: AgentApiClient, stopping: () => boolean = () => false): Promise<void> {
     let changed = false;
@@ -73,7 +80,7 @@ export class WorkloadSync {
         );
       const bundles = await client.fetchBundles();
       this.#metrics.bundleReceived();
-      if (this.#cache.applyBundles(bundles)) {
+      if (this.#cache.applyBundles(bundles, this.#refusedBundle)) {
         changed = true;
         this.#logger.info('bundle updated');
       }

@@ -1,4 +1,4 @@
-import type { KeyObject, X509Certificate } from 'node:crypto';
+import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type CacheObserver, type IssuedSvid, SvidCache } from '../../src/agent/cache.js';
 import type { EntryMessage } from '../../src/agent-api/proto.js';
@@ -342,5 +342,113 @@ describe("SvidCache: each SVID's validity, read once from its leaf", () => {
     // Past the first one's end, the next one's.
     expect(cache.soonestExpiryMs(notAfter(1).getTime())).toBe(notAfter(2).getTime());
     expect(cache.soonestExpiryMs(notAfter(0).getTime())).toBeUndefined();
+  });
+});
+
+describe('SvidCache.applyBundles: a federated bundle the agent cannot use', () => {
+  /** A JWT-only bundle document of `td` with one RSA key of `bits`. */
+  const jwtBundle = (bits: number, kid: string) =>
+    JSON.stringify({
+      keys: [
+        {
+          ...generateKeyPairSync('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' }),
+          kid,
+          use: 'jwt-svid',
+        },
+      ],
+    });
+  const weak = jwtBundle(1024, 'weak');
+  const strong = jwtBundle(2048, 'strong');
+  let ca: Ca;
+  beforeAll(async () => {
+    ca = await newCa('own');
+  });
+
+  /** A cache with entry 0, federating with partner.org and other.org, and its SVID. */
+  async function federatingCache(): Promise<SvidCache> {
+    const cache = new SvidCache({
+      trustDomain: TD,
+      attestors: [],
+      bootstrapRoots: [],
+      mintJwt: () => Promise.reject(new Error('not used')),
+    });
+    cache.applyEntries({
+      full: true,
+      entries: [{ ...entryMessage(0), federates_with: ['other.org', 'partner.org'] }],
+      deletedIds: [],
+      cursor: { epoch: 'e', revision: 1, scope: 's' },
+      pages: 1,
+    });
+    await issue(cache, ca, [0]);
+    return cache;
+  }
+  const federatedTo = (cache: SvidCache) =>
+    cache
+      .identities(['unix:uid:1000'])
+      .federatedBundles.map((b) => [b.trustDomain.name, b.jwtAuthorities.size]);
+
+  it('leaves it out and reports it once per document; the own bundle and the other federated ones apply', async () => {
+    const cache = await federatingCache();
+    const refusals: [string, string, string][] = [];
+    const refused = (td: string, error: { code: string; message: string }) =>
+      refusals.push([td, error.code, error.message]);
+    const answer = (partner: string) => ({
+      ...bundles([ca], ca),
+      federated: [
+        { trust_domain: 'other.org', document: strong },
+        { trust_domain: 'partner.org', document: partner },
+      ],
+    });
+
+    expect(cache.applyBundles(answer(weak), refused)).toBe(true);
+    expect(refusals).toEqual([
+      [
+        'partner.org',
+        'ERR_BUNDLE_WEAK_KEY',
+        expect.stringMatching(/RSA key of 1024 bits, fewer than the 2048/),
+      ],
+    ]);
+    expect(federatedTo(cache)).toEqual([['other.org', 1]]);
+    expect(cache.identities(['unix:uid:1000']).bundle.x509Authorities.map((c) => c.raw)).toEqual([
+      ca.cert.raw,
+    ]);
+    expect(served(cache, 0)).toBeDefined();
+
+    // The same document again: no change, not reported again.
+    expect(cache.applyBundles(answer(weak), refused)).toBe(false);
+    expect(refusals).toHaveLength(1);
+    // Another refused document is reported; a usable one is applied.
+    expect(cache.applyBundles(answer(jwtBundle(1024, 'weak-2')), refused)).toBe(true);
+    expect(refusals.map(([td]) => td)).toEqual(['partner.org', 'partner.org']);
+    expect(cache.applyBundles(answer(strong), refused)).toBe(true);
+    expect(federatedTo(cache)).toEqual([
+      ['other.org', 1],
+      ['partner.org', 1],
+    ]);
+    // Refused after a usable one: the usable one is not kept, and the refusal is reported.
+    expect(cache.applyBundles(answer(weak), refused)).toBe(true);
+    expect(federatedTo(cache)).toEqual([['other.org', 1]]);
+    expect(refusals).toHaveLength(3);
+  });
+
+  it('a persisted cache holding one is restored without it', async () => {
+    const cache = await federatingCache();
+    const snapshot = cache.snapshot();
+    const restored = await federatingCache();
+    const outcome = restored.restore(
+      {
+        bundle: bundles([ca], ca).bundle,
+        federated: [
+          { trust_domain: 'other.org', document: strong },
+          { trust_domain: 'partner.org', document: weak },
+        ],
+        entries: [...snapshot.entries],
+        svids: [...snapshot.svids],
+      },
+      [ca.cert],
+      now(),
+    );
+    expect(outcome).toMatchObject({ entries: 1, svids: 1 });
+    expect(federatedTo(restored)).toEqual([['other.org', 1]]);
   });
 });

@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -267,5 +267,41 @@ describe('federation poller', () => {
     expect(failures()[0]).toMatchObject({ url: `https://127.0.0.1:${port}/bundle?…` });
     expect(String(failures()[0]?.error)).toContain(`https://127.0.0.1:${port}/bundle?…`);
     expect(JSON.stringify(logs.lines)).not.toContain('s3cret');
+  });
+
+  it("replaces a stored bundle that fails today's checks over https_web; https_spiffe refuses to trust it", async () => {
+    // As an older server, without the weak-key check, may have stored it.
+    const weak = JSON.stringify({
+      keys: [
+        {
+          ...generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' }),
+          kid: 'weak',
+          use: 'jwt-svid',
+        },
+      ],
+    });
+    await datastore.setFederatedBundle('domain1.test', weak, 'test.older-server');
+    answer = bundleDoc({ hint: 60, sequence: 2n });
+    expect(await poll()).toBe(1);
+    expect(failures()).toEqual([]);
+    expect((await datastore.getBundle('domain1.test'))?.document).toBe(answer);
+
+    await datastore.setFederatedBundle('spiffe.test', weak, 'test.older-server');
+    relationships = [
+      {
+        ...relationship('spiffe.test'),
+        profile: 'https_spiffe',
+        endpointSpiffeId: 'spiffe://spiffe.test/spire/server',
+      },
+    ];
+    expect(await poll()).toBe(0);
+    expect(failures()[0]).toMatchObject({
+      code: 'ERR_FEDERATION_STORED_BUNDLE_REFUSED',
+      trust_domain: 'spiffe.test',
+    });
+    expect(String(failures()[0]?.error)).toMatch(
+      /the stored bundle of spiffe\.test fails this server's checks \(ERR_BUNDLE_WEAK_KEY: .*1024 bits.*\), so it cannot authenticate this https_spiffe endpoint; set one that passes \(bundle set --id spiffe\.test\)/,
+    );
+    expect((await datastore.getBundle('spiffe.test'))?.document).toBe(weak);
   });
 });

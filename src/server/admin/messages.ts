@@ -188,6 +188,8 @@ export interface BundleMessage {
   document: string;
   x509_pem: string;
   sequence: number;
+  /** Why the stored document fails today's checks; '' when it passes. */
+  refused: string;
 }
 export interface ListFederatedBundlesResponse {
   bundles: BundleMessage[];

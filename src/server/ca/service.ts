@@ -12,6 +12,7 @@ import {
   isSpiffeError,
   parseCsr,
   SpiffeBundle,
+  SpiffeError,
   SpiffeId,
   TrustDomain,
   X509Bundle,
@@ -140,6 +141,7 @@ export class CaService {
       document: bundle.marshal(),
       x509_pem: bundle.x509Authorities.map((c) => c.toString()).join(''),
       sequence: Number(bundle.sequenceNumber ?? 0n),
+      refused: '',
     };
   }
 
@@ -267,12 +269,22 @@ function toAuthority(slot: CaSlot): AuthorityMessage {
   };
 }
 
+/** A stored bundle that fails today's checks is still listed, with why, so that it can be replaced. */
 function toBundleMessage(stored: StoredBundle): BundleMessage {
-  const bundle = SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document);
+  let x509Pem = '';
+  let refused = '';
+  try {
+    const bundle = SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document);
+    x509Pem = bundle.x509Authorities.map((c) => c.toString()).join('');
+  } catch (error) {
+    if (!(error instanceof SpiffeError)) throw error;
+    refused = `${error.code}: ${error.message}`;
+  }
   return {
     trust_domain: stored.trustDomain,
     document: stored.document,
-    x509_pem: bundle.x509Authorities.map((c) => c.toString()).join(''),
+    x509_pem: x509Pem,
     sequence: stored.sequence,
+    refused,
   };
 }

@@ -178,7 +178,7 @@ export function bundleCommand(): Command {
       else {
         for (const b of bundles)
           print(
-            `****************************************\n* ${b.trust_domain}\n****************************************\n${flags.format === 'pem' ? b.x509_pem : b.document}`,
+            `****************************************\n* ${b.trust_domain}\n****************************************\n${b.refused === '' ? '' : `refused (agents leave it out; replace it with bundle set): ${b.refused}\n`}${flags.format === 'pem' ? b.x509_pem : b.document}`,
           );
       }
     }),

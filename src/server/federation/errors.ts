@@ -11,6 +11,8 @@ export type FederationErrorCode =
   | 'ERR_FEDERATION_URL_NOT_HTTPS'
   /** https_spiffe without a stored bundle of the foreign trust domain to authenticate the endpoint with. */
   | 'ERR_FEDERATION_BUNDLE_MISSING'
+  /** https_spiffe, and the stored bundle fails today's checks (an older server stored it). */
+  | 'ERR_FEDERATION_STORED_BUNDLE_REFUSED'
   /** https_spiffe without an endpoint SPIFFE ID, or one outside the foreign trust domain. */
   | 'ERR_FEDERATION_ENDPOINT_ID_INVALID'
   /** The server certificate does not chain to the trusted roots (or names another host, https_web). */

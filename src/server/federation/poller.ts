@@ -9,7 +9,7 @@
  */
 import type { Counter } from 'prom-client';
 import { printableUrl } from '../../host/index.js';
-import { SpiffeBundle, TrustDomain } from '../../spiffe/index.js';
+import { SpiffeBundle, SpiffeError, TrustDomain } from '../../spiffe/index.js';
 import type { Clock } from '../clock.js';
 import type { Datastore, FederationRelationship } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
@@ -128,10 +128,7 @@ export class FederationPoller {
           `${trustDomain} is this server's own trust domain; delete the relationship`,
         );
       }
-      current =
-        stored === undefined
-          ? undefined
-          : SpiffeBundle.parse(TrustDomain.parse(trustDomain), stored.document);
+      current = stored === undefined ? undefined : usableStored(relationship, stored.document);
       const fetched = await fetchFederatedBundle({
         trustDomain,
         bundleEndpointUrl: url,
@@ -183,6 +180,27 @@ export class FederationPoller {
       );
       this.#o.fetches?.inc({ trust_domain: trustDomain, result: code });
     }
+  }
+}
+
+/**
+ * The stored bundle, to authenticate an https_spiffe endpoint with and to compare against. One that
+ * fails today's checks (an older server stored it, with an RSA key under 2048 bits say) cannot
+ * authenticate anything; an https_web endpoint is fetched without it, and its answer replaces it.
+ */
+function usableStored(relationship: FederationRelationship, document: string): SpiffeBundle | undefined {
+  const { trustDomain, bundleEndpointUrl: url } = relationship;
+  try {
+    return SpiffeBundle.parse(TrustDomain.parse(trustDomain), document);
+  } catch (error) {
+    if (!(error instanceof SpiffeError)) throw error;
+    if (relationship.profile !== 'https_spiffe') return undefined;
+    throw new FederationError(
+      'ERR_FEDERATION_STORED_BUNDLE_REFUSED',
+      url,
+      `the stored bundle of ${trustDomain} fails this server's checks (${error.code}: ${error.message}), so it cannot authenticate this https_spiffe endpoint; set one that passes (bundle set --id ${trustDomain})`,
+      { cause: error },
+    );
   }
 }
 

@@ -126,7 +126,16 @@ export class FederationRegistry {
 
   async #storedBundle(td: TrustDomain): Promise<SpiffeBundle | undefined> {
     const stored = await this.#store.getBundle(td.name);
-    return stored?.federated ? SpiffeBundle.parse(td, stored.document) : undefined;
+    if (!stored?.federated) return undefined;
+    try {
+      return SpiffeBundle.parse(td, stored.document);
+    } catch (error) {
+      if (!isSpiffeError(error)) throw error;
+      throw new FederationInvalidError(
+        'trust_domain_bundle',
+        `the stored bundle of ${td.name} fails this server's checks (${error.code}: ${error.message}), so it cannot authenticate the https_spiffe endpoint; give one that passes`,
+      );
+    }
   }
 
   #checkTrustDomain(name: string): string {
@@ -241,10 +250,18 @@ function toMessage(
         ? null
         : {
             sequence: stored.sequence,
-            refresh_hint:
-              SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document).refreshHintSeconds ??
-              0,
+            refresh_hint: storedRefreshHint(stored),
             updated_at: stored.updatedAt,
           },
   };
+}
+
+/** The stored bundle's refresh hint; 0 when it has none, or fails today's checks (`bundle list` says why). */
+function storedRefreshHint(stored: StoredBundle): number {
+  try {
+    return SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document).refreshHintSeconds ?? 0;
+  } catch (error) {
+    if (isSpiffeError(error)) return 0;
+    throw error;
+  }
 }
