@@ -346,8 +346,15 @@ function codeOf(refusal: Partial<ServerErrorResponse>): string {
   return String(refusal.metadata?.get('ironroot-error-code')[0] ?? 'ERR_AGENT_INTERNAL');
 }
 
-/** Resolves when the stream can take more, or the agent went away. */
-function drained(call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>): Promise<void> {
+/**
+ * Resolves when the stream can take more, or the agent went away. A stream the agent cancelled
+ * before (while it was being authorized, say) has emitted its last event already: waiting for one
+ * would hold the whole sync's entries for good.
+ */
+export function drained(
+  call: ServerWritableStream<FetchEntriesRequest, FetchEntriesResponse>,
+): Promise<void> {
+  if (call.cancelled || call.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       call.off('drain', done);
