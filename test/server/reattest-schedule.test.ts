@@ -280,8 +280,9 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
     try {
       down = true;
       await scheduler.start();
-      // Three failed challenges: down for longer than a node may go unquoted (counted, not timed).
-      await until('three failed challenges', () => (failed >= 3 ? true : undefined), 60_000);
+      // Three failed datastore calls (a challenge is judged from the datastore at its deadline): down
+      // for longer than a node may go unquoted (counted, not timed).
+      await until('three failed datastore calls', () => (failed >= 3 ? true : undefined), 60_000);
       down = false;
       await until(
         'three reads of the node after the outage',
@@ -294,6 +295,53 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
       clearInterval(otherServer);
     }
   }, 120_000);
+
+  it('writes no nonce for a node whose stream is not here; its agent arriving mid-challenge gets it then', async () => {
+    const quoted = new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: Math.floor(Date.now() / 1000) })));
+    const elsewhere = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted } } as AttestedNode;
+    const arriving = { ...tpmNode(2), tpm: { ...tpmNode(2).tpm, lastQuote: quoted } } as AttestedNode;
+    const nodes = new Map([elsewhere, arriving].map((n) => [n.spiffeId, n]));
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    const base = memoryStore(nodes, verdicts);
+    let nonces = 0;
+    const store = {
+      ...base,
+      issueNonce: async (...args: Parameters<Datastore['issueNonce']>) => {
+        nonces++;
+        return base.issueNonce(...args);
+      },
+    } as Datastore;
+    scheduler = new ContinuousAttestation({
+      datastore: store,
+      clock: { now: () => Date.now() },
+      logger: pino({ level: 'silent' }),
+      policy,
+      intervalSeconds: 600,
+      deadlineSeconds: 2,
+      reattestations: new Counter({ name: 'n_total', help: 'test', labelNames: ['result'], registers: [] }),
+    });
+    await scheduler.start();
+    await expect(scheduler.reattestNow(elsewhere.spiffeId)).rejects.toMatchObject({
+      code: 'ERR_REATTEST_OTHER_SERVER',
+    });
+    expect(nonces).toBe(0);
+
+    // A challenge still open when the agent's stream comes: its nonce is written, and it goes out.
+    const written: unknown[] = [];
+    const stream = Object.assign(new EventEmitter(), {
+      write: (message: unknown) => written.push(message),
+      end() {},
+    });
+    const verdict = scheduler.reattestNow(arriving.spiffeId);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(nonces).toBe(0);
+    scheduler.attach(arriving.spiffeId, stream as unknown as ReattestStream);
+    await until('the challenge on the stream that came', () => (written.length > 0 ? true : undefined));
+    expect(nonces).toBe(1);
+    expect(written[0]).toMatchObject({ challenge: { nonce: expect.any(Uint8Array) } });
+    // Unanswered on a stream that stays open: the deadline's verdict.
+    expect(await verdict).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
+  });
 
   it('judges a challenge whose stream closed unanswered like one that never reached the agent; a silent open stream fails at its deadline', async () => {
     const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));

@@ -14,7 +14,8 @@
  *
  * Servers sharing a datastore each hold the Reattest streams of the agents connected to them, and
  * each schedules every node. A challenge that never reached its agent here (no stream on this
- * server, or its stream closed before the answer) is judged from the datastore at its deadline:
+ * server, or its stream closed before the answer) is judged from the datastore at its deadline (its
+ * nonce, a datastore write, is made only if the stream arrives meanwhile):
  * when the node's last verified quote, which every server records, is recent enough for another
  * server to be re-quoting it, there is no verdict here; only a node no server has heard from lately
  * becomes untrusted.
@@ -80,6 +81,11 @@ interface Pending {
   readonly id: number;
   /** Undefined until the datastore has it: only then does the challenge go out. */
   nonce: Uint8Array | undefined;
+  /**
+   * Set once the nonce was asked of the datastore, which happens only when the node's stream is
+   * here: a server re-quoting a node connected elsewhere (or nowhere) writes nothing for it.
+   */
+  nonceAsked: boolean;
   readonly sentAt: number;
   readonly deadlineAt: number;
   /** Set once an answer is being judged: later answers and the deadline leave it alone. */
@@ -248,8 +254,11 @@ export class ContinuousAttestation {
     stream.on('error', detach);
     stream.on('cancelled', detach);
     stream.on('close', detach);
-    if (session.pending !== undefined && !session.pending.answered) this.#send(session);
-    else if (session.trust === 'untrusted' && session.pending === undefined) {
+    const pending = session.pending;
+    if (pending !== undefined && !pending.answered) {
+      if (pending.nonceAsked) this.#send(session);
+      else this.#askNonce(session, pending);
+    } else if (session.trust === 'untrusted' && session.pending === undefined) {
       // An agent back after an outage need not wait an interval to be trusted again.
       session.dueAt = now;
       this.#schedule(agentId, now);
@@ -328,6 +337,7 @@ export class ContinuousAttestation {
     const pending: Pending = {
       id: ++this.#nextId,
       nonce: undefined,
+      nonceAsked: false,
       sentAt: now,
       deadlineAt: now + this.#deadlineMs,
       answered: false,
@@ -338,6 +348,14 @@ export class ContinuousAttestation {
     session.dueAt = now + this.#nextInterval();
     this.#schedule(session.agentId, pending.deadlineAt);
     this.#schedule(session.agentId, session.dueAt);
+    // Without the stream here the challenge cannot go out (attach asks when it comes): it is judged
+    // at its deadline from the datastore alone, and the nonce would be a write for nothing.
+    if (session.stream !== undefined) this.#askNonce(session, pending);
+    return pending;
+  }
+
+  #askNonce(session: Session, pending: Pending): void {
+    pending.nonceAsked = true;
     this.#nonces.issue().then(
       (nonce) => {
         pending.nonce = nonce;
@@ -345,7 +363,6 @@ export class ContinuousAttestation {
       },
       (error: unknown) => this.#unissued(session, pending, error),
     );
-    return pending;
   }
 
   /** The nonce could not be stored: no challenge, no verdict; the next interval tries again. */
