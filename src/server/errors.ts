@@ -24,6 +24,7 @@ export type ServerErrorCode =
   | 'ERR_AGENT_ID_INVALID'
   | 'ERR_EK_HASH_INVALID'
   | 'ERR_BUNDLE_NOT_FOUND'
+  | 'ERR_BUNDLE_IN_USE'
   | 'ERR_FEDERATION_INVALID'
   | 'ERR_FEDERATION_OWN_TRUST_DOMAIN'
   | 'ERR_FEDERATION_BUNDLE_MISSING'
@@ -65,6 +66,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_AGENT_ID_INVALID: status.INVALID_ARGUMENT,
   ERR_EK_HASH_INVALID: status.INVALID_ARGUMENT,
   ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
+  ERR_BUNDLE_IN_USE: status.FAILED_PRECONDITION,
   ERR_FEDERATION_INVALID: status.INVALID_ARGUMENT,
   ERR_FEDERATION_OWN_TRUST_DOMAIN: status.INVALID_ARGUMENT,
   ERR_FEDERATION_BUNDLE_MISSING: status.FAILED_PRECONDITION,
@@ -248,6 +250,16 @@ export class BundleNotFoundError extends ServerError {
     super(
       'ERR_BUNDLE_NOT_FOUND',
       `no federated bundle for trust domain ${JSON.stringify(trustDomain)}; see "bundle list"`,
+    );
+  }
+}
+
+/** A federated bundle registration entries federate with: deleting it would leave them without it. */
+export class BundleInUseError extends ServerError {
+  constructor(trustDomain: string, entries: number) {
+    super(
+      'ERR_BUNDLE_IN_USE',
+      `${entries} registration ${entries === 1 ? 'entry federates' : 'entries federate'} with ${trustDomain}: their workloads would silently lose its bundle; take it out of their federates-with first (entry list --federates-with ${trustDomain}), then delete the bundle`,
     );
   }
 }

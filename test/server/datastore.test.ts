@@ -829,6 +829,33 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     });
   });
 
+  it('refuses to delete a federated bundle entries federate with, and keeps it', async () => {
+    await store.setFederatedBundle('partner.org', '{"keys":[]}', 'uid:0');
+    const first = await store.createEntry(
+      entry({ spiffeId: `${TD}/a`, federatesWith: ['partner.org'] }),
+      't',
+    );
+    const second = await store.createEntry(
+      entry({ spiffeId: `${TD}/b`, federatesWith: ['partner.org'] }),
+      't',
+    );
+    await expect(store.deleteFederatedBundle('partner.org', 'uid:0')).rejects.toMatchObject({
+      code: 'ERR_BUNDLE_IN_USE',
+      message: expect.stringMatching(
+        /^2 registration entries federate with partner\.org: .*entry list --federates-with partner\.org/,
+      ),
+    });
+    expect(await store.getBundle('partner.org')).toMatchObject({ federated: true, sequence: 1 });
+    expect((await store.listAudit(1000)).map((a) => a.action)).not.toContain('bundle.delete');
+    await store.deleteEntry(first.id, 't');
+    await expect(store.deleteFederatedBundle('partner.org', 'uid:0')).rejects.toMatchObject({
+      message: expect.stringMatching(/^1 registration entry federates with partner\.org/),
+    });
+    await store.deleteEntry(second.id, 't');
+    await store.deleteFederatedBundle('partner.org', 'uid:0');
+    expect(await store.getBundle('partner.org')).toBeUndefined();
+  });
+
   it('raises the journal version with every CA change, and refuses one decided on an older version, writing nothing', async () => {
     expect(await store.caJournalVersion()).toBe(0);
     const bundle = { trustDomain: 'example.org', document: '{"keys":[]}', sequence: 1 };

@@ -247,7 +247,7 @@ describe('federation relationships over the admin socket, through the built CLI'
     const deleted = await federation('delete', '--trust-domain', 'gone.org');
     expect(deleted.stderr).toBe('');
     expect(deleted.stdout).toBe(
-      'Deleted federation relationship with gone.org.\nIts stored bundle (sequence 1) stays, and entries federating with gone.org still get it; remove it with "bundle delete --id gone.org".\n',
+      'Deleted federation relationship with gone.org.\nIts stored bundle (sequence 1) stays, and entries federating with gone.org still get it; remove it with "bundle delete --id gone.org" once no entry federates with it.\n',
     );
     expect(refused(await federation('show', '--trust-domain', 'gone.org'))).toContain(
       'no federation relationship',
@@ -347,17 +347,35 @@ describe('federation relationships over the admin socket, through the built CLI'
       expect(result.stderr).toContain('entry 1: ERR_FEDERATES_WITH_UNKNOWN: federates_with: ghost.org');
     });
 
-    it('entry update refuses adding an unknown trust domain, and keeps one the entry already had', async () => {
-      const ca = await TestCa.create('fading.org');
-      const file = join(server.dir, 'fading.pem');
+    it('bundle delete refuses while entries federate with the trust domain, and deletes once none does', async () => {
+      const ca = await TestCa.create('kept.org');
+      const file = join(server.dir, 'kept.pem');
       writeFileSync(file, ca.certificate.toString());
-      expect((await cli(['bundle', 'set', ...admin(), '--id', 'fading.org', '--path', file])).code).toBe(0);
+      expect((await cli(['bundle', 'set', ...admin(), '--id', 'kept.org', '--path', file])).code).toBe(0);
+      const created = json<{ results: { entry: { id: string } }[] }>(
+        await cli(entryArgs('kept', '--federates-with', 'kept.org', '--output', 'json')),
+      );
+      expect(refused(await cli(['bundle', 'delete', ...admin(), '--id', 'kept.org']))).toBe(
+        'Error (ERR_BUNDLE_IN_USE): 1 registration entry federates with kept.org: their workloads would silently lose its bundle; take it out of their federates-with first (entry list --federates-with kept.org), then delete the bundle\n',
+      );
+      const listed = json<{ bundles: { trust_domain: string }[] }>(
+        await cli(['bundle', 'list', ...admin(), '--id', 'kept.org', '--output', 'json']),
+      );
+      expect(listed.bundles.map((b) => b.trust_domain)).toEqual(['kept.org']);
+      const id = created.results[0]?.entry.id ?? '';
+      expect((await cli(['entry', 'delete', ...admin(), '--entry-id', id])).code).toBe(0);
+      expect((await cli(['bundle', 'delete', ...admin(), '--id', 'kept.org'])).code).toBe(0);
+    });
+
+    it('entry update refuses adding an unknown trust domain, and keeps one the entry already had', async () => {
+      // Known through a relationship with no bundle fetched yet, then unknown once it is deleted.
+      expect((await federation('create', ...web('fading.org'))).code).toBe(0);
       const created = json<{ results: { entry: { id: string } }[] }>(
         await cli(entryArgs('fading', '--federates-with', 'fading.org', '--output', 'json')),
       );
       const id = created.results[0]?.entry.id ?? '';
-      expect((await cli(['bundle', 'delete', ...admin(), '--id', 'fading.org'])).code).toBe(0);
-      // The entry is untouched by the bundle's removal, and other fields can still change.
+      expect((await federation('delete', '--trust-domain', 'fading.org')).code).toBe(0);
+      // The entry is untouched by the relationship's removal, and other fields can still change.
       const hinted = json<{ results: { entry: { hint: string; federates_with: string[] } }[] }>(
         await cli([
           'entry',

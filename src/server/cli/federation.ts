@@ -212,7 +212,7 @@ export function federationCommand(): Command {
     print(`Deleted federation relationship with ${deleted.trust_domain}.`);
     if (deleted.bundle !== null)
       print(
-        `Its stored bundle (sequence ${deleted.bundle.sequence}) stays, and entries federating with ${deleted.trust_domain} still get it; remove it with "bundle delete --id ${deleted.trust_domain}".`,
+        `Its stored bundle (sequence ${deleted.bundle.sequence}) stays, and entries federating with ${deleted.trust_domain} still get it; remove it with "bundle delete --id ${deleted.trust_domain}" once no entry federates with it.`,
       );
   });
 

@@ -9,6 +9,7 @@ import type { ExpressionBuilder, Kysely, Transaction } from 'kysely';
 import { type Clock, nowSeconds } from '../clock.js';
 import {
   AgentNotFoundError,
+  BundleInUseError,
   BundleNotFoundError,
   CaJournalConflictError,
   DatastoreError,
@@ -756,6 +757,14 @@ export class SqlDatastore implements Datastore {
         .where('federated', '=', 1)
         .executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) throw new BundleNotFoundError(trustDomain);
+      // As SPIRE's default (restrict) mode: a bundle entries rely on is not deleted from under them
+      // (the throw rolls the deletion back).
+      const using = await trx
+        .selectFrom('entry_federates_with')
+        .select((eb) => eb.fn.countAll<number | string>().as('count'))
+        .where('trust_domain', '=', trustDomain)
+        .executeTakeFirstOrThrow();
+      if (Number(using.count) > 0) throw new BundleInUseError(trustDomain, Number(using.count));
       await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, {});
     });
   }
