@@ -1,17 +1,14 @@
 import { EventEmitter } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { type Client, type ClientDuplexStream, credentials, Server, ServerCredentials } from '@grpc/grpc-js';
+import type { ClientDuplexStream } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { Counter, Registry } from 'prom-client';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { agentService } from '../../src/agent-api/proto.js';
 import { ContinuousAttestation, type ReattestStream } from '../../src/server/agentapi/reattest.js';
 import type { AttestedNode, Datastore, NodeTrust } from '../../src/server/datastore/datastore.js';
 import { parsePcrSelection, type TpmPolicy } from '../../src/server/nodeattestor/policy.js';
 import { until } from '../attestation/harness.js';
+import { type BareAgentApi, bareAgentApi } from '../helpers/bare-agent-api.js';
 
 const NODES = 3000;
 
@@ -66,18 +63,15 @@ const policy: TpmPolicy = {
 
 let scheduler: ContinuousAttestation | undefined;
 
-function scheduleOf(
-  nodes: Map<string, AttestedNode>,
-  verdicts: { id: string; trust: NodeTrust }[],
-  intervalSeconds: number,
-) {
+/** The scheduler over `datastore`, with a silent log and a counter of its own. */
+function scheduleOf(datastore: Datastore, intervalSeconds: number, deadlineSeconds = 1) {
   return new ContinuousAttestation({
-    datastore: memoryStore(nodes, verdicts),
+    datastore,
     clock: { now: () => Date.now() },
     logger: pino({ level: 'silent' }),
     policy,
     intervalSeconds,
-    deadlineSeconds: 1,
+    deadlineSeconds,
     reattestations: new Counter({ name: 'r_total', help: 'test', labelNames: ['result'], registers: [] }),
   });
 }
@@ -134,15 +128,7 @@ describe('the re-quote schedule', () => {
     const token = { ...tpmNode(4), attestationType: 'join_token' };
     const nodes = new Map([tpm, evicted, banned, token].map((n) => [n.spiffeId, n]));
     const verdicts: { id: string; trust: NodeTrust }[] = [];
-    scheduler = new ContinuousAttestation({
-      datastore: memoryStore(nodes, verdicts),
-      clock: { now: () => Date.now() },
-      logger: pino({ level: 'silent' }),
-      policy,
-      intervalSeconds: 2,
-      deadlineSeconds: 2,
-      reattestations: new Counter({ name: 'r_total', help: 'test', labelNames: ['result'], registers: [] }),
-    });
+    scheduler = scheduleOf(memoryStore(nodes, verdicts), 2, 2);
     await scheduler.start();
     nodes.delete(evicted.spiffeId);
     await until('the TPM node to be judged', () => (verdicts.length > 0 ? true : undefined));
@@ -161,7 +147,7 @@ describe('the re-quote schedule', () => {
     const verdicts: { id: string; trust: NodeTrust }[] = [];
     const timeouts = vi.spyOn(globalThis, 'setTimeout');
     const intervals = vi.spyOn(globalThis, 'setInterval');
-    scheduler = scheduleOf(nodes, verdicts, 1);
+    scheduler = scheduleOf(memoryStore(nodes, verdicts), 1);
     await scheduler.start();
     // Nothing is due, so no timer at all: an idle server does not wake for the wheel.
     expect(timeouts).not.toHaveBeenCalled();
@@ -185,7 +171,7 @@ describe('the re-quote schedule', () => {
     const nodes = new Map([first, asked].map((n) => [n.spiffeId, n]));
     const verdicts: { id: string; trust: NodeTrust }[] = [];
     // start() puts both 10–20 minutes away; the timer sleeps until the first of them.
-    scheduler = scheduleOf(nodes, verdicts, 600);
+    scheduler = scheduleOf(memoryStore(nodes, verdicts), 600);
     await scheduler.start();
     // An operator's re-quote goes out now; its 1 s deadline is far before that bucket.
     const result = await scheduler.reattestNow(asked.spiffeId);
@@ -209,15 +195,7 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
       (elsewhere.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(now());
     }, 200);
     const verdicts: { id: string; trust: NodeTrust }[] = [];
-    scheduler = new ContinuousAttestation({
-      datastore: memoryStore(nodes, verdicts),
-      clock: { now: () => Date.now() },
-      logger: pino({ level: 'silent' }),
-      policy,
-      intervalSeconds: 2,
-      deadlineSeconds: 2,
-      reattestations: new Counter({ name: 'o_total', help: 'test', labelNames: ['result'], registers: [] }),
-    });
+    scheduler = scheduleOf(memoryStore(nodes, verdicts), 2, 2);
     try {
       await scheduler.start();
       // Asked while no stream of it is here: the answer says where to ask, and no verdict is made.
@@ -268,15 +246,7 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
       if (!down && readsAfter > 0)
         (elsewhere.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(now());
     }, 200);
-    scheduler = new ContinuousAttestation({
-      datastore: store,
-      clock: { now: () => Date.now() },
-      logger: pino({ level: 'silent' }),
-      policy,
-      intervalSeconds: 2,
-      deadlineSeconds: 2,
-      reattestations: new Counter({ name: 'w_total', help: 'test', labelNames: ['result'], registers: [] }),
-    });
+    scheduler = scheduleOf(store, 2, 2);
     try {
       down = true;
       await scheduler.start();
@@ -311,15 +281,7 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
         return base.issueNonce(...args);
       },
     } as Datastore;
-    scheduler = new ContinuousAttestation({
-      datastore: store,
-      clock: { now: () => Date.now() },
-      logger: pino({ level: 'silent' }),
-      policy,
-      intervalSeconds: 600,
-      deadlineSeconds: 2,
-      reattestations: new Counter({ name: 'n_total', help: 'test', labelNames: ['result'], registers: [] }),
-    });
+    scheduler = scheduleOf(store, 600, 2);
     await scheduler.start();
     await expect(scheduler.reattestNow(elsewhere.spiffeId)).rejects.toMatchObject({
       code: 'ERR_REATTEST_OTHER_SERVER',
@@ -355,7 +317,7 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
     const silent = recent(2);
     const nodes = new Map([left, silent].map((n) => [n.spiffeId, n]));
     const verdicts: { id: string; trust: NodeTrust }[] = [];
-    scheduler = scheduleOf(nodes, verdicts, 600);
+    scheduler = scheduleOf(memoryStore(nodes, verdicts), 600);
     await scheduler.start();
     const streamOf = () => {
       const stream = Object.assign(new EventEmitter(), {
@@ -387,14 +349,8 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
 });
 
 describe('a re-quote stream the agent left while it was being admitted', () => {
-  let grpcServer: Server | undefined;
-  let client: Client | undefined;
-  let dir: string | undefined;
-  afterEach(() => {
-    client?.close();
-    grpcServer?.forceShutdown();
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
-  });
+  let api: BareAgentApi | undefined;
+  afterEach(() => api?.close());
 
   /**
    * A real gRPC server whose Reattest handler hands each call over unattached, standing in for the
@@ -406,20 +362,12 @@ describe('a re-quote stream the agent left while it was being admitted', () => {
     const quoted = new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: Math.floor(Date.now() / 1000) })));
     const node = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted } } as AttestedNode;
     const verdicts: { id: string; trust: NodeTrust }[] = [];
-    const attestation = scheduleOf(new Map([[node.spiffeId, node]]), verdicts, 600);
+    const attestation = scheduleOf(memoryStore(new Map([[node.spiffeId, node]]), verdicts), 600);
     scheduler = attestation;
     await attestation.start();
     const received: ReattestStream[] = [];
-    const Service = agentService();
-    grpcServer = new Server();
-    grpcServer.addService(Service.service, { Reattest: (call: ReattestStream) => received.push(call) });
-    dir = mkdtempSync(join(tmpdir(), 'ironroot-reattest-'));
-    const address = `unix:${join(dir, 'agent-api.sock')}`;
-    await new Promise<void>((resolve, reject) =>
-      grpcServer?.bindAsync(address, ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())),
-    );
-    const agent = new Service(address, credentials.createInsecure());
-    client = agent;
+    api = await bareAgentApi({ Reattest: (call: ReattestStream) => received.push(call) });
+    const agent = api.client;
     /** Opens a stream; resolves to the agent's end and the server's, not yet attached. */
     const open = async () => {
       const call = (agent as unknown as { Reattest(): ClientDuplexStream<unknown, unknown> }).Reattest();
