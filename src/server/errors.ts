@@ -259,7 +259,7 @@ export class BundleInUseError extends ServerError {
   constructor(trustDomain: string, entries: number) {
     super(
       'ERR_BUNDLE_IN_USE',
-      `${entries} registration ${entries === 1 ? 'entry federates' : 'entries federate'} with ${trustDomain}: their workloads would silently lose its bundle; take it out of their federates-with first (entry list --federates-with ${trustDomain}), then delete the bundle`,
+      `${entries} registration ${entries === 1 ? 'entry federates' : 'entries federate'} with ${trustDomain}: their workloads would silently lose its bundle; take it out of their federates-with first (entry show --federates-with ${trustDomain}), or delete with --mode dissociate (takes it out of them) or --mode delete (deletes them)`,
     );
   }
 }

@@ -842,7 +842,7 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     await expect(store.deleteFederatedBundle('partner.org', 'uid:0')).rejects.toMatchObject({
       code: 'ERR_BUNDLE_IN_USE',
       message: expect.stringMatching(
-        /^2 registration entries federate with partner\.org: .*entry list --federates-with partner\.org/,
+        /^2 registration entries federate with partner\.org: .*entry show --federates-with partner\.org/,
       ),
     });
     expect(await store.getBundle('partner.org')).toMatchObject({ federated: true, sequence: 1 });
@@ -854,6 +854,61 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     await store.deleteEntry(second.id, 't');
     await store.deleteFederatedBundle('partner.org', 'uid:0');
     expect(await store.getBundle('partner.org')).toBeUndefined();
+  });
+
+  it('deleting a federated bundle in dissociate mode takes its trust domain out of the entries, each audited', async () => {
+    await store.setFederatedBundle('partner.org', '{"keys":[]}', 'uid:0');
+    const both = await store.createEntry(
+      entry({ spiffeId: `${TD}/both`, federatesWith: ['other.org', 'partner.org'] }),
+      't',
+    );
+    const only = await store.createEntry(
+      entry({ spiffeId: `${TD}/only`, federatesWith: ['partner.org'] }),
+      't',
+    );
+    const apart = await store.createEntry(
+      entry({ spiffeId: `${TD}/apart`, federatesWith: ['other.org'] }),
+      't',
+    );
+    const before = (await store.entryChangesSince(0)).head;
+    await store.deleteFederatedBundle('partner.org', 'uid:0', 'dissociate');
+    expect(await store.getBundle('partner.org')).toBeUndefined();
+    expect(await store.getEntry(both.id)).toMatchObject({ federatesWith: ['other.org'], revisionNumber: 1 });
+    expect(await store.getEntry(only.id)).toMatchObject({ federatesWith: [], revisionNumber: 1 });
+    expect(await store.getEntry(apart.id)).toEqual(apart);
+    expect((await store.listEntries({ federatesWith: ['partner.org'] })).entries).toEqual([]);
+    // The entry journal hears of both, as of any update.
+    expect(new Set((await store.entryChangesSince(before)).entryIds)).toEqual(new Set([both.id, only.id]));
+    const audit = await store.listAudit(3);
+    expect(audit.map((a) => [a.action, a.objectId])).toEqual(
+      expect.arrayContaining([
+        ['bundle.delete', 'partner.org'],
+        ['entry.update', both.id],
+        ['entry.update', only.id],
+      ]),
+    );
+    expect(audit.find((a) => a.action === 'bundle.delete')?.detail).toEqual({
+      mode: 'dissociate',
+      entries: 2,
+    });
+  });
+
+  it('deleting a federated bundle in delete mode deletes the entries federating with it, each audited', async () => {
+    await store.setFederatedBundle('partner.org', '{"keys":[]}', 'uid:0');
+    const federating = await store.createEntry(
+      entry({ spiffeId: `${TD}/fed`, federatesWith: ['partner.org'] }),
+      't',
+    );
+    const apart = await store.createEntry(entry({ spiffeId: `${TD}/apart` }), 't');
+    await store.deleteFederatedBundle('partner.org', 'uid:0', 'delete');
+    expect(await store.getEntry(federating.id)).toBeUndefined();
+    expect(await store.getEntry(apart.id)).toEqual(apart);
+    expect((await store.listAudit(2)).map((a) => [a.action, a.objectId])).toEqual(
+      expect.arrayContaining([
+        ['bundle.delete', 'partner.org'],
+        ['entry.delete', federating.id],
+      ]),
+    );
   });
 
   it('raises the journal version with every CA change, and refuses one decided on an older version, writing nothing', async () => {

@@ -356,7 +356,7 @@ describe('federation relationships over the admin socket, through the built CLI'
         await cli(entryArgs('kept', '--federates-with', 'kept.org', '--output', 'json')),
       );
       expect(refused(await cli(['bundle', 'delete', ...admin(), '--id', 'kept.org']))).toBe(
-        'Error (ERR_BUNDLE_IN_USE): 1 registration entry federates with kept.org: their workloads would silently lose its bundle; take it out of their federates-with first (entry list --federates-with kept.org), then delete the bundle\n',
+        'Error (ERR_BUNDLE_IN_USE): 1 registration entry federates with kept.org: their workloads would silently lose its bundle; take it out of their federates-with first (entry show --federates-with kept.org), or delete with --mode dissociate (takes it out of them) or --mode delete (deletes them)\n',
       );
       const listed = json<{ bundles: { trust_domain: string }[] }>(
         await cli(['bundle', 'list', ...admin(), '--id', 'kept.org', '--output', 'json']),
@@ -365,6 +365,46 @@ describe('federation relationships over the admin socket, through the built CLI'
       const id = created.results[0]?.entry.id ?? '';
       expect((await cli(['entry', 'delete', ...admin(), '--entry-id', id])).code).toBe(0);
       expect((await cli(['bundle', 'delete', ...admin(), '--id', 'kept.org'])).code).toBe(0);
+    });
+
+    it('bundle delete --mode dissociate takes the trust domain out of the entries; --mode delete deletes them', async () => {
+      const ca = await TestCa.create('ending.org');
+      const file = join(server.dir, 'ending.pem');
+      writeFileSync(file, ca.certificate.toString());
+      const set = () => cli(['bundle', 'set', ...admin(), '--id', 'ending.org', '--path', file]);
+      const federating = async (path: string) =>
+        json<{ results: { entry: { id: string } }[] }>(
+          await cli(entryArgs(path, '--federates-with', 'ending.org', '--output', 'json')),
+        ).results[0]?.entry.id ?? '';
+      const show = (id: string) => cli(['entry', 'show', ...admin(), '--entry-id', id, '--output', 'json']);
+      const remove = (mode: string) =>
+        cli(['bundle', 'delete', ...admin(), '--id', 'ending.org', '--mode', mode]);
+
+      expect((await set()).code).toBe(0);
+      const kept = await federating('dissociated');
+      const dissociated = await remove('dissociate');
+      expect(dissociated.stdout).toBe(
+        'Bundle for ending.org deleted. Entries federating with it were dissociated from it.\n',
+      );
+      expect(json<{ entries: unknown[] }>(await show(kept)).entries).toHaveLength(1);
+      const stillFederating = json<{ entries: unknown[] }>(
+        await cli(['entry', 'show', ...admin(), '--federates-with', 'ending.org', '--output', 'json']),
+      );
+      expect(stillFederating.entries).toEqual([]);
+
+      expect((await set()).code).toBe(0);
+      const gone = await federating('deleted');
+      expect((await remove('delete')).stdout).toBe(
+        'Bundle for ending.org deleted. Entries federating with it were deleted.\n',
+      );
+      expect((await show(gone)).code).toBe(1);
+      expect((await show(kept)).code).toBe(0);
+
+      const bogus = await remove('cascade');
+      expect(bogus.code).not.toBe(0);
+      expect(bogus.stderr).toContain(
+        "argument 'cascade' is invalid. Allowed choices are restrict, dissociate, delete",
+      );
     });
 
     it('entry update refuses adding an unknown trust domain, and keeps one the entry already had', async () => {
@@ -518,6 +558,18 @@ describe('federation relationships over the admin socket, through the built CLI'
       expect(
         await codeOf(client.call('FederationService', 'UpdateFederationRelationship', relationship({}))),
       ).toBe('ERR_FEDERATION_NOT_FOUND');
+      // A client other than the CLI, with a mode the CLI would not let through: refused, bundle kept.
+      expect(
+        await codeOf(
+          client.call('BundleService', 'DeleteFederatedBundle', {
+            trust_domain: 'partner.org',
+            mode: 'cascade',
+          }),
+        ),
+      ).toBe('ERR_INVALID_ARGUMENT');
+      expect(
+        (await client.call('BundleService', 'ListFederatedBundles', {})).bundles.map((b) => b.trust_domain),
+      ).toContain('partner.org');
     } finally {
       client.close();
     }

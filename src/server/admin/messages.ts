@@ -201,6 +201,8 @@ export interface SetFederatedBundleRequest {
 }
 export interface DeleteFederatedBundleRequest {
   trust_domain: string;
+  /** 'restrict' (or ''), 'dissociate' or 'delete'. */
+  mode: string;
 }
 export interface MintX509SvidRequest {
   csr: Uint8Array;

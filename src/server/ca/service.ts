@@ -33,7 +33,7 @@ import type {
   SetFederatedBundleRequest,
 } from '../admin/messages.js';
 import { SVID_TTL_MAX_SECONDS } from '../config/defaults.js';
-import type { Actor, CaSlot, Datastore, StoredBundle } from '../datastore/datastore.js';
+import type { Actor, BundleDeleteMode, CaSlot, Datastore, StoredBundle } from '../datastore/datastore.js';
 import {
   BundleNotFoundError,
   CaError,
@@ -175,9 +175,10 @@ export class CaService {
 
   async deleteFederatedBundle(request: DeleteFederatedBundleRequest, actor: Actor): Promise<BundleMessage> {
     const td = this.#foreignTrustDomain(request.trust_domain);
+    const mode = bundleDeleteMode(request.mode);
     const stored = await this.#o.datastore.getBundle(td.name);
     if (stored === undefined || !stored.federated) throw new BundleNotFoundError(td.name);
-    await this.#o.datastore.deleteFederatedBundle(td.name, actor);
+    await this.#o.datastore.deleteFederatedBundle(td.name, actor, mode);
     return toBundleMessage(stored);
   }
 
@@ -267,6 +268,19 @@ function toAuthority(slot: CaSlot): AuthorityMessage {
     tainted: slot.tainted,
     certificate_pem: der ? toPem('CERTIFICATE', der) : '',
   };
+}
+
+const BUNDLE_DELETE_MODES: readonly BundleDeleteMode[] = ['restrict', 'dissociate', 'delete'];
+
+function bundleDeleteMode(mode: string): BundleDeleteMode {
+  if (mode === '') return 'restrict';
+  const known = BUNDLE_DELETE_MODES.find((m) => m === mode);
+  if (known === undefined)
+    throw new ServerError(
+      'ERR_INVALID_ARGUMENT',
+      `mode ${JSON.stringify(mode)}: allowed ${BUNDLE_DELETE_MODES.map((m) => `"${m}"`).join(', ')}`,
+    );
+  return known;
 }
 
 /** A stored bundle that fails today's checks is still listed, with why, so that it can be replaced. */

@@ -225,14 +225,29 @@ export function bundleCommand(): Command {
         .requiredOption(
           '--id <trust-domain>',
           'the foreign trust domain (example.org or spiffe://example.org)',
+        )
+        .addOption(
+          new Option(
+            '--mode <mode>',
+            'entries federating with it: restrict refuses while there are any, dissociate takes the trust domain out of them, delete deletes them',
+          )
+            .choices(['restrict', 'dissociate', 'delete'])
+            .default('restrict'),
         ),
-    ).action(async (flags: AdminOptions & { id: string }) => {
+    ).action(async (flags: AdminOptions & { id: string; mode: string }) => {
       const trustDomain = trustDomainFlag('--id', flags.id);
       const deleted = await withClient(flags, (c) =>
-        c.call('BundleService', 'DeleteFederatedBundle', { trust_domain: trustDomain }),
+        c.call('BundleService', 'DeleteFederatedBundle', { trust_domain: trustDomain, mode: flags.mode }),
       );
       if (flags.output === 'json') printJson(deleted);
-      else print(`Bundle for ${deleted.trust_domain} deleted.`);
+      else
+        print(
+          `Bundle for ${deleted.trust_domain} deleted.${
+            flags.mode === 'restrict'
+              ? ''
+              : ` Entries federating with it were ${flags.mode === 'delete' ? 'deleted' : 'dissociated from it'}.`
+          }`,
+        );
     }),
   );
   return bundle;

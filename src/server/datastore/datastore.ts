@@ -228,6 +228,13 @@ export interface InitialBundle {
   document: string;
 }
 
+/**
+ * What deleting a federated bundle does to the entries that federate with its trust domain, as
+ * SPIRE's modes: `restrict` (the default) refuses while there are any, `dissociate` takes the trust
+ * domain out of them, `delete` deletes them.
+ */
+export type BundleDeleteMode = 'restrict' | 'dissociate' | 'delete';
+
 /** What the audit log says about entries after a position in it (see Datastore.entryChangesSince). */
 export interface EntryChangeLog {
   /** The id read up to: the next read starts after it. */
@@ -342,7 +349,12 @@ export interface Datastore {
   listBundles(): Promise<StoredBundle[]>;
   /** Stores a federated trust domain's bundle (set by an operator or fetched); sequence grows by one. */
   setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle>;
-  deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void>;
+  /**
+   * Deletes a federated bundle; what happens to entries federating with its trust domain is
+   * `mode`'s (see {@link BundleDeleteMode}). Each entry changed is audited as its own update or
+   * deletion, in the same transaction.
+   */
+  deleteFederatedBundle(trustDomain: string, actor: Actor, mode?: BundleDeleteMode): Promise<void>;
 
   listFederationRelationships(): Promise<FederationRelationship[]>;
   getFederationRelationship(trustDomain: string): Promise<FederationRelationship | undefined>;

@@ -24,6 +24,7 @@ import type {
   Actor,
   AttestedNode,
   AuditRecord,
+  BundleDeleteMode,
   CaChange,
   CaSlot,
   Datastore,
@@ -748,7 +749,11 @@ export class SqlDatastore implements Datastore {
     return this.#db.transaction().execute(async (trx) => setBundle(trx, trustDomain, document, now, actor));
   }
 
-  async deleteFederatedBundle(trustDomain: string, actor: Actor): Promise<void> {
+  async deleteFederatedBundle(
+    trustDomain: string,
+    actor: Actor,
+    mode: BundleDeleteMode = 'restrict',
+  ): Promise<void> {
     const now = nowSeconds(this.#clock);
     await this.#db.transaction().execute(async (trx) => {
       const result = await trx
@@ -757,15 +762,42 @@ export class SqlDatastore implements Datastore {
         .where('federated', '=', 1)
         .executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) throw new BundleNotFoundError(trustDomain);
-      // As SPIRE's default (restrict) mode: a bundle entries rely on is not deleted from under them
-      // (the throw rolls the deletion back).
-      const using = await trx
-        .selectFrom('entry_federates_with')
-        .select((eb) => eb.fn.countAll<number | string>().as('count'))
-        .where('trust_domain', '=', trustDomain)
-        .executeTakeFirstOrThrow();
-      if (Number(using.count) > 0) throw new BundleInUseError(trustDomain, Number(using.count));
-      await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, {});
+      const using = (
+        await trx
+          .selectFrom('entry_federates_with')
+          .select('entry_id')
+          .where('trust_domain', '=', trustDomain)
+          .execute()
+      ).map((r) => r.entry_id);
+      // Restrict: a bundle entries rely on is not deleted from under them (the throw rolls the
+      // deletion back).
+      if (using.length > 0 && mode === 'restrict') throw new BundleInUseError(trustDomain, using.length);
+      for (const current of await this.#loadEntries(trx, using)) {
+        if (mode === 'delete') {
+          await trx.deleteFrom('entry_selectors').where('entry_id', '=', current.id).execute();
+          await trx.deleteFrom('entry_federates_with').where('entry_id', '=', current.id).execute();
+          await trx.deleteFrom('registration_entries').where('id', '=', current.id).execute();
+          await audit(trx, now, actor, 'entry.delete', 'entry', current.id, entryDetail(current));
+          continue;
+        }
+        const updated: RegistrationEntry = {
+          ...current,
+          federatesWith: current.federatesWith.filter((td) => td !== trustDomain),
+          revisionNumber: current.revisionNumber + 1,
+        };
+        const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
+        await trx.updateTable('registration_entries').set(row).where('id', '=', current.id).execute();
+        await trx
+          .deleteFrom('entry_federates_with')
+          .where('entry_id', '=', current.id)
+          .where('trust_domain', '=', trustDomain)
+          .execute();
+        await audit(trx, now, actor, 'entry.update', 'entry', current.id, {
+          before: entryDetail(current),
+          after: entryDetail(updated),
+        });
+      }
+      await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, { mode, entries: using.length });
     });
   }
 
