@@ -126,7 +126,9 @@ export class Agent {
   constructor(config: AgentConfig, logger: Logger, options: { lookup?: LookupAll } = {}) {
     this.#config = config;
     this.#logger = logger;
-    this.#servers = new ServerList(serverAddresses(config), logger, options.lookup);
+    this.#servers = new ServerList(serverAddresses(config), logger, options.lookup, (reason) =>
+      this.#metrics.serverChanged(reason),
+    );
     this.#store = new AgentStore(config.data_dir);
     this.#trust = new ServerTrust(config, this.#store, logger);
     this.#tpm = new TpmAttestor({ tcti: config.tcti, ek: config.ek, eventLogPath: config.event_log_path });

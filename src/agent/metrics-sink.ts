@@ -22,6 +22,8 @@ export interface MetricsSink extends CacheObserver {
   /** A sync round began; call the function returned when it ends. */
   syncStarted(): () => void;
   syncFailed(code: string): void;
+  /** The server in use changed (failover); `reason` is the code that made the agent leave the last one. */
+  serverChanged(reason: string): void;
 }
 
 const ended = (): void => {};
@@ -37,6 +39,7 @@ export const NO_METRICS: MetricsSink = {
   timeIssue: (_kind, call) => call(),
   syncStarted: () => ended,
   syncFailed: () => {},
+  serverChanged: () => {},
 };
 
 /** Forwards every report to `target`: nothing until metrics are served. */
@@ -77,5 +80,9 @@ export class MetricsRelay implements MetricsSink {
 
   syncFailed(code: string): void {
     this.target.syncFailed(code);
+  }
+
+  serverChanged(reason: string): void {
+    this.target.serverChanged(reason);
   }
 }

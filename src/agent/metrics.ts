@@ -87,6 +87,13 @@ export class AgentMetrics implements MetricsSink {
     registers: [this.registry],
   });
 
+  readonly #serverChanges = new Counter({
+    name: 'ironroot_agent_server_changes_total',
+    help: 'Moves to another server in use (failover), by the error code that made the agent leave the last one',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly #bundleRefreshed = new Gauge({
     name: 'ironroot_agent_bundle_refreshed_timestamp_seconds',
     help: 'Unix time the trust bundle was last received from the server; 0 before the first',
@@ -172,6 +179,10 @@ export class AgentMetrics implements MetricsSink {
 
   syncFailed(code: string): void {
     this.#syncFailures.inc({ code });
+  }
+
+  serverChanged(reason: string): void {
+    this.#serverChanges.inc({ reason });
   }
 }
 

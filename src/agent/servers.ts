@@ -69,10 +69,19 @@ export class ServerList {
   #leftFor: string | undefined;
   #inUse: ServerTarget | undefined;
 
-  constructor(configured: readonly string[], logger: Logger, resolve: LookupAll = systemLookup) {
+  readonly #changed: (reason: string) => void;
+
+  /** `changed` hears of every move to another server in use, with the code that made it leave. */
+  constructor(
+    configured: readonly string[],
+    logger: Logger,
+    resolve: LookupAll = systemLookup,
+    changed: (reason: string) => void = () => {},
+  ) {
     this.#configured = configured;
     this.#logger = logger;
     this.#lookup = resolve;
+    this.#changed = changed;
   }
 
   /** Servers in the list (after resolution); at least one. */
@@ -139,12 +148,16 @@ export class ServerList {
       server_address: target.address,
       ...(target.configured !== target.address ? { server_name: target.configured } : {}),
     };
-    if (previous === undefined) this.#logger.info(fields, 'talking to the server');
-    else
-      this.#logger.warn(
-        { ...fields, previous_server_address: previous.address, reason: this.#leftFor },
-        'the server in use changed: the previous one could not be reached',
-      );
+    if (previous === undefined) {
+      this.#logger.info(fields, 'talking to the server');
+      return;
+    }
+    const reason = this.#leftFor ?? 'unknown';
+    this.#logger.warn(
+      { ...fields, previous_server_address: previous.address, reason },
+      'the server in use changed: the previous one could not be reached',
+    );
+    this.#changed(reason);
   }
 
   async #resolve(): Promise<void> {

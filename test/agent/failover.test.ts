@@ -236,6 +236,7 @@ describe('agent failover across server addresses', () => {
         join_token: await joinToken(server),
         socket_path: socketPath,
         sync_interval: '200ms',
+        metrics_address: '127.0.0.1:0',
       });
       const agentId = (await until('the agent to attest', () => healthy(agent))).spiffe_id;
       await server.server.datastore.createEntry(
@@ -288,6 +289,10 @@ describe('agent failover across server addresses', () => {
         }),
       ]);
       expect(after.filter((l) => l.msg === UNREACHABLE)).toEqual([]);
+      const metrics = await (await fetch(`http://${agent.agent.metricsAddress}/metrics`)).text();
+      expect(metrics.split('\n').filter((l) => l.startsWith('ironroot_agent_server_changes_total'))).toEqual([
+        'ironroot_agent_server_changes_total{reason="ERR_AGENT_SERVER_UNAVAILABLE"} 1',
+      ]);
     });
   });
 

@@ -28,6 +28,7 @@ describe('agent metrics when nobody serves them, and once they are served', () =
     relay.notComputed('unix:sha256');
     relay.lookup('hit');
     relay.syncFailed('ERR_AGENT_SERVER_UNAVAILABLE');
+    relay.serverChanged('ERR_AGENT_SERVER_UNAVAILABLE');
     relay.syncStarted()();
     await expect(relay.timeIssue('x509', async () => 'issued')).resolves.toBe('issued');
 
@@ -38,6 +39,7 @@ describe('agent metrics when nobody serves them, and once they are served', () =
     expect(text).toContain('ironroot_agent_cache_lookups_total{result="hit"} 1');
     expect(text).toContain('ironroot_agent_workload_selectors_not_computed_total{kind="unix:sha256"} 1');
     expect(text).toContain('ironroot_agent_sync_failures_total{code="ERR_AGENT_SERVER_UNAVAILABLE"} 1');
+    expect(text).toContain('ironroot_agent_server_changes_total{reason="ERR_AGENT_SERVER_UNAVAILABLE"} 1');
     expect(text).toContain('ironroot_agent_sync_duration_seconds_count 1');
     expect(text).toContain('ironroot_agent_svid_renewal_duration_seconds_count{kind="x509"} 1');
   });
