@@ -215,6 +215,7 @@ export class Agent {
         const metrics = new AgentMetrics({
           soonestExpiryMs: (nowMs) => this.#cache.soonestExpiryMs(nowMs),
           entryCount: () => this.#cache.entryCount,
+          refusedFederatedBundles: () => this.#cache.refusedFederatedBundles,
         });
         this.#metricsServer = await startMetricsServer(this.#config.metrics_address, metrics.registry);
         this.#metrics.target = metrics;

@@ -226,6 +226,11 @@ export class SvidCache implements WorkloadIdentityProvider {
     return this.#entries.size;
   }
 
+  /** Federated bundles of the last sync that were refused and left out (see applyBundles). */
+  get refusedFederatedBundles(): number {
+    return this.#refusedFederated.size;
+  }
+
   get svidCount(): number {
     return this.#svids.size;
   }

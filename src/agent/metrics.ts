@@ -20,6 +20,8 @@ export interface MetricsSource {
   /** Unix milliseconds the first served workload X.509-SVID expires; undefined when none is served. */
   soonestExpiryMs(nowMs: number): number | undefined;
   entryCount(): number;
+  /** Federated bundles the server sent that this agent refuses (and leaves out). */
+  refusedFederatedBundles(): number;
 }
 
 export class AgentMetrics implements MetricsSink {
@@ -112,6 +114,13 @@ export class AgentMetrics implements MetricsSink {
     help: 'Registration entries in the SVID cache',
     registers: [this.registry],
     collect: (): void => this.#cacheEntries.set(this.#source.entryCount()),
+  });
+
+  readonly #refusedBundles: Gauge = new Gauge({
+    name: 'ironroot_agent_federated_bundles_refused',
+    help: 'Federated bundles from the server that this agent refuses (fail its checks) and serves no workload',
+    registers: [this.registry],
+    collect: (): void => this.#refusedBundles.set(this.#source.refusedFederatedBundles()),
   });
 
   readonly #cacheLookups = new Counter({

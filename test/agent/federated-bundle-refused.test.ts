@@ -46,6 +46,7 @@ describe("a federated bundle stored by an older server that fails today's checks
       join_token: token,
       socket_path: socketPath,
       sync_interval: '200ms',
+      metrics_address: '127.0.0.1:0',
     });
   }, 60_000);
 
@@ -74,6 +75,8 @@ describe("a federated bundle stored by an older server that fails today's checks
     } finally {
       client.close();
     }
+    const metrics = await (await fetch(`http://${agent.agent.metricsAddress}/metrics`)).text();
+    expect(metrics.split('\n')).toContain('ironroot_agent_federated_bundles_refused 1');
     // Reported once, not at every sync round.
     await workloadWhere(agent, 'three more sync rounds', (w) => w.syncs >= served.syncs + 3);
     const refusals = agent.logs.lines.filter((l) => String(l.msg).startsWith(REFUSED));

@@ -20,7 +20,11 @@ describe('agent metrics when nobody serves them, and once they are served', () =
 
     // Loaded as the agent loads it: only when metrics_address is set.
     const { AgentMetrics } = await import('../../src/agent/metrics.js');
-    const metrics = new AgentMetrics({ soonestExpiryMs: () => undefined, entryCount: () => 3 });
+    const metrics = new AgentMetrics({
+      soonestExpiryMs: () => undefined,
+      entryCount: () => 3,
+      refusedFederatedBundles: () => 1,
+    });
     relay.target = metrics;
     relay.rotated('agent');
     relay.rotated('x509');
@@ -40,6 +44,7 @@ describe('agent metrics when nobody serves them, and once they are served', () =
     expect(text).toContain('ironroot_agent_workload_selectors_not_computed_total{kind="unix:sha256"} 1');
     expect(text).toContain('ironroot_agent_sync_failures_total{code="ERR_AGENT_SERVER_UNAVAILABLE"} 1');
     expect(text).toContain('ironroot_agent_server_changes_total{reason="ERR_AGENT_SERVER_UNAVAILABLE"} 1');
+    expect(text).toContain('ironroot_agent_federated_bundles_refused 1');
     expect(text).toContain('ironroot_agent_sync_duration_seconds_count 1');
     expect(text).toContain('ironroot_agent_svid_renewal_duration_seconds_count{kind="x509"} 1');
   });

@@ -400,7 +400,9 @@ describe('SvidCache.applyBundles: a federated bundle the agent cannot use', () =
       ],
     });
 
+    expect(cache.refusedFederatedBundles).toBe(0);
     expect(cache.applyBundles(answer(weak), refused)).toBe(true);
+    expect(cache.refusedFederatedBundles).toBe(1);
     expect(refusals).toEqual([
       [
         'partner.org',
@@ -421,6 +423,7 @@ describe('SvidCache.applyBundles: a federated bundle the agent cannot use', () =
     expect(cache.applyBundles(answer(jwtBundle(1024, 'weak-2')), refused)).toBe(true);
     expect(refusals.map(([td]) => td)).toEqual(['partner.org', 'partner.org']);
     expect(cache.applyBundles(answer(strong), refused)).toBe(true);
+    expect(cache.refusedFederatedBundles).toBe(0);
     expect(federatedTo(cache)).toEqual([
       ['other.org', 1],
       ['partner.org', 1],
