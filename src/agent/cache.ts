@@ -704,7 +704,6 @@ function signedUnder(svid: CachedSvid, ca: CaState, leaf?: X509Certificate): boo
   return ca.roots.some((root) => topCert.verify(root.publicKey));
 }
 
-/** Every selector kind the entries use. */
 /** A federated bundle, or why it cannot be used (returned, not thrown: the caller goes on without it). */
 function parseFederated(trustDomain: string, document: string): SpiffeBundle | SpiffeError {
   try {
@@ -715,6 +714,7 @@ function parseFederated(trustDomain: string, document: string): SpiffeBundle | S
   }
 }
 
+/** Every selector kind the entries use. */
 function kindsOf(entries: ReadonlyMap<string, CachedEntry>): ReadonlySet<string> {
   const kinds = new Set<string>();
   for (const entry of entries.values())

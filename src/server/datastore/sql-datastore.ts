@@ -292,10 +292,7 @@ export class SqlDatastore implements Datastore {
     return this.#db.transaction().execute(async (trx) => {
       const [current] = await this.#loadEntries(trx, [id]);
       if (current === undefined) throw new EntryNotFoundError(id);
-      await trx.deleteFrom('entry_selectors').where('entry_id', '=', id).execute();
-      await trx.deleteFrom('entry_federates_with').where('entry_id', '=', id).execute();
-      await trx.deleteFrom('registration_entries').where('id', '=', id).execute();
-      await audit(trx, now, actor, 'entry.delete', 'entry', id, entryDetail(current));
+      await removeEntry(trx, current, now, actor);
       return current;
     });
   }
@@ -774,10 +771,7 @@ export class SqlDatastore implements Datastore {
       if (using.length > 0 && mode === 'restrict') throw new BundleInUseError(trustDomain, using.length);
       for (const current of await this.#loadEntries(trx, using)) {
         if (mode === 'delete') {
-          await trx.deleteFrom('entry_selectors').where('entry_id', '=', current.id).execute();
-          await trx.deleteFrom('entry_federates_with').where('entry_id', '=', current.id).execute();
-          await trx.deleteFrom('registration_entries').where('id', '=', current.id).execute();
-          await audit(trx, now, actor, 'entry.delete', 'entry', current.id, entryDetail(current));
+          await removeEntry(trx, current, now, actor);
           continue;
         }
         const updated: RegistrationEntry = {
@@ -1496,6 +1490,14 @@ async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<v
       .values(entry.federatesWith.map((td) => ({ entry_id: entry.id, trust_domain: td })))
       .execute();
   }
+}
+
+/** Deletes `entry` and its rows, audited as `entry.delete`. */
+async function removeEntry(trx: Db, entry: RegistrationEntry, at: number, actor: Actor): Promise<void> {
+  await trx.deleteFrom('entry_selectors').where('entry_id', '=', entry.id).execute();
+  await trx.deleteFrom('entry_federates_with').where('entry_id', '=', entry.id).execute();
+  await trx.deleteFrom('registration_entries').where('id', '=', entry.id).execute();
+  await audit(trx, at, actor, 'entry.delete', 'entry', entry.id, entryDetail(entry));
 }
 
 function entryDetail(entry: RegistrationEntry): Record<string, unknown> {
