@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { generateKeyPairSync, type KeyObject, X509Certificate } from 'node:crypto';
+import { type KeyObject, X509Certificate } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -32,7 +32,7 @@ import type {
   ReattestRequest,
 } from '../agent-api/proto.js';
 import { type DirLock, lockDir, releaseFreedMemory } from '../host/index.js';
-import { createCsr, createKeySigner, SpiffeId } from '../spiffe/index.js';
+import { createCsr, createKeySigner, newKeyPair, SpiffeId } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
 import { TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
@@ -995,7 +995,7 @@ function notBefore(svid: StoredSvid): number {
 
 /** A fresh P-256 key and a CSR for it. The server names the agent; the CSR's ID is a placeholder. */
 async function newCsr(trustDomain: string): Promise<{ key: KeyObject; csr: Buffer }> {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
   const csr = await createCsr(
     { spiffeId: SpiffeId.parse(`spiffe://${trustDomain}/agent/csr`) },
     createKeySigner(privateKey),

@@ -42,6 +42,7 @@ export {
 } from './jwt-svid.js';
 export { createKeySigner } from './key-signer.js';
 export { type Matcher, matchAny, matchId, matchMemberOf, matchOneOf } from './match.js';
+export { newKeyPair } from './new-key-pair.js';
 export type { Signer, SigningAlgorithm } from './signer.js';
 export { SpiffeId } from './spiffe-id.js';
 export { TrustDomain } from './trust-domain.js';

@@ -13,7 +13,7 @@ const DEFAULT_ALGORITHM: Record<string, SigningAlgorithm> = {
  * @param algorithm Default: ES256/ES384 by curve for EC keys, RS256 for RSA keys.
  * @example
  * ```ts
- * const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+ * const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
  * const signer = createKeySigner(privateKey);
  * ```
  */

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,8 +12,9 @@ import {
   sealCache,
 } from '../../src/agent/cachefile.js';
 import { AgentStore } from '../../src/agent/store.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 
-const agentKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+const agentKey = newKeyPair('ec', { namedCurve: 'P-256' }).privateKey;
 
 function entry(n: number, hint = ''): PersistedEntry {
   return {

@@ -1,5 +1,5 @@
-import { generateKeyPairSync } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { WorkloadApiClient } from '../../src/workload-api/client.js';
 import {
   healthy,
@@ -21,7 +21,7 @@ const REFUSED = 'federated bundle refused';
 const weakDocument = JSON.stringify({
   keys: [
     {
-      ...generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' }),
+      ...newKeyPair('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' }),
       kid: 'weak',
       use: 'jwt-svid',
     },

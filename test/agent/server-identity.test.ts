@@ -1,4 +1,4 @@
-import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
+import type { KeyObject, X509Certificate } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { Agent } from '../../src/agent/agent.js';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
 import { agentService } from '../../src/agent-api/proto.js';
 import { createKeySigner, mintX509Ca, mintX509Svid, SpiffeId, TrustDomain } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { LogSink, until } from '../attestation/harness.js';
 
 const TD = TrustDomain.parse('example.org');
@@ -19,7 +20,7 @@ interface Key {
   privateKey: KeyObject;
   publicKey: KeyObject;
 }
-const ecKey = (): Key => generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const ecKey = (): Key => newKeyPair('ec', { namedCurve: 'P-256' });
 
 /**
  * A TLS gRPC server presenting `leaf`, whose AttestAgent refuses every agent with REACHED: an agent

@@ -1,8 +1,9 @@
-import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
+import type { KeyObject, X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type CacheObserver, type IssuedSvid, SvidCache } from '../../src/agent/cache.js';
 import type { EntryMessage } from '../../src/agent-api/proto.js';
 import { SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { caExtensions, craft, leafExtensions, p256 } from '../helpers/x509.js';
 
 const TD = 'cache.example.org';
@@ -351,7 +352,7 @@ describe('SvidCache.applyBundles: a federated bundle the agent cannot use', () =
     JSON.stringify({
       keys: [
         {
-          ...generateKeyPairSync('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' }),
+          ...newKeyPair('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' }),
           kid,
           use: 'jwt-svid',
         },

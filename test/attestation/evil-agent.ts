@@ -1,10 +1,11 @@
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { type ChallengeIn, TpmAttestor } from '../../src/agent/attestor/tpm.js';
 import { AgentApiClient, type Challenge, type Result } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import type { StoredAk } from '../../src/agent/store.js';
 import type { ChallengeResponseMessage, TpmEvidenceMessage } from '../../src/agent-api/proto.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import type { EkKind } from '../../src/tpm/index.js';
 import { TD, type TestServer } from './harness.js';
 
@@ -50,7 +51,7 @@ export async function csr(): Promise<Buffer> {
 }
 
 export async function keyAndCsr(): Promise<{ key: KeyObject; csr: Buffer }> {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
   const der = await createCsr(
     { spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) },
     createKeySigner(privateKey),

@@ -391,18 +391,18 @@ describe('servers sharing one PostgreSQL and one HSM token', () => {
 
       // A has no stream of the node, so it writes no nonce for it; it fails to read the node at
       // each challenge's deadline instead.
-      const failedIssues = () =>
+      const failedRequotes = () =>
         a.server.log().split(/re-quote challenge could not be issued|re-quote could not be judged/).length -
         1;
       // A has the node scheduled: it was attested there.
-      const failedBefore = failedIssues();
+      const failedBefore = failedRequotes();
       await postgres.halt();
       await allReady(503, a, b);
       // Down for several re-quote intervals (longer than a node may go unquoted), counted in A's
       // failed challenges rather than in seconds.
       await until(
         'three failed re-quotes on A',
-        () => (failedIssues() >= failedBefore + 3 ? true : undefined),
+        () => (failedRequotes() >= failedBefore + 3 ? true : undefined),
         60_000,
       );
       expect(await workloadIds(socket)).toContain(cached);

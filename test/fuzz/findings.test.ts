@@ -3,10 +3,11 @@
  * range and audience/size limits, and the SPIFFE bundle key check, have their tests beside the
  * other JWT-SVID and bundle rules in test/spiffe.)
  */
-import { generateKeyPairSync, webcrypto } from 'node:crypto';
+import { webcrypto } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { parseCsr } from '../../src/spiffe/csr.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import * as px from '../../src/spiffe/peculiar.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
@@ -41,7 +42,7 @@ describe('fuzz findings', () => {
       { trustDomain: td, publicKey: ca.publicKey, notBefore, notAfter },
       ca.signer,
     );
-    const leafKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const leafKeys = newKeyPair('ec', { namedCurve: 'P-256' });
     const leaf = await mintX509Svid(
       {
         spiffeId: SpiffeId.parse('spiffe://example.org/web'),

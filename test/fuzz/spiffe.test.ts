@@ -5,7 +5,7 @@
  * The parseCsr targets also run the parser it replaced (test/helpers/legacy-csr.ts) on each input
  * and fail when the two decide differently beyond the strict reader's own refusals.
  */
-import { generateKeyPairSync, type KeyObject, sign, webcrypto, type X509Certificate } from 'node:crypto';
+import { type KeyObject, sign, webcrypto, type X509Certificate } from 'node:crypto';
 import fc from 'fast-check';
 import { beforeAll } from 'vitest';
 import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
@@ -17,6 +17,7 @@ import { toPem } from '../../src/spiffe/der.js';
 import { parseEndpointAddress } from '../../src/spiffe/endpoint-address.js';
 import { MAX_JWT_SVID_AUDIENCES, parseJwtSvidInsecure, validateJwtSvid } from '../../src/spiffe/jwt-svid.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca, mintX509Svid } from '../../src/spiffe/x509-mint.js';
@@ -29,8 +30,8 @@ import { fuzz, fuzzSuite, mutated, mutatedText, randomBytes } from './harness.js
 const td = TrustDomain.parse('example.org');
 const now = new Date('2026-11-26T12:00:00Z');
 const nowSec = Math.floor(now.getTime() / 1000);
-const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const ec = newKeyPair('ec', { namedCurve: 'P-256' });
+const rsa = newKeyPair('rsa', { modulusLength: 2048 });
 const jwtBundles = new BundleSet([new JwtBundle(td, new Map([['k1', ec.publicKey]]))]);
 
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
@@ -55,7 +56,7 @@ beforeAll(async () => {
     notAfter: new Date(now.getTime() + 3_600_000),
   };
   ca = await mintX509Ca({ trustDomain: td, publicKey: ec.publicKey, ...validity }, caSigner);
-  const leafKeys = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const leafKeys = newKeyPair('ec', { namedCurve: 'P-256' });
   leaf = await mintX509Svid(
     {
       spiffeId: SpiffeId.parse('spiffe://example.org/web'),
@@ -373,7 +374,7 @@ fuzzSuite('SPIFFE parsers', () => {
     'verifyX509Svid (signed leaf with random extensions)',
     leafShape,
     async (shape) => {
-      const leafKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const leafKey = newKeyPair('ec', { namedCurve: 'P-256' });
       const cert = await built(() =>
         craft({
           subject: '',

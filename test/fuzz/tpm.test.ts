@@ -5,13 +5,14 @@
  * and real firmware event logs. See harness.ts for the oracle and the seeds.
  */
 import { execFileSync } from 'node:child_process';
-import { createHash, generateKeyPairSync, type KeyObject, sign, X509Certificate } from 'node:crypto';
+import { createHash, type KeyObject, sign, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll } from 'vitest';
 import { manufactureConfig } from '../../src/demo/swtpm.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { akTemplate } from '../../src/tpm/agent/ak.js';
 import { ekProfile } from '../../src/tpm/agent/ek-templates.js';
 import { marshalAttest, parseAttest } from '../../src/tpm/codec/attest.js';
@@ -59,8 +60,8 @@ function areaWith(template: TpmtPublic, key: KeyObject): TpmtPublic {
     : { ...template, unique: { x: b64u(jwk.x), y: b64u(jwk.y) } };
 }
 
-const akEc = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-const akRsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const akEc = newKeyPair('ec', { namedCurve: 'P-256' });
+const akRsa = newKeyPair('rsa', { modulusLength: 2048 });
 const aks = [
   { area: areaWith(akTemplate('ecc-p256'), akEc.publicKey), key: akEc.privateKey },
   { area: areaWith(akTemplate('rsa2048'), akRsa.publicKey), key: akRsa.privateKey },

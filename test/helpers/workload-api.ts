@@ -1,5 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
-import { generateKeyPairSync, type KeyObject, type X509Certificate } from 'node:crypto';
+import type { KeyObject, X509Certificate } from 'node:crypto';
 import { chmodSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +16,7 @@ import {
   type SpiffeId,
   TrustDomain,
 } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import type {
   CallerCredentials,
   Selector,
@@ -49,7 +50,7 @@ export class TestCa {
 
   static async create(trustDomain: string): Promise<TestCa> {
     const td = TrustDomain.parse(trustDomain);
-    const signer = createKeySigner(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+    const signer = createKeySigner(newKeyPair('ec', { namedCurve: 'P-256' }).privateKey);
     const now = Date.now();
     const certificate = await mintX509Ca(
       {
@@ -60,7 +61,7 @@ export class TestCa {
       },
       signer,
     );
-    const jwtSigner = createKeySigner(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+    const jwtSigner = createKeySigner(newKeyPair('ec', { namedCurve: 'P-256' }).privateKey);
     return new TestCa(td, certificate, signer, jwtSigner);
   }
 
@@ -74,7 +75,7 @@ export class TestCa {
 
   /** A freshly minted X.509-SVID with a new key. */
   async svid(spiffeId: SpiffeId, hint?: string): Promise<X509SvidMaterial> {
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const now = Date.now();
     const leaf = await mintX509Svid(
       { spiffeId, publicKey, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) },

@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync, type KeyObject, webcrypto, X509Certificate } from 'node:crypto';
+import { type KeyObject, webcrypto, X509Certificate } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 // Through the library's re-export, which loads the Reflect polyfill @peculiar/x509 needs first.
 import * as px from '../../src/spiffe/peculiar.js';
 import type { Signer } from '../../src/spiffe/signer.js';
@@ -46,7 +47,7 @@ export async function opensslCert(o: {
 
 /** A fresh P-256 key pair with a Signer over it. */
 export function p256(): { privateKey: KeyObject; publicKey: KeyObject; signer: Signer } {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
   return { privateKey, publicKey, signer: createKeySigner(privateKey) };
 }
 

@@ -1,4 +1,3 @@
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +9,7 @@ import { CertificateAuthority } from '../../src/server/ca/authority.js';
 import type { Datastore } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 
 const H = 3600;
 const T0 = 1_800_000_000;
@@ -23,7 +23,7 @@ describe('authenticating an agent by its client certificate, parsed once', () =>
   let ca: CertificateAuthority;
 
   const mint = async (spiffeId = AGENT) => {
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const leaf = (await ca.mintX509Svid({ spiffeId: SpiffeId.parse(spiffeId), publicKey, ttl: H })).chain[0];
     if (!leaf) throw new Error('no leaf');
     return leaf;

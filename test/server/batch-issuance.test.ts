@@ -1,8 +1,9 @@
-import { generateKeyPairSync, type KeyObject, X509Certificate } from 'node:crypto';
+import { type KeyObject, X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentApiClient } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { startAttestServer, TD, type TestServer } from '../attestation/harness.js';
 import { entry } from '../workload/harness.js';
 
@@ -36,7 +37,7 @@ describe('BatchNewX509SVID over the agent API', () => {
   /** An agent attested with a join token, as on first start, and a client holding its SVID. */
   async function attestedClient(): Promise<{ client: AgentApiClient; agentId: string }> {
     const token = await server.registration.createJoinToken({ ttl: 600, spiffe_id: '' }, 'test');
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const csr = Buffer.from(
       await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),
     );
@@ -74,7 +75,7 @@ describe('BatchNewX509SVID over the agent API', () => {
   let made = 0;
   async function request(entryId: string): Promise<{ entry_id: string; csr: Buffer; key: KeyObject }> {
     const namedCurve = made++ % 3 === 1 ? 'P-384' : 'P-256';
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve });
+    const { privateKey, publicKey } = newKeyPair('ec', { namedCurve });
     const spiffeId = SpiffeId.parse(mine.get(entryId)?.spiffeId ?? `spiffe://${TD}/foreign`);
     const csr = Buffer.from(await createCsr({ spiffeId }, createKeySigner(privateKey)));
     return { entry_id: entryId, csr, key: publicKey };

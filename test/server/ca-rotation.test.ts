@@ -1,4 +1,4 @@
-import { generateKeyPairSync, type X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { CertificateAuthority } from '../../src/server/ca/authority.js';
 import type { Datastore } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { SpiffeBundle, SpiffeId, TrustDomain } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { opensslVerify, px, tempDir } from '../helpers/x509.js';
 
 const H = 3600;
@@ -40,7 +41,7 @@ describe('CA rotation driven by a fake clock', () => {
     ca.slots.filter((s) => s.authority === kind).map((s) => `${s.slot}:${s.state}`);
   const bundleCas = (ca: CertificateAuthority) => ca.bundle().x509Authorities.map((c) => c.serialNumber);
   const issuerSerial = async (ca: CertificateAuthority) => {
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const { chain } = await ca.mintX509Svid({
       spiffeId: SpiffeId.parse('spiffe://example.org/w'),
       publicKey,
@@ -103,7 +104,7 @@ describe('CA rotation driven by a fake clock', () => {
 
   it('returns each SVID chain as DER and, parsed on first use, the same certificates (cross-signed chain too)', async () => {
     const ca = await open();
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const spiffeId = SpiffeId.parse('spiffe://example.org/server');
     const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
     const agree = (minted: { chainDer: readonly Uint8Array[]; chain: readonly X509Certificate[] }) =>
@@ -126,7 +127,7 @@ describe('CA rotation driven by a fake clock', () => {
 
   it('issues from the new CA once it is active, though the previous one was parsed and cached', async () => {
     const ca = await open();
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const spiffeId = SpiffeId.parse('spiffe://example.org/w');
     const mint = async () => {
       const leaf = (await ca.mintX509Svid({ spiffeId, publicKey, ttl: H })).chain[0];
@@ -259,7 +260,7 @@ describe('CA rotation driven by a fake clock', () => {
 
   it('caps an SVID at the CA expiry', async () => {
     const ca = await open();
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const { chain, expiresAt } = await ca.mintX509Svid({
       spiffeId: SpiffeId.parse('spiffe://example.org/long'),
       publicKey,

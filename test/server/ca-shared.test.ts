@@ -2,7 +2,7 @@
  * Two CertificateAuthority objects, as two servers would run them, over one PostgreSQL database and
  * one SoftHSM2 token (each with its own pool and its own PKCS#11 sessions), driven by one fake clock.
  */
-import { generateKeyPairSync } from 'node:crypto';
+
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type KeyManager, openKeyManager } from '../../src/hsm/index.js';
@@ -11,6 +11,7 @@ import { activationTime, preparationTime } from '../../src/server/ca/rotation.js
 import type { CaSlot, Datastore } from '../../src/server/datastore/index.js';
 import { openPostgresDatastore } from '../../src/server/datastore/postgres.js';
 import { SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { createSoftHsm, type SoftHsm } from '../helpers/softhsm.js';
 
@@ -143,7 +144,7 @@ describe('two servers sharing one PostgreSQL datastore and one SoftHSM2 token', 
     const jwtKey = (await caA.activate('jwt', 'uid:0')).keyId;
     // B has not run a rotation check since; signing looks at the journal (at most once a second).
     clock.t += 1000;
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const minted = await caB.mintX509Svid({
       spiffeId: SpiffeId.parse('spiffe://example.org/w'),
       publicKey,
@@ -208,7 +209,7 @@ describe('two servers sharing one PostgreSQL datastore and one SoftHSM2 token', 
     expect(caA.slots.map((s) => s.keyId)).toEqual(caB.slots.map((s) => s.keyId));
     expect(await tokenKeyIds()).toEqual(await journaledKeyIds());
     // The key A prepared is the one that signs now.
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     clock.t += 1000;
     const minted = await caA.mintX509Svid({
       spiffeId: SpiffeId.parse('spiffe://example.org/w'),

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +12,7 @@ import { loadUpstreamAuthority } from '../../src/server/ca/upstream.js';
 import type { Datastore } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { createKeySigner, mintX509Ca, SpiffeId, TrustDomain } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 
 const run = promisify(execFile);
 const H = 3600;
@@ -30,7 +31,7 @@ describe('CA under an upstream authority from disk', () => {
   });
 
   async function writeUpstream(): Promise<{ certFile: string; keyFile: string; rootPem: string }> {
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const signer = createKeySigner(privateKey);
     const now = Date.now();
     const root = await mintX509Ca(
@@ -64,7 +65,7 @@ describe('CA under an upstream authority from disk', () => {
       upstream: loadUpstreamAuthority(certFile, keyFile),
     });
     expect(ca.bundle().x509Authorities.map((c) => c.toString())).toEqual([rootPem]);
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const { chain, chainDer } = await ca.mintX509Svid({
       spiffeId: SpiffeId.parse('spiffe://example.org/w'),
       publicKey,
@@ -125,7 +126,7 @@ describe('CA under an upstream authority from disk', () => {
     const other = join(dir, 'other.key');
     writeFileSync(
       other,
-      generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }),
+      newKeyPair('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }),
     );
     expect(() => loadUpstreamAuthority(certFile, other)).toThrow(
       `upstream_authority.key_file ${other} does not belong to the first certificate of ${certFile}`,

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -15,6 +15,7 @@ import {
 import { createServerLogger } from '../../src/server/log.js';
 import { ServerMetrics } from '../../src/server/metrics.js';
 import { SpiffeBundle, TrustDomain } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { LogSink } from '../attestation/harness.js';
 import { parseMetrics, sumOf } from '../helpers/metrics.js';
 import { opensslCert } from '../helpers/x509.js';
@@ -274,7 +275,7 @@ describe('federation poller', () => {
     const weak = JSON.stringify({
       keys: [
         {
-          ...generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' }),
+          ...newKeyPair('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' }),
           kid: 'weak',
           use: 'jwt-svid',
         },

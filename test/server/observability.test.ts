@@ -1,9 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/server/admin/client.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import type { X509SVIDResponseMessage } from '../../src/workload-api/proto.js';
 import {
   healthy,
@@ -74,7 +75,7 @@ describe('server metrics and issuance logs (real server, SoftHSM, agent, workloa
     jwt = answer.svids[0]?.svid ?? '';
 
     admin = new AdminClient(server.adminSocket);
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     await admin.call('SvidService', 'MintX509Svid', {
       csr: await createCsr({ spiffeId: SpiffeId.parse(ADMIN_ID) }, createKeySigner(privateKey)),
     });

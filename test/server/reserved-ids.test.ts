@@ -1,9 +1,9 @@
-import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/server/admin/client.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { type CliResult, cli, startTestServer, type TestServer } from '../helpers/server.js';
 
 const TD = 'spiffe://example.org';
@@ -57,7 +57,7 @@ describe('reserved and over-long SPIFFE IDs at the admin API, through the built 
   const csrFor = (id: string) =>
     createCsr(
       { spiffeId: SpiffeId.parse(id) },
-      createKeySigner(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey),
+      createKeySigner(newKeyPair('ec', { namedCurve: 'P-256' }).privateKey),
     );
 
   beforeAll(async () => {

@@ -1,18 +1,19 @@
-import { generateKeyPairSync, type X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
 import { JwtBundle } from '../../src/spiffe/bundle/jwt-bundle.js';
 import { SpiffeBundle } from '../../src/spiffe/bundle/spiffe-bundle.js';
 import { X509Bundle } from '../../src/spiffe/bundle/x509-bundle.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca } from '../../src/spiffe/x509-mint.js';
 import { expectSpiffeError } from '../helpers/spiffe-errors.js';
 import { p256, withUndecodableKey } from '../helpers/x509.js';
 
 const td = TrustDomain.parse('example.org');
-const jwtKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
-const rsaKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey;
+const jwtKey = newKeyPair('ec', { namedCurve: 'P-256' }).publicKey;
+const rsaKey = newKeyPair('rsa', { modulusLength: 2048 }).publicKey;
 let ca1: X509Certificate;
 let ca2: X509Certificate;
 
@@ -253,7 +254,7 @@ describe('BundleSet', () => {
 describe('weak authorities', () => {
   /** A CA certificate over an RSA key of `bits`, self-signed. */
   async function rsaCa(bits: number): Promise<X509Certificate> {
-    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
+    const { privateKey, publicKey } = newKeyPair('rsa', { modulusLength: bits });
     const notBefore = new Date();
     return mintX509Ca(
       {
@@ -267,7 +268,7 @@ describe('weak authorities', () => {
     );
   }
   const rsaJwk = (bits: number, kid: string) => ({
-    ...generateKeyPairSync('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' }),
+    ...newKeyPair('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' }),
     kid,
     use: 'jwt-svid',
   });

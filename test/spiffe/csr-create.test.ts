@@ -6,12 +6,13 @@
  * then parseCsr, the previous parser and `openssl req -verify` must all accept it with the same fields.
  */
 import { execFile } from 'node:child_process';
-import { constants, generateKeyPairSync, type KeyObject, verify } from 'node:crypto';
+import { constants, type KeyObject, verify } from 'node:crypto';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createCsr, parseCsr } from '../../src/spiffe/csr.js';
 import { splitDer, toPem } from '../../src/spiffe/der.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import type { Signer, SigningAlgorithm } from '../../src/spiffe/signer.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { readTlvs } from '../../src/spiffe/x509-extensions.js';
@@ -115,11 +116,11 @@ const idOfLength = (length: number): SpiffeId => {
 };
 
 function ecSigner(namedCurve: string, algorithm?: SigningAlgorithm): Signer {
-  return createKeySigner(generateKeyPairSync('ec', { namedCurve }).privateKey, algorithm);
+  return createKeySigner(newKeyPair('ec', { namedCurve }).privateKey, algorithm);
 }
 const rsaKeys = {
-  2048: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey,
-  3072: generateKeyPairSync('rsa', { modulusLength: 3072 }).privateKey,
+  2048: newKeyPair('rsa', { modulusLength: 2048 }).privateKey,
+  3072: newKeyPair('rsa', { modulusLength: 3072 }).privateKey,
 };
 
 /** Every algorithm createKeySigner signs with, on the key it fits. Ed25519 keys it refuses. */

@@ -5,7 +5,7 @@
  * its own, on CSRs built and signed by hand.
  */
 import { execFile } from 'node:child_process';
-import { ECDH, generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
+import { ECDH, type KeyObject, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createCsr, parseCsr } from '../../src/spiffe/csr.js';
 import { derOid } from '../../src/spiffe/der-writer.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import type { SigningAlgorithm } from '../../src/spiffe/signer.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { tlv } from '../../src/spiffe/x509-extensions.js';
@@ -54,7 +55,7 @@ interface Parts {
   signOther?: boolean;
 }
 
-const p256 = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const p256 = newKeyPair('ec', { namedCurve: 'P-256' });
 
 /** A CSR for `key`'s public key, signed by it with ECDSA SHA-256 unless `parts` says otherwise. */
 function handmade(parts: Parts = {}, key = p256): Uint8Array {
@@ -97,8 +98,8 @@ async function viaOpenssl(name: string, keyArgs: string[], extra: string[] = [])
 
 async function viaCreateCsr(algorithm: SigningAlgorithm, dnsNames: string[] = [], subject?: string) {
   const key = algorithm.startsWith('ES')
-    ? generateKeyPairSync('ec', { namedCurve: algorithm === 'ES256' ? 'P-256' : 'P-384' })
-    : generateKeyPairSync('rsa', { modulusLength: 2048 });
+    ? newKeyPair('ec', { namedCurve: algorithm === 'ES256' ? 'P-256' : 'P-384' })
+    : newKeyPair('rsa', { modulusLength: 2048 });
   const der = await createCsr(
     { spiffeId: id, dnsNames, ...(subject ? { subject } : {}) },
     createKeySigner(key.privateKey, algorithm),
@@ -362,7 +363,7 @@ describe('parseCsr: what the strict reader decides on its own', () => {
       /ECDSA signature algorithm 1\.2\.840\.10045\.4\.3\.2 with parameters/,
     );
     // An RSA key cannot answer for an ECDSA signature.
-    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const rsa = newKeyPair('rsa', { modulusLength: 2048 });
     const mismatch = await expectSpiffeRejection(
       parseCsr(handmade({}, rsa)),
       'ERR_CSR_BAD_SIGNATURE',

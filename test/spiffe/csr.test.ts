@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createCsr, parseCsr } from '../../src/spiffe/csr.js';
 import { toPem } from '../../src/spiffe/der.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { expectSpiffeRejection } from '../helpers/spiffe-errors.js';
 import { p256, px, tempDir } from '../helpers/x509.js';
@@ -46,7 +47,7 @@ describe('createCsr / parseCsr', () => {
   });
 
   it('parses PEM and RSA-signed CSRs', async () => {
-    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const rsa = newKeyPair('rsa', { modulusLength: 2048 });
     const der = await createCsr({ spiffeId: id }, createKeySigner(rsa.privateKey, 'RS256'));
     expect((await parseCsr(toPem('CERTIFICATE REQUEST', der))).publicKey.equals(rsa.publicKey)).toBe(true);
   });

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
+import { type KeyObject, sign } from 'node:crypto';
 import { decodeProtectedHeader, jwtVerify } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
@@ -11,13 +11,14 @@ import {
   validateJwtSvid,
 } from '../../src/spiffe/jwt-svid.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { expectSpiffeError, expectSpiffeRejection } from '../helpers/spiffe-errors.js';
 
 const td = TrustDomain.parse('example.org');
 const subject = SpiffeId.parse('spiffe://example.org/web');
-const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
 const signer = createKeySigner(privateKey);
 const bundles = new BundleSet([new JwtBundle(td, new Map([['k1', publicKey]]))]);
 // Frozen clock: every time check below is relative to this instant.
@@ -74,7 +75,7 @@ describe('mintJwtSvid', () => {
   });
 
   it('signs with RSA-PSS through the Signer too', async () => {
-    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const rsa = newKeyPair('rsa', { modulusLength: 2048 });
     const token = await mintJwtSvid(
       { spiffeId: subject, audience: 'reports', expiresAt: inAnHour, keyId: 'r1' },
       createKeySigner(rsa.privateKey, 'PS256'),
@@ -342,7 +343,7 @@ describe('validateJwtSvid rejects (each with its own code)', () => {
   });
 
   it('a signature by another key', async () => {
-    const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    const other = newKeyPair('ec', { namedCurve: 'P-256' }).privateKey;
     const token = forge(goodHeader, goodPayload, other);
     await expectSpiffeRejection(
       validateJwtSvid(token, bundles, 'reports', { time: now }),
@@ -353,7 +354,7 @@ describe('validateJwtSvid rejects (each with its own code)', () => {
 
   it('a key of another trust domain, even with the same kid', async () => {
     // other.org's bundle holds the real key under k1; example.org's holds a different one.
-    const stranger = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+    const stranger = newKeyPair('ec', { namedCurve: 'P-256' }).publicKey;
     const set = new BundleSet([
       new JwtBundle(td, new Map([['k1', stranger]])),
       new JwtBundle(TrustDomain.parse('other.org'), new Map([['k1', publicKey]])),
@@ -381,7 +382,7 @@ describe('parseJwtSvidInsecure', () => {
     const token = forge(
       goodHeader,
       { ...goodPayload, exp: nowSec - 10_000 },
-      generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey,
+      newKeyPair('ec', { namedCurve: 'P-256' }).privateKey,
     );
     expect(parseJwtSvidInsecure(token).id.equals(subject)).toBe(true);
   });

@@ -1,13 +1,14 @@
-import { constants, generateKeyPairSync, sign, verify } from 'node:crypto';
+import { constants, sign, verify } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { verifyOffThread } from '../../src/spiffe/verify-async.js';
 
 // The thread-pool form must decide exactly as the synchronous call it replaced.
 describe('verifyOffThread', () => {
   const data = Buffer.from('to be signed');
-  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const otherEc = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const ec = newKeyPair('ec', { namedCurve: 'P-256' });
+  const otherEc = newKeyPair('ec', { namedCurve: 'P-256' });
+  const rsa = newKeyPair('rsa', { modulusLength: 2048 });
 
   it('agrees with crypto.verify on good and bad ECDSA and RSA-PSS signatures', async () => {
     const cases = [

@@ -1,9 +1,10 @@
-import { generateKeyPairSync, type X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BundleSet } from '../../src/spiffe/bundle/bundle-set.js';
 import { X509Bundle } from '../../src/spiffe/bundle/x509-bundle.js';
 import type { SpiffeErrorCode } from '../../src/spiffe/errors.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
 import { TrustDomain } from '../../src/spiffe/trust-domain.js';
 import { mintX509Ca, mintX509Svid, type X509Issuer } from '../../src/spiffe/x509-mint.js';
@@ -171,8 +172,8 @@ describe('mintX509Ca', () => {
     async (alg) => {
       const { privateKey, publicKey } =
         alg === 'ES384'
-          ? generateKeyPairSync('ec', { namedCurve: 'P-384' })
-          : generateKeyPairSync('rsa', { modulusLength: 2048 });
+          ? newKeyPair('ec', { namedCurve: 'P-384' })
+          : newKeyPair('rsa', { modulusLength: 2048 });
       const signer = createKeySigner(privateKey, alg);
       const ca = await mintX509Ca(
         { trustDomain: td, publicKey, notBefore: hourAgo, notAfter: inADay },

@@ -5,13 +5,7 @@
  * from run to run; RS256 ones do not, so those certificates are compared whole). Minted SVIDs are
  * also checked by `openssl verify -x509_strict` against their root.
  */
-import {
-  createPrivateKey,
-  createPublicKey,
-  generateKeyPairSync,
-  type KeyObject,
-  X509Certificate,
-} from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +13,7 @@ import { type KeyManager, Pkcs11KeyManager, parsePkcs11Uri } from '../../src/hsm
 import { splitDer } from '../../src/spiffe/der.js';
 import { signatureValue, subjectPublicKeyInfo } from '../../src/spiffe/der-writer.js';
 import { createKeySigner } from '../../src/spiffe/key-signer.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import type { Signer, SigningAlgorithm } from '../../src/spiffe/signer.js';
 import { signerWebCrypto, signingParams } from '../../src/spiffe/signer-crypto.js';
 import { SpiffeId } from '../../src/spiffe/spiffe-id.js';
@@ -149,8 +144,8 @@ async function mintBothWays(ca: Ca, template: X509SvidTemplate & { serialNumber:
   return minted;
 }
 
-const ecKey = (namedCurve: string) => generateKeyPairSync('ec', { namedCurve });
-const rsaKey = (modulusLength: number) => generateKeyPairSync('rsa', { modulusLength });
+const ecKey = (namedCurve: string) => newKeyPair('ec', { namedCurve });
+const rsaKey = (modulusLength: number) => newKeyPair('rsa', { modulusLength });
 const idOfLength = (length: number) => SpiffeId.parse(`spiffe://example.org/${'a'.repeat(length - 21)}`);
 
 let cas: Ca[];

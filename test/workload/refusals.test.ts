@@ -1,10 +1,11 @@
-import { createPrivateKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentApiClient } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import {
   healthy,
   startAttestServer,
@@ -79,7 +80,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   it('refuses an X.509-SVID or JWT-SVID for another agent’s entry with ERR_AGENT_ENTRY_NOT_AUTHORIZED', async () => {
     const client = clientAs(identityOf(agentA));
     try {
-      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
       const csr = Buffer.from(
         await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/only-b`) }, createKeySigner(privateKey)),
       );
@@ -131,7 +132,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   });
 
   it('refuses a workload SVID of the same trust domain as client certificate: it names no agent', async () => {
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const minted = await server.server.ca.mintX509Svid({
       spiffeId: SpiffeId.parse(`spiffe://${TD}/only-b`),
       publicKey,

@@ -1,4 +1,3 @@
-import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SvidCache } from '../../src/agent/cache.js';
@@ -6,6 +5,7 @@ import { AgentApiClient } from '../../src/agent/client.js';
 import { EntryJournal } from '../../src/server/agentapi/entries.js';
 import { ENTRY_PAGE_SIZE } from '../../src/server/agentapi/sync.js';
 import { SpiffeId } from '../../src/spiffe/index.js';
+import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import { startAttestServer, TD, type TestServer } from '../attestation/harness.js';
 import { entry, SERVER_ID } from './harness.js';
 
@@ -33,7 +33,7 @@ describe(`entry sync at ${ENTRIES} entries`, () => {
   beforeAll(async () => {
     server = await startAttestServer();
     const ds = server.server.datastore;
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const svid = await server.server.ca.mintX509Svid({
       spiffeId: SpiffeId.parse(AGENT_ID),
       publicKey,

@@ -7,8 +7,8 @@
  *
  * @module
  */
-import { generateKeyPairSync } from 'node:crypto';
-import { SpiffeId } from '../../spiffe/index.js';
+
+import { newKeyPair, SpiffeId } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { Clock } from '../clock.js';
 import { nowSeconds } from '../clock.js';
@@ -106,7 +106,7 @@ export class ServerTls {
     }
     const now = nowSeconds(this.#clock);
     if (!force && this.#identity !== undefined && now < this.#renewAt) return;
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const minted = await this.#ca.mintServerSvid({ spiffeId: this.#serverId, publicKey, ttl: this.#ttl });
     this.#identity = {
       cert: Buffer.from(minted.chain.map((c) => c.toString()).join('')),

@@ -16,13 +16,7 @@
  *
  * @module
  */
-import {
-  createPublicKey,
-  generateKeyPairSync,
-  type KeyObject,
-  randomBytes,
-  X509Certificate,
-} from 'node:crypto';
+import { createPublicKey, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { JoseAlgorithm, KeyManager, KeyType } from '../../hsm/key-manager.js';
@@ -30,6 +24,7 @@ import {
   mintJwtSvid,
   mintX509Ca,
   mintX509SvidDer,
+  newKeyPair,
   type Signer,
   SpiffeBundle,
   SpiffeId,
@@ -398,7 +393,7 @@ export class CertificateAuthority {
    * key answers (on a token, the HSM signs), not merely that it was there at start-up.
    */
   async selfTest(): Promise<void> {
-    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     await this.mintX509Svid({
       spiffeId: SpiffeId.fromPath(this.#trustDomain, '/ironroot/server'),
       publicKey,

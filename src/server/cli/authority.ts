@@ -4,12 +4,12 @@
  *
  * @module
  */
-import { generateKeyPairSync } from 'node:crypto';
+
 import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { Command, Option } from 'commander';
 import { toPem } from '../../spiffe/der.js';
-import { createCsr, createKeySigner, SpiffeId } from '../../spiffe/index.js';
+import { createCsr, createKeySigner, newKeyPair, SpiffeId } from '../../spiffe/index.js';
 import type { AgentReadinessMessage, AuthorityMessage } from '../admin/messages.js';
 import {
   type AdminOptions,
@@ -276,7 +276,7 @@ export function x509Command(): Command {
       } catch (error) {
         throw new CliError(errorCodeOf(error) ?? 'ERR_CLI_USAGE', `--spiffe-id: ${(error as Error).message}`);
       }
-      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
       const csr = await createCsr(
         { spiffeId, ...(flags.dns ? { dnsNames: flags.dns } : {}) },
         createKeySigner(privateKey),

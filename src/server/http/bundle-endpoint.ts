@@ -6,11 +6,11 @@
  *
  * @module
  */
-import { generateKeyPairSync } from 'node:crypto';
+
 import { readFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { splitHostPort } from '../../host/index.js';
-import { SpiffeId } from '../../spiffe/index.js';
+import { newKeyPair, SpiffeId } from '../../spiffe/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import type { Clock } from '../clock.js';
 import { serverSpiffeId } from '../identity.js';
@@ -42,7 +42,7 @@ interface TlsMaterial {
 }
 
 async function serverSvid(options: BundleEndpointOptions): Promise<TlsMaterial> {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
   const now = Math.floor(options.clock.now() / 1000);
   const { chain, expiresAt } = await options.ca.mintServerSvid({
     spiffeId: SpiffeId.parse(serverSpiffeId(options.trustDomain)),
