@@ -415,7 +415,7 @@ export class SvidCache implements WorkloadIdentityProvider {
       if (known?.document === document) federated.set(trust_domain, known);
       else if (this.#refusedFederated.get(trust_domain) === document) refusals.set(trust_domain, document);
       else {
-        const bundle = parseFederated(trust_domain, document);
+        const bundle = SpiffeBundle.parseOrRefusal(trust_domain, document);
         if (bundle instanceof SpiffeError) {
           refusals.set(trust_domain, document);
           refused(trust_domain, bundle);
@@ -623,7 +623,7 @@ export class SvidCache implements WorkloadIdentityProvider {
     // A refused federated bundle is left for the first sync to report (applyBundles).
     const federated = new Map<string, { document: string; bundle: SpiffeBundle }>();
     for (const { trust_domain, document } of snapshot.federated) {
-      const bundle = parseFederated(trust_domain, document);
+      const bundle = SpiffeBundle.parseOrRefusal(trust_domain, document);
       if (!(bundle instanceof SpiffeError)) federated.set(trust_domain, { document, bundle });
     }
     const trusted = new BundleSet([new X509Bundle(this.#trustDomain, roots)]);
@@ -702,16 +702,6 @@ function signedUnder(svid: CachedSvid, ca: CaState, leaf?: X509Certificate): boo
   const top = above.at(-1);
   const topCert = top !== undefined ? new X509Certificate(top) : (parsed ?? new X509Certificate(leafDer));
   return ca.roots.some((root) => topCert.verify(root.publicKey));
-}
-
-/** A federated bundle, or why it cannot be used (returned, not thrown: the caller goes on without it). */
-function parseFederated(trustDomain: string, document: string): SpiffeBundle | SpiffeError {
-  try {
-    return SpiffeBundle.parse(TrustDomain.parse(trustDomain), document);
-  } catch (error) {
-    if (error instanceof SpiffeError) return error;
-    throw error;
-  }
 }
 
 /** Every selector kind the entries use. */

@@ -285,20 +285,13 @@ function bundleDeleteMode(mode: string): BundleDeleteMode {
 
 /** A stored bundle that fails today's checks is still listed, with why, so that it can be replaced. */
 function toBundleMessage(stored: StoredBundle): BundleMessage {
-  let x509Pem = '';
-  let refused = '';
-  try {
-    const bundle = SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document);
-    x509Pem = bundle.x509Authorities.map((c) => c.toString()).join('');
-  } catch (error) {
-    if (!(error instanceof SpiffeError)) throw error;
-    refused = `${error.code}: ${error.message}`;
-  }
+  const bundle = SpiffeBundle.parseOrRefusal(stored.trustDomain, stored.document);
+  const refused = bundle instanceof SpiffeError;
   return {
     trust_domain: stored.trustDomain,
     document: stored.document,
-    x509_pem: x509Pem,
+    x509_pem: refused ? '' : bundle.x509Authorities.map((c) => c.toString()).join(''),
     sequence: stored.sequence,
-    refused,
+    refused: refused ? `${bundle.code}: ${bundle.message}` : '',
   };
 }

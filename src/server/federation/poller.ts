@@ -9,7 +9,7 @@
  */
 import type { Counter } from 'prom-client';
 import { printableUrl } from '../../host/index.js';
-import { SpiffeBundle, SpiffeError, TrustDomain } from '../../spiffe/index.js';
+import { SpiffeBundle, SpiffeError } from '../../spiffe/index.js';
 import type { Clock } from '../clock.js';
 import type { Datastore, FederationRelationship } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
@@ -190,18 +190,15 @@ export class FederationPoller {
  */
 function usableStored(relationship: FederationRelationship, document: string): SpiffeBundle | undefined {
   const { trustDomain, bundleEndpointUrl: url } = relationship;
-  try {
-    return SpiffeBundle.parse(TrustDomain.parse(trustDomain), document);
-  } catch (error) {
-    if (!(error instanceof SpiffeError)) throw error;
-    if (relationship.profile !== 'https_spiffe') return undefined;
-    throw new FederationError(
-      'ERR_FEDERATION_STORED_BUNDLE_REFUSED',
-      url,
-      `the stored bundle of ${trustDomain} fails this server's checks (${error.code}: ${error.message}), so it cannot authenticate this https_spiffe endpoint; set one that passes (bundle set --id ${trustDomain})`,
-      { cause: error },
-    );
-  }
+  const bundle = SpiffeBundle.parseOrRefusal(trustDomain, document);
+  if (!(bundle instanceof SpiffeError)) return bundle;
+  if (relationship.profile !== 'https_spiffe') return undefined;
+  throw new FederationError(
+    'ERR_FEDERATION_STORED_BUNDLE_REFUSED',
+    url,
+    `the stored bundle of ${trustDomain} fails this server's checks (${bundle.code}: ${bundle.message}), so it cannot authenticate this https_spiffe endpoint; set one that passes (bundle set --id ${trustDomain})`,
+    { cause: bundle },
+  );
 }
 
 /** What identifies an edit: updatedAt has whole seconds only, so the fields count too. */

@@ -127,15 +127,12 @@ export class FederationRegistry {
   async #storedBundle(td: TrustDomain): Promise<SpiffeBundle | undefined> {
     const stored = await this.#store.getBundle(td.name);
     if (!stored?.federated) return undefined;
-    try {
-      return SpiffeBundle.parse(td, stored.document);
-    } catch (error) {
-      if (!isSpiffeError(error)) throw error;
-      throw new FederationInvalidError(
-        'trust_domain_bundle',
-        `the stored bundle of ${td.name} fails this server's checks (${error.code}: ${error.message}), so it cannot authenticate the https_spiffe endpoint; give one that passes`,
-      );
-    }
+    const bundle = SpiffeBundle.parseOrRefusal(td.name, stored.document);
+    if (!isSpiffeError(bundle)) return bundle;
+    throw new FederationInvalidError(
+      'trust_domain_bundle',
+      `the stored bundle of ${td.name} fails this server's checks (${bundle.code}: ${bundle.message}), so it cannot authenticate the https_spiffe endpoint; give one that passes`,
+    );
   }
 
   #checkTrustDomain(name: string): string {
@@ -258,10 +255,6 @@ function toMessage(
 
 /** The stored bundle's refresh hint; 0 when it has none, or fails today's checks (`bundle list` says why). */
 function storedRefreshHint(stored: StoredBundle): number {
-  try {
-    return SpiffeBundle.parse(TrustDomain.parse(stored.trustDomain), stored.document).refreshHintSeconds ?? 0;
-  } catch (error) {
-    if (isSpiffeError(error)) return 0;
-    throw error;
-  }
+  const bundle = SpiffeBundle.parseOrRefusal(stored.trustDomain, stored.document);
+  return isSpiffeError(bundle) ? 0 : (bundle.refreshHintSeconds ?? 0);
 }

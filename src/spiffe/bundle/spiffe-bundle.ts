@@ -1,7 +1,7 @@
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { decodeCertificate } from '../der.js';
 import { SpiffeError } from '../errors.js';
-import type { TrustDomain } from '../trust-domain.js';
+import { TrustDomain } from '../trust-domain.js';
 import { jwkOf, parseJsonObject } from './jwk.js';
 import { JwtBundle, jwtAuthoritiesOf } from './jwt-bundle.js';
 import { X509Bundle } from './x509-bundle.js';
@@ -88,6 +88,20 @@ export class SpiffeBundle {
    *   `ERR_BUNDLE_BAD_SEQUENCE` (B-4), `ERR_BUNDLE_BAD_REFRESH_HINT` (B-7), `ERR_BUNDLE_DUPLICATE_KID`,
    *   `ERR_BUNDLE_WEAK_KEY`.
    */
+  /**
+   * {@link parse} for a stored or received document that may fail today's checks: the bundle, or
+   * the SpiffeError that refuses it (a bad trust domain name included), for callers that go on
+   * without it and say why.
+   */
+  static parseOrRefusal(trustDomain: string, json: string | Uint8Array): SpiffeBundle | SpiffeError {
+    try {
+      return SpiffeBundle.parse(TrustDomain.parse(trustDomain), json);
+    } catch (error) {
+      if (error instanceof SpiffeError) return error;
+      throw error;
+    }
+  }
+
   static parse(trustDomain: TrustDomain, json: string | Uint8Array): SpiffeBundle {
     const text = typeof json === 'string' ? json : Buffer.from(json).toString('utf8');
     const doc = parseJsonObject(trustDomain, text);
