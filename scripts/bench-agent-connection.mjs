@@ -6,7 +6,7 @@
 // from dist/ (memory key manager, development mode), the client in a child process, so each side's
 // CPU is its own. Run after a build (`npm run bench:agent-connection` does both).
 import { fork } from 'node:child_process';
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,13 +25,13 @@ const SAMPLES = 7;
 const CALLS_PER_SAMPLE = 40;
 
 const { AgentApiClient } = await import(join(dist, 'agent', 'client.js'));
-const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+const { createCsr, createKeySigner, newKeyPair, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
 const open = ({ address, bundlePem }, identity) =>
   new AgentApiClient({ address, trustDomain: TD, bundlePem, ...(identity ? { identity } : {}) });
 
 /** A fresh P-256 key and a CSR for it, as the agent makes for attestation and renewal. */
 async function keyAndCsr() {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
   const csr = Buffer.from(
     await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),
   );

@@ -30,7 +30,7 @@
 // `--profile DIR` runs both servers under `node --cpu-prof` and writes server-0/1.cpuprofile into DIR.
 // Each server also counts the queries it sends PostgreSQL, to tell coordination in the database
 // (more queries per operation with two servers) from competition for the CPUs.
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -116,7 +116,7 @@ async function agents() {
   const { SvidCache } = await import(join(dist, 'agent', 'cache.js'));
   const { WorkloadSync } = await import(join(dist, 'agent', 'sync.js'));
   const { AgentMetrics } = await import(join(dist, 'agent', 'metrics.js'));
-  const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+  const { createCsr, createKeySigner, newKeyPair, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
   const logger = pino({ level: 'silent' });
   const metrics = new AgentMetrics({ soonestExpiryMs: () => undefined, entryCount: () => 0 });
   let targets;
@@ -125,7 +125,7 @@ async function agents() {
   const syncing = [];
 
   const keyAndCsr = async () => {
-    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
     const csr = Buffer.from(
       await createCsr({ spiffeId: SpiffeId.parse(`spiffe://${TD}/agent/csr`) }, createKeySigner(privateKey)),
     );

@@ -3,7 +3,7 @@
 // key with the same number of sessions, plus node:crypto in memory for scale, and the worst event-loop
 // delay while signing at full rate. Run after a build (`npm run bench:hsm`); it imports from dist/.
 // Prints figures only; it asserts nothing.
-import { createHash, generateKeyPairSync, sign } from 'node:crypto';
+import { createHash, sign } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
@@ -18,6 +18,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4);
 const { dir, pinFile } = benchToken('ironroot-bench-');
 
 const { Pkcs11KeyManager, parsePkcs11Uri } = await import('../dist/hsm/index.js');
+const { newKeyPair } = await import('../dist/spiffe/index.js');
 const pkcs11js = createRequire(import.meta.url)('pkcs11js');
 
 // Recoveries would distort the figures (and would be news), so they are counted and printed.
@@ -86,7 +87,7 @@ const bare = (worker) => {
   );
 };
 
-const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
 const inMemory = async () => sign('sha256', data, { key: privateKey, dsaEncoding: 'ieee-p1363' });
 
 await measure(SESSIONS, ours); // warm-up: JIT, SoftHSM caches

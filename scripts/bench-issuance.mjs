@@ -15,7 +15,7 @@
 // (`npm run bench:issuance`); it imports from dist/. Prints figures only; it asserts nothing.
 //
 // Environment: BENCH_SECONDS (per sample, default 1), BENCH_ROUNDS (default 7).
-import { createHash, generateKeyPairSync, sign } from 'node:crypto';
+import { createHash, sign } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
@@ -33,7 +33,9 @@ const { Pkcs11KeyManager, parsePkcs11Uri } = await import('../dist/hsm/index.js'
 const { CertificateAuthority } = await import('../dist/server/ca/authority.js');
 const { authenticateAgent } = await import('../dist/server/agentapi/admission.js');
 const { openSqliteDatastore } = await import('../dist/server/datastore/index.js');
-const { createCsr, createKeySigner, parseCsr, SpiffeId } = await import('../dist/spiffe/index.js');
+const { createCsr, createKeySigner, newKeyPair, parseCsr, SpiffeId } = await import(
+  '../dist/spiffe/index.js'
+);
 const { signerWebCrypto, signingParams } = await import('../dist/spiffe/signer-crypto.js');
 const px = await import('../dist/spiffe/peculiar.js');
 const { splitDer } = await import('../dist/spiffe/der.js');
@@ -59,7 +61,7 @@ const ca = await CertificateAuthority.open({
 const caKeyId = ca.slots.find((s) => s.authority === 'x509' && s.state === 'active').keyId;
 
 // The workload's key and CSR, made once: the figure is the server's cost, not the workload's.
-const workload = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const workload = newKeyPair('ec', { namedCurve: 'P-256' });
 const spiffeId = SpiffeId.parse('spiffe://bench.example/ns/default/sa/bench');
 const csr = await createCsr({ spiffeId }, createKeySigner(workload.privateKey));
 const mint = () => ca.mintX509Svid({ spiffeId, publicKey: workload.publicKey, ttl: 3600 });

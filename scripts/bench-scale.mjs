@@ -32,7 +32,7 @@
 // Usage: npm run bench:scale -- [--agents 10,100,1000,5000] [--interval 5] [--window 10]
 //   [--rounds 3] [--entries-per-agent 2] [--agent-processes 2] [--profile DIR]
 // `--profile DIR` runs the real server under `node --cpu-prof` and writes its profile into DIR.
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -81,7 +81,7 @@ function usage() {
 async function realServer() {
   const { benchToken, SOFTHSM_MODULE } = await import('./lib/softhsm-token.mjs');
   const { benchJoinTokens, createBenchWorkloads, startBenchServer } = await import('./lib/bench-server.mjs');
-  const { SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+  const { newKeyPair, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
   const token = benchToken('ironroot-bench-scale-hsm-');
   const { dir, server, bundlePem, registration } = await startBenchServer(dist, TD, 'ironroot-bench-scale-', {
     key_manager: `pkcs11:token=bench;module-path=${SOFTHSM_MODULE};pin-source=file:${token.pinFile}`,
@@ -95,7 +95,7 @@ async function realServer() {
     entries: ({ agentIds, perAgent }) => createBenchWorkloads(server.datastore, TD, agentIds, perAgent),
     // The bare server's certificate: the real server's SPIFFE ID, from the same CA, its own key.
     bareIdentity: async () => {
-      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const { privateKey, publicKey } = newKeyPair('ec', { namedCurve: 'P-256' });
       const svid = await server.ca.mintX509Svid({
         spiffeId: SpiffeId.parse(`spiffe://${TD}/ironroot/server`),
         publicKey,

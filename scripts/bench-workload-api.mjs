@@ -15,7 +15,6 @@
 // RENEW_EVERY samples, on both sides alike. BENCH_WORKLOAD_API_NODE_FLAGS is passed to the ironroot
 // server process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
 import { spawn } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -50,7 +49,7 @@ async function serveIronroot(socketPath, cached) {
   const { UnixAttestor } = await import(join(dist, 'agent', 'workloadattestor', 'unix.js'));
   const { SvidCache } = await import(join(dist, 'agent', 'cache.js'));
   const td = spiffe.TrustDomain.parse('bench.example');
-  const caSigner = spiffe.createKeySigner(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+  const caSigner = spiffe.createKeySigner(spiffe.newKeyPair('ec', { namedCurve: 'P-256' }).privateKey);
   const now = Date.now();
   const validity = { notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) };
   const caCert = await spiffe.mintX509Ca(
@@ -69,7 +68,7 @@ async function serveIronroot(socketPath, cached) {
   const entries = [];
   const issued = [];
   for (let i = 0; i <= cached; i++) {
-    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const { privateKey, publicKey } = spiffe.newKeyPair('ec', { namedCurve: 'P-256' });
     const spiffeId = spiffe.SpiffeId.parse(`spiffe://bench.example/w${i}`);
     const leaf = await spiffe.mintX509Svid(
       { spiffeId, publicKey, ...validity },

@@ -2,7 +2,7 @@
 // manager, development mode, loopback ports, its bundle as PEM (and in a file for an agent's
 // --trust-bundle), and one join token for the agent under test. Lives apart from scripts/bench-*.mjs
 // so `npm run bench` does not run it as a benchmark.
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -82,8 +82,8 @@ export function benchEntry(fields) {
  * chain, PEM) its calls then present.
  */
 export async function attestJoinTokenAgent(dist, bootstrap, trustDomain, token) {
-  const { createCsr, createKeySigner, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { createCsr, createKeySigner, newKeyPair, SpiffeId } = await import(join(dist, 'spiffe', 'index.js'));
+  const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
   const csr = Buffer.from(
     await createCsr(
       { spiffeId: SpiffeId.parse(`spiffe://${trustDomain}/agent/csr`) },
