@@ -829,6 +829,20 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     });
   });
 
+  it("keeps a fetched bundle's endpoint sequence (any uint64), and forgets it when an operator sets the bundle", async () => {
+    const top = 2n ** 64n - 1n;
+    const fetched = await store.setFederatedBundle('partner.org', '{"keys":[1]}', 'federation', top);
+    expect(fetched.endpointSequence).toBe(top);
+    expect((await store.getBundle('partner.org'))?.endpointSequence).toBe(top);
+    expect((await store.listBundles()).find((b) => b.trustDomain === 'partner.org')?.endpointSequence).toBe(
+      top,
+    );
+    await store.setFederatedBundle('partner.org', '{"keys":[2]}', 'uid:0');
+    const overridden = await store.getBundle('partner.org');
+    expect(overridden).toMatchObject({ document: '{"keys":[2]}', sequence: 2 });
+    expect(overridden).not.toHaveProperty('endpointSequence');
+  });
+
   it('refuses to delete a federated bundle entries federate with, and keeps it', async () => {
     await store.setFederatedBundle('partner.org', '{"keys":[]}', 'uid:0');
     const first = await store.createEntry(

@@ -305,4 +305,71 @@ describe('federation poller', () => {
     );
     expect((await datastore.getBundle('spiffe.test'))?.document).toBe(weak);
   });
+
+  it('refuses an older spiffe_sequence than the endpoint served before, keeping the last good bundle; an operator override is replaced whatever its sequence', async () => {
+    answer = bundleDoc({ hint: 5, sequence: 7n, extra: true });
+    await poll();
+    const good = await datastore.getBundle('domain1.test');
+    expect(good).toMatchObject({ document: answer, endpointSequence: 7n });
+    expect((await federationAudits()).at(-1)?.detail).toMatchObject({ endpoint_sequence: '7' });
+
+    // A stale replica: an older document, which would bring the removed authority back.
+    answer = bundleDoc({ hint: 5, sequence: 6n });
+    clock.advance(5);
+    expect(await poll()).toBe(1);
+    expect(failures()).toHaveLength(1);
+    expect(failures()[0]).toMatchObject({
+      code: 'ERR_FEDERATION_STALE_BUNDLE',
+      trust_domain: 'domain1.test',
+      retry_in_seconds: 1,
+    });
+    expect(String(failures()[0]?.error)).toMatch(
+      /spiffe_sequence 6, older than the 7 it served before .*the stored bundle stays in use.*bundle set --id domain1\.test --format spiffe --path FILE/,
+    );
+    expect(await datastore.getBundle('domain1.test')).toEqual(good);
+    // The same sequence is not older: a document that did not change is simply unchanged.
+    answer = bundleDoc({ hint: 5, sequence: 7n, extra: true });
+    clock.advance(1);
+    expect(await poll()).toBe(1);
+    expect(failures()).toHaveLength(1);
+    expect(await datastore.getBundle('domain1.test')).toEqual(good);
+
+    // An operator's bundle, whatever its sequence, holds until the next fetch replaces it.
+    const override = bundleDoc({ hint: 5, sequence: 100n });
+    await datastore.setFederatedBundle('domain1.test', override, 'test.operator');
+    expect((await datastore.getBundle('domain1.test'))?.endpointSequence).toBeUndefined();
+    answer = bundleDoc({ hint: 5, sequence: 8n });
+    clock.advance(5);
+    expect(await poll()).toBe(1);
+    expect(await datastore.getBundle('domain1.test')).toMatchObject({
+      document: answer,
+      endpointSequence: 8n,
+    });
+
+    // An operator's bundle the endpoint serves unchanged is taken over, so its sequence counts.
+    await datastore.setFederatedBundle('domain1.test', answer, 'test.operator');
+    clock.advance(5);
+    expect(await poll()).toBe(1);
+    expect((await datastore.getBundle('domain1.test'))?.endpointSequence).toBe(8n);
+    answer = bundleDoc({ hint: 5, sequence: 3n });
+    clock.advance(5);
+    await poll();
+    expect(failures().at(-1)?.code).toBe('ERR_FEDERATION_STALE_BUNDLE');
+
+    // A document without spiffe_sequence cannot be compared: the most recent fetch is current.
+    answer = JSON.stringify({
+      ...JSON.parse(bundleDoc({ hint: 5, sequence: 1n })),
+      spiffe_sequence: undefined,
+    });
+    clock.advance(5);
+    await poll();
+    const unsequenced = await datastore.getBundle('domain1.test');
+    expect(SpiffeBundle.parse(DOMAIN1, unsequenced?.document ?? '').sequenceNumber).toBeUndefined();
+    expect(unsequenced?.endpointSequence).toBeUndefined();
+
+    const samples = parseMetrics(await metrics.registry.metrics());
+    expect(
+      sumOf(samples, 'ironroot_federation_bundle_fetches_total', { result: 'ERR_FEDERATION_STALE_BUNDLE' }),
+    ).toBe(2);
+  });
 });

@@ -190,6 +190,8 @@ export interface BundleMessage {
   sequence: number;
   /** Why the stored document fails today's checks; '' when it passes. */
   refused: string;
+  /** The spiffe_sequence the bundle endpoint served the document with; '' when an operator set it. */
+  endpoint_sequence: string;
 }
 export interface ListFederatedBundlesResponse {
   bundles: BundleMessage[];

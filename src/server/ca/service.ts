@@ -142,6 +142,7 @@ export class CaService {
       x509_pem: bundle.x509Authorities.map((c) => c.toString()).join(''),
       sequence: Number(bundle.sequenceNumber ?? 0n),
       refused: '',
+      endpoint_sequence: '',
     };
   }
 
@@ -293,5 +294,6 @@ function toBundleMessage(stored: StoredBundle): BundleMessage {
     x509_pem: refused ? '' : bundle.x509Authorities.map((c) => c.toString()).join(''),
     sequence: stored.sequence,
     refused: refused ? `${bundle.code}: ${bundle.message}` : '',
+    endpoint_sequence: stored.endpointSequence?.toString() ?? '',
   };
 }

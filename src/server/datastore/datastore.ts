@@ -204,6 +204,11 @@ export interface StoredBundle {
   sequence: number;
   federated: boolean;
   updatedAt: number;
+  /**
+   * The document's spiffe_sequence when the federation poller took it from the trust domain's
+   * bundle endpoint; absent when an operator set it (or the endpoint's document had none).
+   */
+  endpointSequence?: bigint;
 }
 
 export interface FederationRelationship {
@@ -347,8 +352,17 @@ export interface Datastore {
 
   getBundle(trustDomain: string): Promise<StoredBundle | undefined>;
   listBundles(): Promise<StoredBundle[]>;
-  /** Stores a federated trust domain's bundle (set by an operator or fetched); sequence grows by one. */
-  setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle>;
+  /**
+   * Stores a federated trust domain's bundle; sequence grows by one. `endpointSequence` is given
+   * when the bundle was fetched from the trust domain's endpoint (its spiffe_sequence), never for
+   * one an operator set.
+   */
+  setFederatedBundle(
+    trustDomain: string,
+    document: string,
+    actor: Actor,
+    endpointSequence?: bigint,
+  ): Promise<StoredBundle>;
   /**
    * Deletes a federated bundle; what happens to entries federating with its trust domain is
    * `mode`'s (see {@link BundleDeleteMode}). Each entry changed is audited as its own update or

@@ -277,6 +277,19 @@ function datastoreIdentity(): Migration {
   };
 }
 
+/**
+ * The spiffe_sequence of the federated bundle the poller last took from its trust domain's
+ * endpoint (text: it is a uint64, past PostgreSQL's bigint); NULL when an operator set the bundle.
+ * An endpoint that later serves an older sequence (a stale replica or cache) is refused.
+ */
+function bundleEndpointSequence(): Migration {
+  return {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('bundles').addColumn('endpoint_sequence', 'text').execute();
+    },
+  };
+}
+
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
@@ -288,6 +301,7 @@ export function migrationsFor(dialect: Dialect): Record<string, Migration> {
     '0008_federation_relationships': federationRelationships(),
     '0009_ca_coordination': caCoordination(),
     '0010_datastore_identity': datastoreIdentity(),
+    '0011_bundle_endpoint_sequence': bundleEndpointSequence(),
   };
 }
 

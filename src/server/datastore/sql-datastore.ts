@@ -741,9 +741,16 @@ export class SqlDatastore implements Datastore {
     );
   }
 
-  async setFederatedBundle(trustDomain: string, document: string, actor: Actor): Promise<StoredBundle> {
+  async setFederatedBundle(
+    trustDomain: string,
+    document: string,
+    actor: Actor,
+    endpointSequence?: bigint,
+  ): Promise<StoredBundle> {
     const now = nowSeconds(this.#clock);
-    return this.#db.transaction().execute(async (trx) => setBundle(trx, trustDomain, document, now, actor));
+    return this.#db
+      .transaction()
+      .execute(async (trx) => setBundle(trx, { trustDomain, document, endpointSequence }, now, actor));
   }
 
   async deleteFederatedBundle(
@@ -834,7 +841,8 @@ export class SqlDatastore implements Datastore {
           created.trustDomain,
           federationDetail(created),
         );
-        if (bundle !== undefined) await setBundle(trx, created.trustDomain, bundle.document, now, actor);
+        if (bundle !== undefined)
+          await setBundle(trx, { trustDomain: created.trustDomain, document: bundle.document }, now, actor);
         return created;
       });
     } catch (error) {
@@ -869,7 +877,8 @@ export class SqlDatastore implements Datastore {
         before: federationDetail(before),
         after: federationDetail(updated),
       });
-      if (bundle !== undefined) await setBundle(trx, updated.trustDomain, bundle.document, now, actor);
+      if (bundle !== undefined)
+        await setBundle(trx, { trustDomain: updated.trustDomain, document: bundle.document }, now, actor);
       return updated;
     });
   }
@@ -1268,7 +1277,7 @@ function isUniqueViolation(error: unknown): boolean {
 
 async function writeBundle(
   trx: Db,
-  bundle: { trustDomain: string; document: string; sequence: number },
+  bundle: { trustDomain: string; document: string; sequence: number; endpointSequence?: bigint | undefined },
   federated: boolean,
   now: number,
 ): Promise<void> {
@@ -1281,6 +1290,7 @@ async function writeBundle(
       sequence: bundle.sequence,
       federated: federated ? 1 : 0,
       updated_at: now,
+      endpoint_sequence: bundle.endpointSequence?.toString() ?? null,
     })
     .execute();
 }
@@ -1288,20 +1298,30 @@ async function writeBundle(
 /** Stores a federated bundle, its sequence one past the one it replaces, audited as bundle.set. */
 async function setBundle(
   trx: Db,
-  trustDomain: string,
-  document: string,
+  bundle: { trustDomain: string; document: string; endpointSequence?: bigint | undefined },
   now: number,
   actor: Actor,
 ): Promise<StoredBundle> {
+  const { trustDomain, document, endpointSequence } = bundle;
   const previous = await trx
     .selectFrom('bundles')
     .select('sequence')
     .where('trust_domain', '=', trustDomain)
     .executeTakeFirst();
   const sequence = previous === undefined ? 1 : Number(previous.sequence) + 1;
-  await writeBundle(trx, { trustDomain, document, sequence }, true, now);
-  await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, { sequence });
-  return { trustDomain, document, sequence, federated: true, updatedAt: now };
+  await writeBundle(trx, { trustDomain, document, sequence, endpointSequence }, true, now);
+  await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, {
+    sequence,
+    ...(endpointSequence !== undefined ? { endpoint_sequence: endpointSequence.toString() } : {}),
+  });
+  return {
+    trustDomain,
+    document,
+    sequence,
+    federated: true,
+    updatedAt: now,
+    ...(endpointSequence !== undefined ? { endpointSequence } : {}),
+  };
 }
 
 function federationRow(trx: Db, trustDomain: string): Promise<FederationRelationshipRow | undefined> {
@@ -1358,6 +1378,7 @@ function toStoredBundle(row: BundleRow): StoredBundle {
     sequence: Number(row.sequence),
     federated: Number(row.federated) === 1,
     updatedAt: Number(row.updated_at),
+    ...(row.endpoint_sequence !== null ? { endpointSequence: BigInt(row.endpoint_sequence) } : {}),
   };
 }
 

@@ -103,6 +103,8 @@ export interface BundleRow {
   sequence: number;
   federated: number;
   updated_at: number;
+  /** Decimal spiffe_sequence of the bundle as its endpoint served it; NULL when set by an operator. */
+  endpoint_sequence: string | null;
 }
 
 export interface FederationRelationshipRow {

@@ -36,7 +36,9 @@ export type FederationErrorCode =
   /** The connection failed (refused, reset, name not resolved). */
   | 'ERR_FEDERATION_UNREACHABLE'
   /** A relationship names the server's own trust domain, whose bundle is never fetched. */
-  | 'ERR_FEDERATION_OWN_TRUST_DOMAIN';
+  | 'ERR_FEDERATION_OWN_TRUST_DOMAIN'
+  /** The endpoint served a lower spiffe_sequence than it served before (a stale replica or cache). */
+  | 'ERR_FEDERATION_STALE_BUNDLE';
 
 export class FederationError extends Error {
   readonly code: FederationErrorCode;

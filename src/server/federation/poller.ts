@@ -140,11 +140,20 @@ export class FederationPoller {
         ...(this.#o.webCa !== undefined ? { webCa: this.#o.webCa } : {}),
         timeoutMs: this.#o.timeoutMs ?? 30_000,
       });
+      refuseOlder(relationship, stored?.endpointSequence, fetched.sequenceNumber);
       const document = fetched.marshal();
       let result: 'updated' | 'unchanged' = 'unchanged';
-      // Stored in the same normalised form `bundle set` writes, so equal content compares equal.
-      if (stored?.document !== document) {
-        const saved = await this.#o.datastore.setFederatedBundle(trustDomain, document, FEDERATION_ACTOR);
+      // Stored in the same normalised form `bundle set` writes, so equal content compares equal. An
+      // operator's bundle the endpoint serves unchanged is taken over as fetched, so that its
+      // sequence is known from then on.
+      const adopt = stored?.endpointSequence === undefined && fetched.sequenceNumber !== undefined;
+      if (stored?.document !== document || adopt) {
+        const saved = await this.#o.datastore.setFederatedBundle(
+          trustDomain,
+          document,
+          FEDERATION_ACTOR,
+          fetched.sequenceNumber,
+        );
         result = 'updated';
         this.#o.logger.info(
           {
@@ -181,6 +190,27 @@ export class FederationPoller {
       this.#o.fetches?.inc({ trust_domain: trustDomain, result: code });
     }
   }
+}
+
+/**
+ * SPIFFE Federation §4.2: spiffe_sequence says which of two bundles is newer. One older than the
+ * endpoint served before comes from a stale replica or cache and would bring back keys the foreign
+ * trust domain has since removed; the last good bundle stays. An operator's `bundle set` is an
+ * override the next fetch replaces whatever its sequence, so only fetched sequences are compared.
+ */
+function refuseOlder(
+  relationship: FederationRelationship,
+  storedSequence: bigint | undefined,
+  fetchedSequence: bigint | undefined,
+): void {
+  if (storedSequence === undefined || fetchedSequence === undefined || fetchedSequence >= storedSequence)
+    return;
+  const td = relationship.trustDomain;
+  throw new FederationError(
+    'ERR_FEDERATION_STALE_BUNDLE',
+    relationship.bundleEndpointUrl,
+    `served ${td}'s bundle with spiffe_sequence ${fetchedSequence}, older than the ${storedSequence} it served before (a stale replica or cache?); the stored bundle stays in use. If ${td}'s servers were rebuilt and their sequence started over, store the bundle they serve now: ironroot-server bundle set --id ${td} --format spiffe --path FILE`,
+  );
 }
 
 /**
