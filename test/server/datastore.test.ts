@@ -421,6 +421,91 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     expect((await store.getNode(id))?.serialNumber).toBe('e5');
   });
 
+  it('records a renewal only while the node is there, trusted and on the admitted serial, changing nothing else', async () => {
+    const id = `${TD}/agent/tpm/fed`;
+    const attested = {
+      spiffeId: id,
+      attestationType: 'tpm',
+      serialNumber: 'a1',
+      attestationCount: 3,
+      expiresAt: 1_700_003_600,
+      svidAuthority: 'x509-old',
+      selectors: [{ type: 'tpm', value: 'pcr:old' }],
+      tpm: {
+        ekHash: 'fed',
+        ekIssuer: 'CN=issuer',
+        akPublic: new Uint8Array([1]),
+        lastQuote: new Uint8Array([2]),
+        resetCount: 4,
+        eventLog: new Uint8Array([3]),
+      },
+      createdAt: 1_699_000_000,
+    };
+    await store.upsertNode(attested, 'agent-api');
+    const renewal = {
+      admittedSerial: 'a1',
+      newSerialNumber: 'b2',
+      svidAuthority: 'x509-new',
+      expiresAt: 1_700_007_200,
+      tpm: {
+        selectors: [{ type: 'tpm', value: 'pcr:new' }],
+        lastQuote: new Uint8Array([5]),
+        resetCount: 4,
+        eventLog: new Uint8Array([3, 6]),
+      },
+    };
+    clock.t += 1000;
+    expect(await store.renewNode(id, renewal, 'agent-api')).toEqual({ renewed: true });
+    const renewed = await store.getNode(id, { eventLog: true });
+    expect(renewed).toMatchObject({
+      serialNumber: 'a1',
+      newSerialNumber: 'b2',
+      svidAuthority: 'x509-new',
+      expiresAt: 1_700_007_200,
+      selectors: [{ type: 'tpm', value: 'pcr:new' }],
+      attestationCount: 3,
+      createdAt: 1_699_000_000,
+      trust: { state: 'trusted' },
+    });
+    expect(renewed?.tpm).toMatchObject({ ekHash: 'fed', ekIssuer: 'CN=issuer', resetCount: 4 });
+    expect(Buffer.from(renewed?.tpm?.lastQuote ?? [])).toEqual(Buffer.from([5]));
+    expect(Buffer.from(renewed?.tpm?.eventLog ?? [])).toEqual(Buffer.from([3, 6]));
+    expect((await store.listAudit(1))[0]).toMatchObject({
+      action: 'node.attest',
+      objectId: id,
+      detail: { attestation_type: 'tpm', serial_number: 'a1', new_serial_number: 'b2', trust: 'trusted' },
+    });
+
+    // Made untrusted by a re-quote meanwhile: the verdict stands, nothing of the renewal is written.
+    const untrusted = {
+      state: 'untrusted' as const,
+      code: 'ERR_ATTEST_EVENTLOG_REPLAY',
+      changedAt: 1_700_001_500,
+    };
+    await store.recordNodeTrust(id, { trust: untrusted }, 'agent-api');
+    const refused = await store.renewNode(id, { ...renewal, newSerialNumber: 'c3' }, 'agent-api');
+    expect(refused).toMatchObject({ renewed: false, node: { trust: { state: 'untrusted' } } });
+    expect(await store.getNode(id)).toMatchObject({ newSerialNumber: 'b2', trust: untrusted });
+
+    // Attested again meanwhile (another serial): the new attestation stands.
+    await store.upsertNode({ ...attested, serialNumber: 'z9' }, 'agent-api');
+    expect(await store.renewNode(id, { ...renewal, newSerialNumber: 'c3' }, 'agent-api')).toMatchObject({
+      renewed: false,
+      node: { serialNumber: 'z9' },
+    });
+    expect((await store.getNode(id))?.newSerialNumber).toBeUndefined();
+
+    // Evicted meanwhile: the node is not brought back.
+    await store.deleteNode(id, 'uid:0');
+    const audits = (await store.listAudit(1000)).length;
+    expect(await store.renewNode(id, { ...renewal, admittedSerial: 'z9' }, 'agent-api')).toEqual({
+      renewed: false,
+      node: undefined,
+    });
+    expect(await store.getNode(id)).toBeUndefined();
+    expect((await store.listAudit(1000)).length).toBe(audits);
+  });
+
   it('records a node’s trust and last verified event log, auditing only changes of trust', async () => {
     const id = `${TD}/agent/tpm/def`;
     await store.upsertNode(

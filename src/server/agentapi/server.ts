@@ -27,7 +27,7 @@ import { parseTpm2bPublic } from '../../tpm/index.js';
 import type { CertificateAuthority } from '../ca/authority.js';
 import { logX509Issued } from '../ca/issuance-log.js';
 import { type Clock, nowSeconds } from '../clock.js';
-import type { Datastore } from '../datastore/datastore.js';
+import type { AttestedNode, Datastore, NodeRenewal } from '../datastore/datastore.js';
 import { serverSpiffeId } from '../identity.js';
 import type { Logger } from '../log.js';
 import type { EkJob, EkJudgement } from '../nodeattestor/ek-judge.js';
@@ -387,15 +387,12 @@ export class AgentApiServer {
     const csr = await readCsr(first.params.csr);
     if (node.attestationType !== 'tpm') {
       const result = await this.#sign(decision.agentId, csr);
-      await this.#o.datastore.upsertNode(
-        {
-          ...node,
-          newSerialNumber: result.serial,
-          svidAuthority: result.svidAuthority,
-          expiresAt: result.response.result?.expires_at ?? 0,
-        },
-        ACTOR,
-      );
+      await this.#recordRenewal(node, {
+        admittedSerial: node.serialNumber,
+        newSerialNumber: result.serial,
+        ...(result.svidAuthority !== undefined ? { svidAuthority: result.svidAuthority } : {}),
+        expiresAt: result.response.result?.expires_at ?? 0,
+      });
       return result.response;
     }
     const policy = this.#policy();
@@ -421,23 +418,39 @@ export class AgentApiServer {
       subject: bootSubject(ek),
     });
     const result = await this.#sign(decision.agentId, csr);
-    await this.#o.datastore.upsertNode(
-      {
-        ...node,
-        newSerialNumber: result.serial,
-        svidAuthority: result.svidAuthority,
-        expiresAt: result.response.result?.expires_at ?? 0,
+    await this.#recordRenewal(node, {
+      admittedSerial: node.serialNumber,
+      newSerialNumber: result.serial,
+      ...(result.svidAuthority !== undefined ? { svidAuthority: result.svidAuthority } : {}),
+      expiresAt: result.response.result?.expires_at ?? 0,
+      tpm: {
         selectors: tpmSelectors(ek, verified),
-        tpm: {
-          ...node.tpm,
-          lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, nowSeconds(this.#o.clock)))),
-          resetCount: verified.quote.clockInfo.resetCount,
-          eventLog: eventLogOf(answer.challenge_response),
-        },
+        lastQuote: Buffer.from(JSON.stringify(lastQuote(verified.quote, nowSeconds(this.#o.clock)))),
+        resetCount: verified.quote.clockInfo.resetCount,
+        eventLog: eventLogOf(answer.challenge_response),
       },
-      ACTOR,
-    );
+    });
     return result.response;
+  }
+
+  /**
+   * Writes the renewal unless the node changed under it: the SVID just signed is then never
+   * answered (its serial is not recorded, so no call would accept it), and the agent is told why.
+   */
+  async #recordRenewal(admitted: AttestedNode, renewal: NodeRenewal): Promise<void> {
+    const outcome = await this.#o.datastore.renewNode(admitted.spiffeId, renewal, ACTOR);
+    if (outcome.renewed) return;
+    const now = outcome.node;
+    if (now === undefined)
+      throw new AttestationError(
+        'ERR_AGENT_NOT_ATTESTED',
+        'this agent was evicted while it renewed; attest again',
+      );
+    refuseUntrusted(now);
+    throw new AttestationError(
+      'ERR_AGENT_CERT_SUPERSEDED',
+      `while this renewal ran, an attestation or another renewal of agent ${admitted.spiffeId} replaced the SVID it was admitted with (serial ${renewal.admittedSerial}, now ${now.serialNumber}); use the newest agent SVID, or attest again`,
+    );
   }
 
   readonly #judgeEk = (job: EkJob): Promise<EkJudgement> => {

@@ -115,6 +115,25 @@ export interface AttestedNode {
  */
 export type NodeRecord = Omit<AttestedNode, 'trust' | 'banned'> & { trust?: NodeTrust };
 
+/** What an agent SVID renewal writes on its node's record; nothing else of the record changes. */
+export interface NodeRenewal {
+  /** Serial of the agent SVID the renewal was admitted with: still the node's, or nothing is written. */
+  admittedSerial: string;
+  newSerialNumber: string;
+  svidAuthority?: string;
+  expiresAt: number;
+  /** TPM renewals: the selectors and the evidence of the renewal's own quote. */
+  tpm?: { selectors: Selector[]; lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+}
+
+/**
+ * A renewal is written only if, at that moment, the node exists, holds the admitted serial and is
+ * trusted; otherwise nothing is written and `node` is what stands now (undefined: evicted).
+ */
+export type NodeRenewalOutcome =
+  | { readonly renewed: true }
+  | { readonly renewed: false; readonly node: AttestedNode | undefined };
+
 /**
  * A ban on an agent ID. It lives apart from the node record, so it holds whether the node is
  * attested, evicted or not attested yet, until an operator lifts it.
@@ -288,6 +307,12 @@ export interface Datastore {
   getNode(spiffeId: string, options?: { eventLog?: boolean }): Promise<AttestedNode | undefined>;
   /** Every node, without event logs. */
   listNodes(): Promise<AttestedNode[]>;
+  /**
+   * Records an agent SVID renewal in one conditional write, so that whatever happened to the node
+   * since the renewal was admitted (evicted, made untrusted by a re-quote, attested again) is never
+   * overwritten by the renewal's older view of it.
+   */
+  renewNode(spiffeId: string, renewal: NodeRenewal, actor: Actor): Promise<NodeRenewalOutcome>;
   /** Forgets the node: it must attest again. A ban on its ID stays. */
   deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode>;
   /**

@@ -41,6 +41,8 @@ import type {
   NewFederationRelationship,
   NodeBan,
   NodeRecord,
+  NodeRenewal,
+  NodeRenewalOutcome,
   NodeTrust,
   NonceConsumption,
   Page,
@@ -365,6 +367,51 @@ export class SqlDatastore implements Datastore {
 
   async listNodes(): Promise<AttestedNode[]> {
     return this.#loadNodes(this.#db);
+  }
+
+  async renewNode(spiffeId: string, renewal: NodeRenewal, actor: Actor): Promise<NodeRenewalOutcome> {
+    const now = nowSeconds(this.#clock);
+    return this.#db.transaction().execute(async (trx): Promise<NodeRenewalOutcome> => {
+      // One statement decides: PostgreSQL re-checks the condition on the row it locked, so a
+      // re-quote's verdict or an eviction committed meanwhile is seen, not overwritten.
+      const updated = await trx
+        .updateTable('attested_nodes')
+        .set({
+          new_serial_number: renewal.newSerialNumber,
+          svid_authority: renewal.svidAuthority ?? null,
+          expires_at: renewal.expiresAt,
+          ...(renewal.tpm
+            ? {
+                last_quote: renewal.tpm.lastQuote,
+                reset_count: renewal.tpm.resetCount,
+                event_log: renewal.tpm.eventLog,
+              }
+            : {}),
+          updated_at: now,
+        })
+        .where('spiffe_id', '=', spiffeId)
+        .where('serial_number', '=', renewal.admittedSerial)
+        .where('trust_state', '=', 'trusted')
+        .returning('attestation_type')
+        .executeTakeFirst();
+      if (updated === undefined) return { renewed: false, node: (await this.#loadNodes(trx, spiffeId))[0] };
+      if (renewal.tpm) {
+        await trx.deleteFrom('node_selectors').where('spiffe_id', '=', spiffeId).execute();
+        if (renewal.tpm.selectors.length > 0)
+          await trx
+            .insertInto('node_selectors')
+            .values(renewal.tpm.selectors.map((s) => ({ spiffe_id: spiffeId, type: s.type, value: s.value })))
+            .execute();
+      }
+      await audit(trx, now, actor, 'node.attest', 'node', spiffeId, {
+        attestation_type: updated.attestation_type,
+        serial_number: renewal.admittedSerial,
+        new_serial_number: renewal.newSerialNumber,
+        expires_at: renewal.expiresAt,
+        trust: 'trusted',
+      });
+      return { renewed: true };
+    });
   }
 
   async deleteNode(spiffeId: string, actor: Actor): Promise<AttestedNode> {
