@@ -1,13 +1,20 @@
 import { type KeyObject, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentApiClient, type Identity, type Result } from '../../src/agent/client.js';
+import type { AgentApiClient, Identity, Result } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { cli } from '../helpers/server.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
 import { evilAttest, keyAndCsr } from './evil-agent.js';
-import { healthy, startAttestServer, startTestAgent, TD, type TestServer, until } from './harness.js';
+import {
+  agentApiClient,
+  agentIdentity,
+  healthy,
+  startAttestServer,
+  startTestAgent,
+  TD,
+  type TestServer,
+  until,
+} from './harness.js';
 
 let swtpm: Swtpm;
 let server: TestServer;
@@ -40,23 +47,6 @@ function serialOf(identity: Identity): string {
   return new X509Certificate(identity.chainPem).serialNumber;
 }
 
-function identityIn(dataDir: string): Identity {
-  return {
-    keyPem: readFileSync(join(dataDir, 'agent-key.pem'), 'utf8'),
-    chainPem: readFileSync(join(dataDir, 'agent-svid.pem'), 'utf8'),
-  };
-}
-
-function clientAs(identity?: Identity): AgentApiClient {
-  return new AgentApiClient({
-    address: server.address,
-    trustDomain: TD,
-    bundlePem: readFileSync(server.bundleFile, 'utf8'),
-    deadlineMs: 10_000,
-    ...(identity ? { identity } : {}),
-  });
-}
-
 /** 'accepted', or the code the server refused with. */
 function outcome(call: Promise<unknown>): Promise<string> {
   return call.then(
@@ -66,7 +56,7 @@ function outcome(call: Promise<unknown>): Promise<string> {
 }
 
 async function withClient<T>(identity: Identity | undefined, use: (c: AgentApiClient) => Promise<T>) {
-  const client = clientAs(identity);
+  const client = agentApiClient(server, identity);
   try {
     return await use(client);
   } finally {
@@ -267,7 +257,7 @@ describe('agent SVID serials', () => {
     try {
       const attested = await until('the join-token agent to attest', () => healthy(agent));
       const entryId = await workloadEntry(attested.spiffe_id);
-      const copy = identityIn(agent.dataDir);
+      const copy = agentIdentity(agent.dataDir);
       expect(await calls(copy, entryId)).toEqual(all('accepted'));
 
       // The real agent renews at half-life and syncs with its new SVID straight away.
@@ -278,7 +268,7 @@ describe('agent SVID serials', () => {
           ? node?.serialNumber
           : undefined;
       });
-      expect(current).toBe(serialOf(identityIn(agent.dataDir)));
+      expect(current).toBe(serialOf(agentIdentity(agent.dataDir)));
       expect(await calls(copy, entryId)).toEqual(all(SUPERSEDED));
       expect(await outcome(renew(copy))).toBe(SUPERSEDED);
 

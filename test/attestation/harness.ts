@@ -1,8 +1,9 @@
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Agent } from '../../src/agent/agent.js';
+import { AgentApiClient, type Identity } from '../../src/agent/client.js';
 import { loadAgentConfig } from '../../src/agent/config/load.js';
 import type { AgentConfigInput } from '../../src/agent/config/schema.js';
 import type { HealthStatus } from '../../src/agent/health.js';
@@ -77,6 +78,25 @@ export interface TestServer {
   up(changes?: Partial<ServerConfigInput>): Promise<void>;
   restart(changes?: Partial<ServerConfigInput>): Promise<void>;
   stop(): Promise<void>;
+}
+
+/** The agent SVID and key an agent keeps in its data directory. */
+export function agentIdentity(dataDir: string): Identity {
+  return {
+    keyPem: readFileSync(join(dataDir, 'agent-key.pem'), 'utf8'),
+    chainPem: readFileSync(join(dataDir, 'agent-svid.pem'), 'utf8'),
+  };
+}
+
+/** A client of the server's agent API presenting `identity`; without one, as an agent before it attests. */
+export function agentApiClient(server: TestServer, identity?: Identity, deadlineMs = 10_000): AgentApiClient {
+  return new AgentApiClient({
+    address: server.address,
+    trustDomain: TD,
+    bundlePem: readFileSync(server.bundleFile, 'utf8'),
+    deadlineMs,
+    ...(identity ? { identity } : {}),
+  });
 }
 
 /** A real server in this process: SQLite in a temporary directory, the CA, the agent API on TLS. */

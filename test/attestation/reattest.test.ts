@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentApiClient } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import type { AgentMessage, ReattestAgentResponse } from '../../src/server/admin/messages.js';
 import type { AuditRecord, NodeTrust } from '../../src/server/datastore/datastore.js';
@@ -19,6 +18,8 @@ import { agileLog, agileRecord } from '../tpm/eventlog/build-log.js';
 import { entry, workloadSocketPath, workloadWhere } from '../workload/harness.js';
 import { csr } from './evil-agent.js';
 import {
+  agentApiClient,
+  agentIdentity,
   healthy,
   startAttestServer,
   startTestAgent,
@@ -243,16 +244,7 @@ describe('continuous attestation of a TPM node with a measured-boot log', () => 
     );
 
     // The server issues nothing to the node: entries, SVIDs, JWT-SVIDs, renewal.
-    const asAgent = new AgentApiClient({
-      address: server.address,
-      trustDomain: TD,
-      bundlePem: readFileSync(server.bundleFile, 'utf8'),
-      deadlineMs: 10_000,
-      identity: {
-        keyPem: readFileSync(join(agent.dataDir, 'agent-key.pem'), 'utf8'),
-        chainPem: readFileSync(join(agent.dataDir, 'agent-svid.pem'), 'utf8'),
-      },
-    });
+    const asAgent = agentApiClient(server, agentIdentity(agent.dataDir));
     const refusal = async (call: Promise<unknown>) =>
       call.then(
         () => 'accepted',

@@ -3,20 +3,19 @@
  * and writing the renewal. Whatever happens to the node in that window (a re-quote makes it
  * untrusted, an operator evicts it) must stand: the renewal is refused, not written over it.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TpmAttestor } from '../../src/agent/attestor/tpm.js';
-import { AgentApiClient, type Challenge } from '../../src/agent/client.js';
+import type { Challenge } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { AgentStore } from '../../src/agent/store.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
 import { csr } from './evil-agent.js';
 import {
+  agentApiClient,
+  agentIdentity,
   healthy,
   startAttestServer,
   startTestAgent,
-  TD,
   type TestAgent,
   type TestServer,
   until,
@@ -47,16 +46,7 @@ afterAll(async () => {
  * challenge, before the agent answers. 'renewed', or the code the server refused with.
  */
 async function renew(meanwhile: () => Promise<void>): Promise<string> {
-  const client = new AgentApiClient({
-    address: server.address,
-    trustDomain: TD,
-    bundlePem: readFileSync(server.bundleFile, 'utf8'),
-    deadlineMs: 30_000,
-    identity: {
-      keyPem: readFileSync(join(agent.dataDir, 'agent-key.pem'), 'utf8'),
-      chainPem: readFileSync(join(agent.dataDir, 'agent-svid.pem'), 'utf8'),
-    },
-  });
+  const client = agentApiClient(server, agentIdentity(agent.dataDir), 30_000);
   const tpm = new TpmAttestor({ tcti: swtpm.tcti, ek: 'auto', eventLogPath: 'none' });
   const ak = new AgentStore(agent.dataDir).loadAk();
   if (ak === undefined) throw new Error('the agent left no AK blobs');

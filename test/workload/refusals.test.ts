@@ -1,12 +1,11 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentApiClient } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { createCsr, createKeySigner, SpiffeId } from '../../src/spiffe/index.js';
 import { newKeyPair } from '../../src/spiffe/new-key-pair.js';
 import {
+  agentApiClient,
+  agentIdentity,
   healthy,
   startAttestServer,
   startTestAgent,
@@ -34,21 +33,6 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   let agentA: TestAgent;
   let agentB: TestAgent;
   let bEntryId: string;
-
-  /** A client authenticating as `identity` (PEM key and chain), or with no client certificate. */
-  const clientAs = (identity?: { keyPem: string; chainPem: string }) =>
-    new AgentApiClient({
-      address: server.address,
-      trustDomain: TD,
-      bundlePem: readFileSync(server.bundleFile, 'utf8'),
-      deadlineMs: 10_000,
-      ...(identity ? { identity } : {}),
-    });
-
-  const identityOf = (agent: TestAgent) => ({
-    keyPem: readFileSync(join(agent.dataDir, 'agent-key.pem'), 'utf8'),
-    chainPem: readFileSync(join(agent.dataDir, 'agent-svid.pem'), 'utf8'),
-  });
 
   beforeAll(async () => {
     server = await startAttestServer();
@@ -78,7 +62,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   });
 
   it('refuses an X.509-SVID or JWT-SVID for another agent’s entry with ERR_AGENT_ENTRY_NOT_AUTHORIZED', async () => {
-    const client = clientAs(identityOf(agentA));
+    const client = agentApiClient(server, agentIdentity(agentA.dataDir));
     try {
       const { privateKey } = newKeyPair('ec', { namedCurve: 'P-256' });
       const csr = Buffer.from(
@@ -93,7 +77,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
     } finally {
       client.close();
     }
-    const own = clientAs(identityOf(agentB));
+    const own = agentApiClient(server, agentIdentity(agentB.dataDir));
     try {
       expect((await own.newJwtSvid(bEntryId, ['aud'])).token.split('.')).toHaveLength(3);
     } finally {
@@ -102,7 +86,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   });
 
   it('refuses a JWT-SVID with more than 64 audiences with ERR_AGENT_BAD_REQUEST naming ERR_JWTSVID_TOO_MANY_AUDIENCES', async () => {
-    const own = clientAs(identityOf(agentB));
+    const own = agentApiClient(server, agentIdentity(agentB.dataDir));
     try {
       const audience = Array.from({ length: 65 }, (_, i) => `aud-${i}`);
       const error = await own.newJwtSvid(bEntryId, audience).then(
@@ -121,7 +105,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   });
 
   it('refuses a caller without a client certificate with ERR_AGENT_UNAUTHENTICATED', async () => {
-    const client = clientAs();
+    const client = agentApiClient(server);
     try {
       expect(await refusal(client.fetchEntries(undefined))).toBe('ERR_AGENT_UNAUTHENTICATED');
       expect(await refusal(client.fetchBundles())).toBe('ERR_AGENT_UNAUTHENTICATED');
@@ -138,7 +122,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
       publicKey,
       ttl: 300,
     });
-    const client = clientAs({
+    const client = agentApiClient(server, {
       keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
       chainPem: minted.chain.map((c) => c.toString()).join(''),
     });
@@ -152,7 +136,7 @@ describe('agent API refusals for entry sync and SVIDs', () => {
   it('refuses a client certificate from a foreign CA naming an attested agent with ERR_AGENT_UNAUTHENTICATED', async () => {
     const foreign = await TestCa.create(TD);
     const svid = await foreign.svid(SpiffeId.parse(agentA.agent.status().spiffe_id));
-    const client = clientAs({
+    const client = agentApiClient(server, {
       keyPem: createPrivateKey({ key: Buffer.from(svid.keyPkcs8Der), format: 'der', type: 'pkcs8' })
         .export({ format: 'pem', type: 'pkcs8' })
         .toString(),
