@@ -348,6 +348,50 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
   });
 });
 
+describe('a challenge unanswered after the node proved itself elsewhere', () => {
+  it('gives no verdict when the node was quoted after the challenge went out; a node not quoted since is untrusted', async () => {
+    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+    const moved = tpmNode(1);
+    const silent = tpmNode(2);
+    const nodes = new Map([moved, silent].map((n) => [n.spiffeId, n]));
+    const verdicts: { id: string; trust: NodeTrust }[] = [];
+    scheduler = scheduleOf(memoryStore(nodes, verdicts), 600);
+    await scheduler.start();
+    // Both streams stay open and silent: the agents hang, or left without the stream closing here.
+    const openStream = () => {
+      const stream = Object.assign(new EventEmitter(), {
+        written: [] as unknown[],
+        write(message: unknown) {
+          stream.written.push(message);
+          return true;
+        },
+        end() {},
+      });
+      return stream;
+    };
+    const movedStream = openStream();
+    const silentStream = openStream();
+    scheduler.attach(moved.spiffeId, movedStream as unknown as ReattestStream);
+    scheduler.attach(silent.spiffeId, silentStream as unknown as ReattestStream);
+    const movedVerdict = scheduler.reattestNow(moved.spiffeId);
+    const silentVerdict = scheduler.reattestNow(silent.spiffeId);
+    await until('both challenges out', () =>
+      movedStream.written.length > 0 && silentStream.written.length > 0 ? true : undefined,
+    );
+    // Another server attested the first node afresh, in a later second than the challenge.
+    (moved.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(Math.floor(Date.now() / 1000) + 1);
+    await expect(movedVerdict).rejects.toMatchObject({
+      code: 'ERR_REATTEST_OTHER_SERVER',
+      message: expect.stringMatching(
+        /did not answer this challenge, but its TPM was quoted at .*since this challenge was sent/,
+      ),
+    });
+    expect(await silentVerdict).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
+    expect(verdicts.map((v) => [v.id, v.trust.code])).toEqual([[silent.spiffeId, 'ERR_REATTEST_NO_ANSWER']]);
+    expect(moved.trust.state).toBe('trusted');
+  });
+});
+
 describe('a re-quote stream the agent left while it was being admitted', () => {
   let api: BareAgentApi | undefined;
   afterEach(() => api?.close());

@@ -87,6 +87,8 @@ interface Pending {
    */
   nonceAsked: boolean;
   readonly sentAt: number;
+  /** Wall-clock seconds at issue, to compare with quotes other servers record. */
+  readonly issuedAt: number;
   readonly deadlineAt: number;
   /** Set once an answer is being judged: later answers and the deadline leave it alone. */
   answered: boolean;
@@ -339,6 +341,7 @@ export class ContinuousAttestation {
       nonce: undefined,
       nonceAsked: false,
       sentAt: now,
+      issuedAt: nowSeconds(this.#o.clock),
       deadlineAt: now + this.#deadlineMs,
       answered: false,
       sent: false,
@@ -395,6 +398,11 @@ export class ContinuousAttestation {
     pending.answered = true;
     void this.#settle(session, pending, async (node) => {
       if (!pending.sent) this.#heardElsewhere(node);
+      // A quote verified after this challenge went out (the agent attested or renewed, here or on
+      // another server) shows the node answering: silence on this challenge is not the node's.
+      const quotedAt = storedQuotedAt(node);
+      if (quotedAt !== undefined && quotedAt > pending.issuedAt)
+        throw new OtherServerError(node.spiffeId, quotedAt, 'since this challenge was sent');
       throw new AttestationError(
         'ERR_REATTEST_NO_ANSWER',
         `the agent did not answer the re-quote within ${this.#deadlineMs / 1000}s (reattest_deadline): it is stopped, cannot reach the server, or its TPM hangs; check ironroot-agent on that node`,
@@ -632,10 +640,13 @@ function checkCounters(node: AttestedNode, clock: { resetCount: number; restartC
 
 /** The agent's stream is on another server sharing the datastore, which re-quotes it. */
 class OtherServerError extends AttestationError {
-  constructor(agentId: string, quotedAt: number) {
+  constructor(agentId: string, quotedAt: number, since?: string) {
+    const at = new Date(quotedAt * 1000).toISOString();
     super(
       'ERR_REATTEST_OTHER_SERVER',
-      `agent ${agentId} has no Reattest stream on this server; another server sharing the datastore re-quoted it at ${new Date(quotedAt * 1000).toISOString()}: run agent reattest against the server the agent is connected to`,
+      since === undefined
+        ? `agent ${agentId} has no Reattest stream on this server; another server sharing the datastore re-quoted it at ${at}: run agent reattest against the server the agent is connected to`
+        : `agent ${agentId} did not answer this challenge, but its TPM was quoted at ${at}, ${since} (an attestation or renewal, here or on another server); no verdict from this challenge`,
     );
   }
 }
