@@ -388,7 +388,6 @@ export class AgentApiServer {
     if (node.attestationType !== 'tpm') {
       const result = await this.#sign(decision.agentId, csr);
       await this.#recordRenewal(node, {
-        admittedSerial: node.serialNumber,
         newSerialNumber: result.serial,
         ...(result.svidAuthority !== undefined ? { svidAuthority: result.svidAuthority } : {}),
         expiresAt: result.response.result?.expires_at ?? 0,
@@ -419,7 +418,6 @@ export class AgentApiServer {
     });
     const result = await this.#sign(decision.agentId, csr);
     await this.#recordRenewal(node, {
-      admittedSerial: node.serialNumber,
       newSerialNumber: result.serial,
       ...(result.svidAuthority !== undefined ? { svidAuthority: result.svidAuthority } : {}),
       expiresAt: result.response.result?.expires_at ?? 0,
@@ -437,8 +435,13 @@ export class AgentApiServer {
    * Writes the renewal unless the node changed under it: the SVID just signed is then never
    * answered (its serial is not recorded, so no call would accept it), and the agent is told why.
    */
-  async #recordRenewal(admitted: AttestedNode, renewal: NodeRenewal): Promise<void> {
-    const outcome = await this.#o.datastore.renewNode(admitted.spiffeId, renewal, ACTOR);
+  async #recordRenewal(admitted: AttestedNode, renewal: Omit<NodeRenewal, 'admittedSerial'>): Promise<void> {
+    const admittedSerial = admitted.serialNumber;
+    const outcome = await this.#o.datastore.renewNode(
+      admitted.spiffeId,
+      { ...renewal, admittedSerial },
+      ACTOR,
+    );
     if (outcome.renewed) return;
     const now = outcome.node;
     if (now === undefined)
@@ -449,7 +452,7 @@ export class AgentApiServer {
     refuseUntrusted(now);
     throw new AttestationError(
       'ERR_AGENT_CERT_SUPERSEDED',
-      `while this renewal ran, an attestation or another renewal of agent ${admitted.spiffeId} replaced the SVID it was admitted with (serial ${renewal.admittedSerial}, now ${now.serialNumber}); use the newest agent SVID, or attest again`,
+      `while this renewal ran, an attestation or another renewal of agent ${admitted.spiffeId} replaced the SVID it was admitted with (serial ${admittedSerial}, now ${now.serialNumber}); use the newest agent SVID, or attest again`,
     );
   }
 
