@@ -49,6 +49,24 @@ function tpmNode(i: number): AttestedNode {
   };
 }
 
+/** A node's recorded quote, as any server's attestation, renewal or re-quote writes it. */
+function quoted(at: number): Uint8Array {
+  return new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
+}
+
+/** An agent's Reattest stream that keeps what the scheduler writes on it and never answers. */
+function silentStream() {
+  const stream = Object.assign(new EventEmitter(), {
+    written: [] as unknown[],
+    write(message: unknown) {
+      stream.written.push(message);
+      return true;
+    },
+    end() {},
+  });
+  return stream;
+}
+
 const policy: TpmPolicy = {
   roots: [],
   intermediates: [],
@@ -182,7 +200,6 @@ describe('the re-quote schedule', () => {
 
 describe('the re-quote schedule with servers sharing a datastore', () => {
   it('leaves a node another server re-quotes lately alone, and makes one nobody re-quotes untrusted', async () => {
-    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
     const now = () => Math.floor(Date.now() / 1000);
     const elsewhere = tpmNode(1);
     const silent = {
@@ -217,7 +234,6 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
   }, 60_000);
 
   it('gives the other server a whole window after a datastore outage before judging its node unquoted', async () => {
-    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
     const now = () => Math.floor(Date.now() / 1000);
     const elsewhere = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted(now()) } } as AttestedNode;
     const nodes = new Map([[elsewhere.spiffeId, elsewhere]]);
@@ -267,9 +283,9 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
   }, 120_000);
 
   it('writes no nonce for a node whose stream is not here; its agent arriving mid-challenge gets it then', async () => {
-    const quoted = new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: Math.floor(Date.now() / 1000) })));
-    const elsewhere = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted } } as AttestedNode;
-    const arriving = { ...tpmNode(2), tpm: { ...tpmNode(2).tpm, lastQuote: quoted } } as AttestedNode;
+    const quotedNow = quoted(Math.floor(Date.now() / 1000));
+    const elsewhere = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quotedNow } } as AttestedNode;
+    const arriving = { ...tpmNode(2), tpm: { ...tpmNode(2).tpm, lastQuote: quotedNow } } as AttestedNode;
     const nodes = new Map([elsewhere, arriving].map((n) => [n.spiffeId, n]));
     const verdicts: { id: string; trust: NodeTrust }[] = [];
     const base = memoryStore(nodes, verdicts);
@@ -289,24 +305,21 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
     expect(nonces).toBe(0);
 
     // A challenge still open when the agent's stream comes: its nonce is written, and it goes out.
-    const written: unknown[] = [];
-    const stream = Object.assign(new EventEmitter(), {
-      write: (message: unknown) => written.push(message),
-      end() {},
-    });
+    const stream = silentStream();
     const verdict = scheduler.reattestNow(arriving.spiffeId);
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(nonces).toBe(0);
     scheduler.attach(arriving.spiffeId, stream as unknown as ReattestStream);
-    await until('the challenge on the stream that came', () => (written.length > 0 ? true : undefined));
+    await until('the challenge on the stream that came', () =>
+      stream.written.length > 0 ? true : undefined,
+    );
     expect(nonces).toBe(1);
-    expect(written[0]).toMatchObject({ challenge: { nonce: expect.any(Uint8Array) } });
+    expect(stream.written[0]).toMatchObject({ challenge: { nonce: expect.any(Uint8Array) } });
     // Unanswered on a stream that stays open: the deadline's verdict.
     expect(await verdict).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
   });
 
   it('judges a challenge whose stream closed unanswered like one that never reached the agent; a silent open stream fails at its deadline', async () => {
-    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
     const recent = (i: number) =>
       ({
         ...tpmNode(i),
@@ -319,19 +332,8 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
     const verdicts: { id: string; trust: NodeTrust }[] = [];
     scheduler = scheduleOf(memoryStore(nodes, verdicts), 600);
     await scheduler.start();
-    const streamOf = () => {
-      const stream = Object.assign(new EventEmitter(), {
-        written: [] as unknown[],
-        write(message: unknown) {
-          stream.written.push(message);
-          return true;
-        },
-        end() {},
-      });
-      return stream;
-    };
-    const leaving = streamOf();
-    const staying = streamOf();
+    const leaving = silentStream();
+    const staying = silentStream();
     scheduler.attach(left.spiffeId, leaving as unknown as ReattestStream);
     scheduler.attach(silent.spiffeId, staying as unknown as ReattestStream);
 
@@ -350,7 +352,6 @@ describe('the re-quote schedule with servers sharing a datastore', () => {
 
 describe('a challenge unanswered after the node proved itself elsewhere', () => {
   it('gives no verdict when the node was quoted after the challenge went out; a node not quoted since is untrusted', async () => {
-    const quoted = (at: number) => new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: at })));
     const moved = tpmNode(1);
     const silent = tpmNode(2);
     const nodes = new Map([moved, silent].map((n) => [n.spiffeId, n]));
@@ -358,25 +359,14 @@ describe('a challenge unanswered after the node proved itself elsewhere', () => 
     scheduler = scheduleOf(memoryStore(nodes, verdicts), 600);
     await scheduler.start();
     // Both streams stay open and silent: the agents hang, or left without the stream closing here.
-    const openStream = () => {
-      const stream = Object.assign(new EventEmitter(), {
-        written: [] as unknown[],
-        write(message: unknown) {
-          stream.written.push(message);
-          return true;
-        },
-        end() {},
-      });
-      return stream;
-    };
-    const movedStream = openStream();
-    const silentStream = openStream();
+    const movedStream = silentStream();
+    const staying = silentStream();
     scheduler.attach(moved.spiffeId, movedStream as unknown as ReattestStream);
-    scheduler.attach(silent.spiffeId, silentStream as unknown as ReattestStream);
+    scheduler.attach(silent.spiffeId, staying as unknown as ReattestStream);
     const movedVerdict = scheduler.reattestNow(moved.spiffeId);
     const silentVerdict = scheduler.reattestNow(silent.spiffeId);
     await until('both challenges out', () =>
-      movedStream.written.length > 0 && silentStream.written.length > 0 ? true : undefined,
+      movedStream.written.length > 0 && staying.written.length > 0 ? true : undefined,
     );
     // Another server attested the first node afresh, in a later second than the challenge.
     (moved.tpm as NonNullable<AttestedNode['tpm']>).lastQuote = quoted(Math.floor(Date.now() / 1000) + 1);
@@ -403,8 +393,8 @@ describe('a re-quote stream the agent left while it was being admitted', () => {
    * here gives no verdict.
    */
   async function setUp() {
-    const quoted = new Uint8Array(Buffer.from(JSON.stringify({ quoted_at: Math.floor(Date.now() / 1000) })));
-    const node = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quoted } } as AttestedNode;
+    const quotedNow = quoted(Math.floor(Date.now() / 1000));
+    const node = { ...tpmNode(1), tpm: { ...tpmNode(1).tpm, lastQuote: quotedNow } } as AttestedNode;
     const verdicts: { id: string; trust: NodeTrust }[] = [];
     const attestation = scheduleOf(memoryStore(new Map([[node.spiffeId, node]]), verdicts), 600);
     scheduler = attestation;
