@@ -34,10 +34,10 @@ import type {
 import { type DirLock, lockDir, releaseFreedMemory } from '../host/index.js';
 import { createCsr, createKeySigner, newKeyPair, SpiffeId } from '../spiffe/index.js';
 import { WorkloadApiServer } from '../workload-api/server.js';
-import { TpmAttestor } from './attestor/tpm.js';
+import { challengeIn, TpmAttestor } from './attestor/tpm.js';
 import { SvidCache } from './cache.js';
 import { type OpenedCacheFile, openCache, sealCache } from './cachefile.js';
-import { AgentApiClient, type Challenge, isServerAnswer, type Result } from './client.js';
+import { AgentApiClient, isServerAnswer, type Result } from './client.js';
 import { serverAddresses } from './config/defaults.js';
 import type { AgentConfig } from './config/schema.js';
 import { AgentError, REATTEST_CODES } from './errors.js';
@@ -1001,13 +1001,4 @@ async function newCsr(trustDomain: string): Promise<{ key: KeyObject; csr: Buffe
     createKeySigner(privateKey),
   );
   return { key: privateKey, csr: Buffer.from(csr) };
-}
-
-function challengeIn(challenge: Challenge) {
-  return {
-    credentialBlob: new Uint8Array(challenge.credential_blob),
-    encryptedSecret: new Uint8Array(challenge.encrypted_secret),
-    nonce: new Uint8Array(challenge.nonce),
-    selection: challenge.pcr_selection.map((s) => ({ hash: s.hash_alg, pcrs: s.pcrs })),
-  };
 }

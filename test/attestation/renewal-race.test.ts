@@ -4,7 +4,7 @@
  * untrusted, an operator evicts it) must stand: the renewal is refused, not written over it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TpmAttestor } from '../../src/agent/attestor/tpm.js';
+import { challengeIn, TpmAttestor } from '../../src/agent/attestor/tpm.js';
 import type { Challenge } from '../../src/agent/client.js';
 import { AgentError } from '../../src/agent/errors.js';
 import { AgentStore } from '../../src/agent/store.js';
@@ -53,12 +53,7 @@ async function renew(meanwhile: () => Promise<void>): Promise<string> {
   try {
     await client.renew({ csr: await csr(), tpm: await tpm.ekEvidence(ak) }, async (challenge: Challenge) => {
       await meanwhile();
-      return tpm.answer(ak, {
-        credentialBlob: new Uint8Array(challenge.credential_blob),
-        encryptedSecret: new Uint8Array(challenge.encrypted_secret),
-        nonce: new Uint8Array(challenge.nonce),
-        selection: challenge.pcr_selection.map((s) => ({ hash: s.hash_alg, pcrs: s.pcrs })),
-      });
+      return tpm.answer(ak, challengeIn(challenge));
     });
     return 'renewed';
   } catch (error) {

@@ -8,7 +8,11 @@
  * @module
  */
 
-import type { ChallengeResponseMessage, TpmEvidenceMessage } from '../../agent-api/proto.js';
+import type {
+  AttestAgentResponse,
+  ChallengeResponseMessage,
+  TpmEvidenceMessage,
+} from '../../agent-api/proto.js';
 // The agent-side modules, not the index: it also loads the verifier's (tpm/verify, the event log
 // parser and replay, firmware profiles), which an agent never runs.
 import {
@@ -41,6 +45,16 @@ export interface ChallengeIn {
   readonly encryptedSecret: Uint8Array;
   readonly nonce: Uint8Array;
   readonly selection: readonly { hash: number; pcrs: readonly number[] }[];
+}
+
+/** The server's challenge as `answer` takes it. */
+export function challengeIn(challenge: NonNullable<AttestAgentResponse['challenge']>): ChallengeIn {
+  return {
+    credentialBlob: new Uint8Array(challenge.credential_blob),
+    encryptedSecret: new Uint8Array(challenge.encrypted_secret),
+    nonce: new Uint8Array(challenge.nonce),
+    selection: challenge.pcr_selection.map((s) => ({ hash: s.hash_alg, pcrs: s.pcrs })),
+  };
 }
 
 const EK_PREFERENCE: readonly EkKind[] = [
