@@ -21,6 +21,7 @@ export type ServerErrorCode =
   | 'ERR_ENTRY_NOT_FOUND'
   | 'ERR_ENTRY_REVISION_MISMATCH'
   | 'ERR_AGENT_NOT_FOUND'
+  | 'ERR_AGENT_ATTESTED_AGAIN'
   | 'ERR_AGENT_ID_INVALID'
   | 'ERR_EK_HASH_INVALID'
   | 'ERR_BUNDLE_NOT_FOUND'
@@ -63,6 +64,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_ENTRY_NOT_FOUND: status.NOT_FOUND,
   ERR_ENTRY_REVISION_MISMATCH: status.ABORTED,
   ERR_AGENT_NOT_FOUND: status.NOT_FOUND,
+  ERR_AGENT_ATTESTED_AGAIN: status.ABORTED,
   ERR_AGENT_ID_INVALID: status.INVALID_ARGUMENT,
   ERR_EK_HASH_INVALID: status.INVALID_ARGUMENT,
   ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
@@ -225,6 +227,25 @@ export class AgentNotFoundError extends ServerError {
       `no attested agent with SPIFFE ID ${JSON.stringify(spiffeId)}; see "agent list"`,
     );
   }
+}
+
+/**
+ * A verdict made on one attestation of a node reached the datastore after the node attested again:
+ * it says nothing about the new attestation's AK and boot, so it is not written.
+ */
+export class NodeAttestedAgainError extends ServerError {
+  constructor(spiffeId: string, judged: AttestationRef, found: AttestationRef) {
+    super(
+      'ERR_AGENT_ATTESTED_AGAIN',
+      `agent ${JSON.stringify(spiffeId)} attested again while a verdict on its earlier attestation was being made (the verdict was on ${describe(judged)}; the node now holds ${describe(found)}); the verdict was not recorded: the next re-quote judges the new attestation ("agent reattest" judges it now)`,
+    );
+  }
+}
+
+type AttestationRef = Readonly<{ attestationCount: number; createdAt: number }>;
+
+function describe(ref: AttestationRef): string {
+  return `attestation ${ref.attestationCount} of the record created ${new Date(ref.createdAt * 1000).toISOString()}`;
 }
 
 export class AgentIdInvalidError extends ServerError {

@@ -6,11 +6,16 @@ import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/server/clock.js';
-import type { Datastore, NewEntry } from '../../src/server/datastore/index.js';
+import type { AttestedNode, Datastore, NewEntry, NodeRecord } from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { migrationsFor } from '../../src/server/datastore/migrations.js';
 import { MIGRATION_LOCK_KEY, openPostgresDatastore } from '../../src/server/datastore/postgres.js';
-import { AgentNotFoundError, EntryDuplicateError, EntryNotFoundError } from '../../src/server/errors.js';
+import {
+  AgentNotFoundError,
+  EntryDuplicateError,
+  EntryNotFoundError,
+  NodeAttestedAgainError,
+} from '../../src/server/errors.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 
 const TD = 'spiffe://example.org';
@@ -604,6 +609,66 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
     ).rejects.toBeInstanceOf(AgentNotFoundError);
   });
 
+  it('records a verdict only onto the attestation it was made on: not after the node attested again', async () => {
+    const id = `${TD}/agent/tpm/again`;
+    const first: NodeRecord = {
+      spiffeId: id,
+      attestationType: 'tpm',
+      serialNumber: '01',
+      attestationCount: 1,
+      expiresAt: 1_700_003_600,
+      selectors: [],
+      tpm: { ekHash: 'ab', akPublic: new Uint8Array([1]), resetCount: 4, eventLog: new Uint8Array([1]) },
+      createdAt: 1_700_000_000,
+    };
+    await store.upsertNode(first, 'agent-api');
+    const judged = (await store.getNode(id)) as AttestedNode;
+    const verdict = {
+      trust: { state: 'untrusted', code: 'ERR_REATTEST_NO_ANSWER', reason: 'silent', changedAt: 1 },
+      tpm: { lastQuote: Buffer.from('{"old":true}'), resetCount: 4, eventLog: new Uint8Array([1, 2]) },
+      judged,
+    } as const;
+    // Attested again with a new AK and log while the verdict was being made.
+    const second = {
+      ...first,
+      serialNumber: '02',
+      attestationCount: 2,
+      tpm: { ...first.tpm, akPublic: new Uint8Array([2]), eventLog: new Uint8Array([7]) },
+    } as NodeRecord;
+    await store.upsertNode(second, 'agent-api');
+    const audits = (await store.listAudit(1000)).length;
+    const refused = store.recordNodeTrust(id, verdict, 'reattest');
+    await expect(refused).rejects.toBeInstanceOf(NodeAttestedAgainError);
+    await expect(refused).rejects.toMatchObject({
+      code: 'ERR_AGENT_ATTESTED_AGAIN',
+      message: expect.stringContaining(
+        'the verdict was on attestation 1 of the record created 2023-11-14T22:13:20.000Z; the node now holds attestation 2 of the record created 2023-11-14T22:13:20.000Z',
+      ),
+    });
+    const stands = await store.getNode(id, { eventLog: true });
+    expect(stands?.trust.state).toBe('trusted');
+    expect(Buffer.from(stands?.tpm?.akPublic ?? [])).toEqual(Buffer.from([2]));
+    expect(Buffer.from(stands?.tpm?.eventLog ?? [])).toEqual(Buffer.from([7]));
+    expect(stands?.tpm?.lastQuote).toBeUndefined();
+    expect((await store.listAudit(1000)).length).toBe(audits);
+
+    // Evicted and attested afresh: the count starts over at 1, the record's creation time differs.
+    await store.deleteNode(id, 'uid:0');
+    await store.upsertNode({ ...second, attestationCount: 1, createdAt: 1_700_000_900 }, 'agent-api');
+    await expect(store.recordNodeTrust(id, verdict, 'reattest')).rejects.toMatchObject({
+      code: 'ERR_AGENT_ATTESTED_AGAIN',
+    });
+    expect((await store.getNode(id))?.trust.state).toBe('trusted');
+
+    // On the attestation it was made on, the verdict is recorded.
+    const current = (await store.getNode(id)) as AttestedNode;
+    expect((await store.recordNodeTrust(id, { ...verdict, judged: current }, 'reattest')).changed).toBe(true);
+    expect((await store.getNode(id))?.trust).toMatchObject({
+      state: 'untrusted',
+      code: 'ERR_REATTEST_NO_ANSWER',
+    });
+  });
+
   it('consumes a join token once, and not after it expired', async () => {
     await store.createJoinToken(
       { tokenHash: 'h1', spiffeId: `${TD}/node`, expiresAt: 1_700_000_600 },
@@ -760,6 +825,58 @@ describe('PostgreSQL shared by two servers', () => {
       await opened[0]?.datastore.ping();
     } finally {
       for (const o of opened) await o.datastore.close();
+    }
+  });
+
+  it('does not record a re-quote verdict onto a node another server attested again while the verdict was written', async () => {
+    const { url } = await newPostgresDatabase();
+    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+    const other = new pg.Client({ connectionString: url });
+    await other.connect();
+    try {
+      const id = `${TD}/agent/tpm/raced`;
+      await store.upsertNode(
+        {
+          spiffeId: id,
+          attestationType: 'tpm',
+          serialNumber: '01',
+          attestationCount: 1,
+          expiresAt: 1_700_003_600,
+          selectors: [],
+          tpm: { ekHash: 'ab', akPublic: new Uint8Array([1]) },
+          createdAt: 1_700_000_000,
+        },
+        'agent-api',
+      );
+      const judged = (await store.getNode(id)) as AttestedNode;
+      // The other server's attestation holds the row, uncommitted, when the verdict's write reaches it.
+      await other.query('BEGIN');
+      await other.query(
+        'UPDATE attested_nodes SET attestation_count = attestation_count + 1, ak_public = $2 WHERE spiffe_id = $1',
+        [id, Buffer.from([2])],
+      );
+      const recording = store
+        .recordNodeTrust(
+          id,
+          { trust: { state: 'untrusted', code: 'ERR_X', reason: 'old AK', changedAt: 1 }, judged },
+          'reattest',
+        )
+        .then(
+          () => 'recorded',
+          (error: unknown) => error,
+        );
+      for (;;) {
+        const waiting = await other.query('SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted');
+        if (waiting.rows[0].n > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await other.query('COMMIT');
+      expect(await recording).toMatchObject({ code: 'ERR_AGENT_ATTESTED_AGAIN' });
+      expect(await store.getNode(id)).toMatchObject({ attestationCount: 2, trust: { state: 'trusted' } });
+      expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('node.untrusted');
+    } finally {
+      await other.end();
+      await store.close();
     }
   });
 

@@ -1,4 +1,7 @@
 import { EventEmitter } from 'node:events';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
 import { pino } from 'pino';
@@ -6,6 +9,7 @@ import { Counter, Registry } from 'prom-client';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ContinuousAttestation, type ReattestStream } from '../../src/server/agentapi/reattest.js';
 import type { AttestedNode, Datastore, NodeTrust } from '../../src/server/datastore/datastore.js';
+import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { parsePcrSelection, type TpmPolicy } from '../../src/server/nodeattestor/policy.js';
 import { until } from '../attestation/harness.js';
 import { type BareAgentApi, bareAgentApi } from '../helpers/bare-agent-api.js';
@@ -80,17 +84,23 @@ const policy: TpmPolicy = {
 };
 
 let scheduler: ContinuousAttestation | undefined;
+const clock = { now: () => Date.now() };
 
 /** The scheduler over `datastore`, with a silent log and a counter of its own. */
-function scheduleOf(datastore: Datastore, intervalSeconds: number, deadlineSeconds = 1) {
+function scheduleOf(datastore: Datastore, intervalSeconds: number, deadlineSeconds = 1, registry?: Registry) {
   return new ContinuousAttestation({
     datastore,
-    clock: { now: () => Date.now() },
+    clock,
     logger: pino({ level: 'silent' }),
     policy,
     intervalSeconds,
     deadlineSeconds,
-    reattestations: new Counter({ name: 'r_total', help: 'test', labelNames: ['result'], registers: [] }),
+    reattestations: new Counter({
+      name: 'r_total',
+      help: 'test',
+      labelNames: ['result'],
+      registers: registry ? [registry] : [],
+    }),
   });
 }
 afterEach(() => {
@@ -379,6 +389,64 @@ describe('a challenge unanswered after the node proved itself elsewhere', () => 
     expect(await silentVerdict).toMatchObject({ trusted: false, code: 'ERR_REATTEST_NO_ANSWER' });
     expect(verdicts.map((v) => [v.id, v.trust.code])).toEqual([[silent.spiffeId, 'ERR_REATTEST_NO_ANSWER']]);
     expect(moved.trust.state).toBe('trusted');
+  });
+});
+
+describe('a verdict made on a node that attested again before it was written', () => {
+  it('is not recorded: the fresh attestation stands, and the challenge counts as no verdict', async () => {
+    const store = (
+      await openSqliteDatastore(join(mkdtempSync(join(tmpdir(), 'ironroot-rq-')), 'data'), clock)
+    ).datastore;
+    const { trust: _trust, banned: _banned, ...first } = tpmNode(1);
+    await store.upsertNode(first, 'agent-api');
+    // Right after the judge read the node, its agent attested afresh (a new AK) on another server.
+    let attestedAgain = false;
+    const racing = new Proxy(store, {
+      get(target, property) {
+        if (property === 'getNode')
+          return async (id: string, options?: { eventLog?: boolean }) => {
+            const read = await target.getNode(id, options);
+            if (options?.eventLog === true && !attestedAgain) {
+              attestedAgain = true;
+              await target.upsertNode(
+                {
+                  ...first,
+                  serialNumber: '02',
+                  attestationCount: 2,
+                  tpm: { ekHash: '1', akPublic: new Uint8Array([2]) },
+                },
+                'agent-api',
+              );
+            }
+            return read;
+          };
+        const value = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const registry = new Registry();
+    scheduler = scheduleOf(racing, 600, 1, registry);
+    try {
+      await scheduler.start();
+      const stream = silentStream();
+      scheduler.attach(first.spiffeId, stream as unknown as ReattestStream);
+      await expect(scheduler.reattestNow(first.spiffeId)).rejects.toMatchObject({
+        code: 'ERR_AGENT_ATTESTED_AGAIN',
+        message: expect.stringContaining('the verdict was not recorded'),
+      });
+      expect(attestedAgain).toBe(true);
+      expect(await store.getNode(first.spiffeId)).toMatchObject({
+        attestationCount: 2,
+        trust: { state: 'trusted' },
+      });
+      // The agent was sent the challenge and no outcome: the verdict was on an AK it no longer uses.
+      expect(stream.written).toHaveLength(1);
+      const counted = (await registry.getSingleMetric('r_total')?.get())?.values ?? [];
+      expect(counted.map((v) => [v.labels.result, v.value])).toEqual([['ERR_AGENT_ATTESTED_AGAIN', 1]]);
+    } finally {
+      scheduler.stop();
+      await store.close();
+    }
   });
 });
 

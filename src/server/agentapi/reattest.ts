@@ -28,7 +28,7 @@ import type { ReattestChallenge, ReattestRequest } from '../../agent-api/proto.j
 import { parseAttest, parseTpm2bPublic } from '../../tpm/index.js';
 import { type Clock, nowSeconds } from '../clock.js';
 import type { AttestedNode, Datastore, NodeTrust } from '../datastore/datastore.js';
-import { AgentNotFoundError, ServerError } from '../errors.js';
+import { AgentNotFoundError, NodeAttestedAgainError, ServerError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { AttestationError, type AttestationErrorCode } from '../nodeattestor/errors.js';
 import { NonceStore } from '../nodeattestor/nonces.js';
@@ -485,7 +485,7 @@ export class ContinuousAttestation {
       }
       const { changed } = await this.#o.datastore.recordNodeTrust(
         agentId,
-        { trust, ...(tpm ? { tpm } : {}) },
+        { trust, ...(tpm ? { tpm } : {}), judged: node },
         ACTOR,
       );
       session.trust = trust.state;
@@ -525,6 +525,10 @@ export class ContinuousAttestation {
       } else if (error instanceof OtherServerError) {
         this.#o.reattestations.inc({ result: error.code });
         this.#o.logger.debug({ agent_id: agentId }, 'node re-quoted by another server; no verdict here');
+      } else if (error instanceof NodeAttestedAgainError) {
+        // The new attestation was judged when it was made; the next challenge re-quotes its AK.
+        this.#o.reattestations.inc({ result: error.code });
+        this.#o.logger.info({ agent_id: agentId }, error.message);
       } else {
         this.#storeDown = true;
         this.#o.logger.error({ err: error, agent_id: agentId }, 're-quote could not be judged; will retry');

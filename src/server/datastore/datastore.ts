@@ -330,13 +330,16 @@ export interface Datastore {
   /**
    * Records a re-quote's outcome: the trust (audited only when the state or the code changes) and,
    * after a passing re-quote, the quote and event log it verified. Resolves to the node as stored
-   * and whether its trust changed.
+   * and whether its trust changed. With `judged`, the attestation the verdict was made on, nothing
+   * is written if the node attested again since (NodeAttestedAgainError): a verdict on the old AK and
+   * boot says nothing about the new ones, and its evidence would replace theirs.
    */
   recordNodeTrust(
     spiffeId: string,
     update: {
       trust: NodeTrust;
       tpm?: { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+      judged?: Pick<AttestedNode, 'attestationCount' | 'createdAt'>;
     },
     actor: Actor,
   ): Promise<{ node: AttestedNode; changed: boolean }>;

@@ -18,6 +18,7 @@ import {
   EntryRevisionMismatchError,
   FederationExistsError,
   FederationNotFoundError,
+  NodeAttestedAgainError,
   ServerError,
 } from '../errors.js';
 import type {
@@ -508,16 +509,26 @@ export class SqlDatastore implements Datastore {
     update: {
       trust: NodeTrust;
       tpm?: { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array };
+      judged?: Pick<AttestedNode, 'attestationCount' | 'createdAt'>;
     },
     actor: Actor,
   ): Promise<{ node: AttestedNode; changed: boolean }> {
     const now = nowSeconds(this.#clock);
+    const { judged } = update;
     return this.#db.transaction().execute(async (trx) => {
       const [node] = await this.#loadNodes(trx, spiffeId);
       if (node === undefined) throw new AgentNotFoundError(spiffeId);
+      // The count alone is not enough: an evicted node attested again starts over at 1.
+      if (
+        judged !== undefined &&
+        (node.attestationCount !== judged.attestationCount || node.createdAt !== judged.createdAt)
+      )
+        throw new NodeAttestedAgainError(spiffeId, judged, node);
       const changed = node.trust.state !== update.trust.state || node.trust.code !== update.trust.code;
       const trust = changed ? update.trust : node.trust;
-      await trx
+      // The condition is in the statement too: PostgreSQL re-checks it on a row another server's
+      // attestation committed since the read above.
+      const written = await trx
         .updateTable('attested_nodes')
         .set({
           ...trustColumns(trust),
@@ -531,7 +542,14 @@ export class SqlDatastore implements Datastore {
           updated_at: now,
         })
         .where('spiffe_id', '=', spiffeId)
-        .execute();
+        .where('attestation_count', '=', node.attestationCount)
+        .where('created_at', '=', node.createdAt)
+        .executeTakeFirst();
+      if (written.numUpdatedRows === 0n) {
+        const [found] = await this.#loadNodes(trx, spiffeId);
+        if (found === undefined) throw new AgentNotFoundError(spiffeId);
+        throw new NodeAttestedAgainError(spiffeId, node, found);
+      }
       // Passing re-quotes of a trusted node are not news; only changes of trust are audited.
       if (changed)
         await audit(trx, now, actor, `node.${trust.state}`, 'node', spiffeId, {
