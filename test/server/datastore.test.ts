@@ -1,4 +1,5 @@
-import { mkdirSync, mkdtempSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -35,6 +36,19 @@ function entry(overrides: Partial<NewEntry> = {}): NewEntry {
     expiresAt: 0,
     ...overrides,
   };
+}
+
+/** Writes `path` until the file system holding it has no space left. */
+function fillFileSystem(path: string): void {
+  const fd = openSync(path, 'w', 0o600);
+  const chunk = Buffer.alloc(4096, 1);
+  try {
+    for (;;) writeSync(fd, chunk);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 let postgres: TestPostgres | undefined;
@@ -117,6 +131,37 @@ describe('SQLite datastore files', () => {
       ]);
     } finally {
       await opened.datastore.close();
+    }
+  });
+
+  it('on a full disk fails with SQLite’s own error, writes nothing, and works again once space is freed', async () => {
+    // A file system of its own, small enough to fill: the datastore's and nothing else.
+    const mountPoint = mkdtempSync(join(tmpdir(), 'ironroot-ds-full-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', mountPoint]);
+    try {
+      const full = (await openSqliteDatastore(join(mountPoint, 'data'), clock)).datastore;
+      try {
+        await full.createEntry(entry({ spiffeId: `${TD}/before` }), 'test');
+        const filler = join(mountPoint, 'filler');
+        fillFileSystem(filler);
+        const batch = Array.from({ length: 500 }, (_, i) => entry({ spiffeId: `${TD}/full/${i}` }));
+        await expect(full.createEntries(batch, 'test')).rejects.toMatchObject({
+          code: 'SQLITE_FULL',
+          message: 'database or disk is full',
+        });
+        await expect(full.createEntry(entry({ spiffeId: `${TD}/one` }), 'test')).rejects.toMatchObject({
+          code: 'SQLITE_FULL',
+        });
+        expect(await full.countEntries({})).toBe(1);
+        rmSync(filler);
+        expect((await full.createEntries(batch, 'test')).filter((c) => 'entry' in c)).toHaveLength(500);
+        expect(await full.countEntries({})).toBe(501);
+      } finally {
+        await full.close();
+      }
+    } finally {
+      execFileSync('umount', [mountPoint]);
+      rmSync(mountPoint, { recursive: true });
     }
   });
 

@@ -7,7 +7,7 @@
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { Kysely, SqliteDialect } from 'kysely';
+import { type DatabaseConnection, type Driver, Kysely, SqliteDialect, SqliteDriver } from 'kysely';
 import type { Clock } from '../clock.js';
 import { DatastoreError } from '../errors.js';
 import type { Datastore } from './datastore.js';
@@ -100,7 +100,7 @@ export async function openSqliteDatastore(dataDir: string, clock: Clock): Promis
   for (const sidecar of [`${path}-wal`, `${path}-shm`]) {
     if (existsSync(sidecar)) chmodSync(sidecar, 0o600);
   }
-  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const db = new Kysely<Database>({ dialect: new CauseKeepingSqliteDialect(sqlite) });
   const migrated = await migrateToLatest(db as Kysely<unknown>, 'sqlite');
   return {
     datastore: new SqlDatastore(db, clock, {
@@ -248,3 +248,35 @@ const ENTRY_COLUMNS: readonly (keyof RegistrationEntryRow)[] = [
   'created_at',
   'updated_at',
 ];
+
+/**
+ * SQLite ends a transaction by itself on some failures (a full disk, an I/O error, no memory). The
+ * ROLLBACK Kysely then sends fails with "no transaction is active", and that error, not the one
+ * that said what went wrong, would reach the caller and the log. Here the rollback is sent only
+ * while SQLite still has a transaction open.
+ */
+class CauseKeepingSqliteDialect extends SqliteDialect {
+  readonly #sqlite: BetterSqlite3.Database;
+
+  constructor(sqlite: BetterSqlite3.Database) {
+    super({ database: sqlite });
+    this.#sqlite = sqlite;
+  }
+
+  override createDriver(): Driver {
+    return new CauseKeepingSqliteDriver(this.#sqlite);
+  }
+}
+
+class CauseKeepingSqliteDriver extends SqliteDriver {
+  readonly #sqlite: BetterSqlite3.Database;
+
+  constructor(sqlite: BetterSqlite3.Database) {
+    super({ database: sqlite });
+    this.#sqlite = sqlite;
+  }
+
+  override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    if (this.#sqlite.inTransaction) await super.rollbackTransaction(connection);
+  }
+}
