@@ -18,14 +18,18 @@
 // The agent runs with the node flags of its bin script's first line, as an installed agent does.
 // BENCH_AGENT_NODE_FLAGS replaces them, as in bench:agent-rss and bench:agent-noopt (e.g.
 // `--max-semi-space-size=2 --no-opt --cpu-prof --cpu-prof-dir=/tmp/prof` to see what the stalls
-// are made of).
+// are made of). It also runs at the `Nice=` of the agent's systemd unit, as an installed agent does,
+// and so does the bare process, so both sides of the ratio get the same priority against the busy
+// processes (which run at 0); BENCH_AGENT_NICE replaces it (0: the default priority). A negative
+// value needs root; without it both run at 0, and the run says so.
 import { spawn } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { createServer, request } from 'node:http';
+import { getPriority } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { agentBin, agentBinFlags } from './lib/agent-bin.mjs';
+import { agentBin, agentBinFlags, agentUnitNice } from './lib/agent-bin.mjs';
 import { reportFigure } from './lib/bench-figure.mjs';
 import { benchEntry, startBenchServer } from './lib/bench-server.mjs';
 
@@ -96,9 +100,15 @@ const { dir, server, bundleFile, token, createTokenAlias } = await startBenchSer
 
 const dataDir = join(dir, 'agent');
 const metricsPort = await freePort();
+// Through nice(1), so that every thread of the process (V8's and libuv's too) has the priority,
+// as under systemd's Nice=; setpriority() on a running process would reach only its main thread.
+const nice = Number(process.env.BENCH_AGENT_NICE ?? agentUnitNice);
 const agent = spawn(
-  process.execPath,
+  'nice',
   [
+    '-n',
+    String(nice),
+    process.execPath,
     ...(process.env.BENCH_AGENT_NODE_FLAGS ?? agentBinFlags.join(' '))
       .split(' ')
       .filter((flag) => flag !== ''),
@@ -125,7 +135,9 @@ const agent = spawn(
   ],
   { stdio: ['ignore', 'inherit', 'inherit'] },
 );
-const bare = spawn(process.execPath, ['-e', BARE], { stdio: ['pipe', 'pipe', 'inherit'] });
+const bare = spawn('nice', ['-n', String(nice), process.execPath, '-e', BARE], {
+  stdio: ['pipe', 'pipe', 'inherit'],
+});
 const bareLines = createInterface({ input: bare.stdout });
 const bareAnswers = [];
 bareLines.on('line', (line) => bareAnswers.shift()?.(Number(line)));
@@ -229,6 +241,10 @@ try {
     const s = await workloadSvids();
     return s?.state === 'healthy' && s.workload?.socket_path ? s : undefined;
   });
+  // nice(1) runs the command at the priority it has when it may not set the one asked for.
+  console.log(
+    `agent at nice ${getPriority(agent.pid)}, bare process at nice ${getPriority(bare.pid)} (asked: ${nice}); busy processes at 0`,
+  );
   const alias = await createTokenAlias();
   for (let i = 0; i < ENTRIES; i++)
     await server.datastore.createEntry(
