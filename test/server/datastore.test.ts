@@ -38,6 +38,21 @@ function entry(overrides: Partial<NewEntry> = {}): NewEntry {
   };
 }
 
+/** A TPM node's record as an attestation writes it; `overrides` hold what a test is about. */
+function tpmNodeRecord(spiffeId: string, overrides: Partial<NodeRecord> = {}): NodeRecord {
+  return {
+    spiffeId,
+    attestationType: 'tpm',
+    serialNumber: '01',
+    attestationCount: 1,
+    expiresAt: 1_700_003_600,
+    selectors: [],
+    tpm: { ekHash: 'ab', akPublic: new Uint8Array([1]) },
+    createdAt: 1_700_000_000,
+    ...overrides,
+  };
+}
+
 /** Writes `path` until the file system holding it has no space left. */
 function fillFileSystem(path: string): void {
   const fd = openSync(path, 'w', 0o600);
@@ -359,16 +374,10 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
 
   it('stores nodes with TPM data, bans and evicts them', async () => {
     await store.upsertNode(
-      {
-        spiffeId: `${TD}/agent/tpm/abc`,
-        attestationType: 'tpm',
-        serialNumber: '01',
-        attestationCount: 1,
-        expiresAt: 1_700_003_600,
+      tpmNodeRecord(`${TD}/agent/tpm/abc`, {
         selectors: [{ type: 'tpm', value: 'ek-hash:abc' }],
         tpm: { ekHash: 'abc', akPublic: new Uint8Array([1, 2, 3]), resetCount: 4 },
-        createdAt: 1_700_000_000,
-      },
+      }),
       'server',
     );
     const node = await store.getNode(`${TD}/agent/tpm/abc`);
@@ -559,21 +568,14 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
   it('records a node’s trust and last verified event log, auditing only changes of trust', async () => {
     const id = `${TD}/agent/tpm/def`;
     await store.upsertNode(
-      {
-        spiffeId: id,
-        attestationType: 'tpm',
-        serialNumber: '01',
-        attestationCount: 1,
-        expiresAt: 1_700_003_600,
-        selectors: [],
+      tpmNodeRecord(id, {
         tpm: {
           ekHash: 'def',
           akPublic: new Uint8Array([1]),
           resetCount: 4,
           eventLog: new Uint8Array([9, 9]),
         },
-        createdAt: 1_700_000_000,
-      },
+      }),
       'server',
     );
     // Attestation makes a node trusted.
@@ -656,16 +658,9 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
 
   it('records a verdict only onto the attestation it was made on: not after the node attested again', async () => {
     const id = `${TD}/agent/tpm/again`;
-    const first: NodeRecord = {
-      spiffeId: id,
-      attestationType: 'tpm',
-      serialNumber: '01',
-      attestationCount: 1,
-      expiresAt: 1_700_003_600,
-      selectors: [],
+    const first = tpmNodeRecord(id, {
       tpm: { ekHash: 'ab', akPublic: new Uint8Array([1]), resetCount: 4, eventLog: new Uint8Array([1]) },
-      createdAt: 1_700_000_000,
-    };
+    });
     await store.upsertNode(first, 'agent-api');
     const judged = (await store.getNode(id)) as AttestedNode;
     const verdict = {
@@ -674,12 +669,11 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
       judged,
     } as const;
     // Attested again with a new AK and log while the verdict was being made.
-    const second = {
-      ...first,
+    const second = tpmNodeRecord(id, {
       serialNumber: '02',
       attestationCount: 2,
-      tpm: { ...first.tpm, akPublic: new Uint8Array([2]), eventLog: new Uint8Array([7]) },
-    } as NodeRecord;
+      tpm: { ekHash: 'ab', akPublic: new Uint8Array([2]), resetCount: 4, eventLog: new Uint8Array([7]) },
+    });
     await store.upsertNode(second, 'agent-api');
     const audits = (await store.listAudit(1000)).length;
     const refused = store.recordNodeTrust(id, verdict, 'reattest');
@@ -880,19 +874,7 @@ describe('PostgreSQL shared by two servers', () => {
     await other.connect();
     try {
       const id = `${TD}/agent/tpm/raced`;
-      await store.upsertNode(
-        {
-          spiffeId: id,
-          attestationType: 'tpm',
-          serialNumber: '01',
-          attestationCount: 1,
-          expiresAt: 1_700_003_600,
-          selectors: [],
-          tpm: { ekHash: 'ab', akPublic: new Uint8Array([1]) },
-          createdAt: 1_700_000_000,
-        },
-        'agent-api',
-      );
+      await store.upsertNode(tpmNodeRecord(id), 'agent-api');
       const judged = (await store.getNode(id)) as AttestedNode;
       // The other server's attestation holds the row, uncommitted, when the verdict's write reaches it.
       await other.query('BEGIN');

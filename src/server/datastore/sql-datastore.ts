@@ -514,20 +514,15 @@ export class SqlDatastore implements Datastore {
     actor: Actor,
   ): Promise<{ node: AttestedNode; changed: boolean }> {
     const now = nowSeconds(this.#clock);
-    const { judged } = update;
     return this.#db.transaction().execute(async (trx) => {
       const [node] = await this.#loadNodes(trx, spiffeId);
       if (node === undefined) throw new AgentNotFoundError(spiffeId);
-      // The count alone is not enough: an evicted node attested again starts over at 1.
-      if (
-        judged !== undefined &&
-        (node.attestationCount !== judged.attestationCount || node.createdAt !== judged.createdAt)
-      )
-        throw new NodeAttestedAgainError(spiffeId, judged, node);
       const changed = node.trust.state !== update.trust.state || node.trust.code !== update.trust.code;
       const trust = changed ? update.trust : node.trust;
-      // The condition is in the statement too: PostgreSQL re-checks it on a row another server's
-      // attestation committed since the read above.
+      // Written only onto the attestation judged (else the one read above), decided in the statement:
+      // PostgreSQL re-checks it on a row another server's attestation committed since that read. The
+      // count alone is not enough: an evicted node attested again starts over at 1.
+      const expected = update.judged ?? node;
       const written = await trx
         .updateTable('attested_nodes')
         .set({
@@ -542,13 +537,13 @@ export class SqlDatastore implements Datastore {
           updated_at: now,
         })
         .where('spiffe_id', '=', spiffeId)
-        .where('attestation_count', '=', node.attestationCount)
-        .where('created_at', '=', node.createdAt)
+        .where('attestation_count', '=', expected.attestationCount)
+        .where('created_at', '=', expected.createdAt)
         .executeTakeFirst();
       if (written.numUpdatedRows === 0n) {
         const [found] = await this.#loadNodes(trx, spiffeId);
         if (found === undefined) throw new AgentNotFoundError(spiffeId);
-        throw new NodeAttestedAgainError(spiffeId, node, found);
+        throw new NodeAttestedAgainError(spiffeId, expected, found);
       }
       // Passing re-quotes of a trusted node are not news; only changes of trust are audited.
       if (changed)
