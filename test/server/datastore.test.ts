@@ -53,6 +53,41 @@ function tpmNodeRecord(spiffeId: string, overrides: Partial<NodeRecord> = {}): N
   };
 }
 
+/**
+ * Runs `write` while another connection (another server) holds a node's row under the uncommitted
+ * `update`, and commits that once `write` waits for the row. Resolves to what `write` resolved to,
+ * or to its error.
+ */
+async function whileNodeRowHeld(
+  url: string,
+  update: string,
+  params: unknown[],
+  write: () => Promise<unknown>,
+): Promise<unknown> {
+  const other = new pg.Client({ connectionString: url });
+  await other.connect();
+  try {
+    await other.query('BEGIN');
+    await other.query(update, params);
+    let settled = false;
+    const outcome = write()
+      .catch((error: unknown) => error)
+      .finally(() => {
+        settled = true;
+      });
+    // Settled without waiting: it never reached the row (the test's assertions then say how).
+    for (;;) {
+      const waiting = await other.query('SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted');
+      if (waiting.rows[0].n > 0 || settled) break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await other.query('COMMIT');
+    return await outcome;
+  } finally {
+    await other.end();
+  }
+}
+
 /** Writes `path` until the file system holding it has no space left. */
 function fillFileSystem(path: string): void {
   const fd = openSync(path, 'w', 0o600);
@@ -870,39 +905,47 @@ describe('PostgreSQL shared by two servers', () => {
   it('does not record a re-quote verdict onto a node another server attested again while the verdict was written', async () => {
     const { url } = await newPostgresDatabase();
     const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    const other = new pg.Client({ connectionString: url });
-    await other.connect();
     try {
       const id = `${TD}/agent/tpm/raced`;
       await store.upsertNode(tpmNodeRecord(id), 'agent-api');
       const judged = (await store.getNode(id)) as AttestedNode;
-      // The other server's attestation holds the row, uncommitted, when the verdict's write reaches it.
-      await other.query('BEGIN');
-      await other.query(
+      const outcome = await whileNodeRowHeld(
+        url,
         'UPDATE attested_nodes SET attestation_count = attestation_count + 1, ak_public = $2 WHERE spiffe_id = $1',
         [id, Buffer.from([2])],
+        () =>
+          store.recordNodeTrust(
+            id,
+            { trust: { state: 'untrusted', code: 'ERR_X', reason: 'old AK', changedAt: 1 }, judged },
+            'reattest',
+          ),
       );
-      const recording = store
-        .recordNodeTrust(
-          id,
-          { trust: { state: 'untrusted', code: 'ERR_X', reason: 'old AK', changedAt: 1 }, judged },
-          'reattest',
-        )
-        .then(
-          () => 'recorded',
-          (error: unknown) => error,
-        );
-      for (;;) {
-        const waiting = await other.query('SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted');
-        if (waiting.rows[0].n > 0) break;
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-      await other.query('COMMIT');
-      expect(await recording).toMatchObject({ code: 'ERR_AGENT_ATTESTED_AGAIN' });
+      expect(outcome).toMatchObject({ code: 'ERR_AGENT_ATTESTED_AGAIN' });
       expect(await store.getNode(id)).toMatchObject({ attestationCount: 2, trust: { state: 'trusted' } });
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('node.untrusted');
     } finally {
-      await other.end();
+      await store.close();
+    }
+  });
+
+  it('does not promote a renewal’s serial over an attestation another server committed meanwhile', async () => {
+    const { url } = await newPostgresDatabase();
+    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+    try {
+      const id = `${TD}/agent/tpm/promoted`;
+      await store.upsertNode(tpmNodeRecord(id, { serialNumber: 'a1', newSerialNumber: 'b2' }), 'agent-api');
+      // The renewed SVID's first use races a fresh attestation, which replaces both serials.
+      const outcome = await whileNodeRowHeld(
+        url,
+        "UPDATE attested_nodes SET serial_number = 'f1', new_serial_number = NULL, attestation_count = 2 WHERE spiffe_id = $1",
+        [id],
+        () => store.promoteNodeSerial(id, 'b2', 'agent-api'),
+      );
+      expect(outcome).toBe(false);
+      expect(await store.getNode(id)).toMatchObject({ serialNumber: 'f1', attestationCount: 2 });
+      expect((await store.getNode(id))?.newSerialNumber).toBeUndefined();
+      expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('node.serial_promote');
+    } finally {
       await store.close();
     }
   });

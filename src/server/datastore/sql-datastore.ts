@@ -437,11 +437,15 @@ export class SqlDatastore implements Datastore {
         .where('new_serial_number', '=', serial)
         .executeTakeFirst();
       if (row === undefined) return false;
-      await trx
+      // The condition again in the statement: on PostgreSQL an attestation committed since the read
+      // above replaced both serials, and promoting the renewal's would bring back an SVID it ended.
+      const promoted = await trx
         .updateTable('attested_nodes')
         .set({ serial_number: serial, new_serial_number: null, updated_at: now })
         .where('spiffe_id', '=', spiffeId)
-        .execute();
+        .where('new_serial_number', '=', serial)
+        .executeTakeFirst();
+      if (promoted.numUpdatedRows === 0n) return false;
       await audit(trx, now, actor, 'node.serial_promote', 'node', spiffeId, {
         serial_number: serial,
         superseded_serial_number: row.serial_number,
