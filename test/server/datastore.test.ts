@@ -54,11 +54,11 @@ function tpmNodeRecord(spiffeId: string, overrides: Partial<NodeRecord> = {}): N
 }
 
 /**
- * Runs `write` while another connection (another server) holds a node's row under the uncommitted
+ * Runs `write` while another connection (another server) holds a row under the uncommitted
  * `update`, and commits that once `write` waits for the row. Resolves to what `write` resolved to,
  * or to its error.
  */
-async function whileNodeRowHeld(
+async function whileRowHeld(
   url: string,
   update: string,
   params: unknown[],
@@ -909,7 +909,7 @@ describe('PostgreSQL shared by two servers', () => {
       const id = `${TD}/agent/tpm/raced`;
       await store.upsertNode(tpmNodeRecord(id), 'agent-api');
       const judged = (await store.getNode(id)) as AttestedNode;
-      const outcome = await whileNodeRowHeld(
+      const outcome = await whileRowHeld(
         url,
         'UPDATE attested_nodes SET attestation_count = attestation_count + 1, ak_public = $2 WHERE spiffe_id = $1',
         [id, Buffer.from([2])],
@@ -935,7 +935,7 @@ describe('PostgreSQL shared by two servers', () => {
       const id = `${TD}/agent/tpm/promoted`;
       await store.upsertNode(tpmNodeRecord(id, { serialNumber: 'a1', newSerialNumber: 'b2' }), 'agent-api');
       // The renewed SVID's first use races a fresh attestation, which replaces both serials.
-      const outcome = await whileNodeRowHeld(
+      const outcome = await whileRowHeld(
         url,
         "UPDATE attested_nodes SET serial_number = 'f1', new_serial_number = NULL, attestation_count = 2 WHERE spiffe_id = $1",
         [id],
@@ -945,6 +945,22 @@ describe('PostgreSQL shared by two servers', () => {
       expect(await store.getNode(id)).toMatchObject({ serialNumber: 'f1', attestationCount: 2 });
       expect((await store.getNode(id))?.newSerialNumber).toBeUndefined();
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('node.serial_promote');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('lets one of two servers use a join token: the one presenting it second, as the first commits, is refused', async () => {
+    const { url } = await newPostgresDatabase();
+    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+    try {
+      await store.createJoinToken({ tokenHash: 'once', expiresAt: 1_700_000_600 }, 'uid:0');
+      // Another server's agent is consuming the token, uncommitted, when this one presents it.
+      const outcome = await whileRowHeld(url, 'DELETE FROM join_tokens WHERE token_hash = $1', ['once'], () =>
+        store.consumeJoinToken('once', 1_700_000_100, 'agent-api'),
+      );
+      expect(outcome).toBeUndefined();
+      expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('join_token.use');
     } finally {
       await store.close();
     }

@@ -595,13 +595,15 @@ export class SqlDatastore implements Datastore {
    */
   async consumeJoinToken(tokenHash: string, now: number, actor: Actor): Promise<JoinToken | undefined> {
     return this.#db.transaction().execute(async (trx) => {
+      // The delete alone decides who used the token: of servers sharing PostgreSQL presenting it at
+      // once, only the one whose delete removed the row gets it (a read before it would find it for
+      // both).
       const row = await trx
-        .selectFrom('join_tokens')
-        .selectAll()
+        .deleteFrom('join_tokens')
         .where('token_hash', '=', tokenHash)
+        .returningAll()
         .executeTakeFirst();
       if (row === undefined) return undefined;
-      await trx.deleteFrom('join_tokens').where('token_hash', '=', tokenHash).execute();
       const expired = Number(row.expires_at) <= now;
       await audit(
         trx,
