@@ -26,6 +26,7 @@ export type ServerErrorCode =
   | 'ERR_EK_HASH_INVALID'
   | 'ERR_BUNDLE_NOT_FOUND'
   | 'ERR_BUNDLE_IN_USE'
+  | 'ERR_BUNDLE_SEQUENCE_STALE'
   | 'ERR_FEDERATION_INVALID'
   | 'ERR_FEDERATION_OWN_TRUST_DOMAIN'
   | 'ERR_FEDERATION_BUNDLE_MISSING'
@@ -69,6 +70,7 @@ const GRPC_STATUS: Record<ServerErrorCode, status> = {
   ERR_EK_HASH_INVALID: status.INVALID_ARGUMENT,
   ERR_BUNDLE_NOT_FOUND: status.NOT_FOUND,
   ERR_BUNDLE_IN_USE: status.FAILED_PRECONDITION,
+  ERR_BUNDLE_SEQUENCE_STALE: status.FAILED_PRECONDITION,
   ERR_FEDERATION_INVALID: status.INVALID_ARGUMENT,
   ERR_FEDERATION_OWN_TRUST_DOMAIN: status.INVALID_ARGUMENT,
   ERR_FEDERATION_BUNDLE_MISSING: status.FAILED_PRECONDITION,
@@ -246,6 +248,24 @@ type AttestationRef = Readonly<{ attestationCount: number; createdAt: number }>;
 
 function describe(ref: AttestationRef): string {
   return `attestation ${ref.attestationCount} of the record created ${new Date(ref.createdAt * 1000).toISOString()}`;
+}
+
+/**
+ * A fetched bundle older (by its endpoint's spiffe_sequence) than the one stored meanwhile, by
+ * another server sharing the datastore: storing it would bring back what the newer one removed.
+ */
+export class BundleSequenceStaleError extends ServerError {
+  readonly stored: bigint;
+  readonly offered: bigint;
+
+  constructor(trustDomain: string, stored: bigint, offered: bigint) {
+    super(
+      'ERR_BUNDLE_SEQUENCE_STALE',
+      `the bundle of ${trustDomain} stored meanwhile has spiffe_sequence ${stored}, newer than the ${offered} offered; the stored one stays`,
+    );
+    this.stored = stored;
+    this.offered = offered;
+  }
 }
 
 export class AgentIdInvalidError extends ServerError {

@@ -1125,10 +1125,30 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     expect((await store.listBundles()).find((b) => b.trustDomain === 'partner.org')?.endpointSequence).toBe(
       top,
     );
+    // A fetch older than the stored one (another server stored it meanwhile) is refused, nothing written.
+    const audits = (await store.listAudit(1000)).length;
+    await expect(
+      store.setFederatedBundle('partner.org', '{"keys":[0]}', 'federation', top - 1n),
+    ).rejects.toMatchObject({
+      code: 'ERR_BUNDLE_SEQUENCE_STALE',
+      stored: top,
+      offered: top - 1n,
+      message: `the bundle of partner.org stored meanwhile has spiffe_sequence ${top}, newer than the ${top - 1n} offered; the stored one stays`,
+    });
+    expect(await store.getBundle('partner.org')).toMatchObject({ document: '{"keys":[1]}', sequence: 1 });
+    expect((await store.listAudit(1000)).length).toBe(audits);
+    // The same sequence is not older.
+    expect((await store.setFederatedBundle('partner.org', '{"keys":[1]}', 'federation', top)).sequence).toBe(
+      2,
+    );
     await store.setFederatedBundle('partner.org', '{"keys":[2]}', 'uid:0');
     const overridden = await store.getBundle('partner.org');
-    expect(overridden).toMatchObject({ document: '{"keys":[2]}', sequence: 2 });
+    expect(overridden).toMatchObject({ document: '{"keys":[2]}', sequence: 3 });
     expect(overridden).not.toHaveProperty('endpointSequence');
+    // After an operator's bundle, any fetched sequence is stored.
+    expect(
+      (await store.setFederatedBundle('partner.org', '{"keys":[3]}', 'federation', 1n)).endpointSequence,
+    ).toBe(1n);
   });
 
   it('refuses to delete a federated bundle entries federate with, and keeps it', async () => {

@@ -46,6 +46,8 @@ describe('federation poller', () => {
   let port: number;
   /** What the endpoint answers next: a document, or an HTTP status to fail with. */
   let answer: string | number;
+  /** What happens elsewhere while the endpoint is answering (another server's write, say). */
+  let meanwhile: (() => Promise<unknown>) | undefined;
   let requests = 0;
 
   let datastore: Datastore;
@@ -101,8 +103,11 @@ describe('federation poller', () => {
     });
     server = createServer({ cert: readFileSync(leaf.cert), key: readFileSync(leaf.key) }, (_req, res) => {
       requests += 1;
-      if (typeof answer === 'number') res.writeHead(answer).end();
-      else res.writeHead(200, { 'content-type': 'application/json' }).end(answer);
+      void (async () => {
+        await meanwhile?.();
+        if (typeof answer === 'number') res.writeHead(answer).end();
+        else res.writeHead(200, { 'content-type': 'application/json' }).end(answer);
+      })();
     });
     port = await new Promise<number>((resolve) => {
       server.listen(0, '127.0.0.1', () => {
@@ -116,6 +121,7 @@ describe('federation poller', () => {
   });
 
   beforeEach(async () => {
+    meanwhile = undefined;
     clock = new StillClock();
     datastore = (await openSqliteDatastore(mkdtempSync(join(dir, 'data-')), clock)).datastore;
     logs = new LogSink();
@@ -371,5 +377,26 @@ describe('federation poller', () => {
     expect(
       sumOf(samples, 'ironroot_federation_bundle_fetches_total', { result: 'ERR_FEDERATION_STALE_BUNDLE' }),
     ).toBe(2);
+  });
+  it('refuses a fetched bundle older than one another server stored while this one fetched', async () => {
+    answer = bundleDoc({ hint: 5, sequence: 7n });
+    await poll();
+    // While this server fetches, another one sharing the datastore stores sequence 9 from the
+    // endpoint; this one is served 8 by a stale replica, newer than the 7 it read before fetching.
+    const newer = bundleDoc({ hint: 5, sequence: 9n, extra: true });
+    meanwhile = () => datastore.setFederatedBundle('domain1.test', newer, FEDERATION_ACTOR, 9n);
+    answer = bundleDoc({ hint: 5, sequence: 8n });
+    clock.advance(5);
+    expect(await poll()).toBe(1);
+    expect(failures()).toHaveLength(1);
+    expect(failures()[0]).toMatchObject({
+      code: 'ERR_FEDERATION_STALE_BUNDLE',
+      trust_domain: 'domain1.test',
+    });
+    expect(String(failures()[0]?.error)).toMatch(/spiffe_sequence 8, older than the 9 it served before/);
+    expect(await datastore.getBundle('domain1.test')).toMatchObject({
+      document: newer,
+      endpointSequence: 9n,
+    });
   });
 });

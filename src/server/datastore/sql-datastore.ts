@@ -11,6 +11,7 @@ import {
   AgentNotFoundError,
   BundleInUseError,
   BundleNotFoundError,
+  BundleSequenceStaleError,
   CaJournalConflictError,
   DatastoreError,
   EntryDuplicateError,
@@ -1371,9 +1372,16 @@ async function setBundle(
   const { trustDomain, document, endpointSequence } = bundle;
   const previous = await trx
     .selectFrom('bundles')
-    .select('sequence')
+    .select(['sequence', 'endpoint_sequence'])
     .where('trust_domain', '=', trustDomain)
     .executeTakeFirst();
+  // Checked here, in the writing transaction, and not only by the poller before its fetch: another
+  // server may have stored a newer document while this one fetched. Two such transactions at once
+  // cannot both write: the second's insert finds the first's row and fails.
+  if (endpointSequence !== undefined && previous?.endpoint_sequence != null) {
+    const stored = BigInt(previous.endpoint_sequence);
+    if (stored > endpointSequence) throw new BundleSequenceStaleError(trustDomain, stored, endpointSequence);
+  }
   const sequence = previous === undefined ? 1 : Number(previous.sequence) + 1;
   await writeBundle(trx, { trustDomain, document, sequence, endpointSequence }, true, now);
   await audit(trx, now, actor, 'bundle.set', 'bundle', trustDomain, {

@@ -12,6 +12,7 @@ import { printableUrl } from '../../host/index.js';
 import { SpiffeBundle, SpiffeError } from '../../spiffe/index.js';
 import type { Clock } from '../clock.js';
 import type { Datastore, FederationRelationship } from '../datastore/datastore.js';
+import { BundleSequenceStaleError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { FederationError } from './errors.js';
 import { fetchFederatedBundle } from './fetch.js';
@@ -148,12 +149,14 @@ export class FederationPoller {
       // sequence is known from then on.
       const adopt = stored?.endpointSequence === undefined && fetched.sequenceNumber !== undefined;
       if (stored?.document !== document || adopt) {
-        const saved = await this.#o.datastore.setFederatedBundle(
-          trustDomain,
-          document,
-          FEDERATION_ACTOR,
-          fetched.sequenceNumber,
-        );
+        const saved = await this.#o.datastore
+          .setFederatedBundle(trustDomain, document, FEDERATION_ACTOR, fetched.sequenceNumber)
+          .catch((error: unknown) => {
+            // Another server stored a newer one while this one fetched: the same refusal as above.
+            if (error instanceof BundleSequenceStaleError)
+              refuseOlder(relationship, error.stored, fetched.sequenceNumber);
+            throw error;
+          });
         result = 'updated';
         this.#o.logger.info(
           {
