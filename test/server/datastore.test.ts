@@ -966,6 +966,29 @@ describe('PostgreSQL shared by two servers', () => {
     }
   });
 
+  it('does not overwrite an entry update another server committed after this one read the entry', async () => {
+    const { url } = await newPostgresDatabase();
+    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+    try {
+      const created = await store.createEntry(entry(), 't');
+      // Both servers read revision 0; the other one's update holds the row when this one writes.
+      const outcome = await whileRowHeld(
+        url,
+        "UPDATE registration_entries SET hint = 'other', revision_number = 1 WHERE id = $1",
+        [created.id],
+        () => store.updateEntry(created.id, entry({ hint: 'mine' }), 't', 0),
+      );
+      expect(outcome).toMatchObject({
+        code: 'ERR_ENTRY_REVISION_MISMATCH',
+        message: `entry ${created.id} is at revision 1, not 0: it changed since you read it; read it again and retry`,
+      });
+      expect(await store.getEntry(created.id)).toMatchObject({ hint: 'other', revisionNumber: 1 });
+      expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.update');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('lets one of two servers consume a nonce the other issued; the loser, and any later answer, is a replay', async () => {
     const { url } = await newPostgresDatabase();
     const T = 1_700_000_000_000;

@@ -278,7 +278,23 @@ export class SqlDatastore implements Datastore {
         };
         await this.#refuseDuplicate(trx, updated);
         const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
-        await trx.updateTable('registration_entries').set(row).where('id', '=', id).execute();
+        // On the revision read above, decided in the statement: on PostgreSQL another update committed
+        // since that read would otherwise be overwritten, both at the same new revision.
+        const written = await trx
+          .updateTable('registration_entries')
+          .set(row)
+          .where('id', '=', id)
+          .where('revision_number', '=', current.revisionNumber)
+          .executeTakeFirst();
+        if (written.numUpdatedRows === 0n) {
+          const [found] = await this.#loadEntries(trx, [id]);
+          if (found === undefined) throw new EntryNotFoundError(id);
+          throw new EntryRevisionMismatchError(
+            id,
+            expectedRevision ?? current.revisionNumber,
+            found.revisionNumber,
+          );
+        }
         await trx.deleteFrom('entry_selectors').where('entry_id', '=', id).execute();
         await trx.deleteFrom('entry_federates_with').where('entry_id', '=', id).execute();
         await insertEntryChildren(trx, updated);
