@@ -398,13 +398,7 @@ export class SqlDatastore implements Datastore {
           new_serial_number: renewal.newSerialNumber,
           svid_authority: renewal.svidAuthority ?? null,
           expires_at: renewal.expiresAt,
-          ...(renewal.tpm
-            ? {
-                last_quote: renewal.tpm.lastQuote,
-                reset_count: renewal.tpm.resetCount,
-                event_log: renewal.tpm.eventLog,
-              }
-            : {}),
+          ...quoteColumns(renewal.tpm),
           updated_at: now,
         })
         .where('spiffe_id', '=', spiffeId)
@@ -548,13 +542,7 @@ export class SqlDatastore implements Datastore {
         .updateTable('attested_nodes')
         .set({
           ...trustColumns(trust),
-          ...(update.tpm
-            ? {
-                last_quote: update.tpm.lastQuote,
-                reset_count: update.tpm.resetCount,
-                event_log: update.tpm.eventLog,
-              }
-            : {}),
+          ...quoteColumns(update.tpm),
           updated_at: now,
         })
         .where('spiffe_id', '=', spiffeId)
@@ -1332,6 +1320,13 @@ function trustColumns(trust: NodeTrust) {
     trust_details: trust.details ?? null,
     trust_changed_at: trust.changedAt,
   };
+}
+
+/** The columns of a verified quote's evidence, or none when there is no quote to record. */
+function quoteColumns(tpm: { lastQuote: Uint8Array; resetCount: number; eventLog: Uint8Array } | undefined) {
+  return tpm === undefined
+    ? {}
+    : { last_quote: tpm.lastQuote, reset_count: tpm.resetCount, event_log: tpm.eventLog };
 }
 
 type EntryScope = ExpressionBuilder<Database & { e: RegistrationEntryRow }, 'e'>;
