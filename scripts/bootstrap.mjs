@@ -20,6 +20,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // (test/helpers/tpm2-pkcs11.ts). mmdebstrap, dpkg-repack and systemd (systemd-analyze) install the
 // .deb into a throw-away Debian root and check its units (test/packaging/deb.test.ts). packer reads
 // the appliance image's template (test/appliance/packer-template.test.ts, scripts/build-image.mjs).
+// strace shows the order of the agent's fsync and rename calls (test/agent/store.test.ts).
 const APT_PACKAGES = [
   'swtpm',
   'swtpm-tools',
@@ -47,6 +48,7 @@ const APT_PACKAGES = [
   'dpkg-repack',
   'systemd',
   'packer',
+  'strace',
 ];
 
 const MIN_NODE = [20, 19];

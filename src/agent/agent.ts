@@ -231,6 +231,8 @@ export class Agent {
       this.#logger.warn(
         'INSECURE BOOTSTRAP: the server is not authenticated for the first attestation; give trust_bundle in production',
       );
+    if (this.#store.completeSvidSave())
+      this.#logger.info('finished saving the agent SVID the last run was stopped in the middle of');
     const stored = this.#store.loadSvid();
     if (stored && stored.expiresAt > nowSeconds()) {
       this.#adopt(stored, false);

@@ -8,19 +8,18 @@
  */
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import {
-  chmodSync,
   closeSync,
   existsSync,
+  fchmodSync,
   fsyncSync,
   openSync,
   readFileSync,
   renameSync,
   rmSync,
   statSync,
-  writeFileSync,
   writeSync,
 } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ensureDir } from '../host/index.js';
 import type { AkBlobs, EkKind } from '../tpm/index.js';
 import { AgentError } from './errors.js';
@@ -63,21 +62,11 @@ export class AgentStore {
     const certPath = join(this.dir, FILES.svid);
     const keyPath = join(this.dir, FILES.key);
     if (!existsSync(certPath) || !existsSync(keyPath)) return undefined;
+    let chain: X509Certificate[];
+    let key: KeyObject;
     try {
-      const pem = readFileSync(certPath, 'utf8');
-      const chain = (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map(
-        (block) => new X509Certificate(block),
-      );
-      const leaf = chain[0];
-      if (leaf === undefined) return undefined;
-      const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(leaf.subjectAltName ?? '')?.[1];
-      if (uri === undefined) return undefined;
-      return {
-        spiffeId: uri,
-        chain,
-        key: createPrivateKey(readFileSync(keyPath)),
-        expiresAt: Math.floor(new Date(leaf.validTo).getTime() / 1000),
-      };
+      chain = readChain(certPath);
+      key = createPrivateKey(readFileSync(keyPath));
     } catch (cause) {
       throw new AgentError(
         'ERR_AGENT_STATE',
@@ -85,13 +74,56 @@ export class AgentStore {
         { cause },
       );
     }
+    const leaf = chain[0];
+    if (leaf === undefined) return undefined;
+    const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(leaf.subjectAltName ?? '')?.[1];
+    if (uri === undefined) return undefined;
+    // Caught here, not as an obscure TLS failure on every call to the server.
+    if (!leaf.checkPrivateKey(key))
+      throw new AgentError(
+        'ERR_AGENT_STATE',
+        `the stored agent key in ${this.dir} does not belong to the stored agent SVID; remove ${FILES.svid} and ${FILES.key} to attest again`,
+      );
+    return { spiffeId: uri, chain, key, expiresAt: Math.floor(new Date(leaf.validTo).getTime() / 1000) };
   }
 
+  /**
+   * Replaces the SVID and its key. Both new files are whole on disk before either replaces its old
+   * one, and the key is renamed first: a crash between the two renames leaves the new key with the
+   * new certificate still under its temporary name, which completeSvidSave puts in place at the
+   * next start. The old key is gone by then, so rolling forward is the only way to keep the
+   * identity (a join-token agent cannot attest again).
+   */
   saveSvid(chain: readonly X509Certificate[], key: KeyObject): void {
-    // Key first: a crash between the two writes leaves a key without a certificate, which loadSvid
-    // treats as no SVID, never a certificate for a key we no longer have.
-    writePrivate(join(this.dir, FILES.key), key.export({ format: 'pem', type: 'pkcs8' }).toString());
-    writePrivate(join(this.dir, FILES.svid), chain.map((c) => c.toString()).join(''));
+    const keyPath = join(this.dir, FILES.key);
+    const certPath = join(this.dir, FILES.svid);
+    writeTemporary(keyPath, [key.export({ format: 'pem', type: 'pkcs8' }).toString()]);
+    writeTemporary(certPath, [chain.map((c) => c.toString()).join('')]);
+    renameSync(temporaryOf(keyPath), keyPath);
+    renameSync(temporaryOf(certPath), certPath);
+    syncDir(this.dir);
+  }
+
+  /**
+   * Finishes a saveSvid that a crash stopped between its two renames: the certificate waiting under
+   * its temporary name is put in place when it belongs to the stored key and the certificate in
+   * place does not. True when it did.
+   */
+  completeSvidSave(): boolean {
+    const keyPath = join(this.dir, FILES.key);
+    const certPath = join(this.dir, FILES.svid);
+    const pending = temporaryOf(certPath);
+    if (!existsSync(pending) || !existsSync(keyPath)) return false;
+    let key: KeyObject;
+    try {
+      key = createPrivateKey(readFileSync(keyPath));
+    } catch {
+      return false; // loadSvid reports the unreadable key.
+    }
+    if (!belongsTo(pending, key) || (existsSync(certPath) && belongsTo(certPath, key))) return false;
+    renameSync(pending, certPath);
+    syncDir(this.dir);
+    return true;
   }
 
   /** The bundle the agent verifies the server with once it has one of its own. */
@@ -105,7 +137,7 @@ export class AgentStore {
   }
 
   saveBundle(authorities: readonly X509Certificate[]): void {
-    writePrivate(join(this.dir, FILES.bundle), authorities.map((c) => c.toString()).join(''));
+    replaceFile(join(this.dir, FILES.bundle), [authorities.map((c) => c.toString()).join('')]);
   }
 
   loadAk(): StoredAk | undefined {
@@ -120,14 +152,13 @@ export class AgentStore {
   }
 
   saveAk(ak: StoredAk): void {
-    writePrivate(
-      join(this.dir, FILES.ak),
+    replaceFile(join(this.dir, FILES.ak), [
       JSON.stringify({
         ek: ak.ek,
         private: Buffer.from(ak.privateBlob).toString('base64'),
         public: Buffer.from(ak.publicBlob).toString('base64'),
       }),
-    );
+    ]);
   }
 
   /** Where the sealed workload SVID cache lives. */
@@ -143,33 +174,16 @@ export class AgentStore {
   /**
    * Replaces the sealed cache durably: the new file is on disk (data and rename) before this
    * returns, so what the Workload API is told of next survives a crash; until the rename, the
-   * previous file stands whole.
+   * previous file stands whole. Each piece is written as it is made (see sealCache).
    */
   saveCache(sealed: Iterable<Uint8Array>): void {
-    const temporary = `${this.cachePath}.tmp`;
-    const fd = openSync(temporary, 'w', 0o600);
-    try {
-      // A temporary file left by a crash keeps its mode on open: set it again.
-      chmodSync(temporary, 0o600);
-      // Each piece is written as it is made (see sealCache); a failure part-way leaves the
-      // temporary file, never the cache file, half-written.
-      for (const piece of sealed) for (let at = 0; at < piece.length; ) at += writeSync(fd, piece, at);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(temporary, this.cachePath);
-    const dir = openSync(this.dir, 'r');
-    try {
-      fsyncSync(dir);
-    } finally {
-      closeSync(dir);
-    }
+    replaceFile(this.cachePath, sealed);
   }
 
   /** Forgets the SVID (the server evicted us); the AK stays, a full attestation replaces it. */
   dropSvid(): void {
     rmSync(join(this.dir, FILES.svid), { force: true });
+    rmSync(temporaryOf(join(this.dir, FILES.svid)), { force: true });
   }
 }
 
@@ -188,10 +202,59 @@ export function checkPrivateDir(dir: string): void {
     );
 }
 
-/** Writes through a temporary file and rename, so a reader never sees half a file; mode 0600. */
-function writePrivate(path: string, content: string): void {
-  const temporary = `${path}.tmp`;
-  writeFileSync(temporary, content, { mode: 0o600 });
-  chmodSync(temporary, 0o600);
-  renameSync(temporary, path);
+/** Replaces `path` durably: the new file is on disk (data and rename) before this returns; mode 0600. */
+function replaceFile(path: string, pieces: Iterable<Uint8Array | string>): void {
+  writeTemporary(path, pieces);
+  renameSync(temporaryOf(path), path);
+  syncDir(dirname(path));
+}
+
+function temporaryOf(path: string): string {
+  return `${path}.tmp`;
+}
+
+/**
+ * Writes `path`'s temporary file, 0600, and flushes it to disk. A failure part-way leaves the
+ * temporary file, never `path`, half-written; a reader never sees half a file.
+ */
+function writeTemporary(path: string, pieces: Iterable<Uint8Array | string>): void {
+  const temporary = temporaryOf(path);
+  const fd = openSync(temporary, 'w', 0o600);
+  try {
+    // A temporary file left by a crash keeps its mode on open: set it again.
+    fchmodSync(fd, 0o600);
+    for (const piece of pieces) {
+      const bytes = typeof piece === 'string' ? Buffer.from(piece) : piece;
+      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at);
+    }
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Makes the renames in `dir` durable. */
+function syncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readChain(path: string): X509Certificate[] {
+  const pem = readFileSync(path, 'utf8');
+  return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map(
+    (block) => new X509Certificate(block),
+  );
+}
+
+/** Whether the certificate file's leaf is for `key`; false for a file that does not read. */
+function belongsTo(certPath: string, key: KeyObject): boolean {
+  try {
+    return readChain(certPath)[0]?.checkPrivateKey(key) === true;
+  } catch {
+    return false;
+  }
 }

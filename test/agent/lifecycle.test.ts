@@ -1,3 +1,5 @@
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthSocketPath, queryHealth } from '../../src/agent/health.js';
 import {
@@ -73,6 +75,32 @@ describe('agent lifecycle', () => {
       expect(resumed.attestations).toBe(0);
       expect(attestDecisions(first.spiffe_id)).toBe(attested);
       expect((await server.server.datastore.getNode(first.spiffe_id))?.attestationCount).toBe(count);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('finishes a renewal that a crash interrupted on disk, and resumes with it without attesting', async () => {
+    const agent = await startTestAgent(server, { tcti: swtpm.tcti });
+    try {
+      const first = await until('the agent to attest', () => healthy(agent));
+      const svidPath = join(agent.dataDir, 'agent-svid.pem');
+      const attestedCert = readFileSync(svidPath, 'utf8');
+      await until('a renewal', () => (agent.agent.status().renewals >= 1 ? true : undefined));
+      await agent.stop();
+      // What a crash between the save's two renames leaves: the renewed key in place, the SVID it
+      // replaced beside it, and the renewed SVID still under its temporary name.
+      renameSync(svidPath, `${svidPath}.tmp`);
+      writeFileSync(svidPath, attestedCert, { mode: 0o600 });
+      await agent.start();
+      const resumed = await until('the agent to be healthy again', () => healthy(agent));
+      expect(resumed.spiffe_id).toBe(first.spiffe_id);
+      expect(agent.agent.status().attestations).toBe(0);
+      expect(agent.logs.text()).toContain(
+        'finished saving the agent SVID the last run was stopped in the middle of',
+      );
+      expect(existsSync(`${svidPath}.tmp`)).toBe(false);
+      expect(readFileSync(svidPath, 'utf8')).not.toBe(attestedCert);
     } finally {
       await agent.stop();
     }
