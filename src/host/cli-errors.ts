@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Command } from 'commander';
+import { type Command, CommanderError } from 'commander';
 import type { OutputFormat } from './output.js';
 
 const STABLE_CODE = /^ERR_[A-Z0-9_]+$/;
@@ -64,9 +64,53 @@ function outputInArgv(argv: readonly string[]): OutputFormat {
   return output;
 }
 
+/** A usage error commander found itself, and the command it was found on. */
+interface UsageError {
+  readonly command: Command;
+  readonly message: string;
+}
+
 /**
- * Runs `program` on `argv`; a command that throws is reported by formatCliError with exit status 1.
- * Usage errors commander detects itself (unknown option, missing argument) keep its own message and help.
+ * Makes every command of `program` throw its usage errors (unknown command or option, a missing
+ * argument or required option, a value not among the choices) instead of printing them and exiting,
+ * and records each, so runCli reports it with a code like any other failure.
+ */
+function interceptUsageErrors(command: Command, found: { error?: UsageError }): void {
+  command.exitOverride();
+  command.configureOutput({
+    outputError: (text) => {
+      // One line: commander puts its "Did you mean" on a line of its own.
+      const message = text
+        .trim()
+        .replace(/^error: /, '')
+        .replace(/\s*\n\s*/g, ' ');
+      found.error = { command, message: message.replace(/\.$/, '') };
+    },
+  });
+  for (const sub of command.commands) interceptUsageErrors(sub, found);
+}
+
+function commandPath(command: Command): string {
+  const names: string[] = [];
+  for (let at: Command | null = command; at !== null; at = at.parent) names.unshift(at.name());
+  return names.join(' ');
+}
+
+/** The error runCli reports for a commander exit; undefined when there is none (help, version). */
+function usageFailure(exit: CommanderError, found: UsageError | undefined): CliError | undefined {
+  if (exit.exitCode === 0) return undefined;
+  if (found !== undefined)
+    return new CliError('ERR_CLI_USAGE', `${found.message}; see "${commandPath(found.command)} --help"`);
+  // A command that needs a subcommand was given none: commander has printed its help.
+  if (exit.code === 'commander.help')
+    return new CliError('ERR_CLI_USAGE', 'a command is needed: they are listed above');
+  // A command's own InvalidArgumentError: a value the flag parser took that the command then refused.
+  return new CliError('ERR_CLI_USAGE', exit.message, { cause: exit });
+}
+
+/**
+ * Runs `program` on `argv`; a command that throws, and a usage error commander finds, is reported by
+ * formatCliError with exit status 1. `--help` and `--version` print as usual and exit 0.
  */
 export async function runCli(program: Command, argv: readonly string[]): Promise<void> {
   let output: OutputFormat | undefined;
@@ -74,10 +118,14 @@ export async function runCli(program: Command, argv: readonly string[]): Promise
     const chosen: unknown = action.opts().output;
     if (chosen === 'json' || chosen === 'text') output = chosen;
   });
+  const found: { error?: UsageError } = {};
+  interceptUsageErrors(program, found);
   try {
     await program.parseAsync([...argv]);
   } catch (error) {
-    reportCliError(error, output ?? outputInArgv(argv));
+    const failure = error instanceof CommanderError ? usageFailure(error, found.error) : error;
+    if (failure === undefined) return;
+    reportCliError(failure, output ?? outputInArgv(argv));
     process.exitCode = 1;
   }
 }

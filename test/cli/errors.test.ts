@@ -157,6 +157,60 @@ describe('ironroot-server reports admin refusals and local errors with their cod
   });
 });
 
+describe('usage errors commander finds are reported with ERR_CLI_USAGE too', { timeout: 120_000 }, () => {
+  it('an unknown option names the command whose help to read, in text and in JSON', async () => {
+    expect(await cli(['entry', 'create', '--spife-id', 'spiffe://example.org/w'])).toEqual({
+      code: 1,
+      stdout: '',
+      stderr:
+        'Error (ERR_CLI_USAGE): unknown option \'--spife-id\' (Did you mean --spiffe-id?); see "ironroot-server entry create --help"\n',
+    });
+    const json = await cli(['entry', 'show', '--output', 'json', '--bogus']);
+    expect(json.code).toBe(1);
+    expect(json.stdout).toBe('');
+    expect(jsonError(json)).toEqual({
+      error: {
+        code: 'ERR_CLI_USAGE',
+        message: 'unknown option \'--bogus\'; see "ironroot-server entry show --help"',
+      },
+    });
+  });
+
+  it('a value not among the choices, and an unknown command, each in one coded line', async () => {
+    expect(await cli(['bundle', 'show', '--format', 'der'])).toEqual({
+      code: 1,
+      stdout: '',
+      stderr:
+        "Error (ERR_CLI_USAGE): option '--format <format>' argument 'der' is invalid. Allowed choices are pem, spiffe; see \"ironroot-server bundle show --help\"\n",
+    });
+    expect(await cli(['entries'])).toEqual({
+      code: 1,
+      stdout: '',
+      stderr:
+        'Error (ERR_CLI_USAGE): unknown command \'entries\' (Did you mean entry?); see "ironroot-server --help"\n',
+    });
+  });
+
+  it('a command group given no command prints its commands, then the coded line', async () => {
+    const result = await cli(['federation']);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toBe('');
+    const lines = result.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe('Usage: ironroot-server federation [options] [command]');
+    expect(result.stderr).toMatch(/\n {2}list \[options\] /);
+    expect(lines.at(-1)).toBe('Error (ERR_CLI_USAGE): a command is needed: they are listed above');
+  });
+
+  it('ironroot-agent: an unknown option names its command', async () => {
+    expect(await agentCli(['run', '--server-adress', 'x:1'])).toEqual({
+      code: 1,
+      stdout: '',
+      stderr:
+        'Error (ERR_CLI_USAGE): unknown option \'--server-adress\' (Did you mean --server-address?); see "ironroot-agent run --help"\n',
+    });
+  });
+});
+
 describe('ironroot-agent reports its errors the same way', { timeout: 60_000 }, () => {
   it('a Workload API that is not there is ERR_WORKLOADAPI_UNAVAILABLE, in text and in JSON', async () => {
     const socket = join(mkdtempSync(join(tmpdir(), 'ironroot-cli-errors-')), 'none.sock');

@@ -22,10 +22,11 @@ describe.each(['ironroot-server', 'ironroot-agent'] as const)('%s executable', (
     expect(stdout.trim()).toBe(version);
   });
 
-  it('exits non-zero with usage on stderr for an unknown command', async () => {
+  it('exits 1 with ERR_CLI_USAGE, naming its --help, for an unknown command', async () => {
     await expect(run(process.execPath, [bin, 'no-such-command'])).rejects.toMatchObject({
       code: 1,
-      stderr: expect.stringContaining(`Usage: ${name}`),
+      stdout: '',
+      stderr: `Error (ERR_CLI_USAGE): unknown command 'no-such-command'; see "${name} --help"\n`,
     });
   });
 });

@@ -93,7 +93,7 @@ describe('ironroot-agent tpm', () => {
   it('exits 1 naming the problem for a bank that is not active', async () => {
     await expect(agent(['tpm', 'pcrs', '--tcti', swtpm.tcti, '--bank', 'sha1'])).rejects.toMatchObject({
       code: 1,
-      stderr: expect.stringContaining('PCR bank sha1 is not active on this TPM (active: sha256)'),
+      stderr: 'Error (ERR_CLI_USAGE): PCR bank sha1 is not active on this TPM (active: sha256)\n',
     });
   });
 

@@ -11,8 +11,7 @@ export function buildAgentProgram(): Command {
   const program = new Command('ironroot-agent')
     .description('ironroot agent: proves its node with the TPM and serves the SPIFFE Workload API')
     .version(VERSION, '-v, --version')
-    .helpCommand(true)
-    .showHelpAfterError();
+    .helpCommand(true);
   program.addCommand(runCommand());
   program.addCommand(validateCommand());
   program.addCommand(healthcheckCommand());

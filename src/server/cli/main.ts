@@ -16,8 +16,7 @@ export function buildServerProgram(): Command {
   const program = new Command('ironroot-server')
     .description('ironroot server: verifies TPM node attestation, holds the CA in an HSM, signs SVIDs')
     .version(VERSION, '-v, --version')
-    .helpCommand(true)
-    .showHelpAfterError();
+    .helpCommand(true);
   program.addCommand(runCommand());
   program.addCommand(validateCommand());
   program.addCommand(healthcheckCommand());
