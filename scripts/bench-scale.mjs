@@ -36,6 +36,7 @@ import { X509Certificate } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { reportFigure } from './lib/bench-figure.mjs';
@@ -64,16 +65,24 @@ const { values: flags } = parseArgs({
 
 /**
  * A server's CPU milliseconds so far (getrusage of its process: every thread, SoftHSM's and
- * SQLite's included) and its event loop's busy fraction since the last call.
+ * SQLite's included), its event loop's busy fraction since the last call, and how late its event
+ * loop ran timers since then (p99 and max, ms): one long task shows there, not in the busy fraction.
  */
 let lastElu = performance.eventLoopUtilization();
+let loopDelay;
 function usage() {
+  if (loopDelay === undefined) {
+    loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
+  }
   const { user, system } = process.cpuUsage();
   const now = performance.eventLoopUtilization();
   const elu = performance.eventLoopUtilization(now, lastElu).utilization;
   lastElu = now;
+  const delay = { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 };
+  loopDelay.reset();
   // atUs: the monotonic clock V8's profiler stamps its samples with, to find the windows in a profile.
-  return { cpuMs: (user + system) / 1000, elu, atUs: Number(process.hrtime.bigint() / 1000n) };
+  return { cpuMs: (user + system) / 1000, elu, delay, atUs: Number(process.hrtime.bigint() / 1000n) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,6 +406,8 @@ async function main() {
           failures: parts.reduce((a, p) => a + p.failures, 0),
           cores: serverCpu / wall,
           elu: after.elu,
+          delayP99: after.delay.p99,
+          delayMax: after.delay.max,
           clientCores: parts.reduce((a, p) => a + p.clientCpuMs, 0) / wall,
         });
       };
@@ -414,10 +425,16 @@ async function main() {
       const row = {
         n,
         real: Object.fromEntries(
-          ['cpuPerSync', 'p50', 'p99', 'cores', 'elu', 'clientCores'].map((f) => [f, stats(pick('real', f))]),
+          ['cpuPerSync', 'p50', 'p99', 'cores', 'elu', 'delayP99', 'delayMax', 'clientCores'].map((f) => [
+            f,
+            stats(pick('real', f)),
+          ]),
         ),
         bare: Object.fromEntries(
-          ['cpuPerSync', 'p50', 'p99', 'cores', 'clientCores'].map((f) => [f, stats(pick('bare', f))]),
+          ['cpuPerSync', 'p50', 'p99', 'cores', 'delayP99', 'delayMax', 'clientCores'].map((f) => [
+            f,
+            stats(pick('bare', f)),
+          ]),
         ),
         cpuRatio: stats(ratio('cpuPerSync')),
         idle: {
@@ -437,6 +454,7 @@ async function main() {
           `  server CPU ms per agent sync round: ironroot ${fmt(row.real.cpuPerSync)}, bare ${fmt(row.bare.cpuPerSync)}, ratio ${fmt(row.cpuRatio)}\n` +
           `  sync latency ms: ironroot p50 ${fmt(row.real.p50, 1)} p99 ${fmt(row.real.p99, 1)}; bare p50 ${fmt(row.bare.p50, 1)} p99 ${fmt(row.bare.p99, 1)}; p99 ratio ${fmt(row.p99Ratio)}\n` +
           `  ironroot server: ${fmt(row.real.cores)} cores busy, event loop ${fmt(row.real.elu)} busy; agents' processes ${fmt(row.real.clientCores)} cores\n` +
+          `  event loop late by, ms: ironroot p99 ${fmt(row.real.delayP99, 1)} max ${fmt(row.real.delayMax, 1)}; bare p99 ${fmt(row.bare.delayP99, 1)} max ${fmt(row.bare.delayMax, 1)}\n` +
           `  sync rounds per window: ${fmt(row.syncs, 0)} of ~${Math.round(row.expectedSyncs)} at the full rate; failed rounds: ${row.failures}\n`,
       );
     } finally {
