@@ -145,6 +145,23 @@ describe('SQLite datastore files', () => {
     await store.close();
   });
 
+  it('deletes an entry with its selectors and federations', async () => {
+    const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+    await store.deleteEntry(created.id, 't');
+    const sqlite = new BetterSqlite3(join(dir, 'datastore.sqlite3'), { readonly: true });
+    try {
+      for (const table of ['entry_selectors', 'entry_federates_with'])
+        expect(
+          sqlite.prepare(`SELECT count(*) AS n FROM ${table} WHERE entry_id = ?`).get(created.id),
+          table,
+        ).toEqual({
+          n: 0,
+        });
+    } finally {
+      sqlite.close();
+    }
+  });
+
   it('keeps its file 0600 in a 0700 directory, in WAL mode', async () => {
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     expect(statSync(join(dir, 'datastore.sqlite3')).mode & 0o777).toBe(0o600);
@@ -984,6 +1001,52 @@ describe('PostgreSQL shared by two servers', () => {
       });
       expect(await store.getEntry(created.id)).toMatchObject({ hint: 'other', revisionNumber: 1 });
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.update');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('deletes an entry at the revision another server committed meanwhile, and audits that one', async () => {
+    const { url } = await newPostgresDatabase();
+    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+    try {
+      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+      const outcome = await whileRowHeld(
+        url,
+        "UPDATE registration_entries SET hint = 'other', revision_number = 1 WHERE id = $1",
+        [created.id],
+        () => store.deleteEntry(created.id, 't'),
+      );
+      expect(outcome).toMatchObject({ id: created.id, hint: 'other', revisionNumber: 1 });
+      expect(await store.getEntry(created.id)).toBeUndefined();
+      const deletes = (await store.listAudit(100)).filter((r) => r.action === 'entry.delete');
+      expect(deletes.map((r) => r.detail)).toEqual([expect.objectContaining({ revision_number: 1 })]);
+      const db = new pg.Client({ connectionString: url });
+      await db.connect();
+      try {
+        for (const table of ['entry_selectors', 'entry_federates_with'])
+          expect((await db.query(`SELECT count(*)::int AS n FROM ${table}`)).rows, table).toEqual([{ n: 0 }]);
+      } finally {
+        await db.end();
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('lets one of two servers delete an entry: the second is not found, and the deletion is audited once', async () => {
+    const { url } = await newPostgresDatabase();
+    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+    try {
+      const created = await store.createEntry(entry(), 't');
+      const outcome = await whileRowHeld(
+        url,
+        'DELETE FROM registration_entries WHERE id = $1',
+        [created.id],
+        () => store.deleteEntry(created.id, 't'),
+      );
+      expect(outcome).toBeInstanceOf(EntryNotFoundError);
+      expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.delete');
     } finally {
       await store.close();
     }

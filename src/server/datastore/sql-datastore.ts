@@ -310,10 +310,21 @@ export class SqlDatastore implements Datastore {
   async deleteEntry(id: string, actor: Actor): Promise<RegistrationEntry> {
     const now = nowSeconds(this.#clock);
     return this.#db.transaction().execute(async (trx) => {
-      const [current] = await this.#loadEntries(trx, [id]);
-      if (current === undefined) throw new EntryNotFoundError(id);
-      await removeEntry(trx, current, now, actor);
-      return current;
+      for (;;) {
+        const [current] = await this.#loadEntries(trx, [id]);
+        if (current === undefined) throw new EntryNotFoundError(id);
+        // Deleted only at the revision read: on PostgreSQL another server may have updated or
+        // deleted the entry since; its commit is read again, so the audit records what was deleted
+        // and a second delete is not-found rather than audited twice.
+        const deleted = await trx
+          .deleteFrom('registration_entries')
+          .where('id', '=', id)
+          .where('revision_number', '=', current.revisionNumber)
+          .executeTakeFirst();
+        if (deleted.numDeletedRows === 0n) continue;
+        await audit(trx, now, actor, 'entry.delete', 'entry', id, entryDetail(current));
+        return current;
+      }
     });
   }
 
@@ -1599,9 +1610,8 @@ async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<v
 }
 
 /** Deletes `entry` and its rows, audited as `entry.delete`. */
+/** Deletes an entry; its selectors and federations go with it (ON DELETE CASCADE). */
 async function removeEntry(trx: Db, entry: RegistrationEntry, at: number, actor: Actor): Promise<void> {
-  await trx.deleteFrom('entry_selectors').where('entry_id', '=', entry.id).execute();
-  await trx.deleteFrom('entry_federates_with').where('entry_id', '=', entry.id).execute();
   await trx.deleteFrom('registration_entries').where('id', '=', entry.id).execute();
   await audit(trx, at, actor, 'entry.delete', 'entry', entry.id, entryDetail(entry));
 }
