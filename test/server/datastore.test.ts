@@ -88,6 +88,17 @@ async function whileRowHeld(
   }
 }
 
+/** Runs `test` on a store over a fresh PostgreSQL database, and closes it. */
+async function onFreshPostgres(test: (store: Datastore, url: string) => Promise<void>): Promise<void> {
+  const { url } = await newPostgresDatabase();
+  const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
+  try {
+    await test(store, url);
+  } finally {
+    await store.close();
+  }
+}
+
 /** Writes `path` until the file system holding it has no space left. */
 function fillFileSystem(path: string): void {
   const fd = openSync(path, 'w', 0o600);
@@ -919,10 +930,8 @@ describe('PostgreSQL shared by two servers', () => {
     }
   });
 
-  it('does not record a re-quote verdict onto a node another server attested again while the verdict was written', async () => {
-    const { url } = await newPostgresDatabase();
-    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    try {
+  it('does not record a re-quote verdict onto a node another server attested again while the verdict was written', () =>
+    onFreshPostgres(async (store, url) => {
       const id = `${TD}/agent/tpm/raced`;
       await store.upsertNode(tpmNodeRecord(id), 'agent-api');
       const judged = (await store.getNode(id)) as AttestedNode;
@@ -940,15 +949,10 @@ describe('PostgreSQL shared by two servers', () => {
       expect(outcome).toMatchObject({ code: 'ERR_AGENT_ATTESTED_AGAIN' });
       expect(await store.getNode(id)).toMatchObject({ attestationCount: 2, trust: { state: 'trusted' } });
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('node.untrusted');
-    } finally {
-      await store.close();
-    }
-  });
+    }));
 
-  it('does not promote a renewal’s serial over an attestation another server committed meanwhile', async () => {
-    const { url } = await newPostgresDatabase();
-    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    try {
+  it('does not promote a renewal’s serial over an attestation another server committed meanwhile', () =>
+    onFreshPostgres(async (store, url) => {
       const id = `${TD}/agent/tpm/promoted`;
       await store.upsertNode(tpmNodeRecord(id, { serialNumber: 'a1', newSerialNumber: 'b2' }), 'agent-api');
       // The renewed SVID's first use races a fresh attestation, which replaces both serials.
@@ -962,15 +966,10 @@ describe('PostgreSQL shared by two servers', () => {
       expect(await store.getNode(id)).toMatchObject({ serialNumber: 'f1', attestationCount: 2 });
       expect((await store.getNode(id))?.newSerialNumber).toBeUndefined();
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('node.serial_promote');
-    } finally {
-      await store.close();
-    }
-  });
+    }));
 
-  it('lets one of two servers use a join token: the one presenting it second, as the first commits, is refused', async () => {
-    const { url } = await newPostgresDatabase();
-    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    try {
+  it('lets one of two servers use a join token: the one presenting it second, as the first commits, is refused', () =>
+    onFreshPostgres(async (store, url) => {
       await store.createJoinToken({ tokenHash: 'once', expiresAt: 1_700_000_600 }, 'uid:0');
       // Another server's agent is consuming the token, uncommitted, when this one presents it.
       const outcome = await whileRowHeld(url, 'DELETE FROM join_tokens WHERE token_hash = $1', ['once'], () =>
@@ -978,15 +977,10 @@ describe('PostgreSQL shared by two servers', () => {
       );
       expect(outcome).toBeUndefined();
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('join_token.use');
-    } finally {
-      await store.close();
-    }
-  });
+    }));
 
-  it('does not overwrite an entry update another server committed after this one read the entry', async () => {
-    const { url } = await newPostgresDatabase();
-    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    try {
+  it('does not overwrite an entry update another server committed after this one read the entry', () =>
+    onFreshPostgres(async (store, url) => {
       const created = await store.createEntry(entry(), 't');
       // Both servers read revision 0; the other one's update holds the row when this one writes.
       const outcome = await whileRowHeld(
@@ -1001,15 +995,10 @@ describe('PostgreSQL shared by two servers', () => {
       });
       expect(await store.getEntry(created.id)).toMatchObject({ hint: 'other', revisionNumber: 1 });
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.update');
-    } finally {
-      await store.close();
-    }
-  });
+    }));
 
-  it('deletes an entry at the revision another server committed meanwhile, and audits that one', async () => {
-    const { url } = await newPostgresDatabase();
-    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    try {
+  it('deletes an entry at the revision another server committed meanwhile, and audits that one', () =>
+    onFreshPostgres(async (store, url) => {
       const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
       const outcome = await whileRowHeld(
         url,
@@ -1029,15 +1018,10 @@ describe('PostgreSQL shared by two servers', () => {
       } finally {
         await db.end();
       }
-    } finally {
-      await store.close();
-    }
-  });
+    }));
 
-  it('lets one of two servers delete an entry: the second is not found, and the deletion is audited once', async () => {
-    const { url } = await newPostgresDatabase();
-    const store = (await openPostgresDatastore(url, { now: () => 1_700_000_000_000 })).datastore;
-    try {
+  it('lets one of two servers delete an entry: the second is not found, and the deletion is audited once', () =>
+    onFreshPostgres(async (store, url) => {
       const created = await store.createEntry(entry(), 't');
       const outcome = await whileRowHeld(
         url,
@@ -1047,10 +1031,7 @@ describe('PostgreSQL shared by two servers', () => {
       );
       expect(outcome).toBeInstanceOf(EntryNotFoundError);
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.delete');
-    } finally {
-      await store.close();
-    }
-  });
+    }));
 
   it('lets one of two servers consume a nonce the other issued; the loser, and any later answer, is a replay', async () => {
     const { url } = await newPostgresDatabase();
