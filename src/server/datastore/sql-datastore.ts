@@ -1609,8 +1609,7 @@ async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<v
   }
 }
 
-/** Deletes `entry` and its rows, audited as `entry.delete`. */
-/** Deletes an entry; its selectors and federations go with it (ON DELETE CASCADE). */
+/** Deletes `entry`, audited as `entry.delete`; its selectors and federations go with it (ON DELETE CASCADE). */
 async function removeEntry(trx: Db, entry: RegistrationEntry, at: number, actor: Actor): Promise<void> {
   await trx.deleteFrom('registration_entries').where('id', '=', entry.id).execute();
   await audit(trx, at, actor, 'entry.delete', 'entry', entry.id, entryDetail(entry));
