@@ -64,6 +64,9 @@ const RESEND_LOG_CODES: ReadonlySet<string> = new Set([
   'ERR_REATTEST_EVENTLOG_NOT_EXTENSION',
 ]);
 
+/** The server's refusal of a banned agent (or node). */
+const BANNED = 'ERR_ATTEST_BANNED';
+
 /** How long an answered re-quote may hold the TPM lock waiting for the server's verdict. */
 const MAX_VERDICT_WAIT_MS = 5 * 60_000;
 
@@ -120,6 +123,8 @@ export class Agent {
    */
   #tpmLock: Promise<void> = Promise.resolve();
   readonly #reattest = { trusted: true, code: '', reason: '', passed: 0, failed: 0 };
+  /** Calls the server refused as banned, so far. */
+  #bans = 0;
   readonly #counts = { attestations: 0, renewals: 0 };
 
   /** `options.lookup` resolves server host names instead of the host's resolver (tests). */
@@ -449,10 +454,15 @@ export class Agent {
       const roundAt = nowSeconds();
       let retryMs: number | undefined;
       const syncEnded = this.#metrics.syncStarted();
+      const bansBefore = this.#bans;
       try {
         await this.#onServer(svid, (client) => this.#sync.run(client, () => this.#stopped));
         this.#lastSyncAt = nowSeconds();
         this.#contact.succeeded('sync');
+        // The server admitted the agent after the ban was seen, so it was lifted; not when another
+        // call was refused as banned while this round ran. (A re-quote's verdict is lifted by the
+        // next passing re-quote, not here.)
+        if (this.#reattest.code === BANNED && this.#bans === bansBefore) this.#trusted();
         this.#keepBundle();
         this.#renewIfCaRotated();
       } catch (error) {
@@ -593,6 +603,11 @@ export class Agent {
         return result;
       } catch (error) {
         if (isServerAnswer(error)) this.#servers.reached(target);
+        // Whatever the agent holds was issued to a node the operator has since banned.
+        if (error instanceof AgentError && error.code === BANNED) {
+          this.#bans++;
+          this.#untrusted(BANNED, error.message);
+        }
         if (
           !failsOver(error) ||
           this.#servers.failed(target, error as AgentError) === 'exhausted' ||
@@ -691,7 +706,9 @@ export class Agent {
       this.#cache.suspend();
       this.#logger.warn(
         { reason: code, err_message: reason },
-        'the node was untrusted when the agent stopped: serving no identity until a re-quote passes',
+        code === BANNED
+          ? 'the agent was banned when it stopped: serving no identity until it is unbanned'
+          : 'the node was untrusted when the agent stopped: serving no identity until a re-quote passes',
       );
     }
     return true;
@@ -900,7 +917,9 @@ export class Agent {
     if (this.#cache.suspend())
       this.#logger.warn(
         { reason: code, err_message: reason },
-        'the server holds this node untrusted: serving no identity until a re-quote passes',
+        code === BANNED
+          ? 'the server refuses this agent as banned: serving no identity until it is unbanned'
+          : 'the server holds this node untrusted: serving no identity until a re-quote passes',
       );
   }
 

@@ -1,8 +1,12 @@
+import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentMessage } from '../../src/server/admin/messages.js';
 import { ekPublicKeyHash, Tpm, withEk } from '../../src/tpm/index.js';
+import type { X509SVIDResponseMessage } from '../../src/workload-api/proto.js';
+import { RawClient } from '../helpers/raw-client.js';
 import { cli } from '../helpers/server.js';
 import { type Swtpm, startSwtpm } from '../helpers/swtpm.js';
+import { entry, workloadSocketPath, workloadWhere } from '../workload/harness.js';
 import { evilAttest } from './evil-agent.js';
 import {
   healthy,
@@ -113,6 +117,69 @@ describe('agent bans', () => {
       expect((await shown(agentId)).banned).toBe(false);
       expect(await banAudit(agentId)).toEqual(['node.ban', 'node.unban']);
     } finally {
+      await agent.stop();
+    }
+  });
+
+  it('a banned agent stops serving its workloads at its next call, also after a restart, and serves them again once unbanned', async () => {
+    const swtpm = await freshTpm();
+    const agent = await startTestAgent(server, {
+      tcti: swtpm.tcti,
+      socket_path: workloadSocketPath(),
+      sync_interval: '200ms',
+    });
+    const workloads = new RawClient(agent.config.socket_path ?? '');
+    const servedIds = async () => {
+      const stream = workloads.stream<X509SVIDResponseMessage>('FetchX509SVID');
+      const [served] = await stream.waitFor(1);
+      stream.cancel();
+      return served?.svids.map((svid) => svid.spiffe_id);
+    };
+    const refused = async () => {
+      const stream = workloads.stream<X509SVIDResponseMessage>('FetchX509SVID');
+      expect((await stream.ended).code).toBe(status.PERMISSION_DENIED);
+      expect(stream.messages).toEqual([]);
+      await expect(workloads.unary('FetchJWTSVID', { audience: ['reports'] })).rejects.toMatchObject({
+        code: status.PERMISSION_DENIED,
+      });
+    };
+    try {
+      const agentId = (await until('the agent to attest', () => healthy(agent))).spiffe_id;
+      await server.server.datastore.createEntry(
+        entry('/banned-workload', agentId, [`unix:uid:${process.getuid?.() ?? 0}`]),
+        'test',
+      );
+      await workloadWhere(agent, 'the workload SVID in the cache', (w) => w.svids === 1);
+      const open = workloads.stream<X509SVIDResponseMessage>('FetchX509SVID');
+      expect((await open.waitFor(1))[0]?.svids.map((svid) => svid.spiffe_id)).toEqual([
+        `spiffe://${TD}/banned-workload`,
+      ]);
+
+      await admin('agent', 'ban', '--spiffe-id', agentId);
+      // The open stream ends as for a caller entitled to nothing, and nothing new is handed out.
+      expect((await open.ended).code).toBe(status.PERMISSION_DENIED);
+      await refused();
+      expect(agent.agent.status().reattest).toMatchObject({ trusted: false, code: 'ERR_ATTEST_BANNED' });
+      expect(agent.logs.text()).toContain(
+        'the server refuses this agent as banned: serving no identity until it is unbanned',
+      );
+
+      // Restarted while banned, it serves nothing from its persisted cache.
+      await agent.restart();
+      await refused();
+      expect(agent.logs.text()).toContain(
+        'the agent was banned when it stopped: serving no identity until it is unbanned',
+      );
+
+      await admin('agent', 'unban', '--spiffe-id', agentId);
+      await until('the workload to be served again', () =>
+        agent.agent.status().workload?.svids === 1 ? true : undefined,
+      );
+      expect(await servedIds()).toEqual([`spiffe://${TD}/banned-workload`]);
+      expect(agent.agent.status().reattest).toMatchObject({ trusted: true, code: '' });
+      expect(agent.agent.status().attestations).toBe(0);
+    } finally {
+      workloads.close();
       await agent.stop();
     }
   });
