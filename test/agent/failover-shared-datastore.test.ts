@@ -159,7 +159,9 @@ describe('two servers sharing one datastore: the server in use stops', () => {
     const refused = (server: TestServer) =>
       server.logs.lines.filter((l) => l.method === 'FetchEntries' && l.result === 'refused');
     const secondBefore = second.logs.lines.length;
-    await first.server.datastore.banNode({ spiffeId: agentId }, 'test');
+    // Written through the other server's datastore: the server in use keeps the node record between
+    // calls, and must see the ban all the same.
+    await second.server.datastore.banNode({ spiffeId: agentId }, 'test');
     await until('two sync rounds refused by the first server', () =>
       refused(first).filter((l) => l.reason === 'ERR_ATTEST_BANNED').length >= 2 ? true : undefined,
     );

@@ -130,14 +130,14 @@ describe('SQLite per-call reads through statements prepared once', () => {
   });
 
   it('reads the audit head as the query builder does, from an empty log on', async () => {
-    expect(await hot.entryChangesSince(0)).toEqual({ head: 0, entryIds: [], gap: false });
+    expect(await hot.changesSince(0)).toEqual({ head: 0, entryIds: [], nodeIds: [], gap: false });
     expect(await hot.settledAuditHead()).toBe(0);
     await hot.upsertNode({ ...base, spiffeId: `${TD}/agent/join_token/a` }, 'test');
     const head = await built.settledAuditHead();
     expect(head).toBeGreaterThan(0);
     expect(await hot.settledAuditHead()).toBe(head);
-    expect(await hot.entryChangesSince(head)).toEqual(await built.entryChangesSince(head));
-    expect(await hot.entryChangesSince(0)).toEqual(await built.entryChangesSince(0));
+    expect(await hot.changesSince(head)).toEqual(await built.changesSince(head));
+    expect(await hot.changesSince(0)).toEqual(await built.changesSince(0));
   });
 
   it('never reads a transaction’s uncommitted rows: a read made during one waits, and sees it rolled back', async () => {

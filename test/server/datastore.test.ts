@@ -335,25 +335,72 @@ describe.each(DIALECTS)('%s datastore', (_name, open) => {
   });
 
   it('names the entries written since an audit id, in order and once each, and no other writes', async () => {
-    expect(await store.entryChangesSince(0)).toEqual({ head: 0, entryIds: [], gap: false });
+    expect(await store.changesSince(0)).toEqual({ head: 0, entryIds: [], nodeIds: [], gap: false });
     expect(await store.settledAuditHead()).toBe(0);
     const created = await store.createEntry(entry(), 't');
-    const afterCreate = await store.entryChangesSince(0);
-    expect(afterCreate).toEqual({ head: afterCreate.head, entryIds: [created.id], gap: false });
+    const afterCreate = await store.changesSince(0);
+    expect(afterCreate).toEqual({ head: afterCreate.head, entryIds: [created.id], nodeIds: [], gap: false });
     expect(await store.settledAuditHead()).toBe(afterCreate.head);
-    await store.banNode({ spiffeId: `${TD}/agent/x` }, 't');
-    const afterBan = await store.entryChangesSince(afterCreate.head);
-    expect(afterBan.head).toBeGreaterThan(afterCreate.head);
-    expect(afterBan.entryIds).toEqual([]);
+    await store.createJoinToken({ tokenHash: 'a'.repeat(64), expiresAt: 1_800_000_000 }, 't');
+    const afterToken = await store.changesSince(afterCreate.head);
+    expect(afterToken.head).toBeGreaterThan(afterCreate.head);
+    expect(afterToken.entryIds).toEqual([]);
+    expect(afterToken.nodeIds).toEqual([]);
     const other = await store.createEntry(entry({ spiffeId: `${TD}/other` }), 't');
     await store.updateEntry(created.id, entry({ hint: 'x' }), 't');
     await store.deleteEntry(created.id, 't');
-    const afterDelete = await store.entryChangesSince(afterBan.head);
+    const afterDelete = await store.changesSince(afterToken.head);
     expect(afterDelete.entryIds).toEqual([other.id, created.id]);
     expect(afterDelete.gap).toBe(false);
     expect(await store.getEntries([created.id, other.id, 'nope'])).toEqual([other]);
     // A log behind the position asked about (a store restored from a backup) is a gap.
-    expect((await store.entryChangesSince(afterDelete.head + 5)).gap).toBe(true);
+    expect((await store.changesSince(afterDelete.head + 5)).gap).toBe(true);
+  });
+
+  it('names every node written since an audit id, but not a re-quote that changes no trust', async () => {
+    const id = `${TD}/agent/tpm/ab`;
+    const other = `${TD}/agent/tpm/cd`;
+    let head = await store.settledAuditHead();
+    /** The nodes the log names since the last call, which must not have a gap. */
+    const named = async () => {
+      const log = await store.changesSince(head);
+      expect(log.gap).toBe(false);
+      expect(log.entryIds).toEqual([]);
+      head = log.head;
+      return log.nodeIds;
+    };
+    await store.upsertNode(tpmNodeRecord(id, { serialNumber: 'a1' }), 'agent-api');
+    await store.upsertNode(tpmNodeRecord(other), 'agent-api');
+    expect(new Set(await named())).toEqual(new Set([id, other]));
+    const renewal = { admittedSerial: 'a1', newSerialNumber: 'b2', expiresAt: 1_700_007_200 };
+    expect(await store.renewNode(id, renewal, 'agent-api')).toEqual({ renewed: true });
+    expect(await named()).toEqual([id]);
+    expect(await store.promoteNodeSerial(id, 'b2', 'agent-api')).toBe(true);
+    expect(await named()).toEqual([id]);
+    // Without a change of trust only the quote state is written, which nothing keeps a copy of.
+    const before = await store.getNode(id);
+    const quote = { lastQuote: Buffer.from('{}'), resetCount: 7, eventLog: new Uint8Array([1]) };
+    await store.recordNodeTrust(id, { trust: { state: 'trusted', changedAt: 1 }, tpm: quote }, 'reattest');
+    expect(await named()).toEqual([]);
+    const { tpm: quoteBefore, ...keptBefore } = before ?? {};
+    const { tpm: quoteAfter, ...keptAfter } = (await store.getNode(id)) ?? {};
+    expect(keptAfter).toEqual(keptBefore);
+    expect(quoteAfter?.resetCount).toBe(7);
+    expect(quoteBefore?.resetCount).not.toBe(7);
+    const untrusted = { state: 'untrusted' as const, code: 'ERR_X', changedAt: 2 };
+    await store.recordNodeTrust(id, { trust: untrusted, tpm: quote }, 'reattest');
+    expect(await named()).toEqual([id]);
+    await store.banNode({ spiffeId: id }, 'uid:0');
+    expect(await named()).toEqual([id]);
+    await store.unbanNode(id, 'uid:0');
+    expect(await named()).toEqual([id]);
+    await store.deleteNode(id, 'uid:0');
+    expect(await named()).toEqual([id]);
+    // Written again and again: named once.
+    await store.banNode({ spiffeId: other }, 'uid:0');
+    await store.unbanNode(other, 'uid:0');
+    await store.deleteNode(other, 'uid:0');
+    expect(await named()).toEqual([other]);
   });
 
   it('creates each identity once when identical batches run concurrently', async () => {
@@ -1259,7 +1306,7 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
       entry({ spiffeId: `${TD}/apart`, federatesWith: ['other.org'] }),
       't',
     );
-    const before = (await store.entryChangesSince(0)).head;
+    const before = (await store.changesSince(0)).head;
     await store.deleteFederatedBundle('partner.org', 'uid:0', 'dissociate');
     expect(await store.getBundle('partner.org')).toBeUndefined();
     expect(await store.getEntry(both.id)).toMatchObject({ federatesWith: ['other.org'], revisionNumber: 1 });
@@ -1267,7 +1314,7 @@ describe.each(DIALECTS)('%s datastore: CA journal and bundles', (_name, open) =>
     expect(await store.getEntry(apart.id)).toEqual(apart);
     expect((await store.listEntries({ federatesWith: ['partner.org'] })).entries).toEqual([]);
     // The entry journal hears of both, as of any update.
-    expect(new Set((await store.entryChangesSince(before)).entryIds)).toEqual(new Set([both.id, only.id]));
+    expect(new Set((await store.changesSince(before)).entryIds)).toEqual(new Set([both.id, only.id]));
     const audit = await store.listAudit(3);
     expect(audit.map((a) => [a.action, a.objectId])).toEqual(
       expect.arrayContaining([

@@ -15,6 +15,7 @@ import type { Clock } from '../clock.js';
 import type { AttestedNode, Datastore } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
 import { AttestationError } from '../nodeattestor/errors.js';
+import { type AdmittedNodeFields, type NodeSource, storedNodes } from './nodes.js';
 
 const ACTOR = 'agent-api';
 
@@ -94,11 +95,12 @@ export interface Caller {
 
 /**
  * The attested node behind the caller's agent SVID: verified, of a node still attested and not
- * banned, and the node's current (or just renewed) certificate. `method` names the call in the log.
+ * banned, and the node's current (or just renewed) certificate, read from the store. `method`
+ * names the call in the log.
  */
 export async function admitAgent(call: Caller, o: AdmissionOptions, method: string): Promise<AttestedNode> {
   const { agentId, serial } = authenticateAgent(call, o.ca, o.trustDomain, o.clock);
-  return admitNode(agentId, serial, o, method);
+  return admitNode(agentId, serial, o, method, storedNodes(o.datastore));
 }
 
 /** The caller's agent, and the serial number of the certificate it presented. */
@@ -156,37 +158,30 @@ export function authenticateAgent(
   }
 }
 
-/** The node `agentId` names, if the certificate with `serial` may still speak for it. */
-export async function admitNode(
+/**
+ * The node `agentId` names, read from `nodes`, if the certificate with `serial` may still speak for
+ * it.
+ */
+export async function admitNode<N extends AdmittedNodeFields>(
   agentId: string,
   serial: string,
   o: AdmissionOptions,
   method: string,
-): Promise<AttestedNode> {
-  let node = await o.datastore.getNode(agentId);
-  if (node === undefined)
-    throw new AttestationError(
-      'ERR_AGENT_NOT_ATTESTED',
-      'this agent is not attested (evicted, or never was); attest again',
-    );
+  nodes: NodeSource<N>,
+): Promise<N> {
+  let node = attested(await nodes.node(agentId));
   refuseBanned(agentId, node.banned);
   if (serial === node.serialNumber) return node;
   if (serial === node.newSerialNumber) {
-    if (await o.datastore.promoteNodeSerial(agentId, serial, ACTOR)) {
+    if (await o.datastore.promoteNodeSerial(agentId, serial, ACTOR))
       o.logger.info(
         { agent_id: agentId, method, serial_number: serial, superseded_serial_number: node.serialNumber },
         'agent uses its renewed SVID: the one it replaced is refused from now on',
       );
-      const { newSerialNumber: _promoted, ...rest } = node;
-      return { ...rest, serialNumber: serial };
-    }
-    // Another call promoted it, or the node attested again meanwhile: judge by what is stored now.
-    node = await o.datastore.getNode(agentId);
-    if (node === undefined)
-      throw new AttestationError(
-        'ERR_AGENT_NOT_ATTESTED',
-        'this agent is not attested (evicted, or never was); attest again',
-      );
+    // Promoted by this call or another, or the node attested again meanwhile: judge by what is
+    // stored now.
+    node = attested(await nodes.storedNode(agentId));
+    refuseBanned(agentId, node.banned);
     if (serial === node.serialNumber) return node;
   }
   o.logger.warn(
@@ -205,6 +200,15 @@ export async function admitNode(
     'ERR_AGENT_CERT_SUPERSEDED',
     `agent ${agentId} presented the SVID with serial ${serial}, which a later attestation or renewal of this node replaced (current serial ${node.serialNumber}); use the newest agent SVID, or attest again — if this agent did not renew, its certificate was copied`,
   );
+}
+
+function attested<N>(node: N | undefined): N {
+  if (node === undefined)
+    throw new AttestationError(
+      'ERR_AGENT_NOT_ATTESTED',
+      'this agent is not attested (evicted, or never was); attest again',
+    );
+  return node;
 }
 
 export function refuseBanned(agentId: string, banned: boolean): void {

@@ -14,6 +14,10 @@
  * it, or a log that went back (a store restored from a backup). An id missing because its
  * transaction is still running (PostgreSQL) is not such a gap: the datastore waits for it.
  *
+ * The same records name the nodes written, so each refresh also drops the node records the sync
+ * calls keep (`nodes`, see nodes.ts) for the nodes they name: a call admitted after a refresh
+ * sees every ban, eviction, renewal and trust change committed before it.
+ *
  * Cursors are portable between servers sharing one datastore: a cursor's `epoch` is the datastore's
  * identity and its `revision` the audit-log id its answer reflected (every entry as of that
  * record). Each change is stamped with the audit id of the refresh that saw it, never below the
@@ -26,6 +30,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Datastore, RegistrationEntry, Selector } from '../datastore/datastore.js';
+import { NodeCache } from './nodes.js';
 
 /** The store is read this many entries at a time. */
 const LOAD_PAGE_SIZE = 1000;
@@ -131,10 +136,14 @@ export class EntryJournal {
   #authorizedEntries = 0;
   #walks = 0;
   #refreshing: Promise<void> | undefined;
+  #nextRefresh: Promise<void> | undefined;
+  /** The node records the sync calls admit agents by, kept current by each refresh. */
+  readonly nodes: NodeCache;
 
   constructor(store: Datastore, serverId: string) {
     this.#store = store;
     this.#serverId = serverId;
+    this.nodes = new NodeCache(store);
   }
 
   /** The datastore's identity: the epoch of every cursor this journal gives out. */
@@ -162,18 +171,33 @@ export class EntryJournal {
     return this.#walks;
   }
 
-  /** Brings the copy up to date with the store; concurrent callers share one read. */
+  /**
+   * Brings the copy (and the node copies) up to date with the store: everything committed before
+   * the call is seen when it resolves. A refresh already running may have read the log before
+   * that, so callers arriving meanwhile share the one that starts after it.
+   */
   refresh(): Promise<void> {
-    this.#refreshing ??= this.#refresh().finally(() => {
-      this.#refreshing = undefined;
+    if (this.#nextRefresh !== undefined) return this.#nextRefresh;
+    if (this.#refreshing === undefined) return this.#startRefresh();
+    const start = () => this.#startRefresh();
+    this.#nextRefresh = this.#refreshing.then(start, start);
+    return this.#nextRefresh;
+  }
+
+  #startRefresh(): Promise<void> {
+    this.#nextRefresh = undefined;
+    const running = this.#refresh().finally(() => {
+      if (this.#refreshing === running) this.#refreshing = undefined;
     });
-    return this.#refreshing;
+    this.#refreshing = running;
+    return running;
   }
 
   async #refresh(): Promise<void> {
     if (this.#auditHead < 0) return this.#load();
-    const log = await this.#store.entryChangesSince(this.#auditHead);
+    const log = await this.#store.changesSince(this.#auditHead);
     if (log.gap) return this.#load();
+    this.nodes.forget(log.nodeIds);
     if (log.entryIds.length > 0) await this.#apply(log.entryIds, log.head);
     this.#auditHead = log.head;
   }
@@ -181,6 +205,7 @@ export class EntryJournal {
   /** Reads every entry and stamps what differs from the copy. */
   async #load(): Promise<void> {
     this.#loads++;
+    this.nodes.forgetAll();
     if (this.#epoch === '') this.#epoch = await this.#store.identity();
     // Entries read after the head settled reflect every write audited up to it; a write after it
     // may be read here too, and is applied again (no change) by the next refresh.

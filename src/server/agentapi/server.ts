@@ -51,6 +51,7 @@ import {
 import { hashJoinToken, joinTokenAlias } from '../registration/service.js';
 import { admitAgent, admitNode, authenticateAgent, refuseBanned } from './admission.js';
 import { AgentListener } from './listener.js';
+import { storedNodes } from './nodes.js';
 import { peerAddress, RateLimiter } from './ratelimit.js';
 import type { ContinuousAttestation } from './reattest.js';
 import { refuseUntrusted, type SyncHandlers } from './sync.js';
@@ -377,7 +378,13 @@ export class AgentApiServer {
   async #renew(call: Duplex<RenewAgentRequest>, decision: Decision): Promise<AttestAgentResponse> {
     const caller = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
     decision.agentId = caller.agentId;
-    const node = await admitNode(caller.agentId, caller.serial, this.#o, 'RenewAgent');
+    const node = await admitNode(
+      caller.agentId,
+      caller.serial,
+      this.#o,
+      'RenewAgent',
+      storedNodes(this.#o.datastore),
+    );
     decision.method = node.attestationType;
     refuseUntrusted(node);
     const messages = reader(call, this.#waitSeconds);

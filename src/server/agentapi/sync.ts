@@ -38,7 +38,7 @@ import { type Clock, nowSeconds } from '../clock.js';
 import type { AttestedNode, Datastore, RegistrationEntry } from '../datastore/datastore.js';
 import type { Logger } from '../log.js';
 import { AttestationError } from '../nodeattestor/errors.js';
-import { admitAgent, type Caller } from './admission.js';
+import { admitNode, authenticateAgent, type Caller } from './admission.js';
 import type { Authorization, EntryJournal, SyncCursor } from './entries.js';
 
 /** Entries per FetchEntries message: ~300 bytes each keeps a page far below gRPC's 4 MiB limit. */
@@ -67,7 +67,7 @@ export interface SyncOptions {
  * An untrusted node (its last re-quote failed or went unanswered) gets nothing that identities are
  * made of until a re-quote passes.
  */
-export function refuseUntrusted(node: AttestedNode): void {
+export function refuseUntrusted(node: Pick<AttestedNode, 'spiffeId' | 'trust'>): void {
   if (node.trust.state === 'untrusted')
     throw new AttestationError(
       'ERR_AGENT_UNTRUSTED',
@@ -148,10 +148,11 @@ export class SyncHandlers {
    * may still fetch them (`untrusted`), so it can authenticate the server when trusted again.
    */
   async #authorize(call: Caller, method: string, untrusted = false): Promise<AgentAuthorization> {
-    const node = await admitAgent(call, this.#o, method);
-    const agentId = node.spiffeId;
-    if (!untrusted) refuseUntrusted(node);
+    const { agentId, serial } = authenticateAgent(call, this.#o.ca, this.#o.trustDomain, this.#o.clock);
+    // The refresh first: it drops the kept node records that writes since the last one changed.
     await this.#o.journal.refresh();
+    const node = await admitNode(agentId, serial, this.#o, method, this.#o.journal.nodes);
+    if (!untrusted) refuseUntrusted(node);
     return {
       agentId,
       // Admission leaves the serial presented on this call as the node's current one.

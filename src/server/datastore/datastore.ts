@@ -259,12 +259,18 @@ export interface InitialBundle {
  */
 export type BundleDeleteMode = 'restrict' | 'dissociate' | 'delete';
 
-/** What the audit log says about entries after a position in it (see Datastore.entryChangesSince). */
-export interface EntryChangeLog {
+/** What the audit log says about entries and nodes after a position in it (see Datastore.changesSince). */
+export interface AuditChangeLog {
   /** The id read up to: the next read starts after it. */
   head: number;
   /** Ids of the entries written since, in audit order, each once: created, updated or deleted. */
   entryIds: string[];
+  /**
+   * SPIFFE IDs of the nodes written since, each once: attested, renewed, serial promoted, trusted
+   * or untrusted, banned, unbanned, evicted. A re-quote that changes no trust rewrites only the
+   * node's quote state (`tpm.lastQuote`, `tpm.resetCount`, its event log) without a record.
+   */
+  nodeIds: string[];
   /**
    * True when records in the range can no longer be read (deleted from the log, or a log that
    * went back past `after`): the entries named are not all there is, so read every entry again.
@@ -431,10 +437,11 @@ export interface Datastore {
    */
   settledAuditHead(): Promise<number>;
   /**
-   * Which entries the audit records after `after` name, and the id read up to: every entry write
-   * audits one in its transaction, so entries not named are as they were at `after`.
+   * Which entries and nodes the audit records after `after` name, and the id read up to: every
+   * entry write and every node write but a quote's (see AuditChangeLog) audits one in its
+   * transaction, so those not named are as they were at `after`.
    */
-  entryChangesSince(after: number): Promise<EntryChangeLog>;
+  changesSince(after: number): Promise<AuditChangeLog>;
   /**
    * A random id the store was given when its schema was first created, the same for every server
    * sharing it: entry-sync cursors name it, so one server's cursor is understood by another.

@@ -25,12 +25,12 @@ import {
 import type {
   Actor,
   AttestedNode,
+  AuditChangeLog,
   AuditRecord,
   BundleDeleteMode,
   CaChange,
   CaSlot,
   Datastore,
-  EntryChangeLog,
   EntryCreation,
   EntryFilter,
   EntryPage,
@@ -1003,20 +1003,20 @@ export class SqlDatastore implements Datastore {
     return head;
   }
 
-  async entryChangesSince(after: number): Promise<EntryChangeLog> {
+  async changesSince(after: number): Promise<AuditChangeLog> {
     const head = await this.#newestAuditId();
-    if (head === after) return { head, entryIds: [], gap: false };
+    if (head === after) return { head, entryIds: [], nodeIds: [], gap: false };
     // The log went back (a store restored or replaced): what happened since `after` is unknown.
-    if (head < after) return { head, entryIds: [], gap: true };
+    if (head < after) return { head, entryIds: [], nodeIds: [], gap: true };
     let read = await this.#auditRange(after, head);
-    if (read.count === head - after) return { head, entryIds: read.entryIds, gap: false };
+    if (read.count === head - after) return { head, ...read.named, gap: false };
     // Ids missing in the range. With a settler they belong to transactions still running or
     // rolled back: once those have ended, what is missing then is gone for good (rolled back).
     // Without one, ids commit in order, so a missing record was deleted: nothing to wait for.
-    if (this.#settleWriters === undefined) return { head, entryIds: read.entryIds, gap: true };
+    if (this.#settleWriters === undefined) return { head, ...read.named, gap: true };
     await this.#settleWriters(this.#db);
     read = await this.#auditRange(after, head);
-    return { head, entryIds: read.entryIds, gap: false };
+    return { head, ...read.named, gap: false };
   }
 
   async #newestAuditId(): Promise<number> {
@@ -1030,9 +1030,13 @@ export class SqlDatastore implements Datastore {
     return Number(newest?.id ?? 0);
   }
 
-  /** How many audit records (after, upTo] holds, and the entries they name, in order, each once. */
-  async #auditRange(after: number, upTo: number): Promise<{ count: number; entryIds: string[] }> {
+  /** How many audit records (after, upTo] holds, and the entries and nodes they name, in order, each once. */
+  async #auditRange(
+    after: number,
+    upTo: number,
+  ): Promise<{ count: number; named: { entryIds: string[]; nodeIds: string[] } }> {
     const entryIds = new Set<string>();
+    const nodeIds = new Set<string>();
     let count = 0;
     for (let from = after; ; ) {
       const rows = await this.#db
@@ -1044,12 +1048,15 @@ export class SqlDatastore implements Datastore {
         .limit(AUDIT_PAGE_SIZE)
         .execute();
       count += rows.length;
-      for (const row of rows) if (row.object_type === 'entry') entryIds.add(row.object_id);
+      for (const row of rows) {
+        if (row.object_type === 'entry') entryIds.add(row.object_id);
+        else if (row.object_type === 'node') nodeIds.add(row.object_id);
+      }
       const last = rows.at(-1);
       if (rows.length < AUDIT_PAGE_SIZE || last === undefined) break;
       from = Number(last.id);
     }
-    return { count, entryIds: [...entryIds] };
+    return { count, named: { entryIds: [...entryIds], nodeIds: [...nodeIds] } };
   }
 
   async identity(): Promise<string> {
