@@ -654,13 +654,13 @@ export class Agent {
   #save(result: Result, key: KeyObject): void {
     const chain = result.svid_chain.map((der) => new X509Certificate(der));
     this.#store.saveBundle(result.bundle.map((der) => new X509Certificate(der)));
-    this.#store.saveSvid(chain, key);
+    // The cache is sealed again under the new key and saved with it: a restart could not open a
+    // file sealed under the old key, which is gone from disk once the new one is in place.
+    const cacheError = this.#store.saveSvid(chain, key, this.#sealedCache(key));
+    if (cacheError !== undefined) this.#cacheWriteFailed(cacheError);
     this.#metrics.bundleReceived();
     if (this.#heldSvid) this.#metrics.rotated('agent');
     this.#adopt({ spiffeId: result.spiffe_id, chain, key, expiresAt: result.expires_at }, true);
-    // Sealed again under the new key at once: the key on disk is the new one, and a restart could
-    // not open a file sealed under the old.
-    this.#persistCache();
     this.#syncWake?.();
   }
 
@@ -673,9 +673,9 @@ export class Agent {
     const path = this.#store.cachePath;
     let content: OpenedCacheFile;
     try {
-      const sealed = this.#store.loadCache();
-      if (sealed === undefined) return false;
-      content = openCache(sealed, key, path);
+      const opened = this.#openPersistedCache(key);
+      if (opened === undefined) return false;
+      content = opened;
       const outcome = this.#cache.restore(content.cache, this.#trust.bootstrapRoots(), nowSeconds());
       this.#logger.info({ path, ...outcome }, 'serving the persisted SVID cache until the server is reached');
     } catch (error) {
@@ -714,25 +714,60 @@ export class Agent {
     return true;
   }
 
+  /**
+   * The persisted cache sealed under `key`: the one in place or, when that one is missing or
+   * sealed under another key, the one a renewal's save left under its temporary name when a crash
+   * stopped it before the cache's rename (put in place now). Undefined when there is none.
+   */
+  #openPersistedCache(key: KeyObject): OpenedCacheFile | undefined {
+    const path = this.#store.cachePath;
+    const sealed = this.#store.loadCache();
+    let foreign: AgentError | undefined;
+    if (sealed !== undefined)
+      try {
+        return openCache(sealed, key, path);
+      } catch (error) {
+        if (!(error instanceof AgentError && error.code === 'ERR_AGENT_CACHE_FOREIGN_KEY')) throw error;
+        foreign = error;
+      }
+    let opened: OpenedCacheFile | undefined;
+    try {
+      const pending = this.#store.loadPendingCache();
+      opened = pending === undefined ? undefined : openCache(pending, key, path);
+    } catch {
+      // Another key's, or a write cut short: the file in place is what there is.
+    }
+    if (opened === undefined) {
+      if (foreign !== undefined) throw foreign;
+      return undefined;
+    }
+    this.#store.completeCacheSave();
+    this.#logger.info({ path }, 'finished saving the SVID cache the last run was stopped in the middle of');
+    return opened;
+  }
+
+  /** The cache as it is now, sealed under `key`, in pieces to write as they come. */
+  #sealedCache(key: KeyObject): Iterable<Uint8Array> {
+    const { trusted, code, reason } = this.#reattest;
+    return sealCache({ untrusted: trusted ? null : { code, reason }, cache: this.#cache.snapshot() }, key);
+  }
+
   /** Seals the cache under the current agent key and writes it; a failure is logged, never fatal. */
   #persistCache(): void {
     const svid = this.#svid;
     if (svid === undefined) return;
-    const { trusted, code, reason } = this.#reattest;
     try {
-      this.#store.saveCache(
-        sealCache({ untrusted: trusted ? null : { code, reason }, cache: this.#cache.snapshot() }, svid.key),
-      );
+      this.#store.saveCache(this.#sealedCache(svid.key));
     } catch (error) {
-      this.#logger.warn(
-        {
-          reason: 'ERR_AGENT_CACHE_WRITE',
-          path: this.#store.cachePath,
-          err_message: (error as Error).message,
-        },
-        'cannot persist the SVID cache: an agent restarted while the server is away would serve an older one, or nothing; free the disk or fix data_dir',
-      );
+      this.#cacheWriteFailed(error as Error);
     }
+  }
+
+  #cacheWriteFailed(error: Error): void {
+    this.#logger.warn(
+      { reason: 'ERR_AGENT_CACHE_WRITE', path: this.#store.cachePath, err_message: error.message },
+      'cannot persist the SVID cache: an agent restarted while the server is away would serve an older one, or nothing; free the disk or fix data_dir',
+    );
   }
 
   #adopt(svid: StoredSvid, fresh: boolean): void {

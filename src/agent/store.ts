@@ -88,20 +88,38 @@ export class AgentStore {
   }
 
   /**
-   * Replaces the SVID and its key. Both new files are whole on disk before either replaces its old
-   * one, and the key is renamed first: a crash between the two renames leaves the new key with the
-   * new certificate still under its temporary name, which completeSvidSave puts in place at the
-   * next start. The old key is gone by then, so rolling forward is the only way to keep the
-   * identity (a join-token agent cannot attest again).
+   * Replaces the SVID and its key, and with them the sealed workload SVID cache (`cache`, sealed
+   * under the new key). All three new files are whole on disk before any replaces its old one, and
+   * they are renamed key, certificate, cache: a crash between the renames leaves the new key with
+   * the new certificate, or the new cache, still under its temporary name. completeSvidSave puts
+   * the certificate in place at the next start, and the agent takes the cache from
+   * loadPendingCache. The old key is gone by then, so rolling forward is the only way to keep the
+   * identity (a join-token agent cannot attest again) and the cache sealed under it.
+   *
+   * A cache that cannot be written does not stop the SVID's save: its error is returned, and the
+   * cache in place is left as it was.
    */
-  saveSvid(chain: readonly X509Certificate[], key: KeyObject): void {
+  saveSvid(
+    chain: readonly X509Certificate[],
+    key: KeyObject,
+    cache: Iterable<Uint8Array>,
+  ): Error | undefined {
     const keyPath = join(this.dir, FILES.key);
     const certPath = join(this.dir, FILES.svid);
     writeTemporary(keyPath, [key.export({ format: 'pem', type: 'pkcs8' }).toString()]);
     writeTemporary(certPath, [chain.map((c) => c.toString()).join('')]);
+    let cacheError: Error | undefined;
+    try {
+      writeTemporary(this.cachePath, cache);
+    } catch (error) {
+      // What was written of it stays under the temporary name, which nothing opens whole.
+      cacheError = error as Error;
+    }
     renameSync(temporaryOf(keyPath), keyPath);
     renameSync(temporaryOf(certPath), certPath);
+    if (cacheError === undefined) renameSync(temporaryOf(this.cachePath), this.cachePath);
     syncDir(this.dir);
+    return cacheError;
   }
 
   /**
@@ -169,6 +187,22 @@ export class AgentStore {
   /** The sealed workload SVID cache; undefined when there is none. */
   loadCache(): Buffer | undefined {
     return existsSync(this.cachePath) ? readFileSync(this.cachePath) : undefined;
+  }
+
+  /**
+   * A sealed cache left under its temporary name: by a saveSvid a crash stopped before the cache's
+   * rename (sealed under the key now stored), or by a saveCache stopped before its rename (which
+   * may be cut short). The agent opens it to tell which.
+   */
+  loadPendingCache(): Buffer | undefined {
+    const pending = temporaryOf(this.cachePath);
+    return existsSync(pending) ? readFileSync(pending) : undefined;
+  }
+
+  /** Puts the pending cache in place (see loadPendingCache), durably. */
+  completeCacheSave(): void {
+    renameSync(temporaryOf(this.cachePath), this.cachePath);
+    syncDir(this.dir);
   }
 
   /**

@@ -80,19 +80,30 @@ describe('agent lifecycle', () => {
     }
   });
 
-  it('finishes a renewal that a crash interrupted on disk, and resumes with it without attesting', async () => {
+  it('finishes a renewal that a crash interrupted on disk, SVID and cache, and resumes with them without attesting', async () => {
     const agent = await startTestAgent(server, { tcti: swtpm.tcti });
     try {
       const first = await until('the agent to attest', () => healthy(agent));
       const svidPath = join(agent.dataDir, 'agent-svid.pem');
+      const cachePath = join(agent.dataDir, 'svid-cache.bin');
       const attestedCert = readFileSync(svidPath, 'utf8');
+      const attestedCache = readFileSync(cachePath);
       await until('a renewal', () => (agent.agent.status().renewals >= 1 ? true : undefined));
       await agent.stop();
-      // What a crash between the save's two renames leaves: the renewed key in place, the SVID it
-      // replaced beside it, and the renewed SVID still under its temporary name.
+      // What a crash right after the save's first rename leaves: the renewed key in place, the SVID
+      // and the cache (sealed under the attested key) it replaced beside it, and the renewed SVID
+      // and the cache sealed under the renewed key still under their temporary names.
       renameSync(svidPath, `${svidPath}.tmp`);
       writeFileSync(svidPath, attestedCert, { mode: 0o600 });
+      renameSync(cachePath, `${cachePath}.tmp`);
+      writeFileSync(cachePath, attestedCache, { mode: 0o600 });
       await agent.start();
+      // Served from the persisted cache before the server is asked for anything.
+      expect(agent.logs.text()).toContain('serving the persisted SVID cache until the server is reached');
+      expect(agent.logs.text()).toContain(
+        'finished saving the SVID cache the last run was stopped in the middle of',
+      );
+      expect(agent.logs.text()).not.toContain('the persisted SVID cache is of another agent key: discarded');
       const resumed = await until('the agent to be healthy again', () => healthy(agent));
       expect(resumed.spiffe_id).toBe(first.spiffe_id);
       expect(agent.agent.status().attestations).toBe(0);
@@ -100,6 +111,7 @@ describe('agent lifecycle', () => {
         'finished saving the agent SVID the last run was stopped in the middle of',
       );
       expect(existsSync(`${svidPath}.tmp`)).toBe(false);
+      expect(existsSync(`${cachePath}.tmp`)).toBe(false);
       expect(readFileSync(svidPath, 'utf8')).not.toBe(attestedCert);
     } finally {
       await agent.stop();

@@ -242,6 +242,8 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     await other.agent.stop();
     await server.down();
     copyFileSync(cacheFile(other.agent), cacheFile(agent));
+    // Nor one waiting under the temporary name, as a crash during a renewal's save leaves it.
+    copyFileSync(cacheFile(other.agent), `${cacheFile(agent)}.tmp`);
     const lines = await restart(agent);
     await listening(agent);
     const info = logged(lines(), 'the persisted SVID cache is of another agent key: discarded');
@@ -253,6 +255,8 @@ describe('the persisted SVID cache (real server, swtpm agent, workloads as other
     });
     expect(agent.agent.status().workload).toMatchObject({ entries: 0, svids: 0 });
     expect(await outcomeFor(alice, agent)).toBe('ERR_WORKLOADAPI_PERMISSION_DENIED');
+    expect(lines().some((l) => String(l.msg).startsWith('finished saving the SVID cache'))).toBe(false);
+    rmSync(`${cacheFile(agent)}.tmp`);
   });
 
   it('refuses a file of another format version with ERR_AGENT_CACHE_VERSION, and serves nothing from it', async () => {

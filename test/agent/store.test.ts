@@ -27,6 +27,9 @@ async function agentSvid(): Promise<Pair> {
   return { cert, key: privateKey };
 }
 
+/** The store writes the sealed cache as it is given; what it holds is the agent's business. */
+const SEALED = [Buffer.from('a sealed cache')];
+
 let dir: string;
 let store: AgentStore;
 
@@ -44,7 +47,7 @@ const pendingPath = () => join(dir, 'agent-svid.pem.tmp');
 
 /** The files a crash between saveSvid's two renames leaves: the new key, the old certificate. */
 function crashBetweenRenames(old: Pair | undefined, renewed: Pair): void {
-  store.saveSvid([renewed.cert], renewed.key);
+  store.saveSvid([renewed.cert], renewed.key, SEALED);
   renameSync(certPath(), pendingPath());
   if (old) writeFileSync(certPath(), old.cert.toString(), { mode: 0o600 });
 }
@@ -52,7 +55,7 @@ function crashBetweenRenames(old: Pair | undefined, renewed: Pair): void {
 describe('agent SVID on disk', () => {
   it('reads back what it saved, files 0600', async () => {
     const pair = await agentSvid();
-    store.saveSvid([pair.cert], pair.key);
+    store.saveSvid([pair.cert], pair.key, SEALED);
     const loaded = store.loadSvid();
     expect(loaded?.spiffeId).toBe(AGENT_ID);
     expect(loaded?.chain[0]?.fingerprint256).toBe(pair.cert.fingerprint256);
@@ -64,7 +67,7 @@ describe('agent SVID on disk', () => {
   it('finishes a renewal a crash stopped between the key and the certificate', async () => {
     const old = await agentSvid();
     const renewed = await agentSvid();
-    store.saveSvid([old.cert], old.key);
+    store.saveSvid([old.cert], old.key, SEALED);
     crashBetweenRenames(old, renewed);
     expect(store.completeSvidSave()).toBe(true);
     expect(store.loadSvid()?.chain[0]?.fingerprint256).toBe(renewed.cert.fingerprint256);
@@ -83,7 +86,7 @@ describe('agent SVID on disk', () => {
   it('keeps the pair in place when the waiting certificate is for another key', async () => {
     const current = await agentSvid();
     const unfinished = await agentSvid();
-    store.saveSvid([current.cert], current.key);
+    store.saveSvid([current.cert], current.key, SEALED);
     // A crash before either rename: the new certificate waits, the new key never replaced the old.
     writeFileSync(pendingPath(), unfinished.cert.toString(), { mode: 0o600 });
     expect(store.completeSvidSave()).toBe(false);
@@ -94,7 +97,7 @@ describe('agent SVID on disk', () => {
   it('refuses a key that does not belong to the certificate, naming what to remove', async () => {
     const old = await agentSvid();
     const renewed = await agentSvid();
-    store.saveSvid([old.cert], old.key);
+    store.saveSvid([old.cert], old.key, SEALED);
     crashBetweenRenames(old, renewed);
     rmSync(pendingPath());
     expect(store.completeSvidSave()).toBe(false);
@@ -111,7 +114,7 @@ describe('agent SVID on disk', () => {
   it('forgets a waiting certificate with the SVID, so an evicted identity does not come back', async () => {
     const old = await agentSvid();
     const renewed = await agentSvid();
-    store.saveSvid([old.cert], old.key);
+    store.saveSvid([old.cert], old.key, SEALED);
     crashBetweenRenames(old, renewed);
     store.dropSvid();
     expect(store.completeSvidSave()).toBe(false);
@@ -119,7 +122,35 @@ describe('agent SVID on disk', () => {
     expect(store.loadSvid()).toBeUndefined();
   });
 
-  it('flushes both new files before either replaces the old, the key first, then the directory', async () => {
+  it('saves the SVID when the cache cannot be written, returns why, and leaves the cache in place, the part written aside', async () => {
+    const old = await agentSvid();
+    const renewed = await agentSvid();
+    store.saveSvid([old.cert], old.key, [Buffer.from('sealed under the old key')]);
+    function* failing(): Generator<Uint8Array> {
+      yield Buffer.from('half of a ');
+      throw new Error('no space left on device');
+    }
+    const error = store.saveSvid([renewed.cert], renewed.key, failing());
+    expect(error?.message).toBe('no space left on device');
+    expect(store.loadSvid()?.chain[0]?.fingerprint256).toBe(renewed.cert.fingerprint256);
+    expect(store.loadCache()?.toString()).toBe('sealed under the old key');
+    expect(store.loadPendingCache()?.toString()).toBe('half of a ');
+  });
+
+  it('keeps a cache a crash left under its temporary name for the agent, and puts it in place when told', async () => {
+    const pair = await agentSvid();
+    store.saveSvid([pair.cert], pair.key, [Buffer.from('old')]);
+    expect(store.loadPendingCache()).toBeUndefined();
+    writeFileSync(`${store.cachePath}.tmp`, 'new', { mode: 0o600 });
+    expect(store.loadPendingCache()?.toString()).toBe('new');
+    expect(store.loadCache()?.toString()).toBe('old');
+    store.completeCacheSave();
+    expect(store.loadCache()?.toString()).toBe('new');
+    expect(store.loadPendingCache()).toBeUndefined();
+    expect(statSync(store.cachePath).mode & 0o777).toBe(0o600);
+  });
+
+  it('flushes all new files before any replaces the old: the key first, the cache last, then the directory', async () => {
     assertBuilt();
     const pair = await agentSvid();
     const input = join(dir, '..', 'pair.json');
@@ -132,7 +163,7 @@ describe('agent SVID on disk', () => {
       import { createPrivateKey, X509Certificate } from 'node:crypto';
       import { AgentStore } from ${JSON.stringify(pathToFileURL(join(repoRoot, 'dist/agent/store.js')).href)};
       const { cert, key } = JSON.parse(readFileSync(${JSON.stringify(input)}, 'utf8'));
-      new AgentStore(${JSON.stringify(dir)}).saveSvid([new X509Certificate(cert)], createPrivateKey(key));
+      new AgentStore(${JSON.stringify(dir)}).saveSvid([new X509Certificate(cert)], createPrivateKey(key), [Buffer.from('sealed')]);
     `;
     const trace = join(dir, '..', 'strace.txt');
     const run = spawnSync(
@@ -159,12 +190,14 @@ describe('agent SVID on disk', () => {
       expect(index, `${event} in ${events.join(', ')}`).toBeGreaterThanOrEqual(0);
       return index;
     };
+    const cache = 'svid-cache.bin';
     const renamedKey = at(`rename ${key}.tmp ${key}`);
     const renamedSvid = at(`rename ${svid}.tmp ${svid}`);
-    expect(at(`fsync ${key}.tmp`)).toBeLessThan(renamedKey);
-    expect(at(`fsync ${svid}.tmp`)).toBeLessThan(renamedKey);
+    const renamedCache = at(`rename ${cache}.tmp ${cache}`);
+    for (const file of [key, svid, cache]) expect(at(`fsync ${file}.tmp`)).toBeLessThan(renamedKey);
     expect(renamedKey).toBeLessThan(renamedSvid);
-    expect(events.lastIndexOf('fsync .')).toBeGreaterThan(renamedSvid);
+    expect(renamedSvid).toBeLessThan(renamedCache);
+    expect(events.lastIndexOf('fsync .')).toBeGreaterThan(renamedCache);
   });
 });
 
