@@ -1080,6 +1080,93 @@ describe('PostgreSQL shared by two servers', () => {
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.delete');
     }));
 
+  /** What the audit log says a bundle deletion did to entries: actions with their revision read. */
+  async function bundleDeleteAudit(store: Datastore) {
+    return (await store.listAudit(100))
+      .filter((r) => ['entry.update', 'entry.delete', 'bundle.delete'].includes(r.action))
+      .map((r) => ({ action: r.action, detail: r.detail }))
+      .reverse();
+  }
+
+  it('dissociates an entry from a deleted bundle at the revision another server committed meanwhile, keeping that update', () =>
+    onFreshPostgres(async (store, url) => {
+      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
+      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+      const outcome = await whileRowHeld(
+        url,
+        "UPDATE registration_entries SET hint = 'other', revision_number = 1 WHERE id = $1",
+        [created.id],
+        () => store.deleteFederatedBundle('other.org', 't', 'dissociate'),
+      );
+      expect(outcome).toBeUndefined();
+      expect(await store.getEntry(created.id)).toMatchObject({
+        hint: 'other',
+        federatesWith: [],
+        revisionNumber: 2,
+      });
+      expect(await bundleDeleteAudit(store)).toEqual([
+        {
+          action: 'entry.update',
+          detail: expect.objectContaining({
+            before: expect.objectContaining({ revision_number: 1 }),
+            after: expect.objectContaining({ revision_number: 2 }),
+          }),
+        },
+        { action: 'bundle.delete', detail: { mode: 'dissociate', entries: 1 } },
+      ]);
+    }));
+
+  it('deletes an entry with its bundle at the revision another server committed meanwhile, and audits that one', () =>
+    onFreshPostgres(async (store, url) => {
+      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
+      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+      const outcome = await whileRowHeld(
+        url,
+        "UPDATE registration_entries SET hint = 'other', revision_number = 1 WHERE id = $1",
+        [created.id],
+        () => store.deleteFederatedBundle('other.org', 't', 'delete'),
+      );
+      expect(outcome).toBeUndefined();
+      expect(await store.getEntry(created.id)).toBeUndefined();
+      expect(await bundleDeleteAudit(store)).toEqual([
+        { action: 'entry.delete', detail: expect.objectContaining({ revision_number: 1 }) },
+        { action: 'bundle.delete', detail: { mode: 'delete', entries: 1 } },
+      ]);
+    }));
+
+  it('leaves alone an entry another server took out of the trust domain meanwhile', () =>
+    onFreshPostgres(async (store, url) => {
+      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
+      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+      const outcome = await whileRowHeld(
+        url,
+        'WITH dropped AS (DELETE FROM entry_federates_with WHERE entry_id = $1) UPDATE registration_entries SET revision_number = 1 WHERE id = $1',
+        [created.id],
+        () => store.deleteFederatedBundle('other.org', 't', 'dissociate'),
+      );
+      expect(outcome).toBeUndefined();
+      expect(await store.getEntry(created.id)).toMatchObject({ federatesWith: [], revisionNumber: 1 });
+      expect(await bundleDeleteAudit(store)).toEqual([
+        { action: 'bundle.delete', detail: { mode: 'dissociate', entries: 0 } },
+      ]);
+    }));
+
+  it('leaves alone an entry another server deleted while its bundle was deleted, and counts only what changed', () =>
+    onFreshPostgres(async (store, url) => {
+      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
+      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+      const outcome = await whileRowHeld(
+        url,
+        'DELETE FROM registration_entries WHERE id = $1',
+        [created.id],
+        () => store.deleteFederatedBundle('other.org', 't', 'dissociate'),
+      );
+      expect(outcome).toBeUndefined();
+      expect(await bundleDeleteAudit(store)).toEqual([
+        { action: 'bundle.delete', detail: { mode: 'dissociate', entries: 0 } },
+      ]);
+    }));
+
   it('lets one of two servers consume a nonce the other issued; the loser, and any later answer, is a replay', async () => {
     const { url } = await newPostgresDatabase();
     const T = 1_700_000_000_000;

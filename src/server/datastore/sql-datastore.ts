@@ -858,30 +858,65 @@ export class SqlDatastore implements Datastore {
       // Restrict: a bundle entries rely on is not deleted from under them (the throw rolls the
       // deletion back).
       if (using.length > 0 && mode === 'restrict') throw new BundleInUseError(trustDomain, using.length);
-      for (const current of await this.#loadEntries(trx, using)) {
-        if (mode === 'delete') {
-          await removeEntry(trx, current, now, actor);
-          continue;
-        }
-        const updated: RegistrationEntry = {
-          ...current,
-          federatesWith: current.federatesWith.filter((td) => td !== trustDomain),
-          revisionNumber: current.revisionNumber + 1,
-        };
-        const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
-        await trx.updateTable('registration_entries').set(row).where('id', '=', current.id).execute();
-        await trx
-          .deleteFrom('entry_federates_with')
-          .where('entry_id', '=', current.id)
-          .where('trust_domain', '=', trustDomain)
-          .execute();
-        await audit(trx, now, actor, 'entry.update', 'entry', current.id, {
-          before: entryDetail(current),
-          after: entryDetail(updated),
-        });
-      }
-      await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, { mode, entries: using.length });
+      let changed = 0;
+      if (mode !== 'restrict')
+        for (const id of using)
+          if (await this.#dropFederation(trx, id, trustDomain, mode, now, actor)) changed++;
+      await audit(trx, now, actor, 'bundle.delete', 'bundle', trustDomain, { mode, entries: changed });
     });
+  }
+
+  /**
+   * Takes `trustDomain` out of entry `id` (`dissociate`), or deletes the entry (`delete`), at the
+   * revision read: on PostgreSQL another server may have updated or deleted it since, and its
+   * commit is read again, so its update is kept and the audit records what was changed. False when
+   * the entry no longer federates with the trust domain (deleted, or updated without it).
+   */
+  async #dropFederation(
+    trx: Db,
+    id: string,
+    trustDomain: string,
+    mode: 'dissociate' | 'delete',
+    now: number,
+    actor: Actor,
+  ): Promise<boolean> {
+    for (;;) {
+      const [current] = await this.#loadEntries(trx, [id]);
+      if (current === undefined || !current.federatesWith.includes(trustDomain)) return false;
+      if (mode === 'delete') {
+        const deleted = await trx
+          .deleteFrom('registration_entries')
+          .where('id', '=', id)
+          .where('revision_number', '=', current.revisionNumber)
+          .executeTakeFirst();
+        if (deleted.numDeletedRows === 0n) continue;
+        await audit(trx, now, actor, 'entry.delete', 'entry', id, entryDetail(current));
+        return true;
+      }
+      const updated: RegistrationEntry = {
+        ...current,
+        federatesWith: current.federatesWith.filter((td) => td !== trustDomain),
+        revisionNumber: current.revisionNumber + 1,
+      };
+      const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
+      const written = await trx
+        .updateTable('registration_entries')
+        .set(row)
+        .where('id', '=', id)
+        .where('revision_number', '=', current.revisionNumber)
+        .executeTakeFirst();
+      if (written.numUpdatedRows === 0n) continue;
+      await trx
+        .deleteFrom('entry_federates_with')
+        .where('entry_id', '=', id)
+        .where('trust_domain', '=', trustDomain)
+        .execute();
+      await audit(trx, now, actor, 'entry.update', 'entry', id, {
+        before: entryDetail(current),
+        after: entryDetail(updated),
+      });
+      return true;
+    }
   }
 
   async listFederationRelationships(): Promise<FederationRelationship[]> {
@@ -1614,12 +1649,6 @@ async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<v
       .values(entry.federatesWith.map((td) => ({ entry_id: entry.id, trust_domain: td })))
       .execute();
   }
-}
-
-/** Deletes `entry`, audited as `entry.delete`; its selectors and federations go with it (ON DELETE CASCADE). */
-async function removeEntry(trx: Db, entry: RegistrationEntry, at: number, actor: Actor): Promise<void> {
-  await trx.deleteFrom('registration_entries').where('id', '=', entry.id).execute();
-  await audit(trx, at, actor, 'entry.delete', 'entry', entry.id, entryDetail(entry));
 }
 
 function entryDetail(entry: RegistrationEntry): Record<string, unknown> {
