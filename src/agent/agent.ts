@@ -190,6 +190,7 @@ export class Agent {
       failing_since: since === undefined ? null : Math.floor(since / 1000),
       last_sync_at: this.#lastSyncAt ?? null,
       ...this.#counts,
+      suspended: this.#reattest.trusted ? null : { code: this.#reattest.code, reason: this.#reattest.reason },
       ...(this.#config.attestation === 'tpm' ? { reattest: { ...this.#reattest } } : {}),
       workload: {
         entries: this.#cache.entryCount,

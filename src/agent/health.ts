@@ -83,6 +83,11 @@ export interface HealthStatus extends HealthVerdict {
   attestations: number;
   renewals: number;
   /**
+   * Why the agent serves no identity to its workloads now: the server holds the node untrusted, or
+   * refuses the agent as banned (`code`, and the server's `reason`). Null while it serves them.
+   */
+  suspended: { code: string; reason: string } | null;
+  /**
    * Continuous attestation (TPM nodes): the server's last verdict on this node. While untrusted
    * the agent serves no identity.
    */

@@ -115,6 +115,7 @@ describe('the kept agent connection, seen from the server', () => {
   }, 30_000);
 
   it('a JWT-SVID asked for after the agent is banned is refused by the server, by name', async () => {
+    expect(agent.agent.status().suspended).toBeNull();
     await server.server.datastore.banNode({ spiffeId: agentId }, 'test');
     const audience = `kept-${++audiences}`;
     await expect(client.fetchJwtSvid({ audience: [audience] })).rejects.toThrow();
@@ -125,6 +126,16 @@ describe('the kept agent connection, seen from the server', () => {
     expect(server.logs.lines.some((l) => Array.isArray(l.audience) && l.audience.includes(audience))).toBe(
       false,
     );
+    // A join-token agent has no re-quote status: its health says it serves nothing, and why.
+    const suspended = await until(
+      'the agent to stop serving',
+      () => agent.agent.status().suspended ?? undefined,
+    );
+    expect(suspended).toMatchObject({
+      code: 'ERR_ATTEST_BANNED',
+      reason: expect.stringContaining('is banned'),
+    });
+    expect(agent.agent.status().reattest).toBeUndefined();
   });
 
   it('after the agent is evicted no JWT-SVID is minted: the server refuses its calls as not attested', async () => {

@@ -160,6 +160,10 @@ describe('agent bans', () => {
       expect((await open.ended).code).toBe(status.PERMISSION_DENIED);
       await refused();
       expect(agent.agent.status().reattest).toMatchObject({ trusted: false, code: 'ERR_ATTEST_BANNED' });
+      expect(agent.agent.status().suspended).toMatchObject({
+        code: 'ERR_ATTEST_BANNED',
+        reason: expect.stringContaining('is banned'),
+      });
       expect(agent.logs.text()).toContain(
         'the server refuses this agent as banned: serving no identity until it is unbanned',
       );
@@ -170,6 +174,7 @@ describe('agent bans', () => {
       expect(agent.logs.text()).toContain(
         'the agent was banned when it stopped: serving no identity until it is unbanned',
       );
+      expect(agent.agent.status().suspended).toMatchObject({ code: 'ERR_ATTEST_BANNED' });
 
       await admin('agent', 'unban', '--spiffe-id', agentId);
       await until('the workload to be served again', () =>
@@ -177,6 +182,7 @@ describe('agent bans', () => {
       );
       expect(await servedIds()).toEqual([`spiffe://${TD}/banned-workload`]);
       expect(agent.agent.status().reattest).toMatchObject({ trusted: true, code: '' });
+      expect(agent.agent.status().suspended).toBeNull();
       expect(agent.agent.status().attestations).toBe(0);
     } finally {
       workloads.close();
