@@ -58,13 +58,15 @@ function gate(): { passed: Promise<void>; open: () => void } {
 }
 
 /**
- * `store` with `method` answering only once `until` resolves, after it has read: what it answers is
- * what was stored when it was called. `called` resolves at the first call.
+ * `store` with `method` answering only once `until` resolves: it reads `after` the wait (what it
+ * answers is what is stored then) or before it (what was stored when it was called). `called`
+ * resolves at the first call.
  */
 function delayed(
   store: Datastore,
-  method: 'getNode' | 'changesSince',
+  method: 'getNode' | 'changesSince' | 'settledAuditHead',
   until: Promise<void>,
+  reads: 'before' | 'after' = 'before',
 ): { store: Datastore; called: Promise<void> } {
   const first = gate();
   const wrapped = new Proxy(store, {
@@ -73,9 +75,10 @@ function delayed(
       if (typeof value !== 'function') return value;
       if (property !== method) return value.bind(target);
       return async (...args: unknown[]) => {
-        const answer = await value.apply(target, args);
         first.open();
-        await until;
+        if (reads === 'after') await until;
+        const answer = await value.apply(target, args);
+        if (reads === 'before') await until;
         return answer;
       };
     },
@@ -187,6 +190,21 @@ describe('node records kept for the sync calls (SQLite)', () => {
     expect((await reading)?.banned).toBe(false);
     expect((await journal.nodes.node(NODE))?.banned).toBe(true);
     expect(journal.nodes.reads).toBe(2);
+  });
+
+  it('does not keep a node read while a full read waits for the log, before a write the read then covers', async () => {
+    const { store } = await sqlite();
+    await store.upsertNode(nodeRecord(), 'agent-api');
+    const slow = gate();
+    const { store: slowHead, called } = delayed(store, 'settledAuditHead', slow.passed, 'after');
+    const journal = new EntryJournal(slowHead, SERVER);
+    const loading = journal.refresh();
+    await called;
+    expect((await journal.nodes.node(NODE))?.banned).toBe(false);
+    await store.banNode({ spiffeId: NODE }, 'uid:0');
+    slow.open();
+    await loading;
+    expect((await journal.nodes.node(NODE))?.banned).toBe(true);
   });
 
   it('a refresh asked for while one runs starts after it, and sees what committed meanwhile', async () => {

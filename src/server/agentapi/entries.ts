@@ -205,11 +205,12 @@ export class EntryJournal {
   /** Reads every entry and stamps what differs from the copy. */
   async #load(): Promise<void> {
     this.#loads++;
-    this.nodes.forgetAll();
     if (this.#epoch === '') this.#epoch = await this.#store.identity();
     // Entries read after the head settled reflect every write audited up to it; a write after it
     // may be read here too, and is applied again (no change) by the next refresh.
     const head = await this.#store.settledAuditHead();
+    // After the head, not before: a node read while it was awaited may predate a write it covers.
+    this.nodes.forgetAll();
     const first = this.#auditHead < 0;
     const loaded = new Map<string, RegistrationEntry>();
     let token = '';
