@@ -273,7 +273,8 @@ export interface AuditChangeLog {
   nodeIds: string[];
   /**
    * True when records in the range can no longer be read (deleted from the log, or a log that
-   * went back past `after`): the entries named are not all there is, so read every entry again.
+   * went back past `after`): the entries and nodes named are not all there is, so read every entry
+   * again, and every node.
    */
   gap: boolean;
 }
