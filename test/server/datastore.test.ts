@@ -7,7 +7,13 @@ import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/server/clock.js';
-import type { AttestedNode, Datastore, NewEntry, NodeRecord } from '../../src/server/datastore/index.js';
+import type {
+  AttestedNode,
+  Datastore,
+  NewEntry,
+  NodeRecord,
+  RegistrationEntry,
+} from '../../src/server/datastore/index.js';
 import { openSqliteDatastore } from '../../src/server/datastore/index.js';
 import { migrationsFor } from '../../src/server/datastore/migrations.js';
 import { MIGRATION_LOCK_KEY, openPostgresDatastore } from '../../src/server/datastore/postgres.js';
@@ -1080,6 +1086,25 @@ describe('PostgreSQL shared by two servers', () => {
       expect((await store.listAudit(100)).map((r) => r.action)).not.toContain('entry.delete');
     }));
 
+  /**
+   * Deletes the federated bundle of other.org (`mode`) while another server holds the row of an
+   * entry federating with it under the uncommitted `write` ($1: the entry's id); the entry.
+   */
+  async function bundleDeletedWhileRowHeld(
+    store: Datastore,
+    url: string,
+    write: string,
+    mode: 'dissociate' | 'delete',
+  ): Promise<RegistrationEntry> {
+    await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
+    const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
+    const outcome = await whileRowHeld(url, write, [created.id], () =>
+      store.deleteFederatedBundle('other.org', 't', mode),
+    );
+    expect(outcome).toBeUndefined();
+    return created;
+  }
+
   /** What the audit log says a bundle deletion did to entries: actions with their revision read. */
   async function bundleDeleteAudit(store: Datastore) {
     return (await store.listAudit(100))
@@ -1090,15 +1115,12 @@ describe('PostgreSQL shared by two servers', () => {
 
   it('dissociates an entry from a deleted bundle at the revision another server committed meanwhile, keeping that update', () =>
     onFreshPostgres(async (store, url) => {
-      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
-      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
-      const outcome = await whileRowHeld(
+      const created = await bundleDeletedWhileRowHeld(
+        store,
         url,
         "UPDATE registration_entries SET hint = 'other', revision_number = 1 WHERE id = $1",
-        [created.id],
-        () => store.deleteFederatedBundle('other.org', 't', 'dissociate'),
+        'dissociate',
       );
-      expect(outcome).toBeUndefined();
       expect(await store.getEntry(created.id)).toMatchObject({
         hint: 'other',
         federatesWith: [],
@@ -1118,15 +1140,12 @@ describe('PostgreSQL shared by two servers', () => {
 
   it('deletes an entry with its bundle at the revision another server committed meanwhile, and audits that one', () =>
     onFreshPostgres(async (store, url) => {
-      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
-      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
-      const outcome = await whileRowHeld(
+      const created = await bundleDeletedWhileRowHeld(
+        store,
         url,
         "UPDATE registration_entries SET hint = 'other', revision_number = 1 WHERE id = $1",
-        [created.id],
-        () => store.deleteFederatedBundle('other.org', 't', 'delete'),
+        'delete',
       );
-      expect(outcome).toBeUndefined();
       expect(await store.getEntry(created.id)).toBeUndefined();
       expect(await bundleDeleteAudit(store)).toEqual([
         { action: 'entry.delete', detail: expect.objectContaining({ revision_number: 1 }) },
@@ -1136,15 +1155,12 @@ describe('PostgreSQL shared by two servers', () => {
 
   it('leaves alone an entry another server took out of the trust domain meanwhile', () =>
     onFreshPostgres(async (store, url) => {
-      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
-      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
-      const outcome = await whileRowHeld(
+      const created = await bundleDeletedWhileRowHeld(
+        store,
         url,
         'WITH dropped AS (DELETE FROM entry_federates_with WHERE entry_id = $1) UPDATE registration_entries SET revision_number = 1 WHERE id = $1',
-        [created.id],
-        () => store.deleteFederatedBundle('other.org', 't', 'dissociate'),
+        'dissociate',
       );
-      expect(outcome).toBeUndefined();
       expect(await store.getEntry(created.id)).toMatchObject({ federatesWith: [], revisionNumber: 1 });
       expect(await bundleDeleteAudit(store)).toEqual([
         { action: 'bundle.delete', detail: { mode: 'dissociate', entries: 0 } },
@@ -1153,15 +1169,13 @@ describe('PostgreSQL shared by two servers', () => {
 
   it('leaves alone an entry another server deleted while its bundle was deleted, and counts only what changed', () =>
     onFreshPostgres(async (store, url) => {
-      await store.setFederatedBundle('other.org', '{"keys":[]}', 't');
-      const created = await store.createEntry(entry({ federatesWith: ['other.org'] }), 't');
-      const outcome = await whileRowHeld(
+      const created = await bundleDeletedWhileRowHeld(
+        store,
         url,
         'DELETE FROM registration_entries WHERE id = $1',
-        [created.id],
-        () => store.deleteFederatedBundle('other.org', 't', 'dissociate'),
+        'dissociate',
       );
-      expect(outcome).toBeUndefined();
+      expect(await store.getEntry(created.id)).toBeUndefined();
       expect(await bundleDeleteAudit(store)).toEqual([
         { action: 'bundle.delete', detail: { mode: 'dissociate', entries: 0 } },
       ]);

@@ -313,17 +313,9 @@ export class SqlDatastore implements Datastore {
       for (;;) {
         const [current] = await this.#loadEntries(trx, [id]);
         if (current === undefined) throw new EntryNotFoundError(id);
-        // Deleted only at the revision read: on PostgreSQL another server may have updated or
-        // deleted the entry since; its commit is read again, so the audit records what was deleted
-        // and a second delete is not-found rather than audited twice.
-        const deleted = await trx
-          .deleteFrom('registration_entries')
-          .where('id', '=', id)
-          .where('revision_number', '=', current.revisionNumber)
-          .executeTakeFirst();
-        if (deleted.numDeletedRows === 0n) continue;
-        await audit(trx, now, actor, 'entry.delete', 'entry', id, entryDetail(current));
-        return current;
+        // Another server's update or delete since the read is read again, so the audit records
+        // what was deleted and a second delete is not-found rather than audited twice.
+        if (await removeEntryAt(trx, current, now, actor)) return current;
       }
     });
   }
@@ -884,14 +876,8 @@ export class SqlDatastore implements Datastore {
       const [current] = await this.#loadEntries(trx, [id]);
       if (current === undefined || !current.federatesWith.includes(trustDomain)) return false;
       if (mode === 'delete') {
-        const deleted = await trx
-          .deleteFrom('registration_entries')
-          .where('id', '=', id)
-          .where('revision_number', '=', current.revisionNumber)
-          .executeTakeFirst();
-        if (deleted.numDeletedRows === 0n) continue;
-        await audit(trx, now, actor, 'entry.delete', 'entry', id, entryDetail(current));
-        return true;
+        if (await removeEntryAt(trx, current, now, actor)) return true;
+        continue;
       }
       const updated: RegistrationEntry = {
         ...current,
@@ -1649,6 +1635,22 @@ async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<v
       .values(entry.federatesWith.map((td) => ({ entry_id: entry.id, trust_domain: td })))
       .execute();
   }
+}
+
+/**
+ * Deletes `entry` if it is still at the revision read, audited as `entry.delete`; its selectors and
+ * federations go with it (ON DELETE CASCADE). False when another server's write changed or deleted
+ * it since (PostgreSQL): read it again.
+ */
+async function removeEntryAt(trx: Db, entry: RegistrationEntry, at: number, actor: Actor): Promise<boolean> {
+  const deleted = await trx
+    .deleteFrom('registration_entries')
+    .where('id', '=', entry.id)
+    .where('revision_number', '=', entry.revisionNumber)
+    .executeTakeFirst();
+  if (deleted.numDeletedRows === 0n) return false;
+  await audit(trx, at, actor, 'entry.delete', 'entry', entry.id, entryDetail(entry));
+  return true;
 }
 
 function entryDetail(entry: RegistrationEntry): Record<string, unknown> {
