@@ -277,16 +277,9 @@ export class SqlDatastore implements Datastore {
           revisionNumber: current.revisionNumber + 1,
         };
         await this.#refuseDuplicate(trx, updated);
-        const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
-        // On the revision read above, decided in the statement: on PostgreSQL another update committed
-        // since that read would otherwise be overwritten, both at the same new revision.
-        const written = await trx
-          .updateTable('registration_entries')
-          .set(row)
-          .where('id', '=', id)
-          .where('revision_number', '=', current.revisionNumber)
-          .executeTakeFirst();
-        if (written.numUpdatedRows === 0n) {
+        // On the revision read above: on PostgreSQL another update committed since that read would
+        // otherwise be overwritten, both at the same new revision.
+        if (!(await writeEntryAt(trx, updated, current.revisionNumber, now))) {
           const [found] = await this.#loadEntries(trx, [id]);
           if (found === undefined) throw new EntryNotFoundError(id);
           throw new EntryRevisionMismatchError(
@@ -884,14 +877,7 @@ export class SqlDatastore implements Datastore {
         federatesWith: current.federatesWith.filter((td) => td !== trustDomain),
         revisionNumber: current.revisionNumber + 1,
       };
-      const { id: _id, created_at: _created, ...row } = toEntryRow(updated, now);
-      const written = await trx
-        .updateTable('registration_entries')
-        .set(row)
-        .where('id', '=', id)
-        .where('revision_number', '=', current.revisionNumber)
-        .executeTakeFirst();
-      if (written.numUpdatedRows === 0n) continue;
+      if (!(await writeEntryAt(trx, updated, current.revisionNumber, now))) continue;
       await trx
         .deleteFrom('entry_federates_with')
         .where('entry_id', '=', id)
@@ -1635,6 +1621,26 @@ async function insertEntryChildren(trx: Db, entry: RegistrationEntry): Promise<v
       .values(entry.federatesWith.map((td) => ({ entry_id: entry.id, trust_domain: td })))
       .execute();
   }
+}
+
+/**
+ * Writes `entry`'s row over the stored one if that is still at `readRevision`, decided in the
+ * statement. False when another server's write changed or deleted it since (PostgreSQL).
+ */
+async function writeEntryAt(
+  trx: Db,
+  entry: RegistrationEntry,
+  readRevision: number,
+  at: number,
+): Promise<boolean> {
+  const { id: _id, created_at: _created, ...row } = toEntryRow(entry, at);
+  const written = await trx
+    .updateTable('registration_entries')
+    .set(row)
+    .where('id', '=', entry.id)
+    .where('revision_number', '=', readRevision)
+    .executeTakeFirst();
+  return written.numUpdatedRows > 0n;
 }
 
 /**
